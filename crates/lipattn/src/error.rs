@@ -1,0 +1,70 @@
+//! One error type for the library: every failure names the offending input.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: value at index {index} is {value} (NaN or infinite values are not accepted)")]
+    NonFinite {
+        what: String,
+        index: usize,
+        value: f64,
+    },
+    #[error("{what}: expected shape {expected}, found {found}")]
+    Shape {
+        what: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{what} is empty")]
+    Empty { what: String },
+    #[error("{what}: weight {index} is {value}; weights must be positive")]
+    NegativeWeight {
+        what: String,
+        index: usize,
+        value: f64,
+    },
+    #[error("{what}: weights sum to {sum:.17}, not 1 within tolerance {tol:e} (use the normalising constructor to rescale)")]
+    NotNormalised { what: String, sum: f64, tol: f64 },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("numerical failure: {0}")]
+    Numerical(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: malformed file: {msg}")]
+    Format { path: PathBuf, msg: String },
+    #[error("model: {0}")]
+    Model(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn shape(what: impl Into<String>, expected: impl Into<String>, found: impl Into<String>) -> Self {
+        Error::Shape {
+            what: what.into(),
+            expected: expected.into(),
+            found: found.into(),
+        }
+    }
+}
+
+/// Rejects NaN and infinities, naming the first offending index.
+pub fn check_finite<T: Copy + Into<f64>>(what: &str, values: impl IntoIterator<Item = T>) -> Result<()> {
+    for (index, v) in values.into_iter().enumerate() {
+        let value: f64 = v.into();
+        if !value.is_finite() {
+            return Err(Error::NonFinite {
+                what: what.to_string(),
+                index,
+                value,
+            });
+        }
+    }
+    Ok(())
+}

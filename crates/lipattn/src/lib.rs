@@ -1,0 +1,13 @@
+//! lipattn: how smooth is this attention layer, provably?
+//!
+//! Attention as an operator on discrete probability measures of tokens (Vuckovic, Baratin,
+//! Tachet des Combes, arXiv 2102.05628), with exact derivatives, exact optimal transport,
+//! certified Lipschitz bounds and attained lower bounds.
+
+pub mod error;
+pub mod measure;
+pub mod npy;
+
+pub use error::{Error, Result};
+pub use faer::{Mat, MatRef};
+pub use measure::Measure;
