@@ -11,3 +11,8 @@ pub mod npy;
 pub use error::{Error, Result};
 pub use faer::{Mat, MatRef};
 pub use measure::Measure;
+pub mod attention;
+pub mod scalar;
+
+pub use attention::{AttentionLayer, Kernel};
+pub use scalar::Scalar;

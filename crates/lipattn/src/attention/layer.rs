@@ -1,0 +1,211 @@
+//! The weights of one multi-head attention layer, in the convention of math.md section 1.
+
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+use faer::Mat;
+
+/// Score kernel. `Dot`: s(x, y) = <W_Q x + b_Q, W_K y + b_K> / sqrt(dk).
+/// `L2` (tied, Kim et al. 2021): s(x, y) = -||W_Q x - W_Q y||^2 / sqrt(dk); keys use the query
+/// projection, so W_K and b_K are ignored and b_Q cancels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernel {
+    Dot,
+    L2,
+}
+
+impl std::str::FromStr for Kernel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "dot" => Ok(Kernel::Dot),
+            "l2" => Ok(Kernel::L2),
+            other => Err(Error::Invalid(format!("unknown kernel '{other}' (expected 'dot' or 'l2')"))),
+        }
+    }
+}
+
+/// H heads of query/key width dk and value width dv on tokens of width d, with output projection
+/// to width d_out. Linear maps act on rows as y = x W^T + b (PyTorch's Linear convention):
+/// `wq`, `wk`: (H dk) x d; `wv`: (H dv) x d; `wo`: d_out x (H dv). Head h owns rows h*dk..(h+1)*dk
+/// of `wq`/`wk`, rows h*dv.. of `wv` and the same columns of `wo`.
+#[derive(Clone, Debug)]
+pub struct AttentionLayer<T: Scalar = f64> {
+    pub heads: usize,
+    pub dk: usize,
+    pub dv: usize,
+    pub kernel: Kernel,
+    pub wq: Mat<T>,
+    pub bq: Vec<T>,
+    pub wk: Mat<T>,
+    pub bk: Vec<T>,
+    pub wv: Mat<T>,
+    pub bv: Vec<T>,
+    pub wo: Mat<T>,
+    pub bo: Vec<T>,
+}
+
+impl<T: Scalar> AttentionLayer<T> {
+    /// Validates shapes and finiteness of every weight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        heads: usize,
+        kernel: Kernel,
+        wq: Mat<T>,
+        bq: Vec<T>,
+        wk: Mat<T>,
+        bk: Vec<T>,
+        wv: Mat<T>,
+        bv: Vec<T>,
+        wo: Mat<T>,
+        bo: Vec<T>,
+    ) -> Result<Self> {
+        if heads == 0 {
+            return Err(Error::Invalid("number of heads must be at least 1".into()));
+        }
+        let d = wq.ncols();
+        if d == 0 {
+            return Err(Error::Empty {
+                what: "W_Q (input dimension 0)".into(),
+            });
+        }
+        if wq.nrows() % heads != 0 || wq.nrows() == 0 {
+            return Err(Error::shape(
+                "W_Q rows",
+                format!("a positive multiple of the {heads} heads"),
+                wq.nrows().to_string(),
+            ));
+        }
+        if wv.nrows() % heads != 0 || wv.nrows() == 0 {
+            return Err(Error::shape(
+                "W_V rows",
+                format!("a positive multiple of the {heads} heads"),
+                wv.nrows().to_string(),
+            ));
+        }
+        let dk = wq.nrows() / heads;
+        let dv = wv.nrows() / heads;
+        let dims = |m: &Mat<T>| format!("{}x{}", m.nrows(), m.ncols());
+        if wk.nrows() != heads * dk || wk.ncols() != d {
+            return Err(Error::shape("W_K", format!("{}x{d}", heads * dk), dims(&wk)));
+        }
+        if wv.ncols() != d {
+            return Err(Error::shape("W_V", format!("{}x{d}", heads * dv), dims(&wv)));
+        }
+        if wo.ncols() != heads * dv || wo.nrows() == 0 {
+            return Err(Error::shape("W_O", format!("d_out x {}", heads * dv), dims(&wo)));
+        }
+        for (name, b, len) in [
+            ("b_Q", &bq, heads * dk),
+            ("b_K", &bk, heads * dk),
+            ("b_V", &bv, heads * dv),
+            ("b_O", &bo, wo.nrows()),
+        ] {
+            if b.len() != len {
+                return Err(Error::shape(name, format!("[{len}]"), format!("[{}]", b.len())));
+            }
+            check_finite_slice(name, b)?;
+        }
+        for (name, m) in [("W_Q", &wq), ("W_K", &wk), ("W_V", &wv), ("W_O", &wo)] {
+            check_finite_mat(name, m)?;
+        }
+        Ok(Self {
+            heads,
+            dk,
+            dv,
+            kernel,
+            wq,
+            bq,
+            wk,
+            bk,
+            wv,
+            bv,
+            wo,
+            bo,
+        })
+    }
+
+    /// Token (input) width d.
+    pub fn d_in(&self) -> usize {
+        self.wq.ncols()
+    }
+
+    /// Output width (rows of W_O).
+    pub fn d_out(&self) -> usize {
+        self.wo.nrows()
+    }
+
+    pub fn with_kernel(mut self, kernel: Kernel) -> Self {
+        self.kernel = kernel;
+        self
+    }
+
+    /// The layer restricted to head h: its W_Q, W_K, W_V rows, its W_O columns, and b_O
+    /// only if `keep_output_bias` (a head's contribution to the sum has no bias of its own).
+    pub fn head(&self, h: usize, keep_output_bias: bool) -> Result<Self> {
+        if h >= self.heads {
+            return Err(Error::Invalid(format!("head {h} out of range (layer has {} heads)", self.heads)));
+        }
+        let (dk, dv, d) = (self.dk, self.dv, self.d_in());
+        let rows = |m: &Mat<T>, w: usize| Mat::from_fn(w, d, |i, k| m[(h * w + i, k)]);
+        let bias = |b: &[T], w: usize| b[h * w..(h + 1) * w].to_vec();
+        Ok(Self {
+            heads: 1,
+            dk,
+            dv,
+            kernel: self.kernel,
+            wq: rows(&self.wq, dk),
+            bq: bias(&self.bq, dk),
+            wk: rows(&self.wk, dk),
+            bk: bias(&self.bk, dk),
+            wv: rows(&self.wv, dv),
+            bv: bias(&self.bv, dv),
+            wo: Mat::from_fn(self.d_out(), dv, |i, k| self.wo[(i, h * dv + k)]),
+            bo: if keep_output_bias {
+                self.bo.clone()
+            } else {
+                vec![T::of(0.0); self.d_out()]
+            },
+        })
+    }
+
+    /// The same layer in another floating-point type.
+    pub fn cast<U: Scalar>(&self) -> AttentionLayer<U> {
+        let m = |a: &Mat<T>| Mat::from_fn(a.nrows(), a.ncols(), |i, j| U::of(a[(i, j)].f64()));
+        let v = |a: &[T]| a.iter().map(|x| U::of(x.f64())).collect::<Vec<U>>();
+        AttentionLayer {
+            heads: self.heads,
+            dk: self.dk,
+            dv: self.dv,
+            kernel: self.kernel,
+            wq: m(&self.wq),
+            bq: v(&self.bq),
+            wk: m(&self.wk),
+            bk: v(&self.bk),
+            wv: m(&self.wv),
+            bv: v(&self.bv),
+            wo: m(&self.wo),
+            bo: v(&self.bo),
+        }
+    }
+}
+
+fn check_finite_slice<T: Scalar>(what: &str, v: &[T]) -> Result<()> {
+    crate::error::check_finite(what, v.iter().map(|x| x.f64()))
+}
+
+fn check_finite_mat<T: Scalar>(what: &str, m: &Mat<T>) -> Result<()> {
+    for i in 0..m.nrows() {
+        for j in 0..m.ncols() {
+            let v = m[(i, j)].f64();
+            if !v.is_finite() {
+                return Err(Error::NonFinite {
+                    what: format!("{what} (row {i}, column {j})"),
+                    index: i * m.ncols() + j,
+                    value: v,
+                });
+            }
+        }
+    }
+    Ok(())
+}

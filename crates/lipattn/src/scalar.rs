@@ -1,0 +1,54 @@
+//! The floating-point types the attention engine runs in (f64 by default, f32 where it pays).
+
+use faer::traits::RealField;
+
+pub trait Scalar:
+    RealField + Copy + Send + Sync + 'static + std::fmt::Debug + std::fmt::Display + PartialOrd
+{
+    const NAME: &'static str;
+    fn of(v: f64) -> Self;
+    fn f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn is_finite(self) -> bool;
+    fn neg_infinity() -> Self;
+}
+
+macro_rules! impl_scalar {
+    ($t:ty, $name:literal) => {
+        impl Scalar for $t {
+            const NAME: &'static str = $name;
+            #[inline(always)]
+            fn of(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            #[inline(always)]
+            fn neg_infinity() -> Self {
+                <$t>::NEG_INFINITY
+            }
+        }
+    };
+}
+impl_scalar!(f64, "f64");
+impl_scalar!(f32, "f32");
