@@ -4,7 +4,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lipattn", version, about = "How smooth is this attention layer, provably?")]
+#[command(
+    name = "lipattn",
+    version,
+    about = "How smooth is this attention layer, provably?"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -45,7 +45,11 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub fn shape(what: impl Into<String>, expected: impl Into<String>, found: impl Into<String>) -> Self {
+    pub fn shape(
+        what: impl Into<String>,
+        expected: impl Into<String>,
+        found: impl Into<String>,
+    ) -> Self {
         Error::Shape {
             what: what.into(),
             expected: expected.into(),
@@ -55,7 +59,10 @@ impl Error {
 }
 
 /// Rejects NaN and infinities, naming the first offending index.
-pub fn check_finite<T: Copy + Into<f64>>(what: &str, values: impl IntoIterator<Item = T>) -> Result<()> {
+pub fn check_finite<T: Copy + Into<f64>>(
+    what: &str,
+    values: impl IntoIterator<Item = T>,
+) -> Result<()> {
     for (index, v) in values.into_iter().enumerate() {
         let value: f64 = v.into();
         if !value.is_finite() {

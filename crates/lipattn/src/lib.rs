@@ -12,7 +12,9 @@ pub use error::{Error, Result};
 pub use faer::{Mat, MatRef};
 pub use measure::Measure;
 pub mod attention;
+pub mod derivatives;
 pub mod scalar;
 
 pub use attention::{AttentionLayer, Kernel};
+pub use derivatives::{query_jacobian, Linearization};
 pub use scalar::Scalar;

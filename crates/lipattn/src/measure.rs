@@ -140,7 +140,11 @@ pub(crate) fn validate_points(what: &str, points: MatRef<'_, f64>) -> Result<()>
 
 pub(crate) fn validate_weights(what: &str, weights: &[f64], n: usize) -> Result<()> {
     if weights.len() != n {
-        return Err(Error::shape(what, format!("[{n}]"), format!("[{}]", weights.len())));
+        return Err(Error::shape(
+            what,
+            format!("[{n}]"),
+            format!("[{}]", weights.len()),
+        ));
     }
     check_finite(what, weights.iter().copied())?;
     for (index, &value) in weights.iter().enumerate() {
@@ -162,10 +166,22 @@ mod tests {
     #[test]
     fn rejects_bad_weights() {
         let p = Mat::from_fn(3, 2, |i, k| (i + k) as f64);
-        assert!(matches!(Measure::new(p.clone(), vec![0.5, 0.5, 0.5]), Err(Error::NotNormalised { .. })));
-        assert!(matches!(Measure::new(p.clone(), vec![1.5, -0.5, 0.0]), Err(Error::NegativeWeight { .. })));
-        assert!(matches!(Measure::new(p.clone(), vec![0.5, 0.5]), Err(Error::Shape { .. })));
-        assert!(matches!(Measure::new(p.clone(), vec![f64::NAN, 0.5, 0.5]), Err(Error::NonFinite { .. })));
+        assert!(matches!(
+            Measure::new(p.clone(), vec![0.5, 0.5, 0.5]),
+            Err(Error::NotNormalised { .. })
+        ));
+        assert!(matches!(
+            Measure::new(p.clone(), vec![1.5, -0.5, 0.0]),
+            Err(Error::NegativeWeight { .. })
+        ));
+        assert!(matches!(
+            Measure::new(p.clone(), vec![0.5, 0.5]),
+            Err(Error::Shape { .. })
+        ));
+        assert!(matches!(
+            Measure::new(p.clone(), vec![f64::NAN, 0.5, 0.5]),
+            Err(Error::NonFinite { .. })
+        ));
         let m = Measure::normalised(p, vec![1.0, 1.0, 2.0]).unwrap();
         assert_eq!(m.weights(), &[0.25, 0.25, 0.5]);
     }
@@ -176,8 +192,14 @@ mod tests {
         p[(1, 1)] = f64::INFINITY;
         let e = Measure::uniform(p).unwrap_err().to_string();
         assert!(e.contains("row 1, column 1"), "{e}");
-        assert!(matches!(Measure::uniform(Mat::zeros(0, 3)), Err(Error::Empty { .. })));
-        assert!(matches!(Measure::uniform(Mat::zeros(3, 0)), Err(Error::Empty { .. })));
+        assert!(matches!(
+            Measure::uniform(Mat::zeros(0, 3)),
+            Err(Error::Empty { .. })
+        ));
+        assert!(matches!(
+            Measure::uniform(Mat::zeros(3, 0)),
+            Err(Error::Empty { .. })
+        ));
     }
 
     #[test]

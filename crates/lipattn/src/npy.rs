@@ -23,17 +23,26 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
         path: path.to_path_buf(),
         msg,
     };
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| fmt(format!("not a valid .npy file ({e})")))?;
+    let npy =
+        npyz::NpyFile::new(&bytes[..]).map_err(|e| fmt(format!("not a valid .npy file ({e})")))?;
     if npy.order() != Order::C {
-        return Err(fmt("array is in Fortran order; save it in C order (np.ascontiguousarray)".into()));
+        return Err(fmt(
+            "array is in Fortran order; save it in C order (np.ascontiguousarray)".into(),
+        ));
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
     let dtype = match npy.dtype() {
         DType::Plain(t) => t.to_string(),
-        other => return Err(fmt(format!("structured dtype {other:?} is not supported; use float32 or float64"))),
+        other => {
+            return Err(fmt(format!(
+                "structured dtype {other:?} is not supported; use float32 or float64"
+            )))
+        }
     };
     let data: Vec<f64> = match dtype.as_str() {
-        "<f8" | ">f8" => npy.into_vec::<f64>().map_err(|e| fmt(format!("reading f64 data: {e}")))?,
+        "<f8" | ">f8" => npy
+            .into_vec::<f64>()
+            .map_err(|e| fmt(format!("reading f64 data: {e}")))?,
         "<f4" | ">f4" => npy
             .into_vec::<f32>()
             .map_err(|e| fmt(format!("reading f32 data: {e}")))?
@@ -48,7 +57,10 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
     };
     let expected: usize = shape.iter().product();
     if data.len() != expected {
-        return Err(fmt(format!("header shape {shape:?} needs {expected} values, file has {}", data.len())));
+        return Err(fmt(format!(
+            "header shape {shape:?} needs {expected} values, file has {}",
+            data.len()
+        )));
     }
     Ok(NpyArray { shape, data, dtype })
 }
@@ -104,7 +116,11 @@ fn write_f64(path: &Path, shape: &[u64], data: impl IntoIterator<Item = f64>) ->
 /// Writes an (n, d) f64 matrix in C order.
 pub fn write_matrix(path: &Path, m: faer::MatRef<'_, f64>) -> Result<()> {
     let (n, d) = (m.nrows(), m.ncols());
-    write_f64(path, &[n as u64, d as u64], (0..n).flat_map(|i| (0..d).map(move |k| m[(i, k)])))
+    write_f64(
+        path,
+        &[n as u64, d as u64],
+        (0..n).flat_map(|i| (0..d).map(move |k| m[(i, k)])),
+    )
 }
 
 pub fn write_vector(path: &Path, v: &[f64]) -> Result<()> {
@@ -129,7 +145,9 @@ mod tests {
         std::fs::write(dir.join("bad.npy"), b"not numpy").unwrap();
         let e = read_matrix(&dir.join("bad.npy")).unwrap_err().to_string();
         assert!(e.contains("bad.npy") && e.contains("not a valid"), "{e}");
-        let e = read_matrix(&dir.join("missing.npy")).unwrap_err().to_string();
+        let e = read_matrix(&dir.join("missing.npy"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.npy"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }

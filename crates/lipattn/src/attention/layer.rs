@@ -20,7 +20,9 @@ impl std::str::FromStr for Kernel {
         match s {
             "dot" => Ok(Kernel::Dot),
             "l2" => Ok(Kernel::L2),
-            other => Err(Error::Invalid(format!("unknown kernel '{other}' (expected 'dot' or 'l2')"))),
+            other => Err(Error::Invalid(format!(
+                "unknown kernel '{other}' (expected 'dot' or 'l2')"
+            ))),
         }
     }
 }
@@ -69,14 +71,14 @@ impl<T: Scalar> AttentionLayer<T> {
                 what: "W_Q (input dimension 0)".into(),
             });
         }
-        if wq.nrows() % heads != 0 || wq.nrows() == 0 {
+        if !wq.nrows().is_multiple_of(heads) || wq.nrows() == 0 {
             return Err(Error::shape(
                 "W_Q rows",
                 format!("a positive multiple of the {heads} heads"),
                 wq.nrows().to_string(),
             ));
         }
-        if wv.nrows() % heads != 0 || wv.nrows() == 0 {
+        if !wv.nrows().is_multiple_of(heads) || wv.nrows() == 0 {
             return Err(Error::shape(
                 "W_V rows",
                 format!("a positive multiple of the {heads} heads"),
@@ -87,13 +89,25 @@ impl<T: Scalar> AttentionLayer<T> {
         let dv = wv.nrows() / heads;
         let dims = |m: &Mat<T>| format!("{}x{}", m.nrows(), m.ncols());
         if wk.nrows() != heads * dk || wk.ncols() != d {
-            return Err(Error::shape("W_K", format!("{}x{d}", heads * dk), dims(&wk)));
+            return Err(Error::shape(
+                "W_K",
+                format!("{}x{d}", heads * dk),
+                dims(&wk),
+            ));
         }
         if wv.ncols() != d {
-            return Err(Error::shape("W_V", format!("{}x{d}", heads * dv), dims(&wv)));
+            return Err(Error::shape(
+                "W_V",
+                format!("{}x{d}", heads * dv),
+                dims(&wv),
+            ));
         }
         if wo.ncols() != heads * dv || wo.nrows() == 0 {
-            return Err(Error::shape("W_O", format!("d_out x {}", heads * dv), dims(&wo)));
+            return Err(Error::shape(
+                "W_O",
+                format!("d_out x {}", heads * dv),
+                dims(&wo),
+            ));
         }
         for (name, b, len) in [
             ("b_Q", &bq, heads * dk),
@@ -102,7 +116,11 @@ impl<T: Scalar> AttentionLayer<T> {
             ("b_O", &bo, wo.nrows()),
         ] {
             if b.len() != len {
-                return Err(Error::shape(name, format!("[{len}]"), format!("[{}]", b.len())));
+                return Err(Error::shape(
+                    name,
+                    format!("[{len}]"),
+                    format!("[{}]", b.len()),
+                ));
             }
             check_finite_slice(name, b)?;
         }
@@ -144,7 +162,10 @@ impl<T: Scalar> AttentionLayer<T> {
     /// only if `keep_output_bias` (a head's contribution to the sum has no bias of its own).
     pub fn head(&self, h: usize, keep_output_bias: bool) -> Result<Self> {
         if h >= self.heads {
-            return Err(Error::Invalid(format!("head {h} out of range (layer has {} heads)", self.heads)));
+            return Err(Error::Invalid(format!(
+                "head {h} out of range (layer has {} heads)",
+                self.heads
+            )));
         }
         let (dk, dv, d) = (self.dk, self.dv, self.d_in());
         let rows = |m: &Mat<T>, w: usize| Mat::from_fn(w, d, |i, k| m[(h * w + i, k)]);
