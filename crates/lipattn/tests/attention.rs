@@ -6,14 +6,6 @@ use common::*;
 use lipattn::{AttentionLayer, Error, Kernel, Mat, Measure};
 use proptest::prelude::*;
 
-fn kernel_of(i: u8) -> Kernel {
-    if i % 2 == 0 {
-        Kernel::Dot
-    } else {
-        Kernel::L2
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 

@@ -6,14 +6,6 @@ use lipattn::{query_jacobian, Kernel, Linearization, Mat, Measure};
 use num_dual::Dual64;
 use proptest::prelude::*;
 
-fn kernel_of(i: u8) -> Kernel {
-    if i % 2 == 0 {
-        Kernel::Dot
-    } else {
-        Kernel::L2
-    }
-}
-
 /// J(X) G by forward-mode dual numbers through the textbook implementation.
 fn dual_jvp(
     layer: &lipattn::AttentionLayer<f64>,

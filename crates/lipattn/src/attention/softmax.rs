@@ -37,8 +37,10 @@ pub fn softmax_columns<T: Scalar>(
             }
         }
         let mut sum = T::of(0.0);
+        let under = T::of(T::EXP_UNDERFLOW);
         for l in col[..visible].iter_mut() {
-            *l = (*l - max).exp();
+            let z = *l - max;
+            *l = if z < under { T::of(0.0) } else { z.exp() };
             sum += *l;
         }
         let inv = T::of(1.0) / sum;

@@ -180,3 +180,11 @@ pub fn inner(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
     }
     s
 }
+
+pub fn kernel_of(i: u8) -> Kernel {
+    if i.is_multiple_of(2) {
+        Kernel::Dot
+    } else {
+        Kernel::L2
+    }
+}

@@ -1,0 +1,87 @@
+//! Quick timing of one JVP plus one VJP at MiniLM size with random weights (no model needed).
+//! Usage: cargo run --release --example profile_jvp_vjp -- [n] [f32|f64] [repeats]
+use lipattn::{AttentionLayer, Kernel, Linearization, Mat, Scalar};
+use std::time::Instant;
+
+fn lcg(state: &mut u64) -> f64 {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+}
+
+fn run<T: Scalar>(n: usize, reps: usize) {
+    let (d, h, dk) = (384, 12, 32);
+    let mut s = 42u64;
+    let mut m =
+        |r: usize, c: usize, sc: f64| Mat::<T>::from_fn(r, c, |_, _| T::of(sc * lcg(&mut s)));
+    let layer = AttentionLayer::<T>::new(
+        h,
+        Kernel::Dot,
+        m(d, d, 0.1),
+        vec![T::of(0.01); d],
+        m(d, d, 0.1),
+        vec![T::of(0.01); d],
+        m(d, d, 0.1),
+        vec![T::of(0.0); d],
+        m(d, d, 0.1),
+        vec![T::of(0.0); d],
+    )
+    .unwrap();
+    let x = m(n, d, 1.7);
+    if std::env::var("DBG").is_ok() {
+        let l64 = layer.cast::<f64>();
+        let x64 = Mat::from_fn(n, d, |i, k| x[(i, k)].f64());
+        let sc = l64.scores(0, x64.as_ref(), x64.as_ref()).unwrap();
+        let (mut lo, mut hi) = (f64::MAX, f64::MIN);
+        for i in 0..n {
+            for j in 0..n {
+                lo = lo.min(sc[(i, j)]);
+                hi = hi.max(sc[(i, j)]);
+            }
+        }
+        println!("scores in [{lo}, {hi}]");
+    }
+    let g = m(n, d, 1.0);
+    let lin = Linearization::new(&layer, x.as_ref(), None, false).unwrap();
+    let mut times = Vec::new();
+    let (mut tj, mut tv) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let y = lin.jvp(g.as_ref()).unwrap();
+        let t1 = Instant::now();
+        let _ = lin.vjp(y.as_ref()).unwrap();
+        let t2 = Instant::now();
+        tj.push((t1 - t0).as_secs_f64() * 1e3);
+        tv.push((t2 - t1).as_secs_f64() * 1e3);
+        times.push((t2 - t0).as_secs_f64() * 1e3);
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let t0 = Instant::now();
+    let _ = Linearization::new(&layer, x.as_ref(), None, false).unwrap();
+    let tl = t0.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "{} n={n}: jvp+vjp median {:.3} ms (jvp {:.3}, vjp {:.3}); linearize {:.3} ms",
+        T::NAME,
+        med(&mut times),
+        med(&mut tj),
+        med(&mut tv),
+        tl
+    );
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let n: usize = a.get(1).and_then(|s| s.parse().ok()).unwrap_or(128);
+    let reps: usize = a.get(3).and_then(|s| s.parse().ok()).unwrap_or(30);
+    match a.get(2).map(|s| s.as_str()) {
+        Some("f32") => run::<f32>(n, reps),
+        _ => run::<f64>(n, reps),
+    }
+}
+
+#[allow(dead_code)]
+fn dbg_scores() {}
