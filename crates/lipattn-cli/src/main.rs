@@ -1,25 +1,28 @@
 //! The `lipattn` command. Each subcommand lives in its own module; errors go to stderr with a
 //! non-zero exit and never as a panic.
 
+mod forward;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "lipattn",
-    version,
-    about = "How smooth is this attention layer, provably?"
-)]
+#[command(name = "lipattn", version, about = "How smooth is this attention layer, provably?")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Attention sublayer output of one layer for a token sequence (.npy in, .npy out).
+    Forward(forward::ForwardArgs),
+}
 
 fn main() {
     let cli = Cli::parse();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result = match cli.command {
+        Command::Forward(a) => forward::run(a),
+    };
     if let Err(e) = result {
         eprintln!("lipattn: error: {e:#}");
         std::process::exit(2);

