@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod measure;
+pub mod models;
 pub mod npy;
 
 pub use error::{Error, Result};

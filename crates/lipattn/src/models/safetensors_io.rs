@@ -1,0 +1,158 @@
+//! Reading named tensors out of a `.safetensors` file as f64.
+//!
+//! The whole file is read into memory rather than memory-mapped: the checkpoints this crate
+//! targets are small (MiniLM is 90 MB), and a plain read keeps the crate free of `unsafe` and of
+//! a memory-mapping dependency. Every tensor is converted to f64 on access, because the
+//! certified bounds downstream are computed in f64 whatever the storage precision was.
+
+use crate::error::{Error, Result};
+use faer::Mat;
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::{Dtype, SafeTensors};
+use std::path::{Path, PathBuf};
+
+/// How many tensor names an error message lists: enough to recognise a layout, short enough
+/// to read.
+const NAMES_IN_ERRORS: usize = 8;
+
+/// A safetensors file held in memory with its validated header.
+pub struct TensorFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    header_len: usize,
+    metadata: Metadata,
+    /// Names in file order, so that error messages list them reproducibly.
+    names: Vec<String>,
+}
+
+impl TensorFile {
+    /// Reads and validates the whole file (header JSON, offsets covering the buffer exactly).
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| Error::Format {
+                path: path.to_path_buf(),
+                msg: format!("not a valid safetensors file: {e}"),
+            })?;
+        let names = metadata.offset_keys();
+        Ok(Self {
+            path: path.to_path_buf(),
+            bytes,
+            header_len,
+            metadata,
+            names,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensor names in the order their data appears in the file.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.metadata.info(name).is_some()
+    }
+
+    /// A short listing of the names found, for error messages.
+    pub fn sample_names(&self) -> String {
+        let mut shown: Vec<&str> = self
+            .names
+            .iter()
+            .take(NAMES_IN_ERRORS)
+            .map(String::as_str)
+            .collect();
+        if shown.is_empty() {
+            return "the file holds no tensors".into();
+        }
+        let more = self.names.len().saturating_sub(shown.len());
+        let mut s = format!("{} tensors, e.g. ", self.names.len());
+        if more > 0 {
+            shown.push("...");
+        }
+        s.push_str(&shown.join(", "));
+        s
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.metadata.info(name).ok_or_else(|| {
+            Error::Model(format!(
+                "{}: tensor '{name}' not found ({})",
+                self.path.display(),
+                self.sample_names()
+            ))
+        })
+    }
+
+    /// The shape recorded in the header for `name`.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.info(name)?.shape.clone())
+    }
+
+    /// All elements of `name` in row-major order, converted to f64, after checking its shape.
+    pub fn read_f64(&self, name: &str, expected_shape: &[usize]) -> Result<Vec<f64>> {
+        let info = self.info(name)?;
+        if info.shape != expected_shape {
+            return Err(Error::shape(
+                format!("{}: tensor '{name}'", self.path.display()),
+                format!("{expected_shape:?}"),
+                format!("{:?}", info.shape),
+            ));
+        }
+        let start = 8 + self.header_len;
+        let (a, b) = info.data_offsets;
+        // read_metadata already proved the offsets lie inside the buffer and match the shape;
+        // `get` keeps a violated invariant an error instead of a panic.
+        let raw = self
+            .bytes
+            .get(start + a..start + b)
+            .ok_or_else(|| Error::Format {
+                path: self.path.clone(),
+                msg: format!("tensor '{name}': data offsets {a}..{b} outside the file"),
+            })?;
+        decode(raw, info.dtype).ok_or_else(|| {
+            Error::Model(format!(
+                "{}: tensor '{name}' has dtype {:?}; only F32, F16, BF16 and F64 are supported",
+                self.path.display(),
+                info.dtype
+            ))
+        })
+    }
+
+    /// A rank-2 tensor of shape rows x cols as a matrix (row-major, as PyTorch stores it).
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f64>> {
+        let v = self.read_f64(name, &[rows, cols])?;
+        Ok(Mat::from_fn(rows, cols, |i, j| v[i * cols + j]))
+    }
+
+    /// A rank-1 tensor of length `len`.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f64>> {
+        self.read_f64(name, &[len])
+    }
+}
+
+/// Little-endian decoding; `None` for a dtype that is not a real float type we accept.
+fn decode(raw: &[u8], dtype: Dtype) -> Option<Vec<f64>> {
+    fn chunks<const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> f64) -> Vec<f64> {
+        raw.chunks_exact(N)
+            .map(|c| {
+                let mut a = [0u8; N];
+                a.copy_from_slice(c);
+                f(a)
+            })
+            .collect()
+    }
+    Some(match dtype {
+        Dtype::F64 => chunks::<8>(raw, f64::from_le_bytes),
+        Dtype::F32 => chunks::<4>(raw, |a| f32::from_le_bytes(a) as f64),
+        Dtype::F16 => chunks::<2>(raw, |a| half::f16::from_le_bytes(a).to_f64()),
+        Dtype::BF16 => chunks::<2>(raw, |a| half::bf16::from_le_bytes(a).to_f64()),
+        _ => return None,
+    })
+}
