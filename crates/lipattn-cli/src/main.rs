@@ -6,7 +6,11 @@ mod forward;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lipattn", version, about = "How smooth is this attention layer, provably?")]
+#[command(
+    name = "lipattn",
+    version,
+    about = "How smooth is this attention layer, provably?"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
