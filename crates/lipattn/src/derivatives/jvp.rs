@@ -41,9 +41,17 @@ impl<T: Scalar> Linearization<'_, T> {
                 let mut dl = Mat::<T>::zeros(k.nrows(), q.nrows());
                 match layer.kernel {
                     Kernel::Dot => {
+                        // One product of depth 2 dk, [K dK] [dQ Q]^T, instead of two of depth dk:
+                        // the n x n output is written once.
                         let dkh = proj.as_ref().subcols(k_off + h * dk, dk);
-                        gemm(dl.as_mut(), false, k, dq.transpose(), s, Par::Seq);
-                        gemm(dl.as_mut(), true, dkh, q.transpose(), s, Par::Seq);
+                        let n = q.nrows();
+                        let mut left = Mat::<T>::zeros(n, 2 * dk);
+                        let mut right = Mat::<T>::zeros(n, 2 * dk);
+                        left.as_mut().subcols_mut(0, dk).copy_from(k);
+                        left.as_mut().subcols_mut(dk, dk).copy_from(dkh);
+                        right.as_mut().subcols_mut(0, dk).copy_from(dq);
+                        right.as_mut().subcols_mut(dk, dk).copy_from(q);
+                        gemm(dl.as_mut(), false, left.as_ref(), right.transpose(), s, Par::Seq);
                     }
                     Kernel::L2 => {
                         // logits_ij = s (2 q_i.q_j - |q_j|^2): d = 2s (dq_i.q_j + q_i.dq_j - q_j.dq_j).
