@@ -13,6 +13,7 @@ pub use error::{Error, Result};
 pub use faer::{Mat, MatRef};
 pub use measure::Measure;
 pub mod attention;
+pub mod bounds;
 pub mod derivatives;
 pub mod scalar;
 

@@ -1,0 +1,25 @@
+//! B6: the radius of LayerNorm outputs and the Lipschitz constant of a residual branch.
+
+use crate::error::{check_finite, Error, Result};
+
+/// Every output of LN(x) = gamma o (x - mean) / sqrt(var + eps) + beta lies in B_R with
+/// R = sqrt(d) max|gamma_k| + |beta| (the normalised vector has norm below sqrt(d)).
+pub fn layer_norm_radius(gamma: &[f64], beta: &[f64]) -> Result<f64> {
+    if gamma.is_empty() || gamma.len() != beta.len() {
+        return Err(Error::shape(
+            "LayerNorm beta",
+            format!("[{}]", gamma.len()),
+            format!("[{}]", beta.len()),
+        ));
+    }
+    check_finite("LayerNorm gamma", gamma.iter().copied())?;
+    check_finite("LayerNorm beta", beta.iter().copied())?;
+    let gmax = gamma.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+    let bnorm = beta.iter().map(|b| b * b).sum::<f64>().sqrt();
+    Ok(super::constants::with_margin((gamma.len() as f64).sqrt() * gmax + bnorm))
+}
+
+/// Lip(id + f) <= 1 + Lip(f).
+pub fn residual(lip_f: f64) -> f64 {
+    1.0 + lip_f
+}

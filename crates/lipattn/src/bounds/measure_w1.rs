@@ -1,0 +1,48 @@
+//! B2: self-attention F(mu) = (Gamma_mu)_# mu on P(B_R) in W1 and W2 (dot-product kernel).
+
+use super::constants::HeadConstants;
+use super::{head_constants, require_dot, Bound, Metric};
+use crate::attention::AttentionLayer;
+use crate::error::Result;
+
+/// Lipschitz constant of x -> Gamma_mu(x) on B_R for one head: sup_u |M u||A u| R^2.
+pub fn query_lipschitz_head(k: &HeadConstants, use_output: bool, radius: f64) -> f64 {
+    let prod = if use_output { k.ma } else { k.va };
+    prod * radius * radius
+}
+
+/// sup_{x in B_R} |Gamma_mu(x) - Gamma_nu(x)| <= this times W1(mu, nu), for one head:
+/// |M| (1 + 2 R beta) e^{2 R beta} with beta = a R + |c|.
+pub fn context_lipschitz_head(k: &HeadConstants, use_output: bool, radius: f64) -> f64 {
+    let beta = k.a * radius + k.c;
+    let vn = if use_output { k.m } else { k.v };
+    vn * (1.0 + 2.0 * radius * beta) * (2.0 * radius * beta).exp()
+}
+
+/// B2 for a whole layer: W1(F mu, F nu) <= L W1(mu, nu), mu, nu in P(B_R); the same constant holds
+/// for W2. Heads are combined by the sum of the W_O^h W_V^h forms or by the concatenation with
+/// ||W_O||, whichever is smaller (B4).
+pub fn measure_bounds(layer: &AttentionLayer<f64>, radius: f64) -> Result<Vec<Bound>> {
+    require_dot(layer, "the measure bound B2")?;
+    let ks = head_constants(layer)?;
+    let wo = super::constants::spectral_norm(layer.wo.as_ref())?;
+    let sum: f64 = ks
+        .iter()
+        .map(|k| query_lipschitz_head(k, true, radius) + context_lipschitz_head(k, true, radius))
+        .sum();
+    let cat = wo
+        * (ks
+            .iter()
+            .map(|k| query_lipschitz_head(k, false, radius).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            + ks.iter()
+                .map(|k| context_lipschitz_head(k, false, radius).powi(2))
+                .sum::<f64>()
+                .sqrt());
+    let best = sum.min(cat);
+    Ok(vec![
+        Bound::certified("B2", Metric::W1, best, "b2-measures-w1-w2"),
+        Bound::certified("B2", Metric::W2, best, "b2-measures-w1-w2"),
+    ])
+}

@@ -1,0 +1,83 @@
+//! Bounds for the token map X -> f(X) on (B_R)^n in the Frobenius norm: B1, its tightened form,
+//! the multi-head compositions of B4, and the anchor's formulas for comparison.
+
+use super::constants::HeadConstants;
+use super::{head_constants, require_dot, Bound, Domain, Metric};
+use crate::attention::AttentionLayer;
+use crate::error::Result;
+
+/// An upper bound on max_j sum_i P_ij, the largest column sum of the attention matrix, for
+/// uniform weights on n tokens in B_R with scores whose key-dependent part spans at most
+/// 2 R beta: P_ij <= min(1, e^{2 R beta} / (number of keys visible to query i)).
+pub fn column_sum_bound(domain: &Domain, beta: f64) -> f64 {
+    let spread = (2.0 * domain.radius * beta).min(700.0).exp();
+    let n = domain.n;
+    if domain.causal {
+        (0..n).map(|i| (spread / (i + 1) as f64).min(1.0)).sum()
+    } else {
+        (n as f64).min(spread)
+    }
+}
+
+/// B1 of math.md for one head, with value norm `vn`: vn (a R^2 + sqrt(n) (1 + R (a R + |c|))).
+pub fn b1_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
+    let r = domain.radius;
+    vn * (k.a * r * r + (domain.n as f64).sqrt() * (1.0 + r * (k.a * r + k.c)))
+}
+
+/// B1-tight for one head: sup_u |M u||A u| R^2 + sqrt(colsum) |M| (1 + R (a R + |c|)).
+pub fn b1_tight_head(k: &HeadConstants, use_output: bool, domain: &Domain) -> f64 {
+    let r = domain.radius;
+    let beta = k.a * r + k.c;
+    let (prod, vn) = if use_output { (k.ma, k.m) } else { (k.va, k.v) };
+    prod * r * r + column_sum_bound(domain, beta).sqrt() * vn * (1.0 + r * beta)
+}
+
+/// Castin, Ablin, Peyre 2024 as recalled in math.md: sqrt(3) |V| (a^2 R^4 (4n + 1) + n)^{1/2}.
+pub fn anchor_castin_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
+    let (r, n) = (domain.radius, domain.n as f64);
+    3f64.sqrt() * vn * (k.a * k.a * r.powi(4) * (4.0 * n + 1.0) + n).sqrt()
+}
+
+/// The per-head form quoted in anchors.md, |V_h| sqrt(R_h^2 r^2 (n + 1) + n), read with
+/// R_h = a_h r (the scale of the scores), i.e. |V_h| sqrt(a^2 r^4 (n + 1) + n).
+pub fn anchor_code_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
+    let (r, n) = (domain.radius, domain.n as f64);
+    vn * (k.a * k.a * r.powi(4) * (n + 1.0) + n).sqrt()
+}
+
+fn concat(wo: f64, per_head: impl Iterator<Item = f64>) -> f64 {
+    wo * per_head.map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// All token-map bounds of a layer (dot kernel, non-causal or causal). Certified: B1 composed by
+/// both forms of B4 (math.md), and B1-tight (value maps W_O^h W_V^h summed over heads, or
+/// concatenated). Not certified: the anchor formulas.
+pub fn token_map_bounds(layer: &AttentionLayer<f64>, domain: &Domain) -> Result<Vec<Bound>> {
+    require_dot(layer, "the token-map bound B1")?;
+    let ks = head_constants(layer)?;
+    let wo = super::constants::spectral_norm(layer.wo.as_ref())?;
+    let f = Metric::Frobenius;
+    let b1_sum: f64 = ks.iter().map(|k| k.o * b1_head(k, k.v, domain)).sum();
+    let b1_cat = concat(wo, ks.iter().map(|k| b1_head(k, k.v, domain)));
+    let tight_sum: f64 = ks.iter().map(|k| b1_tight_head(k, true, domain)).sum();
+    let tight_cat = concat(wo, ks.iter().map(|k| b1_tight_head(k, false, domain)));
+    Ok(vec![
+        Bound::certified("B1+B4-sum", f, b1_sum, "b1-token-map-frobenius"),
+        Bound::certified("B1+B4-concat", f, b1_cat, "b4-multi-head"),
+        Bound::certified("B1-tight-sum", f, tight_sum, "b1-tight"),
+        Bound::certified("B1-tight-concat", f, tight_cat, "b1-tight"),
+        Bound::anchor(
+            "anchor-castin-mathmd",
+            f,
+            concat(wo, ks.iter().map(|k| anchor_castin_head(k, k.v, domain))),
+            "Castin, Ablin, Peyre 2024 as recalled in math.md (B1 note), heads combined by ||W_O|| sqrt(sum_h L_h^2)",
+        ),
+        Bound::anchor(
+            "anchor-castin-code",
+            f,
+            concat(wo, ks.iter().map(|k| anchor_code_head(k, k.v, domain))),
+            "anchors.md per-head form |V_h| sqrt(R_h^2 r^2 (n+1) + n) with R_h = a_h r, heads combined by ||W_O|| sqrt(sum_h L_h^2)",
+        ),
+    ])
+}
