@@ -13,6 +13,7 @@ pub use faer::{Mat, MatRef};
 pub use measure::Measure;
 pub mod attention;
 pub mod scalar;
+pub mod transport;
 
 pub use attention::{AttentionLayer, Kernel};
 pub use scalar::Scalar;
