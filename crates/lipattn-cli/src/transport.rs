@@ -125,8 +125,7 @@ pub fn run(args: TransportArgs) -> anyhow::Result<()> {
     let (n, m, d) = (a.len(), b.len(), a.dim());
     let mut out =
         json!({ "method": format!("{:?}", args.method).to_lowercase(), "n": n, "m": m, "d": d });
-    let plan;
-    match args.method {
+    let plan = match args.method {
         Method::Exact | Method::Sorted => {
             let t = match (args.method, &user_cost) {
                 (Method::Sorted, _) => transport::sorted_1d(&a, &b, args.p)?,
@@ -144,7 +143,7 @@ pub fn run(args: TransportArgs) -> anyhow::Result<()> {
             o.insert("iterations".into(), json!(t.iterations));
             o.insert("plan_nonzeros".into(), json!(t.plan.len()));
             o.insert("solver_seconds".into(), json!(t.seconds));
-            plan = Some(t.plan);
+            Some(t.plan)
         }
         Method::Sinkhorn => {
             let Some(eps) = args.eps else {
@@ -171,9 +170,9 @@ pub fn run(args: TransportArgs) -> anyhow::Result<()> {
             o.insert("converged".into(), json!(e.converged));
             o.insert("iterations".into(), json!(e.iterations));
             o.insert("solver_seconds".into(), json!(e.seconds));
-            plan = None;
+            None
         }
-    }
+    };
     if let Some(path) = &args.plan {
         let Some(plan) = &plan else {
             bail!("--plan is only available for the exact and sorted methods (the entropic plan is dense)");
