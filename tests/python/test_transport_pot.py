@@ -109,13 +109,13 @@ def test_user_cost_matrix(tmp_path):
 @pytest.mark.parametrize("p,eps", [(2, 0.05), (1, 0.02)])
 def test_sinkhorn_matches_sinkhorn2(tmp_path, p, eps):
     rng = np.random.default_rng(9)
-    x, y = rng.standard_normal((300, 2)), rng.standard_normal((200, 2)) + 0.3
-    wa, a = weights(rng, 300, False)
+    x, y = rng.standard_normal((200, 2)), rng.standard_normal((120, 2)) + 0.3
+    wa, a = weights(rng, 200, False)
     res = run_cli(tmp_path, x, y, "--method", "sinkhorn", "--p", str(p), "--eps", str(eps), "--tol", "1e-12",
                   "--max-iter", "200000", wa=wa)
     assert res["converged"] and res["marginal_error"] <= 1e-12, res
-    b = np.full(200, 1 / 200)
-    ref = ot.sinkhorn2(a, b, cost_matrix(x, y, p), eps, method="sinkhorn_log", stopThr=1e-13, numItermax=200_000)
+    b = np.full(120, 1 / 120)
+    ref = ot.sinkhorn2(a, b, cost_matrix(x, y, p), eps, method="sinkhorn_log", stopThr=1e-12, numItermax=200_000)
     assert abs(res["cost"] - float(ref)) <= 1e-7 * float(ref), (res["cost"], float(ref))
 
 

@@ -119,6 +119,9 @@ pub fn sinkhorn_with_cost(
     }
     let eps = opts.eps;
     let c = cost.as_slice();
+    if let Some((f, g, err, iterations, converged)) = kernel_sinkhorn(wa, wb, cost, opts) {
+        return finish(c, n, m, f, g, err, iterations, converged, eps, start);
+    }
     let ct = cost.transposed();
     let ct = ct.as_slice();
     let la: Vec<f64> = wa.iter().map(|w| eps * w.ln()).collect();
@@ -162,6 +165,22 @@ pub fn sinkhorn_with_cost(
         }
         iterations += 1;
     }
+    finish(c, n, m, f, g, err, iterations, converged, eps, start)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    c: &[f64],
+    n: usize,
+    m: usize,
+    f: Vec<f64>,
+    g: Vec<f64>,
+    err: f64,
+    iterations: usize,
+    converged: bool,
+    eps: f64,
+    start: Instant,
+) -> Result<Entropic> {
     let total: f64 = (0..n)
         .into_par_iter()
         .map(|i| {
@@ -192,4 +211,81 @@ pub fn sinkhorn_with_cost(
         converged,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Largest cost spread, in units of eps, for which the scaling (kernel) iteration is used: the
+/// shifted kernel `exp(-(C - min C) / eps)` then stays above 1e-261, far from underflow.
+const KERNEL_SPREAD: f64 = 600.0;
+
+/// The classical scaling form `u = a / (K v)`, `v = b / (K^T u)`: two matrix-vector products per
+/// sweep instead of `2 n m` exponentials, and the same iterates as the log domain
+/// (`f = eps ln u + min C`, `g = eps ln v`). Returns `None` (caller falls back to the log domain)
+/// when the spread is too large or a scaling leaves the floating-point range.
+fn kernel_sinkhorn(
+    wa: &[f64],
+    wb: &[f64],
+    cost: &CostMatrix,
+    opts: &SinkhornOptions,
+) -> Option<(Vec<f64>, Vec<f64>, f64, usize, bool)> {
+    let (n, m, eps) = (cost.nrows(), cost.ncols(), opts.eps);
+    let c = cost.as_slice();
+    let cmin = c.iter().copied().fold(f64::INFINITY, f64::min);
+    let cmax = c.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if (cmax - cmin) / eps > KERNEL_SPREAD {
+        return None;
+    }
+    let k: Vec<f64> = c.iter().map(|&x| (-(x - cmin) / eps).exp()).collect();
+    let parallel = n * m >= 1 << 16;
+    let (mut u, mut v) = (vec![1.0; n], vec![1.0; m]);
+    let mut kv = vec![0.0; n];
+    let mut ktu = vec![0.0; m];
+    let (mut err, mut iterations, mut converged) = (f64::INFINITY, 0, false);
+    let ok = |x: &[f64]| x.iter().all(|&t| t.is_finite() && t > 0.0);
+    while iterations < opts.max_iter {
+        let dot = |i: usize| {
+            k[i * m..(i + 1) * m]
+                .iter()
+                .zip(&v)
+                .map(|(a, b)| a * b)
+                .sum::<f64>()
+        };
+        if parallel {
+            kv.par_iter_mut().enumerate().for_each(|(i, x)| *x = dot(i));
+        } else {
+            kv.iter_mut().enumerate().for_each(|(i, x)| *x = dot(i));
+        }
+        if iterations > 0 {
+            err = kv
+                .iter()
+                .zip(&u)
+                .zip(wa)
+                .map(|((s, t), w)| (s * t - w).abs())
+                .sum();
+            if err <= opts.tol {
+                converged = true;
+                break;
+            }
+        }
+        u.iter_mut()
+            .zip(&kv)
+            .zip(wa)
+            .for_each(|((x, s), w)| *x = w / s);
+        ktu.iter_mut().for_each(|x| *x = 0.0);
+        for (i, &ui) in u.iter().enumerate() {
+            ktu.iter_mut()
+                .zip(&k[i * m..(i + 1) * m])
+                .for_each(|(x, kij)| *x += ui * kij);
+        }
+        v.iter_mut()
+            .zip(&ktu)
+            .zip(wb)
+            .for_each(|((x, s), w)| *x = w / s);
+        if !(ok(&u) && ok(&v)) {
+            return None;
+        }
+        iterations += 1;
+    }
+    let f = u.iter().map(|x| eps * x.ln() + cmin).collect();
+    let g = v.iter().map(|x| eps * x.ln()).collect();
+    Some((f, g, err, iterations, converged))
 }
