@@ -104,7 +104,7 @@ for d in DIMS:
                   f"{slope(ns, [r['pot'] for r in sel]):.2f} |")
 md += ["", "Sinkhorn (random weights, eps = 0.05 mean(M), stop at marginal error 1e-9: L1 for lipattn, "
        "L2 for POT), median of 3:", "",
-       "| n = m | d | eps | lipattn log-domain (s) | iterations | POT sinkhorn_log (s) | POT sinkhorn (s) | rel. cost diff |",
+       "| n = m | d | eps | lipattn (s) | iterations | POT sinkhorn_log (s) | POT sinkhorn (s) | rel. cost diff |",
        "|---:|---:|---:|---:|---:|---:|---:|---:|"]
 for s in sk:
     md.append(f"| {s['n']} | {s['d']} | {s['eps']:.3g} | {s['ours']:.3f} | {s['it']} | {s['pot_log']:.3f} | "
