@@ -116,10 +116,11 @@ impl<'c> Simplex<'c> {
         s.succ_num[root] = nodes + 1;
         s.last_succ[root] = nodes - 1;
         for u in 0..nodes {
-            // Sources with mass send it to the root at cost 0; sinks (and empty sources) hang below
-            // the root at the artificial cost. Zero-flow arcs then all point away from the root:
-            // the initial tree is strongly feasible.
-            if u < n && s.supply[u] > 0.0 {
+            // Nodes with supply >= 0 (sources, and sinks of zero weight) send it to the root at
+            // cost 0; sinks are fed from the root at the artificial cost. Every zero-flow arc then
+            // points toward the root, along which flow can always be pushed (no capacities): the
+            // initial tree is strongly feasible.
+            if s.supply[u] >= 0.0 {
                 s.up[u] = true;
                 s.flow[u] = s.supply[u];
                 s.pi[u] = 0.0;
@@ -493,6 +494,70 @@ impl<'c> Simplex<'c> {
             u,
             v,
             iterations,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Thread is a preorder of the tree, subtree sizes and last successors agree with it, and
+    /// the tree is strongly feasible: every node can push flow to the root, i.e. no zero-flow
+    /// arc points away from it.
+    fn check_tree(s: &Simplex) {
+        let root = s.n + s.m;
+        let mut order = vec![root];
+        let mut u = s.thread[root];
+        while u != root {
+            order.push(u);
+            u = s.thread[u];
+        }
+        assert_eq!(
+            order.len(),
+            root + 1,
+            "thread does not visit every node once"
+        );
+        let mut pos = vec![0; root + 1];
+        for (k, &u) in order.iter().enumerate() {
+            pos[u] = k;
+            assert_eq!(s.thread[s.rev_thread[u]], u);
+        }
+        for &u in &order {
+            let last = s.last_succ[u];
+            assert_eq!(pos[last] + 1 - pos[u], s.succ_num[u], "subtree of {u}");
+            if u != root {
+                let p = s.parent[u];
+                assert!(pos[p] < pos[u] && pos[u] <= pos[s.last_succ[p]]);
+                assert!(s.flow[u] >= 0.0);
+                assert!(
+                    s.up[u] || s.flow[u] > 0.0,
+                    "zero-flow arc away from the root at {u}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tree_invariants_hold_through_degenerate_pivots() {
+        // Integer costs and equal weights: most pivots are degenerate.
+        for (n, m, zero) in [(6, 6, false), (5, 9, false), (9, 4, true)] {
+            let c: Vec<f64> = (0..n * m).map(|e| ((e * 7919) % 5) as f64).collect();
+            let cost = CostMatrix::from_row_major(n, m, c).unwrap();
+            let (mut a, mut b) = (vec![1.0 / n as f64; n], vec![1.0 / m as f64; m]);
+            if zero {
+                // Empty atoms on both sides.
+                (a[0], a[1], b[0], b[1]) = (0.0, 2.0 / n as f64, 0.0, 2.0 / m as f64);
+            }
+            let mut s = Simplex::new(&a, &b, &cost);
+            check_tree(&s);
+            let mut pivots = 0;
+            while let Some(e) = s.find_entering() {
+                s.pivot(e).unwrap();
+                check_tree(&s);
+                pivots += 1;
+                assert!(pivots < 10_000, "cycling");
+            }
         }
     }
 }
