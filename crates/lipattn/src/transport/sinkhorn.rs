@@ -119,7 +119,14 @@ pub fn sinkhorn_with_cost(
     }
     let eps = opts.eps;
     let c = cost.as_slice();
-    if let Some((f, g, err, iterations, converged)) = kernel_sinkhorn(wa, wb, cost, opts) {
+    if let Some(Iterate {
+        f,
+        g,
+        err,
+        iterations,
+        converged,
+    }) = kernel_sinkhorn(wa, wb, cost, opts)
+    {
         return finish(c, n, m, f, g, err, iterations, converged, eps, start);
     }
     let ct = cost.transposed();
@@ -213,6 +220,15 @@ fn finish(
     })
 }
 
+/// Potentials and convergence state handed from an iteration to [`finish`].
+struct Iterate {
+    f: Vec<f64>,
+    g: Vec<f64>,
+    err: f64,
+    iterations: usize,
+    converged: bool,
+}
+
 /// Largest cost spread, in units of eps, for which the scaling (kernel) iteration is used: the
 /// shifted kernel `exp(-(C - min C) / eps)` then stays above 1e-261, far from underflow.
 const KERNEL_SPREAD: f64 = 600.0;
@@ -226,7 +242,7 @@ fn kernel_sinkhorn(
     wb: &[f64],
     cost: &CostMatrix,
     opts: &SinkhornOptions,
-) -> Option<(Vec<f64>, Vec<f64>, f64, usize, bool)> {
+) -> Option<Iterate> {
     let (n, m, eps) = (cost.nrows(), cost.ncols(), opts.eps);
     let c = cost.as_slice();
     let cmin = c.iter().copied().fold(f64::INFINITY, f64::min);
@@ -287,5 +303,11 @@ fn kernel_sinkhorn(
     }
     let f = u.iter().map(|x| eps * x.ln() + cmin).collect();
     let g = v.iter().map(|x| eps * x.ln()).collect();
-    Some((f, g, err, iterations, converged))
+    Some(Iterate {
+        f,
+        g,
+        err,
+        iterations,
+        converged,
+    })
 }
