@@ -2,6 +2,7 @@
 //! non-zero exit and never as a panic.
 
 mod forward;
+mod transport;
 
 use clap::{Parser, Subcommand};
 
@@ -20,12 +21,15 @@ struct Cli {
 enum Command {
     /// Attention sublayer output of one layer for a token sequence (.npy in, .npy out).
     Forward(forward::ForwardArgs),
+    /// Exact (certified), sorted 1-D or entropic optimal transport between two .npy point clouds.
+    Transport(transport::TransportArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Forward(a) => forward::run(a),
+        Command::Transport(a) => transport::run(a),
     };
     if let Err(e) = result {
         eprintln!("lipattn: error: {e:#}");

@@ -16,6 +16,7 @@ pub mod attention;
 pub mod bounds;
 pub mod derivatives;
 pub mod scalar;
+pub mod transport;
 
 pub use attention::{AttentionLayer, Kernel};
 pub use derivatives::{query_jacobian, Linearization};
