@@ -25,7 +25,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn run<T: Scalar>(a: &HashMap<String, String>) -> Result<(), Box<dyn std::error::Error>> {
     let path = |k: &str| PathBuf::from(&a[k]);
     let layer_idx: usize = a["layer"].parse()?;
-    let repeats: usize = a.get("repeats").map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let repeats: usize = a
+        .get("repeats")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(20);
     let layer = lipattn::models::load_attention_layer(&path("model"), layer_idx)?.cast::<T>();
     let x = cast::<T>(&read_matrix(&path("x"))?);
     let u = cast::<T>(&read_matrix(&path("u"))?);

@@ -107,7 +107,11 @@ impl Measure {
 
     /// Reads atoms from an (n, d) .npy file and weights from an (n,) .npy file (uniform when None).
     /// Weights are validated, not rescaled: use `normalise = true` to rescale them explicitly.
-    pub fn from_npy(points: &std::path::Path, weights: Option<&std::path::Path>, normalise: bool) -> Result<Self> {
+    pub fn from_npy(
+        points: &std::path::Path,
+        weights: Option<&std::path::Path>,
+        normalise: bool,
+    ) -> Result<Self> {
         let x = crate::npy::read_matrix(points)?;
         match weights {
             None => Self::uniform(x),
@@ -229,15 +233,25 @@ mod tests {
     fn npy_round_trip() {
         let dir = std::env::temp_dir().join(format!("lipattn-measure-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let m = Measure::new(Mat::from_fn(3, 2, |i, k| (i * 2 + k) as f64 * 0.5), vec![0.2, 0.3, 0.5]).unwrap();
+        let m = Measure::new(
+            Mat::from_fn(3, 2, |i, k| (i * 2 + k) as f64 * 0.5),
+            vec![0.2, 0.3, 0.5],
+        )
+        .unwrap();
         let (p, w) = (dir.join("p.npy"), dir.join("w.npy"));
         m.to_npy(&p, &w).unwrap();
         let r = Measure::from_npy(&p, Some(&w), false).unwrap();
         assert_eq!(r.points(), m.points());
         assert_eq!(r.weights(), m.weights());
         crate::npy::write_vector(&w, &[1.0, 1.0, 2.0]).unwrap();
-        assert!(matches!(Measure::from_npy(&p, Some(&w), false), Err(Error::NotNormalised { .. })));
-        assert_eq!(Measure::from_npy(&p, Some(&w), true).unwrap().weights(), &[0.25, 0.25, 0.5]);
+        assert!(matches!(
+            Measure::from_npy(&p, Some(&w), false),
+            Err(Error::NotNormalised { .. })
+        ));
+        assert_eq!(
+            Measure::from_npy(&p, Some(&w), true).unwrap().weights(),
+            &[0.25, 0.25, 0.5]
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 

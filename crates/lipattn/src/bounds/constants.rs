@@ -73,7 +73,9 @@ fn product_sup_bound(gp: &Mat<f64>, gq: &Mat<f64>) -> Result<f64> {
     }
     let eval = |log_t: f64| -> Result<f64> {
         let t = log_t.exp();
-        let g = Mat::from_fn(gp.nrows(), gp.ncols(), |i, j| t * gp[(i, j)] + gq[(i, j)] / t);
+        let g = Mat::from_fn(gp.nrows(), gp.ncols(), |i, j| {
+            t * gp[(i, j)] + gq[(i, j)] / t
+        });
         Ok(lambda_max(g.as_ref())? / 2.0)
     };
     let centre = 0.5 * (lq / lp).ln();
@@ -105,7 +107,10 @@ fn product_sup_bound(gp: &Mat<f64>, gq: &Mat<f64>) -> Result<f64> {
 impl HeadConstants {
     pub fn of(layer: &AttentionLayer<f64>, h: usize) -> Result<Self> {
         if h >= layer.heads {
-            return Err(Error::Invalid(format!("head {h} out of range (layer has {} heads)", layer.heads)));
+            return Err(Error::Invalid(format!(
+                "head {h} out of range (layer has {} heads)",
+                layer.heads
+            )));
         }
         let (dk, dv) = (layer.dk, layer.dv);
         let s = 1.0 / (dk as f64).sqrt();
@@ -132,7 +137,13 @@ impl HeadConstants {
         // Every u that matters lies in span(rows of W_K, rows of W_V) (A u = W_Q^T W_K u s,
         // M u = W_O W_V u): restrict to an orthonormal basis B of that span.
         let d = layer.d_in();
-        let stacked = Mat::from_fn(d, dk + dv, |i, j| if j < dk { wk[(j, i)] } else { wv[(j - dk, i)] });
+        let stacked = Mat::from_fn(d, dk + dv, |i, j| {
+            if j < dk {
+                wk[(j, i)]
+            } else {
+                wv[(j - dk, i)]
+            }
+        });
         let basis = orthonormal_basis(stacked.as_ref());
         let wk_b = wk * &basis; // dk x m
         let wv_b = wv * &basis; // dv x m
@@ -147,6 +158,14 @@ impl HeadConstants {
         let o = spectral_norm(wo)?;
         let ma = product_sup_bound(&g_m, &g_a)?.min(m * a);
         let va = product_sup_bound(&g_v, &g_a)?.min(v * a);
-        Ok(Self { a, c, m, v, o, ma, va })
+        Ok(Self {
+            a,
+            c,
+            m,
+            v,
+            o,
+            ma,
+            va,
+        })
     }
 }

@@ -19,10 +19,24 @@ pub fn cross_bounds(layer: &AttentionLayer<f64>, radius: f64) -> Result<CrossBou
     require_dot(layer, "the cross-attention bound B3")?;
     let ks = head_constants(layer)?;
     let wo = super::constants::spectral_norm(layer.wo.as_ref())?;
-    let q_sum: f64 = ks.iter().map(|k| query_lipschitz_head(k, true, radius)).sum();
-    let q_cat = wo * ks.iter().map(|k| query_lipschitz_head(k, false, radius).powi(2)).sum::<f64>().sqrt();
-    let c_sum: f64 = ks.iter().map(|k| context_lipschitz_head(k, true, radius)).sum();
-    let c_cat = wo * ks.iter().map(|k| context_lipschitz_head(k, false, radius).powi(2)).sum::<f64>().sqrt();
+    let q_sum: f64 = ks
+        .iter()
+        .map(|k| query_lipschitz_head(k, true, radius))
+        .sum();
+    let q_cat = wo
+        * ks.iter()
+            .map(|k| query_lipschitz_head(k, false, radius).powi(2))
+            .sum::<f64>()
+            .sqrt();
+    let c_sum: f64 = ks
+        .iter()
+        .map(|k| context_lipschitz_head(k, true, radius))
+        .sum();
+    let c_cat = wo
+        * ks.iter()
+            .map(|k| context_lipschitz_head(k, false, radius).powi(2))
+            .sum::<f64>()
+            .sqrt();
     Ok(CrossBounds {
         in_queries: super::constants::with_margin(q_sum.min(q_cat)),
         in_context: super::constants::with_margin(c_sum.min(c_cat)),

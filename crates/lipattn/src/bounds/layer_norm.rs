@@ -16,7 +16,9 @@ pub fn layer_norm_radius(gamma: &[f64], beta: &[f64]) -> Result<f64> {
     check_finite("LayerNorm beta", beta.iter().copied())?;
     let gmax = gamma.iter().fold(0.0f64, |m, g| m.max(g.abs()));
     let bnorm = beta.iter().map(|b| b * b).sum::<f64>().sqrt();
-    Ok(super::constants::with_margin((gamma.len() as f64).sqrt() * gmax + bnorm))
+    Ok(super::constants::with_margin(
+        (gamma.len() as f64).sqrt() * gmax + bnorm,
+    ))
 }
 
 /// Lip(id + f) <= 1 + Lip(f).

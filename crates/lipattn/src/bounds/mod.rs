@@ -37,10 +37,14 @@ pub struct Domain {
 impl Domain {
     pub fn new(radius: f64, n: usize, causal: bool) -> Result<Self> {
         if !(radius.is_finite() && radius > 0.0) {
-            return Err(Error::Invalid(format!("radius must be positive and finite, got {radius}")));
+            return Err(Error::Invalid(format!(
+                "radius must be positive and finite, got {radius}"
+            )));
         }
         if n == 0 {
-            return Err(Error::Invalid("sequence length n must be at least 1".into()));
+            return Err(Error::Invalid(
+                "sequence length n must be at least 1".into(),
+            ));
         }
         Ok(Self { radius, n, causal })
     }
@@ -83,7 +87,9 @@ impl Bound {
 
 /// All head constants of a layer.
 pub fn head_constants(layer: &AttentionLayer<f64>) -> Result<Vec<HeadConstants>> {
-    (0..layer.heads).map(|h| HeadConstants::of(layer, h)).collect()
+    (0..layer.heads)
+        .map(|h| HeadConstants::of(layer, h))
+        .collect()
 }
 
 pub(crate) fn require_dot(layer: &AttentionLayer<f64>, what: &str) -> Result<()> {

@@ -51,7 +51,14 @@ impl<T: Scalar> Linearization<'_, T> {
                         left.as_mut().subcols_mut(dk, dk).copy_from(dkh);
                         right.as_mut().subcols_mut(0, dk).copy_from(dq);
                         right.as_mut().subcols_mut(dk, dk).copy_from(q);
-                        gemm(dl.as_mut(), false, left.as_ref(), right.transpose(), s, Par::Seq);
+                        gemm(
+                            dl.as_mut(),
+                            false,
+                            left.as_ref(),
+                            right.transpose(),
+                            s,
+                            Par::Seq,
+                        );
                     }
                     Kernel::L2 => {
                         // logits_ij = s (2 q_i.q_j - |q_j|^2): d = 2s (dq_i.q_j + q_i.dq_j - q_j.dq_j).
