@@ -29,7 +29,7 @@ fn local_constant(
         if nv == 0.0 {
             break;
         }
-        v = v * (1.0 / nv);
+        v *= 1.0 / nv;
         let jv = lin.jvp(v.as_ref()).unwrap();
         best = best.max(jv.norm_l2());
         v = lin.vjp(jv.as_ref()).unwrap();
