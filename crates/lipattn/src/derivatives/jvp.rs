@@ -38,7 +38,7 @@ impl<T: Scalar> Linearization<'_, T> {
                 let dq = proj.as_ref().subcols(h * dk, dk);
                 let dv_h = proj.as_ref().subcols(v_off + h * dv, dv);
                 // dL^T (keys x queries).
-                let mut dl = Mat::<T>::zeros(k.nrows(), q.nrows());
+                let mut dl = self.scratch(h);
                 match layer.kernel {
                     Kernel::Dot => {
                         // One product of depth 2 dk, [K dK] [dQ Q]^T, instead of two of depth dk:

@@ -7,6 +7,7 @@ use crate::attention::{AttentionLayer, Kernel};
 use crate::error::Result;
 use crate::scalar::Scalar;
 use faer::{Mat, MatRef};
+use std::sync::{Mutex, MutexGuard};
 
 pub struct Linearization<'a, T: Scalar> {
     pub(crate) layer: &'a AttentionLayer<T>,
@@ -15,6 +16,10 @@ pub struct Linearization<'a, T: Scalar> {
     pub(crate) w_in: Mat<T>,
     pub(crate) causal: bool,
     output: Mat<T>,
+    /// One n x n buffer per head for the score tangent (JVP) or cotangent (VJP), reused across
+    /// calls: every entry is overwritten by a product before it is read, and allocating and
+    /// zeroing it on each call cost about 5% of a JVP at n = 512.
+    scratch: Vec<Mutex<Mat<T>>>,
 }
 
 impl<'a, T: Scalar> Linearization<'a, T> {
@@ -42,12 +47,17 @@ impl<'a, T: Scalar> Linearization<'a, T> {
                 .copy_from(b.as_ref());
             r0 += b.nrows();
         }
+        let n = x.nrows();
+        let scratch = (0..layer.heads)
+            .map(|_| Mutex::new(Mat::<T>::zeros(n, n)))
+            .collect();
         Ok(Self {
             layer,
             state,
             w_in,
             causal,
             output,
+            scratch,
         })
     }
 
@@ -83,6 +93,13 @@ impl<'a, T: Scalar> Linearization<'a, T> {
             Kernel::Dot => (hk, 2 * hk),
             Kernel::L2 => (0, hk),
         }
+    }
+
+    /// The n x n scratch buffer of head h. A concurrent caller on the same head waits.
+    pub(crate) fn scratch(&self, h: usize) -> MutexGuard<'_, Mat<T>> {
+        self.scratch[h]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// t W_in^T: the tangent's query, key and value projections for all heads at once.

@@ -42,7 +42,7 @@ impl<T: Scalar> Linearization<'_, T> {
                 // Vbar = P^T Obar; Pbar^T = V Obar^T (keys x queries).
                 let mut vbar = Mat::<T>::zeros(n, dv);
                 gemm(vbar.as_mut(), false, p_t, ob, one, Par::Seq);
-                let mut lbar = Mat::<T>::zeros(n, n);
+                let mut lbar = self.scratch(h);
                 gemm(lbar.as_mut(), false, v, ob.transpose(), one, Par::Seq);
                 softmax_backward_columns(p_t, lbar.as_mut());
                 // lbar now holds Lbar^T (keys x queries).
