@@ -3,6 +3,7 @@
 
 pub mod constants;
 pub mod cross_attention;
+pub mod l2;
 pub mod layer_norm;
 pub mod measure_w1;
 pub mod token_map;
@@ -96,7 +97,7 @@ pub(crate) fn require_dot(layer: &AttentionLayer<f64>, what: &str) -> Result<()>
     match layer.kernel {
         Kernel::Dot => Ok(()),
         Kernel::L2 => Err(Error::Invalid(format!(
-            "{what} is proven for the dot-product kernel only; L2 attention bounds (B5) are not implemented yet"
+            "{what} is proven for the dot-product kernel only; for the L2 kernel use B5 (bounds::l2)"
         ))),
     }
 }
@@ -107,4 +108,64 @@ pub fn best(bounds: &[Bound], metric: Metric) -> Option<&Bound> {
         .iter()
         .filter(|b| b.certified && b.metric == metric)
         .min_by(|a, b| a.value.total_cmp(&b.value))
+}
+
+/// The certified bounds of a layer on a domain, best per metric (None where no bound is proven
+/// for this kernel), with the anchor's values and every individual bound.
+#[derive(Clone, Debug, Serialize)]
+pub struct CertifiedSummary {
+    pub frobenius: Option<f64>,
+    pub w1: Option<f64>,
+    pub w2: Option<f64>,
+    /// Castin et al. as recalled in math.md (not certified by lipattn).
+    pub anchor: Option<f64>,
+    /// The per-head form of anchors.md (not certified by lipattn).
+    pub anchor_code: Option<f64>,
+    pub bounds: Vec<Bound>,
+    /// Why a metric has no bound, if it has none.
+    pub notes: Vec<String>,
+}
+
+pub fn certified_summary(layer: &AttentionLayer<f64>, domain: &Domain) -> Result<CertifiedSummary> {
+    if layer.kernel == Kernel::L2 {
+        let (b5, why) = l2::l2_bounds(layer, domain.n)?;
+        let mut notes = vec![
+            "L2 kernel: no measure-level (W1/W2) constant exists over all of P_1(R^d) (math.md B5)"
+                .to_string(),
+        ];
+        notes.extend(why);
+        return Ok(CertifiedSummary {
+            frobenius: b5.as_ref().map(|b| b.value),
+            w1: None,
+            w2: None,
+            anchor: None,
+            anchor_code: None,
+            bounds: b5.into_iter().collect(),
+            notes,
+        });
+    }
+    let mut bounds = token_map::token_map_bounds(layer, domain)?;
+    bounds.extend(measure_w1::measure_bounds(layer, domain.radius)?);
+    let pick = |name: &str| bounds.iter().find(|b| b.name == name).map(|b| b.value);
+    let mut notes = vec![];
+    if domain.causal {
+        notes.push("w1/w2 bounds hold for the measure map F without mask; a causal mask is a sequence operation".into());
+    }
+    Ok(CertifiedSummary {
+        frobenius: best(&bounds, Metric::Frobenius).map(|b| b.value),
+        w1: if domain.causal {
+            None
+        } else {
+            best(&bounds, Metric::W1).map(|b| b.value)
+        },
+        w2: if domain.causal {
+            None
+        } else {
+            best(&bounds, Metric::W2).map(|b| b.value)
+        },
+        anchor: pick("anchor-castin-mathmd"),
+        anchor_code: pick("anchor-castin-code"),
+        bounds,
+        notes,
+    })
 }
