@@ -10,6 +10,16 @@ fn lcg(state: &mut u64) -> f64 {
     ((*state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
 }
 
+/// CPU seconds used by this process so far (all threads), from /proc/self/stat: unlike wall time
+/// it is not inflated when other processes compete for the cores.
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn run<T: Scalar>(n: usize, reps: usize) {
     let (d, h) = (384, 12);
     let mut s = 42u64;
@@ -45,6 +55,7 @@ fn run<T: Scalar>(n: usize, reps: usize) {
     let g = m(n, d, 1.0);
     let lin = Linearization::new(&layer, x.as_ref(), None, false).unwrap();
     let mut times = Vec::new();
+    let cpu0 = cpu_seconds();
     let (mut tj, mut tv) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         let t0 = Instant::now();
@@ -60,15 +71,17 @@ fn run<T: Scalar>(n: usize, reps: usize) {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let cpu_per_iter = (cpu_seconds() - cpu0) / reps as f64 * 1e3;
     let t0 = Instant::now();
     let _ = Linearization::new(&layer, x.as_ref(), None, false).unwrap();
     let tl = t0.elapsed().as_secs_f64() * 1e3;
     println!(
-        "{} n={n}: jvp+vjp median {:.3} ms (jvp {:.3}, vjp {:.3}); linearize {:.3} ms",
+        "{} n={n}: jvp+vjp median {:.3} ms (jvp {:.3}, vjp {:.3}); cpu {:.3} ms/iter; linearize {:.3} ms",
         T::NAME,
         med(&mut times),
         med(&mut tj),
         med(&mut tv),
+        cpu_per_iter,
         tl
     );
 }
