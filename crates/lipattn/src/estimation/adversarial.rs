@@ -197,9 +197,8 @@ pub fn ascent(
     if n == 0 {
         return Err(Error::Invalid("need at least one token".into()));
     }
-    if !(opts.fd_eps.is_finite() && opts.fd_eps > 0.0)
-        || !(opts.initial_step.is_finite() && opts.initial_step > 0.0)
-    {
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !positive(opts.fd_eps) || !positive(opts.initial_step) {
         return Err(Error::Invalid(
             "fd_eps and initial_step must be positive and finite".into(),
         ));

@@ -80,7 +80,9 @@ pub fn ratio(
     nu: &Measure,
 ) -> Result<Option<MeasurePair>> {
     let w1_in = transport::exact(mu, nu, 1)?.distance;
-    if !(w1_in > 1e-12 * (1.0 + mu.points().norm_l2())) {
+    // Below rounding of the transport cost the pair is indistinguishable; NaN falls here too.
+    let resolvable = w1_in > 1e-12 * (1.0 + mu.points().norm_l2());
+    if !resolvable {
         return Ok(None);
     }
     let fmu = layer.self_attention(mu)?;
