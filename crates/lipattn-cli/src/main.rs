@@ -2,6 +2,7 @@
 //! non-zero exit and never as a panic.
 
 mod forward;
+mod local;
 mod transport;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Exact (certified), sorted 1-D or entropic optimal transport between two .npy point clouds.
     Transport(transport::TransportArgs),
+    /// Local Lipschitz constant ||J(X)||_2 at a token sequence (an attained lower bound).
+    Local(local::LocalArgs),
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
     let result = match cli.command {
         Command::Forward(a) => forward::run(a),
         Command::Transport(a) => transport::run(a),
+        Command::Local(a) => local::run(a),
     };
     if let Err(e) = result {
         eprintln!("lipattn: error: {e:#}");

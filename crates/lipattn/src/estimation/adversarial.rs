@@ -1,0 +1,264 @@
+//! Adversarial inputs for the local constant (math.md section 5): the construction of Castin,
+//! Ablin, Peyre (2024) and a projected multi-start ascent on sigma(X) = ||J(X)||_2 over (B_R)^n.
+//! Every value returned is attained at the returned X, so it is a lower bound on the Lipschitz
+//! constant of the token map on (B_R)^n; none is a certificate.
+
+use super::lanczos::{lanczos, LanczosOptions};
+use super::vecops::{max_row_norm, project_rows, SplitMix};
+use crate::attention::{AttentionLayer, Kernel};
+use crate::derivatives::Linearization;
+use crate::error::{Error, Result};
+use faer::{Mat, MatRef, Side};
+
+/// x_1 = R u, x_2..n = R u / 2 with u the top eigenvector of the symmetric part of
+/// A = W_Q^T W_K / sqrt(dk) for head `head` (W_Q^T W_Q for the tied L2 kernel).
+pub fn adversarial_input(
+    layer: &AttentionLayer<f64>,
+    head: usize,
+    n: usize,
+    radius: f64,
+) -> Result<Mat<f64>> {
+    check_radius(radius)?;
+    if n == 0 {
+        return Err(Error::Invalid("need at least one token".into()));
+    }
+    let h = layer.head(head, false)?;
+    let wk = match layer.kernel {
+        Kernel::Dot => &h.wk,
+        Kernel::L2 => &h.wq,
+    };
+    let a = h.wq.transpose() * wk * (1.0 / (layer.dk as f64).sqrt());
+    let sym = Mat::from_fn(a.nrows(), a.ncols(), |i, j| 0.5 * (a[(i, j)] + a[(j, i)]));
+    let evd = sym
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| Error::Numerical(format!("eigensolver: {e:?}")))?;
+    let d = sym.nrows();
+    let u = evd.U().col(d - 1);
+    Ok(Mat::from_fn(n, d, |i, k| {
+        if i == 0 {
+            radius * u[k]
+        } else {
+            0.5 * radius * u[k]
+        }
+    }))
+}
+
+fn check_radius(radius: f64) -> Result<()> {
+    if radius.is_finite() && radius > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "radius must be positive and finite, got {radius}"
+        )))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AscentOptions {
+    /// Every token stays in the closed ball B_R.
+    pub radius: f64,
+    /// Random starts in addition to the adversarial construction (one per head).
+    pub random_starts: usize,
+    /// Accepted ascent steps per start, at most.
+    pub steps: usize,
+    /// Central-difference step along v for the gradient of <u, J(X) v>, relative to R.
+    pub fd_eps: f64,
+    /// First step length as a fraction of R sqrt(n) (the scale of ||X||_F).
+    pub initial_step: f64,
+    /// Accuracy of each evaluation of sigma.
+    pub lanczos: LanczosOptions,
+    pub seed: u64,
+}
+
+impl Default for AscentOptions {
+    fn default() -> Self {
+        Self {
+            radius: 1.0,
+            random_starts: 4,
+            steps: 20,
+            fd_eps: 1e-5,
+            initial_step: 0.05,
+            lanczos: LanczosOptions {
+                tol: 1e-8,
+                max_iter: 200,
+                seed: 0,
+            },
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AscentResult {
+    /// The best attained ||J(X)||_2 (a Lanczos Ritz value at `x`).
+    pub sigma: f64,
+    /// The input attaining it, every row in B_R.
+    pub x: Mat<f64>,
+    /// Its top right singular vector (n x d, unit Frobenius norm).
+    pub vector: Mat<f64>,
+    /// The best value among the adversarial constructions alone, and its input.
+    pub construction_sigma: f64,
+    pub construction_x: Mat<f64>,
+    /// Which start gave the best value (0..heads: the constructions, then the random starts).
+    pub best_start: usize,
+    /// Evaluations of sigma (each a linearisation and a Lanczos run).
+    pub evaluations: usize,
+}
+
+impl AscentResult {
+    pub fn save(&self, x_path: &std::path::Path, v_path: Option<&std::path::Path>) -> Result<()> {
+        crate::npy::write_matrix(x_path, self.x.as_ref())?;
+        if let Some(p) = v_path {
+            crate::npy::write_matrix(p, self.vector.as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+struct Point {
+    x: Mat<f64>,
+    sigma: f64,
+    v: Mat<f64>,
+    u: Mat<f64>,
+}
+
+fn evaluate(
+    layer: &AttentionLayer<f64>,
+    x: Mat<f64>,
+    opts: &LanczosOptions,
+    evals: &mut usize,
+) -> Result<Point> {
+    *evals += 1;
+    let lin = Linearization::new(layer, x.as_ref(), None, false)?;
+    let top = lanczos(&lin, opts, None)?;
+    Ok(Point {
+        x,
+        sigma: top.sigma,
+        v: top.vector,
+        u: top.left,
+    })
+}
+
+/// Gradient of sigma at a simple top singular value: d sigma = <u, D^2 f(X)[v, dX]>, which by
+/// symmetry of the second derivative is <(J(X + e v) - J(X - e v))^T u / (2e), dX>.
+fn gradient(layer: &AttentionLayer<f64>, p: &Point, eps: f64) -> Result<Mat<f64>> {
+    let plus = &p.x + &p.v * eps;
+    let minus = &p.x - &p.v * eps;
+    let gp = Linearization::new(layer, plus.as_ref(), None, false)?.vjp(p.u.as_ref())?;
+    let gm = Linearization::new(layer, minus.as_ref(), None, false)?.vjp(p.u.as_ref())?;
+    Ok((gp - gm) * (0.5 / eps))
+}
+
+fn climb(
+    layer: &AttentionLayer<f64>,
+    mut p: Point,
+    opts: &AscentOptions,
+    evals: &mut usize,
+) -> Result<Point> {
+    let n = p.x.nrows();
+    let mut step = opts.initial_step * opts.radius * (n as f64).sqrt();
+    let eps = opts.fd_eps * opts.radius;
+    for _ in 0..opts.steps {
+        let g = gradient(layer, &p, eps)?;
+        let gn = g.norm_l2();
+        if !(gn.is_finite() && gn > 0.0) {
+            break;
+        }
+        let mut accepted = false;
+        for _ in 0..10 {
+            let mut x = &p.x + &g * (step / gn);
+            project_rows(&mut x, opts.radius);
+            let q = evaluate(layer, x, &opts.lanczos, evals)?;
+            if q.sigma > p.sigma {
+                p = q;
+                step *= 1.5;
+                accepted = true;
+                break;
+            }
+            step *= 0.5;
+        }
+        if !accepted {
+            break;
+        }
+    }
+    Ok(p)
+}
+
+/// Multi-start projected gradient ascent on sigma(X) over (B_R)^n with uniform weights and no
+/// mask: the constructions of [`adversarial_input`] for each head, then `random_starts` random
+/// inputs, each climbed with backtracking. `start`, when given, is climbed too (after projection).
+pub fn ascent(
+    layer: &AttentionLayer<f64>,
+    n: usize,
+    start: Option<MatRef<'_, f64>>,
+    opts: &AscentOptions,
+) -> Result<AscentResult> {
+    check_radius(opts.radius)?;
+    if n == 0 {
+        return Err(Error::Invalid("need at least one token".into()));
+    }
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !positive(opts.fd_eps) || !positive(opts.initial_step) {
+        return Err(Error::Invalid(
+            "fd_eps and initial_step must be positive and finite".into(),
+        ));
+    }
+    opts.lanczos.check()?;
+    let d = layer.d_in();
+    let mut evals = 0;
+    let mut starts: Vec<Mat<f64>> = (0..layer.heads)
+        .map(|h| adversarial_input(layer, h, n, opts.radius))
+        .collect::<Result<_>>()?;
+    let mut rng = SplitMix::new(opts.seed);
+    for _ in 0..opts.random_starts {
+        let mut x: Mat<f64> = rng.gauss_mat(n, d);
+        for i in 0..n {
+            let nrm = (0..d).map(|k| x[(i, k)].powi(2)).sum::<f64>().sqrt();
+            let r = opts.radius * (0.5 + 0.5 * rng.uniform());
+            for k in 0..d {
+                x[(i, k)] *= r / nrm.max(f64::MIN_POSITIVE);
+            }
+        }
+        starts.push(x);
+    }
+    if let Some(s) = start {
+        if s.nrows() != n || s.ncols() != d {
+            return Err(Error::shape(
+                "ascent start",
+                format!("{n}x{d}"),
+                format!("{}x{}", s.nrows(), s.ncols()),
+            ));
+        }
+        crate::error::check_finite(
+            "ascent start",
+            (0..n).flat_map(|i| (0..d).map(move |k| s[(i, k)])),
+        )?;
+        let mut x = s.to_owned();
+        project_rows(&mut x, opts.radius);
+        starts.push(x);
+    }
+    let mut best: Option<(Point, usize)> = None;
+    let mut construction: Option<(f64, Mat<f64>)> = None;
+    for (i, x) in starts.into_iter().enumerate() {
+        let p = evaluate(layer, x, &opts.lanczos, &mut evals)?;
+        if i < layer.heads && construction.as_ref().is_none_or(|c| p.sigma > c.0) {
+            construction = Some((p.sigma, p.x.clone()));
+        }
+        let p = climb(layer, p, opts, &mut evals)?;
+        if best.as_ref().is_none_or(|b| p.sigma > b.0.sigma) {
+            best = Some((p, i));
+        }
+    }
+    let (p, best_start) = best.expect("at least one start");
+    let (construction_sigma, construction_x) = construction.expect("at least one head");
+    debug_assert!(max_row_norm(p.x.as_ref()) <= opts.radius * (1.0 + 1e-12));
+    Ok(AscentResult {
+        sigma: p.sigma,
+        x: p.x,
+        vector: p.v,
+        construction_sigma,
+        construction_x,
+        best_start,
+        evaluations: evals,
+    })
+}

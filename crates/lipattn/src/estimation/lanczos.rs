@@ -1,0 +1,283 @@
+//! The local constant ||J(X)||_2 (Frobenius to Frobenius) of the token map X -> f(X): Lanczos on
+//! J^T J with full reorthogonalisation. One matvec is one JVP then one VJP at the cached
+//! linearisation point.
+
+use super::power::{power_iteration, PowerOptions};
+use super::vecops::{axpy, dot, norm, scale, SplitMix};
+use crate::attention::AttentionLayer;
+use crate::derivatives::Linearization;
+use crate::error::{Error, Result};
+use crate::scalar::Scalar;
+use faer::{Mat, MatRef, Side};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct LanczosOptions {
+    /// Requested relative accuracy of sigma (an estimate, see [`TopSingular::rel_error`]).
+    pub tol: f64,
+    /// At most this many matvecs with J^T J (also capped by n d, the dimension).
+    pub max_iter: usize,
+    /// Seed of the Gaussian start vector.
+    pub seed: u64,
+}
+
+impl Default for LanczosOptions {
+    fn default() -> Self {
+        Self {
+            tol: 1e-6,
+            max_iter: 300,
+            seed: 0,
+        }
+    }
+}
+
+impl LanczosOptions {
+    pub(crate) fn check(&self) -> Result<()> {
+        if !(self.tol.is_finite() && self.tol > 0.0) {
+            return Err(Error::Invalid(format!(
+                "tolerance must be positive and finite, got {}",
+                self.tol
+            )));
+        }
+        if self.max_iter == 0 {
+            return Err(Error::Invalid("max_iter must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Method {
+    Lanczos(LanczosOptions),
+    Power(PowerOptions),
+}
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Lanczos(_) => "lanczos",
+            Method::Power(_) => "power",
+        }
+    }
+}
+
+/// The top singular triple found by an iterative method. `sigma` is attained: it is ||J v||_F
+/// for the returned unit vector v, so it is a lower bound on ||J(X)||_2 up to rounding.
+#[derive(Clone, Debug)]
+pub struct TopSingular<T: Scalar> {
+    /// ||J v||_F with ||v||_F = 1 (for Lanczos, the square root of the top Ritz value,
+    /// recomputed from the stored J q_i so that it belongs to `vector` exactly).
+    pub sigma: f64,
+    /// Estimated relative error of sigma against ||J(X)||_2. An estimate, not a bound.
+    pub rel_error: f64,
+    /// Matvecs with J^T J (each one JVP and one VJP).
+    pub iterations: usize,
+    /// Whether the stopping rule was met before the iteration cap.
+    pub converged: bool,
+    /// The value after each iteration (sqrt of the top Ritz value / Rayleigh quotient); each is
+    /// attained by some unit vector, hence a lower bound too.
+    pub history: Vec<f64>,
+    /// Top right singular vector, an n x d tangent of unit Frobenius norm.
+    pub vector: Mat<T>,
+    /// J v / sigma, the top left singular vector (n x d_out); zero when sigma is 0.
+    pub left: Mat<T>,
+}
+
+/// A local constant at a concrete input: the attained value with the input attaining it.
+#[derive(Clone, Debug)]
+pub struct LocalNorm<T: Scalar> {
+    pub top: TopSingular<T>,
+    /// The input X (n x d) at which the Jacobian was taken.
+    pub x: Mat<T>,
+    /// Wall time end to end, linearisation included.
+    pub seconds: f64,
+    pub method: &'static str,
+}
+
+impl<T: Scalar> LocalNorm<T> {
+    /// Writes the input X and the top right singular vector as (n, d) float64 .npy files.
+    pub fn save(
+        &self,
+        x_path: Option<&std::path::Path>,
+        v_path: Option<&std::path::Path>,
+    ) -> Result<()> {
+        let f = |m: &Mat<T>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)].f64());
+        if let Some(p) = x_path {
+            crate::npy::write_matrix(p, f(&self.x).as_ref())?;
+        }
+        if let Some(p) = v_path {
+            crate::npy::write_matrix(p, f(&self.top.vector).as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+/// Linearises at `x` and estimates ||J(X)||_2; `seconds` covers the whole call.
+pub fn local_norm<T: Scalar>(
+    layer: &AttentionLayer<T>,
+    x: MatRef<'_, T>,
+    weights: Option<&[f64]>,
+    causal: bool,
+    method: &Method,
+) -> Result<LocalNorm<T>> {
+    let start = Instant::now();
+    let lin = Linearization::new(layer, x, weights, causal)?;
+    let top = match method {
+        Method::Lanczos(o) => lanczos(&lin, o, None)?,
+        Method::Power(o) => power_iteration(&lin, o, None)?,
+    };
+    Ok(LocalNorm {
+        top,
+        x: x.to_owned(),
+        seconds: start.elapsed().as_secs_f64(),
+        method: method.name(),
+    })
+}
+
+pub(crate) fn start_vector<T: Scalar>(
+    lin: &Linearization<'_, T>,
+    seed: u64,
+    start: Option<MatRef<'_, T>>,
+) -> Result<Mat<T>> {
+    let (n, d) = (lin.n(), lin.d_in());
+    let mut q = match start {
+        Some(s) => {
+            if s.nrows() != n || s.ncols() != d {
+                return Err(Error::shape(
+                    "start vector",
+                    format!("{n}x{d}"),
+                    format!("{}x{}", s.nrows(), s.ncols()),
+                ));
+            }
+            s.to_owned()
+        }
+        None => SplitMix::new(seed).gauss_mat(n, d),
+    };
+    let nq = norm(&q);
+    if !(nq.is_finite() && nq > 0.0) {
+        return Err(Error::Invalid(format!(
+            "start vector must be finite and nonzero (norm {nq})"
+        )));
+    }
+    scale(&mut q, 1.0 / nq);
+    Ok(q)
+}
+
+/// Lanczos on J^T J from `start` (a random Gaussian tangent when None).
+///
+/// Stopping rule: after step k with top Ritz pair (theta, s) of the tridiagonal T_k, the Ritz
+/// residual is r = beta_k |s_k| and the eigenvalue error is estimated by min(r, r^2 / gap)
+/// (gap to the second Ritz value); sigma = sqrt(theta) moves by half that, relatively. The
+/// estimate is combined (max) with the relative change of sigma over the last step, because
+/// the residual estimate alone can be optimistic while the top eigenvalue is still unresolved.
+/// Stops when the estimate is <= tol, on breakdown (an invariant subspace: exact), at the
+/// dimension n d, or at `max_iter`.
+pub fn lanczos<T: Scalar>(
+    lin: &Linearization<'_, T>,
+    opts: &LanczosOptions,
+    start: Option<MatRef<'_, T>>,
+) -> Result<TopSingular<T>> {
+    opts.check()?;
+    let dim = lin.n() * lin.d_in();
+    let cap = opts.max_iter.min(dim);
+    let mut basis: Vec<Mat<T>> = vec![start_vector(lin, opts.seed, start)?];
+    let mut images: Vec<Mat<T>> = Vec::new();
+    let (mut alpha, mut beta): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let mut history = Vec::new();
+    let mut converged = false;
+    let mut rel_error = f64::INFINITY;
+    let mut ritz = Mat::<f64>::zeros(0, 0);
+    let mut top_col = 0;
+    for k in 0..cap {
+        let jq = lin.jvp(basis[k].as_ref())?;
+        let mut w = lin.vjp(jq.as_ref())?;
+        images.push(jq);
+        let a = dot(&basis[k], &w);
+        alpha.push(a);
+        // Two passes of classical Gram-Schmidt against the whole basis: the three-term recurrence
+        // alone loses orthogonality as soon as the top Ritz value converges.
+        for _ in 0..2 {
+            for q in &basis {
+                let c = dot(q, &w);
+                axpy(&mut w, -c, q);
+            }
+        }
+        let b = norm(&w);
+        let m = k + 1;
+        let tri = Mat::<f64>::from_fn(m, m, |i, j| {
+            if i == j {
+                alpha[i]
+            } else if i == j + 1 || j == i + 1 {
+                beta[i.min(j)]
+            } else {
+                0.0
+            }
+        });
+        let evd = tri
+            .self_adjoint_eigen(Side::Lower)
+            .map_err(|e| Error::Numerical(format!("tridiagonal eigensolver: {e:?}")))?;
+        let theta = evd.S().column_vector()[m - 1];
+        if !theta.is_finite() || !b.is_finite() {
+            return Err(Error::Numerical(format!(
+                "Lanczos produced a non-finite value at step {m} (theta {theta}, beta {b})"
+            )));
+        }
+        ritz = evd.U().to_owned();
+        top_col = m - 1;
+        let sigma = theta.max(0.0).sqrt();
+        let prev = history.last().copied();
+        history.push(sigma);
+        let scale_ref = alpha.iter().fold(0.0f64, |s, x| s.max(x.abs())).max(theta);
+        // Breakdown: the Krylov space is invariant, its top Ritz value is an eigenvalue.
+        let breakdown = b <= 1e-13 * scale_ref || scale_ref == 0.0;
+        if theta <= 0.0 {
+            rel_error = if breakdown { 0.0 } else { f64::INFINITY };
+        } else {
+            let r = b * ritz[(m - 1, top_col)].abs();
+            let gap = if m >= 2 {
+                theta - evd.S().column_vector()[m - 2]
+            } else {
+                0.0
+            };
+            let lam_err = if gap > 0.0 { r.min(r * r / gap) } else { r };
+            let resid = lam_err / (2.0 * theta);
+            let change = prev.map_or(f64::INFINITY, |p| (sigma - p).abs() / sigma);
+            rel_error = if breakdown { resid } else { resid.max(change) };
+        }
+        if breakdown || rel_error <= opts.tol {
+            converged = true;
+            break;
+        }
+        if m == cap {
+            break;
+        }
+        scale(&mut w, 1.0 / b);
+        beta.push(b);
+        basis.push(w);
+    }
+    let m = images.len();
+    let s: Vec<f64> = (0..m).map(|i| ritz[(i, top_col)]).collect();
+    let (n, d, dout) = (lin.n(), lin.d_in(), lin.d_out());
+    let mut v = Mat::<T>::zeros(n, d);
+    let mut jv = Mat::<T>::zeros(n, dout);
+    for i in 0..m {
+        axpy(&mut v, s[i], &basis[i]);
+        axpy(&mut jv, s[i], &images[i]);
+    }
+    let nv = norm(&v);
+    scale(&mut v, 1.0 / nv);
+    scale(&mut jv, 1.0 / nv);
+    let sigma = norm(&jv);
+    if sigma > 0.0 {
+        scale(&mut jv, 1.0 / sigma);
+    }
+    Ok(TopSingular {
+        sigma,
+        rel_error,
+        iterations: m,
+        converged,
+        history,
+        vector: v,
+        left: jv,
+    })
+}

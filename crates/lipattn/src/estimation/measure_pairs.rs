@@ -1,0 +1,243 @@
+//! Attained W1 ratios of self-attention on measures (math.md section 5): pairs (mu, nu) of
+//! weighted measures on B_R with W1(F mu, F nu) / W1(mu, nu) as large as a search can make it,
+//! W1 computed exactly by the network simplex. The best ratio is a lower bound on the W1
+//! Lipschitz constant of F on P(B_R), attained by the returned pair; never a certificate.
+
+use super::vecops::{project_rows, SplitMix};
+use crate::attention::AttentionLayer;
+use crate::error::{Error, Result};
+use crate::measure::Measure;
+use crate::transport;
+use faer::Mat;
+
+#[derive(Clone, Debug)]
+pub struct PairSearchOptions {
+    pub radius: f64,
+    /// Atoms per measure.
+    pub atoms: usize,
+    /// Independent random pairs.
+    pub random_pairs: usize,
+    /// Pairs (mu, mu moved slightly): atoms displaced by `perturbation` R, or weights perturbed.
+    pub perturbed_pairs: usize,
+    pub perturbation: f64,
+    /// Proposals of the local search from the best pair (moves of atoms and of weights).
+    pub local_steps: usize,
+    pub seed: u64,
+}
+
+impl Default for PairSearchOptions {
+    fn default() -> Self {
+        Self {
+            radius: 1.0,
+            atoms: 8,
+            random_pairs: 20,
+            perturbed_pairs: 20,
+            perturbation: 1e-2,
+            local_steps: 100,
+            seed: 0,
+        }
+    }
+}
+
+/// A pair with its attained ratio; `w1_in = W1(mu, nu) > 0`, `w1_out = W1(F mu, F nu)`.
+#[derive(Clone, Debug)]
+pub struct MeasurePair {
+    pub mu: Measure,
+    pub nu: Measure,
+    pub w1_in: f64,
+    pub w1_out: f64,
+    pub ratio: f64,
+}
+
+impl MeasurePair {
+    /// Writes `{prefix}mu_points.npy`, `{prefix}mu_weights.npy` and the same for nu.
+    pub fn save(&self, dir: &std::path::Path, prefix: &str) -> Result<()> {
+        for (name, m) in [("mu", &self.mu), ("nu", &self.nu)] {
+            m.to_npy(
+                &dir.join(format!("{prefix}{name}_points.npy")),
+                &dir.join(format!("{prefix}{name}_weights.npy")),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PairSearchResult {
+    pub best: MeasurePair,
+    /// Which phase found it: "random", "perturbed" or "local".
+    pub phase: &'static str,
+    /// Pairs evaluated (each: two forward passes and two exact transports).
+    pub evaluations: usize,
+    /// Best ratio after each phase, in order random, perturbed, local.
+    pub phase_best: [f64; 3],
+}
+
+/// The attained ratio of one pair; None when W1(mu, nu) vanishes (the ratio is undefined).
+pub fn ratio(
+    layer: &AttentionLayer<f64>,
+    mu: &Measure,
+    nu: &Measure,
+) -> Result<Option<MeasurePair>> {
+    let w1_in = transport::exact(mu, nu, 1)?.distance;
+    // Below rounding of the transport cost the pair is indistinguishable; NaN falls here too.
+    let resolvable = w1_in > 1e-12 * (1.0 + mu.points().norm_l2());
+    if !resolvable {
+        return Ok(None);
+    }
+    let fmu = layer.self_attention(mu)?;
+    let fnu = layer.self_attention(nu)?;
+    let w1_out = transport::exact(&fmu, &fnu, 1)?.distance;
+    let r = w1_out / w1_in;
+    if !r.is_finite() {
+        return Err(Error::Numerical(format!(
+            "W1 ratio is not finite ({w1_out} / {w1_in})"
+        )));
+    }
+    Ok(Some(MeasurePair {
+        mu: mu.clone(),
+        nu: nu.clone(),
+        w1_in,
+        w1_out,
+        ratio: r,
+    }))
+}
+
+fn random_points(rng: &mut SplitMix, n: usize, d: usize, radius: f64) -> Mat<f64> {
+    let mut x: Mat<f64> = rng.gauss_mat(n, d);
+    for i in 0..n {
+        let nrm = (0..d).map(|k| x[(i, k)].powi(2)).sum::<f64>().sqrt();
+        // Uniform in the ball: radius R U^(1/d).
+        let r = radius * rng.uniform().powf(1.0 / d as f64);
+        for k in 0..d {
+            x[(i, k)] *= r / nrm.max(f64::MIN_POSITIVE);
+        }
+    }
+    x
+}
+
+fn random_weights(rng: &mut SplitMix, n: usize) -> Vec<f64> {
+    (0..n).map(|_| 0.05 + rng.uniform()).collect()
+}
+
+fn moved_points(rng: &mut SplitMix, m: &Measure, step: f64, radius: f64) -> Mat<f64> {
+    let p = m.points();
+    let mut x = Mat::from_fn(p.nrows(), p.ncols(), |i, k| p[(i, k)] + step * rng.gauss());
+    project_rows(&mut x, radius);
+    x
+}
+
+fn moved_weights(rng: &mut SplitMix, m: &Measure, step: f64) -> Vec<f64> {
+    m.weights()
+        .iter()
+        .map(|w| (w * (step * rng.gauss()).exp()).max(1e-6))
+        .collect()
+}
+
+type Best = Option<(MeasurePair, &'static str)>;
+
+/// Keeps `pair` if it beats the best so far; says whether it did.
+fn consider(pair: Option<MeasurePair>, phase: &'static str, best: &mut Best) -> bool {
+    match pair {
+        Some(p) if best.as_ref().is_none_or(|b| p.ratio > b.0.ratio) => {
+            *best = Some((p, phase));
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Random pairs, perturbations of one measure, then a (1+1) local search with step adaptation
+/// from the best pair found. Uniform or weighted atoms, all on B_R.
+pub fn search_pairs(
+    layer: &AttentionLayer<f64>,
+    opts: &PairSearchOptions,
+) -> Result<PairSearchResult> {
+    if !(opts.radius.is_finite() && opts.radius > 0.0) {
+        return Err(Error::Invalid(format!(
+            "radius must be positive and finite, got {}",
+            opts.radius
+        )));
+    }
+    if opts.atoms == 0 {
+        return Err(Error::Invalid("measures need at least one atom".into()));
+    }
+    if !(opts.perturbation.is_finite() && opts.perturbation > 0.0) {
+        return Err(Error::Invalid(
+            "perturbation must be positive and finite".into(),
+        ));
+    }
+    let (n, d, r) = (opts.atoms, layer.d_in(), opts.radius);
+    let mut rng = SplitMix::new(opts.seed);
+    let mut evals = 0usize;
+    let mut best: Best = None;
+    let mut phase_best = [f64::NAN; 3];
+    for _ in 0..opts.random_pairs {
+        let mu = Measure::normalised(
+            random_points(&mut rng, n, d, r),
+            random_weights(&mut rng, n),
+        )?;
+        let nu = Measure::normalised(
+            random_points(&mut rng, n, d, r),
+            random_weights(&mut rng, n),
+        )?;
+        evals += 1;
+        consider(ratio(layer, &mu, &nu)?, "random", &mut best);
+    }
+    phase_best[0] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
+    for i in 0..opts.perturbed_pairs {
+        let mu = Measure::normalised(
+            random_points(&mut rng, n, d, r),
+            random_weights(&mut rng, n),
+        )?;
+        let nu = if i % 2 == 0 {
+            Measure::normalised(
+                moved_points(&mut rng, &mu, opts.perturbation * r, r),
+                mu.weights().to_vec(),
+            )?
+        } else {
+            Measure::normalised(
+                mu.points().to_owned(),
+                moved_weights(&mut rng, &mu, opts.perturbation),
+            )?
+        };
+        evals += 1;
+        consider(ratio(layer, &mu, &nu)?, "perturbed", &mut best);
+    }
+    phase_best[1] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
+    let mut step = opts.perturbation.max(0.05);
+    for t in 0..opts.local_steps {
+        let Some((cur, _)) = best.as_ref() else {
+            break;
+        };
+        let (mut mu, mut nu) = (cur.mu.clone(), cur.nu.clone());
+        let target = if t % 2 == 0 { &mut nu } else { &mut mu };
+        *target = if t % 4 < 2 {
+            Measure::normalised(
+                moved_points(&mut rng, target, step * r, r),
+                target.weights().to_vec(),
+            )?
+        } else {
+            Measure::normalised(
+                target.points().to_owned(),
+                moved_weights(&mut rng, target, step),
+            )?
+        };
+        evals += 1;
+        if consider(ratio(layer, &mu, &nu)?, "local", &mut best) {
+            step *= 1.5;
+        } else {
+            step = (step * 0.8).max(1e-6);
+        }
+    }
+    phase_best[2] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
+    let (best, phase) = best.ok_or_else(|| {
+        Error::Numerical("no pair with W1(mu, nu) > 0 was found (a single atom in B_R?)".into())
+    })?;
+    Ok(PairSearchResult {
+        best,
+        phase,
+        evaluations: evals,
+        phase_best,
+    })
+}

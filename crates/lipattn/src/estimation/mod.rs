@@ -1,0 +1,16 @@
+//! Attained lower bounds (math.md section 5): values of the local constant ||J(X)||_2 or of the
+//! W1 ratio that some concrete input actually reaches. Each one is a lower bound on the Lipschitz
+//! constant over any domain containing its input, never a certificate; every result carries the
+//! input that attains it so that it can be checked independently.
+
+pub mod adversarial;
+pub mod lanczos;
+pub mod measure_pairs;
+pub mod power;
+mod vecops;
+
+pub use adversarial::{adversarial_input, ascent, AscentOptions, AscentResult};
+pub use lanczos::{lanczos, local_norm, LanczosOptions, LocalNorm, Method};
+pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
+pub use power::{power_iteration, PowerOptions};
+pub use vecops::SplitMix;

@@ -1,0 +1,103 @@
+//! Frobenius-space vector operations on n x d tangents, accumulated in f64 so that f32 runs keep
+//! their Krylov bases orthogonal to working precision.
+
+use crate::scalar::Scalar;
+use faer::Mat;
+
+pub(crate) fn dot<T: Scalar>(a: &Mat<T>, b: &Mat<T>) -> f64 {
+    let mut s = 0.0;
+    for j in 0..a.ncols() {
+        s += a
+            .col_as_slice(j)
+            .iter()
+            .zip(b.col_as_slice(j))
+            .map(|(x, y)| x.f64() * y.f64())
+            .sum::<f64>();
+    }
+    s
+}
+
+pub(crate) fn norm<T: Scalar>(a: &Mat<T>) -> f64 {
+    dot(a, a).sqrt()
+}
+
+/// a += c b
+pub(crate) fn axpy<T: Scalar>(a: &mut Mat<T>, c: f64, b: &Mat<T>) {
+    let c = T::of(c);
+    for j in 0..a.ncols() {
+        for (x, y) in a.col_as_slice_mut(j).iter_mut().zip(b.col_as_slice(j)) {
+            *x += c * *y;
+        }
+    }
+}
+
+pub(crate) fn scale<T: Scalar>(a: &mut Mat<T>, c: f64) {
+    let c = T::of(c);
+    for j in 0..a.ncols() {
+        for x in a.col_as_slice_mut(j) {
+            *x *= c;
+        }
+    }
+}
+
+/// SplitMix64: a tiny seeded generator, so that every search is reproducible from its seed
+/// without tying the library to a particular `rand` version.
+#[derive(Clone, Debug)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform on [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn gauss(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    pub fn gauss_mat<T: Scalar>(&mut self, n: usize, d: usize) -> Mat<T> {
+        Mat::from_fn(n, d, |_, _| T::of(self.gauss()))
+    }
+}
+
+/// Projects every row onto the closed ball of radius r.
+pub(crate) fn project_rows(x: &mut Mat<f64>, r: f64) {
+    for i in 0..x.nrows() {
+        let nrm = (0..x.ncols())
+            .map(|k| x[(i, k)].powi(2))
+            .sum::<f64>()
+            .sqrt();
+        if nrm > r {
+            let c = r / nrm;
+            for k in 0..x.ncols() {
+                x[(i, k)] *= c;
+            }
+        }
+    }
+}
+
+pub(crate) fn max_row_norm(x: faer::MatRef<'_, f64>) -> f64 {
+    (0..x.nrows())
+        .map(|i| {
+            (0..x.ncols())
+                .map(|k| x[(i, k)].powi(2))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .fold(0.0, f64::max)
+}

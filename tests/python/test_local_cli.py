@@ -1,0 +1,118 @@
+"""`lipattn local` on the real MiniLM against a NumPy oracle: the dense Jacobian of the attention
+sublayer (or of one head's contribution) by central differences of an independent forward pass,
+and its largest singular value."""
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import safetensors_np
+
+
+def layer_norm_like(rng, n, d):
+    x = rng.standard_normal((n, d))
+    x -= x.mean(axis=1, keepdims=True)
+    return x / x.std(axis=1, keepdims=True)
+
+
+def run(bin_, *args):
+    return subprocess.run([bin_, *map(str, args)], capture_output=True, text=True)
+
+
+def sublayer(tensors, layer, head):
+    """The sublayer's weights (or head `head`'s contribution: its rows, its W_O columns, no b_O)."""
+    p = f"encoder.layer.{layer}.attention."
+    g = lambda k: tensors[p + k].astype(np.float64)
+    w = {k: g(s) for k, s in [("wq", "self.query.weight"), ("bq", "self.query.bias"), ("wk", "self.key.weight"),
+                              ("bk", "self.key.bias"), ("wv", "self.value.weight"), ("bv", "self.value.bias"),
+                              ("wo", "output.dense.weight"), ("bo", "output.dense.bias")]}
+    heads = 12
+    if head is not None:
+        dk = w["wq"].shape[0] // heads
+        rows = slice(head * dk, (head + 1) * dk)
+        w = dict(wq=w["wq"][rows], bq=w["bq"][rows], wk=w["wk"][rows], bk=w["bk"][rows], wv=w["wv"][rows],
+                 bv=w["bv"][rows], wo=w["wo"][:, rows], bo=np.zeros_like(w["bo"]))
+        heads = 1
+    return w, heads
+
+
+def batched_forward(xb, w, heads):
+    """The sublayer on a batch of sequences (B, n, d) at once (checked against safetensors_np below)."""
+    b, n, _ = xb.shape
+    dk = w["wq"].shape[0] // heads
+    # 2-D products: NumPy's broadcast (B, n, d) @ (d, e) does not reach BLAS efficiently.
+    flat = xb.reshape(b * n, -1)
+    q = (flat @ w["wq"].T + w["bq"]).reshape(b, n, heads, dk).transpose(0, 2, 1, 3)
+    k = (flat @ w["wk"].T + w["bk"]).reshape(b, n, heads, dk).transpose(0, 2, 1, 3)
+    v = (flat @ w["wv"].T + w["bv"]).reshape(b, n, heads, -1).transpose(0, 2, 1, 3)
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dk)
+    s -= s.max(axis=3, keepdims=True)
+    e = np.exp(s)
+    p = e / e.sum(axis=3, keepdims=True)
+    o = (p @ v).transpose(0, 2, 1, 3).reshape(b, n, -1)
+    return (o.reshape(b * n, -1) @ w["wo"].T + w["bo"]).reshape(b, n, -1)
+
+
+def dense_jacobian(w, heads, x, h=1e-5):
+    """Columns (i, k) by central differences, all perturbations in one batch."""
+    n, d = x.shape
+    eye = np.eye(n * d).reshape(n * d, n, d) * h
+    plus = batched_forward(x[None] + eye, w, heads)
+    minus = batched_forward(x[None] - eye, w, heads)
+    return ((plus - minus) / (2 * h)).reshape(n * d, -1).T
+
+
+@pytest.mark.parametrize("layer,head,method", [(0, None, "lanczos"), (2, 5, "lanczos"), (0, None, "power")])
+def test_local_matches_dense_jacobian(tmp_path, lipattn_bin, minilm, layer, head, method):
+    rng = np.random.default_rng(11 + layer)
+    n = 3
+    x = layer_norm_like(rng, n, 384)
+    np.save(tmp_path / "x.npy", x)
+    args = ["local", "--model", minilm, "--layer", layer, "--tokens", tmp_path / "x.npy", "--json",
+            "--method", method, "--save-vector", tmp_path / "v.npy"]
+    if head is not None:
+        args += ["--head", head]
+    out = run(lipattn_bin, *args)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["norm"] == "frobenius" and r["dtype"] == "f64" and r["n"] == n and r["layer"] == layer
+    assert r["head"] == head and r["method"] == method
+    assert abs(r["radius"] - np.linalg.norm(x, axis=1).max()) < 1e-12
+    w, heads = sublayer(safetensors_np.load(os.path.join(minilm, "model.safetensors")), layer, head)
+    ref = safetensors_np.attention(x, heads=heads, **w)
+    assert np.abs(batched_forward(x[None], w, heads)[0] - ref).max() <= 1e-12 * np.abs(ref).max()
+    jac = dense_jacobian(w, heads, x)
+    exact = np.linalg.svd(jac, compute_uv=False)[0]
+    # An attained value: never above the true norm (beyond the oracle's own differencing error).
+    assert r["sigma"] <= exact * (1 + 1e-7)
+    tol = 1e-6 if method == "lanczos" else 1e-3
+    assert (exact - r["sigma"]) / exact < tol, (r["sigma"], exact)
+    v = np.load(tmp_path / "v.npy")
+    assert v.shape == x.shape
+    assert abs(np.linalg.norm(jac @ v.reshape(-1)) / np.linalg.norm(v) - r["sigma"]) < 1e-6 * exact
+
+
+def test_local_errors(tmp_path, lipattn_bin, minilm):
+    rng = np.random.default_rng(0)
+    x = layer_norm_like(rng, 5, 384)
+    bad = x.copy()
+    bad[1, 3] = np.inf
+    np.save(tmp_path / "inf.npy", bad)
+    np.save(tmp_path / "narrow.npy", x[:, :10])
+    np.save(tmp_path / "x.npy", x)
+    base = ["local", "--model", minilm, "--layer", 0, "--tokens"]
+    cases = [
+        (base + [tmp_path / "inf.npy"], "inf"),
+        (base + [tmp_path / "narrow.npy"], "384"),
+        (base + [tmp_path / "x.npy", "--head", 12], "head 12"),
+        (base + [tmp_path / "x.npy", "--tol", "0"], "tolerance"),
+        (base + [tmp_path / "x.npy", "--method", "svd"], "svd"),
+        (base + [tmp_path / "missing.npy"], "missing.npy"),
+    ]
+    for args, needle in cases:
+        out = run(lipattn_bin, *args)
+        assert out.returncode != 0, args
+        assert "panicked" not in out.stderr, out.stderr
+        assert needle in out.stderr, (needle, out.stderr)
