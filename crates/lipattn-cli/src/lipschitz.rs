@@ -138,7 +138,10 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
             a.radius,
             a.n
         );
-        println!("{:<34} {:>14} {:>14} {:>10}", "metric", "certified", "attained", "ratio");
+        println!(
+            "{:<34} {:>14} {:>14} {:>10}",
+            "metric", "certified", "attained", "ratio"
+        );
         println!(
             "{:<34} {:>14} {:>14} {:>10}",
             "token map, Frobenius",

@@ -2,6 +2,7 @@
 //! non-zero exit and never as a panic.
 
 mod forward;
+mod lipschitz;
 mod local;
 mod transport;
 
@@ -26,6 +27,8 @@ enum Command {
     Transport(transport::TransportArgs),
     /// Local Lipschitz constant ||J(X)||_2 at a token sequence (an attained lower bound).
     Local(local::LocalArgs),
+    /// Certified Lipschitz upper bounds beside attained lower bounds for a layer or head.
+    Lipschitz(lipschitz::LipschitzArgs),
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
         Command::Forward(a) => forward::run(a),
         Command::Transport(a) => transport::run(a),
         Command::Local(a) => local::run(a),
+        Command::Lipschitz(a) => lipschitz::run(a),
     };
     if let Err(e) = result {
         eprintln!("lipattn: error: {e:#}");

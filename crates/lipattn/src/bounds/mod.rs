@@ -151,18 +151,27 @@ pub fn certified_summary(layer: &AttentionLayer<f64>, domain: &Domain) -> Result
     if domain.causal {
         notes.push("w1/w2 bounds hold for the measure map F without mask; a causal mask is a sequence operation".into());
     }
+    // A bound beyond the f64 range (e^{2 R beta} overflows) is true but useless; it is reported as
+    // absent with the reason rather than as infinity, which JSON cannot carry.
+    let mut finite = |m: Metric, label: &str| match best(&bounds, m).map(|b| b.value) {
+        Some(x) if !x.is_finite() => {
+            notes.push(format!(
+                "{label}: the certified bound exceeds the f64 range at this radius"
+            ));
+            None
+        }
+        other => other,
+    };
+    let frobenius = finite(Metric::Frobenius, "frobenius");
+    let (w1, w2) = if domain.causal {
+        (None, None)
+    } else {
+        (finite(Metric::W1, "w1"), finite(Metric::W2, "w2"))
+    };
     Ok(CertifiedSummary {
-        frobenius: best(&bounds, Metric::Frobenius).map(|b| b.value),
-        w1: if domain.causal {
-            None
-        } else {
-            best(&bounds, Metric::W1).map(|b| b.value)
-        },
-        w2: if domain.causal {
-            None
-        } else {
-            best(&bounds, Metric::W2).map(|b| b.value)
-        },
+        frobenius,
+        w1,
+        w2,
         anchor: pick("anchor-castin-mathmd"),
         anchor_code: pick("anchor-castin-code"),
         bounds,

@@ -1,0 +1,54 @@
+"""`lipattn lipschitz --json` on the real MiniLM: certified beside attained, never below it."""
+import json
+import subprocess
+
+
+def run(bin_, *args):
+    return subprocess.run([bin_, *map(str, args)], capture_output=True, text=True)
+
+
+def lipschitz(bin_, model, *extra):
+    out = run(bin_, "lipschitz", "--model", model, "--layer", 0, "--n", 8, "--starts", 1, "--steps", 3,
+              "--atoms", 4, "--json", *extra)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_head_and_layer(lipattn_bin, minilm):
+    for extra in (["--head", 0, "--radius", 1.0], ["--radius", 0.5]):
+        r = lipschitz(lipattn_bin, minilm, *extra)
+        c, a = r["certified"], r["attained"]
+        assert r["domain"]["radius"] == extra[-1] and r["domain"]["n"] == 8 and r["domain"]["dtype"] == "f64"
+        assert c["frobenius"] is not None and c["w1"] is not None
+        assert 0 < a["frobenius"] <= c["frobenius"]
+        assert 0 < a["w1"] <= c["w1"]
+        assert abs(r["ratio"]["frobenius"] - c["frobenius"] / a["frobenius"]) <= 1e-12 * r["ratio"]["frobenius"]
+        names = {b["name"] for b in r["bounds"]}
+        assert {"B1+B4-sum", "B1-tight-sum", "B2", "anchor-castin-mathmd"} <= names
+        assert all(not b["certified"] for b in r["bounds"] if b["name"].startswith("anchor"))
+        assert c["anchor"] is not None
+
+
+def test_large_radius_reports_overflow(lipattn_bin, minilm):
+    r = lipschitz(lipattn_bin, minilm, "--head", 0, "--radius", 40.0)
+    assert r["certified"]["w1"] is None
+    assert any("f64 range" in n for n in r["notes"])
+    assert r["certified"]["frobenius"] >= r["attained"]["frobenius"]
+
+
+def test_l2_kernel_has_no_dot_bound(lipattn_bin, minilm):
+    r = lipschitz(lipattn_bin, minilm, "--head", 0, "--radius", 1.0, "--kernel", "l2")
+    # MiniLM's W_V does not factor through W_Q, so B5 does not apply and says why.
+    assert r["certified"]["frobenius"] is None and r["certified"]["w1"] is None
+    assert any("row space" in n for n in r["notes"])
+
+
+def test_bad_arguments(lipattn_bin, minilm):
+    for args, needle in [
+        (["--radius", -1, "--n", 4], "radius"),
+        (["--radius", 1, "--n", 0], "n"),
+        (["--radius", 1, "--n", 4, "--head", 12], "head 12"),
+    ]:
+        out = run(lipattn_bin, "lipschitz", "--model", minilm, "--layer", 0, *args)
+        assert out.returncode != 0 and "panicked" not in out.stderr
+        assert needle in out.stderr, out.stderr
