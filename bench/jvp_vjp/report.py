@@ -43,15 +43,17 @@ def main():
                     bad.append(f"{dtype} n={n} {kind}: relative difference {e:.3e} > {TOL[dtype]:.0e}")
         rows.append((dtype, n, t, r, errs))
     rows.sort(key=lambda x: (x[0], x[1]))
-    head = f"{'dtype':5} {'n':>5} {'torch jvp':>10} {'torch vjp':>10} {'torch step':>11} {'rust step':>10} {'torch/rust':>11} {'rel diff jvp,vjp':>20}"
+    head = f"{'dtype':5} {'n':>5} {'torch jvp':>10} {'torch vjp':>10} {'torch step':>11} {'(min)':>8} {'rust step':>10} {'torch/rust':>11} {'rel diff jvp,vjp':>20} {'busy':>5}"
     print(head)
     print("-" * len(head))
     for dtype, n, t, r, errs in rows:
         rust = f"{r['median_ms']:10.2f}" if r else f"{'-':>10}"
         ratio = f"{t['median_ms'] / r['median_ms']:11.2f}" if r else f"{'-':>11}"
         diff = f"{errs[0]:.1e},{errs[1]:.1e}" if errs else "-"
-        print(f"{dtype:5} {n:5d} {t['jvp_median_ms']:10.2f} {t['vjp_median_ms']:10.2f} {t['median_ms']:11.2f} {rust} {ratio} {diff:>20}")
-    print("(milliseconds, medians; step = one JVP + one VJP; ratio > 1 means Rust is faster)")
+        print(f"{dtype:5} {n:5d} {t['jvp_median_ms']:10.2f} {t['vjp_median_ms']:10.2f} {t['median_ms']:11.2f} {t['min_ms']:8.2f} {rust} {ratio} {diff:>20} {t.get('foreign_cores', float('nan')):5.2f}")
+    print("(milliseconds, medians except (min); step = one JVP + one VJP, timed together;")
+    print(" ratio = torch step / rust step, > 1 means Rust is faster;")
+    print(" busy = cores other processes used during the torch run)")
     if bad:
         print("OUTPUT MISMATCH:\n  " + "\n  ".join(bad))
         sys.exit(1)

