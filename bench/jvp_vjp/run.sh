@@ -41,10 +41,7 @@ for n in $sizes; do
 done
 
 rust_bin=""
-# TODO(jvp-vjp): crates/lipattn/examples/bench_jvp_vjp.rs is being written on another branch.
-# Its contract: --model DIR --layer L --x X.npy --u U.npy --v V.npy --dtype f64|f32 --repeats K
-# --out-jvp J.npy --out-vjp G.npy, printing one JSON line {"dtype":..,"n":..,"median_ms":..}
-# where median_ms is the median of one JVP plus one VJP. Until it exists only torch runs.
+# The Rust side: crates/lipattn/examples/bench_jvp_vjp.rs (same inputs, JSON timings).
 if [ -f "$root/crates/lipattn/examples/bench_jvp_vjp.rs" ]; then
   echo "== building the Rust side"
   cargo build --release --quiet -p lipattn --example bench_jvp_vjp
