@@ -152,8 +152,18 @@ fn tiny_bert(prefix: &str, dtype: Dtype, seed: u64) -> Tensors {
     let mut g = Gen::new(seed, dtype);
     let e = format!("{prefix}embeddings.");
     g.add(format!("{e}word_embeddings.weight"), &[VOCAB, D], 0.0, 1.0);
-    g.add(format!("{e}position_embeddings.weight"), &[POSITIONS, D], 0.0, 0.5);
-    g.add(format!("{e}token_type_embeddings.weight"), &[2, D], 0.0, 0.5);
+    g.add(
+        format!("{e}position_embeddings.weight"),
+        &[POSITIONS, D],
+        0.0,
+        0.5,
+    );
+    g.add(
+        format!("{e}token_type_embeddings.weight"),
+        &[2, D],
+        0.0,
+        0.5,
+    );
     g.layer_norm(format!("{e}LayerNorm"));
     g.out.insert(
         format!("{e}position_ids"),
@@ -256,9 +266,7 @@ fn attention(q: &Rows, k: &Rows, v: &Rows, causal: bool) -> Rows {
         for i in 0..n {
             let seen = if causal { i + 1 } else { n };
             let s: Vec<f64> = (0..seen)
-                .map(|j| {
-                    cols.clone().map(|c| q[i][c] * k[j][c]).sum::<f64>() / (dk as f64).sqrt()
-                })
+                .map(|j| cols.clone().map(|c| q[i][c] * k[j][c]).sum::<f64>() / (dk as f64).sqrt())
                 .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
@@ -273,7 +281,10 @@ fn attention(q: &Rows, k: &Rows, v: &Rows, causal: bool) -> Rows {
 
 /// Maclaurin series, independent of the library's libm erf; accurate to ~1e-14 for |x| < 3.
 fn erf(x: f64) -> f64 {
-    assert!(x.abs() < 3.0, "test model too large for the series erf: {x}");
+    assert!(
+        x.abs() < 3.0,
+        "test model too large for the series erf: {x}"
+    );
     let (mut term, mut sum) = (x, x);
     for n in 1..80 {
         term *= -x * x / n as f64;
@@ -283,7 +294,9 @@ fn erf(x: f64) -> f64 {
 }
 
 fn map(x: &Rows, f: impl Fn(f64) -> f64) -> Rows {
-    x.iter().map(|r| r.iter().map(|&v| f(v)).collect()).collect()
+    x.iter()
+        .map(|r| r.iter().map(|&v| f(v)).collect())
+        .collect()
 }
 
 fn naive_gpt2(ts: &Tensors, prefix: &str, ids: &[u32]) -> Vec<Rows> {
@@ -305,12 +318,22 @@ fn naive_gpt2(ts: &Tensors, prefix: &str, ids: &[u32]) -> Vec<Rows> {
         let p = |n: &str| g(&format!("h.{l}.{n}"));
         let x = layer_norm(&h, p("ln_1.weight"), p("ln_1.bias"), 1e-5);
         let qkv = conv1d(&x, p("attn.c_attn.weight"), p("attn.c_attn.bias"), 3 * D);
-        let part = |s: usize| -> Rows { qkv.iter().map(|r| r[s * D..(s + 1) * D].to_vec()).collect() };
+        let part =
+            |s: usize| -> Rows { qkv.iter().map(|r| r[s * D..(s + 1) * D].to_vec()).collect() };
         let a = attention(&part(0), &part(1), &part(2), true);
-        h = add(&h, &conv1d(&a, p("attn.c_proj.weight"), p("attn.c_proj.bias"), D));
+        h = add(
+            &h,
+            &conv1d(&a, p("attn.c_proj.weight"), p("attn.c_proj.bias"), D),
+        );
         let x = layer_norm(&h, p("ln_2.weight"), p("ln_2.bias"), 1e-5);
-        let f = map(&conv1d(&x, p("mlp.c_fc.weight"), p("mlp.c_fc.bias"), FFN), gelu);
-        h = add(&h, &conv1d(&f, p("mlp.c_proj.weight"), p("mlp.c_proj.bias"), D));
+        let f = map(
+            &conv1d(&x, p("mlp.c_fc.weight"), p("mlp.c_fc.bias"), FFN),
+            gelu,
+        );
+        h = add(
+            &h,
+            &conv1d(&f, p("mlp.c_proj.weight"), p("mlp.c_proj.bias"), D),
+        );
         states.push(h.clone());
     }
     let last = states.pop().unwrap();
@@ -359,7 +382,11 @@ fn naive_bert(ts: &Tensors, prefix: &str, ids: &[u32]) -> Vec<Rows> {
             p("attention.output.LayerNorm.bias"),
             1e-12,
         );
-        let f = lin(&map(&lin(&a, "intermediate.dense", FFN), gelu), "output.dense", D);
+        let f = lin(
+            &map(&lin(&a, "intermediate.dense", FFN), gelu),
+            "output.dense",
+            D,
+        );
         h = layer_norm(
             &add(&a, &f),
             p("output.LayerNorm.weight"),
@@ -424,7 +451,8 @@ fn gpt2_layout_matches_naive_forward() {
             .collect();
         let p = |n: &str| t(&ts, &format!("{prefix}h.1.{n}"));
         let qkv = conv1d(&rows, p("attn.c_attn.weight"), p("attn.c_attn.bias"), 3 * D);
-        let part = |s: usize| -> Rows { qkv.iter().map(|r| r[s * D..(s + 1) * D].to_vec()).collect() };
+        let part =
+            |s: usize| -> Rows { qkv.iter().map(|r| r[s * D..(s + 1) * D].to_vec()).collect() };
         let a = conv1d(
             &attention(&part(0), &part(1), &part(2), true),
             p("attn.c_proj.weight"),
@@ -458,11 +486,17 @@ fn bert_layout_matches_naive_forward() {
         let n1 = model.attention_input_norm(1).unwrap();
         assert_eq!(
             n1.beta,
-            t(&ts, &format!("{prefix}encoder.layer.0.output.LayerNorm.bias"))
+            t(
+                &ts,
+                &format!("{prefix}encoder.layer.0.output.LayerNorm.bias")
+            )
         );
         let states = model.hidden_states(&IDS).unwrap();
         let layer = model.layer(1).unwrap();
-        assert_eq!(layer.attention_input(states[1].as_ref()).unwrap(), states[1]);
+        assert_eq!(
+            layer.attention_input(states[1].as_ref()).unwrap(),
+            states[1]
+        );
         assert_eq!(layer.feed_forward.w_in.nrows(), FFN);
     }
 }
@@ -510,7 +544,12 @@ fn sharded_index_matches_single_file() {
 fn unknown_architecture_lists_what_was_found() {
     let dir = scratch("unknown");
     let mut g = Gen::new(1, Dtype::F32);
-    g.add("model.layers.0.self_attn.q_proj.weight".into(), &[D, D], 0.0, 1.0);
+    g.add(
+        "model.layers.0.self_attn.q_proj.weight".into(),
+        &[D, D],
+        0.0,
+        1.0,
+    );
     g.add("model.embed_tokens.weight".into(), &[VOCAB, D], 0.0, 1.0);
     write_model(
         &dir,
@@ -520,7 +559,11 @@ fn unknown_architecture_lists_what_was_found() {
     let e = Model::open(&dir).err().unwrap();
     assert!(matches!(e, Error::Model(_)), "{e:?}");
     let e = e.to_string();
-    for needle in ["llama", "model.layers.0.self_attn.q_proj.weight", "bert, gpt2"] {
+    for needle in [
+        "llama",
+        "model.layers.0.self_attn.q_proj.weight",
+        "bert, gpt2",
+    ] {
         assert!(e.contains(needle), "{needle} not in: {e}");
     }
 
@@ -535,7 +578,12 @@ fn unknown_architecture_lists_what_was_found() {
     // Out-of-range layers and token ids are errors, not panics.
     write_model(&dir, &gpt2_config(), &tiny_gpt2("", 1));
     let model = Model::open(&dir).unwrap();
-    assert!(model.layer(LAYERS).err().unwrap().to_string().contains("out of range"));
+    assert!(model
+        .layer(LAYERS)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("out of range"));
     assert!(model.hidden_states_upto(&IDS, LAYERS + 1).is_err());
     assert!(model.hidden_states(&[VOCAB as u32]).is_err());
     assert!(model.hidden_states(&[0; POSITIONS + 1]).is_err());

@@ -194,9 +194,10 @@ impl ModelConfig {
         let eps = |key: &str, default: f64| -> std::result::Result<f64, String> {
             match obj.get(key) {
                 None => Ok(default),
-                Some(v) => v.as_f64().filter(|e| e.is_finite() && *e >= 0.0).ok_or_else(|| {
-                    format!("key '{key}' must be a non-negative number, found {v}")
-                }),
+                Some(v) => v
+                    .as_f64()
+                    .filter(|e| e.is_finite() && *e >= 0.0)
+                    .ok_or_else(|| format!("key '{key}' must be a non-negative number, found {v}")),
             }
         };
         let act = |key: &str, default: &str| -> std::result::Result<Activation, String> {

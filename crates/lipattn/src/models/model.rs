@@ -366,9 +366,9 @@ impl Model {
                 )
             }
             Family::Gpt2 => {
-                let qkv = self
-                    .store
-                    .matrix_transposed(&format!("{stem}attn.c_attn.weight"), 3 * d, d)?;
+                let qkv =
+                    self.store
+                        .matrix_transposed(&format!("{stem}attn.c_attn.weight"), 3 * d, d)?;
                 let bias = self
                     .store
                     .vector(&format!("{stem}attn.c_attn.bias"), 3 * d)?;
@@ -428,7 +428,9 @@ impl Model {
     pub fn attention_input_norm(&self, layer: usize) -> Result<LayerNormParams> {
         self.check_layer(layer)?;
         match self.norm_placement() {
-            NormPlacement::Post if layer == 0 => self.layer_norm(&self.name("embeddings.LayerNorm")),
+            NormPlacement::Post if layer == 0 => {
+                self.layer_norm(&self.name("embeddings.LayerNorm"))
+            }
             NormPlacement::Post => self.feed_forward_norm(layer - 1),
             NormPlacement::Pre => self.attention_norm(layer),
         }
@@ -452,7 +454,10 @@ impl Model {
             activation: self.config.activation,
         };
         let at = |what: &str| format!("{} layer {layer}: {what}", self.store.path().display());
-        for (what, m) in [("feed-forward W_in", &ff.w_in), ("feed-forward W_out", &ff.w_out)] {
+        for (what, m) in [
+            ("feed-forward W_in", &ff.w_in),
+            ("feed-forward W_out", &ff.w_out),
+        ] {
             for j in 0..m.ncols() {
                 check_finite(&at(what), m.col_as_slice(j).iter().copied())?;
             }

@@ -67,9 +67,8 @@ impl TextTokenizer {
             }),
             None => None,
         };
-        tok.with_truncation(truncation).map_err(|e| {
-            Error::Invalid(format!("truncation to {max_tokens:?} tokens: {e}"))
-        })?;
+        tok.with_truncation(truncation)
+            .map_err(|e| Error::Invalid(format!("truncation to {max_tokens:?} tokens: {e}")))?;
         let enc = tok.encode(text, true).map_err(|e| Error::Format {
             path: self.path.clone(),
             msg: format!("tokenising failed: {e}"),
