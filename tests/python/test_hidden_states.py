@@ -268,10 +268,12 @@ def test_tiny_gpt2_matches_numpy(tmp_path, lipattn_bin):
     ids = np.array([vocab.get(w, 0) for w in text.split()], dtype=np.int64)
     plain = {k[len("transformer."):]: v for k, v in t.items() if k.startswith("transformer.")}
     states = gpt2_states(plain, ids, heads, 1e-5)
+    errs = []
     for layer in range(layers + 1):
         out = run(lipattn_bin, "hidden", "--model", tmp_path, "--text", tmp_path / "t.txt", "--layer", layer,
                   "--out", tmp_path / "h.npy", "--ids-out", tmp_path / "ids.npy")
         assert out.returncode == 0, out.stderr
         np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), ids)
-        e = rel(np.load(tmp_path / "h.npy"), states[layer])
-        assert e < TOL, (layer, e)
+        errs.append(rel(np.load(tmp_path / "h.npy"), states[layer]))
+    print("tiny GPT-2 hidden-state relative errors per layer:", " ".join(f"{e:.2e}" for e in errs))
+    assert max(errs) < TOL, errs

@@ -615,6 +615,32 @@ fn tokenizer_overrides_saved_padding_and_truncation() {
     assert!(tok.encode("a", Some(0)).is_err());
 }
 
+/// GPT-2's tokenizer is byte-level BPE, whose pre-tokenizer is a regex: this checks that the
+/// crate's regex backend (fancy-regex, not Oniguruma) handles it and that no special tokens are
+/// added.
+#[test]
+fn byte_level_bpe_tokenizer() {
+    let dir = scratch("bpe");
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                          "use_regex": true},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false,
+                           "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                    "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                  "fuse_unk": false, "byte_fallback": false,
+                  "vocab": {"a": 0, "b": 1, "\u{120}": 2, "ab": 3, "\u{120}a": 4, "'s": 5, "'": 6, "s": 7},
+                  "merges": ["a b", "\u{120} a", "' s"]}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    let tok = TextTokenizer::from_dir(&dir).unwrap();
+    assert_eq!(tok.encode("ab a's", None).unwrap(), vec![3, 4, 5]);
+}
+
 /// Greedy longest-match-first WordPiece on lower-cased, punctuation-split ASCII text.
 fn wordpiece(text: &str, vocab: &[String]) -> Vec<u32> {
     let id = |s: &str| vocab.iter().position(|v| v == s).map(|i| i as u32);
