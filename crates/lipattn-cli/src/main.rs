@@ -2,6 +2,7 @@
 //! non-zero exit and never as a panic.
 
 mod forward;
+mod hidden;
 mod lipschitz;
 mod local;
 mod transport;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Attention sublayer output of one layer for a token sequence (.npy in, .npy out).
     Forward(forward::ForwardArgs),
+    /// Hidden states of a whole model (BERT, GPT-2) on a text file, entering a chosen layer.
+    Hidden(hidden::HiddenArgs),
     /// Exact (certified), sorted 1-D or entropic optimal transport between two .npy point clouds.
     Transport(transport::TransportArgs),
     /// Local Lipschitz constant ||J(X)||_2 at a token sequence (an attained lower bound).
@@ -35,6 +38,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Forward(a) => forward::run(a),
+        Command::Hidden(a) => hidden::run(a),
         Command::Transport(a) => transport::run(a),
         Command::Local(a) => local::run(a),
         Command::Lipschitz(a) => lipschitz::run(a),

@@ -127,6 +127,27 @@ pub fn write_vector(path: &Path, v: &[f64]) -> Result<()> {
     write_f64(path, &[v.len() as u64], v.iter().copied())
 }
 
+/// Writes token ids as an int64 vector (NumPy's default integer type), so they index arrays
+/// on the Python side without a cast.
+pub fn write_ids(path: &Path, ids: &[u32]) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let dtype = DType::Plain("<i8".parse::<TypeStr>().expect("valid type string"));
+    let mut w = npyz::WriteOptions::<i64>::new()
+        .dtype(dtype)
+        .shape(&[ids.len() as u64])
+        .writer(file)
+        .begin_nd()
+        .map_err(io)?;
+    for &v in ids {
+        w.push(&i64::from(v)).map_err(io)?;
+    }
+    w.finish().map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,57 @@
+//! `lipattn hidden`: the hidden states of a real model on real text, entering a chosen layer.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lipattn::models::{Model, TextTokenizer};
+use lipattn::npy::{write_ids, write_matrix};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct HiddenArgs {
+    /// Hugging Face model directory: config.json, model.safetensors (or a sharded
+    /// model.safetensors.index.json) and tokenizer.json. BERT and GPT-2 families.
+    #[arg(long)]
+    model: PathBuf,
+    /// UTF-8 text file, tokenised as one sequence with the model's own tokenizer.
+    #[arg(long)]
+    text: PathBuf,
+    /// Which hidden state: the one entering layer L (0-based); L = number of layers gives the
+    /// model's final output (after the final LayerNorm for GPT-2).
+    #[arg(long)]
+    layer: usize,
+    /// Keep at most N tokens, special tokens included, cutting the end of the text.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Output .npy path: (n, d) float64.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write the token ids as an (n,) int64 .npy array.
+    #[arg(long)]
+    ids_out: Option<PathBuf>,
+}
+
+pub fn run(a: HiddenArgs) -> Result<()> {
+    let model = Model::open(&a.model)?;
+    // Checked before tokenising or running anything, so a typo costs nothing.
+    if a.layer > model.num_layers() {
+        bail!(
+            "--layer {} out of range: the model has {} layers, so hidden states exist for 0..={} ({} = the final output)",
+            a.layer,
+            model.num_layers(),
+            model.num_layers(),
+            model.num_layers()
+        );
+    }
+    let tokenizer = TextTokenizer::from_dir(&a.model)?;
+    let text = std::fs::read_to_string(&a.text)
+        .with_context(|| format!("reading --text {}", a.text.display()))?;
+    let ids = tokenizer
+        .encode(&text, a.max_tokens)
+        .with_context(|| format!("tokenising {}", a.text.display()))?;
+    let states = model.hidden_states_upto(&ids, a.layer)?;
+    write_matrix(&a.out, states[a.layer].as_ref())?;
+    if let Some(p) = &a.ids_out {
+        write_ids(p, &ids)?;
+    }
+    Ok(())
+}

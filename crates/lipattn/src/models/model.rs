@@ -1,0 +1,551 @@
+//! A whole transformer checkpoint, whatever its family: per layer the attention sublayer, its
+//! masking, the LayerNorms in their placement and the feed-forward block, with the tensor
+//! layouts of each family turned into the PyTorch Linear convention (y = x W^T + b).
+//!
+//! BERT (`model_type: bert`, optional `bert.` prefix): Linear weights are [out, in] already.
+//! GPT-2 (`model_type: gpt2`, optional `transformer.` prefix): Conv1D weights are [in, out] and
+//! `c_attn` holds Q, K and V side by side along its output axis; both are transposed and split
+//! on load, so every caller sees the same `AttentionLayer` convention.
+
+use super::bert::LayerNormParams;
+use super::config::{Activation, Family, ModelConfig};
+use super::sharded::TensorStore;
+use crate::attention::forward::affine;
+use crate::attention::{AttentionLayer, Kernel};
+use crate::error::{check_finite, Error, Result};
+use faer::{Mat, MatRef};
+use std::path::{Path, PathBuf};
+
+/// Where a block's LayerNorms sit relative to its residual connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NormPlacement {
+    /// BERT: h -> LN(h + f(h)) for each sublayer f.
+    Post,
+    /// GPT-2: h -> h + f(LN(h)) for each sublayer f, and a final LayerNorm after the last block.
+    Pre,
+}
+
+impl Family {
+    pub fn norm_placement(self) -> NormPlacement {
+        match self {
+            Family::Bert => NormPlacement::Post,
+            Family::Gpt2 => NormPlacement::Pre,
+        }
+    }
+
+    /// Whether token i attends to tokens 0..=i only.
+    pub fn causal(self) -> bool {
+        matches!(self, Family::Gpt2)
+    }
+
+    fn prefixes(self) -> &'static [&'static str] {
+        match self {
+            Family::Bert => &["bert.", ""],
+            Family::Gpt2 => &["transformer.", ""],
+        }
+    }
+
+    /// A tensor every checkpoint of the family has, without prefix.
+    fn probe(self) -> &'static str {
+        match self {
+            Family::Bert => "encoder.layer.0.attention.self.query.weight",
+            Family::Gpt2 => "h.0.attn.c_attn.weight",
+        }
+    }
+}
+
+/// x -> act(x W_in^T + b_in) W_out^T + b_out on each token.
+#[derive(Clone, Debug)]
+pub struct FeedForward {
+    /// (ffn x d)
+    pub w_in: Mat<f64>,
+    pub b_in: Vec<f64>,
+    /// (d x ffn)
+    pub w_out: Mat<f64>,
+    pub b_out: Vec<f64>,
+    pub activation: Activation,
+}
+
+impl FeedForward {
+    pub fn forward(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        if x.ncols() != self.w_in.ncols() {
+            return Err(Error::shape(
+                "feed-forward input width",
+                self.w_in.ncols().to_string(),
+                x.ncols().to_string(),
+            ));
+        }
+        let mut hidden = affine(x, self.w_in.as_ref(), &self.b_in);
+        for j in 0..hidden.ncols() {
+            for v in hidden.col_as_slice_mut(j) {
+                *v = self.activation.apply(*v);
+            }
+        }
+        Ok(affine(hidden.as_ref(), self.w_out.as_ref(), &self.b_out))
+    }
+}
+
+/// Everything one transformer block computes, with its family's conventions made explicit.
+#[derive(Clone, Debug)]
+pub struct ModelLayer {
+    pub index: usize,
+    pub placement: NormPlacement,
+    pub attention: AttentionLayer<f64>,
+    pub causal: bool,
+    /// The LayerNorm whose output the attention reads. Post: the previous block's
+    /// `feed_forward_norm` (or the embeddings LayerNorm for block 0), already applied to the
+    /// hidden state entering the block. Pre: this block's `attention_norm`.
+    pub attention_input_norm: LayerNormParams,
+    /// Post: applied after the attention residual (BERT `attention.output.LayerNorm`).
+    /// Pre: applied to the attention input (GPT-2 `ln_1`).
+    pub attention_norm: LayerNormParams,
+    /// Post: applied after the feed-forward residual (BERT `output.LayerNorm`).
+    /// Pre: applied to the feed-forward input (GPT-2 `ln_2`).
+    pub feed_forward_norm: LayerNormParams,
+    pub feed_forward: FeedForward,
+}
+
+impl ModelLayer {
+    /// The attention sublayer's input for hidden state `h` entering this block.
+    pub fn attention_input(&self, h: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        match self.placement {
+            NormPlacement::Post => Ok(h.to_owned()),
+            NormPlacement::Pre => self.attention_norm.apply(h),
+        }
+    }
+
+    /// The hidden state leaving the block for the hidden state `h` entering it.
+    pub fn forward(&self, h: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        match self.placement {
+            NormPlacement::Post => {
+                let a = h + self.attention.forward(h, None, self.causal)?;
+                let a = self.attention_norm.apply(a.as_ref())?;
+                let f = &a + self.feed_forward.forward(a.as_ref())?;
+                self.feed_forward_norm.apply(f.as_ref())
+            }
+            NormPlacement::Pre => {
+                let x = self.attention_norm.apply(h)?;
+                let a = h + self.attention.forward(x.as_ref(), None, self.causal)?;
+                let x = self.feed_forward_norm.apply(a.as_ref())?;
+                Ok(&a + self.feed_forward.forward(x.as_ref())?)
+            }
+        }
+    }
+}
+
+/// Token embeddings: word + absolute position (+ token type 0), then the LayerNorm if the
+/// family has one there (BERT).
+#[derive(Clone, Debug)]
+pub struct Embeddings {
+    /// (vocab x d)
+    pub word: Mat<f64>,
+    /// (max positions x d)
+    pub position: Mat<f64>,
+    /// Row 0 of the token-type table: every token of a single segment gets it.
+    pub token_type: Option<Vec<f64>>,
+    pub norm: Option<LayerNormParams>,
+}
+
+impl Embeddings {
+    pub fn vocab_size(&self) -> usize {
+        self.word.nrows()
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.position.nrows()
+    }
+
+    /// The hidden state entering block 0 for the token ids `ids` at positions 0..n.
+    pub fn embed(&self, ids: &[u32]) -> Result<Mat<f64>> {
+        if ids.is_empty() {
+            return Err(Error::Empty {
+                what: "token sequence".into(),
+            });
+        }
+        if ids.len() > self.max_positions() {
+            return Err(Error::Invalid(format!(
+                "{} tokens but the model has position embeddings for {} only (truncate the input)",
+                ids.len(),
+                self.max_positions()
+            )));
+        }
+        if let Some((i, id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= self.vocab_size())
+        {
+            return Err(Error::Invalid(format!(
+                "token {i} has id {id}, outside the vocabulary of {} entries",
+                self.vocab_size()
+            )));
+        }
+        let d = self.word.ncols();
+        let x = Mat::from_fn(ids.len(), d, |i, k| {
+            let t = self.token_type.as_ref().map_or(0.0, |t| t[k]);
+            self.word[(ids[i] as usize, k)] + self.position[(i, k)] + t
+        });
+        match &self.norm {
+            Some(ln) => ln.apply(x.as_ref()),
+            None => Ok(x),
+        }
+    }
+}
+
+/// An opened checkpoint directory. Opening reads every tensor file once; layers are converted
+/// to f64 matrices on request.
+pub struct Model {
+    dir: PathBuf,
+    config: ModelConfig,
+    store: TensorStore,
+    prefix: &'static str,
+}
+
+impl Model {
+    /// Reads `dir/config.json` and `dir/model.safetensors` (or the shards of
+    /// `dir/model.safetensors.index.json`), and recognises the family.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "model directory not found",
+                ),
+            });
+        }
+        let config_path = dir.join("config.json");
+        let parsed = ModelConfig::from_file(&config_path)?;
+        let store = TensorStore::open_dir(dir)?;
+        let config = parsed.map_err(|model_type| {
+            Error::Model(format!(
+                "{}: unsupported architecture: model_type '{model_type}' (supported: bert, gpt2); the checkpoint holds {}",
+                dir.display(),
+                store.sample_names()
+            ))
+        })?;
+        let family = config.family;
+        let prefix = family
+            .prefixes()
+            .iter()
+            .copied()
+            .find(|p| store.contains(&format!("{p}{}", family.probe())))
+            .ok_or_else(|| {
+                Error::Model(format!(
+                    "{}: model_type '{}' but no tensor named '{}' (with or without the '{}' prefix); the checkpoint holds {}",
+                    dir.display(),
+                    config.model_type,
+                    family.probe(),
+                    family.prefixes()[0],
+                    store.sample_names()
+                ))
+            })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            store,
+            prefix,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn family(&self) -> Family {
+        self.config.family
+    }
+
+    pub fn tensors(&self) -> &TensorStore {
+        &self.store
+    }
+
+    /// The detected naming prefix ("bert.", "transformer." or "").
+    pub fn prefix(&self) -> &str {
+        self.prefix
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.config.num_hidden_layers
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+
+    pub fn is_causal(&self) -> bool {
+        self.family().causal()
+    }
+
+    pub fn norm_placement(&self) -> NormPlacement {
+        self.family().norm_placement()
+    }
+
+    fn check_layer(&self, layer: usize) -> Result<()> {
+        let n = self.num_layers();
+        if layer >= n {
+            return Err(Error::Invalid(format!(
+                "layer {layer} out of range: the model in {} has {n} layers{}",
+                self.dir.display(),
+                if n > 0 {
+                    format!(" (0..={})", n - 1)
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    fn name(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn layer_stem(&self, layer: usize) -> String {
+        match self.family() {
+            Family::Bert => self.name(&format!("encoder.layer.{layer}.")),
+            Family::Gpt2 => self.name(&format!("h.{layer}.")),
+        }
+    }
+
+    /// A Linear/Conv1D weight as (out x in) in the Linear convention, whatever the storage.
+    fn weight(&self, name: &str, out: usize, inp: usize) -> Result<Mat<f64>> {
+        match self.family() {
+            Family::Bert => self.store.matrix(name, out, inp),
+            Family::Gpt2 => self.store.matrix_transposed(name, out, inp),
+        }
+    }
+
+    /// The width of a feed-forward block, from its first weight's shape.
+    fn ffn_width(&self, name: &str) -> Result<usize> {
+        let shape = self.store.shape(name)?;
+        let d = self.hidden_size();
+        let width = match (self.family(), shape.as_slice()) {
+            (Family::Bert, [f, k]) if *k == d => Some(*f),
+            (Family::Gpt2, [k, f]) if *k == d => Some(*f),
+            _ => None,
+        };
+        width.filter(|&f| f > 0).ok_or_else(|| {
+            let expected = match self.family() {
+                Family::Bert => format!("[ffn, {d}]"),
+                Family::Gpt2 => format!("[{d}, ffn]"),
+            };
+            Error::shape(
+                format!("{}: tensor '{name}'", self.store.path().display()),
+                expected,
+                format!("{shape:?}"),
+            )
+        })
+    }
+
+    /// The attention sublayer of block `layer` (dot-product kernel), without residual or
+    /// LayerNorm. Whether it is causal is `is_causal()`.
+    pub fn attention_layer(&self, layer: usize) -> Result<AttentionLayer<f64>> {
+        self.check_layer(layer)?;
+        let d = self.hidden_size();
+        let stem = self.layer_stem(layer);
+        let heads = self.config.num_attention_heads;
+        let built = match self.family() {
+            Family::Bert => {
+                let w = |s: &str| self.store.matrix(&format!("{stem}{s}"), d, d);
+                let b = |s: &str| self.store.vector(&format!("{stem}{s}"), d);
+                AttentionLayer::new(
+                    heads,
+                    Kernel::Dot,
+                    w("attention.self.query.weight")?,
+                    b("attention.self.query.bias")?,
+                    w("attention.self.key.weight")?,
+                    b("attention.self.key.bias")?,
+                    w("attention.self.value.weight")?,
+                    b("attention.self.value.bias")?,
+                    w("attention.output.dense.weight")?,
+                    b("attention.output.dense.bias")?,
+                )
+            }
+            Family::Gpt2 => {
+                let qkv =
+                    self.store
+                        .matrix_transposed(&format!("{stem}attn.c_attn.weight"), 3 * d, d)?;
+                let bias = self
+                    .store
+                    .vector(&format!("{stem}attn.c_attn.bias"), 3 * d)?;
+                // Output features 0..d are Q, d..2d K, 2d..3d V (GPT-2 splits c_attn's output
+                // in that order); within each, head h owns h*dk..(h+1)*dk as in BERT.
+                let part = |p: usize| Mat::from_fn(d, d, |i, k| qkv[(p * d + i, k)]);
+                let bpart = |p: usize| bias[p * d..(p + 1) * d].to_vec();
+                AttentionLayer::new(
+                    heads,
+                    Kernel::Dot,
+                    part(0),
+                    bpart(0),
+                    part(1),
+                    bpart(1),
+                    part(2),
+                    bpart(2),
+                    self.store
+                        .matrix_transposed(&format!("{stem}attn.c_proj.weight"), d, d)?,
+                    self.store.vector(&format!("{stem}attn.c_proj.bias"), d)?,
+                )
+            }
+        };
+        built.map_err(|e| self.in_layer(layer, e))
+    }
+
+    fn layer_norm(&self, stem: &str) -> Result<LayerNormParams> {
+        let d = self.hidden_size();
+        let gamma = self.store.vector(&format!("{stem}.weight"), d)?;
+        let beta = self.store.vector(&format!("{stem}.bias"), d)?;
+        check_finite(&format!("{stem}.weight"), gamma.iter().copied())?;
+        check_finite(&format!("{stem}.bias"), beta.iter().copied())?;
+        Ok(LayerNormParams {
+            gamma,
+            beta,
+            eps: self.config.layer_norm_eps,
+        })
+    }
+
+    /// The LayerNorm applied around block `layer`'s attention sublayer (see `ModelLayer`).
+    fn attention_norm(&self, layer: usize) -> Result<LayerNormParams> {
+        let stem = self.layer_stem(layer);
+        match self.family() {
+            Family::Bert => self.layer_norm(&format!("{stem}attention.output.LayerNorm")),
+            Family::Gpt2 => self.layer_norm(&format!("{stem}ln_1")),
+        }
+    }
+
+    fn feed_forward_norm(&self, layer: usize) -> Result<LayerNormParams> {
+        let stem = self.layer_stem(layer);
+        match self.family() {
+            Family::Bert => self.layer_norm(&format!("{stem}output.LayerNorm")),
+            Family::Gpt2 => self.layer_norm(&format!("{stem}ln_2")),
+        }
+    }
+
+    /// The LayerNorm whose output is block `layer`'s attention input.
+    pub fn attention_input_norm(&self, layer: usize) -> Result<LayerNormParams> {
+        self.check_layer(layer)?;
+        match self.norm_placement() {
+            NormPlacement::Post if layer == 0 => {
+                self.layer_norm(&self.name("embeddings.LayerNorm"))
+            }
+            NormPlacement::Post => self.feed_forward_norm(layer - 1),
+            NormPlacement::Pre => self.attention_norm(layer),
+        }
+    }
+
+    pub fn feed_forward(&self, layer: usize) -> Result<FeedForward> {
+        self.check_layer(layer)?;
+        let d = self.hidden_size();
+        let stem = self.layer_stem(layer);
+        let (fc_in, fc_out) = match self.family() {
+            Family::Bert => ("intermediate.dense", "output.dense"),
+            Family::Gpt2 => ("mlp.c_fc", "mlp.c_proj"),
+        };
+        let w_in_name = format!("{stem}{fc_in}.weight");
+        let f = self.ffn_width(&w_in_name)?;
+        let ff = FeedForward {
+            w_in: self.weight(&w_in_name, f, d)?,
+            b_in: self.store.vector(&format!("{stem}{fc_in}.bias"), f)?,
+            w_out: self.weight(&format!("{stem}{fc_out}.weight"), d, f)?,
+            b_out: self.store.vector(&format!("{stem}{fc_out}.bias"), d)?,
+            activation: self.config.activation,
+        };
+        let at = |what: &str| format!("{} layer {layer}: {what}", self.store.path().display());
+        for (what, m) in [
+            ("feed-forward W_in", &ff.w_in),
+            ("feed-forward W_out", &ff.w_out),
+        ] {
+            for j in 0..m.ncols() {
+                check_finite(&at(what), m.col_as_slice(j).iter().copied())?;
+            }
+        }
+        check_finite(&at("feed-forward b_in"), ff.b_in.iter().copied())?;
+        check_finite(&at("feed-forward b_out"), ff.b_out.iter().copied())?;
+        Ok(ff)
+    }
+
+    /// Every weight of block `layer`.
+    pub fn layer(&self, layer: usize) -> Result<ModelLayer> {
+        Ok(ModelLayer {
+            index: layer,
+            placement: self.norm_placement(),
+            attention: self.attention_layer(layer)?,
+            causal: self.is_causal(),
+            attention_input_norm: self.attention_input_norm(layer)?,
+            attention_norm: self.attention_norm(layer)?,
+            feed_forward_norm: self.feed_forward_norm(layer)?,
+            feed_forward: self.feed_forward(layer)?,
+        })
+    }
+
+    pub fn embeddings(&self) -> Result<Embeddings> {
+        let d = self.hidden_size();
+        let table = |name: String| -> Result<Mat<f64>> {
+            let rows = match self.store.shape(&name)?.as_slice() {
+                [r, c] if *c == d && *r > 0 => *r,
+                s => {
+                    return Err(Error::shape(
+                        format!("{}: tensor '{name}'", self.store.path().display()),
+                        format!("[rows, {d}]"),
+                        format!("{s:?}"),
+                    ))
+                }
+            };
+            let m = self.store.matrix(&name, rows, d)?;
+            for j in 0..d {
+                check_finite(&name, m.col_as_slice(j).iter().copied())?;
+            }
+            Ok(m)
+        };
+        match self.family() {
+            Family::Bert => {
+                let types = table(self.name("embeddings.token_type_embeddings.weight"))?;
+                Ok(Embeddings {
+                    word: table(self.name("embeddings.word_embeddings.weight"))?,
+                    position: table(self.name("embeddings.position_embeddings.weight"))?,
+                    token_type: Some((0..d).map(|k| types[(0, k)]).collect()),
+                    norm: Some(self.layer_norm(&self.name("embeddings.LayerNorm"))?),
+                })
+            }
+            Family::Gpt2 => Ok(Embeddings {
+                word: table(self.name("wte.weight"))?,
+                position: table(self.name("wpe.weight"))?,
+                token_type: None,
+                norm: None,
+            }),
+        }
+    }
+
+    /// GPT-2's `ln_f`, applied after the last block; BERT has none.
+    pub fn final_norm(&self) -> Result<Option<LayerNormParams>> {
+        match self.family() {
+            Family::Bert => Ok(None),
+            Family::Gpt2 => Ok(Some(self.layer_norm(&self.name("ln_f"))?)),
+        }
+    }
+
+    /// AttentionLayer::new names weights W_Q..W_O only; add which file and layer they came from.
+    fn in_layer(&self, layer: usize, e: Error) -> Error {
+        let at = format!("{} layer {layer}", self.store.path().display());
+        match e {
+            Error::NonFinite { what, index, value } => Error::NonFinite {
+                what: format!("{at}: {what}"),
+                index,
+                value,
+            },
+            Error::Shape {
+                what,
+                expected,
+                found,
+            } => Error::Shape {
+                what: format!("{at}: {what}"),
+                expected,
+                found,
+            },
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The tensors of a checkpoint directory, whether in one `model.safetensors` or split into
+//! shards listed by `model.safetensors.index.json` (how Hugging Face saves models above its
+//! shard size limit).
+
+use super::safetensors_io::TensorFile;
+use crate::error::{Error, Result};
+use faer::Mat;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// Enough names to recognise a layout, few enough to read (as in `TensorFile`).
+const NAMES_IN_ERRORS: usize = 8;
+
+/// One or more safetensors files seen as a single name -> tensor map.
+pub struct TensorStore {
+    /// The single file or the index, for error messages.
+    origin: PathBuf,
+    files: Vec<TensorFile>,
+    /// Which file holds each tensor; for a single file every name maps to 0.
+    location: HashMap<String, usize>,
+    names: Vec<String>,
+}
+
+impl TensorStore {
+    /// `dir/model.safetensors` if present, else the shards named by
+    /// `dir/model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join(SINGLE_FILE);
+        if single.is_file() {
+            return Ok(Self::from_file(TensorFile::open(&single)?));
+        }
+        let index = dir.join(SHARD_INDEX);
+        if index.is_file() {
+            return Self::open_index(&index);
+        }
+        Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("neither {SINGLE_FILE} nor {SHARD_INDEX} found in the model directory"),
+            ),
+        })
+    }
+
+    pub fn from_file(file: TensorFile) -> Self {
+        let names = file.names().to_vec();
+        let location = names.iter().map(|n| (n.clone(), 0)).collect();
+        Self {
+            origin: file.path().to_path_buf(),
+            files: vec![file],
+            location,
+            names,
+        }
+    }
+
+    /// Reads the index's `weight_map` (tensor name -> shard file name, relative to the index)
+    /// and every shard it names. The map is the authority, as in `transformers`; a name it lists
+    /// that its shard lacks is an error now rather than a confusing "not found" later.
+    pub fn open_index(index: &Path) -> Result<Self> {
+        let fmt = |msg: String| Error::Format {
+            path: index.to_path_buf(),
+            msg,
+        };
+        let text = std::fs::read_to_string(index).map_err(|source| Error::Io {
+            path: index.to_path_buf(),
+            source,
+        })?;
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| fmt(format!("invalid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| fmt("missing object 'weight_map'".into()))?;
+        let base = index.parent().unwrap_or(Path::new("."));
+        let mut shard_ids: HashMap<String, usize> = HashMap::new();
+        let mut shard_names: Vec<String> = Vec::new();
+        let mut location = HashMap::new();
+        let mut names: Vec<(usize, String)> = Vec::new();
+        for (name, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| fmt(format!("weight_map['{name}'] is not a file name")))?;
+            // A shard name escaping the directory would read files the index has no business
+            // pointing at.
+            if Path::new(file).components().count() != 1 {
+                return Err(fmt(format!(
+                    "shard name '{file}' must be a plain file name in the index's directory"
+                )));
+            }
+            let id = *shard_ids.entry(file.to_string()).or_insert_with(|| {
+                shard_names.push(file.to_string());
+                shard_names.len() - 1
+            });
+            location.insert(name.clone(), id);
+            names.push((id, name.clone()));
+        }
+        if location.is_empty() {
+            return Err(fmt("'weight_map' lists no tensors".into()));
+        }
+        let files = shard_names
+            .iter()
+            .map(|f| TensorFile::open(&base.join(f)))
+            .collect::<Result<Vec<_>>>()?;
+        for (name, &id) in &location {
+            if !files[id].contains(name) {
+                return Err(fmt(format!(
+                    "tensor '{name}' is mapped to {} but that shard does not hold it ({})",
+                    shard_names[id],
+                    files[id].sample_names()
+                )));
+            }
+        }
+        // Shard order, then file order within a shard: the order a reader of the files sees.
+        names.sort_by_key(|(id, n)| {
+            let pos = files[*id].names().iter().position(|m| m == n);
+            (*id, pos)
+        });
+        Ok(Self {
+            origin: index.to_path_buf(),
+            files,
+            location,
+            names: names.into_iter().map(|(_, n)| n).collect(),
+        })
+    }
+
+    /// The single file or the shard index.
+    pub fn path(&self) -> &Path {
+        &self.origin
+    }
+
+    pub fn num_files(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.location.contains_key(name)
+    }
+
+    /// A short listing of the names found, for error messages.
+    pub fn sample_names(&self) -> String {
+        if self.names.is_empty() {
+            return "no tensors".into();
+        }
+        let mut shown: Vec<&str> = self
+            .names
+            .iter()
+            .take(NAMES_IN_ERRORS)
+            .map(String::as_str)
+            .collect();
+        if self.names.len() > shown.len() {
+            shown.push("...");
+        }
+        format!("{} tensors, e.g. {}", self.names.len(), shown.join(", "))
+    }
+
+    fn file(&self, name: &str) -> Result<&TensorFile> {
+        let id = self.location.get(name).ok_or_else(|| {
+            Error::Model(format!(
+                "{}: tensor '{name}' not found ({})",
+                self.origin.display(),
+                self.sample_names()
+            ))
+        })?;
+        Ok(&self.files[*id])
+    }
+
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        self.file(name)?.shape(name)
+    }
+
+    pub fn read_f64(&self, name: &str, expected_shape: &[usize]) -> Result<Vec<f64>> {
+        self.file(name)?.read_f64(name, expected_shape)
+    }
+
+    /// A rank-2 tensor stored row-major as rows x cols.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f64>> {
+        self.file(name)?.matrix(name, rows, cols)
+    }
+
+    /// A rank-2 tensor stored as cols x rows, returned transposed (rows x cols). GPT-2's Conv1D
+    /// keeps its weight as [in, out]; this turns it into the [out, in] Linear convention.
+    pub fn matrix_transposed(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f64>> {
+        let v = self.read_f64(name, &[cols, rows])?;
+        Ok(Mat::from_fn(rows, cols, |i, j| v[j * rows + i]))
+    }
+
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f64>> {
+        self.file(name)?.vector(name, len)
+    }
+}
