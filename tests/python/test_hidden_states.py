@@ -8,13 +8,13 @@ import json
 import math
 import os
 import struct
-import subprocess
 import unicodedata
 
 import numpy as np
 import pytest
 
 import safetensors_np
+from cli import run
 
 TEXT = "/usr/share/common-licenses/GPL-3"
 MAX_TOKENS = 128
@@ -22,9 +22,6 @@ MAX_TOKENS = 128
 # the requirement is 1e-5 and this is far inside it.
 TOL = 1e-9
 
-
-def run(bin_, *args):
-    return subprocess.run([bin_, *map(str, args)], capture_output=True, text=True)
 
 
 # ---------- BERT tokenisation (BasicTokenizer + WordPiece, as in the original BERT code) ----------

@@ -1,10 +1,7 @@
 """`lipattn lipschitz --json` on the real MiniLM: certified beside attained, never below it."""
 import json
-import subprocess
+from cli import run
 
-
-def run(bin_, *args):
-    return subprocess.run([bin_, *map(str, args)], capture_output=True, text=True)
 
 
 def lipschitz(bin_, model, *extra):

@@ -3,22 +3,14 @@ sublayer (or of one head's contribution) by central differences of an independen
 and its largest singular value."""
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
 import safetensors_np
+from cli import run, layer_norm_like
 
 
-def layer_norm_like(rng, n, d):
-    x = rng.standard_normal((n, d))
-    x -= x.mean(axis=1, keepdims=True)
-    return x / x.std(axis=1, keepdims=True)
-
-
-def run(bin_, *args):
-    return subprocess.run([bin_, *map(str, args)], capture_output=True, text=True)
 
 
 def sublayer(tensors, layer, head):
