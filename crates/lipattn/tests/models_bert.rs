@@ -304,8 +304,11 @@ fn valid(name: &str) -> (PathBuf, Vec<Tensor>) {
     (dir, tensors)
 }
 
+/// Errors of the BERT-specific loader (`BertCheckpoint`), which requires every config key.
 fn err(dir: &Path, layer: usize) -> (Error, String) {
-    let e = load_attention_layer(dir, layer).expect_err("loading should fail");
+    let e = BertCheckpoint::open(dir)
+        .and_then(|c| c.attention_layer(layer))
+        .expect_err("loading should fail");
     let msg = e.to_string();
     (e, msg)
 }

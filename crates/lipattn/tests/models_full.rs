@@ -436,6 +436,13 @@ fn gpt2_layout_matches_naive_forward() {
         assert_eq!(model.norm_placement(), NormPlacement::Pre);
         let want = naive_gpt2(&ts, prefix, &IDS);
         check_states(&model, &want);
+        // The single-layer entry point every command uses reads GPT-2 checkpoints too.
+        let one = lipattn::models::load_attention_layer(&dir, 1).unwrap();
+        let from_model = model.attention_layer(1).unwrap();
+        assert_eq!(
+            (one.wq, one.wv, one.wo),
+            (from_model.wq, from_model.wv, from_model.wo)
+        );
 
         // Per-layer pieces: the attention input is ln_1 of the hidden state, and the attention
         // sublayer alone (causal) matches the naive one on it.
@@ -717,9 +724,12 @@ fn minilm_tokenizer_gives_vocab_ids() {
     assert_eq!(&short[..4], &want[..4]);
     assert_eq!(short[4], *want.last().unwrap());
 
-    // The whole-model loader agrees with the single-layer BERT loader on the real weights.
+    // The whole-model loader agrees with the BERT-only loader on the real weights.
     let model = Model::open(&dir).unwrap();
     let a = model.attention_layer(2).unwrap();
-    let b = lipattn::models::load_attention_layer(&dir, 2).unwrap();
+    let b = lipattn::models::BertCheckpoint::open(&dir)
+        .unwrap()
+        .attention_layer(2)
+        .unwrap();
     assert_eq!((a.wq, a.wk, a.wv, a.wo), (b.wq, b.wk, b.wv, b.wo));
 }

@@ -243,9 +243,12 @@ fn detect_prefix(tensors: &TensorFile) -> Result<&'static str> {
     )))
 }
 
-/// The attention sublayer of encoder layer `layer` of the checkpoint in `dir`.
+/// The attention sublayer of layer `layer` of the checkpoint in `dir`: any family `Model` reads
+/// (BERT, GPT-2), single file or sharded.
 pub fn load_attention_layer(dir: &Path, layer: usize) -> Result<AttentionLayer<f64>> {
-    BertCheckpoint::open(dir)?.attention_layer(layer)
+    // Through the family-aware loader, so that every command also reads GPT-2 checkpoints and
+    // sharded indexes.
+    super::Model::open(dir)?.attention_layer(layer)
 }
 
 /// Attention sublayer and its post-residual LayerNorm for encoder layer `layer`.
