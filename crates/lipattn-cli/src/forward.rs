@@ -20,7 +20,7 @@ pub struct ForwardArgs {
     /// Context weights, an (n,) .npy array of positive masses summing to 1 (default uniform).
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// Query i attends to tokens 0..=i only.
+    /// Query i attends to tokens 0..=i only (always on for causal models such as GPT-2).
     #[arg(long)]
     causal: bool,
     /// Score kernel: dot (the model's own) or l2 (tied to the query projection).
@@ -33,13 +33,15 @@ pub struct ForwardArgs {
 }
 
 pub fn run(a: ForwardArgs) -> Result<()> {
-    let layer = lipattn::models::load_attention_layer(&a.model, a.layer)?.with_kernel(a.kernel);
+    // GPT-2-family layers are always causal; --causal masks any other layer too.
+    let (layer, model_causal) = lipattn::models::load_attention_layer_masked(&a.model, a.layer)?;
+    let layer = layer.with_kernel(a.kernel);
     let x = read_matrix(&a.tokens).context("reading --tokens")?;
     let w = match &a.weights {
         Some(p) => Some(read_vector(p).context("reading --weights")?),
         None => None,
     };
-    let y = layer.forward(x.as_ref(), w.as_deref(), a.causal)?;
+    let y = layer.forward(x.as_ref(), w.as_deref(), a.causal || model_causal)?;
     write_matrix(&a.out, y.as_ref())?;
     Ok(())
 }

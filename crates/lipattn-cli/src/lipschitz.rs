@@ -59,7 +59,15 @@ fn ratio(c: Option<f64>, a: Option<f64>) -> Option<f64> {
 
 pub fn run(a: LipschitzArgs) -> Result<()> {
     let t0 = Instant::now();
-    let full = lipattn::models::load_attention_layer(&a.model, a.layer)?.with_kernel(a.kernel);
+    let (full, causal) = lipattn::models::load_attention_layer_masked(&a.model, a.layer)?;
+    if causal {
+        anyhow::bail!(
+            "layer {} of {} is causal (GPT-2 family): the attained searches of `lipschitz` handle unmasked attention only so far; use `lipattn local` for attained values of causal layers",
+            a.layer,
+            a.model.display()
+        );
+    }
+    let full = full.with_kernel(a.kernel);
     let layer = match a.head {
         Some(h) => full.head(h, false)?,
         None => full,

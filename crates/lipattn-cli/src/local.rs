@@ -50,7 +50,8 @@ pub struct LocalArgs {
 }
 
 pub fn run(a: LocalArgs) -> Result<()> {
-    let full = lipattn::models::load_attention_layer(&a.model, a.layer)?;
+    // GPT-2-family layers are causal: analyse the operator the model computes.
+    let (full, causal) = lipattn::models::load_attention_layer_masked(&a.model, a.layer)?;
     let layer = match a.head {
         Some(h) => full.head(h, false)?,
         None => full,
@@ -68,7 +69,7 @@ pub fn run(a: LocalArgs) -> Result<()> {
             ..Default::default()
         }),
     };
-    let res = local_norm(&layer, x.as_ref(), None, false, &method)?;
+    let res = local_norm(&layer, x.as_ref(), None, causal, &method)?;
     if let Some(p) = &a.save_vector {
         res.save(None, Some(p))
             .with_context(|| format!("writing --save-vector {}", p.display()))?;
@@ -103,7 +104,7 @@ pub fn run(a: LocalArgs) -> Result<()> {
             "dtype": "f64",
             "layer": a.layer,
             "head": a.head,
-            "causal": false,
+            "causal": causal,
             "weights": "uniform",
             "vector": a.save_vector.as_ref().map(|p| p.display().to_string()),
         });

@@ -246,9 +246,17 @@ fn detect_prefix(tensors: &TensorFile) -> Result<&'static str> {
 /// The attention sublayer of layer `layer` of the checkpoint in `dir`: any family `Model` reads
 /// (BERT, GPT-2), single file or sharded.
 pub fn load_attention_layer(dir: &Path, layer: usize) -> Result<AttentionLayer<f64>> {
-    // Through the family-aware loader, so that every command also reads GPT-2 checkpoints and
-    // sharded indexes.
-    super::Model::open(dir)?.attention_layer(layer)
+    Ok(load_attention_layer_masked(dir, layer)?.0)
+}
+
+/// The attention sublayer of layer `layer` and whether the model applies a causal mask there
+/// (GPT-2 family), so that commands analyse the operator the model actually computes.
+pub fn load_attention_layer_masked(
+    dir: &Path,
+    layer: usize,
+) -> Result<(AttentionLayer<f64>, bool)> {
+    let model = super::Model::open(dir)?;
+    Ok((model.attention_layer(layer)?, model.is_causal()))
 }
 
 /// Attention sublayer and its post-residual LayerNorm for encoder layer `layer`.

@@ -10,7 +10,8 @@ pub mod sharded;
 pub mod tokenize;
 
 pub use bert::{
-    load_attention_layer, load_bert_layer, BertCheckpoint, BertLayerWeights, LayerNormParams,
+    load_attention_layer, load_attention_layer_masked, load_bert_layer, BertCheckpoint,
+    BertLayerWeights, LayerNormParams,
 };
 pub use config::{Activation, BertConfig, Family, ModelConfig};
 pub use model::{Embeddings, FeedForward, Model, ModelLayer, NormPlacement};
