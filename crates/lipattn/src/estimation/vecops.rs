@@ -5,16 +5,23 @@ use crate::scalar::Scalar;
 use faer::Mat;
 
 pub(crate) fn dot<T: Scalar>(a: &Mat<T>, b: &Mat<T>) -> f64 {
-    let mut s = 0.0;
+    // Eight independent partial sums: a single running sum is bound by the latency of one add
+    // per element, and the Gram-Schmidt passes of Lanczos call this k times per step.
+    let mut acc = [0.0f64; 8];
+    let mut tail = 0.0;
     for j in 0..a.ncols() {
-        s += a
-            .col_as_slice(j)
-            .iter()
-            .zip(b.col_as_slice(j))
-            .map(|(x, y)| x.f64() * y.f64())
-            .sum::<f64>();
+        let (x, y) = (a.col_as_slice(j), b.col_as_slice(j));
+        let (cx, cy) = (x.chunks_exact(8), y.chunks_exact(8));
+        for (u, v) in cx.remainder().iter().zip(cy.remainder()) {
+            tail += u.f64() * v.f64();
+        }
+        for (u, v) in cx.zip(cy) {
+            for l in 0..8 {
+                acc[l] += u[l].f64() * v[l].f64();
+            }
+        }
     }
-    s
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 pub(crate) fn norm<T: Scalar>(a: &Mat<T>) -> f64 {
