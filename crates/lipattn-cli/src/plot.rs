@@ -21,6 +21,7 @@ fn register() {
 
 /// How a series is drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // the full set of styles; the current figures use two of them
 pub enum Style {
     Line,
     Points,
@@ -102,12 +103,14 @@ impl Chart {
         {
             let root = SVGBackend::new(&svg, (800, 560)).into_drawing_area();
             self.draw(&root)?;
-            root.present().map_err(|e| anyhow!("writing {}: {e}", svg.display()))?;
+            root.present()
+                .map_err(|e| anyhow!("writing {}: {e}", svg.display()))?;
         }
         {
             let root = BitMapBackend::new(&png, (800, 560)).into_drawing_area();
             self.draw(&root)?;
-            root.present().map_err(|e| anyhow!("writing {}: {e}", png.display()))?;
+            root.present()
+                .map_err(|e| anyhow!("writing {}: {e}", png.display()))?;
         }
         Ok(())
     }
