@@ -144,11 +144,11 @@ pub fn jacobian_inf_norm(layer: &AttentionLayer<f64>, x: &[f64]) -> Result<f64> 
     let lin = Linearization::new(layer, xm.as_ref(), None, false)?;
     let mut seen: Vec<f64> = Vec::new();
     let mut best: f64 = 0.0;
-    for i in 0..n {
-        if seen.contains(&x[i]) {
+    for (i, &xi) in x.iter().enumerate() {
+        if seen.contains(&xi) {
             continue;
         }
-        seen.push(x[i]);
+        seen.push(xi);
         let e = Mat::from_fn(n, 1, |k, _| if k == i { 1.0 } else { 0.0 });
         let row = lin.vjp(e.as_ref())?;
         best = best.max((0..n).map(|j| row[(j, 0)].abs()).sum());
