@@ -5,6 +5,8 @@ mod forward;
 mod hidden;
 mod lipschitz;
 mod local;
+mod plot;
+mod reproduce;
 mod transport;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,8 @@ enum Command {
     Local(local::LocalArgs),
     /// Certified Lipschitz upper bounds beside attained lower bounds for a layer or head.
     Lipschitz(lipschitz::LipschitzArgs),
+    /// Reproduce the figures of docs/reproductions.md (CSV, SVG, PNG and a JSON summary).
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 fn main() {
@@ -42,6 +46,7 @@ fn main() {
         Command::Transport(a) => transport::run(a),
         Command::Local(a) => local::run(a),
         Command::Lipschitz(a) => lipschitz::run(a),
+        Command::Reproduce(a) => reproduce::run(a),
     };
     if let Err(e) = result {
         eprintln!("lipattn: error: {e:#}");
