@@ -2,14 +2,31 @@
 //! their Krylov bases orthogonal to working precision.
 
 use crate::scalar::Scalar;
+use faer::reborrow::ReborrowMut;
 use faer::Mat;
+use rayon::prelude::*;
 
-pub(crate) fn dot<T: Scalar>(a: &Mat<T>, b: &Mat<T>) -> f64 {
-    // Eight independent partial sums: a single running sum is bound by the latency of one add
-    // per element, and the Gram-Schmidt passes of Lanczos call this k times per step.
+/// Column blocks of a tangent handled as one parallel task: fixed (not left to work stealing) so
+/// that sums are added in the same order on every run.
+const BLOCKS: usize = 8;
+
+/// Below this many entries a vector operation is cheaper than waking the thread pool.
+const PARALLEL_MIN: usize = 1 << 15;
+
+fn block_ranges(ncols: usize) -> Vec<std::ops::Range<usize>> {
+    let per = ncols.div_ceil(BLOCKS).max(1);
+    (0..ncols)
+        .step_by(per)
+        .map(|s| s..(s + per).min(ncols))
+        .collect()
+}
+
+/// Eight independent partial sums: a single running sum is bound by the latency of one add per
+/// element, and the Gram-Schmidt passes of Lanczos call this k times per step.
+fn dot_cols<T: Scalar>(a: &Mat<T>, b: &Mat<T>, cols: std::ops::Range<usize>) -> f64 {
     let mut acc = [0.0f64; 8];
     let mut tail = 0.0;
-    for j in 0..a.ncols() {
+    for j in cols {
         let (x, y) = (a.col_as_slice(j), b.col_as_slice(j));
         let (cx, cy) = (x.chunks_exact(8), y.chunks_exact(8));
         for (u, v) in cx.remainder().iter().zip(cy.remainder()) {
@@ -24,6 +41,17 @@ pub(crate) fn dot<T: Scalar>(a: &Mat<T>, b: &Mat<T>) -> f64 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
+pub(crate) fn dot<T: Scalar>(a: &Mat<T>, b: &Mat<T>) -> f64 {
+    if a.nrows() * a.ncols() < PARALLEL_MIN {
+        return dot_cols(a, b, 0..a.ncols());
+    }
+    let parts: Vec<f64> = block_ranges(a.ncols())
+        .into_par_iter()
+        .map(|r| dot_cols(a, b, r))
+        .collect();
+    parts.iter().sum()
+}
+
 pub(crate) fn norm<T: Scalar>(a: &Mat<T>) -> f64 {
     dot(a, a).sqrt()
 }
@@ -31,11 +59,28 @@ pub(crate) fn norm<T: Scalar>(a: &Mat<T>) -> f64 {
 /// a += c b
 pub(crate) fn axpy<T: Scalar>(a: &mut Mat<T>, c: f64, b: &Mat<T>) {
     let c = T::of(c);
-    for j in 0..a.ncols() {
-        for (x, y) in a.col_as_slice_mut(j).iter_mut().zip(b.col_as_slice(j)) {
-            *x += c * *y;
-        }
-    }
+    let per = if a.nrows() * a.ncols() < PARALLEL_MIN {
+        a.ncols().max(1)
+    } else {
+        a.ncols().div_ceil(BLOCKS).max(1)
+    };
+    a.as_mut()
+        .par_col_chunks_mut(per)
+        .enumerate()
+        .for_each(|(blk, mut part)| {
+            for j in 0..part.ncols() {
+                let src = b.col_as_slice(blk * per + j);
+                let dst = part
+                    .rb_mut()
+                    .col_mut(j)
+                    .try_as_col_major_mut()
+                    .expect("column-major")
+                    .as_slice_mut();
+                for (x, y) in dst.iter_mut().zip(src) {
+                    *x += c * *y;
+                }
+            }
+        });
 }
 
 pub(crate) fn scale<T: Scalar>(a: &mut Mat<T>, c: f64) {
