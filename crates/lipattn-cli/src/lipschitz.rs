@@ -45,6 +45,10 @@ pub struct LipschitzArgs {
     /// Save the input attaining the Frobenius lower bound as .npy.
     #[arg(long)]
     save_input: Option<PathBuf>,
+    /// Save the measure pair attaining the W1 lower bound as .npy files in this directory
+    /// (w1_mu_points.npy, w1_mu_weights.npy, w1_nu_points.npy, w1_nu_weights.npy).
+    #[arg(long)]
+    save_pair: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -98,6 +102,11 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
             ..PairSearchOptions::default()
         },
     )?;
+    if let Some(dir) = &a.save_pair {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+        pairs.best.save(dir, "w1_")?;
+    }
     let att_f = Some(asc.sigma);
     let att_w1 = Some(pairs.best.ratio);
     let out = json!({
