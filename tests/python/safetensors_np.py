@@ -27,6 +27,20 @@ def load(path):
     return out
 
 
+def save_f32(path, tensors):
+    """Writes a dict of arrays as an F32 safetensors file (the tests' own small checkpoints)."""
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors.items():
+        b = np.ascontiguousarray(arr, dtype=np.float32).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
 def attention_sublayer(tensors, layer, x, weights=None, causal=False, prefix=""):
     """softmax(Q K^T / sqrt(dk) + log w) V per head, concatenated, then W_O and b_O, in float64."""
     p = f"{prefix}encoder.layer.{layer}.attention."

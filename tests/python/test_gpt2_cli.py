@@ -12,17 +12,6 @@ from cli import layer_norm_like, run
 D, HEADS, FFN, VOCAB, POS = 8, 2, 16, 11, 32
 
 
-def write_safetensors(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name, arr in tensors.items():
-        b = np.ascontiguousarray(arr, dtype=np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +27,7 @@ def gpt2_dir(tmp_path_factory):
         t[p + name + ".weight"] = 0.4 * rng.standard_normal(shape)
         t[p + name + ".bias"] = 0.1 * rng.standard_normal(shape[1])
     d = tmp_path_factory.mktemp("gpt2")
-    write_safetensors(d / "model.safetensors", t)
+    safetensors_np.save_f32(d / "model.safetensors", t)
     (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": D, "n_head": HEADS, "n_layer": 1,
                                                 "n_positions": POS, "vocab_size": VOCAB, "layer_norm_epsilon": 1e-5}))
     return d, {k: v.astype(np.float32).astype(np.float64) for k, v in t.items()}

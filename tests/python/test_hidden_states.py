@@ -7,7 +7,6 @@ written here from vocab.txt; and a tiny GPT-2-layout checkpoint written here (Co
 import json
 import math
 import os
-import struct
 import unicodedata
 
 import numpy as np
@@ -221,17 +220,6 @@ def test_hidden_errors(tmp_path, lipattn_bin, minilm):
 # ---------- a tiny GPT-2 written here ----------
 
 
-def write_safetensors(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name, arr in tensors.items():
-        b = np.ascontiguousarray(arr, dtype=np.float32).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + len(b)]}
-        blobs.append(b)
-        offset += len(b)
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
 def test_tiny_gpt2_matches_numpy(tmp_path, lipattn_bin):
@@ -251,7 +239,7 @@ def test_tiny_gpt2_matches_numpy(tmp_path, lipattn_bin):
         t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"] = r(ffn, d), r(d)
     t["transformer.ln_f.weight"], t["transformer.ln_f.bias"] = 1.0 + r(d), r(d)
     t["lm_head.weight"] = t["transformer.wte.weight"]
-    write_safetensors(tmp_path / "model.safetensors", t)
+    safetensors_np.save_f32(tmp_path / "model.safetensors", t)
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "gpt2", "n_embd": d, "n_head": heads, "n_layer": layers, "n_positions": positions,
         "vocab_size": len(words), "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"}))
