@@ -1,5 +1,6 @@
 //! `lipattn forward`: the attention sublayer's output for each token of a .npy sequence.
 
+use crate::layer_arg::LayerArg;
 use anyhow::{Context, Result};
 use clap::Args;
 use lipattn::npy::{read_matrix, read_vector, write_matrix};
@@ -8,12 +9,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ForwardArgs {
-    /// Hugging Face model directory (config.json and model.safetensors).
-    #[arg(long)]
-    model: PathBuf,
-    /// Layer index (0-based).
-    #[arg(long)]
-    layer: usize,
+    #[command(flatten)]
+    target: LayerArg,
     /// Tokens, an (n, d) float32 or float64 .npy array in C order.
     #[arg(long)]
     tokens: PathBuf,
@@ -34,7 +31,7 @@ pub struct ForwardArgs {
 
 pub fn run(a: ForwardArgs) -> Result<()> {
     // GPT-2-family layers are always causal; --causal masks any other layer too.
-    let (layer, model_causal) = lipattn::models::load_attention_layer_masked(&a.model, a.layer)?;
+    let (layer, model_causal) = a.target.load()?;
     let layer = layer.with_kernel(a.kernel);
     let x = read_matrix(&a.tokens).context("reading --tokens")?;
     let w = match &a.weights {

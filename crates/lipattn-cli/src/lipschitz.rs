@@ -1,5 +1,6 @@
 //! `lipattn lipschitz`: certified upper bounds beside attained lower bounds, with the gap.
 
+use crate::layer_arg::LayerArg;
 use anyhow::Result;
 use clap::Args;
 use lipattn::bounds::{certified_summary, Domain};
@@ -12,12 +13,8 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct LipschitzArgs {
-    /// Hugging Face model directory (config.json and model.safetensors).
-    #[arg(long)]
-    model: PathBuf,
-    /// Layer index (0-based).
-    #[arg(long)]
-    layer: usize,
+    #[command(flatten)]
+    target: LayerArg,
     /// Analyse one head (its contribution W_O^h Gamma^h) instead of the whole sublayer.
     #[arg(long)]
     head: Option<usize>,
@@ -63,12 +60,12 @@ fn ratio(c: Option<f64>, a: Option<f64>) -> Option<f64> {
 
 pub fn run(a: LipschitzArgs) -> Result<()> {
     let t0 = Instant::now();
-    let (full, causal) = lipattn::models::load_attention_layer_masked(&a.model, a.layer)?;
+    let (full, causal) = a.target.load()?;
     if causal {
         anyhow::bail!(
             "layer {} of {} is causal (GPT-2 family): the attained searches of `lipschitz` handle unmasked attention only so far; use `lipattn local` for attained values of causal layers",
-            a.layer,
-            a.model.display()
+            a.target.layer,
+            a.target.model.display()
         );
     }
     let full = full.with_kernel(a.kernel);
@@ -110,8 +107,8 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
     let att_f = Some(asc.sigma);
     let att_w1 = Some(pairs.best.ratio);
     let out = json!({
-        "model": a.model,
-        "layer": a.layer,
+        "model": a.target.model,
+        "layer": a.target.layer,
         "head": a.head,
         "kernel": layer.kernel,
         "domain": {
@@ -149,7 +146,7 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
         let f = |x: Option<f64>| x.map_or("none".to_string(), |v| format!("{v:.6e}"));
         println!(
             "layer {}{} kernel {:?}, tokens in B_R with R = {}, n = {}, f64",
-            a.layer,
+            a.target.layer,
             a.head.map_or(String::new(), |h| format!(" head {h}")),
             layer.kernel,
             a.radius,

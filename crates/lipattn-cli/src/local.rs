@@ -2,6 +2,7 @@
 //! head's contribution) at a given token sequence. An attained value, hence a lower bound on the
 //! Lipschitz constant over any domain containing X, never a certificate.
 
+use crate::layer_arg::LayerArg;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use lipattn::estimation::{local_norm, LanczosOptions, Method, PowerOptions};
@@ -17,12 +18,8 @@ pub enum MethodArg {
 
 #[derive(Args)]
 pub struct LocalArgs {
-    /// Hugging Face model directory (config.json and model.safetensors).
-    #[arg(long)]
-    model: PathBuf,
-    /// Layer index (0-based).
-    #[arg(long)]
-    layer: usize,
+    #[command(flatten)]
+    target: LayerArg,
     /// Tokens X, an (n, d) float32 or float64 .npy array in C order.
     #[arg(long)]
     tokens: PathBuf,
@@ -51,7 +48,7 @@ pub struct LocalArgs {
 
 pub fn run(a: LocalArgs) -> Result<()> {
     // GPT-2-family layers are causal: analyse the operator the model computes.
-    let (full, causal) = lipattn::models::load_attention_layer_masked(&a.model, a.layer)?;
+    let (full, causal) = a.target.load()?;
     let layer = match a.head {
         Some(h) => full.head(h, false)?,
         None => full,
@@ -102,7 +99,7 @@ pub fn run(a: LocalArgs) -> Result<()> {
             "d_out": layer.d_out(),
             "radius": radius,
             "dtype": "f64",
-            "layer": a.layer,
+            "layer": a.target.layer,
             "head": a.head,
             "causal": causal,
             "weights": "uniform",
@@ -111,8 +108,8 @@ pub fn run(a: LocalArgs) -> Result<()> {
         println!("{out}");
     } else {
         let what = match a.head {
-            Some(h) => format!("layer {} head {h}", a.layer),
-            None => format!("layer {} attention sublayer", a.layer),
+            Some(h) => format!("layer {} head {h}", a.target.layer),
+            None => format!("layer {} attention sublayer", a.target.layer),
         };
         println!(
             "{what}: ||J(X)||_2 >= {:.10e} (attained at X, n = {n}, max row norm {radius:.6}; Frobenius norms)",

@@ -3,6 +3,7 @@
 
 mod forward;
 mod hidden;
+mod layer_arg;
 mod lipschitz;
 mod local;
 mod plot;

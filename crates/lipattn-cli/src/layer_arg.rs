@@ -1,0 +1,23 @@
+//! The `--model DIR --layer L` pair shared by the commands that analyse one attention layer.
+
+use clap::Args;
+use lipattn::AttentionLayer;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct LayerArg {
+    /// Hugging Face model directory (config.json with model.safetensors or a sharded index;
+    /// BERT or GPT-2 family).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Layer index (0-based).
+    #[arg(long)]
+    pub layer: usize,
+}
+
+impl LayerArg {
+    /// The layer's attention sublayer and whether the model masks it causally (GPT-2).
+    pub fn load(&self) -> lipattn::Result<(AttentionLayer<f64>, bool)> {
+        lipattn::models::load_attention_layer_masked(&self.model, self.layer)
+    }
+}
