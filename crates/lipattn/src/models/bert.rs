@@ -162,7 +162,7 @@ impl BertCheckpoint {
             w("attention.output.dense.weight")?,
             b("attention.output.dense.bias")?,
         )
-        .map_err(|e| self.in_layer(layer, e))
+        .map_err(|e| super::in_layer(self.tensors.path(), layer, e))
     }
 
     /// Attention sublayer plus the LayerNorm applied after its residual connection.
@@ -193,28 +193,6 @@ impl BertCheckpoint {
             beta,
             eps: self.config.layer_norm_eps,
         })
-    }
-
-    /// AttentionLayer::new names weights W_Q..W_O only; add which file and layer they came from.
-    fn in_layer(&self, layer: usize, e: Error) -> Error {
-        let at = format!("{} layer {layer}", self.tensors.path().display());
-        match e {
-            Error::NonFinite { what, index, value } => Error::NonFinite {
-                what: format!("{at}: {what}"),
-                index,
-                value,
-            },
-            Error::Shape {
-                what,
-                expected,
-                found,
-            } => Error::Shape {
-                what: format!("{at}: {what}"),
-                expected,
-                found,
-            },
-            other => other,
-        }
     }
 }
 

@@ -18,3 +18,26 @@ pub use model::{Embeddings, FeedForward, Model, ModelLayer, NormPlacement};
 pub use safetensors_io::TensorFile;
 pub use sharded::TensorStore;
 pub use tokenize::TextTokenizer;
+
+/// AttentionLayer::new names weights W_Q..W_O only; add which file and layer they came from.
+pub(crate) fn in_layer(path: &std::path::Path, layer: usize, e: crate::Error) -> crate::Error {
+    use crate::Error;
+    let at = format!("{} layer {layer}", path.display());
+    match e {
+        Error::NonFinite { what, index, value } => Error::NonFinite {
+            what: format!("{at}: {what}"),
+            index,
+            value,
+        },
+        Error::Shape {
+            what,
+            expected,
+            found,
+        } => Error::Shape {
+            what: format!("{at}: {what}"),
+            expected,
+            found,
+        },
+        other => other,
+    }
+}

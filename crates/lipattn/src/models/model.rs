@@ -391,7 +391,7 @@ impl Model {
                 )
             }
         };
-        built.map_err(|e| self.in_layer(layer, e))
+        built.map_err(|e| super::in_layer(self.store.path(), layer, e))
     }
 
     fn layer_norm(&self, stem: &str) -> Result<LayerNormParams> {
@@ -524,28 +524,6 @@ impl Model {
         match self.family() {
             Family::Bert => Ok(None),
             Family::Gpt2 => Ok(Some(self.layer_norm(&self.name("ln_f"))?)),
-        }
-    }
-
-    /// AttentionLayer::new names weights W_Q..W_O only; add which file and layer they came from.
-    fn in_layer(&self, layer: usize, e: Error) -> Error {
-        let at = format!("{} layer {layer}", self.store.path().display());
-        match e {
-            Error::NonFinite { what, index, value } => Error::NonFinite {
-                what: format!("{at}: {what}"),
-                index,
-                value,
-            },
-            Error::Shape {
-                what,
-                expected,
-                found,
-            } => Error::Shape {
-                what: format!("{at}: {what}"),
-                expected,
-                found,
-            },
-            other => other,
         }
     }
 }
