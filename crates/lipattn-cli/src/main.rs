@@ -1,6 +1,7 @@
 //! The `lipattn` command. Each subcommand lives in its own module; errors go to stderr with a
 //! non-zero exit and never as a panic.
 
+mod analyze;
 mod forward;
 mod hidden;
 mod layer_arg;
@@ -25,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: every layer and head of a checkpoint on real text, certified beside attained,
+    /// over a grid of n, with fitted exponents (table, JSON, CSV, plots).
+    Analyze(analyze::AnalyzeArgs),
     /// Attention sublayer output of one layer for a token sequence (.npy in, .npy out).
     Forward(forward::ForwardArgs),
     /// Hidden states of a whole model (BERT, GPT-2) on a text file, entering a chosen layer.
@@ -42,6 +46,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Analyze(a) => analyze::run(a),
         Command::Forward(a) => forward::run(a),
         Command::Hidden(a) => hidden::run(a),
         Command::Transport(a) => transport::run(a),

@@ -12,6 +12,7 @@ pub mod npy;
 pub use error::{Error, Result};
 pub use faer::{Mat, MatRef};
 pub use measure::Measure;
+pub mod analysis;
 pub mod attention;
 pub mod bounds;
 pub mod derivatives;

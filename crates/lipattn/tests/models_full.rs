@@ -732,4 +732,142 @@ fn minilm_tokenizer_gives_vocab_ids() {
         .attention_layer(2)
         .unwrap();
     assert_eq!((a.wq, a.wk, a.wv, a.wo), (b.wq, b.wk, b.wv, b.wo));
+
+    // Windows of real text keep [CLS] and [SEP] around a slice of the body.
+    let (pre, body, suf) = tok.encode_parts(text).unwrap();
+    assert_eq!(
+        (pre.as_slice(), suf.as_slice()),
+        (&want[..1], &want[want.len() - 1..])
+    );
+    assert_eq!(body, want[1..want.len() - 1]);
+    let w = tok.windows(text, 5, 2).unwrap();
+    assert_eq!(w[0], short);
+    assert_eq!(w[1].len(), 5);
+    assert_eq!(&w[1][1..4], &body[body.len() - 3..]);
+}
+
+#[test]
+fn windows_are_evenly_spaced_slices_with_specials() {
+    use lipattn::models::tokenize::windows_of;
+    let body: Vec<u32> = (10..30).collect();
+    let w = windows_of(&[1], &body, &[2], 6, 3);
+    assert_eq!(
+        w,
+        vec![
+            vec![1, 10, 11, 12, 13, 2],
+            vec![1, 18, 19, 20, 21, 2],
+            vec![1, 26, 27, 28, 29, 2]
+        ]
+    );
+    // Only as many distinct windows as the text allows; none when it is too short.
+    assert_eq!(windows_of(&[], &body, &[], 20, 5), vec![body.clone()]);
+    assert!(windows_of(&[1], &body, &[2], 23, 1).is_empty());
+    assert!(windows_of(&[1], &body, &[2], 2, 1).is_empty());
+    assert!(windows_of(&[], &body, &[], 4, 0).is_empty());
+}
+
+/// The whole-model analysis on tiny checkpoints of both families: every attained value (real
+/// text and adversarial) stays below the certified bound at its n, each text value is the local
+/// constant at the hidden state the model computes for that window, and the radius is B6's.
+#[test]
+fn analysis_of_tiny_models_is_sound_and_matches_direct_computation() {
+    use lipattn::analysis::{analyze, AnalysisOptions, TextIds};
+    use lipattn::estimation::{local_norm, LanczosOptions, Method};
+    let mut rng = StdRng::seed_from_u64(5);
+    let body: Vec<u32> = (0..40).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+    for (family, ts, config) in [
+        ("bert", tiny_bert("", Dtype::F32, 21), bert_config()),
+        ("gpt2", tiny_gpt2("", 22), gpt2_config()),
+    ] {
+        let dir = scratch(&format!("analysis-{family}"));
+        write_model(&dir, &config, &ts);
+        let model = Model::open(&dir).unwrap();
+        let text = TextIds {
+            prefix: vec![3],
+            body: body.clone(),
+            suffix: vec![4],
+            source: "random ids".into(),
+        };
+        let opts = AnalysisOptions {
+            ns: vec![3, 4, 6, 8, POSITIONS],
+            windows: 3,
+            ..AnalysisOptions::default()
+        };
+        let mut calls = 0;
+        let r = analyze(&model, Some(&text), &opts, &mut |p| {
+            calls += 1;
+            assert!(p.done <= p.total);
+        })
+        .unwrap();
+        assert!(calls >= 5 * 3 + 5, "{calls}");
+        assert_eq!(r.operators.len(), LAYERS * (HEADS + 1));
+        assert_eq!(r.causal, family == "gpt2");
+        for o in &r.operators {
+            let ln = model.attention_input_norm(o.layer).unwrap();
+            let want = lipattn::bounds::layer_norm::layer_norm_radius(&ln.gamma, &ln.beta).unwrap();
+            assert_eq!(o.radius, want);
+            assert_eq!(o.points.len(), 5);
+            for p in &o.points {
+                assert_eq!(p.text.len(), 3);
+                let cert = p.certified.frobenius.expect("finite at this radius");
+                for a in p.text.iter().chain(p.adversarial.iter()) {
+                    assert!(
+                        *a <= cert,
+                        "{family} layer {} head {:?} n {}: attained {a} > certified {cert}",
+                        o.layer,
+                        o.head,
+                        p.n
+                    );
+                }
+            }
+            assert!(o.fit_text.is_some() && o.fit_adversarial.is_some());
+        }
+        for d in &r.domains {
+            assert!(d.observed_max_norm > 0.0 && d.observed_max_norm <= d.radius);
+        }
+        // The last text window at n = 8, recomputed from scratch for layer 1's sublayer.
+        let wins = lipattn::models::tokenize::windows_of(&[3], &body, &[4], 8, 3);
+        let states = model.hidden_states(&wins[2]).unwrap();
+        let block = model.layer(1).unwrap();
+        let x = block.attention_input(states[1].as_ref()).unwrap();
+        let direct = local_norm(
+            &block.attention,
+            x.as_ref(),
+            None,
+            block.causal,
+            &Method::Lanczos(LanczosOptions {
+                tol: 1e-12,
+                ..Default::default()
+            }),
+        )
+        .unwrap()
+        .top
+        .sigma;
+        let o = r
+            .operators
+            .iter()
+            .find(|o| o.layer == 1 && o.head.is_none())
+            .unwrap();
+        let got = o.points[3].text[2];
+        assert_eq!(o.points[3].n, 8);
+        assert!(
+            got <= direct * (1.0 + 1e-9) && got >= direct * (1.0 - 1e-3),
+            "{got} vs {direct}"
+        );
+
+        // Bad requests are named, not panics.
+        let bad = |ns: Vec<usize>, layers: Option<Vec<usize>>| {
+            let o = AnalysisOptions {
+                ns,
+                layers,
+                ..AnalysisOptions::default()
+            };
+            analyze(&model, Some(&text), &o, &mut |_| {})
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(vec![POSITIONS + 1], None).contains("position table"));
+        assert!(bad(vec![], None).contains("sequence lengths"));
+        assert!(bad(vec![4], Some(vec![LAYERS])).contains("out of range"));
+    }
 }

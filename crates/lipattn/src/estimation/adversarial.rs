@@ -18,10 +18,12 @@ pub fn adversarial_input(
     n: usize,
     radius: f64,
 ) -> Result<Mat<f64>> {
-    check_radius(radius)?;
-    if n == 0 {
-        return Err(Error::Invalid("need at least one token".into()));
-    }
+    adversarial_from_direction(&adversarial_direction(layer, head)?, n, radius)
+}
+
+/// The unit vector u of [`adversarial_input`]; it does not depend on n or R, so a sweep over
+/// either computes it once.
+pub fn adversarial_direction(layer: &AttentionLayer<f64>, head: usize) -> Result<Vec<f64>> {
     let h = layer.head(head, false)?;
     let wk = match layer.kernel {
         Kernel::Dot => &h.wk,
@@ -33,8 +35,16 @@ pub fn adversarial_input(
         .self_adjoint_eigen(Side::Lower)
         .map_err(|e| Error::Numerical(format!("eigensolver: {e:?}")))?;
     let d = sym.nrows();
-    let u = evd.U().col(d - 1);
-    Ok(Mat::from_fn(n, d, |i, k| {
+    Ok((0..d).map(|k| evd.U()[(k, d - 1)]).collect())
+}
+
+/// The construction of [`adversarial_input`] along a given unit direction `u`.
+pub fn adversarial_from_direction(u: &[f64], n: usize, radius: f64) -> Result<Mat<f64>> {
+    check_radius(radius)?;
+    if n == 0 {
+        return Err(Error::Invalid("need at least one token".into()));
+    }
+    Ok(Mat::from_fn(n, u.len(), |i, k| {
         if i == 0 {
             radius * u[k]
         } else {

@@ -9,7 +9,10 @@ pub mod measure_pairs;
 pub mod power;
 mod vecops;
 
-pub use adversarial::{adversarial_input, ascent, AscentOptions, AscentResult};
+pub use adversarial::{
+    adversarial_direction, adversarial_from_direction, adversarial_input, ascent, AscentOptions,
+    AscentResult,
+};
 pub use lanczos::{lanczos, local_norm, LanczosOptions, LocalNorm, Method};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};

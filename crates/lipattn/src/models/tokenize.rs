@@ -81,4 +81,67 @@ impl TextTokenizer {
         }
         Ok(ids)
     }
+
+    /// The text's ids split as (special prefix, body, special suffix): the model's sequence is
+    /// prefix + body + suffix. Windows of real text keep the specials around a slice of the body.
+    pub fn encode_parts(&self, text: &str) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>)> {
+        let full = self.encode(text, None)?;
+        let mut tok = self.inner.clone();
+        tok.with_truncation(None)
+            .map_err(|e| Error::Invalid(format!("disabling truncation: {e}")))?;
+        let body = tok
+            .encode(text, false)
+            .map_err(|e| Error::Format {
+                path: self.path.clone(),
+                msg: format!("tokenising failed: {e}"),
+            })?
+            .get_ids()
+            .to_vec();
+        // The post-processor only adds tokens around the body; find where it sits.
+        let at = (0..=full.len().saturating_sub(body.len()))
+            .find(|&k| full[k..k + body.len()] == body[..])
+            .ok_or_else(|| Error::Format {
+                path: self.path.clone(),
+                msg: "the tokenizer's post-processor changes the body of the text, so windows of it cannot be formed".into(),
+            })?;
+        let suffix = full[at + body.len()..].to_vec();
+        Ok((full[..at].to_vec(), body, suffix))
+    }
+
+    /// Up to `count` windows of exactly `n` ids (specials included), their bodies evenly spaced
+    /// over the text. Fewer (possibly none) when the text is too short for `n`.
+    pub fn windows(&self, text: &str, n: usize, count: usize) -> Result<Vec<Vec<u32>>> {
+        let (pre, body, suf) = self.encode_parts(text)?;
+        Ok(windows_of(&pre, &body, &suf, n, count))
+    }
+}
+
+/// Windows of `n` ids: `pre` + a slice of `body` + `suf`, at `count` evenly spaced offsets.
+pub fn windows_of(pre: &[u32], body: &[u32], suf: &[u32], n: usize, count: usize) -> Vec<Vec<u32>> {
+    let extra = pre.len() + suf.len();
+    if count == 0 || n <= extra || n - extra > body.len() {
+        return vec![];
+    }
+    let len = n - extra;
+    let room = body.len() - len;
+    let count = count.min(room + 1);
+    let mut starts: Vec<usize> = (0..count)
+        .map(|i| {
+            if count == 1 {
+                0
+            } else {
+                i * room / (count - 1)
+            }
+        })
+        .collect();
+    starts.dedup();
+    starts
+        .into_iter()
+        .map(|s| {
+            let mut w = pre.to_vec();
+            w.extend_from_slice(&body[s..s + len]);
+            w.extend_from_slice(suf);
+            w
+        })
+        .collect()
 }

@@ -1,0 +1,384 @@
+//! `lipattn analyze`: the main job. Every layer and head of a real checkpoint on real text:
+//! certified bounds beside attained local constants over a grid of n, with gaps, fitted
+//! exponents, a terminal table, JSON and CSV files, and log-log plots.
+
+use crate::plot::{Chart, Series, Style};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use lipattn::analysis::{analyze, AnalysisOptions, ModelReport, OperatorReport, PowerFit, TextIds};
+use lipattn::estimation::LanczosOptions;
+use lipattn::models::{Model, TextTokenizer};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The GPL-3 licence text, the default real text (see assets/README.md).
+static DEFAULT_TEXT: &str = include_str!("../assets/GPL-3.txt");
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// Hugging Face model directory: config.json, model.safetensors (or a sharded index) and
+    /// tokenizer.json. BERT and GPT-2 families.
+    model: PathBuf,
+    /// UTF-8 text file for the real-text windows (default: the GPL-3 licence text, embedded).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Directory for report.json, operators.csv, points.csv and the plots (SVG and PNG).
+    #[arg(long, default_value = "lipattn-report")]
+    out: PathBuf,
+    /// Print the whole report as one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Sequence lengths n (special tokens included), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "8,16,32,64,128,256,512")]
+    ns: Vec<usize>,
+    /// Real-text windows per n, evenly spaced over the text.
+    #[arg(long, default_value_t = 2)]
+    windows: usize,
+    /// Layers to analyse, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<usize>>,
+    /// Analyse the whole attention sublayers only, not each head.
+    #[arg(long)]
+    no_heads: bool,
+    /// Skip the adversarial construction.
+    #[arg(long)]
+    no_adversarial: bool,
+    /// Relative accuracy requested from Lanczos for each local constant (every value reported is
+    /// attained whatever the accuracy; the tolerance only decides how close to ||J(X)||_2).
+    #[arg(long, default_value_t = 1e-4)]
+    tol: f64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn text_ids(a: &AnalyzeArgs) -> Result<TextIds> {
+    let tokenizer = TextTokenizer::from_dir(&a.model)?;
+    let (text, source) = match &a.text {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading --text {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            DEFAULT_TEXT.to_string(),
+            "GPL-3 licence text (embedded default)".to_string(),
+        ),
+    };
+    let (prefix, body, suffix) = tokenizer.encode_parts(&text)?;
+    Ok(TextIds {
+        prefix,
+        body,
+        suffix,
+        source,
+    })
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{v:.4e}"))
+}
+
+fn exp(f: &Option<PowerFit>) -> String {
+    f.as_ref()
+        .map_or("-".into(), |f| format!("{:.3}", f.exponent))
+}
+
+fn who(o: &OperatorReport) -> String {
+    o.head.map_or("all".into(), |h| h.to_string())
+}
+
+fn table(r: &ModelReport) -> String {
+    let n = *r.ns.last().expect("ns non-empty");
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} ({}, {} layers, {} heads of {}), {}; text: {} ({} tokens)",
+        r.model.display(),
+        r.family,
+        r.num_layers,
+        r.heads,
+        r.head_dim,
+        r.dtype,
+        r.text_source,
+        r.text_tokens
+    );
+    let _ = writeln!(
+        s,
+        "token map on (B_R)^n, Frobenius; R from the preceding LayerNorm (B6); values at n = {n}; alpha = fitted exponent of sigma ~ c n^alpha over n = {:?}",
+        r.ns
+    );
+    let _ = writeln!(
+        s,
+        "{:>5} {:>4} {:>8} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7}",
+        "layer",
+        "head",
+        "R",
+        "certified",
+        "text max",
+        "adversar.",
+        "gap",
+        "W1 cert.",
+        "a_text",
+        "a_adv"
+    );
+    for o in &r.operators {
+        let p = o.points.last().expect("points for every n");
+        let _ = writeln!(
+            s,
+            "{:>5} {:>4} {:>8.3} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7}",
+            o.layer,
+            who(o),
+            o.radius,
+            opt(p.certified.frobenius),
+            opt(p.text_max),
+            opt(p.adversarial),
+            opt(p.gap),
+            opt(p.certified.w1),
+            exp(&o.fit_text),
+            exp(&o.fit_adversarial)
+        );
+    }
+    for note in &r.notes {
+        let _ = writeln!(s, "note: {note}");
+    }
+    let _ = writeln!(
+        s,
+        "attained values are lower bounds (local constants at concrete inputs); certified values are proven upper bounds (docs/bounds.md); {:.1} s",
+        r.seconds
+    );
+    s
+}
+
+fn fit_cells(f: &Option<PowerFit>) -> String {
+    match f {
+        Some(f) => format!("{},{},{}", f.exponent, f.coefficient, f.r2),
+        None => ",,".into(),
+    }
+}
+
+fn csv_opt(x: Option<f64>) -> String {
+    x.map_or(String::new(), |v| v.to_string())
+}
+
+fn write_csvs(r: &ModelReport, out: &Path) -> Result<()> {
+    let mut ops = String::from(
+        "layer,head,radius,n,certified_frobenius,certified_w1,certified_w2,anchor,text_median,text_max,adversarial,gap,text_exponent,text_coefficient,text_r2,adversarial_exponent,adversarial_coefficient,adversarial_r2,text_exponent_small,adversarial_exponent_small,adversarial_sqrt_coefficient_small,certified_exponent\n",
+    );
+    let mut pts = String::from("layer,head,radius,n,kind,window,value\n");
+    for o in &r.operators {
+        let head = o.head.map_or("all".to_string(), |h| h.to_string());
+        let p = o.points.last().expect("points for every n");
+        let _ = writeln!(
+            ops,
+            "{},{head},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            o.layer,
+            o.radius,
+            p.n,
+            csv_opt(p.certified.frobenius),
+            csv_opt(p.certified.w1),
+            csv_opt(p.certified.w2),
+            csv_opt(p.certified.anchor),
+            csv_opt(p.text_median),
+            csv_opt(p.text_max),
+            csv_opt(p.adversarial),
+            csv_opt(p.gap),
+            fit_cells(&o.fit_text),
+            fit_cells(&o.fit_adversarial),
+            csv_opt(o.fit_text_small.as_ref().map(|f| f.exponent)),
+            csv_opt(o.fit_adversarial_small.as_ref().map(|f| f.exponent)),
+            csv_opt(o.fit_adversarial_small.as_ref().map(|f| f.sqrt_coefficient)),
+            csv_opt(o.fit_certified.as_ref().map(|f| f.exponent)),
+        );
+        for p in &o.points {
+            let mut row = |kind: &str, w: String, v: Option<f64>| {
+                if let Some(v) = v {
+                    let _ = writeln!(
+                        pts,
+                        "{},{head},{},{},{kind},{w},{v}",
+                        o.layer, o.radius, p.n
+                    );
+                }
+            };
+            for (w, v) in p.text.iter().enumerate() {
+                row("text", w.to_string(), Some(*v));
+            }
+            row("adversarial", String::new(), p.adversarial);
+            row("certified_frobenius", String::new(), p.certified.frobenius);
+            row("certified_w1", String::new(), p.certified.w1);
+            row("anchor", String::new(), p.certified.anchor);
+        }
+    }
+    let write = |name: &str, body: &str| {
+        std::fs::write(out.join(name), body)
+            .with_context(|| format!("writing {}", out.join(name).display()))
+    };
+    write("operators.csv", &ops)?;
+    write("points.csv", &pts)
+}
+
+fn fit_label(name: &str, f: &Option<PowerFit>) -> String {
+    match f {
+        Some(f) => format!("{name}: {:.3} n^{:.3}", f.coefficient, f.exponent),
+        None => name.to_string(),
+    }
+}
+
+fn fit_line(f: &Option<PowerFit>) -> Vec<(f64, f64)> {
+    f.as_ref().map_or(vec![], |f| {
+        [f.n_min, f.n_max]
+            .iter()
+            .map(|&n| (n as f64, f.coefficient * (n as f64).powf(f.exponent)))
+            .collect()
+    })
+}
+
+fn plot_layer(r: &ModelReport, o: &OperatorReport, out: &Path) -> Result<()> {
+    let pick = |f: &dyn Fn(&lipattn::analysis::Point) -> Option<f64>| -> Vec<(f64, f64)> {
+        o.points
+            .iter()
+            .filter_map(|p| f(p).map(|v| (p.n as f64, v)))
+            .collect()
+    };
+    let windows: Vec<(f64, f64)> = o
+        .points
+        .iter()
+        .flat_map(|p| p.text.iter().map(move |&v| (p.n as f64, v)))
+        .collect();
+    let mut series = vec![
+        Series::new(
+            fit_label("real text, median (attained)", &o.fit_text),
+            pick(&|p| p.text_median),
+            Style::LinePoints,
+        ),
+        Series::new("real text, each window", windows, Style::Points),
+        Series::new(
+            fit_label("adversarial (attained)", &o.fit_adversarial),
+            pick(&|p| p.adversarial),
+            Style::LinePoints,
+        ),
+        Series::new(
+            fit_label("certified (Frobenius)", &o.fit_certified),
+            pick(&|p| p.certified.frobenius),
+            Style::LinePoints,
+        ),
+    ];
+    for (name, f) in [
+        ("fit, text", &o.fit_text),
+        ("fit, adversarial", &o.fit_adversarial),
+    ] {
+        let line = fit_line(f);
+        if !line.is_empty() {
+            series.push(Series::new(name, line, Style::Reference));
+        }
+    }
+    Chart {
+        title: format!(
+            "{} layer {} attention sublayer, R = {:.2}, {}",
+            r.family, o.layer, o.radius, r.dtype
+        ),
+        x_label: "n (tokens)".into(),
+        y_label: "Lipschitz constant (token map, Frobenius)".into(),
+        log_x: true,
+        log_y: true,
+        series,
+        vlines: vec![],
+    }
+    .write(&out.join(format!("layer{}", o.layer)))
+}
+
+fn plot_exponents(r: &ModelReport, out: &Path) -> Result<()> {
+    let heads: Vec<&OperatorReport> = r.operators.iter().filter(|o| o.head.is_some()).collect();
+    if heads.is_empty() {
+        return Ok(());
+    }
+    let x = |o: &OperatorReport| (o.layer * r.heads + o.head.unwrap_or(0)) as f64;
+    let pts = |f: &dyn Fn(&OperatorReport) -> Option<f64>| -> Vec<(f64, f64)> {
+        heads
+            .iter()
+            .filter_map(|o| f(o).map(|v| (x(o), v)))
+            .collect()
+    };
+    let span = (r.num_layers * r.heads) as f64;
+    Chart {
+        title: format!(
+            "{}: fitted exponent alpha of sigma ~ c n^alpha per head",
+            r.family
+        ),
+        x_label: format!("layer * {} + head", r.heads),
+        y_label: "alpha".into(),
+        log_x: false,
+        log_y: false,
+        series: vec![
+            Series::new(
+                "real text",
+                pts(&|o| o.fit_text.as_ref().map(|f| f.exponent)),
+                Style::Points,
+            ),
+            Series::new(
+                "adversarial",
+                pts(&|o| o.fit_adversarial.as_ref().map(|f| f.exponent)),
+                Style::Points,
+            ),
+            Series::new("1/4", vec![(0.0, 0.25), (span, 0.25)], Style::Reference),
+            Series::new("1/2", vec![(0.0, 0.5), (span, 0.5)], Style::Reference),
+        ],
+        vlines: vec![],
+    }
+    .write(&out.join("exponents"))
+}
+
+pub fn run(a: AnalyzeArgs) -> Result<()> {
+    let model = Model::open(&a.model)?;
+    let text = text_ids(&a)?;
+    if a.ns.is_empty() {
+        bail!("--ns needs at least one sequence length");
+    }
+    let opts = AnalysisOptions {
+        ns: a.ns.clone(),
+        windows: a.windows,
+        layers: a.layers.clone(),
+        heads: !a.no_heads,
+        adversarial: !a.no_adversarial,
+        lanczos: LanczosOptions {
+            tol: a.tol,
+            ..AnalysisOptions::default().lanczos
+        },
+    };
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(1);
+        b.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        b
+    };
+    let report = analyze(&model, Some(&text), &opts, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.done as u64);
+        bar.set_message(p.stage.clone());
+    })?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(a.out.join("report.json"), &json)
+        .with_context(|| format!("writing {}", a.out.join("report.json").display()))?;
+    write_csvs(&report, &a.out)?;
+    for o in report.operators.iter().filter(|o| o.head.is_none()) {
+        plot_layer(&report, o, &a.out)?;
+    }
+    plot_exponents(&report, &a.out)?;
+    if a.json {
+        println!("{json}");
+    } else {
+        print!("{}", table(&report));
+        println!(
+            "wrote report.json, operators.csv, points.csv and plots (layerL.svg/.png, exponents.svg/.png) to {}",
+            a.out.display()
+        );
+    }
+    Ok(())
+}

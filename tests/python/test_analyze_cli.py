@@ -1,0 +1,121 @@
+"""`lipattn analyze` on the real MiniLM: the report's structure and files, its radius against
+B6 computed here from the LayerNorm weights, soundness (attained <= certified everywhere), and its
+values against independent recomputation: real-text values against `lipattn hidden` + `lipattn
+local` on the same window, adversarial values against the construction built here in NumPy."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+import safetensors_np
+from cli import run
+
+TEXT = "/usr/share/common-licenses/GPL-3"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, lipattn_bin, minilm):
+    out = tmp_path_factory.mktemp("analyze")
+    r = run(lipattn_bin, "analyze", minilm, "--text", TEXT, "--ns", "8,32", "--windows", "2", "--layers", "0,3",
+            "--out", out, "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep == json.load(open(out / "report.json"))
+    return rep, out
+
+
+def test_structure_and_files(report):
+    rep, out = report
+    assert (rep["family"], rep["num_layers"], rep["heads"], rep["head_dim"], rep["dtype"]) == ("bert", 6, 12, 32, "f64")
+    assert rep["ns"] == [8, 32] and rep["windows"] == 2
+    ops = rep["operators"]
+    assert len(ops) == 2 * 13
+    assert [o["head"] for o in ops[:13]] == [None] + list(range(12))
+    for name in ["operators.csv", "points.csv", "layer0.svg", "layer0.png", "layer3.svg", "layer3.png",
+                 "exponents.svg", "exponents.png"]:
+        assert (out / name).stat().st_size > 500, name
+    rows = list(csv.DictReader(open(out / "operators.csv")))
+    assert len(rows) == 26
+    assert float(rows[0]["text_max"]) == ops[0]["points"][-1]["text_max"]
+    pts = list(csv.DictReader(open(out / "points.csv")))
+    assert sum(p["kind"] == "text" for p in pts) == 26 * 2 * 2
+
+
+def test_radius_is_b6_of_the_preceding_layer_norm(report, minilm):
+    rep, _ = report
+    t = safetensors_np.load(os.path.join(minilm, "model.safetensors"))
+    for dom, ln in zip(rep["domains"], ["embeddings.LayerNorm", "encoder.layer.2.output.LayerNorm"]):
+        g, b = t[ln + ".weight"].astype(np.float64), t[ln + ".bias"].astype(np.float64)
+        want = np.sqrt(g.size) * np.abs(g).max() + np.linalg.norm(b)
+        assert dom["radius"] == pytest.approx(want, rel=1e-8)
+        assert 0 < dom["observed_max_norm"] <= dom["radius"]
+
+
+def test_attained_never_exceeds_certified(report):
+    rep, _ = report
+    for o in rep["operators"]:
+        for p in o["points"]:
+            cert = p["certified"]["frobenius"]
+            assert cert is not None
+            for a in p["text"] + [p["adversarial"]]:
+                assert 0 < a <= cert, (o["layer"], o["head"], p["n"])
+            assert p["gap"] == pytest.approx(cert / max(p["text"] + [p["adversarial"]]))
+
+
+def test_text_value_is_the_local_constant_of_the_first_window(report, tmp_path, lipattn_bin, minilm):
+    rep, _ = report
+    h = tmp_path / "h.npy"
+    r = run(lipattn_bin, "hidden", "--model", minilm, "--text", TEXT, "--layer", 3, "--max-tokens", 32, "--out", h)
+    assert r.returncode == 0, r.stderr
+    for head in [None, 7]:
+        args = ["local", "--model", minilm, "--layer", 3, "--tokens", h, "--tol", "1e-9", "--json"]
+        if head is not None:
+            args += ["--head", head]
+        r = run(lipattn_bin, *args)
+        assert r.returncode == 0, r.stderr
+        want = json.loads(r.stdout)["sigma"]
+        o = next(o for o in rep["operators"] if o["layer"] == 3 and o["head"] == head)
+        got = o["points"][1]["text"][0]
+        assert want * (1 - 1e-3) <= got <= want * (1 + 1e-9)
+
+
+def test_adversarial_value_matches_the_construction_built_here(report, tmp_path, lipattn_bin, minilm):
+    rep, _ = report
+    t = safetensors_np.load(os.path.join(minilm, "model.safetensors"))
+    o = next(o for o in rep["operators"] if o["layer"] == 0 and o["head"] == 4)
+    p = "encoder.layer.0.attention.self."
+    wq = t[p + "query.weight"].astype(np.float64)[128:160]
+    wk = t[p + "key.weight"].astype(np.float64)[128:160]
+    a = wq.T @ wk / np.sqrt(32)
+    u = np.linalg.eigh(0.5 * (a + a.T))[1][:, -1]
+    sigmas = []
+    for s in [1.0, -1.0]:  # an eigenvector's sign is arbitrary and the biases make it matter
+        x = np.tile(0.5 * s * o["radius"] * u, (8, 1))
+        x[0] *= 2
+        np.save(tmp_path / "x.npy", x)
+        r = run(lipattn_bin, "local", "--model", minilm, "--layer", 0, "--head", 4, "--tokens", tmp_path / "x.npy",
+                "--tol", "1e-9", "--json")
+        assert r.returncode == 0, r.stderr
+        sigmas.append(json.loads(r.stdout)["sigma"])
+    got = o["points"][0]["adversarial"]
+    assert min(abs(got / s - 1) for s in sigmas) < 1e-3, (got, sigmas)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--ns", "1000"], "position table"),
+    (["--layers", "9"], "out of range"),
+    (["--text", "/nonexistent/text.txt"], "/nonexistent/text.txt"),
+    (["--windows", "0", "--no-adversarial"], "nothing to attain"),
+])
+def test_bad_requests_are_named(tmp_path, lipattn_bin, minilm, args, message):
+    r = run(lipattn_bin, "analyze", minilm, "--out", tmp_path, "--quiet", *args)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr
+    assert "panicked" not in r.stderr
+
+
+def test_missing_model_directory(tmp_path, lipattn_bin):
+    r = run(lipattn_bin, "analyze", tmp_path / "nope", "--out", tmp_path / "o", "--quiet")
+    assert r.returncode != 0 and "nope" in r.stderr and "panicked" not in r.stderr
