@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 static DEFAULT_TEXT: &str = include_str!("../assets/GPL-3.txt");
 
 #[derive(Args)]
+// A repeated option takes its last value, so scripts/main.sh can set defaults callers override.
+#[command(args_override_self = true)]
 pub struct AnalyzeArgs {
     /// Hugging Face model directory: config.json, model.safetensors (or a sharded index) and
     /// tokenizer.json. BERT and GPT-2 families.

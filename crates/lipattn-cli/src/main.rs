@@ -55,7 +55,22 @@ fn main() {
         Command::Reproduce(a) => reproduce::run(a),
     };
     if let Err(e) = result {
-        eprintln!("lipattn: error: {e:#}");
+        eprintln!("lipattn: error: {}", message(&e));
         std::process::exit(2);
     }
+}
+
+/// The error and its causes, skipping a cause whose text the message already carries (library
+/// errors such as a missing file print their I/O cause themselves).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+    }
+    out
 }
