@@ -11,7 +11,7 @@ pub use fit::{fit_power_law, PowerFit};
 
 use crate::attention::AttentionLayer;
 use crate::bounds::layer_norm::layer_norm_radius;
-use crate::bounds::{certified_summary, Domain};
+use crate::bounds::{certified_summaries, Domain};
 use crate::derivatives::Linearization;
 use crate::error::{Error, Result};
 use crate::estimation::{
@@ -264,6 +264,7 @@ pub fn analyze(
         }
         let directions = if opts.adversarial {
             (0..block.attention.heads)
+                .into_par_iter()
                 .map(|h| adversarial_direction(&block.attention, h))
                 .collect::<Result<_>>()?
         } else {
@@ -405,10 +406,18 @@ pub fn analyze(
             radius: w.radius,
             observed_max_norm: observed[slot],
         });
-        for (o, op) in w.ops.iter().enumerate() {
+        let domains: Vec<Domain> = ns
+            .iter()
+            .map(|&n| Domain::new(w.radius, n, causal))
+            .collect::<Result<_>>()?;
+        let all: Vec<_> = w
+            .ops
+            .par_iter()
+            .map(|op| certified_summaries(op, &domains))
+            .collect::<Result<_>>()?;
+        for (o, summaries) in all.into_iter().enumerate() {
             let mut points = vec![];
-            for (ni, &n) in ns.iter().enumerate() {
-                let cs = certified_summary(op, &Domain::new(w.radius, n, causal)?)?;
+            for (ni, (&n, cs)) in ns.iter().zip(summaries).enumerate() {
                 let vals = &text_vals[slot][o][ni];
                 let text_max = vals.iter().copied().reduce(f64::max);
                 let adv = adv_vals[slot][o][ni];

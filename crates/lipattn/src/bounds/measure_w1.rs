@@ -1,7 +1,7 @@
 //! B2: self-attention F(mu) = (Gamma_mu)_# mu on P(B_R) in W1 and W2 (dot-product kernel).
 
 use super::constants::HeadConstants;
-use super::{head_constants, require_dot, Bound, Metric};
+use super::{require_dot, Bound, LayerConstants, Metric};
 use crate::attention::AttentionLayer;
 use crate::error::Result;
 
@@ -24,8 +24,12 @@ pub fn context_lipschitz_head(k: &HeadConstants, use_output: bool, radius: f64) 
 /// ||W_O||, whichever is smaller (B4).
 pub fn measure_bounds(layer: &AttentionLayer<f64>, radius: f64) -> Result<Vec<Bound>> {
     require_dot(layer, "the measure bound B2")?;
-    let ks = head_constants(layer)?;
-    let wo = super::constants::spectral_norm(layer.wo.as_ref())?;
+    Ok(measure_bounds_from(&LayerConstants::of(layer)?, radius))
+}
+
+/// [`measure_bounds`] from constants computed once (they do not depend on the radius).
+pub fn measure_bounds_from(c: &LayerConstants, radius: f64) -> Vec<Bound> {
+    let (ks, wo) = (&c.heads, c.wo);
     let sum: f64 = ks
         .iter()
         .map(|k| query_lipschitz_head(k, true, radius) + context_lipschitz_head(k, true, radius))
@@ -41,8 +45,8 @@ pub fn measure_bounds(layer: &AttentionLayer<f64>, radius: f64) -> Result<Vec<Bo
                 .sum::<f64>()
                 .sqrt());
     let best = sum.min(cat);
-    Ok(vec![
+    vec![
         Bound::certified("B2", Metric::W1, best, "b2-measures-w1-w2"),
         Bound::certified("B2", Metric::W2, best, "b2-measures-w1-w2"),
-    ])
+    ]
 }

@@ -86,6 +86,24 @@ impl Bound {
     }
 }
 
+/// Everything the dot-product bounds take from the weights. It does not depend on the domain, so
+/// a sweep over R or n computes it once.
+#[derive(Clone, Debug)]
+pub struct LayerConstants {
+    pub heads: Vec<HeadConstants>,
+    /// ||W_O||_2.
+    pub wo: f64,
+}
+
+impl LayerConstants {
+    pub fn of(layer: &AttentionLayer<f64>) -> Result<Self> {
+        Ok(Self {
+            heads: head_constants(layer)?,
+            wo: constants::spectral_norm(layer.wo.as_ref())?,
+        })
+    }
+}
+
 /// All head constants of a layer.
 pub fn head_constants(layer: &AttentionLayer<f64>) -> Result<Vec<HeadConstants>> {
     (0..layer.heads)
@@ -127,6 +145,30 @@ pub struct CertifiedSummary {
 }
 
 pub fn certified_summary(layer: &AttentionLayer<f64>, domain: &Domain) -> Result<CertifiedSummary> {
+    let mut all = certified_summaries(layer, std::slice::from_ref(domain))?;
+    Ok(all.pop().expect("one summary per domain"))
+}
+
+/// [`certified_summary`] on several domains, taking the weights' constants once.
+pub fn certified_summaries(
+    layer: &AttentionLayer<f64>,
+    domains: &[Domain],
+) -> Result<Vec<CertifiedSummary>> {
+    let consts = match layer.kernel {
+        Kernel::Dot => Some(LayerConstants::of(layer)?),
+        Kernel::L2 => None,
+    };
+    domains
+        .iter()
+        .map(|d| summary_on(layer, consts.as_ref(), d))
+        .collect()
+}
+
+fn summary_on(
+    layer: &AttentionLayer<f64>,
+    consts: Option<&LayerConstants>,
+    domain: &Domain,
+) -> Result<CertifiedSummary> {
     if layer.kernel == Kernel::L2 {
         let (b5, why) = l2::l2_bounds(layer, domain.n)?;
         let mut notes = vec![
@@ -144,8 +186,9 @@ pub fn certified_summary(layer: &AttentionLayer<f64>, domain: &Domain) -> Result
             notes,
         });
     }
-    let mut bounds = token_map::token_map_bounds(layer, domain)?;
-    bounds.extend(measure_w1::measure_bounds(layer, domain.radius)?);
+    let consts = consts.expect("constants are computed for the dot kernel");
+    let mut bounds = token_map::token_map_bounds_from(consts, domain);
+    bounds.extend(measure_w1::measure_bounds_from(consts, domain.radius));
     let pick = |name: &str| bounds.iter().find(|b| b.name == name).map(|b| b.value);
     let mut notes = vec![];
     if domain.causal {

@@ -2,7 +2,7 @@
 //! the multi-head compositions of B4, and the anchor's formulas for comparison.
 
 use super::constants::HeadConstants;
-use super::{head_constants, require_dot, Bound, Domain, Metric};
+use super::{require_dot, Bound, Domain, LayerConstants, Metric};
 use crate::attention::AttentionLayer;
 use crate::error::Result;
 
@@ -55,14 +55,18 @@ fn concat(wo: f64, per_head: impl Iterator<Item = f64>) -> f64 {
 /// concatenated). Not certified: the anchor formulas.
 pub fn token_map_bounds(layer: &AttentionLayer<f64>, domain: &Domain) -> Result<Vec<Bound>> {
     require_dot(layer, "the token-map bound B1")?;
-    let ks = head_constants(layer)?;
-    let wo = super::constants::spectral_norm(layer.wo.as_ref())?;
+    Ok(token_map_bounds_from(&LayerConstants::of(layer)?, domain))
+}
+
+/// [`token_map_bounds`] from constants computed once (they do not depend on the domain).
+pub fn token_map_bounds_from(c: &LayerConstants, domain: &Domain) -> Vec<Bound> {
+    let (ks, wo) = (&c.heads, c.wo);
     let f = Metric::Frobenius;
     let b1_sum: f64 = ks.iter().map(|k| k.o * b1_head(k, k.v, domain)).sum();
     let b1_cat = concat(wo, ks.iter().map(|k| b1_head(k, k.v, domain)));
     let tight_sum: f64 = ks.iter().map(|k| b1_tight_head(k, true, domain)).sum();
     let tight_cat = concat(wo, ks.iter().map(|k| b1_tight_head(k, false, domain)));
-    Ok(vec![
+    vec![
         Bound::certified("B1+B4-sum", f, b1_sum, "b1-token-map-frobenius"),
         Bound::certified("B1+B4-concat", f, b1_cat, "b4-multi-head"),
         Bound::certified("B1-tight-sum", f, tight_sum, "b1-tight"),
@@ -79,5 +83,5 @@ pub fn token_map_bounds(layer: &AttentionLayer<f64>, domain: &Domain) -> Result<
             concat(wo, ks.iter().map(|k| anchor_code_head(k, k.v, domain))),
             "anchors.md per-head form |V_h| sqrt(R_h^2 r^2 (n+1) + n) with R_h = a_h r, heads combined by ||W_O|| sqrt(sum_h L_h^2)",
         ),
-    ])
+    ]
 }
