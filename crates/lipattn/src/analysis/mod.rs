@@ -14,6 +14,7 @@ use crate::bounds::layer_norm::layer_norm_radius;
 use crate::bounds::{certified_summaries, Domain};
 use crate::derivatives::Linearization;
 use crate::error::{Error, Result};
+use crate::estimation::vecops::max_row_norm;
 use crate::estimation::{
     adversarial_direction, adversarial_from_direction, lanczos, LanczosOptions,
 };
@@ -184,17 +185,6 @@ fn median(v: &[f64]) -> Option<f64> {
     } else {
         0.5 * (s[m - 1] + s[m])
     })
-}
-
-fn max_row_norm(x: MatRef<'_, f64>) -> f64 {
-    (0..x.nrows())
-        .map(|i| {
-            (0..x.ncols())
-                .map(|k| x[(i, k)].powi(2))
-                .sum::<f64>()
-                .sqrt()
-        })
-        .fold(0.0, f64::max)
 }
 
 fn check_options(opts: &AnalysisOptions, max_positions: usize, num_layers: usize) -> Result<()> {

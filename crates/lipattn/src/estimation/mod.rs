@@ -7,7 +7,7 @@ pub mod adversarial;
 pub mod lanczos;
 pub mod measure_pairs;
 pub mod power;
-mod vecops;
+pub(crate) mod vecops;
 
 pub use adversarial::{
     adversarial_direction, adversarial_from_direction, adversarial_input, ascent, AscentOptions,
