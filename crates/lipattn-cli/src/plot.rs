@@ -88,7 +88,9 @@ fn tick_label(v: f64, log: bool) -> String {
     } else if a >= 100.0 {
         format!("{x:.0}")
     } else {
-        let s = format!("{x:.3}");
+        // Three significant digits: log-axis ticks fall between round values (10^1.2 = 15.85).
+        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+        let s = format!("{x:.decimals$}");
         let s = s.trim_end_matches('0').trim_end_matches('.');
         s.to_string()
     }
