@@ -1,0 +1,54 @@
+"""Long computations release the GIL and stop on Ctrl-C."""
+import _thread
+import threading
+import time
+
+import lipattn
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def big_layer():
+    rng = np.random.default_rng(0)
+    d, h = 64, 4
+    g = lambda *s: rng.standard_normal(s) / np.sqrt(s[-1])
+    return lipattn.AttentionLayer(g(d, d), np.zeros(d), g(d, d), np.zeros(d), g(d, d), np.zeros(d), g(d, d), np.zeros(d), heads=h)
+
+
+def test_gil_released_during_local_constant(big_layer):
+    x = np.random.default_rng(1).standard_normal((256, 64))
+    ticks = []
+    done = threading.Event()
+
+    def work():
+        big_layer.local_constant(x, tol=1e-12, max_iter=60)
+        done.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+        time.sleep(0.001)
+    t.join()
+    # Python code kept running beside the Rust computation (with the GIL held it could not).
+    assert len(ticks) > 5
+
+
+def test_ctrl_c_interrupts_a_long_search(big_layer):
+    search = dict(n=32, radius=2.0, random_starts=16, steps=12)
+    start = time.perf_counter()
+    big_layer.ascent(**search)
+    full = time.perf_counter() - start
+    assert full > 1.0, "the search is too short to show an interruption"
+    # _thread.interrupt_main is what a Ctrl-C does: it trips the SIGINT handler of the main thread.
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        big_layer.ascent(**search)
+    elapsed = time.perf_counter() - start
+    timer.cancel()
+    assert elapsed < 0.2 + 0.5 and elapsed < full / 2, (elapsed, full)
+    # The abandoned search finishes in the background (the core has no cancellation hook).
+    time.sleep(full)
