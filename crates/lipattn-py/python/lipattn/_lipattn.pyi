@@ -1,5 +1,6 @@
 """Type stubs of the Rust extension lipattn._lipattn (re-exported by lipattn)."""
 from os import PathLike
+from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
@@ -222,7 +223,7 @@ class Model:
 
     def __init__(self, path: StrPath) -> None: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
     @property
     def family(self) -> Literal["bert", "gpt2"]: ...
     @property
