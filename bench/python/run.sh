@@ -3,7 +3,8 @@
 # LayerNorm-like input, from Python (lipattn package) and from Rust (examples/bench_local.rs),
 # same input, same tolerance, same thread count; medians. Results in .build/bench-python/.
 #
-# Knobs (environment): SIZES ("128"), DTYPES ("f64 f32"), REPEATS (9), THREADS (2), TOL (1e-6).
+# Knobs (environment): SIZES ("128"), DTYPES ("f64 f32"), ROUNDS (4), REPEATS (5), THREADS (2),
+# TOL (1e-6). Each round runs the Rust side then the Python side, REPEATS timed calls each.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
@@ -13,7 +14,8 @@ ensure_python_deps
 ensure_minilm
 sizes=${SIZES:-"128"}
 dtypes=${DTYPES:-"f64 f32"}
-repeats=${REPEATS:-9}
+rounds=${ROUNDS:-4}
+repeats=${REPEATS:-5}
 threads=${THREADS:-2}
 tol=${TOL:-1e-6}
 work="$root/.build/bench-python"
@@ -36,7 +38,7 @@ np.save(path, x / x.std(axis=1, keepdims=True))
 PY
   for dtype in $dtypes; do
     # Alternate the two sides so that a drift of the machine's speed hits both.
-    for side in rust python rust python; do
+    for side in $(for _ in $(seq "$rounds"); do echo rust python; done); do
       if [ "$side" = rust ]; then
         "$rust_bin" --model "$model" --layer 0 --x "$work/x$n.npy" --dtype "$dtype" --tol "$tol" \
           --repeats "$repeats" | tail -n 1
@@ -51,11 +53,14 @@ done
 "$py" - "$work/results.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"{'dtype':>5} {'n':>5} {'rust ms':>9} {'python ms':>10} {'overhead':>9}  sigma equal")
+# Medians over rounds of each process's median; "binding" is the median per-call difference
+# between Python's wall time and the library's own time inside that call.
+print(f"{'dtype':>5} {'n':>5} {'rust ms':>9} {'python ms':>10} {'py/rust-1':>10} {'binding ms':>11} {'binding %':>10}  sigma equal")
 for key in sorted({(r["dtype"], r["n"]) for r in rows}):
     rs = [r for r in rows if (r["dtype"], r["n"]) == key]
     rust = statistics.median(r["median_ms"] for r in rs if r["side"] == "lipattn")
     py = statistics.median(r["median_ms"] for r in rs if r["side"] == "python")
+    bind = statistics.median(r["binding_ms_median"] for r in rs if r["side"] == "python")
     sig = {round(r["sigma"], 9) for r in rs}
-    print(f"{key[0]:>5} {key[1]:>5} {rust:9.2f} {py:10.2f} {100 * (py / rust - 1):8.1f}%  {len(sig) == 1}")
+    print(f"{key[0]:>5} {key[1]:>5} {rust:9.2f} {py:10.2f} {100 * (py / rust - 1):9.1f}% {bind:11.3f} {100 * bind / rust:9.2f}%  {len(sig) == 1}")
 PY

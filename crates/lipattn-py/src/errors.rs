@@ -9,7 +9,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 create_exception!(
@@ -98,6 +98,46 @@ where
 /// How often the waiting main thread looks for Ctrl-C.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Workers waiting for a job. A worker returns here after each job, so calls reuse warm threads
+/// (no thread creation, and thread-local scratch of the linear algebra stays allocated); a
+/// worker still finishing an abandoned (interrupted) job is simply not here, and a new one is
+/// started if none is idle.
+static IDLE: Mutex<Vec<mpsc::Sender<Job>>> = Mutex::new(Vec::new());
+
+fn submit(job: Job) -> PyResult<()> {
+    let mut job = job;
+    loop {
+        let idle = IDLE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            // A send fails only if that worker has exited; try the next one.
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(back)) => job = back,
+            },
+            None => break,
+        }
+    }
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("lipattn-worker".into())
+        .spawn(move || {
+            job();
+            loop {
+                IDLE.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(tx.clone());
+                match rx.recv() {
+                    Ok(next) => next(),
+                    Err(_) => break,
+                }
+            }
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start a worker thread: {e}")))?;
+    Ok(())
+}
+
 /// Runs a long computation on a worker thread while the calling thread, without the GIL, polls
 /// Python's signal handlers. Ctrl-C raises KeyboardInterrupt at once. The core has no
 /// cancellation hook, so the abandoned computation finishes in the background (using its CPU
@@ -108,14 +148,11 @@ where
     F: FnOnce() -> lipattn::Result<T> + Send + 'static,
 {
     let (tx, rx) = mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("lipattn-worker".into())
-        .spawn(move || {
-            let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
-        })
-        .map_err(|e| PyRuntimeError::new_err(format!("cannot start a worker thread: {e}")))?;
+    submit(Box::new(move || {
+        let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
+    }))?;
     // Receiver is not Sync, and detach needs a Send closure, hence the (uncontended) lock.
-    let rx = std::sync::Mutex::new(rx);
+    let rx = Mutex::new(rx);
     loop {
         let waited = py.detach(|| {
             rx.lock()
