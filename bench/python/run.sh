@@ -55,12 +55,14 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 # Medians over rounds of each process's median; "binding" is the median per-call difference
 # between Python's wall time and the library's own time inside that call.
-print(f"{'dtype':>5} {'n':>5} {'rust ms':>9} {'python ms':>10} {'py/rust-1':>10} {'binding ms':>11} {'binding %':>10}  sigma equal")
+print(f"{'dtype':>5} {'n':>5} {'rust ms':>9} {'python ms':>10} {'py/rust-1':>10} {'rust min':>9} {'py min':>9} {'binding ms':>11} {'binding %':>10}  sigma equal")
 for key in sorted({(r["dtype"], r["n"]) for r in rows}):
     rs = [r for r in rows if (r["dtype"], r["n"]) == key]
     rust = statistics.median(r["median_ms"] for r in rs if r["side"] == "lipattn")
     py = statistics.median(r["median_ms"] for r in rs if r["side"] == "python")
+    rust_min = min(r["min_ms"] for r in rs if r["side"] == "lipattn")
+    py_min = min(r["min_ms"] for r in rs if r["side"] == "python")
     bind = statistics.median(r["binding_ms_median"] for r in rs if r["side"] == "python")
     sig = {round(r["sigma"], 9) for r in rs}
-    print(f"{key[0]:>5} {key[1]:>5} {rust:9.2f} {py:10.2f} {100 * (py / rust - 1):9.1f}% {bind:11.3f} {100 * bind / rust:9.2f}%  {len(sig) == 1}")
+    print(f"{key[0]:>5} {key[1]:>5} {rust:9.2f} {py:10.2f} {100 * (py / rust - 1):9.1f}% {rust_min:9.2f} {py_min:9.2f} {bind:11.3f} {100 * bind / rust:9.2f}%  {len(sig) == 1}")
 PY
