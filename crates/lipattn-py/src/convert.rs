@@ -1,0 +1,211 @@
+//! NumPy arrays in, faer matrices for the core, NumPy arrays out.
+//!
+//! Anything `numpy.asarray` accepts comes in (lists, CPU torch tensors, views of any strides or
+//! order); float64 stays float64, float32 stays float32 where the core has an f32 path, integers
+//! and other real floats become float64. Complex, boolean, object and string arrays are a
+//! TypeError rather than a silent cast. Inputs are always copied: the core works on owned
+//! column-major matrices, and the copy is what lets computations run without the GIL while the
+//! caller's array may change.
+
+use faer::{Mat, MatRef};
+use lipattn::Scalar;
+use numpy::ndarray::{Array1, Array2, ArrayViewD};
+use numpy::prelude::*;
+use numpy::{Element, PyArray1, PyArray2, PyArrayDyn, PyUntypedArray};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+/// A real array in the precision the computation will run in.
+pub enum Floats {
+    F64(Mat<f64>),
+    F32(Mat<f32>),
+}
+
+impl Floats {
+    pub fn into_f64(self) -> Mat<f64> {
+        match self {
+            Floats::F64(m) => m,
+            Floats::F32(m) => cast(m.as_ref()),
+        }
+    }
+}
+
+pub fn cast<T: Scalar, U: Scalar>(m: MatRef<'_, T>) -> Mat<U> {
+    Mat::from_fn(m.nrows(), m.ncols(), |i, j| U::of(m[(i, j)].f64()))
+}
+
+fn shape_of(arr: &Bound<'_, PyUntypedArray>) -> String {
+    let s: Vec<String> = arr.shape().iter().map(|x| x.to_string()).collect();
+    match s.len() {
+        1 => format!("({},)", s[0]),
+        _ => format!("({})", s.join(", ")),
+    }
+}
+
+/// `obj` as an ndarray of float64, or float32 when `keep_f32` and it is float32.
+fn float_array<'py>(
+    obj: &Bound<'py, PyAny>,
+    what: &str,
+    keep_f32: bool,
+) -> PyResult<Bound<'py, PyUntypedArray>> {
+    let py = obj.py();
+    let np = py.import("numpy")?;
+    let arr = if obj.cast::<PyUntypedArray>().is_ok() {
+        obj.clone()
+    } else {
+        np.call_method1("asarray", (obj,)).map_err(|e| {
+            PyValueError::new_err(format!("{what}: not convertible to an array: {e}"))
+        })?
+    };
+    let arr = arr.cast_into::<PyUntypedArray>().map_err(|_| {
+        PyTypeError::new_err(format!("{what}: numpy.asarray did not return an ndarray"))
+    })?;
+    let dtype = arr.dtype();
+    let (kind, size) = (dtype.kind(), dtype.itemsize());
+    let target = match (kind, size) {
+        (b'f', 8) => return Ok(arr),
+        (b'f', 4) if keep_f32 => return Ok(arr),
+        (b'f', _) | (b'i', _) | (b'u', _) => "float64",
+        _ => {
+            return Err(PyTypeError::new_err(format!(
+                "{what}: arrays of dtype {} are not accepted (expected float32 or float64; integer arrays are converted to float64)",
+                dtype.str()?
+            )))
+        }
+    };
+    Ok(arr
+        .call_method1("astype", (target,))?
+        .cast_into::<PyUntypedArray>()?)
+}
+
+fn view_to_mat<T: Element + Copy + faer::traits::ComplexField>(
+    v: ArrayViewD<'_, T>,
+    what: &str,
+    allow_1d: bool,
+    shape: &str,
+) -> PyResult<Mat<T>> {
+    match v.ndim() {
+        2 => {
+            let (n, d) = (v.shape()[0], v.shape()[1]);
+            let v2 = v
+                .into_dimensionality::<numpy::ndarray::Ix2>()
+                .expect("ndim checked");
+            Ok(Mat::from_fn(n, d, |i, j| v2[[i, j]]))
+        }
+        1 if allow_1d => {
+            let n = v.shape()[0];
+            Ok(Mat::from_fn(n, 1, |i, _| v[[i]]))
+        }
+        _ => Err(PyValueError::new_err(format!(
+            "{what}: expected a 2-D array of shape {}, found shape {shape}",
+            if allow_1d { "(n, d) or (n,)" } else { "(n, d)" }
+        ))),
+    }
+}
+
+fn to_floats(arr: &Bound<'_, PyUntypedArray>, what: &str, allow_1d: bool) -> PyResult<Floats> {
+    let shape = shape_of(arr);
+    if let Ok(a) = arr.cast::<PyArrayDyn<f64>>() {
+        let ro = a
+            .try_readonly()
+            .map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
+        return Ok(Floats::F64(view_to_mat(
+            ro.as_array(),
+            what,
+            allow_1d,
+            &shape,
+        )?));
+    }
+    let a = arr.cast::<PyArrayDyn<f32>>().map_err(|_| {
+        PyTypeError::new_err(format!("{what}: expected a float32 or float64 array"))
+    })?;
+    let ro = a
+        .try_readonly()
+        .map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
+    Ok(Floats::F32(view_to_mat(
+        ro.as_array(),
+        what,
+        allow_1d,
+        &shape,
+    )?))
+}
+
+/// A 2-D (n, d) array, kept in float32 when it is float32.
+pub fn matrix(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Floats> {
+    to_floats(&float_array(obj, what, true)?, what, false)
+}
+
+/// A 2-D array in float64.
+pub fn matrix_f64(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Mat<f64>> {
+    Ok(to_floats(&float_array(obj, what, false)?, what, false)?.into_f64())
+}
+
+/// Points of a measure: (n, d), or (n,) read as n atoms on the line (as the CLI reads .npy).
+pub fn points_f64(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Mat<f64>> {
+    Ok(to_floats(&float_array(obj, what, false)?, what, true)?.into_f64())
+}
+
+/// A 1-D array in float64.
+pub fn vector_f64(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
+    let arr = float_array(obj, what, false)?;
+    let shape = shape_of(&arr);
+    let a = arr.cast::<PyArrayDyn<f64>>()?;
+    let ro = a
+        .try_readonly()
+        .map_err(|e| PyValueError::new_err(format!("{what}: {e}")))?;
+    let v = ro.as_array();
+    if v.ndim() != 1 {
+        return Err(PyValueError::new_err(format!(
+            "{what}: expected a 1-D array, found shape {shape}"
+        )));
+    }
+    Ok(v.iter().copied().collect())
+}
+
+pub fn optional_vector(obj: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<Vec<f64>>> {
+    obj.filter(|o| !o.is_none())
+        .map(|o| vector_f64(o, what))
+        .transpose()
+}
+
+/// A C-ordered NumPy array holding a copy of `m`.
+pub fn to_numpy<'py, T: Element + Copy>(
+    py: Python<'py>,
+    m: MatRef<'_, T>,
+) -> Bound<'py, PyArray2<T>> {
+    Array2::from_shape_fn((m.nrows(), m.ncols()), |(i, j)| m[(i, j)]).into_pyarray(py)
+}
+
+pub fn vec_to_numpy<'py, T: Element + Copy>(py: Python<'py>, v: &[T]) -> Bound<'py, PyArray1<T>> {
+    Array1::from_vec(v.to_vec()).into_pyarray(py)
+}
+
+/// A JSON value as plain Python objects (dict, list, float, int, str, bool, None).
+pub fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
+    use serde_json::Value;
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => u.into_pyobject(py)?.into_any(),
+            (None, Some(i)) => i.into_pyobject(py)?.into_any(),
+            _ => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
+        },
+        Value::String(s) => s.into_pyobject(py)?.into_any(),
+        Value::Array(a) => {
+            let list = PyList::empty(py);
+            for x in a {
+                list.append(json_to_py(py, x)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(o) => {
+            let d = PyDict::new(py);
+            for (k, x) in o {
+                d.set_item(k, json_to_py(py, x)?)?;
+            }
+            d.into_any()
+        }
+    })
+}

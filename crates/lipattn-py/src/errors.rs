@@ -1,0 +1,172 @@
+//! Library errors as Python exceptions, and the two ways a computation leaves the GIL.
+//!
+//! Messages are the library's own `Display` text, so Python users read what the CLI prints after
+//! `lipattn: error:` (without the CLI's argument-naming context such as "reading --tokens").
+
+use pyo3::create_exception;
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyOSError, PyPermissionError, PyRuntimeError, PyValueError,
+};
+use pyo3::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{mpsc, Mutex};
+use std::time::Duration;
+
+create_exception!(
+    lipattn,
+    NumericalError,
+    PyRuntimeError,
+    "A computation failed numerically (non-finite iterate, eigensolver failure, overflow)."
+);
+create_exception!(
+    lipattn,
+    ModelError,
+    PyValueError,
+    "A checkpoint is readable but not usable (unsupported architecture, missing tensor)."
+);
+create_exception!(
+    lipattn,
+    FormatError,
+    PyValueError,
+    "A file exists but is malformed (config.json, safetensors, tokenizer.json, .npy)."
+);
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("NumericalError", py.get_type::<NumericalError>())?;
+    m.add("ModelError", py.get_type::<ModelError>())?;
+    m.add("FormatError", py.get_type::<FormatError>())?;
+    Ok(())
+}
+
+/// Bad input is a ValueError, a missing file a FileNotFoundError, a failed computation a
+/// RuntimeError (NumericalError); the subclasses let callers catch one kind precisely.
+pub fn to_py(e: lipattn::Error) -> PyErr {
+    use lipattn::Error as E;
+    let msg = e.to_string();
+    match &e {
+        E::NonFinite { .. }
+        | E::Shape { .. }
+        | E::Empty { .. }
+        | E::NegativeWeight { .. }
+        | E::NotNormalised { .. }
+        | E::Invalid(_) => PyValueError::new_err(msg),
+        E::Numerical(_) => NumericalError::new_err(msg),
+        E::Model(_) => ModelError::new_err(msg),
+        E::Format { .. } => FormatError::new_err(msg),
+        E::Io { source, .. } => match source.kind() {
+            std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
+            std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
+            _ => PyOSError::new_err(msg),
+        },
+    }
+}
+
+pub trait IntoPyResult<T> {
+    fn py_err(self) -> PyResult<T>;
+}
+
+impl<T> IntoPyResult<T> for lipattn::Result<T> {
+    fn py_err(self) -> PyResult<T> {
+        self.map_err(to_py)
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic payload".into());
+    PyRuntimeError::new_err(format!(
+        "internal error in lipattn (a bug: please report it with the input): {what}"
+    ))
+}
+
+/// Runs a short computation without the GIL. A panic becomes a RuntimeError here rather than
+/// pyo3's PanicException, which derives from BaseException and escapes `except Exception`.
+pub fn detached<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce() -> lipattn::Result<T> + Send,
+{
+    py.detach(|| catch_unwind(AssertUnwindSafe(f)))
+        .map_err(panic_message)?
+        .py_err()
+}
+
+/// How often the waiting main thread looks for Ctrl-C.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Workers waiting for a job. A worker returns here after each job, so calls reuse warm threads
+/// (no thread creation, and thread-local scratch of the linear algebra stays allocated); a
+/// worker still finishing an abandoned (interrupted) job is simply not here, and a new one is
+/// started if none is idle.
+static IDLE: Mutex<Vec<mpsc::Sender<Job>>> = Mutex::new(Vec::new());
+
+fn submit(job: Job) -> PyResult<()> {
+    let mut job = job;
+    loop {
+        let idle = IDLE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            // A send fails only if that worker has exited; try the next one.
+            Some(tx) => match tx.send(job) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::SendError(back)) => job = back,
+            },
+            None => break,
+        }
+    }
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("lipattn-worker".into())
+        .spawn(move || {
+            job();
+            loop {
+                IDLE.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(tx.clone());
+                match rx.recv() {
+                    Ok(next) => next(),
+                    Err(_) => break,
+                }
+            }
+        })
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start a worker thread: {e}")))?;
+    Ok(())
+}
+
+/// Runs a long computation on a worker thread while the calling thread, without the GIL, polls
+/// Python's signal handlers. Ctrl-C raises KeyboardInterrupt at once. The core has no
+/// cancellation hook, so the abandoned computation finishes in the background (using its CPU
+/// until then) and its result is dropped; it never touches Python objects, so this is safe.
+pub fn interruptible<T, F>(py: Python<'_>, f: F) -> PyResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> lipattn::Result<T> + Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(1);
+    submit(Box::new(move || {
+        let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
+    }))?;
+    // Receiver is not Sync, and detach needs a Send closure, hence the (uncontended) lock.
+    let rx = Mutex::new(rx);
+    loop {
+        let waited = py.detach(|| {
+            rx.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .recv_timeout(SIGNAL_POLL)
+        });
+        match waited {
+            Ok(done) => return done.map_err(panic_message)?.py_err(),
+            Err(mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(PyRuntimeError::new_err(
+                    "lipattn worker thread ended without a result",
+                ))
+            }
+        }
+    }
+}

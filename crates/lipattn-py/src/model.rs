@@ -1,0 +1,190 @@
+//! `lipattn.Model`: a whole checkpoint, its tokenizer and its hidden states on real text.
+
+use crate::convert::{to_numpy, vec_to_numpy};
+use crate::errors::{interruptible, IntoPyResult};
+use crate::layer::{kernel_of, PyAttentionLayer};
+use lipattn::models::{Model, TextTokenizer};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+/// A Hugging Face checkpoint directory (config.json, model.safetensors or a sharded index,
+/// tokenizer.json; BERT and GPT-2 families), run in float64.
+#[pyclass(module = "lipattn", name = "Model", frozen)]
+pub struct PyModel {
+    model: Arc<Model>,
+    tokenizer: OnceLock<Arc<TextTokenizer>>,
+}
+
+impl PyModel {
+    fn tokenizer(&self, py: Python<'_>) -> PyResult<Arc<TextTokenizer>> {
+        if let Some(t) = self.tokenizer.get() {
+            return Ok(t.clone());
+        }
+        let dir = self.model.dir().to_path_buf();
+        let t = Arc::new(py.detach(|| TextTokenizer::from_dir(&dir)).py_err()?);
+        Ok(self.tokenizer.get_or_init(|| t).clone())
+    }
+
+    fn ids(
+        &self,
+        py: Python<'_>,
+        text: Option<&str>,
+        ids: Option<Vec<u32>>,
+        max_tokens: Option<usize>,
+    ) -> PyResult<Vec<u32>> {
+        match (text, ids) {
+            (Some(t), None) => {
+                let tok = self.tokenizer(py)?;
+                py.detach(|| tok.encode(t, max_tokens)).py_err()
+            }
+            (None, Some(mut ids)) => {
+                if ids.is_empty() {
+                    return Err(PyValueError::new_err("ids is empty"));
+                }
+                if let Some(k) = max_tokens {
+                    if k == 0 {
+                        return Err(PyValueError::new_err("max_tokens must be at least 1"));
+                    }
+                    ids.truncate(k);
+                }
+                Ok(ids)
+            }
+            _ => Err(PyValueError::new_err("give exactly one of text and ids")),
+        }
+    }
+}
+
+#[pymethods]
+impl PyModel {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let model = interruptible(py, move || Model::open(&path))?;
+        Ok(Self {
+            model: Arc::new(model),
+            tokenizer: OnceLock::new(),
+        })
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.model.dir().to_path_buf()
+    }
+    /// 'bert' or 'gpt2'.
+    #[getter]
+    fn family(&self) -> &'static str {
+        self.model.family().name()
+    }
+    #[getter]
+    fn model_type(&self) -> String {
+        self.model.config().model_type.clone()
+    }
+    #[getter]
+    fn num_layers(&self) -> usize {
+        self.model.num_layers()
+    }
+    #[getter]
+    fn hidden_size(&self) -> usize {
+        self.model.hidden_size()
+    }
+    #[getter]
+    fn num_heads(&self) -> usize {
+        self.model.config().num_attention_heads
+    }
+    /// Whether attention is causally masked (GPT-2 family).
+    #[getter]
+    fn causal(&self) -> bool {
+        self.model.is_causal()
+    }
+
+    /// The attention sublayer of ``layer`` (or head ``head``'s contribution alone).
+    #[pyo3(signature = (layer, *, head=None, kernel="dot"))]
+    fn attention_layer(
+        &self,
+        py: Python<'_>,
+        layer: usize,
+        head: Option<usize>,
+        kernel: &str,
+    ) -> PyResult<PyAttentionLayer> {
+        let k = kernel_of(kernel)?;
+        let model = self.model.clone();
+        let full = interruptible(py, move || model.attention_layer(layer))?.with_kernel(k);
+        let (l, what) = match head {
+            Some(h) => (full.head(h, false).py_err()?, format!(" head {h}")),
+            None => (full, String::new()),
+        };
+        Ok(PyAttentionLayer::wrap(
+            l,
+            self.model.is_causal(),
+            format!("{} layer {layer}{what}", self.model.dir().display()),
+        ))
+    }
+
+    /// Token ids of ``text`` with the model's own tokenizer (special tokens included), at most
+    /// ``max_tokens`` of them (cutting the end), as an int64 array.
+    #[pyo3(signature = (text, *, max_tokens=None))]
+    fn tokenize<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+        max_tokens: Option<usize>,
+    ) -> PyResult<Bound<'py, numpy::PyArray1<i64>>> {
+        let ids = self.ids(py, Some(text), None, max_tokens)?;
+        let v: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        Ok(vec_to_numpy(py, &v))
+    }
+
+    /// Hidden states on ``text`` (or token ``ids``), float64 (n, hidden_size). With ``layer`` L
+    /// the state entering layer L (L = num_layers: the final output, after the final LayerNorm
+    /// for GPT-2), running only the blocks before it, as ``lipattn hidden`` does; without it,
+    /// the list of all num_layers + 1 states.
+    #[pyo3(signature = (text=None, *, ids=None, layer=None, max_tokens=None))]
+    fn hidden_states<'py>(
+        &self,
+        py: Python<'py>,
+        text: Option<&str>,
+        ids: Option<Vec<u32>>,
+        layer: Option<usize>,
+        max_tokens: Option<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let n_layers = self.model.num_layers();
+        if let Some(l) = layer {
+            // Checked before tokenising or running anything, so a typo costs nothing.
+            if l > n_layers {
+                return Err(PyValueError::new_err(format!(
+                    "layer {l} out of range: the model has {n_layers} layers, so hidden states exist for 0..={n_layers} ({n_layers} = the final output)"
+                )));
+            }
+        }
+        let ids = self.ids(py, text, ids, max_tokens)?;
+        let model = self.model.clone();
+        let last = layer.unwrap_or(n_layers);
+        let states = interruptible(py, move || model.hidden_states_upto(&ids, last))?;
+        Ok(match layer {
+            Some(l) => to_numpy(py, states[l].as_ref()).into_any(),
+            None => {
+                let list = PyList::empty(py);
+                for s in &states {
+                    list.append(to_numpy(py, s.as_ref()))?;
+                }
+                list.into_any()
+            }
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Model(path='{}', family='{}', num_layers={}, hidden_size={})",
+            self.model.dir().display(),
+            self.model.family().name(),
+            self.model.num_layers(),
+            self.model.hidden_size()
+        )
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()
+}

@@ -1,0 +1,237 @@
+"""Bad input of every kind is a Python exception of the right class, never a panic or a crash.
+
+pytest.raises(Exception) would not catch pyo3's PanicException (a BaseException): a panic
+crossing the boundary fails these tests.
+"""
+import json
+import os
+
+import lipattn
+import numpy as np
+import pytest
+
+RNG = np.random.default_rng(0)
+W = dict(wq=RNG.standard_normal((4, 3)), bq=np.zeros(4), wk=RNG.standard_normal((4, 3)), bk=np.zeros(4),
+         wv=RNG.standard_normal((4, 3)), bv=np.zeros(4), wo=RNG.standard_normal((3, 4)), bo=np.zeros(3))
+LAYER = lipattn.AttentionLayer(**W, heads=2)
+X = RNG.standard_normal((5, 3))
+
+
+def with_value(a, i, v):
+    a = np.array(a, dtype=float)
+    a.flat[i] = v
+    return a
+
+
+BAD_TOKENS = [
+    (with_value(X, 4, np.nan), ValueError, "NaN"),
+    (with_value(X, 0, np.inf), ValueError, "inf"),
+    (with_value(X, 14, -np.inf), ValueError, "inf"),
+    (np.zeros((0, 3)), ValueError, "empty"),
+    (np.zeros((5, 4)), ValueError, "width"),
+    (np.zeros(3), ValueError, "2-D"),
+    (np.zeros((2, 3, 1)), ValueError, "2-D"),
+    (X.astype(np.complex128), TypeError, "complex"),
+    (X > 0, TypeError, "bool"),
+    (np.array([["a", "b", "c"]]), TypeError, "U1"),
+    (np.array([[object()] * 3]), TypeError, "O"),
+    ([[1, 2], [3]], ValueError, ""),
+    (None, TypeError, ""),
+]
+
+
+@pytest.mark.parametrize("x,exc,word", BAD_TOKENS)
+def test_bad_tokens(x, exc, word):
+    for call in [LAYER.forward, LAYER.linearize, LAYER.local_constant]:
+        with pytest.raises(exc) as e:
+            call(x)
+        assert word.lower() in str(e.value).lower(), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "w,word",
+    [
+        (np.array([0.5, 0.5, 0.5, -0.5, 0.0]), "positive"),
+        (np.array([0.2, 0.2, 0.2, 0.2, np.nan]), "NaN"),
+        (np.array([0.2, 0.2, 0.2, 0.2]), "shape"),
+        (np.array([0.3, 0.3, 0.3, 0.3, 0.3]), "sum"),
+        (np.ones((5, 1)) / 5, "1-D"),
+    ],
+)
+def test_bad_weights(w, word):
+    with pytest.raises(ValueError) as e:
+        LAYER.forward(X, weights=w)
+    assert word.lower() in str(e.value).lower(), str(e.value)
+    with pytest.raises(ValueError):
+        lipattn.Measure(X, w)
+
+
+def test_bad_measures():
+    with pytest.raises(ValueError, match="sum"):
+        lipattn.Measure(X, np.full(5, 0.3))
+    with pytest.raises(ValueError, match="positive"):
+        lipattn.Measure.normalised(X, [1, 1, 0, 1, 1])
+    with pytest.raises(ValueError, match="empty"):
+        lipattn.Measure(np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="dimension 0"):
+        lipattn.Measure(np.zeros((3, 0)))
+    with pytest.raises(ValueError, match="NaN"):
+        lipattn.Measure(with_value(X, 2, np.nan))
+    m = lipattn.Measure(X)
+    with pytest.raises(ValueError):
+        LAYER.self_attention(lipattn.Measure(np.zeros((2, 5))))
+    with pytest.raises(TypeError):
+        LAYER.self_attention(X)
+    with pytest.raises(ValueError, match="already a Measure"):
+        lipattn.transport(m, m, wa=np.full(5, 0.2))
+
+
+@pytest.mark.parametrize(
+    "change,exc",
+    [
+        (dict(wq=np.zeros((3, 3))), ValueError),
+        (dict(wk=np.zeros((4, 2))), ValueError),
+        (dict(bq=np.zeros(5)), ValueError),
+        (dict(wo=np.zeros((3, 5))), ValueError),
+        (dict(wv=with_value(W["wv"], 0, np.nan)), ValueError),
+        (dict(bo=[0, 0, np.inf]), ValueError),
+        (dict(wq=np.zeros((4, 0)), wk=np.zeros((4, 0)), wv=np.zeros((4, 0))), ValueError),
+        (dict(wq=W["wq"].astype(complex)), TypeError),
+        (dict(bq=np.zeros((4, 1))), ValueError),
+    ],
+)
+def test_bad_layer_weights(change, exc):
+    with pytest.raises(exc):
+        lipattn.AttentionLayer(**{**W, **change}, heads=2)
+
+
+def test_bad_layer_arguments():
+    with pytest.raises(ValueError, match="heads"):
+        lipattn.AttentionLayer(**W, heads=0)
+    with pytest.raises(ValueError, match="multiple"):
+        lipattn.AttentionLayer(**W, heads=3)
+    with pytest.raises(ValueError, match="kernel"):
+        lipattn.AttentionLayer(**W, heads=2, kernel="cosine")
+    with pytest.raises((OverflowError, TypeError, ValueError)):
+        lipattn.AttentionLayer(**W, heads=-1)
+    with pytest.raises(ValueError, match="out of range"):
+        LAYER.head(2)
+    with pytest.raises(ValueError, match="out of range"):
+        LAYER.probabilities(5, X)
+    lin = LAYER.linearize(X)
+    with pytest.raises(ValueError, match="JVP tangent"):
+        lin.jvp(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="VJP cotangent"):
+        lin.vjp(np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        lin.jvp(with_value(X, 0, np.nan))
+    with pytest.raises(ValueError, match="method"):
+        LAYER.local_constant(X, method="svd")
+    with pytest.raises(ValueError, match="tolerance"):
+        LAYER.local_constant(X, tol=-1)
+    with pytest.raises(ValueError, match="tolerance"):
+        LAYER.local_constant(X, tol=np.nan)
+    with pytest.raises(ValueError, match="max_iter"):
+        LAYER.local_constant(X, max_iter=0)
+    with pytest.raises(ValueError, match="start vector"):
+        lin.top_singular(start=np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="causal mask"):
+        LAYER.gamma(X, X[:3], causal=True)
+    for radius in [0.0, -1.0, np.nan, np.inf]:
+        with pytest.raises(ValueError, match="radius"):
+            LAYER.certified_bounds(radius, 4)
+        with pytest.raises(ValueError, match="radius"):
+            LAYER.lipschitz(radius, 4)
+        with pytest.raises(ValueError, match="radius"):
+            LAYER.ascent(4, radius)
+        with pytest.raises(ValueError, match="radius"):
+            LAYER.search_pairs(radius)
+    with pytest.raises(ValueError, match="n must be"):
+        LAYER.certified_bounds(1.0, 0)
+    with pytest.raises(ValueError, match="at least one"):
+        LAYER.ascent(0, 1.0)
+    with pytest.raises(ValueError, match="ascent start"):
+        LAYER.ascent(4, 1.0, start=np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="atom"):
+        LAYER.search_pairs(1.0, atoms=0)
+    with pytest.raises(ValueError, match="query point"):
+        LAYER.query_jacobian(np.zeros(2), lipattn.Measure(X))
+
+
+def test_bad_transport():
+    a, b = RNG.standard_normal((4, 2)), RNG.standard_normal((3, 2))
+    with pytest.raises(ValueError, match="p = 3"):
+        lipattn.transport(a, b, p=3)
+    with pytest.raises(ValueError, match="method"):
+        lipattn.transport(a, b, method="greedy")
+    with pytest.raises(ValueError, match="needs eps"):
+        lipattn.transport(a, b, method="sinkhorn")
+    with pytest.raises(ValueError, match="eps only"):
+        lipattn.transport(a, b, eps=0.1)
+    with pytest.raises(ValueError, match="dimension"):
+        lipattn.transport(a, np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="cost matrix"):
+        lipattn.transport(a, b, cost=np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        lipattn.transport(a, b, cost=with_value(np.zeros((4, 3)), 5, np.nan))
+    with pytest.raises(ValueError, match="d = 1|convex|sorted"):
+        lipattn.transport(a, b, method="sorted")
+    with pytest.raises(ValueError, match="p >= 1"):
+        lipattn.transport(a[:, 0], b[:, 0], method="sorted", p=0.5)
+    with pytest.raises(ValueError):
+        lipattn.transport(a, b, method="sinkhorn", eps=-1.0)
+    with pytest.raises(ValueError):
+        lipattn.transport(a, b, method="sinkhorn", eps=np.nan)
+    with pytest.raises(ValueError, match="sum"):
+        lipattn.transport(a, b, wa=[0.5, 0.5, 0.5, 0.5])
+    with pytest.raises(ValueError, match="ground cost exponent"):
+        lipattn.ground_cost(a, b, 3)
+
+
+def test_missing_and_malformed_models(tmp_path, minilm):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        lipattn.AttentionLayer.from_model(tmp_path / "nowhere", 0)
+    with pytest.raises(FileNotFoundError):
+        lipattn.Model(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        lipattn.Model(tmp_path)
+    (tmp_path / "config.json").write_text("{ not json")
+    with pytest.raises(lipattn.FormatError, match="config.json"):
+        lipattn.Model(tmp_path)
+    cfg = json.load(open(os.path.join(minilm, "config.json")))
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        lipattn.Model(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    with pytest.raises(lipattn.FormatError):
+        lipattn.Model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "t5"}))
+    os.remove(tmp_path / "model.safetensors")
+    os.symlink(os.path.join(minilm, "model.safetensors"), tmp_path / "model.safetensors")
+    with pytest.raises(lipattn.ModelError, match="unsupported"):
+        lipattn.Model(tmp_path)
+    m = lipattn.Model(minilm)
+    with pytest.raises(ValueError, match="out of range"):
+        m.attention_layer(6)
+    with pytest.raises(ValueError, match="out of range"):
+        lipattn.AttentionLayer.from_model(minilm, 17)
+    with pytest.raises(ValueError, match="out of range"):
+        m.hidden_states("some text", layer=7)
+    with pytest.raises(ValueError, match="empty"):
+        m.hidden_states("   ", layer=1)
+    with pytest.raises(ValueError, match="exactly one"):
+        m.hidden_states()
+    with pytest.raises(ValueError, match="max_tokens"):
+        m.tokenize("hello", max_tokens=0)
+    with pytest.raises(ValueError):
+        m.hidden_states(ids=[10**9], layer=1)
+    assert issubclass(lipattn.NumericalError, RuntimeError)
+    assert issubclass(lipattn.ModelError, ValueError) and issubclass(lipattn.FormatError, ValueError)
+
+
+def test_layer_norm_radius():
+    r = lipattn.layer_norm_radius(np.ones(4), np.zeros(4))
+    # sqrt(d) for unit gain, with the certified rounding margin on top.
+    assert 2.0 <= r <= 2.0 * (1 + 1e-8)
+    with pytest.raises(ValueError):
+        lipattn.layer_norm_radius(np.ones(4), np.zeros(3))

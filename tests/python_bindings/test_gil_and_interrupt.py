@@ -1,0 +1,62 @@
+"""Long computations release the GIL and stop on Ctrl-C."""
+import _thread
+import threading
+import time
+
+import lipattn
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def big_layer():
+    rng = np.random.default_rng(0)
+    d, h = 64, 4
+    g = lambda *s: rng.standard_normal(s) / np.sqrt(s[-1])
+    return lipattn.AttentionLayer(g(d, d), np.zeros(d), g(d, d), np.zeros(d), g(d, d), np.zeros(d), g(d, d), np.zeros(d), heads=h)
+
+
+def test_gil_released_during_local_constant(big_layer):
+    x = np.random.default_rng(1).standard_normal((256, 64))
+    ticks = []
+    done = threading.Event()
+
+    def work():
+        big_layer.local_constant(x, tol=1e-12, max_iter=60)
+        done.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+        time.sleep(0.001)
+    t.join()
+    # Python code kept running beside the Rust computation (with the GIL held it could not).
+    assert len(ticks) > 5
+
+
+def test_ctrl_c_interrupts_a_long_search(big_layer):
+    # A search long enough (over 1 s on this machine) for an interruption to be visible.
+    for starts in [16, 32, 64, 128]:
+        search = dict(n=32, radius=2.0, random_starts=starts, steps=12)
+        start = time.perf_counter()
+        big_layer.ascent(**search)
+        full = time.perf_counter() - start
+        if full > 1.0:
+            break
+    assert full > 1.0, "the search is too short to show an interruption"
+    # _thread.interrupt_main is what a Ctrl-C does: it trips the SIGINT handler of the main thread.
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        big_layer.ascent(**search)
+    elapsed = time.perf_counter() - start
+    timer.cancel()
+    assert elapsed < 0.2 + 0.5 and elapsed < full / 2, (elapsed, full)
+    # While the abandoned search finishes in the background (the core has no cancellation
+    # hook), calls still work, on another worker.
+    x = np.random.default_rng(2).standard_normal((8, 64))
+    lin = big_layer.linearize(x)
+    assert big_layer.local_constant(x, tol=1e-10).sigma == pytest.approx(lin.top_singular(tol=1e-10).sigma, rel=1e-8)
+    time.sleep(full)
