@@ -6,14 +6,14 @@ use crate::plot::{Chart, Series, Style};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use lipattn::analysis::{analyze, AnalysisOptions, ModelReport, OperatorReport, PowerFit, TextIds};
+use lipattn::analysis::{
+    analyze, AnalysisOptions, ModelReport, OperatorReport, PowerFit, TextIds, DEFAULT_TEXT,
+    DEFAULT_TEXT_SOURCE,
+};
 use lipattn::estimation::LanczosOptions;
 use lipattn::models::{Model, TextTokenizer};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-
-/// The GPL-3 licence text, the default real text (see assets/README.md).
-static DEFAULT_TEXT: &str = include_str!("../assets/GPL-3.txt");
 
 #[derive(Args)]
 // A repeated option takes its last value, so scripts/main.sh can set defaults callers override.
@@ -57,24 +57,22 @@ pub struct AnalyzeArgs {
 
 fn text_ids(a: &AnalyzeArgs) -> Result<TextIds> {
     let tokenizer = TextTokenizer::from_dir(&a.model)?;
-    let (text, source) = match &a.text {
-        Some(p) => (
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading --text {}", p.display()))?,
-            p.display().to_string(),
-        ),
-        None => (
-            DEFAULT_TEXT.to_string(),
-            "GPL-3 licence text (embedded default)".to_string(),
-        ),
-    };
-    let (prefix, body, suffix) = tokenizer.encode_parts(&text)?;
-    Ok(TextIds {
-        prefix,
-        body,
-        suffix,
-        source,
-    })
+    match &a.text {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading --text {}", p.display()))?;
+            Ok(TextIds::from_text(
+                &tokenizer,
+                &text,
+                &p.display().to_string(),
+            )?)
+        }
+        None => Ok(TextIds::from_text(
+            &tokenizer,
+            DEFAULT_TEXT,
+            DEFAULT_TEXT_SOURCE,
+        )?),
+    }
 }
 
 fn opt(x: Option<f64>) -> String {

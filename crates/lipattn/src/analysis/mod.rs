@@ -18,7 +18,7 @@ use crate::estimation::vecops::max_row_norm;
 use crate::estimation::{
     adversarial_direction, adversarial_from_direction, lanczos, LanczosOptions,
 };
-use crate::models::{Model, ModelLayer};
+use crate::models::{Model, ModelLayer, TextTokenizer};
 use faer::{Mat, MatRef};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -61,6 +61,10 @@ impl Default for AnalysisOptions {
     }
 }
 
+/// The default real text: the GPL-3 licence, verbatim (see assets/README.md).
+pub const DEFAULT_TEXT: &str = include_str!("../../assets/GPL-3.txt");
+pub const DEFAULT_TEXT_SOURCE: &str = "GPL-3 licence text (embedded default)";
+
 /// Real text as the model's sequence: prefix + (a window of) body + suffix.
 #[derive(Clone, Debug)]
 pub struct TextIds {
@@ -69,6 +73,19 @@ pub struct TextIds {
     pub suffix: Vec<u32>,
     /// Where the text came from, for the report.
     pub source: String,
+}
+
+impl TextIds {
+    /// `text` tokenised by the model's own tokenizer; `source` names it in the report.
+    pub fn from_text(tokenizer: &TextTokenizer, text: &str, source: &str) -> Result<Self> {
+        let (prefix, body, suffix) = tokenizer.encode_parts(text)?;
+        Ok(Self {
+            prefix,
+            body,
+            suffix,
+            source: source.to_string(),
+        })
+    }
 }
 
 /// Best certified bounds of one operator on (B_R)^n (token map, Frobenius) and P(B_R) (W1, W2).
