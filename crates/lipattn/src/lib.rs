@@ -15,6 +15,7 @@ pub use measure::Measure;
 pub mod attention;
 pub mod bounds;
 pub mod derivatives;
+pub mod dynamics;
 pub mod estimation;
 pub mod scalar;
 pub mod transport;
