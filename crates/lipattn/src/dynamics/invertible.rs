@@ -144,8 +144,13 @@ impl InvertibleBlock {
         )?;
         if p.contraction.is_none() {
             return Err(Error::Invalid(format!(
-                "y lies outside the range where the inverse is certified ({}); for dot-product attention choose a larger radius",
-                p.notes.join("; ")
+                "y lies outside the range where the inverse is certified ({}){}",
+                p.notes.join("; "),
+                if self.g.kernel == Kernel::Dot {
+                    "; choose a larger radius"
+                } else {
+                    ""
+                }
             )));
         }
         Ok(p)
