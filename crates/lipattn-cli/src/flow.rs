@@ -72,6 +72,9 @@ pub struct FlowArgs {
     mean_field: Option<Vec<usize>>,
     #[arg(long, default_value_t = 1024)]
     mean_field_reference: usize,
+    /// Independent samples per size (their W1 values are averaged).
+    #[arg(long, default_value_t = 4)]
+    mean_field_replicates: usize,
     /// Write the figures (SVG and PNG) into this directory.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -152,6 +155,7 @@ pub fn run(a: FlowArgs) -> Result<()> {
             &layer,
             ns,
             a.mean_field_reference,
+            a.mean_field_replicates,
             &opts,
             a.source.seed.wrapping_add(11),
         )?),

@@ -572,7 +572,7 @@ fn tokens_cluster_on_the_sphere() {
 fn mean_field_empirical_flows_converge() {
     let layer = identity_layer(2, 1.0).unwrap();
     let o = flow_opts(Integrator::Rk4 { dt: 0.1 }, 1.0, Projection::Sphere);
-    let mf = mean_field(&layer, &[16, 32, 64, 128], 1024, &o, 5).unwrap();
+    let mf = mean_field(&layer, &[16, 32, 64, 128], 1024, 3, &o, 5).unwrap();
     assert!(mf.rate_final < -0.3, "{mf:?}");
     assert!(mf.rate_initial < -0.3, "{mf:?}");
     assert!(mf.w1_final[3] < mf.w1_final[0]);

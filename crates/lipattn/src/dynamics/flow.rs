@@ -560,6 +560,8 @@ pub fn sphere_sample(n: usize, d: usize, rng: &mut SplitMix) -> Mat<f64> {
 pub struct MeanField {
     pub ns: Vec<usize>,
     pub reference_n: usize,
+    /// Independent samples per n; the W1 values are their means.
+    pub replicates: usize,
     /// Exact W1 between the empirical flow of n samples and the reference flow at t_end.
     pub w1_final: Vec<f64>,
     /// The same at t = 0 (sampling error alone).
@@ -580,15 +582,21 @@ pub fn loglog_slope(x: &[f64], y: &[f64]) -> f64 {
     sxy / sxx
 }
 
-/// Mean-field consistency: independent samples of n points uniform on S^{d-1} flowed to
-/// t_end, compared in exact W1 with a reference flow of `reference_n` samples.
+/// Mean-field consistency: `replicates` independent samples of n points uniform on S^{d-1}
+/// flowed to t_end, compared in exact W1 with a reference flow of `reference_n` samples.
 pub fn mean_field(
     layer: &AttentionLayer<f64>,
     ns: &[usize],
     reference_n: usize,
+    replicates: usize,
     opts: &FlowOptions,
     seed: u64,
 ) -> Result<MeanField> {
+    if replicates == 0 {
+        return Err(Error::Invalid(
+            "mean field: replicates must be at least 1".into(),
+        ));
+    }
     if ns.len() < 2 || ns.iter().any(|&n| n == 0 || n >= reference_n) {
         return Err(Error::Invalid(
             "mean field: give at least two sample sizes, each positive and below the reference size".into(),
@@ -602,17 +610,23 @@ pub fn mean_field(
     let reference = Measure::uniform(rt.last().clone())?;
     let (mut w1_final, mut w1_initial) = (vec![], vec![]);
     for &n in ns {
-        let x0 = sphere_sample(n, d, &mut rng);
-        let tr = integrate(layer, x0.as_ref(), None, opts)?;
-        let m0 = Measure::uniform(tr.states[0].clone())?;
-        let mt = Measure::uniform(tr.last().clone())?;
-        w1_initial.push(crate::transport::exact(&m0, &reference0, 1)?.distance);
-        w1_final.push(crate::transport::exact(&mt, &reference, 1)?.distance);
+        let (mut a, mut b) = (0.0, 0.0);
+        for _ in 0..replicates {
+            let x0 = sphere_sample(n, d, &mut rng);
+            let tr = integrate(layer, x0.as_ref(), None, opts)?;
+            let m0 = Measure::uniform(tr.states[0].clone())?;
+            let mt = Measure::uniform(tr.last().clone())?;
+            a += crate::transport::exact(&m0, &reference0, 1)?.distance;
+            b += crate::transport::exact(&mt, &reference, 1)?.distance;
+        }
+        w1_initial.push(a / replicates as f64);
+        w1_final.push(b / replicates as f64);
     }
     let nf: Vec<f64> = ns.iter().map(|&n| n as f64).collect();
     Ok(MeanField {
         ns: ns.to_vec(),
         reference_n,
+        replicates,
         rate_final: loglog_slope(&nf, &w1_final),
         rate_initial: loglog_slope(&nf, &w1_initial),
         w1_final,
