@@ -8,9 +8,10 @@ use crate::dyn_source::{failure_json, solvers, SourceArgs};
 use crate::plot::{Chart, Series, Style};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use lipattn::dynamics::certify::scaled;
+use lipattn::dynamics::certify::{invariant_radius, row_bound, scaled};
+use lipattn::dynamics::max_row_norm;
 use lipattn::dynamics::{MeasureFixedPoint, SolveOptions, TokenFixedPoint, Variant};
-use lipattn::{AttentionLayer, Mat};
+use lipattn::{AttentionLayer, Kernel, Mat};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -43,8 +44,8 @@ pub struct FixedPointArgs {
     /// bisection on the scale; the layer is used as given otherwise.
     #[arg(long)]
     contract: Option<f64>,
-    /// Dot-product layers: radius of the ball the certificate holds on (default: the smallest
-    /// invariant one).
+    /// Dot-product layers: radius of the ball the certificate holds on (default: the larger of
+    /// the smallest invariant one and the tokens' radius).
     #[arg(long)]
     radius: Option<f64>,
     /// picard, anderson, broyden or all.
@@ -87,6 +88,22 @@ impl Problem {
 
 fn build(a: &FixedPointArgs, layer: AttentionLayer<f64>, x: &Mat<f64>) -> Result<Problem> {
     let n = x.nrows();
+    // Every radius above the smallest invariant one is invariant too (m < 1); taking the larger
+    // of it and the tokens' radius puts the start in the certified domain, which the a-priori
+    // count needs.
+    let radius = match (a.radius, layer.kernel) {
+        (Some(r), _) => Some(r),
+        (None, Kernel::Dot) => {
+            let (m, b) = row_bound(&layer)?;
+            let u = if a.space == Space::Tokens && a.variant == VariantArg::Injected {
+                max_row_norm(x.as_ref())
+            } else {
+                0.0
+            };
+            invariant_radius(m, b, u).map(|r| r.max(max_row_norm(x.as_ref())))
+        }
+        (None, Kernel::L2) => None,
+    };
     Ok(match a.space {
         Space::Tokens => {
             let variant = match a.variant {
@@ -94,7 +111,7 @@ fn build(a: &FixedPointArgs, layer: AttentionLayer<f64>, x: &Mat<f64>) -> Result
                 VariantArg::Damped => Variant::Damped { beta: a.beta },
                 VariantArg::Injected => Variant::Injected { input: x.clone() },
             };
-            Problem::Tokens(TokenFixedPoint::new(layer, n, variant, a.radius)?)
+            Problem::Tokens(TokenFixedPoint::new(layer, n, variant, radius)?)
         }
         Space::Measure => {
             if a.variant != VariantArg::Plain {
@@ -103,7 +120,7 @@ fn build(a: &FixedPointArgs, layer: AttentionLayer<f64>, x: &Mat<f64>) -> Result
             Problem::Measure(MeasureFixedPoint::new(
                 layer,
                 vec![1.0 / n as f64; n],
-                a.radius,
+                radius,
             )?)
         }
     })

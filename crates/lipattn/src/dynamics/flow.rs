@@ -285,13 +285,15 @@ impl Stepper<'_> {
         ))
     }
 
-    /// One Dormand-Prince step: (fifth-order solution, embedded error vector, k7 = f(y_new)).
+    /// One Dormand-Prince step: (fifth-order solution, embedded error vector, k1 = f(x),
+    /// k7 = f(y_new)).
+    #[allow(clippy::type_complexity)]
     fn dopri(
         &mut self,
         x: &Mat<f64>,
         h: f64,
         k1: Option<Mat<f64>>,
-    ) -> Result<(Mat<f64>, Mat<f64>, Mat<f64>)> {
+    ) -> Result<(Mat<f64>, Mat<f64>, Mat<f64>, Mat<f64>)> {
         let mut ks: Vec<Mat<f64>> = Vec::with_capacity(7);
         ks.push(match k1 {
             Some(k) => k,
@@ -310,7 +312,8 @@ impl Stepper<'_> {
         let zero = Mat::<f64>::zeros(x.nrows(), x.ncols());
         let refs: Vec<&Mat<f64>> = ks.iter().collect();
         let err = lin_comb(&zero, h, &refs, &E);
-        Ok((y, err, k7))
+        let k1 = ks.swap_remove(0);
+        Ok((y, err, k1, k7))
     }
 }
 
@@ -387,7 +390,7 @@ pub fn integrate(
                     x = st.dopri(&x, step, None)?.0;
                 }
                 Integrator::DoPri5 { rtol, atol, .. } => {
-                    let (y, err, k7) = st.dopri(&x, step, fsal.take())?;
+                    let (y, err, k1, k7) = st.dopri(&x, step, fsal.take())?;
                     let e = error_norm(&err, &x, &y, rtol, atol);
                     if !e.is_finite() {
                         return Err(Error::Numerical(format!(
@@ -401,7 +404,8 @@ pub fn integrate(
                     };
                     if e > 1.0 {
                         traj.rejected += 1;
-                        // The first stage is reused: x did not move.
+                        // x did not move, so its first stage serves the retry.
+                        fsal = Some(k1);
                         h = step * factor.min(1.0);
                         if h < 1e-14 * mark.max(1.0) {
                             return Err(Error::Numerical(format!(
