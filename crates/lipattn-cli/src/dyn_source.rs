@@ -102,6 +102,7 @@ pub fn solvers(
     name: &str,
     memory: usize,
     regularisation: f64,
+    broyden_memory: usize,
 ) -> Result<Vec<lipattn::dynamics::Solver>> {
     use lipattn::dynamics::Solver;
     let anderson = Solver::Anderson {
@@ -109,9 +110,13 @@ pub fn solvers(
         regularisation,
         mixing: 1.0,
     };
+    let broyden = Solver::Broyden {
+        memory: broyden_memory,
+    };
     Ok(match name {
-        "all" => vec![Solver::Picard, anderson, Solver::broyden()],
+        "all" => vec![Solver::Picard, anderson, broyden],
         "anderson" => vec![anderson],
+        "broyden" => vec![broyden],
         other => vec![other.parse()?],
     })
 }

@@ -62,6 +62,9 @@ pub struct FixedPointArgs {
     anderson_memory: usize,
     #[arg(long, default_value_t = 1e-4)]
     anderson_reg: f64,
+    /// Broyden: secant updates stored before a restart.
+    #[arg(long, default_value_t = 30)]
+    broyden_memory: usize,
     /// Write the first converged solver's fixed point (n, d) as float64 .npy.
     #[arg(long)]
     save: Option<PathBuf>,
@@ -181,7 +184,12 @@ pub fn run(a: FixedPointArgs) -> Result<()> {
     let mut traces = vec![];
     let mut solutions: Vec<Mat<f64>> = vec![];
     let mut failed = false;
-    for s in solvers(&a.solver, a.anderson_memory, a.anderson_reg)? {
+    for s in solvers(
+        &a.solver,
+        a.anderson_memory,
+        a.anderson_reg,
+        a.broyden_memory,
+    )? {
         let res = match &problem {
             Problem::Tokens(p) => p.solve(x.as_ref(), &s, &opts),
             Problem::Measure(p) => p

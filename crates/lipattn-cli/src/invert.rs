@@ -38,6 +38,9 @@ pub struct InvertArgs {
     anderson_memory: usize,
     #[arg(long, default_value_t = 1e-4)]
     anderson_reg: f64,
+    /// Broyden: secant updates stored before a restart.
+    #[arg(long, default_value_t = 30)]
+    broyden_memory: usize,
     /// Also compute log|det(I + J_g(x))| (exact for n d <= 4096, else the series estimator).
     #[arg(long)]
     logdet: bool,
@@ -104,7 +107,12 @@ pub fn run(a: InvertArgs) -> Result<()> {
     let mut traces = vec![];
     let mut primary = None;
     let mut failed = false;
-    for s in solvers(&a.solver, a.anderson_memory, a.anderson_reg)? {
+    for s in solvers(
+        &a.solver,
+        a.anderson_memory,
+        a.anderson_reg,
+        a.broyden_memory,
+    )? {
         match block.inverse(y.as_ref(), &s, &opts) {
             Ok(inv) => {
                 let rec = frobenius((&inv.x - &x).as_ref());
