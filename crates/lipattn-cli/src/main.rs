@@ -2,8 +2,12 @@
 //! non-zero exit and never as a panic.
 
 mod analyze;
+mod dyn_source;
+mod fixed_point;
+mod flow;
 mod forward;
 mod hidden;
+mod invert;
 mod layer_arg;
 mod lipschitz;
 mod local;
@@ -41,6 +45,12 @@ enum Command {
     Lipschitz(lipschitz::LipschitzArgs),
     /// Reproduce the figures of docs/reproductions.md (CSV, SVG, PNG and a JSON summary).
     Reproduce(reproduce::ReproduceArgs),
+    /// Invert a residual attention block y = x + g(x) with certified Lip(g) <= c < 1.
+    Invert(invert::InvertArgs),
+    /// Fixed points of weight-tied attention (infinite depth) in token or measure space.
+    FixedPoint(fixed_point::FixedPointArgs),
+    /// Continuous-depth attention flow: clustering, Gronwall bound, mean-field consistency.
+    Flow(flow::FlowArgs),
 }
 
 fn main() {
@@ -53,6 +63,9 @@ fn main() {
         Command::Local(a) => local::run(a),
         Command::Lipschitz(a) => lipschitz::run(a),
         Command::Reproduce(a) => reproduce::run(a),
+        Command::Invert(a) => invert::run(a),
+        Command::FixedPoint(a) => fixed_point::run(a),
+        Command::Flow(a) => flow::run(a),
     };
     if let Err(e) = result {
         eprintln!("lipattn: error: {}", message(&e));

@@ -40,6 +40,17 @@ pub enum Error {
     Format { path: PathBuf, msg: String },
     #[error("model: {0}")]
     Model(String),
+    /// An iterative solver that diverged or ran out of steps: never a result. The residual trace
+    /// and the lowest residual reached travel with the error for diagnosis.
+    #[error("{solver}: no convergence ({reason}) after {steps} steps; lowest residual {best_residual:e} at step {best_step}")]
+    NoConvergence {
+        solver: String,
+        reason: String,
+        steps: usize,
+        best_residual: f64,
+        best_step: usize,
+        residuals: Vec<f64>,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -16,6 +16,7 @@ pub mod analysis;
 pub mod attention;
 pub mod bounds;
 pub mod derivatives;
+pub mod dynamics;
 pub mod estimation;
 pub mod scalar;
 pub mod transport;

@@ -1,0 +1,182 @@
+//! The certified constants the dynamics rest on, assembled from the bounds of docs/bounds.md:
+//! B5 (tied L2, all of R^{n x d}), B1/B1-tight with B4 (dot product on (B_R)^n) and B2 (measures
+//! in W1 on P(B_R)), plus the row bound that proves a ball invariant (docs/dynamics.md#d0).
+
+use crate::attention::{AttentionLayer, Kernel};
+use crate::bounds::constants::spectral_norm;
+use crate::bounds::{self, Domain, HeadConstants, Metric};
+use crate::error::{Error, Result};
+use serde::Serialize;
+
+/// Where a certified constant holds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CertifiedDomain {
+    /// Every token sequence in R^{n x d} (tied L2 attention, B5).
+    All,
+    /// Every token in the closed ball of this radius (every atom, for measures).
+    Ball { radius: f64 },
+}
+
+/// A proven Lipschitz constant with the norm and the domain it holds on.
+#[derive(Clone, Debug, Serialize)]
+pub struct Certificate {
+    pub constant: f64,
+    pub metric: Metric,
+    pub domain: CertifiedDomain,
+    /// Sequence length the token-map bounds hold for (None for measures).
+    pub n: Option<usize>,
+    /// Where the proof is written.
+    pub source: String,
+}
+
+/// The layer with W_O and b_O multiplied by s: the map X -> s f(X).
+pub fn scaled(layer: &AttentionLayer<f64>, s: f64) -> AttentionLayer<f64> {
+    let mut g = layer.clone();
+    for j in 0..g.wo.ncols() {
+        for i in 0..g.wo.nrows() {
+            g.wo[(i, j)] *= s;
+        }
+    }
+    for b in &mut g.bo {
+        *b *= s;
+    }
+    g
+}
+
+/// (m, b) with |Gamma_mu(x)| <= m max_j |x_j| + b for every query x and every context mu
+/// (any kernel, any weights): m = sum_h |W_O^h W_V^h|, b = sum_h |W_O^h b_V^h| + |b_O|.
+/// Lemma D0 of docs/dynamics.md.
+pub fn row_bound(layer: &AttentionLayer<f64>) -> Result<(f64, f64)> {
+    let dv = layer.dv;
+    let mut m = 0.0;
+    let mut b = 0.0;
+    for h in 0..layer.heads {
+        let wo_h = layer.wo.as_ref().subcols(h * dv, dv);
+        let wv_h = layer.wv.as_ref().subrows(h * dv, dv);
+        m += spectral_norm((wo_h * wv_h).as_ref())?;
+        let bv = &layer.bv[h * dv..(h + 1) * dv];
+        let ob: f64 = (0..wo_h.nrows())
+            .map(|i| {
+                let v: f64 = (0..dv).map(|k| wo_h[(i, k)] * bv[k]).sum();
+                v * v
+            })
+            .sum::<f64>()
+            .sqrt();
+        b += ob;
+    }
+    b += layer.bo.iter().map(|x| x * x).sum::<f64>().sqrt();
+    // The spectral norms carry the same rounding margin as the certified bounds.
+    Ok((
+        bounds::constants::with_margin(m),
+        bounds::constants::with_margin(b),
+    ))
+}
+
+/// The smallest R with u + m R + b <= R, i.e. a ball that X -> U + f(X) maps into itself when
+/// every row of U has norm at most u (Lemma D0); None when m >= 1.
+pub fn invariant_radius(m: f64, b: f64, u: f64) -> Option<f64> {
+    (m < 1.0).then(|| (u + b) / (1.0 - m))
+}
+
+/// A certified Frobenius Lipschitz constant of the token map X -> f(X) on sequences of n
+/// tokens: B5 on all of R^{n x d} for tied L2 (radius ignored), the best of B1/B1-tight/B4 on
+/// (B_R)^n for the dot product (radius required). Ok(None) when no bound is proven (L2 with a
+/// value map outside the row space of W_Q).
+pub fn token_lipschitz(
+    layer: &AttentionLayer<f64>,
+    n: usize,
+    radius: Option<f64>,
+) -> Result<Option<Certificate>> {
+    check_square(layer)?;
+    match layer.kernel {
+        Kernel::L2 => {
+            let (b5, _why) = bounds::l2::l2_bounds(layer, n)?;
+            Ok(b5.map(|b| Certificate {
+                constant: b.value,
+                metric: Metric::Frobenius,
+                domain: CertifiedDomain::All,
+                n: Some(n),
+                source: "docs/bounds.md#b5-tied-l2-attention".into(),
+            }))
+        }
+        Kernel::Dot => {
+            let Some(r) = radius else {
+                return Err(Error::Invalid(
+                    "dot-product attention is Lipschitz only on a ball: give a radius".into(),
+                ));
+            };
+            let domain = Domain::new(r, n, false)?;
+            let all = bounds::token_map::token_map_bounds(layer, &domain)?;
+            Ok(bounds::best(&all, Metric::Frobenius)
+                .filter(|b| b.value.is_finite())
+                .map(|b| Certificate {
+                    constant: b.value,
+                    metric: Metric::Frobenius,
+                    domain: CertifiedDomain::Ball { radius: r },
+                    n: Some(n),
+                    source: format!("{} ({})", b.source, b.name),
+                }))
+        }
+    }
+}
+
+/// A certified W1 constant of F(mu) = (Gamma_mu)_# mu on P(B_R) (B2; dot product only).
+pub fn measure_lipschitz(layer: &AttentionLayer<f64>, radius: f64) -> Result<Option<Certificate>> {
+    check_square(layer)?;
+    if layer.kernel == Kernel::L2 {
+        return Ok(None);
+    }
+    if !(radius.is_finite() && radius > 0.0) {
+        return Err(Error::Invalid(format!(
+            "radius must be positive and finite, got {radius}"
+        )));
+    }
+    let all = bounds::measure_w1::measure_bounds(layer, radius)?;
+    Ok(bounds::best(&all, Metric::W1)
+        .filter(|b| b.value.is_finite())
+        .map(|b| Certificate {
+            constant: b.value,
+            metric: Metric::W1,
+            domain: CertifiedDomain::Ball { radius },
+            n: None,
+            source: b.source.clone(),
+        }))
+}
+
+/// Lipschitz constants of the velocity field v(x, mu) = Gamma_mu(x) for x in B_R and mu in
+/// P(B_R): (L_x, L_mu) with |v(x, mu) - v(y, mu)| <= L_x |x - y| and
+/// |v(x, mu) - v(x, nu)| <= L_mu W1(mu, nu) (the two halves of B2, summed over heads; dot only).
+pub fn velocity_lipschitz(layer: &AttentionLayer<f64>, radius: f64) -> Result<Option<(f64, f64)>> {
+    check_square(layer)?;
+    if layer.kernel == Kernel::L2 {
+        return Ok(None);
+    }
+    let mut lx = 0.0;
+    let mut lmu = 0.0;
+    for h in 0..layer.heads {
+        let k = HeadConstants::of(layer, h)?;
+        lx += bounds::measure_w1::query_lipschitz_head(&k, true, radius);
+        lmu += bounds::measure_w1::context_lipschitz_head(&k, true, radius);
+    }
+    let (lx, lmu) = (
+        bounds::constants::with_margin(lx),
+        bounds::constants::with_margin(lmu),
+    );
+    Ok((lx.is_finite() && lmu.is_finite()).then_some((lx, lmu)))
+}
+
+/// Residual blocks, fixed points and flows need f: R^d -> R^d.
+pub(crate) fn check_square(layer: &AttentionLayer<f64>) -> Result<()> {
+    if layer.d_out() != layer.d_in() {
+        return Err(Error::shape(
+            "layer output width",
+            format!(
+                "{} (equal to the input width, for x + g(x) and x = f(x))",
+                layer.d_in()
+            ),
+            layer.d_out().to_string(),
+        ));
+    }
+    Ok(())
+}

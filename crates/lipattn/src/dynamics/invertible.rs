@@ -1,0 +1,188 @@
+//! Invertible attention: y = x + g(x) with g a multi-head attention layer scaled so that its
+//! certified Lipschitz constant is at most c < 1 (docs/dynamics.md#d1). Tied L2 attention is
+//! certified on all of R^{n x d} by B5; dot-product attention only on a ball (B_R)^n, and only
+//! for inputs y for which Lemma D0 proves that every preimage and every iterate stay in it.
+
+use super::certify::{self, Certificate, CertifiedDomain};
+use super::fixed_point::{TokenFixedPoint, Variant};
+use super::solver::{Solution, SolveOptions, Solver};
+use super::{check_contraction_target, frobenius};
+use crate::attention::{AttentionLayer, Kernel};
+use crate::error::{Error, Result};
+use faer::{Mat, MatRef};
+use serde::Serialize;
+
+pub struct InvertibleBlock {
+    /// The residual branch g = s f.
+    pub g: AttentionLayer<f64>,
+    /// The factor s applied to f's output projection.
+    pub scale: f64,
+    /// The requested bound c on Lip(g).
+    pub target: f64,
+    pub n: usize,
+    /// The certified constant of g (at most `target`), with its norm and domain.
+    pub certificate: Certificate,
+}
+
+/// The result of inverting y = x + g(x).
+#[derive(Clone, Debug, Serialize)]
+pub struct Inversion {
+    #[serde(skip)]
+    pub x: Mat<f64>,
+    /// Certified Lipschitz constant of g (Frobenius norm on the stated domain).
+    pub certified_lipschitz: f64,
+    pub domain: CertifiedDomain,
+    pub solver: String,
+    /// Steps of the solver up to the returned iterate.
+    pub iterations: usize,
+    pub evaluations: usize,
+    /// |x + g(x) - y|_F at the returned x.
+    pub residual: f64,
+    /// Certified: |x - x*|_F <= error_bound, x* the unique preimage (None only if an
+    /// extrapolating solver returned an iterate outside the certified ball).
+    pub error_bound: Option<f64>,
+    /// Certified: fixed-point iteration from y reaches the requested residual within this many
+    /// steps.
+    pub a_priori_iterations: Option<usize>,
+    /// Certified: fixed-point iteration from y gets within the requested tolerance of x* (in
+    /// error, not residual) within this many steps.
+    pub a_priori_iterations_error: Option<usize>,
+    pub abs_trace: Vec<f64>,
+    pub rel_trace: Vec<f64>,
+    pub seconds: f64,
+}
+
+impl InvertibleBlock {
+    /// Scales `layer` so that g = s f has certified constant <= c on sequences of n tokens: on
+    /// all of R^{n x d} for tied L2 (`radius` must be None), on (B_R)^n for the dot product
+    /// (`radius` = R required).
+    pub fn new(layer: &AttentionLayer<f64>, n: usize, c: f64, radius: Option<f64>) -> Result<Self> {
+        check_contraction_target(c)?;
+        certify::check_square(layer)?;
+        if n == 0 {
+            return Err(Error::Invalid("n must be at least 1".into()));
+        }
+        match (layer.kernel, radius) {
+            (Kernel::L2, Some(_)) => {
+                return Err(Error::Invalid(
+                    "tied L2 attention is certified on all of R^{n x d}; give no radius".into(),
+                ))
+            }
+            (Kernel::Dot, None) => {
+                return Err(Error::Invalid(
+                    "dot-product attention is Lipschitz only on a ball: give a radius".into(),
+                ))
+            }
+            _ => {}
+        }
+        let base = certify::token_lipschitz(layer, n, radius)?.ok_or_else(|| {
+            Error::Invalid(
+                "no certified bound for this layer (tied L2 needs W_V = U W_Q, see docs/bounds.md#b5-tied-l2-attention)"
+                    .into(),
+            )
+        })?;
+        if !(base.constant.is_finite() && base.constant > 0.0) {
+            return Err(Error::Numerical(format!(
+                "certified constant of the layer is {}",
+                base.constant
+            )));
+        }
+        let mut s = c / base.constant;
+        // The bound is linear in W_O; recomputing it on the scaled layer and shrinking on the
+        // rare rounding overshoot makes the final statement about g itself.
+        for _ in 0..8 {
+            let g = certify::scaled(layer, s);
+            let cert = certify::token_lipschitz(&g, n, radius)?
+                .ok_or_else(|| Error::Numerical("bound lost after scaling".into()))?;
+            if cert.constant <= c {
+                return Ok(Self {
+                    g,
+                    scale: s,
+                    target: c,
+                    n,
+                    certificate: cert,
+                });
+            }
+            s *= c / cert.constant * (1.0 - 1e-12);
+        }
+        Err(Error::Numerical(
+            "could not scale the layer below the requested constant".into(),
+        ))
+    }
+
+    /// y = x + g(x).
+    pub fn forward(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        Ok(&self.g.forward(x, None, false)? + x)
+    }
+
+    /// |x + g(x) - y|_F.
+    pub fn residual(&self, x: MatRef<'_, f64>, y: MatRef<'_, f64>) -> Result<f64> {
+        let fx = self.forward(x)?;
+        if y.nrows() != fx.nrows() || y.ncols() != fx.ncols() {
+            return Err(Error::shape(
+                "y",
+                format!("{}x{}", fx.nrows(), fx.ncols()),
+                format!("{}x{}", y.nrows(), y.ncols()),
+            ));
+        }
+        Ok(frobenius((&fx - y).as_ref()))
+    }
+
+    /// The inverse problem as the fixed point of T(X) = Y - g(X).
+    pub fn inverse_problem(&self, y: MatRef<'_, f64>) -> Result<TokenFixedPoint> {
+        let radius = match self.certificate.domain {
+            CertifiedDomain::All => None,
+            CertifiedDomain::Ball { radius } => Some(radius),
+        };
+        let p = TokenFixedPoint::new(
+            certify::scaled(&self.g, -1.0),
+            self.n,
+            Variant::Injected {
+                input: y.to_owned(),
+            },
+            radius,
+        )?;
+        if p.contraction.is_none() {
+            return Err(Error::Invalid(format!(
+                "y lies outside the range where the inverse is certified ({}){}",
+                p.notes.join("; "),
+                if self.g.kernel == Kernel::Dot {
+                    "; choose a larger radius"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Solves x + g(x) = y from x_0 = y.
+    pub fn inverse(
+        &self,
+        y: MatRef<'_, f64>,
+        solver: &Solver,
+        opts: &SolveOptions,
+    ) -> Result<Inversion> {
+        let p = self.inverse_problem(y)?;
+        let (x, sol) = p.solve(y, solver, opts)?;
+        Ok(self.report(x, sol))
+    }
+
+    fn report(&self, x: Mat<f64>, sol: Solution) -> Inversion {
+        Inversion {
+            x,
+            certified_lipschitz: self.certificate.constant,
+            domain: self.certificate.domain,
+            solver: sol.solver,
+            iterations: sol.step,
+            evaluations: sol.evaluations,
+            residual: sol.residual,
+            error_bound: sol.error_bound,
+            a_priori_iterations: sol.a_priori_steps,
+            a_priori_iterations_error: sol.a_priori_steps_error,
+            abs_trace: sol.abs_trace,
+            rel_trace: sol.rel_trace,
+            seconds: sol.seconds,
+        }
+    }
+}

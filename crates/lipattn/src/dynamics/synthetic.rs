@@ -1,0 +1,55 @@
+//! Seeded random layers for experiments, benchmarks and the CLI's synthetic mode.
+
+use crate::attention::{AttentionLayer, Kernel};
+use crate::error::{Error, Result};
+use crate::estimation::SplitMix;
+use faer::Mat;
+
+/// A random layer on R^d with `heads` heads of width dk = dv = max(1, d / heads), weights
+/// N(0, 1/d) (W_O: N(0, 1/(H dv))), biases N(0, bias^2). For the tied L2 kernel the value map
+/// is W_V^h = U_h W_Q^h with U_h Gaussian, the form B5 certifies.
+pub fn random_layer(
+    d: usize,
+    heads: usize,
+    kernel: Kernel,
+    bias: f64,
+    seed: u64,
+) -> Result<AttentionLayer<f64>> {
+    if d == 0 || heads == 0 {
+        return Err(Error::Invalid("d and heads must be at least 1".into()));
+    }
+    if !(bias.is_finite() && bias >= 0.0) {
+        return Err(Error::Invalid(format!(
+            "bias scale must be finite and nonnegative, got {bias}"
+        )));
+    }
+    let mut rng = SplitMix::new(seed);
+    let dk = (d / heads).max(1);
+    let s = 1.0 / (d as f64).sqrt();
+    let mut g =
+        |r: usize, c: usize, sc: f64| -> Mat<f64> { Mat::from_fn(r, c, |_, _| sc * rng.gauss()) };
+    let wq = g(heads * dk, d, s);
+    let wk = g(heads * dk, d, s);
+    let wv = match kernel {
+        Kernel::Dot => g(heads * dk, d, s),
+        Kernel::L2 => {
+            let mut wv = Mat::<f64>::zeros(heads * dk, d);
+            for h in 0..heads {
+                let u = g(dk, dk, 1.0 / (dk as f64).sqrt());
+                let wq_h = wq.as_ref().subrows(h * dk, dk);
+                wv.as_mut().subrows_mut(h * dk, dk).copy_from(&u * wq_h);
+            }
+            wv
+        }
+    };
+    let wo = g(d, heads * dk, 1.0 / ((heads * dk) as f64).sqrt());
+    let mut b = |len: usize| -> Vec<f64> { (0..len).map(|_| bias * rng.gauss()).collect() };
+    let (bq, bk, bv, bo) = (b(heads * dk), b(heads * dk), b(heads * dk), b(d));
+    AttentionLayer::new(heads, kernel, wq, bq, wk, bk, wv, bv, wo, bo)
+}
+
+/// n Gaussian tokens in R^d with standard deviation `scale`.
+pub fn random_tokens(n: usize, d: usize, scale: f64, seed: u64) -> Mat<f64> {
+    let mut rng = SplitMix::new(seed);
+    Mat::from_fn(n, d, |_, _| scale * rng.gauss())
+}
