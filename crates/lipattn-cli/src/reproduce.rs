@@ -7,12 +7,18 @@ use anyhow::{Context, Result};
 use clap::Args;
 use faer::Mat;
 use lipattn::attention::{AttentionLayer, Kernel};
+use lipattn::bounds::cross_attention::cross_bounds;
 use lipattn::bounds::l2::{kim_bounds, l2_bounds, lambert_w0};
+use lipattn::bounds::measure_w1::measure_bounds;
 use lipattn::bounds::token_map::token_map_bounds;
-use lipattn::bounds::Domain;
+use lipattn::bounds::{best, Domain, Metric};
 use lipattn::derivatives::Linearization;
 use lipattn::estimation::adversarial::adversarial_input;
-use lipattn::estimation::{local_norm, LanczosOptions, Method};
+use lipattn::estimation::{
+    ascent, local_norm, search_cross_pairs, search_pairs, AscentOptions, CrossArgument,
+    CrossSearchOptions, LanczosOptions, Method, PairSearchOptions, SplitMix,
+};
+use lipattn::Measure;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -302,11 +308,131 @@ pub fn l2_attention(out: &Path, quick: bool) -> Result<Value> {
     }))
 }
 
-/// Figure (c): certified / attained ratios for MiniLM layer 0, per head, n = 32.
-pub fn minilm_ratios(out: &Path, dir: &Path, quick: bool) -> Result<Value> {
-    let full = lipattn::models::load_attention_layer(dir, 0)?;
-    let heads = if quick { 2 } else { full.heads };
-    let n = 32;
+/// The input an attained value was reached at, printed by the tests and saved by the command
+/// when a check fails, so that a violation can be replayed.
+#[derive(Clone, Debug)]
+pub enum Witness {
+    Tokens(Mat<f64>),
+    Measures(Vec<Measure>),
+}
+
+impl Witness {
+    /// Writes the input as float64 .npy files `{prefix}x.npy` or `{prefix}{k}_points.npy` and
+    /// `{prefix}{k}_weights.npy`, so that a violation can be replayed.
+    pub fn save(&self, dir: &Path, prefix: &str) -> Result<()> {
+        match self {
+            Witness::Tokens(x) => {
+                lipattn::npy::write_matrix(&dir.join(format!("{prefix}x.npy")), x.as_ref())?
+            }
+            Witness::Measures(ms) => {
+                for (k, m) in ms.iter().enumerate() {
+                    m.to_npy(
+                        &dir.join(format!("{prefix}{k}_points.npy")),
+                        &dir.join(format!("{prefix}{k}_weights.npy")),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One attained value beside one certified bound of the same metric and domain.
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub bound: String,
+    pub head: Option<usize>,
+    pub radius: f64,
+    pub certified: f64,
+    pub attained: f64,
+    pub witness: Witness,
+}
+
+impl Check {
+    pub fn holds(&self) -> bool {
+        self.attained <= self.certified
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+fn stats(v: &[f64]) -> Value {
+    json!({
+        "median": median(v),
+        "min": v.iter().copied().fold(f64::INFINITY, f64::min),
+        "max": v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        "count": v.len(),
+    })
+}
+
+/// The cheap search of the first version of figure (c), kept so that the gain of the ascent is
+/// measured rather than asserted: the construction and two random inputs with rows on the
+/// sphere of radius R.
+fn cheap_attained(
+    head: &AttentionLayer<f64>,
+    h: usize,
+    n: usize,
+    r: f64,
+) -> Result<(f64, Mat<f64>)> {
+    let x = adversarial_input(head, 0, n, r)?;
+    let mut best = (
+        local_norm(head, x.as_ref(), None, false, &lanczos())?
+            .top
+            .sigma,
+        x,
+    );
+    let mut rng = SplitMix::new(1000 + h as u64);
+    for _ in 0..2 {
+        let g = rng.gauss_mat::<f64>(n, head.d_in());
+        let xr = Mat::from_fn(n, head.d_in(), |i, k| {
+            let nr = (0..head.d_in())
+                .map(|q| g[(i, q)].powi(2))
+                .sum::<f64>()
+                .sqrt();
+            r * g[(i, k)] / nr
+        });
+        let s = local_norm(head, xr.as_ref(), None, false, &lanczos())?
+            .top
+            .sigma;
+        if s > best.0 {
+            best = (s, xr);
+        }
+    }
+    Ok(best)
+}
+
+/// Projected multi-start ascent (`estimation::ascent`) on the token map: the construction, a few
+/// random starts and `start`, each climbed.
+fn ascent_opts(r: f64, seed: u64, quick: bool) -> AscentOptions {
+    AscentOptions {
+        radius: r,
+        random_starts: if quick { 1 } else { 2 },
+        steps: if quick { 3 } else { 8 },
+        lanczos: LanczosOptions {
+            tol: 1e-6,
+            max_iter: 200,
+            seed: 0,
+        },
+        seed,
+        ..AscentOptions::default()
+    }
+}
+
+const N_TOKENS: usize = 32;
+
+/// Figure (c): certified / attained ratios for the token-map bounds of each head of MiniLM
+/// layer 0, n = 32, with the cheap attained search and the projected ascent side by side.
+pub fn minilm_ratios(
+    out: &Path,
+    full: &AttentionLayer<f64>,
+    quick: bool,
+) -> Result<(Value, Vec<Check>)> {
+    let heads = if quick { full.heads.min(2) } else { full.heads };
+    let n = if quick { 8 } else { N_TOKENS };
     let radii = [1.0, 2.0, 4.0];
     let names = [
         "B1+B4-concat",
@@ -316,46 +442,58 @@ pub fn minilm_ratios(out: &Path, dir: &Path, quick: bool) -> Result<Value> {
     ];
     let mut rows = Vec::new();
     let mut per: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); radii.len()]; names.len()];
+    let mut per_cheap: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); radii.len()]; names.len()];
+    let mut gains: Vec<Vec<f64>> = vec![Vec::new(); radii.len()];
     let mut detail = Vec::new();
+    let mut checks = Vec::new();
+    let mut evaluations = 0usize;
     for h in 0..heads {
         let head = full.head(h, false)?;
         for (ri, &r) in radii.iter().enumerate() {
             let bounds = token_map_bounds(&head, &Domain::new(r, n, false)?)?;
-            // Attained: the adversarial construction and two random inputs with rows in B_R.
-            let mut att = 0.0f64;
-            let x = adversarial_input(&head, 0, n, r)?;
-            att = att.max(
-                local_norm(&head, x.as_ref(), None, false, &lanczos())?
-                    .top
-                    .sigma,
-            );
-            let mut rng = lipattn::estimation::SplitMix::new(1000 + h as u64);
-            for _ in 0..2 {
-                let g = rng.gauss_mat::<f64>(n, head.d_in());
-                let xr = Mat::from_fn(n, head.d_in(), |i, k| {
-                    let nr = (0..head.d_in())
-                        .map(|q| g[(i, q)].powi(2))
-                        .sum::<f64>()
-                        .sqrt();
-                    r * g[(i, k)] / nr
-                });
-                att = att.max(
-                    local_norm(&head, xr.as_ref(), None, false, &lanczos())?
-                        .top
-                        .sigma,
-                );
-            }
-            let mut row = vec![h as f64, r, att];
+            let (cheap, cheap_x) = cheap_attained(&head, h, n, r)?;
+            let asc = ascent(
+                &head,
+                n,
+                Some(cheap_x.as_ref()),
+                &ascent_opts(r, h as u64, quick),
+            )?;
+            evaluations += asc.evaluations;
+            // The ascent climbs from the cheap search's best input, so it can only gain; the max
+            // guards against the looser Lanczos tolerance of its evaluations.
+            let (att, x) = if asc.sigma > cheap {
+                (asc.sigma, asc.x.clone())
+            } else {
+                (cheap, cheap_x)
+            };
+            gains[ri].push(att / cheap);
+            let mut row = vec![h as f64, r, cheap, att, att / cheap];
             for (bi, name) in names.iter().enumerate() {
-                let b = bounds
-                    .iter()
-                    .find(|b| b.name == *name)
-                    .map(|b| b.value)
-                    .unwrap_or(f64::NAN);
-                row.push(b / att);
-                per[bi][ri].push(b / att);
+                let b = bounds.iter().find(|b| b.name == *name);
+                let v = b.map(|b| b.value).unwrap_or(f64::NAN);
+                row.push(v / att);
+                per[bi][ri].push(v / att);
+                per_cheap[bi][ri].push(v / cheap);
+                if let Some(b) = b.filter(|b| b.certified) {
+                    checks.push(Check {
+                        bound: b.name.clone(),
+                        head: Some(h),
+                        radius: r,
+                        certified: b.value,
+                        attained: att,
+                        witness: Witness::Tokens(x.clone()),
+                    });
+                }
             }
-            detail.push(json!({"head": h, "R": r, "attained": att,
+            for name in names {
+                let v = bounds
+                    .iter()
+                    .find(|b| b.name == name)
+                    .map_or(f64::NAN, |b| b.value);
+                row.push(v / cheap);
+            }
+            detail.push(json!({"head": h, "R": r, "attained_cheap": cheap, "attained": att,
+                "attained_best_start": asc.best_start, "ascent_evaluations": asc.evaluations,
                 "bounds": bounds.iter().map(|b| json!({"name": b.name, "value": b.value, "certified": b.certified})).collect::<Vec<_>>()}));
             rows.push(row);
         }
@@ -363,33 +501,43 @@ pub fn minilm_ratios(out: &Path, dir: &Path, quick: bool) -> Result<Value> {
     write_csv(
         &out.join("minilm_ratios.csv"),
         &format!(
-            "head,R,attained,{}",
-            names.map(|s| format!("ratio_{s}")).join(",")
+            "head,R,attained_cheap,attained,gain,{},{}",
+            names.map(|s| format!("ratio_{s}")).join(","),
+            names.map(|s| format!("ratio_cheap_{s}")).join(",")
         ),
         &rows,
     )?;
-    let median = |v: &Vec<f64>| {
-        let mut s = v.clone();
-        s.sort_by(f64::total_cmp);
-        s[s.len() / 2]
-    };
     let mut series = Vec::new();
-    let mut med = serde_json::Map::new();
+    let (mut med, mut med_cheap) = (serde_json::Map::new(), serde_json::Map::new());
     for (bi, name) in names.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = radii
-            .iter()
-            .enumerate()
-            .map(|(ri, &r)| (r, median(&per[bi][ri])))
-            .collect();
+        let curve = |src: &Vec<Vec<Vec<f64>>>| -> Vec<(f64, f64)> {
+            radii
+                .iter()
+                .enumerate()
+                .map(|(ri, &r)| (r, median(&src[bi][ri])))
+                .collect()
+        };
+        let (pts, cheap) = (curve(&per), curve(&per_cheap));
         med.insert(
             name.to_string(),
             json!(pts.iter().map(|p| json!([p.0, p.1])).collect::<Vec<_>>()),
         );
+        med_cheap.insert(
+            name.to_string(),
+            json!(cheap.iter().map(|p| json!([p.0, p.1])).collect::<Vec<_>>()),
+        );
         series.push(Series::new(
-            format!("{name} (median over heads)"),
+            format!("{name} (median over heads, ascent)"),
             pts,
             Style::LinePoints,
         ));
+        if bi < 2 {
+            series.push(Series::new(
+                format!("{name} (cheap search)"),
+                cheap,
+                Style::Reference,
+            ));
+        }
     }
     Chart {
         title: format!("MiniLM layer 0, n = {n}: certified / attained per head"),
@@ -401,7 +549,503 @@ pub fn minilm_ratios(out: &Path, dir: &Path, quick: bool) -> Result<Value> {
         vlines: vec![],
     }
     .write(&out.join("minilm_ratios"))?;
-    Ok(json!({"figure": "minilm_ratios", "n": n, "median_ratios": med, "detail": detail}))
+    let gain = radii
+        .iter()
+        .zip(&gains)
+        .map(|(r, g)| json!({"R": r, "attained_gain": stats(g)}))
+        .collect::<Vec<_>>();
+    Ok((
+        json!({"figure": "minilm_ratios", "n": n, "median_ratios": med,
+            "median_ratios_cheap": med_cheap, "gain": gain, "ascent_evaluations": evaluations,
+            "detail": detail}),
+        checks,
+    ))
+}
+
+/// The tied L2 layer of B5 built on a dot-product head's query weights: the same W_Q and W_O,
+/// W_V := W_Q (U = I, the factorisation B5 requires), no biases (b_Q cancels in the L2 score and
+/// b_V only shifts the output).
+pub fn tied_l2_head(head: &AttentionLayer<f64>) -> Result<AttentionLayer<f64>> {
+    if head.dk != head.dv {
+        anyhow::bail!("W_V := W_Q needs dk = dv (got {} and {})", head.dk, head.dv);
+    }
+    Ok(AttentionLayer::new(
+        1,
+        Kernel::L2,
+        head.wq.clone(),
+        vec![0.0; head.dk],
+        head.wq.clone(),
+        vec![0.0; head.dk],
+        head.wq.clone(),
+        vec![0.0; head.dv],
+        head.wo.clone(),
+        vec![0.0; head.d_out()],
+    )?)
+}
+
+/// Top singular value of `m` with its right and left unit vectors, by power iteration on m^T m
+/// (only the direction is used, to build search starts, so plain iteration suffices).
+fn top_singular(m: &Mat<f64>) -> (f64, Vec<f64>, Vec<f64>) {
+    let mut v = Mat::from_fn(m.ncols(), 1, |i, _| 1.0 + 0.01 * i as f64);
+    let mut mv = m * &v;
+    for _ in 0..300 {
+        let w = m.transpose() * &mv;
+        let nw = w.norm_l2();
+        if nw == 0.0 {
+            break;
+        }
+        v = w * (1.0 / nw);
+        mv = m * &v;
+    }
+    let s = mv.norm_l2();
+    let left = (0..m.nrows())
+        .map(|i| mv[(i, 0)] / s.max(f64::MIN_POSITIVE))
+        .collect();
+    (s, (0..m.ncols()).map(|i| v[(i, 0)]).collect(), left)
+}
+
+fn unit(v: &[f64]) -> Vec<f64> {
+    let n = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f64>()
+        .sqrt()
+        .max(f64::MIN_POSITIVE);
+    v.iter().map(|x| x / n).collect()
+}
+
+fn dotv(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn matvec(m: &Mat<f64>, v: &[f64]) -> Vec<f64> {
+    (0..m.nrows())
+        .map(|i| (0..m.ncols()).map(|k| m[(i, k)] * v[k]).sum())
+        .collect()
+}
+
+/// Weighted measure on the given atoms (rows scaled from unit directions by the caller).
+fn atoms(points: &[Vec<f64>], weights: &[f64]) -> Result<Measure> {
+    let d = points[0].len();
+    Ok(Measure::normalised(
+        Mat::from_fn(points.len(), d, |i, k| points[i][k]),
+        weights.to_vec(),
+    )?)
+}
+
+fn scaled(v: &[f64], s: f64) -> Vec<f64> {
+    v.iter().map(|x| x * s).collect()
+}
+
+type Seeds = (
+    Vec<(Measure, Measure)>,
+    Vec<(Measure, Measure, Measure)>,
+    Vec<(Measure, Measure, Measure)>,
+);
+
+/// Search starts built from one dot-product head's weights, one set per radius, for the three measure searches of
+/// figure (d). Random measures in d = 384 almost never align with the few directions where the
+/// constants of B2/B3 are made, so these encode the mechanisms of the proofs:
+/// - two atoms a, b and a small change of the mass p on b: the attention weight of b moves by
+///   about e^{Delta} dp with Delta = beta(x)^T (b - a), the mechanism behind e^{2 R beta};
+///   a, b and the query x are taken along the top singular vectors of A (which maximise
+///   x^T A y over B_R) and of the value map;
+/// - translations of a two-atom measure (ratio about |M t| / |t|);
+/// - for the query argument, a context at +-R w (covariance R^2 w w^T, so the query Jacobian is
+///   R^2 M w (A w)^T) with w maximising |M w| |A w| among a few candidates, and a query where the
+///   two scores balance, moved along A w.
+fn structured_seeds(head: &AttentionLayer<f64>, radii: &[f64]) -> Result<Vec<Seeds>> {
+    let a_mat = head.wq.transpose() * &head.wk * (1.0 / (head.dk as f64).sqrt());
+    let c = matvec(&head.wk.transpose().to_owned(), &head.bq)
+        .into_iter()
+        .map(|x| x / (head.dk as f64).sqrt())
+        .collect::<Vec<_>>();
+    let m_mat = &head.wo * &head.wv;
+    let (_, v_a, z_a) = top_singular(&a_mat);
+    let (_, v_m, _) = top_singular(&m_mat);
+    let u = lipattn::estimation::adversarial_direction(head, 0)?;
+    let neg = |v: &[f64]| scaled(v, -1.0);
+    let mut dirs = vec![v_a.clone(), v_m.clone(), u.clone()];
+    for sgn in [1.0, -1.0] {
+        let mix: Vec<f64> = v_a.iter().zip(&v_m).map(|(x, y)| x + sgn * y).collect();
+        dirs.push(unit(&mix));
+    }
+    let norm_prod = |w: &[f64]| {
+        let mw = matvec(&m_mat, w);
+        let aw = matvec(&a_mat, w);
+        dotv(&mw, &mw).sqrt() * dotv(&aw, &aw).sqrt()
+    };
+    let w_best = dirs
+        .iter()
+        .max_by(|x, y| norm_prod(x).total_cmp(&norm_prod(y)))
+        .cloned()
+        .expect("candidates");
+    let ps = [1e-6, 1e-4, 1e-2, 0.1, 0.5];
+    let reweigh = |p: f64| (vec![1.0 - p, p], vec![1.0 - 1.2 * p, 1.2 * p]);
+    let c_hat = unit(&c);
+    let a_t = a_mat.transpose().to_owned();
+    let beta_at =
+        |x: &[f64]| -> Vec<f64> { matvec(&a_t, x).iter().zip(&c).map(|(p, q)| p + q).collect() };
+    let mut out = Vec::with_capacity(radii.len());
+    for &r in radii {
+        // Self-attention pairs (B2).
+        let mut pairs = Vec::new();
+        let two_atom = [
+            (neg(&v_a), v_a.clone()),
+            (z_a.clone(), v_a.clone()),
+            (neg(&z_a), v_a.clone()),
+            (neg(&u), u.clone()),
+            (neg(&v_m), v_m.clone()),
+            (neg(&c_hat), c_hat.clone()),
+        ];
+        for (da, db) in &two_atom {
+            for (a, b) in [(da, db), (db, da)] {
+                let pts = [scaled(a, r), scaled(b, r)];
+                // The heavy atom a is the query that sees b amplified by e^{Delta}, Delta =
+                // beta(a)^T (b - a); the gain saturates once p e^{Delta} > 1.
+                let diff: Vec<f64> = pts[1].iter().zip(&pts[0]).map(|(p, q)| p - q).collect();
+                let delta = dotv(&beta_at(&pts[0]), &diff);
+                let p_match = (-delta.abs()).exp().clamp(1e-9, 0.1);
+                for p in ps.into_iter().chain([p_match]) {
+                    let (w0, w1) = reweigh(p);
+                    pairs.push((atoms(&pts, &w0)?, atoms(&pts, &w1)?));
+                }
+            }
+        }
+        // Self-attention has no separate query: a heavy atom x plays the query, and the mass moves
+        // between a light pair (a, b) that x attends to very unequally.
+        for dir in [&v_a, &v_m, &c_hat] {
+            let ad = unit(&matvec(&a_mat, dir));
+            for sgn in [1.0, -1.0] {
+                let x = scaled(&ad, sgn * r);
+                let delta = 2.0 * r * dotv(&beta_at(&x), dir);
+                let b = scaled(dir, r * delta.signum());
+                let a = scaled(&b, -1.0);
+                let pts = [x.clone(), a, b];
+                // The gain e^{Delta} dp saturates once p e^{Delta} > 1, so p = e^{-Delta} is tried too.
+                let p_match = (-delta.abs()).exp().clamp(1e-9, 0.1);
+                for q in [0.05, 0.5] {
+                    for p in [1e-6, 1e-4, 1e-2, 0.1, p_match] {
+                        pairs.push((
+                            atoms(&pts, &[1.0 - q - p, q, p])?,
+                            atoms(&pts, &[1.0 - q - p, q - 0.2 * p, 1.2 * p])?,
+                        ));
+                    }
+                }
+            }
+        }
+        for dir in [&v_m, &v_a, &u, &w_best] {
+            let pts = [scaled(dir, 0.45 * r), scaled(dir, -0.45 * r)];
+            let moved = [scaled(dir, 0.46 * r), scaled(dir, -0.44 * r)];
+            pairs.push((atoms(&pts, &[0.5, 0.5])?, atoms(&moved, &[0.5, 0.5])?));
+        }
+        // Context argument (B3): query x fixed, context reweighted between a and b.
+        let mut context = Vec::new();
+        for dir in [&v_a, &v_m, &w_best, &c_hat] {
+            // The query that maximises beta(x)^T dir over B_R: x along A dir, plus the sign of c.
+            let ad = unit(&matvec(&a_mat, dir));
+            for sgn in [1.0, -1.0] {
+                let x = scaled(&ad, sgn * r);
+                let delta = 2.0 * r * dotv(&beta_at(&x), dir);
+                let (b, a) = if delta >= 0.0 {
+                    (scaled(dir, r), scaled(dir, -r))
+                } else {
+                    (scaled(dir, -r), scaled(dir, r))
+                };
+                let q = atoms(&[x], &[1.0])?;
+                let mut plist = ps.to_vec();
+                plist.push((-delta.abs()).exp().clamp(1e-9, 0.5));
+                for p in plist {
+                    let (w0, w1) = reweigh(p);
+                    context.push((
+                        q.clone(),
+                        atoms(&[a.clone(), b.clone()], &w0)?,
+                        atoms(&[a.clone(), b.clone()], &w1)?,
+                    ));
+                }
+            }
+        }
+        // Query argument (B3): context at +-R w, query at the balance point, moved along A w.
+        let mut queries = Vec::new();
+        for w in dirs.iter().chain([&w_best]) {
+            let aw = matvec(&a_mat, w);
+            let aw2 = dotv(&aw, &aw).max(f64::MIN_POSITIVE);
+            // (A^T x + c)^T w = x^T (A w) + c^T w vanishes at x0 = -(c^T w / |A w|^2) A w.
+            let mut x0 = scaled(&aw, -dotv(&c, w) / aw2);
+            let nx = dotv(&x0, &x0).sqrt();
+            if nx > 0.9 * r {
+                x0 = scaled(&x0, 0.9 * r / nx);
+            }
+            let step = scaled(&unit(&aw), 1e-3 * r);
+            let x1: Vec<f64> = x0.iter().zip(&step).map(|(p, q)| p + q).collect();
+            let ctx = atoms(&[scaled(w, r), scaled(w, -r)], &[0.5, 0.5])?;
+            queries.push((atoms(&[x0], &[1.0])?, ctx, atoms(&[x1], &[1.0])?));
+        }
+        out.push((pairs, queries, context));
+    }
+    Ok(out)
+}
+
+/// Figure (d): certified / attained for B2 (W1, W2), B3 (each argument), B4 (the whole sublayer)
+/// and B5 (tied L2 heads on MiniLM's query weights), per head of MiniLM layer 0, a few radii.
+pub fn minilm_all_bounds(
+    out: &Path,
+    full: &AttentionLayer<f64>,
+    quick: bool,
+) -> Result<(Value, Vec<Check>)> {
+    let heads = if quick { full.heads.min(2) } else { full.heads };
+    let n = if quick { 8 } else { N_TOKENS };
+    let radii: &[f64] = if quick {
+        &[0.5, 1.0]
+    } else {
+        &[0.25, 0.5, 1.0]
+    };
+    let b5_radii: &[f64] = if quick {
+        &[1.0]
+    } else {
+        &[0.25, 0.5, 1.0, 2.0, 4.0]
+    };
+    let atoms = if quick { 4 } else { 8 };
+    let (random_pairs, perturbed_pairs, local_steps) =
+        if quick { (4, 4, 10) } else { (10, 10, 60) };
+    let mut checks: Vec<Check> = Vec::new();
+    let mut rows = Vec::new();
+    let mut detail = Vec::new();
+    // Seconds spent in: seeds, B2-W1, B2-W2, B3 (both), B5, B4.
+    let mut timing = [0.0f64; 6];
+    // (bound, R) -> ratios over heads.
+    let mut per: Vec<(String, f64, Vec<f64>)> = Vec::new();
+    let mut push = |checks: &mut Vec<Check>, c: Check, extra: Value| {
+        let ratio = c.certified / c.attained;
+        rows.push((
+            c.bound.clone(),
+            c.head.map_or(-1.0, |h| h as f64),
+            c.radius,
+            c.certified,
+            c.attained,
+            ratio,
+        ));
+        match per.iter_mut().find(|p| p.0 == c.bound && p.1 == c.radius) {
+            Some(p) => p.2.push(ratio),
+            None => per.push((c.bound.clone(), c.radius, vec![ratio])),
+        }
+        detail.push(json!({"bound": c.bound, "head": c.head, "R": c.radius,
+            "certified": c.certified, "attained": c.attained, "ratio": ratio, "search": extra}));
+        checks.push(c);
+    };
+    for h in 0..heads {
+        let head = full.head(h, false)?;
+        let tied = tied_l2_head(&head)?;
+        let b5 = l2_bounds(&tied, n)?
+            .0
+            .context("B5 must apply to W_V = W_Q")?
+            .value;
+        let t = std::time::Instant::now();
+        let seeds = structured_seeds(&head, radii)?;
+        timing[0] += t.elapsed().as_secs_f64();
+        for (&r, (pair_seeds, query_seeds, context_seeds)) in radii.iter().zip(seeds) {
+            let b2 = measure_bounds(&head, r)?;
+            for order in [1u32, 2] {
+                let metric = if order == 1 { Metric::W1 } else { Metric::W2 };
+                let cert = best(&b2, metric)
+                    .context("B2 is proven for dot heads")?
+                    .value;
+                let t = std::time::Instant::now();
+                let res = search_pairs(
+                    &head,
+                    &PairSearchOptions {
+                        radius: r,
+                        atoms,
+                        random_pairs,
+                        perturbed_pairs,
+                        local_steps,
+                        order,
+                        seeds: pair_seeds.clone(),
+                        seed: 100 * h as u64 + order as u64,
+                        ..PairSearchOptions::default()
+                    },
+                )?;
+                timing[order as usize] += t.elapsed().as_secs_f64();
+                let name = format!("B2-W{order}");
+                push(
+                    &mut checks,
+                    Check {
+                        bound: name,
+                        head: Some(h),
+                        radius: r,
+                        certified: cert,
+                        attained: res.best.ratio,
+                        witness: Witness::Measures(vec![res.best.mu.clone(), res.best.nu.clone()]),
+                    },
+                    json!({"phase": res.phase, "evaluations": res.evaluations, "phase_best": res.phase_best}),
+                );
+            }
+            let b3 = cross_bounds(&head, r)?;
+            for (arg, cert, name, seeds) in [
+                (
+                    CrossArgument::Queries,
+                    b3.in_queries,
+                    "B3-queries",
+                    &query_seeds,
+                ),
+                (
+                    CrossArgument::Context,
+                    b3.in_context,
+                    "B3-context",
+                    &context_seeds,
+                ),
+            ] {
+                let t = std::time::Instant::now();
+                let res = search_cross_pairs(
+                    &head,
+                    &CrossSearchOptions {
+                        radius: r,
+                        argument: arg,
+                        query_atoms: atoms,
+                        context_atoms: atoms,
+                        random_pairs,
+                        perturbed_pairs,
+                        local_steps,
+                        seeds: seeds.clone(),
+                        seed: 100 * h as u64 + 7,
+                        ..CrossSearchOptions::default()
+                    },
+                )?;
+                timing[3] += t.elapsed().as_secs_f64();
+                let b = &res.best;
+                push(
+                    &mut checks,
+                    Check {
+                        bound: name.into(),
+                        head: Some(h),
+                        radius: r,
+                        certified: cert,
+                        attained: b.ratio,
+                        witness: Witness::Measures(vec![
+                            b.queries.clone(),
+                            b.context.clone(),
+                            b.moved.clone(),
+                        ]),
+                    },
+                    json!({"phase": res.phase, "evaluations": res.evaluations, "phase_best": res.phase_best}),
+                );
+            }
+        }
+        // B5 holds on all of R^{n x d} (no radius), so the attained side is searched on (B_R)^n
+        // over a wider range of R than the radius-dependent bounds.
+        for &r in b5_radii {
+            let t = std::time::Instant::now();
+            let asc = ascent(&tied, n, None, &ascent_opts(r, h as u64, quick))?;
+            timing[4] += t.elapsed().as_secs_f64();
+            push(
+                &mut checks,
+                Check {
+                    bound: "B5-tied-l2".into(),
+                    head: Some(h),
+                    radius: r,
+                    certified: b5,
+                    attained: asc.sigma,
+                    witness: Witness::Tokens(asc.x.clone()),
+                },
+                json!({"evaluations": asc.evaluations, "construction": asc.construction_sigma, "n": n}),
+            );
+        }
+    }
+    // B4: the whole sublayer (all heads, W_O and b_O), token map at n tokens. Its ascent climbs
+    // one construction per head, the costliest part of the quick run, so quick keeps one radius.
+    let b4_radii = if quick {
+        &radii[radii.len() - 1..]
+    } else {
+        radii
+    };
+    for &r in b4_radii {
+        let bounds = token_map_bounds(full, &Domain::new(r, n, false)?)?;
+        let t = std::time::Instant::now();
+        let asc = ascent(full, n, None, &ascent_opts(r, 99, quick))?;
+        timing[5] += t.elapsed().as_secs_f64();
+        for name in [
+            "B1+B4-concat",
+            "B1+B4-sum",
+            "B1-tight-concat",
+            "B1-tight-sum",
+        ] {
+            let b = bounds
+                .iter()
+                .find(|b| b.name == name)
+                .context("token-map bound missing")?;
+            push(
+                &mut checks,
+                Check {
+                    bound: name.into(),
+                    head: None,
+                    radius: r,
+                    certified: b.value,
+                    attained: asc.sigma,
+                    witness: Witness::Tokens(asc.x.clone()),
+                },
+                json!({"evaluations": asc.evaluations, "construction": asc.construction_sigma,
+                    "best_start": asc.best_start, "n": n}),
+            );
+        }
+    }
+    let mut csv = String::from("bound,head,R,certified,attained,ratio\n");
+    for (name, h, r, cert, att, ratio) in &rows {
+        writeln!(csv, "{name},{h},{r},{cert:.10e},{att:.10e},{ratio:.10e}")?;
+    }
+    let path = out.join("minilm_all_bounds.csv");
+    std::fs::write(&path, csv).with_context(|| format!("writing {}", path.display()))?;
+    let mut names: Vec<String> = Vec::new();
+    for p in &per {
+        if !names.contains(&p.0) {
+            names.push(p.0.clone());
+        }
+    }
+    let mut summary = serde_json::Map::new();
+    let mut series = Vec::new();
+    for name in &names {
+        let mine: Vec<&(String, f64, Vec<f64>)> = per.iter().filter(|p| &p.0 == name).collect();
+        let all: Vec<f64> = mine.iter().flat_map(|p| p.2.iter().copied()).collect();
+        summary.insert(
+            name.clone(),
+            json!({
+                "all": stats(&all),
+                "by_R": mine.iter().map(|p| json!({"R": p.1, "ratio": stats(&p.2)})).collect::<Vec<_>>(),
+            }),
+        );
+        // The concat/sum duplicates of B4 would overlap; plot the forms lipattn reports.
+        if name == "B1+B4-sum" || name == "B1-tight-sum" {
+            continue;
+        }
+        let label = if name.starts_with("B1") {
+            format!("{name} (whole sublayer)")
+        } else {
+            format!("{name} (median over heads)")
+        };
+        series.push(Series::new(
+            label,
+            mine.iter().map(|p| (p.1, median(&p.2))).collect(),
+            Style::LinePoints,
+        ));
+    }
+    Chart {
+        title: "MiniLM layer 0: certified / attained for each bound".into(),
+        x_label: "radius R".into(),
+        y_label: "certified / attained".into(),
+        log_x: true,
+        log_y: true,
+        series,
+        vlines: vec![],
+    }
+    .write(&out.join("minilm_all_bounds"))?;
+    let violations = checks.iter().filter(|c| !c.holds()).count();
+    Ok((
+        json!({"figure": "minilm_all_bounds", "n": n, "radii": radii, "atoms": atoms,
+            "ratios": summary, "violations": violations,
+            "seconds_by_part": {"seeds": timing[0], "B2-W1": timing[1], "B2-W2": timing[2],
+                "B3": timing[3], "B5": timing[4], "B4": timing[5]},
+            "detail": detail}),
+        checks,
+    ))
 }
 
 pub fn run(a: ReproduceArgs) -> Result<()> {
@@ -413,14 +1057,41 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         .model
         .clone()
         .or_else(|| std::env::var_os("LIPATTN_MINILM").map(PathBuf::from));
-    let minilm = match &model {
-        Some(dir) => minilm_ratios(&a.out, dir, a.quick)?,
+    let (minilm, all_bounds) = match &model {
+        Some(dir) => {
+            let t = std::time::Instant::now();
+            let full = lipattn::models::load_attention_layer(dir, 0)?;
+            let t_load = t.elapsed().as_secs_f64();
+            let (mut c, mut checks) = minilm_ratios(&a.out, &full, a.quick)?;
+            let t_c = t.elapsed().as_secs_f64();
+            let (mut d, more) = minilm_all_bounds(&a.out, &full, a.quick)?;
+            c["seconds"] = json!(t_c - t_load);
+            d["seconds"] = json!(t.elapsed().as_secs_f64() - t_c);
+            c["load_seconds"] = json!(t_load);
+            checks.extend(more);
+            // A violation would be a bug in a proof or in its code: say so loudly, with the
+            // witness, rather than let it pass as a ratio below 1.
+            for (k, c) in checks.iter().filter(|c| !c.holds()).enumerate() {
+                let prefix = format!("violation{k}_");
+                c.witness.save(&a.out, &prefix)?;
+                eprintln!(
+                    "VIOLATION of {} (head {:?}, R {}): attained {} > certified {}; witness saved as {}/{prefix}*.npy",
+                    c.bound, c.head, c.radius, c.attained, c.certified, a.out.display()
+                );
+            }
+            (c, d)
+        }
         None => {
-            json!({"figure": "minilm_ratios", "skipped": "no --model and LIPATTN_MINILM unset"})
+            let why = "no --model and LIPATTN_MINILM unset";
+            (
+                json!({"figure": "minilm_ratios", "skipped": why}),
+                json!({"figure": "minilm_all_bounds", "skipped": why}),
+            )
         }
     };
     let summary = json!({
         "saturation": sat, "l2_attention": l2, "minilm_ratios": minilm,
+        "minilm_all_bounds": all_bounds,
         "quick": a.quick, "seconds": start.elapsed().as_secs_f64(),
     });
     let path = a.out.join("summary.json");
@@ -446,6 +1117,16 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
                 .get("skipped")
                 .unwrap_or(&summary["minilm_ratios"]["median_ratios"])
         );
+        if let Some(r) = summary["minilm_all_bounds"].get("ratios") {
+            for (name, v) in r.as_object().into_iter().flatten() {
+                println!(
+                    "{name}: certified/attained median {:.3e} (min {:.3e}, max {:.3e})",
+                    v["all"]["median"].as_f64().unwrap_or(f64::NAN),
+                    v["all"]["min"].as_f64().unwrap_or(f64::NAN),
+                    v["all"]["max"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
+        }
         println!(
             "wrote {} in {:.1}s",
             a.out.display(),
@@ -514,6 +1195,121 @@ mod tests {
             let fast = jacobian_inf_norm(&layer, &x).unwrap();
             assert!((dense - fast).abs() <= 1e-12 * dense, "{dense} vs {fast}");
         }
+    }
+
+    /// A small dot-product layer with biases standing in for MiniLM in the quick tests.
+    fn synthetic_layer() -> AttentionLayer<f64> {
+        let mut rng = SplitMix::new(42);
+        let (d, heads, dk) = (6, 2, 3);
+        let mut m = |r: usize, c: usize, s: f64| rng.gauss_mat::<f64>(r, c) * s;
+        let (wq, wk, wv, wo) = (
+            m(heads * dk, d, 0.8),
+            m(heads * dk, d, 0.8),
+            m(heads * dk, d, 0.5),
+            m(d, heads * dk, 0.5),
+        );
+        let b = |k: usize| (0..k).map(|i| 0.1 * i as f64 - 0.2).collect::<Vec<_>>();
+        AttentionLayer::new(
+            heads,
+            Kernel::Dot,
+            wq,
+            b(heads * dk),
+            wk,
+            b(heads * dk),
+            wv,
+            b(heads * dk),
+            wo,
+            b(d),
+        )
+        .unwrap()
+    }
+
+    fn assert_sound(checks: &[Check]) {
+        assert!(!checks.is_empty());
+        for c in checks {
+            assert!(
+                c.attained.is_finite() && c.attained > 0.0,
+                "{}: attained {}",
+                c.bound,
+                c.attained
+            );
+            assert!(
+                c.holds(),
+                "VIOLATION of {} (head {:?}, R {}): attained {} > certified {}\nwitness: {:?}",
+                c.bound,
+                c.head,
+                c.radius,
+                c.attained,
+                c.certified,
+                c.witness
+            );
+        }
+    }
+
+    fn assert_files(d: &Path, stem: &str) {
+        for ext in ["csv", "svg", "png"] {
+            let p = d.join(format!("{stem}.{ext}"));
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert!(len > 100, "{} has {len} bytes", p.display());
+        }
+    }
+
+    fn check_figures(layer: &AttentionLayer<f64>, name: &str) {
+        let d = tmp(name);
+        let (c, checks_c) = minilm_ratios(&d, layer, true).unwrap();
+        assert_sound(&checks_c);
+        // The ascent starts from the cheap search's best input, so it never loses.
+        for row in c["detail"].as_array().unwrap() {
+            let (cheap, att) = (
+                row["attained_cheap"].as_f64().unwrap(),
+                row["attained"].as_f64().unwrap(),
+            );
+            assert!(att >= cheap, "ascent {att} below cheap search {cheap}");
+        }
+        let (v, checks_d) = minilm_all_bounds(&d, layer, true).unwrap();
+        assert_sound(&checks_d);
+        assert_eq!(v["violations"], 0);
+        let ratios = v["ratios"].as_object().unwrap();
+        for b in [
+            "B2-W1",
+            "B2-W2",
+            "B3-queries",
+            "B3-context",
+            "B5-tied-l2",
+            "B1+B4-concat",
+            "B1+B4-sum",
+        ] {
+            assert!(ratios.contains_key(b), "figure (d) lacks {b}");
+        }
+        assert_files(&d, "minilm_ratios");
+        assert_files(&d, "minilm_all_bounds");
+        let csv = std::fs::read_to_string(d.join("minilm_ratios.csv")).unwrap();
+        assert!(csv.starts_with("head,R,attained_cheap,attained,gain,"));
+        std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn figures_c_d_attained_never_exceed_certified() {
+        check_figures(&synthetic_layer(), "cd");
+    }
+
+    /// The same on the real checkpoint when it is available (LIPATTN_MINILM).
+    #[test]
+    fn figures_c_d_on_minilm_when_available() {
+        let Some(dir) = std::env::var_os("LIPATTN_MINILM") else {
+            eprintln!("LIPATTN_MINILM unset: skipping the MiniLM check of figures (c) and (d)");
+            return;
+        };
+        let full = lipattn::models::load_attention_layer(Path::new(&dir), 0).unwrap();
+        check_figures(&full, "cd-minilm");
+    }
+
+    #[test]
+    fn tied_l2_head_satisfies_b5_hypothesis() {
+        let layer = synthetic_layer();
+        let tied = tied_l2_head(&layer.head(1, false).unwrap()).unwrap();
+        let (b, why) = l2_bounds(&tied, 16).unwrap();
+        assert!(b.is_some() && why.is_none(), "{why:?}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use lipattn::bounds::layer_norm::layer_norm_radius;
 use lipattn::bounds::measure_w1::measure_bounds;
 use lipattn::bounds::token_map::token_map_bounds;
 use lipattn::bounds::{best, cross_attention::cross_bounds, Domain, Metric};
+use lipattn::estimation::{search_cross_pairs, CrossArgument, CrossSearchOptions};
 use lipattn::{transport, AttentionLayer, Kernel, Linearization, Mat, Measure};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -278,6 +279,31 @@ fn cross_attention_bounds_are_never_exceeded() {
             "B3 context: {c_ratio} > {}",
             b.in_context
         );
+        // The library's search (estimation::cross_pairs) on every tenth setting.
+        if seed % 10 == 0 {
+            for (arg, bound) in [
+                (CrossArgument::Queries, b.in_queries),
+                (CrossArgument::Context, b.in_context),
+            ] {
+                let opts = CrossSearchOptions {
+                    radius,
+                    argument: arg,
+                    query_atoms: 4,
+                    context_atoms: 4,
+                    random_pairs: 4,
+                    perturbed_pairs: 4,
+                    local_steps: 30,
+                    seed,
+                    ..Default::default()
+                };
+                let best = search_cross_pairs(&layer, &opts).unwrap().best;
+                assert!(
+                    best.ratio <= bound,
+                    "VIOLATION of B3 ({arg:?}): searched {} > {bound}; seed {seed}, d {d}, R {radius}\n{best:?}",
+                    best.ratio
+                );
+            }
+        }
     }
 }
 

@@ -1,14 +1,17 @@
 //! Attained lower bounds: Lanczos and power iteration against the dense Jacobian's exact
 //! spectral norm, adversarial inputs and ascent against the dense norm at their own input, W1
-//! ratios of measure pairs, and errors on bad inputs.
+//! and W2 ratios of measure pairs, cross-attention ratios in each argument, and errors on bad
+//! inputs.
 
 mod common;
 use common::*;
+use lipattn::bounds::cross_attention::cross_bounds;
 use lipattn::estimation::{
-    adversarial_input, ascent, lanczos, local_norm, power_iteration, search_pairs, AscentOptions,
+    adversarial_input, ascent, cross_ratio, lanczos, local_norm, power_iteration,
+    search_cross_pairs, search_pairs, AscentOptions, CrossArgument, CrossSearchOptions,
     LanczosOptions, Method, PairSearchOptions, PowerOptions,
 };
-use lipattn::{AttentionLayer, Kernel, Linearization, Mat};
+use lipattn::{transport, AttentionLayer, Kernel, Linearization, Mat};
 use rand::Rng;
 
 /// J(X) built column by column from JVPs of the unit tangents; rows and columns in row-major
@@ -243,6 +246,126 @@ fn measure_pair_ratios_are_attained() {
     std::fs::create_dir_all(&dir).unwrap();
     b.save(&dir, "best_").unwrap();
     assert!(dir.join("best_nu_weights.npy").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn w2_pair_ratios_use_w2() {
+    let mut r = rng(91);
+    let layer = random_layer(&mut r, 3, 2, 2, 2, 3, Kernel::Dot, 1.5, 0.2);
+    let opts = PairSearchOptions {
+        radius: 1.2,
+        atoms: 4,
+        random_pairs: 4,
+        perturbed_pairs: 4,
+        local_steps: 10,
+        order: 2,
+        ..Default::default()
+    };
+    let b = search_pairs(&layer, &opts).unwrap().best;
+    assert_eq!(b.order, 2);
+    let w2 = transport::exact(&b.mu, &b.nu, 2).unwrap().distance;
+    assert!((w2 - b.w1_in).abs() <= 1e-12 * w2, "{w2} vs {}", b.w1_in);
+    let bad = PairSearchOptions {
+        order: 3,
+        ..opts.clone()
+    };
+    assert!(search_pairs(&layer, &bad).is_err());
+}
+
+/// The cross-attention search of B3's attained side: reproducible ratios, monotone phases, atoms
+/// in B_R, never above the certified constants, in both arguments and both orders.
+#[test]
+fn cross_pair_ratios_are_attained_and_below_b3() {
+    let mut r = rng(92);
+    for seed in 0..6u64 {
+        let d = r.random_range(1..=4);
+        let radius = 10f64.powf(r.random_range(-0.7..0.3));
+        let layer = random_layer(&mut r, d, 2, 2, 2, d, Kernel::Dot, 1.5, 0.3);
+        let b3 = cross_bounds(&layer, radius).unwrap();
+        for (arg, bound) in [
+            (CrossArgument::Queries, b3.in_queries),
+            (CrossArgument::Context, b3.in_context),
+        ] {
+            for order in [1u32, 2] {
+                let opts = CrossSearchOptions {
+                    radius,
+                    argument: arg,
+                    query_atoms: 4,
+                    context_atoms: 5,
+                    random_pairs: 4,
+                    perturbed_pairs: 4,
+                    local_steps: 30,
+                    order,
+                    seed,
+                    ..Default::default()
+                };
+                let res = search_cross_pairs(&layer, &opts).unwrap();
+                let b = &res.best;
+                assert!(
+                    b.ratio <= bound,
+                    "VIOLATION of B3 ({arg:?}, W{order}): {} > {bound}\n{b:?}",
+                    b.ratio
+                );
+                assert!(b.ratio.is_finite() && b.w_in > 0.0);
+                let again = cross_ratio(&layer, arg, &b.queries, &b.context, &b.moved, order)
+                    .unwrap()
+                    .unwrap();
+                assert!((again.ratio - b.ratio).abs() <= 1e-12 * b.ratio);
+                assert!(
+                    res.phase_best[2] >= res.phase_best[1]
+                        && res.phase_best[1] >= res.phase_best[0]
+                );
+                for m in [&b.queries, &b.context, &b.moved] {
+                    for i in 0..m.len() {
+                        let p = m.point(i);
+                        let nr = p.iter().map(|v| v * v).sum::<f64>().sqrt();
+                        assert!(nr <= radius * (1.0 + 1e-12));
+                    }
+                }
+                let (fixed_len, moved_len) = match arg {
+                    CrossArgument::Queries => (b.context.len(), b.moved.len()),
+                    CrossArgument::Context => (b.queries.len(), b.moved.len()),
+                };
+                assert_eq!(
+                    (fixed_len, moved_len),
+                    match arg {
+                        CrossArgument::Queries => (5, 4),
+                        CrossArgument::Context => (4, 5),
+                    }
+                );
+            }
+        }
+    }
+    let layer = random_layer(&mut r, 3, 1, 2, 2, 3, Kernel::Dot, 1.0, 0.0);
+    for bad in [
+        CrossSearchOptions {
+            query_atoms: 0,
+            ..Default::default()
+        },
+        CrossSearchOptions {
+            radius: f64::NAN,
+            ..Default::default()
+        },
+        CrossSearchOptions {
+            order: 0,
+            ..Default::default()
+        },
+    ] {
+        assert!(search_cross_pairs(&layer, &bad).is_err());
+    }
+    let dir = std::env::temp_dir().join(format!("lipattn-cross-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let res = search_cross_pairs(
+        &layer,
+        &CrossSearchOptions {
+            local_steps: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    res.best.save(&dir, "x_").unwrap();
+    assert!(dir.join("x_moved_weights.npy").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
 

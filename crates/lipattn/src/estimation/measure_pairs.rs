@@ -1,6 +1,6 @@
-//! Attained W1 ratios of self-attention on measures (math.md section 5): pairs (mu, nu) of
-//! weighted measures on B_R with W1(F mu, F nu) / W1(mu, nu) as large as a search can make it,
-//! W1 computed exactly by the network simplex. The best ratio is a lower bound on the W1
+//! Attained W1 (or W2) ratios of self-attention on measures (math.md section 5): pairs (mu, nu)
+//! of weighted measures on B_R with W_p(F mu, F nu) / W_p(mu, nu) as large as a search can make
+//! it, W_p computed exactly by the network simplex. The best ratio is a lower bound on the W_p
 //! Lipschitz constant of F on P(B_R), attained by the returned pair; never a certificate.
 
 use super::vecops::{project_rows, SplitMix};
@@ -22,6 +22,11 @@ pub struct PairSearchOptions {
     pub perturbation: f64,
     /// Proposals of the local search from the best pair (moves of atoms and of weights).
     pub local_steps: usize,
+    /// Wasserstein order p (1 or 2) of both distances in the ratio.
+    pub order: u32,
+    /// Pairs (mu, nu) evaluated before the random ones, e.g. built from the weights' structure
+    /// (random pairs in high dimension rarely line up with the few directions that matter).
+    pub seeds: Vec<(Measure, Measure)>,
     pub seed: u64,
 }
 
@@ -34,12 +39,15 @@ impl Default for PairSearchOptions {
             perturbed_pairs: 20,
             perturbation: 1e-2,
             local_steps: 100,
+            order: 1,
+            seeds: Vec::new(),
             seed: 0,
         }
     }
 }
 
-/// A pair with its attained ratio; `w1_in = W1(mu, nu) > 0`, `w1_out = W1(F mu, F nu)`.
+/// A pair with its attained ratio; `w1_in = W_p(mu, nu) > 0`, `w1_out = W_p(F mu, F nu)` with
+/// p = `order` (the names keep the default order 1, which every earlier caller uses).
 #[derive(Clone, Debug)]
 pub struct MeasurePair {
     pub mu: Measure,
@@ -47,6 +55,7 @@ pub struct MeasurePair {
     pub w1_in: f64,
     pub w1_out: f64,
     pub ratio: f64,
+    pub order: u32,
 }
 
 impl MeasurePair {
@@ -65,45 +74,76 @@ impl MeasurePair {
 #[derive(Clone, Debug)]
 pub struct PairSearchResult {
     pub best: MeasurePair,
-    /// Which phase found it: "random", "perturbed" or "local".
+    /// Which phase found it: "seeded", "random", "perturbed" or "local".
     pub phase: &'static str,
     /// Pairs evaluated (each: two forward passes and two exact transports).
     pub evaluations: usize,
-    /// Best ratio after each phase, in order random, perturbed, local.
+    /// Best ratio after each phase, in order seeded and random, perturbed, local.
     pub phase_best: [f64; 3],
 }
 
-/// The attained ratio of one pair; None when W1(mu, nu) vanishes (the ratio is undefined).
+/// The attained W1 ratio of one pair; None when W1(mu, nu) vanishes (the ratio is undefined).
 pub fn ratio(
     layer: &AttentionLayer<f64>,
     mu: &Measure,
     nu: &Measure,
 ) -> Result<Option<MeasurePair>> {
-    let w1_in = transport::exact(mu, nu, 1)?.distance;
-    // Below rounding of the transport cost the pair is indistinguishable; NaN falls here too.
-    let resolvable = w1_in > 1e-12 * (1.0 + mu.points().norm_l2());
-    if !resolvable {
+    ratio_p(layer, mu, nu, 1)
+}
+
+/// [`ratio`] in W_p, p = `order` (1 or 2).
+pub fn ratio_p(
+    layer: &AttentionLayer<f64>,
+    mu: &Measure,
+    nu: &Measure,
+    order: u32,
+) -> Result<Option<MeasurePair>> {
+    check_order(order)?;
+    let Some(w1_in) = input_distance(mu, nu, order)? else {
         return Ok(None);
-    }
+    };
     let fmu = layer.self_attention(mu)?;
     let fnu = layer.self_attention(nu)?;
-    let w1_out = transport::exact(&fmu, &fnu, 1)?.distance;
-    let r = w1_out / w1_in;
-    if !r.is_finite() {
-        return Err(Error::Numerical(format!(
-            "W1 ratio is not finite ({w1_out} / {w1_in})"
-        )));
-    }
+    let w1_out = transport::exact(&fmu, &fnu, order)?.distance;
     Ok(Some(MeasurePair {
         mu: mu.clone(),
         nu: nu.clone(),
         w1_in,
         w1_out,
-        ratio: r,
+        ratio: finite_ratio(w1_out, w1_in, order)?,
+        order,
     }))
 }
 
-fn random_points(rng: &mut SplitMix, n: usize, d: usize, radius: f64) -> Mat<f64> {
+pub(super) fn check_order(order: u32) -> Result<()> {
+    if order == 1 || order == 2 {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "Wasserstein order must be 1 or 2, got {order}"
+        )))
+    }
+}
+
+/// W_p(a, b), or None when it is below rounding of the transport cost: the pair is then
+/// indistinguishable and its ratio undefined (NaN falls here too).
+pub(super) fn input_distance(a: &Measure, b: &Measure, order: u32) -> Result<Option<f64>> {
+    let w = transport::exact(a, b, order)?.distance;
+    Ok((w > 1e-12 * (1.0 + a.points().norm_l2())).then_some(w))
+}
+
+pub(super) fn finite_ratio(out: f64, input: f64, order: u32) -> Result<f64> {
+    let r = out / input;
+    if r.is_finite() {
+        Ok(r)
+    } else {
+        Err(Error::Numerical(format!(
+            "W{order} ratio is not finite ({out} / {input})"
+        )))
+    }
+}
+
+pub(super) fn random_points(rng: &mut SplitMix, n: usize, d: usize, radius: f64) -> Mat<f64> {
     let mut x: Mat<f64> = rng.gauss_mat(n, d);
     for i in 0..n {
         let nrm = (0..d).map(|k| x[(i, k)].powi(2)).sum::<f64>().sqrt();
@@ -116,18 +156,18 @@ fn random_points(rng: &mut SplitMix, n: usize, d: usize, radius: f64) -> Mat<f64
     x
 }
 
-fn random_weights(rng: &mut SplitMix, n: usize) -> Vec<f64> {
+pub(super) fn random_weights(rng: &mut SplitMix, n: usize) -> Vec<f64> {
     (0..n).map(|_| 0.05 + rng.uniform()).collect()
 }
 
-fn moved_points(rng: &mut SplitMix, m: &Measure, step: f64, radius: f64) -> Mat<f64> {
+pub(super) fn moved_points(rng: &mut SplitMix, m: &Measure, step: f64, radius: f64) -> Mat<f64> {
     let p = m.points();
     let mut x = Mat::from_fn(p.nrows(), p.ncols(), |i, k| p[(i, k)] + step * rng.gauss());
     project_rows(&mut x, radius);
     x
 }
 
-fn moved_weights(rng: &mut SplitMix, m: &Measure, step: f64) -> Vec<f64> {
+pub(super) fn moved_weights(rng: &mut SplitMix, m: &Measure, step: f64) -> Vec<f64> {
     m.weights()
         .iter()
         .map(|w| (w * (step * rng.gauss()).exp()).max(1e-6))
@@ -147,7 +187,7 @@ fn consider(pair: Option<MeasurePair>, phase: &'static str, best: &mut Best) -> 
     }
 }
 
-/// Random pairs, perturbations of one measure, then a (1+1) local search with step adaptation
+/// Seeded pairs, random pairs, perturbations of one measure, then a (1+1) local search with step adaptation
 /// from the best pair found. Uniform or weighted atoms, all on B_R.
 pub fn search_pairs(
     layer: &AttentionLayer<f64>,
@@ -167,11 +207,16 @@ pub fn search_pairs(
             "perturbation must be positive and finite".into(),
         ));
     }
+    check_order(opts.order)?;
     let (n, d, r) = (opts.atoms, layer.d_in(), opts.radius);
     let mut rng = SplitMix::new(opts.seed);
     let mut evals = 0usize;
     let mut best: Best = None;
     let mut phase_best = [f64::NAN; 3];
+    for (mu, nu) in &opts.seeds {
+        evals += 1;
+        consider(ratio_p(layer, mu, nu, opts.order)?, "seeded", &mut best);
+    }
     for _ in 0..opts.random_pairs {
         let mu = Measure::normalised(
             random_points(&mut rng, n, d, r),
@@ -182,7 +227,7 @@ pub fn search_pairs(
             random_weights(&mut rng, n),
         )?;
         evals += 1;
-        consider(ratio(layer, &mu, &nu)?, "random", &mut best);
+        consider(ratio_p(layer, &mu, &nu, opts.order)?, "random", &mut best);
     }
     phase_best[0] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
     for i in 0..opts.perturbed_pairs {
@@ -202,7 +247,11 @@ pub fn search_pairs(
             )?
         };
         evals += 1;
-        consider(ratio(layer, &mu, &nu)?, "perturbed", &mut best);
+        consider(
+            ratio_p(layer, &mu, &nu, opts.order)?,
+            "perturbed",
+            &mut best,
+        );
     }
     phase_best[1] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
     let mut step = opts.perturbation.max(0.05);
@@ -224,7 +273,7 @@ pub fn search_pairs(
             )?
         };
         evals += 1;
-        if consider(ratio(layer, &mu, &nu)?, "local", &mut best) {
+        if consider(ratio_p(layer, &mu, &nu, opts.order)?, "local", &mut best) {
             step *= 1.5;
         } else {
             step = (step * 0.8).max(1e-6);

@@ -4,6 +4,7 @@
 //! input that attains it so that it can be checked independently.
 
 pub mod adversarial;
+pub mod cross_pairs;
 pub mod lanczos;
 pub mod measure_pairs;
 pub mod power;
@@ -12,6 +13,10 @@ pub(crate) mod vecops;
 pub use adversarial::{
     adversarial_direction, adversarial_from_direction, adversarial_input, ascent, AscentOptions,
     AscentResult,
+};
+pub use cross_pairs::{
+    cross_ratio, search_cross_pairs, CrossArgument, CrossPair, CrossSearchOptions,
+    CrossSearchResult,
 };
 pub use lanczos::{lanczos, local_norm, LanczosOptions, LocalNorm, Method};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
