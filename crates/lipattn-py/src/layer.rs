@@ -577,6 +577,7 @@ impl PyAttentionLayer {
             perturbation,
             local_steps,
             seed,
+            ..Default::default()
         };
         analysis::search_pairs(py, self.layer.clone(), opts)
     }
