@@ -7,6 +7,7 @@
 //! `_lipattn` below, its names in python/lipattn/__init__.py and its stubs in
 //! python/lipattn/_lipattn.pyi; docs/python.md says how.
 
+mod analysis;
 mod bounds;
 mod convert;
 mod errors;

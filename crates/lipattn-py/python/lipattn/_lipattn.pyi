@@ -18,6 +18,16 @@ class NumericalError(RuntimeError): ...
 class ModelError(ValueError): ...
 class FormatError(ValueError): ...
 
+class NoConvergenceError(RuntimeError):
+    """An iterative solver diverged or ran out of steps; its iterate is never returned."""
+
+    solver: str
+    reason: str
+    steps: int
+    best_residual: float
+    best_step: int
+    residuals: list[float]
+
 class Measure:
     """A discrete probability measure sum_j w_j delta_{x_j}; validated, never rescaled."""
 
@@ -242,3 +252,16 @@ class Model:
     def hidden_states(self, text: Optional[str] = None, *, ids: Optional[Sequence[int]] = None, layer: int, max_tokens: Optional[int] = None) -> F64: ...
     @overload
     def hidden_states(self, text: Optional[str] = None, *, ids: Optional[Sequence[int]] = None, layer: None = None, max_tokens: Optional[int] = None) -> list[F64]: ...
+    def analyze(
+        self,
+        text: Optional[str] = None,
+        *,
+        ns: Sequence[int] = (8, 16, 32, 64, 128, 256, 512),
+        windows: int = 2,
+        layers: Optional[Sequence[int]] = None,
+        heads: bool = True,
+        adversarial: bool = True,
+        tol: float = 1e-4,
+    ) -> dict[str, Any]:
+        """The whole-model analysis of ``lipattn analyze``, as the dict its ``--json`` prints."""
+        ...
