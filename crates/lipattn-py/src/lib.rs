@@ -10,6 +10,7 @@
 mod analysis;
 mod bounds;
 mod convert;
+mod dynamics;
 mod errors;
 mod layer;
 mod local;
@@ -29,5 +30,6 @@ fn _lipattn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bounds::register(m)?;
     transport::register(m)?;
     model::register(m)?;
+    dynamics::register(m)?;
     Ok(())
 }
