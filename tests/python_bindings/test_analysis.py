@@ -80,7 +80,7 @@ def test_analyze_releases_the_gil(model):
     ticks = []
 
     def work():
-        model.analyze(ns=[8, 64], windows=2, layers=[0, 1])
+        model.analyze(ns=[8, 64], windows=1, layers=[0])
         done.set()
 
     t = threading.Thread(target=work)
@@ -90,3 +90,24 @@ def test_analyze_releases_the_gil(model):
         time.sleep(0.005)
     t.join()
     assert len(ticks) >= 5
+
+
+def test_ctrl_c_interrupts_analyze(model):
+    import _thread
+
+    job = dict(ns=(8, 64), windows=1, layers=[0])
+    start = time.perf_counter()
+    model.analyze(**job)
+    full = time.perf_counter() - start
+    assert full > 0.5, "the analysis is too short to show an interruption"
+    # What a Ctrl-C does: trip the main thread's SIGINT handler.
+    timer = threading.Timer(0.1, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        model.analyze(**job)
+    elapsed = time.perf_counter() - start
+    timer.cancel()
+    assert elapsed < full / 2, (elapsed, full)
+    # The abandoned analysis finishes in the background; let it, so later timings are not skewed.
+    time.sleep(full)
