@@ -122,6 +122,13 @@ def minilm(a):
                              radius=r.radius, seconds=r.seconds))
             print(f"{kind:>6} n={n:4d}  ||J(X)||_2 >= {r.sigma:.6e}  ({r.iterations} Lanczos steps, {r.seconds:.3f} s)")
 
+    # The same layer through the whole-model analysis (`lipattn analyze`): the certified bound
+    # beside the largest attained value, on the embedded GPL-3 text and the adversarial input.
+    report = model.analyze(ns=[min(a.sizes)], windows=1, layers=[a.layer], heads=False)
+    (point,) = report["operators"][0]["points"]
+    print(f"analyze, n={point['n']}: certified <= {point['certified']['frobenius']:.4e}, "
+          f"text max {point['text_max']:.4e}, adversarial {point['adversarial']:.4e}, gap {point['gap']:.3g}")
+
     write_csv(os.path.join(a.out, "local_vs_n.csv"), rows)
     plt = pyplot()
     if plt is None:

@@ -30,12 +30,19 @@ create_exception!(
     PyValueError,
     "A file exists but is malformed (config.json, safetensors, tokenizer.json, .npy)."
 );
+create_exception!(
+    lipattn,
+    NoConvergenceError,
+    PyRuntimeError,
+    "An iterative solver diverged or ran out of steps; never a result. Attributes: solver, reason, steps, best_residual, best_step, residuals."
+);
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add("NumericalError", py.get_type::<NumericalError>())?;
     m.add("ModelError", py.get_type::<ModelError>())?;
     m.add("FormatError", py.get_type::<FormatError>())?;
+    m.add("NoConvergenceError", py.get_type::<NoConvergenceError>())?;
     Ok(())
 }
 
@@ -54,6 +61,26 @@ pub fn to_py(e: lipattn::Error) -> PyErr {
         E::Numerical(_) => NumericalError::new_err(msg),
         E::Model(_) => ModelError::new_err(msg),
         E::Format { .. } => FormatError::new_err(msg),
+        E::NoConvergence {
+            solver,
+            reason,
+            steps,
+            best_residual,
+            best_step,
+            residuals,
+        } => Python::attach(|py| {
+            let err = NoConvergenceError::new_err(msg);
+            // The diagnosis travels as attributes so callers can plot the failed trace; a
+            // failure to set one must not hide the error itself.
+            let v = err.value(py);
+            let _ = v.setattr("solver", solver);
+            let _ = v.setattr("reason", reason);
+            let _ = v.setattr("steps", *steps);
+            let _ = v.setattr("best_residual", *best_residual);
+            let _ = v.setattr("best_step", *best_step);
+            let _ = v.setattr("residuals", residuals.clone());
+            err
+        }),
         E::Io { source, .. } => match source.kind() {
             std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
             std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),

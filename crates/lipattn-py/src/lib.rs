@@ -7,8 +7,10 @@
 //! `_lipattn` below, its names in python/lipattn/__init__.py and its stubs in
 //! python/lipattn/_lipattn.pyi; docs/python.md says how.
 
+mod analysis;
 mod bounds;
 mod convert;
+mod dynamics;
 mod errors;
 mod layer;
 mod local;
@@ -28,5 +30,6 @@ fn _lipattn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bounds::register(m)?;
     transport::register(m)?;
     model::register(m)?;
+    dynamics::register(m)?;
     Ok(())
 }

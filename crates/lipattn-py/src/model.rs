@@ -174,6 +174,41 @@ impl PyModel {
         })
     }
 
+    /// The whole-model analysis of ``lipattn analyze``: for each selected layer, the attention
+    /// sublayer and (with ``heads``) each head's contribution, with certified bounds, attained
+    /// local constants on ``windows`` real-text windows per n and at the adversarial
+    /// construction, gaps and power-law fits. ``text`` None analyses the embedded GPL-3 text as
+    /// the CLI does. Returns the report as the dict ``lipattn analyze --json`` prints.
+    #[pyo3(signature = (text=None, *, ns=vec![8, 16, 32, 64, 128, 256, 512], windows=2, layers=None, heads=true, adversarial=true, tol=1e-4))]
+    #[allow(clippy::too_many_arguments)]
+    fn analyze<'py>(
+        &self,
+        py: Python<'py>,
+        text: Option<String>,
+        ns: Vec<usize>,
+        windows: usize,
+        layers: Option<Vec<usize>>,
+        heads: bool,
+        adversarial: bool,
+        tol: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let tokenizer = self.tokenizer(py)?;
+        crate::analysis::run(
+            py,
+            self.model.clone(),
+            tokenizer,
+            crate::analysis::Request {
+                text,
+                ns,
+                windows,
+                layers,
+                heads,
+                adversarial,
+                tol,
+            },
+        )
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Model(path='{}', family='{}', num_layers={}, hidden_size={})",

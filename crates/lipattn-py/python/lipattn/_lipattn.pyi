@@ -18,6 +18,16 @@ class NumericalError(RuntimeError): ...
 class ModelError(ValueError): ...
 class FormatError(ValueError): ...
 
+class NoConvergenceError(RuntimeError):
+    """An iterative solver diverged or ran out of steps; its iterate is never returned."""
+
+    solver: str
+    reason: str
+    steps: int
+    best_residual: float
+    best_step: int
+    residuals: list[float]
+
 class Measure:
     """A discrete probability measure sum_j w_j delta_{x_j}; validated, never rescaled."""
 
@@ -242,3 +252,138 @@ class Model:
     def hidden_states(self, text: Optional[str] = None, *, ids: Optional[Sequence[int]] = None, layer: int, max_tokens: Optional[int] = None) -> F64: ...
     @overload
     def hidden_states(self, text: Optional[str] = None, *, ids: Optional[Sequence[int]] = None, layer: None = None, max_tokens: Optional[int] = None) -> list[F64]: ...
+    def analyze(
+        self,
+        text: Optional[str] = None,
+        *,
+        ns: Sequence[int] = (8, 16, 32, 64, 128, 256, 512),
+        windows: int = 2,
+        layers: Optional[Sequence[int]] = None,
+        heads: bool = True,
+        adversarial: bool = True,
+        tol: float = 1e-4,
+    ) -> dict[str, Any]:
+        """The whole-model analysis of ``lipattn analyze``, as the dict its ``--json`` prints."""
+        ...
+
+Solver = Literal["picard", "anderson", "broyden"]
+
+class InvertibleBlock:
+    """y = x + g(x) with g the layer scaled to a certified Lipschitz constant <= c < 1."""
+
+    def __init__(self, layer: AttentionLayer, n: int, c: float = 0.9, *, radius: Optional[float] = None) -> None: ...
+    @staticmethod
+    def for_tokens(layer: AttentionLayer, x: ArrayLike, c: float = 0.9, *, radius: Optional[float] = None) -> InvertibleBlock: ...
+    @property
+    def g(self) -> AttentionLayer: ...
+    @property
+    def scale(self) -> float: ...
+    @property
+    def c(self) -> float: ...
+    @property
+    def n(self) -> int: ...
+    @property
+    def d(self) -> int: ...
+    @property
+    def certified_lipschitz(self) -> float: ...
+    @property
+    def certificate(self) -> dict[str, Any]: ...
+    def forward(self, x: ArrayLike) -> F64: ...
+    def residual(self, x: ArrayLike, y: ArrayLike) -> float: ...
+    def inverse(
+        self,
+        y: ArrayLike,
+        *,
+        solver: Solver = "anderson",
+        atol: float = 1e-10,
+        max_iter: int = 1000,
+        anderson_memory: int = 6,
+        anderson_reg: float = 1e-4,
+        anderson_mixing: float = 1.0,
+        broyden_memory: int = 30,
+        x_true: Optional[ArrayLike] = None,
+    ) -> dict[str, Any]:
+        """Solves x + g(x) = y; keys of a ``lipattn invert --json`` solver entry, plus ``x``."""
+        ...
+    def logdet(
+        self,
+        x: ArrayLike,
+        *,
+        method: Literal["exact", "series"] = "exact",
+        truncation_tol: float = 1e-3,
+        probes: int = 16,
+        seed: int = 0,
+    ) -> dict[str, Any]: ...
+
+def random_layer(d: int, heads: int = 2, *, kernel: Kernel = "l2", bias: float = 0.1, seed: int = 0) -> AttentionLayer:
+    """The CLI's seeded synthetic layer (same seed, same weights)."""
+    ...
+def random_tokens(n: int, d: int, *, scale: float = 1.0, seed: int = 0) -> F64: ...
+def identity_layer(d: int, beta: float = 1.0) -> AttentionLayer: ...
+def sphere_sample(n: int, d: int, *, seed: int = 0) -> F64: ...
+def clustering(x: ArrayLike, threshold: float = 1e-2) -> dict[str, Any]: ...
+def fixed_point(
+    layer: AttentionLayer,
+    x: ArrayLike,
+    *,
+    space: Literal["tokens", "measure"] = "tokens",
+    variant: Literal["plain", "damped", "injected"] = "plain",
+    beta: float = 0.5,
+    input: Optional[ArrayLike] = None,
+    weights: Optional[ArrayLike] = None,
+    contract: Optional[float] = None,
+    radius: Optional[float] = None,
+    solver: Solver = "anderson",
+    atol: float = 1e-10,
+    rtol: float = 0.0,
+    max_iter: int = 500,
+    anderson_memory: int = 6,
+    anderson_reg: float = 1e-4,
+    anderson_mixing: float = 1.0,
+    broyden_memory: int = 30,
+) -> dict[str, Any]:
+    """Weight-tied fixed point (``lipattn fixed-point``); raises NoConvergenceError on failure."""
+    ...
+
+Projection = Literal["none", "sphere", "layernorm"]
+IntegratorName = Literal["rk4", "dopri", "dopri-fixed"]
+
+def flow(
+    layer: AttentionLayer,
+    x: ArrayLike,
+    *,
+    t: float = 15.0,
+    projection: Projection = "sphere",
+    integrator: IntegratorName = "rk4",
+    dt: float = 0.1,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    h0: Optional[float] = None,
+    record: float = 0.5,
+    max_steps: int = 10_000_000,
+    weights: Optional[ArrayLike] = None,
+    layernorm_eps: float = 1e-5,
+    cluster_threshold: float = 1e-2,
+    gronwall: Union[float, ArrayLike, None] = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Attention flow (``lipattn flow``): times, states (len(times), n, d), clustering, gronwall."""
+    ...
+def mean_field(
+    layer: AttentionLayer,
+    ns: Sequence[int],
+    *,
+    reference: int = 1024,
+    replicates: int = 4,
+    seed: int = 0,
+    t: float = 15.0,
+    projection: Projection = "sphere",
+    integrator: IntegratorName = "rk4",
+    dt: float = 0.1,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    h0: Optional[float] = None,
+    record: float = 0.5,
+    max_steps: int = 10_000_000,
+    layernorm_eps: float = 1e-5,
+) -> dict[str, Any]: ...

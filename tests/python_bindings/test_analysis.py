@@ -1,0 +1,113 @@
+"""Model.analyze is `lipattn analyze --json` from Python: same report, same error messages."""
+import json
+import threading
+import time
+
+import lipattn
+import pytest
+from cli import run
+
+SMALL = dict(ns=(8, 32), windows=1, layers=[0])
+CLI_SMALL = ["--ns", "8,32", "--windows", 1, "--layers", 0]
+
+
+@pytest.fixture(scope="module")
+def model(minilm):
+    return lipattn.Model(minilm)
+
+
+def without_seconds(report):
+    report = dict(report)
+    del report["seconds"]
+    return report
+
+
+def test_analyze_equals_cli(lipattn_bin, minilm, model, tmp_path):
+    r = run(lipattn_bin, "analyze", minilm, *CLI_SMALL, "--json", "--quiet", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    ref = json.loads(r.stdout)
+    got = model.analyze(**SMALL)
+    assert isinstance(got, dict) and set(got) == set(ref)
+    assert isinstance(got["seconds"], float) and got["seconds"] > 0
+    assert without_seconds(got) == without_seconds(ref)
+    # The configuration really is the requested one (not a default that happens to match).
+    assert got["ns"] == [8, 32] and got["windows"] == 1 and {o["layer"] for o in got["operators"]} == {0}
+    assert len(got["operators"]) == 1 + got["heads"]
+    assert got["text_source"] == "GPL-3 licence text (embedded default)"
+    assert all(len(p["text"]) == 1 for o in got["operators"] for p in o["points"])
+
+
+def test_analyze_options_and_caller_text(model):
+    got = model.analyze("The quick brown fox jumps over the lazy dog. " * 8, ns=[8], windows=1, layers=[1],
+                        heads=False, adversarial=False, tol=1e-3)
+    assert got["text_source"] == "text given by the caller"
+    assert got["lanczos_tol"] == 1e-3
+    (op,) = got["operators"]
+    assert op["layer"] == 1 and op["head"] is None
+    (p,) = op["points"]
+    assert p["adversarial"] is None and p["text_max"] > 0
+    assert p["certified"]["frobenius"] >= p["text_max"]
+
+
+@pytest.mark.parametrize("kwargs,cli_args,message", [
+    (dict(ns=[1]), ["--ns", 1], "sequence length 1 outside 2..=512"),
+    (dict(ns=[8, 4096]), ["--ns", "8,4096"], "sequence length 4096 outside 2..=512"),
+    (dict(layers=[0, 99]), ["--layers", "0,99"], "layer 99 out of range"),
+    (dict(windows=0, adversarial=False), ["--windows", 0, "--no-adversarial"], "nothing to attain"),
+])
+def test_bad_requests_raise_the_library_message(lipattn_bin, minilm, model, tmp_path, kwargs, cli_args, message):
+    args = {**SMALL, **kwargs}
+    with pytest.raises(ValueError, match=message) as e:
+        model.analyze(**args)
+    r = run(lipattn_bin, "analyze", minilm, *CLI_SMALL, *cli_args, "--json", "--quiet", "--out", tmp_path)
+    assert r.returncode != 0
+    assert str(e.value) in r.stderr
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(ns=[]), "empty"),
+    (dict(layers=[]), "empty"),
+    (dict(tol=0.0), "tol must be positive"),
+    (dict(tol=float("nan")), "tol must be positive"),
+])
+def test_bad_options_raise_value_error(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model.analyze(**{**SMALL, **kwargs})
+
+
+def test_analyze_releases_the_gil(model):
+    done = threading.Event()
+    ticks = []
+
+    def work():
+        model.analyze(ns=[8, 64], windows=1, layers=[0])
+        done.set()
+
+    t = threading.Thread(target=work)
+    t.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+        time.sleep(0.005)
+    t.join()
+    assert len(ticks) >= 5
+
+
+def test_ctrl_c_interrupts_analyze(model):
+    import _thread
+
+    job = dict(ns=(8, 64), windows=1, layers=[0])
+    start = time.perf_counter()
+    model.analyze(**job)
+    full = time.perf_counter() - start
+    assert full > 0.5, "the analysis is too short to show an interruption"
+    # What a Ctrl-C does: trip the main thread's SIGINT handler.
+    timer = threading.Timer(0.1, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        model.analyze(**job)
+    elapsed = time.perf_counter() - start
+    timer.cancel()
+    assert elapsed < full / 2, (elapsed, full)
+    # The abandoned analysis finishes in the background; let it, so later timings are not skewed.
+    time.sleep(full)
