@@ -5,7 +5,7 @@
 //! a-priori and a-posteriori bounds; divergence is reported, never returned as a result.
 
 use crate::dyn_source::{failure_json, solvers, SourceArgs};
-use crate::plot::{Chart, Series, Style};
+use crate::plot::{residual_series, Chart};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use lipattn::dynamics::certify::{invariant_radius, row_bound, scaled};
@@ -237,20 +237,7 @@ pub fn run(a: FixedPointArgs) -> Result<()> {
     };
     if let Some(dir) = &a.plot {
         std::fs::create_dir_all(dir)?;
-        let series = traces
-            .iter()
-            .map(|(name, t)| {
-                Series::new(
-                    name.clone(),
-                    t.iter()
-                        .enumerate()
-                        .filter(|(_, r)| **r > 0.0)
-                        .map(|(k, r)| (k as f64, *r))
-                        .collect(),
-                    Style::LinePoints,
-                )
-            })
-            .collect();
+        let series = residual_series(&traces);
         Chart {
             title: format!("Fixed point in {space} space ({metric} residual)"),
             x_label: "iteration".into(),

@@ -4,7 +4,7 @@
 //! residual and reconstruction error.
 
 use crate::dyn_source::{failure_json, solvers, SourceArgs};
-use crate::plot::{Chart, Series, Style};
+use crate::plot::{residual_series, Chart};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lipattn::dynamics::logdet::{logdet_exact, logdet_series, EXACT_MAX_DIM};
@@ -167,20 +167,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
     };
     if let Some(dir) = &a.plot {
         std::fs::create_dir_all(dir)?;
-        let series = traces
-            .iter()
-            .map(|(name, t)| {
-                Series::new(
-                    name.clone(),
-                    t.iter()
-                        .enumerate()
-                        .filter(|(_, r)| **r > 0.0)
-                        .map(|(k, r)| (k as f64, *r))
-                        .collect(),
-                    Style::LinePoints,
-                )
-            })
-            .collect();
+        let series = residual_series(&traces);
         Chart {
             title: format!(
                 "Inverting x + g(x) = y, certified Lip(g) <= {:.3}",

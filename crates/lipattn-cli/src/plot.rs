@@ -226,6 +226,24 @@ impl Chart {
     }
 }
 
+/// One line per solver of its positive residuals against the iteration (log axes skip zeros).
+pub fn residual_series(traces: &[(String, Vec<f64>)]) -> Vec<Series> {
+    traces
+        .iter()
+        .map(|(name, t)| {
+            Series::new(
+                name.clone(),
+                t.iter()
+                    .enumerate()
+                    .filter(|(_, r)| **r > 0.0)
+                    .map(|(k, r)| (k as f64, *r))
+                    .collect(),
+                Style::LinePoints,
+            )
+        })
+        .collect()
+}
+
 /// Least-squares slope and intercept of log y against log x.
 pub fn loglog_fit(points: &[(f64, f64)]) -> (f64, f64) {
     let p: Vec<(f64, f64)> = points

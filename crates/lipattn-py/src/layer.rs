@@ -69,6 +69,23 @@ impl PyAttentionLayer {
     }
 }
 
+/// Runs `$body` on the `Linearization` of either precision, bound to `$l`; the code is the same
+/// for both, only the scalar type differs.
+macro_rules! with_lin {
+    ($inner:expr, $l:ident => $body:expr) => {
+        match $inner {
+            AnyLin::F64(x) => {
+                let $l = x.lin();
+                $body
+            }
+            AnyLin::F32(x) => {
+                let $l = x.lin();
+                $body
+            }
+        }
+    };
+}
+
 /// A linearisation point in either precision; the layer is shared, never copied.
 pub enum AnyLin {
     F64(Arc<LinAt<f64>>),
@@ -657,42 +674,27 @@ impl PyLinearization {
     /// ``f(X)``, the layer's output at the linearisation point.
     #[getter]
     fn output<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        match &self.inner {
-            AnyLin::F64(l) => to_numpy(py, l.lin().output()).into_any(),
-            AnyLin::F32(l) => to_numpy(py, l.lin().output()).into_any(),
-        }
+        with_lin!(&self.inner, l => to_numpy(py, l.output()).into_any())
     }
 
     #[getter]
     fn n(&self) -> usize {
-        match &self.inner {
-            AnyLin::F64(l) => l.lin().n(),
-            AnyLin::F32(l) => l.lin().n(),
-        }
+        with_lin!(&self.inner, l => l.n())
     }
 
     #[getter]
     fn d_in(&self) -> usize {
-        match &self.inner {
-            AnyLin::F64(l) => l.lin().d_in(),
-            AnyLin::F32(l) => l.lin().d_in(),
-        }
+        with_lin!(&self.inner, l => l.d_in())
     }
 
     #[getter]
     fn d_out(&self) -> usize {
-        match &self.inner {
-            AnyLin::F64(l) => l.lin().d_out(),
-            AnyLin::F32(l) => l.lin().d_out(),
-        }
+        with_lin!(&self.inner, l => l.d_out())
     }
 
     #[getter]
     fn causal(&self) -> bool {
-        match &self.inner {
-            AnyLin::F64(l) => l.lin().causal(),
-            AnyLin::F32(l) => l.lin().causal(),
-        }
+        with_lin!(&self.inner, l => l.causal())
     }
 
     #[getter]

@@ -4,7 +4,7 @@
 //! constant of the token map on (B_R)^n; none is a certificate.
 
 use super::lanczos::{lanczos, LanczosOptions};
-use super::vecops::{max_row_norm, project_rows, SplitMix};
+use super::vecops::{check_radius, max_row_norm, project_rows, SplitMix};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::derivatives::Linearization;
 use crate::error::{Error, Result};
@@ -51,16 +51,6 @@ pub fn adversarial_from_direction(u: &[f64], n: usize, radius: f64) -> Result<Ma
             0.5 * radius * u[k]
         }
     }))
-}
-
-fn check_radius(radius: f64) -> Result<()> {
-    if radius.is_finite() && radius > 0.0 {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "radius must be positive and finite, got {radius}"
-        )))
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -142,16 +142,10 @@ pub fn cross_ratio(
     }))
 }
 
-type Best = Option<(CrossPair, &'static str)>;
+type Best = super::vecops::Best<CrossPair>;
 
 fn consider(pair: Option<CrossPair>, phase: &'static str, best: &mut Best) -> bool {
-    match pair {
-        Some(p) if best.as_ref().is_none_or(|b| p.ratio > b.0.ratio) => {
-            *best = Some((p, phase));
-            true
-        }
-        _ => false,
-    }
+    super::vecops::consider(pair, phase, best, |p| p.ratio)
 }
 
 /// Seeded triples, random triples, perturbations of the varying argument, then a (1+1) local search that moves
@@ -162,12 +156,7 @@ pub fn search_cross_pairs(
     layer: &AttentionLayer<f64>,
     opts: &CrossSearchOptions,
 ) -> Result<CrossSearchResult> {
-    if !(opts.radius.is_finite() && opts.radius > 0.0) {
-        return Err(Error::Invalid(format!(
-            "radius must be positive and finite, got {}",
-            opts.radius
-        )));
-    }
+    super::vecops::check_radius(opts.radius)?;
     if opts.query_atoms == 0 || opts.context_atoms == 0 {
         return Err(Error::Invalid("measures need at least one atom".into()));
     }

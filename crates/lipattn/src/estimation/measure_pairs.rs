@@ -174,17 +174,10 @@ pub(super) fn moved_weights(rng: &mut SplitMix, m: &Measure, step: f64) -> Vec<f
         .collect()
 }
 
-type Best = Option<(MeasurePair, &'static str)>;
+type Best = super::vecops::Best<MeasurePair>;
 
-/// Keeps `pair` if it beats the best so far; says whether it did.
 fn consider(pair: Option<MeasurePair>, phase: &'static str, best: &mut Best) -> bool {
-    match pair {
-        Some(p) if best.as_ref().is_none_or(|b| p.ratio > b.0.ratio) => {
-            *best = Some((p, phase));
-            true
-        }
-        _ => false,
-    }
+    super::vecops::consider(pair, phase, best, |p| p.ratio)
 }
 
 /// Seeded pairs, random pairs, perturbations of one measure, then a (1+1) local search with step adaptation
@@ -193,12 +186,7 @@ pub fn search_pairs(
     layer: &AttentionLayer<f64>,
     opts: &PairSearchOptions,
 ) -> Result<PairSearchResult> {
-    if !(opts.radius.is_finite() && opts.radius > 0.0) {
-        return Err(Error::Invalid(format!(
-            "radius must be positive and finite, got {}",
-            opts.radius
-        )));
-    }
+    super::vecops::check_radius(opts.radius)?;
     if opts.atoms == 0 {
         return Err(Error::Invalid("measures need at least one atom".into()));
     }

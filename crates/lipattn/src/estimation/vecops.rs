@@ -153,3 +153,32 @@ pub(crate) fn max_row_norm(x: faer::MatRef<'_, f64>) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+/// A search's best candidate so far, with the phase that found it.
+pub(crate) type Best<P> = Option<(P, &'static str)>;
+
+/// Keeps `cand` if its ratio beats the best so far; says whether it did.
+pub(crate) fn consider<P>(
+    cand: Option<P>,
+    phase: &'static str,
+    best: &mut Best<P>,
+    ratio: impl Fn(&P) -> f64,
+) -> bool {
+    match cand {
+        Some(p) if best.as_ref().is_none_or(|b| ratio(&p) > ratio(&b.0)) => {
+            *best = Some((p, phase));
+            true
+        }
+        _ => false,
+    }
+}
+
+pub(crate) fn check_radius(radius: f64) -> crate::error::Result<()> {
+    if radius.is_finite() && radius > 0.0 {
+        Ok(())
+    } else {
+        Err(crate::error::Error::Invalid(format!(
+            "radius must be positive and finite, got {radius}"
+        )))
+    }
+}
