@@ -9,7 +9,8 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 create_exception!(
@@ -81,6 +82,9 @@ pub fn to_py(e: lipattn::Error) -> PyErr {
             let _ = v.setattr("residuals", residuals.clone());
             err
         }),
+        // Only an interrupted call raises the flag, and that call has already raised
+        // KeyboardInterrupt; this is what a cancelled computation reports if seen at all.
+        E::Cancelled => pyo3::exceptions::PyKeyboardInterrupt::new_err(msg),
         E::Io { source, .. } => match source.kind() {
             std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
             std::io::ErrorKind::PermissionDenied => PyPermissionError::new_err(msg),
@@ -166,17 +170,22 @@ fn submit(job: Job) -> PyResult<()> {
 }
 
 /// Runs a long computation on a worker thread while the calling thread, without the GIL, polls
-/// Python's signal handlers. Ctrl-C raises KeyboardInterrupt at once. The core has no
-/// cancellation hook, so the abandoned computation finishes in the background (using its CPU
-/// until then) and its result is dropped; it never touches Python objects, so this is safe.
+/// Python's signal handlers. Ctrl-C raises KeyboardInterrupt at once and raises the
+/// computation's cancellation flag (`lipattn::cancel`): the abandoned work stops at its next
+/// check, between iterations of its outer loop (Lanczos, power iteration, ascent, pair search,
+/// analysis windows, fixed-point solvers, flow steps), and its result is dropped. Work inside one
+/// iteration, or in rayon tasks, runs to the end of that iteration first.
 pub fn interruptible<T, F>(py: Python<'_>, f: F) -> PyResult<T>
 where
     T: Send + 'static,
     F: FnOnce() -> lipattn::Result<T> + Send + 'static,
 {
     let (tx, rx) = mpsc::sync_channel(1);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let token = cancel.clone();
     submit(Box::new(move || {
-        let _ = tx.send(catch_unwind(AssertUnwindSafe(f)));
+        let done = lipattn::cancel::with_token(token, || catch_unwind(AssertUnwindSafe(f)));
+        let _ = tx.send(done);
     }))?;
     // Receiver is not Sync, and detach needs a Send closure, hence the (uncontended) lock.
     let rx = Mutex::new(rx);
@@ -188,7 +197,13 @@ where
         });
         match waited {
             Ok(done) => return done.map_err(panic_message)?.py_err(),
-            Err(mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(interrupt) = py.check_signals() {
+                    // The worker stops at its next cancellation check (between iterations).
+                    cancel.store(true, Ordering::Relaxed);
+                    return Err(interrupt);
+                }
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(PyRuntimeError::new_err(
                     "lipattn worker thread ended without a result",

@@ -435,7 +435,7 @@ impl PyAttentionLayer {
     /// hence a lower bound on the Lipschitz constant over any domain containing ``x``.
     /// ``method`` 'lanczos' (``tol`` = requested relative accuracy, an estimate) or 'power'
     /// (the anchor's rule: Rayleigh quotient change below 1e-4). Runs in the dtype of ``x``.
-    /// Ctrl-C raises KeyboardInterrupt at once (the computation finishes in the background).
+    /// Ctrl-C raises KeyboardInterrupt at once and stops the computation at its next iteration.
     #[pyo3(signature = (x, *, method="lanczos", tol=1e-6, max_iter=None, seed=0, weights=None, causal=None))]
     #[allow(clippy::too_many_arguments)]
     fn local_constant(

@@ -51,6 +51,9 @@ pub enum Error {
         best_step: usize,
         residuals: Vec<f64>,
     },
+    /// The caller raised the cancellation flag of `crate::cancel` (e.g. Ctrl-C in Python).
+    #[error("cancelled by the caller")]
+    Cancelled,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

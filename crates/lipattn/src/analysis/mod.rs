@@ -318,6 +318,7 @@ pub fn analyze(
     let mut observed = vec![0.0f64; work.len()];
     for (ni, (n, wins)) in windows.iter().enumerate() {
         for (wi, ids) in wins.iter().enumerate() {
+            crate::cancel::check()?;
             progress(&Progress {
                 done,
                 total,

@@ -374,6 +374,7 @@ pub fn integrate(
             continue;
         }
         while t < mark {
+            crate::cancel::check()?;
             if traj.accepted + traj.rejected >= opts.max_steps {
                 return Err(Error::Numerical(format!(
                     "flow: step cap of {} reached at t = {t}",

@@ -271,6 +271,7 @@ pub fn solve<M: FixedPointMap + ?Sized>(
         residuals: trace.abs.clone(),
     };
     loop {
+        crate::cancel::check()?;
         let fx = map.apply(&x)?;
         evals += 1;
         let r = map.distance(&x, &fx)?;

@@ -159,6 +159,7 @@ fn climb(
     let mut step = opts.initial_step * opts.radius * (n as f64).sqrt();
     let eps = opts.fd_eps * opts.radius;
     for _ in 0..opts.steps {
+        crate::cancel::check()?;
         let g = gradient(layer, &p, eps)?;
         let gn = g.norm_l2();
         if !(gn.is_finite() && gn > 0.0) {

@@ -184,6 +184,7 @@ pub fn search_cross_pairs(
         consider(cross_ratio(layer, arg, q, c, m, p)?, "seeded", &mut best);
     }
     for _ in 0..opts.random_pairs {
+        crate::cancel::check()?;
         let (q, c, m) = (
             fresh(&mut rng, nq)?,
             fresh(&mut rng, nc)?,
@@ -220,6 +221,7 @@ pub fn search_cross_pairs(
     phase_best[1] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
     let mut step = opts.perturbation.max(0.05);
     for t in 0..opts.local_steps {
+        crate::cancel::check()?;
         let Some((cur, _)) = best.as_ref() else {
             break;
         };

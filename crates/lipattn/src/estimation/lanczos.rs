@@ -189,6 +189,7 @@ pub fn lanczos<T: Scalar>(
     let mut ritz = Mat::<f64>::zeros(0, 0);
     let mut top_col = 0;
     for k in 0..cap {
+        crate::cancel::check()?;
         let jq = lin.jvp(basis[k].as_ref())?;
         let mut w = lin.vjp(jq.as_ref())?;
         images.push(jq);

@@ -206,6 +206,7 @@ pub fn search_pairs(
         consider(ratio_p(layer, mu, nu, opts.order)?, "seeded", &mut best);
     }
     for _ in 0..opts.random_pairs {
+        crate::cancel::check()?;
         let mu = Measure::normalised(
             random_points(&mut rng, n, d, r),
             random_weights(&mut rng, n),
@@ -244,6 +245,7 @@ pub fn search_pairs(
     phase_best[1] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
     let mut step = opts.perturbation.max(0.05);
     for t in 0..opts.local_steps {
+        crate::cancel::check()?;
         let Some((cur, _)) = best.as_ref() else {
             break;
         };

@@ -44,6 +44,7 @@ pub fn power_iteration<T: Scalar>(
     let mut rel_error = f64::INFINITY;
     let mut best = None;
     for it in 1..=opts.max_iter {
+        crate::cancel::check()?;
         let jv = lin.jvp(v.as_ref())?;
         let w = lin.vjp(jv.as_ref())?;
         // The Rayleigh quotient of the unit v, computed as ||J v||^2 so that it is attained by v.
