@@ -69,19 +69,14 @@ impl PyAttentionLayer {
     }
 }
 
-/// Runs `$body` on the `Linearization` of either precision, bound to `$l`; the code is the same
-/// for both, only the scalar type differs.
+/// Runs `$body` on the linearisation point of either precision, bound to `$at` (an
+/// `&Arc<LinAt<T>>`); the code is the same for both, only the scalar type differs and is
+/// inferred in each arm.
 macro_rules! with_lin {
-    ($inner:expr, $l:ident => $body:expr) => {
+    ($inner:expr, $at:ident => $body:expr) => {
         match $inner {
-            AnyLin::F64(x) => {
-                let $l = x.lin();
-                $body
-            }
-            AnyLin::F32(x) => {
-                let $l = x.lin();
-                $body
-            }
+            AnyLin::F64($at) => $body,
+            AnyLin::F32($at) => $body,
         }
     };
 }
@@ -641,60 +636,46 @@ fn tangent<T: Scalar>(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Mat<T>> {
 impl PyLinearization {
     /// ``J(X) G`` for a tangent ``g`` (n, d): (n, d_out).
     fn jvp<'py>(&self, py: Python<'py>, g: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        Ok(match &self.inner {
-            AnyLin::F64(l) => {
-                let g = tangent::<f64>(g, "JVP tangent")?;
-                let y = detached(py, || l.lin().jvp(g.as_ref()))?;
-                to_numpy(py, y.as_ref()).into_any()
-            }
-            AnyLin::F32(l) => {
-                let g = tangent::<f32>(g, "JVP tangent")?;
-                let y = detached(py, || l.lin().jvp(g.as_ref()))?;
-                to_numpy(py, y.as_ref()).into_any()
-            }
-        })
+        Ok(with_lin!(&self.inner, l => {
+            let g = tangent(g, "JVP tangent")?;
+            let y = detached(py, || l.lin().jvp(g.as_ref()))?;
+            to_numpy(py, y.as_ref()).into_any()
+        }))
     }
 
     /// ``J(X)^T Ybar`` for a cotangent ``ybar`` (n, d_out): (n, d).
     fn vjp<'py>(&self, py: Python<'py>, ybar: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        Ok(match &self.inner {
-            AnyLin::F64(l) => {
-                let g = tangent::<f64>(ybar, "VJP cotangent")?;
-                let y = detached(py, || l.lin().vjp(g.as_ref()))?;
-                to_numpy(py, y.as_ref()).into_any()
-            }
-            AnyLin::F32(l) => {
-                let g = tangent::<f32>(ybar, "VJP cotangent")?;
-                let y = detached(py, || l.lin().vjp(g.as_ref()))?;
-                to_numpy(py, y.as_ref()).into_any()
-            }
-        })
+        Ok(with_lin!(&self.inner, l => {
+            let g = tangent(ybar, "VJP cotangent")?;
+            let y = detached(py, || l.lin().vjp(g.as_ref()))?;
+            to_numpy(py, y.as_ref()).into_any()
+        }))
     }
 
     /// ``f(X)``, the layer's output at the linearisation point.
     #[getter]
     fn output<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        with_lin!(&self.inner, l => to_numpy(py, l.output()).into_any())
+        with_lin!(&self.inner, l => to_numpy(py, l.lin().output()).into_any())
     }
 
     #[getter]
     fn n(&self) -> usize {
-        with_lin!(&self.inner, l => l.n())
+        with_lin!(&self.inner, l => l.lin().n())
     }
 
     #[getter]
     fn d_in(&self) -> usize {
-        with_lin!(&self.inner, l => l.d_in())
+        with_lin!(&self.inner, l => l.lin().d_in())
     }
 
     #[getter]
     fn d_out(&self) -> usize {
-        with_lin!(&self.inner, l => l.d_out())
+        with_lin!(&self.inner, l => l.lin().d_out())
     }
 
     #[getter]
     fn causal(&self) -> bool {
-        with_lin!(&self.inner, l => l.causal())
+        with_lin!(&self.inner, l => l.lin().causal())
     }
 
     #[getter]
@@ -720,36 +701,11 @@ impl PyLinearization {
         let m = method_of(method, tol, max_iter, seed)?;
         let tol_used = matches!(m, Method::Lanczos(_)).then_some(tol);
         let start = start.filter(|s| !s.is_none());
-        match &self.inner {
-            AnyLin::F64(l) => {
-                let s = start
-                    .map(|s| tangent::<f64>(s, "start vector"))
-                    .transpose()?;
-                let r = run_top(py, l.clone(), m, s)?;
-                local_constant_result(
-                    py,
-                    r,
-                    l.lin().d_out(),
-                    l.lin().causal(),
-                    tol_used,
-                    self.weights,
-                )
-            }
-            AnyLin::F32(l) => {
-                let s = start
-                    .map(|s| tangent::<f32>(s, "start vector"))
-                    .transpose()?;
-                let r = run_top(py, l.clone(), m, s)?;
-                local_constant_result(
-                    py,
-                    r,
-                    l.lin().d_out(),
-                    l.lin().causal(),
-                    tol_used,
-                    self.weights,
-                )
-            }
-        }
+        with_lin!(&self.inner, l => {
+            let s = start.map(|s| tangent(s, "start vector")).transpose()?;
+            let r = run_top(py, l.clone(), m, s)?;
+            local_constant_result(py, r, l.lin().d_out(), l.lin().causal(), tol_used, self.weights)
+        })
     }
 
     fn __repr__(&self) -> String {

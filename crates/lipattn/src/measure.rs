@@ -132,6 +132,21 @@ impl Measure {
         crate::npy::write_vector(weights, &self.weights)
     }
 
+    /// Writes each named measure as `dir/{prefix}{name}_points.npy` and `..._weights.npy`.
+    pub fn save_named(
+        dir: &std::path::Path,
+        prefix: &str,
+        named: &[(&str, &Measure)],
+    ) -> Result<()> {
+        for (name, m) in named {
+            m.to_npy(
+                &dir.join(format!("{prefix}{name}_points.npy")),
+                &dir.join(format!("{prefix}{name}_weights.npy")),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Consumes the measure, returning (points, weights).
     pub fn into_parts(self) -> (Mat<f64>, Vec<f64>) {
         (self.points, self.weights)

@@ -83,17 +83,15 @@ pub struct CrossPair {
 impl CrossPair {
     /// Writes `{prefix}{queries,context,moved}_{points,weights}.npy`.
     pub fn save(&self, dir: &std::path::Path, prefix: &str) -> Result<()> {
-        for (name, m) in [
-            ("queries", &self.queries),
-            ("context", &self.context),
-            ("moved", &self.moved),
-        ] {
-            m.to_npy(
-                &dir.join(format!("{prefix}{name}_points.npy")),
-                &dir.join(format!("{prefix}{name}_weights.npy")),
-            )?;
-        }
-        Ok(())
+        Measure::save_named(
+            dir,
+            prefix,
+            &[
+                ("queries", &self.queries),
+                ("context", &self.context),
+                ("moved", &self.moved),
+            ],
+        )
     }
 }
 

@@ -61,13 +61,7 @@ pub struct MeasurePair {
 impl MeasurePair {
     /// Writes `{prefix}mu_points.npy`, `{prefix}mu_weights.npy` and the same for nu.
     pub fn save(&self, dir: &std::path::Path, prefix: &str) -> Result<()> {
-        for (name, m) in [("mu", &self.mu), ("nu", &self.nu)] {
-            m.to_npy(
-                &dir.join(format!("{prefix}{name}_points.npy")),
-                &dir.join(format!("{prefix}{name}_weights.npy")),
-            )?;
-        }
-        Ok(())
+        Measure::save_named(dir, prefix, &[("mu", &self.mu), ("nu", &self.nu)])
     }
 }
 
