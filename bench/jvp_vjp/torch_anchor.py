@@ -17,6 +17,7 @@ import math
 import os
 import statistics
 import struct
+import sys
 import time
 
 import numpy as np
@@ -105,6 +106,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-jvp")
     ap.add_argument("--out-vjp")
+    ap.add_argument("--serve", action="store_true",
+                    help="after warm-up print 'ready', then per input line 'W K' run W untimed and K timed "
+                         "steps and answer the K times as JSON, until a line 'end' (interleave.py "
+                         "drives this)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -129,16 +134,37 @@ def main():
         jvp()
         vjp()
     t_jvp, t_vjp, t_step = [], [], []
-    for _ in range(a.repeats):
-        t0 = time.perf_counter()
-        ju = jvp()
-        t1 = time.perf_counter()
-        gv = vjp()
-        t2 = time.perf_counter()
-        t_jvp.append(1e3 * (t1 - t0))
-        t_vjp.append(1e3 * (t2 - t1))
-        t_step.append(1e3 * (t2 - t0))
 
+    def steps(k):
+        out = None
+        for _ in range(k):
+            t0 = time.perf_counter()
+            ju = jvp()
+            t1 = time.perf_counter()
+            gv = vjp()
+            t2 = time.perf_counter()
+            t_jvp.append(1e3 * (t1 - t0))
+            t_vjp.append(1e3 * (t2 - t1))
+            t_step.append(1e3 * (t2 - t0))
+            out = (ju, gv)
+        return out
+
+    if a.serve:
+        print("ready", flush=True)
+        ju, gv = jvp(), vjp()
+        for line in sys.stdin:
+            if line.strip() == "end":
+                break
+            warm, k = (int(x) for x in line.split())
+            for _ in range(warm):  # untimed: caches and threads warm up after the other side's batch
+                jvp()
+                vjp()
+            start = len(t_step)
+            ju, gv = steps(k)
+            print(json.dumps({"steps": t_step[start:], "jvp": t_jvp[start:], "vjp": t_vjp[start:]}),
+                  flush=True)
+    else:
+        ju, gv = steps(a.repeats)
     ju64 = ju.to(torch.float64).numpy()
     gv64 = gv.to(torch.float64).numpy()
     # <V, J U> = <J^T V, U> holds exactly in exact arithmetic: a cheap check that the two
@@ -159,7 +185,7 @@ def main():
         "heads": heads,
         "layer": a.layer,
         "threads": a.threads,
-        "repeats": a.repeats,
+        "repeats": len(t_step),
         "median_ms": statistics.median(t_step),
         "jvp_median_ms": statistics.median(t_jvp),
         "vjp_median_ms": statistics.median(t_vjp),

@@ -2,7 +2,7 @@
 //! on inputs shared with the PyTorch anchor. Prints one JSON line with the median time.
 //!
 //! --model DIR --layer L --x X.npy --u U.npy --v V.npy --dtype f64|f32 --repeats K
-//! --out-jvp J.npy --out-vjp G.npy
+//! --out-jvp J.npy --out-vjp G.npy [--serve 1]
 use lipattn::npy::{read_matrix, write_matrix};
 use lipattn::{Linearization, Mat, Scalar};
 use std::collections::HashMap;
@@ -39,24 +39,75 @@ fn run<T: Scalar>(a: &HashMap<String, String>) -> Result<(), Box<dyn std::error:
     let linearize_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (mut both, mut tj, mut tv) = (Vec::new(), Vec::new(), Vec::new());
     let (mut jv, mut g) = (lin.jvp(u.as_ref())?, lin.vjp(v.as_ref())?);
-    for _ in 0..repeats {
-        let t0 = Instant::now();
-        jv = lin.jvp(u.as_ref())?;
-        let t1 = Instant::now();
-        g = lin.vjp(v.as_ref())?;
-        let t2 = Instant::now();
-        tj.push((t1 - t0).as_secs_f64() * 1e3);
-        tv.push((t2 - t1).as_secs_f64() * 1e3);
-        both.push((t2 - t0).as_secs_f64() * 1e3);
+    let mut steps = |k: usize,
+                     both: &mut Vec<f64>,
+                     tj: &mut Vec<f64>,
+                     tv: &mut Vec<f64>|
+     -> Result<(), Box<dyn std::error::Error>> {
+        for _ in 0..k {
+            let t0 = Instant::now();
+            jv = lin.jvp(u.as_ref())?;
+            let t1 = Instant::now();
+            g = lin.vjp(v.as_ref())?;
+            let t2 = Instant::now();
+            tj.push((t1 - t0).as_secs_f64() * 1e3);
+            tv.push((t2 - t1).as_secs_f64() * 1e3);
+            both.push((t2 - t0).as_secs_f64() * 1e3);
+        }
+        Ok(())
+    };
+    if a.contains_key("serve") {
+        // Batches on request (bench/jvp_vjp/interleave.py alternates them with torch's): a line
+        // "W K" runs W + K steps and answers the last K's times; "end" finishes with the summary.
+        println!("ready");
+        for line in std::io::stdin().lines() {
+            let line = line?;
+            if line.trim() == "end" {
+                break;
+            }
+            // "W K": W untimed steps (the caches and threads warm up again after the other
+            // side's batch), then K timed ones.
+            let nums: Vec<usize> = line
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()?;
+            let [warm, k] = nums[..] else {
+                return Err(format!("serve: expected 'W K', got {line:?}").into());
+            };
+            let (mut b, mut j, mut w) = (Vec::new(), Vec::new(), Vec::new());
+            steps(warm, &mut b, &mut j, &mut w)?;
+            let (mut b, mut j, mut w) = (Vec::new(), Vec::new(), Vec::new());
+            steps(k, &mut b, &mut j, &mut w)?;
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|t| format!("{t:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            println!(
+                "{{\"steps\":[{}],\"jvp\":[{}],\"vjp\":[{}]}}",
+                list(&b),
+                list(&j),
+                list(&w)
+            );
+            both.extend(b);
+            tj.extend(j);
+            tv.extend(w);
+        }
+    } else {
+        steps(repeats, &mut both, &mut tj, &mut tv)?;
     }
+    let repeats = both.len();
     write_matrix(&path("out-jvp"), back(&jv).as_ref())?;
     write_matrix(&path("out-vjp"), back(&g).as_ref())?;
+    let min_ms = both.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
-        "{{\"dtype\":\"{}\",\"n\":{},\"threads\":{},\"median_ms\":{:.4},\"jvp_ms\":{:.4},\"vjp_ms\":{:.4},\"linearize_ms\":{:.4},\"repeats\":{}}}",
+        "{{\"dtype\":\"{}\",\"n\":{},\"threads\":{},\"median_ms\":{:.4},\"min_ms\":{:.4},\"jvp_ms\":{:.4},\"vjp_ms\":{:.4},\"linearize_ms\":{:.4},\"repeats\":{}}}",
         T::NAME,
         x.nrows(),
         rayon::current_num_threads(),
         median(both),
+        min_ms,
         median(tj),
         median(tv),
         linearize_ms,

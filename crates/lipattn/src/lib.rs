@@ -19,6 +19,7 @@ pub mod bounds;
 pub mod derivatives;
 pub mod dynamics;
 pub mod estimation;
+pub mod fastexp;
 pub mod scalar;
 pub mod transport;
 

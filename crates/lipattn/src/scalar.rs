@@ -12,6 +12,9 @@ pub trait Scalar:
     fn of(v: f64) -> Self;
     fn f64(self) -> f64;
     fn exp(self) -> Self;
+    /// In place exp of non-positive arguments (shifted logits), vectorised; arguments below
+    /// EXP_UNDERFLOW give 0 (crate::fastexp).
+    fn exp_nonpositive(xs: &mut [Self]);
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
     fn is_finite(self) -> bool;
@@ -19,7 +22,7 @@ pub trait Scalar:
 }
 
 macro_rules! impl_scalar {
-    ($t:ty, $name:literal, $under:expr) => {
+    ($t:ty, $name:literal, $under:expr, $exp_slice:path) => {
         impl Scalar for $t {
             const NAME: &'static str = $name;
             const EXP_UNDERFLOW: f64 = $under;
@@ -34,6 +37,10 @@ macro_rules! impl_scalar {
             #[inline(always)]
             fn exp(self) -> Self {
                 <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn exp_nonpositive(xs: &mut [Self]) {
+                $exp_slice(xs, $under)
             }
             #[inline(always)]
             fn ln(self) -> Self {
@@ -54,5 +61,5 @@ macro_rules! impl_scalar {
         }
     };
 }
-impl_scalar!(f64, "f64", -708.0);
-impl_scalar!(f32, "f32", -87.0);
+impl_scalar!(f64, "f64", -708.0, crate::fastexp::exp_nonpositive_f64);
+impl_scalar!(f32, "f32", -87.0, crate::fastexp::exp_nonpositive_f32);

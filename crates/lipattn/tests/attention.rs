@@ -366,3 +366,37 @@ fn f32_forward_close_to_f64() {
         assert!(rel_err(&y32, &y) < 1e-5, "{}", rel_err(&y32, &y));
     }
 }
+
+/// The vectorised exp of the softmax against libm, over its whole domain [EXP_UNDERFLOW, 0]:
+/// within 2 ulp (relative 2.4e-7 in f32, 4.5e-16 in f64), exactly 1 at 0, and 0 below the
+/// underflow threshold.
+#[test]
+fn fast_exp_matches_libm() {
+    use lipattn::fastexp::{exp_nonpositive_f32, exp_nonpositive_f64};
+    let m = 200_000;
+    let xs64: Vec<f64> = (0..=m).map(|k| -708.0 * k as f64 / m as f64).collect();
+    let mut y64 = xs64.clone();
+    exp_nonpositive_f64(&mut y64, -708.0);
+    for (&x, &y) in xs64.iter().zip(&y64) {
+        let e = x.exp();
+        assert!(
+            (y - e).abs() <= 2.0 * f64::EPSILON * e,
+            "f64 exp({x}) = {y}, libm {e}"
+        );
+    }
+    let xs32: Vec<f32> = (0..=m).map(|k| -87.0 * k as f32 / m as f32).collect();
+    let mut y32 = xs32.clone();
+    exp_nonpositive_f32(&mut y32, -87.0);
+    for (&x, &y) in xs32.iter().zip(&y32) {
+        let e = (x as f64).exp();
+        assert!(
+            (y as f64 - e).abs() <= 2.0 * f32::EPSILON as f64 * e,
+            "f32 exp({x}) = {y}, exact {e}"
+        );
+    }
+    let (mut a, mut b) = ([0.0f64, -708.5, -1e300], [0.0f32, -87.5, -1e30]);
+    exp_nonpositive_f64(&mut a, -708.0);
+    exp_nonpositive_f32(&mut b, -87.0);
+    assert_eq!(a, [1.0, 0.0, 0.0]);
+    assert_eq!(b, [1.0, 0.0, 0.0]);
+}

@@ -101,6 +101,39 @@ fn vjp_equals_dual_gradient() {
     }
 }
 
+/// Long sequences: the JVP and VJP work through the queries in blocks (128 at a time), so n = 300
+/// spans full blocks and a partial one; under a causal mask each block sees a different number
+/// of keys. Checked against dual numbers for both kernels, with and without weights and mask.
+#[test]
+fn jvp_vjp_across_query_blocks() {
+    let mut r = rng(29);
+    let (n, d) = (300, 5);
+    for kernel in [Kernel::Dot, Kernel::L2] {
+        for (causal, weighted) in [(false, false), (true, false), (false, true)] {
+            let layer = random_layer(&mut r, d, 2, 3, 4, 6, kernel, 1.3, 0.3);
+            let x = gauss_mat(&mut r, n, d, 1.0);
+            let w = weighted.then(|| random_weights(&mut r, n));
+            let lin = Linearization::new(&layer, x.as_ref(), w.as_deref(), causal).unwrap();
+            for _ in 0..2 {
+                let g = gauss_mat(&mut r, n, d, 1.0);
+                let jv = lin.jvp(g.as_ref()).unwrap();
+                let dual = dual_jvp(&layer, &x, &g, w.as_deref(), causal);
+                let e = rel_err(&jv, &dual);
+                assert!(
+                    e <= 1e-9,
+                    "{kernel:?} causal={causal} weighted={weighted}: JVP {e}"
+                );
+                let v = gauss_mat(&mut r, n, 6, 1.0);
+                let (lhs, rhs) = (inner(&g, &lin.vjp(v.as_ref()).unwrap()), inner(&dual, &v));
+                assert!(
+                    (lhs - rhs).abs() <= 1e-9 * lhs.abs().max(rhs.abs()),
+                    "{kernel:?} causal={causal} weighted={weighted}: VJP {lhs} vs {rhs}"
+                );
+            }
+        }
+    }
+}
+
 /// JVP and VJP reject tangents of the wrong shape or with NaN.
 #[test]
 fn derivative_inputs_are_checked() {

@@ -23,28 +23,21 @@ pub fn softmax_columns<T: Scalar>(
             .expect("owned matrices are column-major")
             .as_slice_mut();
         let visible = if causal { (i + 1).min(nk) } else { nk };
-        let mut max = T::neg_infinity();
-        for (j, (l, &lw)) in col[..visible].iter_mut().zip(log_w).enumerate() {
-            if !l.is_finite() {
-                return Err(Error::Numerical(format!(
-                    "attention score of query {i} and key {j} is {l}: the scores overflowed (inputs or weights too large for {})",
-                    T::NAME
-                )));
-            }
-            *l += lw;
-            if *l > max {
-                max = *l;
-            }
+        let seen = &mut col[..visible];
+        let Some(max) = add_and_max(seen, log_w) else {
+            let j = seen.iter().position(|l| !l.is_finite()).unwrap_or(0);
+            return Err(Error::Numerical(format!(
+                "attention score of query {i} and key {j} is {}: the scores overflowed (inputs or weights too large for {})",
+                seen[j],
+                T::NAME
+            )));
+        };
+        for l in seen.iter_mut() {
+            *l -= max;
         }
-        let mut sum = T::of(0.0);
-        let under = T::of(T::EXP_UNDERFLOW);
-        for l in col[..visible].iter_mut() {
-            let z = *l - max;
-            *l = if z < under { T::of(0.0) } else { z.exp() };
-            sum += *l;
-        }
-        let inv = T::of(1.0) / sum;
-        for l in col[..visible].iter_mut() {
+        T::exp_nonpositive(seen);
+        let inv = T::of(1.0) / sum(seen);
+        for l in seen.iter_mut() {
             *l *= inv;
         }
         for l in col[visible..].iter_mut() {
@@ -58,6 +51,14 @@ pub fn softmax_columns<T: Scalar>(
 /// operator) applied to g_i. Used by both the JVP and the VJP.
 pub fn softmax_backward_columns<T: Scalar>(p_t: faer::MatRef<'_, T>, mut g: MatMut<'_, T>) {
     for i in 0..g.ncols() {
+        if i + 1 < g.ncols() {
+            prefetch(
+                p_t.col(i + 1)
+                    .try_as_col_major()
+                    .expect("column-major")
+                    .as_slice(),
+            );
+        }
         let p = p_t
             .col(i)
             .try_as_col_major()
@@ -74,6 +75,72 @@ pub fn softmax_backward_columns<T: Scalar>(p_t: faer::MatRef<'_, T>, mut g: MatM
             *gj = pj * (*gj - mean);
         }
     }
+}
+
+/// Asks for `data` in the L1 cache ahead of use. The softmax backward reads each column of P once,
+/// straight from memory, and the hardware prefetcher does not run far enough ahead of it.
+#[inline]
+fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = std::mem::size_of_val(data);
+        let base = data.as_ptr() as *const i8;
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: prefetching is a hint with no memory access semantics; the address lies
+            // within `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(off)) };
+        }
+    }
+}
+
+/// l += log_w lane by lane, returning the maximum, or None if an entry is not finite. Eight
+/// running maxima so that it vectorises (a single one is a chain of dependent comparisons); the
+/// finiteness check rides along as a sum of x * 0, which is NaN exactly when some x is inf or NaN.
+#[inline]
+fn add_and_max<T: Scalar>(l: &mut [T], log_w: &[T]) -> Option<T> {
+    let zero = T::of(0.0);
+    let mut acc = [T::neg_infinity(); 8];
+    let mut probe = [zero; 8];
+    let n8 = l.len() / 8 * 8;
+    let (head, tail) = l.split_at_mut(n8);
+    for (x, w) in head.chunks_exact_mut(8).zip(log_w.chunks_exact(8)) {
+        for k in 0..8 {
+            x[k] += w[k];
+            probe[k] += x[k] * zero;
+            acc[k] = if x[k] > acc[k] { x[k] } else { acc[k] };
+        }
+    }
+    let mut max = T::neg_infinity();
+    let mut bad = zero;
+    for (x, &w) in tail.iter_mut().zip(&log_w[n8..]) {
+        *x += w;
+        bad += *x * zero;
+        max = if *x > max { *x } else { max };
+    }
+    for (a, p) in acc.into_iter().zip(probe) {
+        max = if a > max { a } else { max };
+        bad += p;
+    }
+    (bad == zero).then_some(max)
+}
+
+/// Sum with eight independent accumulators (vectorised, like `dot`).
+#[inline]
+fn sum<T: Scalar>(a: &[T]) -> T {
+    let zero = T::of(0.0);
+    let mut acc = [zero; 8];
+    let chunks = a.chunks_exact(8);
+    let mut tail = zero;
+    for &x in chunks.remainder() {
+        tail += x;
+    }
+    for x in chunks {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Dot product with eight independent accumulators, so that it vectorises without reassociation

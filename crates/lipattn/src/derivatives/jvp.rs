@@ -1,8 +1,12 @@
 //! Forward-mode derivative of the token map: dY = J(X) G (math.md section 3, with biases,
 //! multi-head and the tied L2 kernel).
+//!
+//! Worked transposed (tokens as columns): per head and block of queries, the score tangent
+//! dL^T (keys x queries) goes through the softmax backward, and dO^T = V^T dP^T + dV^T P^T
+//! is written into the head's rows of dO^T; every product then has column-major operands.
 
-use super::linearization::Linearization;
-use crate::attention::forward::{affine_no_bias, check_shape, gemm, inv_sqrt_dk};
+use super::linearization::{Linearization, QUERY_BLOCK};
+use crate::attention::forward::{check_shape, gemm, gemm_rows_rayon};
 use crate::attention::softmax::softmax_backward_columns;
 use crate::attention::Kernel;
 use crate::error::Result;
@@ -19,71 +23,118 @@ impl<T: Scalar> Linearization<'_, T> {
     }
 
     pub(crate) fn jvp_unchecked(&self, g: MatRef<'_, T>) -> Mat<T> {
+        let d_ot = self.jvp_heads(g);
+        let mut dy = Mat::<T>::zeros(self.n(), self.d_out());
+        gemm_rows_rayon(dy.as_mut(), d_ot.transpose(), self.layer.wo.transpose());
+        dy
+    }
+
+    /// The heads' output tangents before the output projection, dO^T (H dv x n): J G = dO W_O^T.
+    pub(crate) fn jvp_heads(&self, g: MatRef<'_, T>) -> Mat<T> {
         let layer = self.layer;
-        let (dk, dv) = (layer.dk, layer.dv);
+        let (dk, dv, n) = (layer.dk, layer.dv, self.n());
         let st = &self.state;
-        let proj = self.project(g);
-        let (k_off, v_off) = self.offsets();
-        let s = inv_sqrt_dk::<T>(dk);
+        let width = self.head_width();
+        let sc = self.bilinear_scale();
         let one = T::of(1.0);
-        let mut d_o = Mat::<T>::zeros(self.n(), layer.heads * dv);
-        d_o.as_mut()
-            .par_col_chunks_mut(dv)
+        let mut d_ot = Mat::<T>::zeros(layer.heads * dv, n);
+        // One task per head, projections included: a single parallel region per JVP.
+        d_ot.as_mut()
+            .par_row_chunks_mut(dv)
             .enumerate()
-            .for_each(|(h, mut doh)| {
-                let q = st.q.as_ref().subcols(h * dk, dk);
-                let k = st.k.as_ref().subcols(h * dk, dk);
-                let v = st.v.as_ref().subcols(h * dv, dv);
+            .for_each(|(h, mut dot_h)| {
+                let mut guard = self.scratch(h);
+                let ws = &mut *guard;
+                // W_in^h G^T: this head's tangent projections dQ^T, dK^T, dV^T.
+                gemm(
+                    ws.proj.as_mut(),
+                    false,
+                    self.w_in.as_ref().subrows(h * width, width),
+                    g.transpose(),
+                    one,
+                    Par::Seq,
+                );
+                let tangents = ws.proj.as_ref();
+                let dq_t = tangents.subrows(0, dk);
+                // For tied L2 the keys are the queries, so their tangent is dQ.
+                let dkey_t = match layer.kernel {
+                    Kernel::Dot => tangents.subrows(dk, dk),
+                    Kernel::L2 => dq_t,
+                };
+                let dv_t = tangents.subrows(width - dv, dv);
+                let v_t = self.v_t.as_ref().subrows(h * dv, dv);
+                let q_t = self.q_t.as_ref().subrows(h * dk, dk);
                 let p_t = st.p_t[h].as_ref();
-                let dq = proj.as_ref().subcols(h * dk, dk);
-                let dv_h = proj.as_ref().subcols(v_off + h * dv, dv);
-                // dL^T (keys x queries).
-                let mut dl = self.scratch(h);
-                match layer.kernel {
-                    Kernel::Dot => {
-                        // One product of depth 2 dk, [K dK] [dQ Q]^T, instead of two of depth dk:
-                        // the n x n output is written once.
-                        let dkh = proj.as_ref().subcols(k_off + h * dk, dk);
-                        let n = q.nrows();
-                        let mut left = Mat::<T>::zeros(n, 2 * dk);
-                        let mut right = Mat::<T>::zeros(n, 2 * dk);
-                        left.as_mut().subcols_mut(0, dk).copy_from(k);
-                        left.as_mut().subcols_mut(dk, dk).copy_from(dkh);
-                        right.as_mut().subcols_mut(0, dk).copy_from(dq);
-                        right.as_mut().subcols_mut(dk, dk).copy_from(q);
-                        gemm(
-                            dl.as_mut(),
-                            false,
-                            left.as_ref(),
-                            right.transpose(),
-                            s,
-                            Par::Seq,
-                        );
+                // The bilinear part of the logit tangent, dL^T_ji = sc [k_j dk_j].[dq_i q_i], is
+                // one product of depth 2 dk per block instead of two of depth dk.
+                let left = &mut ws.left;
+                left.as_mut()
+                    .subcols_mut(0, dk)
+                    .copy_from(st.k.as_ref().subcols(h * dk, dk));
+                left.as_mut()
+                    .subcols_mut(dk, dk)
+                    .copy_from(dkey_t.transpose());
+                // Tied L2 logits also carry -s |q_j|^2, whose tangent -2s q_j.dq_j is the same for
+                // every query (left is [Q dQ] there).
+                let key_shift: Option<Vec<T>> = (layer.kernel == Kernel::L2).then(|| {
+                    let mut shift = vec![T::of(0.0); n];
+                    for c in 0..dk {
+                        let (a, b) = (left.col_as_slice(c), left.col_as_slice(dk + c));
+                        for ((r, &x), &y) in shift.iter_mut().zip(a).zip(b) {
+                            *r += x * y;
+                        }
                     }
-                    Kernel::L2 => {
-                        // logits_ij = s (2 q_i.q_j - |q_j|^2): d = 2s (dq_i.q_j + q_i.dq_j - q_j.dq_j).
-                        gemm(dl.as_mut(), false, q, dq.transpose(), s + s, Par::Seq);
-                        gemm(dl.as_mut(), true, dq, q.transpose(), s + s, Par::Seq);
-                        let r: Vec<T> = (0..q.nrows())
-                            .map(|j| {
-                                let mut acc = T::of(0.0);
-                                for c in 0..dk {
-                                    acc += q[(j, c)] * dq[(j, c)];
-                                }
-                                (s + s) * acc
-                            })
-                            .collect();
-                        for i in 0..dl.ncols() {
-                            for (x, &rj) in dl.col_as_slice_mut(i).iter_mut().zip(&r) {
-                                *x -= rj;
+                    shift.iter_mut().for_each(|r| *r *= sc);
+                    shift
+                });
+                for q0 in (0..n).step_by(QUERY_BLOCK) {
+                    let len = QUERY_BLOCK.min(n - q0);
+                    let nk = self.visible_keys(q0, len);
+                    let mut right = ws.right_t.as_mut().subcols_mut(0, len);
+                    right
+                        .rb_mut()
+                        .subrows_mut(0, dk)
+                        .copy_from(dq_t.subcols(q0, len));
+                    right
+                        .rb_mut()
+                        .subrows_mut(dk, dk)
+                        .copy_from(q_t.subcols(q0, len));
+                    let mut dl = ws.scores.as_mut().submatrix_mut(0, 0, nk, len);
+                    gemm(
+                        dl.rb_mut(),
+                        false,
+                        ws.left.as_ref().subrows(0, nk),
+                        right.as_ref(),
+                        sc,
+                        Par::Seq,
+                    );
+                    if let Some(shift) = &key_shift {
+                        for i in 0..len {
+                            let col = dl
+                                .rb_mut()
+                                .col_mut(i)
+                                .try_as_col_major_mut()
+                                .expect("column-major")
+                                .as_slice_mut();
+                            for (x, &r) in col.iter_mut().zip(shift) {
+                                *x -= r;
                             }
                         }
                     }
+                    let p_blk = p_t.submatrix(0, q0, nk, len);
+                    softmax_backward_columns(p_blk, dl.rb_mut());
+                    let mut out = dot_h.rb_mut().subcols_mut(q0, len);
+                    gemm(
+                        out.rb_mut(),
+                        false,
+                        v_t.subcols(0, nk),
+                        dl.as_ref(),
+                        one,
+                        Par::Seq,
+                    );
+                    gemm(out, true, dv_t.subcols(0, nk), p_blk, one, Par::Seq);
                 }
-                softmax_backward_columns(p_t, dl.as_mut());
-                gemm(doh.rb_mut(), false, dl.transpose(), v, one, Par::Seq);
-                gemm(doh.rb_mut(), true, p_t.transpose(), dv_h, one, Par::Seq);
             });
-        affine_no_bias(d_o.as_ref(), layer.wo.as_ref())
+        d_ot
     }
 }

@@ -2,24 +2,36 @@
 //! Everything that depends on X alone (projections, attention probabilities, outputs) is computed
 //! once here and shared by every JVP and VJP at that X, as power iteration and Lanczos need.
 
-use crate::attention::forward::{gemm, par_for, AttentionState};
+use crate::attention::forward::{gemm_rows_rayon, inv_sqrt_dk, AttentionState};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::Result;
 use crate::scalar::Scalar;
 use faer::{Mat, MatRef};
 use std::sync::{Mutex, MutexGuard};
 
+/// Queries per block in the JVP and VJP: the n x block score tangent of one head then stays in
+/// the core's L2 cache between the product that writes it, the softmax backward and the product
+/// that reads it (at n = 512 a whole n x n one per head did not, and the derivatives spent about
+/// half their time waiting on memory).
+pub(crate) const QUERY_BLOCK: usize = 128;
+
 pub struct Linearization<'a, T: Scalar> {
     pub(crate) layer: &'a AttentionLayer<T>,
     pub(crate) state: AttentionState<T>,
-    /// [W_Q; W_K; W_V] stacked (for L2, [W_Q; W_V]): one product projects a tangent for all heads.
+    /// Per head h, [W_Q^h; W_K^h; W_V^h] (for L2, [W_Q^h; W_V^h]), heads one after another: one
+    /// product projects a tangent for all heads, and each head's tangent projections (or
+    /// cotangents) are one contiguous block of columns, `head_width()` wide.
     pub(crate) w_in: Mat<T>,
     pub(crate) causal: bool,
+    /// Q^T (H dk x n), K^T (H dk x n; Q^T again for L2) and V^T (H dv x n), stored column-major:
+    /// the products of depth n in the JVP and VJP then read both operands column-major, which
+    /// the GEMM kernels run about 20% faster than a transposed (row-major) left operand.
+    pub(crate) q_t: Mat<T>,
+    pub(crate) k_t: Mat<T>,
+    pub(crate) v_t: Mat<T>,
     output: Mat<T>,
-    /// One n x n buffer per head for the score tangent (JVP) or cotangent (VJP), reused across
-    /// calls: every entry is overwritten by a product before it is read, and allocating and
-    /// zeroing it on each call cost about 5% of a JVP at n = 512.
-    scratch: Vec<Mutex<Mat<T>>>,
+    /// One workspace per head, reused across blocks and calls.
+    scratch: Vec<Mutex<HeadScratch<T>>>,
 }
 
 impl<'a, T: Scalar> Linearization<'a, T> {
@@ -33,29 +45,39 @@ impl<'a, T: Scalar> Linearization<'a, T> {
     ) -> Result<Self> {
         let state = layer.state(x, x, weights, causal, true)?;
         let output = layer.output(state.o.as_ref());
-        let blocks: Vec<&Mat<T>> = match layer.kernel {
-            Kernel::Dot => vec![&layer.wq, &layer.wk, &layer.wv],
-            Kernel::L2 => vec![&layer.wq, &layer.wv],
-        };
-        let rows: usize = blocks.iter().map(|b| b.nrows()).sum();
+        let (dk, dv) = (layer.dk, layer.dv);
+        let mut blocks: Vec<(&Mat<T>, usize)> = vec![(&layer.wq, dk)];
+        if layer.kernel == Kernel::Dot {
+            blocks.push((&layer.wk, dk));
+        }
+        blocks.push((&layer.wv, dv));
+        let width: usize = blocks.iter().map(|b| b.1).sum();
         let d = layer.d_in();
-        let mut w_in = Mat::<T>::zeros(rows, d);
+        let mut w_in = Mat::<T>::zeros(layer.heads * width, d);
         let mut r0 = 0;
-        for b in blocks {
-            w_in.as_mut()
-                .submatrix_mut(r0, 0, b.nrows(), d)
-                .copy_from(b.as_ref());
-            r0 += b.nrows();
+        for h in 0..layer.heads {
+            for &(w, rows) in &blocks {
+                w_in.as_mut()
+                    .submatrix_mut(r0, 0, rows, d)
+                    .copy_from(w.as_ref().submatrix(h * rows, 0, rows, d));
+                r0 += rows;
+            }
         }
         let n = x.nrows();
         let scratch = (0..layer.heads)
-            .map(|_| Mutex::new(Mat::<T>::zeros(n, n)))
+            .map(|_| Mutex::new(HeadScratch::new(n, dk, dv, width)))
             .collect();
+        let q_t = state.q.transpose().to_owned();
+        let k_t = state.k.transpose().to_owned();
+        let v_t = state.v.transpose().to_owned();
         Ok(Self {
             layer,
             state,
             w_in,
             causal,
+            q_t,
+            k_t,
+            v_t,
             output,
             scratch,
         })
@@ -86,34 +108,92 @@ impl<'a, T: Scalar> Linearization<'a, T> {
         self.layer
     }
 
-    /// Column offsets of the key and value blocks in a tangent projected by `w_in`.
-    pub(crate) fn offsets(&self) -> (usize, usize) {
-        let hk = self.layer.heads * self.layer.dk;
+    /// Columns per head in a tangent projected by `w_in`: dQ, dK (dot kernel only), dV.
+    pub(crate) fn head_width(&self) -> usize {
+        let dk = self.layer.dk;
         match self.layer.kernel {
-            Kernel::Dot => (hk, 2 * hk),
-            Kernel::L2 => (0, hk),
+            Kernel::Dot => 2 * dk + self.layer.dv,
+            Kernel::L2 => dk + self.layer.dv,
         }
     }
 
-    /// The n x n scratch buffer of head h. A concurrent caller on the same head waits.
-    pub(crate) fn scratch(&self, h: usize) -> MutexGuard<'_, Mat<T>> {
+    /// The logit scale: s = 1/sqrt(dk) for the dot kernel, 2s for tied L2, whose logits
+    /// s (2 q_i.q_j - |q_j|^2) have the bilinear part 2s q_i.q_j.
+    pub(crate) fn bilinear_scale(&self) -> T {
+        let s = inv_sqrt_dk::<T>(self.layer.dk);
+        match self.layer.kernel {
+            Kernel::Dot => s,
+            Kernel::L2 => s + s,
+        }
+    }
+
+    /// The keys visible to the queries q0..q0+len: all of them, or 0..q0+len under a causal mask
+    /// (the other probabilities are exactly zero, so their terms are skipped, not computed).
+    pub(crate) fn visible_keys(&self, q0: usize, len: usize) -> usize {
+        if self.causal {
+            q0 + len
+        } else {
+            self.n()
+        }
+    }
+
+    /// W_O^T W_O (H dv x H dv), for `normal_step`.
+    pub(crate) fn output_gram(&self) -> Mat<T> {
+        let wo = self.layer.wo.as_ref();
+        let hdv = wo.ncols();
+        let mut g = Mat::<T>::zeros(hdv, hdv);
+        gemm_rows_rayon(g.as_mut(), wo.transpose(), wo);
+        g
+    }
+
+    /// One product with J^T J, for `gram` = `output_gram()`: returns (dO, J^T J u), where
+    /// J u = dO W_O^T. Going through W_O^T W_O instead of forming J u saves one product of
+    /// the output projection's size per step.
+    pub(crate) fn normal_step(&self, u: MatRef<'_, T>, gram: MatRef<'_, T>) -> (Mat<T>, Mat<T>) {
+        let d_o = self.jvp_heads(u).transpose().to_owned();
+        let w = self.vjp_through(d_o.as_ref(), gram);
+        (d_o, w)
+    }
+
+    /// The workspace of head h. A concurrent caller on the same head waits.
+    pub(crate) fn scratch(&self, h: usize) -> MutexGuard<'_, HeadScratch<T>> {
         self.scratch[h]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
 
-    /// t W_in^T: the tangent's query, key and value projections for all heads at once.
-    pub(crate) fn project(&self, t: MatRef<'_, T>) -> Mat<T> {
-        let mut out = Mat::<T>::zeros(t.nrows(), self.w_in.nrows());
-        let par = par_for(t.nrows(), self.w_in.nrows(), t.ncols());
-        gemm(
-            out.as_mut(),
-            false,
-            t,
-            self.w_in.transpose(),
-            T::of(1.0),
-            par,
-        );
-        out
+/// One head's buffers for a JVP or VJP. Allocating and zeroing them on every call cost a few
+/// percent of a JVP; the derivatives overwrite every entry they later read (the accumulators
+/// are cleared explicitly), so nothing carries over between calls.
+pub(crate) struct HeadScratch<T: Scalar> {
+    /// Score tangent dL^T (JVP) or cotangent Lbar^T (VJP) of one block of queries, n x block.
+    pub scores: Mat<T>,
+    /// The head's tangent projections [dQ^T; dK^T; dV^T] (JVP), head_width x n.
+    pub proj: Mat<T>,
+    /// [K dK] (JVP), n x 2 dk.
+    pub left: Mat<T>,
+    /// [dQ_blk Q_blk]^T (JVP), 2 dk x block.
+    pub right_t: Mat<T>,
+    /// Obar_h (VJP), n x dv.
+    pub obar: Mat<T>,
+    /// sc Lbar^T Q, accumulated over blocks (VJP), n x dk.
+    pub key_part: Mat<T>,
+    /// Qbar_blk^T (VJP), dk x block.
+    pub query_t: Mat<T>,
+}
+
+impl<T: Scalar> HeadScratch<T> {
+    fn new(n: usize, dk: usize, dv: usize, width: usize) -> Self {
+        let block = QUERY_BLOCK.min(n);
+        Self {
+            scores: Mat::zeros(n, block),
+            proj: Mat::zeros(width, n),
+            left: Mat::zeros(n, 2 * dk),
+            right_t: Mat::zeros(2 * dk, block),
+            obar: Mat::zeros(n, dv),
+            key_part: Mat::zeros(n, dk),
+            query_t: Mat::zeros(dk, block),
+        }
     }
 }

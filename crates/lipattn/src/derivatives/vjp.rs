@@ -1,16 +1,14 @@
 //! Reverse-mode derivative of the token map: Xbar = J(X)^T Ybar.
 
-use super::linearization::Linearization;
-use crate::attention::forward::{check_shape, gemm, inv_sqrt_dk, par_for};
+use super::linearization::{Linearization, QUERY_BLOCK};
+use crate::attention::forward::{check_shape, gemm, gemm_rows_rayon};
 use crate::attention::softmax::softmax_backward_columns;
 use crate::attention::Kernel;
 use crate::error::Result;
 use crate::scalar::Scalar;
+use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
-
-/// One head's (Qbar, Kbar, Vbar); Kbar is absent for the tied L2 kernel.
-type HeadCotangents<T> = (Mat<T>, Option<Mat<T>>, Mat<T>);
 
 impl<T: Scalar> Linearization<'_, T> {
     /// J(X)^T Ybar for a cotangent Ybar (n x d_out); returns n x d.
@@ -20,84 +18,113 @@ impl<T: Scalar> Linearization<'_, T> {
     }
 
     pub(crate) fn vjp_unchecked(&self, ybar: MatRef<'_, T>) -> Mat<T> {
+        self.vjp_through(ybar, self.layer.wo.as_ref())
+    }
+
+    /// The VJP from the heads' output cotangents Obar_h = Y W[:, h dv..(h+1) dv]: with
+    /// (Ybar, W_O) it is J^T Ybar; with (dO, W_O^T W_O), dO from `jvp_heads`, it is J^T J G
+    /// without forming J G (Lanczos).
+    pub(crate) fn vjp_through(&self, y: MatRef<'_, T>, w: MatRef<'_, T>) -> Mat<T> {
         let layer = self.layer;
         let (dk, dv, n) = (layer.dk, layer.dv, self.n());
         let st = &self.state;
         let one = T::of(1.0);
-        let s = inv_sqrt_dk::<T>(dk);
-        // Obar = Ybar W_O, all heads at once.
-        let hdv = layer.heads * dv;
-        let mut obar = Mat::<T>::zeros(n, hdv);
-        let par = par_for(n, hdv, ybar.ncols());
-        gemm(obar.as_mut(), false, ybar, layer.wo.as_ref(), one, par);
-        let (k_off, v_off) = self.offsets();
-        let parts: Vec<HeadCotangents<T>> = (0..layer.heads)
-            .into_par_iter()
-            .map(|h| {
+        let sc = self.bilinear_scale();
+        // Each head writes its cotangents (Qbar, Kbar, Vbar; for L2 Qbar, Vbar) straight into its
+        // own columns, laid out like the rows of w_in.
+        let width = self.head_width();
+        let mut dbar = Mat::<T>::zeros(n, self.w_in.nrows());
+        dbar.as_mut()
+            .par_col_chunks_mut(width)
+            .enumerate()
+            .for_each(|(h, mut cot)| {
                 let q = st.q.as_ref().subcols(h * dk, dk);
-                let k = st.k.as_ref().subcols(h * dk, dk);
+                let k_t = self.k_t.as_ref().subrows(h * dk, dk);
                 let v = st.v.as_ref().subcols(h * dv, dv);
                 let p_t = st.p_t[h].as_ref();
-                let ob = obar.as_ref().subcols(h * dv, dv);
-                // Vbar = P^T Obar; Pbar^T = V Obar^T (keys x queries).
-                let mut vbar = Mat::<T>::zeros(n, dv);
-                gemm(vbar.as_mut(), false, p_t, ob, one, Par::Seq);
-                let mut lbar = self.scratch(h);
-                gemm(lbar.as_mut(), false, v, ob.transpose(), one, Par::Seq);
-                softmax_backward_columns(p_t, lbar.as_mut());
-                // lbar now holds Lbar^T (keys x queries).
-                let mut qbar = Mat::<T>::zeros(n, dk);
-                match layer.kernel {
-                    Kernel::Dot => {
-                        gemm(qbar.as_mut(), false, lbar.transpose(), k, s, Par::Seq);
-                        let mut kbar = Mat::<T>::zeros(n, dk);
-                        gemm(kbar.as_mut(), false, lbar.as_ref(), q, s, Par::Seq);
-                        (qbar, Some(kbar), vbar)
-                    }
-                    Kernel::L2 => {
-                        // Qbar = 2s (Lbar Q + Lbar^T Q - diag(colsum Lbar) Q).
-                        let two_s = s + s;
-                        gemm(qbar.as_mut(), false, lbar.transpose(), q, two_s, Par::Seq);
-                        gemm(qbar.as_mut(), true, lbar.as_ref(), q, two_s, Par::Seq);
-                        for j in 0..n {
-                            // Column sum of Lbar over queries = row j of Lbar^T summed.
-                            let mut c = T::of(0.0);
-                            for i in 0..n {
-                                c += lbar[(j, i)];
-                            }
-                            for col in 0..dk {
-                                qbar[(j, col)] -= two_s * c * q[(j, col)];
-                            }
+                let mut guard = self.scratch(h);
+                let ws = &mut *guard;
+                // Obar_h = Y W^h.
+                gemm(
+                    ws.obar.as_mut(),
+                    false,
+                    y,
+                    w.subcols(h * dv, dv),
+                    one,
+                    Par::Seq,
+                );
+                let ob = ws.obar.as_ref();
+                // The logits' bilinear part sc k_j.q_i gives the queries sc Lbar K and the keys
+                // sc Lbar^T Q (for L2 both land on Qbar, the keys being the queries).
+                ws.key_part.as_mut().fill(T::of(0.0));
+                // Tied L2 only: the column sums of Lbar, for the -s |q_j|^2 term.
+                let mut colsum = vec![T::of(0.0); if layer.kernel == Kernel::L2 { n } else { 0 }];
+                for q0 in (0..n).step_by(QUERY_BLOCK) {
+                    let len = QUERY_BLOCK.min(n - q0);
+                    let nk = self.visible_keys(q0, len);
+                    let p_blk = p_t.submatrix(0, q0, nk, len);
+                    let ob_blk = ob.subrows(q0, len);
+                    // Vbar += P_blk^T Obar_blk (dbar starts at zero).
+                    gemm(
+                        cot.rb_mut().submatrix_mut(0, width - dv, nk, dv),
+                        true,
+                        p_blk,
+                        ob_blk,
+                        one,
+                        Par::Seq,
+                    );
+                    // Pbar^T = V Obar^T (keys x queries), then through the softmax: Lbar^T.
+                    let mut lbar = ws.scores.as_mut().submatrix_mut(0, 0, nk, len);
+                    gemm(
+                        lbar.rb_mut(),
+                        false,
+                        v.subrows(0, nk),
+                        ob_blk.transpose(),
+                        one,
+                        Par::Seq,
+                    );
+                    softmax_backward_columns(p_blk, lbar.rb_mut());
+                    // Qbar_blk^T = sc K^T Lbar_blk^T, with both operands column-major.
+                    let mut qbar_t = ws.query_t.as_mut().subcols_mut(0, len);
+                    gemm(
+                        qbar_t.rb_mut(),
+                        false,
+                        k_t.subcols(0, nk),
+                        lbar.as_ref(),
+                        sc,
+                        Par::Seq,
+                    );
+                    cot.rb_mut()
+                        .submatrix_mut(q0, 0, len, dk)
+                        .copy_from(qbar_t.transpose());
+                    gemm(
+                        ws.key_part.as_mut().subrows_mut(0, nk),
+                        true,
+                        lbar.as_ref(),
+                        q.subrows(q0, len),
+                        sc,
+                        Par::Seq,
+                    );
+                    for (j, c) in colsum.iter_mut().take(nk).enumerate() {
+                        for i in 0..len {
+                            *c += lbar[(j, i)];
                         }
-                        (qbar, None, vbar)
                     }
                 }
-            })
-            .collect();
-        let mut dbar = Mat::<T>::zeros(n, self.w_in.nrows());
-        for (h, (qb, kb, vb)) in parts.iter().enumerate() {
-            dbar.as_mut()
-                .submatrix_mut(0, h * dk, n, dk)
-                .copy_from(qb.as_ref());
-            if let Some(kb) = kb {
-                dbar.as_mut()
-                    .submatrix_mut(0, k_off + h * dk, n, dk)
-                    .copy_from(kb.as_ref());
-            }
-            dbar.as_mut()
-                .submatrix_mut(0, v_off + h * dv, n, dv)
-                .copy_from(vb.as_ref());
-        }
+                match layer.kernel {
+                    Kernel::Dot => cot.subcols_mut(dk, dk).copy_from(ws.key_part.as_ref()),
+                    Kernel::L2 => {
+                        // Qbar = sc (Lbar Q + Lbar^T Q - diag(colsum Lbar) Q).
+                        for c in 0..dk {
+                            for (j, &cs) in colsum.iter().enumerate() {
+                                cot[(j, c)] += ws.key_part[(j, c)] - sc * cs * q[(j, c)];
+                            }
+                        }
+                    }
+                }
+            });
         let mut xbar = Mat::<T>::zeros(n, layer.d_in());
-        let par = par_for(n, layer.d_in(), dbar.ncols());
-        gemm(
-            xbar.as_mut(),
-            false,
-            dbar.as_ref(),
-            self.w_in.as_ref(),
-            one,
-            par,
-        );
+        gemm_rows_rayon(xbar.as_mut(), dbar.as_ref(), self.w_in.as_ref());
         xbar
     }
 }

@@ -3,7 +3,7 @@
 //! linearisation point.
 
 use super::power::{power_iteration, PowerOptions};
-use super::vecops::{axpy, dot, norm, scale, SplitMix};
+use super::vecops::{axpy, dot, norm, orthogonalize, scale, SplitMix};
 use crate::attention::AttentionLayer;
 use crate::derivatives::Linearization;
 use crate::error::{Error, Result};
@@ -181,7 +181,9 @@ pub fn lanczos<T: Scalar>(
     let dim = lin.n() * lin.d_in();
     let cap = opts.max_iter.min(dim);
     let mut basis: Vec<Mat<T>> = vec![start_vector(lin, opts.seed, start)?];
+    // images[i] holds dO of J q_i (J q_i = dO W_O^T), kept to recompute sigma = ||J v|| exactly.
     let mut images: Vec<Mat<T>> = Vec::new();
+    let gram = lin.output_gram();
     let (mut alpha, mut beta): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     let mut history = Vec::new();
     let mut converged = false;
@@ -190,19 +192,13 @@ pub fn lanczos<T: Scalar>(
     let mut top_col = 0;
     for k in 0..cap {
         crate::cancel::check()?;
-        let jq = lin.jvp(basis[k].as_ref())?;
-        let mut w = lin.vjp(jq.as_ref())?;
-        images.push(jq);
+        let (dq, mut w) = lin.normal_step(basis[k].as_ref(), gram.as_ref());
+        images.push(dq);
         let a = dot(&basis[k], &w);
         alpha.push(a);
-        // Two passes of classical Gram-Schmidt against the whole basis: the three-term recurrence
-        // alone loses orthogonality as soon as the top Ritz value converges.
-        for _ in 0..2 {
-            for q in &basis {
-                let c = dot(q, &w);
-                axpy(&mut w, -c, q);
-            }
-        }
+        // Full reorthogonalisation against the whole basis: the three-term recurrence alone loses
+        // orthogonality as soon as the top Ritz value converges.
+        orthogonalize(&mut w, &basis);
         let b = norm(&w);
         let m = k + 1;
         let tri = Mat::<f64>::from_fn(m, m, |i, j| {
@@ -258,13 +254,23 @@ pub fn lanczos<T: Scalar>(
     }
     let m = images.len();
     let s: Vec<f64> = (0..m).map(|i| ritz[(i, top_col)]).collect();
-    let (n, d, dout) = (lin.n(), lin.d_in(), lin.d_out());
+    let (n, d) = (lin.n(), lin.d_in());
     let mut v = Mat::<T>::zeros(n, d);
-    let mut jv = Mat::<T>::zeros(n, dout);
+    let mut dv = Mat::<T>::zeros(n, gram.nrows());
     for i in 0..m {
         axpy(&mut v, s[i], &basis[i]);
-        axpy(&mut jv, s[i], &images[i]);
+        axpy(&mut dv, s[i], &images[i]);
     }
+    let wo = lin.layer().wo.as_ref();
+    let mut jv = Mat::<T>::zeros(n, lin.d_out());
+    faer::linalg::matmul::matmul(
+        jv.as_mut(),
+        faer::Accum::Replace,
+        dv.as_ref(),
+        wo.transpose(),
+        T::of(1.0),
+        faer::Par::Seq,
+    );
     let nv = norm(&v);
     scale(&mut v, 1.0 / nv);
     scale(&mut jv, 1.0 / nv);

@@ -22,23 +22,25 @@ fn block_ranges(ncols: usize) -> Vec<std::ops::Range<usize>> {
 }
 
 /// Eight independent partial sums: a single running sum is bound by the latency of one add per
-/// element, and the Gram-Schmidt passes of Lanczos call this k times per step.
-fn dot_cols<T: Scalar>(a: &Mat<T>, b: &Mat<T>, cols: std::ops::Range<usize>) -> f64 {
+/// element.
+fn dot_slices<T: Scalar>(x: &[T], y: &[T]) -> f64 {
     let mut acc = [0.0f64; 8];
     let mut tail = 0.0;
-    for j in cols {
-        let (x, y) = (a.col_as_slice(j), b.col_as_slice(j));
-        let (cx, cy) = (x.chunks_exact(8), y.chunks_exact(8));
-        for (u, v) in cx.remainder().iter().zip(cy.remainder()) {
-            tail += u.f64() * v.f64();
-        }
-        for (u, v) in cx.zip(cy) {
-            for l in 0..8 {
-                acc[l] += u[l].f64() * v[l].f64();
-            }
+    let (cx, cy) = (x.chunks_exact(8), y.chunks_exact(8));
+    for (u, v) in cx.remainder().iter().zip(cy.remainder()) {
+        tail += u.f64() * v.f64();
+    }
+    for (u, v) in cx.zip(cy) {
+        for l in 0..8 {
+            acc[l] += u[l].f64() * v[l].f64();
         }
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+fn dot_cols<T: Scalar>(a: &Mat<T>, b: &Mat<T>, cols: std::ops::Range<usize>) -> f64 {
+    cols.map(|j| dot_slices(a.col_as_slice(j), b.col_as_slice(j)))
+        .sum()
 }
 
 pub(crate) fn dot<T: Scalar>(a: &Mat<T>, b: &Mat<T>) -> f64 {
@@ -81,6 +83,62 @@ pub(crate) fn axpy<T: Scalar>(a: &mut Mat<T>, c: f64, b: &Mat<T>) {
                 }
             }
         });
+}
+
+/// w <- (I - Q Q^T) w applied twice (classical Gram-Schmidt with one reorthogonalisation,
+/// CGS2), for the orthonormal columns Q = `basis`. Each pass is one sweep over the basis for all
+/// inner products (a column of w stays in cache while every basis vector's column meets it) and
+/// one for the update, instead of an inner product and an update per basis vector: the Krylov
+/// bases of Lanczos are memory-bound, and this reads each basis vector twice per pass, not three
+/// times per basis vector.
+pub(crate) fn orthogonalize<T: Scalar>(w: &mut Mat<T>, basis: &[Mat<T>]) {
+    if basis.is_empty() {
+        return;
+    }
+    let ranges = if w.nrows() * w.ncols() < PARALLEL_MIN {
+        std::iter::once(0..w.ncols()).collect()
+    } else {
+        block_ranges(w.ncols())
+    };
+    for _ in 0..2 {
+        let partial: Vec<Vec<f64>> = ranges
+            .par_iter()
+            .map(|r| {
+                let mut acc = vec![0.0; basis.len()];
+                for j in r.clone() {
+                    let wj = w.col_as_slice(j);
+                    for (a, q) in acc.iter_mut().zip(basis) {
+                        *a += dot_slices(q.col_as_slice(j), wj);
+                    }
+                }
+                acc
+            })
+            .collect();
+        // Block sums added in block order: the same result on every run.
+        let c: Vec<T> = (0..basis.len())
+            .map(|i| T::of(partial.iter().map(|p| p[i]).sum::<f64>()))
+            .collect();
+        let per = ranges[0].len().max(1);
+        w.as_mut()
+            .par_col_chunks_mut(per)
+            .enumerate()
+            .for_each(|(blk, mut part)| {
+                for j in 0..part.ncols() {
+                    let dst = part
+                        .rb_mut()
+                        .col_mut(j)
+                        .try_as_col_major_mut()
+                        .expect("column-major")
+                        .as_slice_mut();
+                    for (&ci, q) in c.iter().zip(basis) {
+                        let src = q.col_as_slice(blk * per + j);
+                        for (x, &y) in dst.iter_mut().zip(src) {
+                            *x -= ci * y;
+                        }
+                    }
+                }
+            });
+    }
 }
 
 pub(crate) fn scale<T: Scalar>(a: &mut Mat<T>, c: f64) {
