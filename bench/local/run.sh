@@ -4,7 +4,8 @@
 # with the anchor's stopping rule. See README.md in this folder.
 #
 # Knobs (environment): SIZES ("128 512"), DTYPES ("f32 f64"), LAYER (0), SEED (0),
-# REPEATS (5 Rust, TORCH_REPEATS 3), THREADS (2), TOL (1e-6), PYTHON (python3).
+# ROUNDS (5: the sides alternate), REPEATS (3 Rust runs a round), TORCH_REPEATS (1 a round),
+# THREADS (2), TOL (1e-6), PYTHON (python3).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
@@ -14,8 +15,9 @@ sizes=${SIZES:-"128 512"}
 dtypes=${DTYPES:-"f32 f64"}
 layer=${LAYER:-0}
 seed=${SEED:-0}
-repeats=${REPEATS:-5}
-torch_repeats=${TORCH_REPEATS:-3}
+repeats=${REPEATS:-3}
+torch_repeats=${TORCH_REPEATS:-1}
+rounds=${ROUNDS:-5}
 threads=${THREADS:-2}
 tol=${TOL:-1e-6}
 bench_site="$root/.build/bench-py"
@@ -44,13 +46,20 @@ for dtype in $dtypes; do
     in="$work/inputs/n$n"
     out="$work/results"
     echo "== $dtype n=$n"
-    "$rust_bin" --model "$model" --layer "$layer" --x "$in/X.npy" --dtype "$dtype" --tol "$tol" \
-      --repeats "$repeats" | tail -n 1 >"$out/rust-$dtype-$n.json"
-    cat "$out/rust-$dtype-$n.json"
-    "$py" -W ignore::FutureWarning "$here/torch_power.py" --model "$model" --layer "$layer" \
-      --x "$in/X.npy" --dtype "$dtype" --repeats "$torch_repeats" --threads "$threads" \
-      >"$out/torch-$dtype-$n.json"
-    cat "$out/torch-$dtype-$n.json"
+    # The two sides alternate, ROUNDS times, the first one switching each round: a drift in the
+    # shared machine's speed then hits both (each round's ratio is reported).
+    for round in $(seq "$rounds"); do
+      rust() {
+        "$rust_bin" --model "$model" --layer "$layer" --x "$in/X.npy" --dtype "$dtype" --tol "$tol" \
+          --repeats "$repeats" | tail -n 1 >"$out/rust-$dtype-$n.r$round.json"
+      }
+      torch() {
+        "$py" -W ignore::FutureWarning "$here/torch_power.py" --model "$model" --layer "$layer" \
+          --x "$in/X.npy" --dtype "$dtype" --repeats "$torch_repeats" --threads "$threads" \
+          >"$out/torch-$dtype-$n.r$round.json"
+      }
+      if [ $((round % 2)) -eq 1 ]; then rust; torch; else torch; rust; fi
+    done
   done
 done
 
