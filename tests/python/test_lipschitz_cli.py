@@ -19,6 +19,8 @@ def test_head_and_layer(lipattn_bin, minilm):
         assert c["frobenius"] is not None and c["w1"] is not None
         assert 0 < a["frobenius"] <= c["frobenius"]
         assert 0 < a["w1"] <= c["w1"]
+        # The W1 search starts from pairs built from each head's weights (12 heads for the layer).
+        assert a["w1_pair"]["structured_starts"] > 0
         assert abs(r["ratio"]["frobenius"] - c["frobenius"] / a["frobenius"]) <= 1e-12 * r["ratio"]["frobenius"]
         names = {b["name"] for b in r["bounds"]}
         assert {"B1+B4-sum", "B1-tight-sum", "B2", "anchor-castin-mathmd"} <= names
@@ -59,6 +61,8 @@ def test_l2_kernel_has_no_dot_bound(lipattn_bin, minilm):
     # MiniLM's W_V does not factor through W_Q, so B5 does not apply and says why.
     assert r["certified"]["frobenius"] is None and r["certified"]["w1"] is None
     assert any("row space" in n for n in r["notes"])
+    # Structured starts encode the dot kernel's mechanisms; none are built for L2.
+    assert r["attained"]["w1_pair"]["structured_starts"] == 0
 
 
 def test_bad_arguments(lipattn_bin, minilm):

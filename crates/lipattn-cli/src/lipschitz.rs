@@ -6,6 +6,7 @@ use clap::Args;
 use lipattn::bounds::{certified_summary, Domain};
 use lipattn::estimation::adversarial::{ascent, AscentOptions};
 use lipattn::estimation::measure_pairs::{search_pairs, PairSearchOptions};
+use lipattn::estimation::structured_seeds;
 use lipattn::Kernel;
 use serde_json::json;
 use std::path::PathBuf;
@@ -71,7 +72,7 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
     let full = full.with_kernel(a.kernel);
     let layer = match a.head {
         Some(h) => full.head(h, false)?,
-        None => full,
+        None => full.clone(),
     };
     let domain = Domain::new(a.radius, a.n, false)?;
     let cert = certified_summary(&layer, &domain)?;
@@ -90,11 +91,29 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
     if let Some(p) = &a.save_input {
         lipattn::npy::write_matrix(p, asc.x.as_ref())?;
     }
+    // Starts built from the weights of each head involved (dot kernel): random pairs in d = 384
+    // almost never line up with the directions where B2's constant is made.
+    let mut seeds = Vec::new();
+    if layer.kernel == Kernel::Dot {
+        let heads = match a.head {
+            Some(_) => vec![layer.clone()],
+            None => (0..full.heads)
+                .map(|h| full.head(h, false))
+                .collect::<lipattn::Result<Vec<_>>>()?,
+        };
+        for head in &heads {
+            for s in structured_seeds(head, &[a.radius])? {
+                seeds.extend(s.pairs);
+            }
+        }
+    }
+    let seed_count = seeds.len();
     let pairs = search_pairs(
         &layer,
         &PairSearchOptions {
             radius: a.radius,
             atoms: a.atoms,
+            seeds,
             seed: a.seed,
             ..PairSearchOptions::default()
         },
@@ -129,7 +148,8 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
             "frobenius": att_f,
             "w1": att_w1,
             "frobenius_construction": asc.construction_sigma,
-            "w1_pair": {"w1_in": pairs.best.w1_in, "w1_out": pairs.best.w1_out, "phase": pairs.phase},
+            "w1_pair": {"w1_in": pairs.best.w1_in, "w1_out": pairs.best.w1_out, "phase": pairs.phase,
+                        "structured_starts": seed_count},
         },
         "ratio": {
             "frobenius": ratio(cert.frobenius, att_f),

@@ -421,3 +421,90 @@ fn bad_inputs_are_errors() {
     };
     assert!(search_pairs(&layer, &p).is_err());
 }
+
+/// Structured starts built from a head's weights: measures supported in B_R, every seeded ratio
+/// (B2 pairs in W1 and W2, B3 in the queries and in the context) below the certified constants;
+/// multi-head layers and the L2 kernel are refused.
+#[test]
+fn structured_seeds_are_valid_and_below_the_bounds() {
+    use lipattn::bounds::measure_w1::measure_bounds;
+    use lipattn::bounds::{best, Metric};
+    use lipattn::estimation::structured_seeds;
+    use lipattn::Measure;
+    let inside = |m: &Measure, r: f64| {
+        let p = m.points();
+        (0..p.nrows()).all(|i| {
+            let s: f64 = (0..p.ncols()).map(|k| p[(i, k)] * p[(i, k)]).sum();
+            s.sqrt() <= r * (1.0 + 1e-12)
+        })
+    };
+    let mut r = rng(31);
+    for seed in 0..8u64 {
+        let d = r.random_range(2..=6);
+        let radius = 10f64.powf(r.random_range(-0.5..0.3));
+        let layer = random_layer(&mut r, d, 1, 2, 2, d, Kernel::Dot, 1.5, 0.3);
+        let s = structured_seeds(&layer, &[radius]).unwrap().remove(0);
+        assert_eq!(s.radius, radius);
+        assert!(!s.pairs.is_empty() && !s.queries.is_empty() && !s.context.is_empty());
+        for (mu, nu) in &s.pairs {
+            assert!(inside(mu, radius) && inside(nu, radius));
+        }
+        for (a, b, c) in s.queries.iter().chain(&s.context) {
+            assert!(inside(a, radius) && inside(b, radius) && inside(c, radius));
+        }
+        let b2 = measure_bounds(&layer, radius).unwrap();
+        for (order, metric) in [(1u32, Metric::W1), (2, Metric::W2)] {
+            let bound = best(&b2, metric).unwrap().value;
+            let res = search_pairs(
+                &layer,
+                &PairSearchOptions {
+                    radius,
+                    atoms: 2,
+                    random_pairs: 0,
+                    perturbed_pairs: 0,
+                    local_steps: 0,
+                    order,
+                    seeds: s.pairs.clone(),
+                    seed,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(res.phase, "seeded");
+            assert!(
+                res.best.ratio > 0.0 && res.best.ratio <= bound,
+                "VIOLATION of B2 (W{order}) by a structured start: {} > {bound}",
+                res.best.ratio
+            );
+        }
+        let b3 = cross_bounds(&layer, radius).unwrap();
+        for (arg, bound, seeds) in [
+            (CrossArgument::Queries, b3.in_queries, &s.queries),
+            (CrossArgument::Context, b3.in_context, &s.context),
+        ] {
+            let res = search_cross_pairs(
+                &layer,
+                &CrossSearchOptions {
+                    radius,
+                    argument: arg,
+                    random_pairs: 0,
+                    perturbed_pairs: 0,
+                    local_steps: 0,
+                    seeds: seeds.clone(),
+                    seed,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert!(
+                res.best.ratio > 0.0 && res.best.ratio <= bound,
+                "VIOLATION of B3 ({arg:?}) by a structured start: {} > {bound}",
+                res.best.ratio
+            );
+        }
+    }
+    let two_heads = random_layer(&mut r, 4, 2, 2, 2, 4, Kernel::Dot, 1.0, 0.0);
+    assert!(structured_seeds(&two_heads, &[1.0]).is_err());
+    let l2 = random_layer(&mut r, 4, 1, 2, 2, 4, Kernel::L2, 1.0, 0.0);
+    assert!(structured_seeds(&l2, &[1.0]).is_err());
+}

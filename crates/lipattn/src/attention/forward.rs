@@ -13,8 +13,13 @@ use rayon::prelude::*;
 /// Above this many multiply-adds a product is worth splitting over the thread pool.
 const PAR_THRESHOLD: usize = 1 << 18;
 
+/// Fewer rows than this (a measure of a few atoms through a wide layer) and the split costs more
+/// than the product: the pair searches evaluate thousands of such measures, and each parallel
+/// product of 3 x 384 x 384 took milliseconds in thread hand-offs.
+const PAR_MIN_ROWS: usize = 32;
+
 pub(crate) fn par_for(m: usize, n: usize, k: usize) -> Par {
-    if m * n * k >= PAR_THRESHOLD && rayon::current_num_threads() > 1 {
+    if m * n * k >= PAR_THRESHOLD && m >= PAR_MIN_ROWS && rayon::current_num_threads() > 1 {
         Par::rayon(0)
     } else {
         Par::Seq

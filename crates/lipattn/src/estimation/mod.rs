@@ -8,6 +8,7 @@ pub mod cross_pairs;
 pub mod lanczos;
 pub mod measure_pairs;
 pub mod power;
+pub mod structured_seeds;
 pub(crate) mod vecops;
 
 pub use adversarial::{
@@ -21,4 +22,5 @@ pub use cross_pairs::{
 pub use lanczos::{lanczos, local_norm, LanczosOptions, LocalNorm, Method};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};
+pub use structured_seeds::{structured_seeds, StructuredSeeds};
 pub use vecops::SplitMix;
