@@ -66,6 +66,7 @@ def test_lipschitz_equals_cli(lipattn_bin, minilm, tmp_path):
     for k in ["frobenius", "w1", "frobenius_construction"]:
         np.testing.assert_allclose(got["attained"][k], ref["attained"][k], rtol=1e-10)
     assert got["attained"]["w1_pair"]["phase"] == ref["attained"]["w1_pair"]["phase"]
+    assert got["attained"]["w1_pair"]["structured_starts"] == ref["attained"]["w1_pair"]["structured_starts"] > 0
     assert got["domain"] == {k: v for k, v in ref["domain"].items()}
     np.testing.assert_allclose(got["inputs"]["frobenius_x"], np.load(tmp_path / "x.npy"), rtol=1e-10, atol=1e-12)
     mu = got["inputs"]["w1_mu"]

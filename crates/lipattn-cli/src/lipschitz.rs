@@ -5,8 +5,8 @@ use anyhow::Result;
 use clap::Args;
 use lipattn::bounds::{certified_summary, Domain};
 use lipattn::estimation::adversarial::{ascent, AscentOptions};
+use lipattn::estimation::layer_pair_seeds;
 use lipattn::estimation::measure_pairs::{search_pairs, PairSearchOptions};
-use lipattn::estimation::structured_seeds;
 use lipattn::Kernel;
 use serde_json::json;
 use std::path::PathBuf;
@@ -93,20 +93,7 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
     }
     // Starts built from the weights of each head involved (dot kernel): random pairs in d = 384
     // almost never line up with the directions where B2's constant is made.
-    let mut seeds = Vec::new();
-    if layer.kernel == Kernel::Dot {
-        let heads = match a.head {
-            Some(_) => vec![layer.clone()],
-            None => (0..full.heads)
-                .map(|h| full.head(h, false))
-                .collect::<lipattn::Result<Vec<_>>>()?,
-        };
-        for head in &heads {
-            for s in structured_seeds(head, &[a.radius])? {
-                seeds.extend(s.pairs);
-            }
-        }
-    }
+    let seeds = layer_pair_seeds(&layer, a.radius)?;
     let seed_count = seeds.len();
     let pairs = search_pairs(
         &layer,

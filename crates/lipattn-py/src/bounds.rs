@@ -7,7 +7,7 @@ use crate::measure::PyMeasure;
 use faer::Mat;
 use lipattn::bounds::{certified_summary, Domain};
 use lipattn::estimation::{ascent as run_ascent, search_pairs as run_pairs};
-use lipattn::estimation::{AscentOptions, LanczosOptions, PairSearchOptions};
+use lipattn::estimation::{layer_pair_seeds, AscentOptions, LanczosOptions, PairSearchOptions};
 use lipattn::AttentionLayer;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -84,17 +84,21 @@ pub fn lipschitz<'py>(
                 ..AscentOptions::default()
             },
         )?;
+        let seeds = layer_pair_seeds(&layer, radius)?;
+        let seed_count = seeds.len();
         let pairs = run_pairs(
             &layer,
             &PairSearchOptions {
                 radius,
                 atoms,
+                seeds,
                 seed,
                 ..PairSearchOptions::default()
             },
         )?;
-        Ok((cert, asc, pairs))
+        Ok((cert, asc, (pairs, seed_count)))
     })?;
+    let (pairs, seed_count) = pairs;
     let att_f = Some(asc.sigma);
     let att_w1 = Some(pairs.best.ratio);
     let out = json!({
@@ -117,7 +121,8 @@ pub fn lipschitz<'py>(
             "frobenius": att_f,
             "w1": att_w1,
             "frobenius_construction": asc.construction_sigma,
-            "w1_pair": {"w1_in": pairs.best.w1_in, "w1_out": pairs.best.w1_out, "phase": pairs.phase},
+            "w1_pair": {"w1_in": pairs.best.w1_in, "w1_out": pairs.best.w1_out, "phase": pairs.phase,
+                        "structured_starts": seed_count},
         },
         "ratio": {
             "frobenius": ratio(cert.frobenius, att_f),

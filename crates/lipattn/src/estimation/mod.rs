@@ -22,5 +22,5 @@ pub use cross_pairs::{
 pub use lanczos::{lanczos, local_norm, LanczosOptions, LocalNorm, Method};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};
-pub use structured_seeds::{structured_seeds, StructuredSeeds};
+pub use structured_seeds::{layer_pair_seeds, structured_seeds, StructuredSeeds};
 pub use vecops::SplitMix;

@@ -21,6 +21,25 @@ pub struct StructuredSeeds {
     pub context: Vec<(Measure, Measure, Measure)>,
 }
 
+/// The self-attention pair starts at radius R from every head of `layer` (dot kernel; none for
+/// the L2 kernel, whose mechanisms differ), as `lipattn lipschitz` and the Python `lipschitz`
+/// use them.
+pub fn layer_pair_seeds(
+    layer: &AttentionLayer<f64>,
+    radius: f64,
+) -> Result<Vec<(Measure, Measure)>> {
+    if layer.kernel != Kernel::Dot {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for h in 0..layer.heads {
+        for s in structured_seeds(&layer.head(h, false)?, &[radius])? {
+            out.extend(s.pairs);
+        }
+    }
+    Ok(out)
+}
+
 /// Search starts built from one dot-product head's weights, one set per radius, for the three
 /// measure searches (B2 pairs, B3 in the queries, B3 in the context). Random measures in d = 384 almost never align with the few directions where the
 /// constants of B2/B3 are made, so these encode the mechanisms of the proofs:
