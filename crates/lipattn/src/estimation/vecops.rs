@@ -60,7 +60,11 @@ pub(crate) fn norm<T: Scalar>(a: &Mat<T>) -> f64 {
 
 /// a += c b
 pub(crate) fn axpy<T: Scalar>(a: &mut Mat<T>, c: f64, b: &Mat<T>) {
-    let c = T::of(c);
+    add_combination(a, &[T::of(c)], std::slice::from_ref(b));
+}
+
+/// a += sum_i c_i b_i, in parallel over the same column blocks as `dot`.
+fn add_combination<T: Scalar>(a: &mut Mat<T>, coeffs: &[T], terms: &[Mat<T>]) {
     let per = if a.nrows() * a.ncols() < PARALLEL_MIN {
         a.ncols().max(1)
     } else {
@@ -71,15 +75,17 @@ pub(crate) fn axpy<T: Scalar>(a: &mut Mat<T>, c: f64, b: &Mat<T>) {
         .enumerate()
         .for_each(|(blk, mut part)| {
             for j in 0..part.ncols() {
-                let src = b.col_as_slice(blk * per + j);
                 let dst = part
                     .rb_mut()
                     .col_mut(j)
                     .try_as_col_major_mut()
                     .expect("column-major")
                     .as_slice_mut();
-                for (x, y) in dst.iter_mut().zip(src) {
-                    *x += c * *y;
+                for (&c, b) in coeffs.iter().zip(terms) {
+                    let src = b.col_as_slice(blk * per + j);
+                    for (x, &y) in dst.iter_mut().zip(src) {
+                        *x += c * y;
+                    }
                 }
             }
         });
@@ -116,28 +122,9 @@ pub(crate) fn orthogonalize<T: Scalar>(w: &mut Mat<T>, basis: &[Mat<T>]) {
             .collect();
         // Block sums added in block order: the same result on every run.
         let c: Vec<T> = (0..basis.len())
-            .map(|i| T::of(partial.iter().map(|p| p[i]).sum::<f64>()))
+            .map(|i| T::of(-partial.iter().map(|p| p[i]).sum::<f64>()))
             .collect();
-        let per = ranges[0].len().max(1);
-        w.as_mut()
-            .par_col_chunks_mut(per)
-            .enumerate()
-            .for_each(|(blk, mut part)| {
-                for j in 0..part.ncols() {
-                    let dst = part
-                        .rb_mut()
-                        .col_mut(j)
-                        .try_as_col_major_mut()
-                        .expect("column-major")
-                        .as_slice_mut();
-                    for (&ci, q) in c.iter().zip(basis) {
-                        let src = q.col_as_slice(blk * per + j);
-                        for (x, &y) in dst.iter_mut().zip(src) {
-                            *x -= ci * y;
-                        }
-                    }
-                }
-            });
+        add_combination(w, &c, basis);
     }
 }
 
