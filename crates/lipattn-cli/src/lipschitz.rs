@@ -3,10 +3,7 @@
 use crate::layer_arg::LayerArg;
 use anyhow::Result;
 use clap::Args;
-use lipattn::bounds::{certified_summary, Domain};
-use lipattn::estimation::adversarial::{ascent, AscentOptions};
-use lipattn::estimation::layer_pair_seeds;
-use lipattn::estimation::measure_pairs::{search_pairs, PairSearchOptions};
+use lipattn::analysis::lipschitz::{lipschitz, ratio, LipschitzOptions};
 use lipattn::Kernel;
 use serde_json::json;
 use std::path::PathBuf;
@@ -52,13 +49,6 @@ pub struct LipschitzArgs {
     json: bool,
 }
 
-fn ratio(c: Option<f64>, a: Option<f64>) -> Option<f64> {
-    match (c, a) {
-        (Some(c), Some(a)) if a > 0.0 => Some(c / a),
-        _ => None,
-    }
-}
-
 pub fn run(a: LipschitzArgs) -> Result<()> {
     let t0 = Instant::now();
     let (full, causal) = a.target.load()?;
@@ -74,79 +64,36 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
         Some(h) => full.head(h, false)?,
         None => full.clone(),
     };
-    let domain = Domain::new(a.radius, a.n, false)?;
-    let cert = certified_summary(&layer, &domain)?;
-    let asc = ascent(
+    let report = lipschitz(
         &layer,
-        a.n,
-        None,
-        &AscentOptions {
+        &LipschitzOptions {
             radius: a.radius,
-            random_starts: a.starts,
+            n: a.n,
+            starts: a.starts,
             steps: a.steps,
+            atoms: a.atoms,
             seed: a.seed,
-            ..AscentOptions::default()
         },
     )?;
     if let Some(p) = &a.save_input {
-        lipattn::npy::write_matrix(p, asc.x.as_ref())?;
+        lipattn::npy::write_matrix(p, report.ascent.x.as_ref())?;
     }
-    // Starts built from the weights of each head involved (dot kernel): random pairs in d = 384
-    // almost never line up with the directions where B2's constant is made.
-    let seeds = layer_pair_seeds(&layer, a.radius)?;
-    let seed_count = seeds.len();
-    let pairs = search_pairs(
-        &layer,
-        &PairSearchOptions {
-            radius: a.radius,
-            atoms: a.atoms,
-            seeds,
-            seed: a.seed,
-            ..PairSearchOptions::default()
-        },
-    )?;
     if let Some(dir) = &a.save_pair {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-        pairs.best.save(dir, "w1_")?;
+        report.pairs.best.save(dir, "w1_")?;
     }
-    let att_f = Some(asc.sigma);
-    let att_w1 = Some(pairs.best.ratio);
-    let out = json!({
-        "model": a.target.model,
-        "layer": a.target.layer,
-        "head": a.head,
-        "kernel": layer.kernel,
-        "domain": {
-            "radius": a.radius,
-            "n": a.n,
-            "dtype": "f64",
-            "frobenius": "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask",
-            "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
-        },
-        "certified": {
-            "frobenius": cert.frobenius,
-            "w1": cert.w1,
-            "w2": cert.w2,
-            "anchor": cert.anchor,
-            "anchor_code": cert.anchor_code,
-        },
-        "attained": {
-            "frobenius": att_f,
-            "w1": att_w1,
-            "frobenius_construction": asc.construction_sigma,
-            "w1_pair": {"w1_in": pairs.best.w1_in, "w1_out": pairs.best.w1_out, "phase": pairs.phase,
-                        "structured_starts": seed_count},
-        },
-        "ratio": {
-            "frobenius": ratio(cert.frobenius, att_f),
-            "w1": ratio(cert.w1, att_w1),
-            "anchor_frobenius": ratio(cert.anchor, att_f),
-        },
-        "bounds": cert.bounds,
-        "notes": cert.notes,
-        "seconds": t0.elapsed().as_secs_f64(),
-    });
+    let (cert, att_f, att_w1) = (
+        &report.certified,
+        report.attained_frobenius(),
+        report.attained_w1(),
+    );
+    let mut out = report.to_json();
+    out["model"] = json!(a.target.model);
+    out["layer"] = json!(a.target.layer);
+    out["head"] = json!(a.head);
+    // The command's own time, loading included.
+    out["seconds"] = json!(t0.elapsed().as_secs_f64());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

@@ -5,22 +5,15 @@ use crate::convert::{json_to_py, to_numpy};
 use crate::errors::{interruptible, IntoPyResult};
 use crate::measure::PyMeasure;
 use faer::Mat;
+use lipattn::analysis::lipschitz::{lipschitz as run_lipschitz, LipschitzOptions};
 use lipattn::bounds::{certified_summary, Domain};
 use lipattn::estimation::{ascent as run_ascent, search_pairs as run_pairs};
-use lipattn::estimation::{layer_pair_seeds, AscentOptions, LanczosOptions, PairSearchOptions};
+use lipattn::estimation::{AscentOptions, LanczosOptions, PairSearchOptions};
 use lipattn::AttentionLayer;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Instant;
-
-fn ratio(c: Option<f64>, a: Option<f64>) -> Option<f64> {
-    match (c, a) {
-        (Some(c), Some(a)) if a > 0.0 => Some(c / a),
-        _ => None,
-    }
-}
 
 pub fn certified_bounds<'py>(
     py: Python<'py>,
@@ -66,73 +59,18 @@ pub fn lipschitz<'py>(
     atoms: usize,
     seed: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let t0 = Instant::now();
-    let kernel = layer.kernel;
-    // The CLI's sequence: certified bounds, ascent, pair search, with the CLI's defaults.
-    let (cert, asc, pairs) = interruptible(py, move || {
-        let domain = Domain::new(radius, n, false)?;
-        let cert = certified_summary(&layer, &domain)?;
-        let asc = run_ascent(
-            &layer,
-            n,
-            None,
-            &AscentOptions {
-                radius,
-                random_starts: starts,
-                steps,
-                seed,
-                ..AscentOptions::default()
-            },
-        )?;
-        let seeds = layer_pair_seeds(&layer, radius)?;
-        let seed_count = seeds.len();
-        let pairs = run_pairs(
-            &layer,
-            &PairSearchOptions {
-                radius,
-                atoms,
-                seeds,
-                seed,
-                ..PairSearchOptions::default()
-            },
-        )?;
-        Ok((cert, asc, (pairs, seed_count)))
-    })?;
-    let (pairs, seed_count) = pairs;
-    let att_f = Some(asc.sigma);
-    let att_w1 = Some(pairs.best.ratio);
-    let out = json!({
-        "kernel": kernel,
-        "domain": {
-            "radius": radius,
-            "n": n,
-            "dtype": "f64",
-            "frobenius": "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask",
-            "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
-        },
-        "certified": {
-            "frobenius": cert.frobenius,
-            "w1": cert.w1,
-            "w2": cert.w2,
-            "anchor": cert.anchor,
-            "anchor_code": cert.anchor_code,
-        },
-        "attained": {
-            "frobenius": att_f,
-            "w1": att_w1,
-            "frobenius_construction": asc.construction_sigma,
-            "w1_pair": {"w1_in": pairs.best.w1_in, "w1_out": pairs.best.w1_out, "phase": pairs.phase,
-                        "structured_starts": seed_count},
-        },
-        "ratio": {
-            "frobenius": ratio(cert.frobenius, att_f),
-            "w1": ratio(cert.w1, att_w1),
-            "anchor_frobenius": ratio(cert.anchor, att_f),
-        },
-        "bounds": cert.bounds,
-        "notes": cert.notes,
-        "seconds": t0.elapsed().as_secs_f64(),
-    });
+    // The CLI's computation with the CLI's defaults (`lipattn::analysis::lipschitz`).
+    let opts = LipschitzOptions {
+        radius,
+        n,
+        starts,
+        steps,
+        atoms,
+        seed,
+    };
+    let report = interruptible(py, move || run_lipschitz(&layer, &opts))?;
+    let out = report.to_json();
+    let (asc, pairs) = (report.ascent, report.pairs);
     let d = json_to_py(py, &out)?;
     let inputs = PyDict::new(py);
     inputs.set_item("frobenius_x", to_numpy(py, asc.x.as_ref()))?;

@@ -6,8 +6,10 @@
 //! map on (B_R)^n; only the `certified` fields are proven upper bounds.
 
 pub mod fit;
+pub mod lipschitz;
 
 pub use fit::{fit_power_law, PowerFit};
+pub use lipschitz::{lipschitz, LipschitzOptions, LipschitzReport};
 
 use crate::attention::AttentionLayer;
 use crate::bounds::layer_norm::layer_norm_radius;
