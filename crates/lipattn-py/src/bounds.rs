@@ -5,7 +5,7 @@ use crate::convert::{json_to_py, to_numpy};
 use crate::errors::{interruptible, IntoPyResult};
 use crate::measure::PyMeasure;
 use faer::Mat;
-use lipattn::analysis::lipschitz::{lipschitz as run_lipschitz, LipschitzOptions};
+use lipattn::analysis::lipschitz::{certified_json, lipschitz as run_lipschitz, LipschitzOptions};
 use lipattn::bounds::{certified_summary, Domain};
 use lipattn::estimation::{ascent as run_ascent, search_pairs as run_pairs};
 use lipattn::estimation::{AscentOptions, LanczosOptions, PairSearchOptions};
@@ -35,13 +35,7 @@ pub fn certified_bounds<'py>(
             "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
             "w2": "F(mu) on probability measures supported in B_R, Wasserstein-2",
         },
-        "certified": {
-            "frobenius": cert.frobenius,
-            "w1": cert.w1,
-            "w2": cert.w2,
-            "anchor": cert.anchor,
-            "anchor_code": cert.anchor_code,
-        },
+        "certified": certified_json(&cert),
         "bounds": cert.bounds,
         "notes": cert.notes,
     });

@@ -47,6 +47,17 @@ pub fn ratio(certified: Option<f64>, attained: Option<f64>) -> Option<f64> {
     }
 }
 
+/// The headline certified values (frobenius, w1, w2, anchor, anchor_code) as JSON.
+pub fn certified_json(cert: &CertifiedSummary) -> Value {
+    json!({
+        "frobenius": cert.frobenius,
+        "w1": cert.w1,
+        "w2": cert.w2,
+        "anchor": cert.anchor,
+        "anchor_code": cert.anchor_code,
+    })
+}
+
 /// Certified bounds, the ascent over (B_R)^n (Frobenius) and the measure-pair search (W1), the
 /// latter started from pairs built from the weights of each head involved: random pairs in
 /// d = 384 almost never line up with the directions where B2's constant is made.
@@ -116,13 +127,7 @@ impl LipschitzReport {
                 "frobenius": "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask",
                 "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
             },
-            "certified": {
-                "frobenius": cert.frobenius,
-                "w1": cert.w1,
-                "w2": cert.w2,
-                "anchor": cert.anchor,
-                "anchor_code": cert.anchor_code,
-            },
+            "certified": certified_json(cert),
             "attained": {
                 "frobenius": att_f,
                 "w1": att_w1,
