@@ -37,8 +37,11 @@ pub fn softmax_columns<T: Scalar>(
         }
         T::exp_nonpositive(seen);
         let inv = T::of(1.0) / sum(seen);
+        // A probability below the smallest normal number (e^-87 of the largest in f32) is set to
+        // 0, like the exp below EXP_UNDERFLOW: every product that reads P would otherwise take
+        // the subnormal slow path.
         for l in seen.iter_mut() {
-            *l *= inv;
+            *l = (*l * inv).flush_subnormal();
         }
         for l in col[visible..].iter_mut() {
             *l = T::of(0.0);
@@ -71,8 +74,11 @@ pub fn softmax_backward_columns<T: Scalar>(p_t: faer::MatRef<'_, T>, mut g: MatM
             .expect("column-major")
             .as_slice_mut();
         let mean = dot(p, gc);
+        // Subnormal results (tiny probabilities times small differences, common in f32) become 0:
+        // they changed nothing measurable, but made the two products that read this block up to
+        // 15% slower on MiniLM's layer 0 (the VJP in f32 at n = 512).
         for (gj, &pj) in gc.iter_mut().zip(p) {
-            *gj = pj * (*gj - mean);
+            *gj = (pj * (*gj - mean)).flush_subnormal();
         }
     }
 }
@@ -161,4 +167,54 @@ pub fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
         tail += x * y;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faer::Mat;
+
+    fn subnormal_count(m: &Mat<f32>) -> usize {
+        (0..m.ncols())
+            .flat_map(|j| (0..m.nrows()).map(move |i| (i, j)))
+            .filter(|&(i, j)| m[(i, j)].is_subnormal())
+            .count()
+    }
+
+    /// Logits spread over 100 units put probabilities and their derivatives well below f32's
+    /// smallest normal number; both passes must return exact zeros there, and the same values
+    /// as the unflushed formulas elsewhere.
+    #[test]
+    fn no_subnormal_probabilities_or_softmax_derivatives() {
+        let (nk, nq) = (64, 3);
+        let logits = Mat::<f32>::from_fn(nk, nq, |j, i| -(j as f32) * 1.6 + i as f32);
+        let mut p = logits.clone();
+        softmax_columns(p.as_mut(), &vec![0.0; nk], false).unwrap();
+        let g = Mat::<f32>::from_fn(nk, nq, |j, i| 1e-3 * ((j * 7 + i) % 5) as f32);
+        let mut out = g.clone();
+        softmax_backward_columns(p.as_ref(), out.as_mut());
+        assert_eq!(subnormal_count(&p), 0);
+        assert_eq!(subnormal_count(&out), 0);
+        let mut flushed = 0;
+        for i in 0..nq {
+            let z: f64 = (0..nk).map(|j| (logits[(j, i)] as f64).exp()).sum();
+            let mean: f64 = (0..nk).map(|j| p[(j, i)] as f64 * g[(j, i)] as f64).sum();
+            for j in 0..nk {
+                let exact = (logits[(j, i)] as f64).exp() / z;
+                if exact < f32::MIN_POSITIVE as f64 {
+                    assert_eq!(p[(j, i)], 0.0);
+                    flushed += 1;
+                } else {
+                    assert!((p[(j, i)] as f64 - exact).abs() <= 1e-6 * exact);
+                }
+                let d = p[(j, i)] as f64 * (g[(j, i)] as f64 - mean);
+                if d.abs() >= f32::MIN_POSITIVE as f64 {
+                    assert!((out[(j, i)] as f64 - d).abs() <= 1e-5 * d.abs());
+                } else {
+                    assert_eq!(out[(j, i)], 0.0);
+                }
+            }
+        }
+        assert!(flushed > 0, "the test must reach the subnormal range");
+    }
 }
