@@ -38,7 +38,12 @@ impl<T: Scalar> Linearization<'_, T> {
         let sc = self.bilinear_scale();
         let one = T::of(1.0);
         let mut d_ot = Mat::<T>::zeros(layer.heads * dv, n);
-        // One task per head, projections included: a single parallel region per JVP.
+        let projected = self.w_in_t.as_ref().map(|w_in_t| {
+            let mut p = Mat::<T>::zeros(n, w_in_t.ncols());
+            gemm_rows_rayon(p.as_mut(), g, w_in_t.as_ref());
+            p
+        });
+        // One task per head, projections included unless they ran above for all heads.
         d_ot.as_mut()
             .par_row_chunks_mut(dv)
             .enumerate()
@@ -46,14 +51,20 @@ impl<T: Scalar> Linearization<'_, T> {
                 let mut guard = self.scratch(h);
                 let ws = &mut *guard;
                 // W_in^h G^T: this head's tangent projections dQ^T, dK^T, dV^T.
-                gemm(
-                    ws.proj.as_mut(),
-                    false,
-                    self.w_in.as_ref().subrows(h * width, width),
-                    g.transpose(),
-                    one,
-                    Par::Seq,
-                );
+                match &projected {
+                    Some(p) => ws
+                        .proj
+                        .as_mut()
+                        .copy_from(p.as_ref().subcols(h * width, width).transpose()),
+                    None => gemm(
+                        ws.proj.as_mut(),
+                        false,
+                        self.w_in.as_ref().subrows(h * width, width),
+                        g.transpose(),
+                        one,
+                        Par::Seq,
+                    ),
+                }
                 let tangents = ws.proj.as_ref();
                 let dq_t = tangents.subrows(0, dk);
                 // For tied L2 the keys are the queries, so their tangent is dQ.

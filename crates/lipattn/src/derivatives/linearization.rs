@@ -22,6 +22,9 @@ pub struct Linearization<'a, T: Scalar> {
     /// product projects a tangent for all heads, and each head's tangent projections (or
     /// cotangents) are one contiguous block of columns, `head_width()` wide.
     pub(crate) w_in: Mat<T>,
+    /// W_in^T (d x rows of w_in), present when the projections run as one product for all heads
+    /// (see `global_projections`).
+    pub(crate) w_in_t: Option<Mat<T>>,
     pub(crate) causal: bool,
     /// Q^T (H dk x n), K^T (H dk x n; Q^T again for L2) and V^T (H dv x n), stored column-major:
     /// the products of depth n in the JVP and VJP then read both operands column-major, which
@@ -67,6 +70,7 @@ impl<'a, T: Scalar> Linearization<'a, T> {
         let scratch = (0..layer.heads)
             .map(|_| Mutex::new(HeadScratch::new(n, dk, dv, width)))
             .collect();
+        let w_in_t = global_projections::<T>(n, d).then(|| w_in.transpose().to_owned());
         let q_t = state.q.transpose().to_owned();
         let k_t = state.k.transpose().to_owned();
         let v_t = state.v.transpose().to_owned();
@@ -74,6 +78,7 @@ impl<'a, T: Scalar> Linearization<'a, T> {
             layer,
             state,
             w_in,
+            w_in_t,
             causal,
             q_t,
             k_t,
@@ -163,6 +168,16 @@ impl<'a, T: Scalar> Linearization<'a, T> {
     }
 }
 
+/// Whether the JVP's tangent projections G W_in^T and the VJP's output cotangents Y W_O run as
+/// one product for all heads before the per-head work, instead of inside each head's task. Per
+/// head, the shared operand (the n x d tangent or cotangent) is repacked for every head; once it
+/// outgrows about half a core's L2 cache the single product wins. Measured on MiniLM sizes
+/// (d = 384, 12 heads), alternating both forms step by step: 7% faster per JVP+VJP in f64 at
+/// n = 512 (1.5 MiB operand), 3% slower in f32 at n = 512 (0.75 MiB), 5 to 9% slower at n = 128.
+pub(crate) fn global_projections<T: Scalar>(n: usize, d: usize) -> bool {
+    n * d * std::mem::size_of::<T>() > 1 << 20
+}
+
 /// One head's buffers for a JVP or VJP. Allocating and zeroing them on every call cost a few
 /// percent of a JVP; the derivatives overwrite every entry they later read (the accumulators
 /// are cleared explicitly), so nothing carries over between calls.
@@ -195,5 +210,48 @@ impl<T: Scalar> HeadScratch<T> {
             key_part: Mat::zeros(n, dk),
             query_t: Mat::zeros(dk, block),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dynamics::synthetic::random_layer;
+
+    fn rel(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+        (a - b).norm_l2() / b.norm_l2()
+    }
+
+    /// The projections computed once for all heads and the per-head ones are the same linear
+    /// maps: both orders agree to rounding, for both kernels, with and without a causal mask.
+    #[test]
+    fn global_and_per_head_projections_agree() {
+        for (kernel, causal) in [
+            (Kernel::Dot, false),
+            (Kernel::Dot, true),
+            (Kernel::L2, false),
+            (Kernel::L2, true),
+        ] {
+            let layer = random_layer(24, 3, kernel, 0.3, 7).unwrap();
+            let n = 150;
+            let x = Mat::<f64>::from_fn(n, 24, |i, j| ((i * 13 + j * 7) % 11) as f64 / 5.0 - 1.0);
+            let g = Mat::<f64>::from_fn(n, 24, |i, j| ((i * 3 + j * 5) % 7) as f64 / 3.0 - 1.0);
+            let y = Mat::<f64>::from_fn(n, 24, |i, j| ((i * 5 + j) % 9) as f64 / 4.0 - 1.0);
+            let mut lin = Linearization::new(&layer, x.as_ref(), None, causal).unwrap();
+            assert!(lin.w_in_t.is_none(), "small layers project per head");
+            let (j0, v0) = (lin.jvp(g.as_ref()).unwrap(), lin.vjp(y.as_ref()).unwrap());
+            lin.w_in_t = Some(lin.w_in.transpose().to_owned());
+            let (j1, v1) = (lin.jvp(g.as_ref()).unwrap(), lin.vjp(y.as_ref()).unwrap());
+            assert!(rel(&j1, &j0) < 1e-13, "{kernel:?} causal={causal}: JVP");
+            assert!(rel(&v1, &v0) < 1e-13, "{kernel:?} causal={causal}: VJP");
+        }
+    }
+
+    #[test]
+    fn projections_go_global_once_the_tangent_outgrows_half_an_l2() {
+        assert!(!global_projections::<f64>(128, 384));
+        assert!(!global_projections::<f32>(512, 384));
+        assert!(global_projections::<f64>(512, 384));
+        assert!(global_projections::<f32>(1024, 384));
     }
 }

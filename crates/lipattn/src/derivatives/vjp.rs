@@ -34,6 +34,13 @@ impl<T: Scalar> Linearization<'_, T> {
         // own columns, laid out like the rows of w_in.
         let width = self.head_width();
         let mut dbar = Mat::<T>::zeros(n, self.w_in.nrows());
+        // Obar = Y W for all heads at once where the projections are global (see
+        // `global_projections`); otherwise each head's task computes its own columns.
+        let obar_all = self.w_in_t.is_some().then(|| {
+            let mut ob = Mat::<T>::zeros(n, w.ncols());
+            gemm_rows_rayon(ob.as_mut(), y, w);
+            ob
+        });
         dbar.as_mut()
             .par_col_chunks_mut(width)
             .enumerate()
@@ -45,15 +52,20 @@ impl<T: Scalar> Linearization<'_, T> {
                 let mut guard = self.scratch(h);
                 let ws = &mut *guard;
                 // Obar_h = Y W^h.
-                gemm(
-                    ws.obar.as_mut(),
-                    false,
-                    y,
-                    w.subcols(h * dv, dv),
-                    one,
-                    Par::Seq,
-                );
-                let ob = ws.obar.as_ref();
+                let ob = match &obar_all {
+                    Some(all) => all.as_ref().subcols(h * dv, dv),
+                    None => {
+                        gemm(
+                            ws.obar.as_mut(),
+                            false,
+                            y,
+                            w.subcols(h * dv, dv),
+                            one,
+                            Par::Seq,
+                        );
+                        ws.obar.as_ref()
+                    }
+                };
                 // The logits' bilinear part sc k_j.q_i gives the queries sc Lbar K and the keys
                 // sc Lbar^T Q (for L2 both land on Qbar, the keys being the queries).
                 ws.key_part.as_mut().fill(T::of(0.0));
