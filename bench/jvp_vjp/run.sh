@@ -5,7 +5,7 @@
 # Knobs (environment): SIZES ("128 512"), DTYPES ("f32 f64"), LAYER (0), SEED (0),
 # ROUNDS (8) and BATCH (10): the two sides run at the same time and take turns, ROUNDS batches of
 # BATCH steps each (interleave.py), so that a change in the shared machine's speed during the run
-# hits both; THREADS (2), PYTHON (python3), MAX_FOREIGN (0.15: cores other processes may use
+# hits both; WARM_MS (100): untimed milliseconds before each batch, at least; THREADS (2), PYTHON (python3), MAX_FOREIGN (0.15: cores other processes may use
 # during a batch before it is redone, see quiet.py), QUIET_TRIES (5).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -18,6 +18,7 @@ layer=${LAYER:-0}
 seed=${SEED:-0}
 rounds=${ROUNDS:-8}
 batch=${BATCH:-10}
+warm_ms=${WARM_MS:-100}
 threads=${THREADS:-2}
 max_foreign=${MAX_FOREIGN:-0.15}
 quiet_tries=${QUIET_TRIES:-5}
@@ -60,7 +61,7 @@ for dtype in $dtypes; do
       --out-jvp $out/torch-$dtype-$n-jvp.npy --out-vjp $out/torch-$dtype-$n-vjp.npy"
     if [ -n "$rust_bin" ]; then
       "$py" "$here/interleave.py" --dtype "$dtype" --n "$n" --out-dir "$out" \
-        --rounds "$rounds" --batch "$batch" --max-foreign "$max_foreign" --tries "$quiet_tries" \
+        --rounds "$rounds" --batch "$batch" --warm-ms "$warm_ms" --max-foreign "$max_foreign" --tries "$quiet_tries" \
         --rust "$rust_bin $common --serve 1 --out-jvp $out/rust-$dtype-$n-jvp.npy --out-vjp $out/rust-$dtype-$n-vjp.npy" \
         --torch "$torch_cmd --serve"
     else
