@@ -122,6 +122,12 @@ impl<'a, T: Scalar> Linearization<'a, T> {
         }
     }
 
+    /// Whether the JVP's projections and the VJP's output cotangents run as one product for all
+    /// heads (`global_projections`); both derivatives follow the same choice.
+    pub(crate) fn projects_all_heads(&self) -> bool {
+        self.w_in_t.is_some()
+    }
+
     /// The logit scale: s = 1/sqrt(dk) for the dot kernel, 2s for tied L2, whose logits
     /// s (2 q_i.q_j - |q_j|^2) have the bilinear part 2s q_i.q_j.
     pub(crate) fn bilinear_scale(&self) -> T {
@@ -238,9 +244,10 @@ mod tests {
             let g = Mat::<f64>::from_fn(n, 24, |i, j| ((i * 3 + j * 5) % 7) as f64 / 3.0 - 1.0);
             let y = Mat::<f64>::from_fn(n, 24, |i, j| ((i * 5 + j) % 9) as f64 / 4.0 - 1.0);
             let mut lin = Linearization::new(&layer, x.as_ref(), None, causal).unwrap();
-            assert!(lin.w_in_t.is_none(), "small layers project per head");
+            assert!(!lin.projects_all_heads(), "small layers project per head");
             let (j0, v0) = (lin.jvp(g.as_ref()).unwrap(), lin.vjp(y.as_ref()).unwrap());
             lin.w_in_t = Some(lin.w_in.transpose().to_owned());
+            assert!(lin.projects_all_heads());
             let (j1, v1) = (lin.jvp(g.as_ref()).unwrap(), lin.vjp(y.as_ref()).unwrap());
             assert!(rel(&j1, &j0) < 1e-13, "{kernel:?} causal={causal}: JVP");
             assert!(rel(&v1, &v0) < 1e-13, "{kernel:?} causal={causal}: VJP");

@@ -34,9 +34,9 @@ impl<T: Scalar> Linearization<'_, T> {
         // own columns, laid out like the rows of w_in.
         let width = self.head_width();
         let mut dbar = Mat::<T>::zeros(n, self.w_in.nrows());
-        // Obar = Y W for all heads at once where the projections are global (see
-        // `global_projections`); otherwise each head's task computes its own columns.
-        let obar_all = self.w_in_t.is_some().then(|| {
+        // Obar = Y W for all heads at once where the projections are global; otherwise each
+        // head's task computes its own columns.
+        let obar_all = self.projects_all_heads().then(|| {
             let mut ob = Mat::<T>::zeros(n, w.ncols());
             gemm_rows_rayon(ob.as_mut(), y, w);
             ob
