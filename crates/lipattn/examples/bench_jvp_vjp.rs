@@ -46,9 +46,9 @@ fn run<T: Scalar>(a: &HashMap<String, String>) -> Result<(), Box<dyn std::error:
      -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..k {
             let t0 = Instant::now();
-            jv = lin.jvp(u.as_ref())?;
+            lin.jvp_into(u.as_ref(), jv.as_mut())?;
             let t1 = Instant::now();
-            g = lin.vjp(v.as_ref())?;
+            lin.vjp_into(v.as_ref(), g.as_mut())?;
             let t2 = Instant::now();
             tj.push((t1 - t0).as_secs_f64() * 1e3);
             tv.push((t2 - t1).as_secs_f64() * 1e3);

@@ -156,6 +156,52 @@ fn derivative_inputs_are_checked() {
     assert!(lin.jvp(g.as_ref()).is_err());
 }
 
+/// The `_into` forms write every entry of a caller's buffer (one full of NaN comes back finite and
+/// equal to `jvp`/`vjp`), reject outputs of the wrong shape, and give the same results when
+/// several threads share one linearisation (the internal buffers are reused, or taken fresh by a
+/// concurrent caller).
+#[test]
+fn into_forms_overwrite_their_outputs_and_tolerate_concurrent_callers() {
+    let mut r = rng(5);
+    for (kernel, causal) in [(Kernel::Dot, false), (Kernel::L2, true)] {
+        let layer = random_layer(&mut r, 12, 3, 4, 4, 10, kernel, 1.0, 0.3);
+        let x = gauss_mat(&mut r, 37, 12, 1.0);
+        let lin = Linearization::new(&layer, x.as_ref(), None, causal).unwrap();
+        let gs: Vec<Mat<f64>> = (0..4).map(|_| gauss_mat(&mut r, 37, 12, 1.0)).collect();
+        let ys: Vec<Mat<f64>> = (0..4).map(|_| gauss_mat(&mut r, 37, 10, 1.0)).collect();
+        let jvps: Vec<Mat<f64>> = gs.iter().map(|g| lin.jvp(g.as_ref()).unwrap()).collect();
+        let vjps: Vec<Mat<f64>> = ys.iter().map(|y| lin.vjp(y.as_ref()).unwrap()).collect();
+        let mut out = Mat::<f64>::from_fn(37, 10, |_, _| f64::NAN);
+        lin.jvp_into(gs[0].as_ref(), out.as_mut()).unwrap();
+        assert_eq!(out, jvps[0]);
+        let mut back = Mat::<f64>::from_fn(37, 12, |_, _| f64::NAN);
+        lin.vjp_into(ys[0].as_ref(), back.as_mut()).unwrap();
+        assert_eq!(back, vjps[0]);
+        let err = lin
+            .jvp_into(gs[0].as_ref(), Mat::<f64>::zeros(37, 12).as_mut())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("JVP output") && err.contains("37x10"), "{err}");
+        let err = lin
+            .vjp_into(ys[0].as_ref(), Mat::<f64>::zeros(36, 12).as_mut())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("VJP output") && err.contains("37x12"), "{err}");
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (lin, gs, ys, jvps, vjps) = (&lin, &gs, &ys, &jvps, &vjps);
+                s.spawn(move || {
+                    for k in 0..20 {
+                        let i = (t + k) % 4;
+                        assert_eq!(lin.jvp(gs[i].as_ref()).unwrap(), jvps[i]);
+                        assert_eq!(lin.vjp(ys[i].as_ref()).unwrap(), vjps[i]);
+                    }
+                });
+            }
+        });
+    }
+}
+
 /// The Jacobian in the query alone against dual numbers and central differences of Gamma.
 #[test]
 fn query_jacobian_matches() {

@@ -362,12 +362,24 @@ pub(crate) fn check_shape<T: Scalar>(
     rows: usize,
     cols: usize,
 ) -> Result<()> {
-    if m.nrows() != rows || m.ncols() != cols {
+    check_dims(what, m.nrows(), m.ncols(), rows, cols)?;
+    check_tokens(what, m, cols)
+}
+
+/// The shape alone, for buffers that are about to be overwritten.
+pub(crate) fn check_dims(
+    what: &str,
+    nrows: usize,
+    ncols: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    if nrows != rows || ncols != cols {
         return Err(Error::shape(
             what,
             format!("{rows}x{cols}"),
-            format!("{}x{}", m.nrows(), m.ncols()),
+            format!("{nrows}x{ncols}"),
         ));
     }
-    check_tokens(what, m, cols)
+    Ok(())
 }

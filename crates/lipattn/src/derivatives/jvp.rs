@@ -6,56 +6,74 @@
 //! is written into the head's rows of dO^T; every product then has column-major operands.
 
 use super::linearization::{Linearization, QUERY_BLOCK};
-use crate::attention::forward::{check_shape, gemm, gemm_rows_rayon};
+use crate::attention::forward::{check_dims, check_shape, gemm, gemm_rows_rayon};
 use crate::attention::softmax::softmax_backward_columns;
 use crate::attention::Kernel;
 use crate::error::Result;
 use crate::scalar::Scalar;
 use faer::reborrow::ReborrowMut;
-use faer::{Mat, MatRef, Par};
+use faer::{Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 impl<T: Scalar> Linearization<'_, T> {
     /// J(X) G for a tangent G (n x d); returns n x d_out.
     pub fn jvp(&self, g: MatRef<'_, T>) -> Result<Mat<T>> {
-        check_shape("JVP tangent", g, self.n(), self.d_in())?;
-        Ok(self.jvp_unchecked(g))
+        let mut dy = Mat::<T>::zeros(self.n(), self.d_out());
+        self.jvp_into(g, dy.as_mut())?;
+        Ok(dy)
     }
 
-    pub(crate) fn jvp_unchecked(&self, g: MatRef<'_, T>) -> Mat<T> {
-        let d_ot = self.jvp_heads(g);
-        let mut dy = Mat::<T>::zeros(self.n(), self.d_out());
-        gemm_rows_rayon(dy.as_mut(), d_ot.transpose(), self.layer.wo.transpose());
-        dy
+    /// J(X) G written into `out` (n x d_out), for iterations that reuse their buffers.
+    pub fn jvp_into(&self, g: MatRef<'_, T>, out: MatMut<'_, T>) -> Result<()> {
+        check_shape("JVP tangent", g, self.n(), self.d_in())?;
+        check_dims(
+            "JVP output",
+            out.nrows(),
+            out.ncols(),
+            self.n(),
+            self.d_out(),
+        )?;
+        let mut bufs = self.call_buffers();
+        let bufs = &mut *bufs;
+        self.jvp_heads_into(g, bufs.d_ot.as_mut(), &mut bufs.projected);
+        gemm_rows_rayon(out, bufs.d_ot.transpose(), self.layer.wo.transpose());
+        Ok(())
     }
 
     /// The heads' output tangents before the output projection, dO^T (H dv x n): J G = dO W_O^T.
     pub(crate) fn jvp_heads(&self, g: MatRef<'_, T>) -> Mat<T> {
+        let mut d_ot = Mat::<T>::zeros(self.layer.heads * self.layer.dv, self.n());
+        let mut bufs = self.call_buffers();
+        self.jvp_heads_into(g, d_ot.as_mut(), &mut bufs.projected);
+        d_ot
+    }
+
+    /// `jvp_heads` into `d_ot`, every entry overwritten; `projected` (n x H width) holds the
+    /// tangent projections when they run for all heads at once.
+    fn jvp_heads_into(&self, g: MatRef<'_, T>, mut d_ot: MatMut<'_, T>, projected: &mut Mat<T>) {
         let layer = self.layer;
         let (dk, dv, n) = (layer.dk, layer.dv, self.n());
         let st = &self.state;
         let width = self.head_width();
         let sc = self.bilinear_scale();
         let one = T::of(1.0);
-        let mut d_ot = Mat::<T>::zeros(layer.heads * dv, n);
         let projected = self.w_in_t.as_ref().map(|w_in_t| {
-            let mut p = Mat::<T>::zeros(n, w_in_t.ncols());
-            gemm_rows_rayon(p.as_mut(), g, w_in_t.as_ref());
-            p
+            gemm_rows_rayon(projected.as_mut(), g, w_in_t.as_ref());
+            projected.as_ref()
         });
         // One task per head, projections included unless they ran above for all heads.
-        d_ot.as_mut()
+        d_ot.rb_mut()
             .par_row_chunks_mut(dv)
             .enumerate()
             .for_each(|(h, mut dot_h)| {
                 let mut guard = self.scratch(h);
                 let ws = &mut *guard;
                 // W_in^h G^T: this head's tangent projections dQ^T, dK^T, dV^T.
-                match &projected {
+                match projected {
                     Some(p) => ws
                         .proj
                         .as_mut()
-                        .copy_from(p.as_ref().subcols(h * width, width).transpose()),
+                        .copy_from(p.subcols(h * width, width).transpose()),
                     None => gemm(
                         ws.proj.as_mut(),
                         false,
@@ -146,6 +164,5 @@ impl<T: Scalar> Linearization<'_, T> {
                     gemm(out, true, dv_t.subcols(0, nk), p_blk, one, Par::Seq);
                 }
             });
-        d_ot
     }
 }

@@ -35,6 +35,8 @@ pub struct Linearization<'a, T: Scalar> {
     output: Mat<T>,
     /// One workspace per head, reused across blocks and calls.
     scratch: Vec<Mutex<HeadScratch<T>>>,
+    /// The n-sized intermediates of one call, reused across calls (see `CallBuffers`).
+    buffers: Mutex<CallBuffers<T>>,
 }
 
 impl<'a, T: Scalar> Linearization<'a, T> {
@@ -71,6 +73,13 @@ impl<'a, T: Scalar> Linearization<'a, T> {
             .map(|_| Mutex::new(HeadScratch::new(n, dk, dv, width)))
             .collect();
         let w_in_t = global_projections::<T>(n, d).then(|| w_in.transpose().to_owned());
+        let buffers = Mutex::new(CallBuffers::new(
+            n,
+            layer.heads,
+            width,
+            dv,
+            w_in_t.is_some(),
+        ));
         let q_t = state.q.transpose().to_owned();
         let k_t = state.k.transpose().to_owned();
         let v_t = state.v.transpose().to_owned();
@@ -85,6 +94,7 @@ impl<'a, T: Scalar> Linearization<'a, T> {
             v_t,
             output,
             scratch,
+            buffers,
         })
     }
 
@@ -166,6 +176,24 @@ impl<'a, T: Scalar> Linearization<'a, T> {
         (d_o, w)
     }
 
+    /// The shared intermediates of one JVP or VJP. A concurrent call gets fresh ones instead of
+    /// waiting.
+    pub(crate) fn call_buffers(&self) -> CallBuffersGuard<'_, T> {
+        match self.buffers.try_lock() {
+            Ok(guard) => CallBuffersGuard::Shared(guard),
+            Err(_) => {
+                let layer = self.layer;
+                CallBuffersGuard::Fresh(Box::new(CallBuffers::new(
+                    self.n(),
+                    layer.heads,
+                    self.head_width(),
+                    layer.dv,
+                    self.projects_all_heads(),
+                )))
+            }
+        }
+    }
+
     /// The workspace of head h. A concurrent caller on the same head waits.
     pub(crate) fn scratch(&self, h: usize) -> MutexGuard<'_, HeadScratch<T>> {
         self.scratch[h]
@@ -182,6 +210,58 @@ impl<'a, T: Scalar> Linearization<'a, T> {
 /// n = 512 (1.5 MiB operand), 3% slower in f32 at n = 512 (0.75 MiB), 5 to 9% slower at n = 128.
 pub(crate) fn global_projections<T: Scalar>(n: usize, d: usize) -> bool {
     n * d * std::mem::size_of::<T>() > 1 << 20
+}
+
+/// The intermediates of one JVP or VJP that span all heads. Allocated per call they cost up to
+/// 5% of a step at MiniLM sizes: each is large enough for the allocator to map fresh pages, so
+/// every call paid page faults and the zeroing of megabytes on one thread while the other
+/// waited. Every entry is written before it is read in each call (the VJP clears its value
+/// cotangents itself), so nothing carries over.
+pub(crate) struct CallBuffers<T: Scalar> {
+    /// dO^T (H dv x n), the JVP's heads before the output projection.
+    pub d_ot: Mat<T>,
+    /// The cotangents of all heads' projections (n x H width), the VJP's input to W_in.
+    pub dbar: Mat<T>,
+    /// G W_in^T (n x H width), present when the projections run for all heads at once.
+    pub projected: Mat<T>,
+    /// Y W (n x H dv), likewise.
+    pub obar: Mat<T>,
+}
+
+impl<T: Scalar> CallBuffers<T> {
+    fn new(n: usize, heads: usize, width: usize, dv: usize, all_heads: bool) -> Self {
+        let rows = if all_heads { n } else { 0 };
+        Self {
+            d_ot: Mat::zeros(heads * dv, n),
+            dbar: Mat::zeros(n, heads * width),
+            projected: Mat::zeros(rows, heads * width),
+            obar: Mat::zeros(rows, heads * dv),
+        }
+    }
+}
+
+pub(crate) enum CallBuffersGuard<'a, T: Scalar> {
+    Shared(MutexGuard<'a, CallBuffers<T>>),
+    Fresh(Box<CallBuffers<T>>),
+}
+
+impl<T: Scalar> std::ops::Deref for CallBuffersGuard<'_, T> {
+    type Target = CallBuffers<T>;
+    fn deref(&self) -> &CallBuffers<T> {
+        match self {
+            Self::Shared(g) => g,
+            Self::Fresh(b) => b,
+        }
+    }
+}
+
+impl<T: Scalar> std::ops::DerefMut for CallBuffersGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut CallBuffers<T> {
+        match self {
+            Self::Shared(g) => g,
+            Self::Fresh(b) => b,
+        }
+    }
 }
 
 /// One head's buffers for a JVP or VJP. Allocating and zeroing them on every call cost a few
@@ -202,6 +282,8 @@ pub(crate) struct HeadScratch<T: Scalar> {
     pub key_part: Mat<T>,
     /// Qbar_blk^T (VJP), dk x block.
     pub query_t: Mat<T>,
+    /// <o_i, obar_i> for the block's queries (VJP).
+    pub means: Vec<T>,
 }
 
 impl<T: Scalar> HeadScratch<T> {
@@ -215,6 +297,7 @@ impl<T: Scalar> HeadScratch<T> {
             obar: Mat::zeros(n, dv),
             key_part: Mat::zeros(n, dk),
             query_t: Mat::zeros(dk, block),
+            means: vec![T::of(0.0); block],
         }
     }
 }
@@ -247,6 +330,8 @@ mod tests {
             assert!(!lin.projects_all_heads(), "small layers project per head");
             let (j0, v0) = (lin.jvp(g.as_ref()).unwrap(), lin.vjp(y.as_ref()).unwrap());
             lin.w_in_t = Some(lin.w_in.transpose().to_owned());
+            *lin.buffers.get_mut().unwrap() =
+                CallBuffers::new(n, layer.heads, lin.head_width(), layer.dv, true);
             assert!(lin.projects_all_heads());
             let (j1, v1) = (lin.jvp(g.as_ref()).unwrap(), lin.vjp(y.as_ref()).unwrap());
             assert!(rel(&j1, &j0) < 1e-13, "{kernel:?} causal={causal}: JVP");

@@ -1,59 +1,79 @@
 //! Reverse-mode derivative of the token map: Xbar = J(X)^T Ybar.
 
 use super::linearization::{Linearization, QUERY_BLOCK};
-use crate::attention::forward::{check_shape, gemm, gemm_rows_rayon};
-use crate::attention::softmax::softmax_backward_columns;
+use crate::attention::forward::{check_dims, check_shape, gemm, gemm_rows_rayon};
+use crate::attention::softmax::softmax_backward_columns_centered;
 use crate::attention::Kernel;
 use crate::error::Result;
 use crate::scalar::Scalar;
 use faer::reborrow::ReborrowMut;
-use faer::{Mat, MatRef, Par};
+use faer::{Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 impl<T: Scalar> Linearization<'_, T> {
     /// J(X)^T Ybar for a cotangent Ybar (n x d_out); returns n x d.
     pub fn vjp(&self, ybar: MatRef<'_, T>) -> Result<Mat<T>> {
-        check_shape("VJP cotangent", ybar, self.n(), self.d_out())?;
-        Ok(self.vjp_unchecked(ybar))
+        let mut xbar = Mat::<T>::zeros(self.n(), self.d_in());
+        self.vjp_into(ybar, xbar.as_mut())?;
+        Ok(xbar)
     }
 
-    pub(crate) fn vjp_unchecked(&self, ybar: MatRef<'_, T>) -> Mat<T> {
-        self.vjp_through(ybar, self.layer.wo.as_ref())
+    /// J(X)^T Ybar written into `out` (n x d), for iterations that reuse their buffers.
+    pub fn vjp_into(&self, ybar: MatRef<'_, T>, out: MatMut<'_, T>) -> Result<()> {
+        check_shape("VJP cotangent", ybar, self.n(), self.d_out())?;
+        check_dims(
+            "VJP output",
+            out.nrows(),
+            out.ncols(),
+            self.n(),
+            self.d_in(),
+        )?;
+        self.vjp_through_into(ybar, self.layer.wo.as_ref(), out);
+        Ok(())
     }
 
     /// The VJP from the heads' output cotangents Obar_h = Y W[:, h dv..(h+1) dv]: with
     /// (Ybar, W_O) it is J^T Ybar; with (dO, W_O^T W_O), dO from `jvp_heads`, it is J^T J G
     /// without forming J G (Lanczos).
     pub(crate) fn vjp_through(&self, y: MatRef<'_, T>, w: MatRef<'_, T>) -> Mat<T> {
+        let mut xbar = Mat::<T>::zeros(self.n(), self.d_in());
+        self.vjp_through_into(y, w, xbar.as_mut());
+        xbar
+    }
+
+    fn vjp_through_into(&self, y: MatRef<'_, T>, w: MatRef<'_, T>, out: MatMut<'_, T>) {
         let layer = self.layer;
         let (dk, dv, n) = (layer.dk, layer.dv, self.n());
         let st = &self.state;
         let one = T::of(1.0);
         let sc = self.bilinear_scale();
+        let zero = T::of(0.0);
         // Each head writes its cotangents (Qbar, Kbar, Vbar; for L2 Qbar, Vbar) straight into its
         // own columns, laid out like the rows of w_in.
         let width = self.head_width();
-        let mut dbar = Mat::<T>::zeros(n, self.w_in.nrows());
+        let mut bufs = self.call_buffers();
+        let bufs = &mut *bufs;
         // Obar = Y W for all heads at once where the projections are global; otherwise each
         // head's task computes its own columns.
         let obar_all = self.projects_all_heads().then(|| {
-            let mut ob = Mat::<T>::zeros(n, w.ncols());
-            gemm_rows_rayon(ob.as_mut(), y, w);
-            ob
+            gemm_rows_rayon(bufs.obar.as_mut(), y, w);
+            bufs.obar.as_ref()
         });
-        dbar.as_mut()
+        bufs.dbar
+            .as_mut()
             .par_col_chunks_mut(width)
             .enumerate()
             .for_each(|(h, mut cot)| {
                 let q = st.q.as_ref().subcols(h * dk, dk);
                 let k_t = self.k_t.as_ref().subrows(h * dk, dk);
                 let v = st.v.as_ref().subcols(h * dv, dv);
+                let o = st.o.as_ref().subcols(h * dv, dv);
                 let p_t = st.p_t[h].as_ref();
                 let mut guard = self.scratch(h);
                 let ws = &mut *guard;
                 // Obar_h = Y W^h.
-                let ob = match &obar_all {
-                    Some(all) => all.as_ref().subcols(h * dv, dv),
+                let ob = match obar_all {
+                    Some(all) => all.subcols(h * dv, dv),
                     None => {
                         gemm(
                             ws.obar.as_mut(),
@@ -66,6 +86,8 @@ impl<T: Scalar> Linearization<'_, T> {
                         ws.obar.as_ref()
                     }
                 };
+                // The value cotangents accumulate over the query blocks.
+                cot.rb_mut().subcols_mut(width - dv, dv).fill(zero);
                 // The logits' bilinear part sc k_j.q_i gives the queries sc Lbar K and the keys
                 // sc Lbar^T Q (for L2 both land on Qbar, the keys being the queries).
                 ws.key_part.as_mut().fill(T::of(0.0));
@@ -76,7 +98,7 @@ impl<T: Scalar> Linearization<'_, T> {
                     let nk = self.visible_keys(q0, len);
                     let p_blk = p_t.submatrix(0, q0, nk, len);
                     let ob_blk = ob.subrows(q0, len);
-                    // Vbar += P_blk^T Obar_blk (dbar starts at zero).
+                    // Vbar += P_blk^T Obar_blk.
                     gemm(
                         cot.rb_mut().submatrix_mut(0, width - dv, nk, dv),
                         true,
@@ -95,7 +117,17 @@ impl<T: Scalar> Linearization<'_, T> {
                         one,
                         Par::Seq,
                     );
-                    softmax_backward_columns(p_blk, lbar.rb_mut());
+                    // <P_i, Pbar_i> = <P_i, V ob_i> = <o_i, ob_i>: the head's outputs at X give
+                    // the softmax backward its means without a pass over the block.
+                    let means = &mut ws.means[..len];
+                    means.fill(zero);
+                    for c in 0..dv {
+                        let (oc, obc) = (o.col(c), ob.col(c));
+                        for (i, m) in means.iter_mut().enumerate() {
+                            *m += oc[q0 + i] * obc[q0 + i];
+                        }
+                    }
+                    softmax_backward_columns_centered(p_blk, lbar.rb_mut(), means);
                     // Qbar_blk^T = sc K^T Lbar_blk^T, with both operands column-major.
                     let mut qbar_t = ws.query_t.as_mut().subcols_mut(0, len);
                     gemm(
@@ -135,8 +167,6 @@ impl<T: Scalar> Linearization<'_, T> {
                     }
                 }
             });
-        let mut xbar = Mat::<T>::zeros(n, layer.d_in());
-        gemm_rows_rayon(xbar.as_mut(), dbar.as_ref(), self.w_in.as_ref());
-        xbar
+        gemm_rows_rayon(out, bufs.dbar.as_ref(), self.w_in.as_ref());
     }
 }
