@@ -40,12 +40,12 @@ impl<T: Scalar> Linearization<'_, T> {
         Ok(())
     }
 
-    /// The heads' output tangents before the output projection, dO^T (H dv x n): J G = dO W_O^T.
+    /// The heads' output tangents before the output projection, dO (n x H dv): J G = dO W_O^T.
     pub(crate) fn jvp_heads(&self, g: MatRef<'_, T>) -> Mat<T> {
-        let mut d_ot = Mat::<T>::zeros(self.layer.heads * self.layer.dv, self.n());
         let mut bufs = self.call_buffers();
-        self.jvp_heads_into(g, d_ot.as_mut(), &mut bufs.projected);
-        d_ot
+        let bufs = &mut *bufs;
+        self.jvp_heads_into(g, bufs.d_ot.as_mut(), &mut bufs.projected);
+        bufs.d_ot.transpose().to_owned()
     }
 
     /// `jvp_heads` into `d_ot`, every entry overwritten; `projected` (n x H width) holds the

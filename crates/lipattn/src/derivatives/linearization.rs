@@ -171,7 +171,7 @@ impl<'a, T: Scalar> Linearization<'a, T> {
     /// J u = dO W_O^T. Going through W_O^T W_O instead of forming J u saves one product of
     /// the output projection's size per step.
     pub(crate) fn normal_step(&self, u: MatRef<'_, T>, gram: MatRef<'_, T>) -> (Mat<T>, Mat<T>) {
-        let d_o = self.jvp_heads(u).transpose().to_owned();
+        let d_o = self.jvp_heads(u);
         let w = self.vjp_through(d_o.as_ref(), gram);
         (d_o, w)
     }

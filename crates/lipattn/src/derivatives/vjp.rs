@@ -90,7 +90,7 @@ impl<T: Scalar> Linearization<'_, T> {
                 cot.rb_mut().subcols_mut(width - dv, dv).fill(zero);
                 // The logits' bilinear part sc k_j.q_i gives the queries sc Lbar K and the keys
                 // sc Lbar^T Q (for L2 both land on Qbar, the keys being the queries).
-                ws.key_part.as_mut().fill(T::of(0.0));
+                ws.key_part.as_mut().fill(zero);
                 // Tied L2 only: the column sums of Lbar, for the -s |q_j|^2 term.
                 let mut colsum = vec![T::of(0.0); if layer.kernel == Kernel::L2 { n } else { 0 }];
                 for q0 in (0..n).step_by(QUERY_BLOCK) {
@@ -122,9 +122,13 @@ impl<T: Scalar> Linearization<'_, T> {
                     let means = &mut ws.means[..len];
                     means.fill(zero);
                     for c in 0..dv {
-                        let (oc, obc) = (o.col(c), ob.col(c));
-                        for (i, m) in means.iter_mut().enumerate() {
-                            *m += oc[q0 + i] * obc[q0 + i];
+                        let oc = o.col(c).try_as_col_major().expect("column-major");
+                        let obc = ob.col(c).try_as_col_major().expect("column-major");
+                        let pairs = oc.as_slice()[q0..q0 + len]
+                            .iter()
+                            .zip(&obc.as_slice()[q0..q0 + len]);
+                        for (m, (&x, &y)) in means.iter_mut().zip(pairs) {
+                            *m += x * y;
                         }
                     }
                     softmax_backward_columns_centered(p_blk, lbar.rb_mut(), means);
