@@ -45,7 +45,7 @@ rust_bin=""
 # The Rust side: crates/lipattn/examples/bench_jvp_vjp.rs (same inputs, JSON timings).
 if [ -f "$root/crates/lipattn/examples/bench_jvp_vjp.rs" ]; then
   echo "== building the Rust side"
-  cargo build --release --quiet -p lipattn --example bench_jvp_vjp
+  cargo build --release --quiet -p lipattn --example bench_jvp_vjp --example gemm_floor
   rust_bin="$root/target/release/examples/bench_jvp_vjp"
 else
   echo "== crates/lipattn/examples/bench_jvp_vjp.rs not found: running the torch side only"
@@ -73,3 +73,11 @@ done
 
 echo "== load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$py" "$here/report.py" "$work/results"
+if [ -n "$rust_bin" ]; then
+  # What the products of one step cost alone (crates/lipattn/examples/gemm_floor.rs): an
+  # optimistic floor for any GEMM-based JVP + VJP, taken now, after the table. The machine's
+  # speed moves by up to 1.5x between minutes, so compare it with the steps above with care.
+  echo
+  echo "GEMM floor of one step (each product alone, warm, 1 thread, summed; halved for 2 threads):"
+  "$root/target/release/examples/gemm_floor" $sizes
+fi
