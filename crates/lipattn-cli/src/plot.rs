@@ -181,6 +181,10 @@ fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
         .unwrap_or(10.0 * mag);
     let first = (lo / step).ceil() as i64;
     let last = (hi / step).floor() as i64;
+    if last.saturating_sub(first) > 100 {
+        // A span at the edge of the floating-point range (step lost to rounding): the ends.
+        return vec![lo, hi];
+    }
     (first..=last).map(|i| i as f64 * step).collect()
 }
 
@@ -478,6 +482,17 @@ mod tests {
         assert_eq!(t.len(), 5, "{t:?}");
         assert!((t[1] - t[0] - 0.1).abs() < 1e-12, "{t:?}");
         assert_eq!(ticks(3.0, 3.0, false), [3.0]);
+        // Degenerate spans never hang or explode.
+        for (lo, hi) in [
+            (1e300, 1.0000001e300),
+            (-1e-320, 1e-320),
+            (1.0, 1.0 + 1e-15),
+        ] {
+            let t = ticks(lo, hi, false);
+            assert!(!t.is_empty() && t.len() <= 101, "{lo} {hi}: {t:?}");
+        }
+        let t = ticks(-320.0, -319.99999, true);
+        assert!(!t.is_empty() && t.len() <= 101, "{t:?}");
     }
 
     #[test]
