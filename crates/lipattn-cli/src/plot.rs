@@ -149,18 +149,19 @@ fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
                 .flat_map(|d| mults.iter().map(move |m| (m * 10f64.powi(d)).log10()))
                 .filter(inside)
                 .collect();
+            if mults.len() == 1 && t.len() > 12 {
+                // Many decades: every k-th, k a round number, at multiples of k (f64 spans at
+                // most about 630 decades).
+                let k: i64 = [2, 5, 10, 20, 25, 50, 100]
+                    .into_iter()
+                    .find(|&k| t.len() / k < 12)
+                    .unwrap_or(100) as i64;
+                return t
+                    .into_iter()
+                    .filter(|v| (v.round() as i64).rem_euclid(k) == 0)
+                    .collect();
+            }
             if t.len() >= 4 || (mults.len() == 9 && t.len() >= 2) {
-                if t.len() > 12 {
-                    // Many decades: every k-th, k a round number, at multiples of k.
-                    let k = [2, 5, 10, 20, 25, 50, 100, 200, 500, 1000]
-                        .into_iter()
-                        .find(|k| t.len() / k < 12)
-                        .unwrap_or(t.len() / 10);
-                    return t
-                        .into_iter()
-                        .filter(|v| (v.round() as i64).rem_euclid(k as i64) == 0)
-                        .collect();
-                }
                 return t;
             }
         }

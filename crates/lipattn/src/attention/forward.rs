@@ -18,7 +18,7 @@ const PAR_THRESHOLD: usize = 1 << 18;
 /// product of 3 x 384 x 384 took milliseconds in thread hand-offs.
 const PAR_MIN_ROWS: usize = 32;
 
-/// Rows a thread from which `gemm_rows_rayon` splits rows rather than columns. On MiniLM sizes
+/// Rows a thread from which `gemm_blocks_rayon` splits rows rather than columns. On MiniLM sizes
 /// with 2 threads, the row split was up to 35% faster at 512 rows (256 a thread), the column
 /// split 4-10% faster at 128 rows (64 a thread).
 const SPLIT_ROWS_FROM: usize = 128;
@@ -48,7 +48,7 @@ pub(crate) fn gemm<T: Scalar>(
 /// The derivatives use this instead of the GEMM's own parallel mode: that one runs on a second
 /// thread pool, and handing the cores back and forth between the two pools was about 10% of the
 /// samples of a JVP at n = 128 (scheduler and barrier time).
-pub(crate) fn gemm_rows_rayon<T: Scalar>(
+pub(crate) fn gemm_blocks_rayon<T: Scalar>(
     mut dst: MatMut<'_, T>,
     a: MatRef<'_, T>,
     b: MatRef<'_, T>,
@@ -59,47 +59,35 @@ pub(crate) fn gemm_rows_rayon<T: Scalar>(
         gemm(dst, false, a, b, T::of(1.0), Par::Seq);
         return;
     }
-    if m < SPLIT_ROWS_FROM * threads {
-        // Short products split their columns: row blocks of 64 leave each block a 16-row tail
-        // below the GEMM's 48-row f64 kernel, and the whole product ran 4-10% slower than the
-        // column split (MiniLM's output projection and input cotangents at n = 128, f32 and
-        // f64, 2 threads).
-        let blocks = threads.min(n.div_ceil(64)).max(1);
-        let cols = n.div_ceil(blocks);
-        dst.rb_mut()
-            .par_col_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(i, d)| {
-                let c0 = i * cols;
-                gemm(
-                    d,
-                    false,
-                    a,
-                    b.subcols(c0, cols.min(n - c0)),
-                    T::of(1.0),
-                    Par::Seq,
-                );
-            });
-        return;
+    // Short products split their columns, one block a thread: row blocks of 64 leave each block
+    // a 16-row tail below the GEMM's 48-row f64 kernel, and the whole product ran 4-10% slower
+    // than the column split (MiniLM's output projection and input cotangents at n = 128, f32
+    // and f64, 2 threads). Taller ones split rows, in blocks of at least 64 rows (the GEMM's
+    // widest kernel stays busy), two a thread (the faster thread takes over part of the slower
+    // one's share).
+    let by_cols = m < SPLIT_ROWS_FROM * threads;
+    let (len, blocks) = if by_cols {
+        (n, threads.min(n.div_ceil(64)))
+    } else {
+        (m, (2 * threads).min(m.div_ceil(64)))
+    };
+    let size = len.div_ceil(blocks.max(1));
+    let block = |i: usize, d: MatMut<'_, T>| {
+        let (s, w) = (i * size, size.min(len - i * size));
+        let (a, b) = if by_cols {
+            (a, b.subcols(s, w))
+        } else {
+            (a.subrows(s, w), b)
+        };
+        gemm(d, false, a, b, T::of(1.0), Par::Seq);
+    };
+    if by_cols {
+        let chunks = dst.rb_mut().par_col_chunks_mut(size);
+        chunks.enumerate().for_each(|(i, d)| block(i, d));
+    } else {
+        let chunks = dst.rb_mut().par_row_chunks_mut(size);
+        chunks.enumerate().for_each(|(i, d)| block(i, d));
     }
-    // At least 64 rows a block keeps the GEMM's widest kernel busy; two blocks a thread let the
-    // faster thread take over part of the slower one's share.
-    let blocks = (2 * threads).min(m.div_ceil(64)).max(1);
-    let rows = m.div_ceil(blocks);
-    dst.rb_mut()
-        .par_row_chunks_mut(rows)
-        .enumerate()
-        .for_each(|(i, d)| {
-            let r0 = i * rows;
-            gemm(
-                d,
-                false,
-                a.subrows(r0, rows.min(m - r0)),
-                b,
-                T::of(1.0),
-                Par::Seq,
-            );
-        });
 }
 
 /// x W^T + 1 b^T for the rows of x.
@@ -416,7 +404,7 @@ pub(crate) fn check_dims(
 mod tests {
     use super::*;
 
-    /// Every split `gemm_rows_rayon` can choose (none, columns, rows) computes the same product
+    /// Every split `gemm_blocks_rayon` can choose (none, columns, rows) computes the same product
     /// as one sequential GEMM, on a 2-thread pool as on the CI machine.
     #[test]
     fn split_products_match_the_sequential_one() {
@@ -432,7 +420,7 @@ mod tests {
             let mut want = Mat::<f64>::zeros(m, n);
             gemm(want.as_mut(), false, a.as_ref(), b.as_ref(), 1.0, Par::Seq);
             let mut got = Mat::<f64>::from_fn(m, n, |_, _| f64::NAN);
-            pool.install(|| gemm_rows_rayon(got.as_mut(), a.as_ref(), b.as_ref()));
+            pool.install(|| gemm_blocks_rayon(got.as_mut(), a.as_ref(), b.as_ref()));
             assert!(
                 (&got - &want).norm_l2() <= 1e-13 * want.norm_l2(),
                 "{m}x{k}x{n}"

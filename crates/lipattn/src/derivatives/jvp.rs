@@ -6,7 +6,7 @@
 //! is written into the head's rows of dO^T; every product then has column-major operands.
 
 use super::linearization::{Linearization, QUERY_BLOCK};
-use crate::attention::forward::{check_dims, check_shape, gemm, gemm_rows_rayon};
+use crate::attention::forward::{check_dims, check_shape, gemm, gemm_blocks_rayon};
 use crate::attention::softmax::softmax_backward_columns;
 use crate::attention::Kernel;
 use crate::error::Result;
@@ -36,7 +36,7 @@ impl<T: Scalar> Linearization<'_, T> {
         let mut bufs = self.call_buffers();
         let bufs = &mut *bufs;
         self.jvp_heads_into(g, bufs.d_ot.as_mut(), &mut bufs.projected);
-        gemm_rows_rayon(out, bufs.d_ot.transpose(), self.layer.wo.transpose());
+        gemm_blocks_rayon(out, bufs.d_ot.transpose(), self.layer.wo.transpose());
         Ok(())
     }
 
@@ -58,7 +58,7 @@ impl<T: Scalar> Linearization<'_, T> {
         let sc = self.bilinear_scale();
         let one = T::of(1.0);
         let projected = self.w_in_t.as_ref().map(|w_in_t| {
-            gemm_rows_rayon(projected.as_mut(), g, w_in_t.as_ref());
+            gemm_blocks_rayon(projected.as_mut(), g, w_in_t.as_ref());
             projected.as_ref()
         });
         // One task per head, projections included unless they ran above for all heads.

@@ -2,7 +2,7 @@
 //! Everything that depends on X alone (projections, attention probabilities, outputs) is computed
 //! once here and shared by every JVP and VJP at that X, as power iteration and Lanczos need.
 
-use crate::attention::forward::{gemm_rows_rayon, inv_sqrt_dk, AttentionState};
+use crate::attention::forward::{gemm_blocks_rayon, inv_sqrt_dk, AttentionState};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::Result;
 use crate::scalar::Scalar;
@@ -163,7 +163,7 @@ impl<'a, T: Scalar> Linearization<'a, T> {
         let wo = self.layer.wo.as_ref();
         let hdv = wo.ncols();
         let mut g = Mat::<T>::zeros(hdv, hdv);
-        gemm_rows_rayon(g.as_mut(), wo.transpose(), wo);
+        gemm_blocks_rayon(g.as_mut(), wo.transpose(), wo);
         g
     }
 

@@ -1,7 +1,7 @@
 //! Reverse-mode derivative of the token map: Xbar = J(X)^T Ybar.
 
 use super::linearization::{Linearization, QUERY_BLOCK};
-use crate::attention::forward::{check_dims, check_shape, gemm, gemm_rows_rayon};
+use crate::attention::forward::{check_dims, check_shape, gemm, gemm_blocks_rayon};
 use crate::attention::softmax::softmax_backward_columns_centered;
 use crate::attention::Kernel;
 use crate::error::Result;
@@ -56,7 +56,7 @@ impl<T: Scalar> Linearization<'_, T> {
         // Obar = Y W for all heads at once where the projections are global; otherwise each
         // head's task computes its own columns.
         let obar_all = self.projects_all_heads().then(|| {
-            gemm_rows_rayon(bufs.obar.as_mut(), y, w);
+            gemm_blocks_rayon(bufs.obar.as_mut(), y, w);
             bufs.obar.as_ref()
         });
         bufs.dbar
@@ -171,6 +171,6 @@ impl<T: Scalar> Linearization<'_, T> {
                     }
                 }
             });
-        gemm_rows_rayon(out, bufs.dbar.as_ref(), self.w_in.as_ref());
+        gemm_blocks_rayon(out, bufs.dbar.as_ref(), self.w_in.as_ref());
     }
 }
