@@ -1,6 +1,7 @@
-//! `lipattn reproduce`: the figures of docs/reproductions.md (math.md section 7), each written as
-//! CSV + SVG + PNG, with one JSON summary. Every "attained" number is a lower bound computed at a
-//! concrete input; every "certified" number comes from `lipattn::bounds`.
+//! `lipattn reproduce`: the figures of docs/reproductions.md (the published numbers they test are
+//! in docs/background.md#castin-et-al and #kim-et-al), each written as CSV + SVG + PNG, with one
+//! JSON summary. Every "attained" number is a lower bound computed at a concrete input; every
+//! "certified" number comes from `lipattn::bounds`.
 
 use crate::plot::{loglog_fit, Chart, Series, Style};
 use anyhow::{Context, Result};

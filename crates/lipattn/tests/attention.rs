@@ -1,5 +1,5 @@
 //! The attention operator against an independent textbook implementation, and the identities of
-//! math.md section 2.
+//! docs/background.md#identities.
 
 mod common;
 use common::*;

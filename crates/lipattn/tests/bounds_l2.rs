@@ -1,5 +1,6 @@
-//! B5 (tied L2 attention): the Lambert W values of math.md section 7, the two moment lemmas, and a
-//! soundness battery on all of R^{n x d}, including spread-out and adversarially placed tokens.
+//! B5 (tied L2 attention): the Lambert W values behind Kim et al.'s table
+//! (docs/background.md#kim-et-al), the two moment lemmas, and a soundness battery on all of
+//! R^{n x d}, including spread-out and adversarially placed tokens.
 
 mod common;
 use common::*;
@@ -21,7 +22,7 @@ fn lambert_w0_values() {
     }
 }
 
-/// math.md section 7: Kim et al. for D = H = 1 and unit weights.
+/// docs/background.md#kim-et-al: Kim et al.'s bounds for D = H = 1 and unit weights.
 #[test]
 fn kim_table() {
     let table = [

@@ -1,7 +1,8 @@
 //! Soundness battery: no attained value may ever exceed a certified bound. Thousands of random
-//! settings (d 1..8, n 2..64, R 0.1..5, random weights and biases, 1..4 heads, causal or not),
-//! each attacked by random inputs, the adversarial construction of math.md section 5 and a
-//! random-search ascent; a violation fails with the counterexample printed.
+//! settings (d 1..8, n 2..64, R 0.1..5, random weights and biases, 1..4 heads, causal or not), each
+//! attacked by random inputs, the adversarial construction of Castin et al.
+//! (docs/background.md#castin-et-al) and a random-search ascent; a violation fails with the
+//! counterexample printed.
 
 mod common;
 use common::*;
@@ -73,8 +74,8 @@ fn random_in_ball(r: &mut StdRng, n: usize, d: usize, radius: f64) -> Mat<f64> {
     x
 }
 
-/// math.md section 5: u the top eigenvector of the symmetric part of A = W_Q^T W_K / sqrt(dk)
-/// for head 0, x_1 = R u, x_2..n = R u / 2.
+/// Castin et al.'s construction (docs/background.md#castin-et-al): u the top eigenvector of the
+/// symmetric part of A = W_Q^T W_K / sqrt(dk) for head 0, x_1 = R u, x_2..n = R u / 2.
 fn adversarial(layer: &AttentionLayer<f64>, n: usize, radius: f64) -> Mat<f64> {
     let dk = layer.dk;
     let wq = layer.wq.as_ref().subrows(0, dk);

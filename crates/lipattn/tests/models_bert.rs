@@ -586,7 +586,8 @@ fn minilm_layer0_spectral_norms() {
         (12, 32, 32, 384, 384)
     );
     let norm = |m: &Mat<f64>| m.as_ref().singular_values().unwrap()[0];
-    // Sanity values from real-models.md (f64 spectral norms of the stored f32 weights).
+    // Sanity values of docs/models.md#minilm-reference-values (f64 spectral norms of the stored
+    // f32 weights).
     for (name, m, want) in [
         ("query", &layer.wq, 6.124990),
         ("key", &layer.wk, 6.842367),

@@ -96,7 +96,8 @@ pub struct Certified {
     pub frobenius: Option<f64>,
     pub w1: Option<f64>,
     pub w2: Option<f64>,
-    /// Castin et al.'s bound as recalled in math.md: for comparison, not certified by lipattn.
+    /// Castin et al.'s bound as recalled in docs/background.md#castin-et-al: for comparison, not
+    /// certified by lipattn.
     pub anchor: Option<f64>,
 }
 

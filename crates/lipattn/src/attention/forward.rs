@@ -311,7 +311,7 @@ impl<T: Scalar> AttentionLayer<T> {
 
 impl AttentionLayer<f64> {
     /// The attention kernel of head `h` as a row-stochastic matrix: P_ij = w_j e^{s_ij} / Z_i
-    /// (nq x nc), the discrete K_mu(x_i, dy) of math.md section 1.
+    /// (nq x nc), the discrete K_mu(x_i, dy) of docs/background.md#notation.
     pub fn probabilities(
         &self,
         h: usize,

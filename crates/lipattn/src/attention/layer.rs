@@ -1,4 +1,5 @@
-//! The weights of one multi-head attention layer, in the convention of math.md section 1.
+//! The weights of one multi-head attention layer, in the convention of
+//! docs/background.md#notation.
 
 use crate::error::{Error, Result};
 use crate::scalar::Scalar;

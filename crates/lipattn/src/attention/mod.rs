@@ -1,4 +1,4 @@
-//! Attention as an operator on measures (math.md section 1).
+//! Attention as an operator on measures (docs/background.md#notation).
 
 pub mod forward;
 pub mod layer;

@@ -78,7 +78,8 @@ pub fn unit_l2_lipschitz(rho: f64, colsum: f64) -> f64 {
 }
 
 /// Kim et al.'s stated bounds for N tokens, D / H = dh and the given weight norms (anchor, not
-/// re-derived here): (Lip_inf, Lip_2) with D = H = 1 and unit weights giving math.md's table.
+/// re-derived here): (Lip_inf, Lip_2), with D = H = 1 and unit weights giving the table of
+/// docs/background.md#kim-et-al.
 pub fn kim_bounds(n: usize, dh: f64, w_inf_product: f64, w2_product: f64) -> (f64, f64) {
     let w = lambert_w0((n as f64 - 1.0) / std::f64::consts::E);
     let lip_inf = (4.0 * w + 1.0 / dh.sqrt()) * w_inf_product;

@@ -1,5 +1,6 @@
-//! Certified Lipschitz upper bounds (math.md section 4; proofs in docs/bounds.md) and, for
-//! comparison only, the anchor's published formulas (never labelled certified).
+//! Certified Lipschitz upper bounds (provenance in docs/background.md#upper-bounds; proofs in
+//! docs/bounds.md) and, for comparison only, the anchor's published formulas (never labelled
+//! certified).
 
 pub mod constants;
 pub mod cross_attention;
@@ -135,9 +136,10 @@ pub struct CertifiedSummary {
     pub frobenius: Option<f64>,
     pub w1: Option<f64>,
     pub w2: Option<f64>,
-    /// Castin et al. as recalled in math.md (not certified by lipattn).
+    /// Castin et al. as recalled in docs/background.md#castin-et-al (not certified by lipattn).
     pub anchor: Option<f64>,
-    /// The per-head form of anchors.md (not certified by lipattn).
+    /// The per-head form of Castin et al.'s code, docs/background.md#castin-et-al (not certified
+    /// by lipattn).
     pub anchor_code: Option<f64>,
     pub bounds: Vec<Bound>,
     /// Why a metric has no bound, if it has none.
@@ -172,7 +174,7 @@ fn summary_on(
     if layer.kernel == Kernel::L2 {
         let (b5, why) = l2::l2_bounds(layer, domain.n)?;
         let mut notes = vec![
-            "L2 kernel: no measure-level (W1/W2) constant exists over all of P_1(R^d) (math.md B5)"
+            "L2 kernel: no measure-level (W1/W2) constant exists over all of P_1(R^d) (docs/background.md#l2-no-w1-constant)"
                 .to_string(),
         ];
         notes.extend(why);

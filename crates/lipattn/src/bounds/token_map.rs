@@ -19,7 +19,8 @@ pub fn column_sum_bound(domain: &Domain, beta: f64) -> f64 {
     }
 }
 
-/// B1 of math.md for one head, with value norm `vn`: vn (a R^2 + sqrt(n) (1 + R (a R + |c|))).
+/// B1 for one head with value norm `vn` (vn = ||W_V|| gives its original form,
+/// docs/background.md#upper-bounds): vn (a R^2 + sqrt(n) (1 + R (a R + |c|))).
 pub fn b1_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
     let r = domain.radius;
     vn * (k.a * r * r + (domain.n as f64).sqrt() * (1.0 + r * (k.a * r + k.c)))
@@ -33,14 +34,16 @@ pub fn b1_tight_head(k: &HeadConstants, use_output: bool, domain: &Domain) -> f6
     prod * r * r + column_sum_bound(domain, beta).sqrt() * vn * (1.0 + r * beta)
 }
 
-/// Castin, Ablin, Peyre 2024 as recalled in math.md: sqrt(3) |V| (a^2 R^4 (4n + 1) + n)^{1/2}.
+/// Castin, Ablin, Peyre 2024 as recalled in docs/background.md#castin-et-al:
+/// sqrt(3) |V| (a^2 R^4 (4n + 1) + n)^{1/2}.
 pub fn anchor_castin_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
     let (r, n) = (domain.radius, domain.n as f64);
     3f64.sqrt() * vn * (k.a * k.a * r.powi(4) * (4.0 * n + 1.0) + n).sqrt()
 }
 
-/// The per-head form quoted in anchors.md, |V_h| sqrt(R_h^2 r^2 (n + 1) + n), read with
-/// R_h = a_h r (the scale of the scores), i.e. |V_h| sqrt(a^2 r^4 (n + 1) + n).
+/// The per-head form of Castin et al.'s code (docs/background.md#castin-et-al),
+/// |V_h| sqrt(R_h^2 r^2 (n + 1) + n), read with R_h = a_h r (the scale of the scores), i.e.
+/// |V_h| sqrt(a^2 r^4 (n + 1) + n).
 pub fn anchor_code_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
     let (r, n) = (domain.radius, domain.n as f64);
     vn * (k.a * k.a * r.powi(4) * (n + 1.0) + n).sqrt()
@@ -51,8 +54,8 @@ fn concat(wo: f64, per_head: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// All token-map bounds of a layer (dot kernel, non-causal or causal). Certified: B1 composed by
-/// both forms of B4 (math.md), and B1-tight (value maps W_O^h W_V^h summed over heads, or
-/// concatenated). Not certified: the anchor formulas.
+/// both forms of B4 (docs/bounds.md#b4-multi-head), and B1-tight (value maps W_O^h W_V^h summed
+/// over heads, or concatenated). Not certified: the anchor formulas.
 pub fn token_map_bounds(layer: &AttentionLayer<f64>, domain: &Domain) -> Result<Vec<Bound>> {
     require_dot(layer, "the token-map bound B1")?;
     Ok(token_map_bounds_from(&LayerConstants::of(layer)?, domain))
@@ -75,13 +78,13 @@ pub fn token_map_bounds_from(c: &LayerConstants, domain: &Domain) -> Vec<Bound> 
             "anchor-castin-mathmd",
             f,
             concat(wo, ks.iter().map(|k| anchor_castin_head(k, k.v, domain))),
-            "Castin, Ablin, Peyre 2024 as recalled in math.md (B1 note), heads combined by ||W_O|| sqrt(sum_h L_h^2)",
+            "Castin, Ablin, Peyre 2024 as recalled in docs/background.md#castin-et-al, heads combined by ||W_O|| sqrt(sum_h L_h^2)",
         ),
         Bound::anchor(
             "anchor-castin-code",
             f,
             concat(wo, ks.iter().map(|k| anchor_code_head(k, k.v, domain))),
-            "anchors.md per-head form |V_h| sqrt(R_h^2 r^2 (n+1) + n) with R_h = a_h r, heads combined by ||W_O|| sqrt(sum_h L_h^2)",
+            "per-head form of Castin et al.'s code (docs/background.md#castin-et-al) |V_h| sqrt(R_h^2 r^2 (n+1) + n) with R_h = a_h r, heads combined by ||W_O|| sqrt(sum_h L_h^2)",
         ),
     ]
 }

@@ -1,5 +1,5 @@
-//! Forward-mode derivative of the token map: dY = J(X) G (math.md section 3, with biases,
-//! multi-head and the tied L2 kernel).
+//! Forward-mode derivative of the token map: dY = J(X) G (docs/background.md#derivatives, here
+//! with biases, multi-head and the tied L2 kernel).
 //!
 //! Worked transposed (tokens as columns): per head and block of queries, the score tangent
 //! dL^T (keys x queries) goes through the softmax backward, and dO^T = V^T dP^T + dV^T P^T

@@ -1,4 +1,5 @@
-//! The Jacobian of Gamma_mu in the query point alone, context fixed (math.md section 3):
+//! The Jacobian of Gamma_mu in the query point alone, context fixed
+//! (docs/background.md#derivatives):
 //! D Gamma_mu(x) = sum_h W_O^h Cov_{P(x)}(v^h, g^h), with g^h_j the gradient of the score of key j.
 
 use crate::attention::forward::{check_tokens, inv_sqrt_dk};

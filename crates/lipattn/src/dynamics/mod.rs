@@ -1,7 +1,7 @@
-//! Regularity put to work (math.md section 6; proofs in docs/dynamics.md): residual blocks whose
-//! attention branch is a certified contraction and their inverses, log-determinants of their
-//! Jacobians, weight-tied attention of infinite depth (fixed points in token and measure space)
-//! and continuous-depth attention flows.
+//! Regularity put to work (docs/background.md#dynamics; proofs in docs/dynamics.md): residual
+//! blocks whose attention branch is a certified contraction and their inverses, log-determinants of
+//! their Jacobians, weight-tied attention of infinite depth (fixed points in token and measure
+//! space) and continuous-depth attention flows.
 //!
 //! Every number called certified here is proven in docs/dynamics.md from the bounds of
 //! docs/bounds.md (B1, B2, B4, B5); everything else (traces, attained constants, stochastic

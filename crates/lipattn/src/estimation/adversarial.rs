@@ -1,7 +1,7 @@
-//! Adversarial inputs for the local constant (math.md section 5): the construction of Castin,
-//! Ablin, Peyre (2024) and a projected multi-start ascent on sigma(X) = ||J(X)||_2 over (B_R)^n.
-//! Every value returned is attained at the returned X, so it is a lower bound on the Lipschitz
-//! constant of the token map on (B_R)^n; none is a certificate.
+//! Adversarial inputs for the local constant (docs/background.md#attained-lower-bounds): the
+//! construction of Castin, Ablin, Peyre (2024) and a projected multi-start ascent on
+//! sigma(X) = ||J(X)||_2 over (B_R)^n. Every value returned is attained at the returned X, so it is
+//! a lower bound on the Lipschitz constant of the token map on (B_R)^n; none is a certificate.
 
 use super::lanczos::{lanczos, LanczosOptions};
 use super::vecops::{check_radius, max_row_norm, project_rows, SplitMix};

@@ -1,7 +1,8 @@
-//! Attained W1 (or W2) ratios of self-attention on measures (math.md section 5): pairs (mu, nu)
-//! of weighted measures on B_R with W_p(F mu, F nu) / W_p(mu, nu) as large as a search can make
-//! it, W_p computed exactly by the network simplex. The best ratio is a lower bound on the W_p
-//! Lipschitz constant of F on P(B_R), attained by the returned pair; never a certificate.
+//! Attained W1 (or W2) ratios of self-attention on measures
+//! (docs/background.md#attained-lower-bounds): pairs (mu, nu) of weighted measures on B_R with
+//! W_p(F mu, F nu) / W_p(mu, nu) as large as a search can make it, W_p computed exactly by the
+//! network simplex. The best ratio is a lower bound on the W_p Lipschitz constant of F on P(B_R),
+//! attained by the returned pair; never a certificate.
 
 use super::vecops::{project_rows, SplitMix};
 use crate::attention::AttentionLayer;

@@ -1,7 +1,7 @@
-//! Attained lower bounds (math.md section 5): values of the local constant ||J(X)||_2 or of the
-//! W1 ratio that some concrete input actually reaches. Each one is a lower bound on the Lipschitz
-//! constant over any domain containing its input, never a certificate; every result carries the
-//! input that attains it so that it can be checked independently.
+//! Attained lower bounds (docs/background.md#attained-lower-bounds): values of the local constant
+//! ||J(X)||_2 or of the W1 ratio that some concrete input actually reaches. Each one is a lower
+//! bound on the Lipschitz constant over any domain containing its input, never a certificate; every
+//! result carries the input that attains it so that it can be checked independently.
 
 pub mod adversarial;
 pub mod cross_pairs;
