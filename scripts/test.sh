@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust (release, numerics are heavy), the Python oracle tests of the CLI,
-# then the tests of the Python package (crates/lipattn-py, built here with maturin).
+# The whole test suite: formatting and lints, Rust (release, numerics are heavy), the Python
+# oracle tests of the CLI, then the tests of the Python package (crates/lipattn-py, built here
+# with maturin).
 # Installs what the tests need into .build/ (never into the system).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 . scripts/deps.sh
+echo "== cargo fmt --check and clippy (warnings are errors)"
+cargo fmt --all --check
+cargo clippy --all-targets -- -D warnings
+
 ensure_python_deps
 ensure_minilm
 export LIPATTN_MINILM="$model"

@@ -158,3 +158,53 @@ def test_nan_token_message_equals_cli(lipattn_bin, minilm, minilm_layer, tmp_pat
     r = run(lipattn_bin, "forward", "--model", minilm, "--layer", 0, "--tokens", tmp_path / "x.npy", "--out", tmp_path / "y.npy")
     assert r.returncode != 0 and str(e.value) in r.stderr, (str(e.value), r.stderr)
     assert "row 2, column 7" in str(e.value)
+
+
+def same(got, ref, path=""):
+    """Equal JSON values (floats to 1e-12 relative), timing fields left out."""
+    if isinstance(ref, dict):
+        keys = {k for k in ref if "seconds" not in k}
+        assert keys <= set(got), (path, keys - set(got))
+        for k in keys:
+            same(got[k], ref[k], f"{path}.{k}")
+    elif isinstance(ref, list):
+        assert len(got) == len(ref), path
+        for i, (g, r) in enumerate(zip(got, ref)):
+            same(g, r, f"{path}[{i}]")
+    elif isinstance(ref, float) and isinstance(got, float):
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0, err_msg=path)
+    else:
+        assert got == ref, (path, got, ref)
+
+
+def synthetic(seed, d, n):
+    return lipattn.random_layer(d, seed=seed), lipattn.random_tokens(n, d, seed=seed + 1)
+
+
+def test_invert_report_equals_cli(lipattn_bin):
+    ref = cli_json(lipattn_bin, "invert", "--seed", 3, "--d", 8, "--n", 6, "--logdet", "--json")
+    layer, x = synthetic(3, 8, 6)
+    got = lipattn.invert(layer, x, logdet=True)
+    assert ref["layer"]["source"] == "synthetic" and "layer" not in got
+    del ref["layer"]
+    same(got, ref)
+    assert set(got) - set(ref) == {"x"}
+    assert got["status"] == "converged" and [s["solver"] for s in got["solvers"]] == ["picard", "anderson", "broyden"]
+
+
+def test_fixed_point_report_equals_cli(lipattn_bin):
+    ref = cli_json(lipattn_bin, "fixed-point", "--seed", 2, "--d", 8, "--n", 6, "--solver", "anderson", "--json")
+    layer, x = synthetic(2, 8, 6)
+    got = lipattn.fixed_point(layer, x, solver="anderson")
+    (entry,) = ref.pop("solvers")
+    del ref["layer"]
+    same(got, {**entry, **ref})
+
+
+def test_flow_report_equals_cli(lipattn_bin):
+    ref = cli_json(lipattn_bin, "flow", "--seed", 1, "--d", 3, "--n", 8, "--t", 1.0, "--json")
+    layer, x = synthetic(1, 3, 8)
+    got = lipattn.flow(layer, x, t=1.0)
+    del ref["layer"]
+    same(got, ref)
+    assert got["states"].shape == (len(ref["times"]), 8, 3)

@@ -5,7 +5,6 @@
 use crate::plot::{Chart, Series, Style};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use lipattn::analysis::{
     analyze, AnalysisOptions, ModelReport, OperatorReport, PowerFit, TextIds, DEFAULT_TEXT,
     DEFAULT_TEXT_SOURCE,
@@ -345,23 +344,15 @@ pub fn run(a: AnalyzeArgs) -> Result<()> {
             ..AnalysisOptions::default().lanczos
         },
     };
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(1);
-        b.set_style(
-            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-                .expect("a valid template")
-                .progress_chars("=> "),
-        );
-        b
-    };
+    let bar = crate::progress::Bar::new(a.quiet);
     let report = analyze(&model, Some(&text), &opts, &mut |p| {
-        bar.set_length(p.total as u64);
-        bar.set_position(p.done as u64);
-        bar.set_message(p.stage.clone());
+        bar.update(&lipattn::ops::Progress {
+            stage: &p.stage,
+            done: p.done,
+            total: p.total,
+        })
     })?;
-    bar.finish_and_clear();
+    drop(bar);
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(a.out.join("report.json"), &json)

@@ -1,13 +1,11 @@
-//! The layer and tokens the dynamics commands (invert, fixed-point, flow) work on: a model layer
-//! (`--model DIR --layer L`) or a seeded synthetic one, and tokens from `--tokens X.npy` or
-//! seeded Gaussian ones.
+//! The flags of the layer and tokens the dynamics commands (invert, fixed-point, flow) work on:
+//! a model layer (`--model DIR --layer L`) or a seeded synthetic one, and tokens from
+//! `--tokens X.npy` or seeded random ones (the library's `ops::source`).
 
-use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lipattn::dynamics::synthetic::{random_layer, random_tokens};
-use lipattn::npy::read_matrix;
-use lipattn::{AttentionLayer, Kernel, Mat};
-use serde_json::{json, Value};
+use lipattn::ops::solvers::{SolverChoice, SolverRequest};
+use lipattn::ops::source::SourceRequest;
+use lipattn::Kernel;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -20,126 +18,83 @@ pub struct SourceArgs {
     #[arg(long, requires = "model")]
     pub layer: Option<usize>,
     /// Synthetic layer: token width d.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = SourceRequest::default().d)]
     pub d: usize,
     /// Synthetic layer: number of heads.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = SourceRequest::default().heads)]
     pub heads: usize,
     /// Synthetic layer: kernel, l2 (tied, W_V = U W_Q: certified on all of R^{n x d}) or dot
     /// (certified on a ball only).
-    #[arg(long, default_value = "l2")]
-    pub kernel: String,
+    #[arg(long, value_parser = crate::names::named::<Kernel>(), default_value_t = SourceRequest::default().kernel)]
+    pub kernel: Kernel,
     /// Synthetic layer: standard deviation of the biases.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = SourceRequest::default().bias)]
     pub bias: f64,
-    /// Seed of the synthetic layer and of random tokens.
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the synthetic layer, of random tokens and of the command's own draws.
+    #[arg(long, default_value_t = SourceRequest::default().seed)]
     pub seed: u64,
-    /// Tokens X, an (n, d) float32 or float64 .npy array; random Gaussian tokens otherwise.
+    /// Tokens X, an (n, d) float32 or float64 .npy array; random tokens otherwise.
     #[arg(long)]
     pub tokens: Option<PathBuf>,
     /// Number of random tokens.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = SourceRequest::default().n)]
     pub n: usize,
-    /// Standard deviation of random tokens.
-    #[arg(long, default_value_t = 1.0)]
+    /// Standard deviation of random Gaussian tokens.
+    #[arg(long, default_value_t = SourceRequest::default().token_scale)]
     pub token_scale: f64,
 }
 
-impl SourceArgs {
-    /// The layer and a JSON description of where it came from.
-    pub fn layer(&self) -> Result<(AttentionLayer<f64>, Value)> {
-        match (&self.model, self.layer) {
-            (Some(dir), Some(l)) => {
-                let (layer, causal) = lipattn::models::load_attention_layer_masked(dir, l)?;
-                if causal {
-                    bail!("{} layer {l} is causal (GPT-2 family): the dynamics treat attention as an operator on measures, which a causal mask is not", dir.display());
-                }
-                let desc = json!({"source": "model", "model": dir.display().to_string(), "layer": l, "kernel": layer.kernel, "heads": layer.heads, "d": layer.d_in()});
-                Ok((layer, desc))
-            }
-            _ => {
-                let kernel: Kernel = self.kernel.parse()?;
-                let layer = random_layer(self.d, self.heads, kernel, self.bias, self.seed)?;
-                let desc = json!({"source": "synthetic", "kernel": kernel, "heads": self.heads, "d": self.d, "bias": self.bias, "seed": self.seed});
-                Ok((layer, desc))
-            }
-        }
-    }
-
-    pub fn tokens(&self, d: usize) -> Result<Mat<f64>> {
-        match &self.tokens {
-            Some(p) => {
-                let x = read_matrix(p).context("reading --tokens")?;
-                if x.ncols() != d {
-                    return Err(anyhow!(
-                        "--tokens has width {}, the layer expects {d}",
-                        x.ncols()
-                    ));
-                }
-                Ok(x)
-            }
-            None => {
-                if self.n == 0 {
-                    bail!("--n must be at least 1");
-                }
-                if !(self.token_scale.is_finite() && self.token_scale > 0.0) {
-                    bail!("--token-scale must be positive and finite");
-                }
-                Ok(random_tokens(
-                    self.n,
-                    d,
-                    self.token_scale,
-                    self.seed.wrapping_add(1),
-                ))
-            }
+impl From<&SourceArgs> for SourceRequest {
+    fn from(a: &SourceArgs) -> Self {
+        Self {
+            model: a.model.clone(),
+            layer: a.layer,
+            d: a.d,
+            heads: a.heads,
+            kernel: a.kernel,
+            bias: a.bias,
+            seed: a.seed,
+            tokens: a.tokens.clone(),
+            n: a.n,
+            token_scale: a.token_scale,
         }
     }
 }
 
-/// The solver names of `--solver`, expanded.
-pub fn solvers(
-    name: &str,
-    memory: usize,
-    regularisation: f64,
-    broyden_memory: usize,
-) -> Result<Vec<lipattn::dynamics::Solver>> {
-    use lipattn::dynamics::Solver;
-    let anderson = Solver::Anderson {
-        memory,
-        regularisation,
-        mixing: 1.0,
-    };
-    let broyden = Solver::Broyden {
-        memory: broyden_memory,
-    };
-    Ok(match name {
-        "all" => vec![Solver::Picard, anderson, broyden],
-        "anderson" => vec![anderson],
-        "broyden" => vec![broyden],
-        other => vec![other.parse()?],
-    })
+/// The solver flags of invert and fixed-point; `max_iter` has a default per command, so it is
+/// the command's own flag.
+#[derive(Args)]
+pub struct SolverArgs {
+    /// picard, anderson, broyden or all.
+    #[arg(long, value_parser = crate::names::named::<SolverChoice>(), default_value_t = SolverRequest::default().solver)]
+    pub solver: SolverChoice,
+    /// Stop at residual <= atol.
+    #[arg(long, default_value_t = SolverRequest::default().atol)]
+    pub atol: f64,
+    #[arg(long, default_value_t = SolverRequest::default().anderson_memory)]
+    pub anderson_memory: usize,
+    #[arg(long, default_value_t = SolverRequest::default().anderson_reg)]
+    pub anderson_reg: f64,
+    /// Anderson: mixing in (0, 1].
+    #[arg(long, default_value_t = SolverRequest::default().anderson_mixing)]
+    pub anderson_mixing: f64,
+    /// Broyden: secant updates stored before a restart.
+    #[arg(long, default_value_t = SolverRequest::default().broyden_memory)]
+    pub broyden_memory: usize,
 }
 
-/// A solver's failure, reported beside the others and never as a result.
-pub fn failure_json(solver: &str, e: &lipattn::Error) -> Value {
-    match e {
-        lipattn::Error::NoConvergence {
-            reason,
-            steps,
-            best_residual,
-            best_step,
-            residuals,
-            ..
-        } => json!({
-            "solver": solver,
-            "status": "no_convergence",
-            "reason": reason,
-            "steps": steps,
-            "lowest_residual": best_residual,
-            "lowest_residual_step": best_step,
-            "abs_trace": residuals,
-        }),
-        other => json!({"solver": solver, "status": "error", "reason": other.to_string()}),
+impl SolverArgs {
+    /// The request with the command's iteration cap and relative tolerance.
+    pub fn request(&self, max_iter: usize, rtol: f64) -> SolverRequest {
+        SolverRequest {
+            solver: self.solver,
+            atol: self.atol,
+            rtol,
+            max_iter: Some(max_iter),
+            anderson_memory: self.anderson_memory,
+            anderson_reg: self.anderson_reg,
+            anderson_mixing: self.anderson_mixing,
+            broyden_memory: self.broyden_memory,
+        }
     }
 }

@@ -4,31 +4,15 @@
 //! and the measured mean-field convergence rate; writes the figures with --plot.
 
 use crate::dyn_source::SourceArgs;
+use crate::names::named;
 use crate::plot::{Chart, Series, Style};
-use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
-use lipattn::dynamics::flow::{
-    clustering, gronwall_check, identity_layer, integrate, mean_field, sphere_sample,
-};
-use lipattn::dynamics::{FlowOptions, Integrator, Projection};
-use lipattn::estimation::SplitMix;
-use lipattn::{Mat, Measure};
-use serde_json::json;
+use crate::progress::Bar;
+use anyhow::Result;
+use clap::Args;
+use lipattn::ops::flow::{self, FlowInputs, FlowRequest, IntegratorName, ProjectionName};
+use lipattn::ops::source::SourceRequest;
+use lipattn::Mat;
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
-pub enum ProjectArg {
-    None,
-    Sphere,
-    Layernorm,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
-pub enum IntegratorArg {
-    Rk4,
-    Dopri,
-    DopriFixed,
-}
 
 #[derive(Args)]
 pub struct FlowArgs {
@@ -39,28 +23,37 @@ pub struct FlowArgs {
     #[arg(long)]
     identity: bool,
     /// Inverse temperature of --identity.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = lipattn::ops::source::IDENTITY_BETA)]
     beta: f64,
     /// Final time T.
-    #[arg(long, default_value_t = 15.0)]
+    #[arg(long, default_value_t = FlowRequest::default().t)]
     t: f64,
-    #[arg(long, value_enum, default_value = "sphere")]
-    project: ProjectArg,
-    #[arg(long, value_enum, default_value = "rk4")]
-    integrator: IntegratorArg,
+    #[arg(long, visible_alias = "projection", value_parser = named::<ProjectionName>(), default_value_t = FlowRequest::default().projection)]
+    project: ProjectionName,
+    #[arg(long, value_parser = named::<IntegratorName>(), default_value_t = FlowRequest::default().integrator)]
+    integrator: IntegratorName,
     /// Step of rk4 and dopri-fixed.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = FlowRequest::default().dt)]
     dt: f64,
     /// Tolerances of the adaptive dopri.
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = FlowRequest::default().rtol)]
     rtol: f64,
-    #[arg(long, default_value_t = 1e-9)]
+    #[arg(long, default_value_t = FlowRequest::default().atol)]
     atol: f64,
+    /// First step of the adaptive dopri (default: --dt).
+    #[arg(long)]
+    h0: Option<f64>,
     /// Record the state every this much time.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = FlowRequest::default().record)]
     record: f64,
+    /// Step cap (accepted plus rejected steps).
+    #[arg(long, default_value_t = FlowRequest::default().max_steps)]
+    max_steps: usize,
+    /// Epsilon of --project layernorm.
+    #[arg(long, default_value_t = FlowRequest::default().layernorm_eps)]
+    layernorm_eps: f64,
     /// Cosine threshold of the cluster count: tokens with cos >= 1 - this are joined.
-    #[arg(long, default_value_t = 1e-2)]
+    #[arg(long, default_value_t = FlowRequest::default().cluster_threshold)]
     cluster_threshold: f64,
     /// Also check the Gronwall bound against a second measure: the tokens moved by Gaussian
     /// noise of this size (then put back on the sphere when projecting).
@@ -70,10 +63,10 @@ pub struct FlowArgs {
     /// reference flow of --mean-field-reference samples uniform on the sphere.
     #[arg(long, value_delimiter = ',')]
     mean_field: Option<Vec<usize>>,
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = FlowRequest::default().mean_field_reference)]
     mean_field_reference: usize,
     /// Independent samples per size (their W1 values are averaged).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = FlowRequest::default().mean_field_replicates)]
     mean_field_replicates: usize,
     /// Write the figures (SVG and PNG) into this directory.
     #[arg(long)]
@@ -91,88 +84,67 @@ fn lon_lat(x: &Mat<f64>, i: usize) -> (f64, f64) {
     )
 }
 
-pub fn run(a: FlowArgs) -> Result<()> {
-    let (layer, desc) = if a.identity {
-        (
-            identity_layer(a.source.d, a.beta)?,
-            json!({"source": "identity", "d": a.source.d, "beta": a.beta, "kernel": "dot"}),
-        )
-    } else {
-        a.source.layer()?
-    };
-    let d = layer.d_in();
-    let x0 = if a.identity && a.source.tokens.is_none() {
-        sphere_sample(
-            a.source.n,
-            d,
-            &mut SplitMix::new(a.source.seed.wrapping_add(1)),
-        )
-    } else {
-        a.source.tokens(d)?
-    };
-    let projection = match a.project {
-        ProjectArg::None => Projection::None,
-        ProjectArg::Sphere => Projection::Sphere,
-        ProjectArg::Layernorm => Projection::LayerNorm { eps: 1e-5 },
-    };
-    let integrator = match a.integrator {
-        IntegratorArg::Rk4 => Integrator::Rk4 { dt: a.dt },
-        IntegratorArg::DopriFixed => Integrator::DoPri5Fixed { dt: a.dt },
-        IntegratorArg::Dopri => Integrator::DoPri5 {
+impl From<&FlowArgs> for FlowRequest {
+    fn from(a: &FlowArgs) -> Self {
+        Self {
+            t: a.t,
+            projection: a.project,
+            integrator: a.integrator,
+            dt: a.dt,
             rtol: a.rtol,
             atol: a.atol,
-            h0: a.dt,
-        },
-    };
-    let opts = FlowOptions {
-        projection,
-        integrator,
-        t_end: a.t,
-        record_every: a.record,
-        max_steps: 10_000_000,
-    };
-    let traj = integrate(&layer, x0.as_ref(), None, &opts)?;
-    let stats: Vec<_> = traj
-        .states
-        .iter()
-        .map(|x| clustering(x.as_ref(), a.cluster_threshold))
-        .collect();
-    let gron = match a.gronwall {
-        Some(eps) => {
-            if !(eps.is_finite() && eps > 0.0) {
-                bail!("--gronwall needs a positive perturbation size");
-            }
-            let mut rng = SplitMix::new(a.source.seed.wrapping_add(7));
-            let nu_pts = Mat::from_fn(x0.nrows(), d, |i, k| x0[(i, k)] + eps * rng.gauss());
-            let mu = Measure::uniform(x0.clone())?;
-            let nu = Measure::uniform(nu_pts)?;
-            Some(gronwall_check(&layer, &mu, &nu, &opts)?)
+            h0: a.h0,
+            record: a.record,
+            max_steps: a.max_steps,
+            layernorm_eps: a.layernorm_eps,
+            cluster_threshold: a.cluster_threshold,
+            gronwall: a.gronwall,
+            mean_field: a.mean_field.clone(),
+            mean_field_reference: a.mean_field_reference,
+            mean_field_replicates: a.mean_field_replicates,
+            seed: a.source.seed,
         }
-        None => None,
+    }
+}
+
+pub fn run(a: FlowArgs) -> Result<()> {
+    let source = SourceRequest::from(&a.source);
+    let (layer, desc) = if a.identity {
+        source.identity_layer(a.beta)?
+    } else {
+        source.layer()?
     };
-    let mf = match &a.mean_field {
-        Some(ns) => Some(mean_field(
-            &layer,
-            ns,
-            a.mean_field_reference,
-            a.mean_field_replicates,
-            &opts,
-            a.source.seed.wrapping_add(11),
-        )?),
-        None => None,
+    let d = layer.d_in();
+    let x0 = if a.identity {
+        source.sphere_tokens(d)?
+    } else {
+        source.tokens(d)?
     };
+    let bar = Bar::new(a.json);
+    let report = flow::run(
+        &FlowRequest::from(&a),
+        FlowInputs {
+            layer: &layer,
+            x: x0.as_ref(),
+            weights: None,
+            gronwall_tokens: None,
+            source: Some(desc),
+        },
+        &mut |p| bar.update(p),
+    )?;
+    drop(bar);
+    let (times, stats) = (&report.times, &report.clustering);
+    let (gron, mf) = (&report.gronwall, &report.mean_field);
     if let Some(dir) = &a.plot {
         std::fs::create_dir_all(dir)?;
-        let mc: Vec<(f64, f64)> = traj
-            .times
+        let mc: Vec<(f64, f64)> = times
             .iter()
-            .zip(&stats)
+            .zip(stats)
             .map(|(t, s)| (*t, s.mean_cosine))
             .collect();
-        let nc: Vec<(f64, f64)> = traj
-            .times
+        let nc: Vec<(f64, f64)> = times
             .iter()
-            .zip(&stats)
+            .zip(stats)
             .map(|(t, s)| (*t, s.clusters as f64 / x0.nrows() as f64))
             .collect();
         Chart {
@@ -189,14 +161,14 @@ pub fn run(a: FlowArgs) -> Result<()> {
         }
         .write(&dir.join("flow_clustering"))?;
         if d == 3 {
-            let k = traj.states.len();
+            let k = report.states.len();
             let picks = [0, k / 6, k / 3, k - 1];
             let series = picks
                 .iter()
                 .map(|&s| {
-                    let x = &traj.states[s];
+                    let x = &report.states[s];
                     Series::new(
-                        format!("t = {:.1}", traj.times[s]),
+                        format!("t = {:.1}", times[s]),
                         (0..x.nrows()).map(|i| lon_lat(x, i)).collect(),
                         Style::Points,
                     )
@@ -265,27 +237,14 @@ pub fn run(a: FlowArgs) -> Result<()> {
             .write(&dir.join("flow_mean_field"))?;
         }
     }
-    let out = json!({
-        "command": "flow",
-        "layer": desc,
-        "n": x0.nrows(),
-        "d": d,
-        "dtype": "f64",
-        "options": opts,
-        "steps": {"accepted": traj.accepted, "rejected": traj.rejected, "evaluations": traj.evaluations},
-        "times": traj.times,
-        "clustering": stats,
-        "clustering_is": "measured",
-        "gronwall": gron,
-        "mean_field": mf,
-    });
+    let out = lipattn::ops::to_json(&report)?;
     if a.json {
         println!("{out}");
     } else {
         let (c0, c1) = (&stats[0], stats.last().unwrap());
         println!(
             "flow to T = {}: {} steps ({} rejected), {} velocity evaluations",
-            a.t, traj.accepted, traj.rejected, traj.evaluations
+            a.t, report.steps["accepted"], report.steps["rejected"], report.steps["evaluations"]
         );
         println!(
             "mean cosine {:.4} -> {:.4}, clusters {} -> {}",

@@ -23,7 +23,7 @@ pub struct LipschitzArgs {
     #[arg(long)]
     n: usize,
     /// Score kernel: dot (the model's own) or l2 (tied to the query projection).
-    #[arg(long, default_value = "dot")]
+    #[arg(long, value_parser = crate::names::named::<Kernel>(), default_value_t = Kernel::Dot)]
     kernel: Kernel,
     /// Random starts of the ascent over (B_R)^n.
     #[arg(long, default_value_t = 2)]

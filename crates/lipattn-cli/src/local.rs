@@ -1,20 +1,17 @@
 //! `lipattn local`: the local constant ||J(X)||_2 of one layer's attention sublayer (or of one
-//! head's contribution) at a given token sequence. An attained value, hence a lower bound on the
-//! Lipschitz constant over any domain containing X, never a certificate.
+//! head's contribution) at a given token sequence (the library's `ops::local`). An attained
+//! value, hence a lower bound on the Lipschitz constant over any domain containing X, never a
+//! certificate.
 
 use crate::layer_arg::LayerArg;
+use crate::names::named;
+use crate::progress::Bar;
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
-use lipattn::estimation::{local_norm, LanczosOptions, Method, PowerOptions};
+use clap::Args;
 use lipattn::npy::read_matrix;
+use lipattn::ops::local::{self, LocalInputs, LocalMethod, LocalRequest};
 use serde_json::json;
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum MethodArg {
-    Lanczos,
-    Power,
-}
 
 #[derive(Args)]
 pub struct LocalArgs {
@@ -28,15 +25,15 @@ pub struct LocalArgs {
     head: Option<usize>,
     /// Lanczos: requested relative accuracy of sigma (an estimate). Power iteration always uses
     /// the anchor's rule instead (Rayleigh quotient change below 1e-4, absolute).
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = LocalRequest::default().tol)]
     tol: f64,
-    #[arg(long, value_enum, default_value = "lanczos")]
-    method: MethodArg,
+    #[arg(long, value_parser = named::<LocalMethod>(), default_value_t = LocalRequest::default().method)]
+    method: LocalMethod,
     /// Iteration cap (default 300 for Lanczos, 100 for power iteration).
     #[arg(long)]
     max_iter: Option<usize>,
     /// Seed of the random start vector.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = LocalRequest::default().seed)]
     seed: u64,
     /// Write the top right singular vector (n, d) as float64 .npy.
     #[arg(long)]
@@ -46,65 +43,44 @@ pub struct LocalArgs {
     json: bool,
 }
 
+impl From<&LocalArgs> for LocalRequest {
+    fn from(a: &LocalArgs) -> Self {
+        Self {
+            method: a.method,
+            tol: a.tol,
+            max_iter: a.max_iter,
+            seed: a.seed,
+            head: a.head,
+        }
+    }
+}
+
 pub fn run(a: LocalArgs) -> Result<()> {
     // GPT-2-family layers are causal: analyse the operator the model computes.
-    let (full, causal) = a.target.load()?;
-    let layer = match a.head {
-        Some(h) => full.head(h, false)?,
-        None => full,
-    };
+    let (layer, causal) = a.target.load()?;
     let x = read_matrix(&a.tokens).context("reading --tokens")?;
-    let method = match a.method {
-        MethodArg::Lanczos => Method::Lanczos(LanczosOptions {
-            tol: a.tol,
-            max_iter: a.max_iter.unwrap_or(300),
-            seed: a.seed,
-        }),
-        MethodArg::Power => Method::Power(PowerOptions {
-            max_iter: a.max_iter.unwrap_or(100),
-            seed: a.seed,
-            ..Default::default()
-        }),
-    };
-    let res = local_norm(&layer, x.as_ref(), None, causal, &method)?;
+    let bar = Bar::new(a.json);
+    let report = local::run(
+        &LocalRequest::from(&a),
+        LocalInputs {
+            layer: &layer,
+            x: x.as_ref(),
+            weights: None,
+            causal,
+        },
+        &mut |p| bar.update(p),
+    )?;
+    drop(bar);
     if let Some(p) = &a.save_vector {
-        res.save(None, Some(p))
+        report
+            .result
+            .save(None, Some(p))
             .with_context(|| format!("writing --save-vector {}", p.display()))?;
     }
-    let n = x.nrows();
-    let radius = (0..n)
-        .map(|i| {
-            (0..x.ncols())
-                .map(|k| x[(i, k)].powi(2))
-                .sum::<f64>()
-                .sqrt()
-        })
-        .fold(0.0, f64::max);
-    let t = &res.top;
     if a.json {
-        let out = json!({
-            "kind": "attained_lower_bound",
-            "quantity": "local_lipschitz",
-            "sigma": t.sigma,
-            "rel_error": t.rel_error,
-            "rel_error_is": "estimate",
-            "converged": t.converged,
-            "iterations": t.iterations,
-            "seconds": res.seconds,
-            "method": res.method,
-            "tol": if matches!(a.method, MethodArg::Lanczos) { json!(a.tol) } else { json!(null) },
-            "norm": "frobenius",
-            "n": n,
-            "d": x.ncols(),
-            "d_out": layer.d_out(),
-            "radius": radius,
-            "dtype": "f64",
-            "layer": a.target.layer,
-            "head": a.head,
-            "causal": causal,
-            "weights": "uniform",
-            "vector": a.save_vector.as_ref().map(|p| p.display().to_string()),
-        });
+        let mut out = lipattn::ops::to_json(&report)?;
+        out["layer"] = json!(a.target.layer);
+        out["vector"] = json!(a.save_vector.as_ref().map(|p| p.display().to_string()));
         println!("{out}");
     } else {
         let what = match a.head {
@@ -112,20 +88,20 @@ pub fn run(a: LocalArgs) -> Result<()> {
             None => format!("layer {} attention sublayer", a.target.layer),
         };
         println!(
-            "{what}: ||J(X)||_2 >= {:.10e} (attained at X, n = {n}, max row norm {radius:.6}; Frobenius norms)",
-            t.sigma
+            "{what}: ||J(X)||_2 >= {:.10e} (attained at X, n = {}, max row norm {:.6}; Frobenius norms)",
+            report.sigma, report.n, report.radius
         );
         println!(
             "{}: {} iterations, {}, estimated relative error {:.1e}, {:.3} s",
-            res.method,
-            t.iterations,
-            if t.converged {
+            report.method,
+            report.iterations,
+            if report.converged {
                 "converged"
             } else {
                 "NOT converged (iteration cap)"
             },
-            t.rel_error,
-            res.seconds
+            report.rel_error,
+            report.seconds
         );
     }
     Ok(())

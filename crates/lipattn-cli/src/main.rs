@@ -11,7 +11,9 @@ mod invert;
 mod layer_arg;
 mod lipschitz;
 mod local;
+mod names;
 mod plot;
+mod progress;
 mod reproduce;
 mod transport;
 
@@ -78,7 +80,10 @@ fn main() {
 fn message(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
-        let text = cause.to_string();
+        let text = match cause.downcast_ref::<lipattn::Error>() {
+            Some(lipattn::Error::Option(m)) => names::flags_in(m),
+            _ => cause.to_string(),
+        };
         if out.is_empty() {
             out = text;
         } else if !out.contains(&text) {

@@ -59,6 +59,8 @@ pub fn to_py(e: lipattn::Error) -> PyErr {
         | E::NegativeWeight { .. }
         | E::NotNormalised { .. }
         | E::Invalid(_) => PyValueError::new_err(msg),
+        // Option names are the keyword arguments' names; the backticks are the library's markup.
+        E::Option(m) => PyValueError::new_err(m.replace('`', "")),
         E::Numerical(_) => NumericalError::new_err(msg),
         E::Model(_) => ModelError::new_err(msg),
         E::Format { .. } => FormatError::new_err(msg),

@@ -3,12 +3,13 @@
 use crate::bounds as analysis;
 use crate::convert::{cast, matrix, matrix_f64, optional_vector, to_numpy, vector_f64, Floats};
 use crate::errors::{detached, interruptible, IntoPyResult};
-use crate::local::{local_constant_result, method_of, PyLocalConstant};
+use crate::local::{local_constant_result, PyLocalConstant};
 use crate::measure::PyMeasure;
 use faer::Mat;
 use lipattn::estimation::lanczos;
 use lipattn::estimation::power_iteration;
 use lipattn::estimation::Method;
+use lipattn::ops::local::{self, LocalInputs, LocalRequest};
 use lipattn::{AttentionLayer, Kernel, Linearization, Scalar};
 use numpy::PyArray2;
 use pyo3::exceptions::PyValueError;
@@ -16,6 +17,22 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+
+/// The local-constant request of these keyword arguments.
+fn local_request(
+    method: &str,
+    tol: f64,
+    max_iter: Option<usize>,
+    seed: u64,
+) -> PyResult<LocalRequest> {
+    Ok(LocalRequest {
+        method: method.parse().py_err()?,
+        tol,
+        max_iter,
+        seed,
+        head: None,
+    })
+}
 
 pub fn kernel_of(name: &str) -> PyResult<Kernel> {
     name.parse::<Kernel>().py_err()
@@ -431,7 +448,7 @@ impl PyAttentionLayer {
     /// ``method`` 'lanczos' (``tol`` = requested relative accuracy, an estimate) or 'power'
     /// (the anchor's rule: Rayleigh quotient change below 1e-4). Runs in the dtype of ``x``.
     /// Ctrl-C raises KeyboardInterrupt at once and stops the computation at its next iteration.
-    #[pyo3(signature = (x, *, method="lanczos", tol=1e-6, max_iter=None, seed=0, weights=None, causal=None))]
+    #[pyo3(signature = (x, *, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=LocalRequest::default().seed, weights=None, causal=None))]
     #[allow(clippy::too_many_arguments)]
     fn local_constant(
         &self,
@@ -444,26 +461,27 @@ impl PyAttentionLayer {
         weights: Option<&Bound<'_, PyAny>>,
         causal: Option<bool>,
     ) -> PyResult<PyLocalConstant> {
-        let m = method_of(method, tol, max_iter, seed)?;
+        let req = local_request(method, tol, max_iter, seed)?;
         let w = optional_vector(weights, "weights")?;
         let causal = self.causal_or_default(causal);
-        let tol_used = matches!(m, Method::Lanczos(_)).then_some(tol);
-        let weighted = w.is_some();
+        macro_rules! run {
+            ($layer:expr, $x:expr) => {{
+                let (l, x) = ($layer, $x);
+                let r = interruptible(py, move || {
+                    let inputs = LocalInputs {
+                        layer: &l,
+                        x: x.as_ref(),
+                        weights: w.as_deref(),
+                        causal,
+                    };
+                    local::run(&req, inputs, &mut lipattn::ops::silent)
+                })?;
+                local_constant_result(py, r)
+            }};
+        }
         match matrix(x, "tokens")? {
-            Floats::F64(x) => {
-                let l = self.layer.clone();
-                let r = interruptible(py, move || {
-                    lipattn::estimation::local_norm(&l, x.as_ref(), w.as_deref(), causal, &m)
-                })?;
-                local_constant_result(py, r, self.layer.d_out(), causal, tol_used, weighted)
-            }
-            Floats::F32(x) => {
-                let l = self.layer_f32();
-                let r = interruptible(py, move || {
-                    lipattn::estimation::local_norm(&l, x.as_ref(), w.as_deref(), causal, &m)
-                })?;
-                local_constant_result(py, r, self.layer.d_out(), causal, tol_used, weighted)
-            }
+            Floats::F64(x) => run!(self.layer.clone(), x),
+            Floats::F32(x) => run!(self.layer_f32(), x),
         }
     }
 
@@ -688,7 +706,7 @@ impl PyLinearization {
 
     /// ``||J(X)||_2`` at this point by Lanczos or power iteration, optionally from ``start``
     /// (an (n, d) tangent; random Gaussian with ``seed`` when None). Interruptible with Ctrl-C.
-    #[pyo3(signature = (*, method="lanczos", tol=1e-6, max_iter=None, seed=0, start=None))]
+    #[pyo3(signature = (*, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=LocalRequest::default().seed, start=None))]
     fn top_singular(
         &self,
         py: Python<'_>,
@@ -698,13 +716,13 @@ impl PyLinearization {
         seed: u64,
         start: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyLocalConstant> {
-        let m = method_of(method, tol, max_iter, seed)?;
-        let tol_used = matches!(m, Method::Lanczos(_)).then_some(tol);
+        let req = local_request(method, tol, max_iter, seed)?;
         let start = start.filter(|s| !s.is_none());
         with_lin!(&self.inner, l => {
             let s = start.map(|s| tangent(s, "start vector")).transpose()?;
-            let r = run_top(py, l.clone(), m, s)?;
-            local_constant_result(py, r, l.lin().d_out(), l.lin().causal(), tol_used, self.weights)
+            let r = run_top(py, l.clone(), req.estimator(), s)?;
+            let (d_out, causal) = (l.lin().d_out(), l.lin().causal());
+            local_constant_result(py, local::report(&req, r, d_out, causal, self.weights))
         })
     }
 

@@ -104,12 +104,8 @@ pub fn measure_arg(
         return Ok(m.get().inner.clone());
     }
     let x = points_f64(obj, &format!("{what} points"))?;
-    match optional_vector(weights, &format!("{what} weights"))? {
-        None => Measure::uniform(x),
-        Some(w) if normalise => Measure::normalised(x, w),
-        Some(w) => Measure::new(x, w),
-    }
-    .py_err()
+    let w = optional_vector(weights, &format!("{what} weights"))?;
+    Measure::with_weights(x, w, normalise).py_err()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

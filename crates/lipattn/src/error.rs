@@ -28,6 +28,11 @@ pub enum Error {
     NotNormalised { what: String, sum: f64, tol: f64 },
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A request's option out of range, unknown or inconsistent with another. Option names are
+    /// written in backticks as the request's fields (`max_iter`), so that each frontend can
+    /// render them in its own syntax (`--max-iter` in the CLI, `max_iter` in Python).
+    #[error("{0}")]
+    Option(String),
     #[error("numerical failure: {0}")]
     Numerical(String),
     #[error("{path}: {source}")]
@@ -70,6 +75,22 @@ impl Error {
             found: found.into(),
         }
     }
+}
+
+/// An unknown name for an option that takes one of a few names.
+pub fn unknown_name(option: &str, got: &str, expected: &[&str]) -> Error {
+    let list = match expected {
+        [] => String::new(),
+        [one] => format!("'{one}'"),
+        [init @ .., last] => format!(
+            "{} or '{last}'",
+            init.iter()
+                .map(|e| format!("'{e}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Error::Option(format!("unknown `{option}` '{got}' (expected {list})"))
 }
 
 /// Rejects NaN and infinities, naming the first offending index.

@@ -6,9 +6,12 @@
 
 pub mod cancel;
 pub mod error;
+pub mod linalg;
 pub mod measure;
 pub mod models;
+pub mod names;
 pub mod npy;
+pub mod ops;
 
 pub use error::{Error, Result};
 pub use faer::{Mat, MatRef};

@@ -44,6 +44,20 @@ impl Measure {
         Ok(Self { points, weights })
     }
 
+    /// `points` with `weights` (uniform when absent), rescaled to total mass 1 when `normalise`
+    /// and validated as given otherwise.
+    pub fn with_weights(
+        points: Mat<f64>,
+        weights: Option<Vec<f64>>,
+        normalise: bool,
+    ) -> Result<Self> {
+        match weights {
+            None => Self::uniform(points),
+            Some(w) if normalise => Self::normalised(points, w),
+            Some(w) => Self::new(points, w),
+        }
+    }
+
     /// The empirical measure of a token sequence: weight 1/n on each row.
     pub fn uniform(points: Mat<f64>) -> Result<Self> {
         validate_points("tokens", points.as_ref())?;

@@ -65,6 +65,7 @@ class LocalConstant:
     dtype: Literal["f64", "f32"]
     causal: bool
     weights: Literal["uniform", "given"]
+    head: Optional[int]
     def to_dict(self) -> dict[str, Any]: ...
     def __float__(self) -> float: ...
 
@@ -322,6 +323,27 @@ def random_tokens(n: int, d: int, *, scale: float = 1.0, seed: int = 0) -> F64: 
 def identity_layer(d: int, beta: float = 1.0) -> AttentionLayer: ...
 def sphere_sample(n: int, d: int, *, seed: int = 0) -> F64: ...
 def clustering(x: ArrayLike, threshold: float = 1e-2) -> dict[str, Any]: ...
+def invert(
+    layer: AttentionLayer,
+    x: ArrayLike,
+    c: float = 0.9,
+    *,
+    radius: Optional[float] = None,
+    solver: Union[Solver, Literal["all"]] = "all",
+    atol: float = 1e-10,
+    max_iter: int = 1000,
+    anderson_memory: int = 6,
+    anderson_reg: float = 1e-4,
+    anderson_mixing: float = 1.0,
+    broyden_memory: int = 30,
+    logdet: bool = False,
+    probes: int = 16,
+    logdet_series: bool = False,
+    truncation_tol: float = 1e-3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``lipattn invert`` command: its JSON keys plus ``x``, the first converged reconstruction."""
+    ...
 def fixed_point(
     layer: AttentionLayer,
     x: ArrayLike,

@@ -5,26 +5,13 @@ use crate::error::{Error, Result};
 use crate::scalar::Scalar;
 use faer::Mat;
 
-/// Score kernel. `Dot`: s(x, y) = <W_Q x + b_Q, W_K y + b_K> / sqrt(dk).
-/// `L2` (tied, Kim et al. 2021): s(x, y) = -||W_Q x - W_Q y||^2 / sqrt(dk); keys use the query
-/// projection, so W_K and b_K are ignored and b_Q cancels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kernel {
-    Dot,
-    L2,
-}
-
-impl std::str::FromStr for Kernel {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "dot" => Ok(Kernel::Dot),
-            "l2" => Ok(Kernel::L2),
-            other => Err(Error::Invalid(format!(
-                "unknown kernel '{other}' (expected 'dot' or 'l2')"
-            ))),
-        }
+crate::named_enum! {
+    /// Score kernel. `Dot`: s(x, y) = <W_Q x + b_Q, W_K y + b_K> / sqrt(dk).
+    /// `L2` (tied, Kim et al. 2021): s(x, y) = -||W_Q x - W_Q y||^2 / sqrt(dk); keys use the
+    /// query projection, so W_K and b_K are ignored and b_Q cancels.
+    pub enum Kernel as "kernel" {
+        Dot = "dot",
+        L2 = "l2",
     }
 }
 

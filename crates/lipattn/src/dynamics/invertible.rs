@@ -157,6 +157,45 @@ impl InvertibleBlock {
     }
 
     /// Solves x + g(x) = y from x_0 = y.
+    /// The block for the tokens `x`: for tied L2 the block on all of R^{n x d}; for the dot
+    /// product on the ball of `radius`, or, without one, of the smallest of
+    /// 1.25 max|x_i| * 1.5^k (k < 40) for which y = x + g(x) provably has its preimage and every
+    /// iterate in the ball.
+    pub fn for_tokens(
+        layer: &AttentionLayer<f64>,
+        x: MatRef<'_, f64>,
+        c: f64,
+        radius: Option<f64>,
+    ) -> Result<Self> {
+        let n = x.nrows();
+        if layer.kernel == Kernel::L2 {
+            if radius.is_some() {
+                return Err(Error::Option(
+                    "`radius` applies to dot-product layers only (tied L2 is certified on all of R^(n x d))".into(),
+                ));
+            }
+            return Self::new(layer, n, c, None);
+        }
+        let mut r = match radius {
+            Some(r) => r,
+            None => 1.25 * super::max_row_norm(x).max(1e-3),
+        };
+        for _ in 0..40 {
+            let b = Self::new(layer, n, c, Some(r))?;
+            let y = b.forward(x)?;
+            if b.inverse_problem(y.as_ref()).is_ok() {
+                return Ok(b);
+            }
+            if radius.is_some() {
+                return Err(Error::Option(format!("with `radius` {r}, y = x + g(x) lies outside the range where the inverse is certified; choose a larger radius")));
+            }
+            r *= 1.5;
+        }
+        Err(Error::Invalid(
+            "found no radius for which the inverse is certified".into(),
+        ))
+    }
+
     pub fn inverse(
         &self,
         y: MatRef<'_, f64>,

@@ -75,25 +75,4 @@ pub(crate) fn dist2(a: &[f64], b: &[f64]) -> f64 {
         .sqrt()
 }
 
-/// Frobenius norm of a matrix.
-pub fn frobenius(x: MatRef<'_, f64>) -> f64 {
-    let mut s = 0.0;
-    for j in 0..x.ncols() {
-        for i in 0..x.nrows() {
-            s += x[(i, j)] * x[(i, j)];
-        }
-    }
-    s.sqrt()
-}
-
-/// Largest row norm max_i |x_i|: the radius of the smallest centred ball holding every token.
-pub fn max_row_norm(x: MatRef<'_, f64>) -> f64 {
-    (0..x.nrows())
-        .map(|i| {
-            (0..x.ncols())
-                .map(|k| x[(i, k)] * x[(i, k)])
-                .sum::<f64>()
-                .sqrt()
-        })
-        .fold(0.0, f64::max)
-}
+pub use crate::linalg::{frobenius, max_row_norm};

@@ -188,16 +188,7 @@ pub(crate) fn project_rows(x: &mut Mat<f64>, r: f64) {
     }
 }
 
-pub(crate) fn max_row_norm(x: faer::MatRef<'_, f64>) -> f64 {
-    (0..x.nrows())
-        .map(|i| {
-            (0..x.ncols())
-                .map(|k| x[(i, k)].powi(2))
-                .sum::<f64>()
-                .sqrt()
-        })
-        .fold(0.0, f64::max)
-}
+pub(crate) use crate::linalg::max_row_norm;
 
 /// A search's best candidate so far, with the phase that found it.
 pub(crate) type Best<P> = Option<(P, &'static str)>;

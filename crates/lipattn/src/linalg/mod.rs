@@ -1,0 +1,8 @@
+//! Low-level numerical helpers shared by the domain modules, so that each exists once.
+//!
+//! Conventions: matrices are faer `Mat`/`MatRef` (column-major); tokens are rows; norms and
+//! reductions accumulate in f64 whatever the element type.
+
+pub mod norms;
+
+pub use norms::{frobenius, max_row_norm};

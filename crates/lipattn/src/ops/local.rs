@@ -1,0 +1,186 @@
+//! `local`: the local constant ||J(X)||_2 of an attention sublayer (or of one head's
+//! contribution) at a token sequence X. An attained value, hence a lower bound on the Lipschitz
+//! constant over any domain containing X, never a certificate.
+
+use super::{OnProgress, Progress};
+use crate::attention::AttentionLayer;
+use crate::error::Result;
+use crate::estimation::{local_norm, LanczosOptions, LocalNorm, Method, PowerOptions};
+use crate::linalg::max_row_norm;
+use crate::named_enum;
+use crate::scalar::Scalar;
+use faer::MatRef;
+use serde::{Deserialize, Serialize};
+
+named_enum! {
+    /// How the top singular value of J(X) is found.
+    pub enum LocalMethod as "method" {
+        Lanczos = "lanczos",
+        /// Power iteration with the anchor's stopping rule (Rayleigh quotient change below
+        /// 1e-4, absolute), whatever `tol` says.
+        Power = "power",
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalRequest {
+    pub method: LocalMethod,
+    /// Lanczos: requested relative accuracy of sigma (an estimate).
+    pub tol: f64,
+    /// Iteration cap; None: 300 for Lanczos, 100 for power iteration.
+    pub max_iter: Option<usize>,
+    /// Seed of the random start vector.
+    pub seed: u64,
+    /// Analyse head h's contribution W_O^h Gamma^h alone (no output bias).
+    pub head: Option<usize>,
+}
+
+impl Default for LocalRequest {
+    fn default() -> Self {
+        Self {
+            method: LocalMethod::Lanczos,
+            tol: LanczosOptions::default().tol,
+            max_iter: None,
+            seed: 0,
+            head: None,
+        }
+    }
+}
+
+impl LocalRequest {
+    /// The estimator this request asks for, with its per-method defaults.
+    pub fn estimator(&self) -> Method {
+        match self.method {
+            LocalMethod::Lanczos => Method::Lanczos(LanczosOptions {
+                tol: self.tol,
+                max_iter: self.max_iter.unwrap_or(LanczosOptions::default().max_iter),
+                seed: self.seed,
+            }),
+            LocalMethod::Power => Method::Power(PowerOptions {
+                max_iter: self.max_iter.unwrap_or(PowerOptions::default().max_iter),
+                seed: self.seed,
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// What a local request runs on.
+pub struct LocalInputs<'a, T: Scalar> {
+    pub layer: &'a AttentionLayer<T>,
+    /// Tokens X, n x d.
+    pub x: MatRef<'a, T>,
+    /// Context weights of the tokens (uniform when absent).
+    pub weights: Option<&'a [f64]>,
+    /// Whether the layer is masked causally (the model's own mask for GPT-2-family layers).
+    pub causal: bool,
+}
+
+/// The attained local constant and everything needed to check it; the serialised fields are
+/// the command's JSON.
+#[derive(Serialize)]
+pub struct LocalReport<T: Scalar> {
+    pub kind: &'static str,
+    pub quantity: &'static str,
+    /// ||J v||_F for the unit `vector`.
+    pub sigma: f64,
+    /// Estimated relative error of `sigma` against ||J(X)||_2 (an estimate, not a bound).
+    pub rel_error: f64,
+    pub rel_error_is: &'static str,
+    pub converged: bool,
+    /// Matvecs with J^T J (each one JVP and one VJP).
+    pub iterations: usize,
+    /// Wall time inside the estimator, linearisation included.
+    pub seconds: f64,
+    pub method: &'static str,
+    /// The requested accuracy (Lanczos only).
+    pub tol: Option<f64>,
+    pub norm: &'static str,
+    pub n: usize,
+    pub d: usize,
+    pub d_out: usize,
+    /// Largest row norm of X (the smallest R with X in (B_R)^n).
+    pub radius: f64,
+    pub dtype: &'static str,
+    pub head: Option<usize>,
+    pub causal: bool,
+    /// "uniform" or "given".
+    pub weights: &'static str,
+    /// The estimator's result: history, top singular vectors, X.
+    #[serde(skip)]
+    pub result: LocalNorm<T>,
+}
+
+pub fn run<T: Scalar>(
+    req: &LocalRequest,
+    inputs: LocalInputs<'_, T>,
+    on_progress: OnProgress,
+) -> Result<LocalReport<T>> {
+    let head_layer;
+    let layer = match req.head {
+        Some(h) => {
+            head_layer = inputs.layer.head(h, false)?;
+            &head_layer
+        }
+        None => inputs.layer,
+    };
+    let stage = req.method.name();
+    on_progress(&Progress {
+        stage,
+        done: 0,
+        total: 1,
+    });
+    let r = local_norm(
+        layer,
+        inputs.x,
+        inputs.weights,
+        inputs.causal,
+        &req.estimator(),
+    )?;
+    on_progress(&Progress {
+        stage,
+        done: 1,
+        total: 1,
+    });
+    Ok(report(
+        req,
+        r,
+        layer.d_out(),
+        inputs.causal,
+        inputs.weights.is_some(),
+    ))
+}
+
+/// The report of an estimator's result `r` for a layer of output width `d_out`.
+pub fn report<T: Scalar>(
+    req: &LocalRequest,
+    r: LocalNorm<T>,
+    d_out: usize,
+    causal: bool,
+    weighted: bool,
+) -> LocalReport<T> {
+    let t = &r.top;
+    LocalReport {
+        kind: "attained_lower_bound",
+        quantity: "local_lipschitz",
+        sigma: t.sigma,
+        rel_error: t.rel_error,
+        rel_error_is: "estimate",
+        converged: t.converged,
+        iterations: t.iterations,
+        seconds: r.seconds,
+        method: r.method,
+        tol: (req.method == LocalMethod::Lanczos).then_some(req.tol),
+        norm: "frobenius",
+        n: r.x.nrows(),
+        d: r.x.ncols(),
+        d_out,
+        radius: max_row_norm(r.x.as_ref()),
+        dtype: T::NAME,
+        head: req.head,
+        causal,
+        weights: if weighted { "given" } else { "uniform" },
+        result: r,
+    }
+}

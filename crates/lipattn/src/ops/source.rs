@@ -1,0 +1,158 @@
+//! The layer and tokens the dynamics commands (invert, fixed-point, flow) run on when they are
+//! not given directly: a model layer, a seeded synthetic layer or Geshkovski et al.'s identity
+//! layer, and tokens from a `.npy` file, seeded Gaussian tokens or seeded points on the sphere.
+//! The seed offsets of every random part of these commands live here.
+
+use crate::attention::{AttentionLayer, Kernel};
+use crate::dynamics::flow::{identity_layer, sphere_sample};
+use crate::dynamics::synthetic::{random_layer, random_tokens};
+use crate::error::{Error, Result};
+use crate::estimation::SplitMix;
+use crate::npy::read_matrix;
+use faer::Mat;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// Inverse temperature of Geshkovski et al.'s identity layer unless given.
+pub const IDENTITY_BETA: f64 = 1.0;
+
+/// The seed of random tokens drawn for a command run with `seed` (the layer takes `seed`).
+pub const fn token_seed(seed: u64) -> u64 {
+    seed.wrapping_add(1)
+}
+
+/// The seed of the Gronwall check's perturbation in `flow`.
+pub const fn gronwall_seed(seed: u64) -> u64 {
+    seed.wrapping_add(7)
+}
+
+/// The seed of the mean-field samples in `flow`.
+pub const fn mean_field_seed(seed: u64) -> u64 {
+    seed.wrapping_add(11)
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceRequest {
+    /// Hugging Face model directory (with `layer`); without it a synthetic layer is used.
+    pub model: Option<PathBuf>,
+    /// Layer index (0-based) of `model`.
+    pub layer: Option<usize>,
+    /// Synthetic layer: token width d.
+    pub d: usize,
+    /// Synthetic layer: number of heads.
+    pub heads: usize,
+    /// Synthetic layer: l2 (tied, W_V = U W_Q: certified on all of R^{n x d}) or dot (certified
+    /// on a ball only).
+    pub kernel: Kernel,
+    /// Synthetic layer: standard deviation of the biases.
+    pub bias: f64,
+    /// Seed of the synthetic layer and, offset, of random tokens and the command's own draws.
+    pub seed: u64,
+    /// Tokens X, an (n, d) .npy array; random otherwise.
+    pub tokens: Option<PathBuf>,
+    /// Number of random tokens.
+    pub n: usize,
+    /// Standard deviation of random Gaussian tokens.
+    pub token_scale: f64,
+}
+
+impl Default for SourceRequest {
+    fn default() -> Self {
+        Self {
+            model: None,
+            layer: None,
+            d: 16,
+            heads: 2,
+            kernel: Kernel::L2,
+            bias: 0.1,
+            seed: 0,
+            tokens: None,
+            n: 16,
+            token_scale: 1.0,
+        }
+    }
+}
+
+impl SourceRequest {
+    /// The layer and a JSON description of where it came from.
+    pub fn layer(&self) -> Result<(AttentionLayer<f64>, Value)> {
+        match (&self.model, self.layer) {
+            (Some(dir), Some(l)) => {
+                let (layer, causal) = crate::models::load_attention_layer_masked(dir, l)?;
+                if causal {
+                    return Err(Error::Option(format!("{} layer {l} is causal (GPT-2 family): the dynamics treat attention as an operator on measures, which a causal mask is not", dir.display())));
+                }
+                let desc = json!({"source": "model", "model": dir.display().to_string(), "layer": l, "kernel": layer.kernel, "heads": layer.heads, "d": layer.d_in()});
+                Ok((layer, desc))
+            }
+            (Some(_), None) | (None, Some(_)) => Err(Error::Option(
+                "`model` and `layer` go together: give both or neither".into(),
+            )),
+            (None, None) => {
+                let layer = random_layer(self.d, self.heads, self.kernel, self.bias, self.seed)?;
+                let desc = json!({"source": "synthetic", "kernel": self.kernel, "heads": self.heads, "d": self.d, "bias": self.bias, "seed": self.seed});
+                Ok((layer, desc))
+            }
+        }
+    }
+
+    /// Geshkovski et al.'s layer Q = K = V = I on R^d (d of this request) with scores
+    /// beta <x, y>, and its description.
+    pub fn identity_layer(&self, beta: f64) -> Result<(AttentionLayer<f64>, Value)> {
+        let layer = identity_layer(self.d, beta)?;
+        let desc = json!({"source": "identity", "d": self.d, "beta": beta, "kernel": "dot"});
+        Ok((layer, desc))
+    }
+
+    /// The tokens for a layer of width d: the file, or seeded Gaussian tokens.
+    pub fn tokens(&self, d: usize) -> Result<Mat<f64>> {
+        match &self.tokens {
+            Some(p) => {
+                let x = read_matrix(p)?;
+                if x.ncols() != d {
+                    return Err(Error::Option(format!(
+                        "`tokens` has width {}, the layer expects {d}",
+                        x.ncols()
+                    )));
+                }
+                Ok(x)
+            }
+            None => {
+                self.check_random_count()?;
+                if !(self.token_scale.is_finite() && self.token_scale > 0.0) {
+                    return Err(Error::Option(
+                        "`token_scale` must be positive and finite".into(),
+                    ));
+                }
+                Ok(random_tokens(
+                    self.n,
+                    d,
+                    self.token_scale,
+                    token_seed(self.seed),
+                ))
+            }
+        }
+    }
+
+    /// The tokens for the identity layer: the file, or seeded points uniform on the sphere.
+    pub fn sphere_tokens(&self, d: usize) -> Result<Mat<f64>> {
+        if self.tokens.is_some() {
+            return self.tokens(d);
+        }
+        self.check_random_count()?;
+        Ok(sphere_sample(
+            self.n,
+            d,
+            &mut SplitMix::new(token_seed(self.seed)),
+        ))
+    }
+
+    fn check_random_count(&self) -> Result<()> {
+        if self.n == 0 {
+            return Err(Error::Option("`n` must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
