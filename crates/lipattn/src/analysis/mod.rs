@@ -5,11 +5,11 @@
 //! each curve against n. Attained values are lower bounds on the Lipschitz constant of the token
 //! map on (B_R)^n; only the `certified` fields are proven upper bounds.
 //!
-//! [`analyze`] runs in stages, one file each: [`plan`] (validate the options, pick the layers,
+//! [`analyze`] runs in stages, one file each: `plan` (validate the options, pick the layers,
 //! their radii, operators and adversarial directions, cut the text into windows), the real-text
-//! pass ([`text_pass`]: every window through the model, each selected layer's operators measured
-//! on the way), the adversarial pass ([`adversarial_pass`]), [`certify`] (the B6 radius check,
-//! then the certified bounds at every n) and [`report`] (points, gaps and fits).
+//! pass (`text_pass`: every window through the model, each selected layer's operators measured
+//! on the way), the adversarial pass (`adversarial_pass`), `certify` (the B6 radius check,
+//! then the certified bounds at every n) and `report` (points, gaps and fits).
 
 pub mod fit;
 pub mod lipschitz;
