@@ -410,22 +410,6 @@ pub fn residual_series(traces: &[(String, Vec<f64>)]) -> Vec<Series> {
         .collect()
 }
 
-/// Least-squares slope and intercept of log y against log x.
-pub fn loglog_fit(points: &[(f64, f64)]) -> (f64, f64) {
-    let p: Vec<(f64, f64)> = points
-        .iter()
-        .filter(|(x, y)| *x > 0.0 && *y > 0.0)
-        .map(|(x, y)| (x.ln(), y.ln()))
-        .collect();
-    let n = p.len() as f64;
-    let mx = p.iter().map(|q| q.0).sum::<f64>() / n;
-    let my = p.iter().map(|q| q.1).sum::<f64>() / n;
-    let sxy: f64 = p.iter().map(|q| (q.0 - mx) * (q.1 - my)).sum();
-    let sxx: f64 = p.iter().map(|q| (q.0 - mx).powi(2)).sum();
-    let slope = sxy / sxx;
-    (slope, (my - slope * mx).exp())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,37 @@
+//! Stage 4: the certified side. The real text must lie in the ball of B6 that every bound
+//! assumes (a token outside it means the radius bound is wrong, so nothing is certified); then
+//! every operator's best bounds at every n.
+
+use super::plan::Plan;
+use crate::bounds::{certified_summaries, CertifiedSummary, Domain};
+use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+/// [layer slot][operator][n index] -> the best certified bounds.
+pub(super) type CertifiedValues = Vec<Vec<Vec<CertifiedSummary>>>;
+
+/// `observed`: per layer slot, the largest token norm of the real text (checked only when
+/// there was text).
+pub(super) fn certify(plan: &Plan, had_text: bool, observed: &[f64]) -> Result<CertifiedValues> {
+    let mut out = Vec::with_capacity(plan.work.len());
+    for (slot, w) in plan.work.iter().enumerate() {
+        if had_text && observed[slot] > w.radius {
+            return Err(Error::Numerical(format!(
+                "layer {}: a real-text token has norm {} above the LayerNorm radius {} (B6); the radius bound is violated",
+                w.index, observed[slot], w.radius
+            )));
+        }
+        let domains: Vec<Domain> = plan
+            .ns
+            .iter()
+            .map(|&n| Domain::new(w.radius, n, plan.causal))
+            .collect::<Result<_>>()?;
+        let all: Vec<Vec<CertifiedSummary>> = w
+            .ops
+            .par_iter()
+            .map(|op| certified_summaries(op, &domains))
+            .collect::<Result<_>>()?;
+        out.push(all);
+    }
+    Ok(out)
+}

@@ -1,0 +1,38 @@
+//! The stages of the analysis in order; each stage's file says what it decides or measures.
+
+use super::adversarial_pass::adversarial_pass;
+use super::certify::certify;
+use super::plan::plan;
+use super::report::{report, Measured, ModelReport};
+use super::request::{AnalysisOptions, Progress};
+use super::text::TextIds;
+use super::text_pass::text_pass;
+use crate::error::Result;
+use crate::models::Model;
+use std::time::Instant;
+
+/// Runs the analysis. `text` may be None (adversarial inputs and certified bounds only).
+pub fn analyze(
+    model: &Model,
+    text: Option<&TextIds>,
+    opts: &AnalysisOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<ModelReport> {
+    let t0 = Instant::now();
+    let plan = plan(model, text, opts)?;
+    let mut done = 0;
+    let text_values = text_pass(&plan, opts, progress, &mut done)?;
+    let adversarial = adversarial_pass(&plan, opts, progress, &mut done)?;
+    progress(&Progress {
+        done,
+        total: plan.total,
+        stage: "certified bounds".into(),
+    });
+    let certified = certify(&plan, text.is_some(), &text_values.observed)?;
+    let measured = Measured {
+        text: text_values,
+        adversarial,
+        certified,
+    };
+    Ok(report(model, text, opts, plan, &measured, t0))
+}

@@ -1,0 +1,227 @@
+//! Stage 5: the report. Each operator gets one point per n (its text values, adversarial value,
+//! certified bounds and their gap) and power-law fits of each curve against n.
+
+use super::adversarial_pass::AdversarialValues;
+use super::certify::CertifiedValues;
+use super::fit::{fit_power_law, PowerFit};
+use super::plan::Plan;
+use super::request::AnalysisOptions;
+use super::text::TextIds;
+use super::text_pass::TextValues;
+use crate::models::Model;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Castin et al. fit their curves over n up to about 100; the `*_small` fits use this range.
+pub const SMALL_N_MAX: usize = 128;
+
+/// Best certified bounds of one operator on (B_R)^n (token map, Frobenius) and P(B_R) (W1, W2).
+#[derive(Clone, Debug, Serialize)]
+pub struct Certified {
+    pub frobenius: Option<f64>,
+    pub w1: Option<f64>,
+    pub w2: Option<f64>,
+    /// Castin et al.'s bound as recalled in docs/background.md#castin-et-al: for comparison, not
+    /// certified by lipattn.
+    pub anchor: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    pub n: usize,
+    /// Attained local constant at each real-text window of length n.
+    pub text: Vec<f64>,
+    pub text_median: Option<f64>,
+    pub text_max: Option<f64>,
+    /// Attained at the adversarial construction (for the sublayer: the best head's input).
+    pub adversarial: Option<f64>,
+    pub certified: Certified,
+    /// certified.frobenius / the largest attained value at this n.
+    pub gap: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OperatorReport {
+    pub layer: usize,
+    /// None: the whole attention sublayer (all heads, W_O and its bias).
+    pub head: Option<usize>,
+    /// Radius R of the ball holding every attention input (B6 on the LayerNorm before it).
+    pub radius: f64,
+    pub causal: bool,
+    pub points: Vec<Point>,
+    /// Fits of the text medians, the adversarial values and the certified bound against n.
+    pub fit_text: Option<PowerFit>,
+    pub fit_adversarial: Option<PowerFit>,
+    pub fit_certified: Option<PowerFit>,
+    /// The same over n <= SMALL_N_MAX, the range of Castin et al.'s fits.
+    pub fit_text_small: Option<PowerFit>,
+    pub fit_adversarial_small: Option<PowerFit>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerDomain {
+    pub layer: usize,
+    /// B6: certified radius of the LayerNorm output read by the attention.
+    pub radius: f64,
+    /// Largest token norm seen in the real-text windows (must not exceed `radius`).
+    pub observed_max_norm: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelReport {
+    pub model: PathBuf,
+    pub family: &'static str,
+    pub num_layers: usize,
+    pub heads: usize,
+    pub hidden: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+    pub dtype: &'static str,
+    pub metric: &'static str,
+    pub head_operator: &'static str,
+    pub text_source: String,
+    pub text_tokens: usize,
+    pub ns: Vec<usize>,
+    pub windows: usize,
+    pub lanczos_tol: f64,
+    pub domains: Vec<LayerDomain>,
+    pub operators: Vec<OperatorReport>,
+    pub notes: Vec<String>,
+    pub seconds: f64,
+}
+
+/// What the three measuring stages produced, indexed [layer slot][operator][n index].
+pub(super) struct Measured {
+    pub text: TextValues,
+    pub adversarial: AdversarialValues,
+    pub certified: CertifiedValues,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    Some(if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        0.5 * (s[m - 1] + s[m])
+    })
+}
+
+/// One point per n of operator `o` of layer slot `slot`.
+fn points(plan: &Plan, measured: &Measured, slot: usize, o: usize) -> Vec<Point> {
+    let certified = &measured.certified[slot][o];
+    let mut points = vec![];
+    for (ni, (&n, cs)) in plan.ns.iter().zip(certified).enumerate() {
+        let vals = &measured.text.sigma[slot][o][ni];
+        let text_max = vals.iter().copied().reduce(f64::max);
+        let adv = measured.adversarial[slot][o][ni];
+        let attained = match (text_max, adv) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let gap = match (cs.frobenius, attained) {
+            (Some(c), Some(a)) if a > 0.0 => Some(c / a),
+            _ => None,
+        };
+        points.push(Point {
+            n,
+            text: vals.clone(),
+            text_median: median(vals),
+            text_max,
+            adversarial: adv,
+            certified: Certified {
+                frobenius: cs.frobenius,
+                w1: cs.w1,
+                w2: cs.w2,
+                anchor: cs.anchor,
+            },
+            gap,
+        });
+    }
+    points
+}
+
+fn operator_report(
+    layer: usize,
+    o: usize,
+    radius: f64,
+    causal: bool,
+    points: Vec<Point>,
+) -> OperatorReport {
+    let series = |f: &dyn Fn(&Point) -> Option<f64>| -> Vec<(usize, f64)> {
+        points
+            .iter()
+            .filter_map(|p| f(p).map(|v| (p.n, v)))
+            .collect()
+    };
+    let text_s = series(&|p| p.text_median);
+    let adv_s = series(&|p| p.adversarial);
+    let cert_s = series(&|p| p.certified.frobenius);
+    OperatorReport {
+        layer,
+        head: if o == 0 { None } else { Some(o - 1) },
+        radius,
+        causal,
+        fit_text: fit_power_law(&text_s, 1, usize::MAX),
+        fit_adversarial: fit_power_law(&adv_s, 1, usize::MAX),
+        fit_certified: fit_power_law(&cert_s, 1, usize::MAX),
+        fit_text_small: fit_power_law(&text_s, 1, SMALL_N_MAX),
+        fit_adversarial_small: fit_power_law(&adv_s, 1, SMALL_N_MAX),
+        points,
+    }
+}
+
+pub(super) fn report(
+    model: &Model,
+    text: Option<&TextIds>,
+    opts: &AnalysisOptions,
+    plan: Plan,
+    measured: &Measured,
+    t0: Instant,
+) -> ModelReport {
+    let causal = plan.causal;
+    let mut operators = vec![];
+    let mut domains = vec![];
+    for (slot, w) in plan.work.iter().enumerate() {
+        domains.push(LayerDomain {
+            layer: w.index,
+            radius: w.radius,
+            observed_max_norm: measured.text.observed[slot],
+        });
+        for o in 0..measured.certified[slot].len() {
+            let points = points(&plan, measured, slot, o);
+            operators.push(operator_report(w.index, o, w.radius, causal, points));
+        }
+    }
+    let mut notes = plan.notes;
+    if causal {
+        notes.push("causal (GPT-2 family): every attained value is for the masked operator the model computes; W1/W2 bounds are for unmasked measures and are not reported".into());
+    }
+    let cfg = model.config();
+    ModelReport {
+        model: model.dir().to_path_buf(),
+        family: model.family().name(),
+        num_layers: model.num_layers(),
+        heads: cfg.num_attention_heads,
+        hidden: model.hidden_size(),
+        head_dim: cfg.head_dim(),
+        causal,
+        dtype: "f64",
+        metric: "token map X -> f(X) on (B_R)^n, Frobenius to Frobenius (spectral norm of the Jacobian); W1/W2 for the measure map on P(B_R)",
+        head_operator: "head h: its contribution W_O^h Gamma^h to the sublayer output, without the output bias",
+        text_source: text.map_or("none".into(), |t| t.source.clone()),
+        text_tokens: text.map_or(0, |t| t.prefix.len() + t.body.len() + t.suffix.len()),
+        ns: plan.ns,
+        windows: opts.windows,
+        lanczos_tol: opts.lanczos.tol,
+        domains,
+        operators,
+        notes,
+        seconds: t0.elapsed().as_secs_f64(),
+    }
+}

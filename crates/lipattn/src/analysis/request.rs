@@ -1,0 +1,81 @@
+//! What the caller passes to `analyze`: the options, with their defaults and validation, and the
+//! shape of a progress report.
+
+use crate::error::{Error, Result};
+use crate::estimation::LanczosOptions;
+
+#[derive(Clone, Debug)]
+pub struct AnalysisOptions {
+    /// Sequence lengths (special tokens included). Lengths beyond the model's position table
+    /// are an error; lengths the text is too short for get no real-text values.
+    pub ns: Vec<usize>,
+    /// Real-text windows per n, evenly spaced over the text.
+    pub windows: usize,
+    /// Layers to analyse (default: all).
+    pub layers: Option<Vec<usize>>,
+    /// Also analyse each head's contribution W_O^h Gamma^h.
+    pub heads: bool,
+    /// Evaluate the adversarial construction at every n.
+    pub adversarial: bool,
+    pub lanczos: LanczosOptions,
+}
+
+impl Default for AnalysisOptions {
+    fn default() -> Self {
+        Self {
+            ns: vec![8, 16, 32, 64, 128, 256, 512],
+            windows: 2,
+            layers: None,
+            heads: true,
+            adversarial: true,
+            lanczos: LanczosOptions {
+                tol: 1e-4,
+                max_iter: 200,
+                seed: 0,
+            },
+        }
+    }
+}
+
+/// Reported after each unit of work (one window or adversarial pass through one layer).
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+    pub stage: String,
+}
+
+pub(super) fn check_options(
+    opts: &AnalysisOptions,
+    max_positions: usize,
+    num_layers: usize,
+) -> Result<()> {
+    if opts.ns.is_empty() {
+        return Err(Error::Empty {
+            what: "grid of sequence lengths".into(),
+        });
+    }
+    if let Some(&n) = opts.ns.iter().find(|&&n| n < 2 || n > max_positions) {
+        return Err(Error::Invalid(format!(
+            "sequence length {n} outside 2..={max_positions} (the model's position table)"
+        )));
+    }
+    if let Some(layers) = &opts.layers {
+        if layers.is_empty() {
+            return Err(Error::Empty {
+                what: "list of layers".into(),
+            });
+        }
+        if let Some(&l) = layers.iter().find(|&&l| l >= num_layers) {
+            return Err(Error::Invalid(format!(
+                "layer {l} out of range: the model has {num_layers} layers (0..{num_layers})"
+            )));
+        }
+    }
+    if opts.windows == 0 && !opts.adversarial {
+        return Err(Error::Invalid(
+            "nothing to attain: no text windows and no adversarial inputs".into(),
+        ));
+    }
+    Ok(())
+}
