@@ -36,18 +36,8 @@ pub fn fit_power_law(points: &[(usize, f64)], n_min: usize, n_max: usize) -> Opt
         .map(|&(n, y)| ((n as f64).ln(), y.ln()))
         .collect();
     let m = pts.len() as f64;
-    let mx = pts.iter().map(|p| p.0).sum::<f64>() / m;
-    let my = pts.iter().map(|p| p.1).sum::<f64>() / m;
-    let sxx = pts.iter().map(|p| (p.0 - mx).powi(2)).sum::<f64>();
-    let sxy = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>();
-    let syy = pts.iter().map(|p| (p.1 - my).powi(2)).sum::<f64>();
-    let slope = sxy / sxx;
-    let intercept = my - slope * mx;
-    let sse = pts
-        .iter()
-        .map(|p| (p.1 - intercept - slope * p.0).powi(2))
-        .sum::<f64>();
-    let r2 = if syy > 0.0 { 1.0 - sse / syy } else { 1.0 };
+    let line = crate::linalg::least_squares(&pts)?;
+    let (slope, intercept, r2) = (line.slope, line.intercept, line.r2);
     let sqrt_c = (pts.iter().map(|p| p.1 - 0.5 * p.0).sum::<f64>() / m).exp();
     Some(PowerFit {
         exponent: slope,

@@ -576,15 +576,9 @@ pub struct MeanField {
     pub rate_initial: f64,
 }
 
-/// Least-squares slope of log y against log x.
+/// Least-squares slope of log y against log x (NaN without two distinct positive x).
 pub fn loglog_slope(x: &[f64], y: &[f64]) -> f64 {
-    let lx: Vec<f64> = x.iter().map(|v| v.ln()).collect();
-    let ly: Vec<f64> = y.iter().map(|v| v.ln()).collect();
-    let k = lx.len() as f64;
-    let (mx, my) = (lx.iter().sum::<f64>() / k, ly.iter().sum::<f64>() / k);
-    let sxy: f64 = lx.iter().zip(&ly).map(|(a, b)| (a - mx) * (b - my)).sum();
-    let sxx: f64 = lx.iter().map(|a| (a - mx).powi(2)).sum();
-    sxy / sxx
+    crate::linalg::loglog(x.iter().copied().zip(y.iter().copied())).map_or(f64::NAN, |f| f.slope)
 }
 
 /// Mean-field consistency: `replicates` independent samples of n points uniform on S^{d-1}

@@ -3,6 +3,8 @@
 //! Conventions: matrices are faer `Mat`/`MatRef` (column-major); tokens are rows; norms and
 //! reductions accumulate in f64 whatever the element type.
 
+pub mod fit;
 pub mod norms;
 
+pub use fit::{least_squares, loglog, LineFit};
 pub use norms::{frobenius, max_row_norm};
