@@ -152,8 +152,8 @@ mod tests {
         let m = 100_000;
         let xs64: Vec<f64> = (0..=m).map(|k| -708.0 * k as f64 / m as f64).collect();
         let xs32: Vec<f32> = (0..=m).map(|k| -87.0 * k as f32 / m as f32).collect();
-        let mut paths: Vec<(&str, fn(&mut [f64], f64), fn(&mut [f32], f32))> =
-            vec![("split", exp_f64::<false>, exp_f32::<false>)];
+        type Path = (&'static str, fn(&mut [f64], f64), fn(&mut [f32], f32));
+        let mut paths: Vec<Path> = vec![("split", exp_f64::<false>, exp_f32::<false>)];
         #[cfg(target_arch = "x86_64")]
         if crate::simd::cpu_has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
