@@ -24,6 +24,7 @@ pub mod dynamics;
 pub mod estimation;
 pub mod fastexp;
 pub mod scalar;
+pub mod simd;
 pub mod transport;
 
 pub use attention::{AttentionLayer, Kernel};

@@ -42,6 +42,8 @@ pub(crate) fn gemm<T: Scalar>(
 ) {
     let acc = if add { Accum::Add } else { Accum::Replace };
     matmul(dst, acc, a, b, alpha, par);
+    // faer's assembly kernels return with the upper vector state dirty (crate::simd).
+    crate::simd::clear_upper_state();
 }
 
 /// dst = a b, split into blocks run on the rayon pool, each block one sequential product.
