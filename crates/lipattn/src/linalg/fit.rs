@@ -16,7 +16,7 @@ pub fn least_squares(points: &[(f64, f64)]) -> Option<LineFit> {
     let mx = points.iter().map(|p| p.0).sum::<f64>() / m;
     let my = points.iter().map(|p| p.1).sum::<f64>() / m;
     let sxx = points.iter().map(|p| (p.0 - mx).powi(2)).sum::<f64>();
-    if !(sxx > 0.0) {
+    if sxx.is_nan() || sxx <= 0.0 {
         return None;
     }
     let sxy = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>();
