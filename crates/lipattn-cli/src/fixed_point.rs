@@ -98,7 +98,8 @@ pub fn run(a: FixedPointArgs) -> Result<()> {
         }
         .write(&dir.join("fixed_point_residuals"))?;
     }
-    let out = lipattn::ops::to_json(&report)?;
+    let mut out = lipattn::ops::to_json(&report)?;
+    out["command"] = "fixed-point".into();
     if a.json {
         println!("{out}");
     } else {

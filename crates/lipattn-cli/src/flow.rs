@@ -237,7 +237,8 @@ pub fn run(a: FlowArgs) -> Result<()> {
             .write(&dir.join("flow_mean_field"))?;
         }
     }
-    let out = lipattn::ops::to_json(&report)?;
+    let mut out = lipattn::ops::to_json(&report)?;
+    out["command"] = "flow".into();
     if a.json {
         println!("{out}");
     } else {

@@ -101,7 +101,8 @@ pub fn run(a: InvertArgs) -> Result<()> {
         }
         .write(&dir.join("invert_residuals"))?;
     }
-    let out = lipattn::ops::to_json(&report)?;
+    let mut out = lipattn::ops::to_json(&report)?;
+    out["command"] = "invert".into();
     if report.primary.is_none() {
         println!("{out}");
         bail!("no solver converged");

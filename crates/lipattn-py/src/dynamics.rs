@@ -603,7 +603,12 @@ fn flow<'py>(
             source: None,
         };
         let report = flow_op::run(&req, inputs, &mut lipattn::ops::silent)?;
-        Ok((to_json(&report)?, report.states))
+        let mut v = to_json(&report)?;
+        // This function never measures the mean field (lipattn.mean_field does).
+        if let Value::Object(o) = &mut v {
+            o.remove("mean_field");
+        }
+        Ok((v, report.states))
     })?;
     let out = dict(py, &v)?;
     let (k, n, d) = (states.len(), states[0].nrows(), states[0].ncols());

@@ -198,7 +198,6 @@ impl Spec<'_> {
 
 #[derive(Serialize)]
 pub struct FixedPointReport {
-    pub command: &'static str,
     pub space: Space,
     pub variant: VariantName,
     pub metric: &'static str,
@@ -323,7 +322,6 @@ pub fn run(
         Problem::Measure(p) => ("w1", to_value(&p.certificate)?, p.notes.clone()),
     };
     Ok(FixedPointReport {
-        command: "fixed-point",
         space: req.space,
         variant: req.variant,
         metric,

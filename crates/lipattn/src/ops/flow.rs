@@ -176,7 +176,6 @@ pub struct FlowInputs<'a> {
 
 #[derive(Serialize)]
 pub struct FlowReport {
-    pub command: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer: Option<Value>,
     pub n: usize,
@@ -251,7 +250,6 @@ pub fn run(
     };
     step("done", &mut done);
     Ok(FlowReport {
-        command: "flow",
         layer: inputs.source,
         n: x0.nrows(),
         d: x0.ncols(),

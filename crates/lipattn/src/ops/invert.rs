@@ -155,7 +155,6 @@ pub struct PrimaryRun {
 
 #[derive(Serialize)]
 pub struct InvertReport {
-    pub command: &'static str,
     pub certified_lipschitz: f64,
     pub certified_lipschitz_source: String,
     pub requested_c: f64,
@@ -277,7 +276,6 @@ pub fn run(
         total,
     });
     Ok(InvertReport {
-        command: "invert",
         certified_lipschitz: block.certificate.constant,
         certified_lipschitz_source: block.certificate.source.to_string(),
         requested_c: req.c,
