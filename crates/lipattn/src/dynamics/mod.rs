@@ -10,6 +10,7 @@
 pub mod anderson;
 pub mod broyden;
 pub mod certify;
+mod checks;
 pub mod fixed_point;
 pub mod flow;
 pub mod invertible;
@@ -24,55 +25,6 @@ pub use invertible::{Inversion, InvertibleBlock};
 pub use logdet::{logdet_exact, logdet_series, LogDetEstimate, LogDetExact};
 pub use solver::{solve, FixedPointMap, Solution, SolveOptions, Solver};
 
-use crate::error::{Error, Result};
-use faer::{Mat, MatRef};
-
-/// f64 unit roundoff.
-pub(crate) const EPS: f64 = f64::EPSILON / 2.0;
-
-pub(crate) fn check_tol(what: &str, v: f64) -> Result<()> {
-    if !(v.is_finite() && v > 0.0) {
-        return Err(Error::Invalid(format!(
-            "{what} must be positive and finite, got {v}"
-        )));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_contraction_target(c: f64) -> Result<()> {
-    if !(c.is_finite() && c > 0.0 && c < 1.0) {
-        return Err(Error::Invalid(format!(
-            "the contraction constant c must lie in (0, 1), got {c}"
-        )));
-    }
-    Ok(())
-}
-
-pub(crate) fn flatten(x: MatRef<'_, f64>) -> Vec<f64> {
-    let (n, d) = (x.nrows(), x.ncols());
-    let mut v = Vec::with_capacity(n * d);
-    for i in 0..n {
-        for k in 0..d {
-            v.push(x[(i, k)]);
-        }
-    }
-    v
-}
-
-pub(crate) fn unflatten(v: &[f64], n: usize, d: usize) -> Mat<f64> {
-    Mat::from_fn(n, d, |i, k| v[i * d + k])
-}
-
-pub(crate) fn norm2(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-pub(crate) fn dist2(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt()
-}
-
+pub(crate) use crate::linalg::{dist2, flatten, norm2, unflatten};
 pub use crate::linalg::{frobenius, max_row_norm};
+pub(crate) use checks::{check_contraction_target, check_tol, EPS};

@@ -4,7 +4,9 @@
 //! reductions accumulate in f64 whatever the element type.
 
 pub mod fit;
+pub mod layout;
 pub mod norms;
 
 pub use fit::{least_squares, loglog, LineFit};
-pub use norms::{frobenius, max_row_norm};
+pub use layout::{flatten, unflatten};
+pub use norms::{dist2, frobenius, max_row_norm, norm2};

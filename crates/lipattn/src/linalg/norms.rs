@@ -30,3 +30,17 @@ pub fn max_row_norm<T: Scalar>(x: MatRef<'_, T>) -> f64 {
         })
         .fold(0.0, f64::max)
 }
+
+/// Euclidean norm of a flat vector.
+pub fn norm2(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// Euclidean distance between two flat vectors.
+pub fn dist2(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
+}

@@ -1,0 +1,48 @@
+//! One bound with its provenance, and the choice of the best certified one.
+
+use super::constants;
+use super::domain::Metric;
+use serde::Serialize;
+
+/// One bound with its provenance.
+#[derive(Clone, Debug, Serialize)]
+pub struct Bound {
+    /// Short name, e.g. "B1", "B1-tight", "anchor-castin".
+    pub name: String,
+    pub metric: Metric,
+    pub value: f64,
+    /// True only for bounds proven in docs/bounds.md (with the rounding margin applied).
+    pub certified: bool,
+    /// Where the proof (or, for anchors, the source) is written.
+    pub source: String,
+}
+
+impl Bound {
+    pub(crate) fn certified(name: &str, metric: Metric, value: f64, section: &str) -> Self {
+        Self {
+            name: name.into(),
+            metric,
+            value: constants::with_margin(value),
+            certified: true,
+            source: format!("docs/bounds.md#{section}"),
+        }
+    }
+
+    pub(crate) fn anchor(name: &str, metric: Metric, value: f64, source: &str) -> Self {
+        Self {
+            name: name.into(),
+            metric,
+            value,
+            certified: false,
+            source: source.into(),
+        }
+    }
+}
+
+/// The smallest certified bound in a metric, if any.
+pub fn best(bounds: &[Bound], metric: Metric) -> Option<&Bound> {
+    bounds
+        .iter()
+        .filter(|b| b.certified && b.metric == metric)
+        .min_by(|a, b| a.value.total_cmp(&b.value))
+}

@@ -1,0 +1,139 @@
+//! The constants a layer's bounds are computed from, and the certified summary of a layer on a
+//! domain.
+
+use super::bound::{best, Bound};
+use super::constants::{self, HeadConstants};
+use super::domain::{Domain, Metric};
+use super::*;
+use crate::attention::{AttentionLayer, Kernel};
+use crate::error::{Error, Result};
+use serde::Serialize;
+
+/// Everything the dot-product bounds take from the weights. It does not depend on the domain, so
+/// a sweep over R or n computes it once.
+#[derive(Clone, Debug)]
+pub struct LayerConstants {
+    pub heads: Vec<HeadConstants>,
+    /// ||W_O||_2.
+    pub wo: f64,
+}
+
+impl LayerConstants {
+    pub fn of(layer: &AttentionLayer<f64>) -> Result<Self> {
+        Ok(Self {
+            heads: head_constants(layer)?,
+            wo: constants::spectral_norm(layer.wo.as_ref())?,
+        })
+    }
+}
+
+/// All head constants of a layer.
+pub fn head_constants(layer: &AttentionLayer<f64>) -> Result<Vec<HeadConstants>> {
+    (0..layer.heads)
+        .map(|h| HeadConstants::of(layer, h))
+        .collect()
+}
+
+pub(crate) fn require_dot(layer: &AttentionLayer<f64>, what: &str) -> Result<()> {
+    match layer.kernel {
+        Kernel::Dot => Ok(()),
+        Kernel::L2 => Err(Error::Invalid(format!(
+            "{what} is proven for the dot-product kernel only; for the L2 kernel use B5 (bounds::l2)"
+        ))),
+    }
+}
+
+/// The certified bounds of a layer on a domain, best per metric (None where no bound is proven
+/// for this kernel), with the anchor's values and every individual bound.
+#[derive(Clone, Debug, Serialize)]
+pub struct CertifiedSummary {
+    pub frobenius: Option<f64>,
+    pub w1: Option<f64>,
+    pub w2: Option<f64>,
+    /// Castin et al. as recalled in docs/background.md#castin-et-al (not certified by lipattn).
+    pub anchor: Option<f64>,
+    /// The per-head form of Castin et al.'s code, docs/background.md#castin-et-al (not certified
+    /// by lipattn).
+    pub anchor_code: Option<f64>,
+    pub bounds: Vec<Bound>,
+    /// Why a metric has no bound, if it has none.
+    pub notes: Vec<String>,
+}
+
+pub fn certified_summary(layer: &AttentionLayer<f64>, domain: &Domain) -> Result<CertifiedSummary> {
+    let mut all = certified_summaries(layer, std::slice::from_ref(domain))?;
+    Ok(all.pop().expect("one summary per domain"))
+}
+
+/// [`certified_summary`] on several domains, taking the weights' constants once.
+pub fn certified_summaries(
+    layer: &AttentionLayer<f64>,
+    domains: &[Domain],
+) -> Result<Vec<CertifiedSummary>> {
+    let consts = match layer.kernel {
+        Kernel::Dot => Some(LayerConstants::of(layer)?),
+        Kernel::L2 => None,
+    };
+    domains
+        .iter()
+        .map(|d| summary_on(layer, consts.as_ref(), d))
+        .collect()
+}
+
+fn summary_on(
+    layer: &AttentionLayer<f64>,
+    consts: Option<&LayerConstants>,
+    domain: &Domain,
+) -> Result<CertifiedSummary> {
+    if layer.kernel == Kernel::L2 {
+        let (b5, why) = l2::l2_bounds(layer, domain.n)?;
+        let mut notes = vec![
+            "L2 kernel: no measure-level (W1/W2) constant exists over all of P_1(R^d) (docs/background.md#l2-no-w1-constant)"
+                .to_string(),
+        ];
+        notes.extend(why);
+        return Ok(CertifiedSummary {
+            frobenius: b5.as_ref().map(|b| b.value),
+            w1: None,
+            w2: None,
+            anchor: None,
+            anchor_code: None,
+            bounds: b5.into_iter().collect(),
+            notes,
+        });
+    }
+    let consts = consts.expect("constants are computed for the dot kernel");
+    let mut bounds = token_map::token_map_bounds_from(consts, domain);
+    bounds.extend(measure_w1::measure_bounds_from(consts, domain.radius));
+    let pick = |name: &str| bounds.iter().find(|b| b.name == name).map(|b| b.value);
+    let mut notes = vec![];
+    if domain.causal {
+        notes.push("w1/w2 bounds hold for the measure map F without mask; a causal mask is a sequence operation".into());
+    }
+    // A bound beyond the f64 range (e^{2 R beta} overflows) is true but useless; it is reported as
+    // absent with the reason rather than as infinity, which JSON cannot carry.
+    let mut finite = |m: Metric, label: &str| match best(&bounds, m).map(|b| b.value) {
+        Some(x) if !x.is_finite() => {
+            notes.push(format!(
+                "{label}: the certified bound exceeds the f64 range at this radius"
+            ));
+            None
+        }
+        other => other,
+    };
+    let frobenius = finite(Metric::Frobenius, "frobenius");
+    let (w1, w2) = if domain.causal {
+        (None, None)
+    } else {
+        (finite(Metric::W1, "w1"), finite(Metric::W2, "w2"))
+    };
+    Ok(CertifiedSummary {
+        frobenius,
+        w1,
+        w2,
+        anchor: pick("anchor-castin-mathmd"),
+        anchor_code: pick("anchor-castin-code"),
+        bounds,
+        notes,
+    })
+}
