@@ -20,7 +20,7 @@ pub mod sorted;
 pub use certificate::Certificate;
 pub use cost::{check_p, ground_cost, CostMatrix};
 pub use exact::{exact, exact_with_cost, exact_with_cost_matrix, Transport};
+pub(crate) use masses::check_masses;
 pub use masses::MASS_TOL;
-pub(crate) use masses::{check_masses, check_weights};
 pub use sinkhorn::{sinkhorn, sinkhorn_with_cost, Entropic, SinkhornOptions};
 pub use sorted::sorted_1d;
