@@ -34,7 +34,7 @@ fn dict<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyDict>> {
     Ok(json_to_py(py, v)?.cast_into::<PyDict>()?)
 }
 
-/// The solver request of one named solver (these functions return one solver's result).
+/// The solver request of these keyword arguments.
 #[allow(clippy::too_many_arguments)]
 fn solver_request(
     solver: &str,
@@ -56,7 +56,6 @@ fn solver_request(
         anderson_mixing,
         broyden_memory,
     };
-    req.single().py_err()?;
     Ok(req)
 }
 
@@ -404,16 +403,16 @@ fn invert<'py>(
     let req = InvertRequest {
         c,
         radius,
-        solve: SolverRequest {
-            solver: solver.parse().py_err()?,
+        solve: solver_request(
+            solver,
             atol,
-            max_iter: Some(max_iter),
+            InvertRequest::default().solve.rtol,
+            max_iter,
             anderson_memory,
             anderson_reg,
             anderson_mixing,
             broyden_memory,
-            ..InvertRequest::default().solve
-        },
+        )?,
         logdet,
         probes,
         logdet_series,
@@ -495,6 +494,8 @@ fn fixed_point<'py>(
             broyden_memory,
         )?,
     };
+    // This function returns one solver's result.
+    req.solve.single().py_err()?;
     let x = matrix_f64(x, "x")?;
     let input = input
         .filter(|o| !o.is_none())

@@ -2,6 +2,8 @@
 
 pub mod forward;
 pub mod layer;
+pub mod norms;
 pub mod softmax;
 
 pub use layer::{AttentionLayer, Kernel};
+pub use norms::LayerNorm;

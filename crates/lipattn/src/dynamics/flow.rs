@@ -134,25 +134,6 @@ pub fn identity_layer(d: usize, beta: f64) -> Result<AttentionLayer<f64>> {
     )
 }
 
-fn layer_norm(x: MatRef<'_, f64>, eps: f64) -> Result<Mat<f64>> {
-    let (n, d) = (x.nrows(), x.ncols());
-    let mut out = Mat::<f64>::zeros(n, d);
-    for i in 0..n {
-        let mean = (0..d).map(|k| x[(i, k)]).sum::<f64>() / d as f64;
-        let var = (0..d).map(|k| (x[(i, k)] - mean).powi(2)).sum::<f64>() / d as f64;
-        let s = (var + eps).sqrt();
-        if s.is_nan() || s <= 0.0 {
-            return Err(Error::Numerical(format!(
-                "LayerNorm of token {i}: zero variance and eps = 0"
-            )));
-        }
-        for k in 0..d {
-            out[(i, k)] = (x[(i, k)] - mean) / s;
-        }
-    }
-    Ok(out)
-}
-
 fn normalise_rows(x: &mut Mat<f64>) -> Result<()> {
     for i in 0..x.nrows() {
         let r = (0..x.ncols())
@@ -181,7 +162,7 @@ pub fn velocity(
     match projection {
         Projection::None => layer.forward(x, weights, false),
         Projection::LayerNorm { eps } => {
-            let z = layer_norm(x, eps)?;
+            let z = crate::attention::norms::standardise_rows(x, eps)?;
             layer.forward(z.as_ref(), weights, false)
         }
         Projection::Sphere => {

@@ -13,42 +13,7 @@ use crate::attention::{AttentionLayer, Kernel};
 use crate::error::{check_finite, Error, Result};
 use std::path::{Path, PathBuf};
 
-/// y = gamma * (x - mean) / sqrt(var + eps) + beta, per token.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LayerNormParams {
-    pub gamma: Vec<f64>,
-    pub beta: Vec<f64>,
-    pub eps: f64,
-}
-
-impl LayerNormParams {
-    /// Normalises each row (token) with the biased variance, as torch.nn.LayerNorm does.
-    pub fn apply(&self, x: faer::MatRef<'_, f64>) -> Result<faer::Mat<f64>> {
-        let d = self.gamma.len();
-        if x.ncols() != d || self.beta.len() != d {
-            return Err(Error::shape(
-                "LayerNorm input width",
-                format!("{d} (gamma and beta length)"),
-                format!("{} (beta {})", x.ncols(), self.beta.len()),
-            ));
-        }
-        let mut out = faer::Mat::<f64>::zeros(x.nrows(), d);
-        let mut row = vec![0.0; d];
-        for i in 0..x.nrows() {
-            for (k, r) in row.iter_mut().enumerate() {
-                *r = x[(i, k)];
-            }
-            let mean = row.iter().sum::<f64>() / d as f64;
-            // Two passes: the one-pass E[x^2] - mean^2 cancels badly when |mean| >> std.
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / d as f64;
-            let inv = 1.0 / (var + self.eps).sqrt();
-            for k in 0..d {
-                out[(i, k)] = self.gamma[k] * (row[k] - mean) * inv + self.beta[k];
-            }
-        }
-        Ok(out)
-    }
-}
+pub use crate::attention::norms::LayerNorm as LayerNormParams;
 
 /// One encoder layer's attention sublayer and the LayerNorm that follows its residual add
 /// (BERT is post-LayerNorm: h = LN(x + Attn(x))).
