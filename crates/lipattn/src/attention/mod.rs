@@ -3,7 +3,7 @@
 pub mod forward;
 pub mod layer;
 pub mod norms;
-pub mod softmax;
 
+pub use crate::linalg::softmax;
 pub use layer::{AttentionLayer, Kernel};
 pub use norms::LayerNorm;

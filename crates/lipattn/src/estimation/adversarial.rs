@@ -4,10 +4,11 @@
 //! a lower bound on the Lipschitz constant of the token map on (B_R)^n; none is a certificate.
 
 use super::lanczos::{lanczos, LanczosOptions};
-use super::vecops::{check_radius, max_row_norm, project_rows, SplitMix};
+use super::vecops::{check_radius, max_row_norm, project_rows};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::derivatives::Linearization;
 use crate::error::{Error, Result};
+use crate::linalg::SplitMix;
 use faer::{Mat, MatRef, Side};
 
 /// x_1 = R u, x_2..n = R u / 2 with u the top eigenvector of the symmetric part of

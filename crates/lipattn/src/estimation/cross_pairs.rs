@@ -8,9 +8,9 @@ use super::measure_pairs::{
     check_order, finite_ratio, input_distance, moved_points, moved_weights, random_points,
     random_weights,
 };
-use super::vecops::SplitMix;
 use crate::attention::AttentionLayer;
 use crate::error::{Error, Result};
+use crate::linalg::SplitMix;
 use crate::measure::Measure;
 use crate::transport;
 

@@ -3,10 +3,11 @@
 //! linearisation point.
 
 use super::power::{power_iteration, PowerOptions};
-use super::vecops::{axpy, dot, norm, orthogonalize, scale, SplitMix};
+use super::vecops::{axpy, dot, norm, orthogonalize, scale};
 use crate::attention::AttentionLayer;
 use crate::derivatives::Linearization;
 use crate::error::{Error, Result};
+use crate::linalg::SplitMix;
 use crate::scalar::Scalar;
 use faer::{Mat, MatRef, Side};
 use std::time::Instant;

@@ -4,9 +4,10 @@
 //! network simplex. The best ratio is a lower bound on the W_p Lipschitz constant of F on P(B_R),
 //! attained by the returned pair; never a certificate.
 
-use super::vecops::{project_rows, SplitMix};
+use super::vecops::project_rows;
 use crate::attention::AttentionLayer;
 use crate::error::{Error, Result};
+use crate::linalg::SplitMix;
 use crate::measure::Measure;
 use crate::transport;
 use faer::Mat;

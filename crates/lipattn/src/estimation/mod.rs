@@ -9,8 +9,9 @@ pub mod lanczos;
 pub mod measure_pairs;
 pub mod power;
 pub mod structured_seeds;
-pub(crate) mod vecops;
 
+pub(crate) use crate::linalg::krylov as vecops;
+pub use crate::linalg::SplitMix;
 pub use adversarial::{
     adversarial_direction, adversarial_from_direction, adversarial_input, ascent, AscentOptions,
     AscentResult,
@@ -23,4 +24,3 @@ pub use lanczos::{lanczos, local_norm, LanczosOptions, LocalNorm, Method};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};
 pub use structured_seeds::{layer_pair_seeds, structured_seeds, StructuredSeeds};
-pub use vecops::SplitMix;
