@@ -34,12 +34,7 @@ impl Default for LanczosOptions {
 
 impl LanczosOptions {
     pub(crate) fn check(&self) -> Result<()> {
-        if !(self.tol.is_finite() && self.tol > 0.0) {
-            return Err(Error::Invalid(format!(
-                "tolerance must be positive and finite, got {}",
-                self.tol
-            )));
-        }
+        crate::error::check_positive("tolerance", self.tol)?;
         if self.max_iter == 0 {
             return Err(Error::Invalid("max_iter must be at least 1".into()));
         }
