@@ -60,7 +60,12 @@ fn solver_request(
 }
 
 fn check_positive(what: &str, v: f64) -> PyResult<()> {
-    lipattn::error::check_positive(what, v).py_err()
+    if !(v.is_finite() && v > 0.0) {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be positive and finite, got {v}"
+        )));
+    }
+    Ok(())
 }
 
 /// A seeded random layer on R^d (the CLI's synthetic layer: same seed, same weights).

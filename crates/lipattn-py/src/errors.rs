@@ -58,8 +58,7 @@ pub fn to_py(e: lipattn::Error) -> PyErr {
         | E::Empty { .. }
         | E::NegativeWeight { .. }
         | E::NotNormalised { .. }
-        | E::Invalid(_)
-        | E::NotPositive { .. } => PyValueError::new_err(msg),
+        | E::Invalid(_) => PyValueError::new_err(msg),
         // Option names are the keyword arguments' names; the backticks are the library's markup.
         E::Option(m) => PyValueError::new_err(m.replace('`', "")),
         E::Numerical(_) => NumericalError::new_err(msg),

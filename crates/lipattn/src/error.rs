@@ -28,9 +28,6 @@ pub enum Error {
     NotNormalised { what: String, sum: f64, tol: f64 },
     #[error("invalid argument: {0}")]
     Invalid(String),
-    /// A size, radius, step or tolerance that must be a positive finite number.
-    #[error("{what} must be positive and finite, got {value}")]
-    NotPositive { what: String, value: f64 },
     /// A request's option out of range, unknown or inconsistent with another. Option names are
     /// written in backticks as the request's fields (`max_iter`), so that each frontend can
     /// render them in its own syntax (`--max-iter` in the CLI, `max_iter` in Python).
@@ -77,18 +74,6 @@ impl Error {
             expected: expected.into(),
             found: found.into(),
         }
-    }
-}
-
-/// Rejects zero, negative, infinite and NaN values (a NaN fails the test, not passes it).
-pub fn check_positive(what: &str, value: f64) -> Result<()> {
-    if value.is_finite() && value > 0.0 {
-        Ok(())
-    } else {
-        Err(Error::NotPositive {
-            what: what.to_string(),
-            value,
-        })
     }
 }
 

@@ -26,7 +26,11 @@ pub struct Domain {
 
 impl Domain {
     pub fn new(radius: f64, n: usize, causal: bool) -> Result<Self> {
-        crate::error::check_positive("radius", radius)?;
+        if !(radius.is_finite() && radius > 0.0) {
+            return Err(Error::Invalid(format!(
+                "radius must be positive and finite, got {radius}"
+            )));
+        }
         if n == 0 {
             return Err(Error::Invalid(
                 "sequence length n must be at least 1".into(),

@@ -127,7 +127,11 @@ pub fn measure_lipschitz(layer: &AttentionLayer<f64>, radius: f64) -> Result<Opt
     if layer.kernel == Kernel::L2 {
         return Ok(None);
     }
-    crate::error::check_positive("radius", radius)?;
+    if !(radius.is_finite() && radius > 0.0) {
+        return Err(Error::Invalid(format!(
+            "radius must be positive and finite, got {radius}"
+        )));
+    }
     let all = bounds::measure_w1::measure_bounds(layer, radius)?;
     Ok(bounds::best(&all, Metric::W1)
         .filter(|b| b.value.is_finite())

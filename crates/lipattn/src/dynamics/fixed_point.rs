@@ -36,7 +36,11 @@ impl Variant {
 
 fn check_radius(radius: Option<f64>) -> Result<()> {
     if let Some(r) = radius {
-        crate::error::check_positive("radius", r)?;
+        if !(r.is_finite() && r > 0.0) {
+            return Err(Error::Invalid(format!(
+                "radius must be positive and finite, got {r}"
+            )));
+        }
     }
     Ok(())
 }

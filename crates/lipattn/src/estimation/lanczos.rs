@@ -34,7 +34,12 @@ impl Default for LanczosOptions {
 
 impl LanczosOptions {
     pub(crate) fn check(&self) -> Result<()> {
-        crate::error::check_positive("tolerance", self.tol)?;
+        if !(self.tol.is_finite() && self.tol > 0.0) {
+            return Err(Error::Invalid(format!(
+                "tolerance must be positive and finite, got {}",
+                self.tol
+            )));
+        }
         if self.max_iter == 0 {
             return Err(Error::Invalid("max_iter must be at least 1".into()));
         }

@@ -65,8 +65,18 @@ pub fn sinkhorn(a: &Measure, b: &Measure, p: u32, opts: &SinkhornOptions) -> Res
 }
 
 fn check_options(opts: &SinkhornOptions) -> Result<()> {
-    crate::error::check_positive("sinkhorn eps", opts.eps)?;
-    crate::error::check_positive("sinkhorn tol", opts.tol)?;
+    if !(opts.eps.is_finite() && opts.eps > 0.0) {
+        return Err(Error::Invalid(format!(
+            "sinkhorn: eps must be finite and positive, got {}",
+            opts.eps
+        )));
+    }
+    if !(opts.tol.is_finite() && opts.tol > 0.0) {
+        return Err(Error::Invalid(format!(
+            "sinkhorn: tol must be finite and positive, got {}",
+            opts.tol
+        )));
+    }
     if opts.max_iter == 0 {
         return Err(Error::Invalid(
             "sinkhorn: max_iter must be at least 1".into(),
