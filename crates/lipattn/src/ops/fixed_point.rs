@@ -214,7 +214,7 @@ pub struct FixedPointReport {
     /// "converged" when every solver converged, "no_convergence" otherwise.
     pub status: &'static str,
     pub solvers: Vec<SolverRun>,
-    /// The fixed point of each converged solver, in the order of `solvers`.
+    /// The fixed point of each solver that converged, in the order they ran (failures have none).
     #[serde(skip)]
     pub solutions: Vec<Mat<f64>>,
 }

@@ -178,7 +178,7 @@ pub struct InvertReport {
     /// The block that was inverted.
     #[serde(skip)]
     pub block: InvertibleBlock,
-    /// The reconstruction of each converged solver, in the order of `solvers`.
+    /// The reconstruction of each solver that converged, in the order they ran (failures have none).
     #[serde(skip)]
     pub reconstructions: Vec<Mat<f64>>,
 }
