@@ -2,6 +2,12 @@
 
 use std::path::PathBuf;
 
+mod invalid;
+pub use invalid::{
+    as_option, check_at_least, check_in, check_index, check_nonnegative, check_positive, Interval,
+    Invalid,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{what}: value at index {index} is {value} (NaN or infinite values are not accepted)")]
@@ -26,8 +32,9 @@ pub enum Error {
     },
     #[error("{what}: weights sum to {sum:.17}, not 1 within tolerance {tol:e} (use the normalising constructor to rescale)")]
     NotNormalised { what: String, sum: f64, tol: f64 },
+    /// An argument the operation cannot take; the frequent families are typed (`Invalid`).
     #[error("invalid argument: {0}")]
-    Invalid(String),
+    Invalid(Invalid),
     /// A request's option out of range, unknown or inconsistent with another. Option names are
     /// written in backticks as the request's fields (`max_iter`), so that each frontend can
     /// render them in its own syntax (`--max-iter` in the CLI, `max_iter` in Python).

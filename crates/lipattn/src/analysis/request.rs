@@ -1,7 +1,7 @@
 //! What the caller passes to `analyze`: the options, with their defaults and validation, and the
 //! shape of a progress report.
 
-use crate::error::{Error, Result};
+use crate::error::{check_index, Error, Result};
 use crate::estimation::LanczosOptions;
 
 #[derive(Clone, Debug)]
@@ -56,7 +56,7 @@ pub(super) fn check_options(
         });
     }
     if let Some(&n) = opts.ns.iter().find(|&&n| n < 2 || n > max_positions) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "sequence length {n} outside 2..={max_positions} (the model's position table)"
         )));
     }
@@ -66,15 +66,13 @@ pub(super) fn check_options(
                 what: "list of layers".into(),
             });
         }
-        if let Some(&l) = layers.iter().find(|&&l| l >= num_layers) {
-            return Err(Error::Invalid(format!(
-                "layer {l} out of range: the model has {num_layers} layers (0..{num_layers})"
-            )));
+        for &l in layers {
+            check_index("layer", l, num_layers, || "the model".into())?;
         }
     }
     if opts.windows == 0 && !opts.adversarial {
-        return Err(Error::Invalid(
-            "nothing to attain: no text windows and no adversarial inputs".into(),
+        return Err(Error::invalid(
+            "nothing to attain: no text windows and no adversarial inputs",
         ));
     }
     Ok(())

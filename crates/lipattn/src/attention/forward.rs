@@ -154,7 +154,7 @@ impl<T: Scalar> AttentionLayer<T> {
         }
         let (nq, nc) = (queries.nrows(), context.nrows());
         if causal && nq != nc {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "a causal mask needs as many queries as context tokens (found {nq} and {nc})"
             )));
         }

@@ -1,7 +1,7 @@
 //! The weights of one multi-head attention layer, in the convention of
 //! docs/background.md#notation.
 
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, check_index, Error, Result};
 use crate::scalar::Scalar;
 use faer::Mat;
 
@@ -50,9 +50,7 @@ impl<T: Scalar> AttentionLayer<T> {
         wo: Mat<T>,
         bo: Vec<T>,
     ) -> Result<Self> {
-        if heads == 0 {
-            return Err(Error::Invalid("number of heads must be at least 1".into()));
-        }
+        check_at_least("number of heads", heads, 1)?;
         let d = wq.ncols();
         if d == 0 {
             return Err(Error::Empty {
@@ -149,12 +147,7 @@ impl<T: Scalar> AttentionLayer<T> {
     /// The layer restricted to head h: its W_Q, W_K, W_V rows, its W_O columns, and b_O
     /// only if `keep_output_bias` (a head's contribution to the sum has no bias of its own).
     pub fn head(&self, h: usize, keep_output_bias: bool) -> Result<Self> {
-        if h >= self.heads {
-            return Err(Error::Invalid(format!(
-                "head {h} out of range (layer has {} heads)",
-                self.heads
-            )));
-        }
+        check_index("head", h, self.heads, || "the layer".into())?;
         let (dk, dv, d) = (self.dk, self.dv, self.d_in());
         let rows = |m: &Mat<T>, w: usize| Mat::from_fn(w, d, |i, k| m[(h * w + i, k)]);
         let bias = |b: &[T], w: usize| b[h * w..(h + 1) * w].to_vec();

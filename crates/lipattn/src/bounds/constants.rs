@@ -4,7 +4,7 @@
 //! sup_{|u| = 1} |M u| |A u| (the term that multiplies R^2).
 
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{Error, Result};
+use crate::error::{check_index, Error, Result};
 use faer::{Mat, MatRef, Side};
 use serde::Serialize;
 
@@ -106,12 +106,7 @@ fn product_sup_bound(gp: &Mat<f64>, gq: &Mat<f64>) -> Result<f64> {
 
 impl HeadConstants {
     pub fn of(layer: &AttentionLayer<f64>, h: usize) -> Result<Self> {
-        if h >= layer.heads {
-            return Err(Error::Invalid(format!(
-                "head {h} out of range (layer has {} heads)",
-                layer.heads
-            )));
-        }
+        check_index("head", h, layer.heads, || "the layer".into())?;
         let (dk, dv) = (layer.dk, layer.dv);
         let s = 1.0 / (dk as f64).sqrt();
         let wq = layer.wq.as_ref().subrows(h * dk, dk);

@@ -1,6 +1,6 @@
 //! Where a bound holds and in which metric.
 
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, check_positive, Result};
 use serde::Serialize;
 
 /// The metric a bound is stated in.
@@ -26,16 +26,8 @@ pub struct Domain {
 
 impl Domain {
     pub fn new(radius: f64, n: usize, causal: bool) -> Result<Self> {
-        if !(radius.is_finite() && radius > 0.0) {
-            return Err(Error::Invalid(format!(
-                "radius must be positive and finite, got {radius}"
-            )));
-        }
-        if n == 0 {
-            return Err(Error::Invalid(
-                "sequence length n must be at least 1".into(),
-            ));
-        }
+        check_positive("radius", radius)?;
+        check_at_least("sequence length n", n, 1)?;
         Ok(Self { radius, n, causal })
     }
 }

@@ -6,7 +6,7 @@
 use super::constants::{spectral_norm, with_margin};
 use super::{Bound, Metric};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, Error, Result};
 use faer::Mat;
 
 /// Largest relative residual |W_V - U W_Q| / |W_V| accepted as "W_V factors through W_Q".
@@ -107,15 +107,9 @@ fn value_factor(wq: faer::MatRef<'_, f64>, wv: faer::MatRef<'_, f64>) -> Result<
 /// factor through its query projection.
 pub fn l2_bounds(layer: &AttentionLayer<f64>, n: usize) -> Result<(Option<Bound>, Option<String>)> {
     if layer.kernel != Kernel::L2 {
-        return Err(Error::Invalid(
-            "B5 applies to the tied L2 kernel only".into(),
-        ));
+        return Err(Error::invalid("B5 applies to the tied L2 kernel only"));
     }
-    if n == 0 {
-        return Err(Error::Invalid(
-            "sequence length n must be at least 1".into(),
-        ));
-    }
+    check_at_least("sequence length n", n, 1)?;
     let (dk, dv) = (layer.dk, layer.dv);
     let rho = (n - 1) as f64;
     let unit = unit_l2_lipschitz(rho, n as f64);

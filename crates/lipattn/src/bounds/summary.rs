@@ -37,7 +37,7 @@ pub fn head_constants(layer: &AttentionLayer<f64>) -> Result<Vec<HeadConstants>>
 pub(crate) fn require_dot(layer: &AttentionLayer<f64>, what: &str) -> Result<()> {
     match layer.kernel {
         Kernel::Dot => Ok(()),
-        Kernel::L2 => Err(Error::Invalid(format!(
+        Kernel::L2 => Err(Error::invalid(format!(
             "{what} is proven for the dot-product kernel only; for the L2 kernel use B5 (bounds::l2)"
         ))),
     }

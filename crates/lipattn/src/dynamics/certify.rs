@@ -5,7 +5,7 @@
 use crate::attention::{AttentionLayer, Kernel};
 use crate::bounds::constants::spectral_norm;
 use crate::bounds::{self, Domain, HeadConstants, Metric};
-use crate::error::{Error, Result};
+use crate::error::{check_positive, Error, Result};
 use serde::Serialize;
 
 /// Where a certified constant holds.
@@ -102,8 +102,8 @@ pub fn token_lipschitz(
         }
         Kernel::Dot => {
             let Some(r) = radius else {
-                return Err(Error::Invalid(
-                    "dot-product attention is Lipschitz only on a ball: give a radius".into(),
+                return Err(Error::invalid(
+                    "dot-product attention is Lipschitz only on a ball: give a radius",
                 ));
             };
             let domain = Domain::new(r, n, false)?;
@@ -127,11 +127,7 @@ pub fn measure_lipschitz(layer: &AttentionLayer<f64>, radius: f64) -> Result<Opt
     if layer.kernel == Kernel::L2 {
         return Ok(None);
     }
-    if !(radius.is_finite() && radius > 0.0) {
-        return Err(Error::Invalid(format!(
-            "radius must be positive and finite, got {radius}"
-        )));
-    }
+    check_positive("radius", radius)?;
     let all = bounds::measure_w1::measure_bounds(layer, radius)?;
     Ok(bounds::best(&all, Metric::W1)
         .filter(|b| b.value.is_finite())

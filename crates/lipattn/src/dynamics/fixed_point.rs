@@ -8,7 +8,7 @@ use super::certify::{self, Certificate, CertifiedDomain};
 use super::solver::{solve, FixedPointMap, Solution, SolveOptions, Solver};
 use super::{flatten, max_row_norm, unflatten};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, check_in, check_positive, Error, Interval, Result};
 use crate::measure::Measure;
 use faer::{Mat, MatRef};
 
@@ -36,11 +36,7 @@ impl Variant {
 
 fn check_radius(radius: Option<f64>) -> Result<()> {
     if let Some(r) = radius {
-        if !(r.is_finite() && r > 0.0) {
-            return Err(Error::Invalid(format!(
-                "radius must be positive and finite, got {r}"
-            )));
-        }
+        check_positive("radius", r)?;
     }
     Ok(())
 }
@@ -71,19 +67,13 @@ impl TokenFixedPoint {
     ) -> Result<Self> {
         certify::check_square(&layer)?;
         check_radius(radius)?;
-        if n == 0 {
-            return Err(Error::Invalid("n must be at least 1".into()));
-        }
+        check_at_least("n", n, 1)?;
         let d = layer.d_in();
         let mut u = 0.0;
         match &variant {
             Variant::Plain => {}
             Variant::Damped { beta } => {
-                if !(beta.is_finite() && *beta > 0.0 && *beta <= 1.0) {
-                    return Err(Error::Invalid(format!(
-                        "damping beta must lie in (0, 1], got {beta}"
-                    )));
-                }
+                check_in("damping beta", *beta, Interval::open_closed(0.0, 1.0))?;
             }
             Variant::Injected { input } => {
                 if input.nrows() != n || input.ncols() != d {

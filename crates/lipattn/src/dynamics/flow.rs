@@ -6,8 +6,9 @@
 //! mean-field consistency and clustering.
 
 use super::certify;
-use super::{check_tol, max_row_norm};
+use super::max_row_norm;
 use crate::attention::{AttentionLayer, Kernel};
+use crate::error::{check_at_least, check_nonnegative, check_positive};
 use crate::error::{Error, Result};
 use crate::estimation::SplitMix;
 use crate::measure::Measure;
@@ -58,33 +59,22 @@ pub struct FlowOptions {
 
 impl FlowOptions {
     fn check(&self) -> Result<()> {
-        if !(self.t_end.is_finite() && self.t_end >= 0.0) {
-            return Err(Error::Invalid(format!(
-                "final time must be finite and nonnegative, got {}",
-                self.t_end
-            )));
-        }
-        check_tol("record interval", self.record_every)?;
+        check_nonnegative("final time", self.t_end)?;
+        check_positive("record interval", self.record_every)?;
         match self.integrator {
             Integrator::Rk4 { dt } | Integrator::DoPri5Fixed { dt } => {
-                check_tol("time step dt", dt)?
+                check_positive("time step dt", dt)?;
             }
             Integrator::DoPri5 { rtol, atol, h0 } => {
-                check_tol("rtol", rtol)?;
-                check_tol("atol", atol)?;
-                check_tol("initial step h0", h0)?;
+                check_positive("rtol", rtol)?;
+                check_positive("atol", atol)?;
+                check_positive("initial step h0", h0)?;
             }
         }
         if let Projection::LayerNorm { eps } = self.projection {
-            if !(eps.is_finite() && eps >= 0.0) {
-                return Err(Error::Invalid(format!(
-                    "LayerNorm eps must be finite and nonnegative, got {eps}"
-                )));
-            }
+            check_nonnegative("LayerNorm eps", eps)?;
         }
-        if self.max_steps == 0 {
-            return Err(Error::Invalid("max_steps must be at least 1".into()));
-        }
+        check_at_least("max_steps", self.max_steps, 1)?;
         Ok(())
     }
 }
@@ -110,14 +100,8 @@ impl Trajectory {
 /// Geshkovski et al.'s layer: Q = K = V = I on R^d with inverse temperature beta, i.e. scores
 /// beta <x, y> (dot kernel, one head, no biases).
 pub fn identity_layer(d: usize, beta: f64) -> Result<AttentionLayer<f64>> {
-    if d == 0 {
-        return Err(Error::Invalid("d must be at least 1".into()));
-    }
-    if !(beta.is_finite() && beta >= 0.0) {
-        return Err(Error::Invalid(format!(
-            "beta must be finite and nonnegative, got {beta}"
-        )));
-    }
+    check_at_least("d", d, 1)?;
+    check_nonnegative("beta", beta)?;
     let q = (beta * (d as f64).sqrt()).sqrt();
     let eye = |s: f64| Mat::<f64>::from_fn(d, d, |i, j| if i == j { s } else { 0.0 });
     AttentionLayer::new(
@@ -491,9 +475,7 @@ pub fn gronwall_check(
     }
     let r0 = max_row_norm(mu_pts.as_ref()).max(max_row_norm(nu_pts.as_ref()));
     let Some((l, radius)) = gronwall_constant(layer, opts.projection, r0, opts.t_end)? else {
-        return Err(Error::Invalid(
-            "no certified Gronwall constant for this setting (LayerNorm or L2 kernel, or an overflowing radius)".into(),
-        ));
+        return Err(Error::invalid("no certified Gronwall constant for this setting (LayerNorm or L2 kernel, or an overflowing radius)"));
     };
     let a = integrate(layer, mu_pts.as_ref(), Some(mu0.weights()), opts)?;
     let b = integrate(layer, nu_pts.as_ref(), Some(nu0.weights()), opts)?;
@@ -572,15 +554,9 @@ pub fn mean_field(
     opts: &FlowOptions,
     seed: u64,
 ) -> Result<MeanField> {
-    if replicates == 0 {
-        return Err(Error::Invalid(
-            "mean field: replicates must be at least 1".into(),
-        ));
-    }
+    check_at_least("mean field: replicates", replicates, 1)?;
     if ns.len() < 2 || ns.iter().any(|&n| n == 0 || n >= reference_n) {
-        return Err(Error::Invalid(
-            "mean field: give at least two sample sizes, each positive and below the reference size".into(),
-        ));
+        return Err(Error::invalid("mean field: give at least two sample sizes, each positive and below the reference size"));
     }
     let d = layer.d_in();
     let mut rng = SplitMix::new(seed);

@@ -8,7 +8,7 @@ use super::fixed_point::{TokenFixedPoint, Variant};
 use super::solver::{Solution, SolveOptions, Solver};
 use super::{check_contraction_target, frobenius};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, Error, Result};
 use faer::{Mat, MatRef};
 use serde::Serialize;
 
@@ -59,27 +59,22 @@ impl InvertibleBlock {
     pub fn new(layer: &AttentionLayer<f64>, n: usize, c: f64, radius: Option<f64>) -> Result<Self> {
         check_contraction_target(c)?;
         certify::check_square(layer)?;
-        if n == 0 {
-            return Err(Error::Invalid("n must be at least 1".into()));
-        }
+        check_at_least("n", n, 1)?;
         match (layer.kernel, radius) {
             (Kernel::L2, Some(_)) => {
-                return Err(Error::Invalid(
-                    "tied L2 attention is certified on all of R^{n x d}; give no radius".into(),
+                return Err(Error::invalid(
+                    "tied L2 attention is certified on all of R^{n x d}; give no radius",
                 ))
             }
             (Kernel::Dot, None) => {
-                return Err(Error::Invalid(
-                    "dot-product attention is Lipschitz only on a ball: give a radius".into(),
+                return Err(Error::invalid(
+                    "dot-product attention is Lipschitz only on a ball: give a radius",
                 ))
             }
             _ => {}
         }
         let base = certify::token_lipschitz(layer, n, radius)?.ok_or_else(|| {
-            Error::Invalid(
-                "no certified bound for this layer (tied L2 needs W_V = U W_Q, see docs/bounds.md#b5-tied-l2-attention)"
-                    .into(),
-            )
+            Error::invalid("no certified bound for this layer (tied L2 needs W_V = U W_Q, see docs/bounds.md#b5-tied-l2-attention)")
         })?;
         if !(base.constant.is_finite() && base.constant > 0.0) {
             return Err(Error::Numerical(format!(
@@ -143,7 +138,7 @@ impl InvertibleBlock {
             radius,
         )?;
         if p.contraction.is_none() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "y lies outside the range where the inverse is certified ({}){}",
                 p.notes.join("; "),
                 if self.g.kernel == Kernel::Dot {
@@ -191,8 +186,8 @@ impl InvertibleBlock {
             }
             r *= 1.5;
         }
-        Err(Error::Invalid(
-            "found no radius for which the inverse is certified".into(),
+        Err(Error::invalid(
+            "found no radius for which the inverse is certified",
         ))
     }
 

@@ -4,9 +4,9 @@
 //! large n d, with a certified truncation bound n d c^{K+1} / ((K + 1)(1 - c)) and an estimated
 //! (not certified) statistical error.
 
-use super::check_tol;
 use crate::attention::AttentionLayer;
 use crate::derivatives::Linearization;
+use crate::error::{check_at_least, check_positive};
 use crate::error::{Error, Result};
 use crate::estimation::SplitMix;
 use faer::{Mat, MatRef};
@@ -50,7 +50,7 @@ pub fn logdet_exact(g: &AttentionLayer<f64>, x: MatRef<'_, f64>) -> Result<LogDe
     super::certify::check_square(g)?;
     let dim = x.nrows() * x.ncols();
     if dim > EXACT_MAX_DIM {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "exact log-determinant refused for n d = {dim} > {EXACT_MAX_DIM}; use the series estimator"
         )));
     }
@@ -151,12 +151,9 @@ pub fn logdet_series(
 ) -> Result<LogDetEstimate> {
     super::certify::check_square(g)?;
     super::check_contraction_target(lipschitz)?;
-    check_tol("truncation tolerance", truncation_tol)?;
-    if probes < 2 {
-        return Err(Error::Invalid(
-            "at least 2 probes are needed for a standard error".into(),
-        ));
-    }
+    check_positive("truncation tolerance", truncation_tol)?;
+    // Two probes at least: one gives no standard error.
+    check_at_least("probes", probes, 2)?;
     let lin = Linearization::new(g, x, None, false)?;
     let (n, d) = (x.nrows(), x.ncols());
     let dim = n * d;

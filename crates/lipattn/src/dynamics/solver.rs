@@ -5,7 +5,8 @@
 
 use super::anderson::Anderson;
 use super::broyden::Broyden;
-use super::{check_tol, dist2, norm2, EPS};
+use super::{dist2, norm2, EPS};
+use crate::error::{check_at_least, check_in, check_nonnegative, check_positive, Interval};
 use crate::error::{Error, Result};
 use serde::Serialize;
 use std::time::Instant;
@@ -81,25 +82,13 @@ impl Solver {
                 regularisation,
                 mixing,
             } => {
-                if memory == 0 {
-                    return Err(Error::Invalid("Anderson memory must be at least 1".into()));
-                }
-                if !(regularisation.is_finite() && regularisation >= 0.0) {
-                    return Err(Error::Invalid(format!(
-                        "Anderson regularisation must be finite and nonnegative, got {regularisation}"
-                    )));
-                }
-                if !(mixing.is_finite() && mixing > 0.0 && mixing <= 1.0) {
-                    return Err(Error::Invalid(format!(
-                        "Anderson mixing must lie in (0, 1], got {mixing}"
-                    )));
-                }
+                check_at_least("Anderson memory", memory, 1)?;
+                check_nonnegative("Anderson regularisation", regularisation)?;
+                check_in("Anderson mixing", mixing, Interval::open_closed(0.0, 1.0))?;
                 Ok(())
             }
             Solver::Broyden { memory } => {
-                if memory == 0 {
-                    return Err(Error::Invalid("Broyden memory must be at least 1".into()));
-                }
+                check_at_least("Broyden memory", memory, 1)?;
                 Ok(())
             }
         }
@@ -113,7 +102,7 @@ impl std::str::FromStr for Solver {
             "picard" | "fixed-point" => Ok(Solver::Picard),
             "anderson" => Ok(Solver::anderson()),
             "broyden" => Ok(Solver::broyden()),
-            other => Err(Error::Invalid(format!(
+            other => Err(Error::invalid(format!(
                 "unknown solver '{other}' (expected picard, anderson or broyden)"
             ))),
         }
@@ -146,22 +135,14 @@ impl Default for SolveOptions {
 
 impl SolveOptions {
     pub fn check(&self) -> Result<()> {
-        check_tol("absolute tolerance atol", self.atol)?;
-        if !(self.rtol.is_finite() && self.rtol >= 0.0) {
-            return Err(Error::Invalid(format!(
-                "relative tolerance rtol must be finite and nonnegative, got {}",
-                self.rtol
-            )));
-        }
-        if self.max_evals == 0 {
-            return Err(Error::Invalid("max_evals must be at least 1".into()));
-        }
-        if !(self.divergence_factor.is_finite() && self.divergence_factor > 1.0) {
-            return Err(Error::Invalid(format!(
-                "divergence_factor must be finite and above 1, got {}",
-                self.divergence_factor
-            )));
-        }
+        check_positive("absolute tolerance atol", self.atol)?;
+        check_nonnegative("relative tolerance rtol", self.rtol)?;
+        check_at_least("max_evals", self.max_evals, 1)?;
+        check_in(
+            "divergence_factor",
+            self.divergence_factor,
+            Interval::above(1.0),
+        )?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Seeded random layers for experiments, benchmarks and the CLI's synthetic mode.
 
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, check_nonnegative, Result};
 use crate::estimation::SplitMix;
 use faer::Mat;
 
@@ -15,14 +15,9 @@ pub fn random_layer(
     bias: f64,
     seed: u64,
 ) -> Result<AttentionLayer<f64>> {
-    if d == 0 || heads == 0 {
-        return Err(Error::Invalid("d and heads must be at least 1".into()));
-    }
-    if !(bias.is_finite() && bias >= 0.0) {
-        return Err(Error::Invalid(format!(
-            "bias scale must be finite and nonnegative, got {bias}"
-        )));
-    }
+    check_at_least("d", d, 1)?;
+    check_at_least("heads", heads, 1)?;
+    check_nonnegative("bias scale", bias)?;
     let mut rng = SplitMix::new(seed);
     let dk = (d / heads).max(1);
     let s = 1.0 / (d as f64).sqrt();

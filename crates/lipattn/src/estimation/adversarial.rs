@@ -7,7 +7,7 @@ use super::lanczos::{lanczos, LanczosOptions};
 use super::vecops::{check_radius, max_row_norm, project_rows};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::derivatives::Linearization;
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, check_positive, Error, Result};
 use crate::linalg::SplitMix;
 use faer::{Mat, MatRef, Side};
 
@@ -42,9 +42,7 @@ pub fn adversarial_direction(layer: &AttentionLayer<f64>, head: usize) -> Result
 /// The construction of [`adversarial_input`] along a given unit direction `u`.
 pub fn adversarial_from_direction(u: &[f64], n: usize, radius: f64) -> Result<Mat<f64>> {
     check_radius(radius)?;
-    if n == 0 {
-        return Err(Error::Invalid("need at least one token".into()));
-    }
+    check_at_least("number of tokens", n, 1)?;
     Ok(Mat::from_fn(n, u.len(), |i, k| {
         if i == 0 {
             radius * u[k]
@@ -196,15 +194,9 @@ pub fn ascent(
     opts: &AscentOptions,
 ) -> Result<AscentResult> {
     check_radius(opts.radius)?;
-    if n == 0 {
-        return Err(Error::Invalid("need at least one token".into()));
-    }
-    let positive = |v: f64| v.is_finite() && v > 0.0;
-    if !positive(opts.fd_eps) || !positive(opts.initial_step) {
-        return Err(Error::Invalid(
-            "fd_eps and initial_step must be positive and finite".into(),
-        ));
-    }
+    check_at_least("number of tokens", n, 1)?;
+    check_positive("fd_eps", opts.fd_eps)?;
+    check_positive("initial_step", opts.initial_step)?;
     opts.lanczos.check()?;
     let d = layer.d_in();
     let mut evals = 0;

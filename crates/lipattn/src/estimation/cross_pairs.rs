@@ -9,7 +9,7 @@ use super::measure_pairs::{
     random_weights,
 };
 use crate::attention::AttentionLayer;
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, check_positive, Error, Result};
 use crate::linalg::SplitMix;
 use crate::measure::Measure;
 use crate::transport;
@@ -155,14 +155,9 @@ pub fn search_cross_pairs(
     opts: &CrossSearchOptions,
 ) -> Result<CrossSearchResult> {
     super::vecops::check_radius(opts.radius)?;
-    if opts.query_atoms == 0 || opts.context_atoms == 0 {
-        return Err(Error::Invalid("measures need at least one atom".into()));
-    }
-    if !(opts.perturbation.is_finite() && opts.perturbation > 0.0) {
-        return Err(Error::Invalid(
-            "perturbation must be positive and finite".into(),
-        ));
-    }
+    check_at_least("query atoms", opts.query_atoms, 1)?;
+    check_at_least("context atoms", opts.context_atoms, 1)?;
+    check_positive("perturbation", opts.perturbation)?;
     check_order(opts.order)?;
     let (d, r, arg, p) = (layer.d_in(), opts.radius, opts.argument, opts.order);
     let (nq, nc) = (opts.query_atoms, opts.context_atoms);

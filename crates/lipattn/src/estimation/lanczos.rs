@@ -6,7 +6,7 @@ use super::power::{power_iteration, PowerOptions};
 use super::vecops::{axpy, dot, norm, orthogonalize, scale};
 use crate::attention::AttentionLayer;
 use crate::derivatives::Linearization;
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, check_positive, Error, Result};
 use crate::linalg::SplitMix;
 use crate::scalar::Scalar;
 use faer::{Mat, MatRef, Side};
@@ -34,15 +34,8 @@ impl Default for LanczosOptions {
 
 impl LanczosOptions {
     pub(crate) fn check(&self) -> Result<()> {
-        if !(self.tol.is_finite() && self.tol > 0.0) {
-            return Err(Error::Invalid(format!(
-                "tolerance must be positive and finite, got {}",
-                self.tol
-            )));
-        }
-        if self.max_iter == 0 {
-            return Err(Error::Invalid("max_iter must be at least 1".into()));
-        }
+        check_positive("tolerance", self.tol)?;
+        check_at_least("max_iter", self.max_iter, 1)?;
         Ok(())
     }
 }
@@ -156,7 +149,7 @@ pub(crate) fn start_vector<T: Scalar>(
     };
     let nq = norm(&q);
     if !(nq.is_finite() && nq > 0.0) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "start vector must be finite and nonzero (norm {nq})"
         )));
     }

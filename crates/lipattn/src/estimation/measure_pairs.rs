@@ -6,7 +6,7 @@
 
 use super::vecops::project_rows;
 use crate::attention::AttentionLayer;
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, check_positive, Error, Result};
 use crate::linalg::SplitMix;
 use crate::measure::Measure;
 use crate::transport;
@@ -115,7 +115,7 @@ pub(super) fn check_order(order: u32) -> Result<()> {
     if order == 1 || order == 2 {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
+        Err(Error::invalid(format!(
             "Wasserstein order must be 1 or 2, got {order}"
         )))
     }
@@ -183,14 +183,8 @@ pub fn search_pairs(
     opts: &PairSearchOptions,
 ) -> Result<PairSearchResult> {
     super::vecops::check_radius(opts.radius)?;
-    if opts.atoms == 0 {
-        return Err(Error::Invalid("measures need at least one atom".into()));
-    }
-    if !(opts.perturbation.is_finite() && opts.perturbation > 0.0) {
-        return Err(Error::Invalid(
-            "perturbation must be positive and finite".into(),
-        ));
-    }
+    check_at_least("atoms", opts.atoms, 1)?;
+    check_positive("perturbation", opts.perturbation)?;
     check_order(opts.order)?;
     let (n, d, r) = (opts.atoms, layer.d_in(), opts.radius);
     let mut rng = SplitMix::new(opts.seed);

@@ -5,7 +5,7 @@
 use super::lanczos::{start_vector, TopSingular};
 use super::vecops::{dot, norm, scale};
 use crate::derivatives::Linearization;
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, check_positive, Error, Result};
 use crate::scalar::Scalar;
 use faer::MatRef;
 
@@ -31,12 +31,8 @@ pub fn power_iteration<T: Scalar>(
     opts: &PowerOptions,
     start: Option<MatRef<'_, T>>,
 ) -> Result<TopSingular<T>> {
-    if !(opts.abs_tol.is_finite() && opts.abs_tol > 0.0) || opts.max_iter == 0 {
-        return Err(Error::Invalid(format!(
-            "power iteration needs a positive finite tolerance and at least one iteration (got {}, {})",
-            opts.abs_tol, opts.max_iter
-        )));
-    }
+    check_positive("power iteration: abs_tol", opts.abs_tol)?;
+    check_at_least("power iteration: max_iter", opts.max_iter, 1)?;
     let mut v = start_vector(lin, opts.seed, start)?;
     let mut history = Vec::new();
     let mut prev: Option<f64> = None;

@@ -53,7 +53,7 @@ pub fn layer_pair_seeds(
 ///   two scores balance, moved along A w.
 pub fn structured_seeds(head: &AttentionLayer<f64>, radii: &[f64]) -> Result<Vec<StructuredSeeds>> {
     if head.heads != 1 || head.kernel != Kernel::Dot {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "structured search starts are built for one dot-product head (got {} heads, kernel {:?})",
             head.heads, head.kernel
         )));

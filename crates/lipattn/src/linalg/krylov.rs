@@ -189,13 +189,7 @@ pub(crate) fn consider<P>(
 }
 
 pub(crate) fn check_radius(radius: f64) -> crate::error::Result<()> {
-    if radius.is_finite() && radius > 0.0 {
-        Ok(())
-    } else {
-        Err(crate::error::Error::Invalid(format!(
-            "radius must be positive and finite, got {radius}"
-        )))
-    }
+    crate::error::check_positive("radius", radius).map(|_| ())
 }
 
 #[cfg(test)]

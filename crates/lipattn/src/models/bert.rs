@@ -10,7 +10,7 @@
 use super::config::BertConfig;
 use super::safetensors_io::TensorFile;
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{check_finite, Error, Result};
+use crate::error::{check_finite, check_index, Error, Result};
 use std::path::{Path, PathBuf};
 
 pub use crate::attention::norms::LayerNorm as LayerNormParams;
@@ -88,19 +88,10 @@ impl BertCheckpoint {
     }
 
     fn check_layer(&self, layer: usize) -> Result<()> {
-        let n = self.config.num_hidden_layers;
-        if layer >= n {
-            return Err(Error::Invalid(format!(
-                "layer {layer} out of range: the model in {} has {n} layers{}",
-                self.dir.display(),
-                if n > 0 {
-                    format!(" (0..={})", n - 1)
-                } else {
-                    String::new()
-                }
-            )));
-        }
-        Ok(())
+        check_index("layer", layer, self.config.num_hidden_layers, || {
+            format!("the model in {}", self.dir.display())
+        })
+        .map(|_| ())
     }
 
     fn name(&self, layer: usize, suffix: &str) -> String {

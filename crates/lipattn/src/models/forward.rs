@@ -12,7 +12,7 @@ impl Model {
     pub fn hidden_states_upto(&self, ids: &[u32], last: usize) -> Result<Vec<Mat<f64>>> {
         let n = self.num_layers();
         if last > n {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "layer {last} out of range: the model in {} has {n} layers; hidden states exist for 0..={n} ({n} = the final output)",
                 self.dir().display()
             )));

@@ -12,7 +12,7 @@ use super::config::{Activation, Family, ModelConfig};
 use super::sharded::TensorStore;
 use crate::attention::forward::affine;
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{check_finite, Error, Result};
+use crate::error::{check_finite, check_index, Error, Result};
 use faer::{Mat, MatRef};
 use std::path::{Path, PathBuf};
 
@@ -163,7 +163,7 @@ impl Embeddings {
             });
         }
         if ids.len() > self.max_positions() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "{} tokens but the model has position embeddings for {} only (truncate the input)",
                 ids.len(),
                 self.max_positions()
@@ -174,7 +174,7 @@ impl Embeddings {
             .enumerate()
             .find(|(_, &id)| id as usize >= self.vocab_size())
         {
-            return Err(Error::Invalid(format!(
+            return Err(Error::invalid(format!(
                 "token {i} has id {id}, outside the vocabulary of {} entries",
                 self.vocab_size()
             )));
@@ -285,19 +285,10 @@ impl Model {
     }
 
     fn check_layer(&self, layer: usize) -> Result<()> {
-        let n = self.num_layers();
-        if layer >= n {
-            return Err(Error::Invalid(format!(
-                "layer {layer} out of range: the model in {} has {n} layers{}",
-                self.dir.display(),
-                if n > 0 {
-                    format!(" (0..={})", n - 1)
-                } else {
-                    String::new()
-                }
-            )));
-        }
-        Ok(())
+        check_index("layer", layer, self.num_layers(), || {
+            format!("the model in {}", self.dir.display())
+        })
+        .map(|_| ())
     }
 
     fn name(&self, rest: &str) -> String {

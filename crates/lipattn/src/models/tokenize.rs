@@ -1,7 +1,7 @@
 //! Text to token ids with the model's own `tokenizer.json` (the `tokenizers` crate, built
 //! without its download features: nothing here touches the network).
 
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, Error, Result};
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -54,21 +54,18 @@ impl TextTokenizer {
                 what: "text".into(),
             });
         }
+        if let Some(m) = max_tokens {
+            check_at_least("max_tokens", m, 1)?;
+        }
         let mut tok = self.inner.clone();
-        let truncation = match max_tokens {
-            Some(0) => {
-                return Err(Error::Invalid("max_tokens must be at least 1".into()));
-            }
-            Some(max_length) => Some(TruncationParams {
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-                direction: TruncationDirection::Right,
-            }),
-            None => None,
-        };
+        let truncation = max_tokens.map(|max_length| TruncationParams {
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+            direction: TruncationDirection::Right,
+        });
         tok.with_truncation(truncation)
-            .map_err(|e| Error::Invalid(format!("truncation to {max_tokens:?} tokens: {e}")))?;
+            .map_err(|e| Error::invalid(format!("truncation to {max_tokens:?} tokens: {e}")))?;
         let enc = tok.encode(text, true).map_err(|e| Error::Format {
             path: self.path.clone(),
             msg: format!("tokenising failed: {e}"),
@@ -88,7 +85,7 @@ impl TextTokenizer {
         let full = self.encode(text, None)?;
         let mut tok = self.inner.clone();
         tok.with_truncation(None)
-            .map_err(|e| Error::Invalid(format!("disabling truncation: {e}")))?;
+            .map_err(|e| Error::invalid(format!("disabling truncation: {e}")))?;
         let body = tok
             .encode(text, false)
             .map_err(|e| Error::Format {

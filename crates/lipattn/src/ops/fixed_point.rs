@@ -12,7 +12,7 @@ use crate::dynamics::certify::{invariant_radius, row_bound, scaled};
 use crate::dynamics::{
     MeasureFixedPoint, Solution, SolveOptions, Solver, TokenFixedPoint, Variant,
 };
-use crate::error::{Error, Result};
+use crate::error::{as_option, check_in, Error, Interval, Result};
 use crate::linalg::{frobenius, max_row_norm};
 use crate::named_enum;
 use faer::{Mat, MatRef};
@@ -253,11 +253,7 @@ fn check(req: &FixedPointRequest, inputs: &FixedPointInputs<'_>) -> Result<()> {
         }
     }
     if let Some(c) = req.contract {
-        if !(c.is_finite() && c > 0.0 && c < 1.0) {
-            return Err(Error::Option(format!(
-                "`contract` must lie in (0, 1), got {c}"
-            )));
-        }
+        as_option(check_in("`contract`", c, Interval::open(0.0, 1.0)))?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::dynamics::flow::{
     clustering, gronwall_check, integrate, mean_field, Clustering, GronwallCheck, MeanField,
 };
 use crate::dynamics::{FlowOptions, Integrator, Projection};
-use crate::error::{Error, Result};
+use crate::error::{as_option, check_nonnegative, check_positive, Result};
 use crate::estimation::SplitMix;
 use crate::measure::Measure;
 use crate::named_enum;
@@ -126,18 +126,12 @@ impl FlowRequest {
     }
 
     fn check(&self) -> Result<()> {
-        if !(self.cluster_threshold.is_finite() && self.cluster_threshold >= 0.0) {
-            return Err(Error::Option(format!(
-                "`cluster_threshold` must be finite and nonnegative, got {}",
-                self.cluster_threshold
-            )));
-        }
+        as_option(check_nonnegative(
+            "`cluster_threshold`",
+            self.cluster_threshold,
+        ))?;
         if let Some(eps) = self.gronwall {
-            if !(eps.is_finite() && eps > 0.0) {
-                return Err(Error::Option(format!(
-                    "`gronwall` perturbation size must be positive and finite, got {eps}"
-                )));
-            }
+            as_option(check_positive("`gronwall` perturbation size", eps))?;
         }
         Ok(())
     }

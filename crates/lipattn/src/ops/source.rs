@@ -6,7 +6,7 @@
 use crate::attention::{AttentionLayer, Kernel};
 use crate::dynamics::flow::{identity_layer, sphere_sample};
 use crate::dynamics::synthetic::{random_layer, random_tokens};
-use crate::error::{Error, Result};
+use crate::error::{as_option, check_at_least, check_positive, Error, Result};
 use crate::estimation::SplitMix;
 use crate::npy::read_matrix;
 use faer::Mat;
@@ -121,11 +121,7 @@ impl SourceRequest {
             }
             None => {
                 self.check_random_count()?;
-                if !(self.token_scale.is_finite() && self.token_scale > 0.0) {
-                    return Err(Error::Option(
-                        "`token_scale` must be positive and finite".into(),
-                    ));
-                }
+                as_option(check_positive("`token_scale`", self.token_scale))?;
                 Ok(random_tokens(
                     self.n,
                     d,
@@ -150,9 +146,6 @@ impl SourceRequest {
     }
 
     fn check_random_count(&self) -> Result<()> {
-        if self.n == 0 {
-            return Err(Error::Option("`n` must be at least 1".into()));
-        }
-        Ok(())
+        as_option(check_at_least("`n`", self.n, 1)).map(|_| ())
     }
 }

@@ -86,7 +86,7 @@ pub fn check_p(p: u32) -> Result<()> {
     if p == 1 || p == 2 {
         Ok(())
     } else {
-        Err(Error::Invalid(format!(
+        Err(Error::invalid(format!(
             "ground cost exponent p = {p} is not supported; the general solvers take p = 1 (||x - y||) or p = 2 (||x - y||^2); the 1-D sorted solver takes any real p >= 1"
         )))
     }

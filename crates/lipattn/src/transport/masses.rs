@@ -26,7 +26,7 @@ pub(crate) fn check_weights(what: &str, w: &[f64], n: usize) -> Result<f64> {
     }
     let sum: f64 = w.iter().sum();
     if sum <= 0.0 {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "{what}: total mass is {sum}; it must be positive"
         )));
     }
@@ -37,7 +37,7 @@ pub(crate) fn check_masses(wa: &[f64], wb: &[f64], n: usize, m: usize) -> Result
     let sa = check_weights("source weights", wa, n)?;
     let sb = check_weights("target weights", wb, m)?;
     if (sa - sb).abs() > MASS_TOL * sa.max(sb) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "the measures have different total mass ({sa:.17} vs {sb:.17}); balanced transport needs equal masses (normalise the weights)"
         )));
     }

@@ -3,7 +3,7 @@
 //! `exp(-C / eps)` underflows). The plan is `P_ij = exp((f_i + g_j - C_ij) / eps)`.
 
 use super::{check_masses, check_p, ground_cost, CostMatrix};
-use crate::error::{Error, Result};
+use crate::error::{check_at_least, check_positive, Error, Result};
 use crate::measure::Measure;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -65,23 +65,9 @@ pub fn sinkhorn(a: &Measure, b: &Measure, p: u32, opts: &SinkhornOptions) -> Res
 }
 
 fn check_options(opts: &SinkhornOptions) -> Result<()> {
-    if !(opts.eps.is_finite() && opts.eps > 0.0) {
-        return Err(Error::Invalid(format!(
-            "sinkhorn: eps must be finite and positive, got {}",
-            opts.eps
-        )));
-    }
-    if !(opts.tol.is_finite() && opts.tol > 0.0) {
-        return Err(Error::Invalid(format!(
-            "sinkhorn: tol must be finite and positive, got {}",
-            opts.tol
-        )));
-    }
-    if opts.max_iter == 0 {
-        return Err(Error::Invalid(
-            "sinkhorn: max_iter must be at least 1".into(),
-        ));
-    }
+    check_positive("sinkhorn: eps", opts.eps)?;
+    check_positive("sinkhorn: tol", opts.tol)?;
+    check_at_least("sinkhorn: max_iter", opts.max_iter, 1)?;
     Ok(())
 }
 
@@ -113,7 +99,7 @@ pub fn sinkhorn_with_cost(
     let (n, m) = (cost.nrows(), cost.ncols());
     check_masses(wa, wb, n, m)?;
     if let Some(i) = wa.iter().chain(wb).position(|&w| w == 0.0) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "sinkhorn: weight {i} (counting source then target atoms) is zero; entropic transport needs positive weights (drop empty atoms)"
         )));
     }

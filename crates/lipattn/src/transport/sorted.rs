@@ -16,7 +16,7 @@ pub const SORTED_CHECK_PAIRS: usize = 50_000_000;
 pub fn sorted_1d(a: &Measure, b: &Measure, p: f64) -> Result<Transport> {
     let start = Instant::now();
     if !(p.is_finite() && p >= 1.0) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "sorted 1-D transport needs a finite exponent p >= 1 (the cost must be convex), got p = {p}"
         )));
     }

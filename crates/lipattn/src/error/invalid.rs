@@ -1,0 +1,262 @@
+//! What is wrong with an invalid argument, as data: the families that recur across the library
+//! (a size below its minimum, a step or radius that must be positive, an index past the end, a
+//! value outside an interval) are typed, so that callers can match on them and every family is
+//! worded once; the rest carry their message.
+//!
+//! The checks are written to fail closed: a NaN compares false with everything, so each one
+//! states the condition that must hold and rejects whatever does not satisfy it.
+
+use super::{Error, Result};
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Invalid {
+    /// A size or count below the least value that makes sense (`n`, heads, memory, iterations).
+    #[error("{what} must be at least {min}, got {got}")]
+    TooSmall {
+        what: String,
+        min: usize,
+        got: usize,
+    },
+    /// A radius, tolerance or step that must be a positive finite number.
+    #[error("{what} must be positive and finite, got {value}")]
+    NotPositive { what: String, value: f64 },
+    /// A scale, time or tolerance that may be zero but must be finite and not negative.
+    #[error("{what} must be finite and nonnegative, got {value}")]
+    Negative { what: String, value: f64 },
+    /// A number outside the interval where it is meaningful (a contraction factor in (0, 1)).
+    #[error("{what} must lie in {interval}, got {value}")]
+    OutsideInterval {
+        what: String,
+        interval: Interval,
+        value: f64,
+    },
+    /// A head or layer index past the last one of its owner.
+    #[error("{what} {index} out of range: {owner} has {count} {what}s{}", index_hint(*count))]
+    IndexOutOfRange {
+        what: &'static str,
+        index: usize,
+        count: usize,
+        owner: String,
+    },
+    /// Any other inconsistency, in words.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A real interval with open or closed ends; `hi = None` is unbounded above.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Interval {
+    pub lo: f64,
+    pub lo_closed: bool,
+    pub hi: Option<f64>,
+    pub hi_closed: bool,
+}
+
+impl Interval {
+    /// (lo, hi)
+    pub const fn open(lo: f64, hi: f64) -> Self {
+        Self {
+            lo,
+            lo_closed: false,
+            hi: Some(hi),
+            hi_closed: false,
+        }
+    }
+
+    /// (lo, hi]
+    pub const fn open_closed(lo: f64, hi: f64) -> Self {
+        Self {
+            lo,
+            lo_closed: false,
+            hi: Some(hi),
+            hi_closed: true,
+        }
+    }
+
+    /// (lo, infinity)
+    pub const fn above(lo: f64) -> Self {
+        Self {
+            lo,
+            lo_closed: false,
+            hi: None,
+            hi_closed: false,
+        }
+    }
+
+    /// False for NaN, so that a NaN never passes.
+    pub fn contains(&self, v: f64) -> bool {
+        let above_lo = if self.lo_closed {
+            v >= self.lo
+        } else {
+            v > self.lo
+        };
+        let below_hi = match self.hi {
+            Some(hi) if self.hi_closed => v <= hi,
+            Some(hi) => v < hi,
+            None => v < f64::INFINITY,
+        };
+        above_lo && below_hi
+    }
+}
+
+impl fmt::Display for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let open = if self.lo_closed { '[' } else { '(' };
+        match self.hi {
+            Some(hi) => {
+                let close = if self.hi_closed { ']' } else { ')' };
+                write!(f, "{open}{}, {}{close}", self.lo, hi)
+            }
+            None => write!(f, "{open}{}, inf)", self.lo),
+        }
+    }
+}
+
+fn index_hint(count: usize) -> String {
+    if count > 0 {
+        format!(" (0..={})", count - 1)
+    } else {
+        String::new()
+    }
+}
+
+impl From<Invalid> for Error {
+    fn from(e: Invalid) -> Self {
+        Error::Invalid(e)
+    }
+}
+
+impl Error {
+    /// An invalid argument outside the typed families, in words.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(Invalid::Other(msg.into()))
+    }
+}
+
+/// The same check for a request's option: an `Invalid` becomes `Error::Option`, so that the
+/// frontends render the option's name (written in backticks in `what`) in their own syntax.
+pub fn as_option<T>(checked: Result<T>) -> Result<T> {
+    checked.map_err(|e| match e {
+        Error::Invalid(i) => Error::Option(i.to_string()),
+        other => other,
+    })
+}
+
+/// `got >= min`, or `Invalid::TooSmall` naming `what`.
+pub fn check_at_least(what: &str, got: usize, min: usize) -> Result<usize> {
+    if got < min {
+        return Err(Invalid::TooSmall {
+            what: what.to_string(),
+            min,
+            got,
+        }
+        .into());
+    }
+    Ok(got)
+}
+
+/// A positive finite number, or `Invalid::NotPositive` naming `what`.
+pub fn check_positive(what: &str, value: f64) -> Result<f64> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(Invalid::NotPositive {
+            what: what.to_string(),
+            value,
+        }
+        .into());
+    }
+    Ok(value)
+}
+
+/// A finite number >= 0, or `Invalid::Negative` naming `what`.
+pub fn check_nonnegative(what: &str, value: f64) -> Result<f64> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(Invalid::Negative {
+            what: what.to_string(),
+            value,
+        }
+        .into());
+    }
+    Ok(value)
+}
+
+/// A number inside `interval`, or `Invalid::OutsideInterval` naming `what`.
+pub fn check_in(what: &str, value: f64, interval: Interval) -> Result<f64> {
+    if !interval.contains(value) {
+        return Err(Invalid::OutsideInterval {
+            what: what.to_string(),
+            interval,
+            value,
+        }
+        .into());
+    }
+    Ok(value)
+}
+
+/// `index < count`, or `Invalid::IndexOutOfRange`; `owner` says whose `what`s are counted
+/// ("the layer", "the model in DIR").
+pub fn check_index(
+    what: &'static str,
+    index: usize,
+    count: usize,
+    owner: impl FnOnce() -> String,
+) -> Result<usize> {
+    if index >= count {
+        return Err(Invalid::IndexOutOfRange {
+            what,
+            index,
+            count,
+            owner: owner(),
+        }
+        .into());
+    }
+    Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_fail_closed_on_nan() {
+        assert!(check_positive("r", f64::NAN).is_err());
+        assert!(check_nonnegative("t", f64::NAN).is_err());
+        assert!(check_in("c", f64::NAN, Interval::open(0.0, 1.0)).is_err());
+        assert!(check_in("c", f64::NAN, Interval::above(1.0)).is_err());
+        assert!(check_in("c", f64::INFINITY, Interval::above(1.0)).is_err());
+        assert!(check_positive("r", f64::INFINITY).is_err());
+        assert!(check_nonnegative("t", -0.0).is_ok());
+    }
+
+    #[test]
+    fn intervals_respect_their_ends() {
+        let i = Interval::open_closed(0.0, 1.0);
+        assert!(!i.contains(0.0) && i.contains(1.0) && i.contains(0.5) && !i.contains(1.5));
+        assert_eq!(i.to_string(), "(0, 1]");
+        assert_eq!(Interval::open(0.0, 1.0).to_string(), "(0, 1)");
+        assert_eq!(Interval::above(1.0).to_string(), "(1, inf)");
+    }
+
+    #[test]
+    fn messages_name_the_argument_and_the_value() {
+        let e = check_at_least("sequence length n", 0, 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: sequence length n must be at least 1, got 0"
+        );
+        assert!(matches!(
+            e,
+            Error::Invalid(Invalid::TooSmall { min: 1, got: 0, .. })
+        ));
+        let e = check_index("layer", 7, 6, || "the model in m".into()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: layer 7 out of range: the model in m has 6 layers (0..=5)"
+        );
+        let e = check_in("c", 1.0, Interval::open(0.0, 1.0)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: c must lie in (0, 1), got 1"
+        );
+    }
+}
