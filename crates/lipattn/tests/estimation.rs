@@ -17,21 +17,7 @@ use rand::Rng;
 /// J(X) built column by column from JVPs of the unit tangents; rows and columns in row-major
 /// (token, feature) order.
 fn dense_jacobian(lin: &Linearization<'_, f64>) -> Mat<f64> {
-    let (n, d, e) = (lin.n(), lin.d_in(), lin.d_out());
-    let mut j = Mat::<f64>::zeros(n * e, n * d);
-    for i in 0..n {
-        for k in 0..d {
-            let mut g = Mat::<f64>::zeros(n, d);
-            g[(i, k)] = 1.0;
-            let y = lin.jvp(g.as_ref()).unwrap();
-            for a in 0..n {
-                for b in 0..e {
-                    j[(a * e + b, i * d + k)] = y[(a, b)];
-                }
-            }
-        }
-    }
-    j
+    lin.dense_jacobian().unwrap()
 }
 
 fn exact_norm(layer: &AttentionLayer<f64>, x: &Mat<f64>, w: Option<&[f64]>, causal: bool) -> f64 {

@@ -1,5 +1,7 @@
-//! Exact derivatives of attention: JVP and VJP of the token map, and the Jacobian in the query.
+//! Exact derivatives of attention: JVP and VJP of the token map, the dense Jacobian built from
+//! them, and the Jacobian in the query.
 
+pub mod dense;
 pub mod jvp;
 pub mod linearization;
 pub mod query_jacobian;

@@ -26,23 +26,7 @@ pub struct LogDetExact {
 
 /// The dense Jacobian of X -> g(X) at X, vec'ed row-major (entry (i, k) at i d + k).
 pub fn dense_jacobian(g: &AttentionLayer<f64>, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
-    let lin = Linearization::new(g, x, None, false)?;
-    let (n, d, e) = (lin.n(), lin.d_in(), lin.d_out());
-    let mut j = Mat::<f64>::zeros(n * e, n * d);
-    let mut t = Mat::<f64>::zeros(n, d);
-    for i in 0..n {
-        for k in 0..d {
-            t[(i, k)] = 1.0;
-            let y = lin.jvp(t.as_ref())?;
-            t[(i, k)] = 0.0;
-            for a in 0..n {
-                for b in 0..e {
-                    j[(a * e + b, i * d + k)] = y[(a, b)];
-                }
-            }
-        }
-    }
-    Ok(j)
+    Linearization::new(g, x, None, false)?.dense_jacobian()
 }
 
 /// log|det(I + J_g(X))| from the LU factorisation of the dense I + J.
