@@ -3,9 +3,9 @@
 
 use crate::dyn_source::{SolverArgs, SourceArgs};
 use crate::names::named;
-use crate::plot::{residual_series, Chart};
 use crate::progress::Bar;
-use anyhow::{bail, Context, Result};
+use crate::solver_output::{plot_residuals, save_first};
+use anyhow::{bail, Result};
 use clap::Args;
 use lipattn::ops::fixed_point::{self, FixedPointInputs, FixedPointRequest, Space, VariantName};
 use lipattn::ops::source::SourceRequest;
@@ -78,25 +78,18 @@ pub fn run(a: FixedPointArgs) -> Result<()> {
         &mut |p| bar.update(p),
     )?;
     drop(bar);
-    if let (Some(p), Some(xs)) = (&a.save, report.solutions.first()) {
-        lipattn::npy::write_matrix(p, xs.as_ref())
-            .with_context(|| format!("writing --save {}", p.display()))?;
-    }
+    save_first(&a.save, &report.solutions)?;
     if let Some(dir) = &a.plot {
-        std::fs::create_dir_all(dir)?;
-        Chart {
-            title: format!(
+        plot_residuals(
+            dir,
+            "fixed_point_residuals",
+            format!(
                 "Fixed point in {} space ({} residual)",
                 report.space, report.metric
             ),
-            x_label: "iteration".into(),
-            y_label: "residual d(x, T x)".into(),
-            log_x: false,
-            log_y: true,
-            series: residual_series(&report.traces()),
-            vlines: vec![],
-        }
-        .write(&dir.join("fixed_point_residuals"))?;
+            "residual d(x, T x)",
+            &report.traces(),
+        )?;
     }
     let mut out = lipattn::ops::to_json(&report)?;
     out["command"] = "fixed-point".into();

@@ -3,9 +3,9 @@
 //! (the library's `ops::invert`; this file reads the flags and renders the report).
 
 use crate::dyn_source::{SolverArgs, SourceArgs};
-use crate::plot::{residual_series, Chart};
 use crate::progress::Bar;
-use anyhow::{bail, Context, Result};
+use crate::solver_output::{plot_residuals, save_first};
+use anyhow::{bail, Result};
 use clap::Args;
 use lipattn::ops::invert::{self, InvertInputs, InvertRequest};
 use lipattn::ops::source::SourceRequest;
@@ -81,25 +81,18 @@ pub fn run(a: InvertArgs) -> Result<()> {
         &mut |p| bar.update(p),
     )?;
     drop(bar);
-    if let (Some(p), Some(xr)) = (&a.save, report.reconstructions.first()) {
-        lipattn::npy::write_matrix(p, xr.as_ref())
-            .with_context(|| format!("writing --save {}", p.display()))?;
-    }
+    save_first(&a.save, &report.reconstructions)?;
     if let Some(dir) = &a.plot {
-        std::fs::create_dir_all(dir)?;
-        Chart {
-            title: format!(
+        plot_residuals(
+            dir,
+            "invert_residuals",
+            format!(
                 "Inverting x + g(x) = y, certified Lip(g) <= {:.3}",
                 report.certified_lipschitz
             ),
-            x_label: "iteration".into(),
-            y_label: "residual |x + g(x) - y|_F".into(),
-            log_x: false,
-            log_y: true,
-            series: residual_series(&report.traces()),
-            vlines: vec![],
-        }
-        .write(&dir.join("invert_residuals"))?;
+            "residual |x + g(x) - y|_F",
+            &report.traces(),
+        )?;
     }
     let mut out = lipattn::ops::to_json(&report)?;
     out["command"] = "invert".into();

@@ -15,6 +15,7 @@ mod names;
 mod plot;
 mod progress;
 mod reproduce;
+mod solver_output;
 mod transport;
 
 use clap::{Parser, Subcommand};
