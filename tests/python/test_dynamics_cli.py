@@ -68,6 +68,30 @@ def test_invert_refuses_bad_input(lipattn_bin, tmp_path):
     assert res.returncode != 0 and "width" in res.stderr
 
 
+def test_contraction_close_to_one_neither_hangs_nor_lies(lipattn_bin):
+    """c = 1 - 1e-9 once spun forever in the a-priori step count (an i32 power wrapped around);
+    now the count is exact (the smallest k with c^k r0 <= atol) and the run takes a moment. Within
+    1e-12 of 1 the request is refused with the reason."""
+    import subprocess
+    c = 0.999999999
+    for cmd, flag, key in [("invert", "--c", "a_priori_iterations"),
+                           ("fixed-point", "--contract", "a_priori_steps")]:
+        res = subprocess.run([lipattn_bin, cmd, f"{flag}={c}", "--json"], capture_output=True,
+                             text=True, timeout=60)
+        out = ok_json(res)
+        picard = out["solvers"][0]
+        assert picard["solver"] == "picard" and picard["status"] == "converged"
+        k = picard[key]
+        # ln(atol / r0) / ln(c) is about 2e10 for these sizes: far past 2^31.
+        assert k is not None and k > 2**31, picard
+        lipschitz = out.get("certified_lipschitz", out.get("certified_contraction"))
+        assert lipschitz <= c
+        res = subprocess.run([lipattn_bin, cmd, f"{flag}=0.9999999999999", "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0 and flag in res.stderr and "within 1e-12 of 1" in res.stderr
+        assert "panicked" not in res.stderr
+
+
 def test_invert_on_a_real_layer(lipattn_bin, minilm, tmp_path):
     x = layer_norm_like(np.random.default_rng(1), 8, 384)
     np.save(tmp_path / "x.npy", x)

@@ -57,7 +57,7 @@ impl InvertibleBlock {
     /// all of R^{n x d} for tied L2 (`radius` must be None), on (B_R)^n for the dot product
     /// (`radius` = R required).
     pub fn new(layer: &AttentionLayer<f64>, n: usize, c: f64, radius: Option<f64>) -> Result<Self> {
-        check_contraction_target(c)?;
+        check_contraction_target("the contraction constant c", c)?;
         certify::check_square(layer)?;
         check_at_least("n", n, 1)?;
         match (layer.kernel, radius) {

@@ -134,7 +134,7 @@ pub fn logdet_series(
     seed: u64,
 ) -> Result<LogDetEstimate> {
     super::certify::check_square(g)?;
-    super::check_contraction_target(lipschitz)?;
+    super::check_contraction_target("the Lipschitz constant of g", lipschitz)?;
     check_positive("truncation tolerance", truncation_tol)?;
     // Two probes at least: one gives no standard error.
     check_at_least("probes", probes, 2)?;

@@ -27,4 +27,5 @@ pub use solver::{solve, FixedPointMap, Solution, SolveOptions, Solver};
 
 pub(crate) use crate::linalg::{dist2, flatten, norm2, unflatten};
 pub use crate::linalg::{frobenius, max_row_norm};
-pub(crate) use checks::{check_contraction_target, EPS};
+pub(crate) use checks::EPS;
+pub use checks::{check_contraction_target, CONTRACTION_MARGIN};

@@ -171,7 +171,8 @@ pub struct Solution {
     /// The evaluation allowance inside `error_bound`.
     pub allowance: Option<f64>,
     /// Certified: Picard from x_0 reaches residual <= atol within this many steps
-    /// (L^k d(x_0, T x_0) <= atol).
+    /// (L^k d(x_0, T x_0) <= atol); None without a certified contraction, or beyond
+    /// `A_PRIORI_MAX_STEPS`.
     pub a_priori_steps: Option<usize>,
     /// Certified: Picard from x_0 reaches d(x_k, x*) <= atol within this many steps
     /// (L^k d(x_0, T x_0) / (1 - L) <= atol).
@@ -179,20 +180,42 @@ pub struct Solution {
     pub seconds: f64,
 }
 
-/// Smallest k >= 0 with L^k r0 <= tol.
-pub fn a_priori_steps(l: f64, r0: f64, tol: f64) -> usize {
+/// The most steps an a-priori count reports: past 2^53 consecutive integers are no longer
+/// exact in f64, so a larger count could not be checked, and no run would take that long.
+pub const A_PRIORI_MAX_STEPS: u64 = 1 << 53;
+
+/// Smallest k >= 0 with L^k r0 <= tol, for 0 <= L < 1; None when that k exceeds
+/// `A_PRIORI_MAX_STEPS` (L within rounding of 1), or when L is not below 1.
+pub fn a_priori_steps(l: f64, r0: f64, tol: f64) -> Option<usize> {
+    if r0.is_nan() || tol.is_nan() {
+        return None;
+    }
     if r0 <= tol {
-        return 0;
+        return Some(0);
     }
     if l <= 0.0 {
-        return 1;
+        return Some(1);
     }
-    let mut k = ((tol / r0).ln() / l.ln()).ceil().max(0.0) as usize;
-    // ceil of a rounded quotient can land one short; the loop settles it exactly.
-    while l.powi(k as i32) * r0 > tol {
-        k += 1;
+    if l.is_nan() || l >= 1.0 {
+        return None;
     }
-    k
+    // In log space and in f64: the quotient can be astronomically large when L is close to 1,
+    // and an integer power (powi takes an i32) of such a k would wrap around and never settle.
+    let q = ((tol / r0).ln() / l.ln()).ceil().max(0.0);
+    let cap = A_PRIORI_MAX_STEPS as f64;
+    if q.is_nan() || q > cap {
+        return None;
+    }
+    let mut k = q;
+    // ceil of a rounded quotient can land a step short; L^k is decreasing in k, so this settles
+    // within a few steps.
+    while l.powf(k) * r0 > tol {
+        k += 1.0;
+        if k > cap {
+            return None;
+        }
+    }
+    usize::try_from(k as u64).ok()
 }
 
 struct Trace {
@@ -311,7 +334,7 @@ pub fn solve<M: FixedPointMap + ?Sized>(
     let a_priori = |tol: f64| {
         contraction
             .filter(|_| start_in_domain)
-            .map(|l| a_priori_steps(l, abs[0], tol))
+            .and_then(|l| a_priori_steps(l, abs[0], tol))
     };
     Ok(Solution {
         solver: solver.name().into(),
@@ -323,7 +346,7 @@ pub fn solve<M: FixedPointMap + ?Sized>(
         a_priori_steps: a_priori(opts.atol),
         a_priori_steps_error: contraction
             .filter(|_| start_in_domain)
-            .map(|l| a_priori_steps(l, abs[0] / (1.0 - l), opts.atol)),
+            .and_then(|l| a_priori_steps(l, abs[0] / (1.0 - l), opts.atol)),
         abs_trace: abs,
         rel_trace: rel,
         contraction,
@@ -331,4 +354,28 @@ pub fn solve<M: FixedPointMap + ?Sized>(
         allowance,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod a_priori_tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_exact_and_never_hang() {
+        // 0.5^k * 1 <= 1e-3 first at k = 10.
+        assert_eq!(a_priori_steps(0.5, 1.0, 1e-3), Some(10));
+        assert_eq!(a_priori_steps(0.5, 1e-4, 1e-3), Some(0));
+        assert_eq!(a_priori_steps(0.0, 1.0, 1e-3), Some(1));
+        // About 2.1e10 steps: past i32, where powi used to wrap and spin.
+        let k = a_priori_steps(0.999_999_999, 1.0, 1e-9).unwrap();
+        assert!((2.0e10..2.1e10).contains(&(k as f64)), "{k}");
+        assert!(0.999_999_999f64.powf(k as f64) <= 1e-9);
+        assert!(0.999_999_999f64.powf((k - 1) as f64) > 1e-9);
+        // Within rounding of 1 and at 1: no count, at once.
+        assert_eq!(a_priori_steps(1.0 - f64::EPSILON, 1.0, 1e-300), None);
+        assert_eq!(a_priori_steps(1.0, 1.0, 1e-3), None);
+        assert_eq!(a_priori_steps(f64::NAN, 1.0, 1e-3), None);
+        assert_eq!(a_priori_steps(0.5, f64::NAN, 1e-3), None);
+        assert_eq!(a_priori_steps(0.5, f64::INFINITY, 1e-3), None);
+    }
 }

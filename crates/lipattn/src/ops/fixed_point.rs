@@ -9,10 +9,11 @@ use super::solvers::{SolverRequest, SolverRun};
 use super::{OnProgress, Progress};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::dynamics::certify::{invariant_radius, row_bound, scaled};
+use crate::dynamics::check_contraction_target;
 use crate::dynamics::{
     MeasureFixedPoint, Solution, SolveOptions, Solver, TokenFixedPoint, Variant,
 };
-use crate::error::{as_option, check_in, Error, Interval, Result};
+use crate::error::{as_option, Error, Result};
 use crate::linalg::{frobenius, max_row_norm};
 use crate::named_enum;
 use faer::{Mat, MatRef};
@@ -253,7 +254,7 @@ fn check(req: &FixedPointRequest, inputs: &FixedPointInputs<'_>) -> Result<()> {
         }
     }
     if let Some(c) = req.contract {
-        as_option(check_in("`contract`", c, Interval::open(0.0, 1.0)))?;
+        as_option(check_contraction_target("`contract`", c))?;
     }
     Ok(())
 }

@@ -8,8 +8,8 @@ use super::solvers::{SolverRequest, SolverRun};
 use super::{OnProgress, Progress};
 use crate::attention::AttentionLayer;
 use crate::dynamics::logdet::{logdet_exact, logdet_series, EXACT_MAX_DIM};
-use crate::dynamics::{Inversion, InvertibleBlock, SolveOptions, Solver};
-use crate::error::{Error, Result};
+use crate::dynamics::{check_contraction_target, Inversion, InvertibleBlock, SolveOptions, Solver};
+use crate::error::{as_option, Error, Result};
 use crate::estimation::{local_norm, LanczosOptions, Method};
 use crate::linalg::frobenius;
 use crate::named_enum;
@@ -213,6 +213,7 @@ pub fn run(
     on_progress: OnProgress,
 ) -> Result<InvertReport> {
     let x = inputs.x;
+    as_option(check_contraction_target("`c`", req.c))?;
     let block = InvertibleBlock::for_tokens(inputs.layer, x, req.c, req.radius)?;
     let y = block.forward(x)?;
     let opts = req.solve.options(DEFAULT_MAX_ITER)?;
