@@ -30,7 +30,12 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
             "array is in Fortran order; save it in C order (np.ascontiguousarray)".into(),
         ));
     }
-    let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
+    let shape = npy
+        .shape()
+        .iter()
+        .map(|&s| usize::try_from(s).ok())
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| fmt(format!("header shape {:?} does not fit in memory", npy.shape())))?;
     let dtype = match npy.dtype() {
         DType::Plain(t) => t.to_string(),
         other => {
@@ -39,6 +44,20 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
             )))
         }
     };
+    // The header alone decides how much is allocated: check its size against the file before
+    // trusting it, with overflow-checked arithmetic (a wrapped product once passed as 0 values).
+    let item = if dtype.ends_with('4') { 4 } else { 8 };
+    let values = shape
+        .iter()
+        .try_fold(1usize, |acc, &s| acc.checked_mul(s))
+        .ok_or_else(|| fmt(format!("header shape {shape:?}: its number of values overflows")))?;
+    if values.saturating_mul(item) > bytes.len() {
+        return Err(fmt(format!(
+            "header shape {shape:?} needs {values} values ({} bytes), but the file has {} bytes",
+            values.saturating_mul(item),
+            bytes.len()
+        )));
+    }
     let data: Vec<f64> = match dtype.as_str() {
         "<f8" | ">f8" => npy
             .into_vec::<f64>()
@@ -55,10 +74,9 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
             )))
         }
     };
-    let expected: usize = shape.iter().product();
-    if data.len() != expected {
+    if data.len() != values {
         return Err(fmt(format!(
-            "header shape {shape:?} needs {expected} values, file has {}",
+            "header shape {shape:?} needs {values} values, file has {}",
             data.len()
         )));
     }
@@ -69,8 +87,15 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
 pub fn read_matrix(path: &Path) -> Result<Mat<f64>> {
     let a = read_npy(path)?;
     let (n, d) = match a.shape.as_slice() {
-        [n, d] => (*n, *d),
-        [d] => (1, *d),
+        // A zero-width matrix with many rows holds no values but would size everything that
+        // scales with n (an n x n score matrix per head).
+        [n, d] if *n > 0 && *d > 0 => (*n, *d),
+        [d] if *d > 0 => (1, *d),
+        [_, _] | [_] => {
+            return Err(Error::Empty {
+                what: format!("{}: the array (shape {:?})", path.display(), a.shape),
+            })
+        }
         s => {
             return Err(Error::Format {
                 path: path.to_path_buf(),
@@ -170,6 +195,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.npy"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A .npy header with any shape, followed by `payload`.
+    fn raw_npy(path: &Path, shape: &str, payload: &[u8]) {
+        let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(payload);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn headers_that_lie_about_their_size_are_errors_not_panics() {
+        let dir = std::env::temp_dir().join(format!("lipattn-npy-hdr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("h.npy");
+        for (shape, needle) in [
+            // 2^65 values: the product wraps to 0 in unchecked arithmetic.
+            ("(8589934592, 4294967296)", "overflows"),
+            ("(9223372036854775808, 2)", "overflows"),
+            ("(1000000, 1000000)", "but the file has"),
+            ("(3, 0)", "is empty"),
+            ("(0, 3)", "is empty"),
+            ("(8589934592, 0)", "is empty"),
+        ] {
+            raw_npy(&p, shape, &[0u8; 16]);
+            let e = read_matrix(&p).unwrap_err().to_string();
+            assert!(e.contains("h.npy") && e.contains(needle), "{shape}: {e}");
+        }
+        raw_npy(&p, "(2,)", &[0u8; 16]);
+        assert_eq!(read_vector(&p).unwrap(), vec![0.0, 0.0]);
         std::fs::remove_dir_all(&dir).ok();
     }
 }
