@@ -119,6 +119,26 @@ def test_sinkhorn_matches_sinkhorn2(tmp_path, p, eps):
     assert abs(res["cost"] - float(ref)) <= 1e-7 * float(ref), (res["cost"], float(ref))
 
 
+def test_unconverged_sinkhorn_fails_unless_accepted(tmp_path):
+    """A run stopped by --max-iter once printed a distance and exited 0; now it is an error
+    naming the flags, and with --accept-unconverged the result is flagged in JSON and summary."""
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((20, 2)), rng.standard_normal((15, 2))
+    for extra in (["--max-iter", "1"], ["--eps", "1e-12", "--max-iter", "50"]):
+        eps = [] if "--eps" in extra else ["--eps", "0.05"]
+        res = run_cli(tmp_path, x, y, "--method", "sinkhorn", *eps, *extra, expect_ok=False)
+        assert res.returncode != 0 and res.stdout == "", res
+        assert "no convergence" in res.stderr and "--accept-unconverged" in res.stderr, res.stderr
+        assert "panicked" not in res.stderr
+    res = run_cli(tmp_path, x, y, "--method", "sinkhorn", "--eps", "0.05", "--max-iter", "2",
+                  "--accept-unconverged")
+    assert res["converged"] is False and res["marginal_error"] > 1e-9 and res["iterations"] == 2
+    args = [BIN, "transport", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--method", "sinkhorn",
+            "--eps", "0.05", "--max-iter", "2", "--accept-unconverged"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "NOT CONVERGED" in out.stdout, out
+
+
 def test_bad_input_is_a_clear_error(tmp_path):
     x = np.random.default_rng(0).standard_normal((10, 3))
     cases = [

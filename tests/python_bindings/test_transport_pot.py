@@ -56,6 +56,17 @@ def test_sinkhorn_equals_pot():
     np.testing.assert_allclose(t.plan, np.exp((f[:, None] + g[None, :] - C) / 0.5), rtol=1e-12)
 
 
+def test_unconverged_sinkhorn_raises_unless_accepted():
+    a, b, wa, wb = clouds(6)
+    with pytest.raises(lipattn.NoConvergenceError, match="accept_unconverged"):
+        lipattn.transport(a, b, wa=wa, wb=wb, method="sinkhorn", eps=0.05, max_iter=2)
+    t = lipattn.transport(a, b, wa=wa, wb=wb, method="sinkhorn", eps=0.05, max_iter=2,
+                          accept_unconverged=True)
+    assert not t.converged and t.to_dict()["converged"] is False
+    row = t.plan.sum(axis=1)
+    assert abs(np.abs(row - wa).sum() - t.to_dict()["marginal_error"]) <= 1e-12
+
+
 def test_sorted_equals_wasserstein_1d():
     rng = np.random.default_rng(7)
     a, b = rng.standard_normal(20), rng.standard_normal(15) * 2

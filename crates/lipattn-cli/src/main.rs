@@ -83,6 +83,7 @@ fn message(e: &anyhow::Error) -> String {
     for cause in e.chain() {
         let text = match cause.downcast_ref::<lipattn::Error>() {
             Some(lipattn::Error::Option(m)) => names::flags_in(m),
+            Some(e @ lipattn::Error::NoConvergence { .. }) => names::flags_in(&e.to_string()),
             _ => cause.to_string(),
         };
         if out.is_empty() {

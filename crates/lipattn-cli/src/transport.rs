@@ -43,6 +43,10 @@ pub struct TransportArgs {
     /// Sinkhorn iteration limit.
     #[arg(long, default_value_t = TransportRequest::default().max_iter)]
     pub max_iter: usize,
+    /// Print a Sinkhorn result that did not reach --tol (flagged "converged": false and in the
+    /// summary) instead of failing.
+    #[arg(long)]
+    pub accept_unconverged: bool,
     /// Write the plan's nonzeros as a k x 3 .npy array of (i, j, mass).
     #[arg(long)]
     pub plan: Option<PathBuf>,
@@ -60,6 +64,7 @@ impl From<&TransportArgs> for TransportRequest {
             tol: a.tol,
             max_iter: a.max_iter,
             normalise: a.normalise,
+            accept_unconverged: a.accept_unconverged,
         }
     }
 }
@@ -132,6 +137,12 @@ pub fn run(args: TransportArgs) -> Result<()> {
             g("iterations"),
             report.seconds
         );
+        if !report.converged {
+            println!(
+                "NOT CONVERGED: the L1 marginal error {:e} is above --tol {:e}; this is the plan after --max-iter {} iterations, accepted by --accept-unconverged",
+                report.marginal_error, args.tol, report.iterations
+            );
+        }
     }
     Ok(())
 }

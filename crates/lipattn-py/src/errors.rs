@@ -51,7 +51,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// RuntimeError (NumericalError); the subclasses let callers catch one kind precisely.
 pub fn to_py(e: lipattn::Error) -> PyErr {
     use lipattn::Error as E;
-    let msg = e.to_string();
+    // Option names are the keyword arguments' names; the backticks are the library's markup.
+    let msg = e.to_string().replace('`', "");
     match &e {
         E::NonFinite { .. }
         | E::Shape { .. }
@@ -59,8 +60,7 @@ pub fn to_py(e: lipattn::Error) -> PyErr {
         | E::NegativeWeight { .. }
         | E::NotNormalised { .. }
         | E::Invalid(_) => PyValueError::new_err(msg),
-        // Option names are the keyword arguments' names; the backticks are the library's markup.
-        E::Option(m) => PyValueError::new_err(m.replace('`', "")),
+        E::Option(_) => PyValueError::new_err(msg),
         E::Numerical(_) => NumericalError::new_err(msg),
         E::Model(_) => ModelError::new_err(msg),
         E::Format { .. } => FormatError::new_err(msg),

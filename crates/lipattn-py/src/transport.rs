@@ -154,9 +154,11 @@ impl PyTransport {
 ///
 /// ``method``: 'exact' (network simplex, p in {1, 2}, certified), 'sorted' (d = 1, any p >= 1)
 /// or 'sinkhorn' (entropic, needs ``eps``; ``tol`` on the L1 marginal error, ``max_iter``).
-/// ``normalise`` rescales given weights instead of rejecting them.
+/// ``normalise`` rescales given weights instead of rejecting them. A Sinkhorn run that does not
+/// reach ``tol`` raises NoConvergenceError unless ``accept_unconverged`` (then
+/// ``converged`` is False on the result).
 #[pyfunction(name = "transport")]
-#[pyo3(signature = (a, b, *, wa=None, wb=None, p=TransportRequest::default().p, method=TransportRequest::default().method.name(), eps=None, tol=TransportRequest::default().tol, max_iter=TransportRequest::default().max_iter, cost=None, normalise=false))]
+#[pyo3(signature = (a, b, *, wa=None, wb=None, p=TransportRequest::default().p, method=TransportRequest::default().method.name(), eps=None, tol=TransportRequest::default().tol, max_iter=TransportRequest::default().max_iter, cost=None, normalise=false, accept_unconverged=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn transport_py(
     py: Python<'_>,
@@ -171,6 +173,7 @@ pub fn transport_py(
     max_iter: usize,
     cost: Option<&Bound<'_, PyAny>>,
     normalise: bool,
+    accept_unconverged: bool,
 ) -> PyResult<PyTransport> {
     let req = TransportRequest {
         method: method.parse().py_err()?,
@@ -179,6 +182,7 @@ pub fn transport_py(
         tol,
         max_iter,
         normalise,
+        accept_unconverged,
     };
     let inputs = TransportInputs {
         source: measure_arg(a, wa, normalise, "source")?,

@@ -35,7 +35,12 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
         .iter()
         .map(|&s| usize::try_from(s).ok())
         .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| fmt(format!("header shape {:?} does not fit in memory", npy.shape())))?;
+        .ok_or_else(|| {
+            fmt(format!(
+                "header shape {:?} does not fit in memory",
+                npy.shape()
+            ))
+        })?;
     let dtype = match npy.dtype() {
         DType::Plain(t) => t.to_string(),
         other => {
@@ -50,7 +55,11 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
     let values = shape
         .iter()
         .try_fold(1usize, |acc, &s| acc.checked_mul(s))
-        .ok_or_else(|| fmt(format!("header shape {shape:?}: its number of values overflows")))?;
+        .ok_or_else(|| {
+            fmt(format!(
+                "header shape {shape:?}: its number of values overflows"
+            ))
+        })?;
     if values.saturating_mul(item) > bytes.len() {
         return Err(fmt(format!(
             "header shape {shape:?} needs {values} values ({} bytes), but the file has {} bytes",

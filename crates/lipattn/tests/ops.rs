@@ -157,6 +157,56 @@ fn transport_dispatches_to_the_solvers_and_checks_options() {
     assert!(m.contains("cost matrix is 4 x 5, expected 7 x 5"), "{m}");
 }
 
+/// A Sinkhorn run stopped by `max_iter` is no answer unless asked for, and then says so; its
+/// marginal error is that of the plan returned (it once stayed infinite after one sweep).
+#[test]
+fn sinkhorn_that_stops_short_is_an_error_unless_accepted() {
+    let (a, b) = (points(1, 7, 3), points(2, 5, 3));
+    let inputs = || TransportInputs {
+        source: Measure::uniform(a.clone()).unwrap(),
+        target: Measure::uniform(b.clone()).unwrap(),
+        cost: None,
+    };
+    for max_iter in [1, 3] {
+        let req = TransportRequest {
+            method: TransportMethod::Sinkhorn,
+            eps: Some(0.05),
+            max_iter,
+            ..Default::default()
+        };
+        match transport::run(&req, inputs(), &mut silent) {
+            Err(Error::NoConvergence {
+                solver,
+                steps,
+                best_residual,
+                ..
+            }) => {
+                assert_eq!((solver.as_str(), steps), ("sinkhorn", max_iter));
+                assert!(best_residual.is_finite() && best_residual > req.tol);
+            }
+            other => panic!("expected no convergence, got {:?}", other.map(|r| r.cost)),
+        }
+        let accepted = TransportRequest {
+            accept_unconverged: true,
+            ..req
+        };
+        let r = transport::run(&accepted, inputs(), &mut silent).unwrap();
+        assert!(!r.converged && r.iterations == max_iter as u64);
+        // The reported error is the plan's own L1 row error (columns are exact after a sweep).
+        let dense = r.plan.dense(7, 5);
+        let row_err: f64 = (0..7)
+            .map(|i| ((0..5).map(|j| dense[i * 5 + j]).sum::<f64>() - 1.0 / 7.0).abs())
+            .sum();
+        assert!(
+            (row_err - r.marginal_error).abs() <= 1e-12 * (1.0 + row_err),
+            "{row_err} vs {}",
+            r.marginal_error
+        );
+        let v = lipattn::ops::to_json(&r).unwrap();
+        assert_eq!(v["converged"], serde_json::Value::Bool(false));
+    }
+}
+
 #[test]
 fn local_reports_the_estimator_with_its_domain() {
     let layer = random_layer(6, 2, Kernel::Dot, 0.1, 3).unwrap();

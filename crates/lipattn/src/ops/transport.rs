@@ -36,6 +36,9 @@ pub struct TransportRequest {
     pub max_iter: usize,
     /// Rescale given weights to sum to 1 instead of rejecting them.
     pub normalise: bool,
+    /// Return a Sinkhorn plan that did not meet `tol` within `max_iter` (flagged
+    /// `converged: false`) instead of failing.
+    pub accept_unconverged: bool,
 }
 
 impl Default for TransportRequest {
@@ -48,6 +51,7 @@ impl Default for TransportRequest {
             tol: sinkhorn.tol,
             max_iter: sinkhorn.max_iter,
             normalise: false,
+            accept_unconverged: false,
         }
     }
 }
@@ -279,6 +283,22 @@ pub fn run(
                 }
             };
             let e = transport::sinkhorn_with_cost(a.weights(), b.weights(), &cost, &opts)?;
+            // A plan whose marginals are off by more than `tol` is not the entropic plan it
+            // claims to be; its cost is no answer unless the caller asked for it as it is.
+            if !e.converged && !req.accept_unconverged {
+                return Err(Error::NoConvergence {
+                    solver: "sinkhorn".into(),
+                    reason: format!(
+                        "L1 marginal error {:.3e} above `tol` {:e}; raise `max_iter` or `eps`, or \
+                         set `accept_unconverged` to take the plan as it is",
+                        e.marginal_error, req.tol
+                    ),
+                    steps: e.iterations,
+                    best_residual: e.marginal_error,
+                    best_step: e.iterations,
+                    residuals: vec![],
+                });
+            }
             // The distance as `transport::sinkhorn` defines it: cost^(1/p) for a ground cost.
             let distance = match p {
                 Some(2) => e.cost.max(0.0).sqrt(),

@@ -113,7 +113,7 @@ pub fn sinkhorn_with_cost(
         converged,
     }) = kernel_sinkhorn(wa, wb, cost, opts)
     {
-        return finish(c, n, m, f, g, err, iterations, converged, eps, start);
+        return finish(c, wa, n, m, f, g, err, iterations, converged, eps, start);
     }
     let ct = cost.transposed();
     let ct = ct.as_slice();
@@ -158,12 +158,13 @@ pub fn sinkhorn_with_cost(
         }
         iterations += 1;
     }
-    finish(c, n, m, f, g, err, iterations, converged, eps, start)
+    finish(c, wa, n, m, f, g, err, iterations, converged, eps, start)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn finish(
     c: &[f64],
+    wa: &[f64],
     n: usize,
     m: usize,
     f: Vec<f64>,
@@ -192,6 +193,23 @@ fn finish(
             "sinkhorn: cost is {total} (eps = {eps} too small for this cost scale?)"
         )));
     }
+    // The loop measures the row error one half-sweep behind (and not at all after a single
+    // sweep); a run that stopped on `max_iter` reports the error of the plan it returns.
+    let err = if converged {
+        err
+    } else {
+        (0..n)
+            .map(|i| {
+                let r = &c[i * m..(i + 1) * m];
+                let mass: f64 = r
+                    .iter()
+                    .zip(&g)
+                    .map(|(&cij, &gj)| ((f[i] + gj - cij) / eps).exp())
+                    .sum();
+                (mass - wa[i]).abs()
+            })
+            .sum()
+    };
     Ok(Entropic {
         cost: total,
         distance: total,
