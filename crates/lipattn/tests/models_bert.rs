@@ -1,7 +1,7 @@
 //! The checkpoint loader (`Model` and the one-layer `load_*` functions) on BERT layouts: tiny
 //! checkpoints written here and the real MiniLM.
 
-use lipattn::models::{load_attention_layer, load_bert_layer, Model};
+use lipattn::models::{load_attention_layer, load_bert_layer, Model, TensorStore};
 use lipattn::{AttentionLayer, Error, Kernel, Mat};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -231,6 +231,10 @@ fn roundtrip(name: &str, prefix: &str, dtype: Dtype) {
         );
         assert_eq!(full.attention_layer_norm.eps, 1e-12);
     }
+    // A lone file opens as a store of its own, with the tensors the directory's loader sees.
+    let store = TensorStore::open_file(&dir.join("model.safetensors")).unwrap();
+    assert_eq!(store.num_files(), 1);
+    assert_eq!(store.names(), model.tensors().names());
     let emb = model
         .embeddings_norm()
         .unwrap()

@@ -5,8 +5,7 @@ pub mod config;
 pub mod forward;
 pub mod load;
 pub mod model;
-pub mod safetensors_io;
-pub mod sharded;
+pub mod tensors;
 pub mod tokenize;
 
 pub use crate::attention::norms::LayerNorm as LayerNormParams;
@@ -15,8 +14,7 @@ pub use load::{
     load_attention_layer, load_attention_layer_masked, load_bert_layer, BertLayerWeights,
 };
 pub use model::{Embeddings, FeedForward, Model, ModelLayer, NormPlacement};
-pub use safetensors_io::TensorFile;
-pub use sharded::TensorStore;
+pub use tensors::TensorStore;
 pub use tokenize::TextTokenizer;
 
 /// AttentionLayer::new names weights W_Q..W_O only; add which file and layer they came from.

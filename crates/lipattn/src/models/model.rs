@@ -8,7 +8,7 @@
 //! on load, so every caller sees the same `AttentionLayer` convention.
 
 use super::config::{Activation, Family, ModelConfig};
-use super::sharded::TensorStore;
+use super::tensors::TensorStore;
 use super::LayerNormParams;
 use crate::attention::forward::affine;
 use crate::attention::{AttentionLayer, Kernel};
