@@ -1,6 +1,7 @@
-//! The BERT checkpoint loader, on tiny checkpoints written here and on the real MiniLM.
+//! The checkpoint loader (`Model` and the one-layer `load_*` functions) on BERT layouts: tiny
+//! checkpoints written here and the real MiniLM.
 
-use lipattn::models::{load_attention_layer, load_bert_layer, BertCheckpoint};
+use lipattn::models::{load_attention_layer, load_bert_layer, Model, TensorStore};
 use lipattn::{AttentionLayer, Error, Kernel, Mat};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -209,11 +210,11 @@ fn roundtrip(name: &str, prefix: &str, dtype: Dtype) {
     let tensors = tiny_bert(prefix, dtype, 7);
     write_config(&dir, &config(HIDDEN, HEADS, LAYERS));
     write_tensors(&dir, &tensors);
-    let ckpt = BertCheckpoint::open(&dir).unwrap();
-    assert_eq!(ckpt.prefix(), prefix);
-    assert_eq!(ckpt.num_layers(), LAYERS);
+    let model = Model::open(&dir).unwrap();
+    assert_eq!(model.prefix(), prefix);
+    assert_eq!(model.num_layers(), LAYERS);
     for l in 0..LAYERS {
-        check_layer(&ckpt.attention_layer(l).unwrap(), &tensors, prefix, l);
+        check_layer(&model.attention_layer(l).unwrap(), &tensors, prefix, l);
         check_layer(&load_attention_layer(&dir, l).unwrap(), &tensors, prefix, l);
         let full = load_bert_layer(&dir, l).unwrap();
         assert_eq!(full.layer, l);
@@ -230,7 +231,14 @@ fn roundtrip(name: &str, prefix: &str, dtype: Dtype) {
         );
         assert_eq!(full.attention_layer_norm.eps, 1e-12);
     }
-    let emb = ckpt.embeddings_layer_norm().unwrap();
+    // A lone file opens as a store of its own, with the tensors the directory's loader sees.
+    let store = TensorStore::open_file(&dir.join("model.safetensors")).unwrap();
+    assert_eq!(store.num_files(), 1);
+    assert_eq!(store.names(), model.tensors().names());
+    let emb = model
+        .embeddings_norm()
+        .unwrap()
+        .expect("BERT has an embeddings LayerNorm");
     assert_vec_eq(
         "emb gamma",
         &emb.gamma,
@@ -304,10 +312,10 @@ fn valid(name: &str) -> (PathBuf, Vec<Tensor>) {
     (dir, tensors)
 }
 
-/// Errors of the BERT-specific loader (`BertCheckpoint`), which requires every config key.
+/// Errors of the checkpoint loader on a BERT directory.
 fn err(dir: &Path, layer: usize) -> (Error, String) {
-    let e = BertCheckpoint::open(dir)
-        .and_then(|c| c.attention_layer(layer))
+    let e = Model::open(dir)
+        .and_then(|m| m.attention_layer(layer))
         .expect_err("loading should fail");
     let msg = e.to_string();
     (e, msg)
@@ -353,13 +361,7 @@ fn malformed_config_json() {
 
 #[test]
 fn missing_config_keys_are_named() {
-    for key in [
-        "hidden_size",
-        "num_attention_heads",
-        "num_hidden_layers",
-        "model_type",
-        "layer_norm_eps",
-    ] {
+    for key in ["hidden_size", "num_attention_heads", "num_hidden_layers"] {
         let (dir, _) = valid(&format!("missing-key-{key}"));
         let mut cfg = config(HIDDEN, HEADS, LAYERS);
         cfg.as_object_mut().unwrap().remove(key);
@@ -368,6 +370,42 @@ fn missing_config_keys_are_named() {
         assert!(matches!(e, Error::Format { .. }), "{e:?}");
         assert!(msg.contains(&format!("missing key '{key}'")), "{msg}");
     }
+}
+
+/// Without `model_type` the family is unknown, so the directory is refused as an unsupported
+/// architecture, saying the key is absent.
+#[test]
+fn missing_model_type_is_named() {
+    let (dir, _) = valid("missing-key-model_type");
+    let mut cfg = config(HIDDEN, HEADS, LAYERS);
+    cfg.as_object_mut().unwrap().remove("model_type");
+    write_config(&dir, &cfg);
+    let (e, msg) = err(&dir, 0);
+    assert!(matches!(e, Error::Model(_)), "{e:?}");
+    assert!(
+        msg.contains("unsupported architecture") && msg.contains("no model_type key"),
+        "{msg}"
+    );
+}
+
+/// `layer_norm_eps` is optional, as in transformers' BertConfig: a missing key means its
+/// default, 1e-12, in every LayerNorm.
+#[test]
+fn missing_layer_norm_eps_takes_transformers_default() {
+    let (dir, _) = valid("missing-key-layer_norm_eps");
+    let mut cfg = config(HIDDEN, HEADS, LAYERS);
+    cfg["layer_norm_eps"] = json!(1e-3);
+    write_config(&dir, &cfg);
+    assert_eq!(Model::open(&dir).unwrap().config().layer_norm_eps, 1e-3);
+    cfg.as_object_mut().unwrap().remove("layer_norm_eps");
+    write_config(&dir, &cfg);
+    let model = Model::open(&dir).unwrap();
+    assert_eq!(model.config().layer_norm_eps, 1e-12);
+    assert_eq!(model.attention_norm(0).unwrap().eps, 1e-12);
+    assert_eq!(
+        load_bert_layer(&dir, 1).unwrap().attention_layer_norm.eps,
+        1e-12
+    );
 }
 
 #[test]
@@ -385,21 +423,61 @@ fn wrongly_typed_config_key() {
 
 #[test]
 fn other_model_type_is_rejected() {
-    let (dir, _) = valid("gpt2-type");
+    let (dir, _) = valid("roberta-type");
     let mut cfg = config(HIDDEN, HEADS, LAYERS);
-    cfg["model_type"] = json!("gpt2");
+    cfg["model_type"] = json!("roberta");
     write_config(&dir, &cfg);
-    let (_, msg) = err(&dir, 0);
-    assert!(msg.contains("model_type 'gpt2' is not supported"), "{msg}");
+    let (e, msg) = err(&dir, 0);
+    assert!(matches!(e, Error::Model(_)), "{e:?}");
+    assert!(
+        msg.contains("unsupported architecture: model_type 'roberta'"),
+        "{msg}"
+    );
+
+    // gpt2 is a supported family, but not over BERT tensors: the loader says which tensor of
+    // the declared family it looked for.
+    let (dir, _) = valid("gpt2-type");
+    cfg["model_type"] = json!("gpt2");
+    cfg["n_embd"] = json!(HIDDEN);
+    cfg["n_head"] = json!(HEADS);
+    cfg["n_layer"] = json!(LAYERS);
+    write_config(&dir, &cfg);
+    let (e, msg) = err(&dir, 0);
+    assert!(matches!(e, Error::Model(_)), "{e:?}");
+    assert!(
+        msg.contains("model_type 'gpt2' but no tensor named 'h.0.attn.c_attn.weight'"),
+        "{msg}"
+    );
+
+    // The post-LayerNorm loader refuses a pre-LayerNorm family rather than mislabel `ln_1`.
+    let gpt2 = scratch("gpt2-bert-layer");
+    write_config(&gpt2, &cfg);
+    write_tensors(
+        &gpt2,
+        &[Tensor {
+            name: "h.0.attn.c_attn.weight".into(),
+            dtype: Dtype::F32,
+            shape: vec![HIDDEN, 3 * HIDDEN],
+            values: vec![0.5; 3 * HIDDEN * HIDDEN],
+        }],
+    );
+    let msg = load_bert_layer(&gpt2, 0).unwrap_err().to_string();
+    assert!(
+        msg.contains("model_type 'gpt2'") && msg.contains("post-LayerNorm"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn hidden_size_not_divisible_by_heads() {
     let (dir, _) = valid("indivisible");
     write_config(&dir, &config(HIDDEN, 3, LAYERS));
-    let (_, msg) = err(&dir, 0);
+    let (e, msg) = err(&dir, 0);
+    assert!(matches!(e, Error::Format { .. }), "{e:?}");
     assert!(
-        msg.contains("hidden_size 8") && msg.contains("num_attention_heads 3"),
+        msg.contains("config.json")
+            && msg.contains("hidden size 8")
+            && msg.contains("3 attention heads"),
         "{msg}"
     );
 }
@@ -559,7 +637,12 @@ fn unknown_layout_lists_what_was_found() {
     write_tensors(&dir, &tensors);
     let (e, msg) = err(&dir, 0);
     assert!(matches!(e, Error::Model(_)), "{e:?}");
-    assert!(msg.contains("not a BERT-style checkpoint"), "{msg}");
+    assert!(
+        msg.contains(
+            "model_type 'bert' but no tensor named 'encoder.layer.0.attention.self.query.weight'"
+        ) && msg.contains("'bert.' prefix"),
+        "{msg}"
+    );
     assert!(
         msg.contains("h.0.attn.c_attn.weight") && msg.contains("wte.weight"),
         "{msg}"
@@ -577,10 +660,10 @@ fn minilm_layer0_spectral_norms() {
         eprintln!("SKIPPED minilm_layer0_spectral_norms: {msg}");
         return;
     };
-    let ckpt = BertCheckpoint::open(Path::new(&dir)).unwrap();
-    assert_eq!(ckpt.prefix(), "");
-    assert_eq!(ckpt.num_layers(), 6);
-    let layer = ckpt.attention_layer(0).unwrap();
+    let model = Model::open(Path::new(&dir)).unwrap();
+    assert_eq!(model.prefix(), "");
+    assert_eq!(model.num_layers(), 6);
+    let layer = model.attention_layer(0).unwrap();
     assert_eq!(
         (layer.heads, layer.dk, layer.dv, layer.d_in(), layer.d_out()),
         (12, 32, 32, 384, 384)
@@ -601,9 +684,18 @@ fn minilm_layer0_spectral_norms() {
         );
     }
     for l in 0..6 {
-        let w = ckpt.layer(l).unwrap();
-        assert_eq!(w.attention_layer_norm.gamma.len(), 384);
-        assert_eq!(w.attention_layer_norm.eps, 1e-12);
+        let ln = model.attention_norm(l).unwrap();
+        assert_eq!(ln.gamma.len(), 384);
+        assert_eq!(ln.eps, 1e-12);
     }
-    assert_eq!(ckpt.embeddings_layer_norm().unwrap().beta.len(), 384);
+    // The one-call loader reads the same LayerNorm; one layer suffices, since each call reopens
+    // the 90 MB file.
+    let w = load_bert_layer(Path::new(&dir), 5).unwrap();
+    let ln = model.attention_norm(5).unwrap();
+    assert_eq!(
+        (w.attention_layer_norm.gamma, w.attention_layer_norm.beta),
+        (ln.gamma, ln.beta)
+    );
+    assert_eq!(w.attention_layer_norm.eps, 1e-12);
+    assert_eq!(model.embeddings_norm().unwrap().unwrap().beta.len(), 384);
 }

@@ -724,14 +724,25 @@ fn minilm_tokenizer_gives_vocab_ids() {
     assert_eq!(&short[..4], &want[..4]);
     assert_eq!(short[4], *want.last().unwrap());
 
-    // The whole-model loader agrees with the BERT-only loader on the real weights.
+    // The loader's attention weights are the stored tensors themselves on the real weights
+    // (BERT's Linear layout needs no transposition), read here by name from a second store.
     let model = Model::open(&dir).unwrap();
     let a = model.attention_layer(2).unwrap();
-    let b = lipattn::models::BertCheckpoint::open(&dir)
-        .unwrap()
-        .attention_layer(2)
-        .unwrap();
-    assert_eq!((a.wq, a.wk, a.wv, a.wo), (b.wq, b.wk, b.wv, b.wo));
+    let store = lipattn::models::TensorStore::open_dir(&dir).unwrap();
+    let b = |s: &str| {
+        store
+            .matrix(&format!("encoder.layer.2.attention.{s}.weight"), 384, 384)
+            .unwrap()
+    };
+    assert_eq!(
+        (a.wq, a.wk, a.wv, a.wo),
+        (
+            b("self.query"),
+            b("self.key"),
+            b("self.value"),
+            b("output.dense")
+        )
+    );
 
     // Windows of real text keep [CLS] and [SEP] around a slice of the body.
     let (pre, body, suf) = tok.encode_parts(text).unwrap();

@@ -1,22 +1,20 @@
-//! Loading real pretrained checkpoints: single attention layers (`bert`) and whole models of
-//! the supported families (`model`), with their tokenizer and forward pass.
+//! Loading real pretrained checkpoints of the supported families through one loader (`Model`),
+//! with their tokenizer and forward pass; `load` wraps it for one-layer callers.
 
-pub mod bert;
 pub mod config;
 pub mod forward;
+pub mod load;
 pub mod model;
-pub mod safetensors_io;
-pub mod sharded;
+pub mod tensors;
 pub mod tokenize;
 
-pub use bert::{
-    load_attention_layer, load_attention_layer_masked, load_bert_layer, BertCheckpoint,
-    BertLayerWeights, LayerNormParams,
+pub use crate::attention::norms::LayerNorm as LayerNormParams;
+pub use config::{Activation, Family, ModelConfig};
+pub use load::{
+    load_attention_layer, load_attention_layer_masked, load_bert_layer, BertLayerWeights,
 };
-pub use config::{Activation, BertConfig, Family, ModelConfig};
 pub use model::{Embeddings, FeedForward, Model, ModelLayer, NormPlacement};
-pub use safetensors_io::TensorFile;
-pub use sharded::TensorStore;
+pub use tensors::TensorStore;
 pub use tokenize::TextTokenizer;
 
 /// AttentionLayer::new names weights W_Q..W_O only; add which file and layer they came from.

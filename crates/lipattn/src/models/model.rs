@@ -7,9 +7,9 @@
 //! `c_attn` holds Q, K and V side by side along its output axis; both are transposed and split
 //! on load, so every caller sees the same `AttentionLayer` convention.
 
-use super::bert::LayerNormParams;
 use super::config::{Activation, Family, ModelConfig};
-use super::sharded::TensorStore;
+use super::tensors::TensorStore;
+use super::LayerNormParams;
 use crate::attention::forward::affine;
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::{check_finite, check_index, Error, Result};
@@ -398,8 +398,11 @@ impl Model {
         })
     }
 
-    /// The LayerNorm applied around block `layer`'s attention sublayer (see `ModelLayer`).
-    fn attention_norm(&self, layer: usize) -> Result<LayerNormParams> {
+    /// The LayerNorm applied around block `layer`'s attention sublayer: BERT's
+    /// `attention.output.LayerNorm` after the residual add, GPT-2's `ln_1` before the attention
+    /// (see `ModelLayer::attention_norm`).
+    pub fn attention_norm(&self, layer: usize) -> Result<LayerNormParams> {
+        self.check_layer(layer)?;
         let stem = self.layer_stem(layer);
         match self.family() {
             Family::Bert => self.layer_norm(&format!("{stem}attention.output.LayerNorm")),
@@ -407,7 +410,10 @@ impl Model {
         }
     }
 
-    fn feed_forward_norm(&self, layer: usize) -> Result<LayerNormParams> {
+    /// The LayerNorm applied around block `layer`'s feed-forward block: BERT's
+    /// `output.LayerNorm` after the residual add, GPT-2's `ln_2` before the feed-forward.
+    pub fn feed_forward_norm(&self, layer: usize) -> Result<LayerNormParams> {
+        self.check_layer(layer)?;
         let stem = self.layer_stem(layer);
         match self.family() {
             Family::Bert => self.layer_norm(&format!("{stem}output.LayerNorm")),
@@ -498,7 +504,7 @@ impl Model {
                     word: table(self.name("embeddings.word_embeddings.weight"))?,
                     position: table(self.name("embeddings.position_embeddings.weight"))?,
                     token_type: Some((0..d).map(|k| types[(0, k)]).collect()),
-                    norm: Some(self.layer_norm(&self.name("embeddings.LayerNorm"))?),
+                    norm: self.embeddings_norm()?,
                 })
             }
             Family::Gpt2 => Ok(Embeddings {
@@ -507,6 +513,15 @@ impl Model {
                 token_type: None,
                 norm: None,
             }),
+        }
+    }
+
+    /// BERT's `embeddings.LayerNorm`, which fixes the scale of block 0's input; GPT-2 has
+    /// none. Read without the embedding tables, which single-layer analyses never need.
+    pub fn embeddings_norm(&self) -> Result<Option<LayerNormParams>> {
+        match self.family() {
+            Family::Bert => Ok(Some(self.layer_norm(&self.name("embeddings.LayerNorm"))?)),
+            Family::Gpt2 => Ok(None),
         }
     }
 

@@ -2,9 +2,11 @@
 //! shards listed by `model.safetensors.index.json` (how Hugging Face saves models above its
 //! shard size limit).
 
-use super::safetensors_io::TensorFile;
+mod file;
+
 use crate::error::{Error, Result};
 use faer::Mat;
+use file::TensorFile;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,8 @@ use std::path::{Path, PathBuf};
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const SHARD_INDEX: &str = "model.safetensors.index.json";
 
-/// Enough names to recognise a layout, few enough to read (as in `TensorFile`).
+/// How many tensor names an error message lists: enough to recognise a layout, short enough
+/// to read.
 const NAMES_IN_ERRORS: usize = 8;
 
 /// One or more safetensors files seen as a single name -> tensor map.
@@ -31,7 +34,7 @@ impl TensorStore {
     pub fn open_dir(dir: &Path) -> Result<Self> {
         let single = dir.join(SINGLE_FILE);
         if single.is_file() {
-            return Ok(Self::from_file(TensorFile::open(&single)?));
+            return Self::open_file(&single);
         }
         let index = dir.join(SHARD_INDEX);
         if index.is_file() {
@@ -46,7 +49,12 @@ impl TensorStore {
         })
     }
 
-    pub fn from_file(file: TensorFile) -> Self {
+    /// One safetensors file at `path`, whatever its name.
+    pub fn open_file(path: &Path) -> Result<Self> {
+        Ok(Self::from_file(TensorFile::open(path)?))
+    }
+
+    fn from_file(file: TensorFile) -> Self {
         let names = file.names().to_vec();
         let location = names.iter().map(|n| (n.clone(), 0)).collect();
         Self {

@@ -1,22 +1,20 @@
-//! Reading named tensors out of a `.safetensors` file as f64.
+//! One `.safetensors` file, the backend of `TensorStore` (which callers use, whether the
+//! weights are in one file or sharded), read as f64.
 //!
 //! The whole file is read into memory rather than memory-mapped: the checkpoints this crate
 //! targets are small (MiniLM is 90 MB), and a plain read keeps the crate free of `unsafe` and of
 //! a memory-mapping dependency. Every tensor is converted to f64 on access, because the
 //! certified bounds downstream are computed in f64 whatever the storage precision was.
 
+use super::NAMES_IN_ERRORS;
 use crate::error::{Error, Result};
 use faer::Mat;
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
-/// How many tensor names an error message lists: enough to recognise a layout, short enough
-/// to read.
-const NAMES_IN_ERRORS: usize = 8;
-
 /// A safetensors file held in memory with its validated header.
-pub struct TensorFile {
+pub(super) struct TensorFile {
     path: PathBuf,
     bytes: Vec<u8>,
     header_len: usize,
@@ -27,7 +25,7 @@ pub struct TensorFile {
 
 impl TensorFile {
     /// Reads and validates the whole file (header JSON, offsets covering the buffer exactly).
-    pub fn open(path: &Path) -> Result<Self> {
+    pub(super) fn open(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
@@ -47,21 +45,21 @@ impl TensorFile {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Tensor names in the order their data appears in the file.
-    pub fn names(&self) -> &[String] {
+    pub(super) fn names(&self) -> &[String] {
         &self.names
     }
 
-    pub fn contains(&self, name: &str) -> bool {
+    pub(super) fn contains(&self, name: &str) -> bool {
         self.metadata.info(name).is_some()
     }
 
     /// A short listing of the names found, for error messages.
-    pub fn sample_names(&self) -> String {
+    pub(super) fn sample_names(&self) -> String {
         let mut shown: Vec<&str> = self
             .names
             .iter()
@@ -91,12 +89,12 @@ impl TensorFile {
     }
 
     /// The shape recorded in the header for `name`.
-    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+    pub(super) fn shape(&self, name: &str) -> Result<Vec<usize>> {
         Ok(self.info(name)?.shape.clone())
     }
 
     /// All elements of `name` in row-major order, converted to f64, after checking its shape.
-    pub fn read_f64(&self, name: &str, expected_shape: &[usize]) -> Result<Vec<f64>> {
+    pub(super) fn read_f64(&self, name: &str, expected_shape: &[usize]) -> Result<Vec<f64>> {
         let info = self.info(name)?;
         if info.shape != expected_shape {
             return Err(Error::shape(
@@ -126,13 +124,13 @@ impl TensorFile {
     }
 
     /// A rank-2 tensor of shape rows x cols as a matrix (row-major, as PyTorch stores it).
-    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f64>> {
+    pub(super) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f64>> {
         let v = self.read_f64(name, &[rows, cols])?;
         Ok(Mat::from_fn(rows, cols, |i, j| v[i * cols + j]))
     }
 
     /// A rank-1 tensor of length `len`.
-    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f64>> {
+    pub(super) fn vector(&self, name: &str, len: usize) -> Result<Vec<f64>> {
         self.read_f64(name, &[len])
     }
 }
