@@ -15,7 +15,8 @@ use faer::{Mat, MatRef, Side};
 use serde::Serialize;
 
 /// Constants of one head h of a layer, with its value map taken as M = W_O^h W_V^h (the head's
-/// contribution to the layer output) or as W_V^h alone.
+/// contribution to the layer output) or as W_V^h alone. Every field is a proven upper bound of the
+/// exact value, rounding included (docs/bounds.md#floating-point, Lemma F3).
 #[derive(Clone, Debug, Serialize)]
 pub struct HeadConstants {
     /// ||A||_2, A = W_Q^T W_K / sqrt(dk) (for tied L2, W_Q^T W_Q / sqrt(dk)).
