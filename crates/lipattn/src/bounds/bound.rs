@@ -1,6 +1,5 @@
 //! One bound with its provenance, and the choice of the best certified one.
 
-use super::constants;
 use super::domain::Metric;
 use serde::Serialize;
 
@@ -11,18 +10,20 @@ pub struct Bound {
     pub name: String,
     pub metric: Metric,
     pub value: f64,
-    /// True only for bounds proven in docs/bounds.md (with the rounding margin applied).
+    /// True only for bounds proven in docs/bounds.md; the value is then an upper bound of the exact
+    /// expression, rounding included (docs/bounds.md#floating-point).
     pub certified: bool,
     /// Where the proof (or, for anchors, the source) is written.
     pub source: String,
 }
 
 impl Bound {
+    /// `value` must already be rounded outward (`bounds::rounding`).
     pub(crate) fn certified(name: &str, metric: Metric, value: f64, section: &str) -> Self {
         Self {
             name: name.into(),
             metric,
-            value: constants::with_margin(value),
+            value,
             certified: true,
             source: format!("docs/bounds.md#{section}"),
         }

@@ -3,7 +3,10 @@
 //! projection, W_V^h = U_h W_Q^h (Kim et al.'s parametrisation; without it L2 attention with a
 //! free value map is not globally Lipschitz).
 
-use super::constants::{spectral_norm, with_margin};
+use super::constants::spectral_norm;
+use super::rounding::{
+    add_up, down, exp_down, exp_up, hypot_up, mul_up, product_norm_up, spectral_up, sqrt_up,
+};
 use super::{Bound, Metric};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::{check_at_least, Error, Result};
@@ -38,17 +41,26 @@ pub fn lambert_w0(x: f64) -> f64 {
 }
 
 /// Lemma K1 of docs/bounds.md: with t_j >= 0, t_i = 0 and P_ij proportional to w_j e^{-t_j},
-/// sum_j P_ij t_j <= W0(rho / e), rho = (1 - w_i) / w_i <= (1 - w_min) / w_min.
+/// sum_j P_ij t_j <= W0(rho / e), rho = (1 - w_i) / w_i <= (1 - w_min) / w_min. Returns a lambda
+/// with lambda e^lambda >= rho / e verified in outward-rounded arithmetic (so lambda >= W0(rho / e),
+/// which is all Lemma K1 needs): Halley's value, raised until the check passes.
 pub fn first_moment_bound(rho: f64) -> f64 {
-    lambert_w0(rho / std::f64::consts::E)
+    let target = mul_up(rho, exp_up(-1.0)); // >= rho / e
+    let mut w = lambert_w0(rho / std::f64::consts::E);
+    while down(w * exp_down(w)) < target {
+        w = w.max(f64::MIN_POSITIVE) * (1.0 + 1.0 / 1_099_511_627_776.0); // 1 + 2^-40
+    }
+    w
 }
 
 /// Lemma K2: sum_j P_ij t_j^2 <= the least lambda with rho 2 t* e^{-t*} <= lambda,
-/// t* = 1 + sqrt(1 + lambda); found by bisection and returned from the feasible side.
+/// t* = 1 + sqrt(1 + lambda); found by bisection and returned from the feasible side, with
+/// feasibility checked in outward-rounded arithmetic: t e^{-t} decreases for t > 1, so it is
+/// bounded above at a lower bound t_lo > 1 of t*.
 pub fn second_moment_bound(rho: f64) -> f64 {
     let feasible = |l: f64| {
-        let t = 1.0 + (1.0 + l).sqrt();
-        rho * 2.0 * t * (-t).exp() <= l
+        let t_lo = down(1.0 + down(down(1.0 + l).sqrt()));
+        mul_up(mul_up(mul_up(rho, 2.0), t_lo), exp_up(-t_lo)) <= l
     };
     let mut hi = 1.0;
     while !feasible(hi) {
@@ -67,14 +79,24 @@ pub fn second_moment_bound(rho: f64) -> f64 {
 }
 
 /// Lip of Z -> (sum_j P_ij z_j)_i with P_ij = softmax_j(-|z_i - z_j|^2 + log w_j), Frobenius norm:
-/// 2 m2 + sqrt(colsum) K with K^2 = 1 + 4 m4 + (4 m2 + 4) m2 + 4 sqrt(m2) m1 + 8 sqrt(m2) m3.
+/// 2 m2 + sqrt(colsum) K with K^2 = 1 + 4 m4 + (4 m2 + 4) m2 + 4 sqrt(m2) m1 + 8 sqrt(m2) m3,
+/// rounded upward.
 pub fn unit_l2_lipschitz(rho: f64, colsum: f64) -> f64 {
     let m2 = first_moment_bound(rho);
     let m4 = second_moment_bound(rho);
-    let m1 = m2.sqrt();
-    let m3 = (m2 * m4).sqrt();
-    let k2 = 1.0 + 4.0 * m4 + (4.0 * m2 + 4.0) * m2 + 4.0 * m2.sqrt() * m1 + 8.0 * m2.sqrt() * m3;
-    2.0 * m2 + colsum.sqrt() * k2.sqrt()
+    let r2 = sqrt_up(m2);
+    let m1 = r2;
+    let m3 = sqrt_up(mul_up(m2, m4));
+    let k2 = [
+        1.0,
+        mul_up(4.0, m4),
+        mul_up(add_up(mul_up(4.0, m2), 4.0), m2),
+        mul_up(mul_up(4.0, r2), m1),
+        mul_up(mul_up(8.0, r2), m3),
+    ]
+    .into_iter()
+    .fold(0.0, add_up);
+    add_up(mul_up(2.0, m2), mul_up(sqrt_up(colsum), sqrt_up(k2)))
 }
 
 /// Kim et al.'s stated bounds for N tokens, D / H = dh and the given weight norms (anchor, not
@@ -113,9 +135,11 @@ pub fn l2_bounds(layer: &AttentionLayer<f64>, n: usize) -> Result<(Option<Bound>
     let (dk, dv) = (layer.dk, layer.dv);
     let rho = (n - 1) as f64;
     let unit = unit_l2_lipschitz(rho, n as f64);
-    let wo = spectral_norm(layer.wo.as_ref())?;
+    // Every norm is a proven upper bound and every operation is rounded upward
+    // (docs/bounds.md#floating-point).
+    let wo = spectral_up(layer.wo.as_ref())?;
     let mut sum = 0.0;
-    let mut cat2 = 0.0;
+    let mut cat = Vec::with_capacity(layer.heads);
     for h in 0..layer.heads {
         let wq = layer.wq.as_ref().subrows(h * dk, dk);
         let wv = layer.wv.as_ref().subrows(h * dv, dv);
@@ -130,18 +154,18 @@ pub fn l2_bounds(layer: &AttentionLayer<f64>, n: usize) -> Result<(Option<Bound>
         };
         // With z = W_Q x / dk^{1/4} the scores are -|z_i - z_j|^2 and the head is
         // x -> W_O^h U dk^{1/4} sum_j P_ij z_j, so Lip <= |W_O^h U| |W_Q| Lip(unit map).
-        let wq_norm = spectral_norm(wq)?;
-        let ou = spectral_norm((wo_h * &u).as_ref())?;
-        let vu = spectral_norm(u.as_ref())?;
-        sum += ou * wq_norm * unit;
-        cat2 += (vu * wq_norm * unit).powi(2);
+        let wq_norm = spectral_up(wq)?;
+        let ou = product_norm_up(&[wo_h, u.as_ref()])?;
+        let vu = spectral_up(u.as_ref())?;
+        sum = add_up(sum, mul_up(mul_up(ou, wq_norm), unit));
+        cat.push(mul_up(mul_up(vu, wq_norm), unit));
     }
-    let best = sum.min(wo * cat2.sqrt());
+    let best = sum.min(mul_up(wo, hypot_up(cat)));
     Ok((
         Some(Bound {
             name: "B5".into(),
             metric: Metric::Frobenius,
-            value: with_margin(best),
+            value: best,
             certified: true,
             source: "docs/bounds.md#b5-tied-l2-attention".into(),
         }),

@@ -1,5 +1,6 @@
 //! B6: the radius of LayerNorm outputs and the Lipschitz constant of a residual branch.
 
+use super::rounding::{add_up, mul_up, norm2_up, sqrt_up};
 use crate::error::{check_finite, Error, Result};
 
 /// Every output of LN(x) = gamma o (x - mean) / sqrt(var + eps) + beta lies in B_R with
@@ -15,13 +16,12 @@ pub fn layer_norm_radius(gamma: &[f64], beta: &[f64]) -> Result<f64> {
     check_finite("LayerNorm gamma", gamma.iter().copied())?;
     check_finite("LayerNorm beta", beta.iter().copied())?;
     let gmax = gamma.iter().fold(0.0f64, |m, g| m.max(g.abs()));
-    let bnorm = beta.iter().map(|b| b * b).sum::<f64>().sqrt();
-    Ok(super::constants::with_margin(
-        (gamma.len() as f64).sqrt() * gmax + bnorm,
-    ))
+    // Rounded upward (docs/bounds.md#floating-point).
+    let bnorm = norm2_up(beta.iter().copied());
+    Ok(add_up(mul_up(sqrt_up(gamma.len() as f64), gmax), bnorm))
 }
 
-/// Lip(id + f) <= 1 + Lip(f).
+/// Lip(id + f) <= 1 + Lip(f) (rounded upward).
 pub fn residual(lip_f: f64) -> f64 {
-    1.0 + lip_f
+    add_up(1.0, lip_f)
 }

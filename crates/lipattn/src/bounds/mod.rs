@@ -7,6 +7,7 @@ pub mod cross_attention;
 pub mod l2;
 pub mod layer_norm;
 pub mod measure_w1;
+pub mod rounding;
 pub mod token_map;
 
 mod bound;
@@ -14,7 +15,7 @@ mod domain;
 mod summary;
 
 pub use bound::{best, Bound};
-pub use constants::{HeadConstants, ROUNDING_MARGIN};
+pub use constants::HeadConstants;
 pub use domain::{Domain, Metric};
 pub(crate) use summary::require_dot;
 pub use summary::{

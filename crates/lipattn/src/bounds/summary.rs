@@ -2,7 +2,7 @@
 //! domain.
 
 use super::bound::{best, Bound};
-use super::constants::{self, HeadConstants};
+use super::constants::HeadConstants;
 use super::domain::{Domain, Metric};
 use super::*;
 use crate::attention::{AttentionLayer, Kernel};
@@ -14,7 +14,7 @@ use serde::Serialize;
 #[derive(Clone, Debug)]
 pub struct LayerConstants {
     pub heads: Vec<HeadConstants>,
-    /// ||W_O||_2.
+    /// An upper bound of ||W_O||_2.
     pub wo: f64,
 }
 
@@ -22,7 +22,7 @@ impl LayerConstants {
     pub fn of(layer: &AttentionLayer<f64>) -> Result<Self> {
         Ok(Self {
             heads: head_constants(layer)?,
-            wo: constants::spectral_norm(layer.wo.as_ref())?,
+            wo: super::rounding::spectral_up(layer.wo.as_ref())?,
         })
     }
 }

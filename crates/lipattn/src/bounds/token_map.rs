@@ -2,36 +2,54 @@
 //! the multi-head compositions of B4, and the anchor's formulas for comparison.
 
 use super::constants::HeadConstants;
+use super::rounding::{add_up, div_up, exp_up, hypot_up, mul_up, sqrt_up, sum_up};
 use super::{require_dot, Bound, Domain, LayerConstants, Metric};
 use crate::attention::AttentionLayer;
 use crate::error::Result;
 
 /// An upper bound on max_j sum_i P_ij, the largest column sum of the attention matrix, for
 /// uniform weights on n tokens in B_R with scores whose key-dependent part spans at most
-/// 2 R beta: P_ij <= min(1, e^{2 R beta} / (number of keys visible to query i)).
+/// 2 R beta: P_ij <= min(1, e^{2 R beta} / (number of keys visible to query i)). Rounded upward
+/// (`beta` an upper bound); capping the exponent at 700 changes nothing, since e^700 exceeds any
+/// sequence length.
 pub fn column_sum_bound(domain: &Domain, beta: f64) -> f64 {
-    let spread = (2.0 * domain.radius * beta).min(700.0).exp();
+    let spread = exp_up(mul_up(mul_up(2.0, domain.radius), beta).min(700.0));
     let n = domain.n;
     if domain.causal {
-        (0..n).map(|i| (spread / (i + 1) as f64).min(1.0)).sum()
+        sum_up((0..n).map(|i| div_up(spread, (i + 1) as f64).min(1.0)))
     } else {
         (n as f64).min(spread)
     }
 }
 
-/// B1 for one head with value norm `vn` (vn = ||W_V|| gives its original form,
-/// docs/background.md#upper-bounds): vn (a R^2 + sqrt(n) (1 + R (a R + |c|))).
-pub fn b1_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
-    let r = domain.radius;
-    vn * (k.a * r * r + (domain.n as f64).sqrt() * (1.0 + r * (k.a * r + k.c)))
+/// beta = a R + |c|, rounded upward.
+fn beta_up(k: &HeadConstants, r: f64) -> f64 {
+    add_up(mul_up(k.a, r), k.c)
 }
 
-/// B1-tight for one head: sup_u |M u||A u| R^2 + sqrt(colsum) |M| (1 + R (a R + |c|)).
+/// B1 for one head with value norm `vn` (vn = ||W_V|| gives its original form,
+/// docs/background.md#upper-bounds): vn (a R^2 + sqrt(n) (1 + R (a R + |c|))), rounded upward.
+pub fn b1_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
+    let r = domain.radius;
+    let r2 = mul_up(r, r);
+    let spread = mul_up(
+        sqrt_up(domain.n as f64),
+        add_up(1.0, mul_up(r, beta_up(k, r))),
+    );
+    mul_up(vn, add_up(mul_up(k.a, r2), spread))
+}
+
+/// B1-tight for one head: sup_u |M u||A u| R^2 + sqrt(colsum) |M| (1 + R (a R + |c|)), rounded
+/// upward.
 pub fn b1_tight_head(k: &HeadConstants, use_output: bool, domain: &Domain) -> f64 {
     let r = domain.radius;
-    let beta = k.a * r + k.c;
+    let beta = beta_up(k, r);
     let (prod, vn) = if use_output { (k.ma, k.m) } else { (k.va, k.v) };
-    prod * r * r + column_sum_bound(domain, beta).sqrt() * vn * (1.0 + r * beta)
+    let spread = mul_up(
+        mul_up(sqrt_up(column_sum_bound(domain, beta)), vn),
+        add_up(1.0, mul_up(r, beta)),
+    );
+    add_up(mul_up(prod, mul_up(r, r)), spread)
 }
 
 /// Castin, Ablin, Peyre 2024 as recalled in docs/background.md#castin-et-al:
@@ -53,6 +71,11 @@ fn concat(wo: f64, per_head: impl Iterator<Item = f64>) -> f64 {
     wo * per_head.map(|x| x * x).sum::<f64>().sqrt()
 }
 
+/// ||W_O|| (sum_h L_h^2)^{1/2}, rounded upward (for the certified forms).
+pub(crate) fn concat_up(wo: f64, per_head: impl Iterator<Item = f64>) -> f64 {
+    mul_up(wo, hypot_up(per_head))
+}
+
 /// All token-map bounds of a layer (dot kernel, non-causal or causal). Certified: B1 composed by
 /// both forms of B4 (docs/bounds.md#b4-multi-head), and B1-tight (value maps W_O^h W_V^h summed
 /// over heads, or concatenated). Not certified: the anchor formulas.
@@ -65,10 +88,10 @@ pub fn token_map_bounds(layer: &AttentionLayer<f64>, domain: &Domain) -> Result<
 pub fn token_map_bounds_from(c: &LayerConstants, domain: &Domain) -> Vec<Bound> {
     let (ks, wo) = (&c.heads, c.wo);
     let f = Metric::Frobenius;
-    let b1_sum: f64 = ks.iter().map(|k| k.o * b1_head(k, k.v, domain)).sum();
-    let b1_cat = concat(wo, ks.iter().map(|k| b1_head(k, k.v, domain)));
-    let tight_sum: f64 = ks.iter().map(|k| b1_tight_head(k, true, domain)).sum();
-    let tight_cat = concat(wo, ks.iter().map(|k| b1_tight_head(k, false, domain)));
+    let b1_sum = sum_up(ks.iter().map(|k| mul_up(k.o, b1_head(k, k.v, domain))));
+    let b1_cat = concat_up(wo, ks.iter().map(|k| b1_head(k, k.v, domain)));
+    let tight_sum = sum_up(ks.iter().map(|k| b1_tight_head(k, true, domain)));
+    let tight_cat = concat_up(wo, ks.iter().map(|k| b1_tight_head(k, false, domain)));
     vec![
         Bound::certified("B1+B4-sum", f, b1_sum, "b1-token-map-frobenius"),
         Bound::certified("B1+B4-concat", f, b1_cat, "b4-multi-head"),

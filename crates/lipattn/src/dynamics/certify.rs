@@ -3,7 +3,7 @@
 //! in W1 on P(B_R)), plus the row bound that proves a ball invariant (docs/dynamics.md#d0).
 
 use crate::attention::{AttentionLayer, Kernel};
-use crate::bounds::constants::spectral_norm;
+use crate::bounds::rounding::{add_up, norm2_up, product_frob_up, product_norm_up};
 use crate::bounds::{self, Domain, HeadConstants, Metric};
 use crate::error::{check_positive, Error, Result};
 use serde::Serialize;
@@ -54,23 +54,13 @@ pub fn row_bound(layer: &AttentionLayer<f64>) -> Result<(f64, f64)> {
     for h in 0..layer.heads {
         let wo_h = layer.wo.as_ref().subcols(h * dv, dv);
         let wv_h = layer.wv.as_ref().subrows(h * dv, dv);
-        m += spectral_norm((wo_h * wv_h).as_ref())?;
-        let bv = &layer.bv[h * dv..(h + 1) * dv];
-        let ob: f64 = (0..wo_h.nrows())
-            .map(|i| {
-                let v: f64 = (0..dv).map(|k| wo_h[(i, k)] * bv[k]).sum();
-                v * v
-            })
-            .sum::<f64>()
-            .sqrt();
-        b += ob;
+        // Proven upper bounds, rounding included (docs/bounds.md#floating-point).
+        m = add_up(m, product_norm_up(&[wo_h, wv_h])?);
+        let bv = faer::Mat::from_fn(dv, 1, |k, _| layer.bv[h * dv + k]);
+        b = add_up(b, product_frob_up(&[wo_h, bv.as_ref()]));
     }
-    b += layer.bo.iter().map(|x| x * x).sum::<f64>().sqrt();
-    // The spectral norms carry the same rounding margin as the certified bounds.
-    Ok((
-        bounds::constants::with_margin(m),
-        bounds::constants::with_margin(b),
-    ))
+    b = add_up(b, norm2_up(layer.bo.iter().copied()));
+    Ok((m, b))
 }
 
 /// The smallest R with u + m R + b <= R, i.e. a ball that X -> U + f(X) maps into itself when
@@ -152,13 +142,16 @@ pub fn velocity_lipschitz(layer: &AttentionLayer<f64>, radius: f64) -> Result<Op
     let mut lmu = 0.0;
     for h in 0..layer.heads {
         let k = HeadConstants::of(layer, h)?;
-        lx += bounds::measure_w1::query_lipschitz_head(&k, true, radius);
-        lmu += bounds::measure_w1::context_lipschitz_head(&k, true, radius);
+        // Rounded upward (docs/bounds.md#floating-point).
+        lx = add_up(
+            lx,
+            bounds::measure_w1::query_lipschitz_head(&k, true, radius),
+        );
+        lmu = add_up(
+            lmu,
+            bounds::measure_w1::context_lipschitz_head(&k, true, radius),
+        );
     }
-    let (lx, lmu) = (
-        bounds::constants::with_margin(lx),
-        bounds::constants::with_margin(lmu),
-    );
     Ok((lx.is_finite() && lmu.is_finite()).then_some((lx, lmu)))
 }
 
