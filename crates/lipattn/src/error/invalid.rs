@@ -12,7 +12,7 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Invalid {
     /// A size or count below the least value that makes sense (`n`, heads, memory, iterations).
-    #[error("{what} must be at least {min}, got {got}")]
+    #[error("{what} must be at least {min}, got {got}{}", if *min == 1 { " (at least one is needed)" } else { "" })]
     TooSmall {
         what: String,
         min: usize,
@@ -242,7 +242,7 @@ mod tests {
         let e = check_at_least("sequence length n", 0, 1).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "invalid argument: sequence length n must be at least 1, got 0"
+            "invalid argument: sequence length n must be at least 1, got 0 (at least one is needed)"
         );
         assert!(matches!(
             e,
