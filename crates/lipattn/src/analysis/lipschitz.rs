@@ -2,7 +2,8 @@
 //! that `lipattn lipschitz --json` and the Python `AttentionLayer.lipschitz` both return.
 
 use crate::attention::{AttentionLayer, Kernel};
-use crate::bounds::{certified_summary, CertifiedSummary, Domain};
+use crate::bounds::{certified_summary, CertifiedSummary};
+use crate::domain::Domain;
 use crate::error::Result;
 use crate::estimation::{
     ascent, layer_pair_seeds, search_pairs, AscentOptions, AscentResult, PairSearchOptions,
@@ -27,8 +28,8 @@ pub struct LipschitzOptions {
 
 pub struct LipschitzReport {
     pub kernel: Kernel,
-    pub radius: f64,
-    pub n: usize,
+    /// (B_R)^n without a mask: the ascent has no masked form yet, so the bounds are taken there too.
+    pub domain: Domain,
     pub certified: CertifiedSummary,
     /// The Frobenius lower bound and its input.
     pub ascent: AscentResult,
@@ -67,22 +68,22 @@ pub fn lipschitz(layer: &AttentionLayer<f64>, opts: &LipschitzOptions) -> Result
     let certified = certified_summary(layer, &domain)?;
     let ascent = ascent(
         layer,
-        opts.n,
+        domain.n,
         None,
         &AscentOptions {
-            radius: opts.radius,
+            radius: domain.radius,
             random_starts: opts.starts,
             steps: opts.steps,
             seed: opts.seed,
             ..AscentOptions::default()
         },
     )?;
-    let seeds = layer_pair_seeds(layer, opts.radius)?;
+    let seeds = layer_pair_seeds(layer, domain.radius)?;
     let structured_starts = seeds.len();
     let pairs = search_pairs(
         layer,
         &PairSearchOptions {
-            radius: opts.radius,
+            radius: domain.radius,
             atoms: opts.atoms,
             seeds,
             seed: opts.seed,
@@ -91,8 +92,7 @@ pub fn lipschitz(layer: &AttentionLayer<f64>, opts: &LipschitzOptions) -> Result
     )?;
     Ok(LipschitzReport {
         kernel: layer.kernel,
-        radius: opts.radius,
-        n: opts.n,
+        domain,
         certified,
         ascent,
         pairs,
@@ -121,8 +121,8 @@ impl LipschitzReport {
         json!({
             "kernel": self.kernel,
             "domain": {
-                "radius": self.radius,
-                "n": self.n,
+                "radius": self.domain.radius,
+                "n": self.domain.n,
                 "dtype": "f64",
                 "frobenius": "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask",
                 "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",

@@ -190,12 +190,12 @@ pub(super) fn report(
     for (slot, w) in plan.work.iter().enumerate() {
         domains.push(LayerDomain {
             layer: w.index,
-            radius: w.radius,
+            radius: w.radius(),
             observed_max_norm: measured.text.observed[slot],
         });
         for o in 0..measured.certified[slot].len() {
             let points = points(&plan, measured, slot, o);
-            operators.push(operator_report(w.index, o, w.radius, causal, points));
+            operators.push(operator_report(w.index, o, w.radius(), causal, points));
         }
     }
     let mut notes = plan.notes;

@@ -1,7 +1,7 @@
 //! One bound with its provenance, and the choice of the best certified one.
 
 use super::constants;
-use super::domain::Metric;
+use super::metric::Metric;
 use serde::Serialize;
 
 /// One bound with its provenance.

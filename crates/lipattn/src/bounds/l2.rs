@@ -111,11 +111,7 @@ pub fn l2_bounds(layer: &AttentionLayer<f64>, n: usize) -> Result<(Option<Bound>
             "B5 applies to the tied L2 kernel only".into(),
         ));
     }
-    if n == 0 {
-        return Err(Error::Invalid(
-            "sequence length n must be at least 1".into(),
-        ));
-    }
+    crate::domain::check_len(n)?;
     let (dk, dv) = (layer.dk, layer.dv);
     let rho = (n - 1) as f64;
     let unit = unit_l2_lipschitz(rho, n as f64);

@@ -10,12 +10,13 @@ pub mod measure_w1;
 pub mod token_map;
 
 mod bound;
-mod domain;
+mod metric;
 mod summary;
 
+pub use crate::domain::Domain;
 pub use bound::{best, Bound};
 pub use constants::{HeadConstants, ROUNDING_MARGIN};
-pub use domain::{Domain, Metric};
+pub use metric::Metric;
 pub(crate) use summary::require_dot;
 pub use summary::{
     certified_summaries, certified_summary, head_constants, CertifiedSummary, LayerConstants,

@@ -3,9 +3,10 @@
 
 use super::bound::{best, Bound};
 use super::constants::{self, HeadConstants};
-use super::domain::{Domain, Metric};
+use super::metric::Metric;
 use super::*;
 use crate::attention::{AttentionLayer, Kernel};
+use crate::domain::Domain;
 use crate::error::{Error, Result};
 use serde::Serialize;
 

@@ -4,7 +4,8 @@
 
 use crate::attention::{AttentionLayer, Kernel};
 use crate::bounds::constants::spectral_norm;
-use crate::bounds::{self, Domain, HeadConstants, Metric};
+use crate::bounds::{self, HeadConstants, Metric};
+use crate::domain::{self, Domain};
 use crate::error::{Error, Result};
 use serde::Serialize;
 
@@ -127,11 +128,7 @@ pub fn measure_lipschitz(layer: &AttentionLayer<f64>, radius: f64) -> Result<Opt
     if layer.kernel == Kernel::L2 {
         return Ok(None);
     }
-    if !(radius.is_finite() && radius > 0.0) {
-        return Err(Error::Invalid(format!(
-            "radius must be positive and finite, got {radius}"
-        )));
-    }
+    let radius = domain::check_radius(radius)?;
     let all = bounds::measure_w1::measure_bounds(layer, radius)?;
     Ok(bounds::best(&all, Metric::W1)
         .filter(|b| b.value.is_finite())

@@ -34,17 +34,6 @@ impl Variant {
     }
 }
 
-fn check_radius(radius: Option<f64>) -> Result<()> {
-    if let Some(r) = radius {
-        if !(r.is_finite() && r > 0.0) {
-            return Err(Error::Invalid(format!(
-                "radius must be positive and finite, got {r}"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// X* = T(X*) for sequences of n tokens.
 pub struct TokenFixedPoint {
     pub layer: AttentionLayer<f64>,
@@ -70,7 +59,7 @@ impl TokenFixedPoint {
         radius: Option<f64>,
     ) -> Result<Self> {
         certify::check_square(&layer)?;
-        check_radius(radius)?;
+        crate::domain::check_optional_radius(radius)?;
         if n == 0 {
             return Err(Error::Invalid("n must be at least 1".into()));
         }
@@ -223,7 +212,7 @@ impl MeasureFixedPoint {
     /// invariant one) is mapped into itself and B2 gives L < 1 there.
     pub fn new(layer: AttentionLayer<f64>, weights: Vec<f64>, radius: Option<f64>) -> Result<Self> {
         certify::check_square(&layer)?;
-        check_radius(radius)?;
+        crate::domain::check_optional_radius(radius)?;
         let n = weights.len();
         crate::measure::validate_weights("measure weights", &weights, n)?;
         let sum: f64 = weights.iter().sum();

@@ -59,9 +59,7 @@ impl InvertibleBlock {
     pub fn new(layer: &AttentionLayer<f64>, n: usize, c: f64, radius: Option<f64>) -> Result<Self> {
         check_contraction_target(c)?;
         certify::check_square(layer)?;
-        if n == 0 {
-            return Err(Error::Invalid("n must be at least 1".into()));
-        }
+        crate::domain::check_len(n)?;
         match (layer.kernel, radius) {
             (Kernel::L2, Some(_)) => {
                 return Err(Error::Invalid(

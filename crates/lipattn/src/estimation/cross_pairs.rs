@@ -154,7 +154,7 @@ pub fn search_cross_pairs(
     layer: &AttentionLayer<f64>,
     opts: &CrossSearchOptions,
 ) -> Result<CrossSearchResult> {
-    super::vecops::check_radius(opts.radius)?;
+    crate::domain::check_radius(opts.radius)?;
     if opts.query_atoms == 0 || opts.context_atoms == 0 {
         return Err(Error::Invalid("measures need at least one atom".into()));
     }

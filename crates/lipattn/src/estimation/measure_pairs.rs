@@ -182,7 +182,7 @@ pub fn search_pairs(
     layer: &AttentionLayer<f64>,
     opts: &PairSearchOptions,
 ) -> Result<PairSearchResult> {
-    super::vecops::check_radius(opts.radius)?;
+    crate::domain::check_radius(opts.radius)?;
     if opts.atoms == 0 {
         return Err(Error::Invalid("measures need at least one atom".into()));
     }

@@ -188,16 +188,6 @@ pub(crate) fn consider<P>(
     }
 }
 
-pub(crate) fn check_radius(radius: f64) -> crate::error::Result<()> {
-    if radius.is_finite() && radius > 0.0 {
-        Ok(())
-    } else {
-        Err(crate::error::Error::Invalid(format!(
-            "radius must be positive and finite, got {radius}"
-        )))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
