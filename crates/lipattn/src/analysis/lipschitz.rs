@@ -50,13 +50,7 @@ pub fn ratio(certified: Option<f64>, attained: Option<f64>) -> Option<f64> {
 
 /// The headline certified values (frobenius, w1, w2, anchor, anchor_code) as JSON.
 pub fn certified_json(cert: &CertifiedSummary) -> Value {
-    json!({
-        "frobenius": cert.frobenius,
-        "w1": cert.w1,
-        "w2": cert.w2,
-        "anchor": cert.anchor,
-        "anchor_code": cert.anchor_code,
-    })
+    serde_json::to_value(cert.best).expect("a struct of optional floats serialises")
 }
 
 /// Certified bounds, the ascent over (B_R)^n (Frobenius) and the measure-pair search (W1), the
@@ -113,7 +107,7 @@ impl LipschitzReport {
     /// kernel, domain, certified, attained, ratio, bounds, notes, seconds.
     pub fn to_json(&self) -> Value {
         let (cert, att_f, att_w1) = (
-            &self.certified,
+            &self.certified.best,
             self.attained_frobenius(),
             self.attained_w1(),
         );
@@ -127,7 +121,7 @@ impl LipschitzReport {
                 "frobenius": "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask",
                 "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
             },
-            "certified": certified_json(cert),
+            "certified": certified_json(&self.certified),
             "attained": {
                 "frobenius": att_f,
                 "w1": att_w1,
@@ -140,8 +134,8 @@ impl LipschitzReport {
                 "w1": ratio(cert.w1, att_w1),
                 "anchor_frobenius": ratio(cert.anchor, att_f),
             },
-            "bounds": cert.bounds,
-            "notes": cert.notes,
+            "bounds": self.certified.bounds,
+            "notes": self.certified.notes,
             "seconds": self.seconds,
         })
     }

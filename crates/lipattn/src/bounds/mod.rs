@@ -19,5 +19,6 @@ pub use constants::{HeadConstants, ROUNDING_MARGIN};
 pub use metric::Metric;
 pub(crate) use summary::require_dot;
 pub use summary::{
-    certified_summaries, certified_summary, head_constants, CertifiedSummary, LayerConstants,
+    certified_summaries, certified_summary, head_constants, Certified, CertifiedSummary,
+    LayerConstants,
 };
