@@ -103,8 +103,8 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
             a.target.layer,
             a.head.map_or(String::new(), |h| format!(" head {h}")),
             layer.kernel,
-            a.radius,
-            a.n
+            report.domain.radius,
+            report.domain.n
         );
         println!(
             "{:<34} {:>14} {:>14} {:>10}",
@@ -113,21 +113,21 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
         println!(
             "{:<34} {:>14} {:>14} {:>10}",
             "token map, Frobenius",
-            f(cert.frobenius),
+            f(cert.best.frobenius),
             f(att_f),
-            f(ratio(cert.frobenius, att_f))
+            f(ratio(cert.best.frobenius, att_f))
         );
         println!(
             "{:<34} {:>14} {:>14} {:>10}",
             "measures, W1",
-            f(cert.w1),
+            f(cert.best.w1),
             f(att_w1),
-            f(ratio(cert.w1, att_w1))
+            f(ratio(cert.best.w1, att_w1))
         );
         println!(
             "{:<34} {:>14} {:>14} {:>10}",
             "anchor (Castin et al., not ours)",
-            f(cert.anchor),
+            f(cert.best.anchor),
             "",
             ""
         );

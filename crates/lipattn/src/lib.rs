@@ -5,6 +5,7 @@
 //! certified Lipschitz bounds and attained lower bounds.
 
 pub mod cancel;
+pub mod domain;
 pub mod error;
 pub mod linalg;
 pub mod measure;
@@ -13,6 +14,7 @@ pub mod names;
 pub mod npy;
 pub mod ops;
 
+pub use domain::Domain;
 pub use error::{Error, Result};
 pub use faer::{Mat, MatRef};
 pub use measure::Measure;

@@ -32,10 +32,11 @@ pub(super) fn adversarial_pass(
         });
         for (slot, w) in plan.work.iter().enumerate() {
             let att = &w.block.attention;
+            let domain = &w.domains[ni];
             let inputs: Vec<Mat<f64>> = w
                 .directions
                 .iter()
-                .map(|u| adversarial_from_direction(u, n, w.radius))
+                .map(|u| adversarial_from_direction(u, domain))
                 .collect::<Result<_>>()?;
             let per_head: Vec<f64> = (0..att.heads)
                 .into_par_iter()
@@ -45,7 +46,7 @@ pub(super) fn adversarial_pass(
                     } else {
                         att.head(h, false)?
                     };
-                    local_sigma(&op, inputs[h].as_ref(), plan.causal, &opts.lanczos)
+                    local_sigma(&op, inputs[h].as_ref(), domain, &opts.lanczos)
                 })
                 .collect::<Result<_>>()?;
             let best = (0..att.heads)
@@ -54,7 +55,7 @@ pub(super) fn adversarial_pass(
             adv_vals[slot][0][ni] = Some(local_sigma(
                 att,
                 inputs[best].as_ref(),
-                plan.causal,
+                domain,
                 &opts.lanczos,
             )?);
             if opts.heads {

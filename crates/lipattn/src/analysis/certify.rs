@@ -3,7 +3,7 @@
 //! every operator's best bounds at every n.
 
 use super::plan::Plan;
-use crate::bounds::{certified_summaries, CertifiedSummary, Domain};
+use crate::bounds::{certified_summaries, CertifiedSummary};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -15,21 +15,16 @@ pub(super) type CertifiedValues = Vec<Vec<Vec<CertifiedSummary>>>;
 pub(super) fn certify(plan: &Plan, had_text: bool, observed: &[f64]) -> Result<CertifiedValues> {
     let mut out = Vec::with_capacity(plan.work.len());
     for (slot, w) in plan.work.iter().enumerate() {
-        if had_text && observed[slot] > w.radius {
+        if had_text && observed[slot] > w.radius() {
             return Err(Error::Numerical(format!(
                 "layer {}: a real-text token has norm {} above the LayerNorm radius {} (B6); the radius bound is violated",
-                w.index, observed[slot], w.radius
+                w.index, observed[slot], w.radius()
             )));
         }
-        let domains: Vec<Domain> = plan
-            .ns
-            .iter()
-            .map(|&n| Domain::new(w.radius, n, plan.causal))
-            .collect::<Result<_>>()?;
         let all: Vec<Vec<CertifiedSummary>> = w
             .ops
             .par_iter()
-            .map(|op| certified_summaries(op, &domains))
+            .map(|op| certified_summaries(op, &w.domains))
             .collect::<Result<_>>()?;
         out.push(all);
     }

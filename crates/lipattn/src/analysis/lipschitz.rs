@@ -2,7 +2,8 @@
 //! that `lipattn lipschitz --json` and the Python `AttentionLayer.lipschitz` both return.
 
 use crate::attention::{AttentionLayer, Kernel};
-use crate::bounds::{certified_summary, CertifiedSummary, Domain};
+use crate::bounds::{certified_summary, CertifiedSummary};
+use crate::domain::Domain;
 use crate::error::Result;
 use crate::estimation::{
     ascent, layer_pair_seeds, search_pairs, AscentOptions, AscentResult, PairSearchOptions,
@@ -27,8 +28,8 @@ pub struct LipschitzOptions {
 
 pub struct LipschitzReport {
     pub kernel: Kernel,
-    pub radius: f64,
-    pub n: usize,
+    /// (B_R)^n without a mask: the ascent has no masked form yet, so the bounds are taken there too.
+    pub domain: Domain,
     pub certified: CertifiedSummary,
     /// The Frobenius lower bound and its input.
     pub ascent: AscentResult,
@@ -49,13 +50,7 @@ pub fn ratio(certified: Option<f64>, attained: Option<f64>) -> Option<f64> {
 
 /// The headline certified values (frobenius, w1, w2, anchor, anchor_code) as JSON.
 pub fn certified_json(cert: &CertifiedSummary) -> Value {
-    json!({
-        "frobenius": cert.frobenius,
-        "w1": cert.w1,
-        "w2": cert.w2,
-        "anchor": cert.anchor,
-        "anchor_code": cert.anchor_code,
-    })
+    serde_json::to_value(cert.best).expect("a struct of optional floats serialises")
 }
 
 /// Certified bounds, the ascent over (B_R)^n (Frobenius) and the measure-pair search (W1), the
@@ -67,22 +62,22 @@ pub fn lipschitz(layer: &AttentionLayer<f64>, opts: &LipschitzOptions) -> Result
     let certified = certified_summary(layer, &domain)?;
     let ascent = ascent(
         layer,
-        opts.n,
+        domain.n,
         None,
         &AscentOptions {
-            radius: opts.radius,
+            radius: domain.radius,
             random_starts: opts.starts,
             steps: opts.steps,
             seed: opts.seed,
             ..AscentOptions::default()
         },
     )?;
-    let seeds = layer_pair_seeds(layer, opts.radius)?;
+    let seeds = layer_pair_seeds(layer, domain.radius)?;
     let structured_starts = seeds.len();
     let pairs = search_pairs(
         layer,
         &PairSearchOptions {
-            radius: opts.radius,
+            radius: domain.radius,
             atoms: opts.atoms,
             seeds,
             seed: opts.seed,
@@ -91,8 +86,7 @@ pub fn lipschitz(layer: &AttentionLayer<f64>, opts: &LipschitzOptions) -> Result
     )?;
     Ok(LipschitzReport {
         kernel: layer.kernel,
-        radius: opts.radius,
-        n: opts.n,
+        domain,
         certified,
         ascent,
         pairs,
@@ -113,7 +107,7 @@ impl LipschitzReport {
     /// kernel, domain, certified, attained, ratio, bounds, notes, seconds.
     pub fn to_json(&self) -> Value {
         let (cert, att_f, att_w1) = (
-            &self.certified,
+            &self.certified.best,
             self.attained_frobenius(),
             self.attained_w1(),
         );
@@ -121,13 +115,13 @@ impl LipschitzReport {
         json!({
             "kernel": self.kernel,
             "domain": {
-                "radius": self.radius,
-                "n": self.n,
+                "radius": self.domain.radius,
+                "n": self.domain.n,
                 "dtype": "f64",
                 "frobenius": "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask",
                 "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
             },
-            "certified": certified_json(cert),
+            "certified": certified_json(&self.certified),
             "attained": {
                 "frobenius": att_f,
                 "w1": att_w1,
@@ -140,8 +134,8 @@ impl LipschitzReport {
                 "w1": ratio(cert.w1, att_w1),
                 "anchor_frobenius": ratio(cert.anchor, att_f),
             },
-            "bounds": cert.bounds,
-            "notes": cert.notes,
+            "bounds": self.certified.bounds,
+            "notes": self.certified.notes,
             "seconds": self.seconds,
         })
     }

@@ -24,9 +24,10 @@ mod sigma;
 mod text;
 mod text_pass;
 
+pub use crate::bounds::Certified;
 pub use fit::{fit_power_law, PowerFit};
 pub use lipschitz::{lipschitz, LipschitzOptions, LipschitzReport};
 pub use pipeline::analyze;
-pub use report::{Certified, LayerDomain, ModelReport, OperatorReport, Point, SMALL_N_MAX};
+pub use report::{LayerDomain, ModelReport, OperatorReport, Point, SMALL_N_MAX};
 pub use request::{AnalysisOptions, Progress};
 pub use text::{TextIds, DEFAULT_TEXT, DEFAULT_TEXT_SOURCE};

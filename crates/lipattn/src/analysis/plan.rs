@@ -6,6 +6,7 @@ use super::request::{check_options, AnalysisOptions};
 use super::text::TextIds;
 use crate::attention::AttentionLayer;
 use crate::bounds::layer_norm::layer_norm_radius;
+use crate::domain::Domain;
 use crate::error::Result;
 use crate::estimation::adversarial_direction;
 use crate::models::{Embeddings, Model, ModelLayer};
@@ -15,7 +16,8 @@ use rayon::prelude::*;
 pub(super) struct LayerWork {
     pub index: usize,
     pub block: ModelLayer,
-    pub radius: f64,
+    /// Per n of the plan's grid, in its order: B6's ball for this layer and the model's mask.
+    pub domains: Vec<Domain>,
     /// The sublayer first, then the heads.
     pub ops: Vec<AttentionLayer<f64>>,
     /// Per head, the direction of the adversarial construction.
@@ -36,6 +38,13 @@ pub(super) struct Plan {
     /// Units of work for progress: one per window, one per n of the adversarial pass.
     pub total: usize,
     pub notes: Vec<String>,
+}
+
+impl LayerWork {
+    /// R of B6, the same at every n.
+    pub fn radius(&self) -> f64 {
+        self.domains[0].radius
+    }
 }
 
 impl Plan {
@@ -65,6 +74,10 @@ pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions
         let block = blocks[l].clone();
         let ln = &block.attention_input_norm;
         let radius = layer_norm_radius(&ln.gamma, &ln.beta)?;
+        let domains = ns
+            .iter()
+            .map(|&n| Domain::new(radius, n, causal))
+            .collect::<Result<_>>()?;
         let mut ops = vec![block.attention.clone()];
         if opts.heads {
             for h in 0..block.attention.heads {
@@ -82,7 +95,7 @@ pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions
         work.push(LayerWork {
             index: l,
             block,
-            radius,
+            domains,
             ops,
             directions,
         });

@@ -8,7 +8,9 @@ use super::plan::Plan;
 use super::request::AnalysisOptions;
 use super::text::TextIds;
 use super::text_pass::TextValues;
+use crate::bounds::Certified;
 use crate::models::Model;
+use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,15 +18,16 @@ use std::time::Instant;
 /// Castin et al. fit their curves over n up to about 100; the `*_small` fits use this range.
 pub const SMALL_N_MAX: usize = 128;
 
-/// Best certified bounds of one operator on (B_R)^n (token map, Frobenius) and P(B_R) (W1, W2).
-#[derive(Clone, Debug, Serialize)]
-pub struct Certified {
-    pub frobenius: Option<f64>,
-    pub w1: Option<f64>,
-    pub w2: Option<f64>,
-    /// Castin et al.'s bound as recalled in docs/background.md#castin-et-al: for comparison, not
-    /// certified by lipattn.
-    pub anchor: Option<f64>,
+/// The report's `certified` keeps the four keys it has always had: `anchor_code` is reported by
+/// `lipattn lipschitz` only, and the analysis outputs (JSON, Python dicts) are compared across
+/// versions.
+fn without_anchor_code<S: Serializer>(c: &Certified, s: S) -> Result<S::Ok, S::Error> {
+    let mut st = s.serialize_struct("Certified", 4)?;
+    st.serialize_field("frobenius", &c.frobenius)?;
+    st.serialize_field("w1", &c.w1)?;
+    st.serialize_field("w2", &c.w2)?;
+    st.serialize_field("anchor", &c.anchor)?;
+    st.end()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -36,6 +39,8 @@ pub struct Point {
     pub text_max: Option<f64>,
     /// Attained at the adversarial construction (for the sublayer: the best head's input).
     pub adversarial: Option<f64>,
+    /// Best certified bounds of the operator on (B_R)^n (token map, Frobenius) and P(B_R) (W1, W2).
+    #[serde(serialize_with = "without_anchor_code")]
     pub certified: Certified,
     /// certified.frobenius / the largest attained value at this n.
     pub gap: Option<f64>,
@@ -124,7 +129,7 @@ fn points(plan: &Plan, measured: &Measured, slot: usize, o: usize) -> Vec<Point>
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        let gap = match (cs.frobenius, attained) {
+        let gap = match (cs.best.frobenius, attained) {
             (Some(c), Some(a)) if a > 0.0 => Some(c / a),
             _ => None,
         };
@@ -134,12 +139,7 @@ fn points(plan: &Plan, measured: &Measured, slot: usize, o: usize) -> Vec<Point>
             text_median: median(vals),
             text_max,
             adversarial: adv,
-            certified: Certified {
-                frobenius: cs.frobenius,
-                w1: cs.w1,
-                w2: cs.w2,
-                anchor: cs.anchor,
-            },
+            certified: cs.best,
             gap,
         });
     }
@@ -190,12 +190,12 @@ pub(super) fn report(
     for (slot, w) in plan.work.iter().enumerate() {
         domains.push(LayerDomain {
             layer: w.index,
-            radius: w.radius,
+            radius: w.radius(),
             observed_max_norm: measured.text.observed[slot],
         });
         for o in 0..measured.certified[slot].len() {
             let points = points(&plan, measured, slot, o);
-            operators.push(operator_report(w.index, o, w.radius, causal, points));
+            operators.push(operator_report(w.index, o, w.radius(), causal, points));
         }
     }
     let mut notes = plan.notes;

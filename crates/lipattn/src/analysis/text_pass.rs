@@ -43,7 +43,9 @@ pub(super) fn text_pass(
                     let sig: Vec<f64> = work[slot]
                         .ops
                         .par_iter()
-                        .map(|op| local_sigma(op, x.as_ref(), plan.causal, &opts.lanczos))
+                        .map(|op| {
+                            local_sigma(op, x.as_ref(), &work[slot].domains[ni], &opts.lanczos)
+                        })
                         .collect::<Result<_>>()?;
                     for (o, s) in sig.into_iter().enumerate() {
                         text_vals[slot][o][ni].push(s);

@@ -1,6 +1,6 @@
 //! One bound with its provenance, and the choice of the best certified one.
 
-use super::domain::Metric;
+use super::metric::Metric;
 use serde::Serialize;
 
 /// One bound with its provenance.

@@ -9,7 +9,7 @@ use super::rounding::{
 };
 use super::{Bound, Metric};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{check_at_least, Error, Result};
+use crate::error::{Error, Result};
 use faer::Mat;
 
 /// Largest relative residual |W_V - U W_Q| / |W_V| accepted as "W_V factors through W_Q".
@@ -131,7 +131,7 @@ pub fn l2_bounds(layer: &AttentionLayer<f64>, n: usize) -> Result<(Option<Bound>
     if layer.kernel != Kernel::L2 {
         return Err(Error::invalid("B5 applies to the tied L2 kernel only"));
     }
-    check_at_least("sequence length n", n, 1)?;
+    crate::domain::check_len(n)?;
     let (dk, dv) = (layer.dk, layer.dv);
     let rho = (n - 1) as f64;
     let unit = unit_l2_lipschitz(rho, n as f64);

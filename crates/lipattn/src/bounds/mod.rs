@@ -11,13 +11,15 @@ pub mod rounding;
 pub mod token_map;
 
 mod bound;
-mod domain;
+mod metric;
 mod summary;
 
+pub use crate::domain::Domain;
 pub use bound::{best, Bound};
 pub use constants::HeadConstants;
-pub use domain::{Domain, Metric};
+pub use metric::Metric;
 pub(crate) use summary::require_dot;
 pub use summary::{
-    certified_summaries, certified_summary, head_constants, CertifiedSummary, LayerConstants,
+    certified_summaries, certified_summary, head_constants, Certified, CertifiedSummary,
+    LayerConstants,
 };

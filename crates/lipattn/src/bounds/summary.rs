@@ -3,9 +3,10 @@
 
 use super::bound::{best, Bound};
 use super::constants::HeadConstants;
-use super::domain::{Domain, Metric};
+use super::metric::Metric;
 use super::*;
 use crate::attention::{AttentionLayer, Kernel};
+use crate::domain::Domain;
 use crate::error::{Error, Result};
 use serde::Serialize;
 
@@ -43,10 +44,11 @@ pub(crate) fn require_dot(layer: &AttentionLayer<f64>, what: &str) -> Result<()>
     }
 }
 
-/// The certified bounds of a layer on a domain, best per metric (None where no bound is proven
-/// for this kernel), with the anchor's values and every individual bound.
-#[derive(Clone, Debug, Serialize)]
-pub struct CertifiedSummary {
+/// The best certified bound per metric of a layer on a domain (None where no bound is proven for
+/// this kernel, or where it overflows), with the anchor's values beside them: the headline that
+/// `lipattn lipschitz`, the Python bindings and every point of `lipattn analyze` report.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Certified {
     pub frobenius: Option<f64>,
     pub w1: Option<f64>,
     pub w2: Option<f64>,
@@ -55,6 +57,13 @@ pub struct CertifiedSummary {
     /// The per-head form of Castin et al.'s code, docs/background.md#castin-et-al (not certified
     /// by lipattn).
     pub anchor_code: Option<f64>,
+}
+
+/// [`Certified`] with every individual bound it was picked from and why a metric has none.
+#[derive(Clone, Debug, Serialize)]
+pub struct CertifiedSummary {
+    #[serde(flatten)]
+    pub best: Certified,
     pub bounds: Vec<Bound>,
     /// Why a metric has no bound, if it has none.
     pub notes: Vec<String>,
@@ -93,11 +102,13 @@ fn summary_on(
         ];
         notes.extend(why);
         return Ok(CertifiedSummary {
-            frobenius: b5.as_ref().map(|b| b.value),
-            w1: None,
-            w2: None,
-            anchor: None,
-            anchor_code: None,
+            best: Certified {
+                frobenius: b5.as_ref().map(|b| b.value),
+                w1: None,
+                w2: None,
+                anchor: None,
+                anchor_code: None,
+            },
             bounds: b5.into_iter().collect(),
             notes,
         });
@@ -128,11 +139,13 @@ fn summary_on(
         (finite(Metric::W1, "w1"), finite(Metric::W2, "w2"))
     };
     Ok(CertifiedSummary {
-        frobenius,
-        w1,
-        w2,
-        anchor: pick("anchor-castin-mathmd"),
-        anchor_code: pick("anchor-castin-code"),
+        best: Certified {
+            frobenius,
+            w1,
+            w2,
+            anchor: pick("anchor-castin-mathmd"),
+            anchor_code: pick("anchor-castin-code"),
+        },
         bounds,
         notes,
     })

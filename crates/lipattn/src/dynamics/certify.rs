@@ -4,8 +4,9 @@
 
 use crate::attention::{AttentionLayer, Kernel};
 use crate::bounds::rounding::{add_up, norm2_up, product_frob_up, product_norm_up};
-use crate::bounds::{self, Domain, HeadConstants, Metric};
-use crate::error::{check_positive, Error, Result};
+use crate::bounds::{self, HeadConstants, Metric};
+use crate::domain::{self, Domain};
+use crate::error::{Error, Result};
 use serde::Serialize;
 
 /// Where a certified constant holds.
@@ -117,7 +118,7 @@ pub fn measure_lipschitz(layer: &AttentionLayer<f64>, radius: f64) -> Result<Opt
     if layer.kernel == Kernel::L2 {
         return Ok(None);
     }
-    check_positive("radius", radius)?;
+    let radius = domain::check_radius(radius)?;
     let all = bounds::measure_w1::measure_bounds(layer, radius)?;
     Ok(bounds::best(&all, Metric::W1)
         .filter(|b| b.value.is_finite())

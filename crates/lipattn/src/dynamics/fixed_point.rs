@@ -8,7 +8,7 @@ use super::certify::{self, Certificate, CertifiedDomain};
 use super::solver::{solve, FixedPointMap, Solution, SolveOptions, Solver};
 use super::{flatten, max_row_norm, unflatten};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{check_at_least, check_in, check_positive, Error, Interval, Result};
+use crate::error::{check_at_least, check_in, Error, Interval, Result};
 use crate::measure::Measure;
 use faer::{Mat, MatRef};
 
@@ -32,13 +32,6 @@ impl Variant {
             Variant::Injected { .. } => "injected",
         }
     }
-}
-
-fn check_radius(radius: Option<f64>) -> Result<()> {
-    if let Some(r) = radius {
-        check_positive("radius", r)?;
-    }
-    Ok(())
 }
 
 /// X* = T(X*) for sequences of n tokens.
@@ -66,7 +59,7 @@ impl TokenFixedPoint {
         radius: Option<f64>,
     ) -> Result<Self> {
         certify::check_square(&layer)?;
-        check_radius(radius)?;
+        crate::domain::check_optional_radius(radius)?;
         check_at_least("n", n, 1)?;
         let d = layer.d_in();
         let mut u = 0.0;
@@ -213,7 +206,7 @@ impl MeasureFixedPoint {
     /// invariant one) is mapped into itself and B2 gives L < 1 there.
     pub fn new(layer: AttentionLayer<f64>, weights: Vec<f64>, radius: Option<f64>) -> Result<Self> {
         certify::check_square(&layer)?;
-        check_radius(radius)?;
+        crate::domain::check_optional_radius(radius)?;
         let n = weights.len();
         crate::measure::validate_weights("measure weights", &weights, n)?;
         let sum: f64 = weights.iter().sum();

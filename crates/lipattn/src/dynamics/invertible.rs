@@ -8,7 +8,7 @@ use super::fixed_point::{TokenFixedPoint, Variant};
 use super::solver::{Solution, SolveOptions, Solver};
 use super::{check_contraction_target, frobenius};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{check_at_least, Error, Result};
+use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
 use serde::Serialize;
 
@@ -59,7 +59,7 @@ impl InvertibleBlock {
     pub fn new(layer: &AttentionLayer<f64>, n: usize, c: f64, radius: Option<f64>) -> Result<Self> {
         check_contraction_target("the contraction constant c", c)?;
         certify::check_square(layer)?;
-        check_at_least("n", n, 1)?;
+        crate::domain::check_len(n)?;
         match (layer.kernel, radius) {
             (Kernel::L2, Some(_)) => {
                 return Err(Error::invalid(

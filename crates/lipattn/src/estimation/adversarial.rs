@@ -4,10 +4,11 @@
 //! a lower bound on the Lipschitz constant of the token map on (B_R)^n; none is a certificate.
 
 use super::lanczos::{lanczos, LanczosOptions};
-use super::vecops::{check_radius, max_row_norm, project_rows};
+use super::vecops::{max_row_norm, project_rows};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::derivatives::Linearization;
-use crate::error::{check_at_least, check_positive, Error, Result};
+use crate::domain::Domain;
+use crate::error::{check_positive, Error, Result};
 use crate::linalg::SplitMix;
 use faer::{Mat, MatRef, Side};
 
@@ -19,7 +20,8 @@ pub fn adversarial_input(
     n: usize,
     radius: f64,
 ) -> Result<Mat<f64>> {
-    adversarial_from_direction(&adversarial_direction(layer, head)?, n, radius)
+    let domain = Domain::new(radius, n, false)?;
+    adversarial_from_direction(&adversarial_direction(layer, head)?, &domain)
 }
 
 /// The unit vector u of [`adversarial_input`]; it does not depend on n or R, so a sweep over
@@ -39,15 +41,15 @@ pub fn adversarial_direction(layer: &AttentionLayer<f64>, head: usize) -> Result
     Ok((0..d).map(|k| evd.U()[(k, d - 1)]).collect())
 }
 
-/// The construction of [`adversarial_input`] along a given unit direction `u`.
-pub fn adversarial_from_direction(u: &[f64], n: usize, radius: f64) -> Result<Mat<f64>> {
-    check_radius(radius)?;
-    check_at_least("number of tokens", n, 1)?;
-    Ok(Mat::from_fn(n, u.len(), |i, k| {
+/// The construction of [`adversarial_input`] along a given unit direction `u`, n tokens in B_R
+/// (the mask does not change the construction, only what is measured there).
+pub fn adversarial_from_direction(u: &[f64], domain: &Domain) -> Result<Mat<f64>> {
+    let r = domain.radius;
+    Ok(Mat::from_fn(domain.n, u.len(), |i, k| {
         if i == 0 {
-            radius * u[k]
+            r * u[k]
         } else {
-            0.5 * radius * u[k]
+            0.5 * r * u[k]
         }
     }))
 }
@@ -123,12 +125,13 @@ struct Point {
 
 fn evaluate(
     layer: &AttentionLayer<f64>,
+    domain: &Domain,
     x: Mat<f64>,
     opts: &LanczosOptions,
     evals: &mut usize,
 ) -> Result<Point> {
     *evals += 1;
-    let lin = Linearization::new(layer, x.as_ref(), None, false)?;
+    let lin = Linearization::new(layer, x.as_ref(), None, domain.causal)?;
     let top = lanczos(&lin, opts, None)?;
     Ok(Point {
         x,
@@ -140,26 +143,27 @@ fn evaluate(
 
 /// Gradient of sigma at a simple top singular value: d sigma = <u, D^2 f(X)[v, dX]>, which by
 /// symmetry of the second derivative is <(J(X + e v) - J(X - e v))^T u / (2e), dX>.
-fn gradient(layer: &AttentionLayer<f64>, p: &Point, eps: f64) -> Result<Mat<f64>> {
+fn gradient(layer: &AttentionLayer<f64>, domain: &Domain, p: &Point, eps: f64) -> Result<Mat<f64>> {
     let plus = &p.x + &p.v * eps;
     let minus = &p.x - &p.v * eps;
-    let gp = Linearization::new(layer, plus.as_ref(), None, false)?.vjp(p.u.as_ref())?;
-    let gm = Linearization::new(layer, minus.as_ref(), None, false)?.vjp(p.u.as_ref())?;
+    let lin = |x: &Mat<f64>| Linearization::new(layer, x.as_ref(), None, domain.causal);
+    let gp = lin(&plus)?.vjp(p.u.as_ref())?;
+    let gm = lin(&minus)?.vjp(p.u.as_ref())?;
     Ok((gp - gm) * (0.5 / eps))
 }
 
 fn climb(
     layer: &AttentionLayer<f64>,
+    domain: &Domain,
     mut p: Point,
     opts: &AscentOptions,
     evals: &mut usize,
 ) -> Result<Point> {
-    let n = p.x.nrows();
-    let mut step = opts.initial_step * opts.radius * (n as f64).sqrt();
-    let eps = opts.fd_eps * opts.radius;
+    let mut step = opts.initial_step * domain.radius * (domain.n as f64).sqrt();
+    let eps = opts.fd_eps * domain.radius;
     for _ in 0..opts.steps {
         crate::cancel::check()?;
-        let g = gradient(layer, &p, eps)?;
+        let g = gradient(layer, domain, &p, eps)?;
         let gn = g.norm_l2();
         if !(gn.is_finite() && gn > 0.0) {
             break;
@@ -167,8 +171,8 @@ fn climb(
         let mut accepted = false;
         for _ in 0..10 {
             let mut x = &p.x + &g * (step / gn);
-            project_rows(&mut x, opts.radius);
-            let q = evaluate(layer, x, &opts.lanczos, evals)?;
+            project_rows(&mut x, domain.radius);
+            let q = evaluate(layer, domain, x, &opts.lanczos, evals)?;
             if q.sigma > p.sigma {
                 p = q;
                 step *= 1.5;
@@ -193,22 +197,21 @@ pub fn ascent(
     start: Option<MatRef<'_, f64>>,
     opts: &AscentOptions,
 ) -> Result<AscentResult> {
-    check_radius(opts.radius)?;
-    check_at_least("number of tokens", n, 1)?;
+    let domain = Domain::new(opts.radius, n, false)?;
     check_positive("fd_eps", opts.fd_eps)?;
     check_positive("initial_step", opts.initial_step)?;
     opts.lanczos.check()?;
     let d = layer.d_in();
     let mut evals = 0;
     let mut starts: Vec<Mat<f64>> = (0..layer.heads)
-        .map(|h| adversarial_input(layer, h, n, opts.radius))
+        .map(|h| adversarial_from_direction(&adversarial_direction(layer, h)?, &domain))
         .collect::<Result<_>>()?;
     let mut rng = SplitMix::new(opts.seed);
     for _ in 0..opts.random_starts {
         let mut x: Mat<f64> = rng.gauss_mat(n, d);
         for i in 0..n {
             let nrm = (0..d).map(|k| x[(i, k)].powi(2)).sum::<f64>().sqrt();
-            let r = opts.radius * (0.5 + 0.5 * rng.uniform());
+            let r = domain.radius * (0.5 + 0.5 * rng.uniform());
             for k in 0..d {
                 x[(i, k)] *= r / nrm.max(f64::MIN_POSITIVE);
             }
@@ -228,24 +231,24 @@ pub fn ascent(
             (0..n).flat_map(|i| (0..d).map(move |k| s[(i, k)])),
         )?;
         let mut x = s.to_owned();
-        project_rows(&mut x, opts.radius);
+        project_rows(&mut x, domain.radius);
         starts.push(x);
     }
     let mut best: Option<(Point, usize)> = None;
     let mut construction: Option<(f64, Mat<f64>)> = None;
     for (i, x) in starts.into_iter().enumerate() {
-        let p = evaluate(layer, x, &opts.lanczos, &mut evals)?;
+        let p = evaluate(layer, &domain, x, &opts.lanczos, &mut evals)?;
         if i < layer.heads && construction.as_ref().is_none_or(|c| p.sigma > c.0) {
             construction = Some((p.sigma, p.x.clone()));
         }
-        let p = climb(layer, p, opts, &mut evals)?;
+        let p = climb(layer, &domain, p, opts, &mut evals)?;
         if best.as_ref().is_none_or(|b| p.sigma > b.0.sigma) {
             best = Some((p, i));
         }
     }
     let (p, best_start) = best.expect("at least one start");
     let (construction_sigma, construction_x) = construction.expect("at least one head");
-    debug_assert!(max_row_norm(p.x.as_ref()) <= opts.radius * (1.0 + 1e-12));
+    debug_assert!(max_row_norm(p.x.as_ref()) <= domain.radius * (1.0 + 1e-12));
     Ok(AscentResult {
         sigma: p.sigma,
         x: p.x,

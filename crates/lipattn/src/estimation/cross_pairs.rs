@@ -154,7 +154,7 @@ pub fn search_cross_pairs(
     layer: &AttentionLayer<f64>,
     opts: &CrossSearchOptions,
 ) -> Result<CrossSearchResult> {
-    super::vecops::check_radius(opts.radius)?;
+    crate::domain::check_radius(opts.radius)?;
     check_at_least("query atoms", opts.query_atoms, 1)?;
     check_at_least("context atoms", opts.context_atoms, 1)?;
     check_positive("perturbation", opts.perturbation)?;

@@ -182,7 +182,7 @@ pub fn search_pairs(
     layer: &AttentionLayer<f64>,
     opts: &PairSearchOptions,
 ) -> Result<PairSearchResult> {
-    super::vecops::check_radius(opts.radius)?;
+    crate::domain::check_radius(opts.radius)?;
     check_at_least("atoms", opts.atoms, 1)?;
     check_positive("perturbation", opts.perturbation)?;
     check_order(opts.order)?;

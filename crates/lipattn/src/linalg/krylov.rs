@@ -188,10 +188,6 @@ pub(crate) fn consider<P>(
     }
 }
 
-pub(crate) fn check_radius(radius: f64) -> crate::error::Result<()> {
-    crate::error::check_positive("radius", radius).map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
