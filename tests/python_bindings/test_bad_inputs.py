@@ -235,3 +235,28 @@ def test_layer_norm_radius():
     assert 2.0 <= r <= 2.0 * (1 + 1e-8)
     with pytest.raises(ValueError):
         lipattn.layer_norm_radius(np.ones(4), np.zeros(3))
+
+
+def test_oversized_requests_raise_memory_error():
+    """Beyond the memory budget: MemoryError naming the sizes, before allocating (#16); never a
+    PanicException or an abort of the interpreter."""
+    with pytest.raises(MemoryError, match="budget"):
+        lipattn.random_tokens(10**8, 384)
+    with pytest.raises(MemoryError, match="budget"):
+        lipattn.sphere_sample(10**8, 384)
+    with pytest.raises(MemoryError, match="width d = 100000"):
+        lipattn.random_layer(10**5, 2)
+    lipattn.set_max_memory("64M")
+    try:
+        assert lipattn.max_memory()[0] == 64 << 20
+        layer = lipattn.random_layer(16, 2)
+        x = lipattn.random_tokens(3000, 16)
+        with pytest.raises(MemoryError, match="score matrices"):
+            layer.forward(x)
+        layer.forward(x[:100])
+    finally:
+        lipattn.set_max_memory(None)
+    assert lipattn.max_memory()[1] != "set by --max-memory / set_max_memory"
+    for bad in ["12Q", "-1G", 0, -5]:
+        with pytest.raises(ValueError):
+            lipattn.set_max_memory(bad)

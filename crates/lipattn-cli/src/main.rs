@@ -29,6 +29,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Memory budget for one run (bytes, or with K/M/G/T: 512M, 8G); a request estimated beyond
+    /// it stops before allocating. Default: LIPATTN_MAX_MEMORY, else half the available memory.
+    #[arg(long, global = true, value_parser = lipattn::budget::parse_bytes)]
+    max_memory: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +62,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    lipattn::budget::set_max_memory(cli.max_memory);
     let result = match cli.command {
         Command::Analyze(a) => analyze::run(a),
         Command::Forward(a) => forward::run(a),
@@ -82,8 +87,9 @@ fn message(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let text = match cause.downcast_ref::<lipattn::Error>() {
+            // Library messages write option names in backticks; here they are flags.
             Some(lipattn::Error::Option(m)) => names::flags_in(m),
-            Some(e @ lipattn::Error::NoConvergence { .. }) => names::flags_in(&e.to_string()),
+            Some(e) => names::flags_in(&e.to_string()),
             _ => cause.to_string(),
         };
         if out.is_empty() {

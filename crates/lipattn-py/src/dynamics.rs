@@ -87,6 +87,15 @@ fn random_layer(
     ))
 }
 
+/// n x d float64 tokens against the memory budget, before they are drawn.
+fn tokens_fit(n: usize, d: usize) -> PyResult<()> {
+    lipattn::budget::check(
+        &format!("{n} x {d} tokens"),
+        lipattn::budget::bytes_of(&[n, d], 8),
+    )
+    .py_err()
+}
+
 /// n seeded Gaussian tokens in R^d with standard deviation ``scale`` (the CLI's random tokens use
 /// seed + 1 of its --seed).
 #[pyfunction]
@@ -102,6 +111,7 @@ fn random_tokens<'py>(
         return Err(PyValueError::new_err("n and d must be at least 1"));
     }
     check_positive("scale", scale)?;
+    tokens_fit(n, d)?;
     Ok(to_numpy(
         py,
         synthetic::random_tokens(n, d, scale, seed).as_ref(),
@@ -132,6 +142,7 @@ fn sphere_sample<'py>(
     if n == 0 || d == 0 {
         return Err(PyValueError::new_err("n and d must be at least 1"));
     }
+    tokens_fit(n, d)?;
     Ok(to_numpy(
         py,
         sphere_sample_of(n, d, &mut SplitMix::new(seed)).as_ref(),

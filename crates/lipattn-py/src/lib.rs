@@ -9,6 +9,7 @@
 
 mod analysis;
 mod bounds;
+mod budget;
 mod convert;
 mod dynamics;
 mod errors;
@@ -24,6 +25,7 @@ use pyo3::prelude::*;
 fn _lipattn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    budget::register(m)?;
     measure::register(m)?;
     layer::register(m)?;
     local::register(m)?;

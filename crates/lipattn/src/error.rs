@@ -63,6 +63,15 @@ pub enum Error {
         best_step: usize,
         residuals: Vec<f64>,
     },
+    /// A request whose estimated memory exceeds the budget (`crate::budget`); `need` is None
+    /// when the estimate itself overflows 64 bits.
+    #[error("{what} needs {} of memory, above the budget of {} ({origin}); reduce the sizes or raise the budget (`max_memory`)", need.map_or("more than 18 EB".to_string(), crate::budget::human), crate::budget::human(*budget))]
+    Budget {
+        what: String,
+        need: Option<u64>,
+        budget: u64,
+        origin: &'static str,
+    },
     /// The caller raised the cancellation flag of `crate::cancel` (e.g. Ctrl-C in Python).
     #[error("cancelled by the caller")]
     Cancelled,

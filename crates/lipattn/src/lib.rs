@@ -4,6 +4,7 @@
 //! Tachet des Combes, arXiv 2102.05628), with exact derivatives, exact optimal transport,
 //! certified Lipschitz bounds and attained lower bounds.
 
+pub mod budget;
 pub mod cancel;
 pub mod domain;
 pub mod error;

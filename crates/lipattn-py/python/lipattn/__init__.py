@@ -26,9 +26,11 @@ from ._lipattn import (
     identity_layer,
     invert,
     layer_norm_radius,
+    max_memory,
     mean_field,
     random_layer,
     random_tokens,
+    set_max_memory,
     sphere_sample,
     transport,
 )
@@ -53,9 +55,11 @@ __all__ = [
     "identity_layer",
     "invert",
     "layer_norm_radius",
+    "max_memory",
     "mean_field",
     "random_layer",
     "random_tokens",
+    "set_max_memory",
     "sphere_sample",
     "transport",
 ]

@@ -59,6 +59,18 @@ pub fn certified_json(cert: &CertifiedSummary) -> Value {
 pub fn lipschitz(layer: &AttentionLayer<f64>, opts: &LipschitzOptions) -> Result<LipschitzReport> {
     let t0 = Instant::now();
     let domain = Domain::new(opts.radius, opts.n, false)?;
+    // The ascent keeps a handful of n x d matrices (iterate, gradient, trial, Lanczos vectors)
+    // beside the attention state; the pair search as much per measure of `atoms` atoms.
+    let (d, h) = (layer.d_in(), layer.heads);
+    for (what, count) in [("`n`", opts.n), ("`atoms`", opts.atoms)] {
+        crate::budget::check(
+            &format!("the search over {count} tokens of width {d} ({what})"),
+            crate::budget::total(&[
+                crate::budget::bytes_of(&[16, count, d], 8),
+                crate::budget::bytes_of(&[4, h, count, count], 8),
+            ]),
+        )?;
+    }
     let certified = certified_summary(layer, &domain)?;
     let ascent = ascent(
         layer,

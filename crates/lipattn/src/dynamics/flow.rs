@@ -75,6 +75,16 @@ impl FlowOptions {
             check_nonnegative("LayerNorm eps", eps)?;
         }
         check_at_least("max_steps", self.max_steps, 1)?;
+        // A fixed step plans t / dt steps: more than max_steps is known before the first one.
+        if let Integrator::Rk4 { dt } | Integrator::DoPri5Fixed { dt } = self.integrator {
+            let planned = (self.t_end / dt).ceil();
+            if planned > self.max_steps as f64 {
+                return Err(Error::invalid(format!(
+                    "final time {} / time step {dt} = {planned:.3e} steps, above max_steps = {}; raise the time step or max_steps",
+                    self.t_end, self.max_steps
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -314,6 +324,20 @@ pub fn integrate(
         projection: opts.projection,
         evals: 0,
     };
+    // Every record keeps an n x d state: count them in f64 before the marks are built (t / record
+    // can exceed any integer, and building the marks alone could exhaust memory).
+    let records = (opts.t_end / opts.record_every).ceil() + 1.0;
+    let (n, d) = (x0.nrows(), x0.ncols());
+    crate::budget::check(
+        &format!(
+            "recording {records:.3e} states of {n} x {d} tokens (final time / record interval)"
+        ),
+        if records < 9.0e15 {
+            crate::budget::bytes_of(&[records as usize, n.max(1), d.max(1)], 8)
+        } else {
+            None
+        },
+    )?;
     let mut marks: Vec<f64> = vec![];
     let mut k = 1usize;
     while (k as f64) * opts.record_every < opts.t_end * (1.0 - 1e-12) {

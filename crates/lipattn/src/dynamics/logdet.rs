@@ -143,7 +143,8 @@ pub fn logdet_series(
     let dim = n * d;
     let terms = series_terms(dim, lipschitz, truncation_tol);
     let mut rng = SplitMix::new(seed);
-    let mut samples = Vec::with_capacity(probes);
+    // Grown as the probes run, not reserved: a huge `probes` is a long run, not an allocation.
+    let mut samples = Vec::new();
     let mut jvps = 0;
     for _ in 0..probes {
         let v = Mat::<f64>::from_fn(

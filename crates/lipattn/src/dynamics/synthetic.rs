@@ -18,8 +18,12 @@ pub fn random_layer(
     check_at_least("d", d, 1)?;
     check_at_least("heads", heads, 1)?;
     check_nonnegative("bias scale", bias)?;
-    let mut rng = SplitMix::new(seed);
     let dk = (d / heads).max(1);
+    crate::budget::check(
+        &format!("a random layer of width d = {d} with {heads} heads (its four weight matrices)"),
+        crate::budget::bytes_of(&[4, heads, dk, d], 8),
+    )?;
+    let mut rng = SplitMix::new(seed);
     let s = 1.0 / (d as f64).sqrt();
     let mut g =
         |r: usize, c: usize, sc: f64| -> Mat<f64> { Mat::from_fn(r, c, |_, _| sc * rng.gauss()) };

@@ -52,6 +52,14 @@ impl Family {
             Family::Gpt2 => "h.0.attn.c_attn.weight",
         }
     }
+
+    /// The attention input weight of layer `l`, without prefix: present in every layer.
+    fn layer_probe(self, l: usize) -> String {
+        match self {
+            Family::Bert => format!("encoder.layer.{l}.attention.self.query.weight"),
+            Family::Gpt2 => format!("h.{l}.attn.c_attn.weight"),
+        }
+    }
 }
 
 /// x -> act(x W_in^T + b_in) W_out^T + b_out on each token.
@@ -239,6 +247,19 @@ impl Model {
                     store.sample_names()
                 ))
             })?;
+        // The layer count sizes every per-layer list of a run: a config.json that claims more
+        // layers than the weights hold is refused here, before anything is sized by it.
+        let layers = config.num_hidden_layers;
+        if layers > 0 && !store.contains(&format!("{prefix}{}", family.layer_probe(layers - 1))) {
+            let present = (0..layers)
+                .take_while(|&l| store.contains(&format!("{prefix}{}", family.layer_probe(l))))
+                .count();
+            return Err(Error::Model(format!(
+                "{}: config.json gives {layers} layers, but the checkpoint has no '{prefix}{}' (it holds layers 0..{present})",
+                dir.display(),
+                family.layer_probe(layers - 1)
+            )));
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
             config,

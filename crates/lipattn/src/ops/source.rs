@@ -120,7 +120,7 @@ impl SourceRequest {
                 Ok(x)
             }
             None => {
-                self.check_random_count()?;
+                self.check_random_count(d)?;
                 as_option(check_positive("`token_scale`", self.token_scale))?;
                 Ok(random_tokens(
                     self.n,
@@ -137,7 +137,7 @@ impl SourceRequest {
         if self.tokens.is_some() {
             return self.tokens(d);
         }
-        self.check_random_count()?;
+        self.check_random_count(d)?;
         Ok(sphere_sample(
             self.n,
             d,
@@ -145,7 +145,11 @@ impl SourceRequest {
         ))
     }
 
-    fn check_random_count(&self) -> Result<()> {
-        as_option(check_at_least("`n`", self.n, 1)).map(|_| ())
+    fn check_random_count(&self, d: usize) -> Result<()> {
+        as_option(check_at_least("`n`", self.n, 1))?;
+        crate::budget::check(
+            &format!("{} random tokens of width {d} (`n`)", self.n),
+            crate::budget::bytes_of(&[self.n, d], 8),
+        )
     }
 }

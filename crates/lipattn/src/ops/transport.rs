@@ -227,6 +227,17 @@ pub fn run(
         ));
     }
     let (n, m, d) = (a.len(), b.len(), a.dim());
+    if req.method != TransportMethod::Sorted {
+        // A dense n x m cost matrix, and the solver's arrays over all n m arcs (network simplex:
+        // costs, flows, states and tree links) or the dense entropic plan.
+        crate::budget::check(
+            &format!(
+                "{} transport between {n} and {m} atoms (the n x m cost matrix and solver state)",
+                req.method.name()
+            ),
+            crate::budget::bytes_of(&[6, n, m], 8),
+        )?;
+    }
     let stage = req.method.name();
     on_progress(&super::Progress {
         stage,

@@ -1,0 +1,71 @@
+//! The memory budget end to end: requests sized beyond it are errors naming the sizes, before
+//! anything is allocated. A test binary of its own, because the budget is process-wide.
+
+use lipattn::budget::{max_memory, set_max_memory};
+use lipattn::dynamics::flow::{integrate, FlowOptions, Integrator, Projection};
+use lipattn::dynamics::synthetic::{random_layer, random_tokens};
+use lipattn::ops::transport::{self, TransportInputs, TransportRequest};
+use lipattn::{Error, Kernel, Measure};
+
+fn is_budget(r: Result<(), Error>, needle: &str) {
+    match r {
+        Err(e @ Error::Budget { .. }) => {
+            let m = e.to_string();
+            assert!(
+                m.contains(needle) && m.contains("budget of 1.049 MB"),
+                "{m}"
+            );
+        }
+        other => panic!("expected a budget error naming {needle}, got {other:?}"),
+    }
+}
+
+#[test]
+fn requests_beyond_the_budget_stop_before_allocating() {
+    set_max_memory(Some(1 << 20));
+    assert_eq!(max_memory().unwrap().0, 1 << 20);
+    // Four 400 x 400 weight matrices: 5.1 MB.
+    is_budget(
+        random_layer(400, 4, Kernel::Dot, 0.1, 0).map(|_| ()),
+        "width d = 400",
+    );
+    let layer = random_layer(16, 2, Kernel::Dot, 0.1, 0).unwrap();
+    // Two heads of 300 x 300 probabilities, twice: 2.9 MB.
+    let x = random_tokens(300, 16, 1.0, 1);
+    is_budget(
+        layer.forward(x.as_ref(), None, false).map(|_| ()),
+        "300 queries",
+    );
+    let small = random_tokens(30, 16, 1.0, 1);
+    assert!(layer.forward(small.as_ref(), None, false).is_ok());
+    // 6 x 200 x 200 doubles: 1.9 MB.
+    let m = || Measure::uniform(random_tokens(200, 3, 1.0, 2)).unwrap();
+    let r = transport::run(
+        &TransportRequest::default(),
+        TransportInputs {
+            source: m(),
+            target: m(),
+            cost: None,
+        },
+        &mut lipattn::ops::silent,
+    );
+    is_budget(r.map(|_| ()), "between 200 and 200 atoms");
+    // 2e4 records of a 30 x 16 state: 77 MB.
+    let opts = FlowOptions {
+        projection: Projection::None,
+        integrator: Integrator::Rk4 { dt: 0.1 },
+        t_end: 1e4,
+        record_every: 0.5,
+        max_steps: 10_000_000,
+    };
+    is_budget(
+        integrate(&layer, small.as_ref(), None, &opts).map(|_| ()),
+        "final time / record interval",
+    );
+    // Beyond 64 bits: named as such, not wrapped around.
+    let e =
+        lipattn::budget::check("huge", lipattn::budget::bytes_of(&[usize::MAX, 2], 8)).unwrap_err();
+    assert!(e.to_string().contains("more than 18 EB"), "{e}");
+    set_max_memory(None);
+    assert!(layer.forward(x.as_ref(), None, false).is_ok());
+}
