@@ -451,6 +451,8 @@ fn other_model_type_is_rejected() {
 
     // The post-LayerNorm loader refuses a pre-LayerNorm family rather than mislabel `ln_1`.
     let gpt2 = scratch("gpt2-bert-layer");
+    // One layer of weights, and a config that says so (more is refused when the model opens).
+    cfg["n_layer"] = json!(1);
     write_config(&gpt2, &cfg);
     write_tensors(
         &gpt2,
