@@ -7,7 +7,7 @@
 
 use super::rounding::{
     add_up, frob_up, gamma, inv_sqrt_up, lambda_max_up, mul_up, product_frob_up,
-    product_with_error, spectral_up, sqrt_up, UNIT_ROUNDOFF,
+    product_with_error, spectral_up, sqrt_up, ETA, UNIT_ROUNDOFF,
 };
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::{check_index, Error, Result};
@@ -170,12 +170,18 @@ fn product_sup_up(x: &Reduced, y: &Reduced, basis_norm: f64) -> Result<f64> {
     };
     let (gx, gy) = (&x.gram, &y.gram);
     let n = gx.nrows();
-    // H = fl(t Gx + Gy / t), entrywise within gamma_2 (t |Gx| + |Gy| / t) of the exact sum of the
-    // stored Grams, which are within gram_err of P^T P (Frobenius).
+    // H = fl(t Gx + Gy / t), entrywise within gamma_2 (t |Gx| + |Gy| / t) + 2 ETA of the exact
+    // sum of the stored Grams (an underflowing t Gx or Gy / t loses up to ETA / 2 absolutely,
+    // carried through the addition's factor 1 + u), i.e. within gamma_2 (...) + 2 n ETA in the
+    // Frobenius norm of the n x n matrix; the stored Grams are within gram_err of P^T P.
     let h = Mat::from_fn(n, n, |i, j| t * gx[(i, j)] + gy[(i, j)] / t);
     let inv_t = super::rounding::div_up(1.0, t);
+    let underflow = mul_up(mul_up(2.0, n as f64), ETA);
     let err = add_up(
-        add_up(mul_up(t, x.gram_err), mul_up(inv_t, y.gram_err)),
+        add_up(
+            add_up(mul_up(t, x.gram_err), mul_up(inv_t, y.gram_err)),
+            underflow,
+        ),
         mul_up(
             gamma(2),
             add_up(
