@@ -307,3 +307,142 @@ fn ordinary_weights_barely_move() {
     }
     eprintln!("ordinary weights: largest relative change against plain f64 values {worst:.3e}");
 }
+
+// Lemma D0's invariant radius (docs/bounds.md#floating-point), checked exactly: u + m R + b - R
+// is a sum of f64 numbers once m R is split into fl(m R) + its error (TwoProd with a fused
+// multiply-add, exact when the product does not underflow), and the sign of a sum of f64
+// numbers is decided exactly by Shewchuk's expansion arithmetic (TwoSum, exact without overflow).
+
+/// a + b = s + e exactly (Knuth's TwoSum).
+fn two_sum(a: f64, b: f64) -> (f64, f64) {
+    let s = a + b;
+    let bb = s - a;
+    let e = (a - (s - bb)) + (b - bb);
+    (s, e)
+}
+
+/// a b = p + e exactly when a b does not underflow (TwoProd by fused multiply-add).
+fn two_prod(a: f64, b: f64) -> (f64, f64) {
+    let p = a * b;
+    assert!(
+        p == 0.0 || p.abs() > 1e-290,
+        "the product {a} * {b} is too small for TwoProd"
+    );
+    (p, a.mul_add(b, -p))
+}
+
+/// The exact sign of sum(xs) (Shewchuk's Grow-Expansion: a nonoverlapping expansion whose
+/// largest nonzero component carries the sign of the exact sum).
+fn exact_sign(xs: &[f64]) -> std::cmp::Ordering {
+    let mut e: Vec<f64> = vec![];
+    for &x in xs {
+        assert!(x.is_finite());
+        let mut q = x;
+        let mut next = vec![];
+        for &c in &e {
+            let (s, h) = two_sum(q, c);
+            if h != 0.0 {
+                next.push(h);
+            }
+            q = s;
+        }
+        assert!(q.is_finite());
+        next.push(q);
+        e = next;
+    }
+    e.iter()
+        .rev()
+        .find(|c| **c != 0.0)
+        .map_or(std::cmp::Ordering::Equal, |c| c.total_cmp(&0.0))
+}
+
+/// Whether u + m R + b <= R holds for the exact reals.
+fn exactly_invariant(m: f64, b: f64, u: f64, r: f64) -> bool {
+    let (p, e) = two_prod(m, r);
+    exact_sign(&[u, p, e, b, -r]) != std::cmp::Ordering::Greater
+}
+
+#[test]
+fn exact_sign_agrees_with_integers() {
+    let mut r = rng(11);
+    for _ in 0..2000 {
+        // Dyadic numbers k 2^-60 with |k| < 2^62: the exact sum is an i128 times 2^-60.
+        let xs: Vec<f64> = (0..5)
+            .map(|_| {
+                (r.random_range(-(1i64 << 52)..(1i64 << 52)) as f64)
+                    * 2f64.powi(r.random_range(-60..=0))
+            })
+            .collect();
+        let exact: i128 = xs.iter().map(|x| (x * 2f64.powi(60)) as i128).sum();
+        assert_eq!(exact_sign(&xs), exact.cmp(&0), "{xs:?}");
+    }
+    assert_eq!(exact_sign(&[1.0, 1e-30, -1.0]), std::cmp::Ordering::Greater);
+    assert_eq!(exact_sign(&[1.0, -1e-30, -1.0]), std::cmp::Ordering::Less);
+}
+
+#[test]
+fn invariant_radius_reviewer_counterexample() {
+    use lipattn::dynamics::certify::{ball_is_invariant, invariant_radius};
+    let (m, b, u) = (0.7144815916454049, 1.1744816251989845, 0.0);
+    // Rounded to nearest, as the code did: the exact inequality fails.
+    let naive = (u + b) / (1.0 - m);
+    assert_eq!(naive, 4.113505787480979);
+    assert!(!exactly_invariant(m, b, u, naive));
+    let r = invariant_radius(m, b, u).unwrap();
+    assert!(exactly_invariant(m, b, u, r), "R = {r}");
+    assert!(ball_is_invariant(m, b, u, r));
+    assert!(r <= naive * (1.0 + 1e-14), "R = {r}, naive {naive}");
+    // The rounded-up test rejects the naive radius.
+    assert!(!ball_is_invariant(m, b, u, naive));
+}
+
+#[test]
+fn invariant_radius_is_exactly_invariant() {
+    use lipattn::dynamics::certify::{ball_is_invariant, invariant_radius};
+    let mut rg = rng(12);
+    let mut naive_fails = 0;
+    for i in 0..2000 {
+        let m: f64 = match i % 4 {
+            0 => rg.random_range(0.0..1.0),
+            1 => 1.0 - rg.random_range(1e-9..1e-3),
+            2 => rg.random_range(0.0..1e-3),
+            _ => rg.random_range(0.5..0.99),
+        };
+        let b: f64 = rg.random_range(0.0..10.0) * 2f64.powi(rg.random_range(-20..20));
+        let u: f64 = if i % 3 == 0 {
+            0.0
+        } else {
+            rg.random_range(0.0..10.0) * 2f64.powi(rg.random_range(-20..20))
+        };
+        let naive = (u + b) / (1.0 - m);
+        if !exactly_invariant(m, b, u, naive) {
+            naive_fails += 1;
+        }
+        let r = invariant_radius(m, b, u).unwrap();
+        assert!(
+            exactly_invariant(m, b, u, r),
+            "m = {m}, b = {b}, u = {u}, R = {r}"
+        );
+        assert!(ball_is_invariant(m, b, u, r));
+        // Barely larger than the exact smallest radius.
+        assert!(
+            r <= naive * (1.0 + 1e-9),
+            "m = {m}, b = {b}, u = {u}: {r} vs {naive}"
+        );
+        // The rounded-up test is sound at any radius.
+        let s = naive * rg.random_range(0.999_999_999_999..1.000_000_000_001);
+        if ball_is_invariant(m, b, u, s) {
+            assert!(
+                exactly_invariant(m, b, u, s),
+                "m = {m}, b = {b}, u = {u}, R = {s}"
+            );
+        }
+    }
+    // Rounding to nearest is not enough, which is what this test is about.
+    assert!(naive_fails > 0);
+    assert_eq!(invariant_radius(1.0, 1.0, 0.0), None);
+    assert_eq!(invariant_radius(f64::NAN, 1.0, 0.0), None);
+    let m = 1.0f64.next_down();
+    let r = invariant_radius(m, 1.0, 0.0).unwrap();
+    assert!(exactly_invariant(m, 1.0, 0.0, r));
+}
