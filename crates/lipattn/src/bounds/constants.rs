@@ -254,6 +254,20 @@ impl HeadConstants {
         let m = red_m.bound(bn).min(mul_up(o, v));
         let ma = mul_up(product_sup_up(&red_m, &red_a, bn)?, s).min(mul_up(m, a));
         let va = mul_up(product_sup_up(&red_v, &red_a, bn)?, s).min(mul_up(v, a));
+        // A zero W_V^h (or W_O^h) is known exactly: its norms are 0, not the tiny positive
+        // rounding allowances above, so that the head contributes exactly 0 to every bound even
+        // where its score factor e^{2 R beta} overflows (docs/bounds.md#floating-point).
+        let zero =
+            |x: MatRef<'_, f64>| (0..x.ncols()).all(|j| (0..x.nrows()).all(|i| x[(i, j)] == 0.0));
+        let (wv_zero, wo_zero) = (zero(wv), zero(wo));
+        let v = if wv_zero { 0.0 } else { v };
+        let o = if wo_zero { 0.0 } else { o };
+        let (m, ma) = if wv_zero || wo_zero {
+            (0.0, 0.0)
+        } else {
+            (m, ma)
+        };
+        let va = if wv_zero { 0.0 } else { va };
         Ok(Self {
             a,
             c,
