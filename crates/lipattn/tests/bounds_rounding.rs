@@ -307,3 +307,316 @@ fn ordinary_weights_barely_move() {
     }
     eprintln!("ordinary weights: largest relative change against plain f64 values {worst:.3e}");
 }
+
+// Lemma D0's invariant radius (docs/bounds.md#floating-point), checked exactly: u + m R + b - R
+// is a sum of f64 numbers once m R is split into fl(m R) + its error (TwoProd with a fused
+// multiply-add, exact when the product does not underflow), and the sign of a sum of f64
+// numbers is decided exactly by Shewchuk's expansion arithmetic (TwoSum, exact without overflow).
+
+/// a + b = s + e exactly (Knuth's TwoSum).
+fn two_sum(a: f64, b: f64) -> (f64, f64) {
+    let s = a + b;
+    let bb = s - a;
+    let e = (a - (s - bb)) + (b - bb);
+    (s, e)
+}
+
+/// a b = p + e exactly when a b does not underflow (TwoProd by fused multiply-add).
+fn two_prod(a: f64, b: f64) -> (f64, f64) {
+    let p = a * b;
+    assert!(
+        p == 0.0 || p.abs() > 1e-290,
+        "the product {a} * {b} is too small for TwoProd"
+    );
+    (p, a.mul_add(b, -p))
+}
+
+/// The exact sign of sum(xs) (Shewchuk's Grow-Expansion: a nonoverlapping expansion whose
+/// largest nonzero component carries the sign of the exact sum).
+fn exact_sign(xs: &[f64]) -> std::cmp::Ordering {
+    let mut e: Vec<f64> = vec![];
+    for &x in xs {
+        assert!(x.is_finite());
+        let mut q = x;
+        let mut next = vec![];
+        for &c in &e {
+            let (s, h) = two_sum(q, c);
+            if h != 0.0 {
+                next.push(h);
+            }
+            q = s;
+        }
+        assert!(q.is_finite());
+        next.push(q);
+        e = next;
+    }
+    e.iter()
+        .rev()
+        .find(|c| **c != 0.0)
+        .map_or(std::cmp::Ordering::Equal, |c| c.total_cmp(&0.0))
+}
+
+/// Whether u + m R + b <= R holds for the exact reals.
+fn exactly_invariant(m: f64, b: f64, u: f64, r: f64) -> bool {
+    let (p, e) = two_prod(m, r);
+    exact_sign(&[u, p, e, b, -r]) != std::cmp::Ordering::Greater
+}
+
+#[test]
+fn exact_sign_agrees_with_integers() {
+    let mut r = rng(11);
+    for _ in 0..2000 {
+        // Dyadic numbers k 2^-60 with |k| < 2^62: the exact sum is an i128 times 2^-60.
+        let xs: Vec<f64> = (0..5)
+            .map(|_| {
+                (r.random_range(-(1i64 << 52)..(1i64 << 52)) as f64)
+                    * 2f64.powi(r.random_range(-60..=0))
+            })
+            .collect();
+        let exact: i128 = xs.iter().map(|x| (x * 2f64.powi(60)) as i128).sum();
+        assert_eq!(exact_sign(&xs), exact.cmp(&0), "{xs:?}");
+    }
+    assert_eq!(exact_sign(&[1.0, 1e-30, -1.0]), std::cmp::Ordering::Greater);
+    assert_eq!(exact_sign(&[1.0, -1e-30, -1.0]), std::cmp::Ordering::Less);
+}
+
+#[test]
+fn invariant_radius_reviewer_counterexample() {
+    use lipattn::dynamics::certify::{ball_is_invariant, invariant_radius};
+    let (m, b, u) = (0.7144815916454049, 1.1744816251989845, 0.0);
+    // Rounded to nearest, as the code did: the exact inequality fails.
+    let naive = (u + b) / (1.0 - m);
+    assert_eq!(naive, 4.113505787480979);
+    assert!(!exactly_invariant(m, b, u, naive));
+    let r = invariant_radius(m, b, u).unwrap();
+    assert!(exactly_invariant(m, b, u, r), "R = {r}");
+    assert!(ball_is_invariant(m, b, u, r));
+    assert!(r <= naive * (1.0 + 1e-14), "R = {r}, naive {naive}");
+    // The rounded-up test rejects the naive radius.
+    assert!(!ball_is_invariant(m, b, u, naive));
+}
+
+#[test]
+fn invariant_radius_is_exactly_invariant() {
+    use lipattn::dynamics::certify::{ball_is_invariant, invariant_radius};
+    let mut rg = rng(12);
+    let mut naive_fails = 0;
+    for i in 0..2000 {
+        let m: f64 = match i % 4 {
+            0 => rg.random_range(0.0..1.0),
+            1 => 1.0 - rg.random_range(1e-9..1e-3),
+            2 => rg.random_range(0.0..1e-3),
+            _ => rg.random_range(0.5..0.99),
+        };
+        let b: f64 = rg.random_range(0.0..10.0) * 2f64.powi(rg.random_range(-20..20));
+        let u: f64 = if i % 3 == 0 {
+            0.0
+        } else {
+            rg.random_range(0.0..10.0) * 2f64.powi(rg.random_range(-20..20))
+        };
+        let naive = (u + b) / (1.0 - m);
+        if !exactly_invariant(m, b, u, naive) {
+            naive_fails += 1;
+        }
+        let r = invariant_radius(m, b, u).unwrap();
+        assert!(
+            exactly_invariant(m, b, u, r),
+            "m = {m}, b = {b}, u = {u}, R = {r}"
+        );
+        assert!(ball_is_invariant(m, b, u, r));
+        // Barely larger than the exact smallest radius.
+        assert!(
+            r <= naive * (1.0 + 1e-9),
+            "m = {m}, b = {b}, u = {u}: {r} vs {naive}"
+        );
+        // The rounded-up test is sound at any radius.
+        let s = naive * rg.random_range(0.999_999_999_999..1.000_000_000_001);
+        if ball_is_invariant(m, b, u, s) {
+            assert!(
+                exactly_invariant(m, b, u, s),
+                "m = {m}, b = {b}, u = {u}, R = {s}"
+            );
+        }
+    }
+    // Rounding to nearest is not enough, which is what this test is about.
+    assert!(naive_fails > 0);
+    assert_eq!(invariant_radius(1.0, 1.0, 0.0), None);
+    assert_eq!(invariant_radius(f64::NAN, 1.0, 0.0), None);
+    let m = 1.0f64.next_down();
+    // 1 - m = 2^-53: the rounded-up test cannot accept any radius (its own rounding exceeds the
+    // margin (1 - m) R), so there is none; whatever is returned must be invariant.
+    if let Some(r) = invariant_radius(m, 1.0, 0.0) {
+        assert!(exactly_invariant(m, 1.0, 0.0, r));
+    }
+}
+
+// NaN-safe combinations: a head whose value map is zero contributes 0 even when its score bound
+// overflows (0 * e^{2 R beta} with e^{2 R beta} = +inf), and `best` never picks a NaN.
+
+use lipattn::bounds::measure_w1::measure_bounds_from;
+use lipattn::bounds::token_map::token_map_bounds_from;
+use lipattn::bounds::{Bound, LayerConstants};
+use lipattn::estimation::{local_norm, LanczosOptions, Method};
+
+/// Two heads on d = 4 (dk = dv = 2): head 0 has scores of size `q_scale` (e^{2 R beta}
+/// overflows for q_scale = 1e3) and value map `v0_scale` times a random one; head 1 is ordinary.
+fn two_head_layer(seed: u64, q_scale: f64, v0_scale: f64, v1_scale: f64) -> AttentionLayer<f64> {
+    let mut r = rng(seed);
+    let (d, dk, dv, heads) = (4, 2, 2, 2);
+    let mut wq = gauss_mat(&mut r, heads * dk, d, 0.5);
+    let mut wk = gauss_mat(&mut r, heads * dk, d, 0.5);
+    let mut wv = gauss_mat(&mut r, heads * dv, d, 0.5);
+    for j in 0..d {
+        for i in 0..dk {
+            wq[(i, j)] *= q_scale;
+            wk[(i, j)] *= q_scale;
+        }
+        for i in 0..dv {
+            wv[(i, j)] *= v0_scale;
+            wv[(dv + i, j)] *= v1_scale;
+        }
+    }
+    let wo = gauss_mat(&mut r, d, heads * dv, 0.5);
+    AttentionLayer::new(
+        heads,
+        Kernel::Dot,
+        wq,
+        vec![0.0; heads * dk],
+        wk,
+        vec![0.0; heads * dk],
+        wv,
+        vec![0.0; heads * dv],
+        wo,
+        vec![0.0; d],
+    )
+    .unwrap()
+}
+
+fn bound(value: f64) -> Bound {
+    Bound {
+        name: "test".into(),
+        metric: Metric::W1,
+        value,
+        certified: true,
+        source: "test".into(),
+    }
+}
+
+#[test]
+fn best_ignores_nan() {
+    let neg_nan = -f64::NAN;
+    assert!(neg_nan.is_sign_negative() && neg_nan.is_nan());
+    let v = |bs: &[Bound]| best(bs, Metric::W1).map(|b| b.value);
+    assert_eq!(
+        v(&[bound(neg_nan), bound(3.0), bound(f64::INFINITY)]),
+        Some(3.0)
+    );
+    assert_eq!(v(&[bound(f64::NAN), bound(2.0), bound(neg_nan)]), Some(2.0));
+    assert_eq!(
+        v(&[bound(f64::INFINITY), bound(neg_nan)]),
+        Some(f64::INFINITY)
+    );
+    assert_eq!(v(&[bound(f64::INFINITY), bound(5.0)]), Some(5.0));
+    assert_eq!(v(&[bound(neg_nan), bound(f64::NAN)]), None);
+    assert_eq!(v(&[]), None);
+}
+
+#[test]
+fn zero_value_head_with_overflowing_scores_contributes_zero() {
+    let radius = 1.0;
+    let n = 6;
+    for seed in 0..3 {
+        let layer = two_head_layer(40 + seed, 1e3, 0.0, 1.0);
+        let consts = LayerConstants::of(&layer).unwrap();
+        let k0 = &consts.heads[0];
+        assert_eq!((k0.v, k0.m), (0.0, 0.0), "head 0 has W_V = 0");
+        // e^{2 R beta} overflows for head 0.
+        assert!(
+            (2.0 * radius * (k0.a * radius + k0.c)).exp().is_infinite(),
+            "a = {}",
+            k0.a
+        );
+        let domain = Domain::new(radius, n, false).unwrap();
+        let tok = token_map_bounds_from(&consts, &domain);
+        let meas = measure_bounds_from(&consts, radius);
+        for b in tok.iter().chain(&meas) {
+            assert!(!b.value.is_nan(), "{} is NaN", b.name);
+        }
+        let fro = best(&tok, Metric::Frobenius).unwrap().value;
+        let w1 = best(&meas, Metric::W1).unwrap().value;
+        assert!(
+            fro.is_finite() && w1.is_finite(),
+            "frobenius {fro}, w1 {w1}"
+        );
+        // The layer is head 1 plus a constant: its bounds are those of head 1's layer, up to
+        // the concatenated forms' ||W_O||.
+        let only1 = LayerConstants::of(&two_head_layer(40 + seed, 0.0, 0.0, 1.0)).unwrap();
+        let w1_only = best(&measure_bounds_from(&only1, radius), Metric::W1)
+            .unwrap()
+            .value;
+        assert!(w1 <= w1_only * (1.0 + 1e-9), "{w1} vs {w1_only}");
+        // At least what the Jacobian attains at points of the ball.
+        let mut r = rng(90 + seed);
+        for _ in 0..3 {
+            let mut x = gauss_mat(&mut r, n, 4, 1.0);
+            for i in 0..n {
+                let norm = (0..4).map(|k| x[(i, k)] * x[(i, k)]).sum::<f64>().sqrt();
+                for k in 0..4 {
+                    x[(i, k)] *= 0.99 * radius / norm;
+                }
+            }
+            let local = local_norm(
+                &layer,
+                x.as_ref(),
+                None,
+                false,
+                &Method::Lanczos(LanczosOptions::default()),
+            )
+            .unwrap();
+            assert!(
+                local.top.sigma <= fro,
+                "attained {} above the bound {fro}",
+                local.top.sigma
+            );
+        }
+    }
+}
+
+#[test]
+fn all_zero_value_heads_give_zero_bounds() {
+    let radius = 1.0;
+    let layer = two_head_layer(50, 1e3, 0.0, 0.0);
+    let consts = LayerConstants::of(&layer).unwrap();
+    let domain = Domain::new(radius, 5, false).unwrap();
+    let tok = token_map_bounds_from(&consts, &domain);
+    let meas = measure_bounds_from(&consts, radius);
+    for b in tok.iter().chain(&meas) {
+        assert!(!b.value.is_nan(), "{} is NaN", b.name);
+    }
+    let fro = best(&tok, Metric::Frobenius).unwrap().value;
+    let w1 = best(&meas, Metric::W1).unwrap().value;
+    assert!(fro <= 1e-300 && w1 <= 1e-300, "frobenius {fro}, w1 {w1}");
+}
+
+#[test]
+fn infinite_heads_make_the_best_infinite_only_when_every_candidate_is() {
+    let radius = 1.0;
+    // Head 0 has a nonzero value map and overflowing scores: B2 is +inf in both forms.
+    let layer = two_head_layer(60, 1e3, 1.0, 1.0);
+    let consts = LayerConstants::of(&layer).unwrap();
+    let meas = measure_bounds_from(&consts, radius);
+    let w1 = best(&meas, Metric::W1).unwrap().value;
+    assert!(w1.is_infinite(), "{w1}");
+    // The token-map bounds cap the column sum by n, so B1-tight stays finite and is chosen.
+    let domain = Domain::new(radius, 5, false).unwrap();
+    let tok = token_map_bounds_from(&consts, &domain);
+    for b in &tok {
+        assert!(!b.value.is_nan(), "{} is NaN", b.name);
+    }
+    let fro = best(&tok, Metric::Frobenius).unwrap().value;
+    assert!(fro.is_finite(), "{fro}");
+    assert!(tok
+        .iter()
+        .filter(|b| b.certified && b.metric == Metric::Frobenius)
+        .all(|b| fro <= b.value));
+}

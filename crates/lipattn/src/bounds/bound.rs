@@ -40,10 +40,12 @@ impl Bound {
     }
 }
 
-/// The smallest certified bound in a metric, if any.
+/// The smallest certified bound in a metric, if any. A NaN value is not a bound and is never
+/// chosen (`total_cmp` alone would put a negative NaN, the usual result of 0 * inf, before every
+/// number and hide a finite bound); +inf is chosen only when every candidate is +inf.
 pub fn best(bounds: &[Bound], metric: Metric) -> Option<&Bound> {
     bounds
         .iter()
-        .filter(|b| b.certified && b.metric == metric)
+        .filter(|b| b.certified && b.metric == metric && !b.value.is_nan())
         .min_by(|a, b| a.value.total_cmp(&b.value))
 }

@@ -7,7 +7,7 @@
 
 use super::rounding::{
     add_up, frob_up, gamma, inv_sqrt_up, lambda_max_up, mul_up, product_frob_up,
-    product_with_error, spectral_up, sqrt_up, UNIT_ROUNDOFF,
+    product_with_error, spectral_up, sqrt_up, ETA, UNIT_ROUNDOFF,
 };
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::{check_index, Error, Result};
@@ -170,12 +170,18 @@ fn product_sup_up(x: &Reduced, y: &Reduced, basis_norm: f64) -> Result<f64> {
     };
     let (gx, gy) = (&x.gram, &y.gram);
     let n = gx.nrows();
-    // H = fl(t Gx + Gy / t), entrywise within gamma_2 (t |Gx| + |Gy| / t) of the exact sum of the
-    // stored Grams, which are within gram_err of P^T P (Frobenius).
+    // H = fl(t Gx + Gy / t), entrywise within gamma_2 (t |Gx| + |Gy| / t) + 2 ETA of the exact
+    // sum of the stored Grams (an underflowing t Gx or Gy / t loses up to ETA / 2 absolutely,
+    // carried through the addition's factor 1 + u), i.e. within gamma_2 (...) + 2 n ETA in the
+    // Frobenius norm of the n x n matrix; the stored Grams are within gram_err of P^T P.
     let h = Mat::from_fn(n, n, |i, j| t * gx[(i, j)] + gy[(i, j)] / t);
     let inv_t = super::rounding::div_up(1.0, t);
+    let underflow = mul_up(mul_up(2.0, n as f64), ETA);
     let err = add_up(
-        add_up(mul_up(t, x.gram_err), mul_up(inv_t, y.gram_err)),
+        add_up(
+            add_up(mul_up(t, x.gram_err), mul_up(inv_t, y.gram_err)),
+            underflow,
+        ),
         mul_up(
             gamma(2),
             add_up(
@@ -248,6 +254,20 @@ impl HeadConstants {
         let m = red_m.bound(bn).min(mul_up(o, v));
         let ma = mul_up(product_sup_up(&red_m, &red_a, bn)?, s).min(mul_up(m, a));
         let va = mul_up(product_sup_up(&red_v, &red_a, bn)?, s).min(mul_up(v, a));
+        // A zero W_V^h (or W_O^h) is known exactly: its norms are 0, not the tiny positive
+        // rounding allowances above, so that the head contributes exactly 0 to every bound even
+        // where its score factor e^{2 R beta} overflows (docs/bounds.md#floating-point).
+        let zero =
+            |x: MatRef<'_, f64>| (0..x.ncols()).all(|j| (0..x.nrows()).all(|i| x[(i, j)] == 0.0));
+        let (wv_zero, wo_zero) = (zero(wv), zero(wo));
+        let v = if wv_zero { 0.0 } else { v };
+        let o = if wo_zero { 0.0 } else { o };
+        let (m, ma) = if wv_zero || wo_zero {
+            (0.0, 0.0)
+        } else {
+            (m, ma)
+        };
+        let va = if wv_zero { 0.0 } else { va };
         Ok(Self {
             a,
             c,

@@ -21,7 +21,7 @@ use faer::{Mat, MatRef, Side};
 pub const UNIT_ROUNDOFF: f64 = f64::EPSILON / 2.0;
 
 /// The smallest positive subnormal, 2^-1074: an underflowing product is off by at most half of it.
-const ETA: f64 = f64::from_bits(1);
+pub const ETA: f64 = f64::from_bits(1);
 
 /// Allowance for the platform's `exp`: the value returned is taken to be within a relative
 /// 2^-44 (about 2^8 = 256 units in the last place) of e^x. Correctly rounded implementations
@@ -44,7 +44,16 @@ pub fn add_up(a: f64, b: f64) -> f64 {
 }
 
 /// An upper bound of a * b.
+///
+/// A zero factor gives 0 whatever the other one, +inf included: every operand here stands for an
+/// exact real number (+inf for one beyond the f64 range, never for an infinite quantity), so a
+/// factor bounded by 0 makes the exact product 0. This is what a head whose value map is zero
+/// needs when its score bound overflows (0 * e^{2 R beta} with e^{2 R beta} = +inf): it contributes
+/// 0, not NaN. NaN still propagates.
 pub fn mul_up(a: f64, b: f64) -> f64 {
+    if (a == 0.0 && !b.is_nan()) || (b == 0.0 && !a.is_nan()) {
+        return 0.0;
+    }
     up(a * b)
 }
 
@@ -92,19 +101,36 @@ pub fn gamma(k: usize) -> f64 {
     div_up(ku, down(1.0 - ku))
 }
 
+/// An upper bound of 1 / (1 - gamma_k), by 1 + 2 gamma_k where gamma_k <= 1/2 (+inf beyond).
+fn inv_one_minus_gamma_up(k: usize) -> f64 {
+    let g = gamma(k);
+    if g <= 0.5 {
+        add_up(1.0, mul_up(2.0, g))
+    } else {
+        f64::INFINITY
+    }
+}
+
 /// An upper bound of sqrt(sum x^2) over the given f64 numbers (n of them).
 pub fn norm2_up(xs: impl IntoIterator<Item = f64>) -> f64 {
     // Each fl(x^2) = x^2 (1 + d) + e with |d| <= u, |e| <= ETA / 2, and the recursive sum of n
     // nonnegative terms is within gamma_{n-1} of theirs, so the computed s satisfies
-    // sum x^2 <= (s + n ETA) / (1 - gamma_n) <= (s + n ETA) (1 + 2 gamma_n).
+    // sum x^2 <= (s + n ETA) / (1 - gamma_n) <= (s + n ETA) (1 + 2 gamma_n) (gamma_n <= 1/2).
     let (mut s, mut n) = (0.0f64, 0usize);
     for x in xs {
         s += x * x;
         n += 1;
     }
     let slack = mul_up(n as f64, ETA);
-    let g = mul_up(2.0, gamma(n));
-    sqrt_up(mul_up(add_up(s, slack), add_up(1.0, g)))
+    sqrt_up(mul_up(add_up(s, slack), inv_one_minus_gamma_up(n)))
+}
+
+/// An upper bound of max_i |x_i|, the largest row norm of an f64 matrix X (the radius of the
+/// smallest centred ball that provably holds every row).
+pub fn max_row_norm_up(x: MatRef<'_, f64>) -> f64 {
+    (0..x.nrows())
+        .map(|i| norm2_up((0..x.ncols()).map(|k| x[(i, k)])))
+        .fold(0.0, f64::max)
 }
 
 /// An upper bound of ||X||_F for an f64 matrix X.
@@ -132,8 +158,9 @@ fn inf_norm_up(x: MatRef<'_, f64>) -> f64 {
 /// underflow adds: each product of two numbers may lose ETA / 2 absolutely, so a level adds
 /// k ETA / 2 per entry and the levels to its left multiply it by at most ||A_i||_inf (1 + gamma);
 /// t = K ETA prod_i (1 + ||A_i||_inf) covers this generously. The nonnegative chain
-/// |A_1| ... |A_r| is itself formed in f64, which loses at most gamma_K of it, so
-/// || |A_1| ... |A_r| ||_F <= ||fl(|A_1| ... |A_r|)||_F (1 + 2 gamma_K) + t sqrt(entries).
+/// |A_1| ... |A_r| =: Q is itself formed in f64 with the same bound, |fl(Q) - Q| <= gamma_K Q + t,
+/// so Q <= (fl(Q) + t) / (1 - gamma_K) entrywise and, where gamma_K <= 1/2,
+/// ||Q||_F <= (||fl(Q)||_F + t sqrt(entries)) (1 + 2 gamma_K).
 pub fn product_with_error(factors: &[MatRef<'_, f64>]) -> (Mat<f64>, f64) {
     assert!(!factors.is_empty());
     let last = factors.len() - 1;
@@ -152,9 +179,9 @@ pub fn product_with_error(factors: &[MatRef<'_, f64>]) -> (Mat<f64>, f64) {
     }
     let entries = (p.nrows() * p.ncols()) as f64;
     let t_frob = mul_up(t, sqrt_up(entries));
-    let abs_chain = add_up(
-        mul_up(frob_up(q.as_ref()), add_up(1.0, mul_up(2.0, g))),
-        t_frob,
+    let abs_chain = mul_up(
+        add_up(frob_up(q.as_ref()), t_frob),
+        inv_one_minus_gamma_up(k_total),
     );
     let err = add_up(mul_up(g, abs_chain), t_frob);
     (p, err)

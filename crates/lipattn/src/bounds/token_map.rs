@@ -56,6 +56,9 @@ pub fn b1_tight_head(k: &HeadConstants, use_output: bool, domain: &Domain) -> f6
 /// sqrt(3) |V| (a^2 R^4 (4n + 1) + n)^{1/2}.
 pub fn anchor_castin_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
     let (r, n) = (domain.radius, domain.n as f64);
+    if vn == 0.0 {
+        return 0.0; // a zero value map contributes 0, whatever its scores (no 0 * inf)
+    }
     3f64.sqrt() * vn * (k.a * k.a * r.powi(4) * (4.0 * n + 1.0) + n).sqrt()
 }
 
@@ -64,11 +67,18 @@ pub fn anchor_castin_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
 /// |V_h| sqrt(a^2 r^4 (n + 1) + n).
 pub fn anchor_code_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
     let (r, n) = (domain.radius, domain.n as f64);
+    if vn == 0.0 {
+        return 0.0;
+    }
     vn * (k.a * k.a * r.powi(4) * (n + 1.0) + n).sqrt()
 }
 
 fn concat(wo: f64, per_head: impl Iterator<Item = f64>) -> f64 {
-    wo * per_head.map(|x| x * x).sum::<f64>().sqrt()
+    let s = per_head.map(|x| x * x).sum::<f64>().sqrt();
+    if wo == 0.0 || s == 0.0 {
+        return 0.0; // a zero factor makes the product 0 (no 0 * inf)
+    }
+    wo * s
 }
 
 /// ||W_O|| (sum_h L_h^2)^{1/2}, rounded upward (for the certified forms).

@@ -3,7 +3,9 @@
 //! in W1 on P(B_R)), plus the row bound that proves a ball invariant (docs/dynamics.md#d0).
 
 use crate::attention::{AttentionLayer, Kernel};
-use crate::bounds::rounding::{add_up, norm2_up, product_frob_up, product_norm_up};
+use crate::bounds::rounding::{
+    add_up, div_up, down, mul_up, norm2_up, product_frob_up, product_norm_up, ETA,
+};
 use crate::bounds::{self, HeadConstants, Metric};
 use crate::domain::{self, Domain};
 use crate::error::{Error, Result};
@@ -64,10 +66,42 @@ pub fn row_bound(layer: &AttentionLayer<f64>) -> Result<(f64, f64)> {
     Ok((m, b))
 }
 
-/// The smallest R with u + m R + b <= R, i.e. a ball that X -> U + f(X) maps into itself when
-/// every row of U has norm at most u (Lemma D0); None when m >= 1.
+/// Whether u + m R + b <= R is proven for the exact reals: the left side rounded upward is at
+/// most R (Lemma D0 with docs/bounds.md#floating-point; u, m, b upper bounds).
+pub fn ball_is_invariant(m: f64, b: f64, u: f64, r: f64) -> bool {
+    add_up(add_up(u, mul_up(m, r)), b) <= r
+}
+
+/// About the smallest R with u + m R + b <= R, i.e. a ball that X -> U + f(X) maps into itself
+/// when every row of U has norm at most u (Lemma D0); None when m >= 1. Rounded outward: the
+/// exact u + m R + b <= R holds, and so does [`ball_is_invariant`].
 pub fn invariant_radius(m: f64, b: f64, u: f64) -> Option<f64> {
-    (m < 1.0).then(|| (u + b) / (1.0 - m))
+    invariant_radius_at_least(m, b, u, 0.0)
+}
+
+/// The radius of [`invariant_radius`], at least `lo` (every radius above an invariant one is
+/// invariant too): R >= (u + b) / (1 - m) computed as next_up((u + b)_up / (1 - m)_down), then
+/// enlarged, if need be, until the outward-rounded test [`ball_is_invariant`] accepts it as well
+/// (it can miss the exact inequality's margin by a few units in the last place). None when
+/// m >= 1 (1 - m rounded down is not positive) or no finite radius passes.
+pub fn invariant_radius_at_least(m: f64, b: f64, u: f64, lo: f64) -> Option<f64> {
+    let den = down(1.0 - m); // <= 1 - m
+    if !(den > 0.0 && b.is_finite() && u.is_finite() && lo.is_finite()) {
+        return None;
+    }
+    let mut r = div_up(add_up(u, b), den).max(lo);
+    let mut step = (r * f64::EPSILON).max(ETA);
+    for _ in 0..256 {
+        if !r.is_finite() {
+            return None;
+        }
+        if ball_is_invariant(m, b, u, r) {
+            return Some(r);
+        }
+        r = add_up(r, step);
+        step *= 2.0;
+    }
+    None
 }
 
 /// A certified Frobenius Lipschitz constant of the token map X -> f(X) on sequences of n

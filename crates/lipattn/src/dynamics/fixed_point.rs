@@ -6,8 +6,9 @@
 
 use super::certify::{self, Certificate, CertifiedDomain};
 use super::solver::{solve, FixedPointMap, Solution, SolveOptions, Solver};
-use super::{flatten, max_row_norm, unflatten};
+use super::{flatten, unflatten};
 use crate::attention::{AttentionLayer, Kernel};
+use crate::bounds::rounding::{add_up, max_row_norm_up, mul_up, up};
 use crate::error::{check_at_least, check_in, Error, Interval, Result};
 use crate::measure::Measure;
 use faer::{Mat, MatRef};
@@ -77,7 +78,7 @@ impl TokenFixedPoint {
                     ));
                 }
                 crate::error::check_finite("injected input U", flatten(input.as_ref()))?;
-                u = max_row_norm(input.as_ref());
+                u = max_row_norm_up(input.as_ref());
             }
         }
         let mut notes = vec![];
@@ -92,13 +93,14 @@ impl TokenFixedPoint {
             }
             Kernel::Dot => {
                 let (m, b) = certify::row_bound(&layer)?;
-                let r = match (radius, certify::invariant_radius(m, b, u)) {
-                    (Some(r), _) if u + m * r + b <= r => Some(r),
+                let inv = certify::invariant_radius_at_least(m, b, u, f64::MIN_POSITIVE);
+                let r = match (radius, inv) {
+                    (Some(r), _) if certify::ball_is_invariant(m, b, u, r) => Some(r),
                     (Some(r), _) => {
-                        notes.push(format!("the ball of radius {r} is not mapped into itself (needs u + m R + b <= R with m = {m}, b = {b}, u = {u})"));
+                        notes.push(format!("the ball of radius {r} is not mapped into itself (needs u + m R + b <= R, rounded upward, with m = {m}, b = {b}, u = {u})"));
                         None
                     }
-                    (None, Some(r)) => Some(r.max(f64::MIN_POSITIVE)),
+                    (None, Some(r)) => Some(r),
                     (None, None) => {
                         notes.push(format!("no invariant ball: sum_h |W_O^h W_V^h| = {m} >= 1"));
                         None
@@ -115,7 +117,8 @@ impl TokenFixedPoint {
         };
         let contraction = cert.as_ref().and_then(|c| {
             let l = match &variant {
-                Variant::Damped { beta } => (1.0 - beta) + beta * c.constant,
+                // Rounded upward (docs/bounds.md#floating-point): 1 - beta is exact or not.
+                Variant::Damped { beta } => add_up(up(1.0 - beta), mul_up(*beta, c.constant)),
                 _ => c.constant,
             };
             (l < 1.0).then_some(l)
@@ -183,7 +186,7 @@ impl FixedPointMap for TokenFixedPoint {
             Some(CertifiedDomain::All) => true,
             Some(CertifiedDomain::Ball { radius }) => {
                 let xm = unflatten(x, self.n, self.layer.d_in());
-                max_row_norm(xm.as_ref()) <= radius
+                max_row_norm_up(xm.as_ref()) <= radius
             }
             None => false,
         }
@@ -224,13 +227,14 @@ impl MeasureFixedPoint {
             notes.push("L2 kernel: no W1 constant over P_1(R^d) exists (docs/bounds.md#b5-tied-l2-attention)".into());
         } else {
             let (m, b) = certify::row_bound(&layer)?;
-            let r = match (radius, certify::invariant_radius(m, b, 0.0)) {
-                (Some(r), _) if m * r + b <= r => Some(r),
+            let inv = certify::invariant_radius_at_least(m, b, 0.0, f64::MIN_POSITIVE);
+            let r = match (radius, inv) {
+                (Some(r), _) if certify::ball_is_invariant(m, b, 0.0, r) => Some(r),
                 (Some(r), _) => {
-                    notes.push(format!("P(B_R) with R = {r} is not mapped into itself (needs m R + b <= R, m = {m}, b = {b})"));
+                    notes.push(format!("P(B_R) with R = {r} is not mapped into itself (needs m R + b <= R, rounded upward, m = {m}, b = {b})"));
                     None
                 }
-                (None, Some(r)) => Some(r.max(f64::MIN_POSITIVE)),
+                (None, Some(r)) => Some(r),
                 (None, None) => {
                     notes.push(format!("no invariant ball: sum_h |W_O^h W_V^h| = {m} >= 1"));
                     None
@@ -314,7 +318,7 @@ impl FixedPointMap for MeasureFixedPoint {
         match self.radius {
             Some(r) => {
                 let xm = unflatten(x, self.weights.len(), self.layer.d_in());
-                max_row_norm(xm.as_ref()) <= r
+                max_row_norm_up(xm.as_ref()) <= r
             }
             None => false,
         }

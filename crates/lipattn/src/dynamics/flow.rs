@@ -6,8 +6,8 @@
 //! mean-field consistency and clustering.
 
 use super::certify;
-use super::max_row_norm;
 use crate::attention::{AttentionLayer, Kernel};
+use crate::bounds::rounding::{add_up, div_up, down, exp_up, max_row_norm_up, mul_up};
 use crate::error::{check_at_least, check_nonnegative, check_positive};
 use crate::error::{Error, Result};
 use crate::estimation::SplitMix;
@@ -464,13 +464,19 @@ pub fn gronwall_constant(
     match projection {
         Projection::LayerNorm { .. } => Ok(None),
         Projection::Sphere => {
-            Ok(certify::velocity_lipschitz(layer, 1.0)?.map(|(lx, lmu)| (lx + (m + b) + lmu, 1.0)))
+            // Rounded upward (docs/bounds.md#floating-point).
+            Ok(certify::velocity_lipschitz(layer, 1.0)?
+                .map(|(lx, lmu)| (add_up(add_up(lx, add_up(m, b)), lmu), 1.0)))
         }
         Projection::None => {
+            // R(t) = (r0 + b/m) e^{m t} - b/m = r0 e^{m t} + (b/m)(e^{m t} - 1), increasing in
+            // r0, b/m, m t: an upper bound with b/m rounded up where it is added and down where
+            // it is subtracted.
             let r = if m > 0.0 {
-                (r0 + b / m) * (m * t_end).exp() - b / m
+                let grown = mul_up(add_up(r0, div_up(b, m)), exp_up(mul_up(m, t_end)));
+                add_up(grown, -down(b / m).max(0.0))
             } else {
-                r0 + b * t_end
+                add_up(r0, mul_up(b, t_end))
             };
             if !r.is_finite() {
                 return Ok(None);
@@ -497,7 +503,7 @@ pub fn gronwall_check(
         normalise_rows(&mut mu_pts)?;
         normalise_rows(&mut nu_pts)?;
     }
-    let r0 = max_row_norm(mu_pts.as_ref()).max(max_row_norm(nu_pts.as_ref()));
+    let r0 = max_row_norm_up(mu_pts.as_ref()).max(max_row_norm_up(nu_pts.as_ref()));
     let Some((l, radius)) = gronwall_constant(layer, opts.projection, r0, opts.t_end)? else {
         return Err(Error::invalid("no certified Gronwall constant for this setting (LayerNorm or L2 kernel, or an overflowing radius)"));
     };
@@ -519,7 +525,7 @@ pub fn gronwall_check(
         )?
         .distance;
         measured.push(w);
-        bound.push((l * t).exp() * w0);
+        bound.push(mul_up(exp_up(mul_up(l, t)), w0));
     }
     let violated = measured.iter().zip(&bound).any(|(m, b)| m > b);
     let measured_rate = a

@@ -8,13 +8,14 @@ use super::json::to_json as to_value;
 use super::solvers::{SolverRequest, SolverRun};
 use super::{OnProgress, Progress};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::dynamics::certify::{invariant_radius, row_bound, scaled};
+use crate::bounds::rounding::max_row_norm_up;
+use crate::dynamics::certify::{invariant_radius_at_least, row_bound, scaled};
 use crate::dynamics::check_contraction_target;
 use crate::dynamics::{
     MeasureFixedPoint, Solution, SolveOptions, Solver, TokenFixedPoint, Variant,
 };
 use crate::error::{as_option, Error, Result};
-use crate::linalg::{frobenius, max_row_norm};
+use crate::linalg::frobenius;
 use crate::named_enum;
 use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
@@ -132,11 +133,12 @@ impl Spec<'_> {
             (None, Kernel::Dot) => {
                 let (m, b) = row_bound(&layer)?;
                 let u = if injected {
-                    max_row_norm(self.input.as_ref())
+                    max_row_norm_up(self.input.as_ref())
                 } else {
                     0.0
                 };
-                invariant_radius(m, b, u).map(|r| r.max(max_row_norm(x)))
+                let lo = max_row_norm_up(x).max(f64::MIN_POSITIVE);
+                invariant_radius_at_least(m, b, u, lo)
             }
             (None, Kernel::L2) => None,
         };
