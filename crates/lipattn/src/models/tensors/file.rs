@@ -6,7 +6,6 @@
 //! a memory-mapping dependency. Every tensor is converted to f64 on access, because the
 //! certified bounds downstream are computed in f64 whatever the storage precision was.
 
-use super::NAMES_IN_ERRORS;
 use crate::error::{Error, Result};
 use faer::Mat;
 use safetensors::tensor::{Metadata, TensorInfo};
@@ -60,22 +59,7 @@ impl TensorFile {
 
     /// A short listing of the names found, for error messages.
     pub(super) fn sample_names(&self) -> String {
-        let mut shown: Vec<&str> = self
-            .names
-            .iter()
-            .take(NAMES_IN_ERRORS)
-            .map(String::as_str)
-            .collect();
-        if shown.is_empty() {
-            return "the file holds no tensors".into();
-        }
-        let more = self.names.len().saturating_sub(shown.len());
-        let mut s = format!("{} tensors, e.g. ", self.names.len());
-        if more > 0 {
-            shown.push("...");
-        }
-        s.push_str(&shown.join(", "));
-        s
+        super::sample_names(&self.names)
     }
 
     fn info(&self, name: &str) -> Result<&TensorInfo> {

@@ -154,19 +154,7 @@ impl TensorStore {
 
     /// A short listing of the names found, for error messages.
     pub fn sample_names(&self) -> String {
-        if self.names.is_empty() {
-            return "no tensors".into();
-        }
-        let mut shown: Vec<&str> = self
-            .names
-            .iter()
-            .take(NAMES_IN_ERRORS)
-            .map(String::as_str)
-            .collect();
-        if self.names.len() > shown.len() {
-            shown.push("...");
-        }
-        format!("{} tensors, e.g. {}", self.names.len(), shown.join(", "))
+        sample_names(&self.names)
     }
 
     fn file(&self, name: &str) -> Result<&TensorFile> {
@@ -203,4 +191,20 @@ impl TensorStore {
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f64>> {
         self.file(name)?.vector(name, len)
     }
+}
+
+/// "N tensors, e.g. a, b, ..." for error messages: enough names to recognise a layout.
+fn sample_names(names: &[String]) -> String {
+    if names.is_empty() {
+        return "no tensors".into();
+    }
+    let mut shown: Vec<&str> = names
+        .iter()
+        .take(NAMES_IN_ERRORS)
+        .map(String::as_str)
+        .collect();
+    if names.len() > shown.len() {
+        shown.push("...");
+    }
+    format!("{} tensors, e.g. {}", names.len(), shown.join(", "))
 }
