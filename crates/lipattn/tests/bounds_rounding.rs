@@ -6,7 +6,7 @@
 //! W_Q^T W_K is an integer matrix times 2^-100 held exactly in i128. A rigorous lower bound of its
 //! spectral norm is |X v| / |v| for an integer vector v (the top right singular vector of the f64
 //! approximation, scaled and rounded), with |X v| evaluated exactly in i128 and converted to f64
-//! rounding toward zero. None of this uses `bounds::rounding`.
+//! rounding toward zero. None of this uses `linalg::rounding`.
 
 mod common;
 use common::*;

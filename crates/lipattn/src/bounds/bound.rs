@@ -18,7 +18,7 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// `value` must already be rounded outward (`bounds::rounding`).
+    /// `value` must already be rounded outward (`linalg::rounding`).
     pub(crate) fn certified(name: &str, metric: Metric, value: f64, section: &str) -> Self {
         Self {
             name: name.into(),

@@ -3,14 +3,14 @@
 //! c = W_K^T b_Q / sqrt(dk), m = ||W_O^h W_V^h||_2, and an upper bound on
 //! sup_{|u| = 1} |M u| |A u| (the term that multiplies R^2). Each is a proven upper bound of
 //! the exact value for the exact (f64) weights, rounding included (docs/bounds.md#floating-point,
-//! `bounds::rounding`).
+//! `linalg::rounding`).
 
-use super::rounding::{
+use crate::attention::{AttentionLayer, Kernel};
+use crate::error::{check_index, Error, Result};
+use crate::linalg::rounding::{
     add_up, frob_up, gamma, inv_sqrt_up, lambda_max_up, mul_up, product_frob_up,
     product_with_error, spectral_up, sqrt_up, ETA, UNIT_ROUNDOFF,
 };
-use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{check_index, Error, Result};
 use faer::{Mat, MatRef, Side};
 use serde::Serialize;
 
@@ -175,7 +175,7 @@ fn product_sup_up(x: &Reduced, y: &Reduced, basis_norm: f64) -> Result<f64> {
     // carried through the addition's factor 1 + u), i.e. within gamma_2 (...) + 2 n ETA in the
     // Frobenius norm of the n x n matrix; the stored Grams are within gram_err of P^T P.
     let h = Mat::from_fn(n, n, |i, j| t * gx[(i, j)] + gy[(i, j)] / t);
-    let inv_t = super::rounding::div_up(1.0, t);
+    let inv_t = crate::linalg::rounding::div_up(1.0, t);
     let underflow = mul_up(mul_up(2.0, n as f64), ETA);
     let err = add_up(
         add_up(

@@ -1,10 +1,10 @@
 //! B3: cross-attention C(mu, nu) = (Gamma_nu)_# mu, separately in each argument (W1 and W2).
 
 use super::measure_w1::{context_lipschitz_head, query_lipschitz_head};
-use super::rounding::{hypot_up, mul_up, spectral_up, sum_up};
 use super::{head_constants, require_dot};
 use crate::attention::AttentionLayer;
 use crate::error::Result;
+use crate::linalg::rounding::{hypot_up, mul_up, spectral_up, sum_up};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]

@@ -4,12 +4,12 @@
 //! free value map is not globally Lipschitz).
 
 use super::constants::spectral_norm;
-use super::rounding::{
-    add_up, down, exp_down, exp_up, hypot_up, mul_up, product_norm_up, spectral_up, sqrt_up,
-};
 use super::{Bound, Metric};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::{Error, Result};
+use crate::linalg::rounding::{
+    add_up, down, exp_down, exp_up, hypot_up, mul_up, product_norm_up, spectral_up, sqrt_up,
+};
 use faer::Mat;
 
 /// Largest relative residual |W_V - U W_Q| / |W_V| accepted as "W_V factors through W_Q".

@@ -1,7 +1,7 @@
 //! B6: the radius of LayerNorm outputs and the Lipschitz constant of a residual branch.
 
-use super::rounding::{add_up, mul_up, norm2_up, sqrt_up};
 use crate::error::{check_finite, Error, Result};
+use crate::linalg::rounding::{add_up, mul_up, norm2_up, sqrt_up};
 
 /// Every output of LN(x) = gamma o (x - mean) / sqrt(var + eps) + beta lies in B_R with
 /// R = sqrt(d) max|gamma_k| + |beta| (the normalised vector has norm below sqrt(d)).

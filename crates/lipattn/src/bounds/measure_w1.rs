@@ -1,10 +1,10 @@
 //! B2: self-attention F(mu) = (Gamma_mu)_# mu on P(B_R) in W1 and W2 (dot-product kernel).
 
 use super::constants::HeadConstants;
-use super::rounding::{add_up, exp_up, hypot_up, mul_up, sum_up};
 use super::{require_dot, Bound, LayerConstants, Metric};
 use crate::attention::AttentionLayer;
 use crate::error::Result;
+use crate::linalg::rounding::{add_up, exp_up, hypot_up, mul_up, sum_up};
 
 /// Lipschitz constant of x -> Gamma_mu(x) on B_R for one head: sup_u |M u||A u| R^2 (rounded
 /// upward).

@@ -7,7 +7,6 @@ pub mod cross_attention;
 pub mod l2;
 pub mod layer_norm;
 pub mod measure_w1;
-pub mod rounding;
 pub mod token_map;
 
 mod bound;
@@ -15,6 +14,8 @@ mod metric;
 mod summary;
 
 pub use crate::domain::Domain;
+/// Outward rounding lives with the other kernels (`linalg::rounding`); certificates are its users.
+pub use crate::linalg::rounding;
 pub use bound::{best, Bound};
 pub use constants::HeadConstants;
 pub use metric::Metric;

@@ -23,7 +23,7 @@ impl LayerConstants {
     pub fn of(layer: &AttentionLayer<f64>) -> Result<Self> {
         Ok(Self {
             heads: head_constants(layer)?,
-            wo: super::rounding::spectral_up(layer.wo.as_ref())?,
+            wo: crate::linalg::rounding::spectral_up(layer.wo.as_ref())?,
         })
     }
 }

@@ -2,10 +2,10 @@
 //! the multi-head compositions of B4, and the anchor's formulas for comparison.
 
 use super::constants::HeadConstants;
-use super::rounding::{add_up, div_up, exp_up, hypot_up, mul_up, sqrt_up, sum_up};
 use super::{require_dot, Bound, Domain, LayerConstants, Metric};
 use crate::attention::AttentionLayer;
 use crate::error::Result;
+use crate::linalg::rounding::{add_up, div_up, exp_up, hypot_up, mul_up, sqrt_up, sum_up};
 
 /// An upper bound on max_j sum_i P_ij, the largest column sum of the attention matrix, for
 /// uniform weights on n tokens in B_R with scores whose key-dependent part spans at most

@@ -3,12 +3,12 @@
 //! in W1 on P(B_R)), plus the row bound that proves a ball invariant (docs/dynamics.md#d0).
 
 use crate::attention::{AttentionLayer, Kernel};
-use crate::bounds::rounding::{
-    add_up, div_up, down, mul_up, norm2_up, product_frob_up, product_norm_up, ETA,
-};
 use crate::bounds::{self, HeadConstants, Metric};
 use crate::domain::{self, Domain};
 use crate::error::{Error, Result};
+use crate::linalg::rounding::{
+    add_up, div_up, down, mul_up, norm2_up, product_frob_up, product_norm_up, ETA,
+};
 use serde::Serialize;
 
 /// Where a certified constant holds.

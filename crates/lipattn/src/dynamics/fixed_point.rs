@@ -8,8 +8,8 @@ use super::certify::{self, Certificate, CertifiedDomain};
 use super::solver::{solve, FixedPointMap, Solution, SolveOptions, Solver};
 use super::{flatten, unflatten};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::bounds::rounding::{add_up, max_row_norm_up, mul_up, up};
 use crate::error::{check_at_least, check_in, Error, Interval, Result};
+use crate::linalg::rounding::{add_up, max_row_norm_up, mul_up, up};
 use crate::measure::Measure;
 use faer::{Mat, MatRef};
 

@@ -7,10 +7,10 @@
 
 use super::certify;
 use crate::attention::{AttentionLayer, Kernel};
-use crate::bounds::rounding::{add_up, div_up, down, exp_up, max_row_norm_up, mul_up};
 use crate::error::{check_at_least, check_nonnegative, check_positive};
 use crate::error::{Error, Result};
 use crate::estimation::SplitMix;
+use crate::linalg::rounding::{add_up, div_up, down, exp_up, max_row_norm_up, mul_up};
 use crate::measure::Measure;
 use faer::{Mat, MatRef};
 use serde::Serialize;

@@ -1,6 +1,7 @@
 //! Low-level numerical kernels shared by the domain modules, so that each exists once: matrix
 //! products and their parallel split (`gemm`), the softmax and its derivative (`softmax`), Krylov
-//! vector operations (`krylov`), norms, least-squares fits, row layouts and the seeded generator.
+//! vector operations (`krylov`), norms, least-squares fits, row layouts, the seeded generator,
+//! and the outward-rounded arithmetic and norms that certificates are computed with (`rounding`).
 //! Domain modules define none of these themselves.
 //!
 //! Conventions, once for all: matrices are faer `Mat`/`MatRef` (column-major); tokens are rows;
@@ -14,6 +15,7 @@ pub(crate) mod krylov;
 pub mod layout;
 pub mod norms;
 pub mod rng;
+pub mod rounding;
 pub mod softmax;
 
 pub use fit::{least_squares, loglog, LineFit};

@@ -8,7 +8,6 @@ use super::json::to_json as to_value;
 use super::solvers::{SolverRequest, SolverRun};
 use super::{OnProgress, Progress};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::bounds::rounding::max_row_norm_up;
 use crate::dynamics::certify::{invariant_radius_at_least, row_bound, scaled};
 use crate::dynamics::check_contraction_target;
 use crate::dynamics::{
@@ -16,6 +15,7 @@ use crate::dynamics::{
 };
 use crate::error::{as_option, Error, Result};
 use crate::linalg::frobenius;
+use crate::linalg::rounding::max_row_norm_up;
 use crate::named_enum;
 use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
