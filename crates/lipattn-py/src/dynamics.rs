@@ -90,7 +90,7 @@ fn random_layer(
 /// n x d float64 tokens against the memory budget, before they are drawn.
 fn tokens_fit(n: usize, d: usize) -> PyResult<()> {
     lipattn::budget::check(
-        &format!("{n} x {d} tokens"),
+        || format!("{n} x {d} tokens"),
         lipattn::budget::bytes_of(&[n, d], 8),
     )
     .py_err()

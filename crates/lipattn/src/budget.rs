@@ -107,14 +107,16 @@ pub fn total(parts: &[Option<u64>]) -> Option<u64> {
 /// machine that runs lipattn has this much.
 pub const ALWAYS_ALLOWED: u64 = 64 << 20;
 
-/// `need` bytes (None: beyond u64) for `what` (which sizes drive it), against the budget.
-pub fn check(what: &str, need: Option<u64>) -> Result<()> {
+/// `need` bytes (None: beyond u64) for what `what` describes (the sizes that drive it), against
+/// the budget. `what` is only formatted when the check fails or has to read the budget, so the
+/// check costs no allocation on hot paths.
+pub fn check(what: impl FnOnce() -> String, need: Option<u64>) -> Result<()> {
     let set = MAX_MEMORY.load(Ordering::Relaxed);
     if set == 0 && need.is_some_and(|n| n <= ALWAYS_ALLOWED) {
         return Ok(());
     }
     let (budget, origin) = max_memory()?;
-    verdict(what, need, budget, origin)
+    verdict(&what(), need, budget, origin)
 }
 
 fn verdict(what: &str, need: Option<u64>, budget: u64, origin: &'static str) -> Result<()> {
@@ -178,7 +180,7 @@ mod tests {
         );
         let e = verdict("n", None, 1000, "test").unwrap_err().to_string();
         assert!(e.contains("more than"), "{e}");
-        assert!(check("small", Some(1 << 20)).is_ok());
+        assert!(check(|| "small".into(), Some(1 << 20)).is_ok());
         assert!(max_memory().unwrap().0 > 0);
     }
 }

@@ -63,8 +63,11 @@ fn requests_beyond_the_budget_stop_before_allocating() {
         "final time / record interval",
     );
     // Beyond 64 bits: named as such, not wrapped around.
-    let e =
-        lipattn::budget::check("huge", lipattn::budget::bytes_of(&[usize::MAX, 2], 8)).unwrap_err();
+    let e = lipattn::budget::check(
+        || "huge".into(),
+        lipattn::budget::bytes_of(&[usize::MAX, 2], 8),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("more than 18 EB"), "{e}");
     set_max_memory(None);
     assert!(layer.forward(x.as_ref(), None, false).is_ok());

@@ -64,7 +64,7 @@ pub fn lipschitz(layer: &AttentionLayer<f64>, opts: &LipschitzOptions) -> Result
     let (d, h) = (layer.d_in(), layer.heads);
     for (what, count) in [("`n`", opts.n), ("`atoms`", opts.atoms)] {
         crate::budget::check(
-            &format!("the search over {count} tokens of width {d} ({what})"),
+            || format!("the search over {count} tokens of width {d} ({what})"),
             crate::budget::total(&[
                 crate::budget::bytes_of(&[16, count, d], 8),
                 crate::budget::bytes_of(&[4, h, count, count], 8),

@@ -161,10 +161,12 @@ impl<T: Scalar> AttentionLayer<T> {
         // One nq x nc probability matrix per head, and as much again while it is formed, before
         // any of it is allocated.
         crate::budget::check(
-            &format!(
-                "attention of {nq} queries over {nc} tokens with {} heads (the score matrices)",
-                self.heads
-            ),
+            || {
+                format!(
+                    "attention of {nq} queries over {nc} tokens with {} heads (the score matrices)",
+                    self.heads
+                )
+            },
             crate::budget::bytes_of(&[2, self.heads, nq, nc], std::mem::size_of::<T>() as u64),
         )?;
         let log_w = log_weights::<T>(weights, nc)?;

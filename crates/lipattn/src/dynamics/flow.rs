@@ -329,9 +329,11 @@ pub fn integrate(
     let records = (opts.t_end / opts.record_every).ceil() + 1.0;
     let (n, d) = (x0.nrows(), x0.ncols());
     crate::budget::check(
-        &format!(
-            "recording {records:.3e} states of {n} x {d} tokens (final time / record interval)"
-        ),
+        || {
+            format!(
+                "recording {records:.3e} states of {n} x {d} tokens (final time / record interval)"
+            )
+        },
         if records < 9.0e15 {
             crate::budget::bytes_of(&[records as usize, n.max(1), d.max(1)], 8)
         } else {

@@ -20,7 +20,7 @@ pub fn random_layer(
     check_nonnegative("bias scale", bias)?;
     let dk = (d / heads).max(1);
     crate::budget::check(
-        &format!("a random layer of width d = {d} with {heads} heads (its four weight matrices)"),
+        || format!("a random layer of width d = {d} with {heads} heads (its four weight matrices)"),
         crate::budget::bytes_of(&[4, heads, dk, d], 8),
     )?;
     let mut rng = SplitMix::new(seed);

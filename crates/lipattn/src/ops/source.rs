@@ -148,7 +148,7 @@ impl SourceRequest {
     fn check_random_count(&self, d: usize) -> Result<()> {
         as_option(check_at_least("`n`", self.n, 1))?;
         crate::budget::check(
-            &format!("{} random tokens of width {d} (`n`)", self.n),
+            || format!("{} random tokens of width {d} (`n`)", self.n),
             crate::budget::bytes_of(&[self.n, d], 8),
         )
     }

@@ -231,10 +231,12 @@ pub fn run(
         // A dense n x m cost matrix, and the solver's arrays over all n m arcs (network simplex:
         // costs, flows, states and tree links) or the dense entropic plan.
         crate::budget::check(
-            &format!(
+            || {
+                format!(
                 "{} transport between {n} and {m} atoms (the n x m cost matrix and solver state)",
                 req.method.name()
-            ),
+            )
+            },
             crate::budget::bytes_of(&[6, n, m], 8),
         )?;
     }

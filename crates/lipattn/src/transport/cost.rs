@@ -115,7 +115,7 @@ pub fn ground_cost(a: &Measure, b: &Measure, p: u32) -> Result<CostMatrix> {
     let (x, y) = (a.points(), b.points());
     let (n, m, d) = (x.nrows(), y.nrows(), x.ncols());
     crate::budget::check(
-        &format!("the {n} x {m} ground cost matrix"),
+        || format!("the {n} x {m} ground cost matrix"),
         crate::budget::bytes_of(&[n, m], 8),
     )?;
     let xr: Vec<f64> = (0..n)
