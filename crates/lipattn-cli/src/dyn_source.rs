@@ -23,8 +23,8 @@ pub struct SourceArgs {
     /// Synthetic layer: number of heads.
     #[arg(long, default_value_t = SourceRequest::default().heads)]
     pub heads: usize,
-    /// Synthetic layer: kernel, l2 (tied, W_V = U W_Q: certified on all of R^{n x d}) or dot
-    /// (certified on a ball only).
+    /// Synthetic layer: kernel, l2 (tied, W_V = U W_Q exactly: certified on all of R^{n x d}) or
+    /// dot (certified on a ball only).
     #[arg(long, value_parser = crate::names::named::<Kernel>(), default_value_t = SourceRequest::default().kernel)]
     pub kernel: Kernel,
     /// Synthetic layer: standard deviation of the biases.

@@ -182,8 +182,8 @@ fn flat(x: &Mat<f64>) -> Vec<f64> {
 
 /// A residual block y = x + g(x) whose branch g (the layer with W_O, b_O scaled by ``scale``)
 /// has certified Lipschitz constant at most c < 1 on sequences of n tokens (Frobenius norm): on
-/// all of R^{n x d} for tied L2 attention (no radius), on the ball (B_R)^n for the dot product
-/// (``radius`` = R required). docs/dynamics.md#d1.
+/// all of R^{n x d} for tied L2 attention whose W_V = U W_Q holds exactly (no radius), on the
+/// ball (B_R)^n otherwise (``radius`` = R required). docs/dynamics.md#d1.
 #[pyclass(module = "lipattn", name = "InvertibleBlock", frozen)]
 pub struct PyInvertibleBlock {
     block: Arc<InvertibleBlock>,

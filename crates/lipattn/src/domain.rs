@@ -30,6 +30,16 @@ impl Domain {
     }
 }
 
+/// Where a certified constant holds.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CertifiedDomain {
+    /// Every token sequence in R^{n x d} (tied L2 attention with an exact factorisation, B5).
+    All,
+    /// Every token in the closed ball of this radius (every atom, for measures).
+    Ball { radius: f64 },
+}
+
 /// The radius of B_R, for maps whose domain fixes a ball and nothing else (measures on P(B_R),
 /// whatever their number of atoms); [`Domain::new`] checks its radius here.
 pub fn check_radius(radius: f64) -> Result<f64> {

@@ -590,3 +590,45 @@ fn dot_block_refuses_outputs_outside_its_ball() {
         .unwrap_err();
     assert!(matches!(e, Error::Invalid(_)), "{e:?}");
 }
+
+/// A tied L2 layer whose W_V = U W_Q is off by a remainder (docs/bounds.md#b5-on-a-ball) is
+/// certified on a ball only: the global block is refused, the block for given tokens finds a
+/// ball, inverts to 1e-10 within its certified error, and the weight-tied fixed point is
+/// certified on an invariant ball, not on all of R^{n x d}.
+#[test]
+fn near_factorised_l2_is_certified_on_a_ball_only() {
+    let mut layer = random_layer(6, 2, Kernel::L2, 0.3, 4).unwrap();
+    layer.wv[(0, 5)] += 1e-9;
+    let n = 8;
+    assert!(certify::needs_ball(&layer, n).unwrap());
+    assert!(certify::token_lipschitz(&layer, n, None).unwrap().is_none());
+    let Err(e) = InvertibleBlock::new(&layer, n, 0.9, None) else {
+        panic!("a near-factorised L2 layer must not be certified on all of R^(n x d)")
+    };
+    assert!(e.to_string().contains("give a radius"), "{e}");
+    let x = random_tokens(n, 6, 1.0, 9);
+    let block = InvertibleBlock::for_tokens(&layer, x.as_ref(), 0.9, None).unwrap();
+    assert!(matches!(
+        block.certificate.domain,
+        CertifiedDomain::Ball { .. }
+    ));
+    let y = block.forward(x.as_ref()).unwrap();
+    let inv = block
+        .inverse(y.as_ref(), &Solver::anderson(), &opts(1e-12))
+        .unwrap();
+    let err = diff(&inv.x, &x);
+    assert!(err <= 1e-10 && err <= inv.error_bound.unwrap(), "{err:e}");
+
+    let exact = random_layer(6, 2, Kernel::L2, 0.3, 4).unwrap();
+    assert!(!certify::needs_ball(&exact, n).unwrap());
+    let c = certify::token_lipschitz(&exact, n, None).unwrap().unwrap();
+    let f = certify::scaled(&layer, 0.5 / c.constant);
+    let p = TokenFixedPoint::new(f, n, Variant::Plain, None).unwrap();
+    assert!(
+        matches!(p.domain, Some(CertifiedDomain::Ball { .. })),
+        "{:?}",
+        p.notes
+    );
+    assert!(p.notes.iter().any(|s| s.contains("invariant ball")));
+    assert!(p.contraction.is_some());
+}

@@ -95,12 +95,21 @@ fn summary_on(
     domain: &Domain,
 ) -> Result<CertifiedSummary> {
     if layer.kernel == Kernel::L2 {
-        let (b5, why) = l2::l2_bounds(layer, domain.n)?;
+        let b5 = l2::b5(layer, domain.n, Some(domain.radius), None)?;
         let mut notes = vec![
             "L2 kernel: no measure-level (W1/W2) constant exists over all of P_1(R^d) (docs/background.md#l2-no-w1-constant)"
                 .to_string(),
         ];
-        notes.extend(why);
+        let b5 = match b5 {
+            Ok(b) => {
+                notes.push(b.domain_note(domain.n));
+                Some(b.bound)
+            }
+            Err(why) => {
+                notes.push(why);
+                None
+            }
+        };
         return Ok(CertifiedSummary {
             best: Certified {
                 frobenius: b5.as_ref().map(|b| b.value),

@@ -1,25 +1,16 @@
 //! The certified constants the dynamics rest on, assembled from the bounds of docs/bounds.md:
-//! B5 (tied L2, all of R^{n x d}), B1/B1-tight with B4 (dot product on (B_R)^n) and B2 (measures
+//! B5 (tied L2: all of R^{n x d} for an exact factorisation, else a ball), B1/B1-tight with B4 (dot product on (B_R)^n) and B2 (measures
 //! in W1 on P(B_R)), plus the row bound that proves a ball invariant (docs/dynamics.md#d0).
 
 use crate::attention::{AttentionLayer, Kernel};
 use crate::bounds::{self, HeadConstants, Metric};
+pub use crate::domain::CertifiedDomain;
 use crate::domain::{self, Domain};
 use crate::error::{Error, Result};
 use crate::linalg::rounding::{
     add_up, div_up, down, mul_up, norm2_up, product_frob_up, product_norm_up, ETA,
 };
 use serde::Serialize;
-
-/// Where a certified constant holds.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum CertifiedDomain {
-    /// Every token sequence in R^{n x d} (tied L2 attention, B5).
-    All,
-    /// Every token in the closed ball of this radius (every atom, for measures).
-    Ball { radius: f64 },
-}
 
 /// A proven Lipschitz constant with the norm and the domain it holds on.
 #[derive(Clone, Debug, Serialize)]
@@ -105,9 +96,9 @@ pub fn invariant_radius_at_least(m: f64, b: f64, u: f64, lo: f64) -> Option<f64>
 }
 
 /// A certified Frobenius Lipschitz constant of the token map X -> f(X) on sequences of n
-/// tokens: B5 on all of R^{n x d} for tied L2 (radius ignored), the best of B1/B1-tight/B4 on
-/// (B_R)^n for the dot product (radius required). Ok(None) when no bound is proven (L2 with a
-/// value map outside the row space of W_Q).
+/// tokens. Tied L2: B5 on all of R^{n x d} when every head's W_V = U W_Q holds exactly (the
+/// radius is then not used), else B5 on (B_R)^n (radius required; Ok(None) without one). Dot
+/// product: the best of B1/B1-tight/B4 on (B_R)^n (radius required).
 pub fn token_lipschitz(
     layer: &AttentionLayer<f64>,
     n: usize,
@@ -115,16 +106,16 @@ pub fn token_lipschitz(
 ) -> Result<Option<Certificate>> {
     check_square(layer)?;
     match layer.kernel {
-        Kernel::L2 => {
-            let (b5, _why) = bounds::l2::l2_bounds(layer, n)?;
-            Ok(b5.map(|b| Certificate {
-                constant: b.value,
+        Kernel::L2 => Ok(bounds::l2::b5(layer, n, radius, None)?
+            .ok()
+            .filter(|b| b.bound.value.is_finite())
+            .map(|b| Certificate {
+                constant: b.bound.value,
                 metric: Metric::Frobenius,
-                domain: CertifiedDomain::All,
+                domain: b.domain,
                 n: Some(n),
-                source: "docs/bounds.md#b5-tied-l2-attention".into(),
-            }))
-        }
+                source: b.bound.source,
+            })),
         Kernel::Dot => {
             let Some(r) = radius else {
                 return Err(Error::invalid(
@@ -144,6 +135,15 @@ pub fn token_lipschitz(
                 }))
         }
     }
+}
+
+/// Whether the token map of `layer` on n tokens is certified only on a ball: always for the dot
+/// product; for tied L2 unless every head's W_V = U W_Q holds exactly (B5 on all of R^{n x d}).
+pub fn needs_ball(layer: &AttentionLayer<f64>, n: usize) -> Result<bool> {
+    Ok(match layer.kernel {
+        Kernel::Dot => true,
+        Kernel::L2 => bounds::l2::b5(layer, n, None, None)?.is_err(),
+    })
 }
 
 /// A certified W1 constant of F(mu) = (Gamma_mu)_# mu on P(B_R) (B2; dot product only).

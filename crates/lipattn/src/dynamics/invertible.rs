@@ -54,19 +54,24 @@ pub struct Inversion {
 
 impl InvertibleBlock {
     /// Scales `layer` so that g = s f has certified constant <= c on sequences of n tokens: on
-    /// all of R^{n x d} for tied L2 (`radius` must be None), on (B_R)^n for the dot product
-    /// (`radius` = R required).
+    /// all of R^{n x d} for tied L2 whose W_V = U W_Q holds exactly (`radius` must be None), on
+    /// (B_R)^n otherwise (`radius` = R required).
     pub fn new(layer: &AttentionLayer<f64>, n: usize, c: f64, radius: Option<f64>) -> Result<Self> {
         check_contraction_target("the contraction constant c", c)?;
         certify::check_square(layer)?;
         crate::domain::check_len(n)?;
-        match (layer.kernel, radius) {
-            (Kernel::L2, Some(_)) => {
+        match (layer.kernel, certify::needs_ball(layer, n)?, radius) {
+            (Kernel::L2, false, Some(_)) => {
                 return Err(Error::invalid(
-                    "tied L2 attention is certified on all of R^{n x d}; give no radius",
+                    "tied L2 attention with an exact factorisation W_V = U W_Q is certified on all of R^{n x d}; give no radius",
                 ))
             }
-            (Kernel::Dot, None) => {
+            (Kernel::L2, true, None) => {
+                return Err(Error::invalid(
+                    "tied L2 attention whose W_V = U W_Q does not hold exactly in the stored numbers is certified on a ball only (docs/bounds.md#b5-on-a-ball): give a radius",
+                ))
+            }
+            (Kernel::Dot, _, None) => {
                 return Err(Error::invalid(
                     "dot-product attention is Lipschitz only on a ball: give a radius",
                 ))
@@ -151,9 +156,8 @@ impl InvertibleBlock {
         Ok(p)
     }
 
-    /// Solves x + g(x) = y from x_0 = y.
-    /// The block for the tokens `x`: for tied L2 the block on all of R^{n x d}; for the dot
-    /// product on the ball of `radius`, or, without one, of the smallest of
+    /// The block for the tokens `x`: for tied L2 with an exact factorisation the block on all of
+    /// R^{n x d}; otherwise on the ball of `radius`, or, without one, of the smallest of
     /// 1.25 max|x_i| * 1.5^k (k < 40) for which y = x + g(x) provably has its preimage and every
     /// iterate in the ball.
     pub fn for_tokens(
@@ -163,10 +167,10 @@ impl InvertibleBlock {
         radius: Option<f64>,
     ) -> Result<Self> {
         let n = x.nrows();
-        if layer.kernel == Kernel::L2 {
+        if !certify::needs_ball(layer, n)? {
             if radius.is_some() {
                 return Err(Error::Option(
-                    "`radius` applies to dot-product layers only (tied L2 is certified on all of R^(n x d))".into(),
+                    "`radius` does not apply: this tied L2 layer's W_V = U W_Q is exact, so it is certified on all of R^(n x d)".into(),
                 ));
             }
             return Self::new(layer, n, c, None);

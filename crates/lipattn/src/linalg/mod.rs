@@ -1,7 +1,8 @@
 //! Low-level numerical kernels shared by the domain modules, so that each exists once: matrix
 //! products and their parallel split (`gemm`), the softmax and its derivative (`softmax`), Krylov
 //! vector operations (`krylov`), norms, least-squares fits, row layouts, the seeded generator,
-//! and the outward-rounded arithmetic and norms that certificates are computed with (`rounding`).
+//! the outward-rounded arithmetic and norms that certificates are computed with (`rounding`), and
+//! the exact check of a matrix identity (`exact`).
 //! Domain modules define none of these themselves.
 //!
 //! Conventions, once for all: matrices are faer `Mat`/`MatRef` (column-major); tokens are rows;
@@ -9,6 +10,7 @@
 //! a threshold split over the rayon pool in fixed blocks, so that sums are added in the same
 //! order on every run; hot loops are compiled for AVX2+FMA and the baseline (`crate::simd`).
 
+pub mod exact;
 pub mod fit;
 pub(crate) mod gemm;
 pub(crate) mod krylov;

@@ -8,7 +8,7 @@ use super::json::to_json as to_value;
 use super::solvers::{SolverRequest, SolverRun};
 use super::{OnProgress, Progress};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::dynamics::certify::{invariant_radius_at_least, row_bound, scaled};
+use crate::dynamics::certify::{invariant_radius_at_least, needs_ball, row_bound, scaled};
 use crate::dynamics::check_contraction_target;
 use crate::dynamics::{
     MeasureFixedPoint, Solution, SolveOptions, Solver, TokenFixedPoint, Variant,
@@ -128,9 +128,11 @@ impl Spec<'_> {
     fn build(&self, layer: AttentionLayer<f64>, x: MatRef<'_, f64>) -> Result<Problem> {
         let n = x.nrows();
         let injected = self.req.space == Space::Tokens && self.req.variant == VariantName::Injected;
-        let radius = match (self.req.radius, layer.kernel) {
-            (Some(r), _) => Some(r),
-            (None, Kernel::Dot) => {
+        let radius = match self.req.radius {
+            Some(r) => Some(r),
+            None if self.req.space == Space::Measure && layer.kernel == Kernel::L2 => None,
+            None if self.req.space == Space::Tokens && !needs_ball(&layer, n)? => None,
+            None => {
                 let (m, b) = row_bound(&layer)?;
                 let u = if injected {
                     max_row_norm_up(self.input.as_ref())
@@ -140,7 +142,6 @@ impl Spec<'_> {
                 let lo = max_row_norm_up(x).max(f64::MIN_POSITIVE);
                 invariant_radius_at_least(m, b, u, lo)
             }
-            (None, Kernel::L2) => None,
         };
         Ok(match self.req.space {
             Space::Tokens => {
