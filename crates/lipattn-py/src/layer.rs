@@ -200,7 +200,7 @@ impl PyAttentionLayer {
         let (full, origin) = interruptible(py, move || {
             lipattn::models::load_attention_layer_source(&path, layer)
         })?;
-        Ok(Self::of_model(full.with_kernel(kernel), origin, head)?)
+        Self::of_model(full.with_kernel(kernel), origin, head)
     }
 
     #[getter]
