@@ -33,6 +33,12 @@ def test_structure_and_files(report):
     ops = rep["operators"]
     assert len(ops) == 2 * 13
     assert [o["head"] for o in ops[:13]] == [None] + list(range(12))
+    # Every operator names what it certifies: BERT's own (unmasked) operator on B_R of B6.
+    for o in ops:
+        op = o["operator"]
+        assert (op["mask"], op["model_mask"], op["kernel"], op["radius"], op["overrides"]) == ("none", "none", "dot", o["radius"], [])
+        assert f"BERT layer {o['layer']} self-attention" in op["description"]
+        assert (o["head"] is None) == ("head" not in op["layer"])
     for name in ["operators.csv", "points.csv", "layer0.svg", "layer0.png", "layer3.svg", "layer3.png",
                  "exponents.svg", "exponents.png"]:
         assert (out / name).stat().st_size > 500, name

@@ -1,36 +1,22 @@
 """The commands on a GPT-2-layout checkpoint written here (Conv1D weights stored [in, out], fused
-c_attn): `forward` applies the model's causal mask and matches NumPy, `local` reports the mask,
-`lipschitz` refuses causal layers with a clear message."""
+c_attn): `forward` applies the model's causal mask and matches NumPy; `local` and `lipschitz`
+certify and measure the masked operator and name it, and an explicit `--mask none` says so."""
 import json
 
 import numpy as np
 import pytest
 
 import safetensors_np
+import tiny_gpt2
 from cli import layer_norm_like, run
 
-D, HEADS, FFN, VOCAB, POS = 8, 2, 16, 11, 32
-
-
+D, HEADS = tiny_gpt2.D, tiny_gpt2.HEADS
 
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
-    rng = np.random.default_rng(3)
-    t = {"wte.weight": rng.standard_normal((VOCAB, D)), "wpe.weight": rng.standard_normal((POS, D)) * 0.5,
-         "ln_f.weight": np.ones(D), "ln_f.bias": np.zeros(D)}
-    p = "h.0."
-    for ln in ("ln_1", "ln_2"):
-        t[p + ln + ".weight"] = 1 + 0.1 * rng.standard_normal(D)
-        t[p + ln + ".bias"] = 0.1 * rng.standard_normal(D)
-    for name, shape in [("attn.c_attn", (D, 3 * D)), ("attn.c_proj", (D, D)), ("mlp.c_fc", (D, FFN)), ("mlp.c_proj", (FFN, D))]:
-        t[p + name + ".weight"] = 0.4 * rng.standard_normal(shape)
-        t[p + name + ".bias"] = 0.1 * rng.standard_normal(shape[1])
     d = tmp_path_factory.mktemp("gpt2")
-    safetensors_np.save_f32(d / "model.safetensors", t)
-    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": D, "n_head": HEADS, "n_layer": 1,
-                                                "n_positions": POS, "vocab_size": VOCAB, "layer_norm_epsilon": 1e-5}))
-    return d, {k: v.astype(np.float32).astype(np.float64) for k, v in t.items()}
+    return d, tiny_gpt2.write(d)
 
 
 def test_forward_is_causal_and_matches_numpy(tmp_path, lipattn_bin, gpt2_dir):
@@ -51,11 +37,33 @@ def test_forward_is_causal_and_matches_numpy(tmp_path, lipattn_bin, gpt2_dir):
     assert np.abs(y - unmasked).max() > 1e-3
 
 
-def test_local_reports_mask_and_lipschitz_refuses(tmp_path, lipattn_bin, gpt2_dir):
-    d, _ = gpt2_dir
+def test_local_and_lipschitz_name_the_masked_operator(tmp_path, lipattn_bin, gpt2_dir):
+    d, t = gpt2_dir
     np.save(tmp_path / "x.npy", layer_norm_like(np.random.default_rng(1), 6, D))
     out = run(lipattn_bin, "local", "--model", d, "--layer", 0, "--tokens", tmp_path / "x.npy", "--json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["causal"] is True
-    out = run(lipattn_bin, "lipschitz", "--model", d, "--layer", 0, "--radius", 1, "--n", 4)
+    local = json.loads(out.stdout)
+    assert local["causal"] is True and local["operator"]["mask"] == "causal"
+    out = run(lipattn_bin, "local", "--model", d, "--layer", 0, "--tokens", tmp_path / "x.npy")
+    assert out.returncode == 0 and "operator: GPT-2 layer 0 self-attention" in out.stdout and "causal mask" in out.stdout
+    radius = tiny_gpt2.ln_radius(t)
+    args = ("lipschitz", "--model", d, "--layer", 0, "--radius", radius, "--n", 6, "--starts", 1, "--steps", 3)
+    out = run(lipattn_bin, *args, "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    op = r["operator"]
+    assert (op["mask"], op["model_mask"], op["n"], op["overrides"]) == ("causal", "causal", 6, [])
+    assert "GPT-2 layer 0" in op["description"] and "causal mask" in op["description"]
+    assert r["domain"]["causal"] is True and r["certified"]["w1"] is None and r["attained"]["w1_pair"] is None
+    # The masked ascent's value, and the local constant wherever its input lies in the ball.
+    assert r["certified"]["frobenius"] >= r["attained"]["frobenius"] > 0
+    assert local["radius"] > radius or r["certified"]["frobenius"] >= local["sigma"]
+    out = run(lipattn_bin, *args)
+    assert out.returncode == 0 and "operator: GPT-2 layer 0" in out.stdout
+    out = run(lipattn_bin, *args, "--mask", "none", "--json")
+    assert out.returncode == 0, out.stderr
+    un = json.loads(out.stdout)
+    assert un["operator"]["mask"] == "none" and "not the model's causal one" in un["operator"]["description"]
+    assert un["certified"]["w1"] is not None and un["attained"]["w1_pair"] is not None
+    out = run(lipattn_bin, *args, "--save-pair", tmp_path / "pair")
     assert out.returncode != 0 and "causal" in out.stderr and "panicked" not in out.stderr

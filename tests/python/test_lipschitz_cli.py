@@ -16,6 +16,9 @@ def test_head_and_layer(lipattn_bin, minilm):
         r = lipschitz(lipattn_bin, minilm, *extra)
         c, a = r["certified"], r["attained"]
         assert r["domain"]["radius"] == extra[-1] and r["domain"]["n"] == 8 and r["domain"]["dtype"] == "f64"
+        op = r["operator"]
+        assert (op["mask"], op["model_mask"], op["n"], op["radius"], op["overrides"]) == ("none", "none", 8, extra[-1], [])
+        assert "BERT layer 0 self-attention" in op["description"] and ("head 0" in op["layer"]) == ("--head" in extra)
         assert c["frobenius"] is not None and c["w1"] is not None
         assert 0 < a["frobenius"] <= c["frobenius"]
         assert 0 < a["w1"] <= c["w1"]
@@ -65,6 +68,7 @@ def test_l2_kernel_is_certified_on_the_ball_only(lipattn_bin, minilm):
     assert [b["name"] for b in r["bounds"]] == ["B5-ball"]
     assert r["certified"]["frobenius"] >= r["attained"]["frobenius"] > 0
     assert any("B5-ball holds on (B_R)^n, R = 1e0" in n for n in r["notes"])
+    assert "l2 kernel, not the model's dot kernel" in r["operator"]["description"]
     # Structured starts encode the dot kernel's mechanisms; none are built for L2.
     assert r["attained"]["w1_pair"]["structured_starts"] == 0
 

@@ -107,6 +107,9 @@ fn table(r: &ModelReport) -> String {
         "token map on (B_R)^n, Frobenius; R from the preceding LayerNorm (B6); values at n = {n}; alpha = fitted exponent of sigma ~ c n^alpha over n = {:?}",
         r.ns
     );
+    for o in r.operators.iter().filter(|o| o.head.is_none()) {
+        let _ = writeln!(s, "operator: {}", o.operator.description);
+    }
     let _ = writeln!(
         s,
         "{:>5} {:>4} {:>8} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7}",

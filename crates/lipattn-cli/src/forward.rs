@@ -31,14 +31,18 @@ pub struct ForwardArgs {
 
 pub fn run(a: ForwardArgs) -> Result<()> {
     // GPT-2-family layers are always causal; --causal masks any other layer too.
-    let (layer, model_causal) = a.target.load()?;
+    let (layer, source) = a.target.load()?;
     let layer = layer.with_kernel(a.kernel);
     let x = read_matrix(&a.tokens).context("reading --tokens")?;
     let w = match &a.weights {
         Some(p) => Some(read_vector(p).context("reading --weights")?),
         None => None,
     };
-    let y = layer.forward(x.as_ref(), w.as_deref(), a.causal || model_causal)?;
+    let y = layer.forward(
+        x.as_ref(),
+        w.as_deref(),
+        source.mask(a.causal.then_some(true)),
+    )?;
     write_matrix(&a.out, y.as_ref())?;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The `--model DIR --layer L` pair shared by the commands that analyse one attention layer.
 
 use clap::Args;
-use lipattn::AttentionLayer;
+use lipattn::{AttentionLayer, LayerSource};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -16,8 +16,9 @@ pub struct LayerArg {
 }
 
 impl LayerArg {
-    /// The layer's attention sublayer and whether the model masks it causally (GPT-2).
-    pub fn load(&self) -> lipattn::Result<(AttentionLayer<f64>, bool)> {
-        lipattn::models::load_attention_layer_masked(&self.model, self.layer)
+    /// The layer's attention sublayer and its source (the mask and kernel the model computes it
+    /// with).
+    pub fn load(&self) -> lipattn::Result<(AttentionLayer<f64>, LayerSource)> {
+        lipattn::models::load_attention_layer_source(&self.model, self.layer)
     }
 }

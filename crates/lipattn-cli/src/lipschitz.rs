@@ -4,6 +4,7 @@ use crate::layer_arg::LayerArg;
 use anyhow::Result;
 use clap::Args;
 use lipattn::analysis::lipschitz::{lipschitz, ratio, LipschitzOptions};
+use lipattn::operator::Mask;
 use lipattn::Kernel;
 use serde_json::json;
 use std::path::PathBuf;
@@ -25,6 +26,10 @@ pub struct LipschitzArgs {
     /// Score kernel: dot (the model's own) or l2 (tied to the query projection).
     #[arg(long, value_parser = crate::names::named::<Kernel>(), default_value_t = Kernel::Dot)]
     kernel: Kernel,
+    /// Certify another mask than the model's own (GPT-2 family: causal; BERT: none); the output
+    /// then says so.
+    #[arg(long, value_parser = crate::names::named::<Mask>())]
+    mask: Option<Mask>,
     /// Random starts of the ascent over (B_R)^n.
     #[arg(long, default_value_t = 2)]
     starts: usize,
@@ -51,21 +56,18 @@ pub struct LipschitzArgs {
 
 pub fn run(a: LipschitzArgs) -> Result<()> {
     let t0 = Instant::now();
-    let (full, causal) = a.target.load()?;
-    if causal {
-        anyhow::bail!(
-            "layer {} of {} is causal (GPT-2 family): the attained searches of `lipschitz` handle unmasked attention only so far; use `lipattn local` for attained values of causal layers",
-            a.target.layer,
-            a.target.model.display()
-        );
-    }
+    let (full, source) = a.target.load()?;
     let full = full.with_kernel(a.kernel);
-    let layer = match a.head {
-        Some(h) => full.head(h, false)?,
-        None => full.clone(),
+    let (layer, source) = match a.head {
+        Some(h) => (full.head(h, false)?, source.head(h)),
+        None => (full, source),
     };
+    if a.save_pair.is_some() && source.mask(a.mask.map(Mask::causal)) {
+        anyhow::bail!("--save-pair: no W1 pair is searched under a causal mask (the masked map is a sequence operation, not a map of measures); add --mask none for the unmasked operator");
+    }
     let report = lipschitz(
         &layer,
+        &source,
         &LipschitzOptions {
             radius: a.radius,
             n: a.n,
@@ -73,15 +75,17 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
             steps: a.steps,
             atoms: a.atoms,
             seed: a.seed,
+            causal: a.mask.map(Mask::causal),
         },
     )?;
     if let Some(p) = &a.save_input {
         lipattn::npy::write_matrix(p, report.ascent.x.as_ref())?;
     }
-    if let Some(dir) = &a.save_pair {
+    // A causal run has no pair, and --save-pair was refused for it above.
+    if let (Some(dir), Some(pairs)) = (&a.save_pair, &report.pairs) {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-        report.pairs.best.save(dir, "w1_")?;
+        pairs.best.save(dir, "w1_")?;
     }
     let (cert, att_f, att_w1) = (
         &report.certified,
@@ -98,14 +102,7 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         let f = |x: Option<f64>| x.map_or("none".to_string(), |v| format!("{v:.6e}"));
-        println!(
-            "layer {}{} kernel {:?}, tokens in B_R with R = {}, n = {}, f64",
-            a.target.layer,
-            a.head.map_or(String::new(), |h| format!(" head {h}")),
-            layer.kernel,
-            report.domain.radius,
-            report.domain.n
-        );
+        println!("operator: {}", report.operator.description);
         println!(
             "{:<34} {:>14} {:>14} {:>10}",
             "metric", "certified", "attained", "ratio"

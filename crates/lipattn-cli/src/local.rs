@@ -56,8 +56,8 @@ impl From<&LocalArgs> for LocalRequest {
 }
 
 pub fn run(a: LocalArgs) -> Result<()> {
-    // GPT-2-family layers are causal: analyse the operator the model computes.
-    let (layer, causal) = a.target.load()?;
+    // The operator the model computes, mask included (GPT-2 family: causal).
+    let (layer, source) = a.target.load()?;
     let x = read_matrix(&a.tokens).context("reading --tokens")?;
     let bar = Bar::new(a.json);
     let report = local::run(
@@ -66,7 +66,8 @@ pub fn run(a: LocalArgs) -> Result<()> {
             layer: &layer,
             x: x.as_ref(),
             weights: None,
-            causal,
+            causal: None,
+            source: &source,
         },
         &mut |p| bar.update(p),
     )?;
@@ -83,12 +84,9 @@ pub fn run(a: LocalArgs) -> Result<()> {
         out["vector"] = json!(a.save_vector.as_ref().map(|p| p.display().to_string()));
         println!("{out}");
     } else {
-        let what = match a.head {
-            Some(h) => format!("layer {} head {h}", a.target.layer),
-            None => format!("layer {} attention sublayer", a.target.layer),
-        };
+        println!("operator: {}", report.operator.description);
         println!(
-            "{what}: ||J(X)||_2 >= {:.10e} (attained at X, n = {}, max row norm {:.6}; Frobenius norms)",
+            "||J(X)||_2 >= {:.10e} (attained at X, n = {}, max row norm {:.6}; Frobenius norms)",
             report.sigma, report.n, report.radius
         );
         println!(

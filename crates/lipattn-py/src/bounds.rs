@@ -5,113 +5,81 @@ use crate::convert::{json_to_py, to_numpy};
 use crate::errors::{interruptible, IntoPyResult};
 use crate::measure::PyMeasure;
 use faer::Mat;
-use lipattn::analysis::lipschitz::{certified_json, lipschitz as run_lipschitz, LipschitzOptions};
-use lipattn::bounds::{certified_summary, Domain};
+use lipattn::analysis::lipschitz::{
+    certified_report, frobenius_domain, lipschitz as run_lipschitz, LipschitzOptions,
+};
+use lipattn::bounds::Domain;
 use lipattn::estimation::{ascent as run_ascent, search_pairs as run_pairs};
-use lipattn::estimation::{AscentOptions, LanczosOptions, PairSearchOptions};
-use lipattn::AttentionLayer;
+use lipattn::estimation::{AscentOptions, PairSearchOptions};
+use lipattn::{AttentionLayer, LayerSource, Operator};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use serde_json::json;
 use std::sync::Arc;
 
 pub fn certified_bounds<'py>(
     py: Python<'py>,
     layer: &AttentionLayer<f64>,
+    origin: &LayerSource,
     radius: f64,
     n: usize,
-    causal: bool,
+    causal: Option<bool>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let domain = Domain::new(radius, n, causal).py_err()?;
-    let cert = py.detach(|| certified_summary(layer, &domain)).py_err()?;
-    let out = json!({
-        "kernel": layer.kernel,
-        "domain": {
-            "radius": radius,
-            "n": n,
-            "causal": causal,
-            "dtype": "f64",
-            "frobenius": "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights",
-            "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
-            "w2": "F(mu) on probability measures supported in B_R, Wasserstein-2",
-        },
-        "certified": certified_json(&cert),
-        "bounds": cert.bounds,
-        "notes": cert.notes,
-    });
+    let out = py
+        .detach(|| certified_report(layer, origin, radius, n, causal))
+        .py_err()?;
     json_to_py(py, &out)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn lipschitz<'py>(
     py: Python<'py>,
     layer: Arc<AttentionLayer<f64>>,
-    radius: f64,
-    n: usize,
-    starts: usize,
-    steps: usize,
-    atoms: usize,
-    seed: u64,
+    origin: LayerSource,
+    opts: LipschitzOptions,
 ) -> PyResult<Bound<'py, PyAny>> {
     // The CLI's computation with the CLI's defaults (`lipattn::analysis::lipschitz`).
-    let opts = LipschitzOptions {
-        radius,
-        n,
-        starts,
-        steps,
-        atoms,
-        seed,
-    };
-    let report = interruptible(py, move || run_lipschitz(&layer, &opts))?;
+    let report = interruptible(py, move || run_lipschitz(&layer, &origin, &opts))?;
     let out = report.to_json();
     let (asc, pairs) = (report.ascent, report.pairs);
     let d = json_to_py(py, &out)?;
     let inputs = PyDict::new(py);
     inputs.set_item("frobenius_x", to_numpy(py, asc.x.as_ref()))?;
     inputs.set_item("frobenius_vector", to_numpy(py, asc.vector.as_ref()))?;
-    inputs.set_item(
-        "w1_mu",
-        PyMeasure {
-            inner: pairs.best.mu,
-        },
-    )?;
-    inputs.set_item(
-        "w1_nu",
-        PyMeasure {
-            inner: pairs.best.nu,
-        },
-    )?;
+    if let Some(pairs) = pairs {
+        inputs.set_item(
+            "w1_mu",
+            PyMeasure {
+                inner: pairs.best.mu,
+            },
+        )?;
+        inputs.set_item(
+            "w1_nu",
+            PyMeasure {
+                inner: pairs.best.nu,
+            },
+        )?;
+    }
     d.set_item("inputs", inputs)?;
     Ok(d)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn ascent<'py>(
     py: Python<'py>,
     layer: Arc<AttentionLayer<f64>>,
+    origin: &LayerSource,
     n: usize,
-    radius: f64,
-    random_starts: usize,
-    steps: usize,
-    seed: u64,
     start: Option<Mat<f64>>,
-    tol: f64,
+    opts: AscentOptions,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let opts = AscentOptions {
-        radius,
-        random_starts,
-        steps,
-        lanczos: LanczosOptions {
-            tol,
-            ..AscentOptions::default().lanczos
-        },
-        seed,
-        ..AscentOptions::default()
-    };
+    let (radius, causal) = (opts.radius, opts.causal);
+    let kernel = layer.kernel;
     let r = interruptible(py, move || {
         run_ascent(&layer, n, start.as_ref().map(|s| s.as_ref()), &opts)
     })?;
+    // The ascent checked the domain; this only names it.
+    let domain = Domain::new(radius, n, causal).py_err()?;
+    let operator = lipattn::ops::to_json(&Operator::token_map(origin, kernel, &domain)).py_err()?;
     let d = PyDict::new(py);
+    d.set_item("operator", json_to_py(py, &operator)?)?;
     d.set_item("kind", "attained_lower_bound")?;
     d.set_item("sigma", r.sigma)?;
     d.set_item("x", to_numpy(py, r.x.as_ref()))?;
@@ -122,10 +90,8 @@ pub fn ascent<'py>(
     d.set_item("evaluations", r.evaluations)?;
     d.set_item("radius", radius)?;
     d.set_item("n", n)?;
-    d.set_item(
-        "domain",
-        "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask",
-    )?;
+    d.set_item("causal", causal)?;
+    d.set_item("domain", frobenius_domain(causal))?;
     Ok(d)
 }
 

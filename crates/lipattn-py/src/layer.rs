@@ -6,13 +6,14 @@ use crate::errors::{detached, interruptible, IntoPyResult};
 use crate::local::{local_constant_result, PyLocalConstant};
 use crate::measure::PyMeasure;
 use faer::Mat;
+use lipattn::analysis::lipschitz::LipschitzOptions;
 use lipattn::estimation::lanczos;
 use lipattn::estimation::power_iteration;
 use lipattn::estimation::Method;
+use lipattn::estimation::{AscentOptions, LanczosOptions};
 use lipattn::ops::local::{self, LocalInputs, LocalRequest};
-use lipattn::{AttentionLayer, Kernel, Linearization, Scalar};
+use lipattn::{AttentionLayer, Kernel, LayerSource, Linearization, Operator, Scalar};
 use numpy::PyArray2;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
@@ -55,19 +56,23 @@ pub fn kernel_name(k: Kernel) -> &'static str {
 pub struct PyAttentionLayer {
     pub layer: Arc<AttentionLayer<f64>>,
     f32: OnceLock<Arc<AttentionLayer<f32>>>,
-    /// The model masks this layer (GPT-2 family): the default of every `causal=None`.
-    pub causal: bool,
-    /// Where the weights came from, for repr and error messages.
-    pub source: String,
+    /// Where the weights came from and the mask and kernel the model computes them with: the
+    /// default of every `causal=None`, and what the reports name an override against.
+    pub origin: LayerSource,
 }
 
 impl PyAttentionLayer {
+    /// Weights whose own mask is `causal` and own kernel the layer's.
     pub fn wrap(layer: AttentionLayer<f64>, causal: bool, source: String) -> Self {
+        let origin = LayerSource::new(source, causal, layer.kernel);
+        Self::wrap_source(layer, origin)
+    }
+
+    pub fn wrap_source(layer: AttentionLayer<f64>, origin: LayerSource) -> Self {
         Self {
             layer: Arc::new(layer),
             f32: OnceLock::new(),
-            causal,
-            source,
+            origin,
         }
     }
 
@@ -78,11 +83,19 @@ impl PyAttentionLayer {
     }
 
     fn causal_or_default(&self, causal: Option<bool>) -> bool {
-        causal.unwrap_or(self.causal)
+        self.origin.mask(causal)
     }
 
-    fn derived(&self, layer: AttentionLayer<f64>, what: String) -> Self {
-        Self::wrap(layer, self.causal, format!("{}, {what}", self.source))
+    /// A checkpoint layer, or head `head`'s contribution alone.
+    pub fn of_model(
+        full: AttentionLayer<f64>,
+        origin: LayerSource,
+        head: Option<usize>,
+    ) -> PyResult<Self> {
+        Ok(match head {
+            Some(h) => Self::wrap_source(full.head(h, false).py_err()?, origin.head(h)),
+            None => Self::wrap_source(full, origin),
+        })
     }
 }
 
@@ -184,20 +197,10 @@ impl PyAttentionLayer {
         kernel: &str,
     ) -> PyResult<Self> {
         let kernel = kernel_of(kernel)?;
-        let p = path.clone();
-        let (full, causal) = interruptible(py, move || {
-            lipattn::models::load_attention_layer_masked(&p, layer)
+        let (full, origin) = interruptible(py, move || {
+            lipattn::models::load_attention_layer_source(&path, layer)
         })?;
-        let full = full.with_kernel(kernel);
-        let (l, what) = match head {
-            Some(h) => (full.head(h, false).py_err()?, format!(" head {h}")),
-            None => (full, String::new()),
-        };
-        Ok(Self::wrap(
-            l,
-            causal,
-            format!("{} layer {layer}{what}", path.display()),
-        ))
+        Self::of_model(full.with_kernel(kernel), origin, head)
     }
 
     #[getter]
@@ -227,7 +230,7 @@ impl PyAttentionLayer {
     /// Whether the model applies a causal mask to this layer (the default of ``causal=None``).
     #[getter]
     fn causal(&self) -> bool {
-        self.causal
+        self.origin.causal
     }
 
     /// The weights as float64 arrays: wq, bq, wk, bk, wv, bv, wo, bo.
@@ -248,16 +251,24 @@ impl PyAttentionLayer {
     #[pyo3(signature = (h, keep_output_bias=false))]
     fn head(&self, h: usize, keep_output_bias: bool) -> PyResult<Self> {
         let l = self.layer.head(h, keep_output_bias).py_err()?;
-        Ok(self.derived(l, format!("head {h}")))
+        let origin = if keep_output_bias {
+            LayerSource::new(
+                format!("{}, head {h} with the output bias", self.origin.name),
+                self.origin.causal,
+                self.origin.kernel,
+            )
+        } else {
+            self.origin.head(h)
+        };
+        Ok(Self::wrap_source(l, origin))
     }
 
     /// The same weights with another score kernel ('dot' or 'l2').
     fn with_kernel(&self, kernel: &str) -> PyResult<Self> {
         let k = kernel_of(kernel)?;
-        Ok(Self::wrap(
+        Ok(Self::wrap_source(
             (*self.layer).clone().with_kernel(k),
-            self.causal,
-            self.source.clone(),
+            self.origin.clone(),
         ))
     }
 
@@ -414,6 +425,8 @@ impl PyAttentionLayer {
         Ok(PyLinearization {
             inner,
             weights: w.is_some(),
+            origin: self.origin.clone(),
+            kernel: self.layer.kernel,
         })
     }
 
@@ -463,16 +476,16 @@ impl PyAttentionLayer {
     ) -> PyResult<PyLocalConstant> {
         let req = local_request(method, tol, max_iter, seed)?;
         let w = optional_vector(weights, "weights")?;
-        let causal = self.causal_or_default(causal);
         macro_rules! run {
             ($layer:expr, $x:expr) => {{
-                let (l, x) = ($layer, $x);
+                let (l, x, origin) = ($layer, $x, self.origin.clone());
                 let r = interruptible(py, move || {
                     let inputs = LocalInputs {
                         layer: &l,
                         x: x.as_ref(),
                         weights: w.as_deref(),
                         causal,
+                        source: &origin,
                     };
                     local::run(&req, inputs, &mut lipattn::ops::silent)
                 })?;
@@ -486,25 +499,27 @@ impl PyAttentionLayer {
     }
 
     /// Certified upper bounds on the domain: tokens in the ball ``B_R`` (``radius``), sequences
-    /// of ``n`` tokens. A dict: ``domain``, ``certified`` (frobenius, w1, w2, anchor,
-    /// anchor_code; None where nothing is proven), every individual ``bounds`` entry with its
-    /// proof reference, and ``notes``.
-    #[pyo3(signature = (radius, n, *, causal=false))]
+    /// of ``n`` tokens, masked as the model masks this layer unless ``causal`` says otherwise. A
+    /// dict: ``operator`` (what is certified, and any departure from the model's own operator),
+    /// ``domain``, ``certified`` (frobenius, w1, w2, anchor, anchor_code; None where nothing is
+    /// proven), every individual ``bounds`` entry with its proof reference, and ``notes``.
+    #[pyo3(signature = (radius, n, *, causal=None))]
     fn certified_bounds<'py>(
         &self,
         py: Python<'py>,
         radius: f64,
         n: usize,
-        causal: bool,
+        causal: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        analysis::certified_bounds(py, &self.layer, radius, n, causal)
+        analysis::certified_bounds(py, &self.layer, &self.origin, radius, n, causal)
     }
 
     /// Certified upper bounds beside attained lower bounds, as ``lipattn lipschitz --json``
     /// computes them (same keys, same searches, same seeds), plus ``inputs``: the arrays
     /// attaining the lower bounds (``frobenius_x``, ``frobenius_vector``, and the measure pair
-    /// ``w1_mu``, ``w1_nu``).
-    #[pyo3(signature = (radius, n, *, starts=2, steps=10, atoms=8, seed=0))]
+    /// ``w1_mu``, ``w1_nu``; no pair under a causal mask). Masked as the model masks this
+    /// layer unless ``causal`` says otherwise.
+    #[pyo3(signature = (radius, n, *, starts=2, steps=10, atoms=8, seed=0, causal=None))]
     #[allow(clippy::too_many_arguments)]
     fn lipschitz<'py>(
         &self,
@@ -515,30 +530,25 @@ impl PyAttentionLayer {
         steps: usize,
         atoms: usize,
         seed: u64,
+        causal: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if self.causal {
-            return Err(PyValueError::new_err(format!(
-                "{} is causal (GPT-2 family): the attained searches of `lipschitz` handle unmasked attention only so far; use local_constant for attained values of causal layers",
-                self.source
-            )));
-        }
-        analysis::lipschitz(
-            py,
-            self.layer.clone(),
+        let opts = LipschitzOptions {
             radius,
             n,
             starts,
             steps,
             atoms,
             seed,
-        )
+            causal,
+        };
+        analysis::lipschitz(py, self.layer.clone(), self.origin.clone(), opts)
     }
 
     /// Projected multi-start gradient ascent on ``||J(X)||_2`` over ``(B_R)^n`` (uniform weights,
-    /// no mask). Returns a dict with ``sigma`` and the input ``x`` attaining it, its singular
+    /// masked as the model masks this layer unless ``causal`` says otherwise). Returns a dict with ``sigma`` and the input ``x`` attaining it, its singular
     /// ``vector``, the adversarial construction's value and input, ``best_start`` and
     /// ``evaluations``. Every value is attained: a lower bound, never a certificate.
-    #[pyo3(signature = (n, radius, *, random_starts=4, steps=20, seed=0, start=None, tol=1e-8))]
+    #[pyo3(signature = (n, radius, *, random_starts=4, steps=20, seed=0, start=None, tol=1e-8, causal=None))]
     #[allow(clippy::too_many_arguments)]
     fn ascent<'py>(
         &self,
@@ -550,22 +560,25 @@ impl PyAttentionLayer {
         seed: u64,
         start: Option<&Bound<'py, PyAny>>,
         tol: f64,
+        causal: Option<bool>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let start = match start {
             Some(s) if !s.is_none() => Some(matrix_f64(s, "ascent start")?),
             _ => None,
         };
-        analysis::ascent(
-            py,
-            self.layer.clone(),
-            n,
+        let opts = AscentOptions {
             radius,
             random_starts,
             steps,
+            lanczos: LanczosOptions {
+                tol,
+                ..AscentOptions::default().lanczos
+            },
             seed,
-            start,
-            tol,
-        )
+            causal: self.causal_or_default(causal),
+            ..AscentOptions::default()
+        };
+        analysis::ascent(py, self.layer.clone(), &self.origin, n, start, opts)
     }
 
     /// The adversarial construction of Castin et al. for head ``head``: (n, d) tokens on ``B_R``.
@@ -629,8 +642,8 @@ impl PyAttentionLayer {
             self.layer.dk,
             self.layer.dv,
             kernel_name(self.layer.kernel),
-            if self.causal { "True" } else { "False" },
-            self.source
+            if self.origin.causal { "True" } else { "False" },
+            self.origin.name
         )
     }
 }
@@ -641,6 +654,9 @@ impl PyAttentionLayer {
 pub struct PyLinearization {
     inner: AnyLin,
     weights: bool,
+    /// The layer's source, for the operator its local constants name.
+    origin: LayerSource,
+    kernel: Kernel,
 }
 
 fn tangent<T: Scalar>(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Mat<T>> {
@@ -721,8 +737,9 @@ impl PyLinearization {
         with_lin!(&self.inner, l => {
             let s = start.map(|s| tangent(s, "start vector")).transpose()?;
             let r = run_top(py, l.clone(), req.estimator(), s)?;
-            let (d_out, causal) = (l.lin().d_out(), l.lin().causal());
-            local_constant_result(py, local::report(&req, r, d_out, causal, self.weights))
+            let (d_out, causal, n) = (l.lin().d_out(), l.lin().causal(), l.lin().n());
+            let op = Operator::token_map_at(&self.origin, self.kernel, causal, n, self.weights);
+            local_constant_result(py, local::report(&req, r, d_out, op))
         })
     }
 

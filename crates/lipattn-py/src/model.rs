@@ -111,15 +111,7 @@ impl PyModel {
         let k = kernel_of(kernel)?;
         let model = self.model.clone();
         let full = interruptible(py, move || model.attention_layer(layer))?.with_kernel(k);
-        let (l, what) = match head {
-            Some(h) => (full.head(h, false).py_err()?, format!(" head {h}")),
-            None => (full, String::new()),
-        };
-        Ok(PyAttentionLayer::wrap(
-            l,
-            self.model.is_causal(),
-            format!("{} layer {layer}{what}", self.model.dir().display()),
-        ))
+        PyAttentionLayer::of_model(full, self.model.layer_source(layer), head)
     }
 
     /// Token ids of ``text`` with the model's own tokenizer (special tokens included), at most

@@ -13,12 +13,14 @@ pub mod measure;
 pub mod models;
 pub mod names;
 pub mod npy;
+pub mod operator;
 pub mod ops;
 
 pub use domain::Domain;
 pub use error::{Error, Result};
 pub use faer::{Mat, MatRef};
 pub use measure::Measure;
+pub use operator::{LayerSource, Operator};
 pub mod analysis;
 pub mod attention;
 pub mod bounds;

@@ -370,3 +370,155 @@ fn constants_and_domains() {
     assert!(Domain::new(f64::NAN, 3, false).is_err());
     assert!(Domain::new(1.0, 0, false).is_err());
 }
+
+/// |f(X) - f(Y)|_F / |X - Y|_F for the masked map, with the textbook forward (independent of the
+/// library's): an attained secant quotient, a lower bound on the Lipschitz constant.
+fn secant_quotient(layer: &AttentionLayer<f64>, x: &Mat<f64>, y: &Mat<f64>, causal: bool) -> f64 {
+    let (rx, ry) = (rows(x), rows(y));
+    let fx = to_mat(&textbook(layer, &rx, &rx, None, causal));
+    let fy = to_mat(&textbook(layer, &ry, &ry, None, causal));
+    (fx - fy).norm_l2() / (x - y).norm_l2()
+}
+
+/// A GPT-2-shaped layer: d = H dk, dv = dk, d_out = d, weights ~ N(0, scale^2) per entry as in
+/// the small GPT-2 checkpoints the CLI tests write (0.4 there), biases ~ N(0, 0.1^2).
+fn gpt2_like(r: &mut StdRng, heads: usize, dk: usize, scale: f64) -> AttentionLayer<f64> {
+    let d = heads * dk;
+    random_layer(
+        r,
+        d,
+        heads,
+        dk,
+        dk,
+        d,
+        Kernel::Dot,
+        scale * (d as f64).sqrt(),
+        0.1,
+    )
+}
+
+/// Causal masks (GPT-2 family): every certified token-map bound on the masked domain against the
+/// masked map, attacked by the library's masked ascent, power iteration on the masked J^T J at
+/// random and adversarial inputs, and secant quotients of the textbook masked forward. The
+/// settings are GPT-2-shaped or random layers, n from 2 to 64, R from 0.3 to 2 sqrt(d) (the
+/// LayerNorm radius of B6 is about sqrt(d)); causal C_causal < n makes B1-tight smaller than
+/// in the unmasked case, so this is where it could fail.
+#[test]
+fn causal_token_map_bounds_hold_for_the_masked_map() {
+    use lipattn::estimation::{ascent, AscentOptions, LanczosOptions};
+    let mut worst: f64 = 0.0;
+    for seed in 0..160u64 {
+        let mut lr = rng(30_000 + seed);
+        let gpt2 = seed % 2 == 0;
+        let layer = if gpt2 {
+            let (heads, dk) = (lr.random_range(1..=4), lr.random_range(1..=3));
+            gpt2_like(&mut lr, heads, dk, 0.4)
+        } else {
+            let d = lr.random_range(1..=6);
+            let heads = lr.random_range(1..=3);
+            random_layer(&mut lr, d, heads, 2, 2, d, Kernel::Dot, 1.5, 0.3)
+        };
+        let d = layer.d_in();
+        let n = [2, 3, 4, 8, 16, 32, 64][seed as usize % 7];
+        let radius = 10f64.powf(lr.random_range(-0.5..0.3)) * (d as f64).sqrt();
+        let domain = Domain::new(radius, n, true).unwrap();
+        let bounds = token_map_bounds(&layer, &domain).unwrap();
+        let mut attained: f64 = 0.0;
+        for x in [
+            random_in_ball(&mut lr, n, d, radius),
+            adversarial(&layer, n, radius),
+        ] {
+            attained = attained.max(local_constant(&layer, &x, true, &mut lr, 30));
+            let mut y = &x + gauss_mat(&mut lr, n, d, 1e-4 * radius);
+            project_rows(&mut y, radius);
+            attained = attained.max(secant_quotient(&layer, &x, &y, true));
+        }
+        if seed % 4 == 0 {
+            let opts = AscentOptions {
+                radius,
+                random_starts: 1,
+                steps: 4,
+                lanczos: LanczosOptions {
+                    tol: 1e-6,
+                    max_iter: 60,
+                    seed,
+                },
+                seed,
+                causal: true,
+                ..Default::default()
+            };
+            let climbed = ascent(&layer, n, None, &opts).unwrap();
+            // The ascent's sigma is a Ritz value; re-attain it at its input independently.
+            let again = local_constant(&layer, &climbed.x, true, &mut lr, 40);
+            attained = attained.max(again);
+        }
+        for b in bounds.iter().filter(|b| b.certified) {
+            assert!(
+                attained <= b.value,
+                "VIOLATION of {} (causal): attained {attained} > certified {}; seed {seed}, gpt2-like {gpt2}, d {d}, n {n}, R {radius}",
+                b.name,
+                b.value
+            );
+        }
+        let cert = best(&bounds, Metric::Frobenius).unwrap().value;
+        worst = worst.max(attained / cert);
+    }
+    eprintln!("causal token map: 160 settings, largest attained/certified = {worst:.4}");
+    assert!(
+        worst > 0.02,
+        "the attacks should come near the bound ({worst})"
+    );
+}
+
+/// B6 (ii), as the analysis of a block uses it: x -> x + f(x) with f an attention layer on
+/// (B_R)^n is (1 + L)-Lipschitz for L its certified bound. Attacked by power iteration on
+/// (I + J)^T (I + J) (masked or not) and secant quotients of the residual map.
+#[test]
+fn residual_branch_bound_holds() {
+    use lipattn::bounds::layer_norm::residual;
+    let mut worst: f64 = 0.0;
+    for seed in 0..120u64 {
+        let mut lr = rng(40_000 + seed);
+        let causal = seed % 3 == 0;
+        let (heads, dk) = (lr.random_range(1..=3), lr.random_range(1..=3));
+        let layer = gpt2_like(&mut lr, heads, dk, 0.6);
+        let d = layer.d_in();
+        let n = lr.random_range(2..=24);
+        let radius = 10f64.powf(lr.random_range(-0.5..0.3)) * (d as f64).sqrt();
+        let domain = Domain::new(radius, n, causal).unwrap();
+        let lip_f = best(
+            &token_map_bounds(&layer, &domain).unwrap(),
+            Metric::Frobenius,
+        )
+        .unwrap()
+        .value;
+        let bound = residual(lip_f);
+        let mut attained: f64 = 0.0;
+        for x in [
+            random_in_ball(&mut lr, n, d, radius),
+            adversarial(&layer, n, radius),
+        ] {
+            let lin = Linearization::new(&layer, x.as_ref(), None, causal).unwrap();
+            let mut v = gauss_mat(&mut lr, n, d, 1.0);
+            for _ in 0..30 {
+                v *= 1.0 / v.norm_l2();
+                let w = &v + lin.jvp(v.as_ref()).unwrap();
+                attained = attained.max(w.norm_l2());
+                v = &w + lin.vjp(w.as_ref()).unwrap();
+            }
+            let mut y = &x + gauss_mat(&mut lr, n, d, 0.05 * radius);
+            project_rows(&mut y, radius);
+            let fx = layer.forward(x.as_ref(), None, causal).unwrap();
+            let fy = layer.forward(y.as_ref(), None, causal).unwrap();
+            let q = ((&x + fx) - (&y + fy)).norm_l2() / (&x - &y).norm_l2();
+            attained = attained.max(q);
+        }
+        assert!(
+            attained <= bound,
+            "VIOLATION of B6 (ii): attained {attained} > 1 + L = {bound}; seed {seed}, causal {causal}, d {d}, n {n}, R {radius}"
+        );
+        worst = worst.max(attained / bound);
+    }
+    eprintln!("residual branches: 120 settings, largest attained/certified = {worst:.4}");
+    assert!(worst > 0.2, "the attacks should come near 1 + L ({worst})");
+}

@@ -11,7 +11,7 @@ use lipattn::ops::local::{self, LocalInputs, LocalMethod, LocalRequest};
 use lipattn::ops::solvers::{SolverChoice, SolverRequest};
 use lipattn::ops::transport::{self, TransportInputs, TransportMethod, TransportRequest};
 use lipattn::ops::{silent, to_json};
-use lipattn::{Error, Kernel, Mat, Measure};
+use lipattn::{Error, Kernel, LayerSource, Mat, Measure};
 
 fn option_message(e: Error) -> String {
     match e {
@@ -210,6 +210,8 @@ fn sinkhorn_that_stops_short_is_an_error_unless_accepted() {
 #[test]
 fn local_reports_the_estimator_with_its_domain() {
     let layer = random_layer(6, 2, Kernel::Dot, 0.1, 3).unwrap();
+    // A causal model's layer: the default mask is causal, and an explicit `causal: false` is named.
+    let source = LayerSource::new("test layer", true, Kernel::Dot);
     let x = points(4, 5, 6);
     let mut events = 0;
     let r = local::run(
@@ -218,7 +220,8 @@ fn local_reports_the_estimator_with_its_domain() {
             layer: &layer,
             x: x.as_ref(),
             weights: None,
-            causal: false,
+            causal: Some(false),
+            source: &source,
         },
         &mut |_| events += 1,
     )
@@ -235,6 +238,13 @@ fn local_reports_the_estimator_with_its_domain() {
     assert_eq!(r.sigma, direct.top.sigma);
     assert_eq!(r.radius, lipattn::linalg::max_row_norm(x.as_ref()));
     assert_eq!((r.tol, r.dtype, r.weights), (Some(1e-6), "f64", "uniform"));
+    let op = &to_json(&r).unwrap()["operator"];
+    assert_eq!(
+        (op["mask"].as_str(), op["model_mask"].as_str()),
+        (Some("none"), Some("causal"))
+    );
+    let text = op["description"].as_str().unwrap();
+    assert!(text.contains("not the model's causal one"), "{text}");
     let head = local::run(
         &LocalRequest {
             method: LocalMethod::Power,
@@ -245,7 +255,8 @@ fn local_reports_the_estimator_with_its_domain() {
             layer: &layer,
             x: x.as_ref(),
             weights: None,
-            causal: true,
+            causal: None,
+            source: &source,
         },
         &mut silent,
     )
@@ -264,6 +275,12 @@ fn local_reports_the_estimator_with_its_domain() {
             .sigma
     );
     assert_eq!((head.tol, head.head, head.causal), (None, Some(1), true));
+    assert!(head.operator.overrides.is_empty());
+    assert!(
+        head.operator.layer.contains("head 1"),
+        "{}",
+        head.operator.layer
+    );
 }
 
 #[test]

@@ -159,9 +159,17 @@ class AttentionLayer:
         weights: Optional[ArrayLike] = None,
         causal: Optional[bool] = None,
     ) -> LocalConstant: ...
-    def certified_bounds(self, radius: float, n: int, *, causal: bool = False) -> dict[str, Any]: ...
+    def certified_bounds(self, radius: float, n: int, *, causal: Optional[bool] = None) -> dict[str, Any]: ...
     def lipschitz(
-        self, radius: float, n: int, *, starts: int = 2, steps: int = 10, atoms: int = 8, seed: int = 0
+        self,
+        radius: float,
+        n: int,
+        *,
+        starts: int = 2,
+        steps: int = 10,
+        atoms: int = 8,
+        seed: int = 0,
+        causal: Optional[bool] = None,
     ) -> dict[str, Any]: ...
     def ascent(
         self,
@@ -173,6 +181,7 @@ class AttentionLayer:
         seed: int = 0,
         start: Optional[ArrayLike] = None,
         tol: float = 1e-8,
+        causal: Optional[bool] = None,
     ) -> dict[str, Any]: ...
     def adversarial_input(self, head: int, n: int, radius: float) -> F64: ...
     def search_pairs(

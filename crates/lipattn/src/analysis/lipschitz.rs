@@ -9,6 +9,7 @@ use crate::estimation::{
     ascent, layer_pair_seeds, search_pairs, AscentOptions, AscentResult, PairSearchOptions,
     PairSearchResult,
 };
+use crate::operator::{LayerSource, Operator};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -24,17 +25,22 @@ pub struct LipschitzOptions {
     /// Atoms per measure in the W1 pair search.
     pub atoms: usize,
     pub seed: u64,
+    /// The mask; None: the model's own (`LayerSource::mask`).
+    pub causal: Option<bool>,
 }
 
 pub struct LipschitzReport {
     pub kernel: Kernel,
-    /// (B_R)^n without a mask: the ascent has no masked form yet, so the bounds are taken there too.
+    /// (B_R)^n with the mask the bounds and the ascent both take.
     pub domain: Domain,
+    /// What the report certifies.
+    pub operator: Operator,
     pub certified: CertifiedSummary,
     /// The Frobenius lower bound and its input.
     pub ascent: AscentResult,
-    /// The W1 lower bound and its measure pair.
-    pub pairs: PairSearchResult,
+    /// The W1 lower bound and its measure pair; None under a causal mask, which is a sequence
+    /// operation with no measure map (and no certified W1 bound) to compare with.
+    pub pairs: Option<PairSearchResult>,
     /// Pair-search starts built from the heads' weights (`layer_pair_seeds`).
     pub structured_starts: usize,
     pub seconds: f64,
@@ -55,10 +61,17 @@ pub fn certified_json(cert: &CertifiedSummary) -> Value {
 
 /// Certified bounds, the ascent over (B_R)^n (Frobenius) and the measure-pair search (W1), the
 /// latter started from pairs built from the weights of each head involved: random pairs in
-/// d = 384 almost never line up with the directions where B2's constant is made.
-pub fn lipschitz(layer: &AttentionLayer<f64>, opts: &LipschitzOptions) -> Result<LipschitzReport> {
+/// d = 384 almost never line up with the directions where B2's constant is made. `source` is
+/// where `layer` comes from: its mask is the default, its kernel the one an override is named
+/// against.
+pub fn lipschitz(
+    layer: &AttentionLayer<f64>,
+    source: &LayerSource,
+    opts: &LipschitzOptions,
+) -> Result<LipschitzReport> {
     let t0 = Instant::now();
-    let domain = Domain::new(opts.radius, opts.n, false)?;
+    let domain = Domain::new(opts.radius, opts.n, source.mask(opts.causal))?;
+    let operator = Operator::token_map(source, layer.kernel, &domain);
     // The ascent keeps a handful of n x d matrices (iterate, gradient, trial, Lanczos vectors)
     // beside the attention state; the pair search as much per measure of `atoms` atoms.
     let (d, h) = (layer.d_in(), layer.heads);
@@ -81,24 +94,31 @@ pub fn lipschitz(layer: &AttentionLayer<f64>, opts: &LipschitzOptions) -> Result
             random_starts: opts.starts,
             steps: opts.steps,
             seed: opts.seed,
+            causal: domain.causal,
             ..AscentOptions::default()
         },
     )?;
-    let seeds = layer_pair_seeds(layer, domain.radius)?;
-    let structured_starts = seeds.len();
-    let pairs = search_pairs(
-        layer,
-        &PairSearchOptions {
-            radius: domain.radius,
-            atoms: opts.atoms,
-            seeds,
-            seed: opts.seed,
-            ..PairSearchOptions::default()
-        },
-    )?;
+    let (pairs, structured_starts) = if domain.causal {
+        (None, 0)
+    } else {
+        let seeds = layer_pair_seeds(layer, domain.radius)?;
+        let structured_starts = seeds.len();
+        let pairs = search_pairs(
+            layer,
+            &PairSearchOptions {
+                radius: domain.radius,
+                atoms: opts.atoms,
+                seeds,
+                seed: opts.seed,
+                ..PairSearchOptions::default()
+            },
+        )?;
+        (Some(pairs), structured_starts)
+    };
     Ok(LipschitzReport {
         kernel: layer.kernel,
         domain,
+        operator,
         certified,
         ascent,
         pairs,
@@ -113,24 +133,29 @@ impl LipschitzReport {
     }
 
     pub fn attained_w1(&self) -> Option<f64> {
-        Some(self.pairs.best.ratio)
+        self.pairs.as_ref().map(|p| p.best.ratio)
     }
 
-    /// kernel, domain, certified, attained, ratio, bounds, notes, seconds.
+    /// operator, kernel, domain, certified, attained, ratio, bounds, notes, seconds.
     pub fn to_json(&self) -> Value {
         let (cert, att_f, att_w1) = (
             &self.certified.best,
             self.attained_frobenius(),
             self.attained_w1(),
         );
-        let best = &self.pairs.best;
+        let w1_pair = self.pairs.as_ref().map(|p| {
+            json!({"w1_in": p.best.w1_in, "w1_out": p.best.w1_out, "phase": p.phase,
+                   "structured_starts": self.structured_starts})
+        });
         json!({
+            "operator": self.operator,
             "kernel": self.kernel,
             "domain": {
                 "radius": self.domain.radius,
                 "n": self.domain.n,
+                "causal": self.domain.causal,
                 "dtype": "f64",
-                "frobenius": "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask",
+                "frobenius": frobenius_domain(self.domain.causal),
                 "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
             },
             "certified": certified_json(&self.certified),
@@ -138,8 +163,7 @@ impl LipschitzReport {
                 "frobenius": att_f,
                 "w1": att_w1,
                 "frobenius_construction": self.ascent.construction_sigma,
-                "w1_pair": {"w1_in": best.w1_in, "w1_out": best.w1_out, "phase": self.pairs.phase,
-                            "structured_starts": self.structured_starts},
+                "w1_pair": w1_pair,
             },
             "ratio": {
                 "frobenius": ratio(cert.frobenius, att_f),
@@ -151,4 +175,43 @@ impl LipschitzReport {
             "seconds": self.seconds,
         })
     }
+}
+
+/// The `domain.frobenius` sentence of the lipschitz and certified-bounds reports.
+pub fn frobenius_domain(causal: bool) -> &'static str {
+    if causal {
+        "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, causal mask"
+    } else {
+        "token map X -> f(X) on (B_R)^n, Frobenius norm, uniform weights, no mask"
+    }
+}
+
+/// Certified bounds alone on (B_R)^n with the mask of `causal` (None: the model's own), as the
+/// Python `AttentionLayer.certified_bounds` returns them: operator, kernel, domain, certified,
+/// bounds, notes.
+pub fn certified_report(
+    layer: &AttentionLayer<f64>,
+    source: &LayerSource,
+    radius: f64,
+    n: usize,
+    causal: Option<bool>,
+) -> Result<Value> {
+    let domain = Domain::new(radius, n, source.mask(causal))?;
+    let cert = certified_summary(layer, &domain)?;
+    Ok(json!({
+        "operator": Operator::token_map(source, layer.kernel, &domain),
+        "kernel": layer.kernel,
+        "domain": {
+            "radius": radius,
+            "n": n,
+            "causal": domain.causal,
+            "dtype": "f64",
+            "frobenius": frobenius_domain(domain.causal),
+            "w1": "F(mu) = (Gamma_mu)_# mu on probability measures supported in B_R, Wasserstein-1",
+            "w2": "F(mu) on probability measures supported in B_R, Wasserstein-2",
+        },
+        "certified": certified_json(&cert),
+        "bounds": cert.bounds,
+        "notes": cert.notes,
+    }))
 }

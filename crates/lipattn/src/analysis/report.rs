@@ -10,6 +10,7 @@ use super::text::TextIds;
 use super::text_pass::TextValues;
 use crate::bounds::Certified;
 use crate::models::Model;
+use crate::operator::{LayerSource, Operator};
 use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub struct Point {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct OperatorReport {
+    /// What every point certifies and measures (each point names its n).
+    pub operator: Operator,
     pub layer: usize,
     /// None: the whole attention sublayer (all heads, W_O and its bias).
     pub head: Option<usize>,
@@ -148,11 +151,14 @@ fn points(plan: &Plan, measured: &Measured, slot: usize, o: usize) -> Vec<Point>
 
 fn operator_report(
     layer: usize,
+    source: &LayerSource,
     o: usize,
     radius: f64,
     causal: bool,
     points: Vec<Point>,
 ) -> OperatorReport {
+    let head = if o == 0 { None } else { Some(o - 1) };
+    let source = head.map_or_else(|| source.clone(), |h| source.head(h));
     let series = |f: &dyn Fn(&Point) -> Option<f64>| -> Vec<(usize, f64)> {
         points
             .iter()
@@ -163,8 +169,9 @@ fn operator_report(
     let adv_s = series(&|p| p.adversarial);
     let cert_s = series(&|p| p.certified.frobenius);
     OperatorReport {
+        operator: Operator::token_map_sweep(&source, source.kernel, radius, causal),
         layer,
-        head: if o == 0 { None } else { Some(o - 1) },
+        head,
         radius,
         causal,
         fit_text: fit_power_law(&text_s, 1, usize::MAX),
@@ -193,9 +200,17 @@ pub(super) fn report(
             radius: w.radius(),
             observed_max_norm: measured.text.observed[slot],
         });
+        let source = model.layer_source(w.index);
         for o in 0..measured.certified[slot].len() {
             let points = points(&plan, measured, slot, o);
-            operators.push(operator_report(w.index, o, w.radius(), causal, points));
+            operators.push(operator_report(
+                w.index,
+                &source,
+                o,
+                w.radius(),
+                causal,
+                points,
+            ));
         }
     }
     let mut notes = plan.notes;

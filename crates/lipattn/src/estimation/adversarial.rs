@@ -69,6 +69,8 @@ pub struct AscentOptions {
     /// Accuracy of each evaluation of sigma.
     pub lanczos: LanczosOptions,
     pub seed: u64,
+    /// Climb the causally masked map (query i sees tokens 0..=i), as GPT-2-family models compute it.
+    pub causal: bool,
 }
 
 impl Default for AscentOptions {
@@ -85,6 +87,7 @@ impl Default for AscentOptions {
                 seed: 0,
             },
             seed: 0,
+            causal: false,
         }
     }
 }
@@ -188,8 +191,8 @@ fn climb(
     Ok(p)
 }
 
-/// Multi-start projected gradient ascent on sigma(X) over (B_R)^n with uniform weights and no
-/// mask: the constructions of [`adversarial_input`] for each head, then `random_starts` random
+/// Multi-start projected gradient ascent on sigma(X) over (B_R)^n with uniform weights, masked
+/// causally or not (`opts.causal`): the constructions of [`adversarial_input`] for each head, then `random_starts` random
 /// inputs, each climbed with backtracking. `start`, when given, is climbed too (after projection).
 pub fn ascent(
     layer: &AttentionLayer<f64>,
@@ -197,7 +200,7 @@ pub fn ascent(
     start: Option<MatRef<'_, f64>>,
     opts: &AscentOptions,
 ) -> Result<AscentResult> {
-    let domain = Domain::new(opts.radius, n, false)?;
+    let domain = Domain::new(opts.radius, n, opts.causal)?;
     check_positive("fd_eps", opts.fd_eps)?;
     check_positive("initial_step", opts.initial_step)?;
     opts.lanczos.check()?;

@@ -5,6 +5,7 @@ pub mod config;
 pub mod forward;
 pub mod load;
 pub mod model;
+pub mod source;
 pub mod tensors;
 pub mod tokenize;
 
@@ -14,6 +15,7 @@ pub use load::{
     load_attention_layer, load_attention_layer_masked, load_bert_layer, BertLayerWeights,
 };
 pub use model::{Embeddings, FeedForward, Model, ModelLayer, NormPlacement};
+pub use source::load_attention_layer_source;
 pub use tensors::TensorStore;
 pub use tokenize::TextTokenizer;
 

@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::estimation::{local_norm, LanczosOptions, LocalNorm, Method, PowerOptions};
 use crate::linalg::max_row_norm;
 use crate::named_enum;
+use crate::operator::{LayerSource, Operator};
 use crate::scalar::Scalar;
 use faer::MatRef;
 use serde::{Deserialize, Serialize};
@@ -73,14 +74,18 @@ pub struct LocalInputs<'a, T: Scalar> {
     pub x: MatRef<'a, T>,
     /// Context weights of the tokens (uniform when absent).
     pub weights: Option<&'a [f64]>,
-    /// Whether the layer is masked causally (the model's own mask for GPT-2-family layers).
-    pub causal: bool,
+    /// The mask; None: the model's own (`source.mask`).
+    pub causal: Option<bool>,
+    /// Where the layer comes from (the whole layer's, also when `head` picks one).
+    pub source: &'a LayerSource,
 }
 
 /// The attained local constant and everything needed to check it; the serialised fields are
 /// the command's JSON.
 #[derive(Serialize)]
 pub struct LocalReport<T: Scalar> {
+    /// The map whose local constant this is.
+    pub operator: Operator,
     pub kind: &'static str,
     pub quantity: &'static str,
     /// ||J v||_F for the unit `vector`.
@@ -118,50 +123,42 @@ pub fn run<T: Scalar>(
     on_progress: OnProgress,
 ) -> Result<LocalReport<T>> {
     let head_layer;
-    let layer = match req.head {
+    let (layer, source) = match req.head {
         Some(h) => {
             head_layer = inputs.layer.head(h, false)?;
-            &head_layer
+            (&head_layer, inputs.source.head(h))
         }
-        None => inputs.layer,
+        None => (inputs.layer, inputs.source.clone()),
     };
+    let causal = source.mask(inputs.causal);
     let stage = req.method.name();
     on_progress(&Progress {
         stage,
         done: 0,
         total: 1,
     });
-    let r = local_norm(
-        layer,
-        inputs.x,
-        inputs.weights,
-        inputs.causal,
-        &req.estimator(),
-    )?;
+    let r = local_norm(layer, inputs.x, inputs.weights, causal, &req.estimator())?;
     on_progress(&Progress {
         stage,
         done: 1,
         total: 1,
     });
-    Ok(report(
-        req,
-        r,
-        layer.d_out(),
-        inputs.causal,
-        inputs.weights.is_some(),
-    ))
+    let weighted = inputs.weights.is_some();
+    let operator = Operator::token_map_at(&source, layer.kernel, causal, r.x.nrows(), weighted);
+    Ok(report(req, r, layer.d_out(), operator))
 }
 
-/// The report of an estimator's result `r` for a layer of output width `d_out`.
+/// The report of an estimator's result `r` for `operator`, a layer of output width `d_out`.
 pub fn report<T: Scalar>(
     req: &LocalRequest,
     r: LocalNorm<T>,
     d_out: usize,
-    causal: bool,
-    weighted: bool,
+    operator: Operator,
 ) -> LocalReport<T> {
     let t = &r.top;
+    let (causal, weighted) = (operator.mask.causal(), operator.weights == "given");
     LocalReport {
+        operator,
         kind: "attained_lower_bound",
         quantity: "local_lipschitz",
         sigma: t.sigma,

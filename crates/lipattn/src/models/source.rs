@@ -1,0 +1,43 @@
+//! A checkpoint layer's [`LayerSource`]: its origin and the mask and kernel its model computes it
+//! with, the default operator of every command run on it.
+
+use super::config::Family;
+use super::model::Model;
+use crate::attention::{AttentionLayer, Kernel};
+use crate::error::Result;
+use crate::operator::LayerSource;
+use std::path::Path;
+
+impl Family {
+    /// The family as the operator descriptions name it.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Family::Bert => "BERT",
+            Family::Gpt2 => "GPT-2",
+        }
+    }
+}
+
+impl Model {
+    /// The source of layer `layer`'s attention sublayer (unchecked index: the caller loads it).
+    pub fn layer_source(&self, layer: usize) -> LayerSource {
+        LayerSource::new(
+            format!(
+                "{} layer {layer} self-attention of {}",
+                self.family().display_name(),
+                self.dir().display()
+            ),
+            self.is_causal(),
+            Kernel::Dot,
+        )
+    }
+}
+
+/// The attention sublayer of layer `layer` of the checkpoint in `dir`, with its source.
+pub fn load_attention_layer_source(
+    dir: &Path,
+    layer: usize,
+) -> Result<(AttentionLayer<f64>, LayerSource)> {
+    let model = Model::open(dir)?;
+    Ok((model.attention_layer(layer)?, model.layer_source(layer)))
+}
