@@ -4,6 +4,7 @@ use crate::layer_arg::LayerArg;
 use anyhow::Result;
 use clap::Args;
 use lipattn::analysis::lipschitz::{lipschitz, ratio, LipschitzOptions};
+use lipattn::output::{StagedDir, StagedFile};
 use lipattn::Kernel;
 use serde_json::json;
 use std::path::PathBuf;
@@ -51,6 +52,12 @@ pub struct LipschitzArgs {
 
 pub fn run(a: LipschitzArgs) -> Result<()> {
     let t0 = Instant::now();
+    let save_input = a
+        .save_input
+        .as_deref()
+        .map(StagedFile::create)
+        .transpose()?;
+    let save_pair = a.save_pair.as_deref().map(StagedDir::create).transpose()?;
     let (full, causal) = a.target.load()?;
     if causal {
         anyhow::bail!(
@@ -75,13 +82,13 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
             seed: a.seed,
         },
     )?;
-    if let Some(p) = &a.save_input {
-        lipattn::npy::write_matrix(p, report.ascent.x.as_ref())?;
+    if let Some(f) = save_input {
+        lipattn::npy::write_matrix(f.path(), report.ascent.x.as_ref())?;
+        f.commit()?;
     }
-    if let Some(dir) = &a.save_pair {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-        report.pairs.best.save(dir, "w1_")?;
+    if let Some(dir) = save_pair {
+        report.pairs.best.save(dir.path(), "w1_")?;
+        dir.commit()?;
     }
     let (cert, att_f, att_w1) = (
         &report.certified,

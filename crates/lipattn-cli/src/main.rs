@@ -7,6 +7,7 @@ mod fixed_point;
 mod flow;
 mod forward;
 mod hidden;
+mod interrupt;
 mod invert;
 mod layer_arg;
 mod lipschitz;
@@ -61,6 +62,7 @@ enum Command {
 }
 
 fn main() {
+    interrupt::install();
     let cli = Cli::parse();
     lipattn::budget::set_max_memory(cli.max_memory);
     let result = match cli.command {

@@ -14,6 +14,7 @@ pub mod models;
 pub mod names;
 pub mod npy;
 pub mod ops;
+pub mod output;
 
 pub use domain::Domain;
 pub use error::{Error, Result};
