@@ -46,11 +46,9 @@ pub fn run(a: HiddenArgs) -> Result<()> {
         );
     }
     let tokenizer = TextTokenizer::from_dir(&a.model)?;
-    let text = std::fs::read_to_string(&a.text)
-        .with_context(|| format!("reading --text {}", a.text.display()))?;
     let ids = tokenizer
-        .encode(&text, a.max_tokens)
-        .with_context(|| format!("tokenising {}", a.text.display()))?;
+        .encode_file(&a.text, a.max_tokens)
+        .context("reading --text")?;
     let states = model.hidden_states_upto(&ids, a.layer)?;
     write_matrix(out.path(), states[a.layer].as_ref())?;
     if let Some(f) = ids_out {
