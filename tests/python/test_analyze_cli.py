@@ -113,7 +113,7 @@ def test_adversarial_value_matches_the_construction_built_here(report, tmp_path,
     (["--ns", "1000"], "position table"),
     (["--layers", "9"], "out of range"),
     (["--text", "/nonexistent/text.txt"], "/nonexistent/text.txt"),
-    (["--windows", "0", "--no-adversarial"], "nothing to attain"),
+    (["--windows", "0"], "windows must be at least 1"),
 ])
 def test_bad_requests_are_named(tmp_path, lipattn_bin, minilm, args, message):
     r = run(lipattn_bin, "analyze", minilm, "--out", tmp_path, "--quiet", *args)

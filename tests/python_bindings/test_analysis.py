@@ -53,7 +53,7 @@ def test_analyze_options_and_caller_text(model):
     (dict(ns=[1]), ["--ns", 1], "sequence length 1 outside 2..=512"),
     (dict(ns=[8, 4096]), ["--ns", "8,4096"], "sequence length 4096 outside 2..=512"),
     (dict(layers=[0, 99]), ["--layers", "0,99"], "layer 99 out of range"),
-    (dict(windows=0, adversarial=False), ["--windows", 0, "--no-adversarial"], "nothing to attain"),
+    (dict(windows=0), ["--windows", 0], "windows must be at least 1"),
 ])
 def test_bad_requests_raise_the_library_message(lipattn_bin, minilm, model, tmp_path, kwargs, cli_args, message):
     args = {**SMALL, **kwargs}

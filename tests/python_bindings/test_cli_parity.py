@@ -59,7 +59,7 @@ def test_lipschitz_equals_cli(lipattn_bin, minilm, tmp_path):
     args = dict(radius=3.0, n=4, starts=1, steps=2, atoms=4, seed=7)
     ref = cli_json(lipattn_bin, "lipschitz", "--model", minilm, "--layer", 0, "--head", 1, "--radius", 3.0, "--n", 4,
                    "--starts", 1, "--steps", 2, "--atoms", 4, "--seed", 7, "--json", "--save-input", tmp_path / "x.npy",
-                   "--save-pair", tmp_path)
+                   "--save-pair", tmp_path / "pair")
     got = lipattn.AttentionLayer.from_model(minilm, 0, head=1).lipschitz(**args)
     assert got["certified"] == ref["certified"]
     assert got["bounds"] == ref["bounds"] and got["notes"] == ref["notes"]
@@ -70,8 +70,8 @@ def test_lipschitz_equals_cli(lipattn_bin, minilm, tmp_path):
     assert got["domain"] == {k: v for k, v in ref["domain"].items()}
     np.testing.assert_allclose(got["inputs"]["frobenius_x"], np.load(tmp_path / "x.npy"), rtol=1e-10, atol=1e-12)
     mu = got["inputs"]["w1_mu"]
-    np.testing.assert_allclose(mu.points, np.load(tmp_path / "w1_mu_points.npy"), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(mu.weights, np.load(tmp_path / "w1_mu_weights.npy"), rtol=1e-10)
+    np.testing.assert_allclose(mu.points, np.load(tmp_path / "pair" / "w1_mu_points.npy"), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(mu.weights, np.load(tmp_path / "pair" / "w1_mu_weights.npy"), rtol=1e-10)
     # The attained inputs reproduce their values: sigma at x, and the W1 ratio of the pair.
     layer = lipattn.AttentionLayer.from_model(minilm, 0, head=1)
     assert np.max(np.linalg.norm(got["inputs"]["frobenius_x"], axis=1)) <= 3.0 * (1 + 1e-12)

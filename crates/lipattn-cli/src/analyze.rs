@@ -331,6 +331,9 @@ fn plot_exponents(r: &ModelReport, out: &Path) -> Result<()> {
 }
 
 pub fn run(a: AnalyzeArgs) -> Result<()> {
+    // Before any work: an unwritable --out or a run already writing it stops here.
+    let stage = lipattn::output::StagedDir::create(&a.out)?;
+    let out = stage.path();
     let model = Model::open(&a.model)?;
     let text = text_ids(&a)?;
     if a.ns.is_empty() {
@@ -356,15 +359,15 @@ pub fn run(a: AnalyzeArgs) -> Result<()> {
         })
     })?;
     drop(bar);
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(a.out.join("report.json"), &json)
-        .with_context(|| format!("writing {}", a.out.join("report.json").display()))?;
-    write_csvs(&report, &a.out)?;
+    std::fs::write(out.join("report.json"), &json)
+        .with_context(|| format!("writing {}", out.join("report.json").display()))?;
+    write_csvs(&report, out)?;
     for o in report.operators.iter().filter(|o| o.head.is_none()) {
-        plot_layer(&report, o, &a.out)?;
+        plot_layer(&report, o, out)?;
     }
-    plot_exponents(&report, &a.out)?;
+    plot_exponents(&report, out)?;
+    stage.commit()?;
     if a.json {
         println!("{json}");
     } else {

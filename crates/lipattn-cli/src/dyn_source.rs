@@ -18,17 +18,17 @@ pub struct SourceArgs {
     #[arg(long, requires = "model")]
     pub layer: Option<usize>,
     /// Synthetic layer: token width d.
-    #[arg(long, default_value_t = SourceRequest::default().d)]
+    #[arg(long, default_value_t = SourceRequest::default().d, conflicts_with = "model")]
     pub d: usize,
     /// Synthetic layer: number of heads.
-    #[arg(long, default_value_t = SourceRequest::default().heads)]
+    #[arg(long, default_value_t = SourceRequest::default().heads, conflicts_with = "model")]
     pub heads: usize,
     /// Synthetic layer: kernel, l2 (tied, W_V = U W_Q exactly: certified on all of R^{n x d}) or
     /// dot (certified on a ball only).
-    #[arg(long, value_parser = crate::names::named::<Kernel>(), default_value_t = SourceRequest::default().kernel)]
+    #[arg(long, value_parser = crate::names::named::<Kernel>(), default_value_t = SourceRequest::default().kernel, conflicts_with = "model")]
     pub kernel: Kernel,
     /// Synthetic layer: standard deviation of the biases.
-    #[arg(long, default_value_t = SourceRequest::default().bias)]
+    #[arg(long, default_value_t = SourceRequest::default().bias, conflicts_with = "model")]
     pub bias: f64,
     /// Seed of the synthetic layer, of random tokens and of the command's own draws.
     #[arg(long, default_value_t = SourceRequest::default().seed)]

@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use lipattn::ops::fixed_point::{self, FixedPointInputs, FixedPointRequest, Space, VariantName};
 use lipattn::ops::source::SourceRequest;
+use lipattn::output::{StagedDir, StagedFile};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -62,6 +63,8 @@ impl From<&FixedPointArgs> for FixedPointRequest {
 }
 
 pub fn run(a: FixedPointArgs) -> Result<()> {
+    let save = a.save.as_deref().map(StagedFile::create).transpose()?;
+    let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
     let (layer, desc) = source.layer()?;
     let x = source.tokens(layer.d_in())?;
@@ -78,8 +81,8 @@ pub fn run(a: FixedPointArgs) -> Result<()> {
         &mut |p| bar.update(p),
     )?;
     drop(bar);
-    save_first(&a.save, &report.solutions)?;
-    if let Some(dir) = &a.plot {
+    save_first(save, &report.solutions)?;
+    if let Some(dir) = plot {
         plot_residuals(
             dir,
             "fixed_point_residuals",

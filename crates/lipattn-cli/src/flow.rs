@@ -11,6 +11,7 @@ use anyhow::Result;
 use clap::Args;
 use lipattn::ops::flow::{self, FlowInputs, FlowRequest, IntegratorName, ProjectionName};
 use lipattn::ops::source::SourceRequest;
+use lipattn::output::StagedDir;
 use lipattn::Mat;
 use std::path::PathBuf;
 
@@ -108,6 +109,7 @@ impl From<&FlowArgs> for FlowRequest {
 }
 
 pub fn run(a: FlowArgs) -> Result<()> {
+    let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
     let (layer, desc) = if a.identity {
         source.identity_layer(a.beta)?
@@ -135,8 +137,8 @@ pub fn run(a: FlowArgs) -> Result<()> {
     drop(bar);
     let (times, stats) = (&report.times, &report.clustering);
     let (gron, mf) = (&report.gronwall, &report.mean_field);
-    if let Some(dir) = &a.plot {
-        std::fs::create_dir_all(dir)?;
+    if let Some(stage) = plot {
+        let dir = stage.path();
         let mc: Vec<(f64, f64)> = times
             .iter()
             .zip(stats)
@@ -236,6 +238,7 @@ pub fn run(a: FlowArgs) -> Result<()> {
             }
             .write(&dir.join("flow_mean_field"))?;
         }
+        stage.commit()?;
     }
     let mut out = lipattn::ops::to_json(&report)?;
     out["command"] = "flow".into();

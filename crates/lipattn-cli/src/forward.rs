@@ -4,6 +4,7 @@ use crate::layer_arg::LayerArg;
 use anyhow::{Context, Result};
 use clap::Args;
 use lipattn::npy::{read_matrix, read_vector, write_matrix};
+use lipattn::output::StagedFile;
 use lipattn::Kernel;
 use std::path::PathBuf;
 
@@ -30,6 +31,7 @@ pub struct ForwardArgs {
 }
 
 pub fn run(a: ForwardArgs) -> Result<()> {
+    let out = StagedFile::create(&a.out)?;
     // GPT-2-family layers are always causal; --causal masks any other layer too.
     let (layer, source) = a.target.load()?;
     let layer = layer.with_kernel(a.kernel);
@@ -43,6 +45,6 @@ pub fn run(a: ForwardArgs) -> Result<()> {
         w.as_deref(),
         source.mask(a.causal.then_some(true)),
     )?;
-    write_matrix(&a.out, y.as_ref())?;
-    Ok(())
+    write_matrix(out.path(), y.as_ref())?;
+    Ok(out.commit()?)
 }

@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use lipattn::models::{Model, TextTokenizer};
 use lipattn::npy::{write_ids, write_matrix};
+use lipattn::output::StagedFile;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -31,6 +32,8 @@ pub struct HiddenArgs {
 }
 
 pub fn run(a: HiddenArgs) -> Result<()> {
+    let out = StagedFile::create(&a.out)?;
+    let ids_out = a.ids_out.as_deref().map(StagedFile::create).transpose()?;
     let model = Model::open(&a.model)?;
     // Checked before tokenising or running anything, so a typo costs nothing.
     if a.layer > model.num_layers() {
@@ -43,15 +46,14 @@ pub fn run(a: HiddenArgs) -> Result<()> {
         );
     }
     let tokenizer = TextTokenizer::from_dir(&a.model)?;
-    let text = std::fs::read_to_string(&a.text)
-        .with_context(|| format!("reading --text {}", a.text.display()))?;
     let ids = tokenizer
-        .encode(&text, a.max_tokens)
-        .with_context(|| format!("tokenising {}", a.text.display()))?;
+        .encode_file(&a.text, a.max_tokens)
+        .context("reading --text")?;
     let states = model.hidden_states_upto(&ids, a.layer)?;
-    write_matrix(&a.out, states[a.layer].as_ref())?;
-    if let Some(p) = &a.ids_out {
-        write_ids(p, &ids)?;
+    write_matrix(out.path(), states[a.layer].as_ref())?;
+    if let Some(f) = ids_out {
+        write_ids(f.path(), &ids)?;
+        f.commit()?;
     }
-    Ok(())
+    Ok(out.commit()?)
 }

@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use lipattn::ops::invert::{self, InvertInputs, InvertRequest};
 use lipattn::ops::source::SourceRequest;
+use lipattn::output::{StagedDir, StagedFile};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -67,6 +68,8 @@ impl From<&InvertArgs> for InvertRequest {
 }
 
 pub fn run(a: InvertArgs) -> Result<()> {
+    let save = a.save.as_deref().map(StagedFile::create).transpose()?;
+    let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
     let (layer, desc) = source.layer()?;
     let x = source.tokens(layer.d_in())?;
@@ -81,8 +84,8 @@ pub fn run(a: InvertArgs) -> Result<()> {
         &mut |p| bar.update(p),
     )?;
     drop(bar);
-    save_first(&a.save, &report.reconstructions)?;
-    if let Some(dir) = &a.plot {
+    save_first(save, &report.reconstructions)?;
+    if let Some(dir) = plot {
         plot_residuals(
             dir,
             "invert_residuals",

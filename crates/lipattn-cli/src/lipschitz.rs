@@ -5,6 +5,7 @@ use anyhow::Result;
 use clap::Args;
 use lipattn::analysis::lipschitz::{lipschitz, ratio, LipschitzOptions};
 use lipattn::operator::Mask;
+use lipattn::output::{StagedDir, StagedFile};
 use lipattn::Kernel;
 use serde_json::json;
 use std::path::PathBuf;
@@ -56,6 +57,12 @@ pub struct LipschitzArgs {
 
 pub fn run(a: LipschitzArgs) -> Result<()> {
     let t0 = Instant::now();
+    let save_input = a
+        .save_input
+        .as_deref()
+        .map(StagedFile::create)
+        .transpose()?;
+    let save_pair = a.save_pair.as_deref().map(StagedDir::create).transpose()?;
     let (full, source) = a.target.load()?;
     let full = full.with_kernel(a.kernel);
     let (layer, source) = match a.head {
@@ -78,14 +85,14 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
             causal: a.mask.map(Mask::causal),
         },
     )?;
-    if let Some(p) = &a.save_input {
-        lipattn::npy::write_matrix(p, report.ascent.x.as_ref())?;
+    if let Some(f) = save_input {
+        lipattn::npy::write_matrix(f.path(), report.ascent.x.as_ref())?;
+        f.commit()?;
     }
     // A causal run has no pair, and --save-pair was refused for it above.
-    if let (Some(dir), Some(pairs)) = (&a.save_pair, &report.pairs) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
-        pairs.best.save(dir, "w1_")?;
+    if let (Some(dir), Some(pairs)) = (save_pair, &report.pairs) {
+        pairs.best.save(dir.path(), "w1_")?;
+        dir.commit()?;
     }
     let (cert, att_f, att_w1) = (
         &report.certified,

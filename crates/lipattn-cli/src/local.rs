@@ -56,6 +56,11 @@ impl From<&LocalArgs> for LocalRequest {
 }
 
 pub fn run(a: LocalArgs) -> Result<()> {
+    let save_vector = a
+        .save_vector
+        .as_deref()
+        .map(lipattn::output::StagedFile::create)
+        .transpose()?;
     // The operator the model computes, mask included (GPT-2 family: causal).
     let (layer, source) = a.target.load()?;
     let x = read_matrix(&a.tokens).context("reading --tokens")?;
@@ -72,11 +77,12 @@ pub fn run(a: LocalArgs) -> Result<()> {
         &mut |p| bar.update(p),
     )?;
     drop(bar);
-    if let Some(p) = &a.save_vector {
+    if let Some(f) = save_vector {
         report
             .result
-            .save(None, Some(p))
-            .with_context(|| format!("writing --save-vector {}", p.display()))?;
+            .save(None, Some(f.path()))
+            .context("writing --save-vector")?;
+        f.commit()?;
     }
     if a.json {
         let mut out = lipattn::ops::to_json(&report)?;

@@ -7,6 +7,7 @@ mod fixed_point;
 mod flow;
 mod forward;
 mod hidden;
+mod interrupt;
 mod invert;
 mod layer_arg;
 mod lipschitz;
@@ -18,7 +19,7 @@ mod reproduce;
 mod solver_output;
 mod transport;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -61,7 +62,13 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    interrupt::install();
+    // A negative number is a value, not a flag, so that the library's range checks give the
+    // real message (clap would suggest `-- -1`).
+    let matches = Cli::command()
+        .mut_subcommands(|s| s.allow_negative_numbers(true))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     lipattn::budget::set_max_memory(cli.max_memory);
     let result = match cli.command {
         Command::Analyze(a) => analyze::run(a),

@@ -54,7 +54,8 @@ fn write_figure(out: &Path, figure: &Figure) -> Result<()> {
 }
 
 pub fn run(a: ReproduceArgs) -> Result<()> {
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let stage = lipattn::output::StagedDir::create(&a.out)?;
+    let out = stage.path();
     let start = std::time::Instant::now();
     let request = ReproduceRequest {
         model: a
@@ -63,12 +64,12 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
             .or_else(|| std::env::var_os("LIPATTN_MINILM").map(PathBuf::from)),
         quick: a.quick,
     };
-    let done = lipattn_repro::run(&request, &mut |figure| write_figure(&a.out, figure))?;
+    let done = lipattn_repro::run(&request, &mut |figure| write_figure(out, figure))?;
     // A violation would be a bug in a proof or in its code: say so loudly, with the witness,
     // rather than let it pass as a ratio below 1.
     for (k, c) in done.checks.iter().filter(|c| !c.holds()).enumerate() {
         let prefix = format!("violation{k}_");
-        c.witness.save(&a.out, &prefix)?;
+        c.witness.save(out, &prefix)?;
         eprintln!(
             "VIOLATION of {} (head {:?}, R {}): attained {} > certified {}; witness saved as {}/{prefix}*.npy",
             c.bound, c.head, c.radius, c.attained, c.certified, a.out.display()
@@ -77,9 +78,10 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
     let mut summary = done.summary;
     summary.insert("seconds".into(), json!(start.elapsed().as_secs_f64()));
     let summary = serde_json::Value::Object(summary);
-    let path = a.out.join("summary.json");
+    let path = out.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("writing {}", path.display()))?;
+    stage.commit()?;
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {

@@ -4,26 +4,26 @@
 use crate::plot::{residual_series, Chart};
 use anyhow::{Context, Result};
 use faer::Mat;
-use std::path::{Path, PathBuf};
+use lipattn::output::{StagedDir, StagedFile};
 
-/// Writes the first of `solutions` (the converged solvers' results, in request order) to `save`.
-pub fn save_first(save: &Option<PathBuf>, solutions: &[Mat<f64>]) -> Result<()> {
-    if let (Some(p), Some(x)) = (save, solutions.first()) {
-        lipattn::npy::write_matrix(p, x.as_ref())
-            .with_context(|| format!("writing --save {}", p.display()))?;
+/// Writes the first of `solutions` (the converged solvers' results, in request order) to `save`;
+/// without one, nothing is written (the stage is dropped).
+pub fn save_first(save: Option<StagedFile>, solutions: &[Mat<f64>]) -> Result<()> {
+    if let (Some(f), Some(x)) = (save, solutions.first()) {
+        lipattn::npy::write_matrix(f.path(), x.as_ref()).context("writing --save")?;
+        f.commit()?;
     }
     Ok(())
 }
 
 /// The residual trace of every solver on a log scale, as `dir/stem.{png,svg,csv}`.
 pub fn plot_residuals(
-    dir: &Path,
+    dir: StagedDir,
     stem: &str,
     title: String,
     y_label: &str,
     traces: &[(String, Vec<f64>)],
 ) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
     Chart {
         title,
         x_label: "iteration".into(),
@@ -33,5 +33,6 @@ pub fn plot_residuals(
         series: residual_series(traces),
         vlines: vec![],
     }
-    .write(&dir.join(stem))
+    .write(&dir.path().join(stem))?;
+    Ok(dir.commit()?)
 }

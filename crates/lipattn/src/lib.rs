@@ -15,6 +15,7 @@ pub mod names;
 pub mod npy;
 pub mod operator;
 pub mod ops;
+pub mod output;
 
 pub use domain::Domain;
 pub use error::{Error, Result};

@@ -39,6 +39,10 @@ impl Measure {
     pub fn normalised(points: Mat<f64>, mut weights: Vec<f64>) -> Result<Self> {
         validate_points("measure points", points.as_ref())?;
         validate_weights("measure weights", &weights, points.nrows())?;
+        // Divided by the largest first, so that weights near f64::MAX do not sum to infinity
+        // (which would turn every weight into 0) and tiny ones do not lose their digits.
+        let max = weights.iter().copied().fold(0.0, f64::max);
+        weights.iter_mut().for_each(|w| *w /= max);
         let sum: f64 = weights.iter().sum();
         weights.iter_mut().for_each(|w| *w /= sum);
         Ok(Self { points, weights })

@@ -111,12 +111,18 @@ pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions
         })
         .collect();
     if let Some(t) = text {
-        let short: Vec<usize> = windows
+        let specials = t.prefix.len() + t.suffix.len();
+        let (no_room, short): (Vec<usize>, Vec<usize>) = windows
             .iter()
             .filter(|(_, w)| w.is_empty())
             .map(|(n, _)| *n)
-            .collect();
-        if !short.is_empty() && opts.windows > 0 {
+            .partition(|&n| n <= specials);
+        if !no_room.is_empty() {
+            notes.push(format!(
+                "n = {no_room:?} holds no more than the model's {specials} special tokens, so no text fits: no real-text values there"
+            ));
+        }
+        if !short.is_empty() {
             notes.push(format!(
                 "the text ({} tokens) is too short for n = {short:?}: no real-text values there",
                 t.body.len() + t.prefix.len() + t.suffix.len()

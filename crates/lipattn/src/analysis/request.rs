@@ -1,7 +1,7 @@
 //! What the caller passes to `analyze`: the options, with their defaults and validation, and the
 //! shape of a progress report.
 
-use crate::error::{check_index, Error, Result};
+use crate::error::{check_at_least, check_index, Error, Result};
 use crate::estimation::LanczosOptions;
 
 #[derive(Clone, Debug)]
@@ -70,10 +70,7 @@ pub(super) fn check_options(
             check_index("layer", l, num_layers, || "the model".into())?;
         }
     }
-    if opts.windows == 0 && !opts.adversarial {
-        return Err(Error::invalid(
-            "nothing to attain: no text windows and no adversarial inputs",
-        ));
-    }
+    // Zero windows would drop every real-text value without a word in the report.
+    check_at_least("windows", opts.windows, 1)?;
     Ok(())
 }
