@@ -65,3 +65,31 @@ def test_ctrl_c_interrupts_a_long_search(big_layer):
     x = np.random.default_rng(2).standard_normal((8, 64))
     lin = big_layer.linearize(x)
     assert big_layer.local_constant(x, tol=1e-10).sigma == pytest.approx(lin.top_singular(tol=1e-10).sigma, rel=1e-8)
+
+
+def _interrupt_stops(call):
+    """Ctrl-C during `call` raises KeyboardInterrupt within half a second and leaves no work
+    running in the background."""
+    timer = threading.Timer(0.2, _thread.interrupt_main)
+    start = time.perf_counter()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        call()
+    elapsed = time.perf_counter() - start
+    timer.cancel()
+    assert elapsed < 0.2 + 0.5, elapsed
+    time.sleep(0.3)
+    cpu = time.process_time()
+    time.sleep(0.5)
+    assert time.process_time() - cpu < 0.2, "the abandoned work kept running"
+
+
+def test_ctrl_c_stops_sinkhorn_and_logdet_probes():
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((300, 8)), rng.standard_normal((300, 8)) + 0.5
+    # A tolerance below what f64 reaches: the sweeps run to max_iter (minutes) unless stopped.
+    _interrupt_stops(lambda: lipattn.transport(a, b, method="sinkhorn", eps=0.05, tol=1e-300, max_iter=10**9))
+    layer = lipattn.random_layer(16, 2, kernel="l2", seed=1)
+    block = lipattn.InvertibleBlock(layer, 16, 0.5)
+    x = rng.standard_normal((16, 16))
+    _interrupt_stops(lambda: block.logdet(x, method="series", probes=10**9))

@@ -175,8 +175,9 @@ fn submit(job: Job) -> PyResult<()> {
 /// Runs a long computation on a worker thread while the calling thread, without the GIL, polls
 /// Python's signal handlers. Ctrl-C raises KeyboardInterrupt at once and raises the
 /// computation's cancellation flag (`lipattn::cancel`): the abandoned work stops at its next
-/// check, between iterations of its outer loop (Lanczos, power iteration, ascent, pair search,
-/// analysis windows, fixed-point solvers, flow steps), and its result is dropped. Work inside one
+/// check, between iterations of its outer loop (Lanczos, power iteration, ascent and its starts,
+/// pair search, analysis windows, fixed-point solvers, flow steps, log-determinant probes,
+/// Sinkhorn sweeps, network-simplex pivots), and its result is dropped. Work inside one
 /// iteration, or in rayon tasks, runs to the end of that iteration first.
 pub fn interruptible<T, F>(py: Python<'_>, f: F) -> PyResult<T>
 where

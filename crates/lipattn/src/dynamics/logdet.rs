@@ -147,6 +147,7 @@ pub fn logdet_series(
     let mut samples = Vec::new();
     let mut jvps = 0;
     for _ in 0..probes {
+        crate::cancel::check()?;
         let v = Mat::<f64>::from_fn(
             n,
             d,

@@ -211,6 +211,7 @@ pub fn ascent(
         .collect::<Result<_>>()?;
     let mut rng = SplitMix::new(opts.seed);
     for _ in 0..opts.random_starts {
+        crate::cancel::check()?;
         let mut x: Mat<f64> = rng.gauss_mat(n, d);
         for i in 0..n {
             let nrm = (0..d).map(|k| x[(i, k)].powi(2)).sum::<f64>().sqrt();

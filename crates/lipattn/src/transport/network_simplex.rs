@@ -445,6 +445,8 @@ impl<'c> Simplex<'c> {
         let mut iterations = 0u64;
         let mut clean = false;
         loop {
+            // A cheap thread-local read; pivots cost far more.
+            crate::cancel::check()?;
             match self.find_entering() {
                 Some(e) => {
                     if iterations >= max_pivots {

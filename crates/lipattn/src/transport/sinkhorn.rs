@@ -127,6 +127,7 @@ pub fn sinkhorn_with_cost(
     // Below this size a sweep takes microseconds and thread hand-off would dominate.
     let parallel = n * m >= 1 << 16;
     while iterations < opts.max_iter {
+        crate::cancel::check()?;
         // f-update; the row marginal of the previous iterate comes for free from the same soft-min.
         let row_update = |i: usize| {
             let sm = soft_min(&g, &c[i * m..(i + 1) * m], eps);
@@ -262,6 +263,10 @@ fn kernel_sinkhorn(
     let (mut err, mut iterations, mut converged) = (f64::INFINITY, 0, false);
     let ok = |x: &[f64]| x.iter().all(|&t| t.is_finite() && t > 0.0);
     while iterations < opts.max_iter {
+        // Abandoned (Ctrl-C in Python): the log-domain fallback reports the cancellation.
+        if crate::cancel::check().is_err() {
+            return None;
+        }
         let dot = |i: usize| {
             k[i * m..(i + 1) * m]
                 .iter()
