@@ -101,6 +101,13 @@ fn summary_on(
                 .to_string(),
         ];
         let b5 = match b5 {
+            Ok(b) if !b.bound.value.is_finite() => {
+                notes.push(format!(
+                    "frobenius: the certified bound exceeds the f64 range ({})",
+                    b.domain_note(domain.n)
+                ));
+                None
+            }
             Ok(b) => {
                 notes.push(b.domain_note(domain.n));
                 Some(b.bound)

@@ -64,12 +64,27 @@ fn two_product(a: f64, b: f64) -> Option<(f64, f64)> {
     Some((p, a.mul_add(b, -p)))
 }
 
+/// Whether this thread's arithmetic is what the proofs assume: gradual underflow (no
+/// flush-to-zero of results, no subnormal inputs read as zero: a library built with fast-math
+/// loaded into the process can switch either on) and a fused `mul_add` (a platform `fma` that
+/// rounds twice would make every split error 0).
+fn arithmetic_is_ieee() -> bool {
+    use std::hint::black_box;
+    let tiny = black_box(f64::MIN_POSITIVE);
+    let sub = black_box(f64::from_bits(1));
+    let x = black_box(1.0 + 2f64.powi(-30));
+    tiny / 2.0 != 0.0
+        && sub * 2.0 == f64::from_bits(2)
+        && x.mul_add(x, -(1.0 + 2f64.powi(-29))) == 2f64.powi(-60)
+}
+
 /// Whether sum_l a_il b_lj = c_ij holds exactly for every entry. `false` means "not proven"
-/// (different, or beyond what the split can decide: an overflow or a product below 2^-969);
+/// (different, or beyond what the split can decide: an overflow, a product below 2^-969, or a
+/// thread whose arithmetic is not IEEE 754 with gradual underflow and a fused multiply-add);
 /// `true` is a proof. Stops at the first entry that fails.
 pub fn product_is_exactly(a: MatRef<'_, f64>, b: MatRef<'_, f64>, c: MatRef<'_, f64>) -> bool {
     let (p, k, q) = (a.nrows(), a.ncols(), b.ncols());
-    if b.nrows() != k || c.nrows() != p || c.ncols() != q {
+    if b.nrows() != k || c.nrows() != p || c.ncols() != q || !arithmetic_is_ieee() {
         return false;
     }
     let mut acc = ExactSum(Vec::with_capacity(2 * k + 1));
@@ -104,6 +119,11 @@ mod tests {
     #[test]
     fn threshold_is_two_to_the_minus_969() {
         assert_eq!(EXACT_PRODUCT_MIN, 2f64.powi(-969));
+    }
+
+    #[test]
+    fn this_platform_has_the_assumed_arithmetic() {
+        assert!(arithmetic_is_ieee());
     }
 
     #[test]

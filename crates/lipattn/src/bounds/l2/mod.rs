@@ -68,6 +68,13 @@ pub fn b5(
     }
     crate::domain::check_len(n)?;
     let radius = crate::domain::check_optional_radius(radius)?;
+    // The fields are public: weights edited after `AttentionLayer::new` are checked again, since
+    // a NaN norm would vanish in `min` below.
+    for (name, m) in [("W_Q", &layer.wq), ("W_V", &layer.wv), ("W_O", &layer.wo)] {
+        if !m.col_iter().all(|c| c.iter().all(|x| x.is_finite())) {
+            return Err(Error::invalid(format!("{name} has a non-finite entry")));
+        }
+    }
     let rho = ratio_bound(n, weights)?;
     let (dk, dv) = (layer.dk, layer.dv);
     let unit = unit_l2_lipschitz(rho, n as f64);
@@ -161,5 +168,11 @@ fn ratio_bound(n: usize, weights: Option<&[f64]>) -> Result<f64> {
         min = min.min(check_positive("token weight", x)?);
     }
     let total = sum_up(w.iter().copied());
-    Ok(div_up(up(total - min), min))
+    let rho = div_up(up(total - min), min);
+    if !rho.is_finite() {
+        return Err(Error::invalid(format!(
+            "token weights: (total - smallest) / smallest = ({total:e} - {min:e}) / {min:e} overflows; Lemma K1 has no finite bound for weights this uneven"
+        )));
+    }
+    Ok(rho)
 }
