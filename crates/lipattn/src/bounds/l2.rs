@@ -152,8 +152,9 @@ pub fn l2_bounds(layer: &AttentionLayer<f64>, n: usize) -> Result<(Option<Bound>
                 )),
             ));
         };
-        // With z = W_Q x / dk^{1/4} the scores are -|z_i - z_j|^2 and the head is
-        // x -> W_O^h U dk^{1/4} sum_j P_ij z_j, so Lip <= |W_O^h U| |W_Q| Lip(unit map).
+        // With t = score_divisor_sq (dk by default) and z = W_Q x / t^{1/4} the scores are
+        // -|z_i - z_j|^2 and the head is x -> W_O^h U t^{1/4} sum_j P_ij z_j, so
+        // Lip <= |W_O^h U| |W_Q| Lip(unit map) whatever t is.
         let wq_norm = spectral_up(wq)?;
         let ou = product_norm_up(&[wo_h, u.as_ref()])?;
         let vu = spectral_up(u.as_ref())?;
