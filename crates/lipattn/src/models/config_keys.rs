@@ -3,7 +3,8 @@
 //! made from transformers' configuration and modeling code of each family and the shared code
 //! they call (configuration, masking, activations); a key it does not list is not read there,
 //! so it cannot change the model. docs/models.md#config-keys renders it (a test keeps the two
-//! equal), and tests/python/test_config_semantics.py checks it against transformers' source.
+//! equal), and tests/python/test_transformers_semantics.py checks the keys that matter against
+//! transformers itself: honoured ones reproduce its hidden states, refused ones are refused.
 
 use super::config::Family;
 use serde_json::{Map, Value};
@@ -99,7 +100,7 @@ pub const KEY_RULES: &[KeyRule] = &[
     rule("pruned_heads", BOTH, Only(&["{}"]), "transformers 4 removes the listed heads on load"),
     rule("quantization_config", BOTH, Only(&["null"]), "the weights are quantised by a scheme lipattn does not implement"),
     rule("per_layer_config", BOTH, Only(&["null", "{}"]), "overrides other keys per layer"),
-    rule("add_cross_attention", BOTH, Only(&["false"]), "adds cross-attention to encoder states, which lipattn does not compute"),
+    rule("add_cross_attention", BOTH, Only(&["false"]), "adds cross-attention to encoder states"),
     rule("hidden_size", BERT, Honoured, "model width"),
     rule("num_attention_heads", BERT, Honoured, "heads per layer"),
     rule("num_hidden_layers", BERT, Honoured, "blocks"),
