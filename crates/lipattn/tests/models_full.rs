@@ -529,7 +529,7 @@ fn gpt2_score_scale_keys_are_honoured() {
         // The keys are not ignored: each non-default combination is a different model.
         assert_eq!(
             last > 1e-6,
-            !(weights && !inverse),
+            !weights || inverse,
             "scale_attn_weights {weights}, by_inverse_layer {inverse}: difference from the default model {last:e}"
         );
     }
