@@ -15,6 +15,23 @@ ensure_python_deps() {
   fi
 }
 
+# torch and transformers, to check the meaning of config.json keys against transformers itself
+# (tests/python/test_transformers_semantics.py); only the test suite needs them, so the benchmarks
+# do not pay for them. PyPI is the only Python index the project's machines reach, and its Linux
+# torch wheel brings the CUDA libraries (about 5.6 GiB installed) although the tests run on the CPU.
+# Versions are pinned: the key table of docs/models.md#config-keys was checked against this
+# transformers.
+ensure_transformers() {
+  if [ ! -f "$site/.installed-transformers-v1" ]; then
+    echo "== installing torch and transformers into $site"
+    local t0=$SECONDS
+    "$py" -m pip install --quiet --disable-pip-version-check --upgrade --target "$site" \
+      "numpy==2.*" "torch==2.15.0" "transformers==5.25.0"
+    touch "$site/.installed-transformers-v1"
+    echo "   installed in $((SECONDS - t0)) s"
+  fi
+}
+
 # maturin, the build backend of the Python package, in .build/tools (its own folder: it is a
 # build tool, not something the tests import).
 ensure_maturin() {

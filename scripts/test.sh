@@ -12,6 +12,7 @@ cargo fmt --all --check
 cargo clippy --all-targets -- -D warnings
 
 ensure_python_deps
+ensure_transformers
 ensure_minilm
 export LIPATTN_MINILM="$model"
 

@@ -154,7 +154,7 @@ impl<T: Scalar> LinAt<T> {
 impl PyAttentionLayer {
     #[new]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (wq, bq, wk, bk, wv, bv, wo, bo, *, heads, kernel="dot", causal=false))]
+    #[pyo3(signature = (wq, bq, wk, bk, wv, bv, wo, bo, *, heads, kernel="dot", causal=false, score_divisor_sq=None))]
     fn new(
         wq: &Bound<'_, PyAny>,
         bq: &Bound<'_, PyAny>,
@@ -167,6 +167,7 @@ impl PyAttentionLayer {
         heads: usize,
         kernel: &str,
         causal: bool,
+        score_divisor_sq: Option<usize>,
     ) -> PyResult<Self> {
         let kernel = kernel_of(kernel)?;
         let layer = AttentionLayer::new(
@@ -182,6 +183,12 @@ impl PyAttentionLayer {
             vector_f64(bo, "b_O")?,
         )
         .py_err()?;
+        // A checkpoint's layer may carry another score scale (GPT-2's config keys); rebuilding
+        // it from `weights()` must be able to keep it.
+        let layer = match score_divisor_sq {
+            Some(t) => layer.with_score_divisor_sq(t).py_err()?,
+            None => layer,
+        };
         Ok(Self::wrap(layer, causal, "weights from arrays".into()))
     }
 
@@ -222,6 +229,12 @@ impl PyAttentionLayer {
     #[getter]
     fn d_out(&self) -> usize {
         self.layer.d_out()
+    }
+    /// Scores are divided by sqrt(score_divisor_sq): dk unless the checkpoint's config sets
+    /// another scale (docs/models.md#config-keys).
+    #[getter]
+    fn score_divisor_sq(&self) -> usize {
+        self.layer.score_divisor_sq
     }
     #[getter]
     fn kernel(&self) -> &'static str {

@@ -139,6 +139,18 @@ fn token_map_bounds_are_never_exceeded() {
             s.scale,
             bias,
         );
+        // A score scale other than 1/sqrt(dk) (GPT-2's config keys) in a third of the settings,
+        // from a generator of its own so that the other settings keep their draws.
+        let mut sr = rng(seed ^ 0x5ca1e);
+        let layer = if sr.random_bool(0.3) {
+            let l = sr.random_range(0..4usize);
+            let base = if sr.random_bool(0.5) { 1 } else { dk };
+            layer
+                .with_score_divisor_sq(base * (l + 1) * (l + 1))
+                .unwrap()
+        } else {
+            layer
+        };
         let domain = Domain::new(s.radius, s.n, s.causal).unwrap();
         let bounds = token_map_bounds(&layer, &domain).unwrap();
         let cert = best(&bounds, Metric::Frobenius).unwrap().value;
@@ -174,9 +186,10 @@ fn token_map_bounds_are_never_exceeded() {
         for b in bounds.iter().filter(|b| b.certified) {
             assert!(
                 attained <= b.value,
-                "VIOLATION of {}: attained {attained} > certified {} at {s:?}\nX = {best_x:?}",
+                "VIOLATION of {}: attained {attained} > certified {} at {s:?}, score divisor^2 {}\nX = {best_x:?}",
                 b.name,
-                b.value
+                b.value,
+                layer.score_divisor_sq
             );
         }
         worst_ratio = worst_ratio.max(attained / cert);

@@ -451,8 +451,10 @@ fn other_model_type_is_rejected() {
 
     // The post-LayerNorm loader refuses a pre-LayerNorm family rather than mislabel `ln_1`.
     let gpt2 = scratch("gpt2-bert-layer");
-    // One layer of weights, and a config that says so (more is refused when the model opens).
+    // One layer of weights, and a config that says so (more is refused when the model opens);
+    // without BERT's num_hidden_layers, which GPT-2 reads as an alias of n_layer.
     cfg["n_layer"] = json!(1);
+    cfg.as_object_mut().unwrap().remove("num_hidden_layers");
     write_config(&gpt2, &cfg);
     write_tensors(
         &gpt2,

@@ -258,6 +258,11 @@ fn add(a: &Rows, b: &Rows) -> Rows {
 
 /// Multi-head softmax(q k^T / sqrt(dk)) v, heads side by side in the feature axis.
 fn attention(q: &Rows, k: &Rows, v: &Rows, causal: bool) -> Rows {
+    attention_scaled(q, k, v, causal, 1.0 / ((D / HEADS) as f64).sqrt())
+}
+
+/// Multi-head softmax(scale q k^T) v.
+fn attention_scaled(q: &Rows, k: &Rows, v: &Rows, causal: bool, scale: f64) -> Rows {
     let n = q.len();
     let dk = D / HEADS;
     let mut out = vec![vec![0.0; D]; n];
@@ -266,7 +271,7 @@ fn attention(q: &Rows, k: &Rows, v: &Rows, causal: bool) -> Rows {
         for i in 0..n {
             let seen = if causal { i + 1 } else { n };
             let s: Vec<f64> = (0..seen)
-                .map(|j| cols.clone().map(|c| q[i][c] * k[j][c]).sum::<f64>() / (dk as f64).sqrt())
+                .map(|j| cols.clone().map(|c| q[i][c] * k[j][c]).sum::<f64>() * scale)
                 .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
@@ -300,6 +305,17 @@ fn map(x: &Rows, f: impl Fn(f64) -> f64) -> Rows {
 }
 
 fn naive_gpt2(ts: &Tensors, prefix: &str, ids: &[u32]) -> Vec<Rows> {
+    let dk = (D / HEADS) as f64;
+    naive_gpt2_scaled(ts, prefix, ids, &|_| 1.0 / dk.sqrt())
+}
+
+/// GPT-2 with the scores of block l multiplied by `score_scale(l)`.
+fn naive_gpt2_scaled(
+    ts: &Tensors,
+    prefix: &str,
+    ids: &[u32],
+    score_scale: &dyn Fn(usize) -> f64,
+) -> Vec<Rows> {
     let g = |n: &str| t(ts, &format!("{prefix}{n}"));
     let gelu = |x: f64| {
         0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
@@ -320,7 +336,7 @@ fn naive_gpt2(ts: &Tensors, prefix: &str, ids: &[u32]) -> Vec<Rows> {
         let qkv = conv1d(&x, p("attn.c_attn.weight"), p("attn.c_attn.bias"), 3 * D);
         let part =
             |s: usize| -> Rows { qkv.iter().map(|r| r[s * D..(s + 1) * D].to_vec()).collect() };
-        let a = attention(&part(0), &part(1), &part(2), true);
+        let a = attention_scaled(&part(0), &part(1), &part(2), true, score_scale(l));
         h = add(
             &h,
             &conv1d(&a, p("attn.c_proj.weight"), p("attn.c_proj.bias"), D),
@@ -468,6 +484,54 @@ fn gpt2_layout_matches_naive_forward() {
         );
         let got = layer.attention.forward(x.as_ref(), None, true).unwrap();
         assert!(rel_err(&got, &a) < 1e-12);
+    }
+}
+
+/// GPT-2's score-scale keys (docs/models.md#config-keys) change the forward pass and the layer
+/// the bounds read: each combination against the naive forward with the scale written out.
+#[test]
+fn gpt2_score_scale_keys_are_honoured() {
+    let dk = D / HEADS;
+    let ts = tiny_gpt2("", 11);
+    let default = naive_gpt2(&ts, "", &IDS);
+    for (weights, inverse) in [(false, false), (true, true), (false, true), (true, false)] {
+        let dir = scratch(&format!("gpt2-scale-{weights}-{inverse}"));
+        let mut config = gpt2_config();
+        config["scale_attn_weights"] = json!(weights);
+        config["scale_attn_by_inverse_layer_idx"] = json!(inverse);
+        write_model(&dir, &config, &ts);
+        let model = Model::open(&dir).unwrap();
+        let divisor = |l: usize| {
+            let base = if weights { dk } else { 1 };
+            if inverse {
+                base * (l + 1) * (l + 1)
+            } else {
+                base
+            }
+        };
+        let want = naive_gpt2_scaled(&ts, "", &IDS, &|l| 1.0 / (divisor(l) as f64).sqrt());
+        check_states(&model, &want);
+        for l in 0..LAYERS {
+            let layer = model.attention_layer(l).unwrap();
+            assert_eq!(layer.score_divisor_sq, divisor(l), "layer {l}");
+            assert_eq!(
+                model.layer(l).unwrap().attention.score_divisor_sq,
+                divisor(l)
+            );
+        }
+        // The one-layer loader the commands use sees the same scale.
+        let one = lipattn::models::load_attention_layer(&dir, 1).unwrap();
+        assert_eq!(one.score_divisor_sq, divisor(1));
+        let last = rel_err(
+            &model.hidden_states(&IDS).unwrap()[LAYERS],
+            &default[LAYERS],
+        );
+        // The keys are not ignored: each non-default combination is a different model.
+        assert_eq!(
+            last > 1e-6,
+            !weights || inverse,
+            "scale_attn_weights {weights}, by_inverse_layer {inverse}: difference from the default model {last:e}"
+        );
     }
 }
 

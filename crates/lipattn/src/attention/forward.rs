@@ -29,21 +29,18 @@ pub(crate) fn affine<T: Scalar>(x: MatRef<'_, T>, w: MatRef<'_, T>, b: &[T]) -> 
     out
 }
 
-pub(crate) fn inv_sqrt_dk<T: Scalar>(dk: usize) -> T {
-    T::of(1.0 / (dk as f64).sqrt())
-}
-
-/// P_h^T (keys x queries) for one head from its query and key projections.
-/// Dot: logits = q_i.k_j / sqrt(dk). L2 (tied): -||q_i - k_j||^2 / sqrt(dk), whose term in q_i
-/// alone cancels in the softmax, leaving (2 q_i.k_j - ||k_j||^2) / sqrt(dk).
+/// P_h^T (keys x queries) for one head from its query and key projections, with s the layer's
+/// score scale (1/sqrt(dk) by default).
+/// Dot: logits = s q_i.k_j. L2 (tied): -s ||q_i - k_j||^2, whose term in q_i alone cancels in
+/// the softmax, leaving s (2 q_i.k_j - ||k_j||^2).
 pub(crate) fn head_probabilities_t<T: Scalar>(
     kernel: Kernel,
+    s: T,
     q: MatRef<'_, T>,
     k: MatRef<'_, T>,
     log_w: &[T],
     causal: bool,
 ) -> Result<Mat<T>> {
-    let s = inv_sqrt_dk::<T>(q.ncols());
     let mut lt = Mat::<T>::zeros(k.nrows(), q.nrows());
     match kernel {
         Kernel::Dot => gemm(lt.as_mut(), false, k, q.transpose(), s, Par::Seq),
@@ -179,11 +176,13 @@ impl<T: Scalar> AttentionLayer<T> {
         let v = affine(context, self.wv.as_ref(), &self.bv);
         let (dk, dv) = (self.dk, self.dv);
         let kernel = self.kernel;
+        let s = self.score_scale::<T>();
         let p_t: Vec<Mat<T>> = (0..self.heads)
             .into_par_iter()
             .map(|h| {
                 head_probabilities_t(
                     kernel,
+                    s,
                     q.as_ref().subcols(h * dk, dk),
                     k.as_ref().subcols(h * dk, dk),
                     &log_w,
@@ -273,7 +272,7 @@ impl AttentionLayer<f64> {
             Kernel::L2 => (&single.wq, &single.bq),
         };
         let k = affine(context, kw.as_ref(), kb);
-        let s = inv_sqrt_dk::<f64>(self.dk);
+        let s = self.score_scale::<f64>();
         Ok(Mat::from_fn(q.nrows(), k.nrows(), |i, j| {
             let qi = q.row(i);
             let kj = k.row(j);

@@ -9,6 +9,8 @@ crate::named_enum! {
     /// Score kernel. `Dot`: s(x, y) = <W_Q x + b_Q, W_K y + b_K> / sqrt(dk).
     /// `L2` (tied, Kim et al. 2021): s(x, y) = -||W_Q x - W_Q y||^2 / sqrt(dk); keys use the
     /// query projection, so W_K and b_K are ignored and b_Q cancels.
+    /// In both, sqrt(dk) stands for sqrt(`score_divisor_sq`), which is dk unless a checkpoint's
+    /// config sets another score scale (docs/models.md#config-keys).
     pub enum Kernel as "kernel" {
         Dot = "dot",
         L2 = "l2",
@@ -25,6 +27,12 @@ pub struct AttentionLayer<T: Scalar = f64> {
     pub dk: usize,
     pub dv: usize,
     pub kernel: Kernel,
+    /// Scores are divided by sqrt(score_divisor_sq): dk for the standard scaled dot product.
+    /// An integer, so that the exact real scale 1/sqrt(score_divisor_sq) is what the forward
+    /// pass approximates and what the bounds bound from above (`inv_sqrt_up`); GPT-2's
+    /// `scale_attn_weights: false` gives 1 and `scale_attn_by_inverse_layer_idx` multiplies it
+    /// by (l + 1)^2, both exact.
+    pub score_divisor_sq: usize,
     pub wq: Mat<T>,
     pub bq: Vec<T>,
     pub wk: Mat<T>,
@@ -118,6 +126,7 @@ impl<T: Scalar> AttentionLayer<T> {
             dk,
             dv,
             kernel,
+            score_divisor_sq: dk,
             wq,
             bq,
             wk,
@@ -144,6 +153,25 @@ impl<T: Scalar> AttentionLayer<T> {
         self
     }
 
+    /// The same layer with scores divided by sqrt(`divisor_sq`) instead of sqrt(dk).
+    pub fn with_score_divisor_sq(mut self, divisor_sq: usize) -> Result<Self> {
+        check_at_least("squared score divisor", divisor_sq, 1)?;
+        // Beyond 2^53 the integer would not be exact in f64, and the scale would be rounded
+        // before the bounds see it.
+        if divisor_sq as u64 > 1u64 << 53 {
+            return Err(Error::invalid(format!(
+                "squared score divisor {divisor_sq} is above 2^53, where it is no longer exact in f64"
+            )));
+        }
+        self.score_divisor_sq = divisor_sq;
+        Ok(self)
+    }
+
+    /// The score scale 1/sqrt(`score_divisor_sq`), rounded to nearest in T.
+    pub(crate) fn score_scale<U: Scalar>(&self) -> U {
+        U::of(1.0 / (self.score_divisor_sq as f64).sqrt())
+    }
+
     /// The layer restricted to head h: its W_Q, W_K, W_V rows, its W_O columns, and b_O
     /// only if `keep_output_bias` (a head's contribution to the sum has no bias of its own).
     pub fn head(&self, h: usize, keep_output_bias: bool) -> Result<Self> {
@@ -156,6 +184,7 @@ impl<T: Scalar> AttentionLayer<T> {
             dk,
             dv,
             kernel: self.kernel,
+            score_divisor_sq: self.score_divisor_sq,
             wq: rows(&self.wq, dk),
             bq: bias(&self.bq, dk),
             wk: rows(&self.wk, dk),
@@ -180,6 +209,7 @@ impl<T: Scalar> AttentionLayer<T> {
             dk: self.dk,
             dv: self.dv,
             kernel: self.kernel,
+            score_divisor_sq: self.score_divisor_sq,
             wq: m(&self.wq),
             bq: v(&self.bq),
             wk: m(&self.wk),

@@ -214,7 +214,7 @@ impl HeadConstants {
     pub fn of(layer: &AttentionLayer<f64>, h: usize) -> Result<Self> {
         check_index("head", h, layer.heads, || "the layer".into())?;
         let (dk, dv) = (layer.dk, layer.dv);
-        let s = inv_sqrt_up(dk); // >= 1 / sqrt(dk)
+        let s = inv_sqrt_up(layer.score_divisor_sq); // >= the exact score scale
         let wq = layer.wq.as_ref().subrows(h * dk, dk);
         let wk = match layer.kernel {
             Kernel::Dot => layer.wk.as_ref().subrows(h * dk, dk),

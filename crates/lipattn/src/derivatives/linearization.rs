@@ -2,7 +2,7 @@
 //! Everything that depends on X alone (projections, attention probabilities, outputs) is computed
 //! once here and shared by every JVP and VJP at that X, as power iteration and Lanczos need.
 
-use crate::attention::forward::{gemm_blocks_rayon, inv_sqrt_dk, AttentionState};
+use crate::attention::forward::{gemm_blocks_rayon, AttentionState};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::Result;
 use crate::scalar::Scalar;
@@ -138,10 +138,10 @@ impl<'a, T: Scalar> Linearization<'a, T> {
         self.w_in_t.is_some()
     }
 
-    /// The logit scale: s = 1/sqrt(dk) for the dot kernel, 2s for tied L2, whose logits
+    /// The logit scale: s = the layer's score scale (1/sqrt(dk) by default) for the dot kernel, 2s for tied L2, whose logits
     /// s (2 q_i.q_j - |q_j|^2) have the bilinear part 2s q_i.q_j.
     pub(crate) fn bilinear_scale(&self) -> T {
-        let s = inv_sqrt_dk::<T>(self.layer.dk);
+        let s = self.layer.score_scale::<T>();
         match self.layer.kernel {
             Kernel::Dot => s,
             Kernel::L2 => s + s,

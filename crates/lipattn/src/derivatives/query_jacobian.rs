@@ -2,7 +2,7 @@
 //! (docs/background.md#derivatives):
 //! D Gamma_mu(x) = sum_h W_O^h Cov_{P(x)}(v^h, g^h), with g^h_j the gradient of the score of key j.
 
-use crate::attention::forward::{check_tokens, inv_sqrt_dk};
+use crate::attention::forward::check_tokens;
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::Result;
 use crate::measure::Measure;
@@ -18,8 +18,8 @@ pub fn query_jacobian(layer: &AttentionLayer<f64>, x: &[f64], mu: &Measure) -> R
     let st = layer.state(xq.as_ref(), mu.points(), Some(mu.weights()), false, false)?;
     let (dk, dv, n) = (layer.dk, layer.dv, mu.len());
     let factor = match layer.kernel {
-        Kernel::Dot => inv_sqrt_dk::<f64>(dk),
-        Kernel::L2 => 2.0 * inv_sqrt_dk::<f64>(dk),
+        Kernel::Dot => layer.score_scale::<f64>(),
+        Kernel::L2 => 2.0 * layer.score_scale::<f64>(),
     };
     let mut jac = Mat::<f64>::zeros(layer.d_out(), d);
     for h in 0..layer.heads {

@@ -32,7 +32,7 @@ pub fn adversarial_direction(layer: &AttentionLayer<f64>, head: usize) -> Result
         Kernel::Dot => &h.wk,
         Kernel::L2 => &h.wq,
     };
-    let a = h.wq.transpose() * wk * (1.0 / (layer.dk as f64).sqrt());
+    let a = h.wq.transpose() * wk * layer.score_scale::<f64>();
     let sym = Mat::from_fn(a.nrows(), a.ncols(), |i, j| 0.5 * (a[(i, j)] + a[(j, i)]));
     let evd = sym
         .self_adjoint_eigen(Side::Lower)

@@ -58,10 +58,11 @@ pub fn structured_seeds(head: &AttentionLayer<f64>, radii: &[f64]) -> Result<Vec
             head.heads, head.kernel
         )));
     }
-    let a_mat = head.wq.transpose() * &head.wk * (1.0 / (head.dk as f64).sqrt());
+    let s = head.score_scale::<f64>();
+    let a_mat = head.wq.transpose() * &head.wk * s;
     let c = matvec(&head.wk.transpose().to_owned(), &head.bq)
         .into_iter()
-        .map(|x| x / (head.dk as f64).sqrt())
+        .map(|x| x * s)
         .collect::<Vec<_>>();
     let m_mat = &head.wo * &head.wv;
     let (_, v_a, z_a) = top_singular(&a_mat);

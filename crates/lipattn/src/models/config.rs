@@ -1,4 +1,5 @@
-//! The few fields of a Hugging Face `config.json` that fix a supported model's shapes.
+//! The fields of a Hugging Face `config.json` that fix a supported model's computation; which
+//! keys are read, refused or without effect is `config_keys`.
 
 use crate::error::{Error, Result};
 use serde_json::Value;
@@ -29,6 +30,9 @@ pub enum Activation {
     GeluErf,
     /// The tanh approximation (GPT-2's `gelu_new`, `gelu_pytorch_tanh`).
     GeluTanh,
+    /// transformers' `gelu_fast`: the tanh approximation with sqrt(2 / pi) cut to 0.7978845608,
+    /// a different function by about 4e-11 relative in the tanh argument.
+    GeluFast,
     Relu,
 }
 
@@ -37,7 +41,8 @@ impl Activation {
     pub fn from_hf_name(name: &str) -> Option<Self> {
         match name {
             "gelu" => Some(Activation::GeluErf),
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
+            "gelu_new" | "gelu_pytorch_tanh" => Some(Activation::GeluTanh),
+            "gelu_fast" => Some(Activation::GeluFast),
             "relu" => Some(Activation::Relu),
             _ => None,
         }
@@ -50,6 +55,9 @@ impl Activation {
                 // sqrt(2 / pi), as in transformers' NewGELUActivation.
                 const C: f64 = 0.797_884_560_802_865_4;
                 0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+            }
+            Activation::GeluFast => {
+                0.5 * x * (1.0 + (x * 0.797_884_560_8 * (1.0 + 0.044715 * x * x)).tanh())
             }
             Activation::Relu => x.max(0.0),
         }
@@ -67,11 +75,39 @@ pub struct ModelConfig {
     pub num_hidden_layers: usize,
     pub layer_norm_eps: f64,
     pub activation: Activation,
+    /// Whether scores are divided by sqrt(dk) (GPT-2's `scale_attn_weights`; always for BERT).
+    pub scale_by_head_dim: bool,
+    /// Whether the scores of block l are divided by l + 1 as well (GPT-2's
+    /// `scale_attn_by_inverse_layer_idx`).
+    pub scale_by_inverse_layer: bool,
 }
 
 impl ModelConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// The integer t whose 1/sqrt(t) scales the scores of block `layer`: dk, 1 without
+    /// `scale_by_head_dim`, times (layer + 1)^2 with `scale_by_inverse_layer` (transformers
+    /// divides by sqrt(dk) and by layer + 1, and sqrt(dk) (l + 1) = sqrt(dk (l + 1)^2)).
+    pub fn score_divisor_sq(&self, layer: usize) -> Result<usize> {
+        let base = if self.scale_by_head_dim {
+            self.head_dim()
+        } else {
+            1
+        };
+        if !self.scale_by_inverse_layer {
+            return Ok(base);
+        }
+        (layer + 1)
+            .checked_mul(layer + 1)
+            .and_then(|l2| l2.checked_mul(base))
+            .filter(|&t| t as u64 <= 1u64 << 53)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "layer {layer}: the score divisor dk (l + 1)^2 is too large to be exact in f64"
+                ))
+            })
     }
 
     /// Reads config.json. `model_type` must name a supported family; `Ok(Err(model_type))`
@@ -105,12 +141,32 @@ impl ModelConfig {
             "gpt2" => Family::Gpt2,
             _ => return Ok(Err(model_type)),
         };
+        super::config_keys::check(family, obj)?;
         let get = |key: &str| obj.get(key).ok_or_else(|| format!("missing key '{key}'"));
-        let uint = |key: &str| -> std::result::Result<usize, String> {
-            let v = get(key)?;
+        let uint_value = |key: &str, v: &Value| -> std::result::Result<usize, String> {
             v.as_u64()
                 .and_then(|u| usize::try_from(u).ok())
                 .ok_or_else(|| format!("key '{key}' must be a non-negative integer, found {v}"))
+        };
+        let uint = |key: &str| uint_value(key, get(key)?);
+        // GPT2Config's attribute_map lets `hidden_size` stand for `n_embd` (and so on); which of
+        // two differing values transformers keeps depends on its version, so both are refused.
+        let aliased = |key: &str, alias: &str| -> std::result::Result<usize, String> {
+            match (obj.get(key), obj.get(alias)) {
+                (Some(a), Some(b)) if a != b => Err(format!(
+                    "keys '{key}' ({a}) and its alias '{alias}' ({b}) disagree"
+                )),
+                (_, Some(b)) => uint_value(alias, b),
+                _ => uint(key),
+            }
+        };
+        let flag = |key: &str, default: bool| -> std::result::Result<bool, String> {
+            match obj.get(key) {
+                None => Ok(default),
+                Some(v) => v
+                    .as_bool()
+                    .ok_or_else(|| format!("key '{key}' must be true or false, found {v}")),
+            }
         };
         // Keys that transformers' own config classes default are defaulted the same way, so
         // that a config.json transformers accepts means the same model here.
@@ -135,28 +191,26 @@ impl ModelConfig {
             })
         };
         let (hidden_size, heads, layers, layer_norm_eps, activation) = match family {
-            Family::Bert => {
-                if let Some(p) = obj.get("position_embedding_type") {
-                    if p.as_str() != Some("absolute") {
-                        return Err(format!(
-                            "position_embedding_type {p} is not supported (only \"absolute\")"
-                        ));
-                    }
-                }
-                (
-                    uint("hidden_size")?,
-                    uint("num_attention_heads")?,
-                    uint("num_hidden_layers")?,
-                    eps("layer_norm_eps", 1e-12)?,
-                    act("hidden_act", "gelu")?,
-                )
-            }
+            Family::Bert => (
+                uint("hidden_size")?,
+                uint("num_attention_heads")?,
+                uint("num_hidden_layers")?,
+                eps("layer_norm_eps", 1e-12)?,
+                act("hidden_act", "gelu")?,
+            ),
             Family::Gpt2 => (
-                uint("n_embd")?,
-                uint("n_head")?,
-                uint("n_layer")?,
+                aliased("n_embd", "hidden_size")?,
+                aliased("n_head", "num_attention_heads")?,
+                aliased("n_layer", "num_hidden_layers")?,
                 eps("layer_norm_epsilon", 1e-5)?,
                 act("activation_function", "gelu_new")?,
+            ),
+        };
+        let (scale_by_head_dim, scale_by_inverse_layer) = match family {
+            Family::Bert => (true, false),
+            Family::Gpt2 => (
+                flag("scale_attn_weights", true)?,
+                flag("scale_attn_by_inverse_layer_idx", false)?,
             ),
         };
         if heads == 0 {
@@ -176,6 +230,8 @@ impl ModelConfig {
             num_hidden_layers: layers,
             layer_norm_eps,
             activation,
+            scale_by_head_dim,
+            scale_by_inverse_layer,
         }))
     }
 }

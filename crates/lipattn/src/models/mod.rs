@@ -2,6 +2,7 @@
 //! with their tokenizer and forward pass; `load` wraps it for one-layer callers.
 
 pub mod config;
+pub mod config_keys;
 pub mod forward;
 pub mod load;
 pub mod model;
@@ -11,6 +12,7 @@ pub mod tokenize;
 
 pub use crate::attention::norms::LayerNorm as LayerNormParams;
 pub use config::{Activation, Family, ModelConfig};
+pub use config_keys::{KeyRule, Treatment, KEY_RULES};
 pub use load::{
     load_attention_layer, load_attention_layer_masked, load_bert_layer, BertLayerWeights,
 };

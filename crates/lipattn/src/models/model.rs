@@ -403,7 +403,9 @@ impl Model {
                 )
             }
         };
-        built.map_err(|e| super::in_layer(self.store.path(), layer, e))
+        built
+            .and_then(|a| a.with_score_divisor_sq(self.config.score_divisor_sq(layer)?))
+            .map_err(|e| super::in_layer(self.store.path(), layer, e))
     }
 
     fn layer_norm(&self, stem: &str) -> Result<LayerNormParams> {

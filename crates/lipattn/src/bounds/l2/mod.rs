@@ -97,15 +97,17 @@ pub fn b5(
     }
     // Every norm is a proven upper bound and every operation is rounded upward
     // (docs/bounds.md#floating-point).
-    let inv_sqrt_dk = inv_sqrt_up(dk);
+    // The remainder term depends on the score scale 1 / sqrt(t), t = score_divisor_sq.
+    let inv_sqrt_t = inv_sqrt_up(layer.score_divisor_sq);
     let sqrt_n = sqrt_up(n as f64);
     let mut sum = 0.0;
     let mut cat = Vec::with_capacity(layer.heads);
     for (h, split) in splits.iter().enumerate() {
         let wq = layer.wq.as_ref().subrows(h * dk, dk);
         let wo_h = layer.wo.as_ref().subcols(h * dv, dv);
-        // With z = W_Q x / dk^{1/4} the scores are -|z_i - z_j|^2 and the tied part of the head
-        // is x -> W_O^h U dk^{1/4} sum_j P_ij z_j, so Lip <= |W_O^h U| |W_Q| Lip(unit map).
+        // With t = score_divisor_sq (dk by default) and z = W_Q x / t^{1/4} the scores are
+        // -|z_i - z_j|^2 and the tied part of the head is x -> W_O^h U t^{1/4} sum_j P_ij z_j,
+        // so Lip <= |W_O^h U| |W_Q| Lip(unit map) whatever t is.
         let wq_norm = spectral_up(wq)?;
         let mut head_sum = mul_up(
             mul_up(product_norm_up(&[wo_h, split.u.as_ref()])?, wq_norm),
@@ -114,8 +116,8 @@ pub fn b5(
         let mut head_cat = mul_up(mul_up(spectral_up(split.u.as_ref())?, wq_norm), unit);
         if let (false, Some(r)) = (split.exact, radius) {
             // The remainder X -> E xbar_i on (B_R)^n (docs/bounds.md#b5-on-a-ball):
-            // Lip <= |E| (2 g R^2 + sqrt(n) (1 + 4 g R^2)), g = |W_Q|^2 / sqrt(dk).
-            let g = mul_up(mul_up(wq_norm, wq_norm), inv_sqrt_dk);
+            // Lip <= |E| (2 g R^2 + sqrt(n) (1 + 4 g R^2)), g = |W_Q|^2 / sqrt(t).
+            let g = mul_up(mul_up(wq_norm, wq_norm), inv_sqrt_t);
             let gr2 = mul_up(g, mul_up(r, r));
             let c = add_up(
                 mul_up(2.0, gr2),
