@@ -176,7 +176,7 @@ BAD = [
     (lambda: lipattn.InvertibleBlock(L2, 0, 0.9), "n must be at least 1"),
     (lambda: lipattn.InvertibleBlock(L2, 5, 0.9, radius=2.0), "give no radius"),
     (lambda: lipattn.InvertibleBlock(DOT, 5, 0.9), "give a radius"),
-    (lambda: lipattn.InvertibleBlock.for_tokens(L2, X, 0.9, radius=2.0), "dot-product layers only"),
+    (lambda: lipattn.InvertibleBlock.for_tokens(L2, X, 0.9, radius=2.0), "radius does not apply: this tied L2 layer.s W_V = U W_Q is exact"),
     (lambda: lipattn.InvertibleBlock.for_tokens(DOT, nan_at(X, 3), 0.9), "NaN"),
     (lambda: BLOCK.forward(nan_at(X, 0)), "NaN"),
     (lambda: BLOCK.forward(np.zeros((5, 4))), "width"),
