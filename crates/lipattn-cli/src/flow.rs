@@ -9,6 +9,7 @@ use crate::plot::{Chart, Series, Style};
 use crate::progress::Bar;
 use anyhow::Result;
 use clap::Args;
+use lipattn::fmt::{compact, exact};
 use lipattn::ops::flow::{self, FlowInputs, FlowRequest, IntegratorName, ProjectionName};
 use lipattn::ops::source::SourceRequest;
 use lipattn::output::StagedDir;
@@ -248,7 +249,10 @@ pub fn run(a: FlowArgs) -> Result<()> {
         let (c0, c1) = (&stats[0], stats.last().unwrap());
         println!(
             "flow to T = {}: {} steps ({} rejected), {} velocity evaluations",
-            a.t, report.steps["accepted"], report.steps["rejected"], report.steps["evaluations"]
+            exact(a.t),
+            report.steps["accepted"],
+            report.steps["rejected"],
+            report.steps["evaluations"]
         );
         println!(
             "mean cosine {:.4} -> {:.4}, clusters {} -> {}",
@@ -256,14 +260,21 @@ pub fn run(a: FlowArgs) -> Result<()> {
         );
         if let Some(g) = &gron {
             println!(
-                "Gronwall: certified L = {:.4e}, measured rate {:.4}, violated: {}",
-                g.lipschitz, g.measured_rate, g.violated
+                "Gronwall: certified L = {}, measured rate {}, violated: {}",
+                compact(g.lipschitz),
+                compact(g.measured_rate),
+                g.violated
             );
         }
         if let Some(m) = &mf {
             println!(
-                "mean field: W1 at T {:?}, rate {:.3}",
-                m.w1_final, m.rate_final
+                "mean field: W1 at T {}, rate {}",
+                m.w1_final
+                    .iter()
+                    .map(|w| compact(*w).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                compact(m.rate_final)
             );
         }
     }

@@ -115,7 +115,11 @@ impl Operator {
         radius: f64,
         causal: bool,
     ) -> Self {
-        let on = format!("n tokens (n per point) in B_R (R = {radius})");
+        // The description is for reading; the `radius` key carries every digit.
+        let on = format!(
+            "n tokens (n per point) in B_R (R = {})",
+            crate::fmt::compact(radius)
+        );
         Self::build(source, kernel, causal, Some(radius), None, on)
     }
 
@@ -129,7 +133,7 @@ impl Operator {
         n: usize,
     ) -> Self {
         let on = match radius {
-            Some(r) => format!("n = {n} tokens in B_R (R = {r})"),
+            Some(r) => format!("n = {n} tokens in B_R (R = {})", crate::fmt::compact(r)),
             None => format!("n = {n} tokens in all of R^d"),
         };
         Self::build(source, kernel, causal, radius, Some(n), on)

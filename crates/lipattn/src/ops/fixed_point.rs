@@ -194,7 +194,8 @@ impl Spec<'_> {
         }
         best.map(|p| (lo, p)).ok_or_else(|| {
             Error::Option(format!(
-                "no scale makes the layer a certified contraction with constant <= {c} (`contract`)"
+                "no scale makes the layer a certified contraction with constant <= {} (`contract`)",
+                crate::fmt::exact(c)
             ))
         })
     }
