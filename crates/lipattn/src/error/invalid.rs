@@ -158,6 +158,23 @@ pub fn check_at_least(what: &str, got: usize, min: usize) -> Result<usize> {
     Ok(got)
 }
 
+/// An integer a frontend holds signed (Python's `int`) where the library takes an unsigned `T`
+/// (a size, count, index or seed): a negative value, or one beyond `T`'s range, is refused
+/// naming `what`, so that -1 is a bad argument like any other rather than an overflow.
+pub fn check_unsigned<T: TryFrom<i128>>(what: &str, value: i128) -> Result<T> {
+    if value < 0 {
+        return Err(Error::invalid(format!(
+            "{what} must be a nonnegative integer, got {value}"
+        )));
+    }
+    T::try_from(value).map_err(|_| {
+        Error::invalid(format!(
+            "{what} = {value} is too large (at most {} bits, unsigned)",
+            8 * std::mem::size_of::<T>()
+        ))
+    })
+}
+
 /// A positive finite number, or `Invalid::NotPositive` naming `what`.
 pub fn check_positive(what: &str, value: f64) -> Result<f64> {
     if !(value.is_finite() && value > 0.0) {
@@ -265,6 +282,20 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "invalid argument: radius must be positive and finite, got -1e300"
+        );
+        let e = check_unsigned::<usize>("n", -1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: n must be a nonnegative integer, got -1"
+        );
+        assert_eq!(
+            check_unsigned::<u64>("seed", u64::MAX.into()).unwrap(),
+            u64::MAX
+        );
+        let e = check_unsigned::<u32>("p", 1 << 40).unwrap_err();
+        assert!(
+            e.to_string().contains("p = 1099511627776 is too large"),
+            "{e}"
         );
         let e = check_in("c", 1.0 + 1e-15, Interval::open(0.0, 1.0)).unwrap_err();
         assert!(e.to_string().ends_with("got 1.000000000000001"), "{e}");
