@@ -112,11 +112,12 @@ impl From<&FlowArgs> for FlowRequest {
 pub fn run(a: FlowArgs) -> Result<()> {
     let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
-    let (layer, desc) = if a.identity {
+    let sourced = if a.identity {
         source.identity_layer(a.beta)?
     } else {
         source.layer()?
     };
+    let layer = &sourced.layer;
     let d = layer.d_in();
     let x0 = if a.identity {
         source.sphere_tokens(d)?
@@ -127,11 +128,12 @@ pub fn run(a: FlowArgs) -> Result<()> {
     let report = flow::run(
         &FlowRequest::from(&a),
         FlowInputs {
-            layer: &layer,
+            layer,
             x: x0.as_ref(),
             weights: None,
             gronwall_tokens: None,
-            source: Some(desc),
+            source: Some(sourced.description.clone()),
+            origin: &sourced.origin,
         },
         &mut |p| bar.update(p),
     )?;
@@ -247,6 +249,9 @@ pub fn run(a: FlowArgs) -> Result<()> {
         println!("{out}");
     } else {
         let (c0, c1) = (&stats[0], stats.last().unwrap());
+        if let Some(op) = &report.operator {
+            println!("operator: {}", op.description);
+        }
         println!(
             "flow to T = {}: {} steps ({} rejected), {} velocity evaluations",
             exact(a.t),

@@ -22,6 +22,7 @@ use lipattn::ops::invert::{self as invert_op, InvertRequest};
 use lipattn::ops::solvers::{SolverRequest, SolverRun};
 use lipattn::ops::source::SourceRequest;
 use lipattn::ops::to_json;
+use lipattn::{LayerSource, Operator};
 use numpy::ndarray::Array3;
 use numpy::IntoPyArray;
 use pyo3::exceptions::PyValueError;
@@ -81,10 +82,9 @@ fn random_layer(
     crate::ints::unsigned!(d, heads, seed);
     let k = kernel_of(kernel)?;
     let layer = synthetic::random_layer(d, heads, k, bias, seed).py_err()?;
-    Ok(PyAttentionLayer::wrap(
+    Ok(PyAttentionLayer::wrap_source(
         layer,
-        false,
-        format!("random layer (d {d}, {heads} heads, {kernel}, bias {bias}, seed {seed})"),
+        lipattn::ops::source::synthetic_origin(d, heads, k, bias, seed),
     ))
 }
 
@@ -126,10 +126,9 @@ fn random_tokens<'py>(
 fn identity_layer(d: i128, beta: f64) -> PyResult<PyAttentionLayer> {
     crate::ints::unsigned!(d);
     let layer = identity_layer_of(d, beta).py_err()?;
-    Ok(PyAttentionLayer::wrap(
+    Ok(PyAttentionLayer::wrap_source(
         layer,
-        false,
-        format!("identity layer (d {d}, beta {beta})"),
+        lipattn::ops::source::identity_origin(d, beta),
     ))
 }
 
@@ -191,6 +190,8 @@ fn flat(x: &Mat<f64>) -> Vec<f64> {
 #[pyclass(module = "lipattn", name = "InvertibleBlock", frozen)]
 pub struct PyInvertibleBlock {
     block: Arc<InvertibleBlock>,
+    /// The layer's origin, named by `operator`.
+    origin: LayerSource,
 }
 
 #[pymethods]
@@ -205,10 +206,12 @@ impl PyInvertibleBlock {
         radius: Option<f64>,
     ) -> PyResult<Self> {
         crate::ints::unsigned!(n);
+        let origin = layer.origin.clone();
         let layer = layer.layer.clone();
         let block = interruptible(py, move || InvertibleBlock::new(&layer, n, c, radius))?;
         Ok(Self {
             block: Arc::new(block),
+            origin,
         })
     }
 
@@ -224,6 +227,7 @@ impl PyInvertibleBlock {
         c: f64,
         radius: Option<f64>,
     ) -> PyResult<Self> {
+        let origin = layer.origin.clone();
         let layer = layer.layer.clone();
         let x = matrix_f64(x, "x")?;
         let block = interruptible(py, move || {
@@ -231,6 +235,7 @@ impl PyInvertibleBlock {
         })?;
         Ok(Self {
             block: Arc::new(block),
+            origin,
         })
     }
 
@@ -270,6 +275,14 @@ impl PyInvertibleBlock {
     #[getter]
     fn certificate<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         dict(py, &to_json(&self.block.certificate).py_err()?)
+    }
+    /// The operator the certificate is about: the branch g, its layer, kernel, domain and norm
+    /// (the ``operator`` of ``lipattn.invert``).
+    #[getter]
+    fn operator<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (b, cert) = (&self.block, &self.block.certificate);
+        let op = Operator::certified(&self.origin, b.g.kernel, b.scale, cert.n, Some(cert.domain));
+        dict(py, &to_json(&op).py_err()?)
     }
 
     /// y = x + g(x), float64 (n, d).
@@ -439,12 +452,14 @@ fn invert<'py>(
         seed,
     };
     let x = matrix_f64(x, "x")?;
+    let origin = layer.origin.clone();
     let layer = layer.layer.clone();
     let (v, xr) = interruptible(py, move || {
         let inputs = invert_op::InvertInputs {
             layer: &layer,
             x: x.as_ref(),
             source: None,
+            origin: &origin,
         };
         let mut report = invert_op::run(&req, inputs, &mut lipattn::ops::silent)?;
         let v = to_json(&report)?;
@@ -522,6 +537,7 @@ fn fixed_point<'py>(
         .map(|u| matrix_f64(u, "input"))
         .transpose()?;
     let weights = optional_vector(weights, "weights")?;
+    let origin = layer.origin.clone();
     let layer = layer.layer.clone();
     let (v, xs) = interruptible(py, move || {
         let inputs = FixedPointInputs {
@@ -530,6 +546,7 @@ fn fixed_point<'py>(
             input,
             weights,
             source: None,
+            origin: &origin,
         };
         let mut report = fixed_point_op::run(&req, inputs, &mut lipattn::ops::silent)?;
         let mut top = to_json(&report)?;
@@ -615,6 +632,7 @@ fn flow<'py>(
     };
     let weights = optional_vector(weights, "weights")?;
     let x0 = matrix_f64(x, "x")?;
+    let origin = layer.origin.clone();
     let layer = layer.layer.clone();
     let (v, states) = interruptible(py, move || {
         let inputs = FlowInputs {
@@ -623,6 +641,7 @@ fn flow<'py>(
             weights,
             gronwall_tokens,
             source: None,
+            origin: &origin,
         };
         let report = flow_op::run(&req, inputs, &mut lipattn::ops::silent)?;
         let mut v = to_json(&report)?;
