@@ -148,3 +148,36 @@ def test_flow_clusters_and_respects_gronwall(lipattn_bin, tmp_path):
 def test_flow_refuses_bad_steps(lipattn_bin):
     res = run(lipattn_bin, "flow", "--identity", "--dt", "0", "--json")
     assert res.returncode != 0 and "dt" in res.stderr and "panicked" not in res.stderr
+
+
+@pytest.mark.parametrize("kernel,kind", [("l2", "all"), ("dot", "ball")])
+def test_dynamics_name_the_operator_they_certify(lipattn_bin, kernel, kind):
+    """Synthetic tied L2 layers are exact by construction, so certified on all of R^(n x d); the
+    dot product only on a ball."""
+    common = ["--kernel", kernel, "--d", 6, "--n", 5, "--seed", 2]
+    inv = ok_json(run(lipattn_bin, "invert", *common, "--json"))
+    op = inv["operator"]
+    assert op["domain"]["kind"] == kind and op["domain"] == inv["domain"]
+    assert (op["kernel"], op["mask"], op["n"], op["metric"]) == (kernel, "none", 5, "Frobenius norm")
+    assert op["scale"] == inv["scale"] and op["layer"] == f"random layer (d 6, 2 heads, {kernel}, bias 0.1, seed 2)"
+    fp = ok_json(run(lipattn_bin, "fixed-point", *common, "--contract", 0.5, "--json"))["operator"]
+    assert fp["domain"]["kind"] == kind and fp["n"] == 5 and fp["scale"] != 1
+    if kernel == "dot":
+        m = ok_json(run(lipattn_bin, "fixed-point", *common, "--contract", 0.5, "--space", "measure", "--json"))
+        assert m["operator"]["domain"]["kind"] == "ball" and m["operator"]["n"] is None
+        assert m["operator"]["metric"] == "W1 distance"
+    # The text output says it in a line of its own.
+    for cmd, extra in [("invert", []), ("fixed-point", ["--contract", 0.5])]:
+        r = run(lipattn_bin, cmd, *common, *extra)
+        assert r.returncode == 0, r.stderr
+        line = next(l for l in r.stdout.splitlines() if l.startswith("operator: "))
+        assert "random layer" in line and ("all of R^d" if kind == "all" else "B_R (R = ") in line, line
+
+
+def test_flow_names_the_operator_of_its_gronwall_bound(lipattn_bin):
+    base = ["flow", "--identity", "--n", 8, "--d", 3, "--t", 0.5]
+    assert ok_json(run(lipattn_bin, *base, "--json"))["operator"] is None
+    out = ok_json(run(lipattn_bin, *base, "--gronwall", 0.01, "--json"))
+    assert out["operator"]["domain"] == {"kind": "ball", "radius": out["gronwall"]["radius"]}
+    r = run(lipattn_bin, *base, "--gronwall", 0.01)
+    assert r.returncode == 0 and "operator: identity layer" in r.stdout, r.stderr

@@ -67,7 +67,7 @@ def test_l2_kernel_is_certified_on_the_ball_only(lipattn_bin, minilm):
     assert r["certified"]["w1"] is None
     assert [b["name"] for b in r["bounds"]] == ["B5-ball"]
     assert r["certified"]["frobenius"] >= r["attained"]["frobenius"] > 0
-    assert any("B5-ball holds on (B_R)^n, R = 1e0" in n for n in r["notes"])
+    assert any("B5-ball holds on (B_R)^n, R = 1, n = 8" in n for n in r["notes"])
     assert "l2 kernel, not the model's dot kernel" in r["operator"]["description"]
     # Structured starts encode the dot kernel's mechanisms; none are built for L2.
     assert r["attained"]["w1_pair"]["structured_starts"] == 0

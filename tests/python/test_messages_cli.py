@@ -2,6 +2,7 @@
 cases #16 listed as unclear: each is checked on the command as a user runs it."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -141,3 +142,73 @@ def test_too_small_n_says_why(lipattn_bin, minilm, tmp_path):
     notes = json.loads(r.stdout)["notes"]
     assert any("n = [2] holds no more than the model's 2 special tokens" in n for n in notes), notes
     assert not any("too short" in n for n in notes), notes
+
+
+LONG_NUMBER = re.compile(r"\d{18,}")
+
+
+@pytest.mark.parametrize("args,needle", [
+    # A value the user gave is echoed with its own digits, never as a 301-digit decimal.
+    (["invert", "--n", 4, "--d", 4, "--c", 1e300], "got 1e300"),
+    # (clap takes `-1e-300` for a flag: a negative exponent needs the `=` form.)
+    (["invert", "--n", 4, "--d", 4, "--c=-1e-300"], "got -1e-300"),
+    (["fixed-point", "--n", 4, "--d", 4, "--contract", 1e300], "got 1e300"),
+    # A computed one is rounded to 6 significant digits in the same style.
+    (["flow", "--n", 4, "--d", 4, "--t", 1e300, "--integrator", "rk4", "--dt", 1.5],
+     "final time 1e300 / time step 1.5 = 6.66667e299 steps"),
+    (["flow", "--n", 4, "--d", 4, "--t", 1e300, "--integrator", "rk4", "--dt", 1e-300],
+     "= inf steps"),
+])
+def test_numbers_in_messages_are_compact(lipattn_bin, args, needle):
+    r = run(lipattn_bin, *args)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert not LONG_NUMBER.search(r.stderr), r.stderr
+
+
+def test_weight_sums_keep_the_digits_that_matter(lipattn_bin, tmp_path):
+    """A sum off 1 by 3e-8 (the tolerance is 1e-9) is printed with every digit, so the message
+    never reads 'sum to 1, not 1'."""
+    np.save(tmp_path / "a.npy", np.array([0.0, 1.0]))
+    np.save(tmp_path / "w.npy", np.array([0.5, 0.5 + 3e-8]))
+    r = run(lipattn_bin, "transport", tmp_path / "a.npy", tmp_path / "a.npy", "--wa", tmp_path / "w.npy")
+    assert r.returncode == 2 and "sum to 1.00000003," in r.stderr, r.stderr
+
+
+def file_cases(tmp, minilm):
+    """(arguments, the path the error must name) for every way a command reads or writes a file:
+    missing, a directory where a file is expected, and a place under a plain file."""
+    (tmp / "plain").write_text("a file, not a directory")
+    np.save(tmp / "a.npy", np.array([0.0, 1.0]))
+    missing, a_dir, under_file = tmp / "missing.npy", tmp, tmp / "plain" / "x.npy"
+    cases = [
+        (["transport", missing, tmp / "a.npy"], missing),
+        (["transport", tmp / "a.npy", a_dir], a_dir),
+        (["transport", tmp / "a.npy", tmp / "a.npy", "--wb", missing], missing),
+        (["transport", tmp / "a.npy", tmp / "a.npy", "--cost", missing], missing),
+        (["transport", tmp / "a.npy", tmp / "a.npy", "--plan", under_file], under_file),
+        (["invert", "--n", 4, "--d", 4, "--tokens", missing], missing),
+        (["invert", "--n", 4, "--d", 4, "--save", under_file], under_file),
+        (["fixed-point", "--n", 4, "--d", 4, "--plot", tmp / "plain" / "p"], tmp / "plain" / "p"),
+        (["flow", "--n", 4, "--d", 4, "--tokens", a_dir], a_dir),
+        (["local", "--model", tmp / "no-model", "--layer", 0, "--tokens", tmp / "a.npy"], tmp / "no-model"),
+    ]
+    if minilm:
+        cases += [
+            (["forward", "--model", minilm, "--layer", 0, "--tokens", missing, "--out", tmp / "o.npy"], missing),
+            (["forward", "--model", minilm, "--layer", 0, "--tokens", tmp / "a.npy", "--out", under_file],
+             under_file),
+            (["hidden", "--model", minilm, "--text", tmp / "missing.txt", "--layer", 0, "--out", tmp / "h.npy"],
+             tmp / "missing.txt"),
+            (["analyze", minilm, "--text", a_dir, "--out", tmp / "rep", "--quiet"], a_dir),
+            (["analyze", minilm, "--out", tmp / "plain" / "rep", "--quiet"], tmp / "plain" / "rep"),
+        ]
+    return cases
+
+
+def test_every_file_error_names_the_file(lipattn_bin, tmp_path):
+    minilm = os.environ.get("LIPATTN_MINILM")
+    minilm = minilm if minilm and os.path.exists(os.path.join(minilm, "model.safetensors")) else None
+    for args, path in file_cases(tmp_path, minilm):
+        r = run(lipattn_bin, *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert str(path) in r.stderr and "panicked" not in r.stderr, (args, r.stderr)

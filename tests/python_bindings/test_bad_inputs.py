@@ -5,6 +5,7 @@ crossing the boundary fails these tests.
 """
 import json
 import os
+import re
 
 import lipattn
 import numpy as np
@@ -260,3 +261,90 @@ def test_oversized_requests_raise_memory_error():
     for bad in ["12Q", "-1G", 0, -5]:
         with pytest.raises(ValueError):
             lipattn.set_max_memory(bad)
+
+
+# --- Negative integers -------------------------------------------------------------------------
+# Every parameter the stub types as an integer (or a sequence of them), found by reading the stub,
+# so that a new one without a case below fails test_every_integer_parameter_has_a_case.
+
+STUB = os.path.join(os.path.dirname(lipattn.__file__), "_lipattn.pyi")
+
+
+def integer_parameters():
+    """(qualified name, parameter) for each stubbed callable parameter whose type mentions int."""
+    import ast
+
+    found = set()
+
+    def walk(nodes, prefix):
+        for node in nodes:
+            if isinstance(node, ast.ClassDef):
+                walk(node.body, node.name + ".")
+            elif isinstance(node, ast.FunctionDef):
+                a = node.args
+                for p in a.posonlyargs + a.args + a.kwonlyargs:
+                    if p.annotation is not None and "int" in ast.unparse(p.annotation):
+                        found.add((prefix + node.name, p.arg))
+
+    with open(STUB) as f:
+        walk(ast.parse(f.read()).body, "")
+    return sorted(found)
+
+
+L2 = lipattn.random_layer(4, kernel="l2")
+X4 = lipattn.random_tokens(4, 4)
+BLOCK = lipattn.InvertibleBlock(L2, 4)
+
+# A valid call of each callable: (function, keyword arguments). The integer parameter under test
+# replaces its keyword; a negative value must be refused before anything runs, so the model path
+# of `from_model` need not exist.
+CALLS = {
+    "AttentionLayer.__init__": lambda m: (lipattn.AttentionLayer, dict(W, heads=2)),
+    "AttentionLayer.from_model": lambda m: (lipattn.AttentionLayer.from_model, dict(path="/no/model", layer=0)),
+    "AttentionLayer.head": lambda m: (LAYER.head, dict(h=0)),
+    "AttentionLayer.probabilities": lambda m: (LAYER.probabilities, dict(h=0, queries=X)),
+    "AttentionLayer.scores": lambda m: (LAYER.scores, dict(h=0, queries=X)),
+    "AttentionLayer.local_constant": lambda m: (LAYER.local_constant, dict(x=X)),
+    "AttentionLayer.certified_bounds": lambda m: (LAYER.certified_bounds, dict(radius=1.0, n=4)),
+    "AttentionLayer.lipschitz": lambda m: (LAYER.lipschitz, dict(radius=1.0, n=4)),
+    "AttentionLayer.ascent": lambda m: (LAYER.ascent, dict(n=4, radius=1.0)),
+    "AttentionLayer.adversarial_input": lambda m: (LAYER.adversarial_input, dict(head=0, n=4, radius=1.0)),
+    "AttentionLayer.search_pairs": lambda m: (LAYER.search_pairs, dict(radius=1.0)),
+    "Linearization.top_singular": lambda m: (LAYER.linearize(X).top_singular, {}),
+    "transport": lambda m: (lipattn.transport, dict(a=X, b=X)),
+    "ground_cost": lambda m: (lipattn.ground_cost, dict(a=X, b=X)),
+    "set_max_memory": lambda m: (lipattn.set_max_memory, {}),
+    "Model.attention_layer": lambda m: (m().attention_layer, dict(layer=0)),
+    "Model.tokenize": lambda m: (m().tokenize, dict(text="a")),
+    "Model.hidden_states": lambda m: (m().hidden_states, dict(text="a", layer=0)),
+    "Model.analyze": lambda m: (m().analyze, {}),
+    "InvertibleBlock.__init__": lambda m: (lipattn.InvertibleBlock, dict(layer=L2, n=4)),
+    "InvertibleBlock.inverse": lambda m: (BLOCK.inverse, dict(y=X4)),
+    "InvertibleBlock.logdet": lambda m: (BLOCK.logdet, dict(x=X4)),
+    "random_layer": lambda m: (lipattn.random_layer, dict(d=4)),
+    "random_tokens": lambda m: (lipattn.random_tokens, dict(n=4, d=4)),
+    "identity_layer": lambda m: (lipattn.identity_layer, dict(d=4)),
+    "sphere_sample": lambda m: (lipattn.sphere_sample, dict(n=4, d=4)),
+    "invert": lambda m: (lipattn.invert, dict(layer=L2, x=X4)),
+    "fixed_point": lambda m: (lipattn.fixed_point, dict(layer=L2, x=X4)),
+    "flow": lambda m: (lipattn.flow, dict(layer=L2, x=X4)),
+    "mean_field": lambda m: (lipattn.mean_field, dict(layer=L2, ns=[4, 8])),
+}
+
+SEQUENCES = {"ids", "ns", "layers"}
+
+
+def test_every_integer_parameter_has_a_case():
+    assert {name for name, _ in integer_parameters()} == set(CALLS)
+
+
+@pytest.mark.parametrize("name,param", integer_parameters())
+def test_negative_integers_are_value_errors_naming_the_parameter(name, param, request):
+    model = lambda: lipattn.Model(request.getfixturevalue("minilm"))  # noqa: E731
+    fn, kwargs = CALLS[name](model)
+    # A sequence is checked entry by entry; its message names the entry.
+    value, named = ([1, -1], f"{param}[1]") if param in SEQUENCES else (-1, param)
+    # The name as a whole word (`n`, not the n of `must`), then the value.
+    with pytest.raises(ValueError, match=rf"(?<![\w\[]){re.escape(named)}(?![\w\[]).*-1"):
+        fn(**{**kwargs, param: value})
+    lipattn.set_max_memory(None)

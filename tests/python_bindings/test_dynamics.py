@@ -36,6 +36,9 @@ def test_invert_equals_cli(lipattn_bin, kernel):
     assert block.scale == ref["scale"] and block.n == ref["n"] and block.d == ref["d"]
     assert block.certificate["domain"] == ref["domain"]
     assert block.certificate["source"] == ref["certified_lipschitz_source"]
+    # One operator in both frontends: the same layer, scale and domain, named the same way.
+    assert block.operator == ref["operator"]
+    assert block.operator["domain"] == ref["domain"] and block.operator["scale"] == ref["scale"]
     y = block.forward(x)
     for name, entry in zip(SOLVERS, ref["solvers"]):
         got = block.inverse(y, solver=name, x_true=x)
@@ -78,10 +81,11 @@ def test_fixed_point_equals_cli(lipattn_bin, cli_args, kwargs, kernel):
     first = None
     for name, entry in zip(SOLVERS, ref["solvers"]):
         got = lipattn.fixed_point(layer, x, solver=name, **kwargs)
-        for k in ["space", "variant", "metric", "dtype", "n", "d", "scale", "certified_contraction", "layer_certificate", "notes"]:
+        for k in ["operator", "space", "variant", "metric", "dtype", "n", "d", "scale", "certified_contraction",
+                  "layer_certificate", "notes"]:
             assert got[k] == ref[k], k
-        assert strip(got, "space", "variant", "metric", "dtype", "n", "d", "scale", "certified_contraction",
-                     "layer_certificate", "notes") == strip(entry, "distance_to_first"), name
+        assert strip(got, "operator", "space", "variant", "metric", "dtype", "n", "d", "scale",
+                     "certified_contraction", "layer_certificate", "notes") == strip(entry, "distance_to_first"), name
         assert got["x"].shape == (5, 6)
         if first is None:
             first = got["x"]
@@ -259,3 +263,33 @@ def test_non_square_layer_is_rejected():
                  lambda: lipattn.flow(layer, x, t=0.1)]:
         with pytest.raises(ValueError, match="output width"):
             call()
+
+
+# ---- the operator each result certifies ----
+
+@pytest.mark.parametrize("kernel,kind", [("l2", "all"), ("dot", "ball")])
+def test_dynamics_results_name_their_operator(kernel, kind):
+    layer, x = synthetic(6, 2, kernel, 5, 5)
+    inv = lipattn.invert(layer, x, c=0.8)
+    op = inv["operator"]
+    assert op["domain"]["kind"] == kind and op["domain"] == inv["domain"]
+    assert (op["mask"], op["n"], op["metric"], op["kernel"]) == ("none", 5, "Frobenius norm", kernel)
+    assert op["scale"] == inv["scale"] and op["layer"].startswith("random layer (d 6, 2 heads")
+    assert "scaled by s = " in op["description"]
+    fp = lipattn.fixed_point(layer, x, contract=0.5)["operator"]
+    assert fp["domain"]["kind"] == kind and fp["n"] == 5 and fp["metric"] == "Frobenius norm"
+    if kernel == "dot":
+        m = lipattn.fixed_point(layer, x, space="measure", contract=0.5)["operator"]
+        assert m["domain"]["kind"] == "ball" and m["n"] is None and m["metric"] == "W1 distance"
+        assert m["map"].startswith("measure map")
+
+
+def test_flow_names_its_operator_only_with_a_certified_bound():
+    layer = lipattn.identity_layer(3, 1.0)
+    x0 = lipattn.sphere_sample(8, 3, seed=1)
+    assert lipattn.flow(layer, x0, t=0.5, dt=0.1)["operator"] is None
+    got = lipattn.flow(layer, x0, t=0.5, dt=0.1, gronwall=0.01)
+    op = got["operator"]
+    assert op["domain"] == {"kind": "ball", "radius": got["gronwall"]["radius"]}
+    assert op["map"].startswith("flow") and op["metric"] == "W1 distance"
+    assert op["layer"] == "identity layer Q = K = V = I (d 3, beta 1)"

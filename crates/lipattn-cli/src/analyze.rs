@@ -75,7 +75,7 @@ fn text_ids(a: &AnalyzeArgs) -> Result<TextIds> {
 }
 
 fn opt(x: Option<f64>) -> String {
-    x.map_or("-".into(), |v| format!("{v:.4e}"))
+    x.map_or("-".into(), |v| lipattn::fmt::compact(v).to_string())
 }
 
 fn exp(f: &Option<PowerFit>) -> String {

@@ -66,17 +66,18 @@ pub fn run(a: FixedPointArgs) -> Result<()> {
     let save = a.save.as_deref().map(StagedFile::create).transpose()?;
     let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
-    let (layer, desc) = source.layer()?;
-    let x = source.tokens(layer.d_in())?;
+    let sourced = source.layer()?;
+    let x = source.tokens(sourced.layer.d_in())?;
     let bar = Bar::new(a.json);
     let report = fixed_point::run(
         &FixedPointRequest::from(&a),
         FixedPointInputs {
-            layer: &layer,
+            layer: &sourced.layer,
             x: x.as_ref(),
             input: None,
             weights: None,
-            source: Some(desc),
+            source: Some(sourced.description),
+            origin: &sourced.origin,
         },
         &mut |p| bar.update(p),
     )?;
@@ -99,6 +100,7 @@ pub fn run(a: FixedPointArgs) -> Result<()> {
     if a.json {
         println!("{out}");
     } else {
+        println!("operator: {}", report.operator.description);
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     if report.status != "converged" {

@@ -9,6 +9,7 @@ use crate::plot::{Chart, Series, Style};
 use crate::progress::Bar;
 use anyhow::Result;
 use clap::Args;
+use lipattn::fmt::{compact, exact};
 use lipattn::ops::flow::{self, FlowInputs, FlowRequest, IntegratorName, ProjectionName};
 use lipattn::ops::source::SourceRequest;
 use lipattn::output::StagedDir;
@@ -111,11 +112,12 @@ impl From<&FlowArgs> for FlowRequest {
 pub fn run(a: FlowArgs) -> Result<()> {
     let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
-    let (layer, desc) = if a.identity {
+    let sourced = if a.identity {
         source.identity_layer(a.beta)?
     } else {
         source.layer()?
     };
+    let layer = &sourced.layer;
     let d = layer.d_in();
     let x0 = if a.identity {
         source.sphere_tokens(d)?
@@ -126,11 +128,12 @@ pub fn run(a: FlowArgs) -> Result<()> {
     let report = flow::run(
         &FlowRequest::from(&a),
         FlowInputs {
-            layer: &layer,
+            layer,
             x: x0.as_ref(),
             weights: None,
             gronwall_tokens: None,
-            source: Some(desc),
+            source: Some(sourced.description.clone()),
+            origin: &sourced.origin,
         },
         &mut |p| bar.update(p),
     )?;
@@ -246,9 +249,15 @@ pub fn run(a: FlowArgs) -> Result<()> {
         println!("{out}");
     } else {
         let (c0, c1) = (&stats[0], stats.last().unwrap());
+        if let Some(op) = &report.operator {
+            println!("operator: {}", op.description);
+        }
         println!(
             "flow to T = {}: {} steps ({} rejected), {} velocity evaluations",
-            a.t, report.steps["accepted"], report.steps["rejected"], report.steps["evaluations"]
+            exact(a.t),
+            report.steps["accepted"],
+            report.steps["rejected"],
+            report.steps["evaluations"]
         );
         println!(
             "mean cosine {:.4} -> {:.4}, clusters {} -> {}",
@@ -256,14 +265,21 @@ pub fn run(a: FlowArgs) -> Result<()> {
         );
         if let Some(g) = &gron {
             println!(
-                "Gronwall: certified L = {:.4e}, measured rate {:.4}, violated: {}",
-                g.lipschitz, g.measured_rate, g.violated
+                "Gronwall: certified L = {}, measured rate {}, violated: {}",
+                compact(g.lipschitz),
+                compact(g.measured_rate),
+                g.violated
             );
         }
         if let Some(m) = &mf {
             println!(
-                "mean field: W1 at T {:?}, rate {:.3}",
-                m.w1_final, m.rate_final
+                "mean field: W1 at T {}, rate {}",
+                m.w1_final
+                    .iter()
+                    .map(|w| compact(*w).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                compact(m.rate_final)
             );
         }
     }

@@ -7,6 +7,7 @@ use crate::progress::Bar;
 use crate::solver_output::{plot_residuals, save_first};
 use anyhow::{bail, Result};
 use clap::Args;
+use lipattn::fmt::compact;
 use lipattn::ops::invert::{self, InvertInputs, InvertRequest};
 use lipattn::ops::source::SourceRequest;
 use lipattn::output::{StagedDir, StagedFile};
@@ -71,15 +72,16 @@ pub fn run(a: InvertArgs) -> Result<()> {
     let save = a.save.as_deref().map(StagedFile::create).transpose()?;
     let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
-    let (layer, desc) = source.layer()?;
-    let x = source.tokens(layer.d_in())?;
+    let sourced = source.layer()?;
+    let x = source.tokens(sourced.layer.d_in())?;
     let bar = Bar::new(a.json);
     let report = invert::run(
         &InvertRequest::from(&a),
         InvertInputs {
-            layer: &layer,
+            layer: &sourced.layer,
             x: x.as_ref(),
-            source: Some(desc),
+            source: Some(sourced.description),
+            origin: &sourced.origin,
         },
         &mut |p| bar.update(p),
     )?;
@@ -90,8 +92,8 @@ pub fn run(a: InvertArgs) -> Result<()> {
             dir,
             "invert_residuals",
             format!(
-                "Inverting x + g(x) = y, certified Lip(g) <= {:.3}",
-                report.certified_lipschitz
+                "Inverting x + g(x) = y, certified Lip(g) <= {}",
+                compact(report.certified_lipschitz)
             ),
             "residual |x + g(x) - y|_F",
             &report.traces(),
@@ -106,11 +108,11 @@ pub fn run(a: InvertArgs) -> Result<()> {
     if a.json {
         println!("{out}");
     } else {
+        println!("operator: {}", report.operator.description);
         println!(
-            "g: certified Lip <= {:.6} (Frobenius, {:?}), attained at x {:.6}; n = {}, d = {}",
-            report.certified_lipschitz,
-            report.domain,
-            report.attained_local_lipschitz,
+            "g: certified Lip <= {}, attained at x {}; n = {}, d = {}",
+            compact(report.certified_lipschitz),
+            compact(report.attained_local_lipschitz),
             report.n,
             report.d
         );

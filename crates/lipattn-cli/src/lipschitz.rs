@@ -4,6 +4,7 @@ use crate::layer_arg::LayerArg;
 use anyhow::Result;
 use clap::Args;
 use lipattn::analysis::lipschitz::{lipschitz, ratio, LipschitzOptions};
+use lipattn::fmt::compact;
 use lipattn::operator::Mask;
 use lipattn::output::{StagedDir, StagedFile};
 use lipattn::Kernel;
@@ -108,7 +109,7 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        let f = |x: Option<f64>| x.map_or("none".to_string(), |v| format!("{v:.6e}"));
+        let f = |x: Option<f64>| x.map_or("none".to_string(), |v| compact(v).to_string());
         println!("operator: {}", report.operator.description);
         println!(
             "{:<34} {:>14} {:>14} {:>10}",

@@ -8,6 +8,7 @@ use crate::names::named;
 use crate::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args;
+use lipattn::fmt::{compact, exact};
 use lipattn::npy::read_matrix;
 use lipattn::ops::local::{self, LocalInputs, LocalMethod, LocalRequest};
 use serde_json::json;
@@ -92,11 +93,14 @@ pub fn run(a: LocalArgs) -> Result<()> {
     } else {
         println!("operator: {}", report.operator.description);
         println!(
-            "||J(X)||_2 >= {:.10e} (attained at X, n = {}, max row norm {:.6}; Frobenius norms)",
-            report.sigma, report.n, report.radius
+            "||J(X)||_2 >= {} (attained at X, n = {}, max row norm {}; Frobenius norms)",
+            // The answer with every digit; the rest rounded for reading.
+            exact(report.sigma),
+            report.n,
+            compact(report.radius)
         );
         println!(
-            "{}: {} iterations, {}, estimated relative error {:.1e}, {:.3} s",
+            "{}: {} iterations, {}, estimated relative error {}, {:.3} s",
             report.method,
             report.iterations,
             if report.converged {
@@ -104,7 +108,7 @@ pub fn run(a: LocalArgs) -> Result<()> {
             } else {
                 "NOT converged (iteration cap)"
             },
-            report.rel_error,
+            compact(report.rel_error),
             report.seconds
         );
     }

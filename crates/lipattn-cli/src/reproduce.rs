@@ -4,6 +4,7 @@
 use crate::plot::{Chart, Series, Style};
 use anyhow::{Context, Result};
 use clap::Args;
+use lipattn::fmt::exact;
 use lipattn_repro::{CurveKind, Figure, Plot, ReproduceRequest};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -72,7 +73,13 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         c.witness.save(out, &prefix)?;
         eprintln!(
             "VIOLATION of {} (head {:?}, R {}): attained {} > certified {}; witness saved as {}/{prefix}*.npy",
-            c.bound, c.head, c.radius, c.attained, c.certified, a.out.display()
+            c.bound,
+            c.head,
+            exact(c.radius),
+            // Every digit: the two may differ in the last ones only.
+            exact(c.attained),
+            exact(c.certified),
+            a.out.display()
         );
     }
     let mut summary = done.summary;

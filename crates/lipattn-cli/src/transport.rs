@@ -5,6 +5,7 @@ use crate::names::named;
 use crate::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args;
+use lipattn::fmt::{compact, exact};
 use lipattn::ops::transport::{self, TransportInputs, TransportMethod, TransportRequest};
 use lipattn::{npy, Mat, Measure};
 use std::path::{Path, PathBuf};
@@ -123,24 +124,27 @@ pub fn run(args: TransportArgs) -> Result<()> {
     if args.json {
         println!("{out}");
     } else {
-        let g = |k: &str| out.get(k).cloned().unwrap_or_default();
+        let opt = |x: Option<f64>| x.map_or("none".to_string(), |v| compact(v).to_string());
         println!(
             "{} transport, n = {}, m = {}, d = {}: cost {} distance {} gap {} infeasibility {} ({} iterations, {:.3} s)",
-            g("method"),
+            report.method.name(),
             report.n,
             report.m,
             report.d,
-            g("cost"),
-            g("distance"),
-            g("gap"),
-            g("infeasibility"),
-            g("iterations"),
+            // The answers with every digit; the certificate's residuals rounded for reading.
+            exact(report.cost),
+            exact(report.distance),
+            opt(report.gap),
+            opt(report.infeasibility),
+            report.iterations,
             report.seconds
         );
         if !report.converged {
             println!(
-                "NOT CONVERGED: the L1 marginal error {:e} is above --tol {:e}; this is the plan after --max-iter {} iterations, accepted by --accept-unconverged",
-                report.marginal_error, args.tol, report.iterations
+                "NOT CONVERGED: the L1 marginal error {} is above --tol {}; this is the plan after --max-iter {} iterations, accepted by --accept-unconverged",
+                compact(report.marginal_error),
+                exact(args.tol),
+                report.iterations
             );
         }
     }

@@ -22,6 +22,7 @@ use lipattn::ops::invert::{self as invert_op, InvertRequest};
 use lipattn::ops::solvers::{SolverRequest, SolverRun};
 use lipattn::ops::source::SourceRequest;
 use lipattn::ops::to_json;
+use lipattn::{LayerSource, Operator};
 use numpy::ndarray::Array3;
 use numpy::IntoPyArray;
 use pyo3::exceptions::PyValueError;
@@ -70,20 +71,20 @@ fn check_positive(what: &str, v: f64) -> PyResult<()> {
 
 /// A seeded random layer on R^d (the CLI's synthetic layer: same seed, same weights).
 #[pyfunction]
-#[pyo3(signature = (d, heads=SourceRequest::default().heads, *, kernel=SourceRequest::default().kernel.name(), bias=SourceRequest::default().bias, seed=SourceRequest::default().seed))]
+#[pyo3(signature = (d, heads=SourceRequest::default().heads as i128, *, kernel=SourceRequest::default().kernel.name(), bias=SourceRequest::default().bias, seed=SourceRequest::default().seed as i128))]
 fn random_layer(
-    d: usize,
-    heads: usize,
+    d: i128,
+    heads: i128,
     kernel: &str,
     bias: f64,
-    seed: u64,
+    seed: i128,
 ) -> PyResult<PyAttentionLayer> {
+    crate::ints::unsigned!(d, heads, seed);
     let k = kernel_of(kernel)?;
     let layer = synthetic::random_layer(d, heads, k, bias, seed).py_err()?;
-    Ok(PyAttentionLayer::wrap(
+    Ok(PyAttentionLayer::wrap_source(
         layer,
-        false,
-        format!("random layer (d {d}, {heads} heads, {kernel}, bias {bias}, seed {seed})"),
+        lipattn::ops::source::synthetic_origin(d, heads, k, bias, seed),
     ))
 }
 
@@ -99,14 +100,15 @@ fn tokens_fit(n: usize, d: usize) -> PyResult<()> {
 /// n seeded Gaussian tokens in R^d with standard deviation ``scale`` (the CLI's random tokens use
 /// seed + 1 of its --seed).
 #[pyfunction]
-#[pyo3(signature = (n, d, *, scale=SourceRequest::default().token_scale, seed=SourceRequest::default().seed))]
+#[pyo3(signature = (n, d, *, scale=SourceRequest::default().token_scale, seed=SourceRequest::default().seed as i128))]
 fn random_tokens<'py>(
     py: Python<'py>,
-    n: usize,
-    d: usize,
+    n: i128,
+    d: i128,
     scale: f64,
-    seed: u64,
+    seed: i128,
 ) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
+    crate::ints::unsigned!(n, d, seed);
     if n == 0 || d == 0 {
         return Err(PyValueError::new_err("n and d must be at least 1"));
     }
@@ -121,12 +123,12 @@ fn random_tokens<'py>(
 /// Geshkovski et al.'s layer: Q = K = V = I on R^d, scores beta <x, y>.
 #[pyfunction]
 #[pyo3(signature = (d, beta=lipattn::ops::source::IDENTITY_BETA))]
-fn identity_layer(d: usize, beta: f64) -> PyResult<PyAttentionLayer> {
+fn identity_layer(d: i128, beta: f64) -> PyResult<PyAttentionLayer> {
+    crate::ints::unsigned!(d);
     let layer = identity_layer_of(d, beta).py_err()?;
-    Ok(PyAttentionLayer::wrap(
+    Ok(PyAttentionLayer::wrap_source(
         layer,
-        false,
-        format!("identity layer (d {d}, beta {beta})"),
+        lipattn::ops::source::identity_origin(d, beta),
     ))
 }
 
@@ -135,10 +137,11 @@ fn identity_layer(d: usize, beta: f64) -> PyResult<PyAttentionLayer> {
 #[pyo3(signature = (n, d, *, seed=0))]
 fn sphere_sample<'py>(
     py: Python<'py>,
-    n: usize,
-    d: usize,
-    seed: u64,
+    n: i128,
+    d: i128,
+    seed: i128,
 ) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
+    crate::ints::unsigned!(n, d, seed);
     if n == 0 || d == 0 {
         return Err(PyValueError::new_err("n and d must be at least 1"));
     }
@@ -187,6 +190,8 @@ fn flat(x: &Mat<f64>) -> Vec<f64> {
 #[pyclass(module = "lipattn", name = "InvertibleBlock", frozen)]
 pub struct PyInvertibleBlock {
     block: Arc<InvertibleBlock>,
+    /// The layer's origin, named by `operator`.
+    origin: LayerSource,
 }
 
 #[pymethods]
@@ -196,14 +201,17 @@ impl PyInvertibleBlock {
     fn new(
         py: Python<'_>,
         layer: PyRef<'_, PyAttentionLayer>,
-        n: usize,
+        n: i128,
         c: f64,
         radius: Option<f64>,
     ) -> PyResult<Self> {
+        crate::ints::unsigned!(n);
+        let origin = layer.origin.clone();
         let layer = layer.layer.clone();
         let block = interruptible(py, move || InvertibleBlock::new(&layer, n, c, radius))?;
         Ok(Self {
             block: Arc::new(block),
+            origin,
         })
     }
 
@@ -219,6 +227,7 @@ impl PyInvertibleBlock {
         c: f64,
         radius: Option<f64>,
     ) -> PyResult<Self> {
+        let origin = layer.origin.clone();
         let layer = layer.layer.clone();
         let x = matrix_f64(x, "x")?;
         let block = interruptible(py, move || {
@@ -226,6 +235,7 @@ impl PyInvertibleBlock {
         })?;
         Ok(Self {
             block: Arc::new(block),
+            origin,
         })
     }
 
@@ -266,6 +276,14 @@ impl PyInvertibleBlock {
     fn certificate<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         dict(py, &to_json(&self.block.certificate).py_err()?)
     }
+    /// The operator the certificate is about: the branch g, its layer, kernel, domain and norm
+    /// (the ``operator`` of ``lipattn.invert``).
+    #[getter]
+    fn operator<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (b, cert) = (&self.block, &self.block.certificate);
+        let op = Operator::certified(&self.origin, b.g.kernel, b.scale, cert.n, Some(cert.domain));
+        dict(py, &to_json(&op).py_err()?)
+    }
 
     /// y = x + g(x), float64 (n, d).
     fn forward<'py>(
@@ -297,7 +315,7 @@ impl PyInvertibleBlock {
     /// a_priori_iterations (certified), abs_trace, rel_trace, certified_lipschitz, domain, ...)
     /// plus ``x``, and ``reconstruction_error`` |x - x_true|_F when ``x_true`` is given. Raises
     /// NoConvergenceError when the solver fails.
-    #[pyo3(signature = (y, *, solver="anderson", atol=InvertRequest::default().solve.atol, max_iter=invert_op::DEFAULT_MAX_ITER, anderson_memory=InvertRequest::default().solve.anderson_memory, anderson_reg=InvertRequest::default().solve.anderson_reg, anderson_mixing=InvertRequest::default().solve.anderson_mixing, broyden_memory=InvertRequest::default().solve.broyden_memory, x_true=None))]
+    #[pyo3(signature = (y, *, solver="anderson", atol=InvertRequest::default().solve.atol, max_iter=invert_op::DEFAULT_MAX_ITER as i128, anderson_memory=InvertRequest::default().solve.anderson_memory as i128, anderson_reg=InvertRequest::default().solve.anderson_reg, anderson_mixing=InvertRequest::default().solve.anderson_mixing, broyden_memory=InvertRequest::default().solve.broyden_memory as i128, x_true=None))]
     #[allow(clippy::too_many_arguments)]
     fn inverse<'py>(
         &self,
@@ -305,13 +323,14 @@ impl PyInvertibleBlock {
         y: &Bound<'py, PyAny>,
         solver: &str,
         atol: f64,
-        max_iter: usize,
-        anderson_memory: usize,
+        max_iter: i128,
+        anderson_memory: i128,
         anderson_reg: f64,
         anderson_mixing: f64,
-        broyden_memory: usize,
+        broyden_memory: i128,
         x_true: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        crate::ints::unsigned!(max_iter, anderson_memory, broyden_memory);
         let req = solver_request(
             solver,
             atol,
@@ -348,16 +367,17 @@ impl PyInvertibleBlock {
     /// logabsdet, sign, dim. ``"series"``: Hutchinson estimate of the truncated log series with
     /// ``probes`` Rademacher probes, keys estimate, std_error (estimated), truncation_bound
     /// (certified), terms, probes, lipschitz, jvps.
-    #[pyo3(signature = (x, *, method="exact", truncation_tol=InvertRequest::default().truncation_tol, probes=InvertRequest::default().probes, seed=InvertRequest::default().seed))]
+    #[pyo3(signature = (x, *, method="exact", truncation_tol=InvertRequest::default().truncation_tol, probes=InvertRequest::default().probes as i128, seed=InvertRequest::default().seed as i128))]
     fn logdet<'py>(
         &self,
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         method: &str,
         truncation_tol: f64,
-        probes: usize,
-        seed: u64,
+        probes: i128,
+        seed: i128,
     ) -> PyResult<Bound<'py, PyDict>> {
+        crate::ints::unsigned!(probes, seed);
         let method: invert_op::LogDetMethod = method.parse().py_err()?;
         let x = matrix_f64(x, "x")?;
         let b = self.block.clone();
@@ -390,7 +410,7 @@ impl PyInvertibleBlock {
 /// solver's reconstruction. A solver that fails is reported in ``solvers`` with its status;
 /// when none converges, the first failure is raised as NoConvergenceError.
 #[pyfunction]
-#[pyo3(signature = (layer, x, c=InvertRequest::default().c, *, radius=None, solver=InvertRequest::default().solve.solver.name(), atol=InvertRequest::default().solve.atol, max_iter=invert_op::DEFAULT_MAX_ITER, anderson_memory=InvertRequest::default().solve.anderson_memory, anderson_reg=InvertRequest::default().solve.anderson_reg, anderson_mixing=InvertRequest::default().solve.anderson_mixing, broyden_memory=InvertRequest::default().solve.broyden_memory, logdet=false, probes=InvertRequest::default().probes, logdet_series=false, truncation_tol=InvertRequest::default().truncation_tol, seed=InvertRequest::default().seed))]
+#[pyo3(signature = (layer, x, c=InvertRequest::default().c, *, radius=None, solver=InvertRequest::default().solve.solver.name(), atol=InvertRequest::default().solve.atol, max_iter=invert_op::DEFAULT_MAX_ITER as i128, anderson_memory=InvertRequest::default().solve.anderson_memory as i128, anderson_reg=InvertRequest::default().solve.anderson_reg, anderson_mixing=InvertRequest::default().solve.anderson_mixing, broyden_memory=InvertRequest::default().solve.broyden_memory as i128, logdet=false, probes=InvertRequest::default().probes as i128, logdet_series=false, truncation_tol=InvertRequest::default().truncation_tol, seed=InvertRequest::default().seed as i128))]
 #[allow(clippy::too_many_arguments)]
 fn invert<'py>(
     py: Python<'py>,
@@ -400,17 +420,18 @@ fn invert<'py>(
     radius: Option<f64>,
     solver: &str,
     atol: f64,
-    max_iter: usize,
-    anderson_memory: usize,
+    max_iter: i128,
+    anderson_memory: i128,
     anderson_reg: f64,
     anderson_mixing: f64,
-    broyden_memory: usize,
+    broyden_memory: i128,
     logdet: bool,
-    probes: usize,
+    probes: i128,
     logdet_series: bool,
     truncation_tol: f64,
-    seed: u64,
+    seed: i128,
 ) -> PyResult<Bound<'py, PyDict>> {
+    crate::ints::unsigned!(max_iter, anderson_memory, broyden_memory, probes, seed);
     let req = InvertRequest {
         c,
         radius,
@@ -431,12 +452,14 @@ fn invert<'py>(
         seed,
     };
     let x = matrix_f64(x, "x")?;
+    let origin = layer.origin.clone();
     let layer = layer.layer.clone();
     let (v, xr) = interruptible(py, move || {
         let inputs = invert_op::InvertInputs {
             layer: &layer,
             x: x.as_ref(),
             source: None,
+            origin: &origin,
         };
         let mut report = invert_op::run(&req, inputs, &mut lipattn::ops::silent)?;
         let v = to_json(&report)?;
@@ -466,7 +489,7 @@ fn invert<'py>(
 /// error_bound, a_priori_steps, ...), and ``x``: the fixed point (lowest-residual iterate).
 /// Raises NoConvergenceError when the solver diverges or runs out of steps.
 #[pyfunction]
-#[pyo3(signature = (layer, x, *, space=FixedPointRequest::default().space.name(), variant=FixedPointRequest::default().variant.name(), beta=FixedPointRequest::default().beta, input=None, weights=None, contract=None, radius=None, solver="anderson", atol=FixedPointRequest::default().solve.atol, rtol=FixedPointRequest::default().solve.rtol, max_iter=fixed_point_op::DEFAULT_MAX_ITER, anderson_memory=FixedPointRequest::default().solve.anderson_memory, anderson_reg=FixedPointRequest::default().solve.anderson_reg, anderson_mixing=FixedPointRequest::default().solve.anderson_mixing, broyden_memory=FixedPointRequest::default().solve.broyden_memory))]
+#[pyo3(signature = (layer, x, *, space=FixedPointRequest::default().space.name(), variant=FixedPointRequest::default().variant.name(), beta=FixedPointRequest::default().beta, input=None, weights=None, contract=None, radius=None, solver="anderson", atol=FixedPointRequest::default().solve.atol, rtol=FixedPointRequest::default().solve.rtol, max_iter=fixed_point_op::DEFAULT_MAX_ITER as i128, anderson_memory=FixedPointRequest::default().solve.anderson_memory as i128, anderson_reg=FixedPointRequest::default().solve.anderson_reg, anderson_mixing=FixedPointRequest::default().solve.anderson_mixing, broyden_memory=FixedPointRequest::default().solve.broyden_memory as i128))]
 #[allow(clippy::too_many_arguments)]
 fn fixed_point<'py>(
     py: Python<'py>,
@@ -482,12 +505,13 @@ fn fixed_point<'py>(
     solver: &str,
     atol: f64,
     rtol: f64,
-    max_iter: usize,
-    anderson_memory: usize,
+    max_iter: i128,
+    anderson_memory: i128,
     anderson_reg: f64,
     anderson_mixing: f64,
-    broyden_memory: usize,
+    broyden_memory: i128,
 ) -> PyResult<Bound<'py, PyDict>> {
+    crate::ints::unsigned!(max_iter, anderson_memory, broyden_memory);
     let req = FixedPointRequest {
         space: space.parse().py_err()?,
         variant: variant.parse().py_err()?,
@@ -513,6 +537,7 @@ fn fixed_point<'py>(
         .map(|u| matrix_f64(u, "input"))
         .transpose()?;
     let weights = optional_vector(weights, "weights")?;
+    let origin = layer.origin.clone();
     let layer = layer.layer.clone();
     let (v, xs) = interruptible(py, move || {
         let inputs = FixedPointInputs {
@@ -521,6 +546,7 @@ fn fixed_point<'py>(
             input,
             weights,
             source: None,
+            origin: &origin,
         };
         let mut report = fixed_point_op::run(&req, inputs, &mut lipattn::ops::silent)?;
         let mut top = to_json(&report)?;
@@ -559,7 +585,7 @@ fn fixed_point<'py>(
 /// seeded Gaussian noise of ``seed``) or the second initial tokens; the certified Gronwall rate
 /// and bound are then compared with exact W1 distances between the two flows.
 #[pyfunction]
-#[pyo3(signature = (layer, x, *, t=FlowRequest::default().t, projection=FlowRequest::default().projection.name(), integrator=FlowRequest::default().integrator.name(), dt=FlowRequest::default().dt, rtol=FlowRequest::default().rtol, atol=FlowRequest::default().atol, h0=None, record=FlowRequest::default().record, max_steps=FlowRequest::default().max_steps, weights=None, layernorm_eps=FlowRequest::default().layernorm_eps, cluster_threshold=FlowRequest::default().cluster_threshold, gronwall=None, seed=FlowRequest::default().seed))]
+#[pyo3(signature = (layer, x, *, t=FlowRequest::default().t, projection=FlowRequest::default().projection.name(), integrator=FlowRequest::default().integrator.name(), dt=FlowRequest::default().dt, rtol=FlowRequest::default().rtol, atol=FlowRequest::default().atol, h0=None, record=FlowRequest::default().record, max_steps=FlowRequest::default().max_steps as i128, weights=None, layernorm_eps=FlowRequest::default().layernorm_eps, cluster_threshold=FlowRequest::default().cluster_threshold, gronwall=None, seed=FlowRequest::default().seed as i128))]
 #[allow(clippy::too_many_arguments)]
 fn flow<'py>(
     py: Python<'py>,
@@ -573,13 +599,14 @@ fn flow<'py>(
     atol: f64,
     h0: Option<f64>,
     record: f64,
-    max_steps: usize,
+    max_steps: i128,
     weights: Option<&Bound<'py, PyAny>>,
     layernorm_eps: f64,
     cluster_threshold: f64,
     gronwall: Option<&Bound<'py, PyAny>>,
-    seed: u64,
+    seed: i128,
 ) -> PyResult<Bound<'py, PyDict>> {
+    crate::ints::unsigned!(max_steps, seed);
     let (eps, gronwall_tokens) = match gronwall.filter(|o| !o.is_none()) {
         None => (None, None),
         Some(g) => match g.extract::<f64>() {
@@ -605,6 +632,7 @@ fn flow<'py>(
     };
     let weights = optional_vector(weights, "weights")?;
     let x0 = matrix_f64(x, "x")?;
+    let origin = layer.origin.clone();
     let layer = layer.layer.clone();
     let (v, states) = interruptible(py, move || {
         let inputs = FlowInputs {
@@ -613,6 +641,7 @@ fn flow<'py>(
             weights,
             gronwall_tokens,
             source: None,
+            origin: &origin,
         };
         let report = flow_op::run(&req, inputs, &mut lipattn::ops::silent)?;
         let mut v = to_json(&report)?;
@@ -635,15 +664,15 @@ fn flow<'py>(
 /// Keys: ns, reference_n, replicates, w1_final, w1_initial, rate_final, rate_initial (all
 /// measured).
 #[pyfunction]
-#[pyo3(signature = (layer, ns, *, reference=FlowRequest::default().mean_field_reference, replicates=FlowRequest::default().mean_field_replicates, seed=FlowRequest::default().seed, t=FlowRequest::default().t, projection=FlowRequest::default().projection.name(), integrator=FlowRequest::default().integrator.name(), dt=FlowRequest::default().dt, rtol=FlowRequest::default().rtol, atol=FlowRequest::default().atol, h0=None, record=FlowRequest::default().record, max_steps=FlowRequest::default().max_steps, layernorm_eps=FlowRequest::default().layernorm_eps))]
+#[pyo3(signature = (layer, ns, *, reference=FlowRequest::default().mean_field_reference as i128, replicates=FlowRequest::default().mean_field_replicates as i128, seed=FlowRequest::default().seed as i128, t=FlowRequest::default().t, projection=FlowRequest::default().projection.name(), integrator=FlowRequest::default().integrator.name(), dt=FlowRequest::default().dt, rtol=FlowRequest::default().rtol, atol=FlowRequest::default().atol, h0=None, record=FlowRequest::default().record, max_steps=FlowRequest::default().max_steps as i128, layernorm_eps=FlowRequest::default().layernorm_eps))]
 #[allow(clippy::too_many_arguments)]
 fn mean_field<'py>(
     py: Python<'py>,
     layer: PyRef<'py, PyAttentionLayer>,
-    ns: Vec<usize>,
-    reference: usize,
-    replicates: usize,
-    seed: u64,
+    ns: Vec<i128>,
+    reference: i128,
+    replicates: i128,
+    seed: i128,
     t: f64,
     projection: &str,
     integrator: &str,
@@ -652,9 +681,10 @@ fn mean_field<'py>(
     atol: f64,
     h0: Option<f64>,
     record: f64,
-    max_steps: usize,
+    max_steps: i128,
     layernorm_eps: f64,
 ) -> PyResult<Bound<'py, PyDict>> {
+    crate::ints::unsigned!(ns, reference, replicates, seed, max_steps);
     let req = FlowRequest {
         t,
         projection: projection.parse().py_err()?,

@@ -164,11 +164,12 @@ impl PyAttentionLayer {
         bv: &Bound<'_, PyAny>,
         wo: &Bound<'_, PyAny>,
         bo: &Bound<'_, PyAny>,
-        heads: usize,
+        heads: i128,
         kernel: &str,
         causal: bool,
         score_divisor_sq: Option<usize>,
     ) -> PyResult<Self> {
+        crate::ints::unsigned!(heads);
         let kernel = kernel_of(kernel)?;
         let layer = AttentionLayer::new(
             heads,
@@ -199,10 +200,11 @@ impl PyAttentionLayer {
     fn from_model(
         py: Python<'_>,
         path: PathBuf,
-        layer: usize,
-        head: Option<usize>,
+        layer: i128,
+        head: Option<i128>,
         kernel: &str,
     ) -> PyResult<Self> {
+        crate::ints::unsigned!(layer, head);
         let kernel = kernel_of(kernel)?;
         let (full, origin) = interruptible(py, move || {
             lipattn::models::load_attention_layer_source(&path, layer)
@@ -262,7 +264,8 @@ impl PyAttentionLayer {
     /// Head ``h``'s contribution ``W_O^h Gamma^h`` as a one-head layer (no output bias unless
     /// ``keep_output_bias``).
     #[pyo3(signature = (h, keep_output_bias=false))]
-    fn head(&self, h: usize, keep_output_bias: bool) -> PyResult<Self> {
+    fn head(&self, h: i128, keep_output_bias: bool) -> PyResult<Self> {
+        crate::ints::unsigned!(h);
         let l = self.layer.head(h, keep_output_bias).py_err()?;
         let origin = if keep_output_bias {
             LayerSource::new(
@@ -357,12 +360,13 @@ impl PyAttentionLayer {
     fn probabilities<'py>(
         &self,
         py: Python<'py>,
-        h: usize,
+        h: i128,
         queries: &Bound<'py, PyAny>,
         context: Option<&Bound<'py, PyAny>>,
         weights: Option<&Bound<'py, PyAny>>,
         causal: bool,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        crate::ints::unsigned!(h);
         let q = matrix_f64(queries, "queries")?;
         let c = match context {
             Some(c) if !c.is_none() => matrix_f64(c, "context")?,
@@ -381,10 +385,11 @@ impl PyAttentionLayer {
     fn scores<'py>(
         &self,
         py: Python<'py>,
-        h: usize,
+        h: i128,
         queries: &Bound<'py, PyAny>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        crate::ints::unsigned!(h);
         let q = matrix_f64(queries, "queries")?;
         let c = match context {
             Some(c) if !c.is_none() => matrix_f64(c, "context")?,
@@ -474,7 +479,7 @@ impl PyAttentionLayer {
     /// ``method`` 'lanczos' (``tol`` = requested relative accuracy, an estimate) or 'power'
     /// (the anchor's rule: Rayleigh quotient change below 1e-4). Runs in the dtype of ``x``.
     /// Ctrl-C raises KeyboardInterrupt at once and stops the computation at its next iteration.
-    #[pyo3(signature = (x, *, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=LocalRequest::default().seed, weights=None, causal=None))]
+    #[pyo3(signature = (x, *, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=LocalRequest::default().seed as i128, weights=None, causal=None))]
     #[allow(clippy::too_many_arguments)]
     fn local_constant(
         &self,
@@ -482,11 +487,12 @@ impl PyAttentionLayer {
         x: &Bound<'_, PyAny>,
         method: &str,
         tol: f64,
-        max_iter: Option<usize>,
-        seed: u64,
+        max_iter: Option<i128>,
+        seed: i128,
         weights: Option<&Bound<'_, PyAny>>,
         causal: Option<bool>,
     ) -> PyResult<PyLocalConstant> {
+        crate::ints::unsigned!(max_iter, seed);
         let req = local_request(method, tol, max_iter, seed)?;
         let w = optional_vector(weights, "weights")?;
         macro_rules! run {
@@ -521,9 +527,10 @@ impl PyAttentionLayer {
         &self,
         py: Python<'py>,
         radius: f64,
-        n: usize,
+        n: i128,
         causal: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        crate::ints::unsigned!(n);
         analysis::certified_bounds(py, &self.layer, &self.origin, radius, n, causal)
     }
 
@@ -538,13 +545,14 @@ impl PyAttentionLayer {
         &self,
         py: Python<'py>,
         radius: f64,
-        n: usize,
-        starts: usize,
-        steps: usize,
-        atoms: usize,
-        seed: u64,
+        n: i128,
+        starts: i128,
+        steps: i128,
+        atoms: i128,
+        seed: i128,
         causal: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        crate::ints::unsigned!(n, starts, steps, atoms, seed);
         let opts = LipschitzOptions {
             radius,
             n,
@@ -566,15 +574,16 @@ impl PyAttentionLayer {
     fn ascent<'py>(
         &self,
         py: Python<'py>,
-        n: usize,
+        n: i128,
         radius: f64,
-        random_starts: usize,
-        steps: usize,
-        seed: u64,
+        random_starts: i128,
+        steps: i128,
+        seed: i128,
         start: Option<&Bound<'py, PyAny>>,
         tol: f64,
         causal: Option<bool>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        crate::ints::unsigned!(n, random_starts, steps, seed);
         let start = match start {
             Some(s) if !s.is_none() => Some(matrix_f64(s, "ascent start")?),
             _ => None,
@@ -598,10 +607,11 @@ impl PyAttentionLayer {
     fn adversarial_input<'py>(
         &self,
         py: Python<'py>,
-        head: usize,
-        n: usize,
+        head: i128,
+        n: i128,
         radius: f64,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        crate::ints::unsigned!(head, n);
         let l = &self.layer;
         let x = detached(py, || {
             lipattn::estimation::adversarial_input(l, head, n, radius)
@@ -618,13 +628,14 @@ impl PyAttentionLayer {
         &self,
         py: Python<'py>,
         radius: f64,
-        atoms: usize,
-        random_pairs: usize,
-        perturbed_pairs: usize,
+        atoms: i128,
+        random_pairs: i128,
+        perturbed_pairs: i128,
         perturbation: f64,
-        local_steps: usize,
-        seed: u64,
+        local_steps: i128,
+        seed: i128,
     ) -> PyResult<Bound<'py, PyDict>> {
+        crate::ints::unsigned!(atoms, random_pairs, perturbed_pairs, local_steps, seed);
         let opts = lipattn::estimation::PairSearchOptions {
             radius,
             atoms,
@@ -735,16 +746,17 @@ impl PyLinearization {
 
     /// ``||J(X)||_2`` at this point by Lanczos or power iteration, optionally from ``start``
     /// (an (n, d) tangent; random Gaussian with ``seed`` when None). Interruptible with Ctrl-C.
-    #[pyo3(signature = (*, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=LocalRequest::default().seed, start=None))]
+    #[pyo3(signature = (*, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=LocalRequest::default().seed as i128, start=None))]
     fn top_singular(
         &self,
         py: Python<'_>,
         method: &str,
         tol: f64,
-        max_iter: Option<usize>,
-        seed: u64,
+        max_iter: Option<i128>,
+        seed: i128,
         start: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyLocalConstant> {
+        crate::ints::unsigned!(max_iter, seed);
         let req = local_request(method, tol, max_iter, seed)?;
         let start = start.filter(|s| !s.is_none());
         with_lin!(&self.inner, l => {

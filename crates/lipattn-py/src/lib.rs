@@ -13,6 +13,7 @@ mod budget;
 mod convert;
 mod dynamics;
 mod errors;
+mod ints;
 mod layer;
 mod local;
 mod measure;

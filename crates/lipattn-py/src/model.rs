@@ -104,10 +104,11 @@ impl PyModel {
     fn attention_layer(
         &self,
         py: Python<'_>,
-        layer: usize,
-        head: Option<usize>,
+        layer: i128,
+        head: Option<i128>,
         kernel: &str,
     ) -> PyResult<PyAttentionLayer> {
+        crate::ints::unsigned!(layer, head);
         let k = kernel_of(kernel)?;
         let model = self.model.clone();
         let full = interruptible(py, move || model.attention_layer(layer))?.with_kernel(k);
@@ -121,8 +122,9 @@ impl PyModel {
         &self,
         py: Python<'py>,
         text: &str,
-        max_tokens: Option<usize>,
+        max_tokens: Option<i128>,
     ) -> PyResult<Bound<'py, numpy::PyArray1<i64>>> {
+        crate::ints::unsigned!(max_tokens);
         let ids = self.ids(py, Some(text), None, max_tokens)?;
         let v: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
         Ok(vec_to_numpy(py, &v))
@@ -137,10 +139,11 @@ impl PyModel {
         &self,
         py: Python<'py>,
         text: Option<&str>,
-        ids: Option<Vec<u32>>,
-        layer: Option<usize>,
-        max_tokens: Option<usize>,
+        ids: Option<Vec<i128>>,
+        layer: Option<i128>,
+        max_tokens: Option<i128>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        crate::ints::unsigned!(ids, layer, max_tokens);
         let n_layers = self.model.num_layers();
         if let Some(l) = layer {
             // Checked before tokenising or running anything, so a typo costs nothing.
@@ -177,13 +180,14 @@ impl PyModel {
         &self,
         py: Python<'py>,
         text: Option<String>,
-        ns: Vec<usize>,
-        windows: usize,
-        layers: Option<Vec<usize>>,
+        ns: Vec<i128>,
+        windows: i128,
+        layers: Option<Vec<i128>>,
         heads: bool,
         adversarial: bool,
         tol: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
+        crate::ints::unsigned!(ns, windows, layers);
         let tokenizer = self.tokenizer(py)?;
         crate::analysis::run(
             py,

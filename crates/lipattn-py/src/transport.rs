@@ -158,7 +158,7 @@ impl PyTransport {
 /// reach ``tol`` raises NoConvergenceError unless ``accept_unconverged`` (then
 /// ``converged`` is False on the result).
 #[pyfunction(name = "transport")]
-#[pyo3(signature = (a, b, *, wa=None, wb=None, p=TransportRequest::default().p, method=TransportRequest::default().method.name(), eps=None, tol=TransportRequest::default().tol, max_iter=TransportRequest::default().max_iter, cost=None, normalise=false, accept_unconverged=false))]
+#[pyo3(signature = (a, b, *, wa=None, wb=None, p=TransportRequest::default().p, method=TransportRequest::default().method.name(), eps=None, tol=TransportRequest::default().tol, max_iter=TransportRequest::default().max_iter as i128, cost=None, normalise=false, accept_unconverged=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn transport_py(
     py: Python<'_>,
@@ -170,11 +170,12 @@ pub fn transport_py(
     method: &str,
     eps: Option<f64>,
     tol: f64,
-    max_iter: usize,
+    max_iter: i128,
     cost: Option<&Bound<'_, PyAny>>,
     normalise: bool,
     accept_unconverged: bool,
 ) -> PyResult<PyTransport> {
+    crate::ints::unsigned!(max_iter);
     let req = TransportRequest {
         method: method.parse().py_err()?,
         p,
@@ -206,8 +207,9 @@ pub fn ground_cost<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
     b: &Bound<'py, PyAny>,
-    p: u32,
+    p: i128,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    crate::ints::unsigned!(p);
     let ma = measure_arg(a, None, false, "source")?;
     let mb = measure_arg(b, None, false, "target")?;
     let c = py

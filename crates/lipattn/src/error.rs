@@ -4,13 +4,13 @@ use std::path::PathBuf;
 
 mod invalid;
 pub use invalid::{
-    as_option, check_at_least, check_in, check_index, check_nonnegative, check_positive, Interval,
-    Invalid,
+    as_option, check_at_least, check_in, check_index, check_nonnegative, check_positive,
+    check_unsigned, Interval, Invalid,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what}: value at index {index} is {value} (NaN or infinite values are not accepted)")]
+    #[error("{what}: value at index {index} is {} (NaN or infinite values are not accepted)", crate::fmt::exact(*value))]
     NonFinite {
         what: String,
         index: usize,
@@ -24,13 +24,14 @@ pub enum Error {
     },
     #[error("{what} is empty")]
     Empty { what: String },
-    #[error("{what}: weight {index} is {value}; weights must be positive")]
+    #[error("{what}: weight {index} is {}; weights must be positive", crate::fmt::exact(*value))]
     NegativeWeight {
         what: String,
         index: usize,
         value: f64,
     },
-    #[error("{what}: weights sum to {sum:.17}, not 1 within tolerance {tol:e} (use the normalising constructor to rescale)")]
+    // The sum is compared with 1 to within `tol`: only its exact digits show how far off it is.
+    #[error("{what}: weights sum to {}, not 1 within tolerance {} (use the normalising constructor to rescale)", crate::fmt::exact(*sum), crate::fmt::compact(*tol))]
     NotNormalised { what: String, sum: f64, tol: f64 },
     /// An argument the operation cannot take; the frequent families are typed (`Invalid`).
     #[error("invalid argument: {0}")]
@@ -54,7 +55,7 @@ pub enum Error {
     Model(String),
     /// An iterative solver that diverged or ran out of steps: never a result. The residual trace
     /// and the lowest residual reached travel with the error for diagnosis.
-    #[error("{solver}: no convergence ({reason}) after {steps} steps; lowest residual {best_residual:e} at step {best_step}")]
+    #[error("{solver}: no convergence ({reason}) after {steps} steps; lowest residual {} at step {best_step}", crate::fmt::compact(*best_residual))]
     NoConvergence {
         solver: String,
         reason: String,

@@ -8,6 +8,7 @@ pub mod budget;
 pub mod cancel;
 pub mod domain;
 pub mod error;
+pub mod fmt;
 pub mod linalg;
 pub mod measure;
 pub mod models;

@@ -4,10 +4,13 @@
 //! model computes, decided here once, and a frontend only passes on what the user explicitly
 //! asked for. [`Operator`] is the `operator` key of every certifying report: the layer, head,
 //! kernel, mask, domain, metric and precision, with a sentence saying so, and a note wherever a
-//! request departs from the model's own mask or kernel.
+//! request departs from the model's own mask or kernel. The dynamics (`invert`, `fixed-point`,
+//! `flow`) certify the layer's map without a mask, on the domain of their certificate
+//! ([`Operator::certified`]).
 
 use crate::attention::Kernel;
-use crate::domain::Domain;
+use crate::domain::{CertifiedDomain, Domain};
+use crate::fmt::compact;
 use serde::Serialize;
 
 /// Where a layer's weights come from and how its model computes it.
@@ -80,10 +83,17 @@ pub struct Operator {
     /// The mask the model itself applies.
     pub model_mask: Mask,
     pub map: &'static str,
-    /// "uniform" (every certified bound) or "given" (a local constant at weighted tokens).
+    /// Multiplies the layer's output (W_O and b_O): the dynamics scale a layer to a certified
+    /// constant (`invert`'s branch g = s f, `fixed-point --contract`); 1 elsewhere.
+    pub scale: f64,
+    /// "uniform" (every certified bound), "given" (a local constant at weighted tokens) or "any"
+    /// (a map of measures, whatever their weights).
     pub weights: &'static str,
     /// Tokens lie in B_R with this R; None: all of R^d, or one given input.
     pub radius: Option<f64>,
+    /// Where the certified value holds: all of R^{n x d} or the ball of `radius` (every atom's,
+    /// for measures); None for a value at one given input, or where nothing is certified.
+    pub domain: Option<CertifiedDomain>,
     /// Sequence length; None where the report covers several (each of its points names its n)
     /// or where the map acts on measures.
     pub n: Option<usize>,
@@ -96,10 +106,49 @@ pub struct Operator {
 }
 
 const TOKEN_MAP: &str = "token map X -> f(X)";
+const MEASURE_MAP: &str = "measure map mu -> F(mu)";
+const FLOW_MAP: &str = "flow mu_0 -> mu_t of dx/dt = Gamma_mu(x), 0 <= t <= T";
 const UNIFORM: &str = "uniform token weights";
 const GIVEN: &str = "given token weights";
+const ANY_WEIGHTS: &str = "measures of any weights";
 const FROBENIUS: &str = "Frobenius norm";
+const W1: &str = "W1 distance";
 const PRECISION: &str = "f64 weights as stored";
+
+/// The map, its weights and its metric, as the fields and as the words of the description.
+struct Form {
+    map: &'static str,
+    weights: (&'static str, &'static str),
+    metric: &'static str,
+}
+
+const TOKENS: Form = Form {
+    map: TOKEN_MAP,
+    weights: ("uniform", UNIFORM),
+    metric: FROBENIUS,
+};
+
+const MEASURES: Form = Form {
+    map: MEASURE_MAP,
+    weights: ("any", ANY_WEIGHTS),
+    metric: W1,
+};
+
+const FLOW: Form = Form {
+    map: FLOW_MAP,
+    weights: ("any", ANY_WEIGHTS),
+    metric: W1,
+};
+
+/// What a certifying report is about besides the layer: how many tokens, where they lie, and the
+/// factor on the layer's output.
+struct Scope {
+    n: Option<usize>,
+    domain: Option<CertifiedDomain>,
+    scale: f64,
+    /// The domain in words.
+    on: String,
+}
 
 impl Operator {
     /// The token map of `source`'s layer (or of one head, when `source` is a head's) with
@@ -115,8 +164,10 @@ impl Operator {
         radius: f64,
         causal: bool,
     ) -> Self {
-        let on = format!("n tokens (n per point) in B_R (R = {radius})");
-        Self::build(source, kernel, causal, Some(radius), None, on)
+        // The description is for reading; the `radius` key carries every digit.
+        let on = format!("n tokens (n per point) in B_R (R = {})", compact(radius));
+        let domain = Some(CertifiedDomain::Ball { radius });
+        Self::build(source, kernel, causal, TOKENS, scope(None, domain, on))
     }
 
     /// The token map on (B_R)^n, or on all of R^{n x d} without a radius (a kernel certified
@@ -128,11 +179,18 @@ impl Operator {
         radius: Option<f64>,
         n: usize,
     ) -> Self {
-        let on = match radius {
-            Some(r) => format!("n = {n} tokens in B_R (R = {r})"),
-            None => format!("n = {n} tokens in all of R^d"),
+        let domain = match radius {
+            Some(radius) => CertifiedDomain::Ball { radius },
+            None => CertifiedDomain::All,
         };
-        Self::build(source, kernel, causal, radius, Some(n), on)
+        let on = format!("n = {n} tokens in {}", domain_words(Some(domain)));
+        Self::build(
+            source,
+            kernel,
+            causal,
+            TOKENS,
+            scope(Some(n), Some(domain), on),
+        )
     }
 
     /// The token map near one input X of n tokens, with uniform or given token weights (a local
@@ -145,7 +203,7 @@ impl Operator {
         weighted: bool,
     ) -> Self {
         let on = format!("n = {n} tokens, at the given X");
-        let mut op = Self::build(source, kernel, causal, None, Some(n), on);
+        let mut op = Self::build(source, kernel, causal, TOKENS, scope(Some(n), None, on));
         if weighted {
             op.weights = "given";
             op.description = op.description.replacen(UNIFORM, GIVEN, 1);
@@ -153,14 +211,55 @@ impl Operator {
         op
     }
 
-    fn build(
+    /// What the dynamics certify: the layer's map without a mask, its output scaled by `scale`,
+    /// on tokens (n of them, Frobenius norm) or on measures (`n` None, W1), on `domain`, the
+    /// domain of their certificate (None where nothing is certified).
+    pub fn certified(
         source: &LayerSource,
         kernel: Kernel,
-        causal: bool,
-        radius: Option<f64>,
+        scale: f64,
         n: Option<usize>,
-        on: String,
+        domain: Option<CertifiedDomain>,
     ) -> Self {
+        let (form, on) = match n {
+            Some(n) => (
+                TOKENS,
+                format!("n = {n} tokens in {}", domain_words(domain)),
+            ),
+            None => (
+                MEASURES,
+                format!("measures on {}", measure_domain_words(domain)),
+            ),
+        };
+        let mut op = Self::build(source, kernel, false, form, scope(n, domain, on));
+        op.scale = scale;
+        if scale != 1.0 {
+            // The scale qualifies the map it multiplies: "token map X -> f(X) scaled by s".
+            let scaled = format!("{} scaled by s = {}", op.map, compact(scale));
+            op.description = op.description.replacen(op.map, &scaled, 1);
+        }
+        op
+    }
+
+    /// What `flow`'s Gronwall bound certifies: the time-t flow of measures whose atoms stay in
+    /// the ball of `radius` on [0, T] (W1(mu_t, nu_t) <= e^{L t} W1(mu_0, nu_0)).
+    pub fn flow(source: &LayerSource, kernel: Kernel, radius: f64) -> Self {
+        let domain = Some(CertifiedDomain::Ball { radius });
+        let on = format!("measures on {}", measure_domain_words(domain));
+        Self::build(source, kernel, false, FLOW, scope(None, domain, on))
+    }
+
+    fn build(source: &LayerSource, kernel: Kernel, causal: bool, form: Form, scope: Scope) -> Self {
+        let Scope {
+            n,
+            domain,
+            scale,
+            on,
+        } = scope;
+        let radius = match domain {
+            Some(CertifiedDomain::Ball { radius }) => Some(radius),
+            _ => None,
+        };
         let mut overrides = vec![];
         if causal != source.causal {
             overrides.push(format!(
@@ -177,10 +276,13 @@ impl Operator {
             ));
         }
         let mut description = format!(
-            "{}: {} self-attention, {} mask, {TOKEN_MAP} on {on}, {UNIFORM}, {FROBENIUS}, {PRECISION}",
+            "{}: {} self-attention, {} mask, {} on {on}, {}, {}, {PRECISION}",
             source.name,
             kernel.name(),
             if causal { "causal" } else { "no" },
+            form.map,
+            form.weights.1,
+            form.metric,
         );
         for o in &overrides {
             description.push_str("; ");
@@ -191,15 +293,43 @@ impl Operator {
             kernel,
             mask: Mask::of(causal),
             model_mask: Mask::of(source.causal),
-            map: TOKEN_MAP,
-            weights: "uniform",
+            map: form.map,
+            scale,
+            weights: form.weights.0,
             radius,
+            domain,
             n,
-            metric: FROBENIUS,
+            metric: form.metric,
             precision: PRECISION,
             overrides,
             description,
         }
+    }
+}
+
+fn scope(n: Option<usize>, domain: Option<CertifiedDomain>, on: String) -> Scope {
+    Scope {
+        n,
+        domain,
+        scale: 1.0,
+        on,
+    }
+}
+
+fn domain_words(domain: Option<CertifiedDomain>) -> String {
+    match domain {
+        Some(CertifiedDomain::All) => "all of R^d".into(),
+        Some(CertifiedDomain::Ball { radius }) => format!("B_R (R = {})", compact(radius)),
+        None => "no certified domain".into(),
+    }
+}
+
+fn measure_domain_words(domain: Option<CertifiedDomain>) -> String {
+    match domain {
+        Some(CertifiedDomain::Ball { radius }) => format!("P(B_R) (R = {})", compact(radius)),
+        // No W1 constant exists over P_1(R^d) (docs/bounds.md#b5-tied-l2-attention).
+        Some(CertifiedDomain::All) => "P_1(R^d)".into(),
+        None => "no certified domain".into(),
     }
 }
 
@@ -229,6 +359,46 @@ mod tests {
                 .contains("unmasked operator, not the model's causal one"),
             "{}",
             other.description
+        );
+    }
+
+    #[test]
+    fn the_dynamics_name_their_domain_scale_and_metric() {
+        let s = LayerSource::new("random layer", false, Kernel::L2);
+        let all = Operator::certified(&s, Kernel::L2, 0.5, Some(4), Some(CertifiedDomain::All));
+        assert_eq!(
+            (all.mask, all.n, all.metric),
+            (Mask::None, Some(4), FROBENIUS)
+        );
+        assert_eq!(
+            (all.domain, all.radius, all.scale),
+            (Some(CertifiedDomain::All), None, 0.5)
+        );
+        assert!(
+            all.description
+                .contains("token map X -> f(X) scaled by s = 0.5 on n = 4 tokens in all of R^d"),
+            "{}",
+            all.description
+        );
+        let ball = CertifiedDomain::Ball { radius: 3.0 };
+        let m = Operator::certified(&s, Kernel::Dot, 1.0, None, Some(ball));
+        assert_eq!(
+            (m.map, m.metric, m.weights, m.radius),
+            (MEASURE_MAP, W1, "any", Some(3.0))
+        );
+        assert!(
+            m.description.contains("on measures on P(B_R) (R = 3)"),
+            "{}",
+            m.description
+        );
+        assert!(!m.description.contains("scaled"), "{}", m.description);
+        // A dot-product map of an L2 source is an override, named as for every other report.
+        assert_eq!(m.overrides.len(), 1);
+        let none = Operator::certified(&s, Kernel::L2, 1.0, Some(4), None);
+        assert!(
+            none.description.contains("no certified domain"),
+            "{}",
+            none.description
         );
     }
 }

@@ -286,11 +286,13 @@ fn local_reports_the_estimator_with_its_domain() {
 #[test]
 fn invert_reports_every_solver_and_failures_are_not_results() {
     let layer = random_layer(6, 2, Kernel::L2, 0.1, 5).unwrap();
+    let origin = LayerSource::new("a random layer", false, layer.kernel);
     let x = points(6, 5, 6);
     let inputs = || InvertInputs {
         layer: &layer,
         x: x.as_ref(),
         source: None,
+        origin: &origin,
     };
     let r = invert::run(&InvertRequest::default(), inputs(), &mut silent).unwrap();
     assert_eq!(r.status, "converged");
@@ -298,6 +300,12 @@ fn invert_reports_every_solver_and_failures_are_not_results() {
     assert_eq!(r.reconstructions.len(), 3);
     let p = r.primary.as_ref().unwrap();
     assert_eq!(p.solver, "picard");
+    // Random tied L2 layers factor exactly: g is certified on all of R^(n x d).
+    assert_eq!(
+        r.operator.domain,
+        Some(lipattn::domain::CertifiedDomain::All)
+    );
+    assert_eq!((r.operator.n, r.operator.scale), (Some(5), r.scale));
     assert!(p.reconstruction_error <= p.error_bound.unwrap() + 1e-12);
     assert!(r.attained_local_lipschitz <= r.certified_lipschitz);
     let starved = InvertRequest {
@@ -322,6 +330,7 @@ fn invert_reports_every_solver_and_failures_are_not_results() {
 #[test]
 fn fixed_point_checks_its_options_before_solving() {
     let layer = random_layer(6, 2, Kernel::L2, 0.1, 7).unwrap();
+    let origin = LayerSource::new("a random layer", false, layer.kernel);
     let x = points(8, 5, 6);
     let run = |req: FixedPointRequest, weights: Option<Vec<f64>>| {
         fixed_point::run(
@@ -332,6 +341,7 @@ fn fixed_point_checks_its_options_before_solving() {
                 input: None,
                 weights,
                 source: None,
+                origin: &origin,
             },
             &mut silent,
         )
@@ -388,6 +398,7 @@ fn fixed_point_checks_its_options_before_solving() {
 #[test]
 fn flow_draws_its_gronwall_perturbation_from_the_offset_seed() {
     let layer = random_layer(3, 1, Kernel::Dot, 0.0, 9).unwrap();
+    let origin = LayerSource::new("a random layer", false, layer.kernel);
     let x =
         lipattn::dynamics::flow::sphere_sample(6, 3, &mut lipattn::estimation::SplitMix::new(1));
     let req = FlowRequest {
@@ -405,6 +416,7 @@ fn flow_draws_its_gronwall_perturbation_from_the_offset_seed() {
                 weights: None,
                 gronwall_tokens: tokens,
                 source: None,
+                origin: &origin,
             },
             &mut silent,
         )
@@ -431,6 +443,7 @@ fn flow_draws_its_gronwall_perturbation_from_the_offset_seed() {
                 weights: None,
                 gronwall_tokens: None,
                 source: None,
+                origin: &origin,
             },
             &mut silent,
         )

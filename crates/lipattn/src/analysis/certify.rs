@@ -18,7 +18,9 @@ pub(super) fn certify(plan: &Plan, had_text: bool, observed: &[f64]) -> Result<C
         if had_text && observed[slot] > w.radius() {
             return Err(Error::Numerical(format!(
                 "layer {}: a real-text token has norm {} above the LayerNorm radius {} (B6); the radius bound is violated",
-                w.index, observed[slot], w.radius()
+                w.index,
+                crate::fmt::exact(observed[slot]),
+                crate::fmt::exact(w.radius())
             )));
         }
         let all: Vec<Vec<CertifiedSummary>> = w

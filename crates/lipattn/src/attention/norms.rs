@@ -35,7 +35,7 @@ impl LayerNorm {
             if s.is_nan() || s <= 0.0 {
                 return Err(Error::Numerical(format!(
                     "LayerNorm of token {i}: zero variance and eps = {}",
-                    self.eps
+                    crate::fmt::exact(self.eps)
                 )));
             }
             let inv = 1.0 / s;

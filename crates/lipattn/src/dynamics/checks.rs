@@ -15,8 +15,10 @@ pub fn check_contraction_target(what: &str, c: f64) -> Result<()> {
     check_in(what, c, Interval::open(0.0, 1.0))?;
     if 1.0 - c < CONTRACTION_MARGIN {
         return Err(Error::invalid(format!(
-            "{what} = {c} is within {CONTRACTION_MARGIN:e} of 1: the certified error bounds divide \
-             by 1 - c, which rounding cannot resolve that close to 1; choose c <= 1 - {CONTRACTION_MARGIN:e}"
+            "{what} = {} is within {margin} of 1: the certified error bounds divide by 1 - c, which \
+             rounding cannot resolve that close to 1; choose c <= 1 - {margin}",
+            crate::fmt::exact(c),
+            margin = crate::fmt::compact(CONTRACTION_MARGIN)
         )));
     }
     Ok(())

@@ -9,6 +9,7 @@ use super::solver::{solve, FixedPointMap, Solution, SolveOptions, Solver};
 use super::{flatten, unflatten};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::{check_at_least, check_in, Error, Interval, Result};
+use crate::fmt::{compact, exact};
 use crate::linalg::rounding::{add_up, max_row_norm_up, mul_up, up};
 use crate::measure::Measure;
 use faer::{Mat, MatRef};
@@ -100,12 +101,21 @@ impl TokenFixedPoint {
                 let r = match (radius, inv) {
                     (Some(r), _) if certify::ball_is_invariant(m, b, u, r) => Some(r),
                     (Some(r), _) => {
-                        notes.push(format!("the ball of radius {r} is not mapped into itself (needs u + m R + b <= R, rounded upward, with m = {m}, b = {b}, u = {u})"));
+                        notes.push(format!(
+                            "the ball of radius {} is not mapped into itself (needs u + m R + b <= R, rounded upward, with m = {}, b = {}, u = {})",
+                            exact(r),
+                            compact(m),
+                            compact(b),
+                            compact(u)
+                        ));
                         None
                     }
                     (None, Some(r)) => Some(r),
                     (None, None) => {
-                        notes.push(format!("no invariant ball: sum_h |W_O^h W_V^h| = {m} >= 1"));
+                        notes.push(format!(
+                            "no invariant ball: sum_h |W_O^h W_V^h| = {} >= 1",
+                            compact(m)
+                        ));
                         None
                     }
                 };
@@ -128,8 +138,8 @@ impl TokenFixedPoint {
         });
         if let (Some(c), None) = (&cert, contraction) {
             notes.push(format!(
-                "the certified constant of f ({:.6e}) does not make T a contraction",
-                c.constant
+                "the certified constant of f ({}) does not make T a contraction",
+                compact(c.constant)
             ));
         }
         Ok(Self {
@@ -234,12 +244,20 @@ impl MeasureFixedPoint {
             let r = match (radius, inv) {
                 (Some(r), _) if certify::ball_is_invariant(m, b, 0.0, r) => Some(r),
                 (Some(r), _) => {
-                    notes.push(format!("P(B_R) with R = {r} is not mapped into itself (needs m R + b <= R, rounded upward, m = {m}, b = {b})"));
+                    notes.push(format!(
+                        "P(B_R) with R = {} is not mapped into itself (needs m R + b <= R, rounded upward, m = {}, b = {})",
+                        exact(r),
+                        compact(m),
+                        compact(b)
+                    ));
                     None
                 }
                 (None, Some(r)) => Some(r),
                 (None, None) => {
-                    notes.push(format!("no invariant ball: sum_h |W_O^h W_V^h| = {m} >= 1"));
+                    notes.push(format!(
+                        "no invariant ball: sum_h |W_O^h W_V^h| = {} >= 1",
+                        compact(m)
+                    ));
                     None
                 }
             };
@@ -251,8 +269,8 @@ impl MeasureFixedPoint {
         let contraction = cert.as_ref().map(|c| c.constant).filter(|l| *l < 1.0);
         if let (Some(c), None) = (&cert, contraction) {
             notes.push(format!(
-                "the certified W1 constant of F ({:.6e}) is not below 1",
-                c.constant
+                "the certified W1 constant of F ({}) is not below 1",
+                compact(c.constant)
             ));
         }
         Ok(Self {

@@ -10,6 +10,7 @@ use crate::attention::{AttentionLayer, Kernel};
 use crate::error::{check_at_least, check_nonnegative, check_positive};
 use crate::error::{Error, Result};
 use crate::estimation::SplitMix;
+use crate::fmt::{compact, exact};
 use crate::linalg::rounding::{add_up, div_up, down, exp_up, max_row_norm_up, mul_up};
 use crate::measure::Measure;
 use faer::{Mat, MatRef};
@@ -80,8 +81,11 @@ impl FlowOptions {
             let planned = (self.t_end / dt).ceil();
             if planned > self.max_steps as f64 {
                 return Err(Error::invalid(format!(
-                    "final time {} / time step {dt} = {planned:.3e} steps, above max_steps = {}; raise the time step or max_steps",
-                    self.t_end, self.max_steps
+                    "final time {} / time step {} = {} steps, above max_steps = {}; raise the time step or max_steps",
+                    exact(self.t_end),
+                    exact(dt),
+                    compact(planned),
+                    self.max_steps
                 )));
             }
         }
@@ -136,7 +140,8 @@ fn normalise_rows(x: &mut Mat<f64>) -> Result<()> {
             .sqrt();
         if !(r > 0.0 && r.is_finite()) {
             return Err(Error::Numerical(format!(
-                "token {i} has norm {r} and cannot be put on the sphere"
+                "token {i} has norm {} and cannot be put on the sphere",
+                compact(r)
             )));
         }
         for k in 0..x.ncols() {
@@ -331,7 +336,8 @@ pub fn integrate(
     crate::budget::check(
         || {
             format!(
-                "recording {records:.3e} states of {n} x {d} tokens (final time / record interval)"
+                "recording {} states of {n} x {d} tokens (final time / record interval)",
+                compact(records)
             )
         },
         if records < 9.0e15 {
@@ -368,8 +374,9 @@ pub fn integrate(
             crate::cancel::check()?;
             if traj.accepted + traj.rejected >= opts.max_steps {
                 return Err(Error::Numerical(format!(
-                    "flow: step cap of {} reached at t = {t}",
-                    opts.max_steps
+                    "flow: step cap of {} reached at t = {}",
+                    opts.max_steps,
+                    compact(t)
                 )));
             }
             let last = mark - t <= h * (1.0 + 1e-9);
@@ -386,7 +393,8 @@ pub fn integrate(
                     let e = error_norm(&err, &x, &y, rtol, atol);
                     if !e.is_finite() {
                         return Err(Error::Numerical(format!(
-                            "flow: non-finite error estimate at t = {t}"
+                            "flow: non-finite error estimate at t = {}",
+                            compact(t)
                         )));
                     }
                     let factor = if e == 0.0 {
@@ -401,7 +409,8 @@ pub fn integrate(
                         h = step * factor.min(1.0);
                         if h < 1e-14 * mark.max(1.0) {
                             return Err(Error::Numerical(format!(
-                                "flow: step size underflow at t = {t}"
+                                "flow: step size underflow at t = {}",
+                                compact(t)
                             )));
                         }
                         continue;
@@ -426,7 +435,8 @@ pub fn integrate(
                 .any(|c| c.iter().any(|v| !v.is_finite()))
             {
                 return Err(Error::Numerical(format!(
-                    "flow: non-finite tokens at t = {t}"
+                    "flow: non-finite tokens at t = {}",
+                    compact(t)
                 )));
             }
         }

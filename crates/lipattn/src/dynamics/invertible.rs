@@ -84,7 +84,7 @@ impl InvertibleBlock {
         if !(base.constant.is_finite() && base.constant > 0.0) {
             return Err(Error::Numerical(format!(
                 "certified constant of the layer is {}",
-                base.constant
+                crate::fmt::compact(base.constant)
             )));
         }
         let mut s = c / base.constant;
@@ -186,7 +186,7 @@ impl InvertibleBlock {
                 return Ok(b);
             }
             if radius.is_some() {
-                return Err(Error::Option(format!("with `radius` {r}, y = x + g(x) lies outside the range where the inverse is certified; choose a larger radius")));
+                return Err(Error::Option(format!("with `radius` {}, y = x + g(x) lies outside the range where the inverse is certified; choose a larger radius", crate::fmt::exact(r))));
             }
             r *= 1.5;
         }

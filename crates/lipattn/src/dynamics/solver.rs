@@ -294,8 +294,10 @@ pub fn solve<M: FixedPointMap + ?Sized>(
         if r > opts.divergence_factor * trace.abs[0] && trace.abs[0] > 0.0 {
             return Err(fail(
                 format!(
-                    "diverging: residual {r:e} exceeds {} times the first ({:e})",
-                    opts.divergence_factor, trace.abs[0]
+                    "diverging: residual {} exceeds {} times the first ({})",
+                    crate::fmt::compact(r),
+                    crate::fmt::exact(opts.divergence_factor),
+                    crate::fmt::compact(trace.abs[0])
                 ),
                 &trace,
             ));

@@ -7,6 +7,8 @@
 //! states the condition that must hold and rejects whatever does not satisfy it.
 
 use super::{Error, Result};
+// Values the user gave are echoed with all their digits (docs of `crate::fmt`).
+use crate::fmt::exact;
 use std::fmt;
 
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -19,13 +21,13 @@ pub enum Invalid {
         got: usize,
     },
     /// A radius, tolerance or step that must be a positive finite number.
-    #[error("{what} must be positive and finite, got {value}")]
+    #[error("{what} must be positive and finite, got {}", exact(*value))]
     NotPositive { what: String, value: f64 },
     /// A scale, time or tolerance that may be zero but must be finite and not negative.
-    #[error("{what} must be finite and nonnegative, got {value}")]
+    #[error("{what} must be finite and nonnegative, got {}", exact(*value))]
     Negative { what: String, value: f64 },
     /// A number outside the interval where it is meaningful (a contraction factor in (0, 1)).
-    #[error("{what} must lie in {interval}, got {value}")]
+    #[error("{what} must lie in {interval}, got {}", exact(*value))]
     OutsideInterval {
         what: String,
         interval: Interval,
@@ -106,9 +108,9 @@ impl fmt::Display for Interval {
         match self.hi {
             Some(hi) => {
                 let close = if self.hi_closed { ']' } else { ')' };
-                write!(f, "{open}{}, {}{close}", self.lo, hi)
+                write!(f, "{open}{}, {}{close}", exact(self.lo), exact(hi))
             }
-            None => write!(f, "{open}{}, inf)", self.lo),
+            None => write!(f, "{open}{}, inf)", exact(self.lo)),
         }
     }
 }
@@ -154,6 +156,23 @@ pub fn check_at_least(what: &str, got: usize, min: usize) -> Result<usize> {
         .into());
     }
     Ok(got)
+}
+
+/// An integer a frontend holds signed (Python's `int`) where the library takes an unsigned `T`
+/// (a size, count, index or seed): a negative value, or one beyond `T`'s range, is refused
+/// naming `what`, so that -1 is a bad argument like any other rather than an overflow.
+pub fn check_unsigned<T: TryFrom<i128>>(what: &str, value: i128) -> Result<T> {
+    if value < 0 {
+        return Err(Error::invalid(format!(
+            "{what} must be a nonnegative integer, got {value}"
+        )));
+    }
+    T::try_from(value).map_err(|_| {
+        Error::invalid(format!(
+            "{what} = {value} is too large (at most {} bits, unsigned)",
+            8 * std::mem::size_of::<T>()
+        ))
+    })
 }
 
 /// A positive finite number, or `Invalid::NotPositive` naming `what`.
@@ -258,5 +277,27 @@ mod tests {
             e.to_string(),
             "invalid argument: c must lie in (0, 1), got 1"
         );
+        // An echoed value keeps its digits but never becomes a 301-digit decimal.
+        let e = check_positive("radius", -1e300).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: radius must be positive and finite, got -1e300"
+        );
+        let e = check_unsigned::<usize>("n", -1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid argument: n must be a nonnegative integer, got -1"
+        );
+        assert_eq!(
+            check_unsigned::<u64>("seed", u64::MAX.into()).unwrap(),
+            u64::MAX
+        );
+        let e = check_unsigned::<u32>("p", 1 << 40).unwrap_err();
+        assert!(
+            e.to_string().contains("p = 1099511627776 is too large"),
+            "{e}"
+        );
+        let e = check_in("c", 1.0 + 1e-15, Interval::open(0.0, 1.0)).unwrap_err();
+        assert!(e.to_string().ends_with("got 1.000000000000001"), "{e}");
     }
 }

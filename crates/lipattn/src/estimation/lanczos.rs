@@ -150,7 +150,8 @@ pub(crate) fn start_vector<T: Scalar>(
     let nq = norm(&q);
     if !(nq.is_finite() && nq > 0.0) {
         return Err(Error::invalid(format!(
-            "start vector must be finite and nonzero (norm {nq})"
+            "start vector must be finite and nonzero (norm {})",
+            crate::fmt::compact(nq)
         )));
     }
     scale(&mut q, 1.0 / nq);
@@ -210,7 +211,9 @@ pub fn lanczos<T: Scalar>(
         let theta = evd.S().column_vector()[m - 1];
         if !theta.is_finite() || !b.is_finite() {
             return Err(Error::Numerical(format!(
-                "Lanczos produced a non-finite value at step {m} (theta {theta}, beta {b})"
+                "Lanczos produced a non-finite value at step {m} (theta {}, beta {})",
+                crate::fmt::compact(theta),
+                crate::fmt::compact(b)
             )));
         }
         ritz = evd.U().to_owned();

@@ -134,7 +134,9 @@ pub(super) fn finite_ratio(out: f64, input: f64, order: u32) -> Result<f64> {
         Ok(r)
     } else {
         Err(Error::Numerical(format!(
-            "W{order} ratio is not finite ({out} / {input})"
+            "W{order} ratio is not finite ({} / {})",
+            crate::fmt::compact(out),
+            crate::fmt::compact(input)
         )))
     }
 }

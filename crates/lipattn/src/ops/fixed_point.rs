@@ -17,6 +17,7 @@ use crate::error::{as_option, Error, Result};
 use crate::linalg::frobenius;
 use crate::linalg::rounding::max_row_norm_up;
 use crate::named_enum;
+use crate::operator::{LayerSource, Operator};
 use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -85,6 +86,8 @@ pub struct FixedPointInputs<'a> {
     pub weights: Option<Vec<f64>>,
     /// Where the layer came from (echoed as `layer`), when the caller knows.
     pub source: Option<Value>,
+    /// The layer's origin, named by the report's `operator`.
+    pub origin: &'a LayerSource,
 }
 
 enum Problem {
@@ -194,7 +197,8 @@ impl Spec<'_> {
         }
         best.map(|p| (lo, p)).ok_or_else(|| {
             Error::Option(format!(
-                "no scale makes the layer a certified contraction with constant <= {c} (`contract`)"
+                "no scale makes the layer a certified contraction with constant <= {} (`contract`)",
+                crate::fmt::exact(c)
             ))
         })
     }
@@ -202,6 +206,8 @@ impl Spec<'_> {
 
 #[derive(Serialize)]
 pub struct FixedPointReport {
+    /// The layer's map whose certified constant decides the contraction, and where it holds.
+    pub operator: Operator,
     pub space: Space,
     pub variant: VariantName,
     pub metric: &'static str,
@@ -321,7 +327,13 @@ pub fn run(
         ),
         Problem::Measure(p) => ("w1", to_value(&p.certificate)?, p.notes.clone()),
     };
+    let (n, domain) = match &problem {
+        Problem::Tokens(p) => (Some(p.n), p.domain),
+        Problem::Measure(p) => (None, p.certificate.as_ref().map(|c| c.domain)),
+    };
+    let kernel = inputs.layer.kernel;
     Ok(FixedPointReport {
+        operator: Operator::certified(inputs.origin, kernel, scale, n, domain),
         space: req.space,
         variant: req.variant,
         metric,

@@ -14,6 +14,7 @@ use crate::error::{as_option, check_nonnegative, check_positive, Result};
 use crate::estimation::SplitMix;
 use crate::measure::Measure;
 use crate::named_enum;
+use crate::operator::{LayerSource, Operator};
 use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -166,10 +167,14 @@ pub struct FlowInputs<'a> {
     pub gronwall_tokens: Option<Mat<f64>>,
     /// Where the layer came from (echoed as `layer`), when the caller knows.
     pub source: Option<Value>,
+    /// The layer's origin, named by the report's `operator`.
+    pub origin: &'a LayerSource,
 }
 
 #[derive(Serialize)]
 pub struct FlowReport {
+    /// What the Gronwall bound certifies; None without one (the rest is measured).
+    pub operator: Option<Operator>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer: Option<Value>,
     pub n: usize,
@@ -244,6 +249,9 @@ pub fn run(
     };
     step("done", &mut done);
     Ok(FlowReport {
+        operator: gronwall
+            .as_ref()
+            .map(|g| Operator::flow(inputs.origin, layer.kernel, g.radius)),
         layer: inputs.source,
         n: x0.nrows(),
         d: x0.ncols(),

@@ -13,6 +13,7 @@ use crate::error::{as_option, Error, Result};
 use crate::estimation::{local_norm, LanczosOptions, Method};
 use crate::linalg::frobenius;
 use crate::named_enum;
+use crate::operator::{LayerSource, Operator};
 use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -64,6 +65,8 @@ pub struct InvertInputs<'a> {
     pub x: MatRef<'a, f64>,
     /// Where the layer came from (echoed as `layer`), when the caller knows.
     pub source: Option<Value>,
+    /// The layer's origin, named by the report's `operator`.
+    pub origin: &'a LayerSource,
 }
 
 /// One solver's inversion of y, with |x - x_true|_F when the true x is known.
@@ -155,6 +158,8 @@ pub struct PrimaryRun {
 
 #[derive(Serialize)]
 pub struct InvertReport {
+    /// The branch g = s f whose Lipschitz constant is certified, and where.
+    pub operator: Operator,
     pub certified_lipschitz: f64,
     pub certified_lipschitz_source: String,
     pub requested_c: f64,
@@ -276,7 +281,15 @@ pub fn run(
         done: total,
         total,
     });
+    let cert = &block.certificate;
     Ok(InvertReport {
+        operator: Operator::certified(
+            inputs.origin,
+            inputs.layer.kernel,
+            block.scale,
+            cert.n,
+            Some(cert.domain),
+        ),
         certified_lipschitz: block.certificate.constant,
         certified_lipschitz_source: block.certificate.source.to_string(),
         requested_c: req.c,

@@ -9,6 +9,7 @@ use crate::dynamics::synthetic::{random_layer, random_tokens};
 use crate::error::{as_option, check_at_least, check_positive, Error, Result};
 use crate::estimation::SplitMix;
 use crate::npy::read_matrix;
+use crate::operator::LayerSource;
 use faer::Mat;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -75,35 +76,83 @@ impl Default for SourceRequest {
     }
 }
 
+/// The origin of the seeded random layer of these parameters (`random_layer`), in every frontend.
+pub fn synthetic_origin(
+    d: usize,
+    heads: usize,
+    kernel: Kernel,
+    bias: f64,
+    seed: u64,
+) -> LayerSource {
+    let name = format!(
+        "random layer (d {d}, {heads} heads, {}, bias {}, seed {seed})",
+        kernel.name(),
+        crate::fmt::exact(bias)
+    );
+    LayerSource::new(name, false, kernel)
+}
+
+/// The origin of Geshkovski et al.'s identity layer on R^d with inverse temperature `beta`.
+pub fn identity_origin(d: usize, beta: f64) -> LayerSource {
+    let name = format!(
+        "identity layer Q = K = V = I (d {d}, beta {})",
+        crate::fmt::exact(beta)
+    );
+    LayerSource::new(name, false, Kernel::Dot)
+}
+
+/// A layer with where it came from: as JSON (a report's `layer` key) and as the origin its
+/// `operator` names.
+pub struct Sourced {
+    pub layer: AttentionLayer<f64>,
+    pub description: Value,
+    pub origin: LayerSource,
+}
+
 impl SourceRequest {
-    /// The layer and a JSON description of where it came from.
-    pub fn layer(&self) -> Result<(AttentionLayer<f64>, Value)> {
+    /// The layer and where it came from.
+    pub fn layer(&self) -> Result<Sourced> {
         match (&self.model, self.layer) {
             (Some(dir), Some(l)) => {
-                let (layer, causal) = crate::models::load_attention_layer_masked(dir, l)?;
-                if causal {
+                let (layer, origin) = crate::models::load_attention_layer_source(dir, l)?;
+                if origin.causal {
                     return Err(Error::Option(format!("{} layer {l} is causal (GPT-2 family): the dynamics treat attention as an operator on measures, which a causal mask is not", dir.display())));
                 }
-                let desc = json!({"source": "model", "model": dir.display().to_string(), "layer": l, "kernel": layer.kernel, "heads": layer.heads, "d": layer.d_in()});
-                Ok((layer, desc))
+                let description = json!({"source": "model", "model": dir.display().to_string(), "layer": l, "kernel": layer.kernel, "heads": layer.heads, "d": layer.d_in()});
+                Ok(Sourced {
+                    layer,
+                    description,
+                    origin,
+                })
             }
             (Some(_), None) | (None, Some(_)) => Err(Error::Option(
                 "`model` and `layer` go together: give both or neither".into(),
             )),
             (None, None) => {
                 let layer = random_layer(self.d, self.heads, self.kernel, self.bias, self.seed)?;
-                let desc = json!({"source": "synthetic", "kernel": self.kernel, "heads": self.heads, "d": self.d, "bias": self.bias, "seed": self.seed});
-                Ok((layer, desc))
+                let description = json!({"source": "synthetic", "kernel": self.kernel, "heads": self.heads, "d": self.d, "bias": self.bias, "seed": self.seed});
+                let origin =
+                    synthetic_origin(self.d, self.heads, self.kernel, self.bias, self.seed);
+                Ok(Sourced {
+                    layer,
+                    description,
+                    origin,
+                })
             }
         }
     }
 
     /// Geshkovski et al.'s layer Q = K = V = I on R^d (d of this request) with scores
     /// beta <x, y>, and its description.
-    pub fn identity_layer(&self, beta: f64) -> Result<(AttentionLayer<f64>, Value)> {
+    pub fn identity_layer(&self, beta: f64) -> Result<Sourced> {
         let layer = identity_layer(self.d, beta)?;
-        let desc = json!({"source": "identity", "d": self.d, "beta": beta, "kernel": "dot"});
-        Ok((layer, desc))
+        let description = json!({"source": "identity", "d": self.d, "beta": beta, "kernel": "dot"});
+        let origin = identity_origin(self.d, beta);
+        Ok(Sourced {
+            layer,
+            description,
+            origin,
+        })
     }
 
     /// The tokens for a layer of width d: the file, or seeded Gaussian tokens.

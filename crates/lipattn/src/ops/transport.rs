@@ -69,7 +69,7 @@ impl TransportRequest {
         } else {
             Err(Error::Option(format!(
                 "`p` = {} is not supported by this method: use 1 or 2 (or `method` sorted for other p >= 1 in d = 1)",
-                self.p
+                crate::fmt::exact(self.p)
             )))
         }
     }
@@ -302,9 +302,10 @@ pub fn run(
                 return Err(Error::NoConvergence {
                     solver: "sinkhorn".into(),
                     reason: format!(
-                        "L1 marginal error {:.3e} above `tol` {:e}; raise `max_iter` or `eps`, or \
+                        "L1 marginal error {} above `tol` {}; raise `max_iter` or `eps`, or \
                          set `accept_unconverged` to take the plan as it is",
-                        e.marginal_error, req.tol
+                        crate::fmt::compact(e.marginal_error),
+                        crate::fmt::exact(req.tol)
                     ),
                     steps: e.iterations,
                     best_residual: e.marginal_error,

@@ -27,7 +27,8 @@ pub(crate) fn check_weights(what: &str, w: &[f64], n: usize) -> Result<f64> {
     let sum: f64 = w.iter().sum();
     if sum <= 0.0 {
         return Err(Error::invalid(format!(
-            "{what}: total mass is {sum}; it must be positive"
+            "{what}: total mass is {}; it must be positive",
+            crate::fmt::exact(sum)
         )));
     }
     Ok(sum)
@@ -38,7 +39,10 @@ pub(crate) fn check_masses(wa: &[f64], wb: &[f64], n: usize, m: usize) -> Result
     let sb = check_weights("target weights", wb, m)?;
     if (sa - sb).abs() > MASS_TOL * sa.max(sb) {
         return Err(Error::invalid(format!(
-            "the measures have different total mass ({sa:.17} vs {sb:.17}); balanced transport needs equal masses (normalise the weights)"
+            // Masses that differ in the 12th digit must not both print as 1.
+            "the measures have different total mass ({} vs {}); balanced transport needs equal masses (normalise the weights)",
+            crate::fmt::exact(sa),
+            crate::fmt::exact(sb)
         )));
     }
     Ok(())

@@ -191,7 +191,9 @@ fn finish(
         .sum();
     if !total.is_finite() {
         return Err(Error::Numerical(format!(
-            "sinkhorn: cost is {total} (eps = {eps} too small for this cost scale?)"
+            "sinkhorn: cost is {} (eps = {} too small for this cost scale?)",
+            crate::fmt::compact(total),
+            crate::fmt::exact(eps)
         )));
     }
     // The loop measures the row error one half-sweep behind (and not at all after a single

@@ -17,7 +17,8 @@ pub fn sorted_1d(a: &Measure, b: &Measure, p: f64) -> Result<Transport> {
     let start = Instant::now();
     if !(p.is_finite() && p >= 1.0) {
         return Err(Error::invalid(format!(
-            "sorted 1-D transport needs a finite exponent p >= 1 (the cost must be convex), got p = {p}"
+            "sorted 1-D transport needs a finite exponent p >= 1 (the cost must be convex), got p = {}",
+            crate::fmt::exact(p)
         )));
     }
     if a.dim() != 1 || b.dim() != 1 {

@@ -46,7 +46,9 @@ impl B5 {
                     .enumerate()
                     .fold((0, 0.0f64), |a, (h, &e)| if e > a.1 { (h, e) } else { a });
                 format!(
-                    "B5-ball holds on (B_R)^n, R = {radius:e}, n = {n} only: W_V = U W_Q + E is not exact (largest |E| <= {e:.3e}, head {h}), and tied L2 attention is certified on all of R^(n x d) only for an exact factorisation"
+                    "B5-ball holds on (B_R)^n, R = {}, n = {n} only: W_V = U W_Q + E is not exact (largest |E| <= {}, head {h}), and tied L2 attention is certified on all of R^(n x d) only for an exact factorisation",
+                    crate::fmt::compact(radius),
+                    crate::fmt::compact(e)
                 )
             }
         }
@@ -91,8 +93,8 @@ pub fn b5(
     if !exact && radius.is_none() {
         let h = splits.iter().position(|s| !s.exact).unwrap_or(0);
         return Ok(Err(format!(
-            "head {h}: W_V = U W_Q does not hold exactly in the stored numbers (remainder |E| <= {:.3e}), so tied L2 attention is not certified on all of R^(n x d); B5 holds on a ball: give a radius",
-            splits[h].residual
+            "head {h}: W_V = U W_Q does not hold exactly in the stored numbers (remainder |E| <= {}), so tied L2 attention is not certified on all of R^(n x d); B5 holds on a ball: give a radius",
+            crate::fmt::compact(splits[h].residual)
         )));
     }
     // Every norm is a proven upper bound and every operation is rounded upward
