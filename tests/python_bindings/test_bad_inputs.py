@@ -348,3 +348,9 @@ def test_negative_integers_are_value_errors_naming_the_parameter(name, param, re
     with pytest.raises(ValueError, match=rf"(?<![\w\[]){re.escape(named)}(?![\w\[]).*-1"):
         fn(**{**kwargs, param: value})
     lipattn.set_max_memory(None)
+
+
+def test_float_arguments_are_echoed_compactly():
+    """The library's check and number style, not a 301-digit decimal."""
+    with pytest.raises(ValueError, match=r"scale must be positive and finite, got -1e300$"):
+        lipattn.random_tokens(4, 4, scale=-1e300)

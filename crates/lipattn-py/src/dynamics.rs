@@ -60,15 +60,6 @@ fn solver_request(
     Ok(req)
 }
 
-fn check_positive(what: &str, v: f64) -> PyResult<()> {
-    if !(v.is_finite() && v > 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "{what} must be positive and finite, got {v}"
-        )));
-    }
-    Ok(())
-}
-
 /// A seeded random layer on R^d (the CLI's synthetic layer: same seed, same weights).
 #[pyfunction]
 #[pyo3(signature = (d, heads=SourceRequest::default().heads as i128, *, kernel=SourceRequest::default().kernel.name(), bias=SourceRequest::default().bias, seed=SourceRequest::default().seed as i128))]
@@ -112,7 +103,7 @@ fn random_tokens<'py>(
     if n == 0 || d == 0 {
         return Err(PyValueError::new_err("n and d must be at least 1"));
     }
-    check_positive("scale", scale)?;
+    lipattn::error::check_positive("scale", scale).py_err()?;
     tokens_fit(n, d)?;
     Ok(to_numpy(
         py,
