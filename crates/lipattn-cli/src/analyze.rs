@@ -78,6 +78,11 @@ fn opt(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| lipattn::fmt::compact(v).to_string())
 }
 
+/// A certified upper bound, shown rounded up so that the table never understates it.
+fn bound(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| lipattn::fmt::upper(v).to_string())
+}
+
 fn exp(f: &Option<PowerFit>) -> String {
     f.as_ref()
         .map_or("-".into(), |f| format!("{:.3}", f.exponent))
@@ -132,11 +137,11 @@ fn table(r: &ModelReport) -> String {
             o.layer,
             who(o),
             o.radius,
-            opt(p.certified.frobenius),
+            bound(p.certified.frobenius),
             opt(p.text_max),
             opt(p.adversarial),
             opt(p.gap),
-            opt(p.certified.w1),
+            bound(p.certified.w1),
             exp(&o.fit_text),
             exp(&o.fit_adversarial)
         );

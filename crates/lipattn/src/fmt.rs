@@ -19,6 +19,9 @@ pub struct Num {
     value: f64,
     /// Significant digits; None for the shortest round-trip representation.
     digits: Option<usize>,
+    /// Round toward +inf instead of to nearest: a certified upper bound shown in 6 digits must
+    /// not read below the bound itself.
+    upward: bool,
 }
 
 /// `x` with at most 6 significant digits.
@@ -26,6 +29,17 @@ pub fn compact(x: f64) -> Num {
     Num {
         value: x,
         digits: Some(6),
+        upward: false,
+    }
+}
+
+/// [`compact`] rounded toward +inf: for upper bounds (certified constants), whose displayed
+/// value must not fall below the bound.
+pub fn upper(x: f64) -> Num {
+    Num {
+        value: x,
+        digits: Some(6),
+        upward: true,
     }
 }
 
@@ -34,7 +48,37 @@ pub fn exact(x: f64) -> Num {
     Num {
         value: x,
         digits: None,
+        upward: false,
     }
+}
+
+/// `sci` (|x| to p significant digits, to nearest) moved one unit in its last digit where it
+/// lies below x (for x > 0) or above |x| (for x < 0, toward zero), so that the number shown is
+/// at least x.
+fn round_up(sci: &str, x: f64, p: usize) -> String {
+    let shown: f64 = sci.parse().unwrap_or(x.abs());
+    let step: i64 = if x > 0.0 && shown < x {
+        1
+    } else if x < 0.0 && shown > -x {
+        -1
+    } else {
+        return sci.to_string();
+    };
+    let (mantissa, exponent) = sci.split_once('e').expect("`{:e}` writes an exponent");
+    let mut exponent: i32 = exponent.parse().expect("`{:e}` writes an integer exponent");
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let mut k: i64 = digits.parse().expect("`{:e}` writes digits");
+    let top = 10i64.pow(p.min(17) as u32);
+    k += step;
+    if k >= top {
+        k /= 10;
+        exponent += 1;
+    } else if k < top / 10 {
+        k = top - 1;
+        exponent -= 1;
+    }
+    let k = k.to_string();
+    format!("{}.{}e{exponent}", &k[..1], &k[1..])
 }
 
 /// Plain decimal for decimal exponents in this range, scientific notation outside it.
@@ -57,6 +101,10 @@ impl fmt::Display for Num {
         let sci = match self.digits {
             Some(p) => format!("{:.*e}", p.max(1) - 1, x.abs()),
             None => format!("{:e}", x.abs()),
+        };
+        let sci = match self.digits {
+            Some(p) if self.upward => round_up(&sci, x, p.max(1)),
+            _ => sci,
         };
         let (mantissa, exponent) = sci.split_once('e').expect("`{:e}` writes an exponent");
         let exponent: i32 = exponent.parse().expect("`{:e}` writes an integer exponent");
@@ -99,6 +147,23 @@ fn plain(digits: &str, exponent: i32) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn upper_bounds_never_read_below_the_value() {
+        assert_eq!(super::upper(1.0000001).to_string(), "1.00001");
+        assert_eq!(super::upper(9.9999991).to_string(), "10");
+        assert_eq!(super::upper(2.5).to_string(), "2.5");
+        assert_eq!(super::upper(1.234564e300).to_string(), "1.23457e300");
+        let mut x = 0.7f64;
+        for _ in 0..2000 {
+            x = x * 1.37 + 1e-3;
+            if x > 1e200 {
+                x = 0.3;
+            }
+            let shown: f64 = super::upper(x).to_string().parse().unwrap();
+            assert!(shown >= x, "{x} shown as {shown}");
+        }
+    }
+
     use super::*;
 
     fn c(x: f64) -> String {
