@@ -59,15 +59,6 @@ fn solver_request(
     Ok(req)
 }
 
-fn check_positive(what: &str, v: f64) -> PyResult<()> {
-    if !(v.is_finite() && v > 0.0) {
-        return Err(PyValueError::new_err(format!(
-            "{what} must be positive and finite, got {v}"
-        )));
-    }
-    Ok(())
-}
-
 /// A seeded random layer on R^d (the CLI's synthetic layer: same seed, same weights).
 #[pyfunction]
 #[pyo3(signature = (d, heads=SourceRequest::default().heads, *, kernel=SourceRequest::default().kernel.name(), bias=SourceRequest::default().bias, seed=SourceRequest::default().seed))]
@@ -110,12 +101,9 @@ fn random_tokens<'py>(
     if n == 0 || d == 0 {
         return Err(PyValueError::new_err("n and d must be at least 1"));
     }
-    check_positive("scale", scale)?;
     tokens_fit(n, d)?;
-    Ok(to_numpy(
-        py,
-        synthetic::random_tokens(n, d, scale, seed).as_ref(),
-    ))
+    let x = synthetic::random_tokens_checked(n, d, scale, seed, "scale").py_err()?;
+    Ok(to_numpy(py, x.as_ref()))
 }
 
 /// Geshkovski et al.'s layer: Q = K = V = I on R^d, scores beta <x, y>.

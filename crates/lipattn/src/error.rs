@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 mod invalid;
 pub use invalid::{
-    as_option, check_at_least, check_in, check_index, check_nonnegative, check_positive, Interval,
-    Invalid,
+    as_option, check_at_least, check_in, check_index, check_nonnegative, check_positive,
+    check_repeats, Interval, Invalid, MAX_REPEATS,
 };
 
 #[derive(Debug, thiserror::Error)]
