@@ -83,7 +83,10 @@ pub fn read_all(store: &TensorStore) {
     for name in store.names() {
         if let Ok(shape) = store.shape(name) {
             if let Ok(v) = store.read_f64(name, &shape) {
-                assert_eq!(Some(v.len()), shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s)));
+                assert_eq!(
+                    Some(v.len()),
+                    shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s))
+                );
             }
             let _ = match shape.as_slice() {
                 [a, b] => store.matrix(name, *a, *b).map(drop),
@@ -96,5 +99,8 @@ pub fn read_all(store: &TensorStore) {
 
 /// An error's message is never empty (what the CLI prints after `lipattn: error:`).
 pub fn message(e: lipattn::Error) {
-    assert!(!e.to_string().trim().is_empty(), "an error without a message: {e:?}");
+    assert!(
+        !e.to_string().trim().is_empty(),
+        "an error without a message: {e:?}"
+    );
 }

@@ -11,7 +11,8 @@ fuzz_target!(|data: &[u8]| {
     if !weights.exists() {
         std::fs::create_dir_all(&dir).unwrap();
         let t = common::tiny_bert();
-        let refs: Vec<(&str, Vec<usize>)> = t.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+        let refs: Vec<(&str, Vec<usize>)> =
+            t.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
         std::fs::write(&weights, common::safetensors(&refs)).unwrap();
     }
     let p = dir.join("config.json");
@@ -26,5 +27,7 @@ fuzz_target!(|data: &[u8]| {
     for l in 0..m.num_layers().min(2) {
         let _ = m.layer(l).map_err(common::message);
     }
-    let _ = m.hidden_states_upto(&[2, 5, 3], m.num_layers().min(1)).map_err(common::message);
+    let _ = m
+        .hidden_states_upto(&[2, 5, 3], m.num_layers().min(1))
+        .map_err(common::message);
 });

@@ -10,9 +10,14 @@ use std::sync::OnceLock;
 fn tokenizer() -> &'static TextTokenizer {
     static TOK: OnceLock<TextTokenizer> = OnceLock::new();
     TOK.get_or_init(|| {
-        let words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "a", "##s", "word", ",", ".", "日"];
-        let vocab: serde_json::Map<String, serde_json::Value> =
-            words.iter().enumerate().map(|(i, w)| (w.to_string(), i.into())).collect();
+        let words = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "a", "##s", "word", ",", ".", "日",
+        ];
+        let vocab: serde_json::Map<String, serde_json::Value> = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), i.into()))
+            .collect();
         let json = serde_json::json!({
             "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
             "normalizer": {"type": "BertNormalizer", "clean_text": true,

@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(t) => t,
         Err(e) => return common::message(e),
     };
-    for text in ["Hello world, the words. 3.1!", "[MASK] <|endoftext|> é\u{301} 日本"] {
+    for text in [
+        "Hello world, the words. 3.1!",
+        "[MASK] <|endoftext|> é\u{301} 日本",
+    ] {
         let _ = tok.encode(text, None).map_err(common::message);
         for m in [1, 3, 8] {
             if let Ok(ids) = tok.encode(text, Some(m)) {
