@@ -92,4 +92,4 @@ def test_ctrl_c_stops_sinkhorn_and_logdet_probes():
     layer = lipattn.random_layer(16, 2, kernel="l2", seed=1)
     block = lipattn.InvertibleBlock(layer, 16, 0.5)
     x = rng.standard_normal((16, 16))
-    _interrupt_stops(lambda: block.logdet(x, method="series", probes=10**9))
+    _interrupt_stops(lambda: block.logdet(x, method="series", probes=10**6))

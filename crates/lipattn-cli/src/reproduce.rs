@@ -62,7 +62,13 @@ pub fn run(a: ReproduceArgs) -> Result<()> {
         model: a
             .model
             .clone()
-            .or_else(|| std::env::var_os("LIPATTN_MINILM").map(PathBuf::from)),
+            // An empty variable is unset (it was read as the path "" and failed with
+            // ": model directory not found").
+            .or_else(|| {
+                std::env::var_os("LIPATTN_MINILM")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            }),
         quick: a.quick,
     };
     let done = lipattn_repro::run(&request, &mut |figure| write_figure(out, figure))?;

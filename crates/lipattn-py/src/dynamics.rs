@@ -103,12 +103,9 @@ fn random_tokens<'py>(
     if n == 0 || d == 0 {
         return Err(PyValueError::new_err("n and d must be at least 1"));
     }
-    lipattn::error::check_positive("scale", scale).py_err()?;
     tokens_fit(n, d)?;
-    Ok(to_numpy(
-        py,
-        synthetic::random_tokens(n, d, scale, seed).as_ref(),
-    ))
+    let x = synthetic::random_tokens_checked(n, d, scale, seed, "scale").py_err()?;
+    Ok(to_numpy(py, x.as_ref()))
 }
 
 /// Geshkovski et al.'s layer: Q = K = V = I on R^d, scores beta <x, y>.

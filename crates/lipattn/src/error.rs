@@ -5,7 +5,7 @@ use std::path::PathBuf;
 mod invalid;
 pub use invalid::{
     as_option, check_at_least, check_in, check_index, check_nonnegative, check_positive,
-    check_unsigned, Interval, Invalid,
+    check_repeats, check_unsigned, Interval, Invalid, MAX_REPEATS,
 };
 
 #[derive(Debug, thiserror::Error)]

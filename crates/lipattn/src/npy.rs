@@ -23,6 +23,17 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
         path: path.to_path_buf(),
         msg,
     };
+    if let Some(shape) = header_shape(&bytes) {
+        if shape
+            .iter()
+            .try_fold(1u64, |a, &s| a.checked_mul(s))
+            .is_none()
+        {
+            return Err(fmt(format!(
+                "header shape {shape:?}: its number of values overflows"
+            )));
+        }
+    }
     let npy =
         npyz::NpyFile::new(&bytes[..]).map_err(|e| fmt(format!("not a valid .npy file ({e})")))?;
     if npy.order() != Order::C {
@@ -90,6 +101,38 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
         )));
     }
     Ok(NpyArray { shape, data, dtype })
+}
+
+/// The shape a .npy header gives, read before `npyz` parses it: `npyz` multiplies the shape
+/// without overflow checks, which panics in a build with them (any debug build) on a header such
+/// as (2^33, 2^32) (found by tests/fuzz_parsers.rs). None when the header is not readable here;
+/// `npyz` then reports what is wrong with it.
+fn header_shape(bytes: &[u8]) -> Option<Vec<u64>> {
+    if !bytes.starts_with(b"\x93NUMPY") {
+        return None;
+    }
+    let (start, len): (usize, usize) = match bytes.get(6)? {
+        1 => (
+            10,
+            usize::from(u16::from_le_bytes([*bytes.get(8)?, *bytes.get(9)?])),
+        ),
+        _ => (
+            12,
+            u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?) as usize,
+        ),
+    };
+    let header = std::str::from_utf8(bytes.get(start..start.checked_add(len)?)?).ok()?;
+    let after = &header[header
+        .find("'shape'")
+        .or_else(|| header.find("\"shape\""))?..];
+    let tuple = &after[after.find('(')? + 1..];
+    let tuple = &tuple[..tuple.find(')')?];
+    tuple
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.trim_end_matches('L').parse::<u64>().ok())
+        .collect()
 }
 
 /// Reads an (n, d) matrix; a 1-D array of length d is read as one row.

@@ -72,3 +72,57 @@ fn requests_beyond_the_budget_stop_before_allocating() {
     set_max_memory(None);
     assert!(layer.forward(x.as_ref(), None, false).is_ok());
 }
+
+/// A budget error naming `needle`, whatever the budget in force.
+fn is_over_budget(r: Result<(), Error>, needle: &str) {
+    match r {
+        Err(e @ Error::Budget { .. }) => assert!(e.to_string().contains(needle), "{e}"),
+        other => panic!("expected a budget error naming {needle}, got {other:?}"),
+    }
+}
+
+/// Sizes of the searches and dynamics that the fuzzer of the Python functions found allocating
+/// unchecked (tests/python_bindings/test_fuzz_py.py): each aborted or panicked with an allocation
+/// failure (n, atoms, d, reference = 2^31 and up), and is now a budget error before anything is
+/// allocated. 2^40 tokens need terabytes: refused under any budget, so this test leaves the
+/// process-wide budget alone.
+#[test]
+fn searches_and_dynamics_sizes_stop_before_allocating() {
+    use lipattn::dynamics::flow::{identity_layer, mean_field};
+    use lipattn::estimation::{
+        adversarial_input, ascent, search_pairs, AscentOptions, PairSearchOptions,
+    };
+    let layer = random_layer(4, 2, Kernel::Dot, 0.1, 0).unwrap();
+    let big = 1usize << 40;
+    is_over_budget(
+        adversarial_input(&layer, 0, big, 1.0).map(|_| ()),
+        "adversarial input of 1099511627776 tokens",
+    );
+    is_over_budget(
+        ascent(&layer, big, None, &AscentOptions::default()).map(|_| ()),
+        "search over 1099511627776 tokens",
+    );
+    let pairs = PairSearchOptions {
+        atoms: big,
+        ..PairSearchOptions::default()
+    };
+    is_over_budget(
+        search_pairs(&layer, &pairs).map(|_| ()),
+        "search over 1099511627776 tokens",
+    );
+    is_over_budget(
+        identity_layer(big, 1.0).map(|_| ()),
+        "identity layer of width d = 1099511627776",
+    );
+    let opts = FlowOptions {
+        projection: Projection::Sphere,
+        integrator: Integrator::Rk4 { dt: 0.1 },
+        t_end: 0.5,
+        record_every: 0.5,
+        max_steps: 100,
+    };
+    is_over_budget(
+        mean_field(&layer, &[4, 8], big, 1, &opts, 0).map(|_| ()),
+        "mean-field reference of 1099511627776 tokens",
+    );
+}

@@ -632,3 +632,35 @@ fn near_factorised_l2_is_certified_on_a_ball_only() {
     assert!(p.notes.iter().any(|s| s.contains("invariant ball")));
     assert!(p.contraction.is_some());
 }
+
+/// What the fuzzers found in the dynamics (tests/python_bindings/test_fuzz_py.py): 2^64 - 1
+/// probes or replicates ran until killed, and random tokens of scale 1e308 came back infinite.
+#[test]
+fn huge_repetition_counts_and_overflowing_scales_are_errors() {
+    use lipattn::dynamics::synthetic::random_tokens_checked;
+    use lipattn::error::MAX_REPEATS;
+    let (block, x) = l2_block(3, 3, 4, 2, 0.9);
+    let t0 = std::time::Instant::now();
+    for huge in [MAX_REPEATS + 1, usize::MAX] {
+        let e = logdet_series(&block.g, x.as_ref(), 0.9, 1e-3, huge, 0).unwrap_err();
+        assert!(
+            e.to_string().contains("`probes` must be at most 1000000"),
+            "{e}"
+        );
+        let o = FlowOptions {
+            projection: Projection::Sphere,
+            integrator: Integrator::Rk4 { dt: 0.1 },
+            t_end: 0.5,
+            record_every: 0.5,
+            max_steps: 100,
+        };
+        let e = mean_field(&block.g, &[4, 8], 16, huge, &o, 0).unwrap_err();
+        assert!(e.to_string().contains("replicates must be at most"), "{e}");
+    }
+    assert!(t0.elapsed().as_secs_f64() < 5.0, "{:?}", t0.elapsed());
+    let e = random_tokens_checked(3, 4, 1e308, 0, "scale").unwrap_err();
+    assert!(e.to_string().contains("overflow"), "{e}");
+    let x = random_tokens_checked(3, 4, 2.0, 0, "scale").unwrap();
+    assert_eq!(x, random_tokens(3, 4, 2.0, 0));
+    assert!(random_tokens_checked(3, 4, f64::NAN, 0, "scale").is_err());
+}

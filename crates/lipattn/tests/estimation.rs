@@ -494,3 +494,76 @@ fn structured_seeds_are_valid_and_below_the_bounds() {
     let l2 = random_layer(&mut r, 4, 1, 2, 2, 4, Kernel::L2, 1.0, 0.0);
     assert!(structured_seeds(&l2, &[1.0]).is_err());
 }
+
+/// Counts of full repetitions that the fuzzers ran with 2^64 - 1 (tests/python/test_fuzz_cli.py,
+/// tests/python_bindings/test_fuzz_py.py): each ran until killed (the ascent's random starts
+/// were also all drawn up front, so memory grew until the allocator aborted). Above
+/// `MAX_REPEATS` each is an error naming the count, at once.
+#[test]
+fn repetition_counts_above_the_limit_are_refused_at_once() {
+    use lipattn::analysis::{lipschitz, LipschitzOptions};
+    use lipattn::error::MAX_REPEATS;
+    use lipattn::LayerSource;
+    let mut r = rng(91);
+    let layer = random_layer(&mut r, 3, 2, 2, 2, 3, Kernel::Dot, 1.5, 0.2);
+    let refused = |res: lipattn::Result<()>, what: &str| {
+        let e = res.expect_err(what).to_string();
+        assert!(
+            e.contains(what) && e.contains(&format!("at most {MAX_REPEATS}")),
+            "{e}"
+        );
+    };
+    let t0 = std::time::Instant::now();
+    for huge in [MAX_REPEATS + 1, usize::MAX] {
+        let opts = AscentOptions {
+            random_starts: huge,
+            ..AscentOptions::default()
+        };
+        refused(ascent(&layer, 3, None, &opts).map(drop), "random_starts");
+        for (field, what) in [
+            (0, "random_pairs"),
+            (1, "perturbed_pairs"),
+            (2, "local_steps"),
+        ] {
+            let mut opts = PairSearchOptions::default();
+            *[
+                &mut opts.random_pairs,
+                &mut opts.perturbed_pairs,
+                &mut opts.local_steps,
+            ][field] = huge;
+            refused(search_pairs(&layer, &opts).map(drop), what);
+        }
+        let source = LayerSource::new("test layer", false, Kernel::Dot);
+        let opts = LipschitzOptions {
+            radius: 1.0,
+            n: 3,
+            starts: huge,
+            steps: 2,
+            atoms: 3,
+            seed: 0,
+            causal: None,
+        };
+        refused(lipschitz(&layer, &source, &opts).map(drop), "starts");
+    }
+    assert!(t0.elapsed().as_secs_f64() < 5.0, "{:?}", t0.elapsed());
+}
+
+/// With no seeded and no random pairs, the best ratio after the first phase is None: it was a
+/// NaN, returned to Python as a float (found by tests/python_bindings/test_fuzz_py.py).
+#[test]
+fn phase_best_is_none_before_any_pair() {
+    let mut r = rng(92);
+    let layer = random_layer(&mut r, 3, 2, 2, 2, 3, Kernel::Dot, 1.5, 0.2);
+    let opts = PairSearchOptions {
+        radius: 1.5,
+        atoms: 3,
+        random_pairs: 0,
+        perturbed_pairs: 4,
+        local_steps: 4,
+        ..Default::default()
+    };
+    let res = search_pairs(&layer, &opts).unwrap();
+    assert_eq!(res.phase_best[0], None);
+    assert!(res.phase_best[1].is_some_and(f64::is_finite));
+    assert!(res.phase_best[2] >= res.phase_best[1]);
+}

@@ -4,10 +4,10 @@
 use crate::attention::{AttentionLayer, Kernel};
 use crate::bounds::{certified_summary, CertifiedSummary};
 use crate::domain::Domain;
-use crate::error::Result;
+use crate::error::{check_repeats, Result};
 use crate::estimation::{
-    ascent, layer_pair_seeds, search_pairs, AscentOptions, AscentResult, PairSearchOptions,
-    PairSearchResult,
+    ascent, check_search_memory, layer_pair_seeds, search_pairs, AscentOptions, AscentResult,
+    PairSearchOptions, PairSearchResult,
 };
 use crate::operator::{LayerSource, Operator};
 use serde_json::{json, Value};
@@ -72,18 +72,12 @@ pub fn lipschitz(
     let t0 = Instant::now();
     let domain = Domain::new(opts.radius, opts.n, source.mask(opts.causal))?;
     let operator = Operator::token_map(source, layer.kernel, &domain);
-    // The ascent keeps a handful of n x d matrices (iterate, gradient, trial, Lanczos vectors)
-    // beside the attention state; the pair search as much per measure of `atoms` atoms.
-    let (d, h) = (layer.d_in(), layer.heads);
-    for (what, count) in [("`n`", opts.n), ("`atoms`", opts.atoms)] {
-        crate::budget::check(
-            || format!("the search over {count} tokens of width {d} ({what})"),
-            crate::budget::total(&[
-                crate::budget::bytes_of(&[16, count, d], 8),
-                crate::budget::bytes_of(&[4, h, count, count], 8),
-            ]),
-        )?;
-    }
+    // Checked here, before the certified bounds are computed, under this function's option names
+    // (the ascent and the pair search check again under theirs).
+    check_search_memory(layer, opts.n, "`n`")?;
+    check_search_memory(layer, opts.atoms, "`atoms`")?;
+    check_repeats("`starts`", opts.starts)?;
+    check_repeats("`steps`", opts.steps)?;
     let certified = certified_summary(layer, &domain)?;
     let ascent = ascent(
         layer,

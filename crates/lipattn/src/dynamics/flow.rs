@@ -7,7 +7,7 @@
 
 use super::certify;
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{check_at_least, check_nonnegative, check_positive};
+use crate::error::{check_at_least, check_nonnegative, check_positive, check_repeats};
 use crate::error::{Error, Result};
 use crate::estimation::SplitMix;
 use crate::fmt::{compact, exact};
@@ -116,6 +116,10 @@ impl Trajectory {
 pub fn identity_layer(d: usize, beta: f64) -> Result<AttentionLayer<f64>> {
     check_at_least("d", d, 1)?;
     check_nonnegative("beta", beta)?;
+    crate::budget::check(
+        || format!("the identity layer of width d = {d} (its four d x d weight matrices)"),
+        crate::budget::bytes_of(&[4, d, d], 8),
+    )?;
     let q = (beta * (d as f64).sqrt()).sqrt();
     let eye = |s: f64| Mat::<f64>::from_fn(d, d, |i, j| if i == j { s } else { 0.0 });
     AttentionLayer::new(
@@ -597,10 +601,16 @@ pub fn mean_field(
     seed: u64,
 ) -> Result<MeanField> {
     check_at_least("mean field: replicates", replicates, 1)?;
+    check_repeats("mean field: replicates", replicates)?;
     if ns.len() < 2 || ns.iter().any(|&n| n == 0 || n >= reference_n) {
         return Err(Error::invalid("mean field: give at least two sample sizes, each positive and below the reference size"));
     }
     let d = layer.d_in();
+    // The reference sample is drawn before the flow checks its own sizes.
+    crate::budget::check(
+        || format!("the mean-field reference of {reference_n} tokens of width {d}"),
+        crate::budget::bytes_of(&[reference_n, d], 8),
+    )?;
     let mut rng = SplitMix::new(seed);
     let r0 = sphere_sample(reference_n, d, &mut rng);
     let rt = integrate(layer, r0.as_ref(), None, opts)?;

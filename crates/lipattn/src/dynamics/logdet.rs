@@ -6,7 +6,7 @@
 
 use crate::attention::AttentionLayer;
 use crate::derivatives::Linearization;
-use crate::error::{check_at_least, check_positive};
+use crate::error::{check_at_least, check_positive, check_repeats};
 use crate::error::{Error, Result};
 use crate::estimation::SplitMix;
 use faer::{Mat, MatRef};
@@ -138,13 +138,13 @@ pub fn logdet_series(
     check_positive("truncation tolerance", truncation_tol)?;
     // Two probes at least: one gives no standard error.
     check_at_least("probes", probes, 2)?;
+    check_repeats("`probes`", probes)?;
     let lin = Linearization::new(g, x, None, false)?;
     let (n, d) = (x.nrows(), x.ncols());
     let dim = n * d;
     let terms = series_terms(dim, lipschitz, truncation_tol);
     let mut rng = SplitMix::new(seed);
-    // Grown as the probes run, not reserved: a huge `probes` is a long run, not an allocation.
-    let mut samples = Vec::new();
+    let mut samples = Vec::with_capacity(probes);
     let mut jvps = 0;
     for _ in 0..probes {
         crate::cancel::check()?;

@@ -1,7 +1,7 @@
 //! Seeded random layers for experiments, benchmarks and the CLI's synthetic mode.
 
 use crate::attention::{AttentionLayer, Kernel};
-use crate::error::{check_at_least, check_nonnegative, Result};
+use crate::error::{check_at_least, check_nonnegative, check_positive, Error, Result};
 use crate::estimation::SplitMix;
 use faer::Mat;
 
@@ -66,4 +66,24 @@ fn on_grid(m: Mat<f64>) -> Mat<f64> {
 pub fn random_tokens(n: usize, d: usize, scale: f64, seed: u64) -> Mat<f64> {
     let mut rng = SplitMix::new(seed);
     Mat::from_fn(n, d, |_, _| scale * rng.gauss())
+}
+
+/// [`random_tokens`] for a scale given by a user: positive, and small enough that no token
+/// overflows (a draw of 8.6 standard deviations times a scale near 1e308 is infinite, and such
+/// tokens were returned as they were).
+pub fn random_tokens_checked(
+    n: usize,
+    d: usize,
+    scale: f64,
+    seed: u64,
+    what: &str,
+) -> Result<Mat<f64>> {
+    check_positive(what, scale)?;
+    let x = random_tokens(n, d, scale, seed);
+    if (0..d).any(|j| x.col_as_slice(j).iter().any(|v| !v.is_finite())) {
+        return Err(Error::invalid(format!(
+            "{what} = {scale:e} makes the random tokens overflow to infinity"
+        )));
+    }
+    Ok(x)
 }

@@ -20,6 +20,13 @@ pub enum Invalid {
         min: usize,
         got: usize,
     },
+    /// A count of full repetitions (random starts, probes, replicates) above [`MAX_REPEATS`].
+    #[error("{what} must be at most {max}, got {got} (each one repeats the whole computation, with no early stop: a larger count is a run that cannot finish)")]
+    TooMany {
+        what: String,
+        max: usize,
+        got: usize,
+    },
     /// A radius, tolerance or step that must be a positive finite number.
     #[error("{what} must be positive and finite, got {}", exact(*value))]
     NotPositive { what: String, value: f64 },
@@ -173,6 +180,25 @@ pub fn check_unsigned<T: TryFrom<i128>>(what: &str, value: i128) -> Result<T> {
             8 * std::mem::size_of::<T>()
         ))
     })
+}
+
+/// The most full repetitions a count may ask for. Random starts, pair proposals, probes and
+/// replicates each repeat a whole computation and none stops early, so their time grows with the
+/// count alone: 2^64 - 1 starts (a typo, or a negative number cast) once ran until killed. A
+/// million is far above every default (2 to 100) and above what any run finishes in practice.
+pub const MAX_REPEATS: usize = 1_000_000;
+
+/// `got <= MAX_REPEATS`, or `Invalid::TooMany` naming `what`.
+pub fn check_repeats(what: &str, got: usize) -> Result<usize> {
+    if got > MAX_REPEATS {
+        return Err(Invalid::TooMany {
+            what: what.to_string(),
+            max: MAX_REPEATS,
+            got,
+        }
+        .into());
+    }
+    Ok(got)
 }
 
 /// A positive finite number, or `Invalid::NotPositive` naming `what`.

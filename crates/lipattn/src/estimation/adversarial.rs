@@ -3,12 +3,13 @@
 //! sigma(X) = ||J(X)||_2 over (B_R)^n. Every value returned is attained at the returned X, so it is
 //! a lower bound on the Lipschitz constant of the token map on (B_R)^n; none is a certificate.
 
+use super::check_search_memory;
 use super::lanczos::{lanczos, LanczosOptions};
 use super::vecops::{max_row_norm, project_rows};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::derivatives::Linearization;
 use crate::domain::Domain;
-use crate::error::{check_positive, Error, Result};
+use crate::error::{check_positive, check_repeats, Error, Result};
 use crate::linalg::SplitMix;
 use faer::{Mat, MatRef, Side};
 
@@ -21,6 +22,11 @@ pub fn adversarial_input(
     radius: f64,
 ) -> Result<Mat<f64>> {
     let domain = Domain::new(radius, n, false)?;
+    let d = layer.d_in();
+    crate::budget::check(
+        || format!("the adversarial input of {n} tokens of width {d} (`n`)"),
+        crate::budget::bytes_of(&[n, d], 8),
+    )?;
     adversarial_from_direction(&adversarial_direction(layer, head)?, &domain)
 }
 
@@ -203,44 +209,61 @@ pub fn ascent(
     let domain = Domain::new(opts.radius, n, opts.causal)?;
     check_positive("fd_eps", opts.fd_eps)?;
     check_positive("initial_step", opts.initial_step)?;
+    check_repeats("`random_starts`", opts.random_starts)?;
+    check_repeats("`steps`", opts.steps)?;
     opts.lanczos.check()?;
+    check_search_memory(layer, n, "`n`")?;
     let d = layer.d_in();
     let mut evals = 0;
-    let mut starts: Vec<Mat<f64>> = (0..layer.heads)
+    let mut fixed: Vec<Mat<f64>> = (0..layer.heads)
         .map(|h| adversarial_from_direction(&adversarial_direction(layer, h)?, &domain))
         .collect::<Result<_>>()?;
-    let mut rng = SplitMix::new(opts.seed);
-    for _ in 0..opts.random_starts {
-        crate::cancel::check()?;
-        let mut x: Mat<f64> = rng.gauss_mat(n, d);
-        for i in 0..n {
-            let nrm = (0..d).map(|k| x[(i, k)].powi(2)).sum::<f64>().sqrt();
-            let r = domain.radius * (0.5 + 0.5 * rng.uniform());
-            for k in 0..d {
-                x[(i, k)] *= r / nrm.max(f64::MIN_POSITIVE);
+    let user = match start {
+        Some(s) => {
+            if s.nrows() != n || s.ncols() != d {
+                return Err(Error::shape(
+                    "ascent start",
+                    format!("{n}x{d}"),
+                    format!("{}x{}", s.nrows(), s.ncols()),
+                ));
             }
-        }
-        starts.push(x);
-    }
-    if let Some(s) = start {
-        if s.nrows() != n || s.ncols() != d {
-            return Err(Error::shape(
+            crate::error::check_finite(
                 "ascent start",
-                format!("{n}x{d}"),
-                format!("{}x{}", s.nrows(), s.ncols()),
-            ));
+                (0..n).flat_map(|i| (0..d).map(move |k| s[(i, k)])),
+            )?;
+            let mut x = s.to_owned();
+            project_rows(&mut x, domain.radius);
+            Some(x)
         }
-        crate::error::check_finite(
-            "ascent start",
-            (0..n).flat_map(|i| (0..d).map(move |k| s[(i, k)])),
-        )?;
-        let mut x = s.to_owned();
-        project_rows(&mut x, domain.radius);
-        starts.push(x);
-    }
+        None => None,
+    };
+    // Starts in this order: the constructions (one per head), the random ones, the caller's.
+    // The random ones are drawn as they are climbed, not kept in a list, so that memory does not
+    // grow with their number.
+    let mut rng = SplitMix::new(opts.seed);
+    let heads = fixed.len();
+    let total = heads + opts.random_starts + usize::from(user.is_some());
+    let mut user = user;
+    fixed.reverse();
     let mut best: Option<(Point, usize)> = None;
     let mut construction: Option<(f64, Mat<f64>)> = None;
-    for (i, x) in starts.into_iter().enumerate() {
+    for i in 0..total {
+        let x = if i < heads {
+            fixed.pop().expect("one construction per head")
+        } else if i < heads + opts.random_starts {
+            let mut x: Mat<f64> = rng.gauss_mat(n, d);
+            for r in 0..n {
+                let nrm = (0..d).map(|k| x[(r, k)].powi(2)).sum::<f64>().sqrt();
+                let radius = domain.radius * (0.5 + 0.5 * rng.uniform());
+                for k in 0..d {
+                    x[(r, k)] *= radius / nrm.max(f64::MIN_POSITIVE);
+                }
+            }
+            x
+        } else {
+            user.take().expect("the caller's start comes last")
+        };
+        crate::cancel::check()?;
         let p = evaluate(layer, &domain, x, &opts.lanczos, &mut evals)?;
         if i < layer.heads && construction.as_ref().is_none_or(|c| p.sigma > c.0) {
             construction = Some((p.sigma, p.x.clone()));

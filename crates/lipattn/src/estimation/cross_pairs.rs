@@ -9,7 +9,7 @@ use super::measure_pairs::{
     random_weights,
 };
 use crate::attention::AttentionLayer;
-use crate::error::{check_at_least, check_positive, Error, Result};
+use crate::error::{check_at_least, check_positive, check_repeats, Error, Result};
 use crate::linalg::SplitMix;
 use crate::measure::Measure;
 use crate::transport;
@@ -101,8 +101,10 @@ pub struct CrossSearchResult {
     /// "seeded", "random", "perturbed" or "local".
     pub phase: &'static str,
     pub evaluations: usize,
-    /// Best ratio after each phase, in order seeded and random, perturbed, local.
-    pub phase_best: [f64; 3],
+    /// Best ratio after each phase, in order seeded and random, perturbed, local; None while no
+    /// pair has been found (e.g. no seeds and no random pairs), rather than a NaN that reads as a
+    /// value.
+    pub phase_best: [Option<f64>; 3],
 }
 
 /// The attained ratio of one triple; None when the varying measures coincide in W_p.
@@ -159,6 +161,15 @@ pub fn search_cross_pairs(
     check_at_least("context atoms", opts.context_atoms, 1)?;
     check_positive("perturbation", opts.perturbation)?;
     check_order(opts.order)?;
+    check_repeats("`random_pairs`", opts.random_pairs)?;
+    check_repeats("`perturbed_pairs`", opts.perturbed_pairs)?;
+    check_repeats("`local_steps`", opts.local_steps)?;
+    let (most, which) = if opts.query_atoms >= opts.context_atoms {
+        (opts.query_atoms, "`query_atoms`")
+    } else {
+        (opts.context_atoms, "`context_atoms`")
+    };
+    super::check_search_memory(layer, most, which)?;
     let (d, r, arg, p) = (layer.d_in(), opts.radius, opts.argument, opts.order);
     let (nq, nc) = (opts.query_atoms, opts.context_atoms);
     let n_vary = match arg {
@@ -171,7 +182,7 @@ pub fn search_cross_pairs(
     };
     let mut evals = 0usize;
     let mut best: Best = None;
-    let mut phase_best = [f64::NAN; 3];
+    let mut phase_best = [None; 3];
     for (q, c, m) in &opts.seeds {
         evals += 1;
         consider(cross_ratio(layer, arg, q, c, m, p)?, "seeded", &mut best);
@@ -186,8 +197,9 @@ pub fn search_cross_pairs(
         evals += 1;
         consider(cross_ratio(layer, arg, &q, &c, &m, p)?, "random", &mut best);
     }
-    phase_best[0] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
+    phase_best[0] = best.as_ref().map(|b| b.0.ratio);
     for i in 0..opts.perturbed_pairs {
+        crate::cancel::check()?;
         let (q, c) = (fresh(&mut rng, nq)?, fresh(&mut rng, nc)?);
         let base = match arg {
             CrossArgument::Queries => &q,
@@ -211,7 +223,7 @@ pub fn search_cross_pairs(
             &mut best,
         );
     }
-    phase_best[1] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
+    phase_best[1] = best.as_ref().map(|b| b.0.ratio);
     let mut step = opts.perturbation.max(0.05);
     for t in 0..opts.local_steps {
         crate::cancel::check()?;
@@ -242,7 +254,7 @@ pub fn search_cross_pairs(
             step = (step * 0.8).max(1e-6);
         }
     }
-    phase_best[2] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
+    phase_best[2] = best.as_ref().map(|b| b.0.ratio);
     let (best, phase) = best.ok_or_else(|| {
         Error::Numerical("no triple with W_p > 0 between the varying measures was found".into())
     })?;

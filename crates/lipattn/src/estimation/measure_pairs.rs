@@ -6,7 +6,7 @@
 
 use super::vecops::project_rows;
 use crate::attention::AttentionLayer;
-use crate::error::{check_at_least, check_positive, Error, Result};
+use crate::error::{check_at_least, check_positive, check_repeats, Error, Result};
 use crate::linalg::SplitMix;
 use crate::measure::Measure;
 use crate::transport;
@@ -74,8 +74,10 @@ pub struct PairSearchResult {
     pub phase: &'static str,
     /// Pairs evaluated (each: two forward passes and two exact transports).
     pub evaluations: usize,
-    /// Best ratio after each phase, in order seeded and random, perturbed, local.
-    pub phase_best: [f64; 3],
+    /// Best ratio after each phase, in order seeded and random, perturbed, local; None while no
+    /// pair has been found (e.g. no seeds and no random pairs), rather than a NaN that reads as a
+    /// value.
+    pub phase_best: [Option<f64>; 3],
 }
 
 /// The attained W1 ratio of one pair; None when W1(mu, nu) vanishes (the ratio is undefined).
@@ -188,11 +190,15 @@ pub fn search_pairs(
     check_at_least("atoms", opts.atoms, 1)?;
     check_positive("perturbation", opts.perturbation)?;
     check_order(opts.order)?;
+    check_repeats("`random_pairs`", opts.random_pairs)?;
+    check_repeats("`perturbed_pairs`", opts.perturbed_pairs)?;
+    check_repeats("`local_steps`", opts.local_steps)?;
+    super::check_search_memory(layer, opts.atoms, "`atoms`")?;
     let (n, d, r) = (opts.atoms, layer.d_in(), opts.radius);
     let mut rng = SplitMix::new(opts.seed);
     let mut evals = 0usize;
     let mut best: Best = None;
-    let mut phase_best = [f64::NAN; 3];
+    let mut phase_best = [None; 3];
     for (mu, nu) in &opts.seeds {
         evals += 1;
         consider(ratio_p(layer, mu, nu, opts.order)?, "seeded", &mut best);
@@ -210,8 +216,9 @@ pub fn search_pairs(
         evals += 1;
         consider(ratio_p(layer, &mu, &nu, opts.order)?, "random", &mut best);
     }
-    phase_best[0] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
+    phase_best[0] = best.as_ref().map(|b| b.0.ratio);
     for i in 0..opts.perturbed_pairs {
+        crate::cancel::check()?;
         let mu = Measure::normalised(
             random_points(&mut rng, n, d, r),
             random_weights(&mut rng, n),
@@ -234,7 +241,7 @@ pub fn search_pairs(
             &mut best,
         );
     }
-    phase_best[1] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
+    phase_best[1] = best.as_ref().map(|b| b.0.ratio);
     let mut step = opts.perturbation.max(0.05);
     for t in 0..opts.local_steps {
         crate::cancel::check()?;
@@ -261,7 +268,7 @@ pub fn search_pairs(
             step = (step * 0.8).max(1e-6);
         }
     }
-    phase_best[2] = best.as_ref().map_or(f64::NAN, |b| b.0.ratio);
+    phase_best[2] = best.as_ref().map(|b| b.0.ratio);
     let (best, phase) = best.ok_or_else(|| {
         Error::Numerical("no pair with W1(mu, nu) > 0 was found (a single atom in B_R?)".into())
     })?;

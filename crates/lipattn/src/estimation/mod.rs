@@ -24,3 +24,21 @@ pub use lanczos::{lanczos, local_norm, LanczosOptions, LocalNorm, Method};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};
 pub use structured_seeds::{layer_pair_seeds, structured_seeds, StructuredSeeds};
+
+use crate::attention::AttentionLayer;
+use crate::error::Result;
+
+/// The memory a search over `count` tokens (or atoms) of `layer`'s width needs, checked against
+/// the budget before anything is allocated: a handful of count x d matrices (iterate, gradient,
+/// trial, Lanczos vectors) beside the attention state (4 x heads x count^2). `what` names the
+/// option that sets the count (`n`, `atoms`), in backticks.
+pub fn check_search_memory(layer: &AttentionLayer<f64>, count: usize, what: &str) -> Result<()> {
+    let (d, h) = (layer.d_in(), layer.heads);
+    crate::budget::check(
+        || format!("the search over {count} tokens of width {d} ({what})"),
+        crate::budget::total(&[
+            crate::budget::bytes_of(&[16, count, d], 8),
+            crate::budget::bytes_of(&[4, h, count, count], 8),
+        ]),
+    )
+}

@@ -5,8 +5,8 @@
 
 use crate::attention::{AttentionLayer, Kernel};
 use crate::dynamics::flow::{identity_layer, sphere_sample};
-use crate::dynamics::synthetic::{random_layer, random_tokens};
-use crate::error::{as_option, check_at_least, check_positive, Error, Result};
+use crate::dynamics::synthetic::{random_layer, random_tokens_checked};
+use crate::error::{as_option, check_at_least, Error, Result};
 use crate::estimation::SplitMix;
 use crate::npy::read_matrix;
 use crate::operator::LayerSource;
@@ -170,12 +170,12 @@ impl SourceRequest {
             }
             None => {
                 self.check_random_count(d)?;
-                as_option(check_positive("`token_scale`", self.token_scale))?;
-                Ok(random_tokens(
+                as_option(random_tokens_checked(
                     self.n,
                     d,
                     self.token_scale,
                     token_seed(self.seed),
+                    "`token_scale`",
                 ))
             }
         }

@@ -110,7 +110,22 @@ impl TensorFile {
     /// A rank-2 tensor of shape rows x cols as a matrix (row-major, as PyTorch stores it).
     pub(super) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f64>> {
         let v = self.read_f64(name, &[rows, cols])?;
+        self.nonempty(name, rows, cols)?;
         Ok(Mat::from_fn(rows, cols, |i, j| v[i * cols + j]))
+    }
+
+    /// A weight matrix has values: a header may claim [0, 2^63] for no bytes at all, and building
+    /// a matrix of 2^63 empty columns never finished (found by tests/fuzz_parsers.rs).
+    pub(super) fn nonempty(&self, name: &str, rows: usize, cols: usize) -> Result<()> {
+        if rows == 0 || cols == 0 {
+            return Err(Error::Empty {
+                what: format!(
+                    "{}: tensor '{name}' (shape [{rows}, {cols}])",
+                    self.path.display()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// A rank-1 tensor of length `len`.

@@ -185,6 +185,7 @@ impl TensorStore {
     /// keeps its weight as [in, out]; this turns it into the [out, in] Linear convention.
     pub fn matrix_transposed(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f64>> {
         let v = self.read_f64(name, &[cols, rows])?;
+        self.file(name)?.nonempty(name, cols, rows)?;
         Ok(Mat::from_fn(rows, cols, |i, j| v[j * rows + i]))
     }
 

@@ -7,6 +7,7 @@ use crate::error::{check_at_least, Error, Result};
 use cuts::Cuts;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use tokenizers::{
     PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
 };
@@ -41,10 +42,35 @@ impl TextTokenizer {
                 ),
             });
         }
-        let mut inner = Tokenizer::from_file(path).map_err(|e| Error::Format {
+        let fmt = |msg: String| Error::Format {
             path: path.to_path_buf(),
-            msg: format!("not a usable tokenizer.json: {e}"),
+            msg,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
         })?;
+        // The JSON is checked before `tokenizers` reads it: its decoder section is parsed with
+        // `expect`, so a syntax error there (a truncated file) panicked instead of failing
+        // (tokenizers 0.22; found by crates/lipattn/tests/fuzz_parsers.rs).
+        let json = serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(|e| fmt(format!("invalid JSON: {e}")))?;
+        check_merges(&json).map_err(fmt)?;
+        // Any other panic of `tokenizers` while it reads the file becomes an error: nothing it
+        // built survives the unwinding, so no broken state is used afterwards.
+        let mut inner = std::panic::catch_unwind(|| Tokenizer::from_str(&text))
+            .map_err(|p| {
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                fmt(format!(
+                    "not a usable tokenizer.json: the tokenizers crate failed on it ({why})"
+                ))
+            })?
+            .map_err(|e| fmt(format!("not a usable tokenizer.json: {e}")))?;
+        check_templates(&inner).map_err(fmt)?;
         // Saved tokenizers often pad every input to a fixed length (MiniLM's pads to 128):
         // padding tokens would become hidden states of their own, so they are never added.
         inner.with_padding(None);
@@ -77,7 +103,7 @@ impl TextTokenizer {
             return self.encode_whole(text, None);
         };
         self.check_max_tokens(m)?;
-        let mut from = (BYTES_PER_TOKEN * m).max(MIN_HEAD);
+        let mut from = BYTES_PER_TOKEN.saturating_mul(m).max(MIN_HEAD);
         loop {
             match self.head(text, m, from, true)? {
                 Some(head) => return self.encode_whole(head, Some(m)),
@@ -100,7 +126,7 @@ impl TextTokenizer {
             return self.encode(&text, None);
         };
         self.check_max_tokens(m)?;
-        let (mut buf, mut want) = (Vec::new(), (BYTES_PER_TOKEN * m).max(MIN_HEAD));
+        let (mut buf, mut want) = (Vec::new(), BYTES_PER_TOKEN.saturating_mul(m).max(MIN_HEAD));
         loop {
             let got = (&mut file)
                 .take((want - buf.len()) as u64)
@@ -218,6 +244,77 @@ impl TextTokenizer {
     pub fn windows(&self, text: &str, n: usize, count: usize) -> Result<Vec<Vec<u32>>> {
         let (pre, body, suf) = self.encode_parts(text)?;
         Ok(windows_of(&pre, &body, &suf, n, count))
+    }
+}
+
+/// A BPE model's merges `a b` must each have a `b` at least as long as the
+/// `continuing_subword_prefix`: `tokenizers` cuts the prefix off `b` by slicing, which panicked
+/// on a shorter one (or one whose prefix length falls inside a character).
+fn check_merges(json: &serde_json::Value) -> std::result::Result<(), String> {
+    let Some(model) = json.get("model") else {
+        return Ok(());
+    };
+    let prefix = model
+        .get("continuing_subword_prefix")
+        .and_then(|p| p.as_str())
+        .unwrap_or("");
+    let Some(merges) = model.get("merges").and_then(|m| m.as_array()) else {
+        return Ok(());
+    };
+    for (i, m) in merges.iter().enumerate() {
+        // Two forms: "a b" (split at its one space, as tokenizers does) and ["a", "b"].
+        let second = match m {
+            serde_json::Value::String(s) => {
+                s.split(' ').nth(1).filter(|_| s.split(' ').count() == 2)
+            }
+            serde_json::Value::Array(pair) if pair.len() == 2 => pair[1].as_str(),
+            _ => None,
+        };
+        if let Some(b) = second {
+            if b.get(prefix.len()..).is_none() {
+                return Err(format!(
+                    "merge {} ({m}): its second token '{b}' does not hold the continuing_subword_prefix '{prefix}'",
+                    i + 1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every special token a `TemplateProcessing` post-processor places must be among its
+/// `special_tokens`: `tokenizers` checks this when a template is built in code but not when one is
+/// read from a file, and looks the token up with an index that panics when it encodes.
+fn check_templates(tok: &Tokenizer) -> std::result::Result<(), String> {
+    fn walk(v: &serde_json::Value) -> std::result::Result<(), String> {
+        use serde_json::Value;
+        match v {
+            Value::Object(m)
+                if m.get("type").and_then(Value::as_str) == Some("TemplateProcessing") =>
+            {
+                let known = m.get("special_tokens").and_then(Value::as_object);
+                for key in ["single", "pair"] {
+                    let pieces = m.get(key).and_then(Value::as_array).into_iter().flatten();
+                    for id in pieces.filter_map(|p| p.pointer("/SpecialToken/id")?.as_str()) {
+                        if !known.is_some_and(|k| k.contains_key(id)) {
+                            return Err(format!(
+                                "the post-processor's {key} template places the special token '{id}', which its special_tokens do not define"
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Value::Object(m) => m.values().try_for_each(walk),
+            Value::Array(a) => a.iter().try_for_each(walk),
+            _ => Ok(()),
+        }
+    }
+    match tok.get_post_processor() {
+        // The serialised form is the canonical one whatever the file's spelling was (a template
+        // may be written as a string), and it reaches the templates inside a `Sequence`.
+        Some(p) => walk(&serde_json::to_value(p).map_err(|e| e.to_string())?),
+        None => Ok(()),
     }
 }
 
