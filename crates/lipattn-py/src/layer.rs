@@ -167,9 +167,9 @@ impl PyAttentionLayer {
         heads: i128,
         kernel: &str,
         causal: bool,
-        score_divisor_sq: Option<usize>,
+        score_divisor_sq: Option<i128>,
     ) -> PyResult<Self> {
-        crate::ints::unsigned!(heads);
+        crate::ints::unsigned!(heads, score_divisor_sq);
         let kernel = kernel_of(kernel)?;
         let layer = AttentionLayer::new(
             heads,
@@ -187,7 +187,7 @@ impl PyAttentionLayer {
         // A checkpoint's layer may carry another score scale (GPT-2's config keys); rebuilding
         // it from `weights()` must be able to keep it.
         let layer = match score_divisor_sq {
-            Some(t) => layer.with_score_divisor_sq(t).py_err()?,
+            Some::<usize>(t) => layer.with_score_divisor_sq(t).py_err()?,
             None => layer,
         };
         Ok(Self::wrap(layer, causal, "weights from arrays".into()))
