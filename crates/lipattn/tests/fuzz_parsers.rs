@@ -1904,3 +1904,25 @@ fn empty_tensor_with_a_huge_dimension_is_an_error() {
     assert!(e.contains("tensor 'f'") && e.contains("is empty"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(1));
 }
+
+/// Finite weights whose products overflow: a final LayerNorm gain of 1.7e308 made GPT-2's output
+/// -inf, returned as a hidden state.
+#[test]
+fn hidden_states_that_overflow_are_an_error() {
+    let dir = scratch("overflow");
+    let mut tiny = tiny_model("gpt2", "", "F64", 5);
+    let gain = tiny.tensors.get_mut("ln_f.weight").unwrap();
+    gain.2 = encode("F64", &[1.7e308; D]);
+    write(
+        &dir.join("config.json"),
+        &serde_json::to_vec(&tiny.config).unwrap(),
+    );
+    write(&dir.join("model.safetensors"), &serialize(&tiny.tensors));
+    let m = Model::open(&dir).unwrap();
+    assert!(m.hidden_states_upto(&[1, 2, 3], 1).is_ok());
+    let e = m.hidden_states(&[1, 2, 3]).unwrap_err().to_string();
+    assert!(
+        e.contains("hidden state 2") && e.contains("overflow"),
+        "{e}"
+    );
+}
