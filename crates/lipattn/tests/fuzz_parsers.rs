@@ -184,9 +184,10 @@ impl Fuzz {
         }
     }
 
-    /// Runs one case: `f` returns Ok(()) for a consistent result, Err(message) for an error the
-    /// library returned (which must carry a message); a panic or an inconsistent result is
-    /// recorded by `f` returning through `fail`. `inputs` are saved when the case fails.
+    /// Runs one case: `f` returns `Outcome::Ok` for a consistent result, `Outcome::Err` for an
+    /// error of the library (which must carry a message) and `Outcome::Bad` for an inconsistent
+    /// result. A panic (caught here or inside the library) or a case slower than `SLOW_CASE`
+    /// fails it too; `inputs` are saved when it fails.
     fn case(&mut self, name: String, inputs: &[Input], f: impl FnOnce() -> Outcome) {
         self.cases += 1;
         *self.running.1.lock().unwrap() = (name.clone(), inputs.to_vec());
@@ -235,7 +236,7 @@ impl Fuzz {
             .push(format!("{name}: {problem} (inputs in {})", dir.display()));
     }
 
-    /// Prints the tally and fails the test on any failure; returns the number of cases run.
+    /// Prints the tally; fails the test on any failure or when fewer than `at_least` cases ran.
     fn finish(self, at_least: usize) {
         eprintln!(
             "fuzz {}: {} cases ({} ok, {} clean errors) in {:.1} s",
@@ -1206,7 +1207,6 @@ fn use_model(dir: &Path) -> Result<(), Outcome> {
     if d == 0 || d % m.config().num_attention_heads != 0 {
         return Err(bad(format!("opened with hidden size {d}")));
     }
-    let mut first = None;
     for l in 0..layers.min(LAYERS + 1) {
         let layer = m.layer(l).map_err(err)?;
         let a = &layer.attention;
@@ -1218,7 +1218,6 @@ fn use_model(dir: &Path) -> Result<(), Outcome> {
                 a.heads
             )));
         }
-        first.get_or_insert(l);
     }
     let e = m.embeddings().map_err(err)?;
     let n = e.max_positions().min(5);
@@ -1236,7 +1235,7 @@ fn use_model(dir: &Path) -> Result<(), Outcome> {
         }
         finite(&format!("hidden state {l}"), s)?;
     }
-    if first.is_some() {
+    if layers > 0 {
         load_attention_layer_source(dir, 0).map_err(err)?;
         if m.config().model_type == "bert" {
             load_bert_layer(dir, 0).map_err(err)?;
