@@ -43,6 +43,47 @@ const HANG: Duration = Duration::from_secs(120);
 /// The address-space cap of the test process: far above what the seeds need (a few MB), far
 /// below what a size trusted from a mutated header would ask for.
 const ADDRESS_SPACE: u64 = 8 << 30;
+/// A single allocation above this fails its case even when it succeeds: the memory budget is as
+/// large, and an allocation sized by an untrusted header (`vec![0; header_len]` is calloc, which
+/// Linux grants lazily) passes the address-space cap unnoticed up to 8 GiB.
+const ALLOCATION_CAP: usize = 256 << 20;
+
+/// The system allocator, noting on each thread the largest allocation above `ALLOCATION_CAP`.
+struct Watched;
+
+thread_local! {
+    static LARGEST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn note(size: usize) {
+    if size > ALLOCATION_CAP {
+        // try_with: an allocation during the thread's teardown is not a case's.
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; `note` only reads and writes
+// a thread-local Cell, which allocates nothing.
+unsafe impl std::alloc::GlobalAlloc for Watched {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note(layout.size());
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note(layout.size());
+        std::alloc::System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        note(new);
+        std::alloc::System.realloc(ptr, layout, new)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Watched = Watched;
 
 // ------------------------------------------------------------------------------------------
 // The harness: seeded choices, panics caught with their location, the watchdog, the tally.
@@ -197,12 +238,17 @@ impl Fuzz {
             Ordering::Relaxed,
         );
         PANIC.with(|p| *p.borrow_mut() = Some(None));
+        LARGEST.with(|l| l.set(0));
         let result = catch_unwind(AssertUnwindSafe(f));
         let panic = PANIC.with(|p| p.borrow_mut().take()).flatten();
+        let largest = LARGEST.with(|l| l.get());
         self.running.0.store(0, Ordering::Relaxed);
         let took = t0.elapsed();
         let problem = match &result {
             Err(_) => Some(format!("panicked: {}", panic.unwrap_or_default())),
+            Ok(_) if largest > 0 => Some(format!(
+                "allocated {largest} bytes at once, above the {ALLOCATION_CAP} a case may"
+            )),
             // A panic the library caught is still printed by the panic hook (a CLI user sees
             // "panicked" on stderr), so it is a failure too.
             Ok(_) if panic.is_some() => Some(format!(
