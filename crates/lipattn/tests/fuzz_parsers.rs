@@ -192,6 +192,16 @@ impl Fuzz {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-{class}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        // The inputs kept from an earlier run's failures of this class, so that what is there
+        // after this run is this run's.
+        if let Ok(kept) = std::fs::read_dir(keep_dir("")) {
+            for e in kept.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.strip_prefix(class).is_some_and(|r| r.starts_with('-')) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let running: Arc<Running> =
             Arc::new((AtomicU64::new(0), Mutex::new((String::new(), vec![]))));
         let started = Instant::now();
@@ -1969,5 +1979,31 @@ fn hidden_states_that_overflow_are_an_error() {
     assert!(
         e.contains("hidden state 2") && e.contains("overflow"),
         "{e}"
+    );
+}
+
+/// A file and the same text in memory give the same result under a token limit, errors
+/// included: a word that neither the vocabulary nor its (missing) unknown token covers made the
+/// text an error while the file, cut after its first words, gave tokens.
+#[test]
+fn a_file_and_its_text_agree_when_the_text_fails_to_tokenise() {
+    let dir = scratch("unk");
+    let mut tok = byte_level_tokenizer();
+    tok["model"]["unk_token"] = json!("<unk>");
+    write(
+        &dir.join("tokenizer.json"),
+        &serde_json::to_vec(&tok).unwrap(),
+    );
+    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let text = "a b c ab 's a's";
+    write(&dir.join("text.txt"), text.as_bytes());
+    let in_memory = tok.encode(text, Some(2)).unwrap_err().to_string();
+    let from_file = tok
+        .encode_file(&dir.join("text.txt"), Some(2))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        in_memory.contains("<unk>") && from_file == in_memory,
+        "{in_memory} / {from_file}"
     );
 }
