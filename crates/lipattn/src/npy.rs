@@ -23,16 +23,8 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
         path: path.to_path_buf(),
         msg,
     };
-    if let Some(shape) = header_shape(&bytes) {
-        if shape
-            .iter()
-            .try_fold(1u64, |a, &s| a.checked_mul(s))
-            .is_none()
-        {
-            return Err(fmt(format!(
-                "header shape {shape:?}: its number of values overflows"
-            )));
-        }
+    if let Some(problem) = header_problem(&bytes) {
+        return Err(fmt(problem));
     }
     let npy =
         npyz::NpyFile::new(&bytes[..]).map_err(|e| fmt(format!("not a valid .npy file ({e})")))?;
@@ -103,11 +95,13 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
     Ok(NpyArray { shape, data, dtype })
 }
 
-/// The shape a .npy header gives, read before `npyz` parses it: `npyz` multiplies the shape
-/// without overflow checks, which panics in a build with them (any debug build) on a header such
-/// as (2^33, 2^32) (found by tests/fuzz_parsers.rs). None when the header is not readable here;
-/// `npyz` then reports what is wrong with it.
-fn header_shape(bytes: &[u8]) -> Option<Vec<u64>> {
+/// What is wrong with a .npy header that `npyz` would not report safely, checked before it reads
+/// the file: `npyz` allocates the header's length as given (a 12-byte file claiming a 3 GB header
+/// allocated 3 GB; found by the `npy` target of fuzz/) and multiplies the shape without overflow
+/// checks, which panics in a build with them (any debug build) on a shape such as (2^33, 2^32)
+/// (found by tests/fuzz_parsers.rs). None when nothing is wrong here or the header is not
+/// readable here; `npyz` then reports what is wrong with it.
+fn header_problem(bytes: &[u8]) -> Option<String> {
     if !bytes.starts_with(b"\x93NUMPY") {
         return None;
     }
@@ -116,23 +110,35 @@ fn header_shape(bytes: &[u8]) -> Option<Vec<u64>> {
             10,
             usize::from(u16::from_le_bytes([*bytes.get(8)?, *bytes.get(9)?])),
         ),
-        _ => (
+        2 | 3 => (
             12,
             u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?) as usize,
         ),
+        _ => return None,
     };
-    let header = std::str::from_utf8(bytes.get(start..start.checked_add(len)?)?).ok()?;
+    let Some(header) = bytes.get(start..start.saturating_add(len)) else {
+        return Some(format!(
+            "the header claims {len} bytes, past the end of the file ({} bytes)",
+            bytes.len()
+        ));
+    };
+    let header = std::str::from_utf8(header).ok()?;
     let after = &header[header
         .find("'shape'")
         .or_else(|| header.find("\"shape\""))?..];
     let tuple = &after[after.find('(')? + 1..];
     let tuple = &tuple[..tuple.find(')')?];
-    tuple
+    let shape = tuple
         .split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|t| t.trim_end_matches('L').parse::<u64>().ok())
-        .collect()
+        .collect::<Option<Vec<u64>>>()?;
+    shape
+        .iter()
+        .try_fold(1u64, |a, &s| a.checked_mul(s))
+        .is_none()
+        .then(|| format!("header shape {shape:?}: its number of values overflows"))
 }
 
 /// Reads an (n, d) matrix; a 1-D array of length d is read as one row.
@@ -284,6 +290,10 @@ mod tests {
         }
         raw_npy(&p, "(2,)", &[0u8; 16]);
         assert_eq!(read_vector(&p).unwrap(), vec![0.0, 0.0]);
+        // Version 3 with a header length of 3.3 GB in a 12-byte file (fuzz/ npy target).
+        std::fs::write(&p, b"\x93NUMPY\x03\x00\x00\x00\x50\xc2").unwrap();
+        let e = read_matrix(&p).unwrap_err().to_string();
+        assert!(e.contains("claims 3260022784 bytes"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -43,6 +43,47 @@ const HANG: Duration = Duration::from_secs(120);
 /// The address-space cap of the test process: far above what the seeds need (a few MB), far
 /// below what a size trusted from a mutated header would ask for.
 const ADDRESS_SPACE: u64 = 8 << 30;
+/// A single allocation above this fails its case even when it succeeds: the memory budget is as
+/// large, and an allocation sized by an untrusted header (`vec![0; header_len]` is calloc, which
+/// Linux grants lazily) passes the address-space cap unnoticed up to 8 GiB.
+const ALLOCATION_CAP: usize = 256 << 20;
+
+/// The system allocator, noting on each thread the largest allocation above `ALLOCATION_CAP`.
+struct Watched;
+
+thread_local! {
+    static LARGEST: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn note(size: usize) {
+    if size > ALLOCATION_CAP {
+        // try_with: an allocation during the thread's teardown is not a case's.
+        let _ = LARGEST.try_with(|l| l.set(l.get().max(size)));
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; `note` only reads and writes
+// a thread-local Cell, which allocates nothing.
+unsafe impl std::alloc::GlobalAlloc for Watched {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note(layout.size());
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note(layout.size());
+        std::alloc::System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        note(new);
+        std::alloc::System.realloc(ptr, layout, new)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Watched = Watched;
 
 // ------------------------------------------------------------------------------------------
 // The harness: seeded choices, panics caught with their location, the watchdog, the tally.
@@ -151,6 +192,16 @@ impl Fuzz {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-{class}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        // The inputs kept from an earlier run's failures of this class, so that what is there
+        // after this run is this run's.
+        if let Ok(kept) = std::fs::read_dir(keep_dir("")) {
+            for e in kept.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.strip_prefix(class).is_some_and(|r| r.starts_with('-')) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let running: Arc<Running> =
             Arc::new((AtomicU64::new(0), Mutex::new((String::new(), vec![]))));
         let started = Instant::now();
@@ -184,9 +235,10 @@ impl Fuzz {
         }
     }
 
-    /// Runs one case: `f` returns Ok(()) for a consistent result, Err(message) for an error the
-    /// library returned (which must carry a message); a panic or an inconsistent result is
-    /// recorded by `f` returning through `fail`. `inputs` are saved when the case fails.
+    /// Runs one case: `f` returns `Outcome::Ok` for a consistent result, `Outcome::Err` for an
+    /// error of the library (which must carry a message) and `Outcome::Bad` for an inconsistent
+    /// result. A panic (caught here or inside the library) or a case slower than `SLOW_CASE`
+    /// fails it too; `inputs` are saved when it fails.
     fn case(&mut self, name: String, inputs: &[Input], f: impl FnOnce() -> Outcome) {
         self.cases += 1;
         *self.running.1.lock().unwrap() = (name.clone(), inputs.to_vec());
@@ -196,12 +248,17 @@ impl Fuzz {
             Ordering::Relaxed,
         );
         PANIC.with(|p| *p.borrow_mut() = Some(None));
+        LARGEST.with(|l| l.set(0));
         let result = catch_unwind(AssertUnwindSafe(f));
         let panic = PANIC.with(|p| p.borrow_mut().take()).flatten();
+        let largest = LARGEST.with(|l| l.get());
         self.running.0.store(0, Ordering::Relaxed);
         let took = t0.elapsed();
         let problem = match &result {
             Err(_) => Some(format!("panicked: {}", panic.unwrap_or_default())),
+            Ok(_) if largest > 0 => Some(format!(
+                "allocated {largest} bytes at once, above the {ALLOCATION_CAP} a case may"
+            )),
             // A panic the library caught is still printed by the panic hook (a CLI user sees
             // "panicked" on stderr), so it is a failure too.
             Ok(_) if panic.is_some() => Some(format!(
@@ -235,7 +292,7 @@ impl Fuzz {
             .push(format!("{name}: {problem} (inputs in {})", dir.display()));
     }
 
-    /// Prints the tally and fails the test on any failure; returns the number of cases run.
+    /// Prints the tally; fails the test on any failure or when fewer than `at_least` cases ran.
     fn finish(self, at_least: usize) {
         eprintln!(
             "fuzz {}: {} cases ({} ok, {} clean errors) in {:.1} s",
@@ -1206,7 +1263,6 @@ fn use_model(dir: &Path) -> Result<(), Outcome> {
     if d == 0 || d % m.config().num_attention_heads != 0 {
         return Err(bad(format!("opened with hidden size {d}")));
     }
-    let mut first = None;
     for l in 0..layers.min(LAYERS + 1) {
         let layer = m.layer(l).map_err(err)?;
         let a = &layer.attention;
@@ -1218,7 +1274,6 @@ fn use_model(dir: &Path) -> Result<(), Outcome> {
                 a.heads
             )));
         }
-        first.get_or_insert(l);
     }
     let e = m.embeddings().map_err(err)?;
     let n = e.max_positions().min(5);
@@ -1236,7 +1291,7 @@ fn use_model(dir: &Path) -> Result<(), Outcome> {
         }
         finite(&format!("hidden state {l}"), s)?;
     }
-    if first.is_some() {
+    if layers > 0 {
         load_attention_layer_source(dir, 0).map_err(err)?;
         if m.config().model_type == "bert" {
             load_bert_layer(dir, 0).map_err(err)?;
@@ -1903,4 +1958,52 @@ fn empty_tensor_with_a_huge_dimension_is_an_error() {
         .to_string();
     assert!(e.contains("tensor 'f'") && e.contains("is empty"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(1));
+}
+
+/// Finite weights whose products overflow: a final LayerNorm gain of 1.7e308 made GPT-2's output
+/// -inf, returned as a hidden state.
+#[test]
+fn hidden_states_that_overflow_are_an_error() {
+    let dir = scratch("overflow");
+    let mut tiny = tiny_model("gpt2", "", "F64", 5);
+    let gain = tiny.tensors.get_mut("ln_f.weight").unwrap();
+    gain.2 = encode("F64", &[1.7e308; D]);
+    write(
+        &dir.join("config.json"),
+        &serde_json::to_vec(&tiny.config).unwrap(),
+    );
+    write(&dir.join("model.safetensors"), &serialize(&tiny.tensors));
+    let m = Model::open(&dir).unwrap();
+    assert!(m.hidden_states_upto(&[1, 2, 3], 1).is_ok());
+    let e = m.hidden_states(&[1, 2, 3]).unwrap_err().to_string();
+    assert!(
+        e.contains("hidden state 2") && e.contains("overflow"),
+        "{e}"
+    );
+}
+
+/// A file and the same text in memory give the same result under a token limit, errors
+/// included: a word that neither the vocabulary nor its (missing) unknown token covers made the
+/// text an error while the file, cut after its first words, gave tokens.
+#[test]
+fn a_file_and_its_text_agree_when_the_text_fails_to_tokenise() {
+    let dir = scratch("unk");
+    let mut tok = byte_level_tokenizer();
+    tok["model"]["unk_token"] = json!("<unk>");
+    write(
+        &dir.join("tokenizer.json"),
+        &serde_json::to_vec(&tok).unwrap(),
+    );
+    let tok = TextTokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let text = "a b c ab 's a's";
+    write(&dir.join("text.txt"), text.as_bytes());
+    let in_memory = tok.encode(text, Some(2)).unwrap_err().to_string();
+    let from_file = tok
+        .encode_file(&dir.join("text.txt"), Some(2))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        in_memory.contains("<unk>") && from_file == in_memory,
+        "{in_memory} / {from_file}"
+    );
 }

@@ -21,7 +21,7 @@ pub enum Invalid {
         got: usize,
     },
     /// A count of full repetitions (random starts, probes, replicates) above [`MAX_REPEATS`].
-    #[error("{what} must be at most {max}, got {got} (each one repeats the whole computation, with no early stop: a larger count is a run that cannot finish)")]
+    #[error("{what} must be at most {max}, got {got} (each one repeats a whole computation: a larger count is a run that cannot finish)")]
     TooMany {
         what: String,
         max: usize,
@@ -182,10 +182,11 @@ pub fn check_unsigned<T: TryFrom<i128>>(what: &str, value: i128) -> Result<T> {
     })
 }
 
-/// The most full repetitions a count may ask for. Random starts, pair proposals, probes and
-/// replicates each repeat a whole computation and none stops early, so their time grows with the
-/// count alone: 2^64 - 1 starts (a typo, or a negative number cast) once ran until killed. A
-/// million is far above every default (2 to 100) and above what any run finishes in practice.
+/// The most full repetitions a count may ask for. Random starts, ascent steps, pair proposals,
+/// probes and replicates each repeat a whole computation, and all but the ascent steps always
+/// run to the count (those stop early only when a step fails to improve), so the time grows with
+/// the count: 2^64 - 1 starts once ran until killed. A million is far above every default (2 to
+/// 100) and above what any run finishes in practice.
 pub const MAX_REPEATS: usize = 1_000_000;
 
 /// `got <= MAX_REPEATS`, or `Invalid::TooMany` naming `what`.

@@ -30,7 +30,30 @@ impl Model {
                 states[n] = out;
             }
         }
+        for (l, s) in states.iter().enumerate() {
+            self.check_state(l, s)?;
+        }
         Ok(states)
+    }
+
+    /// Finite weights can still overflow (a LayerNorm gain of 1e308 made the final output -inf,
+    /// found by tests/fuzz_parsers.rs): an infinite or NaN hidden state is an error, never a
+    /// result.
+    fn check_state(&self, l: usize, s: &Mat<f64>) -> Result<()> {
+        for j in 0..s.ncols() {
+            if let Some((i, v)) = s
+                .col_as_slice(j)
+                .iter()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+            {
+                return Err(Error::Numerical(format!(
+                    "hidden state {l} of the model in {} is {v} at token {i}, feature {j}: its weights overflow in f64",
+                    self.dir().display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Hidden states entering every block, plus the final output (length `num_layers() + 1`).

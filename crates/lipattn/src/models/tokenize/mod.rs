@@ -126,7 +126,13 @@ impl TextTokenizer {
             return self.encode(&text, None);
         };
         self.check_max_tokens(m)?;
-        let (mut buf, mut want) = (Vec::new(), BYTES_PER_TOKEN.saturating_mul(m).max(MIN_HEAD));
+        // The cuts are searched from the same place as `encode` searches them, so that a file and
+        // its text in memory give the same result, errors included: searched from 0, a file
+        // whose text fails to tokenise after its first few words (a word the vocabulary and its
+        // unknown token both lack) gave tokens where the text gave the error (found by
+        // tests/fuzz_parsers.rs).
+        let from = BYTES_PER_TOKEN.saturating_mul(m).max(MIN_HEAD);
+        let (mut buf, mut want) = (Vec::new(), from);
         loop {
             let got = (&mut file)
                 .take((want - buf.len()) as u64)
@@ -151,7 +157,7 @@ impl TextTokenizer {
                     what: format!("text of {}", path.display()),
                 });
             }
-            if let Some(head) = self.head(text, m, 0, complete)? {
+            if let Some(head) = self.head(text, m, from, complete)? {
                 return self.encode_whole(head, Some(m));
             }
             want = want.saturating_mul(2);
