@@ -2,7 +2,8 @@
 
 Each option is given 0, -1, NaN, inf, -inf, 1e308, -1e308, 1e-308, 2^32, 2^64 - 1, 2^64, a
 fraction, an empty string, and the values next to its own limits, on top of a small fast
-invocation of its command (a tiny BERT checkpoint written here, or a synthetic layer). Every run
+invocation of its command (a tiny BERT checkpoint written here, or a synthetic layer). Then pairs of
+options (`test_pairs_of_numeric_options`). Every run
 must end in exit 0 with a valid result (JSON that parses, finite arrays) or exit 2 with a
 message on stderr: never a panic, a signal, an allocation failure, or a run past TIMEOUT, under
 an address-space cap and a memory budget. `test_every_numeric_option_is_fuzzed` parses each
@@ -174,17 +175,20 @@ CONTEXT = {
 DYNAMICS = ("invert", "fixed-point", "flow")
 
 
-def invocation(bin_, cmd, opt, value, f, run):
+def invocation(bin_, cmd, chosen, f, run):
+    """The command line of `cmd`'s base invocation with the options `chosen` ({option: value})
+    set, each with the options it acts with (CONTEXT)."""
     pos, opts = base(cmd, f, run)
     opts = dict(opts)
-    opts.update(CONTEXT.get((cmd, opt), {}))
-    if cmd in DYNAMICS and opt == "--layer":
+    for opt in chosen:
+        opts.update(CONTEXT.get((cmd, opt), {}))
+    if cmd in DYNAMICS and "--layer" in chosen:
         # A checkpoint layer instead of the synthetic one (the options conflict).
         for k in ("--d", "--heads"):
             opts.pop(k, None)
         opts["--model"] = str(f / "bert")
-    opts[opt] = value
-    if opt != "--max-memory":
+    opts.update(chosen)
+    if "--max-memory" not in chosen:
         opts["--max-memory"] = BUDGET
     args = [bin_, cmd, *pos]
     for k, v in opts.items():
@@ -248,19 +252,68 @@ def test_numeric_options_at_their_bounds(lipattn_bin, files, tmp_path):
         for opt in opts:
             for value in COMMON + LIMITS.get(opt, []):
                 run = tmp_path / f"run{len(jobs)}"
-                args = invocation(lipattn_bin, cmd, opt, value, files, run)
+                args = invocation(lipattn_bin, cmd, {opt: value}, files, run)
                 outfile = str(run) + ".npy" if cmd in ("forward", "hidden") else None
                 jobs.append((cmd, opt, value, args, outfile))
+    run_all(jobs, "one option at a time")
+
+
+def run_all(jobs, what):
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
         results = list(pool.map(lambda j: check(j[3], j[4]), jobs))
     wall = time.monotonic() - t0
     tally = collections.Counter(cmd for cmd, *_ in jobs)
     slow = sorted(((t, j[0], j[1], j[2]) for (_, t), j in zip(results, jobs)), reverse=True)[:5]
-    print(f"\nfuzz CLI: {len(jobs)} runs in {wall:.1f} s; per command {dict(tally)}; slowest {slow}")
+    print(f"\nfuzz CLI, {what}: {len(jobs)} runs in {wall:.1f} s; per command {dict(tally)}; slowest {slow}")
     failures = [f"{cmd} {opt}={value!r}: {why}\n    {' '.join(args)}"
                 for (cmd, opt, value, args, _), (why, _) in zip(jobs, results) if why]
     assert not failures, f"{len(failures)} of {len(jobs)} runs failed:\n" + "\n".join(failures[:40])
+
+
+# Pairs chosen because each value is harmless alone and the pair is not: a tolerance no solver
+# reaches under a large iteration cap, a tiny step under a large step cap, sizes that fit one
+# at a time.
+HARD_PAIRS = {
+    "transport": [{"--tol": "1e-300", "--max-iter": "1000000"}, {"--eps": "1e-300", "--max-iter": "1000000"},
+                  {"--p": "2", "--eps": "1e-300"}],
+    "invert": [{"--atol": "1e-300", "--max-iter": "1000000"}, {"--c": "0.999999999999", "--max-iter": "1000000"},
+               {"--n": "100000", "--d": "65536"}, {"--probes": "1000000", "--truncation-tol": "1e-300"}],
+    "fixed-point": [{"--atol": "1e-300", "--max-iter": "1000000"},
+                    {"--contract": "0.999999999999", "--max-iter": "1000000"},
+                    {"--rtol": "1e-300", "--atol": "1e-300"}],
+    "flow": [{"--dt": "1e-300", "--max-steps": "1000000"}, {"--t": "1e300", "--max-steps": "18446744073709551615"},
+             {"--record": "1e-300", "--t": "1e-300"}, {"--rtol": "1e-300", "--atol": "1e-300"}],
+    "lipschitz": [{"--starts": "1000000", "--steps": "1000000"}, {"--n": "100000", "--atoms": "100000"}],
+    "local": [{"--tol": "1e-300", "--max-iter": "1000000"}],
+    "analyze": [{"--ns": "16", "--windows": "1000000"}, {"--tol": "1e-300", "--ns": "2,16"}],
+}
+PAIRS_PER_COMMAND = 100
+
+
+def test_pairs_of_numeric_options(lipattn_bin, files, tmp_path):
+    """Options vary together: the pairs above, and seeded random pairs of the values of the
+    test before (each option's boundary and limit values) for every command."""
+    import random
+
+    rng = random.Random(16)
+    jobs = []
+
+    def add(cmd, chosen):
+        run = tmp_path / f"run{len(jobs)}"
+        args = invocation(lipattn_bin, cmd, chosen, files, run)
+        outfile = str(run) + ".npy" if cmd in ("forward", "hidden") else None
+        jobs.append((cmd, " ".join(chosen), " ".join(chosen.values()), args, outfile))
+
+    for cmd, opts in NUMERIC.items():
+        for chosen in HARD_PAIRS.get(cmd, []):
+            add(cmd, chosen)
+        values = [(o, v) for o in opts if o != "--max-memory" for v in COMMON + LIMITS.get(o, [])]
+        for _ in range(PAIRS_PER_COMMAND if len(opts) > 2 else 0):
+            (o1, v1), (o2, v2) = rng.sample(values, 2)
+            if o1 != o2:
+                add(cmd, {o1: v1, o2: v2})
+    run_all(jobs, "pairs")
 
 
 # What the fuzzing found, as plain tests of the reproducers (each ran until killed, or misread
@@ -275,6 +328,11 @@ def test_numeric_options_at_their_bounds(lipattn_bin, files, tmp_path):
     (["flow", "--d", "3", "--n", "4", "--t", "0.5", "--mean-field", "4,8", "--mean-field-replicates",
       "4294967296"], "replicates must be at most 1000000"),
     (["flow", "--d", "3", "--n", "4", "--token-scale", "1e308"], "--token-scale = 1e308 makes the random tokens overflow"),
+    # Found by the pairs: each count within its cap, their product running for days.
+    (["lipschitz", "--layer", "0", "--radius", "2", "--n", "3", "--starts", "1000000", "--steps", "1000000"],
+     "--starts = 1000000 times --steps = 1000000: 1e12 evaluations in all, above the cap of 1e8"),
+    (["invert", "--d", "4", "--n", "3", "--logdet", "--logdet-series", "--probes", "1000000",
+      "--truncation-tol", "1e-300"], "--probes = 1000000 times the series terms --truncation-tol asks for"),
 ])
 def test_found_by_fuzzing(lipattn_bin, files, args, needle):
     if args[0] == "lipschitz":

@@ -65,3 +65,23 @@ def test_transport_beyond_the_budget(lipattn_bin, tmp_path):
     res = run_capped(lipattn_bin, "transport", tmp_path / "x.npy", tmp_path / "x.npy",
                      "--max-memory", "64M")
     clean_error(res, "between 3000 and 3000 atoms", "budget of 67.109 MB")
+
+
+@pytest.mark.parametrize("args,needles", [
+    # 20,000 x 20,000 atoms: a 3.2 GB cost matrix alone, under a 2 GiB address space.
+    (["transport", "X", "X", "--max-memory", "1T"], ["between 20000 and 20000 atoms"]),
+    (["invert", "--n", 30000, "--max-memory", "1T"], ["score matrices"]),
+])
+def test_within_the_budget_but_refused_by_the_system(lipattn_bin, tmp_path, args, needles):
+    """A budget set above what the process may map: the memory the estimate counts is reserved
+    before the work, so the system's refusal is a clean error, not the abort of a failed
+    allocation (which this transport case was: "memory allocation of 3200000000 bytes failed")."""
+    import numpy as np
+    np.save(tmp_path / "x.npy", np.zeros((20000, 2)))
+    args = [tmp_path / "x.npy" if a == "X" else a for a in args]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    res = subprocess.run([lipattn_bin, *map(str, args)], capture_output=True, text=True,
+                         timeout=60, preexec_fn=limit)
+    clean_error(res, *needles, "which the system refused to allocate now")

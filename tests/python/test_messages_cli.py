@@ -212,3 +212,19 @@ def test_every_file_error_names_the_file(lipattn_bin, tmp_path):
         r = run(lipattn_bin, *args)
         assert r.returncode == 2, (args, r.stderr)
         assert str(path) in r.stderr and "panicked" not in r.stderr, (args, r.stderr)
+
+
+@pytest.mark.parametrize("kernel,domain", [("dot", "ball"), ("l2", "all")])
+def test_invert_answers_about_the_kernel_asked_for(lipattn_bin, kernel, domain):
+    """The issue saw `invert --kernel dot` answer about the L2 kernel: the operator line, the
+    certificate's domain (dot-product attention has no global constant, so a ball) and the
+    JSON say which kernel was analysed."""
+    res = subprocess.run([lipattn_bin, "invert", "--kernel", kernel], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    first = res.stdout.splitlines()[0]
+    assert f"{kernel} self-attention" in first, first
+    other = "l2" if kernel == "dot" else "dot"
+    assert f"{other} self-attention" not in res.stdout
+    reports = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
+    assert reports and all(r["domain"]["kind"] == domain for r in reports), reports

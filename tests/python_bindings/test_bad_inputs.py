@@ -258,9 +258,35 @@ def test_oversized_requests_raise_memory_error():
     finally:
         lipattn.set_max_memory(None)
     assert lipattn.max_memory()[1] != "set by --max-memory / set_max_memory"
-    for bad in ["12Q", "-1G", 0, -5]:
+    for bad in ["12Q", "-1G", 0, -5, 2**200]:
         with pytest.raises(ValueError):
             lipattn.set_max_memory(bad)
+
+
+def test_memory_the_system_refuses_is_a_memory_error():
+    """Within a budget set above what the process may map (a 2 GiB address space): the request's
+    memory is reserved before the work, so the refusal is MemoryError and the interpreter lives
+    on; before, the failed allocation aborted it."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, lipattn
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+lipattn.set_max_memory("1T")
+layer = lipattn.random_layer(16, 2)
+x = lipattn.random_tokens(20000, 16)
+try:
+    layer.forward(x)
+except MemoryError as e:
+    print("MemoryError:", e)
+layer.forward(x[:100])
+print("alive")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "which the system refused to allocate now" in res.stdout, res.stdout
+    assert res.stdout.strip().endswith("alive"), res.stdout
 
 
 # --- Negative integers -------------------------------------------------------------------------
@@ -346,6 +372,22 @@ def test_negative_integers_are_value_errors_naming_the_parameter(name, param, re
     value, named = ([1, -1], f"{param}[1]") if param in SEQUENCES else (-1, param)
     # The name as a whole word (`n`, not the n of `must`), then the value.
     with pytest.raises(ValueError, match=rf"(?<![\w\[]){re.escape(named)}(?![\w\[]).*-1"):
+        fn(**{**kwargs, param: value})
+    lipattn.set_max_memory(None)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+@pytest.mark.parametrize("name,param", integer_parameters())
+def test_integers_wider_than_128_bits_are_value_errors_naming_the_parameter(
+    name, param, sign, request
+):
+    """Python's int has no bound: 2^200 is refused naming the parameter, not with OverflowError."""
+    model = lambda: lipattn.Model(request.getfixturevalue("minilm"))  # noqa: E731
+    fn, kwargs = CALLS[name](model)
+    big = sign * 2**200
+    value, named = ([1, big], f"{param}[1]") if param in SEQUENCES else (big, param)
+    why = "nonnegative" if sign < 0 else "too large: an integer of 201 bits"
+    with pytest.raises(ValueError, match=rf"(?<![\w\[]){re.escape(named)}(?![\w\[]).*{why}"):
         fn(**{**kwargs, param: value})
     lipattn.set_max_memory(None)
 

@@ -2,6 +2,7 @@
 //! before allocating, and one beyond it raises MemoryError naming the sizes.
 
 use crate::errors::IntoPyResult;
+use crate::ints::{PyInt, Unsigned};
 use pyo3::prelude::*;
 
 /// Sets the memory budget for this process: bytes as an int, a string such as ``"8G"`` or
@@ -15,12 +16,13 @@ fn set_max_memory(limit: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
             Ok(s) => lipattn::budget::parse_bytes(&s)
                 .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("limit: {e}")))?,
             Err(_) => {
-                let b: i128 = l.extract()?;
-                u64::try_from(b).ok().filter(|&b| b > 0).ok_or_else(|| {
-                    pyo3::exceptions::PyValueError::new_err(format!(
-                        "limit must be a positive number of bytes, got {b}"
-                    ))
-                })?
+                let b: u64 = l.extract::<PyInt>()?.unsigned("limit")?;
+                if b == 0 {
+                    return Err(pyo3::exceptions::PyValueError::new_err(
+                        "limit must be a positive number of bytes, got 0",
+                    ));
+                }
+                b
             }
         }),
     };

@@ -7,6 +7,7 @@
 
 use crate::convert::{json_to_py, matrix_f64, optional_vector, to_numpy};
 use crate::errors::{detached, interruptible, IntoPyResult};
+use crate::ints::PyInt;
 use crate::layer::{kernel_of, PyAttentionLayer};
 use faer::Mat;
 use lipattn::dynamics::flow::{
@@ -62,13 +63,13 @@ fn solver_request(
 
 /// A seeded random layer on R^d (the CLI's synthetic layer: same seed, same weights).
 #[pyfunction]
-#[pyo3(signature = (d, heads=SourceRequest::default().heads as i128, *, kernel=SourceRequest::default().kernel.name(), bias=SourceRequest::default().bias, seed=SourceRequest::default().seed as i128))]
+#[pyo3(signature = (d, heads=crate::ints::PyInt::Fits(SourceRequest::default().heads as i128), *, kernel=SourceRequest::default().kernel.name(), bias=SourceRequest::default().bias, seed=crate::ints::PyInt::Fits(SourceRequest::default().seed as i128)))]
 fn random_layer(
-    d: i128,
-    heads: i128,
+    d: PyInt,
+    heads: PyInt,
     kernel: &str,
     bias: f64,
-    seed: i128,
+    seed: PyInt,
 ) -> PyResult<PyAttentionLayer> {
     crate::ints::unsigned!(d, heads, seed);
     let k = kernel_of(kernel)?;
@@ -91,13 +92,13 @@ fn tokens_fit(n: usize, d: usize) -> PyResult<()> {
 /// n seeded Gaussian tokens in R^d with standard deviation ``scale`` (the CLI's random tokens use
 /// seed + 1 of its --seed).
 #[pyfunction]
-#[pyo3(signature = (n, d, *, scale=SourceRequest::default().token_scale, seed=SourceRequest::default().seed as i128))]
+#[pyo3(signature = (n, d, *, scale=SourceRequest::default().token_scale, seed=crate::ints::PyInt::Fits(SourceRequest::default().seed as i128)))]
 fn random_tokens<'py>(
     py: Python<'py>,
-    n: i128,
-    d: i128,
+    n: PyInt,
+    d: PyInt,
     scale: f64,
-    seed: i128,
+    seed: PyInt,
 ) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
     crate::ints::unsigned!(n, d, seed);
     if n == 0 || d == 0 {
@@ -111,7 +112,7 @@ fn random_tokens<'py>(
 /// Geshkovski et al.'s layer: Q = K = V = I on R^d, scores beta <x, y>.
 #[pyfunction]
 #[pyo3(signature = (d, beta=lipattn::ops::source::IDENTITY_BETA))]
-fn identity_layer(d: i128, beta: f64) -> PyResult<PyAttentionLayer> {
+fn identity_layer(d: PyInt, beta: f64) -> PyResult<PyAttentionLayer> {
     crate::ints::unsigned!(d);
     let layer = identity_layer_of(d, beta).py_err()?;
     Ok(PyAttentionLayer::wrap_source(
@@ -122,12 +123,12 @@ fn identity_layer(d: i128, beta: f64) -> PyResult<PyAttentionLayer> {
 
 /// n seeded points uniform on the unit sphere of R^d.
 #[pyfunction]
-#[pyo3(signature = (n, d, *, seed=0))]
+#[pyo3(signature = (n, d, *, seed=crate::ints::PyInt::Fits(0)))]
 fn sphere_sample<'py>(
     py: Python<'py>,
-    n: i128,
-    d: i128,
-    seed: i128,
+    n: PyInt,
+    d: PyInt,
+    seed: PyInt,
 ) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
     crate::ints::unsigned!(n, d, seed);
     if n == 0 || d == 0 {
@@ -189,7 +190,7 @@ impl PyInvertibleBlock {
     fn new(
         py: Python<'_>,
         layer: PyRef<'_, PyAttentionLayer>,
-        n: i128,
+        n: PyInt,
         c: f64,
         radius: Option<f64>,
     ) -> PyResult<Self> {
@@ -303,7 +304,7 @@ impl PyInvertibleBlock {
     /// a_priori_iterations (certified), abs_trace, rel_trace, certified_lipschitz, domain, ...)
     /// plus ``x``, and ``reconstruction_error`` |x - x_true|_F when ``x_true`` is given. Raises
     /// NoConvergenceError when the solver fails.
-    #[pyo3(signature = (y, *, solver="anderson", atol=InvertRequest::default().solve.atol, max_iter=invert_op::DEFAULT_MAX_ITER as i128, anderson_memory=InvertRequest::default().solve.anderson_memory as i128, anderson_reg=InvertRequest::default().solve.anderson_reg, anderson_mixing=InvertRequest::default().solve.anderson_mixing, broyden_memory=InvertRequest::default().solve.broyden_memory as i128, x_true=None))]
+    #[pyo3(signature = (y, *, solver="anderson", atol=InvertRequest::default().solve.atol, max_iter=crate::ints::PyInt::Fits(invert_op::DEFAULT_MAX_ITER as i128), anderson_memory=crate::ints::PyInt::Fits(InvertRequest::default().solve.anderson_memory as i128), anderson_reg=InvertRequest::default().solve.anderson_reg, anderson_mixing=InvertRequest::default().solve.anderson_mixing, broyden_memory=crate::ints::PyInt::Fits(InvertRequest::default().solve.broyden_memory as i128), x_true=None))]
     #[allow(clippy::too_many_arguments)]
     fn inverse<'py>(
         &self,
@@ -311,11 +312,11 @@ impl PyInvertibleBlock {
         y: &Bound<'py, PyAny>,
         solver: &str,
         atol: f64,
-        max_iter: i128,
-        anderson_memory: i128,
+        max_iter: PyInt,
+        anderson_memory: PyInt,
         anderson_reg: f64,
         anderson_mixing: f64,
-        broyden_memory: i128,
+        broyden_memory: PyInt,
         x_true: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         crate::ints::unsigned!(max_iter, anderson_memory, broyden_memory);
@@ -355,15 +356,15 @@ impl PyInvertibleBlock {
     /// logabsdet, sign, dim. ``"series"``: Hutchinson estimate of the truncated log series with
     /// ``probes`` Rademacher probes, keys estimate, std_error (estimated), truncation_bound
     /// (certified), terms, probes, lipschitz, jvps.
-    #[pyo3(signature = (x, *, method="exact", truncation_tol=InvertRequest::default().truncation_tol, probes=InvertRequest::default().probes as i128, seed=InvertRequest::default().seed as i128))]
+    #[pyo3(signature = (x, *, method="exact", truncation_tol=InvertRequest::default().truncation_tol, probes=crate::ints::PyInt::Fits(InvertRequest::default().probes as i128), seed=crate::ints::PyInt::Fits(InvertRequest::default().seed as i128)))]
     fn logdet<'py>(
         &self,
         py: Python<'py>,
         x: &Bound<'py, PyAny>,
         method: &str,
         truncation_tol: f64,
-        probes: i128,
-        seed: i128,
+        probes: PyInt,
+        seed: PyInt,
     ) -> PyResult<Bound<'py, PyDict>> {
         crate::ints::unsigned!(probes, seed);
         let method: invert_op::LogDetMethod = method.parse().py_err()?;
@@ -398,7 +399,7 @@ impl PyInvertibleBlock {
 /// solver's reconstruction. A solver that fails is reported in ``solvers`` with its status;
 /// when none converges, the first failure is raised as NoConvergenceError.
 #[pyfunction]
-#[pyo3(signature = (layer, x, c=InvertRequest::default().c, *, radius=None, solver=InvertRequest::default().solve.solver.name(), atol=InvertRequest::default().solve.atol, max_iter=invert_op::DEFAULT_MAX_ITER as i128, anderson_memory=InvertRequest::default().solve.anderson_memory as i128, anderson_reg=InvertRequest::default().solve.anderson_reg, anderson_mixing=InvertRequest::default().solve.anderson_mixing, broyden_memory=InvertRequest::default().solve.broyden_memory as i128, logdet=false, probes=InvertRequest::default().probes as i128, logdet_series=false, truncation_tol=InvertRequest::default().truncation_tol, seed=InvertRequest::default().seed as i128))]
+#[pyo3(signature = (layer, x, c=InvertRequest::default().c, *, radius=None, solver=InvertRequest::default().solve.solver.name(), atol=InvertRequest::default().solve.atol, max_iter=crate::ints::PyInt::Fits(invert_op::DEFAULT_MAX_ITER as i128), anderson_memory=crate::ints::PyInt::Fits(InvertRequest::default().solve.anderson_memory as i128), anderson_reg=InvertRequest::default().solve.anderson_reg, anderson_mixing=InvertRequest::default().solve.anderson_mixing, broyden_memory=crate::ints::PyInt::Fits(InvertRequest::default().solve.broyden_memory as i128), logdet=false, probes=crate::ints::PyInt::Fits(InvertRequest::default().probes as i128), logdet_series=false, truncation_tol=InvertRequest::default().truncation_tol, seed=crate::ints::PyInt::Fits(InvertRequest::default().seed as i128)))]
 #[allow(clippy::too_many_arguments)]
 fn invert<'py>(
     py: Python<'py>,
@@ -408,16 +409,16 @@ fn invert<'py>(
     radius: Option<f64>,
     solver: &str,
     atol: f64,
-    max_iter: i128,
-    anderson_memory: i128,
+    max_iter: PyInt,
+    anderson_memory: PyInt,
     anderson_reg: f64,
     anderson_mixing: f64,
-    broyden_memory: i128,
+    broyden_memory: PyInt,
     logdet: bool,
-    probes: i128,
+    probes: PyInt,
     logdet_series: bool,
     truncation_tol: f64,
-    seed: i128,
+    seed: PyInt,
 ) -> PyResult<Bound<'py, PyDict>> {
     crate::ints::unsigned!(max_iter, anderson_memory, broyden_memory, probes, seed);
     let req = InvertRequest {
@@ -477,7 +478,7 @@ fn invert<'py>(
 /// error_bound, a_priori_steps, ...), and ``x``: the fixed point (lowest-residual iterate).
 /// Raises NoConvergenceError when the solver diverges or runs out of steps.
 #[pyfunction]
-#[pyo3(signature = (layer, x, *, space=FixedPointRequest::default().space.name(), variant=FixedPointRequest::default().variant.name(), beta=FixedPointRequest::default().beta, input=None, weights=None, contract=None, radius=None, solver="anderson", atol=FixedPointRequest::default().solve.atol, rtol=FixedPointRequest::default().solve.rtol, max_iter=fixed_point_op::DEFAULT_MAX_ITER as i128, anderson_memory=FixedPointRequest::default().solve.anderson_memory as i128, anderson_reg=FixedPointRequest::default().solve.anderson_reg, anderson_mixing=FixedPointRequest::default().solve.anderson_mixing, broyden_memory=FixedPointRequest::default().solve.broyden_memory as i128))]
+#[pyo3(signature = (layer, x, *, space=FixedPointRequest::default().space.name(), variant=FixedPointRequest::default().variant.name(), beta=FixedPointRequest::default().beta, input=None, weights=None, contract=None, radius=None, solver="anderson", atol=FixedPointRequest::default().solve.atol, rtol=FixedPointRequest::default().solve.rtol, max_iter=crate::ints::PyInt::Fits(fixed_point_op::DEFAULT_MAX_ITER as i128), anderson_memory=crate::ints::PyInt::Fits(FixedPointRequest::default().solve.anderson_memory as i128), anderson_reg=FixedPointRequest::default().solve.anderson_reg, anderson_mixing=FixedPointRequest::default().solve.anderson_mixing, broyden_memory=crate::ints::PyInt::Fits(FixedPointRequest::default().solve.broyden_memory as i128)))]
 #[allow(clippy::too_many_arguments)]
 fn fixed_point<'py>(
     py: Python<'py>,
@@ -493,11 +494,11 @@ fn fixed_point<'py>(
     solver: &str,
     atol: f64,
     rtol: f64,
-    max_iter: i128,
-    anderson_memory: i128,
+    max_iter: PyInt,
+    anderson_memory: PyInt,
     anderson_reg: f64,
     anderson_mixing: f64,
-    broyden_memory: i128,
+    broyden_memory: PyInt,
 ) -> PyResult<Bound<'py, PyDict>> {
     crate::ints::unsigned!(max_iter, anderson_memory, broyden_memory);
     let req = FixedPointRequest {
@@ -573,7 +574,7 @@ fn fixed_point<'py>(
 /// seeded Gaussian noise of ``seed``) or the second initial tokens; the certified Gronwall rate
 /// and bound are then compared with exact W1 distances between the two flows.
 #[pyfunction]
-#[pyo3(signature = (layer, x, *, t=FlowRequest::default().t, projection=FlowRequest::default().projection.name(), integrator=FlowRequest::default().integrator.name(), dt=FlowRequest::default().dt, rtol=FlowRequest::default().rtol, atol=FlowRequest::default().atol, h0=None, record=FlowRequest::default().record, max_steps=FlowRequest::default().max_steps as i128, weights=None, layernorm_eps=FlowRequest::default().layernorm_eps, cluster_threshold=FlowRequest::default().cluster_threshold, gronwall=None, seed=FlowRequest::default().seed as i128))]
+#[pyo3(signature = (layer, x, *, t=FlowRequest::default().t, projection=FlowRequest::default().projection.name(), integrator=FlowRequest::default().integrator.name(), dt=FlowRequest::default().dt, rtol=FlowRequest::default().rtol, atol=FlowRequest::default().atol, h0=None, record=FlowRequest::default().record, max_steps=crate::ints::PyInt::Fits(FlowRequest::default().max_steps as i128), weights=None, layernorm_eps=FlowRequest::default().layernorm_eps, cluster_threshold=FlowRequest::default().cluster_threshold, gronwall=None, seed=crate::ints::PyInt::Fits(FlowRequest::default().seed as i128)))]
 #[allow(clippy::too_many_arguments)]
 fn flow<'py>(
     py: Python<'py>,
@@ -587,12 +588,12 @@ fn flow<'py>(
     atol: f64,
     h0: Option<f64>,
     record: f64,
-    max_steps: i128,
+    max_steps: PyInt,
     weights: Option<&Bound<'py, PyAny>>,
     layernorm_eps: f64,
     cluster_threshold: f64,
     gronwall: Option<&Bound<'py, PyAny>>,
-    seed: i128,
+    seed: PyInt,
 ) -> PyResult<Bound<'py, PyDict>> {
     crate::ints::unsigned!(max_steps, seed);
     let (eps, gronwall_tokens) = match gronwall.filter(|o| !o.is_none()) {
@@ -652,15 +653,15 @@ fn flow<'py>(
 /// Keys: ns, reference_n, replicates, w1_final, w1_initial, rate_final, rate_initial (all
 /// measured).
 #[pyfunction]
-#[pyo3(signature = (layer, ns, *, reference=FlowRequest::default().mean_field_reference as i128, replicates=FlowRequest::default().mean_field_replicates as i128, seed=FlowRequest::default().seed as i128, t=FlowRequest::default().t, projection=FlowRequest::default().projection.name(), integrator=FlowRequest::default().integrator.name(), dt=FlowRequest::default().dt, rtol=FlowRequest::default().rtol, atol=FlowRequest::default().atol, h0=None, record=FlowRequest::default().record, max_steps=FlowRequest::default().max_steps as i128, layernorm_eps=FlowRequest::default().layernorm_eps))]
+#[pyo3(signature = (layer, ns, *, reference=crate::ints::PyInt::Fits(FlowRequest::default().mean_field_reference as i128), replicates=crate::ints::PyInt::Fits(FlowRequest::default().mean_field_replicates as i128), seed=crate::ints::PyInt::Fits(FlowRequest::default().seed as i128), t=FlowRequest::default().t, projection=FlowRequest::default().projection.name(), integrator=FlowRequest::default().integrator.name(), dt=FlowRequest::default().dt, rtol=FlowRequest::default().rtol, atol=FlowRequest::default().atol, h0=None, record=FlowRequest::default().record, max_steps=crate::ints::PyInt::Fits(FlowRequest::default().max_steps as i128), layernorm_eps=FlowRequest::default().layernorm_eps))]
 #[allow(clippy::too_many_arguments)]
 fn mean_field<'py>(
     py: Python<'py>,
     layer: PyRef<'py, PyAttentionLayer>,
-    ns: Vec<i128>,
-    reference: i128,
-    replicates: i128,
-    seed: i128,
+    ns: Vec<PyInt>,
+    reference: PyInt,
+    replicates: PyInt,
+    seed: PyInt,
     t: f64,
     projection: &str,
     integrator: &str,
@@ -669,7 +670,7 @@ fn mean_field<'py>(
     atol: f64,
     h0: Option<f64>,
     record: f64,
-    max_steps: i128,
+    max_steps: PyInt,
     layernorm_eps: f64,
 ) -> PyResult<Bound<'py, PyDict>> {
     crate::ints::unsigned!(ns, reference, replicates, seed, max_steps);

@@ -62,7 +62,7 @@ pub fn to_py(e: lipattn::Error) -> PyErr {
         | E::Invalid(_) => PyValueError::new_err(msg),
         E::Option(_) => PyValueError::new_err(msg),
         E::Numerical(_) => NumericalError::new_err(msg),
-        E::Budget { .. } => pyo3::exceptions::PyMemoryError::new_err(msg),
+        E::Budget { .. } | E::OutOfMemory { .. } => pyo3::exceptions::PyMemoryError::new_err(msg),
         E::Model(_) => ModelError::new_err(msg),
         E::Format { .. } => FormatError::new_err(msg),
         E::NoConvergence {

@@ -3,6 +3,7 @@
 use crate::bounds as analysis;
 use crate::convert::{cast, matrix, matrix_f64, optional_vector, to_numpy, vector_f64, Floats};
 use crate::errors::{detached, interruptible, IntoPyResult};
+use crate::ints::PyInt;
 use crate::local::{local_constant_result, PyLocalConstant};
 use crate::measure::PyMeasure;
 use faer::Mat;
@@ -164,10 +165,10 @@ impl PyAttentionLayer {
         bv: &Bound<'_, PyAny>,
         wo: &Bound<'_, PyAny>,
         bo: &Bound<'_, PyAny>,
-        heads: i128,
+        heads: PyInt,
         kernel: &str,
         causal: bool,
-        score_divisor_sq: Option<i128>,
+        score_divisor_sq: Option<PyInt>,
     ) -> PyResult<Self> {
         crate::ints::unsigned!(heads, score_divisor_sq);
         let kernel = kernel_of(kernel)?;
@@ -200,8 +201,8 @@ impl PyAttentionLayer {
     fn from_model(
         py: Python<'_>,
         path: PathBuf,
-        layer: i128,
-        head: Option<i128>,
+        layer: PyInt,
+        head: Option<PyInt>,
         kernel: &str,
     ) -> PyResult<Self> {
         crate::ints::unsigned!(layer, head);
@@ -264,7 +265,7 @@ impl PyAttentionLayer {
     /// Head ``h``'s contribution ``W_O^h Gamma^h`` as a one-head layer (no output bias unless
     /// ``keep_output_bias``).
     #[pyo3(signature = (h, keep_output_bias=false))]
-    fn head(&self, h: i128, keep_output_bias: bool) -> PyResult<Self> {
+    fn head(&self, h: PyInt, keep_output_bias: bool) -> PyResult<Self> {
         crate::ints::unsigned!(h);
         let l = self.layer.head(h, keep_output_bias).py_err()?;
         let origin = if keep_output_bias {
@@ -360,7 +361,7 @@ impl PyAttentionLayer {
     fn probabilities<'py>(
         &self,
         py: Python<'py>,
-        h: i128,
+        h: PyInt,
         queries: &Bound<'py, PyAny>,
         context: Option<&Bound<'py, PyAny>>,
         weights: Option<&Bound<'py, PyAny>>,
@@ -385,7 +386,7 @@ impl PyAttentionLayer {
     fn scores<'py>(
         &self,
         py: Python<'py>,
-        h: i128,
+        h: PyInt,
         queries: &Bound<'py, PyAny>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
@@ -479,7 +480,7 @@ impl PyAttentionLayer {
     /// ``method`` 'lanczos' (``tol`` = requested relative accuracy, an estimate) or 'power'
     /// (the anchor's rule: Rayleigh quotient change below 1e-4). Runs in the dtype of ``x``.
     /// Ctrl-C raises KeyboardInterrupt at once and stops the computation at its next iteration.
-    #[pyo3(signature = (x, *, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=LocalRequest::default().seed as i128, weights=None, causal=None))]
+    #[pyo3(signature = (x, *, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), weights=None, causal=None))]
     #[allow(clippy::too_many_arguments)]
     fn local_constant(
         &self,
@@ -487,8 +488,8 @@ impl PyAttentionLayer {
         x: &Bound<'_, PyAny>,
         method: &str,
         tol: f64,
-        max_iter: Option<i128>,
-        seed: i128,
+        max_iter: Option<PyInt>,
+        seed: PyInt,
         weights: Option<&Bound<'_, PyAny>>,
         causal: Option<bool>,
     ) -> PyResult<PyLocalConstant> {
@@ -527,7 +528,7 @@ impl PyAttentionLayer {
         &self,
         py: Python<'py>,
         radius: f64,
-        n: i128,
+        n: PyInt,
         causal: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::ints::unsigned!(n);
@@ -539,17 +540,17 @@ impl PyAttentionLayer {
     /// attaining the lower bounds (``frobenius_x``, ``frobenius_vector``, and the measure pair
     /// ``w1_mu``, ``w1_nu``; no pair under a causal mask). Masked as the model masks this
     /// layer unless ``causal`` says otherwise.
-    #[pyo3(signature = (radius, n, *, starts=2, steps=10, atoms=8, seed=0, causal=None))]
+    #[pyo3(signature = (radius, n, *, starts=crate::ints::PyInt::Fits(2), steps=crate::ints::PyInt::Fits(10), atoms=crate::ints::PyInt::Fits(8), seed=crate::ints::PyInt::Fits(0), causal=None))]
     #[allow(clippy::too_many_arguments)]
     fn lipschitz<'py>(
         &self,
         py: Python<'py>,
         radius: f64,
-        n: i128,
-        starts: i128,
-        steps: i128,
-        atoms: i128,
-        seed: i128,
+        n: PyInt,
+        starts: PyInt,
+        steps: PyInt,
+        atoms: PyInt,
+        seed: PyInt,
         causal: Option<bool>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::ints::unsigned!(n, starts, steps, atoms, seed);
@@ -569,16 +570,16 @@ impl PyAttentionLayer {
     /// masked as the model masks this layer unless ``causal`` says otherwise). Returns a dict with ``sigma`` and the input ``x`` attaining it, its singular
     /// ``vector``, the adversarial construction's value and input, ``best_start`` and
     /// ``evaluations``. Every value is attained: a lower bound, never a certificate.
-    #[pyo3(signature = (n, radius, *, random_starts=4, steps=20, seed=0, start=None, tol=1e-8, causal=None))]
+    #[pyo3(signature = (n, radius, *, random_starts=crate::ints::PyInt::Fits(4), steps=crate::ints::PyInt::Fits(20), seed=crate::ints::PyInt::Fits(0), start=None, tol=1e-8, causal=None))]
     #[allow(clippy::too_many_arguments)]
     fn ascent<'py>(
         &self,
         py: Python<'py>,
-        n: i128,
+        n: PyInt,
         radius: f64,
-        random_starts: i128,
-        steps: i128,
-        seed: i128,
+        random_starts: PyInt,
+        steps: PyInt,
+        seed: PyInt,
         start: Option<&Bound<'py, PyAny>>,
         tol: f64,
         causal: Option<bool>,
@@ -607,8 +608,8 @@ impl PyAttentionLayer {
     fn adversarial_input<'py>(
         &self,
         py: Python<'py>,
-        head: i128,
-        n: i128,
+        head: PyInt,
+        n: PyInt,
         radius: f64,
     ) -> PyResult<Bound<'py, PyArray2<f64>>> {
         crate::ints::unsigned!(head, n);
@@ -622,18 +623,18 @@ impl PyAttentionLayer {
     /// Search for measure pairs on ``B_R`` with a large attained ratio
     /// ``W1(F mu, F nu) / W1(mu, nu)`` (W1 exact). A dict with ``mu``, ``nu`` (Measures),
     /// ``w1_in``, ``w1_out``, ``ratio``, ``phase``, ``evaluations``, ``phase_best``.
-    #[pyo3(signature = (radius, *, atoms=8, random_pairs=20, perturbed_pairs=20, perturbation=1e-2, local_steps=100, seed=0))]
+    #[pyo3(signature = (radius, *, atoms=crate::ints::PyInt::Fits(8), random_pairs=crate::ints::PyInt::Fits(20), perturbed_pairs=crate::ints::PyInt::Fits(20), perturbation=1e-2, local_steps=crate::ints::PyInt::Fits(100), seed=crate::ints::PyInt::Fits(0)))]
     #[allow(clippy::too_many_arguments)]
     fn search_pairs<'py>(
         &self,
         py: Python<'py>,
         radius: f64,
-        atoms: i128,
-        random_pairs: i128,
-        perturbed_pairs: i128,
+        atoms: PyInt,
+        random_pairs: PyInt,
+        perturbed_pairs: PyInt,
         perturbation: f64,
-        local_steps: i128,
-        seed: i128,
+        local_steps: PyInt,
+        seed: PyInt,
     ) -> PyResult<Bound<'py, PyDict>> {
         crate::ints::unsigned!(atoms, random_pairs, perturbed_pairs, local_steps, seed);
         let opts = lipattn::estimation::PairSearchOptions {
@@ -746,14 +747,14 @@ impl PyLinearization {
 
     /// ``||J(X)||_2`` at this point by Lanczos or power iteration, optionally from ``start``
     /// (an (n, d) tangent; random Gaussian with ``seed`` when None). Interruptible with Ctrl-C.
-    #[pyo3(signature = (*, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=LocalRequest::default().seed as i128, start=None))]
+    #[pyo3(signature = (*, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), start=None))]
     fn top_singular(
         &self,
         py: Python<'_>,
         method: &str,
         tol: f64,
-        max_iter: Option<i128>,
-        seed: i128,
+        max_iter: Option<PyInt>,
+        seed: PyInt,
         start: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyLocalConstant> {
         crate::ints::unsigned!(max_iter, seed);

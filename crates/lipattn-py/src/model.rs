@@ -2,7 +2,9 @@
 
 use crate::convert::{to_numpy, vec_to_numpy};
 use crate::errors::{interruptible, IntoPyResult};
+use crate::ints::PyInt;
 use crate::layer::{kernel_of, PyAttentionLayer};
+use lipattn::analysis::AnalysisOptions;
 use lipattn::models::{Model, TextTokenizer};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -104,8 +106,8 @@ impl PyModel {
     fn attention_layer(
         &self,
         py: Python<'_>,
-        layer: i128,
-        head: Option<i128>,
+        layer: PyInt,
+        head: Option<PyInt>,
         kernel: &str,
     ) -> PyResult<PyAttentionLayer> {
         crate::ints::unsigned!(layer, head);
@@ -122,7 +124,7 @@ impl PyModel {
         &self,
         py: Python<'py>,
         text: &str,
-        max_tokens: Option<i128>,
+        max_tokens: Option<PyInt>,
     ) -> PyResult<Bound<'py, numpy::PyArray1<i64>>> {
         crate::ints::unsigned!(max_tokens);
         let ids = self.ids(py, Some(text), None, max_tokens)?;
@@ -139,9 +141,9 @@ impl PyModel {
         &self,
         py: Python<'py>,
         text: Option<&str>,
-        ids: Option<Vec<i128>>,
-        layer: Option<i128>,
-        max_tokens: Option<i128>,
+        ids: Option<Vec<PyInt>>,
+        layer: Option<PyInt>,
+        max_tokens: Option<PyInt>,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::ints::unsigned!(ids, layer, max_tokens);
         let n_layers = self.model.num_layers();
@@ -174,15 +176,15 @@ impl PyModel {
     /// local constants on ``windows`` real-text windows per n and at the adversarial
     /// construction, gaps and power-law fits. ``text`` None analyses the embedded GPL-3 text as
     /// the CLI does. Returns the report as the dict ``lipattn analyze --json`` prints.
-    #[pyo3(signature = (text=None, *, ns=vec![8, 16, 32, 64, 128, 256, 512], windows=2, layers=None, heads=true, adversarial=true, tol=1e-4))]
+    #[pyo3(signature = (text=None, *, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
     #[allow(clippy::too_many_arguments)]
     fn analyze<'py>(
         &self,
         py: Python<'py>,
         text: Option<String>,
-        ns: Vec<i128>,
-        windows: i128,
-        layers: Option<Vec<i128>>,
+        ns: Vec<PyInt>,
+        windows: PyInt,
+        layers: Option<Vec<PyInt>>,
         heads: bool,
         adversarial: bool,
         tol: f64,

@@ -2,6 +2,7 @@
 
 use crate::convert::{json_to_py, matrix_f64, vec_to_numpy};
 use crate::errors::{interruptible, IntoPyResult};
+use crate::ints::PyInt;
 use crate::measure::measure_arg;
 use lipattn::ops::transport::{self, TransportInputs, TransportReport, TransportRequest};
 use numpy::ndarray::Array2;
@@ -158,7 +159,7 @@ impl PyTransport {
 /// reach ``tol`` raises NoConvergenceError unless ``accept_unconverged`` (then
 /// ``converged`` is False on the result).
 #[pyfunction(name = "transport")]
-#[pyo3(signature = (a, b, *, wa=None, wb=None, p=TransportRequest::default().p, method=TransportRequest::default().method.name(), eps=None, tol=TransportRequest::default().tol, max_iter=TransportRequest::default().max_iter as i128, cost=None, normalise=false, accept_unconverged=false))]
+#[pyo3(signature = (a, b, *, wa=None, wb=None, p=TransportRequest::default().p, method=TransportRequest::default().method.name(), eps=None, tol=TransportRequest::default().tol, max_iter=crate::ints::PyInt::Fits(TransportRequest::default().max_iter as i128), cost=None, normalise=false, accept_unconverged=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn transport_py(
     py: Python<'_>,
@@ -170,7 +171,7 @@ pub fn transport_py(
     method: &str,
     eps: Option<f64>,
     tol: f64,
-    max_iter: i128,
+    max_iter: PyInt,
     cost: Option<&Bound<'_, PyAny>>,
     normalise: bool,
     accept_unconverged: bool,
@@ -202,12 +203,12 @@ pub fn transport_py(
 /// The ground cost matrix ``C_ij = ||x_i - y_j||^p`` (p in {1, 2}) between the atoms of two
 /// Measures or point arrays, (n, m) float64.
 #[pyfunction]
-#[pyo3(signature = (a, b, p=1))]
+#[pyo3(signature = (a, b, p=crate::ints::PyInt::Fits(1)))]
 pub fn ground_cost<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
     b: &Bound<'py, PyAny>,
-    p: i128,
+    p: PyInt,
 ) -> PyResult<Bound<'py, PyArray2<f64>>> {
     crate::ints::unsigned!(p);
     let ma = measure_arg(a, None, false, "source")?;

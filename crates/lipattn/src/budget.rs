@@ -110,13 +110,37 @@ pub const ALWAYS_ALLOWED: u64 = 64 << 20;
 /// `need` bytes (None: beyond u64) for what `what` describes (the sizes that drive it), against
 /// the budget. `what` is only formatted when the check fails or has to read the budget, so the
 /// check costs no allocation on hot paths.
+///
+/// A need above [`ALWAYS_ALLOWED`] that passes is then reserved from the system allocator and
+/// released at once: Rust aborts the process when an allocation fails, and the buffers this
+/// estimate counts are allocated inside faer and the other libraries, infallibly. A system that
+/// cannot give the memory now (an address-space limit, strict overcommit, a machine smaller than
+/// its reported availability) refuses the reservation instead, and the request ends in
+/// [`Error::OutOfMemory`] before any of its work. Reserving maps pages without touching them, so
+/// it costs a system call, not the memory.
 pub fn check(what: impl FnOnce() -> String, need: Option<u64>) -> Result<()> {
     let set = MAX_MEMORY.load(Ordering::Relaxed);
     if set == 0 && need.is_some_and(|n| n <= ALWAYS_ALLOWED) {
         return Ok(());
     }
     let (budget, origin) = max_memory()?;
-    verdict(&what(), need, budget, origin)
+    let what = what();
+    verdict(&what, need, budget, origin)?;
+    match need {
+        Some(n) if n > ALWAYS_ALLOWED => reserve(&what, n, budget),
+        _ => Ok(()),
+    }
+}
+
+fn reserve(what: &str, need: u64, budget: u64) -> Result<()> {
+    let refused = || Error::OutOfMemory {
+        what: what.to_string(),
+        need,
+        budget,
+    };
+    let bytes = usize::try_from(need).map_err(|_| refused())?;
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(bytes).map_err(|_| refused())
 }
 
 fn verdict(what: &str, need: Option<u64>, budget: u64, origin: &'static str) -> Result<()> {
@@ -181,6 +205,13 @@ mod tests {
         let e = verdict("n", None, 1000, "test").unwrap_err().to_string();
         assert!(e.contains("more than"), "{e}");
         assert!(check(|| "small".into(), Some(1 << 20)).is_ok());
+        assert!(reserve("large", 256 << 20, u64::MAX).is_ok());
+        // Beyond any address space (2^60 bytes), and beyond what a Vec may hold (2^63): both
+        // refused as an error naming the request, not an abort.
+        for need in [1u64 << 60, 1 << 63] {
+            let e = reserve("n = 7", need, u64::MAX).unwrap_err().to_string();
+            assert!(e.contains("n = 7") && e.contains("refused"), "{e}");
+        }
         assert!(max_memory().unwrap().0 > 0);
     }
 }

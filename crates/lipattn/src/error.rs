@@ -5,7 +5,8 @@ use std::path::PathBuf;
 mod invalid;
 pub use invalid::{
     as_option, check_at_least, check_in, check_index, check_nonnegative, check_positive,
-    check_repeats, check_unsigned, Interval, Invalid, MAX_REPEATS,
+    check_repeats, check_unsigned, check_work, unsigned_too_wide, Interval, Invalid, MAX_REPEATS,
+    MAX_WORK,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,14 @@ pub enum Error {
         need: Option<u64>,
         budget: u64,
         origin: &'static str,
+    },
+    /// A request within the budget whose memory the system refused when it was reserved
+    /// (`crate::budget::check` reserves large needs before the work allocates them).
+    #[error("{what} needs {} of memory, which the system refused to allocate now (budget {}); free memory or reduce the sizes", crate::budget::human(*need), crate::budget::human(*budget))]
+    OutOfMemory {
+        what: String,
+        need: u64,
+        budget: u64,
     },
     /// The caller raised the cancellation flag of `crate::cancel` (e.g. Ctrl-C in Python).
     #[error("cancelled by the caller")]

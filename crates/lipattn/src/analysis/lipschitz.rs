@@ -4,7 +4,7 @@
 use crate::attention::{AttentionLayer, Kernel};
 use crate::bounds::{certified_summary, CertifiedSummary};
 use crate::domain::Domain;
-use crate::error::{check_repeats, Result};
+use crate::error::{check_repeats, check_work, Result};
 use crate::estimation::{
     ascent, check_search_memory, layer_pair_seeds, search_pairs, AscentOptions, AscentResult,
     PairSearchOptions, PairSearchResult,
@@ -78,6 +78,7 @@ pub fn lipschitz(
     check_search_memory(layer, opts.atoms, "`atoms`")?;
     check_repeats("`starts`", opts.starts)?;
     check_repeats("`steps`", opts.steps)?;
+    check_work(&[("`starts`", opts.starts), ("`steps`", opts.steps)])?;
     let certified = certified_summary(layer, &domain)?;
     let ascent = ascent(
         layer,

@@ -6,7 +6,7 @@
 
 use crate::attention::AttentionLayer;
 use crate::derivatives::Linearization;
-use crate::error::{check_at_least, check_positive, check_repeats};
+use crate::error::{check_at_least, check_positive, check_repeats, check_work};
 use crate::error::{Error, Result};
 use crate::estimation::SplitMix;
 use faer::{Mat, MatRef};
@@ -139,10 +139,14 @@ pub fn logdet_series(
     // Two probes at least: one gives no standard error.
     check_at_least("probes", probes, 2)?;
     check_repeats("`probes`", probes)?;
-    let lin = Linearization::new(g, x, None, false)?;
     let (n, d) = (x.nrows(), x.ncols());
     let dim = n * d;
     let terms = series_terms(dim, lipschitz, truncation_tol);
+    check_work(&[
+        ("`probes`", probes),
+        ("the series terms `truncation_tol` asks for", terms),
+    ])?;
+    let lin = Linearization::new(g, x, None, false)?;
     let mut rng = SplitMix::new(seed);
     let mut samples = Vec::with_capacity(probes);
     let mut jvps = 0;

@@ -182,12 +182,57 @@ pub fn check_unsigned<T: TryFrom<i128>>(what: &str, value: i128) -> Result<T> {
     })
 }
 
+/// The error for an integer argument too wide for `i128` (Python's `int` has no bound), known by
+/// its sign and bit length: worded as [`check_unsigned`] words a narrower one, without printing
+/// hundreds of digits. Every such integer is out of range for an unsigned `T` of at most 64 bits.
+pub fn unsigned_too_wide<T>(what: &str, negative: bool, bits: u64) -> Error {
+    Error::invalid(if negative {
+        format!("{what} must be a nonnegative integer, got a negative integer of {bits} bits")
+    } else {
+        format!(
+            "{what} is too large: an integer of {bits} bits (at most {} bits, unsigned)",
+            8 * std::mem::size_of::<T>()
+        )
+    })
+}
+
 /// The most full repetitions a count may ask for. Random starts, ascent steps, pair proposals,
 /// probes and replicates each repeat a whole computation, and all but the ascent steps always
 /// run to the count (those stop early only when a step fails to improve), so the time grows with
 /// the count: 2^64 - 1 starts once ran until killed. A million is far above every default (2 to
 /// 100) and above what any run finishes in practice.
 pub const MAX_REPEATS: usize = 1_000_000;
+
+/// The most whole evaluations counts may ask for together: each count may reach [`MAX_REPEATS`]
+/// alone, but two nested ones (ascent starts and their steps, log-det probes and their series
+/// terms) multiply, and 10^6 x 10^6 runs for days even on the smallest layer. 10^8 is above
+/// every product of defaults by more than four orders of magnitude.
+pub const MAX_WORK: u64 = 100_000_000;
+
+/// The product of nested counts (`(name, count)`, outermost first) is at most [`MAX_WORK`], or an
+/// error naming every count, their product and the cap.
+pub fn check_work(counts: &[(&str, usize)]) -> Result<u64> {
+    let product = counts
+        .iter()
+        .try_fold(1u64, |acc, &(_, c)| acc.checked_mul(c as u64));
+    match product {
+        Some(p) if p <= MAX_WORK => Ok(p),
+        _ => {
+            let names: Vec<String> = counts
+                .iter()
+                .map(|(name, c)| format!("{name} = {c}"))
+                .collect();
+            let total = product.map_or("more than 1.8e19".to_string(), |p| {
+                crate::fmt::compact(p as f64).to_string()
+            });
+            Err(Error::invalid(format!(
+                "{}: {total} evaluations in all, above the cap of {} (lower one of them)",
+                names.join(" times "),
+                crate::fmt::compact(MAX_WORK as f64)
+            )))
+        }
+    }
+}
 
 /// `got <= MAX_REPEATS`, or `Invalid::TooMany` naming `what`.
 pub fn check_repeats(what: &str, got: usize) -> Result<usize> {
@@ -319,6 +364,29 @@ mod tests {
             check_unsigned::<u64>("seed", u64::MAX.into()).unwrap(),
             u64::MAX
         );
+        assert_eq!(
+            check_work(&[("a", 10_000), ("b", 10_000)]).unwrap(),
+            MAX_WORK
+        );
+        let e = check_work(&[("`starts`", 1_000_000), ("`steps`", 1_000_000)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`starts` = 1000000 times `steps` = 1000000: 1e12 evaluations")
+                && e.contains("cap of 1e8"),
+            "{e}"
+        );
+        let e = check_work(&[("a", usize::MAX), ("b", 3)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 1.8e19"), "{e}");
+        let e = unsigned_too_wide::<u64>("seed", false, 300).to_string();
+        assert!(
+            e.contains("seed is too large") && e.contains("300 bits") && e.contains("64"),
+            "{e}"
+        );
+        let e = unsigned_too_wide::<usize>("n", true, 200).to_string();
+        assert!(e.contains("n must be a nonnegative integer"), "{e}");
         let e = check_unsigned::<u32>("p", 1 << 40).unwrap_err();
         assert!(
             e.to_string().contains("p = 1099511627776 is too large"),

@@ -9,7 +9,7 @@ use super::vecops::{max_row_norm, project_rows};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::derivatives::Linearization;
 use crate::domain::Domain;
-use crate::error::{check_positive, check_repeats, Error, Result};
+use crate::error::{check_positive, check_repeats, check_work, Error, Result};
 use crate::linalg::SplitMix;
 use faer::{Mat, MatRef, Side};
 
@@ -211,6 +211,10 @@ pub fn ascent(
     check_positive("initial_step", opts.initial_step)?;
     check_repeats("`random_starts`", opts.random_starts)?;
     check_repeats("`steps`", opts.steps)?;
+    check_work(&[
+        ("`random_starts`", opts.random_starts),
+        ("`steps`", opts.steps),
+    ])?;
     opts.lanczos.check()?;
     check_search_memory(layer, n, "`n`")?;
     let d = layer.d_in();
