@@ -18,6 +18,8 @@
 //! per-class counts are printed with `--nocapture` (docs/reliability.md#inputs-tried-by-class).
 //! A failing input is saved under `CARGO_TARGET_TMPDIR/fuzz-failures/` for a regression test.
 
+mod common;
+
 use lipattn::analysis::TextIds;
 use lipattn::linalg::SplitMix;
 use lipattn::models::{
@@ -1514,8 +1516,7 @@ fn word_level_tokenizer() -> Value {
 }
 
 fn minilm_tokenizer() -> Option<PathBuf> {
-    let p = Path::new(&std::env::var("LIPATTN_MINILM").ok()?).join("tokenizer.json");
-    p.is_file().then_some(p)
+    Some(common::minilm("the MiniLM tokenizer cases")?.join("tokenizer.json"))
 }
 
 /// Uses a tokenizer as the commands do and checks the results against each other: a token

