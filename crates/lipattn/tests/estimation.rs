@@ -8,8 +8,8 @@ use common::*;
 use lipattn::bounds::cross_attention::cross_bounds;
 use lipattn::estimation::{
     adversarial_input, ascent, cross_ratio, lanczos, local_norm, power_iteration,
-    search_cross_pairs, search_pairs, AscentOptions, CrossArgument, CrossSearchOptions,
-    LanczosOptions, Method, PairSearchOptions, PowerOptions,
+    search_cross_pairs, search_pairs, transition_start, AscentOptions, CrossArgument,
+    CrossSearchOptions, LanczosOptions, Method, PairSearchOptions, PowerOptions,
 };
 use lipattn::{transport, AttentionLayer, Kernel, Linearization, Mat};
 use rand::Rng;
@@ -200,6 +200,94 @@ fn adversarial_construction_and_ascent_stay_below_their_dense_norm() {
             assert!(nr <= radius * (1.0 + 1e-12));
         }
     }
+}
+
+/// The transition start (estimation::transition): every token in the ball, every query
+/// balanced between the two keys (which take almost all of its attention), and at a radius where
+/// the scores span hundreds of units, a local constant far above the construction of Castin et
+/// al. and above random inputs, each evaluated exactly (dense Jacobian).
+#[test]
+fn transition_starts_balance_queries_at_large_radii() {
+    let mut gains = Vec::new();
+    for seed in 0..6u64 {
+        let mut r = rng(300 + seed);
+        let (d, n) = (8, 7);
+        let causal = seed % 2 == 1;
+        let layer = random_layer(&mut r, d, 2, 4, 4, d, Kernel::Dot, 3.0, 0.3);
+        let radius = 12.0;
+        let domain = lipattn::Domain::new(radius, n, causal).unwrap();
+        for h in 0..layer.heads {
+            let x = transition_start(&layer, h, &domain).unwrap().unwrap();
+            for i in 0..n {
+                let nr = (0..d).map(|k| x[(i, k)].powi(2)).sum::<f64>().sqrt();
+                assert!(
+                    nr <= radius * (1.0 + 1e-12),
+                    "seed {seed} head {h} row {i}: {nr}"
+                );
+            }
+            let p = layer
+                .probabilities(h, x.as_ref(), x.as_ref(), None, causal)
+                .unwrap();
+            for q in 2..n {
+                let (a, b) = (p[(q, 0)], p[(q, 1)]);
+                assert!(
+                    (a - b).abs() < 1e-9 && a + b > 0.95,
+                    "seed {seed} head {h} query {q}: {a} {b}"
+                );
+            }
+            let single = layer.head(h, false).unwrap();
+            let at_start = exact_norm(&single, &x, None, causal);
+            let castin = exact_norm(
+                &single,
+                &adversarial_input(&layer, h, n, radius).unwrap(),
+                None,
+                causal,
+            );
+            let random = (0..4)
+                .map(|_| {
+                    let mut y = gauss_mat(&mut r, n, d, 1.0);
+                    for i in 0..n {
+                        let nr = (0..d).map(|k| y[(i, k)].powi(2)).sum::<f64>().sqrt();
+                        for k in 0..d {
+                            y[(i, k)] *= radius / nr;
+                        }
+                    }
+                    exact_norm(&single, &y, None, causal)
+                })
+                .fold(0.0, f64::max);
+            gains.push(at_start / castin.max(random));
+        }
+    }
+    gains.sort_by(f64::total_cmp);
+    let median = gains[gains.len() / 2];
+    eprintln!("transition start gains {gains:?}");
+    assert!(
+        median > 20.0 && gains[0] > 5.0,
+        "gains over the other starts (median {median}): {gains:?}"
+    );
+}
+
+/// #18: at MiniLM's LayerNorm radius (R = 20.25) the ascent stalled at 22.8 for layer 0 head 0
+/// (n = 16) where inputs with a local constant of about 921 exist (certified B1-tight: 1,707).
+/// From the transition start it reaches within 2x of the certified bound.
+#[test]
+fn minilm_ascent_reaches_the_transition_values() {
+    let Some(dir) = common::minilm("minilm_ascent_reaches_the_transition_values") else {
+        return;
+    };
+    let model = lipattn::models::Model::open(&dir).unwrap();
+    let head = model.attention_layer(0).unwrap().head(0, false).unwrap();
+    let opts = AscentOptions {
+        radius: 20.25,
+        ..Default::default()
+    };
+    let res = ascent(&head, 16, None, &opts).unwrap();
+    assert!(res.sigma > 850.0, "attained {}", res.sigma);
+    assert!(
+        res.sigma < 1707.4,
+        "attained {} above the certified bound",
+        res.sigma
+    );
 }
 
 #[test]

@@ -109,7 +109,8 @@ pub struct AscentResult {
     /// The best value among the adversarial constructions alone, and its input.
     pub construction_sigma: f64,
     pub construction_x: Mat<f64>,
-    /// Which start gave the best value (0..heads: the constructions, then the random starts).
+    /// Which start gave the best value (0..heads: the constructions; then one transition start
+    /// per head that has one (`estimation::transition`); then the random starts).
     pub best_start: usize,
     /// Evaluations of sigma (each a linearisation and a Lanczos run).
     pub evaluations: usize,
@@ -222,6 +223,9 @@ pub fn ascent(
     let mut fixed: Vec<Mat<f64>> = (0..layer.heads)
         .map(|h| adversarial_from_direction(&adversarial_direction(layer, h)?, &domain))
         .collect::<Result<_>>()?;
+    for h in 0..layer.heads {
+        fixed.extend(super::transition::transition_start(layer, h, &domain)?);
+    }
     let user = match start {
         Some(s) => {
             if s.nrows() != n || s.ncols() != d {
@@ -241,20 +245,21 @@ pub fn ascent(
         }
         None => None,
     };
-    // Starts in this order: the constructions (one per head), the random ones, the caller's.
+    // Starts in this order: the constructions (one per head), the transition starts (one per
+    // head that has one), the random ones, the caller's.
     // The random ones are drawn as they are climbed, not kept in a list, so that memory does not
     // grow with their number.
     let mut rng = SplitMix::new(opts.seed);
-    let heads = fixed.len();
-    let total = heads + opts.random_starts + usize::from(user.is_some());
+    let structured = fixed.len();
+    let total = structured + opts.random_starts + usize::from(user.is_some());
     let mut user = user;
     fixed.reverse();
     let mut best: Option<(Point, usize)> = None;
     let mut construction: Option<(f64, Mat<f64>)> = None;
     for i in 0..total {
-        let x = if i < heads {
-            fixed.pop().expect("one construction per head")
-        } else if i < heads + opts.random_starts {
+        let x = if i < structured {
+            fixed.pop().expect("the structured starts come first")
+        } else if i < structured + opts.random_starts {
             let mut x: Mat<f64> = rng.gauss_mat(n, d);
             for r in 0..n {
                 let nrm = (0..d).map(|k| x[(r, k)].powi(2)).sum::<f64>().sqrt();

@@ -9,6 +9,7 @@ pub mod lanczos;
 pub mod measure_pairs;
 pub mod power;
 pub mod structured_seeds;
+pub mod transition;
 
 pub(crate) use crate::linalg::krylov as vecops;
 pub use crate::linalg::SplitMix;
@@ -24,6 +25,7 @@ pub use lanczos::{lanczos, local_norm, LanczosOptions, LocalNorm, Method};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};
 pub use structured_seeds::{layer_pair_seeds, structured_seeds, StructuredSeeds};
+pub use transition::transition_start;
 
 use crate::attention::AttentionLayer;
 use crate::error::Result;

@@ -1,0 +1,118 @@
+//! Starts at a softmax transition (docs/background.md#transition-starts). At a real radius the
+//! scores of a head span hundreds of units, so a random input has one-hot attention rows and
+//! almost no gradient: an ascent from it stays where it started. The local constant is made
+//! where a query is balanced between keys: there the derivative of its attention row along a key
+//! is largest, and with many queries balanced on the same two keys every one of them moves when
+//! a key does. These starts put all queries but two at the point of the ball whose scores vary
+//! most (the top left singular vector of A = W_Q^T W_K / sqrt(dk)) and the two remaining tokens
+//! as keys with equal scores, differing along the direction the value map stretches most.
+
+use crate::attention::{AttentionLayer, Kernel};
+use crate::domain::Domain;
+use crate::error::{Error, Result};
+use faer::{Mat, Side};
+
+/// The unit top eigenvector (and eigenvalue) of a symmetric matrix.
+fn top_eigenvector(s: &Mat<f64>) -> Result<(Vec<f64>, f64)> {
+    let evd = s
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| Error::Numerical(format!("eigensolver: {e:?}")))?;
+    let d = s.nrows();
+    let top = evd.S()[d - 1];
+    Ok(((0..d).map(|k| evd.U()[(k, d - 1)]).collect(), top))
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+/// The transition start of head `head` for `domain`, or None where the head has none (a
+/// vanishing score matrix, or keys that cannot outscore the queries within the ball). Tokens 0
+/// and 1 are the keys, so that under a causal mask every query sees both.
+pub fn transition_start(
+    layer: &AttentionLayer<f64>,
+    head: usize,
+    domain: &Domain,
+) -> Result<Option<Mat<f64>>> {
+    let (n, r) = (domain.n, domain.radius);
+    if n < 3 {
+        return Ok(None);
+    }
+    let h = layer.head(head, false)?;
+    let wk = match layer.kernel {
+        Kernel::Dot => &h.wk,
+        Kernel::L2 => &h.wq,
+    };
+    let scale = layer.score_scale::<f64>();
+    let a = h.wq.transpose() * wk * scale;
+    let d = a.nrows();
+    // The query: the left singular vector p of A's top singular value (top eigenvector of
+    // A A^T), which makes |A^T x| largest on the sphere of radius R.
+    let (p, s2) = top_eigenvector(&(&a * a.transpose()))?;
+    if s2.is_nan() || s2 <= 0.0 {
+        return Ok(None);
+    }
+    // The key-dependent part of the score of query x is beta^T y, beta = A^T x + W_K^T b_Q s
+    // (the tied L2 kernel's score differs from this by terms that cancel or grow with |y|^2,
+    // which the equal-norm keys below share).
+    let c: Vec<f64> = match layer.kernel {
+        Kernel::Dot => (0..d)
+            .map(|k| (0..h.dk).map(|i| wk[(i, k)] * h.bq[i]).sum::<f64>() * scale)
+            .collect(),
+        Kernel::L2 => vec![0.0; d],
+    };
+    let beta_of = |sign: f64| -> Vec<f64> {
+        (0..d)
+            .map(|k| sign * r * (0..d).map(|i| a[(i, k)] * p[i]).sum::<f64>() + c[k])
+            .collect()
+    };
+    let (sign, beta) = [1.0, -1.0]
+        .into_iter()
+        .map(|s| (s, beta_of(s)))
+        .max_by(|x, y| norm(&x.1).total_cmp(&norm(&y.1)))
+        .expect("two signs");
+    let x: Vec<f64> = p.iter().map(|v| sign * r * v).collect();
+    let bn = norm(&beta);
+    // Fails closed on NaN.
+    if bn.is_nan() || bn <= 0.0 {
+        return Ok(None);
+    }
+    let b: Vec<f64> = beta.iter().map(|v| v / bn).collect();
+    // The keys must outscore the n - 2 queries (which see each other too) by enough that the
+    // queries' own share is small: log(n) + 4 units above the queries' score of each other.
+    let margin = (n as f64).ln() + 4.0;
+    let alpha = (dot(&beta, &x) + margin) / (r * bn);
+    if alpha.is_nan() || alpha.abs() >= 1.0 {
+        return Ok(None);
+    }
+    let alpha = alpha.max(-1.0);
+    // The key offset v: unit, orthogonal to beta, where the value map M = W_O^h W_V^h stretches
+    // most (top eigenvector of P M^T M P with P the projection orthogonal to beta).
+    let m = &h.wo * &h.wv;
+    let mut mp = m.clone();
+    for i in 0..mp.nrows() {
+        let mb: f64 = (0..d).map(|k| m[(i, k)] * b[k]).sum();
+        for k in 0..d {
+            mp[(i, k)] -= mb * b[k];
+        }
+    }
+    let (mut v, _) = top_eigenvector(&(mp.transpose() * &mp))?;
+    let vb = dot(&v, &b);
+    for k in 0..d {
+        v[k] -= vb * b[k];
+    }
+    let vn = norm(&v);
+    if vn.is_nan() || vn <= 0.0 {
+        return Ok(None);
+    }
+    let side = (1.0 - alpha * alpha).sqrt();
+    Ok(Some(Mat::from_fn(n, d, |i, k| match i {
+        0 => r * (alpha * b[k] + side * v[k] / vn),
+        1 => r * (alpha * b[k] - side * v[k] / vn),
+        _ => x[k],
+    })))
+}
