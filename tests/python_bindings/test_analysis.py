@@ -45,7 +45,7 @@ def test_analyze_options_and_caller_text(model):
     (op,) = got["operators"]
     assert op["layer"] == 1 and op["head"] is None
     (p,) = op["points"]
-    assert p["adversarial"] is None and p["text_max"] > 0
+    assert p["adversarial"] is None and p["transition"] is None and p["text_max"] > 0
     assert p["certified"]["frobenius"] >= p["text_max"]
 
 

@@ -42,7 +42,7 @@ pub struct AnalyzeArgs {
     /// Analyse the whole attention sublayers only, not each head.
     #[arg(long)]
     no_heads: bool,
-    /// Skip the adversarial construction.
+    /// Skip the structured inputs: the adversarial construction and the transition starts.
     #[arg(long)]
     no_adversarial: bool,
     /// Relative accuracy requested from Lanczos for each local constant (every value reported is
@@ -117,13 +117,14 @@ fn table(r: &ModelReport) -> String {
     }
     let _ = writeln!(
         s,
-        "{:>5} {:>4} {:>8} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7}",
+        "{:>5} {:>4} {:>8} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7}",
         "layer",
         "head",
         "R",
         "certified",
         "text max",
         "adversar.",
+        "transition",
         "gap",
         "W1 cert.",
         "a_text",
@@ -133,13 +134,14 @@ fn table(r: &ModelReport) -> String {
         let p = o.points.last().expect("points for every n");
         let _ = writeln!(
             s,
-            "{:>5} {:>4} {:>8.3} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7}",
+            "{:>5} {:>4} {:>8.3} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>7} {:>7}",
             o.layer,
             who(o),
             o.radius,
             bound(p.certified.frobenius),
             opt(p.text_max),
             opt(p.adversarial),
+            opt(p.transition),
             opt(p.gap),
             bound(p.certified.w1),
             exp(&o.fit_text),
@@ -170,7 +172,7 @@ fn csv_opt(x: Option<f64>) -> String {
 
 fn write_csvs(r: &ModelReport, out: &Path) -> Result<()> {
     let mut ops = String::from(
-        "layer,head,radius,n,certified_frobenius,certified_w1,certified_w2,anchor,text_median,text_max,adversarial,gap,text_exponent,text_coefficient,text_r2,adversarial_exponent,adversarial_coefficient,adversarial_r2,text_exponent_small,adversarial_exponent_small,adversarial_sqrt_coefficient_small,certified_exponent\n",
+        "layer,head,radius,n,certified_frobenius,certified_w1,certified_w2,anchor,text_median,text_max,adversarial,transition,gap,text_exponent,text_coefficient,text_r2,adversarial_exponent,adversarial_coefficient,adversarial_r2,text_exponent_small,adversarial_exponent_small,adversarial_sqrt_coefficient_small,certified_exponent\n",
     );
     let mut pts = String::from("layer,head,radius,n,kind,window,value\n");
     for o in &r.operators {
@@ -178,7 +180,7 @@ fn write_csvs(r: &ModelReport, out: &Path) -> Result<()> {
         let p = o.points.last().expect("points for every n");
         let _ = writeln!(
             ops,
-            "{},{head},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{head},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             o.layer,
             o.radius,
             p.n,
@@ -189,6 +191,7 @@ fn write_csvs(r: &ModelReport, out: &Path) -> Result<()> {
             csv_opt(p.text_median),
             csv_opt(p.text_max),
             csv_opt(p.adversarial),
+            csv_opt(p.transition),
             csv_opt(p.gap),
             fit_cells(&o.fit_text),
             fit_cells(&o.fit_adversarial),
@@ -211,6 +214,7 @@ fn write_csvs(r: &ModelReport, out: &Path) -> Result<()> {
                 row("text", w.to_string(), Some(*v));
             }
             row("adversarial", String::new(), p.adversarial);
+            row("transition", String::new(), p.transition);
             row("certified_frobenius", String::new(), p.certified.frobenius);
             row("certified_w1", String::new(), p.certified.w1);
             row("anchor", String::new(), p.certified.anchor);
@@ -262,6 +266,11 @@ fn plot_layer(r: &ModelReport, o: &OperatorReport, out: &Path) -> Result<()> {
         Series::new(
             fit_label("adversarial (attained)", &o.fit_adversarial),
             pick(&|p| p.adversarial),
+            Style::LinePoints,
+        ),
+        Series::new(
+            "transition start (attained)",
+            pick(&|p| p.transition),
             Style::LinePoints,
         ),
         Series::new(

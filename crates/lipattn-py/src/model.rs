@@ -173,8 +173,8 @@ impl PyModel {
 
     /// The whole-model analysis of ``lipattn analyze``: for each selected layer, the attention
     /// sublayer and (with ``heads``) each head's contribution, with certified bounds, attained
-    /// local constants on ``windows`` real-text windows per n and at the adversarial
-    /// construction, gaps and power-law fits. ``text`` None analyses the embedded GPL-3 text as
+    /// local constants on ``windows`` real-text windows per n, at the adversarial construction
+    /// and at the transition starts, gaps and power-law fits. ``text`` None analyses the embedded GPL-3 text as
     /// the CLI does. Returns the report as the dict ``lipattn analyze --json`` prints.
     #[pyo3(signature = (text=None, *, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
     #[allow(clippy::too_many_arguments)]

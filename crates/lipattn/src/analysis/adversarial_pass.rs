@@ -1,28 +1,40 @@
-//! Stage 3: the adversarial construction of Castin et al. at every n. Each head is measured at
-//! its own construction; the sublayer at the construction of the head whose contribution it
-//! amplifies most (one more evaluation, not one per head).
+//! Stage 3: the structured inputs at every n: the adversarial construction of Castin et al. and
+//! the transition start (`estimation::transition`, docs/background.md#transition-starts). Each
+//! head is measured at its own input of each kind; the sublayer at the input of the head whose
+//! contribution is amplified most (one more evaluation per kind, not one per head).
 
 use super::plan::Plan;
 use super::request::{AnalysisOptions, Progress};
 use super::sigma::local_sigma;
 use crate::error::Result;
-use crate::estimation::adversarial_from_direction;
+use crate::estimation::{adversarial_from_direction, transition_start};
 use faer::Mat;
 use rayon::prelude::*;
 
 /// [layer slot][operator][n index] -> the attained value; all None when the pass is off.
 pub(super) type AdversarialValues = Vec<Vec<Vec<Option<f64>>>>;
 
+/// The values at Castin et al.'s construction and at the transition starts (None where a head
+/// has no transition start: n < 3, or keys that cannot outscore the queries in the ball).
+pub(super) struct Structured {
+    pub construction: AdversarialValues,
+    pub transition: AdversarialValues,
+}
+
 pub(super) fn adversarial_pass(
     plan: &Plan,
     opts: &AnalysisOptions,
     progress: &mut dyn FnMut(&Progress),
     done: &mut usize,
-) -> Result<AdversarialValues> {
+) -> Result<Structured> {
     let ns = &plan.ns;
-    let mut adv_vals = vec![vec![vec![None::<f64>; ns.len()]; plan.n_ops()]; plan.work.len()];
+    let empty = || vec![vec![vec![None::<f64>; ns.len()]; plan.n_ops()]; plan.work.len()];
+    let mut out = Structured {
+        construction: empty(),
+        transition: empty(),
+    };
     if !opts.adversarial {
-        return Ok(adv_vals);
+        return Ok(out);
     }
     for (ni, &n) in ns.iter().enumerate() {
         progress(&Progress {
@@ -33,38 +45,48 @@ pub(super) fn adversarial_pass(
         for (slot, w) in plan.work.iter().enumerate() {
             let att = &w.block.attention;
             let domain = &w.domains[ni];
-            let inputs: Vec<Mat<f64>> = w
+            let constructions: Vec<Option<Mat<f64>>> = w
                 .directions
                 .iter()
-                .map(|u| adversarial_from_direction(u, domain))
+                .map(|u| adversarial_from_direction(u, domain).map(Some))
                 .collect::<Result<_>>()?;
-            let per_head: Vec<f64> = (0..att.heads)
-                .into_par_iter()
-                .map(|h| {
-                    let op = if opts.heads {
-                        w.ops[h + 1].clone()
-                    } else {
-                        att.head(h, false)?
-                    };
-                    local_sigma(&op, inputs[h].as_ref(), domain, &opts.lanczos)
-                })
+            let transitions: Vec<Option<Mat<f64>>> = (0..att.heads)
+                .map(|h| transition_start(att, h, domain))
                 .collect::<Result<_>>()?;
-            let best = (0..att.heads)
-                .max_by(|&a, &b| per_head[a].total_cmp(&per_head[b]))
-                .expect("a layer has at least one head");
-            adv_vals[slot][0][ni] = Some(local_sigma(
-                att,
-                inputs[best].as_ref(),
-                domain,
-                &opts.lanczos,
-            )?);
-            if opts.heads {
-                for (h, s) in per_head.into_iter().enumerate() {
-                    adv_vals[slot][h + 1][ni] = Some(s);
+            for (inputs, values) in [
+                (&constructions, &mut out.construction),
+                (&transitions, &mut out.transition),
+            ] {
+                let per_head: Vec<Option<f64>> = (0..att.heads)
+                    .into_par_iter()
+                    .map(|h| {
+                        let Some(x) = &inputs[h] else {
+                            return Ok(None);
+                        };
+                        let op = if opts.heads {
+                            w.ops[h + 1].clone()
+                        } else {
+                            att.head(h, false)?
+                        };
+                        local_sigma(&op, x.as_ref(), domain, &opts.lanczos).map(Some)
+                    })
+                    .collect::<Result<_>>()?;
+                let best = (0..att.heads)
+                    .filter(|&h| per_head[h].is_some())
+                    .max_by(|&a, &b| per_head[a].unwrap().total_cmp(&per_head[b].unwrap()));
+                if let Some(best) = best {
+                    let x = inputs[best].as_ref().expect("a value was measured there");
+                    values[slot][0][ni] =
+                        Some(local_sigma(att, x.as_ref(), domain, &opts.lanczos)?);
+                }
+                if opts.heads {
+                    for (h, s) in per_head.into_iter().enumerate() {
+                        values[slot][h + 1][ni] = s;
+                    }
                 }
             }
         }
         *done += 1;
     }
-    Ok(adv_vals)
+    Ok(out)
 }

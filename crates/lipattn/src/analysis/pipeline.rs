@@ -22,7 +22,7 @@ pub fn analyze(
     let plan = plan(model, text, opts)?;
     let mut done = 0;
     let text_values = text_pass(&plan, opts, progress, &mut done)?;
-    let adversarial = adversarial_pass(&plan, opts, progress, &mut done)?;
+    let structured = adversarial_pass(&plan, opts, progress, &mut done)?;
     progress(&Progress {
         done,
         total: plan.total,
@@ -31,7 +31,8 @@ pub fn analyze(
     let certified = certify(&plan, text.is_some(), &text_values.observed)?;
     let measured = Measured {
         text: text_values,
-        adversarial,
+        adversarial: structured.construction,
+        transition: structured.transition,
         certified,
     };
     Ok(report(model, text, opts, plan, &measured, t0))

@@ -38,8 +38,12 @@ pub struct Point {
     pub text: Vec<f64>,
     pub text_median: Option<f64>,
     pub text_max: Option<f64>,
-    /// Attained at the adversarial construction (for the sublayer: the best head's input).
+    /// Attained at the adversarial construction of Castin et al. (for the sublayer: the best
+    /// head's input).
     pub adversarial: Option<f64>,
+    /// Attained at the transition start (docs/background.md#transition-starts; for the
+    /// sublayer: the best head's); None where no head has one (n < 3).
+    pub transition: Option<f64>,
     /// Best certified bounds of the operator on (B_R)^n (token map, Frobenius) and P(B_R) (W1, W2).
     #[serde(serialize_with = "without_anchor_code")]
     pub certified: Certified,
@@ -103,6 +107,7 @@ pub struct ModelReport {
 pub(super) struct Measured {
     pub text: TextValues,
     pub adversarial: AdversarialValues,
+    pub transition: AdversarialValues,
     pub certified: CertifiedValues,
 }
 
@@ -128,10 +133,11 @@ fn points(plan: &Plan, measured: &Measured, slot: usize, o: usize) -> Vec<Point>
         let vals = &measured.text.sigma[slot][o][ni];
         let text_max = vals.iter().copied().reduce(f64::max);
         let adv = measured.adversarial[slot][o][ni];
-        let attained = match (text_max, adv) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        let transition = measured.transition[slot][o][ni];
+        let attained = [text_max, adv, transition]
+            .into_iter()
+            .flatten()
+            .reduce(f64::max);
         let gap = match (cs.best.frobenius, attained) {
             (Some(c), Some(a)) if a > 0.0 => Some(c / a),
             _ => None,
@@ -142,6 +148,7 @@ fn points(plan: &Plan, measured: &Measured, slot: usize, o: usize) -> Vec<Point>
             text_median: median(vals),
             text_max,
             adversarial: adv,
+            transition,
             certified: cs.best,
             gap,
         });
