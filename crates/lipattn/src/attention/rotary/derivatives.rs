@@ -1,0 +1,1 @@
+//! JVP and VJP of X -> output (docs/rotary.md#derivatives).
