@@ -790,3 +790,81 @@ fn bad_tokens_are_refused() {
     broken.kv_heads = 3;
     assert!(broken.forward(x.as_ref()).is_err());
 }
+
+fn inner(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+    (0..a.nrows())
+        .flat_map(|i| (0..a.ncols()).map(move |j| (i, j)))
+        .map(|(i, j)| a[(i, j)] * b[(i, j)])
+        .sum()
+}
+
+/// The JVP against central differences of the forward pass (step 1e-5: truncation about 1e-10,
+/// rounding about 1e-11 relative), and the VJP against the JVP by adjointness
+/// <dy, J dx> = <J^T dy, dx>, over the forward sweep's configurations.
+#[test]
+fn derivatives_match_finite_differences_and_each_other() {
+    let (mut worst_fd, mut worst_adj, mut worst_out) = (0.0f64, 0.0f64, 0.0f64);
+    for (idx, c) in cases(48).iter().enumerate() {
+        let layer = build(c, 500 + idx as u64);
+        for n in [1, 2, 7, 33] {
+            let mut r = SplitMix::new(9000 + idx as u64 * 13 + n as u64);
+            let x = gauss(&mut r, n, c.d, 1.0);
+            let dx = gauss(&mut r, n, c.d, 1.0);
+            let dy = gauss(&mut r, n, c.d_out, 1.0);
+            let (y, jdx) = layer.jvp(x.as_ref(), dx.as_ref()).unwrap();
+            let e_out = rel_err(&y, &layer.forward(x.as_ref()).unwrap());
+            assert!(e_out <= 1e-15, "case {idx} n={n}: JVP's output {e_out}");
+            worst_out = worst_out.max(e_out);
+            let h = 1e-5;
+            let plus = layer.forward((&x + &dx * faer::Scale(h)).as_ref()).unwrap();
+            let minus = layer.forward((&x - &dx * faer::Scale(h)).as_ref()).unwrap();
+            let fd = (&plus - &minus) * faer::Scale(0.5 / h);
+            let e_fd = rel_err(&jdx, &fd);
+            assert!(
+                e_fd <= 1e-6,
+                "case {idx} {c:?} n={n}: JVP vs differences {e_fd}"
+            );
+            worst_fd = worst_fd.max(e_fd);
+            let jtdy = layer.vjp(x.as_ref(), dy.as_ref()).unwrap();
+            let (a, b) = (inner(&dy, &jdx), inner(&jtdy, &dx));
+            let size = dy.norm_l2() * jdx.norm_l2() + jtdy.norm_l2() * dx.norm_l2();
+            let e_adj = (a - b).abs() / size;
+            assert!(
+                e_adj <= 1e-12,
+                "case {idx} {c:?} n={n}: <dy, J dx> {a} vs <J^T dy, dx> {b}"
+            );
+            worst_adj = worst_adj.max(e_adj);
+        }
+    }
+    eprintln!(
+        "JVP vs central differences: max rel err {worst_fd:e}; adjointness: max rel gap {worst_adj:e}; JVP output vs forward {worst_out:e}"
+    );
+}
+
+/// Tangents and cotangents of the wrong shape or with NaN are refused like the input tokens.
+#[test]
+fn bad_tangents_are_refused() {
+    let layer = Parts::valid().make().unwrap();
+    let (n, d) = (4, layer.d_in());
+    let x = Mat::<f64>::from_fn(n, d, |i, j| (i * j) as f64 * 0.1);
+    let mut dx = Mat::<f64>::zeros(n, d);
+    assert!(matches!(
+        layer.jvp(x.as_ref(), Mat::<f64>::zeros(n + 1, d).as_ref()),
+        Err(Error::Shape { .. })
+    ));
+    dx[(1, 1)] = f64::NAN;
+    assert!(matches!(
+        layer.jvp(x.as_ref(), dx.as_ref()),
+        Err(Error::NonFinite { .. })
+    ));
+    let mut dy = Mat::<f64>::zeros(n, layer.d_out());
+    assert!(matches!(
+        layer.vjp(x.as_ref(), Mat::<f64>::zeros(n, layer.d_out() + 1).as_ref()),
+        Err(Error::Shape { .. })
+    ));
+    dy[(0, 0)] = f64::INFINITY;
+    assert!(matches!(
+        layer.vjp(x.as_ref(), dy.as_ref()),
+        Err(Error::NonFinite { .. })
+    ));
+}

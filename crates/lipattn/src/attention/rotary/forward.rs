@@ -11,8 +11,6 @@ use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
 /// Everything the derivatives need at one input X.
-// The derivatives that read the stored intermediates follow in the next commit.
-#[allow(dead_code)]
 pub(crate) struct RotaryState {
     pub table: RopeTable,
     /// The qk-norm intermediates of the queries and keys (with a qk-norm only).
