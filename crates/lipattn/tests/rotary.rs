@@ -868,3 +868,109 @@ fn bad_tangents_are_refused() {
         Err(Error::NonFinite { .. })
     ));
 }
+
+/// transformers' own attention modules (Llama with llama3 scaling and biases, Mistral with
+/// dynamic scaling past max_position_embeddings and a window, Qwen3 with qk-norm, YaRN,
+/// multi-query and a window, Gemma 2 with softcap, query_pre_attn_scalar and a window), run in
+/// float64 by scripts/rotary_reference.py. transformers' rope (and qk-norm) is float32 inside,
+/// hence the 1e-6 tolerance (5e-8 seen); a wrong pairing, order or mask is off by O(1).
+#[test]
+fn transformers_attention_modules() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/rotary_transformers.json");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mat = |v: &serde_json::Value| -> Mat<f64> {
+        let rows = v.as_array().unwrap();
+        let cols = rows[0].as_array().unwrap().len();
+        Mat::from_fn(rows.len(), cols, |i, j| rows[i][j].as_f64().unwrap())
+    };
+    let vec = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let cases = cases.as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let w = &c["weights"];
+        let (heads, kv_heads, hd) = (
+            c["heads"].as_u64().unwrap() as usize,
+            c["kv_heads"].as_u64().unwrap() as usize,
+            c["head_dim"].as_u64().unwrap() as usize,
+        );
+        let bias = |key: &str, len: usize| {
+            if w.get(key).is_some() {
+                vec(&w[key])
+            } else {
+                vec![0.0; len]
+            }
+        };
+        let r = &c["rope"];
+        let f = |k: &str| r[k].as_f64().unwrap();
+        let u = |k: &str| r[k].as_u64().unwrap() as usize;
+        let scaling = match r["type"].as_str().unwrap() {
+            "default" => RopeScaling::Default,
+            "dynamic" => RopeScaling::Dynamic {
+                factor: f("factor"),
+                original_max_position_embeddings: u("original"),
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: f("factor"),
+                low_freq_factor: f("low"),
+                high_freq_factor: f("high"),
+                original_max_position_embeddings: u("original"),
+            },
+            "yarn" => RopeScaling::Yarn {
+                factor: f("factor"),
+                original_max_position_embeddings: u("original"),
+                beta_fast: f("beta_fast"),
+                beta_slow: f("beta_slow"),
+                mscale: None,
+                mscale_all_dim: None,
+                attention_factor: None,
+                truncate: true,
+            },
+            other => panic!("{other}"),
+        };
+        let qk_norm = w.get("q_norm.weight").map(|q| QkNorm {
+            q_weight: vec(q),
+            k_weight: vec(&w["k_norm.weight"]),
+            eps: c["eps"].as_f64().unwrap(),
+            unit_offset: false,
+        });
+        let wo = mat(&w["o_proj.weight"]);
+        let bo = bias("o_proj.bias", wo.nrows());
+        let layer = RotaryAttention::new(
+            heads,
+            kv_heads,
+            hd,
+            mat(&w["q_proj.weight"]),
+            bias("q_proj.bias", heads * hd),
+            mat(&w["k_proj.weight"]),
+            bias("k_proj.bias", kv_heads * hd),
+            mat(&w["v_proj.weight"]),
+            bias("v_proj.bias", kv_heads * hd),
+            wo,
+            bo,
+            c["score_divisor_sq"].as_u64().unwrap() as usize,
+            Rope {
+                theta: f("theta"),
+                rotary_dim: hd,
+                max_position_embeddings: u("max_pos"),
+                scaling,
+            },
+            qk_norm,
+            c["softcap"].as_f64(),
+            c["window"].as_u64().map(|w| w as usize),
+        )
+        .unwrap();
+        let y = layer.forward(mat(&c["x"]).as_ref()).unwrap();
+        let e = rel_err(&y, &mat(&c["y"]));
+        eprintln!("{name}: rel err against transformers {e:e}");
+        assert!(e <= 1e-6, "{name}: rel err {e}");
+    }
+}
