@@ -42,7 +42,7 @@ impl RotaryAttention {
 
     /// The output at x and its directional derivative J(x) dx (both n x d_out).
     pub fn jvp(&self, x: MatRef<'_, f64>, dx: MatRef<'_, f64>) -> Result<(Mat<f64>, Mat<f64>)> {
-        let st = self.state(x, 1)?;
+        let st = self.state(x, true, 1)?;
         let (n, hd) = (x.nrows(), self.head_dim);
         check_shape("JVP tangent", dx, n, self.d_in())?;
         let mut dq = linear(dx, self.wq.as_ref());
@@ -91,7 +91,7 @@ impl RotaryAttention {
 
     /// J(x)^T dy for a cotangent dy (n x d_out): n x d.
     pub fn vjp(&self, x: MatRef<'_, f64>, dy: MatRef<'_, f64>) -> Result<Mat<f64>> {
-        let st = self.state(x, 1)?;
+        let st = self.state(x, true, 1)?;
         let (n, hd) = (x.nrows(), self.head_dim);
         check_shape("VJP cotangent", dy, n, self.d_out())?;
         let mut obar = Mat::<f64>::zeros(n, self.heads * hd);
