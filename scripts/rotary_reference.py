@@ -111,6 +111,21 @@ cases.append(run(
          query_pre_attn_scalar=12, attn_logit_softcapping=1.5,
          rope_parameters=dict(rope_type="default", rope_theta=10000.0)),
 ))
+from transformers.models.gemma3 import modeling_gemma3 as G3
+from transformers import Gemma3TextConfig
+
+g3 = run(
+    "gemma3, qk-norm with gain 1 + w, linear scaling, full attention", Gemma3TextConfig, G3.Gemma3Attention,
+    G3.Gemma3RotaryEmbedding, 9, None,
+    dict(type="linear", theta=10000.0, max_pos=64, factor=4.0),
+    dict(num_key_value_heads=2, max_position_embeddings=64, sliding_window=4, layer_types=["full_attention"],
+         query_pre_attn_scalar=8, rms_norm_eps=1e-6,
+         rope_parameters=dict(full_attention=dict(rope_type="linear", rope_theta=10000.0, factor=4.0),
+                              sliding_attention=dict(rope_type="default", rope_theta=10000.0))),
+    layer_type="full_attention",
+)
+g3["unit_offset"] = True
+cases.append(g3)
 json.dump(cases, open(sys.argv[1], "w"))
 for c in cases:
     print(c["name"], list(c["weights"].keys()), c["softcap"], c["score_divisor_sq"], c["window"])

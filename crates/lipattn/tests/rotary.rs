@@ -871,7 +871,8 @@ fn bad_tangents_are_refused() {
 
 /// transformers' own attention modules (Llama with llama3 scaling and biases, Mistral with
 /// dynamic scaling past max_position_embeddings and a window, Qwen3 with qk-norm, YaRN,
-/// multi-query and a window, Gemma 2 with softcap, query_pre_attn_scalar and a window), run in
+/// multi-query and a window, Gemma 2 with softcap, query_pre_attn_scalar and a window, Gemma 3
+/// with its 1 + w qk-norm and linear scaling), run in
 /// float64 by scripts/rotary_reference.py. transformers' rope (and qk-norm) is float32 inside,
 /// hence the 1e-6 tolerance (5e-8 seen); a wrong pairing, order or mask is off by O(1).
 #[test]
@@ -893,7 +894,7 @@ fn transformers_attention_modules() {
             .collect()
     };
     let cases = cases.as_array().unwrap();
-    assert_eq!(cases.len(), 4);
+    assert_eq!(cases.len(), 5);
     for c in cases {
         let name = c["name"].as_str().unwrap();
         let w = &c["weights"];
@@ -914,6 +915,9 @@ fn transformers_attention_modules() {
         let u = |k: &str| r[k].as_u64().unwrap() as usize;
         let scaling = match r["type"].as_str().unwrap() {
             "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear {
+                factor: f("factor"),
+            },
             "dynamic" => RopeScaling::Dynamic {
                 factor: f("factor"),
                 original_max_position_embeddings: u("original"),
@@ -940,7 +944,7 @@ fn transformers_attention_modules() {
             q_weight: vec(q),
             k_weight: vec(&w["k_norm.weight"]),
             eps: c["eps"].as_f64().unwrap(),
-            unit_offset: false,
+            unit_offset: c.get("unit_offset").is_some(),
         });
         let wo = mat(&w["o_proj.weight"]);
         let bo = bias("o_proj.bias", wo.nrows());
