@@ -12,7 +12,7 @@ use faer::{Mat, MatRef, Par};
 
 /// Queries per block when the visible band of keys is formed: the band's staircase costs at most
 /// one block's worth of masked entries per row of blocks.
-const QUERY_BLOCK: usize = 64;
+pub(crate) const QUERY_BLOCK: usize = 64;
 use rayon::prelude::*;
 
 /// Everything the derivatives need at one input X.
@@ -49,20 +49,14 @@ impl RotaryAttention {
     }
 
     /// The intermediates at X. With `keep`, the probabilities (and tanh values) of every head
-    /// are stored for the derivatives, and `extra_per_head` n x n workspaces per head are counted
-    /// in the budget beside them; without, each head's are dropped once its output is formed, so
-    /// that the forward pass holds the n x n matrices of the heads in flight only.
-    pub(crate) fn state(
-        &self,
-        x: MatRef<'_, f64>,
-        keep: bool,
-        extra_per_head: usize,
-    ) -> Result<RotaryState> {
+    /// are stored for the derivatives; without, each head's are dropped once its output is
+    /// formed, so that the forward pass holds the n x n matrices of the heads in flight only.
+    pub(crate) fn state(&self, x: MatRef<'_, f64>, keep: bool) -> Result<RotaryState> {
         self.check_shapes()?;
         check_tokens("tokens", x, self.d_in())?;
         let n = x.nrows();
         // P_h^T, tanh with a softcap, and the scores being formed.
-        let per_head = 2 + usize::from(self.softcap.is_some()) + extra_per_head;
+        let per_head = 2 + usize::from(self.softcap.is_some());
         let in_memory = if keep {
             self.heads
         } else {
@@ -215,7 +209,7 @@ impl RotaryAttention {
 
     /// The sublayer on a token sequence x (n x d, positions 0..n, causal): n x d_out.
     pub fn forward(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
-        let st = self.state(x, false, 0)?;
+        let st = self.state(x, false)?;
         Ok(affine(st.o.as_ref(), self.wo.as_ref(), &self.bo))
     }
 }
