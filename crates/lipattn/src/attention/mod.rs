@@ -3,7 +3,9 @@
 pub mod forward;
 pub mod layer;
 pub mod norms;
+pub mod rotary;
 
 pub use crate::linalg::softmax;
 pub use layer::{AttentionLayer, Kernel};
 pub use norms::LayerNorm;
+pub use rotary::{QkNorm, Rope, RopeScaling, RotaryAttention};

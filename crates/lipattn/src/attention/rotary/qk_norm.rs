@@ -1,0 +1,108 @@
+//! The per-head RMS normalisation of queries and keys and its derivatives. With u = x / r,
+//! r = sqrt(|x|^2 / D + eps) over one head's D coordinates of one token:
+//! y = g ⊙ u, dy = g ⊙ (dx - u <u, dx> / D) / r, and the transpose xbar = (ybar_g - u <u, ybar_g> / D) / r
+//! with ybar_g = g ⊙ ybar (the projection I - u u^T / D is symmetric; docs/rotary.md#derivatives).
+
+use crate::error::{Error, Result};
+use faer::Mat;
+
+/// What the derivatives need from the forward normalisation.
+pub(crate) struct NormState {
+    /// u = x / r, the normalised coordinates before the gain (n x heads*D).
+    pub u: Mat<f64>,
+    /// 1 / r per token and head (n x heads).
+    pub inv_r: Mat<f64>,
+}
+
+/// In place: each head block of each row of `m` becomes g ⊙ x / r.
+pub(crate) fn normalise(
+    m: &mut Mat<f64>,
+    head_dim: usize,
+    gain: &[f64],
+    eps: f64,
+    what: &str,
+) -> Result<NormState> {
+    let (n, heads) = (m.nrows(), m.ncols() / head_dim);
+    let mut inv_r = Mat::<f64>::zeros(n, heads);
+    for h in 0..heads {
+        let ir = inv_r.col_as_slice_mut(h);
+        for c in 0..head_dim {
+            for (s, &x) in ir.iter_mut().zip(m.col_as_slice(h * head_dim + c)) {
+                *s += x * x;
+            }
+        }
+        for (i, s) in ir.iter_mut().enumerate() {
+            let r = (*s / head_dim as f64 + eps).sqrt();
+            if !(r > 0.0 && r.is_finite()) {
+                let why = if r == 0.0 {
+                    "a zero vector needs eps > 0"
+                } else {
+                    "the squares overflowed: inputs or weights too large for f64"
+                };
+                return Err(Error::Numerical(format!(
+                    "qk_norm of the {what} of token {i}, head {h}: root mean square {r} ({why})"
+                )));
+            }
+            *s = 1.0 / r;
+        }
+    }
+    let mut u = Mat::<f64>::zeros(n, m.ncols());
+    for h in 0..heads {
+        for (c, &g) in gain.iter().enumerate() {
+            let col = h * head_dim + c;
+            let ir = inv_r.col_as_slice(h);
+            let (src, dst) = (m.col_as_slice_mut(col), u.col_as_slice_mut(col));
+            for ((x, uu), &r) in src.iter_mut().zip(dst.iter_mut()).zip(ir) {
+                *uu = *x * r;
+                *x = g * *uu;
+            }
+        }
+    }
+    Ok(NormState { u, inv_r })
+}
+
+impl NormState {
+    /// In place: a tangent dx (n x heads*D) becomes dy, or with `transpose` a cotangent ybar
+    /// becomes xbar. Both are (I - u u^T / D) / r composed with diag(g), in the two orders.
+    pub fn apply(&self, m: &mut Mat<f64>, head_dim: usize, gain: &[f64], transpose: bool) {
+        let (n, heads) = (m.nrows(), self.inv_r.ncols());
+        let mut dots = vec![0.0; n];
+        for h in 0..heads {
+            if transpose {
+                scale_by_gain(m, h, head_dim, gain);
+            }
+            dots.fill(0.0);
+            for c in 0..head_dim {
+                let col = h * head_dim + c;
+                for ((s, &x), &uu) in dots
+                    .iter_mut()
+                    .zip(m.col_as_slice(col))
+                    .zip(self.u.col_as_slice(col))
+                {
+                    *s += x * uu;
+                }
+            }
+            let ir = self.inv_r.col_as_slice(h);
+            for c in 0..head_dim {
+                let col = h * head_dim + c;
+                let u = self.u.col_as_slice(col);
+                for (((x, &uu), &s), &r) in
+                    m.col_as_slice_mut(col).iter_mut().zip(u).zip(&dots).zip(ir)
+                {
+                    *x = (*x - uu * s / head_dim as f64) * r;
+                }
+            }
+            if !transpose {
+                scale_by_gain(m, h, head_dim, gain);
+            }
+        }
+    }
+}
+
+fn scale_by_gain(m: &mut Mat<f64>, h: usize, head_dim: usize, gain: &[f64]) {
+    for (c, &g) in gain.iter().enumerate() {
+        for x in m.col_as_slice_mut(h * head_dim + c) {
+            *x *= g;
+        }
+    }
+}
