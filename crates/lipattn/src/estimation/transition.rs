@@ -57,8 +57,9 @@ pub fn transition_start(
         return Ok(None);
     }
     // The key-dependent part of the score of query x is beta^T y, beta = A^T x + W_K^T b_Q s
-    // (the tied L2 kernel's score differs from this by terms that cancel or grow with |y|^2,
-    // which the equal-norm keys below share).
+    // For the tied L2 kernel the key-dependent part is (2 x^T A y - |W_Q y|^2) / sqrt(dk): the
+    // two keys' |W_Q y|^2 differ in general, so there the queries are only roughly balanced. Any
+    // point of the ball is a valid start; balance is what makes it a good one.
     let c: Vec<f64> = match layer.kernel {
         Kernel::Dot => (0..d)
             .map(|k| (0..h.dk).map(|i| wk[(i, k)] * h.bq[i]).sum::<f64>() * scale)
