@@ -97,14 +97,14 @@ def test_hidden_states_equal_transformers(lipattn_bin, tmp_path, family, keys, w
 
 
 def test_bare_model_sharded_and_half_precision(lipattn_bin, tmp_path):
-    """A bare LlamaModel save (no `model.` prefix), a sharded save, and BF16 / F16 weights, compared
-    with transformers loading the same files in float64."""
+    """A bare LlamaModel save (no `model.` prefix), a sharded save, and F32 / BF16 / F16 weights,
+    compared with transformers loading the same files in float64."""
     model = build(config("llama"), causal_lm=False)
     bare = tmp_path / "bare"
     save(model, bare, max_shard_size="20KB")
     assert (bare / "model.safetensors.index.json").exists()
     compare(lipattn_bin, bare)
-    for dtype in (torch.bfloat16, torch.float16):
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
         half = tmp_path / str(dtype).split(".")[1]
         save(build(config("gemma2")).to(dtype), half)
         compare(lipattn_bin, half)

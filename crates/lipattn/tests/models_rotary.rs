@@ -274,3 +274,62 @@ fn configured_tensors_must_exist() {
         "{err}"
     );
 }
+
+/// Malformed or extreme values of the rotary keys give an error or a finite result, never a
+/// panic or a non-finite hidden state.
+#[test]
+fn extreme_config_values_fail_cleanly() {
+    let t = tiny(Family::Llama, "model.", 2, 7);
+    let rope = |v: serde_json::Value| json!({ "rope_parameters": v });
+    let cases = [
+        json!({"head_dim": usize::MAX}),
+        json!({"head_dim": 1u64 << 40}),
+        json!({"num_key_value_heads": 0}),
+        json!({"num_attention_heads": 0}),
+        json!({"max_position_embeddings": 0}),
+        json!({"max_position_embeddings": null, "rope_parameters": {"rope_type": "dynamic", "factor": 2.0}}),
+        json!({"rms_norm_eps": -1.0}),
+        json!({"rms_norm_eps": 1e308}),
+        json!({"rope_theta": 0.0}),
+        json!({"rope_theta": 1e308}),
+        json!({"rope_theta": "big"}),
+        rope(json!("linear")),
+        rope(json!({"rope_type": 3})),
+        rope(json!({"rope_type": "linear", "factor": 0.0})),
+        rope(json!({"rope_type": "linear", "factor": -2.0})),
+        rope(json!({"rope_type": "linear", "factor": 1e-300})),
+        rope(json!({"rope_type": "dynamic", "factor": 1e300})),
+        rope(
+            json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0}),
+        ),
+        rope(json!({"rope_type": "yarn", "original_max_position_embeddings": 0})),
+        rope(json!({"rope_type": "yarn", "factor": 2.0, "beta_fast": -1.0, "beta_slow": 1e300})),
+        rope(
+            json!({"rope_type": "yarn", "factor": 2.0, "mscale": 1e300, "mscale_all_dim": 1e-300}),
+        ),
+        rope(json!({"rope_type": "yarn", "factor": 2.0, "attention_factor": -1.0})),
+        rope(json!({"rope_type": "yarn", "factor": 2.0, "truncate": "no"})),
+        json!({"model_type": "mistral", "sliding_window": 0}),
+        json!({"model_type": "mistral", "sliding_window": u64::MAX}),
+        json!({"model_type": "gemma2", "attn_logit_softcapping": -1.0}),
+        json!({"model_type": "gemma2", "attn_logit_softcapping": 1e-300}),
+        json!({"model_type": "gemma2", "query_pre_attn_scalar": 1.5}),
+        json!({"model_type": "qwen2", "layer_types": "sliding_attention"}),
+        json!({"original_max_position_embeddings": -3}),
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        let dir = scratch(&format!("extreme-{i}"));
+        write(&dir, Family::Llama, 2, extra.clone(), &t);
+        let run = Model::open(&dir).and_then(|m| m.hidden_states(&IDS));
+        if let Ok(states) = run {
+            for s in states {
+                for j in 0..s.ncols() {
+                    assert!(
+                        s.col_as_slice(j).iter().all(|v| v.is_finite()),
+                        "{extra}: non-finite state"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -168,6 +168,12 @@ pub(crate) fn parse(
             "hidden_size {hidden_size} is smaller than num_attention_heads {heads}, so head_dim is 0"
         ));
     }
+    // The projections are heads * head_dim wide; a size past usize is no checkpoint.
+    if heads.checked_mul(head_dim).is_none() {
+        return Err(format!(
+            "key 'head_dim' is {head_dim}: {heads} heads of it overflow the address space"
+        ));
+    }
     let max_pos = opt_uint(
         obj,
         "max_position_embeddings",
