@@ -1,3 +1,9 @@
+"""inv_freq and the attention factor of each rope scaling type, from transformers' own rope init
+functions (float32), for the expected values in crates/lipattn/tests/rotary.rs
+(`frequencies_match_transformers`). Run once with transformers 5.25:
+
+    PYTHONPATH=.build/py python3 scripts/rope_reference.py    # writes /tmp/rope_ref.json
+"""
 import json, torch
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
@@ -11,7 +17,7 @@ cases = [
  ("yarn", dict(rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=32, beta_fast=32.0, beta_slow=1.0), 32, 128, 10),
  ("yarn_mscale", dict(rope_type="yarn", rope_theta=10000.0, factor=40.0, original_max_position_embeddings=4096, beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=0.707), 64, 163840, 10),
  ("yarn_notrunc_att", dict(rope_type="yarn", rope_theta=1000000.0, factor=4.0, original_max_position_embeddings=32768, beta_fast=32.0, beta_slow=1.0, attention_factor=1.25, truncate=False), 64, 131072, 10),
- ("default_partial", dict(rope_type="yarn", rope_theta=10000.0, factor=2.0, original_max_position_embeddings=64, beta_fast=16.0, beta_slow=2.0, partial_rotary_factor=0.5), 32, 256, 10),
+ ("yarn_partial", dict(rope_type="yarn", rope_theta=10000.0, factor=2.0, original_max_position_embeddings=64, beta_fast=16.0, beta_slow=2.0, partial_rotary_factor=0.5), 32, 256, 10),
 ]
 out = {}
 for name, rp, head_dim, maxpos, n in cases:

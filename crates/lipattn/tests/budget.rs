@@ -69,6 +69,42 @@ fn requests_beyond_the_budget_stop_before_allocating() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("more than 18 EB"), "{e}");
+    // Rotary attention: at least one head's 300 x 300 probabilities and scores, 1.4 MB (all of
+    // them for the derivatives).
+    let w = |rows: usize| lipattn::Mat::from_fn(rows, 16, |i, j| ((i * 7 + j) % 5) as f64 * 0.1);
+    let rotary = lipattn::attention::RotaryAttention::new(
+        2,
+        1,
+        4,
+        w(8),
+        vec![0.0; 8],
+        w(4),
+        vec![0.0; 4],
+        w(4),
+        vec![0.0; 4],
+        lipattn::Mat::from_fn(16, 8, |i, j| ((i + j) % 3) as f64 * 0.1),
+        vec![0.0; 16],
+        4,
+        lipattn::attention::Rope {
+            theta: 1e4,
+            rotary_dim: 4,
+            max_position_embeddings: 64,
+            scaling: lipattn::attention::RopeScaling::Default,
+        },
+        None,
+        None,
+        None,
+    )
+    .unwrap();
+    is_budget(rotary.forward(x.as_ref()).map(|_| ()), "300 tokens");
+    is_budget(rotary.jvp(x.as_ref(), x.as_ref()).map(|_| ()), "300 tokens");
+    is_budget(
+        rotary
+            .vjp(x.as_ref(), random_tokens(300, 16, 1.0, 3).as_ref())
+            .map(|_| ()),
+        "300 tokens",
+    );
+    assert!(rotary.jvp(small.as_ref(), small.as_ref()).is_ok());
     set_max_memory(None);
     assert!(layer.forward(x.as_ref(), None, false).is_ok());
 }

@@ -354,7 +354,7 @@ fn frequencies_match_transformers() {
         ("yarn", 10, 1.138629436111989, &[1.0, 0.42175596952438354, 0.15811388194561005, 0.04445698484778404, 0.02500000037252903, 0.014058532193303108, 0.007905694656074047, 0.004445698577910662, 0.0024999999441206455, 0.0014058533124625683, 0.0007905694656074047, 0.00044456985779106617, 0.0002500000118743628, 0.00014058532542549074, 7.905694656074047e-05, 4.4456985051510856e-05]),
         ("yarn_mscale", 10, 1.0857263992561355, &[1.0, 0.7498942017555237, 0.5623413324356079, 0.4216965138912201, 0.3162277638912201, 0.23713736236095428, 0.17782793939113617, 0.1333521455526352, 0.10000000149011612, 0.07498941570520401, 0.05623412877321243, 0.039006926119327545, 0.026879360899329185, 0.01837814413011074, 0.012447956018149853, 0.0083345090970397, 0.005500000435858965, 0.0035619973205029964, 0.002249365206807852, 0.0013705134624615312, 0.0007905694073997438, 0.0004149904125370085, 0.00017782794020604342, 3.333803397254087e-05, 2.499999936844688e-05, 1.8747354260995053e-05, 1.4058532542549074e-05, 1.0542412383074407e-05, 7.905694474175107e-06, 5.928434347879374e-06, 4.445698323252145e-06, 3.3338035336782923e-06]),
         ("yarn_notrunc_att", 10, 1.25, &[1.0, 0.6493816375732422, 0.4216965138912201, 0.2738419771194458, 0.17782793939113617, 0.11547820270061493, 0.07498941570520401, 0.04869675263762474, 0.03162277862429619, 0.02053525112569332, 0.01333521492779255, 0.00865964312106371, 0.005517270416021347, 0.003241634927690029, 0.001883502583950758, 0.0010792376706376672, 0.000607408001087606, 0.0003337683738209307, 0.0001773442345438525, 8.957924728747457e-05, 4.4456985051510856e-05, 2.8869548259535804e-05, 1.8747356079984456e-05, 1.2174188668723218e-05, 7.905693564680405e-06, 5.133812464919174e-06, 3.3338035336782923e-06, 2.1649109385180054e-06, 1.405853367941745e-06, 9.129353202297352e-07, 5.928434347879374e-07, 3.8498163235090033e-07]),
-        ("default_partial", 10, 1.0693147180559945, &[1.0, 0.23717081546783447, 0.05000000074505806, 0.015811389312148094, 0.004999999888241291, 0.0015811389312148094, 0.0005000000237487257, 0.00015811389312148094]),
+        ("yarn_partial", 10, 1.0693147180559945, &[1.0, 0.23717081546783447, 0.05000000074505806, 0.015811389312148094, 0.004999999888241291, 0.0015811389312148094, 0.0005000000237487257, 0.00015811389312148094]),
     ];
     let rope = |theta: f64, rotary_dim: usize, max: usize, scaling: RopeScaling| Rope {
         theta,
@@ -420,7 +420,7 @@ fn frequencies_match_transformers() {
                 yarn(4.0, 32768, 32.0, 1.0, None, None, Some(1.25), false),
             ),
             // head_dim 32 with partial_rotary_factor 0.5.
-            "default_partial" => rope(
+            "yarn_partial" => rope(
                 1e4,
                 16,
                 256,
@@ -789,4 +789,192 @@ fn bad_tokens_are_refused() {
     let mut broken = layer.clone();
     broken.kv_heads = 3;
     assert!(broken.forward(x.as_ref()).is_err());
+}
+
+fn inner(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+    (0..a.nrows())
+        .flat_map(|i| (0..a.ncols()).map(move |j| (i, j)))
+        .map(|(i, j)| a[(i, j)] * b[(i, j)])
+        .sum()
+}
+
+/// The JVP against central differences of the forward pass (step 1e-5: truncation about 1e-10,
+/// rounding about 1e-11 relative), and the VJP against the JVP by adjointness
+/// <dy, J dx> = <J^T dy, dx>, over the forward sweep's configurations.
+#[test]
+fn derivatives_match_finite_differences_and_each_other() {
+    let (mut worst_fd, mut worst_adj, mut worst_out) = (0.0f64, 0.0f64, 0.0f64);
+    for (idx, c) in cases(48).iter().enumerate() {
+        let layer = build(c, 500 + idx as u64);
+        for n in [1, 2, 7, 33] {
+            let mut r = SplitMix::new(9000 + idx as u64 * 13 + n as u64);
+            let x = gauss(&mut r, n, c.d, 1.0);
+            let dx = gauss(&mut r, n, c.d, 1.0);
+            let dy = gauss(&mut r, n, c.d_out, 1.0);
+            let (y, jdx) = layer.jvp(x.as_ref(), dx.as_ref()).unwrap();
+            let e_out = rel_err(&y, &layer.forward(x.as_ref()).unwrap());
+            assert!(e_out <= 1e-15, "case {idx} n={n}: JVP's output {e_out}");
+            worst_out = worst_out.max(e_out);
+            let h = 1e-5;
+            let plus = layer.forward((&x + &dx * faer::Scale(h)).as_ref()).unwrap();
+            let minus = layer.forward((&x - &dx * faer::Scale(h)).as_ref()).unwrap();
+            let fd = (&plus - &minus) * faer::Scale(0.5 / h);
+            let e_fd = rel_err(&jdx, &fd);
+            assert!(
+                e_fd <= 1e-6,
+                "case {idx} {c:?} n={n}: JVP vs differences {e_fd}"
+            );
+            worst_fd = worst_fd.max(e_fd);
+            let jtdy = layer.vjp(x.as_ref(), dy.as_ref()).unwrap();
+            let (a, b) = (inner(&dy, &jdx), inner(&jtdy, &dx));
+            let size = dy.norm_l2() * jdx.norm_l2() + jtdy.norm_l2() * dx.norm_l2();
+            let e_adj = (a - b).abs() / size;
+            assert!(
+                e_adj <= 1e-12,
+                "case {idx} {c:?} n={n}: <dy, J dx> {a} vs <J^T dy, dx> {b}"
+            );
+            worst_adj = worst_adj.max(e_adj);
+        }
+    }
+    eprintln!(
+        "JVP vs central differences: max rel err {worst_fd:e}; adjointness: max rel gap {worst_adj:e}; JVP output vs forward {worst_out:e}"
+    );
+}
+
+/// Tangents and cotangents of the wrong shape or with NaN are refused like the input tokens.
+#[test]
+fn bad_tangents_are_refused() {
+    let layer = Parts::valid().make().unwrap();
+    let (n, d) = (4, layer.d_in());
+    let x = Mat::<f64>::from_fn(n, d, |i, j| (i * j) as f64 * 0.1);
+    let mut dx = Mat::<f64>::zeros(n, d);
+    assert!(matches!(
+        layer.jvp(x.as_ref(), Mat::<f64>::zeros(n + 1, d).as_ref()),
+        Err(Error::Shape { .. })
+    ));
+    dx[(1, 1)] = f64::NAN;
+    assert!(matches!(
+        layer.jvp(x.as_ref(), dx.as_ref()),
+        Err(Error::NonFinite { .. })
+    ));
+    let mut dy = Mat::<f64>::zeros(n, layer.d_out());
+    assert!(matches!(
+        layer.vjp(x.as_ref(), Mat::<f64>::zeros(n, layer.d_out() + 1).as_ref()),
+        Err(Error::Shape { .. })
+    ));
+    dy[(0, 0)] = f64::INFINITY;
+    assert!(matches!(
+        layer.vjp(x.as_ref(), dy.as_ref()),
+        Err(Error::NonFinite { .. })
+    ));
+}
+
+/// transformers' own attention modules (Llama with llama3 scaling and biases, Mistral with
+/// dynamic scaling past max_position_embeddings and a window, Qwen3 with qk-norm, YaRN,
+/// multi-query and a window, Gemma 2 with softcap, query_pre_attn_scalar and a window, Gemma 3
+/// with its 1 + w qk-norm and linear scaling), run in
+/// float64 by scripts/rotary_reference.py. transformers' rope (and qk-norm) is float32 inside,
+/// hence the 1e-6 tolerance (5e-8 seen); a wrong pairing, order or mask is off by O(1).
+#[test]
+fn transformers_attention_modules() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/rotary_transformers.json");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mat = |v: &serde_json::Value| -> Mat<f64> {
+        let rows = v.as_array().unwrap();
+        let cols = rows[0].as_array().unwrap().len();
+        Mat::from_fn(rows.len(), cols, |i, j| rows[i][j].as_f64().unwrap())
+    };
+    let vec = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let cases = cases.as_array().unwrap();
+    assert_eq!(cases.len(), 5);
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let w = &c["weights"];
+        let (heads, kv_heads, hd) = (
+            c["heads"].as_u64().unwrap() as usize,
+            c["kv_heads"].as_u64().unwrap() as usize,
+            c["head_dim"].as_u64().unwrap() as usize,
+        );
+        let bias = |key: &str, len: usize| {
+            if w.get(key).is_some() {
+                vec(&w[key])
+            } else {
+                vec![0.0; len]
+            }
+        };
+        let r = &c["rope"];
+        let f = |k: &str| r[k].as_f64().unwrap();
+        let u = |k: &str| r[k].as_u64().unwrap() as usize;
+        let scaling = match r["type"].as_str().unwrap() {
+            "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear {
+                factor: f("factor"),
+            },
+            "dynamic" => RopeScaling::Dynamic {
+                factor: f("factor"),
+                original_max_position_embeddings: u("original"),
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: f("factor"),
+                low_freq_factor: f("low"),
+                high_freq_factor: f("high"),
+                original_max_position_embeddings: u("original"),
+            },
+            "yarn" => RopeScaling::Yarn {
+                factor: f("factor"),
+                original_max_position_embeddings: u("original"),
+                beta_fast: f("beta_fast"),
+                beta_slow: f("beta_slow"),
+                mscale: None,
+                mscale_all_dim: None,
+                attention_factor: None,
+                truncate: true,
+            },
+            other => panic!("{other}"),
+        };
+        let qk_norm = w.get("q_norm.weight").map(|q| QkNorm {
+            q_weight: vec(q),
+            k_weight: vec(&w["k_norm.weight"]),
+            eps: c["eps"].as_f64().unwrap(),
+            unit_offset: c.get("unit_offset").is_some(),
+        });
+        let wo = mat(&w["o_proj.weight"]);
+        let bo = bias("o_proj.bias", wo.nrows());
+        let layer = RotaryAttention::new(
+            heads,
+            kv_heads,
+            hd,
+            mat(&w["q_proj.weight"]),
+            bias("q_proj.bias", heads * hd),
+            mat(&w["k_proj.weight"]),
+            bias("k_proj.bias", kv_heads * hd),
+            mat(&w["v_proj.weight"]),
+            bias("v_proj.bias", kv_heads * hd),
+            wo,
+            bo,
+            c["score_divisor_sq"].as_u64().unwrap() as usize,
+            Rope {
+                theta: f("theta"),
+                rotary_dim: hd,
+                max_position_embeddings: u("max_pos"),
+                scaling,
+            },
+            qk_norm,
+            c["softcap"].as_f64(),
+            c["window"].as_u64().map(|w| w as usize),
+        )
+        .unwrap();
+        let y = layer.forward(mat(&c["x"]).as_ref()).unwrap();
+        let e = rel_err(&y, &mat(&c["y"]));
+        eprintln!("{name}: rel err against transformers {e:e}");
+        assert!(e <= 1e-6, "{name}: rel err {e}");
+    }
 }

@@ -11,8 +11,6 @@ use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
 /// Everything the derivatives need at one input X.
-// The derivatives that read the stored intermediates follow in the next commit.
-#[allow(dead_code)]
 pub(crate) struct RotaryState {
     pub table: RopeTable,
     /// The qk-norm intermediates of the queries and keys (with a qk-norm only).
@@ -24,7 +22,8 @@ pub(crate) struct RotaryState {
     pub k: Mat<f64>,
     /// Values, n x kv_heads head_dim.
     pub v: Mat<f64>,
-    /// P_h^T (keys x queries) per query head; masked entries exactly 0.
+    /// P_h^T (keys x queries) per query head, masked entries exactly 0; empty unless the
+    /// state was formed for the derivatives.
     pub p_t: Vec<Mat<f64>>,
     /// tanh(s_ij / cap) (keys x queries) per query head, with a softcap only; 0 where masked.
     pub tanh_t: Vec<Mat<f64>>,
@@ -44,14 +43,26 @@ impl RotaryAttention {
         h / self.group()
     }
 
-    /// The intermediates at X. `extra_per_head` n x n matrices per head are counted in the budget
-    /// beside the stored probabilities (the derivatives' workspaces).
-    pub(crate) fn state(&self, x: MatRef<'_, f64>, extra_per_head: usize) -> Result<RotaryState> {
+    /// The intermediates at X. With `keep`, the probabilities (and tanh values) of every head
+    /// are stored for the derivatives, and `extra_per_head` n x n workspaces per head are counted
+    /// in the budget beside them; without, each head's are dropped once its output is formed, so
+    /// that the forward pass holds the n x n matrices of the heads in flight only.
+    pub(crate) fn state(
+        &self,
+        x: MatRef<'_, f64>,
+        keep: bool,
+        extra_per_head: usize,
+    ) -> Result<RotaryState> {
         self.check_shapes()?;
         check_tokens("tokens", x, self.d_in())?;
         let n = x.nrows();
-        // P_h^T per head, tanh per head with a softcap, and the scores being formed.
+        // P_h^T, tanh with a softcap, and the scores being formed.
         let per_head = 2 + usize::from(self.softcap.is_some()) + extra_per_head;
+        let in_memory = if keep {
+            self.heads
+        } else {
+            self.heads.min(rayon::current_num_threads())
+        };
         crate::budget::check(
             || {
                 format!(
@@ -59,7 +70,7 @@ impl RotaryAttention {
                     self.heads
                 )
             },
-            crate::budget::bytes_of(&[per_head, self.heads, n, n], 8),
+            crate::budget::bytes_of(&[per_head, in_memory, n, n], 8),
         )?;
         crate::cancel::check()?;
         let table = self.rope.table(n)?;
@@ -80,35 +91,39 @@ impl RotaryAttention {
         table.rotate(q.as_mut(), hd, false);
         table.rotate(k.as_mut(), hd, false);
         crate::cancel::check()?;
-        let per_head: Vec<(Mat<f64>, Option<Mat<f64>>)> = (0..self.heads)
-            .into_par_iter()
-            .map(|h| {
+        let mut o = Mat::<f64>::zeros(n, self.heads * hd);
+        let per_head: Vec<(Mat<f64>, Option<Mat<f64>>)> = o
+            .as_mut()
+            .par_col_chunks_mut(hd)
+            .enumerate()
+            .map(|(h, oh)| {
                 let g = self.kv_of(h);
-                self.head_probabilities_t(
+                let (p_t, tanh_t) = self.head_probabilities_t(
                     h,
                     q.as_ref().subcols(h * hd, hd),
                     k.as_ref().subcols(g * hd, hd),
-                )
-            })
-            .collect::<Result<_>>()?;
-        let (p_t, tanh_t): (Vec<_>, Vec<_>) = per_head.into_iter().unzip();
-        let tanh_t = tanh_t.into_iter().flatten().collect();
-        crate::cancel::check()?;
-        let mut o = Mat::<f64>::zeros(n, self.heads * hd);
-        o.as_mut()
-            .par_col_chunks_mut(hd)
-            .enumerate()
-            .for_each(|(h, oh)| {
-                let g = self.kv_of(h);
+                )?;
                 gemm(
                     oh,
                     false,
-                    p_t[h].transpose(),
+                    p_t.transpose(),
                     v.as_ref().subcols(g * hd, hd),
                     1.0,
                     Par::Seq,
                 );
-            });
+                Ok(if keep {
+                    (p_t, tanh_t)
+                } else {
+                    (Mat::zeros(0, 0), None)
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (p_t, tanh_t): (Vec<_>, Vec<_>) = if keep {
+            per_head.into_iter().unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let tanh_t = tanh_t.into_iter().flatten().collect();
         Ok(RotaryState {
             table,
             q_norm,
@@ -183,7 +198,7 @@ impl RotaryAttention {
 
     /// The sublayer on a token sequence x (n x d, positions 0..n, causal): n x d_out.
     pub fn forward(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
-        let st = self.state(x, 0)?;
+        let st = self.state(x, false, 0)?;
         Ok(affine(st.o.as_ref(), self.wo.as_ref(), &self.bo))
     }
 }

@@ -7,8 +7,6 @@ use crate::error::{Error, Result};
 use faer::Mat;
 
 /// What the derivatives need from the forward normalisation.
-// Read by the derivatives, which follow in the next commit.
-#[allow(dead_code)]
 pub(crate) struct NormState {
     /// u = x / r, the normalised coordinates before the gain (n x heads*D).
     pub u: Mat<f64>,
@@ -63,7 +61,6 @@ pub(crate) fn normalise(
     Ok(NormState { u, inv_r })
 }
 
-#[allow(dead_code)]
 impl NormState {
     /// In place: a tangent dx (n x heads*D) becomes dy, or with `transpose` a cotangent ybar
     /// becomes xbar. Both are (I - u u^T / D) / r composed with diag(g), in the two orders.
@@ -102,7 +99,6 @@ impl NormState {
     }
 }
 
-#[allow(dead_code)]
 fn scale_by_gain(m: &mut Mat<f64>, h: usize, head_dim: usize, gain: &[f64]) {
     for (c, &g) in gain.iter().enumerate() {
         for x in m.col_as_slice_mut(h * head_dim + c) {
