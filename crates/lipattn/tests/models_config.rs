@@ -384,6 +384,24 @@ fn rotary_keys_are_read() {
             truncate: true
         }
     );
+    // transformers reads `truncate` for truth: null is false.
+    for (value, want) in [
+        (json!(false), false),
+        (json!(null), false),
+        (json!(true), true),
+    ] {
+        let c = parse(
+            "r-trunc",
+            Family::Llama,
+            "rope_parameters",
+            json!({"rope_type": "yarn", "factor": 4.0, "truncate": value}),
+        )
+        .unwrap();
+        let RopeScaling::Yarn { truncate, .. } = decoder(&c).rope.scaling else {
+            panic!("yarn")
+        };
+        assert_eq!(truncate, want);
+    }
 }
 
 /// Values that make a model lipattn does not compute are refused naming the key.

@@ -338,8 +338,11 @@ fn rope(obj: &Obj, head_dim: usize, max_pos: usize) -> Res<Rope> {
             let or = |name: &str, default: f64| -> Res<f64> {
                 Ok(num(name)?.filter(|&b| b != 0.0).unwrap_or(default))
             };
-            let truncate = match field("truncate") {
+            // transformers tests `rope_parameters.get("truncate", True)` for truth: null is
+            // false, absent true.
+            let truncate = match params.get("truncate") {
                 None => true,
+                Some(Value::Null) => false,
                 Some(v) => v.as_bool().ok_or_else(|| {
                     format!("key '{key}.truncate' must be true or false, found {v}")
                 })?,
