@@ -154,7 +154,7 @@ def test_unsupported_commands_and_values_are_refused(lipattn_bin, tmp_path):
         out = run(lipattn_bin, *args)
         assert out.returncode != 0, args
         assert "model_type 'llama'" in out.stderr and "rotary" in out.stderr, (args, out.stderr)
-        assert "lipattn hidden" in out.stderr, (args, out.stderr)
+        assert "(lipattn hidden, Python's Model.hidden_states)" in out.stderr, (args, out.stderr)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
                               "long_factor": [1.0] * 4}
