@@ -10,14 +10,15 @@ use std::path::PathBuf;
 #[derive(Args)]
 pub struct HiddenArgs {
     /// Hugging Face model directory: config.json, model.safetensors (or a sharded
-    /// model.safetensors.index.json) and tokenizer.json. BERT and GPT-2 families.
+    /// model.safetensors.index.json) and tokenizer.json. BERT, GPT-2, Llama, Mistral, Qwen2,
+    /// Qwen3, Gemma and Gemma 2 families.
     #[arg(long)]
     model: PathBuf,
     /// UTF-8 text file, tokenised as one sequence with the model's own tokenizer.
     #[arg(long)]
     text: PathBuf,
     /// Which hidden state: the one entering layer L (0-based); L = number of layers gives the
-    /// model's final output (after the final LayerNorm for GPT-2).
+    /// model's final output (after the final norm: GPT-2's ln_f, the rotary families' norm).
     #[arg(long)]
     layer: usize,
     /// Keep at most N tokens, special tokens included, cutting the end of the text.

@@ -195,7 +195,8 @@ impl PyAttentionLayer {
     }
 
     /// The attention sublayer of layer ``layer`` of a Hugging Face checkpoint directory (BERT or
-    /// GPT-2 family; GPT-2 layers are causal), or head ``head``'s contribution alone.
+    /// GPT-2 family; GPT-2 layers are causal), or head ``head``'s contribution alone. The rotary
+    /// families (Llama, ...) raise ModelError: their attention is another operator.
     #[staticmethod]
     #[pyo3(signature = (path, layer, *, head=None, kernel="dot"))]
     fn from_model(

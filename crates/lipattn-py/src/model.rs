@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 /// A Hugging Face checkpoint directory (config.json, model.safetensors or a sharded index,
-/// tokenizer.json; BERT and GPT-2 families), run in float64.
+/// tokenizer.json; BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families), run
+/// in float64. The rotary families (all but BERT and GPT-2) give hidden states and token ids;
+/// ``attention_layer`` and ``analyze`` refuse them, as their analyses are not written yet.
 #[pyclass(module = "lipattn", name = "Model", frozen)]
 pub struct PyModel {
     model: Arc<Model>,
@@ -74,7 +76,7 @@ impl PyModel {
     fn path(&self) -> PathBuf {
         self.model.dir().to_path_buf()
     }
-    /// 'bert' or 'gpt2'.
+    /// 'bert', 'gpt2', 'llama', 'mistral', 'qwen2', 'qwen3', 'gemma' or 'gemma2'.
     #[getter]
     fn family(&self) -> &'static str {
         self.model.family().name()
@@ -95,7 +97,7 @@ impl PyModel {
     fn num_heads(&self) -> usize {
         self.model.config().num_attention_heads
     }
-    /// Whether attention is causally masked (GPT-2 family).
+    /// Whether attention is causally masked (every family but BERT).
     #[getter]
     fn causal(&self) -> bool {
         self.model.is_causal()
@@ -133,8 +135,8 @@ impl PyModel {
     }
 
     /// Hidden states on ``text`` (or token ``ids``), float64 (n, hidden_size). With ``layer`` L
-    /// the state entering layer L (L = num_layers: the final output, after the final LayerNorm
-    /// for GPT-2), running only the blocks before it, as ``lipattn hidden`` does; without it,
+    /// the state entering layer L (L = num_layers: the final output, after the final norm of
+    /// GPT-2 and the rotary families), running only the blocks before it, as ``lipattn hidden`` does; without it,
     /// the list of all num_layers + 1 states.
     #[pyo3(signature = (text=None, *, ids=None, layer=None, max_tokens=None))]
     fn hidden_states<'py>(

@@ -1278,7 +1278,7 @@ fn use_model(dir: &Path) -> Result<(), Outcome> {
         }
     }
     let e = m.embeddings().map_err(err)?;
-    let n = e.max_positions().min(5);
+    let n = e.max_positions().unwrap_or(5).min(5);
     let ids: Vec<u32> = (0..n).map(|i| (i * 7 % e.vocab_size()) as u32).collect();
     let states = m
         .hidden_states_upto(&ids, layers.min(LAYERS))

@@ -20,6 +20,10 @@ fn base(family: Family) -> Value {
             "num_hidden_layers": 2,
         }),
         Family::Gpt2 => json!({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 2}),
+        rotary => json!({
+            "model_type": rotary.name(), "hidden_size": 64, "num_attention_heads": 32,
+            "num_hidden_layers": 4,
+        }),
     }
 }
 
@@ -146,8 +150,14 @@ fn honoured_keys_are_read_and_checked() {
         let err = parse("type", Family::Gpt2, key, value).unwrap_err();
         assert!(err.contains(key) && err.contains("true or false"), "{err}");
     }
-    let err = parse("act", Family::Gpt2, "activation_function", json!("silu")).unwrap_err();
-    assert!(err.contains("silu"), "{err}");
+    let err = parse(
+        "act",
+        Family::Gpt2,
+        "activation_function",
+        json!("quick_gelu"),
+    )
+    .unwrap_err();
+    assert!(err.contains("quick_gelu"), "{err}");
     // GPT-2's attribute_map aliases: one alone is read, two that disagree are refused.
     let c = parse("alias", Family::Gpt2, "hidden_size", json!(8)).unwrap();
     assert_eq!(c.hidden_size, 8);
@@ -181,11 +191,7 @@ fn docs_table_is_the_library_table() {
     }
     let mut library = Vec::new();
     for r in KEY_RULES {
-        let families = if r.families.len() == 2 {
-            "both".to_string()
-        } else {
-            r.families[0].name().to_string()
-        };
+        let families = r.families_label();
         let treatment = match r.treatment {
             Treatment::Only(values) => format!("only {}", values.join(", ")),
             t => t.name().to_string(),
@@ -206,5 +212,303 @@ fn docs_table_is_the_library_table() {
             l.contains(row),
             "docs/models.md has {row:?}, the library does not"
         );
+    }
+}
+
+fn decoder(c: &ModelConfig) -> &lipattn::models::DecoderConfig {
+    c.decoder.as_ref().expect("a rotary family")
+}
+
+/// Each rotary family's defaults are its transformers configuration class's.
+#[test]
+fn rotary_family_defaults() {
+    use lipattn::attention::RopeScaling;
+    let rotary = [
+        // family, kv heads, head_dim, max positions, activation
+        (Family::Llama, 32, 2, 2048, "silu"),
+        (Family::Mistral, 8, 2, 131072, "silu"),
+        (Family::Qwen2, 32, 2, 32768, "silu"),
+        (Family::Qwen3, 32, 128, 32768, "silu"),
+        (Family::Gemma, 16, 256, 8192, "gelu_pytorch_tanh"),
+        (Family::Gemma2, 4, 256, 8192, "gelu_pytorch_tanh"),
+    ];
+    for (family, kv, head_dim, max_pos, act) in rotary {
+        let c = parse(family.name(), family, "model_type", json!(family.name())).unwrap();
+        let d = decoder(&c);
+        assert_eq!(
+            (d.kv_heads, d.head_dim, d.rope.max_position_embeddings),
+            (kv, head_dim, max_pos),
+            "{family:?}"
+        );
+        assert_eq!(
+            c.activation,
+            lipattn::models::Activation::from_hf_name(act).unwrap()
+        );
+        assert_eq!(d.rope.theta, 10_000.0);
+        assert_eq!(d.rope.scaling, RopeScaling::Default);
+        assert_eq!(c.layer_norm_eps, 1e-6);
+        let windows: Vec<Option<usize>> = match family {
+            Family::Mistral => vec![Some(4096); 4],
+            Family::Gemma2 => vec![Some(4096), None, Some(4096), None],
+            _ => vec![None; 4],
+        };
+        assert_eq!(d.windows, windows, "{family:?}");
+        assert_eq!(
+            d.unit_offset_norm,
+            matches!(family, Family::Gemma | Family::Gemma2)
+        );
+        assert_eq!(d.qkv_bias, family == Family::Qwen2);
+        assert!(!d.o_bias);
+        assert_eq!(d.qk_norm, family == Family::Qwen3);
+        let (softcap, divisor) = match family {
+            Family::Gemma2 => (Some(50.0), 256),
+            _ => (None, head_dim),
+        };
+        assert_eq!((d.softcap, d.score_divisor_sq), (softcap, divisor));
+    }
+}
+
+#[test]
+fn rotary_keys_are_read() {
+    use lipattn::attention::RopeScaling;
+    let c = parse("l-kv", Family::Llama, "num_key_value_heads", json!(1)).unwrap();
+    assert_eq!(decoder(&c).kv_heads, 1);
+    let c = parse("l-hd", Family::Llama, "head_dim", json!(6)).unwrap();
+    assert_eq!(decoder(&c).head_dim, 6);
+    assert_eq!(decoder(&c).score_divisor_sq, 6);
+    let c = parse("m-hd", Family::Mistral, "head_dim", json!(null)).unwrap();
+    assert_eq!(decoder(&c).head_dim, 2);
+    let c = parse("l-gelu", Family::Gemma, "hidden_act", json!("gelu")).unwrap();
+    assert_eq!(c.activation, lipattn::models::Activation::GeluTanh);
+    let c = parse("l-bias", Family::Llama, "attention_bias", json!(true)).unwrap();
+    assert!(decoder(&c).qkv_bias && decoder(&c).o_bias && !decoder(&c).mlp_bias);
+    let c = parse("m-bias", Family::Mistral, "attention_bias", json!(true)).unwrap();
+    assert!(!decoder(&c).qkv_bias, "Mistral has no attention_bias");
+    let c = parse("l-mlp", Family::Llama, "mlp_bias", json!(true)).unwrap();
+    assert!(decoder(&c).mlp_bias);
+    let c = parse("q-mlp", Family::Qwen2, "mlp_bias", json!(true)).unwrap();
+    assert!(!decoder(&c).mlp_bias, "only Llama reads mlp_bias");
+    let c = parse(
+        "g2-scalar",
+        Family::Gemma2,
+        "query_pre_attn_scalar",
+        json!(24),
+    )
+    .unwrap();
+    assert_eq!(decoder(&c).score_divisor_sq, 24);
+    let c = parse(
+        "g2-cap",
+        Family::Gemma2,
+        "attn_logit_softcapping",
+        json!(null),
+    )
+    .unwrap();
+    assert_eq!(decoder(&c).softcap, None);
+    let c = parse(
+        "g2-types",
+        Family::Gemma2,
+        "layer_types",
+        json!([
+            "full_attention",
+            "sliding_attention",
+            "full_attention",
+            "full_attention"
+        ]),
+    )
+    .unwrap();
+    assert_eq!(decoder(&c).windows, [None, Some(4096), None, None]);
+    // Qwen: windows only with use_sliding_window, from max_window_layers on.
+    let dir = scratch("qwen-windows");
+    let path = dir.join("config.json");
+    let mut cfg = base(Family::Qwen2);
+    cfg["use_sliding_window"] = json!(true);
+    cfg["sliding_window"] = json!(3);
+    cfg["max_window_layers"] = json!(2);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let c = ModelConfig::from_file(&path).unwrap().unwrap();
+    assert_eq!(decoder(&c).windows, [None, None, Some(3), Some(3)]);
+    let c = parse("q-nowin", Family::Qwen3, "sliding_window", json!(3)).unwrap();
+    assert_eq!(decoder(&c).windows, [None; 4]);
+    let c = parse("m-win", Family::Mistral, "sliding_window", json!(null)).unwrap();
+    assert_eq!(decoder(&c).windows, [None; 4]);
+    // rope_parameters, and the legacy rope_scaling + rope_theta.
+    let c = parse(
+        "r-lin",
+        Family::Llama,
+        "rope_parameters",
+        json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}),
+    )
+    .unwrap();
+    assert_eq!(
+        decoder(&c).rope.scaling,
+        RopeScaling::Linear { factor: 2.0 }
+    );
+    assert_eq!(decoder(&c).rope.theta, 500.0);
+    let c = parse(
+        "r-old",
+        Family::Llama,
+        "rope_scaling",
+        json!({"type": "dynamic", "factor": 3.0}),
+    )
+    .unwrap();
+    assert_eq!(
+        decoder(&c).rope.scaling,
+        RopeScaling::Dynamic {
+            factor: 3.0,
+            original_max_position_embeddings: 2048
+        }
+    );
+    let c = parse("r-theta", Family::Qwen2, "rope_theta", json!(1e6)).unwrap();
+    assert_eq!(decoder(&c).rope.theta, 1e6);
+    let c = parse("r-l3", Family::Llama, "rope_parameters", json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0})).unwrap();
+    assert_eq!(
+        decoder(&c).rope.scaling,
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 2048
+        }
+    );
+    let c = parse("r-yarn", Family::Llama, "rope_parameters", json!({"rope_type": "yarn", "factor": 4.0, "beta_fast": 0, "original_max_position_embeddings": 64})).unwrap();
+    assert_eq!(
+        decoder(&c).rope.scaling,
+        RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: 64,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: None,
+            mscale_all_dim: None,
+            attention_factor: None,
+            truncate: true
+        }
+    );
+    // transformers reads `truncate` for truth: null is false.
+    for (value, want) in [
+        (json!(false), false),
+        (json!(null), false),
+        (json!(true), true),
+    ] {
+        let c = parse(
+            "r-trunc",
+            Family::Llama,
+            "rope_parameters",
+            json!({"rope_type": "yarn", "factor": 4.0, "truncate": value}),
+        )
+        .unwrap();
+        let RopeScaling::Yarn { truncate, .. } = decoder(&c).rope.scaling else {
+            panic!("yarn")
+        };
+        assert_eq!(truncate, want);
+    }
+}
+
+/// Values that make a model lipattn does not compute are refused naming the key.
+#[test]
+fn rotary_refusals_name_the_key() {
+    let cases = [
+        (
+            Family::Llama,
+            "rope_parameters",
+            json!({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
+            "rope_parameters",
+        ),
+        (
+            Family::Llama,
+            "rope_scaling",
+            json!({"type": "su", "factor": 2.0}),
+            "rope_scaling",
+        ),
+        (
+            Family::Llama,
+            "rope_parameters",
+            json!({"rope_type": "linear"}),
+            "factor",
+        ),
+        (
+            Family::Llama,
+            "partial_rotary_factor",
+            json!(0.5),
+            "partial_rotary_factor",
+        ),
+        (
+            Family::Llama,
+            "rope_parameters",
+            json!({"rope_type": "default", "partial_rotary_factor": 0.5}),
+            "partial_rotary_factor",
+        ),
+        (Family::Llama, "is_causal", json!(false), "is_causal"),
+        (
+            Family::Gemma,
+            "use_bidirectional_attention",
+            json!(true),
+            "use_bidirectional_attention",
+        ),
+        (
+            Family::Gemma2,
+            "layer_types",
+            json!(["full_attention"]),
+            "layer_types",
+        ),
+        (
+            Family::Gemma2,
+            "layer_types",
+            json!([
+                "chunked_attention",
+                "full_attention",
+                "full_attention",
+                "full_attention"
+            ]),
+            "layer_types",
+        ),
+        (
+            Family::Gemma2,
+            "sliding_window",
+            json!(null),
+            "sliding_window",
+        ),
+        (
+            Family::Llama,
+            "num_key_value_heads",
+            json!(3),
+            "num_key_value_heads",
+        ),
+        (
+            Family::Llama,
+            "hidden_act",
+            json!("quick_gelu"),
+            "hidden_act",
+        ),
+        (
+            Family::Gemma2,
+            "hidden_activation",
+            json!("mish"),
+            "hidden_activation",
+        ),
+        (
+            Family::Llama,
+            "attention_bias",
+            json!("yes"),
+            "attention_bias",
+        ),
+        (
+            Family::Gemma2,
+            "query_pre_attn_scalar",
+            json!(0),
+            "query_pre_attn_scalar",
+        ),
+        (
+            Family::Llama,
+            "quantization_config",
+            json!({"quant_method": "gptq"}),
+            "quantization_config",
+        ),
+    ];
+    for (i, (family, key, value, named)) in cases.iter().enumerate() {
+        let err = parse(&format!("rotary-refuse-{i}"), *family, key, value.clone())
+            .map(|_| ())
+            .expect_err(&format!("{key} = {value} accepted"));
+        assert!(err.contains(named), "{key} = {value}: {err}");
     }
 }

@@ -626,16 +626,16 @@ fn unknown_architecture_lists_what_was_found() {
     g.add("model.embed_tokens.weight".into(), &[VOCAB, D], 0.0, 1.0);
     write_model(
         &dir,
-        &json!({"model_type": "llama", "hidden_size": D}),
+        &json!({"model_type": "falcon", "hidden_size": D}),
         &g.out,
     );
     let e = Model::open(&dir).err().unwrap();
     assert!(matches!(e, Error::Model(_)), "{e:?}");
     let e = e.to_string();
     for needle in [
-        "llama",
+        "falcon",
         "model.layers.0.self_attn.q_proj.weight",
-        "bert, gpt2",
+        "bert, gpt2, llama, mistral, qwen2, qwen3, gemma, gemma2",
     ] {
         assert!(e.contains(needle), "{needle} not in: {e}");
     }

@@ -243,13 +243,17 @@ def ground_cost(a: Union[Measure, ArrayLike], b: Union[Measure, ArrayLike], p: i
 def layer_norm_radius(gamma: ArrayLike, beta: ArrayLike) -> float: ...
 
 class Model:
-    """A Hugging Face checkpoint directory (BERT or GPT-2 family), run in float64."""
+    """A Hugging Face checkpoint directory (BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma or
+    Gemma 2 family), run in float64. The rotary families give hidden states and token ids;
+    attention_layer and analyze refuse them (their analyses are later work)."""
 
     def __init__(self, path: StrPath) -> None: ...
     @property
     def path(self) -> Path: ...
     @property
-    def family(self) -> Literal["bert", "gpt2"]: ...
+    def family(
+        self,
+    ) -> Literal["bert", "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"]: ...
     @property
     def model_type(self) -> str: ...
     @property

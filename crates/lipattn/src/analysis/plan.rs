@@ -55,9 +55,11 @@ impl Plan {
 }
 
 pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions) -> Result<Plan> {
+    model.plain_only("lipattn analyze")?;
     let embeddings = model.embeddings()?;
     let num_layers = model.num_layers();
-    check_options(opts, embeddings.max_positions(), num_layers)?;
+    let max_positions = embeddings.max_positions().unwrap_or(usize::MAX);
+    check_options(opts, max_positions, num_layers)?;
     let mut ns = opts.ns.clone();
     ns.sort_unstable();
     ns.dedup();

@@ -7,5 +7,5 @@ pub mod rotary;
 
 pub use crate::linalg::softmax;
 pub use layer::{AttentionLayer, Kernel};
-pub use norms::LayerNorm;
+pub use norms::{LayerNorm, RmsNorm};
 pub use rotary::{QkNorm, Rope, RopeScaling, RotaryAttention};

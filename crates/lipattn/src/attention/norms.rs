@@ -1,4 +1,5 @@
-//! The normalisations of transformer blocks, one home each.
+//! The normalisations of transformer blocks, one home each: LayerNorm (BERT, GPT-2) and RMSNorm
+//! (Llama, Mistral, Qwen, Gemma).
 
 use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
@@ -56,4 +57,50 @@ pub fn standardise_rows(x: MatRef<'_, f64>, eps: f64) -> Result<Mat<f64>> {
         eps,
     }
     .apply(x)
+}
+
+/// y = (x / sqrt(mean(x^2) + eps)) w per token (Llama's `LlamaRMSNorm`, T5's LayerNorm), or
+/// (x / sqrt(mean(x^2) + eps)) (1 + w) with `unit_offset` (Gemma's `GemmaRMSNorm`, whose weights
+/// are stored as offsets from 1 and initialised to 0).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RmsNorm {
+    pub weight: Vec<f64>,
+    pub eps: f64,
+    pub unit_offset: bool,
+}
+
+impl RmsNorm {
+    /// Normalises each row (token). transformers casts to float32 first; here every step is in
+    /// f64, so this is the same formula without that rounding.
+    pub fn apply(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        let d = self.weight.len();
+        if x.ncols() != d {
+            return Err(Error::shape(
+                "RMSNorm input width",
+                format!("{d} (weight length)"),
+                x.ncols().to_string(),
+            ));
+        }
+        let gain: Vec<f64> = if self.unit_offset {
+            self.weight.iter().map(|w| 1.0 + w).collect()
+        } else {
+            self.weight.clone()
+        };
+        let mut out = Mat::<f64>::zeros(x.nrows(), d);
+        for i in 0..x.nrows() {
+            let ms = (0..d).map(|k| x[(i, k)] * x[(i, k)]).sum::<f64>() / d as f64;
+            let s = (ms + self.eps).sqrt();
+            if s.is_nan() || s <= 0.0 {
+                return Err(Error::Numerical(format!(
+                    "RMSNorm of token {i}: zero input and eps = {}",
+                    crate::fmt::exact(self.eps)
+                )));
+            }
+            let inv = 1.0 / s;
+            for k in 0..d {
+                out[(i, k)] = x[(i, k)] * inv * gain[k];
+            }
+        }
+        Ok(out)
+    }
 }

@@ -1,6 +1,7 @@
 //! The fields of a Hugging Face `config.json` that fix a supported model's computation; which
 //! keys are read, refused or without effect is `config_keys`.
 
+use super::decoder_config::DecoderConfig;
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
@@ -12,6 +13,19 @@ pub enum Family {
     Bert,
     /// GPT-2-style decoders: causal, pre-LayerNorm, Conv1D weights stored [in, out].
     Gpt2,
+    /// Llama: rotary positions, grouped-query attention, RMSNorm, SwiGLU feed-forward.
+    Llama,
+    /// Mistral: Llama with a sliding attention window.
+    Mistral,
+    /// Qwen2: Llama with biases on the query, key and value projections, optional windows.
+    Qwen2,
+    /// Qwen3: Llama with RMSNorm on each head's queries and keys, optional windows.
+    Qwen3,
+    /// Gemma: (1 + w) RMSNorm, embeddings scaled by sqrt(hidden_size), GeGLU feed-forward.
+    Gemma,
+    /// Gemma 2: Gemma with sandwich norms, score soft-capping, alternating sliding windows and
+    /// a configured score scale.
+    Gemma2,
 }
 
 impl Family {
@@ -19,7 +33,36 @@ impl Family {
         match self {
             Family::Bert => "bert",
             Family::Gpt2 => "gpt2",
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma => "gemma",
+            Family::Gemma2 => "gemma2",
         }
+    }
+
+    /// Every family, in the order errors list them.
+    pub const ALL: [Family; 8] = [
+        Family::Bert,
+        Family::Gpt2,
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Gemma,
+        Family::Gemma2,
+    ];
+
+    /// The family of a config.json `model_type`.
+    pub fn from_model_type(model_type: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == model_type)
+    }
+
+    /// Whether the family positions tokens by rotating queries and keys (`RotaryAttention`)
+    /// instead of adding a position embedding.
+    pub fn is_rotary(self) -> bool {
+        !matches!(self, Family::Bert | Family::Gpt2)
     }
 }
 
@@ -34,6 +77,8 @@ pub enum Activation {
     /// a different function by about 4e-11 relative in the tanh argument.
     GeluFast,
     Relu,
+    /// x sigmoid(x) (`silu`, `swish`; the gate of Llama's SwiGLU).
+    Silu,
 }
 
 impl Activation {
@@ -44,6 +89,7 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" => Some(Activation::GeluTanh),
             "gelu_fast" => Some(Activation::GeluFast),
             "relu" => Some(Activation::Relu),
+            "silu" | "swish" => Some(Activation::Silu),
             _ => None,
         }
     }
@@ -60,12 +106,15 @@ impl Activation {
                 0.5 * x * (1.0 + (x * 0.797_884_560_8 * (1.0 + 0.044715 * x * x)).tanh())
             }
             Activation::Relu => x.max(0.0),
+            // x / (1 + e^-x) as torch's silu; for x below about -745 e^-x overflows and the
+            // quotient is -0, the limit.
+            Activation::Silu => x / (1.0 + (-x).exp()),
         }
     }
 }
 
 /// The shape-defining fields of a supported model's config.json, in family-neutral names.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ModelConfig {
     pub family: Family,
     /// As written in config.json.
@@ -80,11 +129,17 @@ pub struct ModelConfig {
     /// Whether the scores of block l are divided by l + 1 as well (GPT-2's
     /// `scale_attn_by_inverse_layer_idx`).
     pub scale_by_inverse_layer: bool,
+    /// The rotary families' own fields (None for BERT and GPT-2). `layer_norm_eps` holds their
+    /// `rms_norm_eps`, `activation` the gate's activation.
+    pub decoder: Option<DecoderConfig>,
 }
 
 impl ModelConfig {
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        match &self.decoder {
+            Some(d) => d.head_dim,
+            None => self.hidden_size / self.num_attention_heads,
+        }
     }
 
     /// The integer t whose 1/sqrt(t) scales the scores of block `layer`: dk, 1 without
@@ -136,12 +191,26 @@ impl ModelConfig {
             Some(v) => return Err(format!("key 'model_type' must be a string, found {v}")),
             None => "(no model_type key)".to_string(),
         };
-        let family = match model_type.as_str() {
-            "bert" => Family::Bert,
-            "gpt2" => Family::Gpt2,
-            _ => return Ok(Err(model_type)),
+        let Some(family) = Family::from_model_type(&model_type) else {
+            return Ok(Err(model_type));
         };
         super::config_keys::check(family, obj)?;
+        if family.is_rotary() {
+            let (hidden_size, heads, layers, eps, activation, decoder) =
+                super::decoder_config::parse(family, obj)?;
+            return Ok(Ok(Self {
+                family,
+                model_type,
+                hidden_size,
+                num_attention_heads: heads,
+                num_hidden_layers: layers,
+                layer_norm_eps: eps,
+                activation,
+                scale_by_head_dim: true,
+                scale_by_inverse_layer: false,
+                decoder: Some(decoder),
+            }));
+        }
         let get = |key: &str| obj.get(key).ok_or_else(|| format!("missing key '{key}'"));
         let uint_value = |key: &str, v: &Value| -> std::result::Result<usize, String> {
             v.as_u64()
@@ -187,7 +256,7 @@ impl ModelConfig {
                     .ok_or_else(|| format!("key '{key}' must be a string, found {v}"))?,
             };
             Activation::from_hf_name(name).ok_or_else(|| {
-                format!("{key} '{name}' is not supported (gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu)")
+                format!("{key} '{name}' is not supported (gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, relu, silu)")
             })
         };
         let (hidden_size, heads, layers, layer_norm_eps, activation) = match family {
@@ -205,6 +274,7 @@ impl ModelConfig {
                 eps("layer_norm_epsilon", 1e-5)?,
                 act("activation_function", "gelu_new")?,
             ),
+            _ => unreachable!("rotary families are read above"),
         };
         let (scale_by_head_dim, scale_by_inverse_layer) = match family {
             Family::Bert => (true, false),
@@ -212,6 +282,7 @@ impl ModelConfig {
                 flag("scale_attn_weights", true)?,
                 flag("scale_attn_by_inverse_layer_idx", false)?,
             ),
+            _ => unreachable!("rotary families are read above"),
         };
         if heads == 0 {
             return Err("the number of attention heads is 0".into());
@@ -232,6 +303,7 @@ impl ModelConfig {
             activation,
             scale_by_head_dim,
             scale_by_inverse_layer,
+            decoder: None,
         }))
     }
 }

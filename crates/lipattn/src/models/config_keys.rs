@@ -45,9 +45,37 @@ pub struct KeyRule {
     pub why: &'static str,
 }
 
-const BOTH: &[Family] = &[Family::Bert, Family::Gpt2];
+const ALL: &[Family] = &Family::ALL;
 const BERT: &[Family] = &[Family::Bert];
 const GPT2: &[Family] = &[Family::Gpt2];
+const ROTARY: &[Family] = &[
+    Family::Llama,
+    Family::Mistral,
+    Family::Qwen2,
+    Family::Qwen3,
+    Family::Gemma,
+    Family::Gemma2,
+];
+const LLAMA: &[Family] = &[Family::Llama];
+const MISTRAL: &[Family] = &[Family::Mistral];
+const GEMMA2: &[Family] = &[Family::Gemma2];
+const QWEN: &[Family] = &[Family::Qwen2, Family::Qwen3];
+const GEMMAS: &[Family] = &[Family::Gemma, Family::Gemma2];
+const WINDOWED: &[Family] = &[
+    Family::Mistral,
+    Family::Qwen2,
+    Family::Qwen3,
+    Family::Gemma2,
+];
+const ACT_FAMILIES: &[Family] = &[
+    Family::Llama,
+    Family::Mistral,
+    Family::Qwen2,
+    Family::Qwen3,
+    Family::Gemma,
+];
+const BIAS_FAMILIES: &[Family] = &[Family::Llama, Family::Qwen3, Family::Gemma, Family::Gemma2];
+const LAYER_TYPES: &[Family] = &[Family::Qwen2, Family::Qwen3, Family::Gemma2];
 
 const fn rule(
     key: &'static str,
@@ -65,42 +93,43 @@ const fn rule(
 
 use Treatment::{Honoured, NoEffect, Only, Shape};
 
-/// The table: keys of transformers' common configuration first, then BERT's, then GPT-2's.
+/// The table: keys of transformers' common configuration first, then BERT's, GPT-2's and the
+/// rotary families'.
 #[rustfmt::skip]
 pub const KEY_RULES: &[KeyRule] = &[
-    rule("model_type", BOTH, Honoured, "selects the family"),
-    rule("architectures", BOTH, NoEffect, "names the task heads; lipattn runs the base model"),
-    rule("transformers_version", BOTH, NoEffect, "provenance"),
-    rule("_name_or_path", BOTH, NoEffect, "provenance"),
-    rule("dtype", BOTH, NoEffect, "the precision transformers computes in; lipattn computes the exact model of the stored numbers"),
-    rule("torch_dtype", BOTH, NoEffect, "older name of dtype"),
-    rule("_attn_implementation", BOTH, NoEffect, "eager, sdpa and the fused kernels compute the same function"),
-    rule("attn_implementation", BOTH, NoEffect, "as _attn_implementation"),
-    rule("output_hidden_states", BOTH, NoEffect, "what is returned, not what is computed"),
-    rule("output_attentions", BOTH, NoEffect, "what is returned, not what is computed"),
-    rule("return_dict", BOTH, NoEffect, "what is returned, not what is computed"),
-    rule("torchscript", BOTH, NoEffect, "export option"),
-    rule("use_cache", BOTH, NoEffect, "caches keys and values for generation: the same function"),
-    rule("chunk_size_feed_forward", BOTH, NoEffect, "runs the token-wise feed-forward on chunks of tokens: the same function"),
-    rule("is_encoder_decoder", BOTH, NoEffect, "read only to choose the generation cache"),
-    rule("gradient_checkpointing", BOTH, NoEffect, "training memory only"),
-    rule("initializer_range", BOTH, NoEffect, "initialisation of new weights only"),
-    rule("id2label", BOTH, NoEffect, "task head"),
-    rule("label2id", BOTH, NoEffect, "task head"),
-    rule("num_labels", BOTH, NoEffect, "task head"),
-    rule("problem_type", BOTH, NoEffect, "task head loss"),
-    rule("finetuning_task", BOTH, NoEffect, "task head"),
-    rule("classifier_dropout", BOTH, NoEffect, "task head dropout"),
-    rule("bos_token_id", BOTH, NoEffect, "tokenisation and generation"),
-    rule("eos_token_id", BOTH, NoEffect, "tokenisation and generation"),
-    rule("pad_token_id", BOTH, NoEffect, "the word embedding's padding_idx only affects gradients"),
-    rule("sep_token_id", BOTH, NoEffect, "tokenisation"),
-    rule("decoder_start_token_id", BOTH, NoEffect, "generation"),
-    rule("tie_word_embeddings", BOTH, NoEffect, "ties the language-model head, which lipattn does not run"),
-    rule("pruned_heads", BOTH, Only(&["{}"]), "transformers 4 removes the listed heads on load"),
-    rule("quantization_config", BOTH, Only(&["null"]), "the weights are quantised by a scheme lipattn does not implement"),
-    rule("per_layer_config", BOTH, Only(&["null", "{}"]), "overrides other keys per layer"),
-    rule("add_cross_attention", BOTH, Only(&["false"]), "adds cross-attention to encoder states"),
+    rule("model_type", ALL, Honoured, "selects the family"),
+    rule("architectures", ALL, NoEffect, "names the task heads; lipattn runs the base model"),
+    rule("transformers_version", ALL, NoEffect, "provenance"),
+    rule("_name_or_path", ALL, NoEffect, "provenance"),
+    rule("dtype", ALL, NoEffect, "the precision transformers computes in; lipattn computes the exact model of the stored numbers"),
+    rule("torch_dtype", ALL, NoEffect, "older name of dtype"),
+    rule("_attn_implementation", ALL, NoEffect, "eager, sdpa and the fused kernels compute the same function"),
+    rule("attn_implementation", ALL, NoEffect, "as _attn_implementation"),
+    rule("output_hidden_states", ALL, NoEffect, "what is returned, not what is computed"),
+    rule("output_attentions", ALL, NoEffect, "what is returned, not what is computed"),
+    rule("return_dict", ALL, NoEffect, "what is returned, not what is computed"),
+    rule("torchscript", ALL, NoEffect, "export option"),
+    rule("use_cache", ALL, NoEffect, "caches keys and values for generation: the same function"),
+    rule("chunk_size_feed_forward", ALL, NoEffect, "runs the token-wise feed-forward on chunks of tokens: the same function"),
+    rule("is_encoder_decoder", ALL, NoEffect, "read only to choose the generation cache"),
+    rule("gradient_checkpointing", ALL, NoEffect, "training memory only"),
+    rule("initializer_range", ALL, NoEffect, "initialisation of new weights only"),
+    rule("id2label", ALL, NoEffect, "task head"),
+    rule("label2id", ALL, NoEffect, "task head"),
+    rule("num_labels", ALL, NoEffect, "task head"),
+    rule("problem_type", ALL, NoEffect, "task head loss"),
+    rule("finetuning_task", ALL, NoEffect, "task head"),
+    rule("classifier_dropout", ALL, NoEffect, "task head dropout"),
+    rule("bos_token_id", ALL, NoEffect, "tokenisation and generation"),
+    rule("eos_token_id", ALL, NoEffect, "tokenisation and generation"),
+    rule("pad_token_id", ALL, NoEffect, "the word embedding's padding_idx only affects gradients"),
+    rule("sep_token_id", ALL, NoEffect, "tokenisation"),
+    rule("decoder_start_token_id", ALL, NoEffect, "generation"),
+    rule("tie_word_embeddings", ALL, NoEffect, "ties the language-model head, which lipattn does not run"),
+    rule("pruned_heads", ALL, Only(&["{}"]), "transformers 4 removes the listed heads on load"),
+    rule("quantization_config", ALL, Only(&["null"]), "the weights are quantised by a scheme lipattn does not implement"),
+    rule("per_layer_config", ALL, Only(&["null", "{}"]), "overrides other keys per layer"),
+    rule("add_cross_attention", ALL, Only(&["false"]), "adds cross-attention to encoder states"),
     rule("hidden_size", BERT, Honoured, "model width"),
     rule("num_attention_heads", BERT, Honoured, "heads per layer"),
     rule("num_hidden_layers", BERT, Honoured, "blocks"),
@@ -144,8 +173,55 @@ pub const KEY_RULES: &[KeyRule] = &[
     rule("summary_activation", GPT2, NoEffect, "multiple-choice head"),
     rule("summary_proj_to_labels", GPT2, NoEffect, "multiple-choice head"),
     rule("summary_first_dropout", GPT2, NoEffect, "multiple-choice head"),
-    rule("summary_last_dropout", GPT2, NoEffect, "multiple-choice head"),
+    rule("summary_last_dropout", GPT2, NoEffect, "multiple-choice head"),    rule("hidden_size", ROTARY, Honoured, "model width"),
+    rule("num_attention_heads", ROTARY, Honoured, "query heads per layer"),
+    rule("num_hidden_layers", ROTARY, Honoured, "blocks"),
+    rule("num_key_value_heads", ROTARY, Honoured, "key/value heads, each shared by a group of query heads (null: one per query head; default Llama all, Mistral 8, Qwen 32, Gemma 16, Gemma 2 4)"),
+    rule("head_dim", ROTARY, Honoured, "width of each head (null: hidden_size / heads; default Qwen3 128, Gemma 256)"),
+    rule("rms_norm_eps", ROTARY, Honoured, "every RMSNorm's epsilon (1e-6)"),
+    rule("hidden_act", ACT_FAMILIES, Honoured, "activation of the feed-forward gate (silu; Gemma gelu_pytorch_tanh, its legacy gelu read as gelu_pytorch_tanh)"),
+    rule("hidden_activation", GEMMA2, Honoured, "activation of the feed-forward gate (gelu_pytorch_tanh)"),
+    rule("max_position_embeddings", ROTARY, Honoured, "the length past which dynamic rope grows its base, and the default original length of llama3 and yarn; no limit on the input"),
+    rule("rope_parameters", ROTARY, Honoured, "rotary embedding: rope_theta and rope_type default, linear, dynamic, llama3 or yarn with their parameters; other types are refused"),
+    rule("rope_scaling", ROTARY, Honoured, "older name of rope_parameters, read first when both are given"),
+    rule("rope_theta", ROTARY, Honoured, "base of the frequencies when rope_parameters has none (10000)"),
+    rule("original_max_position_embeddings", ROTARY, Honoured, "at the top level it replaces rope_parameters' value for llama3 and yarn"),
+    rule("partial_rotary_factor", ROTARY, Only(&["null", "1", "1.0"]), "rotates part of each head, which these families' attention cannot broadcast"),
+    rule("attention_bias", BIAS_FAMILIES, Honoured, "biases on the query, key, value and output projections"),
+    rule("mlp_bias", LLAMA, Honoured, "biases on the gate, up and down projections"),
+    rule("sliding_window", WINDOWED, Honoured, "window of the sliding layers: query i sees keys j with i - j < w"),
+    rule("use_sliding_window", QWEN, Honoured, "false: sliding_window is ignored"),
+    rule("max_window_layers", QWEN, Honoured, "the default layer_types window the layers from this one on"),
+    rule("layer_types", LAYER_TYPES, Honoured, "which layers slide (default Gemma 2: the even ones)"),
+    rule("layer_types", MISTRAL, NoEffect, "MistralConfig warns and its model windows every layer"),
+    rule("query_pre_attn_scalar", GEMMA2, Honoured, "the scores are divided by its square root instead of sqrt(head_dim) (256)"),
+    rule("attn_logit_softcapping", GEMMA2, Honoured, "scores s become c tanh(s / c) (50; null: none)"),
+    rule("final_logit_softcapping", GEMMA2, NoEffect, "caps the language-model head's logits, which lipattn does not run"),
+    rule("use_bidirectional_attention", GEMMAS, Only(&["null", "false"]), "true removes the causal mask"),
+    rule("is_causal", ROTARY, Only(&["true"]), "false makes transformers build a bidirectional mask"),
+    rule("attention_dropout", ROTARY, NoEffect, "dropout is the identity in evaluation"),
+    rule("pretraining_tp", LLAMA, NoEffect, "transformers 5 does not read it; transformers 4 sliced the same products"),
+    rule("intermediate_size", ROTARY, Shape, "feed-forward width"),
+    rule("vocab_size", ROTARY, Shape, "embed_tokens rows"),
 ];
+
+impl KeyRule {
+    /// The families column of docs/models.md: "all", "rotary" (the six rotary families) or the
+    /// families' names.
+    pub fn families_label(&self) -> String {
+        if self.families == ALL {
+            "all".into()
+        } else if self.families == ROTARY {
+            "rotary".into()
+        } else {
+            self.families
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    }
+}
 
 /// The rules of `family`, in table order.
 pub fn rules(family: Family) -> impl Iterator<Item = &'static KeyRule> {

@@ -1,5 +1,6 @@
 //! The full forward pass of a `Model` on token ids: embeddings, then every block in the
-//! family's LayerNorm placement, in f64 throughout.
+//! family's norm placement, then the final norm (GPT-2's `ln_f`, the rotary families'
+//! `norm`), in f64 throughout.
 
 use super::model::Model;
 use crate::error::{Error, Result};
@@ -7,7 +8,7 @@ use faer::Mat;
 
 impl Model {
     /// Hidden states entering blocks 0..=`last`; index `num_layers()` is the model's final
-    /// output (after `ln_f` for GPT-2, as `output_hidden_states` reports it in transformers).
+    /// output (after `ln_f` for GPT-2 and `norm` for the rotary families, as `output_hidden_states` reports it in transformers).
     /// Blocks after `last` are neither loaded nor run.
     pub fn hidden_states_upto(&self, ids: &[u32], last: usize) -> Result<Vec<Mat<f64>>> {
         let n = self.num_layers();
@@ -19,14 +20,24 @@ impl Model {
         }
         let mut states = Vec::with_capacity(last + 1);
         states.push(self.embeddings()?.embed(ids)?);
+        let rotary = self.family().is_rotary();
         for l in 0..last.min(n) {
-            let block = self.layer(l)?;
-            let next = block.forward(states[l].as_ref())?;
+            let next = if rotary {
+                self.rotary_layer(l)?.forward(states[l].as_ref())?
+            } else {
+                self.layer(l)?.forward(states[l].as_ref())?
+            };
             states.push(next);
         }
         if last == n {
-            if let Some(ln) = self.final_norm()? {
-                let out = ln.apply(states[n].as_ref())?;
+            let out = if rotary {
+                Some(self.final_rms_norm()?.apply(states[n].as_ref())?)
+            } else {
+                self.final_norm()?
+                    .map(|ln| ln.apply(states[n].as_ref()))
+                    .transpose()?
+            };
+            if let Some(out) = out {
                 states[n] = out;
             }
         }

@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod config_keys;
+pub mod decoder;
+pub mod decoder_config;
 pub mod forward;
 pub mod load;
 pub mod model;
@@ -11,8 +13,11 @@ pub mod tensors;
 pub mod tokenize;
 
 pub use crate::attention::norms::LayerNorm as LayerNormParams;
+pub use crate::attention::norms::RmsNorm;
 pub use config::{Activation, Family, ModelConfig};
 pub use config_keys::{KeyRule, Treatment, KEY_RULES};
+pub use decoder::{GatedFeedForward, RotaryBlock};
+pub use decoder_config::DecoderConfig;
 pub use load::{
     load_attention_layer, load_attention_layer_masked, load_bert_layer, BertLayerWeights,
 };

@@ -29,19 +29,20 @@ impl Family {
     pub fn norm_placement(self) -> NormPlacement {
         match self {
             Family::Bert => NormPlacement::Post,
-            Family::Gpt2 => NormPlacement::Pre,
+            _ => NormPlacement::Pre,
         }
     }
 
     /// Whether token i attends to tokens 0..=i only.
     pub fn causal(self) -> bool {
-        matches!(self, Family::Gpt2)
+        !matches!(self, Family::Bert)
     }
 
     fn prefixes(self) -> &'static [&'static str] {
         match self {
             Family::Bert => &["bert.", ""],
             Family::Gpt2 => &["transformer.", ""],
+            _ => Family::ROTARY_PREFIXES,
         }
     }
 
@@ -50,6 +51,7 @@ impl Family {
         match self {
             Family::Bert => "encoder.layer.0.attention.self.query.weight",
             Family::Gpt2 => "h.0.attn.c_attn.weight",
+            _ => "layers.0.self_attn.q_proj.weight",
         }
     }
 
@@ -58,6 +60,7 @@ impl Family {
         match self {
             Family::Bert => format!("encoder.layer.{l}.attention.self.query.weight"),
             Family::Gpt2 => format!("h.{l}.attn.c_attn.weight"),
+            _ => format!("layers.{l}.self_attn.q_proj.weight"),
         }
     }
 }
@@ -142,13 +145,16 @@ impl ModelLayer {
 }
 
 /// Token embeddings: word + absolute position (+ token type 0), then the LayerNorm if the
-/// family has one there (BERT).
+/// family has one there (BERT); the rotary families have no position table (their positions
+/// enter the attention) and Gemma multiplies the word vectors by sqrt(hidden_size).
 #[derive(Clone, Debug)]
 pub struct Embeddings {
     /// (vocab x d)
     pub word: Mat<f64>,
-    /// (max positions x d)
-    pub position: Mat<f64>,
+    /// (max positions x d); None for the rotary families.
+    pub position: Option<Mat<f64>>,
+    /// Gemma's normaliser sqrt(hidden_size), multiplying each word vector.
+    pub scale: Option<f64>,
     /// Row 0 of the token-type table: every token of a single segment gets it.
     pub token_type: Option<Vec<f64>>,
     pub norm: Option<LayerNormParams>,
@@ -159,8 +165,10 @@ impl Embeddings {
         self.word.nrows()
     }
 
-    pub fn max_positions(&self) -> usize {
-        self.position.nrows()
+    /// The longest sequence the position table covers; None when positions are rotary, which
+    /// set no length limit.
+    pub fn max_positions(&self) -> Option<usize> {
+        self.position.as_ref().map(|p| p.nrows())
     }
 
     /// The hidden state entering block 0 for the token ids `ids` at positions 0..n.
@@ -170,11 +178,10 @@ impl Embeddings {
                 what: "token sequence".into(),
             });
         }
-        if ids.len() > self.max_positions() {
+        if let Some(max) = self.max_positions().filter(|&m| ids.len() > m) {
             return Err(Error::invalid(format!(
-                "{} tokens but the model has position embeddings for {} only (truncate the input)",
+                "{} tokens but the model has position embeddings for {max} only (truncate the input)",
                 ids.len(),
-                self.max_positions()
             )));
         }
         if let Some((i, id)) = ids
@@ -189,8 +196,12 @@ impl Embeddings {
         }
         let d = self.word.ncols();
         let x = Mat::from_fn(ids.len(), d, |i, k| {
-            let t = self.token_type.as_ref().map_or(0.0, |t| t[k]);
-            self.word[(ids[i] as usize, k)] + self.position[(i, k)] + t
+            let w = self.word[(ids[i] as usize, k)];
+            match (&self.position, self.scale) {
+                (Some(p), _) => w + p[(i, k)] + self.token_type.as_ref().map_or(0.0, |t| t[k]),
+                (None, Some(s)) => w * s,
+                (None, None) => w,
+            }
         });
         match &self.norm {
             Some(ln) => ln.apply(x.as_ref()),
@@ -226,8 +237,9 @@ impl Model {
         let store = TensorStore::open_dir(dir)?;
         let config = parsed.map_err(|model_type| {
             Error::Model(format!(
-                "{}: unsupported architecture: model_type '{model_type}' (supported: bert, gpt2); the checkpoint holds {}",
+                "{}: unsupported architecture: model_type '{model_type}' (supported: {}); the checkpoint holds {}",
                 dir.display(),
+                Family::ALL.map(Family::name).join(", "),
                 store.sample_names()
             ))
         })?;
@@ -305,29 +317,30 @@ impl Model {
         self.family().norm_placement()
     }
 
-    fn check_layer(&self, layer: usize) -> Result<()> {
+    pub(crate) fn check_layer(&self, layer: usize) -> Result<()> {
         check_index("layer", layer, self.num_layers(), || {
             format!("the model in {}", self.dir.display())
         })
         .map(|_| ())
     }
 
-    fn name(&self, rest: &str) -> String {
+    pub(crate) fn name(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
     }
 
-    fn layer_stem(&self, layer: usize) -> String {
+    pub(crate) fn layer_stem(&self, layer: usize) -> String {
         match self.family() {
             Family::Bert => self.name(&format!("encoder.layer.{layer}.")),
             Family::Gpt2 => self.name(&format!("h.{layer}.")),
+            _ => self.name(&format!("layers.{layer}.")),
         }
     }
 
     /// A Linear/Conv1D weight as (out x in) in the Linear convention, whatever the storage.
     fn weight(&self, name: &str, out: usize, inp: usize) -> Result<Mat<f64>> {
         match self.family() {
-            Family::Bert => self.store.matrix(name, out, inp),
             Family::Gpt2 => self.store.matrix_transposed(name, out, inp),
+            _ => self.store.matrix(name, out, inp),
         }
     }
 
@@ -336,14 +349,14 @@ impl Model {
         let shape = self.store.shape(name)?;
         let d = self.hidden_size();
         let width = match (self.family(), shape.as_slice()) {
-            (Family::Bert, [f, k]) if *k == d => Some(*f),
             (Family::Gpt2, [k, f]) if *k == d => Some(*f),
+            (_, [f, k]) if *k == d => Some(*f),
             _ => None,
         };
         width.filter(|&f| f > 0).ok_or_else(|| {
             let expected = match self.family() {
-                Family::Bert => format!("[ffn, {d}]"),
                 Family::Gpt2 => format!("[{d}, ffn]"),
+                _ => format!("[ffn, {d}]"),
             };
             Error::shape(
                 format!("{}: tensor '{name}'", self.store.path().display()),
@@ -356,6 +369,7 @@ impl Model {
     /// The attention sublayer of block `layer` (dot-product kernel), without residual or
     /// LayerNorm. Whether it is causal is `is_causal()`.
     pub fn attention_layer(&self, layer: usize) -> Result<AttentionLayer<f64>> {
+        self.plain_only("Model::attention_layer")?;
         self.check_layer(layer)?;
         let d = self.hidden_size();
         let stem = self.layer_stem(layer);
@@ -402,6 +416,7 @@ impl Model {
                     self.store.vector(&format!("{stem}attn.c_proj.bias"), d)?,
                 )
             }
+            _ => unreachable!("refused by plain_only"),
         };
         built
             .and_then(|a| a.with_score_divisor_sq(self.config.score_divisor_sq(layer)?))
@@ -425,27 +440,30 @@ impl Model {
     /// `attention.output.LayerNorm` after the residual add, GPT-2's `ln_1` before the attention
     /// (see `ModelLayer::attention_norm`).
     pub fn attention_norm(&self, layer: usize) -> Result<LayerNormParams> {
+        self.plain_only("Model::attention_norm")?;
         self.check_layer(layer)?;
         let stem = self.layer_stem(layer);
         match self.family() {
             Family::Bert => self.layer_norm(&format!("{stem}attention.output.LayerNorm")),
-            Family::Gpt2 => self.layer_norm(&format!("{stem}ln_1")),
+            _ => self.layer_norm(&format!("{stem}ln_1")),
         }
     }
 
     /// The LayerNorm applied around block `layer`'s feed-forward block: BERT's
     /// `output.LayerNorm` after the residual add, GPT-2's `ln_2` before the feed-forward.
     pub fn feed_forward_norm(&self, layer: usize) -> Result<LayerNormParams> {
+        self.plain_only("Model::feed_forward_norm")?;
         self.check_layer(layer)?;
         let stem = self.layer_stem(layer);
         match self.family() {
             Family::Bert => self.layer_norm(&format!("{stem}output.LayerNorm")),
-            Family::Gpt2 => self.layer_norm(&format!("{stem}ln_2")),
+            _ => self.layer_norm(&format!("{stem}ln_2")),
         }
     }
 
     /// The LayerNorm whose output is block `layer`'s attention input.
     pub fn attention_input_norm(&self, layer: usize) -> Result<LayerNormParams> {
+        self.plain_only("Model::attention_input_norm")?;
         self.check_layer(layer)?;
         match self.norm_placement() {
             NormPlacement::Post if layer == 0 => {
@@ -457,12 +475,13 @@ impl Model {
     }
 
     pub fn feed_forward(&self, layer: usize) -> Result<FeedForward> {
+        self.plain_only("Model::feed_forward")?;
         self.check_layer(layer)?;
         let d = self.hidden_size();
         let stem = self.layer_stem(layer);
         let (fc_in, fc_out) = match self.family() {
             Family::Bert => ("intermediate.dense", "output.dense"),
-            Family::Gpt2 => ("mlp.c_fc", "mlp.c_proj"),
+            _ => ("mlp.c_fc", "mlp.c_proj"),
         };
         let w_in_name = format!("{stem}{fc_in}.weight");
         let f = self.ffn_width(&w_in_name)?;
@@ -487,8 +506,9 @@ impl Model {
         Ok(ff)
     }
 
-    /// Every weight of block `layer`.
+    /// Every weight of block `layer` (BERT and GPT-2; `rotary_layer` for the rotary families).
     pub fn layer(&self, layer: usize) -> Result<ModelLayer> {
+        self.plain_only("Model::layer")?;
         Ok(ModelLayer {
             index: layer,
             placement: self.norm_placement(),
@@ -525,14 +545,28 @@ impl Model {
                 let types = table(self.name("embeddings.token_type_embeddings.weight"))?;
                 Ok(Embeddings {
                     word: table(self.name("embeddings.word_embeddings.weight"))?,
-                    position: table(self.name("embeddings.position_embeddings.weight"))?,
+                    position: Some(table(self.name("embeddings.position_embeddings.weight"))?),
+                    scale: None,
                     token_type: Some((0..d).map(|k| types[(0, k)]).collect()),
                     norm: self.embeddings_norm()?,
                 })
             }
             Family::Gpt2 => Ok(Embeddings {
                 word: table(self.name("wte.weight"))?,
-                position: table(self.name("wpe.weight"))?,
+                position: Some(table(self.name("wpe.weight"))?),
+                scale: None,
+                token_type: None,
+                norm: None,
+            }),
+            _ => Ok(Embeddings {
+                word: table(self.name("embed_tokens.weight"))?,
+                position: None,
+                // transformers keeps sqrt(hidden_size) as a tensor of the model's dtype, so a
+                // float64 model multiplies by the f64 square root.
+                scale: self
+                    .decoder_config()?
+                    .scale_embeddings
+                    .then(|| (d as f64).sqrt()),
                 token_type: None,
                 norm: None,
             }),
@@ -544,15 +578,17 @@ impl Model {
     pub fn embeddings_norm(&self) -> Result<Option<LayerNormParams>> {
         match self.family() {
             Family::Bert => Ok(Some(self.layer_norm(&self.name("embeddings.LayerNorm"))?)),
-            Family::Gpt2 => Ok(None),
+            _ => Ok(None),
         }
     }
 
-    /// GPT-2's `ln_f`, applied after the last block; BERT has none.
+    /// GPT-2's `ln_f`, applied after the last block; BERT has none (the rotary families'
+    /// final RMSNorm is `final_rms_norm`).
     pub fn final_norm(&self) -> Result<Option<LayerNormParams>> {
+        self.plain_only("Model::final_norm")?;
         match self.family() {
             Family::Bert => Ok(None),
-            Family::Gpt2 => Ok(Some(self.layer_norm(&self.name("ln_f"))?)),
+            _ => Ok(Some(self.layer_norm(&self.name("ln_f"))?)),
         }
     }
 }

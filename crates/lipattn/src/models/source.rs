@@ -14,6 +14,12 @@ impl Family {
         match self {
             Family::Bert => "BERT",
             Family::Gpt2 => "GPT-2",
+            Family::Llama => "Llama",
+            Family::Mistral => "Mistral",
+            Family::Qwen2 => "Qwen2",
+            Family::Qwen3 => "Qwen3",
+            Family::Gemma => "Gemma",
+            Family::Gemma2 => "Gemma 2",
         }
     }
 }
