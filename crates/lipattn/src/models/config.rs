@@ -54,6 +54,16 @@ impl Family {
         Family::Gemma2,
     ];
 
+    /// The families whose attention is `RotaryAttention` (`is_rotary`).
+    pub const ROTARY: [Family; 6] = [
+        Family::Llama,
+        Family::Mistral,
+        Family::Qwen2,
+        Family::Qwen3,
+        Family::Gemma,
+        Family::Gemma2,
+    ];
+
     /// The family of a config.json `model_type`.
     pub fn from_model_type(model_type: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.name() == model_type)

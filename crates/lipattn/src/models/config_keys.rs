@@ -48,14 +48,7 @@ pub struct KeyRule {
 const ALL: &[Family] = &Family::ALL;
 const BERT: &[Family] = &[Family::Bert];
 const GPT2: &[Family] = &[Family::Gpt2];
-const ROTARY: &[Family] = &[
-    Family::Llama,
-    Family::Mistral,
-    Family::Qwen2,
-    Family::Qwen3,
-    Family::Gemma,
-    Family::Gemma2,
-];
+const ROTARY: &[Family] = &Family::ROTARY;
 const LLAMA: &[Family] = &[Family::Llama];
 const MISTRAL: &[Family] = &[Family::Mistral];
 const GEMMA2: &[Family] = &[Family::Gemma2];
@@ -173,7 +166,8 @@ pub const KEY_RULES: &[KeyRule] = &[
     rule("summary_activation", GPT2, NoEffect, "multiple-choice head"),
     rule("summary_proj_to_labels", GPT2, NoEffect, "multiple-choice head"),
     rule("summary_first_dropout", GPT2, NoEffect, "multiple-choice head"),
-    rule("summary_last_dropout", GPT2, NoEffect, "multiple-choice head"),    rule("hidden_size", ROTARY, Honoured, "model width"),
+    rule("summary_last_dropout", GPT2, NoEffect, "multiple-choice head"),
+    rule("hidden_size", ROTARY, Honoured, "model width"),
     rule("num_attention_heads", ROTARY, Honoured, "query heads per layer"),
     rule("num_hidden_layers", ROTARY, Honoured, "blocks"),
     rule("num_key_value_heads", ROTARY, Honoured, "key/value heads, each shared by a group of query heads (null: one per query head; default Llama all, Mistral 8, Qwen 32, Gemma 16, Gemma 2 4)"),
