@@ -3,6 +3,7 @@
 pub mod forward;
 pub mod layer;
 pub mod norms;
+pub(crate) mod rms;
 pub mod rotary;
 
 pub use crate::linalg::softmax;

@@ -86,21 +86,8 @@ impl RmsNorm {
         } else {
             self.weight.clone()
         };
-        let mut out = Mat::<f64>::zeros(x.nrows(), d);
-        for i in 0..x.nrows() {
-            let ms = (0..d).map(|k| x[(i, k)] * x[(i, k)]).sum::<f64>() / d as f64;
-            let s = (ms + self.eps).sqrt();
-            if s.is_nan() || s <= 0.0 {
-                return Err(Error::Numerical(format!(
-                    "RMSNorm of token {i}: zero input and eps = {}",
-                    crate::fmt::exact(self.eps)
-                )));
-            }
-            let inv = 1.0 / s;
-            for k in 0..d {
-                out[(i, k)] = x[(i, k)] * inv * gain[k];
-            }
-        }
+        let mut out = x.to_owned();
+        super::rms::normalise(&mut out, d, &gain, self.eps, "RMSNorm")?;
         Ok(out)
     }
 }

@@ -2,9 +2,9 @@
 //! causal (windowed) mask, softmax, values and output projection.
 
 use super::layer::RotaryAttention;
-use super::qk_norm::{normalise, NormState};
 use super::rope::RopeTable;
 use crate::attention::forward::{affine, check_tokens, gemm};
+use crate::attention::rms::{normalise, NormState};
 use crate::attention::softmax::softmax_columns;
 use crate::error::{Error, Result};
 use faer::reborrow::ReborrowMut;
@@ -81,8 +81,14 @@ impl RotaryAttention {
             Some(norm) => {
                 let (gq, gk) = norm.gains();
                 (
-                    Some(normalise(&mut q, hd, &gq, norm.eps, "queries")?),
-                    Some(normalise(&mut k, hd, &gk, norm.eps, "keys")?),
+                    Some(normalise(
+                        &mut q,
+                        hd,
+                        &gq,
+                        norm.eps,
+                        "qk_norm of the queries",
+                    )?),
+                    Some(normalise(&mut k, hd, &gk, norm.eps, "qk_norm of the keys")?),
                 )
             }
             None => (None, None),

@@ -25,7 +25,6 @@
 mod derivatives;
 mod forward;
 mod layer;
-mod qk_norm;
 mod rope;
 
 pub use layer::{QkNorm, RotaryAttention};

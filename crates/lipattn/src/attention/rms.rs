@@ -1,5 +1,7 @@
-//! The per-head RMS normalisation of queries and keys and its derivatives. With u = x / r,
-//! r = sqrt(|x|^2 / D + eps) over one head's D coordinates of one token:
+//! RMS normalisation over blocks of D coordinates of each token, and its derivatives: the one
+//! implementation behind the model's `RmsNorm` (one block, the whole width) and the per-head
+//! qk-norm of rotary attention (one block per head). With u = x / r,
+//! r = sqrt(|x|^2 / D + eps) over one block of one token:
 //! y = g ⊙ u, dy = g ⊙ (dx - u <u, dx> / D) / r, and the transpose xbar = (ybar_g - u <u, ybar_g> / D) / r
 //! with ybar_g = g ⊙ ybar (the projection I - u u^T / D is symmetric; docs/rotary.md#derivatives).
 
@@ -14,7 +16,8 @@ pub(crate) struct NormState {
     pub inv_r: Mat<f64>,
 }
 
-/// In place: each head block of each row of `m` becomes g ⊙ x / r.
+/// In place: each block of `head_dim` coordinates of each row of `m` becomes g ⊙ x / r. `what`
+/// names the input in errors (`qk_norm of the queries`, `RMSNorm`).
 pub(crate) fn normalise(
     m: &mut Mat<f64>,
     head_dim: usize,
@@ -39,8 +42,13 @@ pub(crate) fn normalise(
                 } else {
                     "the squares overflowed: inputs or weights too large for f64"
                 };
+                let head = if heads > 1 {
+                    format!(", head {h}")
+                } else {
+                    String::new()
+                };
                 return Err(Error::Numerical(format!(
-                    "qk_norm of the {what} of token {i}, head {h}: root mean square {r} ({why})"
+                    "{what} of token {i}{head}: root mean square {r} ({why})"
                 )));
             }
             *s = 1.0 / r;
