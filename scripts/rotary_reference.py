@@ -4,14 +4,23 @@ sequence and the output. Run once with transformers 5.25:
 
     PYTHONPATH=.build/py python3 scripts/rotary_reference.py crates/lipattn/tests/data/rotary_transformers.json
 
-The rope angles, cos and sin (and the qk RMS norms) are float32 inside transformers even here,
-so the test compares to about 1e-6 relative.
+The rope angles, cos and sin (and the qk RMS norms and the eager softmax) are float32 inside
+transformers even here: `y` is that output, which the test compares to about 1e-6 relative.
+For the families `tests/python/tiny_decoders.float64_reference` covers (all but Gemma 3) the case
+also holds the output with those steps in float64 (`y64`), and the derivatives of that float64
+module by torch.func: `jvp` along the tangent `dx`, `vjp` of the cotangent `dy`; the test
+compares those three to 1e-10.
 """
 import json
+import os
 import sys
 
 import torch
+from torch.func import jvp, vjp
 from transformers import masking_utils
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
+from tiny_decoders import float64_reference  # noqa: E402
 
 torch.manual_seed(0)
 
@@ -51,8 +60,20 @@ def run(name, config_cls, attn_cls, rope_cls, n, window, rope_entry, extra, laye
     cos, sin = rope(x, pos) if layer_type is None else rope(x, pos, layer_type)
     with torch.no_grad():
         y, _ = attn(x, position_embeddings=(cos, sin), attention_mask=mask(n, window))
+    extra_out = {}
+    if layer_type is None:
+        dx = torch.randn(1, n, 16, dtype=torch.float64)
+        dy = torch.randn(1, n, 16, dtype=torch.float64)
+        with float64_reference():
+            cos64, sin64 = rope(x, pos)
+            f = lambda z: attn(z, position_embeddings=(cos64, sin64), attention_mask=mask(n, window))[0]  # noqa: E731
+            y64, t = jvp(f, (x,), (dx,))
+            _, pull = vjp(f, x)
+            (xbar,) = pull(dy)
+        extra_out = dict(y64=y64[0].tolist(), dx=dx[0].tolist(), jvp=t[0].tolist(), dy=dy[0].tolist(),
+                         vjp=xbar[0].tolist())
     sd = {k: v.tolist() for k, v in attn.state_dict().items()}
-    return dict(
+    return dict(**extra_out,
         name=name,
         heads=cfg.num_attention_heads,
         kv_heads=cfg.num_key_value_heads,
