@@ -7,7 +7,7 @@ use super::plan::Plan;
 use super::request::{AnalysisOptions, Progress};
 use super::sigma::local_sigma;
 use crate::error::Result;
-use crate::estimation::{adversarial_from_direction, transition_start};
+use crate::estimation::adversarial_from_direction;
 use faer::Mat;
 use rayon::prelude::*;
 
@@ -50,9 +50,8 @@ pub(super) fn adversarial_pass(
                 .iter()
                 .map(|u| adversarial_from_direction(u, domain).map(Some))
                 .collect::<Result<_>>()?;
-            let transitions: Vec<Option<Mat<f64>>> = (0..att.heads)
-                .map(|h| transition_start(att, h, domain))
-                .collect::<Result<_>>()?;
+            let transitions: Vec<Option<Mat<f64>>> =
+                w.transitions.iter().map(|g| g.as_ref()?.start(n)).collect();
             for (inputs, values) in [
                 (&constructions, &mut out.construction),
                 (&transitions, &mut out.transition),

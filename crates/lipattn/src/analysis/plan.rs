@@ -8,7 +8,7 @@ use crate::attention::AttentionLayer;
 use crate::bounds::layer_norm::layer_norm_radius;
 use crate::domain::Domain;
 use crate::error::Result;
-use crate::estimation::adversarial_direction;
+use crate::estimation::{adversarial_direction, TransitionGeometry};
 use crate::models::{Embeddings, Model, ModelLayer};
 use rayon::prelude::*;
 
@@ -22,6 +22,9 @@ pub(super) struct LayerWork {
     pub ops: Vec<AttentionLayer<f64>>,
     /// Per head, the direction of the adversarial construction.
     pub directions: Vec<Vec<f64>>,
+    /// Per head, the transition start's geometry on this layer's ball (None: the head has
+    /// none); each n takes its start from it.
+    pub transitions: Vec<Option<TransitionGeometry>>,
 }
 
 pub(super) struct Plan {
@@ -94,12 +97,21 @@ pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions
         } else {
             vec![]
         };
+        let transitions = if opts.adversarial {
+            (0..block.attention.heads)
+                .into_par_iter()
+                .map(|h| TransitionGeometry::new(&block.attention, h, radius))
+                .collect::<Result<_>>()?
+        } else {
+            vec![]
+        };
         work.push(LayerWork {
             index: l,
             block,
             domains,
             ops,
             directions,
+            transitions,
         });
     }
 

@@ -11,7 +11,7 @@ use crate::derivatives::Linearization;
 use crate::domain::Domain;
 use crate::error::{check_positive, check_repeats, check_work, Error, Result};
 use crate::linalg::SplitMix;
-use faer::{Mat, MatRef, Side};
+use faer::{Mat, MatRef};
 
 /// x_1 = R u, x_2..n = R u / 2 with u the top eigenvector of the symmetric part of
 /// A = W_Q^T W_K / sqrt(dk) for head `head` (W_Q^T W_Q for the tied L2 kernel).
@@ -40,11 +40,7 @@ pub fn adversarial_direction(layer: &AttentionLayer<f64>, head: usize) -> Result
     };
     let a = h.wq.transpose() * wk * layer.score_scale::<f64>();
     let sym = Mat::from_fn(a.nrows(), a.ncols(), |i, j| 0.5 * (a[(i, j)] + a[(j, i)]));
-    let evd = sym
-        .self_adjoint_eigen(Side::Lower)
-        .map_err(|e| Error::Numerical(format!("eigensolver: {e:?}")))?;
-    let d = sym.nrows();
-    Ok((0..d).map(|k| evd.U()[(k, d - 1)]).collect())
+    Ok(super::transition::top_eigenvector(&sym)?.0)
 }
 
 /// The construction of [`adversarial_input`] along a given unit direction `u`, n tokens in B_R

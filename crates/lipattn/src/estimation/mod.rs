@@ -25,7 +25,7 @@ pub use lanczos::{lanczos, local_norm, LanczosOptions, LocalNorm, Method};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};
 pub use structured_seeds::{layer_pair_seeds, structured_seeds, StructuredSeeds};
-pub use transition::transition_start;
+pub use transition::{transition_start, TransitionGeometry};
 
 use crate::attention::AttentionLayer;
 use crate::error::Result;
