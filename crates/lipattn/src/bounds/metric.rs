@@ -13,4 +13,9 @@ pub enum Metric {
     W1,
     /// Self-attention F on P(B_R) in Wasserstein-2.
     W2,
+    /// Attention with positions (rotary) on measures over (position, token) pairs, in
+    /// Wasserstein-1 for the cost |x - y| within a position and +inf across positions: for one
+    /// token per position, (1/n) sum_i |x_i - y_i| (docs/bounds.md#b7-measure-view).
+    #[serde(rename = "position_w1")]
+    PositionW1,
 }

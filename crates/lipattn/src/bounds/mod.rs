@@ -7,6 +7,7 @@ pub mod cross_attention;
 pub mod l2;
 pub mod layer_norm;
 pub mod measure_w1;
+pub mod rotary;
 pub mod token_map;
 
 mod bound;

@@ -9,16 +9,25 @@ use crate::linalg::rounding::{add_up, div_up, exp_up, hypot_up, mul_up, sqrt_up,
 
 /// An upper bound on max_j sum_i P_ij, the largest column sum of the attention matrix, for
 /// uniform weights on n tokens in B_R with scores whose key-dependent part spans at most
-/// 2 R beta: P_ij <= min(1, e^{2 R beta} / (number of keys visible to query i)). Rounded upward
-/// (`beta` an upper bound); capping the exponent at 700 changes nothing, since e^700 exceeds any
-/// sequence length.
+/// 2 R beta (Lemma 3).
 pub fn column_sum_bound(domain: &Domain, beta: f64) -> f64 {
-    let spread = exp_up(mul_up(mul_up(2.0, domain.radius), beta).min(700.0));
-    let n = domain.n;
-    if domain.causal {
-        sum_up((0..n).map(|i| div_up(spread, (i + 1) as f64).min(1.0)))
+    column_sum_from_spread(
+        mul_up(mul_up(2.0, domain.radius), beta),
+        domain.n,
+        domain.causal,
+    )
+}
+
+/// Lemma 3 for scores of one query spanning at most `spread` (an upper bound): with uniform
+/// weights P_ij <= min(1, e^spread / (number of keys visible to query i)), summed over the queries
+/// that see one key. Causal: query i sees i + 1 keys. Rounded upward; capping the exponent at 700
+/// changes nothing, since e^700 exceeds any sequence length.
+pub fn column_sum_from_spread(spread: f64, n: usize, causal: bool) -> f64 {
+    let e = exp_up(spread.min(700.0));
+    if causal {
+        sum_up((0..n).map(|i| div_up(e, (i + 1) as f64).min(1.0)))
     } else {
-        (n as f64).min(spread)
+        (n as f64).min(e)
     }
 }
 

@@ -28,6 +28,11 @@ pub const ETA: f64 = f64::from_bits(1);
 /// and the usual libm ones (documented errors below 1 ulp) are far inside it.
 pub const EXP_RELATIVE_ERROR: f64 = 1.0 / 17_592_186_044_416.0; // 2^-44
 
+/// Allowance for the platform's `sin` and `cos` (rotary tables): each value returned is taken to
+/// be within 2^-44 absolutely of the exact sine or cosine of its (f64) argument. The usual libm
+/// implementations are within 1 ulp (at most 2^-53 here) for every finite argument.
+pub const SIN_COS_ABS_ERROR: f64 = 1.0 / 17_592_186_044_416.0; // 2^-44
+
 /// The next f64 above x (x itself for +inf, NaN for NaN).
 pub fn up(x: f64) -> f64 {
     x.next_up()

@@ -246,6 +246,20 @@ impl Rope {
         })
     }
 
+    /// An upper bound of the norm of every rotation R_i the code applies to a sequence of n
+    /// tokens (docs/bounds.md#b7-rotary): the stored entries are C = fl(a c), S = fl(a s) with c,
+    /// s the platform's cos and sin, each within `SIN_COS_ABS_ERROR` =: delta of the exact value
+    /// at the computed angle, so C^2 + S^2 <= a^2 (1 + u)^2 ((|cos| + delta)^2 + (|sin| + delta)^2)
+    /// <= (|a| (1 + u) (1 + 2 delta))^2.
+    pub fn rotation_norm_up(&self, n: usize) -> Result<f64> {
+        use crate::linalg::rounding::{add_up, mul_up, SIN_COS_ABS_ERROR, UNIT_ROUNDOFF};
+        let (_, att) = self.frequencies(n)?;
+        Ok(mul_up(
+            mul_up(att.abs(), add_up(1.0, UNIT_ROUNDOFF)),
+            add_up(1.0, mul_up(2.0, SIN_COS_ABS_ERROR)),
+        ))
+    }
+
     /// The cos and sin of every position's angles, each multiplied by the attention factor.
     pub(crate) fn table(&self, n: usize) -> Result<RopeTable> {
         let (inv_freq, att) = self.frequencies(n)?;
