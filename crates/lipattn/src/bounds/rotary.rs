@@ -123,8 +123,9 @@ fn norm2_down(x: &[f64]) -> f64 {
 }
 
 /// The terms of one query head on a domain (docs/bounds.md#b7-rotary), per unit norm of the
-/// value map V: the Frobenius bound is ||V|| (alpha + gamma sqrt(colsum)), the W1 bound
-/// ||V|| (alpha + gamma_w1 colsum).
+/// value map V: with c = colsum and n' = min(n, window), the Frobenius bound is
+/// ||V|| (alpha + sqrt(c) + R cross sqrt(min(c, n' / 2))) and the W1 bound
+/// ||V|| (alpha + c + 2 R cross min(c, n' / 4)).
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct RotaryHeadTerms {
     /// Bound on |q~| and |k~|, the query and key vectors the scores are formed from.
@@ -137,9 +138,12 @@ pub struct RotaryHeadTerms {
     pub score: f64,
     /// Bound on the largest column sum of the attention matrix (Lemma 3).
     pub colsum: f64,
+    /// The most queries that see one key, min(n, window).
+    pub seen: usize,
     pub alpha: f64,
-    pub gamma: f64,
-    pub gamma_w1: f64,
+    /// p Q omega_K: the score's slope in a key, times |q~|.
+    pub cross: f64,
+    pub radius: f64,
 }
 
 /// The domain of a rotary bound: tokens in B_R at positions 0..n, causal, with the layer's window.
@@ -213,8 +217,6 @@ pub fn head_terms(
             let colsum = column_sum_from_spread(mul_up(2.0, score), seen, true);
             let alpha = mul_up(r, mul_up(mul_up(pair, k_len), q_slope));
             let cross = mul_up(mul_up(pair, q_len), k_slope);
-            let gamma = add_up(1.0, mul_up(r, cross));
-            let gamma_w1 = add_up(1.0, mul_up(mul_up(2.0, r), cross));
             RotaryHeadTerms {
                 q_len,
                 k_len,
@@ -222,9 +224,10 @@ pub fn head_terms(
                 k_slope,
                 score,
                 colsum,
+                seen,
                 alpha,
-                gamma,
-                gamma_w1,
+                cross,
+                radius: r,
             }
         })
         .collect())
@@ -232,10 +235,20 @@ pub fn head_terms(
 
 /// The head's bound with a value map of norm (at most) `value`.
 fn head_bound(t: &RotaryHeadTerms, value: f64, w1: bool) -> f64 {
+    let through_keys = mul_up(t.radius, t.cross);
     let per_unit = if w1 {
-        add_up(t.alpha, mul_up(t.gamma_w1, t.colsum))
+        // sum_i P_ij (1 - P_ij) <= min(colsum, n' / 4) (Lemma 4).
+        let softmax = t.colsum.min(t.seen as f64 / 4.0);
+        add_up(
+            t.alpha,
+            add_up(t.colsum, mul_up(mul_up(2.0, through_keys), softmax)),
+        )
     } else {
-        add_up(t.alpha, mul_up(t.gamma, sqrt_up(t.colsum)))
+        let softmax = super::token_map::softmax_column_sum(t.colsum, t.seen);
+        add_up(
+            t.alpha,
+            add_up(sqrt_up(t.colsum), mul_up(through_keys, sqrt_up(softmax))),
+        )
     };
     mul_up(value, per_unit)
 }

@@ -48,17 +48,31 @@ pub fn b1_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
     mul_up(vn, add_up(mul_up(k.a, r2), spread))
 }
 
-/// B1-tight for one head: sup_u |M u||A u| R^2 + sqrt(colsum) |M| (1 + R (a R + |c|)), rounded
-/// upward.
+/// B1-tight for one head: sup_u |M u||A u| R^2 + |M| (sqrt(colsum) + R (a R + |c|)
+/// sqrt(min(colsum, n / 2))), rounded upward (docs/bounds.md#b1-tight; Lemma 4 gives the n / 2).
 pub fn b1_tight_head(k: &HeadConstants, use_output: bool, domain: &Domain) -> f64 {
     let r = domain.radius;
     let beta = beta_up(k, r);
     let (prod, vn) = if use_output { (k.ma, k.m) } else { (k.va, k.v) };
+    let colsum = column_sum_bound(domain, beta);
     let spread = mul_up(
-        mul_up(sqrt_up(column_sum_bound(domain, beta)), vn),
-        add_up(1.0, mul_up(r, beta)),
+        vn,
+        add_up(
+            sqrt_up(colsum),
+            mul_up(
+                mul_up(r, beta),
+                sqrt_up(softmax_column_sum(colsum, domain.n)),
+            ),
+        ),
     );
     add_up(mul_up(prod, mul_up(r, r)), spread)
+}
+
+/// min(colsum, n / 2): the bound of Lemma 4 on (1 / R^2) max_j sum_i (sum_k P_ik |x_k - xbar_i|)
+/// P_ij |x_j - xbar_i| for n queries at most seeing one key (exact: n / 2 is a power-of-two
+/// division).
+pub fn softmax_column_sum(colsum: f64, n: usize) -> f64 {
+    colsum.min(n as f64 / 2.0)
 }
 
 /// Castin, Ablin, Peyre 2024 as recalled in docs/background.md#castin-et-al:
