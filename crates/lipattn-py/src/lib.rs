@@ -18,6 +18,7 @@ mod layer;
 mod local;
 mod measure;
 mod model;
+mod tensors;
 mod transport;
 
 use pyo3::prelude::*;

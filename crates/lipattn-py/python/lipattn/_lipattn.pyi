@@ -8,6 +8,7 @@ import numpy.typing as npt
 
 __version__: str
 
+# NumPy arrays, anything numpy.asarray accepts, and torch tensors (see docs/python.md).
 ArrayLike = npt.ArrayLike
 F64 = npt.NDArray[np.float64]
 Floats = Union[npt.NDArray[np.float64], npt.NDArray[np.float32]]
@@ -248,8 +249,10 @@ class Model:
     attention_layer and analyze refuse them (their analyses are later work)."""
 
     def __init__(self, path: StrPath) -> None: ...
+    @classmethod
+    def from_transformers(cls, model: Any, tokenizer: Optional[Any] = None) -> Model: ...
     @property
-    def path(self) -> Path: ...
+    def path(self) -> Optional[Path]: ...
     @property
     def family(
         self,
