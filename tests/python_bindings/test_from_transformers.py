@@ -66,6 +66,20 @@ def test_hidden_states_equal_the_saved_directory_and_transformers(tmp_path, name
     assert max(rel(g, w) for g, w in zip(states, want)) < TOL
 
 
+def test_minilm_and_its_tokenizer_equal_the_checkpoint(minilm):
+    """The real checkpoint: transformers' BertModel of it (what a sentence-transformers MiniLM holds
+    as model[0].auto_model) with its fast tokenizer, against the directory itself."""
+    hf = transformers.BertModel.from_pretrained(minilm)
+    tok = transformers.AutoTokenizer.from_pretrained(minilm)
+    mem, saved = lipattn.Model.from_transformers(hf, tok), lipattn.Model(minilm)
+    text = "The quick brown fox jumps over the lazy dog, twice."
+    np.testing.assert_array_equal(mem.tokenize(text), saved.tokenize(text))
+    np.testing.assert_array_equal(mem.tokenize(text), tok(text)["input_ids"])
+    assert_states_equal(mem.hidden_states(text), saved.hidden_states(text))
+    x = saved.hidden_states(text, layer=2)
+    np.testing.assert_array_equal(mem.attention_layer(2).forward(x), saved.attention_layer(2).forward(x))
+
+
 @pytest.mark.parametrize("builder", [bert, gpt2])
 def test_attention_layers_equal_the_saved_directory(tmp_path, builder):
     model = builder()

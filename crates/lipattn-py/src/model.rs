@@ -16,6 +16,15 @@ use std::sync::{Arc, OnceLock};
 /// tokenizer.json; BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families), run
 /// in float64. The rotary families (all but BERT and GPT-2) give hidden states and token ids;
 /// ``attention_layer`` and ``analyze`` refuse them, as their analyses are not written yet.
+/// What `lipattn._torch.model_parts` returns: (label, config.json text, named arrays,
+/// tokenizer.json text).
+type Parts<'py> = (
+    String,
+    String,
+    Vec<(String, Bound<'py, PyAny>)>,
+    Option<String>,
+);
+
 #[pyclass(module = "lipattn", name = "Model", frozen)]
 pub struct PyModel {
     model: Arc<Model>,
@@ -91,12 +100,7 @@ impl PyModel {
         let parts = py
             .import("lipattn._torch")?
             .call_method1("model_parts", (model, tokenizer))?;
-        let (origin, config, arrays, tokenizer_json): (
-            String,
-            String,
-            Vec<(String, Bound<'_, PyAny>)>,
-            Option<String>,
-        ) = parts.extract()?;
+        let (origin, config, arrays, tokenizer_json): Parts<'_> = parts.extract()?;
         let tensors = crate::tensors::named_tensors(&origin, arrays)?;
         let tokenizer = OnceLock::new();
         if let Some(text) = tokenizer_json {
