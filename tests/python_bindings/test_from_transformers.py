@@ -225,6 +225,29 @@ def test_tensors_give_the_results_of_numpy_arrays(dtype):
             np.testing.assert_array_equal(a, b, err_msg=what)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_forward_reads_column_major_inputs_in_place(dtype):
+    """The forward pass reads a Fortran-ordered array, or a tensor with column-major strides, where
+    it lies (no copy counted), and gives the copying path's result bit for bit."""
+    from lipattn._lipattn import _input_copies
+
+    layer = lipattn.random_layer(8, 2, kernel="dot", seed=4)
+    x = X.astype(dtype)
+    want = {c: layer.forward(np.ascontiguousarray(x), causal=c) for c in (False, True)}
+    variants = dict(torch_variants(x))
+    for what, arr, copies in [("C order", np.ascontiguousarray(x), 1), ("Fortran order", np.asfortranarray(x), 0),
+                              ("tensor, column-major", variants["column-major"], 0),
+                              ("tensor, transposed view", variants["transposed view"], 0),
+                              ("tensor, row-major", variants["row-major"], 1),
+                              ("tensor, non-contiguous", variants["non-contiguous"], 1)]:
+        for causal in (False, True):
+            before = _input_copies()
+            got = layer.forward(arr, causal=causal)
+            assert _input_copies() - before == copies, what
+            assert got.dtype == x.dtype
+            np.testing.assert_array_equal(got, want[causal], err_msg=what)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_tensors_are_widened_to_float32(dtype):
     layer = lipattn.random_layer(8, 2, kernel="dot", seed=4)

@@ -27,6 +27,7 @@ use pyo3::prelude::*;
 fn _lipattn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    convert::register(m)?;
     budget::register(m)?;
     measure::register(m)?;
     layer::register(m)?;
