@@ -156,6 +156,17 @@ def test_bad_tokenizers_and_models_are_refused_by_name():
         lipattn.Model.from_transformers(meta)
 
 
+def test_the_copy_of_the_weights_is_checked_against_the_memory_budget():
+    model = gpt2()
+    lipattn.set_max_memory(1000)
+    try:
+        with pytest.raises(MemoryError, match="tensors of <from_transformers GPT2LMHeadModel>"):
+            lipattn.Model.from_transformers(model)
+    finally:
+        lipattn.set_max_memory(None)
+    assert lipattn.Model.from_transformers(model).num_layers == 2
+
+
 def test_the_callers_model_is_left_as_it_was():
     model = build(config("qwen2"))
     before = model.config.to_dict()

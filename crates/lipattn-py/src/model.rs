@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 /// A Hugging Face checkpoint directory (config.json, model.safetensors or a sharded index,
-/// tokenizer.json; BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families), run
-/// in float64. The rotary families (all but BERT and GPT-2) give hidden states and token ids;
+/// tokenizer.json; BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families), or a
+/// live transformers model of one (``from_transformers``), run in float64. The rotary families (all but BERT and GPT-2) give hidden states and token ids;
 /// ``attention_layer`` and ``analyze`` refuse them, as their analyses are not written yet.
 /// What `lipattn._torch.model_parts` returns: (label, config.json text, named arrays,
 /// tokenizer.json text).

@@ -245,8 +245,9 @@ def layer_norm_radius(gamma: ArrayLike, beta: ArrayLike) -> float: ...
 
 class Model:
     """A Hugging Face checkpoint directory (BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma or
-    Gemma 2 family), run in float64. The rotary families give hidden states and token ids;
-    attention_layer and analyze refuse them (their analyses are later work)."""
+    Gemma 2 family), run in float64, or a live transformers model of one (from_transformers). The
+    rotary families give hidden states and token ids; attention_layer and analyze refuse them
+    (their analyses are later work)."""
 
     def __init__(self, path: StrPath) -> None: ...
     @classmethod
