@@ -147,6 +147,13 @@ def test_bad_tokenizers_and_models_are_refused_by_name():
         lipattn.Model.from_transformers(torch.nn.Linear(3, 4))
     with pytest.raises(TypeError, match="got builtins.dict"):
         lipattn.Model.from_transformers({})
+
+    class Transformer(torch.nn.Module):  # sentence-transformers' first module holds the model here
+        def __init__(self, inner):
+            super().__init__()
+            self.auto_model = inner
+    with pytest.raises(TypeError, match=r"sentence-transformers model: pass .*model\[0\]\.auto_model, a BertModel"):
+        lipattn.Model.from_transformers(torch.nn.Sequential(Transformer(bert())))
     t5 = transformers.T5Model(transformers.T5Config(vocab_size=32, d_model=8, d_kv=4, d_ff=16, num_layers=1,
                                                     num_heads=2))
     with pytest.raises(lipattn.ModelError, match="<from_transformers T5Model>: unsupported architecture: model_type 't5'"):

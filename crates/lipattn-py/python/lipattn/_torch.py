@@ -3,6 +3,7 @@ checkpoint (config.json's text, its named tensors, tokenizer.json's text), a ten
 array. torch is imported only here, when such an object is passed, so the package does not need it.
 """
 import copy
+import sys
 
 
 def tensor_to_numpy(t):
@@ -37,10 +38,11 @@ def model_parts(model, tokenizer=None):
     """(label, config.json text, [(name, array)], tokenizer.json text or None) of a live
     transformers model, with the config.json and tensor names `save_pretrained` would write, so
     that the core reads them as it reads the saved directory. Nothing is written to disk."""
-    import torch
-
+    # An object made by torch exists only once torch is imported: anything else is refused
+    # without importing it.
+    torch = sys.modules.get("torch")
     config = getattr(model, "config", None)
-    if not isinstance(model, torch.nn.Module) or not hasattr(config, "to_json_string"):
+    if torch is None or not isinstance(model, torch.nn.Module) or not hasattr(config, "to_json_string"):
         kind = f"{type(model).__module__}.{type(model).__qualname__}"
         raise TypeError(
             f"Model.from_transformers takes a transformers PreTrainedModel (with a .config); got {kind}"
