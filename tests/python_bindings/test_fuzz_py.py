@@ -164,6 +164,10 @@ CALLS = {
     "AttentionLayer.head_constants": (lambda c: c["dot"].head_constants, lambda c: {}),
     "Transport.to_dict": (lambda c: c["transport"].to_dict, lambda c: {}),
     "Model.__init__": (lambda c: __import__("lipattn").Model, lambda c: {"path": c["model_dir"]}),
+    # No numeric parameter; a live model needs torch, which the capped child does not import, so
+    # the base call checks the refusal of anything else.
+    "Model.from_transformers": (lambda c: __import__("lipattn").Model.from_transformers,
+                                lambda c: {"model": c["layer"]}),
     "Model.attention_layer": (lambda c: c["model"].attention_layer, lambda c: {"layer": 0}),
     "Model.tokenize": (lambda c: c["model"].tokenize, lambda c: {"text": WORDS}),
     "Model.hidden_states": (lambda c: c["model"].hidden_states, lambda c: {"text": WORDS, "layer": 1}),

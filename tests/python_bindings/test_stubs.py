@@ -16,7 +16,7 @@ def stub_tree():
 
 def params(fn: ast.FunctionDef):
     a = fn.args
-    names = [x.arg for x in a.posonlyargs + a.args if x.arg != "self"] + [x.arg for x in a.kwonlyargs]
+    names = [x.arg for x in a.posonlyargs + a.args if x.arg not in ("self", "cls")] + [x.arg for x in a.kwonlyargs]
     return names
 
 

@@ -98,14 +98,7 @@ fn table(r: &ModelReport) -> String {
     let _ = writeln!(
         s,
         "{} ({}, {} layers, {} heads of {}), {}; text: {} ({} tokens)",
-        r.model.display(),
-        r.family,
-        r.num_layers,
-        r.heads,
-        r.head_dim,
-        r.dtype,
-        r.text_source,
-        r.text_tokens
+        r.model, r.family, r.num_layers, r.heads, r.head_dim, r.dtype, r.text_source, r.text_tokens
     );
     let _ = writeln!(
         s,

@@ -1,20 +1,32 @@
 //! NumPy arrays in, faer matrices for the core, NumPy arrays out.
 //!
-//! Anything `numpy.asarray` accepts comes in (lists, CPU torch tensors, views of any strides or
-//! order); float64 stays float64, float32 stays float32 where the core has an f32 path, integers
-//! and other real floats become float64. Complex, boolean, object and string arrays are a
-//! TypeError rather than a silent cast. Inputs are always copied: the core works on owned
-//! column-major matrices, and the copy is what lets computations run without the GIL while the
-//! caller's array may change.
+//! Anything `numpy.asarray` accepts comes in (lists, views of any strides or order), and torch
+//! tensors: detached, moved to the CPU, float16/bfloat16 widened to float32 (`lipattn._torch`),
+//! then viewed as NumPy arrays without a copy. float64 stays float64, float32 stays float32 where
+//! the core has an f32 path, integers and other real floats become float64. Complex, boolean,
+//! object and string arrays are a TypeError rather than a silent cast.
+//!
+//! Inputs are copied once, into the core's owned column-major matrix, whatever their layout: the
+//! computations run without the GIL on worker threads that keep their input, so they need their
+//! own copy. The one exception is `matrix_in_place`, for calls that read their input during the
+//! call only (the forward pass): a column-major (Fortran-ordered) float32/float64 array is the
+//! core's layout already and is read where it lies, so the caller must not write to it from
+//! another thread during the call. One copy of an (n, d) input is O(nd), against the O(n^2 d)
+//! and more of every computation that reads it.
 
 use faer::{Mat, MatRef};
 use lipattn::Scalar;
 use numpy::ndarray::{Array1, Array2, ArrayViewD};
 use numpy::prelude::*;
-use numpy::{Element, PyArray1, PyArray2, PyArrayDyn, PyUntypedArray};
+use numpy::{Element, PyArray1, PyArray2, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArray};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How many inputs were copied into owned matrices, for the tests of the in-place path
+/// (`lipattn._lipattn._input_copies()`).
+static COPIES: AtomicU64 = AtomicU64::new(0);
 
 /// A real array in the precision the computation will run in.
 pub enum Floats {
@@ -43,6 +55,18 @@ fn shape_of(arr: &Bound<'_, PyUntypedArray>) -> String {
     }
 }
 
+/// A torch.Tensor (or a subclass such as nn.Parameter), recognised without importing torch.
+fn is_torch_tensor(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    for cls in obj.get_type().mro().iter() {
+        let module: String = cls.getattr("__module__")?.extract().unwrap_or_default();
+        let name: String = cls.getattr("__qualname__")?.extract().unwrap_or_default();
+        if module == "torch" && name == "Tensor" {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// `obj` as an ndarray of float64, or float32 when `keep_f32` and it is float32.
 fn float_array<'py>(
     obj: &Bound<'py, PyAny>,
@@ -53,6 +77,12 @@ fn float_array<'py>(
     let np = py.import("numpy")?;
     let arr = if obj.cast::<PyUntypedArray>().is_ok() {
         obj.clone()
+    } else if is_torch_tensor(obj)? {
+        py.import("lipattn._torch")?
+            .call_method1("tensor_to_numpy", (obj,))
+            .map_err(|e| {
+                PyValueError::new_err(format!("{what}: not convertible to an array: {e}"))
+            })?
     } else {
         np.call_method1("asarray", (obj,)).map_err(|e| {
             PyValueError::new_err(format!("{what}: not convertible to an array: {e}"))
@@ -85,6 +115,7 @@ fn view_to_mat<T: Element + Copy + faer::traits::ComplexField>(
     allow_1d: bool,
     shape: &str,
 ) -> PyResult<Mat<T>> {
+    COPIES.fetch_add(1, Ordering::Relaxed);
     match v.ndim() {
         2 => {
             let (n, d) = (v.shape()[0], v.shape()[1]);
@@ -134,6 +165,64 @@ fn to_floats(arr: &Bound<'_, PyUntypedArray>, what: &str, allow_1d: bool) -> PyR
 /// A 2-D (n, d) array, kept in float32 when it is float32.
 pub fn matrix(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Floats> {
     to_floats(&float_array(obj, what, true)?, what, false)
+}
+
+/// A 2-D input read where it lies (a column-major float32/float64 array) or copied.
+pub enum MatrixInput<'py> {
+    F64(PyReadonlyArrayDyn<'py, f64>),
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    Copied(Floats),
+}
+
+/// The matrix of a `MatrixInput`, in its precision.
+pub enum MatrixView<'a> {
+    F64(MatRef<'a, f64>),
+    F32(MatRef<'a, f32>),
+}
+
+impl MatrixInput<'_> {
+    pub fn view(&self) -> PyResult<MatrixView<'_>> {
+        fn column_major<'a, T: Element + faer::traits::ComplexField>(
+            a: &'a PyReadonlyArrayDyn<'_, T>,
+        ) -> PyResult<MatRef<'a, T>> {
+            let (n, d) = (a.shape()[0], a.shape()[1]);
+            let data = a
+                .as_slice()
+                .map_err(|e| PyValueError::new_err(format!("tokens: {e}")))?;
+            Ok(MatRef::from_column_major_slice(data, n, d))
+        }
+        Ok(match self {
+            MatrixInput::F64(a) => MatrixView::F64(column_major(a)?),
+            MatrixInput::F32(a) => MatrixView::F32(column_major(a)?),
+            MatrixInput::Copied(Floats::F64(m)) => MatrixView::F64(m.as_ref()),
+            MatrixInput::Copied(Floats::F32(m)) => MatrixView::F32(m.as_ref()),
+        })
+    }
+}
+
+/// A 2-D (n, d) array as `matrix` reads it, without copying a Fortran-ordered float32/float64
+/// array (see the module documentation for what the caller then promises).
+pub fn matrix_in_place<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<MatrixInput<'py>> {
+    let arr = float_array(obj, what, true)?;
+    if arr.ndim() == 2 && arr.is_fortran_contiguous() {
+        let busy = |e: numpy::BorrowError| PyValueError::new_err(format!("{what}: {e}"));
+        if let Ok(a) = arr.cast::<PyArrayDyn<f64>>() {
+            return Ok(MatrixInput::F64(a.try_readonly().map_err(busy)?));
+        }
+        if let Ok(a) = arr.cast::<PyArrayDyn<f32>>() {
+            return Ok(MatrixInput::F32(a.try_readonly().map_err(busy)?));
+        }
+    }
+    Ok(MatrixInput::Copied(to_floats(&arr, what, false)?))
+}
+
+#[pyfunction]
+fn _input_copies() -> u64 {
+    COPIES.load(Ordering::Relaxed)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_input_copies, m)?)
 }
 
 /// A 2-D array in float64.

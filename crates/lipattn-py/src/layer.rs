@@ -1,7 +1,10 @@
 //! `lipattn.AttentionLayer` and `lipattn.Linearization`: forward, JVP, VJP and the local constant.
 
 use crate::bounds as analysis;
-use crate::convert::{cast, matrix, matrix_f64, optional_vector, to_numpy, vector_f64, Floats};
+use crate::convert::{
+    cast, matrix, matrix_f64, matrix_in_place, optional_vector, to_numpy, vector_f64, Floats,
+    MatrixView,
+};
 use crate::errors::{detached, interruptible, IntoPyResult};
 use crate::ints::PyInt;
 use crate::local::{local_constant_result, PyLocalConstant};
@@ -292,7 +295,8 @@ impl PyAttentionLayer {
 
     /// The sublayer on a token sequence ``x`` (n, d): row i is ``Gamma_mu(x_i)`` with ``mu`` the
     /// measure of the rows with masses ``weights`` (uniform when None). Output (n, d_out) in the
-    /// dtype of ``x``; no residual and no LayerNorm.
+    /// dtype of ``x``; no residual and no LayerNorm. A Fortran-ordered ``x`` is read in place
+    /// (not to be written by another thread during the call).
     #[pyo3(signature = (x, weights=None, causal=None))]
     fn forward<'py>(
         &self,
@@ -303,15 +307,16 @@ impl PyAttentionLayer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let w = optional_vector(weights, "weights")?;
         let causal = self.causal_or_default(causal);
-        Ok(match matrix(x, "tokens")? {
-            Floats::F64(x) => {
+        let input = matrix_in_place(x, "tokens")?;
+        Ok(match input.view()? {
+            MatrixView::F64(x) => {
                 let l = &self.layer;
-                let y = detached(py, || l.forward(x.as_ref(), w.as_deref(), causal))?;
+                let y = detached(py, || l.forward(x, w.as_deref(), causal))?;
                 to_numpy(py, y.as_ref()).into_any()
             }
-            Floats::F32(x) => {
+            MatrixView::F32(x) => {
                 let l = self.layer_f32();
-                let y = detached(py, || l.forward(x.as_ref(), w.as_deref(), causal))?;
+                let y = detached(py, || l.forward(x, w.as_deref(), causal))?;
                 to_numpy(py, y.as_ref()).into_any()
             }
         })

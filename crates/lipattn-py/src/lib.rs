@@ -18,6 +18,7 @@ mod layer;
 mod local;
 mod measure;
 mod model;
+mod tensors;
 mod transport;
 
 use pyo3::prelude::*;
@@ -26,6 +27,7 @@ use pyo3::prelude::*;
 fn _lipattn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    convert::register(m)?;
     budget::register(m)?;
     measure::register(m)?;
     layer::register(m)?;

@@ -9,13 +9,22 @@ use lipattn::models::{Model, TextTokenizer};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 /// A Hugging Face checkpoint directory (config.json, model.safetensors or a sharded index,
-/// tokenizer.json; BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families), run
-/// in float64. The rotary families (all but BERT and GPT-2) give hidden states and token ids;
+/// tokenizer.json; BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families), or a
+/// live transformers model of one (``from_transformers``), run in float64. The rotary families (all but BERT and GPT-2) give hidden states and token ids;
 /// ``attention_layer`` and ``analyze`` refuse them, as their analyses are not written yet.
+/// What `lipattn._torch.model_parts` returns: (label, config.json text, named arrays,
+/// tokenizer.json text).
+type Parts<'py> = (
+    String,
+    String,
+    Vec<(String, Bound<'py, PyAny>)>,
+    Option<String>,
+);
+
 #[pyclass(module = "lipattn", name = "Model", frozen)]
 pub struct PyModel {
     model: Arc<Model>,
@@ -27,7 +36,12 @@ impl PyModel {
         if let Some(t) = self.tokenizer.get() {
             return Ok(t.clone());
         }
-        let dir = self.model.dir().to_path_buf();
+        let Some(dir) = self.model.dir().map(Path::to_path_buf) else {
+            return Err(PyValueError::new_err(format!(
+                "{}: no tokenizer was given to Model.from_transformers, so this model takes token ids only (pass tokenizer=, a transformers fast tokenizer, to give it text)",
+                self.model.origin()
+            )));
+        };
         let t = Arc::new(py.detach(|| TextTokenizer::from_dir(&dir)).py_err()?);
         Ok(self.tokenizer.get_or_init(|| t).clone())
     }
@@ -72,9 +86,41 @@ impl PyModel {
         })
     }
 
+    /// A model of a live transformers model: its config, weights and (optionally) fast
+    /// tokenizer read in memory, as ``Model(path)`` reads them from the directory that
+    /// ``save_pretrained`` would write; nothing is written to disk.
+    #[classmethod]
+    #[pyo3(signature = (model, tokenizer=None))]
+    fn from_transformers(
+        _cls: &Bound<'_, pyo3::types::PyType>,
+        py: Python<'_>,
+        model: &Bound<'_, PyAny>,
+        tokenizer: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let parts = py
+            .import("lipattn._torch")?
+            .call_method1("model_parts", (model, tokenizer))?;
+        let (origin, config, arrays, tokenizer_json): Parts<'_> = parts.extract()?;
+        let tensors = crate::tensors::named_tensors(&origin, arrays)?;
+        let tokenizer = OnceLock::new();
+        if let Some(text) = tokenizer_json {
+            let label = PathBuf::from(format!("{origin} tokenizer"));
+            let t = py
+                .detach(|| TextTokenizer::from_json_text(&label, &text))
+                .py_err()?;
+            let _ = tokenizer.set(Arc::new(t));
+        }
+        let model = interruptible(py, move || Model::from_parts(&origin, &config, tensors))?;
+        Ok(Self {
+            model: Arc::new(model),
+            tokenizer,
+        })
+    }
+
+    /// The checkpoint directory; None for a model made by ``from_transformers``.
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.model.dir().to_path_buf()
+    fn path(&self) -> Option<PathBuf> {
+        self.model.dir().map(Path::to_path_buf)
     }
     /// 'bert', 'gpt2', 'llama', 'mistral', 'qwen2', 'qwen3', 'gemma' or 'gemma2'.
     #[getter]
@@ -211,8 +257,11 @@ impl PyModel {
 
     fn __repr__(&self) -> String {
         format!(
-            "Model(path='{}', family='{}', num_layers={}, hidden_size={})",
-            self.model.dir().display(),
+            "Model({}, family='{}', num_layers={}, hidden_size={})",
+            match self.model.dir() {
+                Some(d) => format!("path='{}'", d.display()),
+                None => self.model.origin().to_string(),
+            },
             self.model.family().name(),
             self.model.num_layers(),
             self.model.hidden_size()

@@ -4,7 +4,7 @@
 
 mod common;
 
-use lipattn::models::{Family, Model, NormPlacement, TextTokenizer};
+use lipattn::models::{Family, Model, NamedTensor, NormPlacement, TensorData, TextTokenizer};
 use lipattn::{Error, Mat};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -941,4 +941,109 @@ fn analysis_of_tiny_models_is_sound_and_matches_direct_computation() {
         assert!(bad(vec![], None).contains("sequence lengths"));
         assert!(bad(vec![4], Some(vec![LAYERS])).contains("out of range"));
     }
+}
+
+/// The tensors of `ts` as a program holding the model in memory hands them over: f32 for every
+/// stored precision below f64 (whose values f32 holds exactly), f64 for f64.
+fn in_memory(ts: &Tensors) -> Vec<NamedTensor> {
+    ts.iter()
+        .map(|(name, (dtype, shape, v))| NamedTensor {
+            name: name.clone(),
+            shape: shape.clone(),
+            data: match dtype {
+                Dtype::F64 => TensorData::F64(v.clone()),
+                _ => TensorData::F32(v.iter().map(|&x| x as f32).collect()),
+            },
+        })
+        .collect()
+}
+
+#[test]
+fn from_parts_is_the_model_of_the_saved_directory() {
+    let label = "<in memory>";
+    for (name, config, ts) in [
+        ("bert", bert_config(), tiny_bert("bert.", Dtype::F32, 5)),
+        ("bert64", bert_config(), tiny_bert("", Dtype::F64, 6)),
+        ("gpt2", gpt2_config(), tiny_gpt2("transformer.", 7)),
+    ] {
+        let dir = scratch(&format!("parts-{name}"));
+        write_model(&dir, &config, &ts);
+        let saved = Model::open(&dir).unwrap();
+        let mem = Model::from_parts(label, &config.to_string(), in_memory(&ts)).unwrap();
+        assert_eq!((mem.dir(), mem.origin()), (None, label));
+        assert_eq!(saved.dir(), Some(dir.as_path()));
+        assert_eq!(mem.prefix(), saved.prefix());
+        assert_eq!(mem.tensors().num_files(), 0);
+        assert_eq!(
+            mem.hidden_states(&IDS).unwrap(),
+            saved.hidden_states(&IDS).unwrap()
+        );
+        for l in 0..LAYERS {
+            let (a, b) = (mem.layer(l).unwrap(), saved.layer(l).unwrap());
+            assert_eq!(a.attention.wq, b.attention.wq);
+            assert_eq!(a.feed_forward.w_in, b.feed_forward.w_in);
+        }
+    }
+}
+
+#[test]
+fn from_parts_refuses_what_open_refuses_naming_the_origin() {
+    let label = "<in memory>";
+    let ts = tiny_gpt2("", 1);
+    let err = |config: &serde_json::Value, tensors: Vec<NamedTensor>| {
+        Model::from_parts(label, &config.to_string(), tensors)
+            .err()
+            .unwrap()
+    };
+    let e = err(&json!({"model_type": "falcon"}), in_memory(&ts));
+    assert!(matches!(e, Error::Model(_)), "{e:?}");
+    assert!(
+        e.to_string().contains(&format!(
+            "{label}: unsupported architecture: model_type 'falcon'"
+        )),
+        "{e}"
+    );
+    let mut more = gpt2_config();
+    more["n_layer"] = json!(LAYERS + 1);
+    let e = err(&more, in_memory(&ts)).to_string();
+    assert!(e.contains("config.json gives 3 layers"), "{e}");
+    let mut bad = gpt2_config();
+    bad["n_head"] = json!("two");
+    let e = err(&bad, in_memory(&ts));
+    assert!(matches!(e, Error::Format { .. }), "{e:?}");
+    assert!(e.to_string().contains("n_head"), "{e}");
+    assert!(matches!(
+        Model::from_parts(label, "{", in_memory(&ts)).err().unwrap(),
+        Error::Format { .. }
+    ));
+
+    let mut twice = in_memory(&ts);
+    twice.push(twice[0].clone());
+    let e = err(&gpt2_config(), twice).to_string();
+    assert!(e.contains("given twice"), "{e}");
+    let mut short = in_memory(&ts);
+    short[0].shape[0] += 1;
+    let e = err(&gpt2_config(), short).to_string();
+    assert!(
+        e.contains(&format!("tensor '{}'", ts.keys().next().unwrap())) && e.contains("values"),
+        "{e}"
+    );
+    let mut huge = in_memory(&ts);
+    huge[0].shape = vec![usize::MAX, 2];
+    assert!(err(&gpt2_config(), huge).to_string().contains("values"));
+
+    // A tensor of the wrong shape is refused when read, naming the tensor and the origin.
+    let mut wrong = in_memory(&ts);
+    let i = wrong
+        .iter()
+        .position(|t| t.name == "h.0.ln_1.weight")
+        .unwrap();
+    wrong[i] = NamedTensor {
+        name: "h.0.ln_1.weight".into(),
+        shape: vec![D + 1],
+        data: TensorData::F64(vec![1.0; D + 1]),
+    };
+    let model = Model::from_parts(label, &gpt2_config().to_string(), wrong).unwrap();
+    let e = model.layer(0).err().unwrap().to_string();
+    assert!(e.contains(label) && e.contains("h.0.ln_1.weight"), "{e}");
 }

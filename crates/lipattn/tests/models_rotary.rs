@@ -200,7 +200,7 @@ fn accessors_of_plain_attention_refuse_rotary_models() {
         m.feed_forward_norm(0).map(drop).unwrap_err(),
         m.feed_forward(0).map(drop).unwrap_err(),
         m.final_norm().map(drop).unwrap_err(),
-        load_attention_layer_source(m.dir(), 0)
+        load_attention_layer_source(m.dir().unwrap(), 0)
             .map(drop)
             .unwrap_err(),
     ];

@@ -2,7 +2,8 @@
 
 Attention as an operator on discrete probability measures of tokens, with exact derivatives,
 exact optimal transport, certified Lipschitz upper bounds and attained lower bounds. NumPy arrays
-in and out (float32 and float64; anything ``numpy.asarray`` accepts, e.g. ``tensor.numpy()``).
+in and out (float32 and float64; anything ``numpy.asarray`` accepts, and torch tensors);
+``Model.from_transformers`` reads a live transformers model.
 The computations run in Rust without the GIL. See docs/python.md in the repository.
 """
 

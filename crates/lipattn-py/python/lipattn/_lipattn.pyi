@@ -8,6 +8,7 @@ import numpy.typing as npt
 
 __version__: str
 
+# NumPy arrays, anything numpy.asarray accepts, and torch tensors (see docs/python.md).
 ArrayLike = npt.ArrayLike
 F64 = npt.NDArray[np.float64]
 Floats = Union[npt.NDArray[np.float64], npt.NDArray[np.float32]]
@@ -244,12 +245,15 @@ def layer_norm_radius(gamma: ArrayLike, beta: ArrayLike) -> float: ...
 
 class Model:
     """A Hugging Face checkpoint directory (BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma or
-    Gemma 2 family), run in float64. The rotary families give hidden states and token ids;
-    attention_layer and analyze refuse them (their analyses are later work)."""
+    Gemma 2 family), run in float64, or a live transformers model of one (from_transformers). The
+    rotary families give hidden states and token ids; attention_layer and analyze refuse them
+    (their analyses are later work)."""
 
     def __init__(self, path: StrPath) -> None: ...
+    @classmethod
+    def from_transformers(cls, model: Any, tokenizer: Optional[Any] = None) -> Model: ...
     @property
-    def path(self) -> Path: ...
+    def path(self) -> Optional[Path]: ...
     @property
     def family(
         self,

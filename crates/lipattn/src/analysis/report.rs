@@ -13,7 +13,6 @@ use crate::models::Model;
 use crate::operator::{LayerSource, Operator};
 use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
-use std::path::PathBuf;
 use std::time::Instant;
 
 /// Castin et al. fit their curves over n up to about 100; the `*_small` fits use this range.
@@ -82,7 +81,8 @@ pub struct LayerDomain {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelReport {
-    pub model: PathBuf,
+    /// The checkpoint directory, or the label of a model made from parts in memory.
+    pub model: String,
     pub family: &'static str,
     pub num_layers: usize,
     pub heads: usize,
@@ -226,7 +226,7 @@ pub(super) fn report(
     }
     let cfg = model.config();
     ModelReport {
-        model: model.dir().to_path_buf(),
+        model: model.origin().to_string(),
         family: model.family().name(),
         num_layers: model.num_layers(),
         heads: cfg.num_attention_heads,

@@ -182,12 +182,17 @@ impl ModelConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| Error::Format {
-            path: path.to_path_buf(),
+        Self::from_json_text(path, &text)
+    }
+
+    /// config.json's text, read as `from_file` reads the file; `origin` names it in errors.
+    pub fn from_json_text(origin: &Path, text: &str) -> Result<std::result::Result<Self, String>> {
+        let json: Value = serde_json::from_str(text).map_err(|e| Error::Format {
+            path: origin.to_path_buf(),
             msg: format!("invalid JSON: {e}"),
         })?;
         Self::from_json(&json).map_err(|msg| Error::Format {
-            path: path.to_path_buf(),
+            path: origin.to_path_buf(),
             msg,
         })
     }

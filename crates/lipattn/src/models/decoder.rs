@@ -93,7 +93,7 @@ impl Model {
         self.config().decoder.as_ref().ok_or_else(|| {
             Error::Model(format!(
                 "{}: model_type '{}' has no rotary attention (BERT and GPT-2 add position embeddings); use Model::attention_layer",
-                self.dir().display(),
+                self.origin(),
                 self.config().model_type
             ))
         })
@@ -236,7 +236,7 @@ impl Model {
         }
         Err(Error::Model(format!(
             "{}: model_type '{}': rotary position embeddings (rope_theta), grouped-query attention (num_key_value_heads) and RMSNorm: {what} reads the attention of the BERT and GPT-2 families; the attention analyses (forward, local, lipschitz, analyze, invert, fixed-point, flow) do not analyse rotary attention yet; the hidden states (lipattn hidden, Python's Model.hidden_states) run this model",
-            self.dir().display(),
+            self.origin(),
             self.config().model_type
         )))
     }

@@ -15,7 +15,7 @@ impl Model {
         if last > n {
             return Err(Error::invalid(format!(
                 "layer {last} out of range: the model in {} has {n} layers; hidden states exist for 0..={n} ({n} = the final output)",
-                self.dir().display()
+                self.origin()
             )));
         }
         let mut states = Vec::with_capacity(last + 1);
@@ -60,7 +60,7 @@ impl Model {
             {
                 return Err(Error::Numerical(format!(
                     "hidden state {l} of the model in {} is {v} at token {i}, feature {j}: its weights overflow in f64",
-                    self.dir().display()
+                    self.origin()
                 )));
             }
         }

@@ -23,7 +23,7 @@ pub use load::{
 };
 pub use model::{Embeddings, FeedForward, Model, ModelLayer, NormPlacement};
 pub use source::load_attention_layer_source;
-pub use tensors::TensorStore;
+pub use tensors::{NamedTensor, TensorData, TensorStore};
 pub use tokenize::TextTokenizer;
 
 /// AttentionLayer::new names weights W_Q..W_O only; add which file and layer they came from.

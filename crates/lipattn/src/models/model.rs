@@ -8,7 +8,7 @@
 //! on load, so every caller sees the same `AttentionLayer` convention.
 
 use super::config::{Activation, Family, ModelConfig};
-use super::tensors::TensorStore;
+use super::tensors::{NamedTensor, TensorStore};
 use super::LayerNormParams;
 use crate::attention::forward::affine;
 use crate::attention::{AttentionLayer, Kernel};
@@ -210,10 +210,13 @@ impl Embeddings {
     }
 }
 
-/// An opened checkpoint directory. Opening reads every tensor file once; layers are converted
-/// to f64 matrices on request.
+/// An opened checkpoint: a directory, or the parts of a model handed over in memory. Opening
+/// reads every tensor once; layers are converted to f64 matrices on request.
 pub struct Model {
-    dir: PathBuf,
+    /// The checkpoint directory; None for a model made from parts in memory.
+    dir: Option<PathBuf>,
+    /// The directory as displayed, or the label of the parts: how error messages name the model.
+    origin: String,
     config: ModelConfig,
     store: TensorStore,
     prefix: &'static str,
@@ -232,13 +235,31 @@ impl Model {
                 ),
             });
         }
-        let config_path = dir.join("config.json");
-        let parsed = ModelConfig::from_file(&config_path)?;
+        let parsed = ModelConfig::from_file(&dir.join("config.json"))?;
         let store = TensorStore::open_dir(dir)?;
+        Self::assemble(Some(dir), dir.display().to_string(), parsed, store)
+    }
+
+    /// A model from the text of its config.json and its tensors under their checkpoint names,
+    /// checked and resolved exactly as `open` checks and resolves a directory holding them;
+    /// `origin` names the model in error messages (a label such as
+    /// "<from_transformers LlamaForCausalLM>").
+    pub fn from_parts(origin: &str, config_json: &str, tensors: Vec<NamedTensor>) -> Result<Self> {
+        let parsed = ModelConfig::from_json_text(Path::new(origin), config_json)?;
+        let store = TensorStore::from_tensors(origin, tensors)?;
+        Self::assemble(None, origin.to_string(), parsed, store)
+    }
+
+    /// The family's checks of a parsed config against its tensors, shared by every source.
+    fn assemble(
+        dir: Option<&Path>,
+        origin: String,
+        parsed: std::result::Result<ModelConfig, String>,
+        store: TensorStore,
+    ) -> Result<Self> {
         let config = parsed.map_err(|model_type| {
             Error::Model(format!(
-                "{}: unsupported architecture: model_type '{model_type}' (supported: {}); the checkpoint holds {}",
-                dir.display(),
+                "{origin}: unsupported architecture: model_type '{model_type}' (supported: {}); the checkpoint holds {}",
                 Family::ALL.map(Family::name).join(", "),
                 store.sample_names()
             ))
@@ -251,8 +272,7 @@ impl Model {
             .find(|p| store.contains(&format!("{p}{}", family.probe())))
             .ok_or_else(|| {
                 Error::Model(format!(
-                    "{}: model_type '{}' but no tensor named '{}' (with or without the '{}' prefix); the checkpoint holds {}",
-                    dir.display(),
+                    "{origin}: model_type '{}' but no tensor named '{}' (with or without the '{}' prefix); the checkpoint holds {}",
                     config.model_type,
                     family.probe(),
                     family.prefixes()[0],
@@ -267,21 +287,27 @@ impl Model {
                 .take_while(|&l| store.contains(&format!("{prefix}{}", family.layer_probe(l))))
                 .count();
             return Err(Error::Model(format!(
-                "{}: config.json gives {layers} layers, but the checkpoint has no '{prefix}{}' (it holds layers 0..{present})",
-                dir.display(),
+                "{origin}: config.json gives {layers} layers, but the checkpoint has no '{prefix}{}' (it holds layers 0..{present})",
                 family.layer_probe(layers - 1)
             )));
         }
         Ok(Self {
-            dir: dir.to_path_buf(),
+            dir: dir.map(Path::to_path_buf),
+            origin,
             config,
             store,
             prefix,
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The checkpoint directory; None for a model made by `from_parts`.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// How messages and reports name the model: its directory, or the label of its parts.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -319,7 +345,7 @@ impl Model {
 
     pub(crate) fn check_layer(&self, layer: usize) -> Result<()> {
         check_index("layer", layer, self.num_layers(), || {
-            format!("the model in {}", self.dir.display())
+            format!("the model in {}", self.origin)
         })
         .map(|_| ())
     }

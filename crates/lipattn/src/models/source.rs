@@ -31,7 +31,7 @@ impl Model {
             format!(
                 "{} layer {layer} self-attention of {}",
                 self.family().display_name(),
-                self.dir().display()
+                self.origin()
             ),
             self.is_causal(),
             Kernel::Dot,

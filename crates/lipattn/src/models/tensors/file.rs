@@ -7,7 +7,6 @@
 //! certified bounds downstream are computed in f64 whatever the storage precision was.
 
 use crate::error::{Error, Result};
-use faer::Mat;
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
@@ -105,32 +104,6 @@ impl TensorFile {
                 info.dtype
             ))
         })
-    }
-
-    /// A rank-2 tensor of shape rows x cols as a matrix (row-major, as PyTorch stores it).
-    pub(super) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f64>> {
-        let v = self.read_f64(name, &[rows, cols])?;
-        self.nonempty(name, rows, cols)?;
-        Ok(Mat::from_fn(rows, cols, |i, j| v[i * cols + j]))
-    }
-
-    /// A weight matrix has values: a header may claim [0, 2^63] for no bytes at all, and building
-    /// a matrix of 2^63 empty columns never finished (found by tests/fuzz_parsers.rs).
-    pub(super) fn nonempty(&self, name: &str, rows: usize, cols: usize) -> Result<()> {
-        if rows == 0 || cols == 0 {
-            return Err(Error::Empty {
-                what: format!(
-                    "{}: tensor '{name}' (shape [{rows}, {cols}])",
-                    self.path.display()
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    /// A rank-1 tensor of length `len`.
-    pub(super) fn vector(&self, name: &str, len: usize) -> Result<Vec<f64>> {
-        self.read_f64(name, &[len])
     }
 }
 

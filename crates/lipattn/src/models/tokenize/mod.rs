@@ -42,23 +42,31 @@ impl TextTokenizer {
                 ),
             });
         }
-        let fmt = |msg: String| Error::Format {
-            path: path.to_path_buf(),
-            msg,
-        };
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_json_text(path, &text)
+    }
+
+    /// A tokenizer.json's text (a `tokenizers` tokenizer serialised, as a transformers fast
+    /// tokenizer's `backend_tokenizer.to_str()` gives it), checked as `from_file` checks the file;
+    /// `origin` names it in errors.
+    pub fn from_json_text(origin: &Path, text: &str) -> Result<Self> {
+        let path = origin;
+        let fmt = |msg: String| Error::Format {
+            path: path.to_path_buf(),
+            msg,
+        };
         // The JSON is checked before `tokenizers` reads it: its decoder section is parsed with
         // `expect`, so a syntax error there (a truncated file) panicked instead of failing
         // (tokenizers 0.22; found by crates/lipattn/tests/fuzz_parsers.rs).
-        let json = serde_json::from_str::<serde_json::Value>(&text)
+        let json = serde_json::from_str::<serde_json::Value>(text)
             .map_err(|e| fmt(format!("invalid JSON: {e}")))?;
         check_merges(&json).map_err(fmt)?;
         // Any other panic of `tokenizers` while it reads the file becomes an error: nothing it
         // built survives the unwinding, so no broken state is used afterwards.
-        let mut inner = std::panic::catch_unwind(|| Tokenizer::from_str(&text))
+        let mut inner = std::panic::catch_unwind(|| Tokenizer::from_str(text))
             .map_err(|p| {
                 let why = p
                     .downcast_ref::<&str>()
