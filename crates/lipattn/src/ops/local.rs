@@ -1,6 +1,7 @@
 //! `local`: the local constant ||J(X)||_2 of an attention sublayer (or of one head's
-//! contribution) at a token sequence X, plain (BERT, GPT-2) or rotary (docs/rotary.md). An attained value, hence a lower bound on the Lipschitz
-//! constant over any domain containing X, never a certificate.
+//! contribution) at a token sequence X, plain (BERT, GPT-2) or rotary (docs/rotary.md). An
+//! attained value, hence a lower bound on the Lipschitz constant over any domain containing X,
+//! never a certificate.
 
 use super::{OnProgress, Progress};
 use crate::attention::{AttentionLayer, Kernel, RotaryAttention, RotaryLinearization};
