@@ -185,3 +185,42 @@ def reference(model, patched=True):
 
 def rel(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def causal_mask(n, window):
+    """The additive eager mask: query i sees keys j <= i with i - j < window (all j <= i without)."""
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    seen = (j <= i) & ((i - j < window) if window else True)
+    m = torch.zeros(n, n, dtype=torch.float64)
+    m[~seen] = torch.finfo(torch.float64).min
+    return m[None, None]
+
+
+def attention_top_singular(path, layer, x, head=None):
+    """The largest singular value of the Jacobian of transformers' own attention module of `layer`
+    (eager, its float32 steps in float64, positions 0..n-1) at the tokens `x` (n, d), by
+    torch.autograd.functional.jacobian, and the module's sliding window. With `head`, the other
+    query heads' columns of o_proj (and its bias) are zeroed: head `head`'s contribution alone."""
+    model = load(path)
+    model.config._attn_implementation = "eager"
+    attn = model.layers[layer].self_attn
+    window = getattr(attn, "sliding_window", getattr(model.config, "sliding_window", None))
+    if head is not None:
+        hd = attn.head_dim
+        with torch.no_grad():
+            keep = torch.zeros(attn.o_proj.weight.shape[1], dtype=torch.bool)
+            keep[head * hd:(head + 1) * hd] = True
+            attn.o_proj.weight[:, ~keep] = 0.0
+            if attn.o_proj.bias is not None:
+                attn.o_proj.bias.zero_()
+    n = x.shape[0]
+    xt = torch.tensor(x, dtype=torch.float64)[None]
+    pos = torch.arange(n)[None]
+    mask = causal_mask(n, window)
+    with float64_reference():
+        cos, sin = model.rotary_emb(xt, pos)
+        f = lambda z: attn(z[None], position_embeddings=(cos, sin), attention_mask=mask)[0][0]  # noqa: E731
+        jac = torch.autograd.functional.jacobian(f, xt[0])
+    jac = jac.reshape(n * x.shape[1], n * x.shape[1]).numpy()
+    return float(np.linalg.svd(jac, compute_uv=False)[0]), window

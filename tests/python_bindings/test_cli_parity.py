@@ -53,6 +53,11 @@ def test_local_equals_cli(lipattn_bin, minilm, tmp_path, head, method):
     np.testing.assert_allclose(got.sigma, ref["sigma"], rtol=1e-12)
     np.testing.assert_allclose(got.radius, ref["radius"], rtol=1e-15)
     np.testing.assert_allclose(got.vector, np.load(tmp_path / "v.npy"), rtol=1e-9, atol=1e-12)
+    # Model.local_constant is `lipattn local --model` for every family, this one included.
+    by_model = lipattn.Model(minilm).local_constant(0, x, head=head, method=method).to_dict()
+    for k in ["kind", "method", "n", "causal", "iterations", "operator"]:
+        assert by_model[k] == ref[k], k
+    assert by_model["sigma"] == ref["sigma"]
 
 
 def test_lipschitz_equals_cli(lipattn_bin, minilm, tmp_path):

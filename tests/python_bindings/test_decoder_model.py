@@ -1,10 +1,11 @@
 """lipattn.Model on the rotary decoder families: hidden states and token ids as transformers gives
-them, and the BERT/GPT-2 attention analyses refused with a ModelError naming the feature."""
+them, local constants against transformers' attention Jacobian, and the BERT/GPT-2 attention
+analyses refused with a ModelError naming the feature."""
 import numpy as np
 import pytest
 
 import lipattn
-from tiny_decoders import TEXT, TOL, build, config, ids_of, load, reference, rel, save
+from tiny_decoders import TEXT, TOL, attention_top_singular, build, config, ids_of, load, reference, rel, save
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2"])
@@ -27,3 +28,44 @@ def test_attention_analyses_refuse_rotary_models(tmp_path):
                  lambda: lipattn.AttentionLayer.from_model(tmp_path, 0)):
         with pytest.raises(lipattn.ModelError, match="model_type 'llama'.*rotary.*lipattn hidden"):
             call()
+
+
+@pytest.mark.parametrize("family,keys,layer,head", [
+    ("llama", {}, 0, None),
+    ("mistral", {"sliding_window": 4}, 0, 1),
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 1}, 1, None),
+    ("qwen3", {}, 0, None),
+    ("gemma", {}, 0, 2),
+    ("gemma2", {}, 0, None),
+])
+def test_model_local_constant_equals_transformers_jacobian(tmp_path, family, keys, layer, head):
+    """Model.local_constant: sigma against the largest singular value of the Jacobian of
+    transformers' own attention module (its float32 steps in float64), and the CLI's JSON keys."""
+    save(build(config(family, **keys)), tmp_path)
+    x = np.random.default_rng(7).standard_normal((9, 32))
+    model = lipattn.Model(tmp_path)
+    r = model.local_constant(layer, x, head=head, tol=1e-12)
+    exact, window = attention_top_singular(tmp_path, layer, x, head)
+    assert abs(r.sigma - exact) <= 1e-8 * exact, (r.sigma, exact)
+    assert r.dtype == "f64" and r.causal and r.head == head and r.vector.shape == x.shape
+    d = r.to_dict()
+    rot = d["operator"]["rotary"]
+    assert rot["family"] == family and rot["window"] == window and rot["positions"] == "0..n-1"
+    assert d["kind"] == "attained_lower_bound"
+    # The same request through the float32 path of the input gives the float64 number: the model
+    # path always runs in float64.
+    assert model.local_constant(layer, x.astype(np.float32), head=head, tol=1e-12).dtype == "f64"
+
+
+def test_model_local_constant_errors(tmp_path):
+    save(build(config("llama", num_hidden_layers=1)), tmp_path)
+    model = lipattn.Model(tmp_path)
+    x = np.random.default_rng(0).standard_normal((5, 32))
+    with pytest.raises(ValueError, match="head"):
+        model.local_constant(0, x, head=4)
+    with pytest.raises(ValueError, match="layer"):
+        model.local_constant(1, x)
+    with pytest.raises(ValueError, match="32"):
+        model.local_constant(0, x[:, :10])
+    with pytest.raises(ValueError, match="method"):
+        model.local_constant(0, x, method="svd")

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lipattn::fmt::{compact, exact};
 use lipattn::npy::read_matrix;
-use lipattn::ops::local::{self, LocalInputs, LocalMethod, LocalRequest};
+use lipattn::ops::local::{self, LocalMethod, LocalRequest};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -18,7 +18,8 @@ use std::path::PathBuf;
 pub struct LocalArgs {
     #[command(flatten)]
     target: LayerArg,
-    /// Tokens X, an (n, d) float32 or float64 .npy array in C order.
+    /// Tokens X, an (n, d) float32 or float64 .npy array in C order (for a rotary model, token i
+    /// at position i).
     #[arg(long)]
     tokens: PathBuf,
     /// Analyse head H's contribution W_O^h Gamma^h alone (no output bias).
@@ -62,19 +63,15 @@ pub fn run(a: LocalArgs) -> Result<()> {
         .as_deref()
         .map(lipattn::output::StagedFile::create)
         .transpose()?;
-    // The operator the model computes, mask included (GPT-2 family: causal).
-    let (layer, source) = a.target.load()?;
+    // The operator the model computes, mask included (GPT-2 and the rotary families: causal).
+    let (weights, source) = a.target.load_sublayer()?;
     let x = read_matrix(&a.tokens).context("reading --tokens")?;
     let bar = Bar::new(a.json);
-    let report = local::run(
+    let report = local::run_sublayer(
         &LocalRequest::from(&a),
-        LocalInputs {
-            layer: &layer,
-            x: x.as_ref(),
-            weights: None,
-            causal: None,
-            source: &source,
-        },
+        &weights,
+        &source,
+        x.as_ref(),
         &mut |p| bar.update(p),
     )?;
     drop(bar);

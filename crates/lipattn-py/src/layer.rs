@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 /// The local-constant request of these keyword arguments.
-fn local_request(
+pub(crate) fn local_request(
     method: &str,
     tol: f64,
     max_iter: Option<usize>,

@@ -1,21 +1,20 @@
 //! `lipattn.Model`: a whole checkpoint, its tokenizer and its hidden states on real text.
 
+use crate::convert::matrix_f64;
 use crate::convert::{to_numpy, vec_to_numpy};
 use crate::errors::{interruptible, IntoPyResult};
 use crate::ints::PyInt;
-use crate::layer::{kernel_of, PyAttentionLayer};
+use crate::layer::{kernel_of, local_request, PyAttentionLayer};
+use crate::local::{local_constant_result, PyLocalConstant};
 use lipattn::analysis::AnalysisOptions;
 use lipattn::models::{Model, TextTokenizer};
+use lipattn::ops::local::{self, LocalRequest};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-/// A Hugging Face checkpoint directory (config.json, model.safetensors or a sharded index,
-/// tokenizer.json; BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families), or a
-/// live transformers model of one (``from_transformers``), run in float64. The rotary families (all but BERT and GPT-2) give hidden states and token ids;
-/// ``attention_layer`` and ``analyze`` refuse them, as their analyses are not written yet.
 /// What `lipattn._torch.model_parts` returns: (label, config.json text, named arrays,
 /// tokenizer.json text).
 type Parts<'py> = (
@@ -25,6 +24,11 @@ type Parts<'py> = (
     Option<String>,
 );
 
+/// A Hugging Face checkpoint directory (config.json, model.safetensors or a sharded index,
+/// tokenizer.json; BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families), or a
+/// live transformers model of one (``from_transformers``), run in float64. The rotary families
+/// (all but BERT and GPT-2) give hidden states, token ids and local constants;
+/// ``attention_layer`` and ``analyze`` refuse them, as their analyses are not written yet.
 #[pyclass(module = "lipattn", name = "Model", frozen)]
 pub struct PyModel {
     model: Arc<Model>,
@@ -217,6 +221,47 @@ impl PyModel {
                 list.into_any()
             }
         })
+    }
+
+    /// The local constant ``||J(X)||_2`` (Frobenius to Frobenius) of the attention sublayer of
+    /// ``layer`` (or of query head ``head``'s contribution alone, no output bias) at the tokens
+    /// ``x`` (n, d), with the model's own mask, uniform token weights, in float64, token i at
+    /// position i for the rotary families: ``lipattn local --model``. An attained value, hence a
+    /// lower bound on the Lipschitz constant over any domain containing ``x``, never a
+    /// certificate. ``method`` 'lanczos' (``tol`` = requested relative accuracy, an estimate) or
+    /// 'power'.
+    #[pyo3(signature = (layer, x, *, head=None, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128)))]
+    #[allow(clippy::too_many_arguments)]
+    fn local_constant(
+        &self,
+        py: Python<'_>,
+        layer: PyInt,
+        x: &Bound<'_, PyAny>,
+        head: Option<PyInt>,
+        method: &str,
+        tol: f64,
+        max_iter: Option<PyInt>,
+        seed: PyInt,
+    ) -> PyResult<PyLocalConstant> {
+        crate::ints::unsigned!(layer, head, max_iter, seed);
+        let req = LocalRequest {
+            head,
+            ..local_request(method, tol, max_iter, seed)?
+        };
+        let x = matrix_f64(x, "tokens")?;
+        let model = self.model.clone();
+        let r = interruptible(py, move || {
+            let weights = model.sublayer(layer)?;
+            let source = model.layer_source(layer);
+            local::run_sublayer(
+                &req,
+                &weights,
+                &source,
+                x.as_ref(),
+                &mut lipattn::ops::silent,
+            )
+        })?;
+        local_constant_result(py, r)
     }
 
     /// The whole-model analysis of ``lipattn analyze``: for each selected layer, the attention

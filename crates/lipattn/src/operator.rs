@@ -8,7 +8,7 @@
 //! `flow`) certify the layer's map without a mask, on the domain of their certificate
 //! ([`Operator::certified`]).
 
-use crate::attention::Kernel;
+use crate::attention::{Kernel, RotaryAttention};
 use crate::domain::{CertifiedDomain, Domain};
 use crate::fmt::compact;
 use serde::Serialize;
@@ -103,6 +103,80 @@ pub struct Operator {
     pub overrides: Vec<String>,
     /// All of the above in one sentence.
     pub description: String,
+    /// The rotary sublayer's structure (rotary families only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotary: Option<RotaryForm>,
+}
+
+/// What distinguishes one rotary sublayer's map from another's besides its weights: positions,
+/// rope, head grouping, window, qk-norm and softcap (docs/rotary.md).
+#[derive(Clone, Debug, Serialize)]
+pub struct RotaryForm {
+    /// The model_type of the checkpoint (llama, mistral, qwen2, qwen3, gemma, gemma2).
+    pub family: &'static str,
+    /// Token i sits at position i: the map is the sublayer on positions 0..n-1.
+    pub positions: &'static str,
+    pub rope_type: &'static str,
+    pub rope_theta: f64,
+    /// Coordinates of each head that rotate (head_dim, or less with a partial rotary factor).
+    pub rotary_dim: usize,
+    pub head_dim: usize,
+    /// Query heads of the sublayer (also when the report is about one of them).
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// Query i sees keys i - window < j <= i; None: j <= i.
+    pub window: Option<usize>,
+    pub qk_norm: bool,
+    /// Logits s become cap tanh(s / cap).
+    pub softcap: Option<f64>,
+}
+
+impl RotaryForm {
+    /// The form of `layer`, a sublayer of a `family` checkpoint.
+    pub fn of(family: &'static str, layer: &RotaryAttention) -> Self {
+        Self {
+            family,
+            positions: "0..n-1",
+            rope_type: layer.rope.scaling.name(),
+            rope_theta: layer.rope.theta,
+            rotary_dim: layer.rope.rotary_dim,
+            head_dim: layer.head_dim,
+            heads: layer.heads,
+            kv_heads: layer.kv_heads,
+            window: layer.window,
+            qk_norm: layer.qk_norm.is_some(),
+            softcap: layer.softcap,
+        }
+    }
+
+    /// The form in words, for an operator's description.
+    fn words(&self) -> String {
+        let mut w = format!(
+            "{} rotary attention at positions {} ({} rope, theta {}, {} of {} coordinates per head rotated), {} query heads on {} kv heads, ",
+            self.family,
+            self.positions,
+            self.rope_type,
+            compact(self.rope_theta),
+            self.rotary_dim,
+            self.head_dim,
+            self.heads,
+            self.kv_heads,
+        );
+        match self.window {
+            Some(win) => w.push_str(&format!("sliding window {win}")),
+            None => w.push_str("no sliding window"),
+        }
+        w.push_str(if self.qk_norm {
+            ", qk-norm"
+        } else {
+            ", no qk-norm"
+        });
+        match self.softcap {
+            Some(cap) => w.push_str(&format!(", logit softcap {}", compact(cap))),
+            None => w.push_str(", no softcap"),
+        }
+        w
+    }
 }
 
 const TOKEN_MAP: &str = "token map X -> f(X)";
@@ -303,7 +377,15 @@ impl Operator {
             precision: PRECISION,
             overrides,
             description,
+            rotary: None,
         }
+    }
+
+    /// This operator, computed by a rotary sublayer of form `form`.
+    pub fn with_rotary(mut self, form: RotaryForm) -> Self {
+        self.description = format!("{}; {}", self.description, form.words());
+        self.rotary = Some(form);
+        self
     }
 }
 

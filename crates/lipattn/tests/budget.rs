@@ -69,8 +69,9 @@ fn requests_beyond_the_budget_stop_before_allocating() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("more than 18 EB"), "{e}");
-    // Rotary attention: at least one head's 300 x 300 probabilities and scores, 1.4 MB (all of
-    // them for the derivatives).
+    // Rotary attention: at least one head's probabilities on the causal band of 500 tokens
+    // (140688 entries in blocks of 64 queries), 1.1 MB (all heads' for the derivatives and the
+    // cached linearisation).
     let w = |rows: usize| lipattn::Mat::from_fn(rows, 16, |i, j| ((i * 7 + j) % 5) as f64 * 0.1);
     let rotary = lipattn::attention::RotaryAttention::new(
         2,
@@ -96,13 +97,18 @@ fn requests_beyond_the_budget_stop_before_allocating() {
         None,
     )
     .unwrap();
-    is_budget(rotary.forward(x.as_ref()).map(|_| ()), "300 tokens");
-    is_budget(rotary.jvp(x.as_ref(), x.as_ref()).map(|_| ()), "300 tokens");
+    let x = random_tokens(500, 16, 1.0, 1);
+    is_budget(rotary.forward(x.as_ref()).map(|_| ()), "500 tokens");
+    is_budget(rotary.jvp(x.as_ref(), x.as_ref()).map(|_| ()), "500 tokens");
+    is_budget(
+        lipattn::attention::RotaryLinearization::new(&rotary, x.as_ref()).map(|_| ()),
+        "500 tokens",
+    );
     is_budget(
         rotary
-            .vjp(x.as_ref(), random_tokens(300, 16, 1.0, 3).as_ref())
+            .vjp(x.as_ref(), random_tokens(500, 16, 1.0, 3).as_ref())
             .map(|_| ()),
-        "300 tokens",
+        "500 tokens",
     );
     assert!(rotary.jvp(small.as_ref(), small.as_ref()).is_ok());
     set_max_memory(None);

@@ -246,8 +246,8 @@ def layer_norm_radius(gamma: ArrayLike, beta: ArrayLike) -> float: ...
 class Model:
     """A Hugging Face checkpoint directory (BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma or
     Gemma 2 family), run in float64, or a live transformers model of one (from_transformers). The
-    rotary families give hidden states and token ids; attention_layer and analyze refuse them
-    (their analyses are later work)."""
+    rotary families give hidden states, token ids and local constants; attention_layer and analyze
+    refuse them (their analyses are later work)."""
 
     def __init__(self, path: StrPath) -> None: ...
     @classmethod
@@ -270,6 +270,20 @@ class Model:
     def causal(self) -> bool: ...
     def attention_layer(self, layer: int, *, head: Optional[int] = None, kernel: Kernel = "dot") -> AttentionLayer: ...
     def tokenize(self, text: str, *, max_tokens: Optional[int] = None) -> npt.NDArray[np.int64]: ...
+    def local_constant(
+        self,
+        layer: int,
+        x: ArrayLike,
+        *,
+        head: Optional[int] = None,
+        method: Literal["lanczos", "power"] = "lanczos",
+        tol: float = 1e-6,
+        max_iter: Optional[int] = None,
+        seed: int = 0,
+    ) -> LocalConstant:
+        """``lipattn local --model``: ||J(X)||_2 of the layer's attention sublayer at ``x`` (float64,
+        the model's mask, positions 0..n-1); an attained lower bound, never a certificate."""
+        ...
     @overload
     def hidden_states(self, text: Optional[str] = None, *, ids: Optional[Sequence[int]] = None, layer: int, max_tokens: Optional[int] = None) -> F64: ...
     @overload

@@ -2,6 +2,7 @@
 //! Everything that depends on X alone (projections, attention probabilities, outputs) is computed
 //! once here and shared by every JVP and VJP at that X, as power iteration and Lanczos need.
 
+use super::LinearizedMap;
 use crate::attention::forward::{gemm_blocks_rayon, AttentionState};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::Result;
@@ -158,24 +159,6 @@ impl<'a, T: Scalar> Linearization<'a, T> {
         }
     }
 
-    /// W_O^T W_O (H dv x H dv), for `normal_step`.
-    pub(crate) fn output_gram(&self) -> Mat<T> {
-        let wo = self.layer.wo.as_ref();
-        let hdv = wo.ncols();
-        let mut g = Mat::<T>::zeros(hdv, hdv);
-        gemm_blocks_rayon(g.as_mut(), wo.transpose(), wo);
-        g
-    }
-
-    /// One product with J^T J, for `gram` = `output_gram()`: returns (dO, J^T J u), where
-    /// J u = dO W_O^T. Going through W_O^T W_O instead of forming J u saves one product of
-    /// the output projection's size per step.
-    pub(crate) fn normal_step(&self, u: MatRef<'_, T>, gram: MatRef<'_, T>) -> (Mat<T>, Mat<T>) {
-        let d_o = self.jvp_heads(u);
-        let w = self.vjp_through(d_o.as_ref(), gram);
-        (d_o, w)
-    }
-
     /// The shared intermediates of one JVP or VJP. A concurrent call gets fresh ones instead of
     /// waiting.
     pub(crate) fn call_buffers(&self) -> CallBuffersGuard<'_, T> {
@@ -199,6 +182,59 @@ impl<'a, T: Scalar> Linearization<'a, T> {
         self.scratch[h]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<T: Scalar> LinearizedMap<T> for Linearization<'_, T> {
+    /// W_O^T W_O (H dv x H dv).
+    type NormalData = Mat<T>;
+
+    fn n(&self) -> usize {
+        Linearization::n(self)
+    }
+
+    fn d_in(&self) -> usize {
+        Linearization::d_in(self)
+    }
+
+    fn d_out(&self) -> usize {
+        Linearization::d_out(self)
+    }
+
+    fn jvp(&self, t: MatRef<'_, T>) -> Result<Mat<T>> {
+        Linearization::jvp(self, t)
+    }
+
+    fn vjp(&self, y: MatRef<'_, T>) -> Result<Mat<T>> {
+        Linearization::vjp(self, y)
+    }
+
+    fn normal_data(&self) -> Mat<T> {
+        let wo = self.layer.wo.as_ref();
+        let hdv = wo.ncols();
+        let mut g = Mat::<T>::zeros(hdv, hdv);
+        gemm_blocks_rayon(g.as_mut(), wo.transpose(), wo);
+        g
+    }
+
+    /// The image is dO (n x H dv), J u = dO W_O^T.
+    fn normal_step(&self, gram: &Mat<T>, u: MatRef<'_, T>) -> Result<(Mat<T>, Mat<T>)> {
+        let d_o = self.jvp_heads(u);
+        let w = self.vjp_through(d_o.as_ref(), gram.as_ref());
+        Ok((d_o, w))
+    }
+
+    fn image_output(&self, d_o: MatRef<'_, T>) -> Mat<T> {
+        let mut jv = Mat::<T>::zeros(d_o.nrows(), self.d_out());
+        faer::linalg::matmul::matmul(
+            jv.as_mut(),
+            faer::Accum::Replace,
+            d_o,
+            self.layer.wo.as_ref().transpose(),
+            T::of(1.0),
+            faer::Par::Seq,
+        );
+        jv
     }
 }
 

@@ -5,7 +5,7 @@
 use super::power::{power_iteration, PowerOptions};
 use super::vecops::{axpy, dot, norm, orthogonalize, scale};
 use crate::attention::AttentionLayer;
-use crate::derivatives::Linearization;
+use crate::derivatives::{Linearization, LinearizedMap};
 use crate::error::{check_at_least, check_positive, Error, Result};
 use crate::linalg::SplitMix;
 use crate::scalar::Scalar;
@@ -106,7 +106,7 @@ impl<T: Scalar> LocalNorm<T> {
     }
 }
 
-/// Linearises at `x` and estimates ||J(X)||_2; `seconds` covers the whole call.
+/// Linearises the attention layer at `x` and estimates ||J(X)||_2; `seconds` covers the whole call.
 pub fn local_norm<T: Scalar>(
     layer: &AttentionLayer<T>,
     x: MatRef<'_, T>,
@@ -114,8 +114,18 @@ pub fn local_norm<T: Scalar>(
     causal: bool,
     method: &Method,
 ) -> Result<LocalNorm<T>> {
+    local_norm_of(x, method, || Linearization::new(layer, x, weights, causal))
+}
+
+/// Estimates ||J(X)||_2 of the map `linearize` linearises at `x`; `seconds` covers the whole
+/// call, linearisation included.
+pub fn local_norm_of<T: Scalar, L: LinearizedMap<T>>(
+    x: MatRef<'_, T>,
+    method: &Method,
+    linearize: impl FnOnce() -> Result<L>,
+) -> Result<LocalNorm<T>> {
     let start = Instant::now();
-    let lin = Linearization::new(layer, x, weights, causal)?;
+    let lin = linearize()?;
     let top = match method {
         Method::Lanczos(o) => lanczos(&lin, o, None)?,
         Method::Power(o) => power_iteration(&lin, o, None)?,
@@ -128,8 +138,8 @@ pub fn local_norm<T: Scalar>(
     })
 }
 
-pub(crate) fn start_vector<T: Scalar>(
-    lin: &Linearization<'_, T>,
+pub(crate) fn start_vector<T: Scalar, L: LinearizedMap<T>>(
+    lin: &L,
     seed: u64,
     start: Option<MatRef<'_, T>>,
 ) -> Result<Mat<T>> {
@@ -167,8 +177,8 @@ pub(crate) fn start_vector<T: Scalar>(
 /// the residual estimate alone can be optimistic while the top eigenvalue is still unresolved.
 /// Stops when the estimate is <= tol, on breakdown (an invariant subspace: exact), at the
 /// dimension n d, or at `max_iter`.
-pub fn lanczos<T: Scalar>(
-    lin: &Linearization<'_, T>,
+pub fn lanczos<T: Scalar, L: LinearizedMap<T>>(
+    lin: &L,
     opts: &LanczosOptions,
     start: Option<MatRef<'_, T>>,
 ) -> Result<TopSingular<T>> {
@@ -176,9 +186,10 @@ pub fn lanczos<T: Scalar>(
     let dim = lin.n() * lin.d_in();
     let cap = opts.max_iter.min(dim);
     let mut basis: Vec<Mat<T>> = vec![start_vector(lin, opts.seed, start)?];
-    // images[i] holds dO of J q_i (J q_i = dO W_O^T), kept to recompute sigma = ||J v|| exactly.
+    // images[i] is the image of q_i (for attention dO, J q_i = dO W_O^T), kept to recompute
+    // sigma = ||J v|| exactly.
     let mut images: Vec<Mat<T>> = Vec::new();
-    let gram = lin.output_gram();
+    let normal = lin.normal_data();
     let (mut alpha, mut beta): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     let mut history = Vec::new();
     let mut converged = false;
@@ -187,7 +198,7 @@ pub fn lanczos<T: Scalar>(
     let mut top_col = 0;
     for k in 0..cap {
         crate::cancel::check()?;
-        let (dq, mut w) = lin.normal_step(basis[k].as_ref(), gram.as_ref());
+        let (dq, mut w) = lin.normal_step(&normal, basis[k].as_ref())?;
         images.push(dq);
         let a = dot(&basis[k], &w);
         alpha.push(a);
@@ -253,21 +264,12 @@ pub fn lanczos<T: Scalar>(
     let s: Vec<f64> = (0..m).map(|i| ritz[(i, top_col)]).collect();
     let (n, d) = (lin.n(), lin.d_in());
     let mut v = Mat::<T>::zeros(n, d);
-    let mut dv = Mat::<T>::zeros(n, gram.nrows());
+    let mut dv = Mat::<T>::zeros(n, images[0].ncols());
     for i in 0..m {
         axpy(&mut v, s[i], &basis[i]);
         axpy(&mut dv, s[i], &images[i]);
     }
-    let wo = lin.layer().wo.as_ref();
-    let mut jv = Mat::<T>::zeros(n, lin.d_out());
-    faer::linalg::matmul::matmul(
-        jv.as_mut(),
-        faer::Accum::Replace,
-        dv.as_ref(),
-        wo.transpose(),
-        T::of(1.0),
-        faer::Par::Seq,
-    );
+    let mut jv = lin.image_output(dv.as_ref());
     let nv = norm(&v);
     scale(&mut v, 1.0 / nv);
     scale(&mut jv, 1.0 / nv);

@@ -21,7 +21,7 @@ pub use cross_pairs::{
     cross_ratio, search_cross_pairs, CrossArgument, CrossPair, CrossSearchOptions,
     CrossSearchResult,
 };
-pub use lanczos::{lanczos, local_norm, LanczosOptions, LocalNorm, Method};
+pub use lanczos::{lanczos, local_norm, local_norm_of, LanczosOptions, LocalNorm, Method};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};
 pub use structured_seeds::{layer_pair_seeds, structured_seeds, StructuredSeeds};

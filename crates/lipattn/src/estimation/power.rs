@@ -4,7 +4,7 @@
 
 use super::lanczos::{start_vector, TopSingular};
 use super::vecops::{dot, norm, scale};
-use crate::derivatives::Linearization;
+use crate::derivatives::LinearizedMap;
 use crate::error::{check_at_least, check_positive, Error, Result};
 use crate::scalar::Scalar;
 use faer::MatRef;
@@ -26,8 +26,8 @@ impl Default for PowerOptions {
     }
 }
 
-pub fn power_iteration<T: Scalar>(
-    lin: &Linearization<'_, T>,
+pub fn power_iteration<T: Scalar, L: LinearizedMap<T>>(
+    lin: &L,
     opts: &PowerOptions,
     start: Option<MatRef<'_, T>>,
 ) -> Result<TopSingular<T>> {

@@ -22,7 +22,7 @@ pub use load::{
     load_attention_layer, load_attention_layer_masked, load_bert_layer, BertLayerWeights,
 };
 pub use model::{Embeddings, FeedForward, Model, ModelLayer, NormPlacement};
-pub use source::load_attention_layer_source;
+pub use source::{load_attention_layer_source, load_sublayer_source, SublayerWeights};
 pub use tensors::{NamedTensor, TensorData, TensorStore};
 pub use tokenize::TextTokenizer;
 

@@ -3,7 +3,7 @@
 
 use super::config::Family;
 use super::model::Model;
-use crate::attention::{AttentionLayer, Kernel};
+use crate::attention::{AttentionLayer, Kernel, RotaryAttention};
 use crate::error::Result;
 use crate::operator::LayerSource;
 use std::path::Path;
@@ -46,4 +46,37 @@ pub fn load_attention_layer_source(
 ) -> Result<(AttentionLayer<f64>, LayerSource)> {
     let model = Model::open(dir)?;
     Ok((model.attention_layer(layer)?, model.layer_source(layer)))
+}
+
+/// A checkpoint's attention sublayer, whichever kind its family has (boxed: the two differ in
+/// size by hundreds of bytes).
+pub enum SublayerWeights {
+    /// BERT and GPT-2.
+    Plain(Box<AttentionLayer<f64>>),
+    /// The rotary families, with the `model_type` their reports name.
+    Rotary {
+        layer: Box<RotaryAttention>,
+        family: &'static str,
+    },
+}
+
+/// The attention sublayer of layer `layer` of the checkpoint in `dir`, of any family, with its
+/// source.
+pub fn load_sublayer_source(dir: &Path, layer: usize) -> Result<(SublayerWeights, LayerSource)> {
+    let model = Model::open(dir)?;
+    Ok((model.sublayer(layer)?, model.layer_source(layer)))
+}
+
+impl Model {
+    /// The attention sublayer of block `layer`, of any family.
+    pub fn sublayer(&self, layer: usize) -> Result<SublayerWeights> {
+        Ok(if self.family().is_rotary() {
+            SublayerWeights::Rotary {
+                layer: Box::new(self.rotary_attention(layer)?),
+                family: self.family().name(),
+            }
+        } else {
+            SublayerWeights::Plain(Box::new(self.attention_layer(layer)?))
+        })
+    }
 }

@@ -1,14 +1,18 @@
 //! `local`: the local constant ||J(X)||_2 of an attention sublayer (or of one head's
-//! contribution) at a token sequence X. An attained value, hence a lower bound on the Lipschitz
-//! constant over any domain containing X, never a certificate.
+//! contribution) at a token sequence X, plain (BERT, GPT-2) or rotary (docs/rotary.md). An
+//! attained value, hence a lower bound on the Lipschitz constant over any domain containing X,
+//! never a certificate.
 
 use super::{OnProgress, Progress};
-use crate::attention::AttentionLayer;
+use crate::attention::{AttentionLayer, Kernel, RotaryAttention, RotaryLinearization};
 use crate::error::Result;
-use crate::estimation::{local_norm, LanczosOptions, LocalNorm, Method, PowerOptions};
+use crate::estimation::{
+    local_norm, local_norm_of, LanczosOptions, LocalNorm, Method, PowerOptions,
+};
 use crate::linalg::max_row_norm;
+use crate::models::SublayerWeights;
 use crate::named_enum;
-use crate::operator::{LayerSource, Operator};
+use crate::operator::{LayerSource, Operator, RotaryForm};
 use crate::scalar::Scalar;
 use faer::MatRef;
 use serde::{Deserialize, Serialize};
@@ -146,6 +150,87 @@ pub fn run<T: Scalar>(
     let weighted = inputs.weights.is_some();
     let operator = Operator::token_map_at(&source, layer.kernel, causal, r.x.nrows(), weighted);
     Ok(report(req, r, layer.d_out(), operator))
+}
+
+/// What a local request on a rotary sublayer runs on. The map is the sublayer on positions
+/// 0..n-1 with the model's own mask (causal, windowed where the model windows), uniform token
+/// weights, in f64.
+pub struct RotaryInputs<'a> {
+    pub layer: &'a RotaryAttention,
+    /// Tokens X, n x d.
+    pub x: MatRef<'a, f64>,
+    /// Where the layer comes from (the whole layer's, also when `head` picks one).
+    pub source: &'a LayerSource,
+    /// The checkpoint's model_type.
+    pub family: &'static str,
+}
+
+/// `run` for a rotary sublayer: Lanczos or power iteration on its cached linearisation.
+pub fn run_rotary(
+    req: &LocalRequest,
+    inputs: RotaryInputs<'_>,
+    on_progress: OnProgress,
+) -> Result<LocalReport<f64>> {
+    let form = RotaryForm::of(inputs.family, inputs.layer);
+    let head_layer;
+    let (layer, source) = match req.head {
+        Some(h) => {
+            head_layer = inputs.layer.head(h)?;
+            (&head_layer, inputs.source.head(h))
+        }
+        None => (inputs.layer, inputs.source.clone()),
+    };
+    let stage = req.method.name();
+    on_progress(&Progress {
+        stage,
+        done: 0,
+        total: 1,
+    });
+    let r = local_norm_of(inputs.x, &req.estimator(), || {
+        RotaryLinearization::new(layer, inputs.x)
+    })?;
+    on_progress(&Progress {
+        stage,
+        done: 1,
+        total: 1,
+    });
+    let operator =
+        Operator::token_map_at(&source, Kernel::Dot, true, r.x.nrows(), false).with_rotary(form);
+    Ok(report(req, r, layer.d_out(), operator))
+}
+
+/// `run` on a checkpoint's sublayer of any family, at tokens `x` with the model's own mask and
+/// uniform weights.
+pub fn run_sublayer(
+    req: &LocalRequest,
+    weights: &SublayerWeights,
+    source: &LayerSource,
+    x: MatRef<'_, f64>,
+    on_progress: OnProgress,
+) -> Result<LocalReport<f64>> {
+    match weights {
+        SublayerWeights::Plain(layer) => run(
+            req,
+            LocalInputs {
+                layer,
+                x,
+                weights: None,
+                causal: None,
+                source,
+            },
+            on_progress,
+        ),
+        SublayerWeights::Rotary { layer, family } => run_rotary(
+            req,
+            RotaryInputs {
+                layer,
+                x,
+                source,
+                family,
+            },
+            on_progress,
+        ),
+    }
 }
 
 /// The report of an estimator's result `r` for `operator`, a layer of output width `d_out`.

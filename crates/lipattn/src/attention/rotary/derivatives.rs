@@ -6,7 +6,7 @@
 //! entries inside the band carry P = 0, so the softmax's derivative P ⊙ (g - <P, g>) zeroes them
 //! without a mask of its own.
 
-use super::forward::QUERY_BLOCK;
+use super::forward::{RotaryState, QUERY_BLOCK};
 use super::layer::RotaryAttention;
 use crate::attention::forward::{affine, check_shape, gemm, par_for};
 use crate::attention::softmax::{softmax_backward_columns, softmax_backward_columns_centered};
@@ -32,44 +32,54 @@ fn linear_t(out: &mut Mat<f64>, add: bool, a: MatRef<'_, f64>, w: MatRef<'_, f64
 
 impl RotaryAttention {
     /// In place on a band block m (keys `keys` x queries q0..q0 + m.ncols()) of a head's
-    /// keys x queries matrix: g_ji *= 1 - t_ji^2 on the visible entries, the derivative of
-    /// cap tanh(s / cap) with t = tanh(s / cap).
+    /// keys x queries matrix, `tanh` the same block of the head's tanh band:
+    /// g_ji *= 1 - t_ji^2 on the visible entries, the derivative of cap tanh(s / cap) with
+    /// t = tanh(s / cap).
     fn through_softcap(
         &self,
         mut m: MatMut<'_, f64>,
         keys: &Range<usize>,
         q0: usize,
-        tanh_t: Option<&Mat<f64>>,
+        tanh: Option<&Mat<f64>>,
     ) {
-        let Some(t) = tanh_t else { return };
+        let Some(t) = tanh else { return };
         for c in 0..m.ncols() {
             let visible = self.visible(q0 + c);
-            let tc = &t.col_as_slice(q0 + c)[visible.clone()];
+            let rows = visible.start - keys.start..visible.end - keys.start;
+            let tc = &t.col_as_slice(c)[rows.clone()];
             let col = m
                 .rb_mut()
                 .col_mut(c)
                 .try_as_col_major_mut()
                 .expect("column-major")
                 .as_slice_mut();
-            let rows = visible.start - keys.start..visible.end - keys.start;
             for (x, &th) in col[rows].iter_mut().zip(tc) {
                 *x *= 1.0 - th * th;
             }
         }
     }
 
-    /// The query blocks of the banded products, each with the keys any of its queries sees.
-    fn bands(&self, n: usize) -> impl Iterator<Item = (usize, usize, Range<usize>)> + '_ {
-        (0..n).step_by(QUERY_BLOCK).map(move |q0| {
-            let len = QUERY_BLOCK.min(n - q0);
-            (q0, len, self.visible(q0).start..q0 + len)
-        })
-    }
-
     /// The output at x and its directional derivative J(x) dx (both n x d_out).
     pub fn jvp(&self, x: MatRef<'_, f64>, dx: MatRef<'_, f64>) -> Result<(Mat<f64>, Mat<f64>)> {
         let st = self.state(x, true)?;
-        let (n, hd) = (x.nrows(), self.head_dim);
+        let d_o = self.jvp_heads(&st, dx)?;
+        let y = affine(st.o.as_ref(), self.wo.as_ref(), &self.bo);
+        Ok((y, linear(d_o.as_ref(), self.wo.as_ref())))
+    }
+
+    /// J(x)^T dy for a cotangent dy (n x d_out): n x d.
+    pub fn vjp(&self, x: MatRef<'_, f64>, dy: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        let st = self.state(x, true)?;
+        check_shape("VJP cotangent", dy, x.nrows(), self.d_out())?;
+        let mut obar = Mat::<f64>::zeros(x.nrows(), self.heads * self.head_dim);
+        linear_t(&mut obar, false, dy, self.wo.as_ref());
+        self.vjp_heads(&st, obar.as_ref())
+    }
+
+    /// The heads' output tangents dO (n x H head_dim) at the state `st` (formed with `keep`):
+    /// J dx = dO W_O^T.
+    pub(crate) fn jvp_heads(&self, st: &RotaryState, dx: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        let (n, hd) = (st.q.nrows(), self.head_dim);
         check_shape("JVP tangent", dx, n, self.d_in())?;
         let mut dq = linear(dx, self.wq.as_ref());
         let mut dk = linear(dx, self.wk.as_ref());
@@ -99,10 +109,9 @@ impl RotaryAttention {
                     dk.as_ref().subcols(g * hd, hd),
                     dv.as_ref().subcols(g * hd, hd),
                 );
-                let p_t = st.p_t[h].as_ref();
                 let mut ds = Mat::<f64>::zeros(n, QUERY_BLOCK.min(n));
                 let mut doh = doh;
-                for (q0, len, keys) in self.bands(n) {
+                for (b, (q0, len, keys)) in self.bands(n).enumerate() {
                     let (k0, nk) = (keys.start, keys.len());
                     // dS^T = s (K dQ^T + dK Q^T), keys x queries, on the band.
                     let mut blk = ds.as_mut().submatrix_mut(0, 0, nk, len);
@@ -123,8 +132,9 @@ impl RotaryAttention {
                         s,
                         Par::Seq,
                     );
-                    self.through_softcap(blk.rb_mut(), &keys, q0, st.tanh_t.get(h));
-                    let p_blk = p_t.submatrix(k0, q0, nk, len);
+                    let tanh = st.tanh_t.get(h).map(|t| t.block(b));
+                    self.through_softcap(blk.rb_mut(), &keys, q0, tanh);
+                    let p_blk = st.p_t[h].block(b).as_ref();
                     softmax_backward_columns(p_blk, blk.rb_mut());
                     // dO_h = dP V + P dV.
                     let mut out = doh.rb_mut().subrows_mut(q0, len);
@@ -140,17 +150,14 @@ impl RotaryAttention {
                     gemm(out, true, p_blk.transpose(), dvb, 1.0, Par::Seq);
                 }
             });
-        let y = affine(st.o.as_ref(), self.wo.as_ref(), &self.bo);
-        Ok((y, linear(d_o.as_ref(), self.wo.as_ref())))
+        Ok(d_o)
     }
 
-    /// J(x)^T dy for a cotangent dy (n x d_out): n x d.
-    pub fn vjp(&self, x: MatRef<'_, f64>, dy: MatRef<'_, f64>) -> Result<Mat<f64>> {
-        let st = self.state(x, true)?;
-        let (n, hd) = (x.nrows(), self.head_dim);
-        check_shape("VJP cotangent", dy, n, self.d_out())?;
-        let mut obar = Mat::<f64>::zeros(n, self.heads * hd);
-        linear_t(&mut obar, false, dy, self.wo.as_ref());
+    /// J^T dy at the state `st` (formed with `keep`) from the heads' output cotangents
+    /// obar = dy W_O (n x H head_dim): n x d.
+    pub(crate) fn vjp_heads(&self, st: &RotaryState, obar: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        let (n, hd) = (st.q.nrows(), self.head_dim);
+        check_shape("head cotangents", obar, n, self.heads * hd)?;
         crate::cancel::check()?;
         let s = self.score_scale();
         // Per query head: its queries' cotangent and its contributions to its kv head's key and
@@ -165,15 +172,14 @@ impl RotaryAttention {
                     st.v.as_ref().subcols(g * hd, hd),
                     st.o.as_ref().subcols(h * hd, hd),
                 );
-                let ob = obar.as_ref().subcols(h * hd, hd);
-                let p_t = st.p_t[h].as_ref();
+                let ob = obar.subcols(h * hd, hd);
                 let mut vbar = Mat::<f64>::zeros(n, hd);
                 let mut qbar = Mat::<f64>::zeros(n, hd);
                 let mut kbar = Mat::<f64>::zeros(n, hd);
                 let mut lbar = Mat::<f64>::zeros(n, QUERY_BLOCK.min(n));
-                for (q0, len, keys) in self.bands(n) {
+                for (b, (q0, len, keys)) in self.bands(n).enumerate() {
                     let (k0, nk) = (keys.start, keys.len());
-                    let p_blk = p_t.submatrix(k0, q0, nk, len);
+                    let p_blk = st.p_t[h].block(b).as_ref();
                     let ob_blk = ob.subrows(q0, len);
                     gemm(
                         vbar.as_mut().subrows_mut(k0, nk),
@@ -197,7 +203,8 @@ impl RotaryAttention {
                         .map(|i| (0..hd).map(|c| o[(i, c)] * ob[(i, c)]).sum())
                         .collect();
                     softmax_backward_columns_centered(p_blk, blk.rb_mut(), &means);
-                    self.through_softcap(blk.rb_mut(), &keys, q0, st.tanh_t.get(h));
+                    let tanh = st.tanh_t.get(h).map(|t| t.block(b));
+                    self.through_softcap(blk.rb_mut(), &keys, q0, tanh);
                     // S = s Q K^T: Qbar = s Sbar K, Kbar = s Sbar^T Q, with blk = Sbar^T.
                     let qb = qbar.as_mut().subrows_mut(q0, len);
                     gemm(

@@ -9,6 +9,7 @@ use crate::attention::softmax::softmax_columns;
 use crate::error::{Error, Result};
 use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatRef, Par};
+use std::ops::Range;
 
 /// Queries per block when the visible band of keys is formed: the band's staircase costs at most
 /// one block's worth of masked entries per row of blocks.
@@ -27,16 +28,47 @@ pub(crate) struct RotaryState {
     pub k: Mat<f64>,
     /// Values, n x kv_heads head_dim.
     pub v: Mat<f64>,
-    /// P_h^T (keys x queries) per query head, masked entries exactly 0; empty unless the
-    /// state was formed for the derivatives.
-    pub p_t: Vec<Mat<f64>>,
-    /// tanh(s_ij / cap) (keys x queries) per query head, with a softcap only; 0 where masked.
-    pub tanh_t: Vec<Mat<f64>>,
+    /// P_h^T (keys x queries) per query head on its visible band, masked entries exactly 0;
+    /// empty unless the state was formed for the derivatives.
+    pub p_t: Vec<Band>,
+    /// tanh(s_ij / cap) (keys x queries) per query head on the band, with a softcap only; 0
+    /// where masked.
+    pub tanh_t: Vec<Band>,
     /// Concatenated head outputs P_h V_{g(h)}, n x H head_dim.
     pub o: Mat<f64>,
 }
 
+/// One head's keys x queries values on the visible band, stored by blocks of queries: block b
+/// (the b-th of `RotaryAttention::bands`, queries q0..q0 + len) is keys x len for the keys
+/// k0..q0 + len that any of its queries sees. About n^2 / 2 entries under the causal mask and
+/// n (w + QUERY_BLOCK) with a window w, instead of n^2.
+pub(crate) struct Band {
+    blocks: Vec<Mat<f64>>,
+}
+
+impl Band {
+    pub fn block(&self, b: usize) -> &Mat<f64> {
+        &self.blocks[b]
+    }
+}
+
 impl RotaryAttention {
+    /// The query blocks of the banded products, each with the keys any of its queries sees.
+    pub(crate) fn bands(
+        &self,
+        n: usize,
+    ) -> impl Iterator<Item = (usize, usize, Range<usize>)> + '_ {
+        (0..n).step_by(QUERY_BLOCK).map(move |q0| {
+            let len = QUERY_BLOCK.min(n - q0);
+            (q0, len, self.visible(q0).start..q0 + len)
+        })
+    }
+
+    /// Entries of one head's `Band` at n tokens.
+    pub(crate) fn band_entries(&self, n: usize) -> usize {
+        self.bands(n).map(|(_, len, keys)| len * keys.len()).sum()
+    }
+
     /// Keys visible to query i: lo..=i.
     pub(crate) fn visible(&self, i: usize) -> std::ops::Range<usize> {
         let lo = self.window.map_or(0, |w| (i + 1).saturating_sub(w));
@@ -55,21 +87,26 @@ impl RotaryAttention {
         self.check_shapes()?;
         check_tokens("tokens", x, self.d_in())?;
         let n = x.nrows();
-        // P_h^T, tanh with a softcap, and the scores being formed.
-        let per_head = 2 + usize::from(self.softcap.is_some());
+        // Per head, P_h^T on the band (the scores are formed in place) and, with a softcap, the
+        // tanh values; beside them the projections and head outputs.
+        let per_head = 1 + usize::from(self.softcap.is_some());
         let in_memory = if keep {
             self.heads
         } else {
             self.heads.min(rayon::current_num_threads())
         };
+        let widths = 2 * (self.heads + self.kv_heads) * self.head_dim;
         crate::budget::check(
             || {
                 format!(
-                    "rotary attention of {n} tokens with {} heads (the score matrices)",
+                    "rotary attention of {n} tokens with {} heads (the score matrices on the visible band)",
                     self.heads
                 )
             },
-            crate::budget::bytes_of(&[per_head, in_memory, n, n], 8),
+            crate::budget::total(&[
+                crate::budget::bytes_of(&[per_head, in_memory, self.band_entries(n)], 8),
+                crate::budget::bytes_of(&[n, widths], 8),
+            ]),
         )?;
         crate::cancel::check()?;
         let table = self.rope.table(n)?;
@@ -97,7 +134,7 @@ impl RotaryAttention {
         table.rotate(k.as_mut(), hd, false);
         crate::cancel::check()?;
         let mut o = Mat::<f64>::zeros(n, self.heads * hd);
-        let per_head: Vec<(Mat<f64>, Option<Mat<f64>>)> = o
+        let per_head: Vec<(Band, Option<Band>)> = o
             .as_mut()
             .par_col_chunks_mut(hd)
             .enumerate()
@@ -109,13 +146,11 @@ impl RotaryAttention {
                     k.as_ref().subcols(g * hd, hd),
                 )?;
                 let mut oh = oh;
-                for q0 in (0..n).step_by(QUERY_BLOCK) {
-                    let len = QUERY_BLOCK.min(n - q0);
-                    let keys = self.visible(q0).start..q0 + len;
+                for (b, (q0, len, keys)) in self.bands(n).enumerate() {
                     gemm(
                         oh.rb_mut().subrows_mut(q0, len),
                         false,
-                        p_t.submatrix(keys.start, q0, keys.len(), len).transpose(),
+                        p_t.block(b).transpose(),
                         v.as_ref().submatrix(keys.start, g * hd, keys.len(), hd),
                         1.0,
                         Par::Seq,
@@ -124,7 +159,7 @@ impl RotaryAttention {
                 Ok(if keep {
                     (p_t, tanh_t)
                 } else {
-                    (Mat::zeros(0, 0), None)
+                    (Band { blocks: vec![] }, None)
                 })
             })
             .collect::<Result<_>>()?;
@@ -147,70 +182,65 @@ impl RotaryAttention {
         })
     }
 
-    /// P_h^T for one head from its rotated queries and its kv head's rotated keys, and the
-    /// tanh(s / cap) values when soft-capped.
+    /// P_h^T for one head on its visible band from its rotated queries and its kv head's rotated
+    /// keys, and the tanh(s / cap) values when soft-capped. Only the band is formed: about half
+    /// the products under the causal mask, and O(n w) instead of O(n^2) with a window w.
     fn head_probabilities_t(
         &self,
         h: usize,
         q: MatRef<'_, f64>,
         k: MatRef<'_, f64>,
-    ) -> Result<(Mat<f64>, Option<Mat<f64>>)> {
+    ) -> Result<(Band, Option<Band>)> {
         let n = q.nrows();
-        let mut lt = Mat::<f64>::zeros(n, n);
-        // Only the visible band is formed: about half the products under the causal mask, and
-        // O(n w) instead of O(n^2) with a window w. The rest stays 0.
-        for q0 in (0..n).step_by(QUERY_BLOCK) {
-            let len = QUERY_BLOCK.min(n - q0);
-            let keys = self.visible(q0).start..q0 + len;
+        let zeros = vec![0.0; n];
+        let mut p_blocks = Vec::new();
+        let mut t_blocks = Vec::new();
+        for (q0, len, keys) in self.bands(n) {
+            let mut lt = Mat::<f64>::zeros(keys.len(), len);
             gemm(
-                lt.as_mut().submatrix_mut(keys.start, q0, keys.len(), len),
+                lt.as_mut(),
                 false,
                 k.subrows(keys.start, keys.len()),
                 q.subrows(q0, len).transpose(),
                 self.score_scale(),
                 Par::Seq,
             );
-        }
-        let mut tanh_t = self.softcap.map(|_| Mat::<f64>::zeros(n, n));
-        for i in 0..n {
-            let visible = self.visible(i);
-            let col = lt.col_as_slice_mut(i);
-            // Checked here rather than left to the softmax: a capped overflow would be silently
-            // finite, and the windowed softmax below sees only part of each column.
-            if let Some(j) = visible.clone().find(|&j| !col[j].is_finite()) {
-                return Err(Error::Numerical(format!(
-                    "attention score of head {h}, query {i} and key {j} is {}: the scores overflowed (inputs or weights too large for f64)",
-                    col[j]
-                )));
-            }
-            if let (Some(cap), Some(t)) = (self.softcap, tanh_t.as_mut()) {
-                let tc = t.col_as_slice_mut(i);
-                for j in visible {
-                    let th = (col[j] / cap).tanh();
-                    tc[j] = th;
-                    col[j] = cap * th;
-                }
-            }
-        }
-        let zeros = vec![0.0; n];
-        // A window at least n long masks nothing beyond the causal mask.
-        if self.window.is_none_or(|w| w >= n) {
-            softmax_columns(lt.as_mut(), &zeros, true)?;
-        } else {
-            for i in 0..n {
+            let mut tanh_t = self.softcap.map(|_| Mat::<f64>::zeros(keys.len(), len));
+            for c in 0..len {
+                let i = q0 + c;
                 let visible = self.visible(i);
-                let len = visible.len();
+                let rows = visible.start - keys.start..visible.end - keys.start;
+                let col = lt.col_as_slice_mut(c);
+                // Checked here rather than left to the softmax: a capped overflow would be
+                // silently finite, and the softmax below sees only the visible part of a column.
+                if let Some(r) = rows.clone().find(|&r| !col[r].is_finite()) {
+                    return Err(Error::Numerical(format!(
+                        "attention score of head {h}, query {i} and key {} is {}: the scores overflowed (inputs or weights too large for f64)",
+                        keys.start + r,
+                        col[r]
+                    )));
+                }
+                if let (Some(cap), Some(t)) = (self.softcap, tanh_t.as_mut()) {
+                    let tc = t.col_as_slice_mut(c);
+                    for r in rows.clone() {
+                        let th = (col[r] / cap).tanh();
+                        tc[r] = th;
+                        col[r] = cap * th;
+                    }
+                }
+                col[..rows.start].fill(0.0);
+                col[rows.end..].fill(0.0);
                 softmax_columns(
-                    lt.as_mut().submatrix_mut(visible.start, i, len, 1),
-                    &zeros[..len],
+                    lt.as_mut().submatrix_mut(rows.start, c, rows.len(), 1),
+                    &zeros[..rows.len()],
                     false,
                 )?;
-                let col = lt.col_as_slice_mut(i);
-                col[..visible.start].fill(0.0);
-                col[visible.end..].fill(0.0);
             }
+            p_blocks.push(lt);
+            t_blocks.extend(tanh_t);
         }
-        Ok((lt, tanh_t))
+        let tanh = self.softcap.map(|_| Band { blocks: t_blocks });
+        Ok((Band { blocks: p_blocks }, tanh))
     }
 
     /// The sublayer on a token sequence x (n x d, positions 0..n, causal): n x d_out.

@@ -2,7 +2,7 @@
 
 use super::rope::Rope;
 use crate::error::{
-    check_at_least, check_finite, check_nonnegative, check_positive, Error, Result,
+    check_at_least, check_finite, check_index, check_nonnegative, check_positive, Error, Result,
 };
 use faer::Mat;
 
@@ -145,6 +145,33 @@ impl RotaryAttention {
     /// Query heads per kv head.
     pub fn group(&self) -> usize {
         self.heads / self.kv_heads
+    }
+
+    /// Query head h's contribution alone: its query rows, its kv head's key and value rows and
+    /// its columns of W_O, without the output bias (one query head reading one kv head).
+    pub fn head(&self, h: usize) -> Result<Self> {
+        check_index("head", h, self.heads, || "the layer".into())?;
+        let (hd, d, g) = (self.head_dim, self.d_in(), self.kv_of(h));
+        let rows = |m: &Mat<f64>, r: usize| Mat::from_fn(hd, d, |i, k| m[(r * hd + i, k)]);
+        let bias = |b: &[f64], r: usize| b[r * hd..(r + 1) * hd].to_vec();
+        Ok(Self {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: hd,
+            wq: rows(&self.wq, h),
+            bq: bias(&self.bq, h),
+            wk: rows(&self.wk, g),
+            bk: bias(&self.bk, g),
+            wv: rows(&self.wv, g),
+            bv: bias(&self.bv, g),
+            wo: Mat::from_fn(self.d_out(), hd, |i, k| self.wo[(i, h * hd + k)]),
+            bo: vec![0.0; self.d_out()],
+            score_divisor_sq: self.score_divisor_sq,
+            rope: self.rope.clone(),
+            qk_norm: self.qk_norm.clone(),
+            softcap: self.softcap,
+            window: self.window,
+        })
     }
 
     /// The score scale 1/sqrt(score_divisor_sq), rounded to nearest.

@@ -25,7 +25,9 @@
 mod derivatives;
 mod forward;
 mod layer;
+mod linearization;
 mod rope;
 
 pub use layer::{QkNorm, RotaryAttention};
+pub use linearization::RotaryLinearization;
 pub use rope::{Rope, RopeScaling};

@@ -53,6 +53,19 @@ pub struct Rope {
     pub scaling: RopeScaling,
 }
 
+impl RopeScaling {
+    /// The `rope_type` of a Hugging Face config that selects this scaling.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RopeScaling::Default => "default",
+            RopeScaling::Linear { .. } => "linear",
+            RopeScaling::Dynamic { .. } => "dynamic",
+            RopeScaling::Llama3 { .. } => "llama3",
+            RopeScaling::Yarn { .. } => "yarn",
+        }
+    }
+}
+
 impl Rope {
     /// Checks every parameter the frequencies need, naming the offending one.
     pub fn validate(&self) -> Result<()> {
