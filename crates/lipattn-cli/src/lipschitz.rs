@@ -3,11 +3,14 @@
 use crate::layer_arg::LayerArg;
 use anyhow::Result;
 use clap::Args;
-use lipattn::analysis::lipschitz::{lipschitz, ratio, LipschitzOptions};
+use lipattn::analysis::lipschitz::{lipschitz, ratio, rotary_lipschitz, LipschitzOptions};
+use lipattn::attention::RotaryAttention;
 use lipattn::fmt::{compact, upper};
+use lipattn::models::SublayerWeights;
 use lipattn::operator::Mask;
 use lipattn::output::{StagedDir, StagedFile};
 use lipattn::Kernel;
+use lipattn::LayerSource;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -63,6 +66,10 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
         .as_deref()
         .map(StagedFile::create)
         .transpose()?;
+    let (weights, source) = a.target.load_sublayer()?;
+    if let SublayerWeights::Rotary { layer, family } = weights {
+        return run_rotary(&a, &layer, family, &source, save_input, t0);
+    }
     let save_pair = a.save_pair.as_deref().map(StagedDir::create).transpose()?;
     let (full, source) = a.target.load()?;
     let full = full.with_kernel(a.kernel);
@@ -141,6 +148,85 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
         for n in &cert.notes {
             println!("note: {n}");
         }
+    }
+    Ok(())
+}
+
+/// `lipschitz` on a rotary sublayer: B7 beside the rotary ascent (no W1 pair search: the map
+/// depends on positions).
+fn run_rotary(
+    a: &LipschitzArgs,
+    full: &RotaryAttention,
+    family: &'static str,
+    source: &LayerSource,
+    save_input: Option<StagedFile>,
+    t0: Instant,
+) -> Result<()> {
+    if a.kernel != Kernel::Dot {
+        anyhow::bail!("--kernel {}: the rotary families have dot-product attention only (model_type '{family}')", a.kernel.name());
+    }
+    if a.save_pair.is_some() {
+        anyhow::bail!("--save-pair: rotary attention depends on positions, so no W1 measure pair is searched (model_type '{family}')");
+    }
+    let head_layer;
+    let (layer, source) = match a.head {
+        Some(h) => {
+            head_layer = full.head(h)?;
+            (&head_layer, source.head(h))
+        }
+        None => (full, source.clone()),
+    };
+    let report = rotary_lipschitz(
+        layer,
+        family,
+        &source,
+        &LipschitzOptions {
+            radius: a.radius,
+            n: a.n,
+            starts: a.starts,
+            steps: a.steps,
+            atoms: a.atoms,
+            seed: a.seed,
+            causal: a.mask.map(Mask::causal),
+        },
+    )?;
+    if let Some(f) = save_input {
+        lipattn::npy::write_matrix(f.path(), report.ascent.x.as_ref())?;
+        f.commit()?;
+    }
+    let mut out = report.to_json();
+    out["model"] = json!(a.target.model);
+    out["layer"] = json!(a.target.layer);
+    out["head"] = json!(a.head);
+    out["seconds"] = json!(t0.elapsed().as_secs_f64());
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let f = |x: Option<f64>| x.map_or("none".to_string(), |v| compact(v).to_string());
+    let up = |x: Option<f64>| x.map_or("none".to_string(), |v| upper(v).to_string());
+    let att = Some(report.ascent.sigma);
+    println!("operator: {}", report.operator.description);
+    println!(
+        "{:<34} {:>14} {:>14} {:>10}",
+        "metric", "certified", "attained", "ratio"
+    );
+    println!(
+        "{:<34} {:>14} {:>14} {:>10}",
+        "token map, Frobenius",
+        up(report.certified.best.frobenius),
+        f(att),
+        f(ratio(report.certified.best.frobenius, att))
+    );
+    println!(
+        "{:<34} {:>14} {:>14} {:>10}",
+        "(position, token) measures, W1",
+        up(out["certified"]["position_w1"].as_f64()),
+        "",
+        ""
+    );
+    for n in &report.certified.notes {
+        println!("note: {n}");
     }
     Ok(())
 }

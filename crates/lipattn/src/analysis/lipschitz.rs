@@ -1,15 +1,15 @@
 //! One operator's certified upper bounds beside its attained lower bounds on (B_R)^n, and the JSON
 //! that `lipattn lipschitz --json` and the Python `AttentionLayer.lipschitz` both return.
 
-use crate::attention::{AttentionLayer, Kernel};
-use crate::bounds::{certified_summary, CertifiedSummary};
+use crate::attention::{AttentionLayer, Kernel, RotaryAttention};
+use crate::bounds::{certified_summary, CertifiedSummary, Metric};
 use crate::domain::Domain;
 use crate::error::{check_repeats, check_work, Result};
 use crate::estimation::{
-    ascent, check_search_memory, layer_pair_seeds, search_pairs, AscentOptions, AscentResult,
-    PairSearchOptions, PairSearchResult,
+    ascent, check_search_memory, layer_pair_seeds, rotary_ascent, search_pairs, AscentOptions,
+    AscentResult, PairSearchOptions, PairSearchResult, RotaryAscentResult,
 };
-use crate::operator::{LayerSource, Operator};
+use crate::operator::{LayerSource, Operator, RotaryForm};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -209,4 +209,103 @@ pub fn certified_report(
         "bounds": cert.bounds,
         "notes": cert.notes,
     }))
+}
+
+/// [`lipschitz`] for a rotary sublayer (causal, positions 0..n-1): B7 beside the rotary ascent.
+pub struct RotaryLipschitzReport {
+    pub domain: Domain,
+    pub operator: Operator,
+    pub certified: CertifiedSummary,
+    pub ascent: RotaryAscentResult,
+    pub seconds: f64,
+}
+
+/// Certified B7 bounds and the rotary ascent over (B_R)^n for `layer`, a sublayer (or one query
+/// head, `RotaryAttention::head`) of a `family` checkpoint. The mask is the layer's own (causal,
+/// with its window); `opts.causal` must not ask for another, and `opts.atoms` is unused (no
+/// measure-pair search exists for maps that depend on positions).
+pub fn rotary_lipschitz(
+    layer: &RotaryAttention,
+    family: &'static str,
+    source: &LayerSource,
+    opts: &LipschitzOptions,
+) -> Result<RotaryLipschitzReport> {
+    let t0 = Instant::now();
+    if opts.causal == Some(false) {
+        return Err(crate::error::Error::invalid(
+            "rotary attention is causal: no other mask can be certified for it",
+        ));
+    }
+    let domain = Domain::new(opts.radius, opts.n, true)?;
+    check_repeats("`starts`", opts.starts)?;
+    check_repeats("`steps`", opts.steps)?;
+    check_work(&[("`starts`", opts.starts), ("`steps`", opts.steps)])?;
+    let operator = Operator::token_map(source, Kernel::Dot, &domain)
+        .with_rotary(RotaryForm::of(family, layer));
+    let certified = crate::bounds::rotary::rotary_summary(layer, &domain)?;
+    let ascent = rotary_ascent(
+        layer,
+        domain.n,
+        &AscentOptions {
+            radius: domain.radius,
+            random_starts: opts.starts,
+            steps: opts.steps,
+            seed: opts.seed,
+            causal: true,
+            ..AscentOptions::default()
+        },
+    )?;
+    Ok(RotaryLipschitzReport {
+        domain,
+        operator,
+        certified,
+        ascent,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+impl RotaryLipschitzReport {
+    /// The keys of [`LipschitzReport::to_json`], with `certified.position_w1` added and the
+    /// measure-level W1 fields empty.
+    pub fn to_json(&self) -> Value {
+        let cert = &self.certified.best;
+        let position_w1 = crate::bounds::best(&self.certified.bounds, Metric::PositionW1)
+            .map(|b| b.value)
+            .filter(|v| v.is_finite());
+        let att = Some(self.ascent.sigma);
+        json!({
+            "operator": self.operator,
+            "kernel": Kernel::Dot,
+            "domain": {
+                "radius": self.domain.radius,
+                "n": self.domain.n,
+                "causal": true,
+                "dtype": "f64",
+                "frobenius": "token map X -> f(X) on (B_R)^n at positions 0..n-1, Frobenius norm, uniform weights, causal mask (and the layer's window)",
+                "position_w1": "W1 over (position, token) measures, cost |x - y| within a position and +inf across: (1/n) sum_i |x_i - y_i| (docs/bounds.md#b7-measure-view)",
+            },
+            "certified": {
+                "frobenius": cert.frobenius,
+                "position_w1": position_w1,
+                "w1": null,
+                "w2": null,
+                "anchor": null,
+                "anchor_code": null,
+            },
+            "attained": {
+                "frobenius": att,
+                "w1": null,
+                "frobenius_transition": self.ascent.transition_sigma,
+                "ascent": self.ascent,
+            },
+            "ratio": {
+                "frobenius": ratio(cert.frobenius, att),
+                "w1": null,
+                "anchor_frobenius": null,
+            },
+            "bounds": self.certified.bounds,
+            "notes": self.certified.notes,
+            "seconds": self.seconds,
+        })
+    }
 }

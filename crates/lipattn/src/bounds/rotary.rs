@@ -7,7 +7,7 @@
 use super::constants::HeadConstants;
 use super::token_map::column_sum_from_spread;
 use super::{Bound, Domain, Metric};
-use crate::attention::{AttentionLayer, Kernel, RotaryAttention};
+use crate::attention::RotaryAttention;
 use crate::error::{Error, Result};
 use crate::linalg::rounding::{
     add_up, div_up, down, inv_sqrt_up, mul_up, norm2_up, spectral_up, sqrt_down, sqrt_up, sum_up,
@@ -73,34 +73,16 @@ impl RotaryConstants {
 }
 
 fn head_constants(layer: &RotaryAttention, h: usize) -> Result<RotaryHeadConstants> {
-    let (dh, g) = (layer.head_dim, layer.kv_of(h));
-    let d = layer.d_in();
-    let rows = |m: &faer::Mat<f64>, k: usize| faer::Mat::from_fn(dh, d, |i, c| m[(k * dh + i, c)]);
-    let slice = |b: &[f64], k: usize| b[k * dh..(k + 1) * dh].to_vec();
-    let (wq, wk, wv) = (rows(&layer.wq, h), rows(&layer.wk, g), rows(&layer.wv, g));
-    let (bq, bk) = (slice(&layer.bq, h), slice(&layer.bk, g));
-    let wo = faer::Mat::from_fn(layer.d_out(), dh, |i, c| layer.wo[(i, h * dh + c)]);
     // The value side is a plain head's: one query head reading kv head g.
-    let plain = AttentionLayer::new(
-        1,
-        Kernel::Dot,
-        wq.clone(),
-        bq.clone(),
-        wk.clone(),
-        bk.clone(),
-        wv,
-        slice(&layer.bv, g),
-        wo,
-        vec![0.0; layer.d_out()],
-    )?;
+    let plain = layer.unrotated_head(h)?;
     let k = HeadConstants::of(&plain, 0)?;
     Ok(RotaryHeadConstants {
-        wq: spectral_up(wq.as_ref())?,
-        wk: spectral_up(wk.as_ref())?,
-        bq: norm2_up(bq.iter().copied()),
-        bk: norm2_up(bk.iter().copied()),
-        bq_low: norm2_down(&bq),
-        bk_low: norm2_down(&bk),
+        wq: spectral_up(plain.wq.as_ref())?,
+        wk: spectral_up(plain.wk.as_ref())?,
+        bq: norm2_up(plain.bq.iter().copied()),
+        bk: norm2_up(plain.bk.iter().copied()),
+        bq_low: norm2_down(&plain.bq),
+        bk_low: norm2_down(&plain.bk),
         m: k.m,
         v: k.v,
         o: k.o,
@@ -297,4 +279,35 @@ pub fn rotary_bounds(
         ));
     }
     Ok(out)
+}
+
+/// The certified summary of a rotary layer on `domain`: the best B7 bound in the Frobenius norm
+/// (the token map; also the W2 constant over (position, token) measures) beside every B7 bound,
+/// W1 over (position, token) measures among them. The W1/W2 fields of [`super::Certified`] are
+/// about measures on B_R without positions and stay empty, with a note saying why.
+pub fn rotary_summary(layer: &RotaryAttention, domain: &Domain) -> Result<super::CertifiedSummary> {
+    let consts = RotaryConstants::of(layer)?;
+    let bounds = rotary_bounds(layer, &consts, domain)?;
+    let frobenius = super::best(&bounds, Metric::Frobenius).map(|b| b.value);
+    let mut notes = vec![
+        "rotary attention depends on positions: it is no map of measures on B_R, so w1/w2 (B2) do not apply; B7's position_w1 is W1 over (position, token) measures, and the Frobenius bound is also its W2 constant (docs/bounds.md#b7-measure-view)".to_string(),
+    ];
+    let frobenius = match frobenius {
+        Some(v) if v.is_finite() => Some(v),
+        _ => {
+            notes.push("frobenius: the certified bound is +inf (a qk-norm with eps = 0 is not Lipschitz near q = 0) or beyond the f64 range".into());
+            None
+        }
+    };
+    Ok(super::CertifiedSummary {
+        best: super::Certified {
+            frobenius,
+            w1: None,
+            w2: None,
+            anchor: None,
+            anchor_code: None,
+        },
+        bounds,
+        notes,
+    })
 }

@@ -7,7 +7,7 @@ use super::check_search_memory;
 use super::lanczos::{lanczos, LanczosOptions};
 use super::vecops::{max_row_norm, project_rows};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::derivatives::Linearization;
+use crate::derivatives::{Linearization, LinearizedMap};
 use crate::domain::Domain;
 use crate::error::{check_positive, check_repeats, check_work, Error, Result};
 use crate::linalg::SplitMix;
@@ -122,22 +122,52 @@ impl AscentResult {
     }
 }
 
-struct Point {
-    x: Mat<f64>,
-    sigma: f64,
-    v: Mat<f64>,
-    u: Mat<f64>,
+pub(crate) struct Point {
+    pub x: Mat<f64>,
+    pub sigma: f64,
+    pub v: Mat<f64>,
+    pub u: Mat<f64>,
 }
 
-fn evaluate(
-    layer: &AttentionLayer<f64>,
-    domain: &Domain,
+/// A map whose local constant the ascent climbs: it can be linearised at any input of the domain.
+pub trait Linearizable {
+    type At<'a>: LinearizedMap<f64>
+    where
+        Self: 'a;
+    fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<Self::At<'a>>;
+}
+
+/// A plain attention layer under a fixed mask, uniform weights.
+pub(crate) struct Masked<'l> {
+    pub layer: &'l AttentionLayer<f64>,
+    pub causal: bool,
+}
+
+impl Linearizable for Masked<'_> {
+    type At<'a>
+        = Linearization<'a, f64>
+    where
+        Self: 'a;
+    fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<Linearization<'a, f64>> {
+        Linearization::new(self.layer, x, None, self.causal)
+    }
+}
+
+impl Linearizable for crate::attention::RotaryAttention {
+    type At<'a> = crate::attention::rotary::RotaryLinearization<'a>;
+    fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<Self::At<'a>> {
+        crate::attention::rotary::RotaryLinearization::new(self, x)
+    }
+}
+
+pub(crate) fn evaluate<F: Linearizable>(
+    f: &F,
     x: Mat<f64>,
     opts: &LanczosOptions,
     evals: &mut usize,
 ) -> Result<Point> {
     *evals += 1;
-    let lin = Linearization::new(layer, x.as_ref(), None, domain.causal)?;
+    let lin = f.linearize(x.as_ref())?;
     let top = lanczos(&lin, opts, None)?;
     Ok(Point {
         x,
@@ -149,17 +179,16 @@ fn evaluate(
 
 /// Gradient of sigma at a simple top singular value: d sigma = <u, D^2 f(X)[v, dX]>, which by
 /// symmetry of the second derivative is <(J(X + e v) - J(X - e v))^T u / (2e), dX>.
-fn gradient(layer: &AttentionLayer<f64>, domain: &Domain, p: &Point, eps: f64) -> Result<Mat<f64>> {
+fn gradient<F: Linearizable>(f: &F, p: &Point, eps: f64) -> Result<Mat<f64>> {
     let plus = &p.x + &p.v * eps;
     let minus = &p.x - &p.v * eps;
-    let lin = |x: &Mat<f64>| Linearization::new(layer, x.as_ref(), None, domain.causal);
-    let gp = lin(&plus)?.vjp(p.u.as_ref())?;
-    let gm = lin(&minus)?.vjp(p.u.as_ref())?;
+    let gp = f.linearize(plus.as_ref())?.vjp(p.u.as_ref())?;
+    let gm = f.linearize(minus.as_ref())?.vjp(p.u.as_ref())?;
     Ok((gp - gm) * (0.5 / eps))
 }
 
-fn climb(
-    layer: &AttentionLayer<f64>,
+pub(crate) fn climb<F: Linearizable>(
+    f: &F,
     domain: &Domain,
     mut p: Point,
     opts: &AscentOptions,
@@ -169,7 +198,7 @@ fn climb(
     let eps = opts.fd_eps * domain.radius;
     for _ in 0..opts.steps {
         crate::cancel::check()?;
-        let g = gradient(layer, domain, &p, eps)?;
+        let g = gradient(f, &p, eps)?;
         let gn = g.norm_l2();
         if !(gn.is_finite() && gn > 0.0) {
             break;
@@ -178,7 +207,7 @@ fn climb(
         for _ in 0..10 {
             let mut x = &p.x + &g * (step / gn);
             project_rows(&mut x, domain.radius);
-            let q = evaluate(layer, domain, x, &opts.lanczos, evals)?;
+            let q = evaluate(f, x, &opts.lanczos, evals)?;
             if q.sigma > p.sigma {
                 p = q;
                 step *= 1.5;
@@ -215,6 +244,10 @@ pub fn ascent(
     opts.lanczos.check()?;
     check_search_memory(layer, n, "`n`")?;
     let d = layer.d_in();
+    let masked = Masked {
+        layer,
+        causal: domain.causal,
+    };
     let mut evals = 0;
     let mut fixed: Vec<Mat<f64>> = (0..layer.heads)
         .map(|h| adversarial_from_direction(&adversarial_direction(layer, h)?, &domain))
@@ -269,11 +302,11 @@ pub fn ascent(
             user.take().expect("the caller's start comes last")
         };
         crate::cancel::check()?;
-        let p = evaluate(layer, &domain, x, &opts.lanczos, &mut evals)?;
+        let p = evaluate(&masked, x, &opts.lanczos, &mut evals)?;
         if i < layer.heads && construction.as_ref().is_none_or(|c| p.sigma > c.0) {
             construction = Some((p.sigma, p.x.clone()));
         }
-        let p = climb(layer, &domain, p, opts, &mut evals)?;
+        let p = climb(&masked, &domain, p, opts, &mut evals)?;
         if best.as_ref().is_none_or(|b| p.sigma > b.0.sigma) {
             best = Some((p, i));
         }

@@ -8,6 +8,7 @@ pub mod cross_pairs;
 pub mod lanczos;
 pub mod measure_pairs;
 pub mod power;
+pub mod rotary_ascent;
 pub mod structured_seeds;
 pub mod transition;
 
@@ -24,6 +25,7 @@ pub use cross_pairs::{
 pub use lanczos::{lanczos, local_norm, local_norm_of, LanczosOptions, LocalNorm, Method};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};
+pub use rotary_ascent::{rotary_ascent, RotaryAscentResult};
 pub use structured_seeds::{layer_pair_seeds, structured_seeds, StructuredSeeds};
 pub use transition::{transition_start, TransitionGeometry};
 

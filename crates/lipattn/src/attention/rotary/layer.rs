@@ -174,6 +174,27 @@ impl RotaryAttention {
         })
     }
 
+    /// Query head h with its kv head as a plain dot-product head (one head, no rotation, no
+    /// qk-norm, no softcap, no output bias): the part of the weights the value-side constants of
+    /// B7 and the transition starts of the rotary ascent read.
+    pub fn unrotated_head(&self, h: usize) -> Result<crate::attention::AttentionLayer<f64>> {
+        let r = self.head(h)?;
+        let mut plain = crate::attention::AttentionLayer::new(
+            1,
+            crate::attention::Kernel::Dot,
+            r.wq,
+            r.bq,
+            r.wk,
+            r.bk,
+            r.wv,
+            r.bv,
+            r.wo,
+            r.bo,
+        )?;
+        plain.score_divisor_sq = self.score_divisor_sq;
+        Ok(plain)
+    }
+
     /// The score scale 1/sqrt(score_divisor_sq), rounded to nearest.
     pub(crate) fn score_scale(&self) -> f64 {
         1.0 / (self.score_divisor_sq as f64).sqrt()
