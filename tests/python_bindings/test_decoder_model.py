@@ -69,3 +69,25 @@ def test_model_local_constant_errors(tmp_path):
         model.local_constant(0, x[:, :10])
     with pytest.raises(ValueError, match="method"):
         model.local_constant(0, x, method="svd")
+
+
+def test_model_lipschitz_is_the_cli_report(tmp_path, lipattn_bin):
+    """Model.lipschitz on a rotary model: the CLI's JSON key for key (same searches, same seeds),
+    the attaining input in the ball, and the refusals of what rotary attention has not."""
+    import json
+    import subprocess
+    save(build(config("llama", num_key_value_heads=2)), tmp_path)
+    model = lipattn.Model(tmp_path)
+    radius = 32 ** 0.5
+    for head in [None, 1]:
+        r = model.lipschitz(0, radius, 6, head=head)
+        args = [lipattn_bin, "lipschitz", "--model", str(tmp_path), "--layer", "0", "--radius", repr(radius),
+                "--n", "6", "--json"] + ([] if head is None else ["--head", str(head)])
+        cli = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+        for key in ["certified", "attained", "ratio", "bounds", "operator", "domain", "notes"]:
+            assert r[key] == cli[key], key
+        x = r["inputs"]["frobenius_x"]
+        assert x.shape == (6, 32) and np.linalg.norm(x, axis=1).max() <= radius * (1 + 1e-12)
+        assert 0 < r["attained"]["frobenius"] <= r["certified"]["frobenius"]
+    with pytest.raises(ValueError, match="rotary attention is causal"):
+        model.lipschitz(0, radius, 6, causal=False)

@@ -36,16 +36,16 @@ pub struct LipschitzArgs {
     #[arg(long, value_parser = crate::names::named::<Mask>())]
     mask: Option<Mask>,
     /// Random starts of the ascent over (B_R)^n.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = LipschitzOptions::DEFAULT_STARTS)]
     starts: usize,
     /// Ascent steps per start.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = LipschitzOptions::DEFAULT_STEPS)]
     steps: usize,
     /// Atoms per measure in the W1 pair search.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = LipschitzOptions::DEFAULT_ATOMS)]
     atoms: usize,
     /// Seed of the random searches.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = LipschitzOptions::DEFAULT_SEED)]
     seed: u64,
     /// Save the input attaining the Frobenius lower bound as .npy.
     #[arg(long)]

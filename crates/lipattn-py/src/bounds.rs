@@ -6,8 +6,10 @@ use crate::errors::{interruptible, IntoPyResult};
 use crate::measure::PyMeasure;
 use faer::Mat;
 use lipattn::analysis::lipschitz::{
-    certified_report, frobenius_domain, lipschitz as run_lipschitz, LipschitzOptions,
+    certified_report, frobenius_domain, lipschitz as run_lipschitz, rotary_lipschitz,
+    LipschitzOptions,
 };
+use lipattn::attention::RotaryAttention;
 use lipattn::bounds::Domain;
 use lipattn::estimation::{ascent as run_ascent, search_pairs as run_pairs};
 use lipattn::estimation::{AscentOptions, PairSearchOptions};
@@ -58,6 +60,27 @@ pub fn lipschitz<'py>(
             },
         )?;
     }
+    d.set_item("inputs", inputs)?;
+    Ok(d)
+}
+
+/// `lipschitz` on a rotary sublayer (B7 beside the rotary ascent), with the input attaining the
+/// Frobenius lower bound in ``inputs``.
+pub fn rotary<'py>(
+    py: Python<'py>,
+    layer: RotaryAttention,
+    family: &'static str,
+    origin: LayerSource,
+    opts: LipschitzOptions,
+) -> PyResult<Bound<'py, PyAny>> {
+    let report = interruptible(py, move || rotary_lipschitz(&layer, family, &origin, &opts))?;
+    let d = json_to_py(py, &report.to_json())?;
+    let inputs = PyDict::new(py);
+    inputs.set_item("frobenius_x", to_numpy(py, report.ascent.x.as_ref()))?;
+    inputs.set_item(
+        "frobenius_vector",
+        to_numpy(py, report.ascent.vector.as_ref()),
+    )?;
     d.set_item("inputs", inputs)?;
     Ok(d)
 }

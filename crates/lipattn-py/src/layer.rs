@@ -546,7 +546,7 @@ impl PyAttentionLayer {
     /// attaining the lower bounds (``frobenius_x``, ``frobenius_vector``, and the measure pair
     /// ``w1_mu``, ``w1_nu``; no pair under a causal mask). Masked as the model masks this
     /// layer unless ``causal`` says otherwise.
-    #[pyo3(signature = (radius, n, *, starts=crate::ints::PyInt::Fits(2), steps=crate::ints::PyInt::Fits(10), atoms=crate::ints::PyInt::Fits(8), seed=crate::ints::PyInt::Fits(0), causal=None))]
+    #[pyo3(signature = (radius, n, *, starts=crate::ints::PyInt::Fits(LipschitzOptions::DEFAULT_STARTS as i128), steps=crate::ints::PyInt::Fits(LipschitzOptions::DEFAULT_STEPS as i128), atoms=crate::ints::PyInt::Fits(LipschitzOptions::DEFAULT_ATOMS as i128), seed=crate::ints::PyInt::Fits(LipschitzOptions::DEFAULT_SEED as i128), causal=None))]
     #[allow(clippy::too_many_arguments)]
     fn lipschitz<'py>(
         &self,

@@ -6,8 +6,9 @@ use crate::errors::{interruptible, IntoPyResult};
 use crate::ints::PyInt;
 use crate::layer::{kernel_of, local_request, PyAttentionLayer};
 use crate::local::{local_constant_result, PyLocalConstant};
+use lipattn::analysis::lipschitz::LipschitzOptions;
 use lipattn::analysis::AnalysisOptions;
-use lipattn::models::{Model, TextTokenizer};
+use lipattn::models::{Model, SublayerWeights, TextTokenizer};
 use lipattn::ops::local::{self, LocalRequest};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -262,6 +263,54 @@ impl PyModel {
             )
         })?;
         local_constant_result(py, r)
+    }
+
+    /// Certified upper bounds beside attained lower bounds for the attention sublayer of
+    /// ``layer`` (or query head ``head``'s contribution) on ``(B_R)^n``, as ``lipattn lipschitz
+    /// --model`` computes them (same keys, searches and seeds), plus ``inputs`` (the arrays
+    /// attaining the lower bounds). Any family: for the rotary ones B7 beside the rotary ascent,
+    /// causal, at positions 0..n-1 (docs/rotary.md#certified-bounds); for BERT and GPT-2 what
+    /// ``AttentionLayer.lipschitz`` returns, masked as the model masks this layer unless
+    /// ``causal`` says otherwise.
+    #[pyo3(signature = (layer, radius, n, *, head=None, starts=crate::ints::PyInt::Fits(LipschitzOptions::DEFAULT_STARTS as i128), steps=crate::ints::PyInt::Fits(LipschitzOptions::DEFAULT_STEPS as i128), atoms=crate::ints::PyInt::Fits(LipschitzOptions::DEFAULT_ATOMS as i128), seed=crate::ints::PyInt::Fits(LipschitzOptions::DEFAULT_SEED as i128), causal=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn lipschitz<'py>(
+        &self,
+        py: Python<'py>,
+        layer: PyInt,
+        radius: f64,
+        n: PyInt,
+        head: Option<PyInt>,
+        starts: PyInt,
+        steps: PyInt,
+        atoms: PyInt,
+        seed: PyInt,
+        causal: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::ints::unsigned!(layer, n, head, starts, steps, atoms, seed);
+        let opts = LipschitzOptions {
+            radius,
+            n,
+            starts,
+            steps,
+            atoms,
+            seed,
+            causal,
+        };
+        let weights = self.model.sublayer(layer).py_err()?;
+        let source = self.model.layer_source(layer);
+        let (source, weights) = match head {
+            Some(h) => (source.head(h), weights.head(h).py_err()?),
+            None => (source, weights),
+        };
+        match weights {
+            SublayerWeights::Plain(layer) => {
+                crate::bounds::lipschitz(py, std::sync::Arc::new(*layer), source, opts)
+            }
+            SublayerWeights::Rotary { layer, family } => {
+                crate::bounds::rotary(py, *layer, family, source, opts)
+            }
+        }
     }
 
     /// The whole-model analysis of ``lipattn analyze``: for each selected layer, the attention

@@ -284,6 +284,22 @@ class Model:
         """``lipattn local --model``: ||J(X)||_2 of the layer's attention sublayer at ``x`` (float64,
         the model's mask, positions 0..n-1); an attained lower bound, never a certificate."""
         ...
+    def lipschitz(
+        self,
+        layer: int,
+        radius: float,
+        n: int,
+        *,
+        head: Optional[int] = None,
+        starts: int = 2,
+        steps: int = 10,
+        atoms: int = 8,
+        seed: int = 0,
+        causal: Optional[bool] = None,
+    ) -> dict[str, Any]:
+        """``lipattn lipschitz --model``: certified bounds (B7 for the rotary families) beside
+        attained lower bounds on (B_R)^n, with the inputs attaining them under ``inputs``."""
+        ...
     @overload
     def hidden_states(self, text: Optional[str] = None, *, ids: Optional[Sequence[int]] = None, layer: int, max_tokens: Optional[int] = None) -> F64: ...
     @overload

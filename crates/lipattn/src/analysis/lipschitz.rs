@@ -29,6 +29,14 @@ pub struct LipschitzOptions {
     pub causal: Option<bool>,
 }
 
+impl LipschitzOptions {
+    /// The searches' budget when a frontend is given none (the CLI's and Python's defaults).
+    pub const DEFAULT_STARTS: usize = 2;
+    pub const DEFAULT_STEPS: usize = 10;
+    pub const DEFAULT_ATOMS: usize = 8;
+    pub const DEFAULT_SEED: u64 = 0;
+}
+
 pub struct LipschitzReport {
     pub kernel: Kernel,
     /// (B_R)^n with the mask the bounds and the ascent both take.

@@ -67,6 +67,21 @@ pub fn load_sublayer_source(dir: &Path, layer: usize) -> Result<(SublayerWeights
     Ok((model.sublayer(layer)?, model.layer_source(layer)))
 }
 
+impl SublayerWeights {
+    /// Query head h's contribution alone (no output bias), of either kind.
+    pub fn head(&self, h: usize) -> Result<Self> {
+        Ok(match self {
+            SublayerWeights::Plain(layer) => {
+                SublayerWeights::Plain(Box::new(layer.head(h, false)?))
+            }
+            SublayerWeights::Rotary { layer, family } => SublayerWeights::Rotary {
+                layer: Box::new(layer.head(h)?),
+                family,
+            },
+        })
+    }
+}
+
 impl Model {
     /// The attention sublayer of block `layer`, of any family.
     pub fn sublayer(&self, layer: usize) -> Result<SublayerWeights> {
