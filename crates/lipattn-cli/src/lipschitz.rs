@@ -59,6 +59,43 @@ pub struct LipschitzArgs {
     json: bool,
 }
 
+impl LipschitzArgs {
+    fn options(&self) -> LipschitzOptions {
+        LipschitzOptions {
+            radius: self.radius,
+            n: self.n,
+            starts: self.starts,
+            steps: self.steps,
+            atoms: self.atoms,
+            seed: self.seed,
+            causal: self.mask.map(Mask::causal),
+        }
+    }
+
+    /// The report's JSON with what the command adds: model, layer, head, and the command's own
+    /// time, loading included.
+    fn annotate(&self, mut out: serde_json::Value, t0: Instant) -> serde_json::Value {
+        out["model"] = json!(self.target.model);
+        out["layer"] = json!(self.target.layer);
+        out["head"] = json!(self.head);
+        out["seconds"] = json!(t0.elapsed().as_secs_f64());
+        out
+    }
+}
+
+fn row(metric: &str, certified: String, attained: String, ratio: String) {
+    println!("{metric:<34} {certified:>14} {attained:>14} {ratio:>10}");
+}
+
+fn num(x: Option<f64>) -> String {
+    x.map_or("none".to_string(), |v| compact(v).to_string())
+}
+
+/// Certified upper bounds are shown rounded up, so the table never understates them.
+fn up(x: Option<f64>) -> String {
+    x.map_or("none".to_string(), |v| upper(v).to_string())
+}
+
 pub fn run(a: LipschitzArgs) -> Result<()> {
     let t0 = Instant::now();
     let save_input = a
@@ -80,19 +117,7 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
     if a.save_pair.is_some() && source.mask(a.mask.map(Mask::causal)) {
         anyhow::bail!("--save-pair: no W1 pair is searched under a causal mask (the masked map is a sequence operation, not a map of measures); add --mask none for the unmasked operator");
     }
-    let report = lipschitz(
-        &layer,
-        &source,
-        &LipschitzOptions {
-            radius: a.radius,
-            n: a.n,
-            starts: a.starts,
-            steps: a.steps,
-            atoms: a.atoms,
-            seed: a.seed,
-            causal: a.mask.map(Mask::causal),
-        },
-    )?;
+    let report = lipschitz(&layer, &source, &a.options())?;
     if let Some(f) = save_input {
         lipattn::npy::write_matrix(f.path(), report.ascent.x.as_ref())?;
         f.commit()?;
@@ -107,43 +132,34 @@ pub fn run(a: LipschitzArgs) -> Result<()> {
         report.attained_frobenius(),
         report.attained_w1(),
     );
-    let mut out = report.to_json();
-    out["model"] = json!(a.target.model);
-    out["layer"] = json!(a.target.layer);
-    out["head"] = json!(a.head);
-    // The command's own time, loading included.
-    out["seconds"] = json!(t0.elapsed().as_secs_f64());
+    let out = a.annotate(report.to_json(), t0);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        let f = |x: Option<f64>| x.map_or("none".to_string(), |v| compact(v).to_string());
-        // Certified upper bounds are shown rounded up, so the table never understates them.
-        let up = |x: Option<f64>| x.map_or("none".to_string(), |v| upper(v).to_string());
         println!("operator: {}", report.operator.description);
-        println!(
-            "{:<34} {:>14} {:>14} {:>10}",
-            "metric", "certified", "attained", "ratio"
+        row(
+            "metric",
+            "certified".into(),
+            "attained".into(),
+            "ratio".into(),
         );
-        println!(
-            "{:<34} {:>14} {:>14} {:>10}",
+        row(
             "token map, Frobenius",
             up(cert.best.frobenius),
-            f(att_f),
-            f(ratio(cert.best.frobenius, att_f))
+            num(att_f),
+            num(ratio(cert.best.frobenius, att_f)),
         );
-        println!(
-            "{:<34} {:>14} {:>14} {:>10}",
+        row(
             "measures, W1",
             up(cert.best.w1),
-            f(att_w1),
-            f(ratio(cert.best.w1, att_w1))
+            num(att_w1),
+            num(ratio(cert.best.w1, att_w1)),
         );
-        println!(
-            "{:<34} {:>14} {:>14} {:>10}",
+        row(
             "anchor (Castin et al., not ours)",
-            f(cert.best.anchor),
-            "",
-            ""
+            num(cert.best.anchor),
+            String::new(),
+            String::new(),
         );
         for n in &cert.notes {
             println!("note: {n}");
@@ -176,54 +192,36 @@ fn run_rotary(
         }
         None => (full, source.clone()),
     };
-    let report = rotary_lipschitz(
-        layer,
-        family,
-        &source,
-        &LipschitzOptions {
-            radius: a.radius,
-            n: a.n,
-            starts: a.starts,
-            steps: a.steps,
-            atoms: a.atoms,
-            seed: a.seed,
-            causal: a.mask.map(Mask::causal),
-        },
-    )?;
+    let report = rotary_lipschitz(layer, family, &source, &a.options())?;
     if let Some(f) = save_input {
         lipattn::npy::write_matrix(f.path(), report.ascent.x.as_ref())?;
         f.commit()?;
     }
-    let mut out = report.to_json();
-    out["model"] = json!(a.target.model);
-    out["layer"] = json!(a.target.layer);
-    out["head"] = json!(a.head);
-    out["seconds"] = json!(t0.elapsed().as_secs_f64());
+    let out = a.annotate(report.to_json(), t0);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let f = |x: Option<f64>| x.map_or("none".to_string(), |v| compact(v).to_string());
-    let up = |x: Option<f64>| x.map_or("none".to_string(), |v| upper(v).to_string());
     let att = Some(report.ascent.sigma);
+    let cert = report.certified.best.frobenius;
     println!("operator: {}", report.operator.description);
-    println!(
-        "{:<34} {:>14} {:>14} {:>10}",
-        "metric", "certified", "attained", "ratio"
+    row(
+        "metric",
+        "certified".into(),
+        "attained".into(),
+        "ratio".into(),
     );
-    println!(
-        "{:<34} {:>14} {:>14} {:>10}",
+    row(
         "token map, Frobenius",
-        up(report.certified.best.frobenius),
-        f(att),
-        f(ratio(report.certified.best.frobenius, att))
+        up(cert),
+        num(att),
+        num(ratio(cert, att)),
     );
-    println!(
-        "{:<34} {:>14} {:>14} {:>10}",
+    row(
         "(position, token) measures, W1",
         up(out["certified"]["position_w1"].as_f64()),
-        "",
-        ""
+        String::new(),
+        String::new(),
     );
     for n in &report.certified.notes {
         println!("note: {n}");

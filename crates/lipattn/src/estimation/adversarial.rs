@@ -129,6 +129,34 @@ pub(crate) struct Point {
     pub u: Mat<f64>,
 }
 
+impl AscentOptions {
+    /// Every option's own rule and the cap on their product (`error::check_work`).
+    pub(crate) fn check(&self) -> Result<()> {
+        check_positive("fd_eps", self.fd_eps)?;
+        check_positive("initial_step", self.initial_step)?;
+        check_repeats("`random_starts`", self.random_starts)?;
+        check_repeats("`steps`", self.steps)?;
+        check_work(&[
+            ("`random_starts`", self.random_starts),
+            ("`steps`", self.steps),
+        ])?;
+        self.lanczos.check()
+    }
+}
+
+/// A random start: Gaussian rows rescaled to norms drawn uniformly in [R/2, R].
+pub(crate) fn random_start(rng: &mut SplitMix, n: usize, d: usize, radius: f64) -> Mat<f64> {
+    let mut x: Mat<f64> = rng.gauss_mat(n, d);
+    for r in 0..n {
+        let nrm = (0..d).map(|k| x[(r, k)].powi(2)).sum::<f64>().sqrt();
+        let row_radius = radius * (0.5 + 0.5 * rng.uniform());
+        for k in 0..d {
+            x[(r, k)] *= row_radius / nrm.max(f64::MIN_POSITIVE);
+        }
+    }
+    x
+}
+
 /// A map whose local constant the ascent climbs: it can be linearised at any input of the domain.
 pub trait Linearizable {
     type At<'a>: LinearizedMap<f64>
@@ -233,15 +261,7 @@ pub fn ascent(
     opts: &AscentOptions,
 ) -> Result<AscentResult> {
     let domain = Domain::new(opts.radius, n, opts.causal)?;
-    check_positive("fd_eps", opts.fd_eps)?;
-    check_positive("initial_step", opts.initial_step)?;
-    check_repeats("`random_starts`", opts.random_starts)?;
-    check_repeats("`steps`", opts.steps)?;
-    check_work(&[
-        ("`random_starts`", opts.random_starts),
-        ("`steps`", opts.steps),
-    ])?;
-    opts.lanczos.check()?;
+    opts.check()?;
     check_search_memory(layer, n, "`n`")?;
     let d = layer.d_in();
     let masked = Masked {
@@ -289,15 +309,7 @@ pub fn ascent(
         let x = if i < structured {
             fixed.pop().expect("the structured starts come first")
         } else if i < structured + opts.random_starts {
-            let mut x: Mat<f64> = rng.gauss_mat(n, d);
-            for r in 0..n {
-                let nrm = (0..d).map(|k| x[(r, k)].powi(2)).sum::<f64>().sqrt();
-                let radius = domain.radius * (0.5 + 0.5 * rng.uniform());
-                for k in 0..d {
-                    x[(r, k)] *= radius / nrm.max(f64::MIN_POSITIVE);
-                }
-            }
-            x
+            random_start(&mut rng, n, d, domain.radius)
         } else {
             user.take().expect("the caller's start comes last")
         };

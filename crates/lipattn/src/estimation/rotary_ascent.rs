@@ -5,12 +5,11 @@
 //! queries still sit near a softmax transition and the climb finishes the job. Every value
 //! returned is attained at the returned X: a lower bound, never a certificate.
 
-use super::adversarial::{climb, evaluate, AscentOptions, Point};
+use super::adversarial::{climb, evaluate, random_start, AscentOptions, Point};
 use super::transition::transition_start;
-use super::vecops::project_rows;
 use crate::attention::RotaryAttention;
 use crate::domain::Domain;
-use crate::error::{check_positive, check_repeats, check_work, Result};
+use crate::error::Result;
 use crate::linalg::SplitMix;
 use faer::Mat;
 use serde::Serialize;
@@ -43,15 +42,7 @@ pub fn rotary_ascent(
     opts: &AscentOptions,
 ) -> Result<RotaryAscentResult> {
     let domain = Domain::new(opts.radius, n, true)?;
-    check_positive("fd_eps", opts.fd_eps)?;
-    check_positive("initial_step", opts.initial_step)?;
-    check_repeats("`random_starts`", opts.random_starts)?;
-    check_repeats("`steps`", opts.steps)?;
-    check_work(&[
-        ("`random_starts`", opts.random_starts),
-        ("`steps`", opts.steps),
-    ])?;
-    opts.lanczos.check()?;
+    opts.check()?;
     layer.check_shapes()?;
     let d = layer.d_in();
     crate::budget::check(
@@ -72,18 +63,7 @@ pub fn rotary_ascent(
         crate::cancel::check()?;
         let x = match transitions.pop() {
             Some(x) => x,
-            None => {
-                let mut x: Mat<f64> = rng.gauss_mat(n, d);
-                for r in 0..n {
-                    let nrm = (0..d).map(|k| x[(r, k)].powi(2)).sum::<f64>().sqrt();
-                    let radius = domain.radius * (0.5 + 0.5 * rng.uniform());
-                    for k in 0..d {
-                        x[(r, k)] *= radius / nrm.max(f64::MIN_POSITIVE);
-                    }
-                }
-                project_rows(&mut x, domain.radius);
-                x
-            }
+            None => random_start(&mut rng, n, d, domain.radius),
         };
         let p = evaluate(layer, x, &opts.lanczos, &mut evals)?;
         if i < structured {
