@@ -7,12 +7,15 @@
 //! (position, token) measures, the (2,1)-norm of the dense Jacobian on single-token tangents;
 //! secant quotients of the forward map in both norms.
 
-use lipattn::attention::{QkNorm, RmsNorm, Rope, RopeScaling, RotaryAttention};
+use lipattn::attention::{RmsNorm, RopeScaling, RotaryAttention};
 use lipattn::bounds::layer_norm::rms_norm_radius;
 use lipattn::bounds::rotary::{head_terms, rotary_bounds, RotaryConstants};
 use lipattn::bounds::{best, Domain, Metric};
 use lipattn::linalg::SplitMix;
 use lipattn::Mat;
+
+mod common;
+use common::rotary::{gauss, gauss_vec, RotarySpec};
 
 struct Case {
     heads: usize,
@@ -95,59 +98,29 @@ fn case(i: usize) -> Case {
     }
 }
 
-fn gauss(r: &mut SplitMix, rows: usize, cols: usize, scale: f64) -> Mat<f64> {
-    Mat::from_fn(rows, cols, |_, _| scale * r.gauss())
-}
-
-fn gauss_vec(r: &mut SplitMix, len: usize, scale: f64) -> Vec<f64> {
-    (0..len).map(|_| scale * r.gauss()).collect()
-}
-
 fn build(c: &Case, seed: u64) -> RotaryAttention {
-    let mut r = SplitMix::new(seed);
-    let (hd, kvd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-    let w = c.weight_scale / (c.d as f64).sqrt();
-    let wq = gauss(&mut r, hd, c.d, w);
-    let wk = gauss(&mut r, kvd, c.d, w);
-    let wv = gauss(&mut r, kvd, c.d, 1.0 / (c.d as f64).sqrt());
-    let wo = gauss(&mut r, c.d_out, hd, 1.0 / (hd as f64).sqrt());
-    let (bq, bk, bv, bo) = (
-        gauss_vec(&mut r, hd, c.bias),
-        gauss_vec(&mut r, kvd, c.bias),
-        gauss_vec(&mut r, kvd, c.bias),
-        gauss_vec(&mut r, c.d_out, c.bias),
-    );
-    let qk_norm = c.qk_norm.map(|(unit_offset, eps)| QkNorm {
-        q_weight: gauss_vec(&mut r, c.head_dim, 0.7),
-        k_weight: gauss_vec(&mut r, c.head_dim, 0.7),
-        eps,
-        unit_offset,
-    });
-    let rope = Rope {
-        theta: 10000.0,
-        rotary_dim: c.rotary_dim,
-        max_position_embeddings: 4,
-        scaling: c.scaling.clone(),
-    };
-    RotaryAttention::new(
-        c.heads,
-        c.kv_heads,
-        c.head_dim,
-        wq,
-        bq,
-        wk,
-        bk,
-        wv,
-        bv,
-        wo,
-        bo,
-        c.score_divisor_sq,
-        rope,
-        qk_norm,
-        c.softcap,
-        c.window,
+    common::rotary::build(
+        &RotarySpec {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            rotary_dim: c.rotary_dim,
+            d: c.d,
+            d_out: c.d_out,
+            qk_scale: c.weight_scale / (c.d as f64).sqrt(),
+            v_scale: 1.0 / (c.d as f64).sqrt(),
+            o_scale: 1.0 / ((c.heads * c.head_dim) as f64).sqrt(),
+            bias: c.bias,
+            qk_norm: c.qk_norm.map(|(unit_offset, eps)| (unit_offset, eps, 0.7)),
+            softcap: c.softcap,
+            window: c.window,
+            theta: 10000.0,
+            max_position_embeddings: 4,
+            scaling: c.scaling.clone(),
+            score_divisor_sq: c.score_divisor_sq,
+        },
+        seed,
     )
-    .unwrap()
 }
 
 /// The dense Jacobian (n d_out x n d; row i d_out + a, column j d + b) at x, from n d JVPs.

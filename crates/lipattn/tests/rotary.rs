@@ -7,6 +7,9 @@ use lipattn::attention::{QkNorm, Rope, RopeScaling, RotaryAttention};
 use lipattn::linalg::SplitMix;
 use lipattn::{Error, Mat};
 
+mod common;
+use common::rotary::{gauss, RotarySpec};
+
 /// One layer configuration of the sweep.
 #[derive(Clone, Debug)]
 struct Case {
@@ -106,60 +109,29 @@ fn cases(count: usize) -> Vec<Case> {
         .collect()
 }
 
-fn gauss(r: &mut SplitMix, rows: usize, cols: usize, scale: f64) -> Mat<f64> {
-    Mat::from_fn(rows, cols, |_, _| scale * r.gauss())
-}
-
-fn gauss_vec(r: &mut SplitMix, len: usize, scale: f64) -> Vec<f64> {
-    (0..len).map(|_| scale * r.gauss()).collect()
-}
-
 fn build(c: &Case, seed: u64) -> RotaryAttention {
-    let mut r = SplitMix::new(seed);
-    let (hd, kvd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-    let w = 1.0 / (c.d as f64).sqrt();
-    let b = if c.bias { 0.3 } else { 0.0 };
-    let wq = gauss(&mut r, hd, c.d, w);
-    let wk = gauss(&mut r, kvd, c.d, w);
-    let wv = gauss(&mut r, kvd, c.d, w);
-    let wo = gauss(&mut r, c.d_out, hd, 1.0 / (hd as f64).sqrt());
-    let (bq, bk, bv, bo) = (
-        gauss_vec(&mut r, hd, b),
-        gauss_vec(&mut r, kvd, b),
-        gauss_vec(&mut r, kvd, b),
-        gauss_vec(&mut r, c.d_out, b),
-    );
-    let qk_norm = c.qk_norm.map(|unit_offset| QkNorm {
-        q_weight: gauss_vec(&mut r, c.head_dim, 0.5),
-        k_weight: gauss_vec(&mut r, c.head_dim, 0.5),
-        eps: 1e-6,
-        unit_offset,
-    });
-    let rope = Rope {
-        theta: 10000.0,
-        rotary_dim: c.rotary_dim,
-        max_position_embeddings: 16,
-        scaling: c.scaling.clone(),
-    };
-    RotaryAttention::new(
-        c.heads,
-        c.kv_heads,
-        c.head_dim,
-        wq,
-        bq,
-        wk,
-        bk,
-        wv,
-        bv,
-        wo,
-        bo,
-        c.score_divisor_sq,
-        rope,
-        qk_norm,
-        c.softcap,
-        c.window,
+    common::rotary::build(
+        &RotarySpec {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            rotary_dim: c.rotary_dim,
+            d: c.d,
+            d_out: c.d_out,
+            qk_scale: 1.0 / (c.d as f64).sqrt(),
+            v_scale: 1.0 / (c.d as f64).sqrt(),
+            o_scale: 1.0 / ((c.heads * c.head_dim) as f64).sqrt(),
+            bias: if c.bias { 0.3 } else { 0.0 },
+            qk_norm: c.qk_norm.map(|unit_offset| (unit_offset, 1e-6, 0.5)),
+            softcap: c.softcap,
+            window: c.window,
+            theta: 10000.0,
+            max_position_embeddings: 16,
+            scaling: c.scaling.clone(),
+            score_divisor_sq: c.score_divisor_sq,
+        },
+        seed,
     )
-    .unwrap()
 }
 
 fn rel_err(a: &Mat<f64>, b: &Mat<f64>) -> f64 {

@@ -3,13 +3,16 @@
 //! of the dense Jacobian, the per-head contribution against the sublayer, and the `local`
 //! command's report.
 
-use lipattn::attention::{QkNorm, Rope, RopeScaling, RotaryAttention, RotaryLinearization};
+use lipattn::attention::{RopeScaling, RotaryAttention, RotaryLinearization};
 use lipattn::derivatives::dense::dense_jacobian;
 use lipattn::derivatives::LinearizedMap;
 use lipattn::estimation::{lanczos, power_iteration, LanczosOptions, PowerOptions};
 use lipattn::linalg::SplitMix;
 use lipattn::ops::local::{run_rotary, LocalRequest, RotaryInputs};
 use lipattn::{Error, LayerSource, Mat};
+
+mod common;
+use common::rotary::{gauss, RotarySpec};
 
 /// One layer of the sweep: (heads, kv_heads), head_dim, bias, qk-norm (gain 1 + w when true),
 /// softcap, window.
@@ -93,49 +96,30 @@ fn cases() -> Vec<Case> {
 const D: usize = 6;
 const D_OUT: usize = 5;
 
-fn gauss(r: &mut SplitMix, rows: usize, cols: usize, scale: f64) -> Mat<f64> {
-    Mat::from_fn(rows, cols, |_, _| scale * r.gauss())
-}
-
-fn gauss_vec(r: &mut SplitMix, len: usize, scale: f64) -> Vec<f64> {
-    (0..len).map(|_| scale * r.gauss()).collect()
-}
-
 /// Weights large enough that attention is far from uniform.
 fn build(c: &Case, seed: u64) -> RotaryAttention {
-    let mut r = SplitMix::new(seed);
-    let (hd, kvd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-    let b = if c.bias { 0.4 } else { 0.0 };
-    let qk_norm = c.qk_norm.map(|unit_offset| QkNorm {
-        q_weight: gauss_vec(&mut r, c.head_dim, 0.6),
-        k_weight: gauss_vec(&mut r, c.head_dim, 0.6),
-        eps: 1e-6,
-        unit_offset,
-    });
-    RotaryAttention::new(
-        c.heads,
-        c.kv_heads,
-        c.head_dim,
-        gauss(&mut r, hd, D, 0.8),
-        gauss_vec(&mut r, hd, b),
-        gauss(&mut r, kvd, D, 0.8),
-        gauss_vec(&mut r, kvd, b),
-        gauss(&mut r, kvd, D, 0.5),
-        gauss_vec(&mut r, kvd, b),
-        gauss(&mut r, D_OUT, hd, 0.5),
-        gauss_vec(&mut r, D_OUT, b),
-        c.head_dim,
-        Rope {
-            theta: 100.0,
+    common::rotary::build(
+        &RotarySpec {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
             rotary_dim: c.head_dim,
+            d: D,
+            d_out: D_OUT,
+            qk_scale: 0.8,
+            v_scale: 0.5,
+            o_scale: 0.5,
+            bias: if c.bias { 0.4 } else { 0.0 },
+            qk_norm: c.qk_norm.map(|unit_offset| (unit_offset, 1e-6, 0.6)),
+            softcap: c.softcap,
+            window: c.window,
+            theta: 100.0,
             max_position_embeddings: 16,
             scaling: c.scaling.clone(),
+            score_divisor_sq: c.head_dim,
         },
-        qk_norm,
-        c.softcap,
-        c.window,
+        seed,
     )
-    .unwrap()
 }
 
 fn rel_err(a: &Mat<f64>, b: &Mat<f64>) -> f64 {

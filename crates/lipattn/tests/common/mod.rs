@@ -3,6 +3,8 @@
 //! so that it also serves as the forward-mode oracle for the derivatives.
 #![allow(dead_code)]
 
+pub mod rotary;
+
 use lipattn::{AttentionLayer, Kernel, Mat};
 use num_dual::DualNum;
 use rand::rngs::StdRng;
