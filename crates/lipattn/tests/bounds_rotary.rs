@@ -11,6 +11,7 @@ use lipattn::attention::{RmsNorm, RopeScaling, RotaryAttention};
 use lipattn::bounds::layer_norm::rms_norm_radius;
 use lipattn::bounds::rotary::{head_terms, rotary_bounds, RotaryConstants};
 use lipattn::bounds::{best, Domain, Metric};
+use lipattn::estimation::{rotary_ascent, AscentOptions};
 use lipattn::linalg::SplitMix;
 use lipattn::Mat;
 
@@ -305,6 +306,19 @@ fn b7_holds_against_attained_values() {
             } else {
                 step *= 0.85;
             }
+        }
+        // The rotary ascent of `lipattn lipschitz` (transition starts of the unrotated heads,
+        // climbed with gradients), on every fourth case.
+        if i % 4 == 3 {
+            let opts = AscentOptions {
+                radius: r,
+                random_starts: 1,
+                steps: 6,
+                ..AscentOptions::default()
+            };
+            let res = rotary_ascent(&layer, n, &opts).unwrap();
+            best_f = best_f.max(res.sigma);
+            worst.record(n, res.sigma, 0.0, bf, f64::INFINITY, &what("rotary ascent"));
         }
         if scores_dominate {
             worst.frob_scores = worst.frob_scores.max(best_f / bf);
