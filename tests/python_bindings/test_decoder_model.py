@@ -24,8 +24,7 @@ def test_model_hidden_states_equal_transformers(tmp_path, family):
 def test_attention_analyses_refuse_rotary_models(tmp_path):
     save(build(config("llama", num_hidden_layers=1)), tmp_path)
     model = lipattn.Model(tmp_path)
-    for call in (lambda: model.attention_layer(0), lambda: model.analyze(TEXT, ns=[8]),
-                 lambda: lipattn.AttentionLayer.from_model(tmp_path, 0)):
+    for call in (lambda: model.attention_layer(0), lambda: lipattn.AttentionLayer.from_model(tmp_path, 0)):
         with pytest.raises(lipattn.ModelError, match="model_type 'llama'.*rotary.*lipattn hidden"):
             call()
 
