@@ -121,3 +121,26 @@ def test_text_value_is_the_local_constant_of_the_first_window(lipattn_bin, tmp_p
     assert want * (1 - 1e-3) <= got <= want * (1 + 1e-9)
     # The RMSNorm output the analysis measured on lies in its ball.
     assert np.linalg.norm(x, axis=1).max() <= o["radius"]
+
+
+@pytest.mark.parametrize("family,keys,layer,head", [
+    ("llama", {}, 1, 2),
+    ("mistral", {"sliding_window": 4}, 2, 0),
+    ("gemma2", {}, 0, 1),
+])
+def test_certified_and_transition_values_equal_lipschitz(lipattn_bin, tmp_path, family, keys, layer, head):
+    """A query head's B7 bound and its transition value at n = 8 are what `lipattn lipschitz --model`
+    certifies and measures before climbing (its `frobenius_transition`) at the report's R."""
+    path = tmp_path / "model"
+    path.mkdir()
+    save(build(config(family, **keys)), path)
+    rep = analyze(lipattn_bin, path, tmp_path / "out", "--layers", layer)
+    o = next(o for o in rep["operators"] if o["layer"] == layer and o["head"] == head)
+    r = run(lipattn_bin, "lipschitz", "--model", path, "--layer", layer, "--head", head, "--radius", repr(o["radius"]),
+            "--n", 8, "--starts", 0, "--steps", 1, "--json")
+    assert r.returncode == 0, r.stderr
+    ref = json.loads(r.stdout)
+    p = o["points"][1]
+    assert p["n"] == 8
+    assert p["certified"]["frobenius"] == ref["certified"]["frobenius"]
+    assert p["transition"] == pytest.approx(ref["attained"]["frobenius_transition"], rel=1e-4)
