@@ -143,7 +143,6 @@ def test_unsupported_commands_and_values_are_refused(lipattn_bin, tmp_path):
     np.save(x, np.random.default_rng(0).standard_normal((5, 32)))
     commands = [
         ["forward", "--model", tmp_path, "--layer", 0, "--tokens", x, "--out", tmp_path / "y.npy"],
-        ["analyze", tmp_path, "--text", tmp_path / "t.txt", "--ns", 8, "--json"],
         ["invert", "--model", tmp_path, "--layer", 0, "--json"],
         ["fixed-point", "--model", tmp_path, "--layer", 0, "--json"],
         ["flow", "--model", tmp_path, "--layer", 0, "--json"],

@@ -1,10 +1,13 @@
 """lipattn.Model on the rotary decoder families: hidden states and token ids as transformers gives
 them, local constants against transformers' attention Jacobian, and the BERT/GPT-2 attention
-analyses refused with a ModelError naming the feature."""
+analyses refused with a ModelError naming the feature; Model.analyze equal to the CLI's report."""
+import json
+
 import numpy as np
 import pytest
 
 import lipattn
+from cli import run
 from tiny_decoders import TEXT, TOL, attention_top_singular, build, config, ids_of, load, reference, rel, save
 
 
@@ -24,10 +27,28 @@ def test_model_hidden_states_equal_transformers(tmp_path, family):
 def test_attention_analyses_refuse_rotary_models(tmp_path):
     save(build(config("llama", num_hidden_layers=1)), tmp_path)
     model = lipattn.Model(tmp_path)
-    for call in (lambda: model.attention_layer(0), lambda: model.analyze(TEXT, ns=[8]),
-                 lambda: lipattn.AttentionLayer.from_model(tmp_path, 0)):
+    for call in (lambda: model.attention_layer(0), lambda: lipattn.AttentionLayer.from_model(tmp_path, 0)):
         with pytest.raises(lipattn.ModelError, match="model_type 'llama'.*rotary.*lipattn hidden"):
             call()
+
+
+def test_analyze_equals_cli_on_a_rotary_model(lipattn_bin, tmp_path):
+    """Model.analyze on a tiny Llama (grouped-query) is `lipattn analyze --json`: the same report,
+    only `seconds` and the name of the text's source differ."""
+    save(build(config("llama")), tmp_path)
+    (tmp_path / "t.txt").write_text(TEXT)
+    r = run(lipattn_bin, "analyze", tmp_path, "--text", tmp_path / "t.txt", "--ns", "4,8", "--windows", 1,
+            "--json", "--quiet", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    ref = json.loads(r.stdout)
+    got = lipattn.Model(tmp_path).analyze(TEXT, ns=[4, 8], windows=1)
+    assert set(got) == set(ref) and got["rotary"]["kv_heads"] == 2
+    assert got["text_source"] == "text given by the caller" and ref["text_source"] == str(tmp_path / "t.txt")
+    for rep in (got, ref):
+        del rep["seconds"], rep["text_source"]
+    assert got == ref
+    assert len(got["operators"]) == 3 * 5 and all(o["operator"]["rotary"]["family"] == "llama"
+                                                  for o in got["operators"])
 
 
 @pytest.mark.parametrize("family,keys,layer,head", [

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 #[command(args_override_self = true)]
 pub struct AnalyzeArgs {
     /// Hugging Face model directory: config.json, model.safetensors (or a sharded index) and
-    /// tokenizer.json. BERT and GPT-2 families.
+    /// tokenizer.json. BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families.
     model: PathBuf,
     /// UTF-8 text file for the real-text windows (default: the GPL-3 licence text, embedded).
     #[arg(long)]
@@ -100,11 +100,32 @@ fn table(r: &ModelReport) -> String {
         "{} ({}, {} layers, {} heads of {}), {}; text: {} ({} tokens)",
         r.model, r.family, r.num_layers, r.heads, r.head_dim, r.dtype, r.text_source, r.text_tokens
     );
-    let _ = writeln!(
-        s,
-        "token map on (B_R)^n, Frobenius; R from the preceding LayerNorm (B6); values at n = {n}; alpha = fitted exponent of sigma ~ c n^alpha over n = {:?}",
-        r.ns
-    );
+    match &r.rotary {
+        None => {
+            let _ = writeln!(
+                s,
+                "token map on (B_R)^n, Frobenius; R from the preceding LayerNorm (B6); values at n = {n}; alpha = fitted exponent of sigma ~ c n^alpha over n = {:?}",
+                r.ns
+            );
+        }
+        Some(rot) => {
+            let _ = writeln!(
+                s,
+                "token map on (B_R)^n at positions 0..n-1, Frobenius; {} query heads on {} kv heads; values at n = {n}; alpha = fitted exponent of sigma ~ c n^alpha over n = {:?}",
+                r.heads, rot.kv_heads, r.ns
+            );
+            for (what, line) in [
+                ("R", rot.radius),
+                ("certified", rot.certified),
+                ("text", rot.text),
+                ("adversarial", rot.adversarial),
+                ("transition", rot.transition),
+                ("n", rot.positions),
+            ] {
+                let _ = writeln!(s, "{what}: {line}");
+            }
+        }
+    }
     for o in r.operators.iter().filter(|o| o.head.is_none()) {
         let _ = writeln!(s, "operator: {}", o.operator.description);
     }
@@ -163,17 +184,43 @@ fn csv_opt(x: Option<f64>) -> String {
     x.map_or(String::new(), |v| v.to_string())
 }
 
+/// The rotary form of an operator as CSV cells (rotary reports only: BERT and GPT-2 files keep
+/// their columns).
+const ROTARY_COLUMNS: &str =
+    ",family,rope_type,rope_theta,rotary_dim,heads,kv_heads,window,qk_norm,softcap,certified_bound";
+
+fn rotary_cells(o: &OperatorReport) -> String {
+    o.operator.rotary.as_ref().map_or(String::new(), |f| {
+        format!(
+            ",{},{},{},{},{},{},{},{},{},B7",
+            f.family,
+            f.rope_type,
+            f.rope_theta,
+            f.rotary_dim,
+            f.heads,
+            f.kv_heads,
+            f.window.map_or(String::new(), |w| w.to_string()),
+            f.qk_norm,
+            csv_opt(f.softcap),
+        )
+    })
+}
+
 fn write_csvs(r: &ModelReport, out: &Path) -> Result<()> {
     let mut ops = String::from(
-        "layer,head,radius,n,certified_frobenius,certified_w1,certified_w2,anchor,text_median,text_max,adversarial,transition,gap,text_exponent,text_coefficient,text_r2,adversarial_exponent,adversarial_coefficient,adversarial_r2,text_exponent_small,adversarial_exponent_small,adversarial_sqrt_coefficient_small,certified_exponent\n",
+        "layer,head,radius,n,certified_frobenius,certified_w1,certified_w2,anchor,text_median,text_max,adversarial,transition,gap,text_exponent,text_coefficient,text_r2,adversarial_exponent,adversarial_coefficient,adversarial_r2,text_exponent_small,adversarial_exponent_small,adversarial_sqrt_coefficient_small,certified_exponent",
     );
+    if r.rotary.is_some() {
+        ops.push_str(ROTARY_COLUMNS);
+    }
+    ops.push('\n');
     let mut pts = String::from("layer,head,radius,n,kind,window,value\n");
     for o in &r.operators {
         let head = o.head.map_or("all".to_string(), |h| h.to_string());
         let p = o.points.last().expect("points for every n");
         let _ = writeln!(
             ops,
-            "{},{head},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{head},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}{}",
             o.layer,
             o.radius,
             p.n,
@@ -192,6 +239,7 @@ fn write_csvs(r: &ModelReport, out: &Path) -> Result<()> {
             csv_opt(o.fit_adversarial_small.as_ref().map(|f| f.exponent)),
             csv_opt(o.fit_adversarial_small.as_ref().map(|f| f.sqrt_coefficient)),
             csv_opt(o.fit_certified.as_ref().map(|f| f.exponent)),
+            rotary_cells(o),
         );
         for p in &o.points {
             let mut row = |kind: &str, w: String, v: Option<f64>| {
@@ -281,9 +329,24 @@ fn plot_layer(r: &ModelReport, o: &OperatorReport, out: &Path) -> Result<()> {
             series.push(Series::new(name, line, Style::Reference));
         }
     }
+    let form = o.operator.rotary.as_ref().map_or(String::new(), |f| {
+        format!(
+            ", {} rope theta {}, {}/{} heads, window {}{}{}, B7",
+            f.rope_type,
+            lipattn::fmt::compact(f.rope_theta),
+            f.heads,
+            f.kv_heads,
+            f.window.map_or("none".into(), |w| w.to_string()),
+            if f.qk_norm { ", qk-norm" } else { "" },
+            f.softcap.map_or(String::new(), |c| format!(
+                ", softcap {}",
+                lipattn::fmt::compact(c)
+            )),
+        )
+    });
     Chart {
         title: format!(
-            "{} layer {} attention sublayer, R = {:.2}, {}",
+            "{} layer {} attention sublayer, R = {:.2}, {}{form}",
             r.family, o.layer, o.radius, r.dtype
         ),
         x_label: "n (tokens)".into(),

@@ -28,8 +28,9 @@ type Parts<'py> = (
 /// A Hugging Face checkpoint directory (config.json, model.safetensors or a sharded index,
 /// tokenizer.json; BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families), or a
 /// live transformers model of one (``from_transformers``), run in float64. The rotary families
-/// (all but BERT and GPT-2) give hidden states, token ids and local constants;
-/// ``attention_layer`` and ``analyze`` refuse them, as their analyses are not written yet.
+/// (all but BERT and GPT-2) give hidden states, token ids, local constants, ``lipschitz`` and
+/// ``analyze`` (B7 on the RMSNorm radius); ``attention_layer`` refuses them, as its analyses
+/// read plain attention.
 #[pyclass(module = "lipattn", name = "Model", frozen)]
 pub struct PyModel {
     model: Arc<Model>,

@@ -246,8 +246,9 @@ def layer_norm_radius(gamma: ArrayLike, beta: ArrayLike) -> float: ...
 class Model:
     """A Hugging Face checkpoint directory (BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma or
     Gemma 2 family), run in float64, or a live transformers model of one (from_transformers). The
-    rotary families give hidden states, token ids and local constants; attention_layer and analyze
-    refuse them (their analyses are later work)."""
+    rotary families give hidden states, token ids, local constants, lipschitz and analyze (B7 on
+    the RMSNorm radius); attention_layer refuses them (their plain-attention analyses are later
+    work)."""
 
     def __init__(self, path: StrPath) -> None: ...
     @classmethod

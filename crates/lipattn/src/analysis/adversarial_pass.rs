@@ -1,11 +1,13 @@
 //! Stage 3: the structured inputs at every n: the adversarial construction of Castin et al. and
 //! the transition start (`estimation::transition`, docs/background.md#transition-starts). Each
 //! head is measured at its own input of each kind; the sublayer at the input of the head whose
-//! contribution is amplified most (one more evaluation per kind, not one per head).
+//! contribution is amplified most (one more evaluation per kind, not one per head). For a
+//! rotary sublayer both inputs are built from query head h read without rotation
+//! (`RotaryAttention::unrotated_head`) and measured on the rotary head and sublayer at positions
+//! 0..n-1 (docs/analysis.md#rotary-families).
 
 use super::plan::Plan;
 use super::request::{AnalysisOptions, Progress};
-use super::sigma::local_sigma;
 use crate::error::Result;
 use crate::estimation::adversarial_from_direction;
 use faer::Mat;
@@ -43,7 +45,7 @@ pub(super) fn adversarial_pass(
             stage: format!("adversarial inputs, n = {n}"),
         });
         for (slot, w) in plan.work.iter().enumerate() {
-            let att = &w.block.attention;
+            let heads = w.sublayer().heads();
             let domain = &w.domains[ni];
             let constructions: Vec<Option<Mat<f64>>> = w
                 .directions
@@ -56,27 +58,27 @@ pub(super) fn adversarial_pass(
                 (&constructions, &mut out.construction),
                 (&transitions, &mut out.transition),
             ] {
-                let per_head: Vec<Option<f64>> = (0..att.heads)
+                let per_head: Vec<Option<f64>> = (0..heads)
                     .into_par_iter()
                     .map(|h| {
                         let Some(x) = &inputs[h] else {
                             return Ok(None);
                         };
-                        let op = if opts.heads {
-                            w.ops[h + 1].clone()
-                        } else {
-                            att.head(h, false)?
-                        };
-                        local_sigma(&op, x.as_ref(), domain, &opts.lanczos).map(Some)
+                        w.head(h)?
+                            .local_sigma(x.as_ref(), domain, &opts.lanczos)
+                            .map(Some)
                     })
                     .collect::<Result<_>>()?;
-                let best = (0..att.heads)
+                let best = (0..heads)
                     .filter(|&h| per_head[h].is_some())
                     .max_by(|&a, &b| per_head[a].unwrap().total_cmp(&per_head[b].unwrap()));
                 if let Some(best) = best {
                     let x = inputs[best].as_ref().expect("a value was measured there");
-                    values[slot][0][ni] =
-                        Some(local_sigma(att, x.as_ref(), domain, &opts.lanczos)?);
+                    values[slot][0][ni] = Some(w.sublayer().local_sigma(
+                        x.as_ref(),
+                        domain,
+                        &opts.lanczos,
+                    )?);
                 }
                 if opts.heads {
                     for (h, s) in per_head.into_iter().enumerate() {

@@ -1,9 +1,10 @@
-//! Stage 4: the certified side. The real text must lie in the ball of B6 that every bound
-//! assumes (a token outside it means the radius bound is wrong, so nothing is certified); then
-//! every operator's best bounds at every n.
+//! Stage 4: the certified side. The real text must lie in the ball that every bound assumes (B6
+//! on a LayerNorm, the RMSNorm radius before a rotary sublayer; a token outside it means the
+//! radius bound is wrong, so nothing is certified); then every operator's best bounds at every
+//! n (B7 for the rotary families).
 
 use super::plan::Plan;
-use crate::bounds::{certified_summaries, CertifiedSummary};
+use crate::bounds::CertifiedSummary;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
@@ -16,8 +17,18 @@ pub(super) fn certify(plan: &Plan, had_text: bool, observed: &[f64]) -> Result<C
     let mut out = Vec::with_capacity(plan.work.len());
     for (slot, w) in plan.work.iter().enumerate() {
         if had_text && observed[slot] > w.radius() {
+            let which = if w.rotary.is_some() {
+                "RMSNorm radius"
+            } else {
+                "LayerNorm radius"
+            };
+            let bound = if w.rotary.is_some() {
+                "docs/bounds.md#b7-rms-radius"
+            } else {
+                "B6"
+            };
             return Err(Error::Numerical(format!(
-                "layer {}: a real-text token has norm {} above the LayerNorm radius {} (B6); the radius bound is violated",
+                "layer {}: a real-text token has norm {} above the {which} {} ({bound}); the radius bound is violated",
                 w.index,
                 crate::fmt::exact(observed[slot]),
                 crate::fmt::exact(w.radius())
@@ -26,7 +37,7 @@ pub(super) fn certify(plan: &Plan, had_text: bool, observed: &[f64]) -> Result<C
         let all: Vec<Vec<CertifiedSummary>> = w
             .ops
             .par_iter()
-            .map(|op| certified_summaries(op, &w.domains))
+            .map(|op| op.certified(&w.domains))
             .collect::<Result<_>>()?;
         out.push(all);
     }

@@ -2,8 +2,11 @@
 //! attention sublayer and each head's contribution, on the domain fixed by the LayerNorm before
 //! it (B6): certified bounds at each n, attained local constants on windows of real text over a
 //! grid of n, the adversarial construction of Castin et al., the gaps, and power-law fits of
-//! each curve against n. Attained values are lower bounds on the Lipschitz constant of the token
-//! map on (B_R)^n; only the `certified` fields are proven upper bounds.
+//! each curve against n. The rotary families (Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma 2) run
+//! the same stages on their rotary sublayer: the RMSNorm radius in place of B6, B7 in place of
+//! B1-B5 (`sublayer`, docs/analysis.md#rotary-families). Attained values are lower
+//! bounds on the Lipschitz constant of the token map on (B_R)^n; only the `certified` fields are
+//! proven upper bounds.
 //!
 //! [`analyze`] runs in stages, one file each: `plan` (validate the options, pick the layers,
 //! their radii, operators and adversarial directions, cut the text into windows), the real-text
@@ -21,6 +24,7 @@ mod plan;
 mod report;
 mod request;
 mod sigma;
+mod sublayer;
 mod text;
 mod text_pass;
 
@@ -28,6 +32,6 @@ pub use crate::bounds::Certified;
 pub use fit::{fit_power_law, PowerFit};
 pub use lipschitz::{lipschitz, LipschitzOptions, LipschitzReport};
 pub use pipeline::analyze;
-pub use report::{LayerDomain, ModelReport, OperatorReport, Point, SMALL_N_MAX};
+pub use report::{LayerDomain, ModelReport, OperatorReport, Point, RotaryAnalysis, SMALL_N_MAX};
 pub use request::{AnalysisOptions, Progress};
 pub use text::{TextIds, DEFAULT_TEXT, DEFAULT_TEXT_SOURCE};

@@ -1,25 +1,28 @@
 //! Stage 1: everything decided before any measurement. The options are checked against the
-//! model, the selected layers get their B6 radius, their operators (the sublayer, then each
-//! head) and, for the adversarial pass, one direction per head; the text is cut into windows.
+//! model, the selected layers get their radius (B6 on a LayerNorm, the RMSNorm radius of the
+//! rotary families), their operators (the sublayer, then each head) and, for the adversarial
+//! pass, one direction per head; the text is cut into windows.
 
 use super::request::{check_options, AnalysisOptions};
+use super::sublayer::{Block, Op};
 use super::text::TextIds;
-use crate::attention::AttentionLayer;
-use crate::bounds::layer_norm::layer_norm_radius;
 use crate::domain::Domain;
 use crate::error::Result;
-use crate::estimation::{adversarial_direction, TransitionGeometry};
-use crate::models::{Embeddings, Model, ModelLayer};
+use crate::estimation::TransitionGeometry;
+use crate::models::{Embeddings, Model};
+use crate::operator::RotaryForm;
 use rayon::prelude::*;
 
 /// One selected layer.
 pub(super) struct LayerWork {
     pub index: usize,
-    pub block: ModelLayer,
-    /// Per n of the plan's grid, in its order: B6's ball for this layer and the model's mask.
+    /// Per n of the plan's grid, in its order: the ball of this layer's radius and the model's
+    /// mask.
     pub domains: Vec<Domain>,
-    /// The sublayer first, then the heads.
-    pub ops: Vec<AttentionLayer<f64>>,
+    /// The sublayer first, then the heads (when the options ask for them).
+    pub ops: Vec<Op>,
+    /// The rotary sublayer's form (rotary families only), for every operator's report.
+    pub rotary: Option<RotaryForm>,
     /// Per head, the direction of the adversarial construction.
     pub directions: Vec<Vec<f64>>,
     /// Per head, the transition start's geometry on this layer's ball (None: the head has
@@ -33,7 +36,7 @@ pub(super) struct Plan {
     pub ns: Vec<usize>,
     pub causal: bool,
     /// Every block up to the deepest selected one: the hidden states pass through them all.
-    pub blocks: Vec<ModelLayer>,
+    pub blocks: Vec<Block>,
     /// The selected layers, in increasing order.
     pub work: Vec<LayerWork>,
     /// Per n, the real-text windows of that length (none without text or when it is too short).
@@ -44,9 +47,22 @@ pub(super) struct Plan {
 }
 
 impl LayerWork {
-    /// R of B6, the same at every n.
+    /// R of the layer's ball, the same at every n.
     pub fn radius(&self) -> f64 {
         self.domains[0].radius
+    }
+
+    /// The whole sublayer.
+    pub fn sublayer(&self) -> &Op {
+        &self.ops[0]
+    }
+
+    /// Head h's operator: the one measured on text when the options ask for heads, else built.
+    pub fn head(&self, h: usize) -> Result<std::borrow::Cow<'_, Op>> {
+        Ok(match self.ops.get(h + 1) {
+            Some(op) => std::borrow::Cow::Borrowed(op),
+            None => std::borrow::Cow::Owned(self.sublayer().head(h)?),
+        })
     }
 }
 
@@ -58,7 +74,6 @@ impl Plan {
 }
 
 pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions) -> Result<Plan> {
-    model.plain_only("lipattn analyze")?;
     let embeddings = model.embeddings()?;
     let num_layers = model.num_layers();
     let max_positions = embeddings.max_positions().unwrap_or(usize::MAX);
@@ -73,43 +88,50 @@ pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions
     let mut notes = vec![];
 
     let last = *selected.last().expect("checked non-empty");
-    let blocks: Vec<ModelLayer> = (0..=last).map(|l| model.layer(l)).collect::<Result<_>>()?;
+    let blocks: Vec<Block> = (0..=last)
+        .map(|l| Block::load(model, l))
+        .collect::<Result<_>>()?;
     let mut work: Vec<LayerWork> = vec![];
     for &l in &selected {
-        let block = blocks[l].clone();
-        let ln = &block.attention_input_norm;
-        let radius = layer_norm_radius(&ln.gamma, &ln.beta)?;
+        let block = &blocks[l];
+        let radius = block.radius()?;
         let domains = ns
             .iter()
             .map(|&n| Domain::new(radius, n, causal))
             .collect::<Result<_>>()?;
-        let mut ops = vec![block.attention.clone()];
+        let sublayer = block.attention();
+        let heads = sublayer.heads();
+        let rotary = match &sublayer {
+            Op::Rotary(layer) => Some(RotaryForm::of(model.family().name(), layer)),
+            Op::Plain(_) => None,
+        };
+        let mut ops = vec![sublayer];
         if opts.heads {
-            for h in 0..block.attention.heads {
-                ops.push(block.attention.head(h, false)?);
+            for h in 0..heads {
+                ops.push(ops[0].head(h)?);
             }
         }
         let directions = if opts.adversarial {
-            (0..block.attention.heads)
+            (0..heads)
                 .into_par_iter()
-                .map(|h| adversarial_direction(&block.attention, h))
+                .map(|h| ops[0].adversarial_direction(h))
                 .collect::<Result<_>>()?
         } else {
             vec![]
         };
         let transitions = if opts.adversarial {
-            (0..block.attention.heads)
+            (0..heads)
                 .into_par_iter()
-                .map(|h| TransitionGeometry::new(&block.attention, h, radius))
+                .map(|h| ops[0].transition(h, radius))
                 .collect::<Result<_>>()?
         } else {
             vec![]
         };
         work.push(LayerWork {
             index: l,
-            block,
             domains,
             ops,
+            rotary,
             directions,
             transitions,
         });

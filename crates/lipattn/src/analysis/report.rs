@@ -10,7 +10,7 @@ use super::text::TextIds;
 use super::text_pass::TextValues;
 use crate::bounds::Certified;
 use crate::models::Model;
-use crate::operator::{LayerSource, Operator};
+use crate::operator::{LayerSource, Operator, RotaryForm};
 use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
 use std::time::Instant;
@@ -57,7 +57,8 @@ pub struct OperatorReport {
     pub layer: usize,
     /// None: the whole attention sublayer (all heads, W_O and its bias).
     pub head: Option<usize>,
-    /// Radius R of the ball holding every attention input (B6 on the LayerNorm before it).
+    /// Radius R of the ball holding every attention input (B6 on the LayerNorm before it; for
+    /// the rotary families the radius of the RMSNorm before it).
     pub radius: f64,
     pub causal: bool,
     pub points: Vec<Point>,
@@ -73,7 +74,8 @@ pub struct OperatorReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerDomain {
     pub layer: usize,
-    /// B6: certified radius of the LayerNorm output read by the attention.
+    /// Certified radius of the norm's output read by the attention (B6 for a LayerNorm, the
+    /// RMSNorm radius for the rotary families).
     pub radius: f64,
     /// Largest token norm seen in the real-text windows (must not exceed `radius`).
     pub observed_max_norm: f64,
@@ -101,7 +103,35 @@ pub struct ModelReport {
     pub operators: Vec<OperatorReport>,
     pub notes: Vec<String>,
     pub seconds: f64,
+    /// What differs for the rotary families (absent for BERT and GPT-2, whose reports keep
+    /// their keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotary: Option<RotaryAnalysis>,
 }
+
+/// The rotary families' analysis in words and numbers: the grouping of heads, where R comes
+/// from, which bound is certified and how the structured inputs are built. Each operator's
+/// `operator.rotary` carries its layer's form (rope, window, qk-norm, softcap).
+#[derive(Clone, Debug, Serialize)]
+pub struct RotaryAnalysis {
+    pub kv_heads: usize,
+    /// Query heads per kv head.
+    pub group: usize,
+    pub radius: &'static str,
+    pub certified: &'static str,
+    pub text: &'static str,
+    pub adversarial: &'static str,
+    pub transition: &'static str,
+    /// The context limit, or its absence.
+    pub positions: &'static str,
+}
+
+const ROTARY_RADIUS: &str = "R = sqrt(d) max_k |g_k| of the attention input RMSNorm (g = w, or 1 + w for Gemma), every output of which lies in B_R (docs/bounds.md#b7-rms-radius)";
+const ROTARY_CERTIFIED: &str = "B7: the best certified Frobenius bound of the rotary sublayer (or query head) on (B_R)^n at positions 0..n-1, causal with the layer's window (docs/bounds.md#b7-rotary)";
+const ROTARY_TEXT: &str = "Lanczos on the rotary linearisation at the RMSNorm output the sublayer reads, the text tokenised by the model's own tokenizer (its BOS as lipattn hidden adds it) and run through the blocks before the layer";
+const ROTARY_ADVERSARIAL: &str = "Castin et al.'s construction for query head h read without rotation, qk-norm or softcap (its unrotated head), evaluated on the rotary head at positions 0..n-1; the sublayer at the best head's input";
+const ROTARY_TRANSITION: &str = "the transition start of query head h read without rotation (its unrotated head), evaluated on the rotary head at positions 0..n-1; the sublayer at the best head's input";
+const ROTARY_POSITIONS: &str = "rotary positions set no length limit (max_position_embeddings only parametrises dynamic, llama3 and yarn rope), so every n of the grid is analysed";
 
 /// What the three measuring stages produced, indexed [layer slot][operator][n index].
 pub(super) struct Measured {
@@ -159,6 +189,7 @@ fn points(plan: &Plan, measured: &Measured, slot: usize, o: usize) -> Vec<Point>
 fn operator_report(
     layer: usize,
     source: &LayerSource,
+    rotary: Option<&RotaryForm>,
     o: usize,
     radius: f64,
     causal: bool,
@@ -175,8 +206,13 @@ fn operator_report(
     let text_s = series(&|p| p.text_median);
     let adv_s = series(&|p| p.adversarial);
     let cert_s = series(&|p| p.certified.frobenius);
+    let operator = Operator::token_map_sweep(&source, source.kernel, radius, causal);
+    let operator = match rotary {
+        Some(form) => operator.with_rotary(form.clone()),
+        None => operator,
+    };
     OperatorReport {
-        operator: Operator::token_map_sweep(&source, source.kernel, radius, causal),
+        operator,
         layer,
         head,
         radius,
@@ -213,6 +249,7 @@ pub(super) fn report(
             operators.push(operator_report(
                 w.index,
                 &source,
+                w.rotary.as_ref(),
                 o,
                 w.radius(),
                 causal,
@@ -220,8 +257,24 @@ pub(super) fn report(
             ));
         }
     }
+    let rotary = plan.work[0].rotary.as_ref().map(|f| RotaryAnalysis {
+        kv_heads: f.kv_heads,
+        group: f.heads / f.kv_heads,
+        radius: ROTARY_RADIUS,
+        certified: ROTARY_CERTIFIED,
+        text: ROTARY_TEXT,
+        adversarial: ROTARY_ADVERSARIAL,
+        transition: ROTARY_TRANSITION,
+        positions: ROTARY_POSITIONS,
+    });
+    let head_dim = plan.work[0]
+        .rotary
+        .as_ref()
+        .map_or(model.config().head_dim(), |f| f.head_dim);
     let mut notes = plan.notes;
-    if causal {
+    if rotary.is_some() {
+        notes.push(format!("causal ({} family, rotary): every value is for the operator the model computes, at positions 0..n-1 with the layer's sliding window where it has one; B7 certifies the Frobenius norm; W1/W2 over measures on B_R do not apply to a map that depends on positions and are not reported", model.family().display_name()));
+    } else if causal {
         notes.push("causal (GPT-2 family): every attained value is for the masked operator the model computes; W1/W2 bounds are for unmasked measures and are not reported".into());
     }
     let cfg = model.config();
@@ -231,11 +284,19 @@ pub(super) fn report(
         num_layers: model.num_layers(),
         heads: cfg.num_attention_heads,
         hidden: model.hidden_size(),
-        head_dim: cfg.head_dim(),
+        head_dim,
         causal,
         dtype: "f64",
-        metric: "token map X -> f(X) on (B_R)^n, Frobenius to Frobenius (spectral norm of the Jacobian); W1/W2 for the measure map on P(B_R)",
-        head_operator: "head h: its contribution W_O^h Gamma^h to the sublayer output, without the output bias",
+        metric: if rotary.is_some() {
+            "token map X -> f(X) on (B_R)^n at positions 0..n-1, Frobenius to Frobenius (spectral norm of the Jacobian)"
+        } else {
+            "token map X -> f(X) on (B_R)^n, Frobenius to Frobenius (spectral norm of the Jacobian); W1/W2 for the measure map on P(B_R)"
+        },
+        head_operator: if rotary.is_some() {
+            "head h: query head h with its kv head and its columns of W_O (its contribution to the sublayer output), without the output bias"
+        } else {
+            "head h: its contribution W_O^h Gamma^h to the sublayer output, without the output bias"
+        },
         text_source: text.map_or("none".into(), |t| t.source.clone()),
         text_tokens: text.map_or(0, |t| t.prefix.len() + t.body.len() + t.suffix.len()),
         ns: plan.ns,
@@ -245,5 +306,6 @@ pub(super) fn report(
         operators,
         notes,
         seconds: t0.elapsed().as_secs_f64(),
+        rotary,
     }
 }

@@ -1,10 +1,9 @@
 //! Stage 2: every real-text window through the model, block by block; at each selected layer the
-//! attention input is measured (its largest token norm, for the B6 check) and every operator's
+//! attention input is measured (its largest token norm, for the radius check) and every operator's
 //! local constant taken there.
 
 use super::plan::Plan;
 use super::request::{AnalysisOptions, Progress};
-use super::sigma::local_sigma;
 use crate::error::Result;
 use crate::estimation::vecops::max_row_norm;
 use rayon::prelude::*;
@@ -44,7 +43,7 @@ pub(super) fn text_pass(
                         .ops
                         .par_iter()
                         .map(|op| {
-                            local_sigma(op, x.as_ref(), &work[slot].domains[ni], &opts.lanczos)
+                            op.local_sigma(x.as_ref(), &work[slot].domains[ni], &opts.lanczos)
                         })
                         .collect::<Result<_>>()?;
                     for (o, s) in sig.into_iter().enumerate() {

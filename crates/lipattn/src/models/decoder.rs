@@ -235,7 +235,7 @@ impl Model {
             return Ok(());
         }
         Err(Error::Model(format!(
-            "{}: model_type '{}': rotary position embeddings (rope_theta), grouped-query attention (num_key_value_heads) and RMSNorm: {what} reads the attention of the BERT and GPT-2 families; the attention analyses (forward, analyze, invert, fixed-point, flow) do not analyse rotary attention yet; the hidden states (lipattn hidden, Python's Model.hidden_states), the local constant (lipattn local --model, Python's Model.local_constant) and the certified bounds with the attained search (lipattn lipschitz --model) run this model",
+            "{}: model_type '{}': rotary position embeddings (rope_theta), grouped-query attention (num_key_value_heads) and RMSNorm: {what} reads the attention of the BERT and GPT-2 families; the attention analyses (forward, invert, fixed-point, flow) do not analyse rotary attention yet; the hidden states (lipattn hidden, Python's Model.hidden_states), the local constant (lipattn local --model, Python's Model.local_constant), the certified bounds with the attained search (lipattn lipschitz --model) and the whole-model analysis (lipattn analyze, Python's Model.analyze) run this model",
             self.origin(),
             self.config().model_type
         )))
