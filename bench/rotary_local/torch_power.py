@@ -14,31 +14,18 @@ closure construction included) and prints one JSON line.
 """
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
 import torch
 from transformers import LlamaForCausalLM
 
-
-def power(f, x, abs_tol, max_iter, seed):
-    g = torch.Generator().manual_seed(seed)
-    v = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype)
-    v /= torch.linalg.norm(v)
-    _, pullback = torch.func.vjp(f, x)
-    prev = None
-    rq = None
-    it = 0
-    for it in range(1, max_iter + 1):
-        jv = torch.func.jvp(f, (x,), (v,))[1]
-        w = pullback(jv)[0]
-        rq = float(torch.dot(v.reshape(-1), w.reshape(-1)))
-        if prev is not None and abs(rq - prev) < abs_tol:
-            return rq, it, True
-        prev = rq
-        v = w / torch.linalg.norm(w)
-    return rq, it, False
+# The anchor's power iteration itself, shared with bench/local.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "local"))
+from torch_power import power  # noqa: E402
 
 
 def make_f(model_dir, layer, n, dtype):
