@@ -344,6 +344,8 @@ CALLS = {
     "Model.tokenize": lambda m: (m().tokenize, dict(text="a")),
     "Model.hidden_states": lambda m: (m().hidden_states, dict(text="a", layer=0)),
     "Model.analyze": lambda m: (m().analyze, {}),
+    "Model.local_constant": lambda m: (m().local_constant, dict(layer=0, x=np.zeros((4, 384)))),
+    "Model.lipschitz": lambda m: (m().lipschitz, dict(layer=0, radius=1.0, n=4)),
     "InvertibleBlock.__init__": lambda m: (lipattn.InvertibleBlock, dict(layer=L2, n=4)),
     "InvertibleBlock.inverse": lambda m: (BLOCK.inverse, dict(y=X4)),
     "InvertibleBlock.logdet": lambda m: (BLOCK.logdet, dict(x=X4)),
