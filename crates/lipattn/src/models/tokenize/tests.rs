@@ -6,8 +6,12 @@ use serde_json::json;
 use std::collections::HashMap;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
+/// A fresh directory per call: tests run in parallel threads of one process, and two of them
+/// building the same tokenizer must not share (and delete) one another's files.
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lipattn-tok-{name}-{}", std::process::id()));
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("lipattn-tok-{name}-{}-{k}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
