@@ -88,7 +88,7 @@ NUMERIC = {
     "forward": ["--layer", "--max-memory"],
     "hidden": ["--layer", "--max-tokens", "--max-memory"],
     "transport": ["--p", "--eps", "--tol", "--max-iter", "--max-memory"],
-    "local": ["--layer", "--head", "--tol", "--max-iter", "--seed", "--max-memory"],
+    "local": ["--layer", "--head", "--tol", "--max-iter", "--seed", "--max-tokens", "--max-memory"],
     "lipschitz": ["--layer", "--head", "--radius", "--n", "--starts", "--steps", "--atoms", "--seed",
                   "--max-memory"],
     "reproduce": ["--max-memory"],
@@ -107,7 +107,7 @@ OTHER = {
     "forward": ["--model", "--tokens", "--weights", "--kernel", "--out"],
     "hidden": ["--model", "--text", "--out", "--ids-out"],
     "transport": ["--wa", "--wb", "--cost", "--method", "--plan"],
-    "local": ["--model", "--tokens", "--method", "--save-vector"],
+    "local": ["--model", "--tokens", "--text", "--scope", "--pool", "--method", "--save-vector"],
     "lipschitz": ["--model", "--kernel", "--mask", "--save-input", "--save-pair"],
     "reproduce": ["--out", "--model"],
     "invert": ["--model", "--kernel", "--tokens", "--solver", "--save", "--plot"],
@@ -187,6 +187,10 @@ def invocation(bin_, cmd, chosen, f, run):
         for k in ("--d", "--heads"):
             opts.pop(k, None)
         opts["--model"] = str(f / "bert")
+    if cmd == "local" and "--max-tokens" in chosen:
+        # The model's own input on a text instead of given tokens (the options conflict).
+        opts.pop("--tokens")
+        opts["--text"] = str(f / "text.txt")
     opts.update(chosen)
     if "--max-memory" not in chosen:
         opts["--max-memory"] = BUDGET

@@ -1,28 +1,52 @@
 //! `lipattn local`: the local constant ||J(X)||_2 of one layer's attention sublayer (or of one
-//! head's contribution) at a given token sequence (the library's `ops::local`). An attained
-//! value, hence a lower bound on the Lipschitz constant over any domain containing X, never a
-//! certificate.
+//! head's contribution), of a block's attention half, a whole block or the whole model, at a
+//! given input (the library's `ops::local` and `ops::scope_local`). An attained value, hence a
+//! lower bound on the Lipschitz constant over any domain containing X, never a certificate; the
+//! wider scopes print the composed certified global bound beside it.
 
-use crate::layer_arg::LayerArg;
 use crate::names::named;
 use crate::progress::Bar;
 use anyhow::{Context, Result};
 use clap::Args;
 use lipattn::fmt::{compact, exact};
+use lipattn::models::{Model, Pool, Scope, TextTokenizer};
 use lipattn::npy::read_matrix;
 use lipattn::ops::local::{self, LocalMethod, LocalRequest};
+use lipattn::ops::scope_local::{run_scope, ScopeRequest};
 use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct LocalArgs {
-    #[command(flatten)]
-    target: LayerArg,
-    /// Tokens X, an (n, d) float32 or float64 .npy array in C order (for a rotary model, token i
-    /// at position i).
+    /// Hugging Face model directory (config.json with model.safetensors or a sharded index;
+    /// every supported family).
     #[arg(long)]
-    tokens: PathBuf,
-    /// Analyse head H's contribution W_O^h Gamma^h alone (no output bias).
+    model: PathBuf,
+    /// Layer index (0-based); every scope but `model` needs it.
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Input X, an (n, d) float32 or float64 .npy array in C order: the scope's input (see
+    /// --scope; for a rotary model, token i at position i).
+    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+    tokens: Option<PathBuf>,
+    /// UTF-8 text file: X is what the model computes at the scope's input on this text,
+    /// tokenised with the model's tokenizer.json.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// With --text: keep at most N tokens, special tokens included.
+    #[arg(long, requires = "text")]
+    max_tokens: Option<usize>,
+    /// attention (the sublayer; X its input), sublayer-residual-norm (the attention half of the
+    /// block with its norms and residual, as transformers' BertAttention for BERT; X the hidden
+    /// state entering the block), block (X the hidden state entering it) or model (X the input
+    /// embeddings before the first norm, output the final hidden states).
+    #[arg(long, value_parser = named::<Scope>(), default_value_t = ScopeRequest::default().scope)]
+    scope: Scope,
+    /// With --scope model: none, mean (over tokens) or mean-normalised (then divided by its
+    /// l2 norm, the sentence embedding of all-MiniLM-L6-v2).
+    #[arg(long, value_parser = named::<Pool>(), default_value_t = ScopeRequest::default().pool)]
+    pool: Pool,
+    /// Analyse head H's contribution W_O^h Gamma^h alone (no output bias; scope attention).
     #[arg(long)]
     head: Option<usize>,
     /// Lanczos: requested relative accuracy of sigma (an estimate). Power iteration always uses
@@ -63,17 +87,82 @@ pub fn run(a: LocalArgs) -> Result<()> {
         .as_deref()
         .map(lipattn::output::StagedFile::create)
         .transpose()?;
-    // The operator the model computes, mask included (GPT-2 and the rotary families: causal).
-    let (weights, source) = a.target.load_sublayer()?;
-    let x = read_matrix(&a.tokens).context("reading --tokens")?;
+    let scope = ScopeRequest {
+        scope: a.scope,
+        pool: a.pool,
+    };
+    let req = LocalRequest::from(&a);
+    scope.check_head(req.head)?;
+    let layer = a.scope.check(a.layer, a.pool)?;
+    let model = Model::open(&a.model)?;
+    // The attention scope with --tokens reads the sublayer alone, not the whole block.
+    let stack = (a.scope != Scope::Attention || a.text.is_some())
+        .then(|| model.stack(a.scope, layer, a.pool))
+        .transpose()?;
+    let x = match (&a.tokens, &a.text, &stack) {
+        (Some(t), _, _) => read_matrix(t).context("reading --tokens")?,
+        (None, Some(t), Some(w)) => {
+            let ids = TextTokenizer::from_dir(&a.model)?
+                .encode_file(t, a.max_tokens)
+                .context("reading --text")?;
+            model.stack_input(w, &ids)?
+        }
+        _ => unreachable!("clap requires --tokens or --text"),
+    };
     let bar = Bar::new(a.json);
-    let report = local::run_sublayer(
-        &LocalRequest::from(&a),
-        &weights,
-        &source,
-        x.as_ref(),
-        &mut |p| bar.update(p),
-    )?;
+    if let (Some(weights), true) = (&stack, a.scope != Scope::Attention) {
+        let report = run_scope(
+            &req,
+            &scope,
+            weights,
+            model.family().name(),
+            x.as_ref(),
+            &mut |p| bar.update(p),
+        )?;
+        drop(bar);
+        if let Some(f) = save_vector {
+            lipattn::npy::write_matrix(f.path(), report.vector.as_ref())
+                .context("writing --save-vector")?;
+            f.commit()?;
+        }
+        if a.json {
+            let mut out = lipattn::ops::to_json(&report)?;
+            out["vector"] = json!(a.save_vector.as_ref().map(|p| p.display().to_string()));
+            println!("{out}");
+        } else {
+            println!("operator: {}", report.description);
+            println!(
+                "||J(X)||_2 >= {} (attained at X, n = {}, max row norm {}; Frobenius norms)",
+                exact(report.sigma),
+                report.n,
+                compact(report.radius)
+            );
+            match report.certified.value {
+                Some(c) => println!(
+                    "certified global bound (composed): {} on {} (ratio {})",
+                    exact(c),
+                    report.certified.domain,
+                    compact(c / report.sigma)
+                ),
+                None => println!(
+                    "certified global bound (composed): none finite ({})",
+                    report.certified.notes.join("; ")
+                ),
+            }
+            print_convergence(
+                report.method,
+                report.iterations,
+                report.converged,
+                report.rel_error,
+                report.seconds,
+            );
+        }
+        return Ok(());
+    }
+    let l = layer.expect("scope attention has a layer");
+    // The operator the model computes, mask included (GPT-2 and the rotary families: causal).
+    let (weights, source) = (model.sublayer(l)?, model.layer_source(l));
+    let report = local::run_sublayer(&req, &weights, &source, x.as_ref(), &mut |p| bar.update(p))?;
     drop(bar);
     if let Some(f) = save_vector {
         report
@@ -84,7 +173,8 @@ pub fn run(a: LocalArgs) -> Result<()> {
     }
     if a.json {
         let mut out = lipattn::ops::to_json(&report)?;
-        out["layer"] = json!(a.target.layer);
+        out["layer"] = json!(l);
+        out["scope"] = json!(Scope::Attention.name());
         out["vector"] = json!(a.save_vector.as_ref().map(|p| p.display().to_string()));
         println!("{out}");
     } else {
@@ -96,18 +186,31 @@ pub fn run(a: LocalArgs) -> Result<()> {
             report.n,
             compact(report.radius)
         );
-        println!(
-            "{}: {} iterations, {}, estimated relative error {}, {:.3} s",
+        print_convergence(
             report.method,
             report.iterations,
-            if report.converged {
-                "converged"
-            } else {
-                "NOT converged (iteration cap)"
-            },
-            compact(report.rel_error),
-            report.seconds
+            report.converged,
+            report.rel_error,
+            report.seconds,
         );
     }
     Ok(())
+}
+
+fn print_convergence(
+    method: &str,
+    iterations: usize,
+    converged: bool,
+    rel_error: f64,
+    seconds: f64,
+) {
+    println!(
+        "{method}: {iterations} iterations, {}, estimated relative error {}, {seconds:.3} s",
+        if converged {
+            "converged"
+        } else {
+            "NOT converged (iteration cap)"
+        },
+        compact(rel_error),
+    );
 }

@@ -81,13 +81,17 @@ impl RmsNorm {
                 x.ncols().to_string(),
             ));
         }
-        let gain: Vec<f64> = if self.unit_offset {
+        let mut out = x.to_owned();
+        super::rms::normalise(&mut out, d, &self.gain(), self.eps, "RMSNorm")?;
+        Ok(out)
+    }
+
+    /// The gain multiplying the normalised coordinates: 1 + weight for Gemma's unit-offset norms.
+    pub fn gain(&self) -> Vec<f64> {
+        if self.unit_offset {
             self.weight.iter().map(|w| 1.0 + w).collect()
         } else {
             self.weight.clone()
-        };
-        let mut out = x.to_owned();
-        super::rms::normalise(&mut out, d, &gain, self.eps, "RMSNorm")?;
-        Ok(out)
+        }
     }
 }

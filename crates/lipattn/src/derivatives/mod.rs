@@ -6,6 +6,7 @@ pub mod jvp;
 pub mod linearization;
 pub mod linearized_map;
 pub mod query_jacobian;
+pub mod stack;
 pub mod vjp;
 
 pub use linearization::Linearization;

@@ -121,6 +121,49 @@ impl Activation {
             Activation::Silu => x / (1.0 + (-x).exp()),
         }
     }
+
+    /// The derivative of `apply` at x (ReLU: 0 at 0, as torch's autograd takes it).
+    pub fn derivative(self, x: f64) -> f64 {
+        let tanh_gelu = |c: f64| {
+            let t = (c * (x + 0.044715 * x * x * x)).tanh();
+            0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x)
+        };
+        match self {
+            Activation::GeluErf => {
+                let phi = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)) + x * phi
+            }
+            Activation::GeluTanh => tanh_gelu(0.797_884_560_802_865_4),
+            Activation::GeluFast => tanh_gelu(0.797_884_560_8),
+            Activation::Relu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::Silu => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                s * (1.0 + x * (1.0 - s))
+            }
+        }
+    }
+
+    /// A proven upper bound of sup_x |derivative(x)|, its global Lipschitz constant
+    /// (docs/bounds.md#block-composition: exact for GELU-erf, a checked grid for the others).
+    pub fn derivative_bound(self) -> f64 {
+        match self {
+            Activation::GeluErf | Activation::GeluTanh | Activation::GeluFast => 1.13,
+            Activation::Relu => 1.0,
+            Activation::Silu => 1.1,
+        }
+    }
+
+    /// A proven upper bound of sup_{x != 0} |apply(x) / x|: every activation here is x times a
+    /// gate in [0, 1] (Phi, a sigmoid-shaped tanh or a step), so 1.
+    pub fn gain_bound(self) -> f64 {
+        1.0
+    }
 }
 
 /// The shape-defining fields of a supported model's config.json, in family-neutral names.

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod load;
 pub mod model;
 pub mod source;
+pub mod stack;
 pub mod tensors;
 pub mod tokenize;
 
@@ -23,6 +24,7 @@ pub use load::{
 };
 pub use model::{Embeddings, FeedForward, Model, ModelLayer, NormPlacement};
 pub use source::{load_attention_layer_source, load_sublayer_source, SublayerWeights};
+pub use stack::{BlockWeights, FinalNorm, Pool, Scope, StackWeights};
 pub use tensors::{NamedTensor, TensorData, TensorStore};
 pub use tokenize::TextTokenizer;
 

@@ -173,6 +173,16 @@ impl Embeddings {
 
     /// The hidden state entering block 0 for the token ids `ids` at positions 0..n.
     pub fn embed(&self, ids: &[u32]) -> Result<Mat<f64>> {
+        let x = self.raw(ids)?;
+        match &self.norm {
+            Some(ln) => ln.apply(x.as_ref()),
+            None => Ok(x),
+        }
+    }
+
+    /// The input embeddings before any norm: word + position + token type (BERT, GPT-2), or
+    /// the (scaled) word vectors of the rotary families.
+    pub fn raw(&self, ids: &[u32]) -> Result<Mat<f64>> {
         if ids.is_empty() {
             return Err(Error::Empty {
                 what: "token sequence".into(),
@@ -203,10 +213,7 @@ impl Embeddings {
                 (None, None) => w,
             }
         });
-        match &self.norm {
-            Some(ln) => ln.apply(x.as_ref()),
-            None => Ok(x),
-        }
+        Ok(x)
     }
 }
 

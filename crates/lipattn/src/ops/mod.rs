@@ -17,6 +17,7 @@ pub mod invert;
 pub mod json;
 pub mod local;
 pub mod progress;
+pub mod scope_local;
 pub mod solvers;
 pub mod source;
 pub mod transport;

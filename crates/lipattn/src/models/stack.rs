@@ -1,0 +1,463 @@
+//! Blocks, stacks of blocks and whole models as maps on token matrices, with their exact
+//! linearisation (derivatives::stack) and the input each scope reads. One home for what a scope
+//! means, for every family:
+//!
+//! - `attention`: the attention sublayer alone, X = its input (after the block's input norm for
+//!   the pre-norm families);
+//! - `sublayer-residual-norm`: the attention half of the block, norms and residual as the family
+//!   places them (BERT: LN(h + Attn(h)), what transformers' `BertAttention` computes; GPT-2:
+//!   h + Attn(LN(h)); rotary: h + N_ao(Attn(N_a(h)))), X = the hidden state entering the block;
+//! - `block`: the whole block, X = the hidden state entering it;
+//! - `model`: every block from the input embeddings (word + position + token type, before the
+//!   first norm; Gemma's scaled word vectors) to the final hidden states (after GPT-2's `ln_f`
+//!   and the rotary families' `norm`), optionally pooled.
+
+use super::decoder::{GatedFeedForward, RotaryBlock};
+use super::model::{FeedForward, Model, ModelLayer, NormPlacement};
+use crate::attention::forward::affine;
+use crate::attention::norms::{LayerNorm, RmsNorm};
+use crate::attention::rms::normalise;
+use crate::attention::RotaryLinearization;
+use crate::derivatives::stack::{
+    Chain, FeedForwardStep, GatedStep, LayerNormStep, MeanPool, Normalise, PlainAttention,
+    Residual, RmsNormStep, RotaryAttentionStep, StackLinearization,
+};
+use crate::derivatives::Linearization;
+use crate::error::{Error, Result};
+use crate::named_enum;
+use faer::{Mat, MatRef};
+
+named_enum! {
+    /// Which map of a model is analysed.
+    pub enum Scope as "scope" {
+        Attention = "attention",
+        SublayerResidualNorm = "sublayer-residual-norm",
+        Block = "block",
+        Model = "model",
+    }
+}
+
+named_enum! {
+    /// What follows the final hidden states of `--scope model`.
+    pub enum Pool as "pool" {
+        None = "none",
+        /// The mean over tokens (sentence-transformers' mean pooling).
+        Mean = "mean",
+        /// The mean over tokens, then divided by its l2 norm (all-MiniLM-L6-v2's embedding).
+        MeanNormalised = "mean-normalised",
+    }
+}
+
+impl Scope {
+    /// Whether the scope is one layer's (and so needs a layer index).
+    pub fn has_layer(self) -> bool {
+        self != Scope::Model
+    }
+
+    /// The layer a request names, checked against the scope: one for every scope but `model`,
+    /// none for `model`; `pool` only after `model`.
+    pub fn check(self, layer: Option<usize>, pool: Pool) -> Result<Option<usize>> {
+        match (self.has_layer(), layer) {
+            (true, None) => Err(Error::invalid(format!(
+                "scope '{}' is one layer's: give the layer",
+                self.name()
+            ))),
+            (false, Some(l)) => Err(Error::invalid(format!(
+                "scope 'model' runs every layer from the input embeddings; layer {l} was given (drop it, or use scope 'block')"
+            ))),
+            _ if pool != Pool::None && self != Scope::Model => Err(Error::invalid(format!(
+                "pool '{}' applies to scope 'model' only (scope '{}')",
+                pool.name(),
+                self.name()
+            ))),
+            _ => Ok(layer),
+        }
+    }
+
+    /// What the scope's input X is, for reports.
+    pub fn input_description(self) -> &'static str {
+        match self {
+            Scope::Attention => "the attention sublayer's input (after the block's input norm in the pre-norm families)",
+            Scope::SublayerResidualNorm | Scope::Block => "the hidden state entering the block",
+            Scope::Model => "the input embeddings (word + position + token type, before the first norm)",
+        }
+    }
+}
+
+/// The weights of one block of any family.
+#[derive(Clone, Debug)]
+pub enum BlockWeights {
+    Plain(Box<ModelLayer>),
+    Rotary(Box<RotaryBlock>),
+}
+
+/// The norm after the last block.
+#[derive(Clone, Debug)]
+pub enum FinalNorm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+/// Everything one scope computes, loaded.
+#[derive(Clone, Debug)]
+pub struct StackWeights {
+    pub scope: Scope,
+    /// Index of the first block.
+    pub first_layer: usize,
+    /// BERT's embeddings LayerNorm (scope `model` only).
+    pub input_norm: Option<LayerNorm>,
+    pub blocks: Vec<BlockWeights>,
+    /// Scope `sublayer-residual-norm`: only the attention half of the (single) block.
+    pub half: bool,
+    pub final_norm: Option<FinalNorm>,
+    pub pool: Pool,
+    /// d of the tokens.
+    pub d: usize,
+}
+
+impl Model {
+    /// The weights of `scope` (with `layer` for the one-layer scopes, checked by
+    /// [`Scope::check`]) followed by `pool`.
+    pub fn stack(&self, scope: Scope, layer: Option<usize>, pool: Pool) -> Result<StackWeights> {
+        let layer = scope.check(layer, pool)?;
+        let block = |l: usize| -> Result<BlockWeights> {
+            Ok(if self.family().is_rotary() {
+                BlockWeights::Rotary(Box::new(self.rotary_layer(l)?))
+            } else {
+                BlockWeights::Plain(Box::new(self.layer(l)?))
+            })
+        };
+        let (first_layer, blocks) = match layer {
+            Some(l) => (l, vec![block(l)?]),
+            None => (0, (0..self.num_layers()).map(block).collect::<Result<_>>()?),
+        };
+        let whole = scope == Scope::Model;
+        let final_norm = if !whole {
+            None
+        } else if self.family().is_rotary() {
+            Some(FinalNorm::Rms(self.final_rms_norm()?))
+        } else {
+            self.final_norm()?.map(FinalNorm::Layer)
+        };
+        Ok(StackWeights {
+            scope,
+            first_layer,
+            input_norm: if whole { self.embeddings_norm()? } else { None },
+            blocks,
+            half: scope == Scope::SublayerResidualNorm,
+            final_norm,
+            pool,
+            d: self.hidden_size(),
+        })
+    }
+
+    /// The scope's input X for the token ids `ids`: what the model computes there.
+    pub fn stack_input(&self, w: &StackWeights, ids: &[u32]) -> Result<Mat<f64>> {
+        if w.scope == Scope::Model {
+            return self.embeddings()?.raw(ids);
+        }
+        let mut states = self.hidden_states_upto(ids, w.first_layer)?;
+        let h = states.pop().expect("hidden states up to the layer");
+        match (&w.blocks[0], w.scope) {
+            (BlockWeights::Plain(b), Scope::Attention) => b.attention_input(h.as_ref()),
+            (BlockWeights::Rotary(b), Scope::Attention) => b.attention_input(h.as_ref()),
+            _ => Ok(h),
+        }
+    }
+}
+
+fn rms(norm: &RmsNorm, x: MatRef<'_, f64>) -> Result<(Mat<f64>, RmsNormStep)> {
+    if x.ncols() != norm.weight.len() {
+        return Err(Error::shape(
+            "RMSNorm input width",
+            norm.weight.len().to_string(),
+            x.ncols().to_string(),
+        ));
+    }
+    let gain = norm.gain();
+    let mut out = x.to_owned();
+    let state = normalise(&mut out, gain.len(), &gain, norm.eps, "RMSNorm")?;
+    Ok((out, RmsNormStep { gain, state }))
+}
+
+fn layer_norm(ln: &LayerNorm, x: MatRef<'_, f64>) -> Result<(Mat<f64>, LayerNormStep)> {
+    let out = ln.apply(x)?;
+    Ok((out, LayerNormStep::at(&ln.gamma, ln.eps, x)))
+}
+
+fn feed_forward<'a>(ff: &'a FeedForward, x: MatRef<'_, f64>) -> (Mat<f64>, FeedForwardStep<'a>) {
+    let pre = affine(x, ff.w_in.as_ref(), &ff.b_in);
+    let slope = Mat::from_fn(pre.nrows(), pre.ncols(), |i, j| {
+        ff.activation.derivative(pre[(i, j)])
+    });
+    let hidden = Mat::from_fn(pre.nrows(), pre.ncols(), |i, j| {
+        ff.activation.apply(pre[(i, j)])
+    });
+    let out = affine(hidden.as_ref(), ff.w_out.as_ref(), &ff.b_out);
+    (
+        out,
+        FeedForwardStep {
+            w_in: ff.w_in.as_ref(),
+            w_out: ff.w_out.as_ref(),
+            slope,
+        },
+    )
+}
+
+fn gated<'a>(ff: &'a GatedFeedForward, x: MatRef<'_, f64>) -> (Mat<f64>, GatedStep<'a>) {
+    let g = affine(x, ff.gate.as_ref(), &ff.b_gate);
+    let u = affine(x, ff.up.as_ref(), &ff.b_up);
+    let (gate_slope, up_slope) = GatedStep::slopes(ff.activation, &g, &u);
+    let hidden = Mat::from_fn(g.nrows(), g.ncols(), |i, j| up_slope[(i, j)] * u[(i, j)]);
+    let out = affine(hidden.as_ref(), ff.down.as_ref(), &ff.b_down);
+    (
+        out,
+        GatedStep {
+            gate: ff.gate.as_ref(),
+            up: ff.up.as_ref(),
+            down: ff.down.as_ref(),
+            gate_slope,
+            up_slope,
+        },
+    )
+}
+
+/// The attention half of a BERT/GPT-2 block at h.
+fn plain_attention_half<'a>(
+    b: &'a ModelLayer,
+    h: MatRef<'_, f64>,
+) -> Result<(Mat<f64>, Chain<'a>)> {
+    let mut chain = Chain::default();
+    match b.placement {
+        NormPlacement::Post => {
+            let lin = Linearization::new(&b.attention, h, None, b.causal)?;
+            let a = h + lin.output();
+            let mut branch = Chain::default();
+            branch.push(PlainAttention(lin));
+            chain.push(Residual(branch));
+            let (out, step) = layer_norm(&b.attention_norm, a.as_ref())?;
+            chain.push(step);
+            Ok((out, chain))
+        }
+        NormPlacement::Pre => {
+            let (x, norm) = layer_norm(&b.attention_norm, h)?;
+            let lin = Linearization::new(&b.attention, x.as_ref(), None, b.causal)?;
+            let out = h + lin.output();
+            let mut branch = Chain::default();
+            branch.push(norm);
+            branch.push(PlainAttention(lin));
+            chain.push(Residual(branch));
+            Ok((out, chain))
+        }
+    }
+}
+
+/// The feed-forward half of a BERT/GPT-2 block at a.
+fn plain_feed_forward_half<'a>(
+    b: &'a ModelLayer,
+    a: MatRef<'_, f64>,
+) -> Result<(Mat<f64>, Chain<'a>)> {
+    let mut chain = Chain::default();
+    match b.placement {
+        NormPlacement::Post => {
+            let (f, step) = feed_forward(&b.feed_forward, a);
+            let mut branch = Chain::default();
+            branch.push(step);
+            chain.push(Residual(branch));
+            let (out, norm) = layer_norm(&b.feed_forward_norm, (a + f).as_ref())?;
+            chain.push(norm);
+            Ok((out, chain))
+        }
+        NormPlacement::Pre => {
+            let (x, norm) = layer_norm(&b.feed_forward_norm, a)?;
+            let (f, step) = feed_forward(&b.feed_forward, x.as_ref());
+            let mut branch = Chain::default();
+            branch.push(norm);
+            branch.push(step);
+            chain.push(Residual(branch));
+            Ok((a + f, chain))
+        }
+    }
+}
+
+fn rotary_attention_half<'a>(
+    b: &'a RotaryBlock,
+    h: MatRef<'_, f64>,
+) -> Result<(Mat<f64>, Chain<'a>)> {
+    let mut branch = Chain::default();
+    let (x, norm) = rms(&b.attention_norm, h)?;
+    branch.push(norm);
+    let lin = RotaryLinearization::new(&b.attention, x.as_ref())?;
+    let mut a = lin.output();
+    branch.push(RotaryAttentionStep(lin));
+    if let Some(n) = &b.attention_output_norm {
+        let (o, step) = rms(n, a.as_ref())?;
+        a = o;
+        branch.push(step);
+    }
+    let mut chain = Chain::default();
+    chain.push(Residual(branch));
+    Ok((h + a, chain))
+}
+
+fn rotary_feed_forward_half<'a>(
+    b: &'a RotaryBlock,
+    a: MatRef<'_, f64>,
+) -> Result<(Mat<f64>, Chain<'a>)> {
+    let mut branch = Chain::default();
+    let (x, norm) = rms(&b.feed_forward_norm, a)?;
+    branch.push(norm);
+    let (mut f, step) = gated(&b.feed_forward, x.as_ref());
+    branch.push(step);
+    if let Some(n) = &b.feed_forward_output_norm {
+        let (o, step) = rms(n, f.as_ref())?;
+        f = o;
+        branch.push(step);
+    }
+    let mut chain = Chain::default();
+    chain.push(Residual(branch));
+    Ok((a + f, chain))
+}
+
+impl StackWeights {
+    /// Bytes the linearisation keeps beyond the attention states (which their own constructors
+    /// check): per block a few n x d and n x ffn matrices.
+    fn check_budget(&self, n: usize) -> Result<()> {
+        let ffn = self
+            .blocks
+            .iter()
+            .map(|b| match b {
+                BlockWeights::Plain(l) => l.feed_forward.w_in.nrows(),
+                BlockWeights::Rotary(r) => r.feed_forward.gate.nrows(),
+            })
+            .max()
+            .unwrap_or(0);
+        let per_block = crate::budget::bytes_of(&[n, 8 * self.d + 4 * ffn], 8);
+        let need = per_block.and_then(|b| b.checked_mul(self.blocks.len() as u64 + 1));
+        crate::budget::check(
+            || {
+                format!(
+                    "linearising scope '{}' ({} blocks, n = {n}, d = {}, ffn = {ffn})",
+                    self.scope.name(),
+                    self.blocks.len(),
+                    self.d
+                )
+            },
+            need,
+        )
+    }
+
+    /// The scope's output at X (n x d) and its linearisation there. Scope `attention` is the
+    /// sublayer alone (ops::local runs it on its own linearisations; here for completeness).
+    pub fn linearize(&self, x: MatRef<'_, f64>) -> Result<(Mat<f64>, StackLinearization<'_>)> {
+        let (n, d) = (x.nrows(), x.ncols());
+        if n == 0 {
+            return Err(Error::Empty {
+                what: "token sequence".into(),
+            });
+        }
+        crate::attention::forward::check_shape("scope input X", x, n, self.d)?;
+        self.check_budget(n)?;
+        let mut chain = Chain::default();
+        let mut h = x.to_owned();
+        if let Some(ln) = &self.input_norm {
+            let (o, step) = layer_norm(ln, h.as_ref())?;
+            h = o;
+            chain.push(step);
+        }
+        for b in &self.blocks {
+            let (o, c) = match (b, self.scope) {
+                (BlockWeights::Plain(l), Scope::Attention) => {
+                    let lin = Linearization::new(&l.attention, h.as_ref(), None, l.causal)?;
+                    let o = lin.output().to_owned();
+                    let mut c = Chain::default();
+                    c.push(PlainAttention(lin));
+                    (o, c)
+                }
+                (BlockWeights::Rotary(r), Scope::Attention) => {
+                    let lin = RotaryLinearization::new(&r.attention, h.as_ref())?;
+                    let o = lin.output();
+                    let mut c = Chain::default();
+                    c.push(RotaryAttentionStep(lin));
+                    (o, c)
+                }
+                (BlockWeights::Plain(l), _) => {
+                    let (a, mut c) = plain_attention_half(l, h.as_ref())?;
+                    if self.half {
+                        (a, c)
+                    } else {
+                        let (o, c2) = plain_feed_forward_half(l, a.as_ref())?;
+                        c.append(c2);
+                        (o, c)
+                    }
+                }
+                (BlockWeights::Rotary(r), _) => {
+                    let (a, mut c) = rotary_attention_half(r, h.as_ref())?;
+                    if self.half {
+                        (a, c)
+                    } else {
+                        let (o, c2) = rotary_feed_forward_half(r, a.as_ref())?;
+                        c.append(c2);
+                        (o, c)
+                    }
+                }
+            };
+            h = o;
+            chain.append(c);
+        }
+        match &self.final_norm {
+            Some(FinalNorm::Layer(ln)) => {
+                let (o, step) = layer_norm(ln, h.as_ref())?;
+                h = o;
+                chain.push(step);
+            }
+            Some(FinalNorm::Rms(norm)) => {
+                let (o, step) = rms(norm, h.as_ref())?;
+                h = o;
+                chain.push(step);
+            }
+            None => {}
+        }
+        let d_out = h.ncols();
+        let mut rows_out = n;
+        if self.pool != Pool::None {
+            h = Mat::from_fn(1, d_out, |_, k| {
+                h.col_as_slice(k).iter().sum::<f64>() / n as f64
+            });
+            chain.push(MeanPool { n });
+            rows_out = 1;
+        }
+        if self.pool == Pool::MeanNormalised {
+            let norm = crate::linalg::frobenius(h.as_ref());
+            if !(norm > 0.0 && norm.is_finite()) {
+                return Err(Error::Numerical(format!(
+                    "the mean-pooled embedding has norm {norm}: its normalisation is undefined there"
+                )));
+            }
+            let y: Vec<f64> = (0..d_out).map(|k| h[(0, k)] / norm).collect();
+            h = Mat::from_fn(1, d_out, |_, k| y[k]);
+            chain.push(Normalise {
+                y,
+                inv_norm: 1.0 / norm,
+            });
+        }
+        for j in 0..h.ncols() {
+            if let Some(v) = h.col_as_slice(j).iter().find(|v| !v.is_finite()) {
+                return Err(Error::Numerical(format!(
+                    "the output of scope '{}' is {v}: the weights overflow in f64 at this input",
+                    self.scope.name()
+                )));
+            }
+        }
+        Ok((
+            h,
+            StackLinearization {
+                chain,
+                n,
+                d_in: d,
+                rows_out,
+                d_out,
+            },
+        ))
+    }
+}

@@ -1,0 +1,161 @@
+//! `local --scope sublayer-residual-norm|block|model`: the local constant ||J(X)||_2 of a
+//! block's attention half, a whole block or the whole model (optionally pooled) at X, by Lanczos
+//! or power iteration on the exact linearisation (derivatives::stack), beside the composed
+//! certified global bound (bounds::composed). The local constant is attained (a lower bound on
+//! the Lipschitz constant over any domain containing X), never a certificate.
+
+use super::local::{LocalMethod, LocalRequest};
+use super::{OnProgress, Progress};
+use crate::bounds::composed::{composed_bound, ComposedBound};
+use crate::error::{Error, Result};
+use crate::estimation::local_norm_of;
+use crate::linalg::max_row_norm;
+use crate::models::{Pool, Scope, StackWeights};
+use faer::{Mat, MatRef};
+use serde::{Deserialize, Serialize};
+
+/// Which map of a model a local request analyses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScopeRequest {
+    pub scope: Scope,
+    pub pool: Pool,
+}
+
+impl Default for ScopeRequest {
+    fn default() -> Self {
+        Self {
+            scope: Scope::Attention,
+            pool: Pool::None,
+        }
+    }
+}
+
+impl ScopeRequest {
+    /// The scopes beyond the attention sublayer analyse no single head.
+    pub fn check_head(&self, head: Option<usize>) -> Result<()> {
+        match head {
+            Some(h) if self.scope != Scope::Attention => Err(Error::invalid(format!(
+                "head {h} was given with scope '{}': a head's contribution is an attention-sublayer quantity (scope 'attention')",
+                self.scope.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ScopeLocalReport {
+    pub kind: &'static str,
+    pub quantity: &'static str,
+    pub scope: Scope,
+    pub pool: Pool,
+    /// The first (or only) layer; None for scope `model`.
+    pub layer: Option<usize>,
+    pub family: String,
+    /// What X is.
+    pub input: &'static str,
+    pub sigma: f64,
+    pub rel_error: f64,
+    pub rel_error_is: &'static str,
+    pub converged: bool,
+    pub iterations: usize,
+    pub seconds: f64,
+    pub method: &'static str,
+    pub tol: Option<f64>,
+    pub norm: &'static str,
+    pub n: usize,
+    pub d: usize,
+    /// Shape of the output: (n, d) or (1, d) after pooling.
+    pub rows_out: usize,
+    pub d_out: usize,
+    /// Largest row norm of X.
+    pub radius: f64,
+    pub dtype: &'static str,
+    /// The composed certified global bound (Frobenius norms, sequences of n tokens).
+    pub certified: ComposedBound,
+    /// certified / sigma; None where nothing finite is certified.
+    pub ratio: Option<f64>,
+    pub description: String,
+    #[serde(skip)]
+    pub vector: Mat<f64>,
+    #[serde(skip)]
+    pub output: Mat<f64>,
+}
+
+/// The local constant of `weights` (loaded for `scope`) at X, and the composed bound.
+pub fn run_scope(
+    req: &LocalRequest,
+    scope: &ScopeRequest,
+    weights: &StackWeights,
+    family: &str,
+    x: MatRef<'_, f64>,
+    on_progress: OnProgress,
+) -> Result<ScopeLocalReport> {
+    scope.check_head(req.head)?;
+    let stage = req.method.name();
+    on_progress(&Progress {
+        stage,
+        done: 0,
+        total: 1,
+    });
+    let mut output = Mat::<f64>::zeros(0, 0);
+    let r = local_norm_of(x, &req.estimator(), || {
+        let (out, lin) = weights.linearize(x)?;
+        output = out;
+        Ok(lin)
+    })?;
+    on_progress(&Progress {
+        stage,
+        done: 1,
+        total: 1,
+    });
+    let n = x.nrows();
+    let certified = composed_bound(weights, n)?;
+    let t = &r.top;
+    let ratio = certified.value.map(|c| c / t.sigma);
+    let layer = weights.scope.has_layer().then_some(weights.first_layer);
+    let where_ = match layer {
+        Some(l) => format!("layer {l}"),
+        None => format!("all {} layers", weights.blocks.len()),
+    };
+    let description = format!(
+        "scope '{}' ({where_}{}) of a {family} model at X = {} (n = {n}, d = {}), Frobenius norms, f64",
+        weights.scope.name(),
+        match weights.pool {
+            Pool::None => String::new(),
+            p => format!(", pooled '{}'", p.name()),
+        },
+        weights.scope.input_description(),
+        x.ncols()
+    );
+    Ok(ScopeLocalReport {
+        kind: "attained_lower_bound",
+        quantity: "local_lipschitz",
+        scope: weights.scope,
+        pool: weights.pool,
+        layer,
+        family: family.to_string(),
+        input: weights.scope.input_description(),
+        sigma: t.sigma,
+        rel_error: t.rel_error,
+        rel_error_is: "estimate",
+        converged: t.converged,
+        iterations: t.iterations,
+        seconds: r.seconds,
+        method: r.method,
+        tol: (req.method == LocalMethod::Lanczos).then_some(req.tol),
+        norm: "frobenius",
+        n,
+        d: x.ncols(),
+        rows_out: output.nrows(),
+        d_out: output.ncols(),
+        radius: max_row_norm(x),
+        dtype: "f64",
+        certified,
+        ratio,
+        description,
+        vector: t.vector.clone(),
+        output,
+    })
+}
