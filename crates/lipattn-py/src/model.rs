@@ -10,6 +10,7 @@ use lipattn::analysis::lipschitz::LipschitzOptions;
 use lipattn::analysis::AnalysisOptions;
 use lipattn::models::{Model, SublayerWeights, TextTokenizer};
 use lipattn::ops::local::{self, LocalRequest};
+use lipattn::ops::scope_local::{run_scope, ScopeRequest};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -264,6 +265,80 @@ impl PyModel {
             )
         })?;
         local_constant_result(py, r)
+    }
+
+    /// The local constant ``||J(X)||_2`` (Frobenius norms) of a wider map than one attention
+    /// sublayer, beside its composed certified global bound: ``lipattn local --scope``.
+    /// ``scope``: 'attention', 'sublayer-residual-norm' (the attention half of the block with its
+    /// norms and residual; BERT's ``BertAttention``), 'block' or 'model' (from the input
+    /// embeddings, word + position + token type before the first norm, to the final hidden
+    /// states), ``pool`` ('none', 'mean', 'mean-normalised') after 'model'. X is ``x`` (n, d),
+    /// or what the model computes at the scope's input on ``text`` (or token ``ids``). Returns
+    /// the dict ``lipattn local --scope ... --json`` prints plus ``x``, ``vector`` (the top right
+    /// singular vector) and ``output`` (the scope's output at X). The local constant is
+    /// attained, never a certificate.
+    #[pyo3(signature = (scope, x=None, *, layer=None, text=None, ids=None, max_tokens=None, pool="none", method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128)))]
+    #[allow(clippy::too_many_arguments)]
+    fn scope_local_constant<'py>(
+        &self,
+        py: Python<'py>,
+        scope: &str,
+        x: Option<&Bound<'py, PyAny>>,
+        layer: Option<PyInt>,
+        text: Option<&str>,
+        ids: Option<Vec<PyInt>>,
+        max_tokens: Option<PyInt>,
+        pool: &str,
+        method: &str,
+        tol: f64,
+        max_iter: Option<PyInt>,
+        seed: PyInt,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::ints::unsigned!(ids, layer, max_tokens, max_iter, seed);
+        let scope_req = ScopeRequest {
+            scope: scope.parse().py_err()?,
+            pool: pool.parse().py_err()?,
+        };
+        let req = local_request(method, tol, max_iter, seed)?;
+        scope_req.scope.check(layer, scope_req.pool).py_err()?;
+        let given = match x {
+            Some(x) if text.is_none() && ids.is_none() => Some(matrix_f64(x, "x")?),
+            None => None,
+            Some(_) => {
+                return Err(PyValueError::new_err(
+                    "give exactly one of x, text and ids",
+                ))
+            }
+        };
+        let ids = match given {
+            Some(_) => None,
+            None => Some(self.ids(py, text, ids, max_tokens)?),
+        };
+        let model = self.model.clone();
+        let (r, x) = interruptible(py, move || {
+            let w = model.stack(scope_req.scope, layer, scope_req.pool)?;
+            let x = match (given, ids) {
+                (Some(x), _) => x,
+                (None, Some(ids)) => model.stack_input(&w, &ids)?,
+                (None, None) => unreachable!("x or ids"),
+            };
+            let r = run_scope(
+                &req,
+                &scope_req,
+                &w,
+                model.family().name(),
+                x.as_ref(),
+                &mut lipattn::ops::silent,
+            )?;
+            Ok((r, x))
+        })?;
+        let json = lipattn::ops::to_json(&r).py_err()?;
+        let out = crate::convert::json_to_py(py, &json)?;
+        let dict = out.cast::<pyo3::types::PyDict>()?;
+        dict.set_item("x", to_numpy(py, x.as_ref()))?;
+        dict.set_item("vector", to_numpy(py, r.vector.as_ref()))?;
+        dict.set_item("output", to_numpy(py, r.output.as_ref()))?;
+        Ok(out)
     }
 
     /// Certified upper bounds beside attained lower bounds for the attention sublayer of

@@ -285,6 +285,26 @@ class Model:
         """``lipattn local --model``: ||J(X)||_2 of the layer's attention sublayer at ``x`` (float64,
         the model's mask, positions 0..n-1); an attained lower bound, never a certificate."""
         ...
+    def scope_local_constant(
+        self,
+        scope: Literal["attention", "sublayer-residual-norm", "block", "model"],
+        x: Optional[ArrayLike] = None,
+        *,
+        layer: Optional[int] = None,
+        text: Optional[str] = None,
+        ids: Optional[Sequence[int]] = None,
+        max_tokens: Optional[int] = None,
+        pool: Literal["none", "mean", "mean-normalised"] = "none",
+        method: Literal["lanczos", "power"] = "lanczos",
+        tol: float = 1e-6,
+        max_iter: Optional[int] = None,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """``lipattn local --scope``: ||J(X)||_2 of a block's attention half, a block or the whole
+        model (optionally pooled) at X (``x``, or the model's own input on ``text`` / ``ids``),
+        beside the composed certified global bound; the dict the CLI prints plus ``x``,
+        ``vector`` and ``output``. The local constant is attained, never a certificate."""
+        ...
     def lipschitz(
         self,
         layer: int,
