@@ -130,13 +130,7 @@ pub fn run(a: LocalArgs) -> Result<()> {
             out["vector"] = json!(a.save_vector.as_ref().map(|p| p.display().to_string()));
             println!("{out}");
         } else {
-            println!("operator: {}", report.description);
-            println!(
-                "||J(X)||_2 >= {} (attained at X, n = {}, max row norm {}; Frobenius norms)",
-                exact(report.sigma),
-                report.n,
-                compact(report.radius)
-            );
+            print_attained(&report.description, report.sigma, report.n, report.radius);
             match report.certified.value {
                 Some(c) => println!(
                     "certified global bound (composed): {} on {} (ratio {})",
@@ -178,13 +172,11 @@ pub fn run(a: LocalArgs) -> Result<()> {
         out["vector"] = json!(a.save_vector.as_ref().map(|p| p.display().to_string()));
         println!("{out}");
     } else {
-        println!("operator: {}", report.operator.description);
-        println!(
-            "||J(X)||_2 >= {} (attained at X, n = {}, max row norm {}; Frobenius norms)",
-            // The answer with every digit; the rest rounded for reading.
-            exact(report.sigma),
+        print_attained(
+            &report.operator.description,
+            report.sigma,
             report.n,
-            compact(report.radius)
+            report.radius,
         );
         print_convergence(
             report.method,
@@ -195,6 +187,16 @@ pub fn run(a: LocalArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn print_attained(operator: &str, sigma: f64, n: usize, radius: f64) {
+    println!("operator: {operator}");
+    println!(
+        "||J(X)||_2 >= {} (attained at X, n = {n}, max row norm {}; Frobenius norms)",
+        // The answer with every digit; the rest rounded for reading.
+        exact(sigma),
+        compact(radius)
+    );
 }
 
 fn print_convergence(

@@ -7,6 +7,7 @@
 //! ([`Figure`]), the JSON summary and the bound checks. Drawing and writing files belong to the
 //! frontend (`lipattn reproduce`), so this crate has no plotting dependency.
 
+pub mod anchor_estimator;
 pub mod check;
 pub mod figure;
 pub mod fixtures;
@@ -54,7 +55,7 @@ pub fn run(
     let (figure, l2) = l2_attention::l2_attention(quick)?;
     emit(&figure)?;
     let mut checks = Vec::new();
-    let (minilm, all_bounds) = match &request.model {
+    let (minilm, all_bounds, anchor) = match &request.model {
         Some(dir) => {
             let t = std::time::Instant::now();
             let full = lipattn::models::load_attention_layer(dir, 0)?;
@@ -69,13 +70,18 @@ pub fn run(
             c["load_seconds"] = json!(t_load);
             checks.extend(checks_c);
             checks.extend(checks_d);
-            (c, d)
+            let t_e = std::time::Instant::now();
+            let (figure, mut e) = anchor_estimator::anchor_estimator(dir, quick)?;
+            emit(&figure)?;
+            e["seconds"] = json!(t_e.elapsed().as_secs_f64());
+            (c, d, e)
         }
         None => {
             let why = "no --model and LIPATTN_MINILM unset";
             (
                 json!({"figure": "minilm_ratios", "skipped": why}),
                 json!({"figure": "minilm_all_bounds", "skipped": why}),
+                json!({"figure": "anchor_estimator", "skipped": why}),
             )
         }
     };
@@ -84,6 +90,7 @@ pub fn run(
     summary.insert("l2_attention".into(), l2);
     summary.insert("minilm_ratios".into(), minilm);
     summary.insert("minilm_all_bounds".into(), all_bounds);
+    summary.insert("anchor_estimator".into(), anchor);
     summary.insert("quick".into(), json!(quick));
     Ok(Reproduction { summary, checks })
 }
