@@ -45,6 +45,8 @@ LIMITS = {
     "--layers": ["0,1", "1,0", "2", "0,0", ",", "0,,1"],
     "--windows": ["2", "1000000"],
     "--max-tokens": ["2", "3", "4"],  # BERT: the 2 special tokens plus 1 is the least
+    "--upper-failure-probability": ["1", "1e-300", "5e-324", "0.999999999999"],
+    "--upper-steps": ["2", "1000000"],
     "--radius": ["1e-300", "1e300", "5e-324"],
     "--c": ["1", "0.999999999999", "0.9999999999999999", "1e-300", "1.0000001"],
     "--contract": ["1", "0.999999999999", "1e-300", "1.0000001"],
@@ -88,7 +90,8 @@ NUMERIC = {
     "forward": ["--layer", "--max-memory"],
     "hidden": ["--layer", "--max-tokens", "--max-memory"],
     "transport": ["--p", "--eps", "--tol", "--max-iter", "--max-memory"],
-    "local": ["--layer", "--head", "--tol", "--max-iter", "--seed", "--max-tokens", "--max-memory"],
+    "local": ["--layer", "--head", "--tol", "--max-iter", "--seed", "--max-tokens", "--upper-failure-probability",
+              "--upper-steps", "--max-memory"],
     "lipschitz": ["--layer", "--head", "--radius", "--n", "--starts", "--steps", "--atoms", "--seed",
                   "--max-memory"],
     "reproduce": ["--max-memory"],
@@ -156,6 +159,7 @@ def base(cmd, f, run):
 # Options that only act with others: they are fuzzed where they act.
 CONTEXT = {
     ("transport", "--eps"): {"--method": "sinkhorn"},
+    ("local", "--upper-steps"): {"--upper-failure-probability": "1e-3"},
     ("transport", "--tol"): {"--method": "sinkhorn", "--eps": "0.1"},
     ("transport", "--max-iter"): {"--method": "sinkhorn", "--eps": "0.1", "--accept-unconverged": None},
     ("invert", "--probes"): {"--logdet": None, "--logdet-series": None},

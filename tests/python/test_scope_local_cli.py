@@ -203,3 +203,40 @@ def test_scope_errors(lipattn_bin, tmp_path, args, message):
     out = run(lipattn_bin, "local", "--model", tmp_path, "--tokens", tmp_path / "x.npy", *args)
     assert out.returncode != 0 and message in out.stderr, out.stderr
     assert "panicked" not in out.stderr
+
+
+@pytest.mark.parametrize("kind,scope,layer", [(("llama", {"num_key_value_heads": 2}), "block", 1),
+                                              ("bert", "attention", 0), ("gpt2", "model", None)])
+def test_probabilistic_upper_bound(lipattn_bin, tmp_path, kind, scope, layer):
+    """--upper-failure-probability: the bound is above the exact largest singular value of
+    transformers' Jacobian and within its stated factor 1 / sqrt(1 - eps) of the Ritz value."""
+    path = checkpoint(kind, tmp_path)
+    m = load(path)
+    x = np.random.default_rng(11).standard_normal((5, m.config.hidden_size))
+    r = local(lipattn_bin, path, x, scope, layer, None, "--upper-failure-probability", "1e-6",
+              "--upper-steps", "60")
+    if scope == "attention":
+        f = lambda h: first(m.encoder.layer[layer].attention.self(h[None]))[0]  # noqa: E731
+        xt = torch.tensor(x)
+        jac = torch.autograd.functional.jacobian(lambda h: m.encoder.layer[layer].attention.output.dense(f(h)), xt)
+        exact = float(np.linalg.svd(jac.reshape(-1, x.size).numpy(), compute_uv=False)[0])
+    else:
+        exact, _ = top_singular(m, scope, layer, x, "none")
+    u = r["upper"]
+    assert u["kind"] == "probabilistic" and u["failure_probability"] == 1e-6
+    assert u["krylov_dimension"] == 60 and u["dimension"] == x.size and "Lemma P" in u["theorem"]
+    assert r["sigma"] <= exact * (1 + 1e-9) <= u["value"] * (1 + 1e-9)
+    assert u["value"] <= exact / np.sqrt(1 - u["epsilon"]) * (1 + 1e-8)
+    assert r["scope"] == scope
+
+
+def test_upper_bound_errors(lipattn_bin, tmp_path):
+    tiny_bert.write(tmp_path)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((3, tiny_bert.D)))
+    base = ["local", "--model", tmp_path, "--tokens", tmp_path / "x.npy", "--layer", "0"]
+    for extra, message in [(["--upper-failure-probability", "1"], "upper_failure_probability"),
+                           (["--upper-failure-probability", "1e-3", "--head", "0"], "not one head"),
+                           (["--upper-failure-probability", "1e-3", "--upper-steps", "1"], "upper_steps")]:
+        out = run(lipattn_bin, *base, *extra)
+        assert out.returncode != 0 and message in out.stderr, out.stderr
+        assert "panicked" not in out.stderr

@@ -46,6 +46,13 @@ pub struct LocalArgs {
     /// l2 norm, the sentence embedding of all-MiniLM-L6-v2).
     #[arg(long, value_parser = named::<Pool>(), default_value_t = ScopeRequest::default().pool)]
     pool: Pool,
+    /// Also a probabilistic upper bound on ||J(X)||_2 failing with at most this probability
+    /// (Lemma P of docs/estimation.md: Lanczos from its own random start; any scope, no --head).
+    #[arg(long)]
+    upper_failure_probability: Option<f64>,
+    /// Lanczos steps of that bound.
+    #[arg(long, default_value_t = ScopeRequest::default().upper_steps)]
+    upper_steps: usize,
     /// Analyse head H's contribution W_O^h Gamma^h alone (no output bias; scope attention).
     #[arg(long)]
     head: Option<usize>,
@@ -90,13 +97,18 @@ pub fn run(a: LocalArgs) -> Result<()> {
     let scope = ScopeRequest {
         scope: a.scope,
         pool: a.pool,
+        upper_failure_probability: a.upper_failure_probability,
+        upper_steps: a.upper_steps,
     };
+    // The attention sublayer alone goes through ops::local unless the upper bound is asked for,
+    // which ops::scope_local computes for every scope.
+    let wide = a.scope != Scope::Attention || a.upper_failure_probability.is_some();
     let req = LocalRequest::from(&a);
     scope.check_head(req.head)?;
     let layer = a.scope.check(a.layer, a.pool)?;
     let model = Model::open(&a.model)?;
     // The attention scope with --tokens reads the sublayer alone, not the whole block.
-    let stack = (a.scope != Scope::Attention || a.text.is_some())
+    let stack = (wide || a.text.is_some())
         .then(|| model.stack(a.scope, layer, a.pool))
         .transpose()?;
     let x = match (&a.tokens, &a.text, &stack) {
@@ -110,7 +122,7 @@ pub fn run(a: LocalArgs) -> Result<()> {
         _ => unreachable!("clap requires --tokens or --text"),
     };
     let bar = Bar::new(a.json);
-    if let (Some(weights), true) = (&stack, a.scope != Scope::Attention) {
+    if let (Some(weights), true) = (&stack, wide) {
         let report = run_scope(
             &req,
             &scope,
@@ -142,6 +154,16 @@ pub fn run(a: LocalArgs) -> Result<()> {
                     "certified global bound (composed): none finite ({})",
                     report.certified.notes.join("; ")
                 ),
+            }
+            if let Some(u) = &report.upper {
+                println!(
+                    "||J(X)||_2 <= {} except with probability {} (probabilistic: {}; eps {}, Krylov dimension {})",
+                    exact(u.value),
+                    compact(u.failure_probability),
+                    u.theorem,
+                    compact(u.epsilon),
+                    u.krylov_dimension
+                );
             }
             print_convergence(
                 report.method,

@@ -276,8 +276,10 @@ impl PyModel {
     /// or what the model computes at the scope's input on ``text`` (or token ``ids``). Returns
     /// the dict ``lipattn local --scope ... --json`` prints plus ``x``, ``vector`` (the top right
     /// singular vector) and ``output`` (the scope's output at X). The local constant is
-    /// attained, never a certificate.
-    #[pyo3(signature = (scope, x=None, *, layer=None, text=None, ids=None, max_tokens=None, pool="none", method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128)))]
+    /// attained, never a certificate; with ``upper_failure_probability`` the report's ``upper``
+    /// is a probabilistic upper bound on it (Lemma P, ``upper_steps`` Lanczos steps from their
+    /// own random start).
+    #[pyo3(signature = (scope, x=None, *, layer=None, text=None, ids=None, max_tokens=None, pool="none", method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), upper_failure_probability=None, upper_steps=crate::ints::PyInt::Fits(ScopeRequest::default().upper_steps as i128)))]
     #[allow(clippy::too_many_arguments)]
     fn scope_local_constant<'py>(
         &self,
@@ -293,22 +295,22 @@ impl PyModel {
         tol: f64,
         max_iter: Option<PyInt>,
         seed: PyInt,
+        upper_failure_probability: Option<f64>,
+        upper_steps: PyInt,
     ) -> PyResult<Bound<'py, PyAny>> {
-        crate::ints::unsigned!(ids, layer, max_tokens, max_iter, seed);
+        crate::ints::unsigned!(ids, layer, max_tokens, max_iter, seed, upper_steps);
         let scope_req = ScopeRequest {
             scope: scope.parse().py_err()?,
             pool: pool.parse().py_err()?,
+            upper_failure_probability,
+            upper_steps,
         };
         let req = local_request(method, tol, max_iter, seed)?;
         scope_req.scope.check(layer, scope_req.pool).py_err()?;
         let given = match x {
             Some(x) if text.is_none() && ids.is_none() => Some(matrix_f64(x, "x")?),
             None => None,
-            Some(_) => {
-                return Err(PyValueError::new_err(
-                    "give exactly one of x, text and ids",
-                ))
-            }
+            Some(_) => return Err(PyValueError::new_err("give exactly one of x, text and ids")),
         };
         let ids = match given {
             Some(_) => None,

@@ -299,6 +299,8 @@ class Model:
         tol: float = 1e-6,
         max_iter: Optional[int] = None,
         seed: int = 0,
+        upper_failure_probability: Optional[float] = None,
+        upper_steps: int = 200,
     ) -> dict[str, Any]:
         """``lipattn local --scope``: ||J(X)||_2 of a block's attention half, a block or the whole
         model (optionally pooled) at X (``x``, or the model's own input on ``text`` / ``ids``),

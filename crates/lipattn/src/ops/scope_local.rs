@@ -8,11 +8,15 @@ use super::local::{LocalMethod, LocalRequest};
 use super::{OnProgress, Progress};
 use crate::bounds::composed::{composed_bound, ComposedBound};
 use crate::error::{Error, Result};
-use crate::estimation::local_norm_of;
+use crate::estimation::centre_upper::{centre_upper, CentreUpper};
+use crate::estimation::{lanczos, power_iteration, Method};
 use crate::linalg::max_row_norm;
 use crate::models::{Pool, Scope, StackWeights};
 use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
+
+/// Added to the request's seed for the start of the upper bound's Lanczos run.
+pub const UPPER_SEED_OFFSET: u64 = 0x5eed_u64;
 
 /// Which map of a model a local request analyses.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -20,6 +24,11 @@ use serde::{Deserialize, Serialize};
 pub struct ScopeRequest {
     pub scope: Scope,
     pub pool: Pool,
+    /// Also compute the probabilistic upper bound on ||J(X)||_2 (Lemma P) failing with at
+    /// most this probability.
+    pub upper_failure_probability: Option<f64>,
+    /// Lanczos steps of that bound (its own run from its own random start).
+    pub upper_steps: usize,
 }
 
 impl Default for ScopeRequest {
@@ -27,17 +36,22 @@ impl Default for ScopeRequest {
         Self {
             scope: Scope::Attention,
             pool: Pool::None,
+            upper_failure_probability: None,
+            upper_steps: 200,
         }
     }
 }
 
 impl ScopeRequest {
-    /// The scopes beyond the attention sublayer analyse no single head.
+    /// The scopes beyond the attention sublayer, and the upper bound, analyse no single head.
     pub fn check_head(&self, head: Option<usize>) -> Result<()> {
         match head {
             Some(h) if self.scope != Scope::Attention => Err(Error::invalid(format!(
                 "head {h} was given with scope '{}': a head's contribution is an attention-sublayer quantity (scope 'attention')",
                 self.scope.name()
+            ))),
+            Some(h) if self.upper_failure_probability.is_some() => Err(Error::invalid(format!(
+                "head {h} was given with upper_failure_probability: the probabilistic upper bound covers whole scopes, not one head's contribution"
             ))),
             _ => Ok(()),
         }
@@ -76,6 +90,9 @@ pub struct ScopeLocalReport {
     pub certified: ComposedBound,
     /// certified / sigma; None where nothing finite is certified.
     pub ratio: Option<f64>,
+    /// The probabilistic upper bound on ||J(X)||_2 at X (when requested): the local constant
+    /// lies in [sigma, upper.value] except with probability upper.failure_probability.
+    pub upper: Option<CentreUpper>,
     pub description: String,
     #[serde(skip)]
     pub vector: Mat<f64>,
@@ -99,12 +116,26 @@ pub fn run_scope(
         done: 0,
         total: 1,
     });
-    let mut output = Mat::<f64>::zeros(0, 0);
-    let r = local_norm_of(x, &req.estimator(), || {
-        let (out, lin) = weights.linearize(x)?;
-        output = out;
-        Ok(lin)
-    })?;
+    let start = std::time::Instant::now();
+    let (output, lin) = weights.linearize(x)?;
+    let top = match &req.estimator() {
+        Method::Lanczos(o) => lanczos(&lin, o, None)?,
+        Method::Power(o) => power_iteration(&lin, o, None)?,
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    // Its own start, drawn from another seed, so that the bound's probability is over a start
+    // the attained value did not choose.
+    let upper = scope
+        .upper_failure_probability
+        .map(|delta| {
+            centre_upper(
+                &lin,
+                scope.upper_steps,
+                delta,
+                req.seed.wrapping_add(UPPER_SEED_OFFSET),
+            )
+        })
+        .transpose()?;
     on_progress(&Progress {
         stage,
         done: 1,
@@ -112,7 +143,7 @@ pub fn run_scope(
     });
     let n = x.nrows();
     let certified = composed_bound(weights, n)?;
-    let t = &r.top;
+    let t = &top;
     let ratio = certified.value.map(|c| c / t.sigma);
     let layer = weights.scope.has_layer().then_some(weights.first_layer);
     let where_ = match layer {
@@ -142,8 +173,8 @@ pub fn run_scope(
         rel_error_is: "estimate",
         converged: t.converged,
         iterations: t.iterations,
-        seconds: r.seconds,
-        method: r.method,
+        seconds,
+        method: req.method.name(),
         tol: (req.method == LocalMethod::Lanczos).then_some(req.tol),
         norm: "frobenius",
         n,
@@ -154,6 +185,7 @@ pub fn run_scope(
         dtype: "f64",
         certified,
         ratio,
+        upper,
         description,
         vector: t.vector.clone(),
         output,
