@@ -7,6 +7,7 @@ use crate::progress::Bar;
 use crate::solver_output::{plot_residuals, save_first};
 use anyhow::{bail, Result};
 use clap::Args;
+use lipattn::dynamics::Branch;
 use lipattn::fmt::compact;
 use lipattn::ops::invert::{self, InvertInputs, InvertRequest};
 use lipattn::ops::source::SourceRequest;
@@ -72,7 +73,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
     let save = a.save.as_deref().map(StagedFile::create).transpose()?;
     let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
-    let sourced = source.layer()?;
+    let sourced = source.branch()?;
     let x = source.tokens(sourced.layer.d_in())?;
     let bar = Bar::new(a.json);
     let report = invert::run(
