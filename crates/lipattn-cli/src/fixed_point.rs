@@ -29,7 +29,7 @@ pub struct FixedPointArgs {
     /// bisection on the scale; the layer is used as given otherwise.
     #[arg(long)]
     contract: Option<f64>,
-    /// Dot-product layers: radius of the ball the certificate holds on (default: the larger of
+    /// Dot-product and rotary layers: radius of the ball the certificate holds on (default: the larger of
     /// the smallest invariant one and the tokens' radius).
     #[arg(long)]
     radius: Option<f64>,

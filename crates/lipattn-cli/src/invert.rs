@@ -21,7 +21,7 @@ pub struct InvertArgs {
     /// Certified Lipschitz constant required of the branch g (0 < c < 1).
     #[arg(long, default_value_t = InvertRequest::default().c)]
     c: f64,
-    /// Dot-product layers: radius R of the ball (B_R)^n the certificate holds on (default: the
+    /// Dot-product and rotary layers: radius R of the ball (B_R)^n the certificate holds on (default: the
     /// smallest tried radius, from 1.25 max |x_i| up, for which y provably has its preimage and
     /// every iterate in the ball).
     #[arg(long)]

@@ -18,7 +18,15 @@ use common::rotary::{gauss, RotarySpec};
 const D: usize = 8;
 
 /// (name, heads, kv heads, window, qk-norm, softcap, bias).
-type Case = (&'static str, usize, usize, Option<usize>, bool, Option<f64>, f64);
+type Case = (
+    &'static str,
+    usize,
+    usize,
+    Option<usize>,
+    bool,
+    Option<f64>,
+    f64,
+);
 
 const CASES: [Case; 5] = [
     ("mha", 2, 2, None, false, None, 0.0),
@@ -89,13 +97,23 @@ fn rotary_inversion_is_within_its_certified_bound() {
             };
             assert!(max_row_norm(x.as_ref()) <= radius);
             let local = attained(&block.g, &x);
-            assert!(local <= cert.constant, "{}: attained {local} above {}", c.0, cert.constant);
+            assert!(
+                local <= cert.constant,
+                "{}: attained {local} above {}",
+                c.0,
+                cert.constant
+            );
             let y = block.forward(x.as_ref()).unwrap();
             for solver in [Solver::Picard, Solver::anderson(), Solver::broyden()] {
                 let inv = block.inverse(y.as_ref(), &solver, &opts(1e-12)).unwrap();
                 let err = frobenius((&inv.x - &x).as_ref());
                 let bound = inv.error_bound.expect("certified");
-                assert!(err <= bound, "{} {}: error {err:e} above {bound:e}", c.0, inv.solver);
+                assert!(
+                    err <= bound,
+                    "{} {}: error {err:e} above {bound:e}",
+                    c.0,
+                    inv.solver
+                );
                 assert!(err <= 1e-9, "{} {}: error {err:e}", c.0, inv.solver);
                 if inv.solver == "picard" {
                     assert!(inv.iterations <= inv.a_priori_iterations.unwrap());
@@ -116,7 +134,10 @@ fn rotary_logdet_series_agrees_with_exact() {
     assert_eq!(exact.sign, 1.0);
     let est = logdet_series(&block.g, x.as_ref(), 0.5, 1e-6, 400, 1).unwrap();
     let gap = (est.estimate - exact.logabsdet).abs();
-    assert!(gap <= est.truncation_bound + 5.0 * est.std_error, "{gap:e} {est:?}");
+    assert!(
+        gap <= est.truncation_bound + 5.0 * est.std_error,
+        "{gap:e} {est:?}"
+    );
 }
 
 /// X = U + f(X) and X = f(X) with f scaled to certified contraction 0.6 (the `fixed-point`
@@ -178,7 +199,11 @@ fn rotary_fixed_point_residual_and_certified_bound() {
                 assert!((residual - reported).abs() <= 1e-12 * (1.0 + reported));
                 let bound = v["error_bound"].as_f64().expect("certified");
                 let err = frobenius((xs - &reference).as_ref());
-                assert!(err <= bound + ref_err, "{}: error {err:e} above {bound:e}", c.0);
+                assert!(
+                    err <= bound + ref_err,
+                    "{}: error {err:e} above {bound:e}",
+                    c.0
+                );
             }
         }
     }
@@ -193,7 +218,11 @@ fn rotary_hypothesis_violations_are_refused() {
     let Err(e) = InvertibleBlock::new(&b, 6, 0.9, None) else {
         panic!("a rotary block needs a ball")
     };
-    assert!(e.to_string().contains("rotary attention is Lipschitz only on a ball"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("rotary attention is Lipschitz only on a ball"),
+        "{e}"
+    );
     let block = InvertibleBlock::new(&b, 6, 0.9, Some(2.0)).unwrap();
     let far = tokens(6, 9, 1.0) * faer::Scale(50.0);
     let e = block
@@ -201,13 +230,26 @@ fn rotary_hypothesis_violations_are_refused() {
         .unwrap_err();
     assert!(matches!(e, Error::Invalid(_)), "{e:?}");
     let x = tokens(6, 11, 3.0);
-    let e = InvertibleBlock::for_tokens(&b, x.as_ref(), 0.9, Some(0.5)).unwrap_err();
+    let Err(e) = InvertibleBlock::for_tokens(&b, x.as_ref(), 0.9, Some(0.5)) else {
+        panic!("tokens outside the radius")
+    };
     assert!(e.to_string().contains("choose a larger radius"), "{e}");
     let (m, _) = b.row_bound().unwrap();
     let g = b.scaled(2.0 / m);
-    let p = TokenFixedPoint::new(g, 6, Variant::Plain, Some(1.0)).unwrap();
+    let p = TokenFixedPoint::new(g.clone(), 6, Variant::Plain, Some(1.0)).unwrap();
     assert!(p.contraction.is_none() && p.domain.is_none());
-    assert!(p.notes.iter().any(|n| n.contains("no invariant ball")), "{:?}", p.notes);
+    assert!(
+        p.notes.iter().any(|n| n.contains("not mapped into itself")),
+        "{:?}",
+        p.notes
+    );
+    let p = TokenFixedPoint::new(g, 6, Variant::Plain, None).unwrap();
+    assert!(p.contraction.is_none() && p.domain.is_none());
+    assert!(
+        p.notes.iter().any(|n| n.contains("no invariant ball")),
+        "{:?}",
+        p.notes
+    );
     let e = b.measure_map().unwrap_err();
     assert!(e.to_string().contains("model_type 'test'"), "{e}");
 }

@@ -55,12 +55,7 @@ pub struct TokenFixedPoint<B: Branch = AttentionLayer<f64>> {
 impl<B: Branch> TokenFixedPoint<B> {
     /// For the dot-product kernel (plain or rotary) the certificate needs a ball that T maps
     /// into itself (Lemma D0): `radius` if given and invariant, else the smallest invariant one.
-    pub fn new(
-        layer: B,
-        n: usize,
-        variant: Variant,
-        radius: Option<f64>,
-    ) -> Result<Self> {
+    pub fn new(layer: B, n: usize, variant: Variant, radius: Option<f64>) -> Result<Self> {
         certify::check_square(&layer)?;
         crate::domain::check_optional_radius(radius)?;
         check_at_least("n", n, 1)?;

@@ -85,7 +85,8 @@ impl<B: Branch> InvertibleBlock<B> {
         // rare rounding overshoot makes the final statement about g itself.
         for _ in 0..8 {
             let g = layer.scaled(s);
-            let cert = g.token_lipschitz(n, radius)?
+            let cert = g
+                .token_lipschitz(n, radius)?
                 .ok_or_else(|| Error::Numerical("bound lost after scaling".into()))?;
             if cert.constant <= c {
                 return Ok(Self {
@@ -153,12 +154,7 @@ impl<B: Branch> InvertibleBlock<B> {
     /// R^{n x d}; otherwise on the ball of `radius`, or, without one, of the smallest of
     /// 1.25 max|x_i| * 1.5^k (k < 40) for which y = x + g(x) provably has its preimage and every
     /// iterate in the ball.
-    pub fn for_tokens(
-        layer: &B,
-        x: MatRef<'_, f64>,
-        c: f64,
-        radius: Option<f64>,
-    ) -> Result<Self> {
+    pub fn for_tokens(layer: &B, x: MatRef<'_, f64>, c: f64, radius: Option<f64>) -> Result<Self> {
         let n = x.nrows();
         if !layer.needs_ball(n)? {
             if radius.is_some() {

@@ -24,11 +24,11 @@ pub mod synthetic;
 pub use any_branch::AnyBranch;
 pub use branch::Branch;
 pub use certify::{Certificate, CertifiedDomain};
-pub use rotary_branch::RotaryBranch;
 pub use fixed_point::{MeasureFixedPoint, TokenFixedPoint, Variant};
 pub use flow::{FlowOptions, Integrator, Projection, Trajectory};
 pub use invertible::{Inversion, InvertibleBlock};
 pub use logdet::{logdet_exact, logdet_series, LogDetEstimate, LogDetExact};
+pub use rotary_branch::RotaryBranch;
 pub use solver::{solve, FixedPointMap, Solution, SolveOptions, Solver};
 
 pub(crate) use crate::linalg::{dist2, flatten, norm2, unflatten};

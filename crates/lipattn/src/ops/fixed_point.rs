@@ -9,8 +9,8 @@ use super::solvers::{SolverRequest, SolverRun};
 use super::{OnProgress, Progress};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::dynamics::certify::invariant_radius_at_least;
-use crate::dynamics::Branch;
 use crate::dynamics::check_contraction_target;
+use crate::dynamics::Branch;
 use crate::dynamics::{
     MeasureFixedPoint, Solution, SolveOptions, Solver, TokenFixedPoint, Variant,
 };
@@ -57,7 +57,7 @@ pub struct FixedPointRequest {
     /// Scale W_O and b_O so that the certified constant of T is at most this (< 1), by
     /// bisection on the scale; the layer is used as given otherwise.
     pub contract: Option<f64>,
-    /// Dot-product layers: radius of the ball the certificate holds on (default: the larger of
+    /// Dot-product and rotary layers: radius of the ball the certificate holds on (default: the larger of
     /// the smallest invariant one and the tokens' radius).
     pub radius: Option<f64>,
     pub solve: SolverRequest,
@@ -349,7 +349,7 @@ pub fn run<B: Branch>(
             n,
             domain,
         )
-            .with_rotary_form(inputs.layer.rotary_form()),
+        .with_rotary_form(inputs.layer.rotary_form()),
         space: req.space,
         variant: req.variant,
         metric,

@@ -7,8 +7,8 @@ use super::json::to_json as to_value;
 use super::solvers::{SolverRequest, SolverRun};
 use super::{OnProgress, Progress};
 use crate::attention::AttentionLayer;
-use crate::dynamics::Branch;
 use crate::dynamics::logdet::{logdet_exact, logdet_series, EXACT_MAX_DIM};
+use crate::dynamics::Branch;
 use crate::dynamics::{check_contraction_target, Inversion, InvertibleBlock, SolveOptions, Solver};
 use crate::error::{as_option, Error, Result};
 use crate::estimation::{local_norm_of, LanczosOptions, Method};
@@ -27,7 +27,7 @@ pub const DEFAULT_MAX_ITER: usize = 1000;
 pub struct InvertRequest {
     /// Certified Lipschitz constant required of the branch g (0 < c < 1).
     pub c: f64,
-    /// Dot-product layers: radius R of the ball (B_R)^n the certificate holds on (default: the
+    /// Dot-product and rotary layers: radius R of the ball (B_R)^n the certificate holds on (default: the
     /// smallest tried radius, from 1.25 max |x_i| up, for which y provably has its preimage and
     /// every iterate in the ball).
     pub radius: Option<f64>,

@@ -5,12 +5,12 @@
 
 use crate::attention::{AttentionLayer, Kernel};
 use crate::dynamics::flow::{identity_layer, sphere_sample};
-use crate::dynamics::{AnyBranch, Branch, RotaryBranch};
 use crate::dynamics::synthetic::{random_layer, random_tokens_checked};
+use crate::dynamics::{AnyBranch, Branch, RotaryBranch};
 use crate::error::{as_option, check_at_least, Error, Result};
 use crate::estimation::SplitMix;
-use crate::npy::read_matrix;
 use crate::models::SublayerWeights;
+use crate::npy::read_matrix;
 use crate::operator::LayerSource;
 use faer::Mat;
 use serde::{Deserialize, Serialize};
