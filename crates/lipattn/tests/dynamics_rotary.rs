@@ -147,7 +147,7 @@ fn rotary_logdet_series_agrees_with_exact() {
 #[test]
 fn rotary_fixed_point_residual_and_certified_bound() {
     for (k, c) in CASES.iter().enumerate() {
-        let b = AnyBranch::Rotary(layer(c, 40 + k as u64));
+        let b = AnyBranch::Rotary(Box::new(layer(c, 40 + k as u64)));
         let x = tokens(6, 200 + k as u64, 0.7);
         for variant in [VariantName::Plain, VariantName::Injected] {
             let req = FixedPointRequest {
@@ -174,7 +174,7 @@ fn rotary_fixed_point_residual_and_certified_bound() {
             let l = r.certified_contraction.unwrap();
             assert!(l <= 0.6);
             assert_eq!(r.operator.rotary.as_ref().unwrap().window, c.3);
-            assert_eq!(r.operator.mask.causal(), true);
+            assert!(r.operator.mask.causal());
             let g = b.scaled(r.scale);
             let t = |z: &Mat<f64>| -> Mat<f64> {
                 let f = g.forward(z.as_ref()).unwrap();

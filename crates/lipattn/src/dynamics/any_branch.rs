@@ -11,22 +11,29 @@ use crate::error::Result;
 use crate::operator::RotaryForm;
 use faer::{Mat, MatRef};
 
+// Boxed: the two kinds differ in size, and a branch is moved around whole.
 #[derive(Clone, Debug)]
 pub enum AnyBranch {
-    Plain(AttentionLayer<f64>),
-    Rotary(RotaryBranch),
+    Plain(Box<AttentionLayer<f64>>),
+    Rotary(Box<RotaryBranch>),
 }
 
 pub enum AnyLinearization<'a> {
-    Plain(Linearization<'a, f64>),
-    Rotary(RotaryLinearization<'a>),
+    Plain(Box<Linearization<'a, f64>>),
+    Rotary(Box<RotaryLinearization<'a>>),
 }
 
 macro_rules! both {
     ($e:expr, $b:ident => $body:expr) => {
         match $e {
-            AnyBranch::Plain($b) => $body,
-            AnyBranch::Rotary($b) => $body,
+            AnyBranch::Plain($b) => {
+                let $b = &**$b;
+                $body
+            }
+            AnyBranch::Rotary($b) => {
+                let $b = &**$b;
+                $body
+            }
         }
     };
 }
@@ -34,8 +41,14 @@ macro_rules! both {
 macro_rules! both_lin {
     ($e:expr, $b:ident => $body:expr) => {
         match $e {
-            AnyLinearization::Plain($b) => $body,
-            AnyLinearization::Rotary($b) => $body,
+            AnyLinearization::Plain($b) => {
+                let $b = &**$b;
+                $body
+            }
+            AnyLinearization::Rotary($b) => {
+                let $b = &**$b;
+                $body
+            }
         }
     };
 }
@@ -54,14 +67,14 @@ impl Branch for AnyBranch {
     }
     fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<AnyLinearization<'a>> {
         Ok(match self {
-            AnyBranch::Plain(b) => AnyLinearization::Plain(b.linearize(x)?),
-            AnyBranch::Rotary(b) => AnyLinearization::Rotary(b.linearize(x)?),
+            AnyBranch::Plain(b) => AnyLinearization::Plain(Box::new(Branch::linearize(&**b, x)?)),
+            AnyBranch::Rotary(b) => AnyLinearization::Rotary(Box::new(b.linearize(x)?)),
         })
     }
     fn scaled(&self, s: f64) -> Self {
         match self {
-            AnyBranch::Plain(b) => AnyBranch::Plain(Branch::scaled(b, s)),
-            AnyBranch::Rotary(b) => AnyBranch::Rotary(b.scaled(s)),
+            AnyBranch::Plain(b) => AnyBranch::Plain(Box::new(Branch::scaled(&**b, s))),
+            AnyBranch::Rotary(b) => AnyBranch::Rotary(Box::new(b.scaled(s))),
         }
     }
     fn row_bound(&self) -> Result<(f64, f64)> {

@@ -124,6 +124,12 @@ impl<B: Branch> TokenFixedPoint<B> {
                 }
             }
         };
+        if let (None, Some(CertifiedDomain::Ball { radius })) = (&cert, domain) {
+            notes.push(format!(
+                "no finite certified constant of f on the ball of radius {} (see the layer's bound in docs/bounds.md)",
+                exact(radius)
+            ));
+        }
         let contraction = cert.as_ref().and_then(|c| {
             let l = match &variant {
                 // Rounded upward (docs/bounds.md#floating-point): 1 - beta is exact or not.

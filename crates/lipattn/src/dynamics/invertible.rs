@@ -72,7 +72,7 @@ impl<B: Branch> InvertibleBlock<B> {
             _ => {}
         }
         let base = layer.token_lipschitz(n, radius)?.ok_or_else(|| {
-            Error::invalid("no certified bound for this layer (tied L2 needs W_V = U W_Q, see docs/bounds.md#b5-tied-l2-attention)")
+            Error::invalid("no finite certified bound for this layer (tied L2 needs W_V = U W_Q, see docs/bounds.md#b5-tied-l2-attention; rotary attention with a qk-norm of eps = 0 is not Lipschitz near q = 0, see docs/bounds.md#b7-rotary)")
         })?;
         if !(base.constant.is_finite() && base.constant > 0.0) {
             return Err(Error::Numerical(format!(

@@ -93,7 +93,7 @@ pub struct FixedPointInputs<'a, B: Branch = AttentionLayer<f64>> {
 
 enum Problem<B: Branch> {
     Tokens(TokenFixedPoint<B>),
-    Measure(MeasureFixedPoint),
+    Measure(Box<MeasureFixedPoint>),
 }
 
 impl<B: Branch> Problem<B> {
@@ -162,11 +162,11 @@ impl Spec<'_> {
             }
             Space::Measure => {
                 let w = self.weights.clone().unwrap_or(vec![1.0 / n as f64; n]);
-                Problem::Measure(MeasureFixedPoint::new(
+                Problem::Measure(Box::new(MeasureFixedPoint::new(
                     layer.measure_map()?.clone(),
                     w,
                     radius,
-                )?)
+                )?))
             }
         })
     }

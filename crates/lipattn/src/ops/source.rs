@@ -138,12 +138,12 @@ impl SourceRequest {
                             return Err(Error::Option(format!("{model} layer {l} is causal (GPT-2 family): the dynamics certify the unmasked dot-product layer, an operator on measures, which a causal mask is not; the rotary families' causal sublayers are certified by B7 and run")));
                         }
                         let description = json!({"source": "model", "model": model, "layer": l, "kernel": layer.kernel, "heads": layer.heads, "d": layer.d_in()});
-                        (AnyBranch::Plain(*layer), description)
+                        (AnyBranch::Plain(layer), description)
                     }
                     SublayerWeights::Rotary { layer, family } => {
                         let branch = RotaryBranch::new(*layer, family);
                         let description = json!({"source": "model", "model": model, "layer": l, "family": family, "kernel": "dot", "heads": branch.layer.heads, "kv_heads": branch.layer.kv_heads, "d": branch.layer.d_in(), "rotary": branch.rotary_form()});
-                        (AnyBranch::Rotary(branch), description)
+                        (AnyBranch::Rotary(Box::new(branch)), description)
                     }
                 };
                 Ok(Sourced {
@@ -161,7 +161,7 @@ impl SourceRequest {
                 let origin =
                     synthetic_origin(self.d, self.heads, self.kernel, self.bias, self.seed);
                 Ok(Sourced {
-                    layer: AnyBranch::Plain(layer),
+                    layer: AnyBranch::Plain(Box::new(layer)),
                     description,
                     origin,
                 })
