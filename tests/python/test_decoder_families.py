@@ -141,17 +141,19 @@ def test_unsupported_commands_and_values_are_refused(lipattn_bin, tmp_path):
     save(model, tmp_path)
     x = tmp_path / "x.npy"
     np.save(x, np.random.default_rng(0).standard_normal((5, 32)))
+    # The maps of measures only (forward, invert and fixed-point in token space run:
+    # test_rotary_dynamics_cli.py).
     commands = [
-        ["forward", "--model", tmp_path, "--layer", 0, "--tokens", x, "--out", tmp_path / "y.npy"],
-        ["invert", "--model", tmp_path, "--layer", 0, "--json"],
-        ["fixed-point", "--model", tmp_path, "--layer", 0, "--json"],
+        ["fixed-point", "--model", tmp_path, "--layer", 0, "--space", "measure", "--json"],
         ["flow", "--model", tmp_path, "--layer", 0, "--json"],
     ]
     for args in commands:
         out = run(lipattn_bin, *args)
         assert out.returncode != 0, args
         assert "model_type 'llama'" in out.stderr and "rotary" in out.stderr, (args, out.stderr)
-        assert "(lipattn hidden, Python's Model.hidden_states)" in out.stderr, (args, out.stderr)
+        assert "no map of measures" in out.stderr and "(invert, fixed-point" in out.stderr, (args, out.stderr)
+    out = run(lipattn_bin, "forward", "--model", tmp_path, "--layer", 0, "--tokens", x, "--out", tmp_path / "y.npy")
+    assert out.returncode == 0, out.stderr
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["rope_parameters"] = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
                               "long_factor": [1.0] * 4}

@@ -224,3 +224,19 @@ def attention_top_singular(path, layer, x, head=None):
         jac = torch.autograd.functional.jacobian(f, xt[0])
     jac = jac.reshape(n * x.shape[1], n * x.shape[1]).numpy()
     return float(np.linalg.svd(jac, compute_uv=False)[0]), window
+
+
+def attention_output(path, layer, x):
+    """transformers' own attention module of `layer` (eager, its float32 steps in float64,
+    positions 0..n-1, the module's causal or sliding-window mask) applied to the tokens `x` (n, d)."""
+    model = load(path)
+    model.config._attn_implementation = "eager"
+    attn = model.layers[layer].self_attn
+    window = getattr(attn, "sliding_window", getattr(model.config, "sliding_window", None))
+    n = x.shape[0]
+    xt = torch.tensor(x, dtype=torch.float64)[None]
+    pos = torch.arange(n)[None]
+    with float64_reference(), torch.no_grad():
+        cos, sin = model.rotary_emb(xt, pos)
+        y = attn(xt, position_embeddings=(cos, sin), attention_mask=causal_mask(n, window))[0][0]
+    return y.numpy()

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct SourceArgs {
-    /// Hugging Face model directory (BERT family; with --layer). Without it a synthetic random
-    /// layer is used.
+    /// Hugging Face model directory (with --layer): BERT, or a rotary family (llama, mistral,
+    /// qwen2, qwen3, gemma, gemma2: the sublayer on positions 0..n-1 with its own mask, certified
+    /// by B7; invert and fixed-point in token space). Without it a synthetic random layer is used.
     #[arg(long, requires = "layer")]
     pub model: Option<PathBuf>,
     /// Layer index (0-based) of --model.

@@ -7,6 +7,7 @@ use crate::progress::Bar;
 use crate::solver_output::{plot_residuals, save_first};
 use anyhow::{bail, Result};
 use clap::Args;
+use lipattn::dynamics::Branch;
 use lipattn::ops::fixed_point::{self, FixedPointInputs, FixedPointRequest, Space, VariantName};
 use lipattn::ops::source::SourceRequest;
 use lipattn::output::{StagedDir, StagedFile};
@@ -28,7 +29,7 @@ pub struct FixedPointArgs {
     /// bisection on the scale; the layer is used as given otherwise.
     #[arg(long)]
     contract: Option<f64>,
-    /// Dot-product layers: radius of the ball the certificate holds on (default: the larger of
+    /// Dot-product and rotary layers: radius of the ball the certificate holds on (default: the larger of
     /// the smallest invariant one and the tokens' radius).
     #[arg(long)]
     radius: Option<f64>,
@@ -66,7 +67,7 @@ pub fn run(a: FixedPointArgs) -> Result<()> {
     let save = a.save.as_deref().map(StagedFile::create).transpose()?;
     let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
-    let sourced = source.layer()?;
+    let sourced = source.branch()?;
     let x = source.tokens(sourced.layer.d_in())?;
     let bar = Bar::new(a.json);
     let report = fixed_point::run(

@@ -7,6 +7,7 @@ use crate::progress::Bar;
 use crate::solver_output::{plot_residuals, save_first};
 use anyhow::{bail, Result};
 use clap::Args;
+use lipattn::dynamics::Branch;
 use lipattn::fmt::compact;
 use lipattn::ops::invert::{self, InvertInputs, InvertRequest};
 use lipattn::ops::source::SourceRequest;
@@ -20,7 +21,7 @@ pub struct InvertArgs {
     /// Certified Lipschitz constant required of the branch g (0 < c < 1).
     #[arg(long, default_value_t = InvertRequest::default().c)]
     c: f64,
-    /// Dot-product layers: radius R of the ball (B_R)^n the certificate holds on (default: the
+    /// Dot-product and rotary layers: radius R of the ball (B_R)^n the certificate holds on (default: the
     /// smallest tried radius, from 1.25 max |x_i| up, for which y provably has its preimage and
     /// every iterate in the ball).
     #[arg(long)]
@@ -72,7 +73,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
     let save = a.save.as_deref().map(StagedFile::create).transpose()?;
     let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
-    let sourced = source.layer()?;
+    let sourced = source.branch()?;
     let x = source.tokens(sourced.layer.d_in())?;
     let bar = Bar::new(a.json);
     let report = invert::run(

@@ -197,7 +197,7 @@ impl PyInvertibleBlock {
         crate::ints::unsigned!(n);
         let origin = layer.origin.clone();
         let layer = layer.layer.clone();
-        let block = interruptible(py, move || InvertibleBlock::new(&layer, n, c, radius))?;
+        let block = interruptible(py, move || InvertibleBlock::new(&*layer, n, c, radius))?;
         Ok(Self {
             block: Arc::new(block),
             origin,
@@ -220,7 +220,7 @@ impl PyInvertibleBlock {
         let layer = layer.layer.clone();
         let x = matrix_f64(x, "x")?;
         let block = interruptible(py, move || {
-            InvertibleBlock::for_tokens(&layer, x.as_ref(), c, radius)
+            InvertibleBlock::for_tokens(&*layer, x.as_ref(), c, radius)
         })?;
         Ok(Self {
             block: Arc::new(block),
@@ -445,7 +445,7 @@ fn invert<'py>(
     let layer = layer.layer.clone();
     let (v, xr) = interruptible(py, move || {
         let inputs = invert_op::InvertInputs {
-            layer: &layer,
+            layer: &*layer,
             x: x.as_ref(),
             source: None,
             origin: &origin,
@@ -530,7 +530,7 @@ fn fixed_point<'py>(
     let layer = layer.layer.clone();
     let (v, xs) = interruptible(py, move || {
         let inputs = FixedPointInputs {
-            layer: &layer,
+            layer: &*layer,
             x: x.as_ref(),
             input,
             weights,

@@ -58,6 +58,7 @@ pub fn run(
     let (minilm, all_bounds, anchor) = match &request.model {
         Some(dir) => {
             let t = std::time::Instant::now();
+            refuse_rotary(dir)?;
             let full = lipattn::models::load_attention_layer(dir, 0)?;
             let t_load = t.elapsed().as_secs_f64();
             let (figure, mut c, checks_c) = minilm_ratios::minilm_ratios(&full, quick)?;
@@ -93,4 +94,21 @@ pub fn run(
     summary.insert("anchor_estimator".into(), anchor);
     summary.insert("quick".into(), json!(quick));
     Ok(Reproduction { summary, checks })
+}
+
+/// Figures (c) and (d) are the paper's measurements on MiniLM: B1-B4 for unrotated attention on
+/// measures over B_R beside attained values. A rotary checkpoint computes another operator
+/// (positions, causal mask, B7), so running them on it would reproduce nothing; the rotary
+/// counterparts are other commands, which the error names.
+fn refuse_rotary(dir: &std::path::Path) -> Result<()> {
+    let model = lipattn::models::Model::open(dir)?;
+    if model.family().is_rotary() {
+        return Err(lipattn::Error::Option(format!(
+            "{}: model_type '{}': `model` of reproduce is the paper's MiniLM (BERT family) experiment, figures (c) and (d): the bounds B1-B4 of unrotated attention on measures over B_R beside attained values; rotary attention is another operator (positions 0..n-1, causal mask, bound B7), so those figures do not apply to it. For this model run lipattn lipschitz --model DIR --layer L (B7 beside the attained search), lipattn local --model, or lipattn analyze",
+            dir.display(),
+            model.config().model_type
+        ))
+        .into());
+    }
+    Ok(())
 }

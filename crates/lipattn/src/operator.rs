@@ -295,6 +295,19 @@ impl Operator {
         n: Option<usize>,
         domain: Option<CertifiedDomain>,
     ) -> Self {
+        Self::certified_masked(source, kernel, false, scale, n, domain)
+    }
+
+    /// [`Operator::certified`] for a map that applies its model's causal mask itself (a rotary
+    /// sublayer: causal, windowed where the model windows, certified by B7 with that mask).
+    pub fn certified_masked(
+        source: &LayerSource,
+        kernel: Kernel,
+        causal: bool,
+        scale: f64,
+        n: Option<usize>,
+        domain: Option<CertifiedDomain>,
+    ) -> Self {
         let (form, on) = match n {
             Some(n) => (
                 TOKENS,
@@ -305,7 +318,7 @@ impl Operator {
                 format!("measures on {}", measure_domain_words(domain)),
             ),
         };
-        let mut op = Self::build(source, kernel, false, form, scope(n, domain, on));
+        let mut op = Self::build(source, kernel, causal, form, scope(n, domain, on));
         op.scale = scale;
         if scale != 1.0 {
             // The scale qualifies the map it multiplies: "token map X -> f(X) scaled by s".
@@ -386,6 +399,14 @@ impl Operator {
         self.description = format!("{}; {}", self.description, form.words());
         self.rotary = Some(form);
         self
+    }
+
+    /// This operator, computed by a rotary sublayer of form `form` when there is one.
+    pub fn with_rotary_form(self, form: Option<RotaryForm>) -> Self {
+        match form {
+            Some(f) => self.with_rotary(f),
+            None => self,
+        }
     }
 }
 

@@ -191,7 +191,7 @@ pub fn velocity_lipschitz(layer: &AttentionLayer<f64>, radius: f64) -> Result<Op
 }
 
 /// Residual blocks, fixed points and flows need f: R^d -> R^d.
-pub(crate) fn check_square(layer: &AttentionLayer<f64>) -> Result<()> {
+pub(crate) fn check_square<B: super::branch::Branch>(layer: &B) -> Result<()> {
     if layer.d_out() != layer.d_in() {
         return Err(Error::shape(
             "layer output width",

@@ -4,6 +4,7 @@
 //! docs/dynamics.md#d2 (token space) and #d3 (measure space); without one the solvers still run
 //! and report measured quantities only.
 
+use super::branch::Branch;
 use super::certify::{self, Certificate, CertifiedDomain};
 use super::solver::{solve, FixedPointMap, Solution, SolveOptions, Solver};
 use super::{flatten, unflatten};
@@ -36,9 +37,9 @@ impl Variant {
     }
 }
 
-/// X* = T(X*) for sequences of n tokens.
-pub struct TokenFixedPoint {
-    pub layer: AttentionLayer<f64>,
+/// X* = T(X*) for sequences of n tokens, f any [`Branch`].
+pub struct TokenFixedPoint<B: Branch = AttentionLayer<f64>> {
+    pub layer: B,
     pub n: usize,
     pub variant: Variant,
     /// Certified Frobenius constant of f on `domain` (None when no bound is proven there).
@@ -51,15 +52,10 @@ pub struct TokenFixedPoint {
     pub notes: Vec<String>,
 }
 
-impl TokenFixedPoint {
-    /// For the dot-product kernel the certificate needs a ball that T maps into itself
-    /// (Lemma D0): `radius` if given and invariant, else the smallest invariant one.
-    pub fn new(
-        layer: AttentionLayer<f64>,
-        n: usize,
-        variant: Variant,
-        radius: Option<f64>,
-    ) -> Result<Self> {
+impl<B: Branch> TokenFixedPoint<B> {
+    /// For the dot-product kernel (plain or rotary) the certificate needs a ball that T maps
+    /// into itself (Lemma D0): `radius` if given and invariant, else the smallest invariant one.
+    pub fn new(layer: B, n: usize, variant: Variant, radius: Option<f64>) -> Result<Self> {
         certify::check_square(&layer)?;
         crate::domain::check_optional_radius(radius)?;
         check_at_least("n", n, 1)?;
@@ -85,18 +81,18 @@ impl TokenFixedPoint {
         let mut notes = vec![];
         // Tied L2 with an exact factorisation is certified everywhere; every other layer only on
         // a ball that the map sends into itself (Lemma D0 holds for either kernel).
-        let global = if certify::needs_ball(&layer, n)? {
+        let global = if layer.needs_ball(n)? {
             None
         } else {
-            certify::token_lipschitz(&layer, n, None)?
+            layer.token_lipschitz(n, None)?
         };
         let (cert, domain) = match global {
             Some(c) => (Some(c), Some(CertifiedDomain::All)),
             None => {
-                if layer.kernel == Kernel::L2 {
+                if layer.kernel() == Kernel::L2 {
                     notes.push("tied L2: W_V = U W_Q does not hold exactly in the stored numbers, so B5 is certified on an invariant ball only (docs/bounds.md#b5-on-a-ball)".into());
                 }
-                let (m, b) = certify::row_bound(&layer)?;
+                let (m, b) = layer.row_bound()?;
                 let inv = certify::invariant_radius_at_least(m, b, u, f64::MIN_POSITIVE);
                 let r = match (radius, inv) {
                     (Some(r), _) if certify::ball_is_invariant(m, b, u, r) => Some(r),
@@ -121,13 +117,19 @@ impl TokenFixedPoint {
                 };
                 match r {
                     Some(r) => (
-                        certify::token_lipschitz(&layer, n, Some(r))?,
+                        layer.token_lipschitz(n, Some(r))?,
                         Some(CertifiedDomain::Ball { radius: r }),
                     ),
                     None => (None, None),
                 }
             }
         };
+        if let (None, Some(CertifiedDomain::Ball { radius })) = (&cert, domain) {
+            notes.push(format!(
+                "no finite certified constant of f on the ball of radius {} (see the layer's bound in docs/bounds.md)",
+                exact(radius)
+            ));
+        }
         let contraction = cert.as_ref().and_then(|c| {
             let l = match &variant {
                 // Rounded upward (docs/bounds.md#floating-point): 1 - beta is exact or not.
@@ -154,7 +156,7 @@ impl TokenFixedPoint {
     }
 
     pub fn apply_mat(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
-        let f = self.layer.forward(x, None, false)?;
+        let f = self.layer.forward(x)?;
         Ok(match &self.variant {
             Variant::Plain => f,
             Variant::Damped { beta } => Mat::from_fn(x.nrows(), x.ncols(), |i, k| {
@@ -183,7 +185,7 @@ impl TokenFixedPoint {
     }
 }
 
-impl FixedPointMap for TokenFixedPoint {
+impl<B: Branch> FixedPointMap for TokenFixedPoint<B> {
     fn dim(&self) -> usize {
         self.n * self.layer.d_in()
     }

@@ -1,8 +1,10 @@
 //! Invertible attention: y = x + g(x) with g a multi-head attention layer scaled so that its
 //! certified Lipschitz constant is at most c < 1 (docs/dynamics.md#d1). Tied L2 attention is
-//! certified on all of R^{n x d} by B5; dot-product attention only on a ball (B_R)^n, and only
-//! for inputs y for which Lemma D0 proves that every preimage and every iterate stay in it.
+//! certified on all of R^{n x d} by B5; dot-product attention (B1/B4) and rotary attention (B7)
+//! only on a ball (B_R)^n, and only for inputs y for which Lemma D0 proves that every preimage
+//! and every iterate stay in it. The branch is any [`Branch`].
 
+use super::branch::Branch;
 use super::certify::{self, Certificate, CertifiedDomain};
 use super::fixed_point::{TokenFixedPoint, Variant};
 use super::solver::{Solution, SolveOptions, Solver};
@@ -12,9 +14,9 @@ use crate::error::{Error, Result};
 use faer::{Mat, MatRef};
 use serde::Serialize;
 
-pub struct InvertibleBlock {
+pub struct InvertibleBlock<B: Branch = AttentionLayer<f64>> {
     /// The residual branch g = s f.
-    pub g: AttentionLayer<f64>,
+    pub g: B,
     /// The factor s applied to f's output projection.
     pub scale: f64,
     /// The requested bound c on Lip(g).
@@ -52,34 +54,25 @@ pub struct Inversion {
     pub seconds: f64,
 }
 
-impl InvertibleBlock {
+impl<B: Branch> InvertibleBlock<B> {
     /// Scales `layer` so that g = s f has certified constant <= c on sequences of n tokens: on
     /// all of R^{n x d} for tied L2 whose W_V = U W_Q holds exactly (`radius` must be None), on
     /// (B_R)^n otherwise (`radius` = R required).
-    pub fn new(layer: &AttentionLayer<f64>, n: usize, c: f64, radius: Option<f64>) -> Result<Self> {
+    pub fn new(layer: &B, n: usize, c: f64, radius: Option<f64>) -> Result<Self> {
         check_contraction_target("the contraction constant c", c)?;
         certify::check_square(layer)?;
         crate::domain::check_len(n)?;
-        match (layer.kernel, certify::needs_ball(layer, n)?, radius) {
-            (Kernel::L2, false, Some(_)) => {
+        match (layer.needs_ball(n)?, radius) {
+            (false, Some(_)) => {
                 return Err(Error::invalid(
                     "tied L2 attention with an exact factorisation W_V = U W_Q is certified on all of R^{n x d}; give no radius",
                 ))
             }
-            (Kernel::L2, true, None) => {
-                return Err(Error::invalid(
-                    "tied L2 attention whose W_V = U W_Q does not hold exactly in the stored numbers is certified on a ball only (docs/bounds.md#b5-on-a-ball): give a radius",
-                ))
-            }
-            (Kernel::Dot, _, None) => {
-                return Err(Error::invalid(
-                    "dot-product attention is Lipschitz only on a ball: give a radius",
-                ))
-            }
+            (true, None) => return Err(Error::invalid(layer.needs_ball_reason())),
             _ => {}
         }
-        let base = certify::token_lipschitz(layer, n, radius)?.ok_or_else(|| {
-            Error::invalid("no certified bound for this layer (tied L2 needs W_V = U W_Q, see docs/bounds.md#b5-tied-l2-attention)")
+        let base = layer.token_lipschitz(n, radius)?.ok_or_else(|| {
+            Error::invalid("no finite certified bound for this layer (tied L2 needs W_V = U W_Q, see docs/bounds.md#b5-tied-l2-attention; rotary attention with a qk-norm of eps = 0 is not Lipschitz near q = 0, see docs/bounds.md#b7-rotary)")
         })?;
         if !(base.constant.is_finite() && base.constant > 0.0) {
             return Err(Error::Numerical(format!(
@@ -91,8 +84,9 @@ impl InvertibleBlock {
         // The bound is linear in W_O; recomputing it on the scaled layer and shrinking on the
         // rare rounding overshoot makes the final statement about g itself.
         for _ in 0..8 {
-            let g = certify::scaled(layer, s);
-            let cert = certify::token_lipschitz(&g, n, radius)?
+            let g = layer.scaled(s);
+            let cert = g
+                .token_lipschitz(n, radius)?
                 .ok_or_else(|| Error::Numerical("bound lost after scaling".into()))?;
             if cert.constant <= c {
                 return Ok(Self {
@@ -112,7 +106,7 @@ impl InvertibleBlock {
 
     /// y = x + g(x).
     pub fn forward(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
-        Ok(&self.g.forward(x, None, false)? + x)
+        Ok(&self.g.forward(x)? + x)
     }
 
     /// |x + g(x) - y|_F.
@@ -129,13 +123,13 @@ impl InvertibleBlock {
     }
 
     /// The inverse problem as the fixed point of T(X) = Y - g(X).
-    pub fn inverse_problem(&self, y: MatRef<'_, f64>) -> Result<TokenFixedPoint> {
+    pub fn inverse_problem(&self, y: MatRef<'_, f64>) -> Result<TokenFixedPoint<B>> {
         let radius = match self.certificate.domain {
             CertifiedDomain::All => None,
             CertifiedDomain::Ball { radius } => Some(radius),
         };
         let p = TokenFixedPoint::new(
-            certify::scaled(&self.g, -1.0),
+            self.g.scaled(-1.0),
             self.n,
             Variant::Injected {
                 input: y.to_owned(),
@@ -146,7 +140,7 @@ impl InvertibleBlock {
             return Err(Error::invalid(format!(
                 "y lies outside the range where the inverse is certified ({}){}",
                 p.notes.join("; "),
-                if self.g.kernel == Kernel::Dot {
+                if self.g.kernel() == Kernel::Dot {
                     "; choose a larger radius"
                 } else {
                     ""
@@ -160,14 +154,9 @@ impl InvertibleBlock {
     /// R^{n x d}; otherwise on the ball of `radius`, or, without one, of the smallest of
     /// 1.25 max|x_i| * 1.5^k (k < 40) for which y = x + g(x) provably has its preimage and every
     /// iterate in the ball.
-    pub fn for_tokens(
-        layer: &AttentionLayer<f64>,
-        x: MatRef<'_, f64>,
-        c: f64,
-        radius: Option<f64>,
-    ) -> Result<Self> {
+    pub fn for_tokens(layer: &B, x: MatRef<'_, f64>, c: f64, radius: Option<f64>) -> Result<Self> {
         let n = x.nrows();
-        if !certify::needs_ball(layer, n)? {
+        if !layer.needs_ball(n)? {
             if radius.is_some() {
                 return Err(Error::Option(
                     "`radius` does not apply: this tied L2 layer's W_V = U W_Q is exact, so it is certified on all of R^(n x d)".into(),

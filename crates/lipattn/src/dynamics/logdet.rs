@@ -4,8 +4,8 @@
 //! large n d, with a certified truncation bound n d c^{K+1} / ((K + 1)(1 - c)) and an estimated
 //! (not certified) statistical error.
 
-use crate::attention::AttentionLayer;
-use crate::derivatives::Linearization;
+use super::branch::Branch;
+use crate::derivatives::LinearizedMap;
 use crate::error::{check_at_least, check_positive, check_repeats, check_work};
 use crate::error::{Error, Result};
 use crate::estimation::SplitMix;
@@ -25,12 +25,12 @@ pub struct LogDetExact {
 }
 
 /// The dense Jacobian of X -> g(X) at X, vec'ed row-major (entry (i, k) at i d + k).
-pub fn dense_jacobian(g: &AttentionLayer<f64>, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
-    Linearization::new(g, x, None, false)?.dense_jacobian()
+pub fn dense_jacobian<B: Branch>(g: &B, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    crate::derivatives::dense::dense_jacobian(&g.linearize(x)?)
 }
 
 /// log|det(I + J_g(X))| from the LU factorisation of the dense I + J.
-pub fn logdet_exact(g: &AttentionLayer<f64>, x: MatRef<'_, f64>) -> Result<LogDetExact> {
+pub fn logdet_exact<B: Branch>(g: &B, x: MatRef<'_, f64>) -> Result<LogDetExact> {
     super::certify::check_square(g)?;
     let dim = x.nrows() * x.ncols();
     if dim > EXACT_MAX_DIM {
@@ -125,8 +125,8 @@ pub fn truncation_bound(dim: usize, c: f64, terms: usize) -> f64 {
 /// Hutchinson power-series estimate with Rademacher probes. `lipschitz` must be a certified
 /// bound on |J_g(X)|_2 (a Frobenius Lipschitz constant of g on a neighbourhood of X), below 1;
 /// `truncation_tol` fixes K.
-pub fn logdet_series(
-    g: &AttentionLayer<f64>,
+pub fn logdet_series<B: Branch>(
+    g: &B,
     x: MatRef<'_, f64>,
     lipschitz: f64,
     truncation_tol: f64,
@@ -146,7 +146,7 @@ pub fn logdet_series(
         ("`probes`", probes),
         ("the series terms `truncation_tol` asks for", terms),
     ])?;
-    let lin = Linearization::new(g, x, None, false)?;
+    let lin = g.linearize(x)?;
     let mut rng = SplitMix::new(seed);
     let mut samples = Vec::with_capacity(probes);
     let mut jvps = 0;

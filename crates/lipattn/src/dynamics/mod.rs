@@ -8,6 +8,8 @@
 //! estimates) is reported as measured or estimated.
 
 pub mod anderson;
+pub mod any_branch;
+pub mod branch;
 pub mod broyden;
 pub mod certify;
 mod checks;
@@ -15,14 +17,18 @@ pub mod fixed_point;
 pub mod flow;
 pub mod invertible;
 pub mod logdet;
+pub mod rotary_branch;
 pub mod solver;
 pub mod synthetic;
 
+pub use any_branch::AnyBranch;
+pub use branch::Branch;
 pub use certify::{Certificate, CertifiedDomain};
 pub use fixed_point::{MeasureFixedPoint, TokenFixedPoint, Variant};
 pub use flow::{FlowOptions, Integrator, Projection, Trajectory};
 pub use invertible::{Inversion, InvertibleBlock};
 pub use logdet::{logdet_exact, logdet_series, LogDetEstimate, LogDetExact};
+pub use rotary_branch::RotaryBranch;
 pub use solver::{solve, FixedPointMap, Solution, SolveOptions, Solver};
 
 pub(crate) use crate::linalg::{dist2, flatten, norm2, unflatten};

@@ -235,7 +235,7 @@ impl Model {
             return Ok(());
         }
         Err(Error::Model(format!(
-            "{}: model_type '{}': rotary position embeddings (rope_theta), grouped-query attention (num_key_value_heads) and RMSNorm: {what} reads the attention of the BERT and GPT-2 families; the attention analyses (forward, invert, fixed-point, flow) do not analyse rotary attention yet; the hidden states (lipattn hidden, Python's Model.hidden_states), the local constant (lipattn local --model, Python's Model.local_constant), the certified bounds with the attained search (lipattn lipschitz --model) and the whole-model analysis (lipattn analyze, Python's Model.analyze) run this model",
+            "{}: model_type '{}': rotary position embeddings (rope_theta), grouped-query attention (num_key_value_heads) and RMSNorm: {what} reads the plain attention layer of the BERT and GPT-2 families, which this model does not have; on this model run the hidden states (lipattn hidden, Python's Model.hidden_states), the sublayer's output (lipattn forward --model), the local constant (lipattn local --model, Python's Model.local_constant), the certified bounds with the attained search (lipattn lipschitz --model, Python's Model.lipschitz), the whole-model analysis (lipattn analyze, Python's Model.analyze) and the token-space dynamics (lipattn invert and lipattn fixed-point with --model DIR --layer L); flow and fixed-point --space measure are stated for maps of measures, which rotary attention is not (docs/bounds.md#b7-measure-view)",
             self.origin(),
             self.config().model_type
         )))

@@ -8,8 +8,9 @@ use super::json::to_json as to_value;
 use super::solvers::{SolverRequest, SolverRun};
 use super::{OnProgress, Progress};
 use crate::attention::{AttentionLayer, Kernel};
-use crate::dynamics::certify::{invariant_radius_at_least, needs_ball, row_bound, scaled};
+use crate::dynamics::certify::invariant_radius_at_least;
 use crate::dynamics::check_contraction_target;
+use crate::dynamics::Branch;
 use crate::dynamics::{
     MeasureFixedPoint, Solution, SolveOptions, Solver, TokenFixedPoint, Variant,
 };
@@ -56,7 +57,7 @@ pub struct FixedPointRequest {
     /// Scale W_O and b_O so that the certified constant of T is at most this (< 1), by
     /// bisection on the scale; the layer is used as given otherwise.
     pub contract: Option<f64>,
-    /// Dot-product layers: radius of the ball the certificate holds on (default: the larger of
+    /// Dot-product and rotary layers: radius of the ball the certificate holds on (default: the larger of
     /// the smallest invariant one and the tokens' radius).
     pub radius: Option<f64>,
     pub solve: SolverRequest,
@@ -75,9 +76,9 @@ impl Default for FixedPointRequest {
     }
 }
 
-/// What a fixed-point request runs on.
-pub struct FixedPointInputs<'a> {
-    pub layer: &'a AttentionLayer<f64>,
+/// What a fixed-point request runs on: the layer f (plain or rotary attention) and the start.
+pub struct FixedPointInputs<'a, B: Branch = AttentionLayer<f64>> {
+    pub layer: &'a B,
     /// The start X_0 (and the atoms of the measure in measure space).
     pub x: MatRef<'a, f64>,
     /// The injected input U of the injected variant (default: the start).
@@ -90,12 +91,12 @@ pub struct FixedPointInputs<'a> {
     pub origin: &'a LayerSource,
 }
 
-enum Problem {
-    Tokens(TokenFixedPoint),
-    Measure(MeasureFixedPoint),
+enum Problem<B: Branch> {
+    Tokens(TokenFixedPoint<B>),
+    Measure(Box<MeasureFixedPoint>),
 }
 
-impl Problem {
+impl<B: Branch> Problem<B> {
     fn contraction(&self) -> Option<f64> {
         match self {
             Problem::Tokens(p) => p.contraction,
@@ -128,15 +129,15 @@ impl Spec<'_> {
     /// The problem for `layer`; the default radius is the larger of the smallest invariant one
     /// and the start's, so that the start is in the certified domain, which the a-priori count
     /// needs (every radius above the smallest invariant one is invariant too).
-    fn build(&self, layer: AttentionLayer<f64>, x: MatRef<'_, f64>) -> Result<Problem> {
+    fn build<B: Branch>(&self, layer: B, x: MatRef<'_, f64>) -> Result<Problem<B>> {
         let n = x.nrows();
         let injected = self.req.space == Space::Tokens && self.req.variant == VariantName::Injected;
         let radius = match self.req.radius {
             Some(r) => Some(r),
-            None if self.req.space == Space::Measure && layer.kernel == Kernel::L2 => None,
-            None if self.req.space == Space::Tokens && !needs_ball(&layer, n)? => None,
+            None if self.req.space == Space::Measure && layer.kernel() == Kernel::L2 => None,
+            None if self.req.space == Space::Tokens && !layer.needs_ball(n)? => None,
             None => {
-                let (m, b) = row_bound(&layer)?;
+                let (m, b) = layer.row_bound()?;
                 let u = if injected {
                     max_row_norm_up(self.input.as_ref())
                 } else {
@@ -161,21 +162,25 @@ impl Spec<'_> {
             }
             Space::Measure => {
                 let w = self.weights.clone().unwrap_or(vec![1.0 / n as f64; n]);
-                Problem::Measure(MeasureFixedPoint::new(layer, w, radius)?)
+                Problem::Measure(Box::new(MeasureFixedPoint::new(
+                    layer.measure_map()?.clone(),
+                    w,
+                    radius,
+                )?))
             }
         })
     }
 
     /// The largest scale (bisection over 60 halvings) whose scaled layer is a certified
     /// contraction with constant <= c.
-    fn contract(
+    fn contract<B: Branch>(
         &self,
-        layer: &AttentionLayer<f64>,
+        layer: &B,
         x: MatRef<'_, f64>,
         c: f64,
-    ) -> Result<(f64, Problem)> {
-        let ok = |s: f64| -> Result<Option<Problem>> {
-            let p = self.build(scaled(layer, s), x)?;
+    ) -> Result<(f64, Problem<B>)> {
+        let ok = |s: f64| -> Result<Option<Problem<B>>> {
+            let p = self.build(layer.scaled(s), x)?;
             Ok(p.contraction().filter(|l| *l <= c).map(|_| p))
         };
         let mut hi = 1.0;
@@ -236,11 +241,14 @@ impl FixedPointReport {
     }
 }
 
-fn check(req: &FixedPointRequest, inputs: &FixedPointInputs<'_>) -> Result<()> {
+fn check<B: Branch>(req: &FixedPointRequest, inputs: &FixedPointInputs<'_, B>) -> Result<()> {
     if req.space == Space::Measure && req.variant != VariantName::Plain {
         return Err(Error::Option(
             "`space` 'measure' iterates mu = F(mu) only (`variant` 'plain')".into(),
         ));
+    }
+    if req.space == Space::Measure {
+        inputs.layer.measure_map()?;
     }
     if req.space == Space::Tokens && inputs.weights.is_some() {
         return Err(Error::Option(
@@ -268,9 +276,9 @@ fn check(req: &FixedPointRequest, inputs: &FixedPointInputs<'_>) -> Result<()> {
     Ok(())
 }
 
-pub fn run(
+pub fn run<B: Branch>(
     req: &FixedPointRequest,
-    inputs: FixedPointInputs<'_>,
+    inputs: FixedPointInputs<'_, B>,
     on_progress: OnProgress,
 ) -> Result<FixedPointReport> {
     check(req, &inputs)?;
@@ -331,9 +339,17 @@ pub fn run(
         Problem::Tokens(p) => (Some(p.n), p.domain),
         Problem::Measure(p) => (None, p.certificate.as_ref().map(|c| c.domain)),
     };
-    let kernel = inputs.layer.kernel;
+    let kernel = inputs.layer.kernel();
     Ok(FixedPointReport {
-        operator: Operator::certified(inputs.origin, kernel, scale, n, domain),
+        operator: Operator::certified_masked(
+            inputs.origin,
+            kernel,
+            inputs.layer.causal(),
+            scale,
+            n,
+            domain,
+        )
+        .with_rotary_form(inputs.layer.rotary_form()),
         space: req.space,
         variant: req.variant,
         metric,

@@ -8,9 +8,10 @@ use super::solvers::{SolverRequest, SolverRun};
 use super::{OnProgress, Progress};
 use crate::attention::AttentionLayer;
 use crate::dynamics::logdet::{logdet_exact, logdet_series, EXACT_MAX_DIM};
+use crate::dynamics::Branch;
 use crate::dynamics::{check_contraction_target, Inversion, InvertibleBlock, SolveOptions, Solver};
 use crate::error::{as_option, Error, Result};
-use crate::estimation::{local_norm, LanczosOptions, Method};
+use crate::estimation::{local_norm_of, LanczosOptions, Method};
 use crate::linalg::frobenius;
 use crate::named_enum;
 use crate::operator::{LayerSource, Operator};
@@ -26,7 +27,7 @@ pub const DEFAULT_MAX_ITER: usize = 1000;
 pub struct InvertRequest {
     /// Certified Lipschitz constant required of the branch g (0 < c < 1).
     pub c: f64,
-    /// Dot-product layers: radius R of the ball (B_R)^n the certificate holds on (default: the
+    /// Dot-product and rotary layers: radius R of the ball (B_R)^n the certificate holds on (default: the
     /// smallest tried radius, from 1.25 max |x_i| up, for which y provably has its preimage and
     /// every iterate in the ball).
     pub radius: Option<f64>,
@@ -58,9 +59,9 @@ impl Default for InvertRequest {
     }
 }
 
-/// What an invert request runs on.
-pub struct InvertInputs<'a> {
-    pub layer: &'a AttentionLayer<f64>,
+/// What an invert request runs on: the branch f (plain or rotary attention) and the tokens.
+pub struct InvertInputs<'a, B: Branch = AttentionLayer<f64>> {
+    pub layer: &'a B,
     /// The true tokens x; the command inverts y = x + g(x).
     pub x: MatRef<'a, f64>,
     /// Where the layer came from (echoed as `layer`), when the caller knows.
@@ -70,8 +71,8 @@ pub struct InvertInputs<'a> {
 }
 
 /// One solver's inversion of y, with |x - x_true|_F when the true x is known.
-pub fn inverse(
-    block: &InvertibleBlock,
+pub fn inverse<B: Branch>(
+    block: &InvertibleBlock<B>,
     y: MatRef<'_, f64>,
     solver: &Solver,
     opts: &SolveOptions,
@@ -96,7 +97,11 @@ pub fn inverse(
 }
 
 /// log|det(I + J_g(x))| exactly and/or by the series estimator, as JSON.
-pub fn logdet(req: &InvertRequest, block: &InvertibleBlock, x: MatRef<'_, f64>) -> Result<Value> {
+pub fn logdet<B: Branch>(
+    req: &InvertRequest,
+    block: &InvertibleBlock<B>,
+    x: MatRef<'_, f64>,
+) -> Result<Value> {
     let dim = x.nrows() * x.ncols();
     let mut out = json!({});
     let by = |m| logdet_by(m, block, x, req.truncation_tol, req.probes, req.seed);
@@ -123,9 +128,9 @@ named_enum! {
 
 /// log|det(I + J_g(x))| by one method, as JSON: exact (logabsdet, sign, dim) or the series
 /// estimate (estimate, std_error (estimated), truncation_bound (certified), terms, probes, ...).
-pub fn logdet_by(
+pub fn logdet_by<B: Branch>(
     method: LogDetMethod,
-    block: &InvertibleBlock,
+    block: &InvertibleBlock<B>,
     x: MatRef<'_, f64>,
     truncation_tol: f64,
     probes: usize,
@@ -157,7 +162,7 @@ pub struct PrimaryRun {
 }
 
 #[derive(Serialize)]
-pub struct InvertReport {
+pub struct InvertReport<B: Branch = AttentionLayer<f64>> {
     /// The branch g = s f whose Lipschitz constant is certified, and where.
     pub operator: Operator,
     pub certified_lipschitz: f64,
@@ -182,13 +187,13 @@ pub struct InvertReport {
     pub solvers: Vec<SolverRun>,
     /// The block that was inverted.
     #[serde(skip)]
-    pub block: InvertibleBlock,
+    pub block: InvertibleBlock<B>,
     /// The reconstruction of each solver that converged, in the order they ran (failures have none).
     #[serde(skip)]
     pub reconstructions: Vec<Mat<f64>>,
 }
 
-impl InvertReport {
+impl<B: Branch> InvertReport<B> {
     /// The residual trace of each converged solver, by name.
     pub fn traces(&self) -> Vec<(String, Vec<f64>)> {
         traces(&self.solvers)
@@ -212,11 +217,11 @@ pub(crate) fn traces(runs: &[SolverRun]) -> Vec<(String, Vec<f64>)> {
         .collect()
 }
 
-pub fn run(
+pub fn run<B: Branch>(
     req: &InvertRequest,
-    inputs: InvertInputs<'_>,
+    inputs: InvertInputs<'_, B>,
     on_progress: OnProgress,
-) -> Result<InvertReport> {
+) -> Result<InvertReport<B>> {
     let x = inputs.x;
     as_option(check_contraction_target("`c`", req.c))?;
     let block = InvertibleBlock::for_tokens(inputs.layer, x, req.c, req.radius)?;
@@ -259,13 +264,9 @@ pub fn run(
         done: solvers.len(),
         total,
     });
-    let local = local_norm(
-        &block.g,
-        x,
-        None,
-        false,
-        &Method::Lanczos(LanczosOptions::default()),
-    )?;
+    let local = local_norm_of(x, &Method::Lanczos(LanczosOptions::default()), || {
+        block.g.linearize(x)
+    })?;
     let logdet = if req.logdet || req.logdet_series {
         on_progress(&Progress {
             stage: "log-determinant",
@@ -283,13 +284,15 @@ pub fn run(
     });
     let cert = &block.certificate;
     Ok(InvertReport {
-        operator: Operator::certified(
+        operator: Operator::certified_masked(
             inputs.origin,
-            inputs.layer.kernel,
+            inputs.layer.kernel(),
+            inputs.layer.causal(),
             block.scale,
             cert.n,
             Some(cert.domain),
-        ),
+        )
+        .with_rotary_form(inputs.layer.rotary_form()),
         certified_lipschitz: block.certificate.constant,
         certified_lipschitz_source: block.certificate.source.to_string(),
         requested_c: req.c,

@@ -13,6 +13,7 @@
 
 pub mod fixed_point;
 pub mod flow;
+pub mod forward;
 pub mod invert;
 pub mod json;
 pub mod local;

@@ -6,8 +6,10 @@
 use crate::attention::{AttentionLayer, Kernel};
 use crate::dynamics::flow::{identity_layer, sphere_sample};
 use crate::dynamics::synthetic::{random_layer, random_tokens_checked};
+use crate::dynamics::{AnyBranch, Branch, RotaryBranch};
 use crate::error::{as_option, check_at_least, Error, Result};
 use crate::estimation::SplitMix;
+use crate::models::SublayerWeights;
 use crate::npy::read_matrix;
 use crate::operator::LayerSource;
 use faer::Mat;
@@ -103,22 +105,47 @@ pub fn identity_origin(d: usize, beta: f64) -> LayerSource {
 
 /// A layer with where it came from: as JSON (a report's `layer` key) and as the origin its
 /// `operator` names.
-pub struct Sourced {
-    pub layer: AttentionLayer<f64>,
+pub struct Sourced<B = AttentionLayer<f64>> {
+    pub layer: B,
     pub description: Value,
     pub origin: LayerSource,
 }
 
 impl SourceRequest {
-    /// The layer and where it came from.
+    /// The layer as a map of measures (what `flow` integrates) and where it came from; a rotary
+    /// model layer is refused, naming why and what runs on it.
     pub fn layer(&self) -> Result<Sourced> {
+        let s = self.branch()?;
+        let layer = s.layer.measure_map()?.clone();
+        Ok(Sourced {
+            layer,
+            description: s.description,
+            origin: s.origin,
+        })
+    }
+
+    /// The branch of the token-space dynamics (invert, fixed-point) and where it came from: a
+    /// model layer of any family (rotary ones on positions 0..n-1 with their own mask) or the
+    /// synthetic layer.
+    pub fn branch(&self) -> Result<Sourced<AnyBranch>> {
         match (&self.model, self.layer) {
             (Some(dir), Some(l)) => {
-                let (layer, origin) = crate::models::load_attention_layer_source(dir, l)?;
-                if origin.causal {
-                    return Err(Error::Option(format!("{} layer {l} is causal (GPT-2 family): the dynamics treat attention as an operator on measures, which a causal mask is not", dir.display())));
-                }
-                let description = json!({"source": "model", "model": dir.display().to_string(), "layer": l, "kernel": layer.kernel, "heads": layer.heads, "d": layer.d_in()});
+                let (weights, origin) = crate::models::load_sublayer_source(dir, l)?;
+                let model = dir.display().to_string();
+                let (layer, description) = match weights {
+                    SublayerWeights::Plain(layer) => {
+                        if origin.causal {
+                            return Err(Error::Option(format!("{model} layer {l} is causal (GPT-2 family): the dynamics certify the unmasked dot-product layer, an operator on measures, which a causal mask is not; the rotary families' causal sublayers are certified by B7 and run")));
+                        }
+                        let description = json!({"source": "model", "model": model, "layer": l, "kernel": layer.kernel, "heads": layer.heads, "d": layer.d_in()});
+                        (AnyBranch::Plain(layer), description)
+                    }
+                    SublayerWeights::Rotary { layer, family } => {
+                        let branch = RotaryBranch::new(*layer, family);
+                        let description = json!({"source": "model", "model": model, "layer": l, "family": family, "kernel": "dot", "heads": branch.layer.heads, "kv_heads": branch.layer.kv_heads, "d": branch.layer.d_in(), "rotary": branch.rotary_form()});
+                        (AnyBranch::Rotary(Box::new(branch)), description)
+                    }
+                };
                 Ok(Sourced {
                     layer,
                     description,
@@ -134,7 +161,7 @@ impl SourceRequest {
                 let origin =
                     synthetic_origin(self.d, self.heads, self.kernel, self.bias, self.seed);
                 Ok(Sourced {
-                    layer,
+                    layer: AnyBranch::Plain(Box::new(layer)),
                     description,
                     origin,
                 })
