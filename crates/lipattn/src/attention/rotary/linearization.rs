@@ -85,11 +85,30 @@ impl<T: Scalar> LinearizedMap<T> for RotaryLinearization<'_, T> {
         self.layer.vjp_heads(&self.state, obar.as_ref())
     }
 
+    /// Only the lower half is multiplied out (half the d^3 of the full product: 34 G of 69 G
+    /// multiply-adds at d = 4096, the largest one-off cost of an f32 run) and mirrored.
     fn normal_data(&self) -> Mat<T> {
+        use faer::linalg::matmul::triangular::{matmul, BlockStructure};
         let wo = self.layer.wo.as_ref();
-        let mut g = Mat::<T>::zeros(wo.ncols(), wo.ncols());
-        let par = par_for(wo.ncols(), wo.ncols(), wo.nrows());
-        gemm(g.as_mut(), false, wo.transpose(), wo, T::of(1.0), par);
+        let c = wo.ncols();
+        let mut g = Mat::<T>::zeros(c, c);
+        matmul(
+            g.as_mut(),
+            BlockStructure::TriangularLower,
+            faer::Accum::Replace,
+            wo.transpose(),
+            BlockStructure::Rectangular,
+            wo,
+            BlockStructure::Rectangular,
+            T::of(1.0),
+            par_for(c, c, wo.nrows()),
+        );
+        crate::simd::clear_upper_state();
+        for j in 0..c {
+            for i in j + 1..c {
+                g[(j, i)] = g[(i, j)];
+            }
+        }
         g
     }
 
