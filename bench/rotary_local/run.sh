@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Local constant ||J(X)||_2 of a Llama-shaped rotary attention sublayer (random weights), lipattn
-# Lanczos (`lipattn local`, relative accuracy 1e-6, f64) against PyTorch power iteration through
-# transformers' own LlamaAttention (the anchor's rule, f32 by default). See README.md here.
+# Lanczos (`lipattn local`, relative accuracy 1e-6; `--dtype f32`: f32 Lanczos refined in f64,
+# and the all-f64 run beside it as a row and accuracy check) against PyTorch power iteration
+# through transformers' own LlamaAttention (the anchor's rule, f32 by default). See README.md.
 #
 # Knobs (environment): D (4096), HEADS (32), KV (8), HEAD_DIM (128), N (512), SEED (0),
 # ROUNDS (2: the sides alternate, the first one switching each round), THREADS (2),
-# TOL (1e-6), TORCH_DTYPE (f32), PYTHON (python3), WORK (.build/bench-rotary/<shape>).
+# TOL (1e-6), TORCH_DTYPE (f32), F64 (1: also time the f64 lipattn run each round; 0: skip it),
+# PYTHON (python3), WORK (.build/bench-rotary/<shape>).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
@@ -16,6 +18,7 @@ rounds=${ROUNDS:-2}
 threads=${THREADS:-2}
 tol=${TOL:-1e-6}
 tdtype=${TORCH_DTYPE:-f32}
+with_f64=${F64:-1}
 if [ "$d.$heads.$kv.$hd.$n.$seed" = "4096.32.8.128.512.0" ]; then
   work=${WORK:-$root/.build/bench-rotary}
 else
@@ -40,15 +43,18 @@ rm -rf "$out"
 mkdir -p "$out"
 now() { date +%s.%N; }
 for round in $(seq "$rounds"); do
-  rust() {
-    local t0 t1
+  # rust: the timed side (--dtype f32); rust64: the all-f64 run (--dtype f64).
+  lip() {
+    local name=$1 dtype=$2 t0 t1
     t0=$(now)
     "$bin" local --model "$work/model" --layer 0 --tokens "$work/X.npy" --json --tol "$tol" \
-      >"$out/rust.r$round.json"
+      --dtype "$dtype" >"$out/$name.r$round.json"
     t1=$(now)
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }' >"$out/rust.r$round.wall"
-    echo "   round $round lipattn: $(cat "$out/rust.r$round.wall") s"
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }' >"$out/$name.r$round.wall"
+    echo "   round $round lipattn $dtype: $(cat "$out/$name.r$round.wall") s"
   }
+  rust() { lip rust f32; }
+  rust64() { if [ "$with_f64" = 1 ]; then lip rust64 f64; fi; }
   torch() {
     local t0 t1
     t0=$(now)
@@ -58,7 +64,7 @@ for round in $(seq "$rounds"); do
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }' >"$out/torch.r$round.wall"
     echo "   round $round torch:   $(cat "$out/torch.r$round.wall") s"
   }
-  if [ $((round % 2)) -eq 1 ]; then rust; torch; else torch; rust; fi
+  if [ $((round % 2)) -eq 1 ]; then rust; torch; rust64; else rust64; torch; rust; fi
 done
 
 "$py" "$here/report.py" "$out"

@@ -93,3 +93,42 @@ def test_rotary_local_errors(lipattn_bin, tmp_path):
         assert out.returncode != 0, args
         assert "panicked" not in out.stderr, out.stderr
         assert needle in out.stderr, (needle, out.stderr)
+
+
+def test_f32_lanczos_refined_in_f64_agrees_with_f64(lipattn_bin, tmp_path):
+    save(build(config("llama", num_key_value_heads=2)), tmp_path)
+    x = np.random.default_rng(5).standard_normal((9, 32))
+    exact, _ = attention_top_singular(tmp_path, 0, x)
+    np.save(tmp_path / "x.npy", x)
+
+    def at_1e6(dtype):
+        out = run(lipattn_bin, "local", "--model", tmp_path, "--layer", 0, "--tokens", tmp_path / "x.npy",
+                  "--json", "--dtype", dtype)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    f64, f32 = at_1e6("f64"), at_1e6("f32")
+    assert f64["dtype"] == "f64" and f32["dtype"] == "f32"
+    assert f32["converged"] and f32["rel_error"] <= 1e-6 and f32["rel_error_is"] == "estimate"
+    for r in (f32, f64):
+        assert abs(r["sigma"] - exact) <= 1e-6 * exact, (r["dtype"], r["sigma"], exact)
+    assert abs(f32["sigma"] - f64["sigma"]) <= 1e-6 * f64["sigma"]
+    # At 1e-12, below f32's resolution, the refinement continues in f64 and still meets it.
+    tight = local(lipattn_bin, tmp_path, 0, x, None, "--dtype", "f32")
+    assert tight["converged"] and tight["dtype"] == "f32"
+    assert abs(tight["sigma"] - exact) <= TOL * exact, (tight["sigma"], exact)
+
+
+def test_bad_dtype(lipattn_bin, tmp_path):
+    save(build(config("llama", num_hidden_layers=1)), tmp_path)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((5, 32)))
+    base = ["local", "--model", tmp_path, "--layer", 0, "--tokens", tmp_path / "x.npy"]
+    for extra, needles in [
+        (["--dtype", "f16"], ["f16", "--dtype", "f64", "f32"]),
+        (["--dtype", "f32", "--method", "power"], ["--dtype 'f32' needs --method 'lanczos'"]),
+    ]:
+        out = run(lipattn_bin, *base, *extra)
+        assert out.returncode != 0, extra
+        assert "panicked" not in out.stderr, out.stderr
+        for needle in needles:
+            assert needle in out.stderr, (needle, out.stderr)

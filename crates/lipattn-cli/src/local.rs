@@ -11,7 +11,7 @@ use clap::Args;
 use lipattn::fmt::{compact, exact};
 use lipattn::models::{Model, Pool, Scope, TextTokenizer};
 use lipattn::npy::read_matrix;
-use lipattn::ops::local::{self, LocalMethod, LocalRequest};
+use lipattn::ops::local::{self, LocalDtype, LocalMethod, LocalRequest};
 use lipattn::ops::scope_local::{run_scope, ScopeRequest};
 use serde_json::json;
 use std::path::PathBuf;
@@ -68,6 +68,10 @@ pub struct LocalArgs {
     /// Seed of the random start vector.
     #[arg(long, default_value_t = LocalRequest::default().seed)]
     seed: u64,
+    /// Arithmetic of the Lanczos iteration: f64, or f32 with the top vector refined in f64 (the
+    /// reported sigma and its error estimate are the f64 ones).
+    #[arg(long, value_parser = named::<LocalDtype>(), default_value_t = LocalRequest::default().dtype)]
+    dtype: LocalDtype,
     /// Write the top right singular vector (n, d) as float64 .npy.
     #[arg(long)]
     save_vector: Option<PathBuf>,
@@ -84,6 +88,7 @@ impl From<&LocalArgs> for LocalRequest {
             max_iter: a.max_iter,
             seed: a.seed,
             head: a.head,
+            dtype: a.dtype,
         }
     }
 }

@@ -36,6 +36,7 @@ pub(crate) fn local_request(
         max_iter,
         seed,
         head: None,
+        dtype: lipattn::ops::local::LocalDtype::F64,
     })
 }
 

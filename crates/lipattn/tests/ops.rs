@@ -7,7 +7,7 @@ use lipattn::names::Named;
 use lipattn::ops::fixed_point::{self, FixedPointInputs, FixedPointRequest, Space, VariantName};
 use lipattn::ops::flow::{self, FlowInputs, FlowRequest};
 use lipattn::ops::invert::{self, InvertInputs, InvertRequest};
-use lipattn::ops::local::{self, LocalInputs, LocalMethod, LocalRequest};
+use lipattn::ops::local::{self, LocalDtype, LocalInputs, LocalMethod, LocalRequest};
 use lipattn::ops::solvers::{SolverChoice, SolverRequest};
 use lipattn::ops::transport::{self, TransportInputs, TransportMethod, TransportRequest};
 use lipattn::ops::{silent, to_json};
@@ -451,4 +451,42 @@ fn flow_draws_its_gronwall_perturbation_from_the_offset_seed() {
         .unwrap_err(),
     );
     assert!(m.contains("`cluster_threshold`"), "{m}");
+}
+
+/// `dtype` f32 on a plain layer: f32 Lanczos refined in f64 agrees with the f64 run to the
+/// requested 1e-6 and says f32.
+#[test]
+fn local_f32_is_refined_to_the_f64_value_on_plain_layers() {
+    let source = LayerSource::new("test layer", false, Kernel::Dot);
+    for kernel in [Kernel::Dot, Kernel::L2] {
+        let layer = random_layer(12, 3, kernel, 0.3, 7).unwrap();
+        let x = points(8, 20, 12);
+        let run = |dtype| {
+            local::run(
+                &LocalRequest {
+                    dtype,
+                    ..Default::default()
+                },
+                LocalInputs {
+                    layer: &layer,
+                    x: x.as_ref(),
+                    weights: None,
+                    causal: None,
+                    source: &source,
+                },
+                &mut silent,
+            )
+            .unwrap()
+        };
+        let (r32, r64) = (run(LocalDtype::F32), run(LocalDtype::F64));
+        assert_eq!((r32.dtype, r64.dtype), ("f32", "f64"));
+        assert!(r32.converged && r32.rel_error <= 1e-6, "{}", r32.rel_error);
+        let rel = (r32.sigma - r64.sigma).abs() / r64.sigma;
+        assert!(
+            rel <= 1e-6,
+            "{kernel:?}: {} vs {}: {rel}",
+            r32.sigma,
+            r64.sigma
+        );
+    }
 }

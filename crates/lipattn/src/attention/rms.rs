@@ -6,27 +6,30 @@
 //! with ybar_g = g ⊙ ybar (the projection I - u u^T / D is symmetric; docs/rotary.md#derivatives).
 
 use crate::error::{Error, Result};
+use crate::scalar::Scalar;
 use faer::Mat;
 
 /// What the derivatives need from the forward normalisation.
-pub(crate) struct NormState {
+pub(crate) struct NormState<T: Scalar = f64> {
     /// u = x / r, the normalised coordinates before the gain (n x heads*D).
-    pub u: Mat<f64>,
+    pub u: Mat<T>,
     /// 1 / r per token and head (n x heads).
-    pub inv_r: Mat<f64>,
+    pub inv_r: Mat<T>,
 }
 
 /// In place: each block of `head_dim` coordinates of each row of `m` becomes g ⊙ x / r. `what`
 /// names the input in errors (`qk_norm of the queries`, `RMSNorm`).
-pub(crate) fn normalise(
-    m: &mut Mat<f64>,
+pub(crate) fn normalise<T: Scalar>(
+    m: &mut Mat<T>,
     head_dim: usize,
-    gain: &[f64],
+    gain: &[T],
     eps: f64,
     what: &str,
-) -> Result<NormState> {
+) -> Result<NormState<T>> {
     let (n, heads) = (m.nrows(), m.ncols() / head_dim);
-    let mut inv_r = Mat::<f64>::zeros(n, heads);
+    let mut inv_r = Mat::<T>::zeros(n, heads);
+    let (dim, eps) = (T::of(head_dim as f64), T::of(eps));
+    let (zero, one) = (T::of(0.0), T::of(1.0));
     for h in 0..heads {
         let ir = inv_r.col_as_slice_mut(h);
         for c in 0..head_dim {
@@ -35,12 +38,15 @@ pub(crate) fn normalise(
             }
         }
         for (i, s) in ir.iter_mut().enumerate() {
-            let r = (*s / head_dim as f64 + eps).sqrt();
-            if !(r > 0.0 && r.is_finite()) {
-                let why = if r == 0.0 {
-                    "a zero vector needs eps > 0"
+            let r = (*s / dim + eps).sqrt();
+            if !(r > zero && r.is_finite()) {
+                let why = if r == zero {
+                    "a zero vector needs eps > 0".to_string()
                 } else {
-                    "the squares overflowed: inputs or weights too large for f64"
+                    format!(
+                        "the squares overflowed: inputs or weights too large for {}",
+                        T::NAME
+                    )
                 };
                 let head = if heads > 1 {
                     format!(", head {h}")
@@ -51,10 +57,10 @@ pub(crate) fn normalise(
                     "{what} of token {i}{head}: root mean square {r} ({why})"
                 )));
             }
-            *s = 1.0 / r;
+            *s = one / r;
         }
     }
-    let mut u = Mat::<f64>::zeros(n, m.ncols());
+    let mut u = Mat::<T>::zeros(n, m.ncols());
     for h in 0..heads {
         for (c, &g) in gain.iter().enumerate() {
             let col = h * head_dim + c;
@@ -69,17 +75,18 @@ pub(crate) fn normalise(
     Ok(NormState { u, inv_r })
 }
 
-impl NormState {
+impl<T: Scalar> NormState<T> {
     /// In place: a tangent dx (n x heads*D) becomes dy, or with `transpose` a cotangent ybar
     /// becomes xbar. Both are (I - u u^T / D) / r composed with diag(g), in the two orders.
-    pub fn apply(&self, m: &mut Mat<f64>, head_dim: usize, gain: &[f64], transpose: bool) {
+    pub fn apply(&self, m: &mut Mat<T>, head_dim: usize, gain: &[T], transpose: bool) {
         let (n, heads) = (m.nrows(), self.inv_r.ncols());
-        let mut dots = vec![0.0; n];
+        let (zero, dim) = (T::of(0.0), T::of(head_dim as f64));
+        let mut dots = vec![zero; n];
         for h in 0..heads {
             if transpose {
                 scale_by_gain(m, h, head_dim, gain);
             }
-            dots.fill(0.0);
+            dots.fill(zero);
             for c in 0..head_dim {
                 let col = h * head_dim + c;
                 for ((s, &x), &uu) in dots
@@ -97,7 +104,7 @@ impl NormState {
                 for (((x, &uu), &s), &r) in
                     m.col_as_slice_mut(col).iter_mut().zip(u).zip(&dots).zip(ir)
                 {
-                    *x = (*x - uu * s / head_dim as f64) * r;
+                    *x = (*x - uu * s / dim) * r;
                 }
             }
             if !transpose {
@@ -107,7 +114,7 @@ impl NormState {
     }
 }
 
-fn scale_by_gain(m: &mut Mat<f64>, h: usize, head_dim: usize, gain: &[f64]) {
+fn scale_by_gain<T: Scalar>(m: &mut Mat<T>, h: usize, head_dim: usize, gain: &[T]) {
     for (c, &g) in gain.iter().enumerate() {
         for x in m.col_as_slice_mut(h * head_dim + c) {
             *x *= g;

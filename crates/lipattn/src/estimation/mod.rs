@@ -23,7 +23,9 @@ pub use cross_pairs::{
     cross_ratio, search_cross_pairs, CrossArgument, CrossPair, CrossSearchOptions,
     CrossSearchResult,
 };
-pub use lanczos::{lanczos, local_norm, local_norm_of, LanczosOptions, LocalNorm, Method};
+pub use lanczos::{
+    lanczos, local_norm, local_norm_of, local_norm_refined, LanczosOptions, LocalNorm, Method,
+};
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};
 pub use rotary_ascent::{rotary_ascent, RotaryAscentResult};

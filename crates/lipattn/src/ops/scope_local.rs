@@ -4,7 +4,7 @@
 //! certified global bound (bounds::composed). The local constant is attained (a lower bound on
 //! the Lipschitz constant over any domain containing X), never a certificate.
 
-use super::local::{LocalMethod, LocalRequest};
+use super::local::{LocalDtype, LocalMethod, LocalRequest};
 use super::{OnProgress, Progress};
 use crate::bounds::composed::{composed_bound, ComposedBound};
 use crate::error::{Error, Result};
@@ -110,6 +110,13 @@ pub fn run_scope(
     on_progress: OnProgress,
 ) -> Result<ScopeLocalReport> {
     scope.check_head(req.head)?;
+    if req.dtype != LocalDtype::F64 {
+        return Err(Error::invalid(format!(
+            "`dtype` '{}' runs the attention sublayer alone; scope '{}' and the upper bound run in f64",
+            req.dtype.name(),
+            weights.scope.name()
+        )));
+    }
     let stage = req.method.name();
     on_progress(&Progress {
         stage,

@@ -6,43 +6,52 @@
 //! entries inside the band carry P = 0, so the softmax's derivative P ⊙ (g - <P, g>) zeroes them
 //! without a mask of its own.
 
-use super::forward::{RotaryState, QUERY_BLOCK};
+use super::forward::{to_t, RotaryState, QUERY_BLOCK};
 use super::layer::RotaryAttention;
 use crate::attention::forward::{affine, check_shape, gemm, par_for};
 use crate::attention::softmax::{softmax_backward_columns, softmax_backward_columns_centered};
 use crate::error::Result;
+use crate::scalar::Scalar;
 use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 use std::ops::Range;
 
 /// a b^T without bias, parallel like the forward projections.
-fn linear(a: MatRef<'_, f64>, w: MatRef<'_, f64>) -> Mat<f64> {
-    let mut out = Mat::<f64>::zeros(a.nrows(), w.nrows());
+fn linear<T: Scalar>(a: MatRef<'_, T>, w: MatRef<'_, T>) -> Mat<T> {
+    let mut out = Mat::<T>::zeros(a.nrows(), w.nrows());
     let par = par_for(a.nrows(), w.nrows(), a.ncols());
-    gemm(out.as_mut(), false, a, w.transpose(), 1.0, par);
+    gemm(out.as_mut(), false, a, w.transpose(), T::of(1.0), par);
+    out
+}
+
+/// a w for a column-major w.
+fn linear_t_new<T: Scalar>(a: MatRef<'_, T>, w: MatRef<'_, T>) -> Mat<T> {
+    let mut out = Mat::<T>::zeros(a.nrows(), w.ncols());
+    linear_t(&mut out, false, a, w);
     out
 }
 
 /// a w (the transpose of `linear`'s map applied to a cotangent), accumulated into `out`.
-fn linear_t(out: &mut Mat<f64>, add: bool, a: MatRef<'_, f64>, w: MatRef<'_, f64>) {
+fn linear_t<T: Scalar>(out: &mut Mat<T>, add: bool, a: MatRef<'_, T>, w: MatRef<'_, T>) {
     let par = par_for(a.nrows(), w.ncols(), a.ncols());
-    gemm(out.as_mut(), add, a, w, 1.0, par);
+    gemm(out.as_mut(), add, a, w, T::of(1.0), par);
 }
 
-impl RotaryAttention {
+impl<T: Scalar> RotaryAttention<T> {
     /// In place on a band block m (keys `keys` x queries q0..q0 + m.ncols()) of a head's
     /// keys x queries matrix, `tanh` the same block of the head's tanh band:
     /// g_ji *= 1 - t_ji^2 on the visible entries, the derivative of cap tanh(s / cap) with
     /// t = tanh(s / cap).
     fn through_softcap(
         &self,
-        mut m: MatMut<'_, f64>,
+        mut m: MatMut<'_, T>,
         keys: &Range<usize>,
         q0: usize,
-        tanh: Option<&Mat<f64>>,
+        tanh: Option<&Mat<T>>,
     ) {
         let Some(t) = tanh else { return };
+        let one = T::of(1.0);
         for c in 0..m.ncols() {
             let visible = self.visible(q0 + c);
             let rows = visible.start - keys.start..visible.end - keys.start;
@@ -54,13 +63,13 @@ impl RotaryAttention {
                 .expect("column-major")
                 .as_slice_mut();
             for (x, &th) in col[rows].iter_mut().zip(tc) {
-                *x *= 1.0 - th * th;
+                *x *= one - th * th;
             }
         }
     }
 
     /// The output at x and its directional derivative J(x) dx (both n x d_out).
-    pub fn jvp(&self, x: MatRef<'_, f64>, dx: MatRef<'_, f64>) -> Result<(Mat<f64>, Mat<f64>)> {
+    pub fn jvp(&self, x: MatRef<'_, T>, dx: MatRef<'_, T>) -> Result<(Mat<T>, Mat<T>)> {
         let st = self.state(x, true)?;
         let d_o = self.jvp_heads(&st, dx)?;
         let y = affine(st.o.as_ref(), self.wo.as_ref(), &self.bo);
@@ -68,24 +77,62 @@ impl RotaryAttention {
     }
 
     /// J(x)^T dy for a cotangent dy (n x d_out): n x d.
-    pub fn vjp(&self, x: MatRef<'_, f64>, dy: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    pub fn vjp(&self, x: MatRef<'_, T>, dy: MatRef<'_, T>) -> Result<Mat<T>> {
         let st = self.state(x, true)?;
         check_shape("VJP cotangent", dy, x.nrows(), self.d_out())?;
-        let mut obar = Mat::<f64>::zeros(x.nrows(), self.heads * self.head_dim);
+        let mut obar = Mat::<T>::zeros(x.nrows(), self.heads * self.head_dim);
         linear_t(&mut obar, false, dy, self.wo.as_ref());
         self.vjp_heads(&st, obar.as_ref())
     }
 
     /// The heads' output tangents dO (n x H head_dim) at the state `st` (formed with `keep`):
     /// J dx = dO W_O^T.
-    pub(crate) fn jvp_heads(&self, st: &RotaryState, dx: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    pub(crate) fn jvp_heads(&self, st: &RotaryState<T>, dx: MatRef<'_, T>) -> Result<Mat<T>> {
+        self.jvp_heads_with(st, dx, None)
+    }
+
+    /// [W_Q; W_K; W_V]^T (d x (H + 2 kv_heads) head_dim), column-major: `jvp_heads_with`
+    /// projects a tangent with one product whose right operand is read column-major, about 1.7x
+    /// faster than the three products against the transposed (row-major) weights.
+    pub(crate) fn stacked_projections_t(&self) -> Mat<T> {
+        let (q, k) = (self.wq.nrows(), self.wk.nrows());
+        let mut w = Mat::<T>::zeros(self.d_in(), q + 2 * k);
+        w.as_mut().subcols_mut(0, q).copy_from(self.wq.transpose());
+        w.as_mut().subcols_mut(q, k).copy_from(self.wk.transpose());
+        w.as_mut()
+            .subcols_mut(q + k, k)
+            .copy_from(self.wv.transpose());
+        w
+    }
+
+    /// `jvp_heads`, projecting with `w_in_t` = `stacked_projections_t()` when given.
+    pub(crate) fn jvp_heads_with(
+        &self,
+        st: &RotaryState<T>,
+        dx: MatRef<'_, T>,
+        w_in_t: Option<&Mat<T>>,
+    ) -> Result<Mat<T>> {
         let (n, hd) = (st.q.nrows(), self.head_dim);
         check_shape("JVP tangent", dx, n, self.d_in())?;
-        let mut dq = linear(dx, self.wq.as_ref());
-        let mut dk = linear(dx, self.wk.as_ref());
-        let dv = linear(dx, self.wv.as_ref());
+        let (mut dq, mut dk, dv) = match w_in_t {
+            Some(w) => {
+                let all = linear_t_new(dx, w.as_ref());
+                let (q, k) = (self.wq.nrows(), self.wk.nrows());
+                (
+                    all.as_ref().subcols(0, q).to_owned(),
+                    all.as_ref().subcols(q, k).to_owned(),
+                    all.as_ref().subcols(q + k, k).to_owned(),
+                )
+            }
+            None => (
+                linear(dx, self.wq.as_ref()),
+                linear(dx, self.wk.as_ref()),
+                linear(dx, self.wv.as_ref()),
+            ),
+        };
         if let (Some(norm), Some(qn), Some(kn)) = (&self.qk_norm, &st.q_norm, &st.k_norm) {
             let (gq, gk) = norm.gains();
+            let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
             qn.apply(&mut dq, hd, &gq, false);
             kn.apply(&mut dk, hd, &gk, false);
         }
@@ -93,7 +140,7 @@ impl RotaryAttention {
         st.table.rotate(dk.as_mut(), hd, false);
         crate::cancel::check()?;
         let s = self.score_scale();
-        let mut d_o = Mat::<f64>::zeros(n, self.heads * hd);
+        let mut d_o = Mat::<T>::zeros(n, self.heads * hd);
         d_o.as_mut()
             .par_col_chunks_mut(hd)
             .enumerate()
@@ -109,7 +156,7 @@ impl RotaryAttention {
                     dk.as_ref().subcols(g * hd, hd),
                     dv.as_ref().subcols(g * hd, hd),
                 );
-                let mut ds = Mat::<f64>::zeros(n, QUERY_BLOCK.min(n));
+                let mut ds = Mat::<T>::zeros(n, QUERY_BLOCK.min(n));
                 let mut doh = doh;
                 for (b, (q0, len, keys)) in self.bands(n).enumerate() {
                     let (k0, nk) = (keys.start, keys.len());
@@ -144,10 +191,10 @@ impl RotaryAttention {
                         false,
                         blk.as_ref().transpose(),
                         vb,
-                        1.0,
+                        T::of(1.0),
                         Par::Seq,
                     );
-                    gemm(out, true, p_blk.transpose(), dvb, 1.0, Par::Seq);
+                    gemm(out, true, p_blk.transpose(), dvb, T::of(1.0), Par::Seq);
                 }
             });
         Ok(d_o)
@@ -155,14 +202,14 @@ impl RotaryAttention {
 
     /// J^T dy at the state `st` (formed with `keep`) from the heads' output cotangents
     /// obar = dy W_O (n x H head_dim): n x d.
-    pub(crate) fn vjp_heads(&self, st: &RotaryState, obar: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    pub(crate) fn vjp_heads(&self, st: &RotaryState<T>, obar: MatRef<'_, T>) -> Result<Mat<T>> {
         let (n, hd) = (st.q.nrows(), self.head_dim);
         check_shape("head cotangents", obar, n, self.heads * hd)?;
         crate::cancel::check()?;
         let s = self.score_scale();
         // Per query head: its queries' cotangent and its contributions to its kv head's key and
         // value cotangents, summed over the group below in head order (the same sums every run).
-        let parts: Vec<(Mat<f64>, Mat<f64>, Mat<f64>)> = (0..self.heads)
+        let parts: Vec<(Mat<T>, Mat<T>, Mat<T>)> = (0..self.heads)
             .into_par_iter()
             .map(|h| {
                 let g = self.kv_of(h);
@@ -173,10 +220,10 @@ impl RotaryAttention {
                     st.o.as_ref().subcols(h * hd, hd),
                 );
                 let ob = obar.subcols(h * hd, hd);
-                let mut vbar = Mat::<f64>::zeros(n, hd);
-                let mut qbar = Mat::<f64>::zeros(n, hd);
-                let mut kbar = Mat::<f64>::zeros(n, hd);
-                let mut lbar = Mat::<f64>::zeros(n, QUERY_BLOCK.min(n));
+                let mut vbar = Mat::<T>::zeros(n, hd);
+                let mut qbar = Mat::<T>::zeros(n, hd);
+                let mut kbar = Mat::<T>::zeros(n, hd);
+                let mut lbar = Mat::<T>::zeros(n, QUERY_BLOCK.min(n));
                 for (b, (q0, len, keys)) in self.bands(n).enumerate() {
                     let (k0, nk) = (keys.start, keys.len());
                     let p_blk = st.p_t[h].block(b).as_ref();
@@ -186,7 +233,7 @@ impl RotaryAttention {
                         true,
                         p_blk,
                         ob_blk,
-                        1.0,
+                        T::of(1.0),
                         Par::Seq,
                     );
                     // Pbar^T = V Obar^T; its means against P are <o_i, obar_i> (P V = O).
@@ -196,11 +243,11 @@ impl RotaryAttention {
                         false,
                         v.subrows(k0, nk),
                         ob_blk.transpose(),
-                        1.0,
+                        T::of(1.0),
                         Par::Seq,
                     );
-                    let means: Vec<f64> = (q0..q0 + len)
-                        .map(|i| (0..hd).map(|c| o[(i, c)] * ob[(i, c)]).sum())
+                    let means: Vec<T> = (q0..q0 + len)
+                        .map(|i| (0..hd).fold(T::of(0.0), |acc, c| acc + o[(i, c)] * ob[(i, c)]))
                         .collect();
                     softmax_backward_columns_centered(p_blk, blk.rb_mut(), &means);
                     let tanh = st.tanh_t.get(h).map(|t| t.block(b));
@@ -222,9 +269,9 @@ impl RotaryAttention {
             })
             .collect();
         crate::cancel::check()?;
-        let mut qbar = Mat::<f64>::zeros(n, self.heads * hd);
-        let mut kbar = Mat::<f64>::zeros(n, self.kv_heads * hd);
-        let mut vbar = Mat::<f64>::zeros(n, self.kv_heads * hd);
+        let mut qbar = Mat::<T>::zeros(n, self.heads * hd);
+        let mut kbar = Mat::<T>::zeros(n, self.kv_heads * hd);
+        let mut vbar = Mat::<T>::zeros(n, self.kv_heads * hd);
         for (h, (q_h, k_h, v_h)) in parts.into_iter().enumerate() {
             let g = self.kv_of(h);
             qbar.as_mut().subcols_mut(h * hd, hd).copy_from(&q_h);
@@ -237,10 +284,11 @@ impl RotaryAttention {
         st.table.rotate(kbar.as_mut(), hd, true);
         if let (Some(norm), Some(qn), Some(kn)) = (&self.qk_norm, &st.q_norm, &st.k_norm) {
             let (gq, gk) = norm.gains();
+            let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
             qn.apply(&mut qbar, hd, &gq, true);
             kn.apply(&mut kbar, hd, &gk, true);
         }
-        let mut xbar = Mat::<f64>::zeros(n, self.d_in());
+        let mut xbar = Mat::<T>::zeros(n, self.d_in());
         linear_t(&mut xbar, false, qbar.as_ref(), self.wq.as_ref());
         linear_t(&mut xbar, true, kbar.as_ref(), self.wk.as_ref());
         linear_t(&mut xbar, true, vbar.as_ref(), self.wv.as_ref());

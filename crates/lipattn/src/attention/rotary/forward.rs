@@ -7,6 +7,7 @@ use crate::attention::forward::{affine, check_tokens, gemm};
 use crate::attention::rms::{normalise, NormState};
 use crate::attention::softmax::softmax_columns;
 use crate::error::{Error, Result};
+use crate::scalar::Scalar;
 use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatRef, Par};
 use std::ops::Range;
@@ -17,42 +18,42 @@ pub(crate) const QUERY_BLOCK: usize = 64;
 use rayon::prelude::*;
 
 /// Everything the derivatives need at one input X.
-pub(crate) struct RotaryState {
-    pub table: RopeTable,
+pub(crate) struct RotaryState<T: Scalar = f64> {
+    pub table: RopeTable<T>,
     /// The qk-norm intermediates of the queries and keys (with a qk-norm only).
-    pub q_norm: Option<NormState>,
-    pub k_norm: Option<NormState>,
+    pub q_norm: Option<NormState<T>>,
+    pub k_norm: Option<NormState<T>>,
     /// Rotated (and normalised) queries, n x H head_dim.
-    pub q: Mat<f64>,
+    pub q: Mat<T>,
     /// Rotated (and normalised) keys, n x kv_heads head_dim.
-    pub k: Mat<f64>,
+    pub k: Mat<T>,
     /// Values, n x kv_heads head_dim.
-    pub v: Mat<f64>,
+    pub v: Mat<T>,
     /// P_h^T (keys x queries) per query head on its visible band, masked entries exactly 0;
     /// empty unless the state was formed for the derivatives.
-    pub p_t: Vec<Band>,
+    pub p_t: Vec<Band<T>>,
     /// tanh(s_ij / cap) (keys x queries) per query head on the band, with a softcap only; 0
     /// where masked.
-    pub tanh_t: Vec<Band>,
+    pub tanh_t: Vec<Band<T>>,
     /// Concatenated head outputs P_h V_{g(h)}, n x H head_dim.
-    pub o: Mat<f64>,
+    pub o: Mat<T>,
 }
 
 /// One head's keys x queries values on the visible band, stored by blocks of queries: block b
 /// (the b-th of `RotaryAttention::bands`, queries q0..q0 + len) is keys x len for the keys
 /// k0..q0 + len that any of its queries sees. About n^2 / 2 entries under the causal mask and
 /// n (w + QUERY_BLOCK) with a window w, instead of n^2.
-pub(crate) struct Band {
-    blocks: Vec<Mat<f64>>,
+pub(crate) struct Band<T: Scalar = f64> {
+    blocks: Vec<Mat<T>>,
 }
 
-impl Band {
-    pub fn block(&self, b: usize) -> &Mat<f64> {
+impl<T: Scalar> Band<T> {
+    pub fn block(&self, b: usize) -> &Mat<T> {
         &self.blocks[b]
     }
 }
 
-impl RotaryAttention {
+impl<T: Scalar> RotaryAttention<T> {
     /// The query blocks of the banded products, each with the keys any of its queries sees.
     pub(crate) fn bands(
         &self,
@@ -83,7 +84,7 @@ impl RotaryAttention {
     /// The intermediates at X. With `keep`, the probabilities (and tanh values) of every head
     /// are stored for the derivatives; without, each head's are dropped once its output is
     /// formed, so that the forward pass holds the n x n matrices of the heads in flight only.
-    pub(crate) fn state(&self, x: MatRef<'_, f64>, keep: bool) -> Result<RotaryState> {
+    pub(crate) fn state(&self, x: MatRef<'_, T>, keep: bool) -> Result<RotaryState<T>> {
         self.check_shapes()?;
         check_tokens("tokens", x, self.d_in())?;
         let n = x.nrows();
@@ -104,8 +105,11 @@ impl RotaryAttention {
                 )
             },
             crate::budget::total(&[
-                crate::budget::bytes_of(&[per_head, in_memory, self.band_entries(n)], 8),
-                crate::budget::bytes_of(&[n, widths], 8),
+                crate::budget::bytes_of(
+                    &[per_head, in_memory, self.band_entries(n)],
+                    std::mem::size_of::<T>() as u64,
+                ),
+                crate::budget::bytes_of(&[n, widths], std::mem::size_of::<T>() as u64),
             ]),
         )?;
         crate::cancel::check()?;
@@ -117,6 +121,7 @@ impl RotaryAttention {
         let (q_norm, k_norm) = match &self.qk_norm {
             Some(norm) => {
                 let (gq, gk) = norm.gains();
+                let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
                 (
                     Some(normalise(
                         &mut q,
@@ -133,8 +138,8 @@ impl RotaryAttention {
         table.rotate(q.as_mut(), hd, false);
         table.rotate(k.as_mut(), hd, false);
         crate::cancel::check()?;
-        let mut o = Mat::<f64>::zeros(n, self.heads * hd);
-        let per_head: Vec<(Band, Option<Band>)> = o
+        let mut o = Mat::<T>::zeros(n, self.heads * hd);
+        let per_head: Vec<(Band<T>, Option<Band<T>>)> = o
             .as_mut()
             .par_col_chunks_mut(hd)
             .enumerate()
@@ -152,7 +157,7 @@ impl RotaryAttention {
                         false,
                         p_t.block(b).transpose(),
                         v.as_ref().submatrix(keys.start, g * hd, keys.len(), hd),
-                        1.0,
+                        T::of(1.0),
                         Par::Seq,
                     );
                 }
@@ -188,15 +193,16 @@ impl RotaryAttention {
     fn head_probabilities_t(
         &self,
         h: usize,
-        q: MatRef<'_, f64>,
-        k: MatRef<'_, f64>,
-    ) -> Result<(Band, Option<Band>)> {
+        q: MatRef<'_, T>,
+        k: MatRef<'_, T>,
+    ) -> Result<(Band<T>, Option<Band<T>>)> {
         let n = q.nrows();
-        let zeros = vec![0.0; n];
+        let zero = T::of(0.0);
+        let zeros = vec![zero; n];
         let mut p_blocks = Vec::new();
         let mut t_blocks = Vec::new();
         for (q0, len, keys) in self.bands(n) {
-            let mut lt = Mat::<f64>::zeros(keys.len(), len);
+            let mut lt = Mat::<T>::zeros(keys.len(), len);
             gemm(
                 lt.as_mut(),
                 false,
@@ -205,7 +211,7 @@ impl RotaryAttention {
                 self.score_scale(),
                 Par::Seq,
             );
-            let mut tanh_t = self.softcap.map(|_| Mat::<f64>::zeros(keys.len(), len));
+            let mut tanh_t = self.softcap.map(|_| Mat::<T>::zeros(keys.len(), len));
             for c in 0..len {
                 let i = q0 + c;
                 let visible = self.visible(i);
@@ -215,21 +221,24 @@ impl RotaryAttention {
                 // silently finite, and the softmax below sees only the visible part of a column.
                 if let Some(r) = rows.clone().find(|&r| !col[r].is_finite()) {
                     return Err(Error::Numerical(format!(
-                        "attention score of head {h}, query {i} and key {} is {}: the scores overflowed (inputs or weights too large for f64)",
+                        "attention score of head {h}, query {i} and key {} is {}: the scores overflowed (inputs or weights too large for {})",
                         keys.start + r,
-                        col[r]
+                        col[r],
+                        T::NAME
                     )));
                 }
                 if let (Some(cap), Some(t)) = (self.softcap, tanh_t.as_mut()) {
                     let tc = t.col_as_slice_mut(c);
                     for r in rows.clone() {
-                        let th = (col[r] / cap).tanh();
-                        tc[r] = th;
-                        col[r] = cap * th;
+                        // tanh in f64 (exact for f64 scores): Scalar has no tanh, and the
+                        // softcap's rounding is no larger than T's own.
+                        let th = (col[r].f64() / cap).tanh();
+                        tc[r] = T::of(th);
+                        col[r] = T::of(cap * th);
                     }
                 }
-                col[..rows.start].fill(0.0);
-                col[rows.end..].fill(0.0);
+                col[..rows.start].fill(zero);
+                col[rows.end..].fill(zero);
                 softmax_columns(
                     lt.as_mut().submatrix_mut(rows.start, c, rows.len(), 1),
                     &zeros[..rows.len()],
@@ -244,8 +253,13 @@ impl RotaryAttention {
     }
 
     /// The sublayer on a token sequence x (n x d, positions 0..n, causal): n x d_out.
-    pub fn forward(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    pub fn forward(&self, x: MatRef<'_, T>) -> Result<Mat<T>> {
         let st = self.state(x, false)?;
         Ok(affine(st.o.as_ref(), self.wo.as_ref(), &self.bo))
     }
+}
+
+/// A vector of f64 parameters rounded to T.
+pub(crate) fn to_t<T: Scalar>(v: &[f64]) -> Vec<T> {
+    v.iter().map(|&x| T::of(x)).collect()
 }

@@ -4,6 +4,7 @@ use super::rope::Rope;
 use crate::error::{
     check_at_least, check_finite, check_index, check_nonnegative, check_positive, Error, Result,
 };
+use crate::scalar::Scalar;
 use faer::Mat;
 
 /// RMS normalisation of each head's coordinates of q and of k, before the rotation (Qwen3):
@@ -32,24 +33,27 @@ impl QkNorm {
 /// normalisation of q and k, logit soft-capping and a sliding window: the attention sublayer of
 /// the Llama lineage (docs/rotary.md). Linear maps act on rows as y = x W^T + b.
 #[derive(Clone, Debug)]
-pub struct RotaryAttention {
+///
+/// T is the arithmetic of the forward pass and derivatives; the checkpoint loaders and the
+/// bounds build f64 layers, and `cast` rounds one to f32 for the fast local constant.
+pub struct RotaryAttention<T: Scalar = f64> {
     /// Query heads H.
     pub heads: usize,
     /// Key/value heads; query head h reads kv head h / (H / kv_heads).
     pub kv_heads: usize,
     pub head_dim: usize,
     /// (H head_dim) x d.
-    pub wq: Mat<f64>,
-    pub bq: Vec<f64>,
+    pub wq: Mat<T>,
+    pub bq: Vec<T>,
     /// (kv_heads head_dim) x d.
-    pub wk: Mat<f64>,
-    pub bk: Vec<f64>,
+    pub wk: Mat<T>,
+    pub bk: Vec<T>,
     /// (kv_heads head_dim) x d.
-    pub wv: Mat<f64>,
-    pub bv: Vec<f64>,
+    pub wv: Mat<T>,
+    pub bv: Vec<T>,
     /// d_out x (H head_dim).
-    pub wo: Mat<f64>,
-    pub bo: Vec<f64>,
+    pub wo: Mat<T>,
+    pub bo: Vec<T>,
     /// Scores are divided by sqrt(score_divisor_sq): head_dim, or Gemma 2's query_pre_attn_scalar.
     pub score_divisor_sq: usize,
     pub rope: Rope,
@@ -132,19 +136,28 @@ impl RotaryAttention {
         Ok(layer)
     }
 
-    /// Token (input) width d.
-    pub fn d_in(&self) -> usize {
-        self.wq.ncols()
-    }
-
-    /// Output width (rows of wo).
-    pub fn d_out(&self) -> usize {
-        self.wo.nrows()
-    }
-
-    /// Query heads per kv head.
-    pub fn group(&self) -> usize {
-        self.heads / self.kv_heads
+    /// The same layer with every weight rounded to U (rounded once from f64).
+    pub fn cast<U: Scalar>(&self) -> RotaryAttention<U> {
+        let m = |w: &Mat<f64>| Mat::from_fn(w.nrows(), w.ncols(), |i, j| U::of(w[(i, j)]));
+        let v = |b: &[f64]| b.iter().map(|&x| U::of(x)).collect();
+        RotaryAttention {
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            wq: m(&self.wq),
+            bq: v(&self.bq),
+            wk: m(&self.wk),
+            bk: v(&self.bk),
+            wv: m(&self.wv),
+            bv: v(&self.bv),
+            wo: m(&self.wo),
+            bo: v(&self.bo),
+            score_divisor_sq: self.score_divisor_sq,
+            rope: self.rope.clone(),
+            qk_norm: self.qk_norm.clone(),
+            softcap: self.softcap,
+            window: self.window,
+        }
     }
 
     /// Query head h's contribution alone: its query rows, its kv head's key and value rows and
@@ -194,10 +207,27 @@ impl RotaryAttention {
         plain.score_divisor_sq = self.score_divisor_sq;
         Ok(plain)
     }
+}
 
-    /// The score scale 1/sqrt(score_divisor_sq), rounded to nearest.
-    pub(crate) fn score_scale(&self) -> f64 {
-        1.0 / (self.score_divisor_sq as f64).sqrt()
+impl<T: Scalar> RotaryAttention<T> {
+    /// Token (input) width d.
+    pub fn d_in(&self) -> usize {
+        self.wq.ncols()
+    }
+
+    /// Output width (rows of wo).
+    pub fn d_out(&self) -> usize {
+        self.wo.nrows()
+    }
+
+    /// Query heads per kv head.
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+
+    /// The score scale 1/sqrt(score_divisor_sq), rounded to nearest in f64 (then to T).
+    pub(crate) fn score_scale(&self) -> T {
+        T::of(1.0 / (self.score_divisor_sq as f64).sqrt())
     }
 
     /// Every dimension the forward pass indexes by, so that a layer whose public fields were
@@ -226,7 +256,7 @@ impl RotaryAttention {
             });
         }
         let (hd, kvd) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
-        let dims = |m: &Mat<f64>| format!("{}x{}", m.nrows(), m.ncols());
+        let dims = |m: &Mat<T>| format!("{}x{}", m.nrows(), m.ncols());
         for (name, m, rows) in [
             ("wq", &self.wq, hd),
             ("wk", &self.wk, kvd),

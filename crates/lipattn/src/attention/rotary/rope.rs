@@ -2,6 +2,7 @@
 //! (formulas and sources in docs/rotary.md).
 
 use crate::error::{check_positive, Error, Result};
+use crate::scalar::Scalar;
 use faer::reborrow::ReborrowMut;
 use faer::MatMut;
 
@@ -273,17 +274,18 @@ impl Rope {
         ))
     }
 
-    /// The cos and sin of every position's angles, each multiplied by the attention factor.
-    pub(crate) fn table(&self, n: usize) -> Result<RopeTable> {
+    /// The cos and sin of every position's angles, each multiplied by the attention factor;
+    /// computed in f64 and rounded once to T, so an f32 table is the f64 one correctly rounded.
+    pub(crate) fn table<T: Scalar>(&self, n: usize) -> Result<RopeTable<T>> {
         let (inv_freq, att) = self.frequencies(n)?;
         let half = inv_freq.len();
-        let mut cos = vec![0.0; half * n];
-        let mut sin = vec![0.0; half * n];
+        let mut cos = vec![T::of(0.0); half * n];
+        let mut sin = vec![T::of(0.0); half * n];
         for (c, &f) in inv_freq.iter().enumerate() {
             for i in 0..n {
                 let (s, co) = (i as f64 * f).sin_cos();
-                cos[c * n + i] = att * co;
-                sin[c * n + i] = att * s;
+                cos[c * n + i] = T::of(att * co);
+                sin[c * n + i] = T::of(att * s);
             }
         }
         Ok(RopeTable { n, half, cos, sin })
@@ -301,21 +303,21 @@ fn yarn_mscale(scale: f64, m: f64) -> f64 {
 
 /// a cos(theta_ic) and a sin(theta_ic) for positions i < n and pairs c < rotary_dim/2, pair-major
 /// (entry c n + i), so that rotating one column pair reads two contiguous runs.
-pub(crate) struct RopeTable {
+pub(crate) struct RopeTable<T: Scalar = f64> {
     n: usize,
     half: usize,
-    cos: Vec<f64>,
-    sin: Vec<f64>,
+    cos: Vec<T>,
+    sin: Vec<T>,
 }
 
-impl RopeTable {
+impl<T: Scalar> RopeTable<T> {
     /// In place on the head blocks of `m` (n x heads*head_dim, tokens as rows): each head's
     /// coordinates (c, c + r/2) of token i become R_i (x_c, x_{c+r/2}), or R_i^T with
     /// `transpose` (the VJP), R_i = a [[cos, -sin], [sin, cos]].
-    pub fn rotate(&self, mut m: MatMut<'_, f64>, head_dim: usize, transpose: bool) {
+    pub fn rotate(&self, mut m: MatMut<'_, T>, head_dim: usize, transpose: bool) {
         debug_assert_eq!(m.nrows(), self.n);
         let heads = m.ncols() / head_dim;
-        let sign = if transpose { -1.0 } else { 1.0 };
+        let sign = T::of(if transpose { -1.0 } else { 1.0 });
         for h in 0..heads {
             let block = m.rb_mut().subcols_mut(h * head_dim, 2 * self.half);
             let (mut lo, mut hi) = block.split_at_col_mut(self.half);
