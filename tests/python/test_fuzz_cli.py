@@ -110,7 +110,7 @@ OTHER = {
     "forward": ["--model", "--tokens", "--weights", "--kernel", "--out"],
     "hidden": ["--model", "--text", "--out", "--ids-out"],
     "transport": ["--wa", "--wb", "--cost", "--method", "--plan"],
-    "local": ["--model", "--tokens", "--text", "--scope", "--pool", "--method", "--save-vector"],
+    "local": ["--model", "--tokens", "--text", "--scope", "--pool", "--method", "--dtype", "--save-vector"],
     "lipschitz": ["--model", "--kernel", "--mask", "--save-input", "--save-pair"],
     "reproduce": ["--out", "--model"],
     "invert": ["--model", "--kernel", "--tokens", "--solver", "--save", "--plot"],
