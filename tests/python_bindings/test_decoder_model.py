@@ -80,6 +80,9 @@ def test_model_local_constant_equals_transformers_jacobian(tmp_path, family, key
     # The same request through the float32 path of the input gives the float64 number: the model
     # path always runs in float64.
     assert model.local_constant(layer, x.astype(np.float32), head=head, tol=1e-12).dtype == "f64"
+    # dtype='f32': Lanczos in float32, its vector refined in float64 (`lipattn local --dtype f32`).
+    f32 = model.local_constant(layer, x, head=head, tol=1e-6, dtype="f32")
+    assert f32.dtype == "f32" and abs(f32.sigma - exact) <= 1e-6 * exact, (f32.sigma, exact)
 
 
 def test_model_local_constant_errors(tmp_path):
@@ -94,6 +97,10 @@ def test_model_local_constant_errors(tmp_path):
         model.local_constant(0, x[:, :10])
     with pytest.raises(ValueError, match="method"):
         model.local_constant(0, x, method="svd")
+    with pytest.raises(ValueError, match="dtype"):
+        model.local_constant(0, x, dtype="f16")
+    with pytest.raises(ValueError, match="dtype"):
+        model.local_constant(0, x, dtype="f32", method="power")
 
 
 def test_model_lipschitz_is_the_cli_report(tmp_path, lipattn_bin):

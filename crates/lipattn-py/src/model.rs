@@ -232,8 +232,9 @@ impl PyModel {
     /// position i for the rotary families: ``lipattn local --model``. An attained value, hence a
     /// lower bound on the Lipschitz constant over any domain containing ``x``, never a
     /// certificate. ``method`` 'lanczos' (``tol`` = requested relative accuracy, an estimate) or
-    /// 'power'.
-    #[pyo3(signature = (layer, x, *, head=None, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128)))]
+    /// 'power'. ``dtype`` 'f32' runs Lanczos in float32 and refines its vector in float64 (the
+    /// reported sigma and error estimate are the float64 ones): ``lipattn local --dtype f32``.
+    #[pyo3(signature = (layer, x, *, head=None, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), dtype=LocalRequest::default().dtype.name()))]
     #[allow(clippy::too_many_arguments)]
     fn local_constant(
         &self,
@@ -245,10 +246,12 @@ impl PyModel {
         tol: f64,
         max_iter: Option<PyInt>,
         seed: PyInt,
+        dtype: &str,
     ) -> PyResult<PyLocalConstant> {
         crate::ints::unsigned!(layer, head, max_iter, seed);
         let req = LocalRequest {
             head,
+            dtype: dtype.parse().py_err()?,
             ..local_request(method, tol, max_iter, seed)?
         };
         let x = matrix_f64(x, "tokens")?;

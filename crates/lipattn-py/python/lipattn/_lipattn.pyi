@@ -281,6 +281,7 @@ class Model:
         tol: float = 1e-6,
         max_iter: Optional[int] = None,
         seed: int = 0,
+        dtype: Literal["f64", "f32"] = "f64",
     ) -> LocalConstant:
         """``lipattn local --model``: ||J(X)||_2 of the layer's attention sublayer at ``x`` (float64,
         the model's mask, positions 0..n-1); an attained lower bound, never a certificate."""
