@@ -24,6 +24,21 @@ pub struct Certificate {
     pub source: String,
 }
 
+impl Certificate {
+    /// The best finite Frobenius bound among `all`, certified on (B_r)^n.
+    pub fn best_frobenius_on_ball(all: &[bounds::Bound], r: f64, n: usize) -> Option<Self> {
+        bounds::best(all, Metric::Frobenius)
+            .filter(|b| b.value.is_finite())
+            .map(|b| Certificate {
+                constant: b.value,
+                metric: Metric::Frobenius,
+                domain: CertifiedDomain::Ball { radius: r },
+                n: Some(n),
+                source: format!("{} ({})", b.source, b.name),
+            })
+    }
+}
+
 /// The layer with W_O and b_O multiplied by s: the map X -> s f(X).
 pub fn scaled(layer: &AttentionLayer<f64>, s: f64) -> AttentionLayer<f64> {
     let mut g = layer.clone();
@@ -124,15 +139,7 @@ pub fn token_lipschitz(
             };
             let domain = Domain::new(r, n, false)?;
             let all = bounds::token_map::token_map_bounds(layer, &domain)?;
-            Ok(bounds::best(&all, Metric::Frobenius)
-                .filter(|b| b.value.is_finite())
-                .map(|b| Certificate {
-                    constant: b.value,
-                    metric: Metric::Frobenius,
-                    domain: CertifiedDomain::Ball { radius: r },
-                    n: Some(n),
-                    source: format!("{} ({})", b.source, b.name),
-                }))
+            Ok(Certificate::best_frobenius_on_ball(&all, r, n))
         }
     }
 }

@@ -7,8 +7,8 @@
 use super::branch::Branch;
 use super::certify::Certificate;
 use crate::attention::{AttentionLayer, Kernel, RotaryAttention, RotaryLinearization};
-use crate::bounds::{self, Metric};
-use crate::domain::{CertifiedDomain, Domain};
+use crate::bounds;
+use crate::domain::Domain;
 use crate::error::{Error, Result};
 use crate::linalg::rounding::{add_up, norm2_up, product_frob_up, product_norm_up};
 use crate::operator::RotaryForm;
@@ -80,15 +80,7 @@ impl Branch for RotaryBranch {
         let domain = Domain::new(r, n, true)?;
         let consts = bounds::rotary::RotaryConstants::of(&self.layer)?;
         let all = bounds::rotary::rotary_bounds(&self.layer, &consts, &domain)?;
-        Ok(bounds::best(&all, Metric::Frobenius)
-            .filter(|b| b.value.is_finite())
-            .map(|b| Certificate {
-                constant: b.value,
-                metric: Metric::Frobenius,
-                domain: CertifiedDomain::Ball { radius: r },
-                n: Some(n),
-                source: format!("{} ({})", b.source, b.name),
-            }))
+        Ok(Certificate::best_frobenius_on_ball(&all, r, n))
     }
     fn needs_ball(&self, _n: usize) -> Result<bool> {
         Ok(true)

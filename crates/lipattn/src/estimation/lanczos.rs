@@ -138,6 +138,25 @@ pub fn local_norm_of<T: Scalar, L: LinearizedMap<T>>(
     })
 }
 
+/// The basis and the images grow by one vector each per step; a large iteration cap on a large
+/// input would otherwise grow them until the allocator aborts. Checked against the budget before
+/// each step, so a run that fits is unchanged and one that does not stops with an error.
+fn check_basis_budget<T: Scalar, L: LinearizedMap<T>>(
+    lin: &L,
+    steps: usize,
+    image: Option<&Mat<T>>,
+) -> Result<()> {
+    let (n, d) = (lin.n(), lin.d_in());
+    let image_len = image.map_or(n * lin.d_out(), |m| m.nrows() * m.ncols());
+    let per_step = (n * d).checked_add(image_len);
+    let need = per_step
+        .and_then(|p| crate::budget::bytes_of(&[steps, p], std::mem::size_of::<T>() as u64));
+    crate::budget::check(
+        || format!("the Lanczos basis and images after {steps} steps on {n} x {d} tangents"),
+        need,
+    )
+}
+
 pub(crate) fn start_vector<T: Scalar, L: LinearizedMap<T>>(
     lin: &L,
     seed: u64,
@@ -209,6 +228,7 @@ fn lanczos_with_second<T: Scalar, L: LinearizedMap<T>>(
     let mut top_col = 0;
     for k in 0..cap {
         crate::cancel::check()?;
+        check_basis_budget(lin, k + 1, images.first())?;
         let (dq, mut w) = lin.normal_step(&normal, basis[k].as_ref())?;
         images.push(dq);
         let a = dot(&basis[k], &w);
