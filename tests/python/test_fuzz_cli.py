@@ -47,6 +47,10 @@ LIMITS = {
     "--max-tokens": ["2", "3", "4"],  # BERT: the 2 special tokens plus 1 is the least
     "--upper-failure-probability": ["1", "1e-300", "5e-324", "0.999999999999"],
     "--upper-steps": ["2", "1000000"],
+    "--epsilon": ["1e-300", "5e-324", "1e300"],
+    "--failure-probability": ["1", "1e-300", "5e-324", "0.999999999999"],
+    "--attack-starts": ["2", "1000001", "1000000000"],
+    "--attack-steps": ["2", "1000001", "1000000000"],
     "--radius": ["1e-300", "1e300", "5e-324"],
     "--c": ["1", "0.999999999999", "0.9999999999999999", "1e-300", "1.0000001"],
     "--contract": ["1", "0.999999999999", "1e-300", "1.0000001"],
@@ -94,6 +98,8 @@ NUMERIC = {
               "--upper-steps", "--max-memory"],
     "lipschitz": ["--layer", "--head", "--radius", "--n", "--starts", "--steps", "--atoms", "--seed",
                   "--max-memory"],
+    "certify": ["--layer", "--max-tokens", "--epsilon", "--failure-probability", "--upper-steps",
+                "--attack-starts", "--attack-steps", "--tol", "--seed", "--max-memory"],
     "reproduce": ["--max-memory"],
     "invert": ["--layer", "--d", "--heads", "--bias", "--seed", "--n", "--token-scale", "--c", "--radius",
                "--atol", "--anderson-memory", "--anderson-reg", "--anderson-mixing", "--broyden-memory",
@@ -112,6 +118,7 @@ OTHER = {
     "transport": ["--wa", "--wb", "--cost", "--method", "--plan"],
     "local": ["--model", "--tokens", "--text", "--scope", "--pool", "--method", "--dtype", "--save-vector"],
     "lipschitz": ["--model", "--kernel", "--mask", "--save-input", "--save-pair"],
+    "certify": ["--model", "--tokens", "--text", "--scope", "--pool", "--ball", "--save-attained"],
     "reproduce": ["--out", "--model"],
     "invert": ["--model", "--kernel", "--tokens", "--solver", "--save", "--plot"],
     "fixed-point": ["--model", "--kernel", "--tokens", "--space", "--variant", "--solver", "--save", "--plot"],
@@ -148,6 +155,8 @@ def base(cmd, f, run):
         "local": ([], {**model, "--tokens": str(f / "x.npy"), "--json": None}),
         "lipschitz": ([], {**model, "--radius": "2", "--n": "3", "--starts": "1", "--steps": "2", "--atoms": "3",
                            "--json": None}),
+        "certify": ([], {**model, "--tokens": str(f / "x.npy"), "--epsilon": "0.1", "--upper-steps": "20",
+                         "--attack-starts": "1", "--attack-steps": "3", "--json": None}),
         "reproduce": ([], {"--out": out, "--quick": None, "--json": None}),
         "invert": ([], {**synthetic, "--max-iter": "100", "--json": None}),
         "fixed-point": ([], {**synthetic, "--contract": "0.5", "--max-iter": "100", "--json": None}),
@@ -191,7 +200,7 @@ def invocation(bin_, cmd, chosen, f, run):
         for k in ("--d", "--heads"):
             opts.pop(k, None)
         opts["--model"] = str(f / "bert")
-    if cmd == "local" and "--max-tokens" in chosen:
+    if cmd in ("local", "certify") and "--max-tokens" in chosen:
         # The model's own input on a text instead of given tokens (the options conflict).
         opts.pop("--tokens")
         opts["--text"] = str(f / "text.txt")

@@ -348,6 +348,8 @@ CALLS = {
     "Model.lipschitz": lambda m: (m().lipschitz, dict(layer=0, radius=1.0, n=4)),
     "Model.scope_local_constant": lambda m: (m().scope_local_constant,
                                              dict(scope="block", layer=0, x=np.zeros((4, 384)))),
+    "Model.certify": lambda m: (m().certify, dict(layer=0, epsilon=0.01, x=np.zeros((4, 384)), upper_steps=20,
+                                                  attack_starts=1, attack_steps=2)),
     "InvertibleBlock.__init__": lambda m: (lipattn.InvertibleBlock, dict(layer=L2, n=4)),
     "InvertibleBlock.inverse": lambda m: (BLOCK.inverse, dict(y=X4)),
     "InvertibleBlock.logdet": lambda m: (BLOCK.logdet, dict(x=X4)),

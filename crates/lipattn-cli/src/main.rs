@@ -2,6 +2,7 @@
 //! non-zero exit and never as a panic.
 
 mod analyze;
+mod certify;
 mod dyn_source;
 mod fixed_point;
 mod flow;
@@ -51,6 +52,9 @@ enum Command {
     Local(local::LocalArgs),
     /// Certified Lipschitz upper bounds beside attained lower bounds for a layer or head.
     Lipschitz(lipschitz::LipschitzArgs),
+    /// A local certificate on a ball around an input: sup ||J|| and the output change, proven,
+    /// beside the largest ||J|| an attack finds in the ball.
+    Certify(certify::CertifyArgs),
     /// Reproduce the figures of docs/reproductions.md (CSV, SVG, PNG and a JSON summary).
     Reproduce(reproduce::ReproduceArgs),
     /// Invert a residual attention block y = x + g(x) with certified Lip(g) <= c < 1.
@@ -77,6 +81,7 @@ fn main() {
         Command::Transport(a) => transport::run(a),
         Command::Local(a) => local::run(a),
         Command::Lipschitz(a) => lipschitz::run(a),
+        Command::Certify(a) => certify::run(a),
         Command::Reproduce(a) => reproduce::run(a),
         Command::Invert(a) => invert::run(a),
         Command::FixedPoint(a) => fixed_point::run(a),

@@ -9,6 +9,7 @@ use crate::local::{local_constant_result, PyLocalConstant};
 use lipattn::analysis::lipschitz::LipschitzOptions;
 use lipattn::analysis::AnalysisOptions;
 use lipattn::models::{Model, SublayerWeights, TextTokenizer};
+use lipattn::ops::certify::CertifyRequest;
 use lipattn::ops::local::{self, LocalRequest};
 use lipattn::ops::scope_local::{run_scope, ScopeRequest};
 use pyo3::exceptions::PyValueError;
@@ -38,7 +39,44 @@ pub struct PyModel {
     tokenizer: OnceLock<Arc<TextTokenizer>>,
 }
 
+/// A scope's input as a caller gives it: the array X itself, or token ids to run the model on.
+enum ScopeInput {
+    Given(faer::Mat<f64>),
+    Ids(Vec<u32>),
+}
+
+impl ScopeInput {
+    fn resolve(
+        self,
+        model: &Model,
+        w: &lipattn::models::StackWeights,
+    ) -> lipattn::Result<faer::Mat<f64>> {
+        match self {
+            ScopeInput::Given(x) => Ok(x),
+            ScopeInput::Ids(ids) => model.stack_input(w, &ids),
+        }
+    }
+}
+
 impl PyModel {
+    /// Exactly one of ``x``, ``text`` and ``ids``.
+    fn scope_input(
+        &self,
+        py: Python<'_>,
+        x: Option<&Bound<'_, PyAny>>,
+        text: Option<&str>,
+        ids: Option<Vec<u32>>,
+        max_tokens: Option<usize>,
+    ) -> PyResult<ScopeInput> {
+        match x {
+            Some(x) if text.is_none() && ids.is_none() => {
+                Ok(ScopeInput::Given(matrix_f64(x, "x")?))
+            }
+            None => Ok(ScopeInput::Ids(self.ids(py, text, ids, max_tokens)?)),
+            Some(_) => Err(PyValueError::new_err("give exactly one of x, text and ids")),
+        }
+    }
+
     fn tokenizer(&self, py: Python<'_>) -> PyResult<Arc<TextTokenizer>> {
         if let Some(t) = self.tokenizer.get() {
             return Ok(t.clone());
@@ -310,23 +348,11 @@ impl PyModel {
         };
         let req = local_request(method, tol, max_iter, seed)?;
         scope_req.scope.check(layer, scope_req.pool).py_err()?;
-        let given = match x {
-            Some(x) if text.is_none() && ids.is_none() => Some(matrix_f64(x, "x")?),
-            None => None,
-            Some(_) => return Err(PyValueError::new_err("give exactly one of x, text and ids")),
-        };
-        let ids = match given {
-            Some(_) => None,
-            None => Some(self.ids(py, text, ids, max_tokens)?),
-        };
+        let input = self.scope_input(py, x, text, ids, max_tokens)?;
         let model = self.model.clone();
         let (r, x) = interruptible(py, move || {
             let w = model.stack(scope_req.scope, layer, scope_req.pool)?;
-            let x = match (given, ids) {
-                (Some(x), _) => x,
-                (None, Some(ids)) => model.stack_input(&w, &ids)?,
-                (None, None) => unreachable!("x or ids"),
-            };
+            let x = input.resolve(&model, &w)?;
             let r = run_scope(
                 &req,
                 &scope_req,
@@ -343,6 +369,82 @@ impl PyModel {
         dict.set_item("x", to_numpy(py, x.as_ref()))?;
         dict.set_item("vector", to_numpy(py, r.vector.as_ref()))?;
         dict.set_item("output", to_numpy(py, r.output.as_ref()))?;
+        Ok(out)
+    }
+
+    /// A local certificate on a ball around X for the attention sublayer of ``layer`` (BERT and
+    /// GPT-2 families): ``lipattn certify``. X is ``x`` (n, d), or the sublayer's input on
+    /// ``text`` (or token ``ids``). ``ball``: 'frobenius' (||Y - X||_F <= epsilon) or 'tokens'
+    /// (every token within epsilon). Returns the dict ``lipattn certify --json`` prints
+    /// (``certified``: proven bound on sup ||J(Y)||_2 over the ball, probabilistic with
+    /// ``failure_probability`` through Lemma P at the centre; ``output_change``: the bound on
+    /// ||f(Y) - f(X)||_F; ``attained``: the largest ||J(Y)||_2 ascent found in the ball; ...)
+    /// plus ``x`` and ``attained_input``.
+    #[pyo3(signature = (layer, epsilon, x=None, *, text=None, ids=None, max_tokens=None, scope="attention", pool="none", ball=CertifyRequest::default().ball.name(), failure_probability=CertifyRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(CertifyRequest::default().upper_steps as i128), attack_starts=crate::ints::PyInt::Fits(CertifyRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(CertifyRequest::default().attack_steps as i128), tol=CertifyRequest::default().tol, seed=crate::ints::PyInt::Fits(CertifyRequest::default().seed as i128)))]
+    #[allow(clippy::too_many_arguments)]
+    fn certify<'py>(
+        &self,
+        py: Python<'py>,
+        layer: PyInt,
+        epsilon: f64,
+        x: Option<&Bound<'py, PyAny>>,
+        text: Option<&str>,
+        ids: Option<Vec<PyInt>>,
+        max_tokens: Option<PyInt>,
+        scope: &str,
+        pool: &str,
+        ball: &str,
+        failure_probability: f64,
+        upper_steps: PyInt,
+        attack_starts: PyInt,
+        attack_steps: PyInt,
+        tol: f64,
+        seed: PyInt,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::ints::unsigned!(
+            layer,
+            ids,
+            max_tokens,
+            upper_steps,
+            attack_starts,
+            attack_steps,
+            seed
+        );
+        let req = CertifyRequest {
+            scope: scope.parse().py_err()?,
+            pool: pool.parse().py_err()?,
+            epsilon,
+            ball: ball.parse().py_err()?,
+            failure_probability,
+            upper_steps,
+            attack_starts,
+            attack_steps,
+            tol,
+            seed,
+        };
+        req.check().py_err()?;
+        req.scope.check(Some(layer), req.pool).py_err()?;
+        let input = self.scope_input(py, x, text, ids, max_tokens)?;
+        let model = self.model.clone();
+        let (r, x) = interruptible(py, move || {
+            let w = model.stack(req.scope, Some(layer), req.pool)?;
+            let x = input.resolve(&model, &w)?;
+            let r = lipattn::ops::certify::run(
+                &req,
+                &model.sublayer(layer)?,
+                &model.layer_source(layer),
+                model.family().name(),
+                layer,
+                x.as_ref(),
+                &mut lipattn::ops::silent,
+            )?;
+            Ok((r, x))
+        })?;
+        let json = lipattn::ops::to_json(&r).py_err()?;
+        let out = crate::convert::json_to_py(py, &json)?;
+        let dict = out.cast::<pyo3::types::PyDict>()?;
+        dict.set_item("x", to_numpy(py, x.as_ref()))?;
+        dict.set_item("attained_input", to_numpy(py, r.attained_input.as_ref()))?;
         Ok(out)
     }
 

@@ -308,6 +308,30 @@ class Model:
         beside the composed certified global bound; the dict the CLI prints plus ``x``,
         ``vector`` and ``output``. The local constant is attained, never a certificate."""
         ...
+    def certify(
+        self,
+        layer: int,
+        epsilon: float,
+        x: Optional[ArrayLike] = None,
+        *,
+        text: Optional[str] = None,
+        ids: Optional[Sequence[int]] = None,
+        max_tokens: Optional[int] = None,
+        scope: Literal["attention", "sublayer-residual-norm", "block", "model"] = "attention",
+        pool: Literal["none", "mean", "mean-normalised"] = "none",
+        ball: Literal["frobenius", "tokens"] = "frobenius",
+        failure_probability: float = 1e-6,
+        upper_steps: int = 200,
+        attack_starts: int = 4,
+        attack_steps: int = 30,
+        tol: float = 1e-6,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """``lipattn certify``: a proven bound on sup ||J(Y)||_2 and on ||f(Y) - f(X)||_F over a
+        ball around X for the attention sublayer of ``layer`` (probabilistic, with
+        ``failure_probability``), beside the largest ||J(Y)||_2 an ascent finds there; the dict
+        the CLI prints plus ``x`` and ``attained_input``."""
+        ...
     def lipschitz(
         self,
         layer: int,

@@ -2,6 +2,7 @@
 //! docs/bounds.md) and, for comparison only, the anchor's published formulas (never labelled
 //! certified).
 
+pub mod ball;
 pub mod composed;
 pub mod constants;
 pub mod cross_attention;

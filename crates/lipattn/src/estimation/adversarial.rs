@@ -218,15 +218,47 @@ fn gradient<F: Linearizable>(f: &F, p: &Point, eps: f64) -> Result<Mat<f64>> {
 pub(crate) fn climb<F: Linearizable>(
     f: &F,
     domain: &Domain,
-    mut p: Point,
+    p: Point,
     opts: &AscentOptions,
     evals: &mut usize,
 ) -> Result<Point> {
-    let mut step = opts.initial_step * domain.radius * (domain.n as f64).sqrt();
-    let eps = opts.fd_eps * domain.radius;
-    for _ in 0..opts.steps {
+    let rule = ClimbRule {
+        step: opts.initial_step * domain.radius * (domain.n as f64).sqrt(),
+        fd_eps: opts.fd_eps * domain.radius,
+        steps: opts.steps,
+    };
+    climb_in(
+        f,
+        &|x: &mut Mat<f64>| project_rows(x, domain.radius),
+        p,
+        &rule,
+        &opts.lanczos,
+        evals,
+    )
+}
+
+/// The step rule of a projected ascent: the first step length, the central-difference step of
+/// the gradient and the number of steps.
+pub(crate) struct ClimbRule {
+    pub step: f64,
+    pub fd_eps: f64,
+    pub steps: usize,
+}
+
+/// Projected gradient ascent on sigma from `p` with backtracking, projecting every trial point
+/// with `project` (onto whatever set the search is confined to).
+pub(crate) fn climb_in<F: Linearizable>(
+    f: &F,
+    project: &dyn Fn(&mut Mat<f64>),
+    mut p: Point,
+    rule: &ClimbRule,
+    lanczos_opts: &LanczosOptions,
+    evals: &mut usize,
+) -> Result<Point> {
+    let mut step = rule.step;
+    for _ in 0..rule.steps {
         crate::cancel::check()?;
-        let g = gradient(f, &p, eps)?;
+        let g = gradient(f, &p, rule.fd_eps)?;
         let gn = g.norm_l2();
         if !(gn.is_finite() && gn > 0.0) {
             break;
@@ -234,8 +266,8 @@ pub(crate) fn climb<F: Linearizable>(
         let mut accepted = false;
         for _ in 0..10 {
             let mut x = &p.x + &g * (step / gn);
-            project_rows(&mut x, domain.radius);
-            let q = evaluate(f, x, &opts.lanczos, evals)?;
+            project(&mut x);
+            let q = evaluate(f, x, lanczos_opts, evals)?;
             if q.sigma > p.sigma {
                 p = q;
                 step *= 1.5;

@@ -4,6 +4,7 @@
 //! result carries the input that attains it so that it can be checked independently.
 
 pub mod adversarial;
+pub mod ball_ascent;
 pub mod centre_upper;
 pub mod cross_pairs;
 pub mod lanczos;

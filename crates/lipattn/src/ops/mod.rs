@@ -11,6 +11,7 @@
 //! Option names in the messages of [`crate::Error::Option`] are the request's field names in
 //! backticks; each frontend renders them in its own syntax.
 
+pub mod certify;
 pub mod fixed_point;
 pub mod flow;
 pub mod forward;

@@ -1,0 +1,161 @@
+//! `lipattn certify`: a local certificate on a ball around an input (the library's
+//! `ops::certify`): the proven bound on sup ||J(Y)||_2 and on ||f(Y) - f(X)||_F over the ball,
+//! beside the largest ||J(Y)||_2 that ascent finds there.
+
+use crate::names::named;
+use crate::progress::Bar;
+use anyhow::{Context, Result};
+use clap::Args;
+use lipattn::bounds::ball::BallKind;
+use lipattn::fmt::{compact, exact};
+use lipattn::models::{Model, Pool, Scope, TextTokenizer};
+use lipattn::npy::read_matrix;
+use lipattn::ops::certify::{self, CertifyRequest};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct CertifyArgs {
+    /// Hugging Face model directory (BERT or GPT-2 family: dot-product attention).
+    #[arg(long)]
+    model: PathBuf,
+    /// Layer index (0-based).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Input X, an (n, d) float32 or float64 .npy array in C order: the input of the layer's
+    /// attention sublayer.
+    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
+    tokens: Option<PathBuf>,
+    /// UTF-8 text file: X is what the model computes at the sublayer's input on this text.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// With --text: keep at most N tokens, special tokens included.
+    #[arg(long, requires = "text")]
+    max_tokens: Option<usize>,
+    /// The map certified; attention (the sublayer) is the one with a proven ball bound.
+    #[arg(long, value_parser = named::<Scope>(), default_value_t = CertifyRequest::default().scope)]
+    scope: Scope,
+    #[arg(long, value_parser = named::<Pool>(), default_value_t = CertifyRequest::default().pool)]
+    pool: Pool,
+    /// Radius of the ball around X.
+    #[arg(long)]
+    epsilon: f64,
+    /// frobenius (||Y - X||_F <= eps) or tokens (every ||y_i - x_i|| <= eps).
+    #[arg(long, value_parser = named::<BallKind>(), default_value_t = CertifyRequest::default().ball)]
+    ball: BallKind,
+    /// The certificate holds except with at most this probability (Lemma P at the centre).
+    #[arg(long, default_value_t = CertifyRequest::default().failure_probability)]
+    failure_probability: f64,
+    /// Lanczos steps of the bound at the centre.
+    #[arg(long, default_value_t = CertifyRequest::default().upper_steps)]
+    upper_steps: usize,
+    /// Random starts of the ascent inside the ball (besides X).
+    #[arg(long, default_value_t = CertifyRequest::default().attack_starts)]
+    attack_starts: usize,
+    /// Ascent steps per start.
+    #[arg(long, default_value_t = CertifyRequest::default().attack_steps)]
+    attack_steps: usize,
+    /// Relative accuracy of each local constant the ascent evaluates (an estimate).
+    #[arg(long, default_value_t = CertifyRequest::default().tol)]
+    tol: f64,
+    #[arg(long, default_value_t = CertifyRequest::default().seed)]
+    seed: u64,
+    /// Write the input where the largest ||J(Y)||_2 was found (n, d) as float64 .npy.
+    #[arg(long)]
+    save_attained: Option<PathBuf>,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+impl From<&CertifyArgs> for CertifyRequest {
+    fn from(a: &CertifyArgs) -> Self {
+        Self {
+            scope: a.scope,
+            pool: a.pool,
+            epsilon: a.epsilon,
+            ball: a.ball,
+            failure_probability: a.failure_probability,
+            upper_steps: a.upper_steps,
+            attack_starts: a.attack_starts,
+            attack_steps: a.attack_steps,
+            tol: a.tol,
+            seed: a.seed,
+        }
+    }
+}
+
+pub fn run(a: CertifyArgs) -> Result<()> {
+    let req = CertifyRequest::from(&a);
+    req.check()?;
+    let save = a
+        .save_attained
+        .as_deref()
+        .map(lipattn::output::StagedFile::create)
+        .transpose()?;
+    let layer = a
+        .scope
+        .check(a.layer, a.pool)?
+        .expect("scope attention has a layer");
+    let model = Model::open(&a.model)?;
+    let x = match (&a.tokens, &a.text) {
+        (Some(t), _) => read_matrix(t).context("reading --tokens")?,
+        (None, Some(t)) => {
+            let ids = TextTokenizer::from_dir(&a.model)?
+                .encode_file(t, a.max_tokens)
+                .context("reading --text")?;
+            let stack = model.stack(a.scope, Some(layer), a.pool)?;
+            model.stack_input(&stack, &ids)?
+        }
+        _ => unreachable!("clap requires --tokens or --text"),
+    };
+    let (weights, source) = (model.sublayer(layer)?, model.layer_source(layer));
+    let bar = Bar::new(a.json);
+    let report = certify::run(
+        &req,
+        &weights,
+        &source,
+        model.family().name(),
+        layer,
+        x.as_ref(),
+        &mut |p| bar.update(p),
+    )?;
+    drop(bar);
+    if let Some(f) = save {
+        lipattn::npy::write_matrix(f.path(), report.attained_input.as_ref())
+            .context("writing --save-attained")?;
+        f.commit()?;
+    }
+    if a.json {
+        let mut out = lipattn::ops::to_json(&report)?;
+        out["attained_input"] = json!(a.save_attained.as_ref().map(|p| p.display().to_string()));
+        println!("{out}");
+        return Ok(());
+    }
+    println!("operator: {}", report.description);
+    println!(
+        "sup ||J(Y)||_2 over the ball <= {} ({}, fails with probability <= {})",
+        exact(report.certified),
+        report.certified_kind,
+        compact(report.failure_probability)
+    );
+    println!(
+        "attained in the ball: {} (ascent, {} evaluations); ratio {}",
+        exact(report.attained),
+        report.attack_evaluations,
+        compact(report.ratio)
+    );
+    println!(
+        "||f(Y) - f(X)||_F <= {} for every Y in the ball (largest ||Y - X||_F {})",
+        exact(report.output_change),
+        compact(report.frobenius_radius)
+    );
+    println!(
+        "at X: ||J(X)||_2 >= {} (Lanczos), <= {} (Lemma P); slope of J on the ball <= {} (Lemma S); {:.3} s",
+        exact(report.centre_attained),
+        exact(report.centre.value),
+        compact(report.slope.value),
+        report.seconds
+    );
+    Ok(())
+}

@@ -1,0 +1,110 @@
+"""`lipattn certify` on the real MiniLM against a NumPy oracle: the attention sublayer's forward pass
+and its dense Jacobian (central differences, test_local_cli's independent implementation) at the
+centre, at the point the ascent reports and at random points of the ball. The certified bound on
+sup ||J|| must be above every one of them, the output-change bound above every ||f(Y) - f(X)||_F,
+and the report must say what kind of certificate it is."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import safetensors_np
+from cli import run, layer_norm_like
+from test_local_cli import batched_forward, dense_jacobian, sublayer
+
+KEYS = {"certified", "certified_kind", "failure_probability", "attained", "ratio", "output_change", "epsilon",
+        "scope", "n", "seconds", "ball", "frobenius_radius", "centre", "slope", "layer", "norm", "dtype"}
+
+
+def certify(lipattn_bin, *args):
+    out = run(lipattn_bin, "certify", *args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def sigma(w, heads, x):
+    return np.linalg.svd(dense_jacobian(w, heads, x), compute_uv=False)[0]
+
+
+def in_ball(rng, x, ball, eps):
+    d = rng.standard_normal(x.shape)
+    if ball == "frobenius":
+        d *= eps * rng.uniform(0.5, 1.0) / np.linalg.norm(d)
+    else:
+        d *= eps * rng.uniform(0.5, 1.0, (x.shape[0], 1)) / np.linalg.norm(d, axis=1, keepdims=True)
+    return x + d
+
+
+@pytest.mark.parametrize("ball,eps", [("frobenius", 0.05), ("tokens", 0.01)])
+def test_certificate_bounds_the_oracle_in_the_ball(tmp_path, lipattn_bin, minilm, ball, eps):
+    tensors = safetensors_np.load(os.path.join(minilm, "model.safetensors"))
+    w, heads = sublayer(tensors, 0, None)
+    rng = np.random.default_rng(3)
+    x = layer_norm_like(rng, 4, w["wq"].shape[1]) * 1.5
+    np.save(tmp_path / "x.npy", x)
+    r = certify(lipattn_bin, "--model", minilm, "--layer", 0, "--tokens", tmp_path / "x.npy", "--epsilon", eps,
+                "--ball", ball, "--upper-steps", 150, "--attack-starts", 2, "--attack-steps", 10,
+                "--save-attained", tmp_path / "y.npy")
+    assert KEYS <= set(r), KEYS - set(r)
+    assert r["certified_kind"] == "probabilistic" and r["failure_probability"] == 1e-6
+    assert r["scope"] == "attention" and r["ball"] == ball and r["epsilon"] == eps and r["n"] == 4
+    assert r["norm"] == "frobenius" and r["dtype"] == "f64"
+    centre = sigma(w, heads, x)
+    assert abs(r["centre_attained"] - centre) <= 1e-6 * centre
+    assert r["centre"]["value"] >= centre
+    y = np.load(tmp_path / "y.npy")
+    dist = np.linalg.norm(y - x) if ball == "frobenius" else np.linalg.norm(y - x, axis=1).max()
+    assert dist <= eps * (1 + 1e-9)
+    at_y = sigma(w, heads, y)
+    assert abs(at_y - r["attained"]) <= 1e-6 * at_y
+    assert r["attained"] <= r["certified"] and abs(r["ratio"] - r["certified"] / r["attained"]) <= 1e-12 * r["ratio"]
+    fx = batched_forward(x[None], w, heads)[0]
+    points = [y] + [in_ball(rng, x, ball, eps) for _ in range(2)]
+    for p in points:
+        assert sigma(w, heads, p) <= r["certified"]
+        moved = np.linalg.norm(batched_forward(p[None], w, heads)[0] - fx)
+        assert moved <= r["output_change"], (moved, r["output_change"])
+    # The bound's own algebra, as docs/bounds.md#ball-certificates states it.
+    rho = r["frobenius_radius"]
+    assert rho == pytest.approx(eps if ball == "frobenius" else eps * np.sqrt(4), rel=1e-12)
+    u, h = r["centre"]["value"], r["slope"]["value"]
+    assert r["certified"] == pytest.approx(u + rho * h, rel=1e-12)
+    assert r["output_change"] == pytest.approx(rho * u + h * rho * rho / 2, rel=1e-12)
+
+
+def test_certify_on_real_text(lipattn_bin, minilm, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("Attention is an operator on probability measures of tokens; how smooth is it, provably?")
+    r = certify(lipattn_bin, "--model", minilm, "--layer", 3, "--text", text, "--max-tokens", 12, "--epsilon",
+                1e-3, "--upper-steps", 100, "--attack-starts", 1, "--attack-steps", 5)
+    assert r["n"] == 12 and r["layer"] == 3 and r["family"] == "bert"
+    assert 1.0 <= r["ratio"] and r["attained"] >= r["centre_attained"]
+    assert "layer 3" in r["description"] and "frobenius ball" in r["description"]
+
+
+def test_what_is_not_certified_is_refused(lipattn_bin, minilm, tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 384)))
+    base = ["certify", "--model", minilm, "--layer", 0, "--tokens", tmp_path / "x.npy"]
+    cases = [
+        (["--epsilon", 0.1, "--scope", "block"], "scope 'block'"),
+        (["--epsilon", 0.1, "--scope", "model", "--pool", "mean"], "scope 'model'"),
+        (["--epsilon", 0], "epsilon"),
+        (["--epsilon", 0.1, "--failure-probability", 1], "failure-probability"),
+        (["--epsilon", 1e300], "overflows"),
+        (["--epsilon", 0.1, "--ball", "l1"], "l1"),
+    ]
+    for extra, words in cases:
+        out = run(lipattn_bin, *base, *extra)
+        assert out.returncode == 2, (extra, out.stderr)
+        assert words in out.stderr, (extra, out.stderr)
+        assert "panicked" not in out.stderr
+
+
+def test_rotary_checkpoints_are_refused_with_the_reason(lipattn_bin, tmp_path):
+    from tiny_decoders import build, config, save
+    save(build(config("llama")), tmp_path)
+    np.save(tmp_path / "x.npy", np.zeros((4, 32)))
+    out = run(lipattn_bin, "certify", "--model", tmp_path, "--layer", 0, "--tokens", tmp_path / "x.npy",
+              "--epsilon", 0.1)
+    assert out.returncode == 2 and "rotary" in out.stderr, out.stderr
