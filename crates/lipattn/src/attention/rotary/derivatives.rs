@@ -11,6 +11,7 @@ use super::layer::RotaryAttention;
 use crate::attention::forward::{affine, check_shape, gemm, par_for};
 use crate::attention::softmax::{softmax_backward_columns, softmax_backward_columns_centered};
 use crate::error::Result;
+use crate::linalg::layout::transpose_into;
 use crate::scalar::Scalar;
 use faer::reborrow::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
@@ -97,11 +98,9 @@ impl<T: Scalar> RotaryAttention<T> {
     pub(crate) fn stacked_projections_t(&self) -> Mat<T> {
         let (q, k) = (self.wq.nrows(), self.wk.nrows());
         let mut w = Mat::<T>::zeros(self.d_in(), q + 2 * k);
-        w.as_mut().subcols_mut(0, q).copy_from(self.wq.transpose());
-        w.as_mut().subcols_mut(q, k).copy_from(self.wk.transpose());
-        w.as_mut()
-            .subcols_mut(q + k, k)
-            .copy_from(self.wv.transpose());
+        transpose_into(w.as_mut().subcols_mut(0, q), self.wq.as_ref());
+        transpose_into(w.as_mut().subcols_mut(q, k), self.wk.as_ref());
+        transpose_into(w.as_mut().subcols_mut(q + k, k), self.wv.as_ref());
         w
     }
 

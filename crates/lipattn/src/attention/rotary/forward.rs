@@ -3,7 +3,7 @@
 
 use super::layer::RotaryAttention;
 use super::rope::RopeTable;
-use crate::attention::forward::{affine, check_tokens, gemm};
+use crate::attention::forward::{affine, check_tokens, gemm, par_for};
 use crate::attention::rms::{normalise, NormState};
 use crate::attention::softmax::softmax_columns;
 use crate::error::{Error, Result};
@@ -85,6 +85,18 @@ impl<T: Scalar> RotaryAttention<T> {
     /// are stored for the derivatives; without, each head's are dropped once its output is
     /// formed, so that the forward pass holds the n x n matrices of the heads in flight only.
     pub(crate) fn state(&self, x: MatRef<'_, T>, keep: bool) -> Result<RotaryState<T>> {
+        self.state_with(x, keep, None)
+    }
+
+    /// `state`, projecting X with `w_in_t` = `stacked_projections_t()` when given: one product
+    /// reading its weight operand column-major, as the JVP does (`jvp_heads_with`), instead of
+    /// three reading the weights transposed.
+    pub(crate) fn state_with(
+        &self,
+        x: MatRef<'_, T>,
+        keep: bool,
+        w_in_t: Option<&Mat<T>>,
+    ) -> Result<RotaryState<T>> {
         self.check_shapes()?;
         check_tokens("tokens", x, self.d_in())?;
         let n = x.nrows();
@@ -115,9 +127,14 @@ impl<T: Scalar> RotaryAttention<T> {
         crate::cancel::check()?;
         let table = self.rope.table(n)?;
         let hd = self.head_dim;
-        let mut q = affine(x, self.wq.as_ref(), &self.bq);
-        let mut k = affine(x, self.wk.as_ref(), &self.bk);
-        let v = affine(x, self.wv.as_ref(), &self.bv);
+        let (mut q, mut k, v) = match w_in_t {
+            Some(w) => self.stacked_affine(x, w),
+            None => (
+                affine(x, self.wq.as_ref(), &self.bq),
+                affine(x, self.wk.as_ref(), &self.bk),
+                affine(x, self.wv.as_ref(), &self.bv),
+            ),
+        };
         let (q_norm, k_norm) = match &self.qk_norm {
             Some(norm) => {
                 let (gq, gk) = norm.gains();
@@ -185,6 +202,31 @@ impl<T: Scalar> RotaryAttention<T> {
             tanh_t,
             o,
         })
+    }
+
+    /// The queries, keys and values x W^T + b from the stacked product x [W_Q; W_K; W_V]^T, the
+    /// biases added after the product as `affine` adds them.
+    fn stacked_affine(&self, x: MatRef<'_, T>, w_in_t: &Mat<T>) -> (Mat<T>, Mat<T>, Mat<T>) {
+        let mut all = Mat::<T>::zeros(x.nrows(), w_in_t.ncols());
+        gemm(
+            all.as_mut(),
+            false,
+            x,
+            w_in_t.as_ref(),
+            T::of(1.0),
+            par_for(x.nrows(), w_in_t.ncols(), x.ncols()),
+        );
+        let (q, k) = (self.wq.nrows(), self.wk.nrows());
+        let part = |c0: usize, b: &[T]| {
+            let mut m = all.as_ref().subcols(c0, b.len()).to_owned();
+            for (j, &bj) in b.iter().enumerate() {
+                for v in m.col_as_slice_mut(j) {
+                    *v += bj;
+                }
+            }
+            m
+        };
+        (part(0, &self.bq), part(q, &self.bk), part(q + k, &self.bv))
     }
 
     /// P_h^T for one head on its visible band from its rotated queries and its kv head's rotated

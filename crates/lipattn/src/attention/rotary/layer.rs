@@ -5,7 +5,12 @@ use crate::error::{
     check_at_least, check_finite, check_index, check_nonnegative, check_positive, Error, Result,
 };
 use crate::scalar::Scalar;
+use faer::reborrow::ReborrowMut;
 use faer::Mat;
+use rayon::prelude::*;
+
+/// Columns per task of `RotaryAttention::cast`.
+const CAST_STRIP: usize = 64;
 
 /// RMS normalisation of each head's coordinates of q and of k, before the rotation (Qwen3):
 /// q <- g ⊙ q / sqrt(mean(q^2) + eps), with g = w or (Gemma-style) 1 + w.
@@ -136,9 +141,23 @@ impl RotaryAttention {
         Ok(layer)
     }
 
-    /// The same layer with every weight rounded to U (rounded once from f64).
+    /// The same layer with every weight rounded to U (rounded once from f64), the matrices by
+    /// strips of columns on the rayon pool.
     pub fn cast<U: Scalar>(&self) -> RotaryAttention<U> {
-        let m = |w: &Mat<f64>| Mat::from_fn(w.nrows(), w.ncols(), |i, j| U::of(w[(i, j)]));
+        let m = |w: &Mat<f64>| {
+            let mut out = Mat::<U>::zeros(w.nrows(), w.ncols());
+            out.par_col_chunks_mut(CAST_STRIP)
+                .enumerate()
+                .for_each(|(c, mut strip)| {
+                    for j in 0..strip.ncols() {
+                        let col = w.col_as_slice(c * CAST_STRIP + j);
+                        for (o, &x) in strip.rb_mut().col_mut(j).iter_mut().zip(col) {
+                            *o = U::of(x);
+                        }
+                    }
+                });
+            out
+        };
         let v = |b: &[f64]| b.iter().map(|&x| U::of(x)).collect();
         RotaryAttention {
             heads: self.heads,

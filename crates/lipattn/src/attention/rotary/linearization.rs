@@ -8,6 +8,7 @@ use super::layer::RotaryAttention;
 use crate::attention::forward::{affine, check_shape, gemm, par_for};
 use crate::derivatives::LinearizedMap;
 use crate::error::Result;
+use crate::linalg::layout::transposed;
 use crate::scalar::Scalar;
 use faer::{Mat, MatRef};
 
@@ -24,12 +25,16 @@ impl<'a, T: Scalar> RotaryLinearization<'a, T> {
     /// Linearises X -> f(X) at `x` (n x d, positions 0..n-1). The stored state is checked
     /// against the memory budget before it is allocated.
     pub fn new(layer: &'a RotaryAttention<T>, x: MatRef<'_, T>) -> Result<Self> {
-        let state = layer.state(x, true)?;
+        // The shapes first: the stacked copy below indexes by them.
+        layer.check_shapes()?;
+        let w_in_t = layer.stacked_projections_t();
+        let state = layer.state_with(x, true, Some(&w_in_t))?;
+        let wo_t = transposed(layer.wo.as_ref());
         Ok(Self {
             layer,
             state,
-            w_in_t: layer.stacked_projections_t(),
-            wo_t: layer.wo.transpose().to_owned(),
+            w_in_t,
+            wo_t,
         })
     }
 

@@ -7,6 +7,7 @@
 //! certified bounds downstream are computed in f64 whatever the storage precision was.
 
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
@@ -107,10 +108,11 @@ impl TensorFile {
     }
 }
 
-/// Little-endian decoding; `None` for a dtype that is not a real float type we accept.
+/// Little-endian decoding, on the rayon pool (the order of the values is kept); `None` for a
+/// dtype that is not a real float type we accept.
 fn decode(raw: &[u8], dtype: Dtype) -> Option<Vec<f64>> {
-    fn chunks<const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> f64) -> Vec<f64> {
-        raw.chunks_exact(N)
+    fn chunks<const N: usize>(raw: &[u8], f: impl Fn([u8; N]) -> f64 + Sync + Send) -> Vec<f64> {
+        raw.par_chunks_exact(N)
             .map(|c| {
                 let mut a = [0u8; N];
                 a.copy_from_slice(c);

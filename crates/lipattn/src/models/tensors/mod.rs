@@ -6,7 +6,7 @@ mod file;
 mod memory;
 
 use crate::error::{Error, Result};
-use faer::Mat;
+use faer::{Mat, MatRef};
 use file::TensorFile;
 use memory::MemoryTensors;
 pub use memory::{NamedTensor, TensorData};
@@ -228,7 +228,10 @@ impl TensorStore {
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Mat<f64>> {
         let v = self.read_f64(name, &[rows, cols])?;
         self.nonempty(name, rows, cols)?;
-        Ok(Mat::from_fn(rows, cols, |i, j| v[i * cols + j]))
+        // Row-major rows x cols is column-major cols x rows: one tiled transpose.
+        Ok(crate::linalg::layout::transposed(
+            MatRef::from_column_major_slice(&v, cols, rows),
+        ))
     }
 
     /// A rank-2 tensor stored as cols x rows, returned transposed (rows x cols). GPT-2's Conv1D
