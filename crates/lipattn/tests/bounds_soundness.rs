@@ -535,3 +535,94 @@ fn residual_branch_bound_holds() {
     eprintln!("residual branches: 120 settings, largest attained/certified = {worst:.4}");
     assert!(worst > 0.2, "the attacks should come near 1 + L ({worst})");
 }
+
+/// B1-joint (docs/bounds.md#b1-joint) where it is the bound that matters: several heads at radii
+/// where the scores span tens of units, so that the softmax term dominates and attention rows
+/// switch between keys. Half of the layers give every head the same score map (W_Q^h, W_K^h and
+/// b_Q^h copied from head 0), where the heads' query directions agree and Lemma J gains nothing:
+/// the case that would expose a joint bound that assumed them apart. Attacked at every head's
+/// transition start (docs/background.md#transition-starts), random inputs and the ascent from
+/// the best of them; every certified bound must hold, B1-joint included.
+#[test]
+fn joint_bound_holds_at_transitions() {
+    use lipattn::estimation::{ascent, transition_start, AscentOptions, LanczosOptions};
+    let (mut worst, mut joint_tightest) = (0.0f64, 0usize);
+    for seed in 0..48u64 {
+        let mut lr = rng(50_000 + seed);
+        let (d, heads, dk) = (
+            lr.random_range(3..=10),
+            lr.random_range(2..=4),
+            lr.random_range(1..=3),
+        );
+        let mut layer = random_layer(&mut lr, d, heads, dk, 2, d, Kernel::Dot, 1.0, 0.3);
+        let shared = seed % 2 == 0;
+        if shared {
+            for h in 1..heads {
+                for i in 0..dk {
+                    for k in 0..d {
+                        layer.wq[(h * dk + i, k)] = layer.wq[(i, k)];
+                        layer.wk[(h * dk + i, k)] = layer.wk[(i, k)];
+                    }
+                    layer.bq[h * dk + i] = layer.bq[i];
+                }
+            }
+        }
+        let n = [3, 4, 8, 16, 32][seed as usize % 5];
+        let causal = seed % 7 == 3;
+        let radius = lr.random_range(1.0..3.0) * (d as f64).sqrt();
+        let domain = Domain::new(radius, n, causal).unwrap();
+        let bounds = token_map_bounds(&layer, &domain).unwrap();
+        let joint = bounds.iter().find(|b| b.name == "B1-joint").unwrap().value;
+        let mut inputs = vec![random_in_ball(&mut lr, n, d, radius)];
+        for h in 0..heads {
+            inputs.extend(transition_start(&layer, h, &domain).unwrap());
+        }
+        let (mut attained, mut best_x) = (0.0f64, inputs[0].clone());
+        for x in &inputs {
+            let v = local_constant(&layer, x, causal, &mut lr, 40);
+            if v > attained {
+                (attained, best_x) = (v, x.clone());
+            }
+        }
+        let opts = AscentOptions {
+            radius,
+            random_starts: 0,
+            steps: 6,
+            lanczos: LanczosOptions {
+                tol: 1e-8,
+                max_iter: 80,
+                seed,
+            },
+            seed,
+            causal,
+            ..Default::default()
+        };
+        let climbed = ascent(&layer, n, Some(best_x.as_ref()), &opts).unwrap();
+        attained = attained.max(local_constant(&layer, &climbed.x, causal, &mut lr, 60));
+        for b in bounds.iter().filter(|b| b.certified) {
+            assert!(
+                attained <= b.value,
+                "VIOLATION of {}: attained {attained} > certified {}; seed {seed}, shared scores {shared}, d {d}, heads {heads}, dk {dk}, n {n}, R {radius}, causal {causal}",
+                b.name,
+                b.value
+            );
+        }
+        let others = bounds
+            .iter()
+            .filter(|b| b.certified && b.name != "B1-joint")
+            .fold(f64::INFINITY, |m, b| m.min(b.value));
+        joint_tightest += usize::from(joint < others);
+        worst = worst.max(attained / joint);
+    }
+    eprintln!(
+        "B1-joint: 48 settings, largest attained / B1-joint = {worst:.4}, B1-joint the best bound in {joint_tightest}"
+    );
+    assert!(
+        worst > 0.2,
+        "the attacks should come near B1-joint ({worst})"
+    );
+    assert!(
+        joint_tightest > 0,
+        "B1-joint should be the best bound somewhere"
+    );
+}

@@ -6,6 +6,7 @@ pub mod ball;
 pub mod composed;
 pub mod constants;
 pub mod cross_attention;
+pub mod joint;
 pub mod l2;
 pub mod layer_norm;
 pub mod measure_w1;

@@ -3,6 +3,7 @@
 
 use super::bound::{best, Bound};
 use super::constants::HeadConstants;
+use super::joint::JointScores;
 use super::metric::Metric;
 use super::*;
 use crate::attention::{AttentionLayer, Kernel};
@@ -17,13 +18,18 @@ pub struct LayerConstants {
     pub heads: Vec<HeadConstants>,
     /// An upper bound of ||W_O||_2.
     pub wo: f64,
+    /// The heads' score maps taken together (B1-joint); None for one head.
+    pub joint: Option<JointScores>,
 }
 
 impl LayerConstants {
     pub fn of(layer: &AttentionLayer<f64>) -> Result<Self> {
+        let heads = head_constants(layer)?;
+        let joint = JointScores::of(layer, &heads)?;
         Ok(Self {
-            heads: head_constants(layer)?,
+            heads,
             wo: crate::linalg::rounding::spectral_up(layer.wo.as_ref())?,
+            joint,
         })
     }
 }

@@ -75,6 +75,55 @@ pub fn softmax_column_sum(colsum: f64, n: usize) -> f64 {
     colsum.min(n as f64 / 2.0)
 }
 
+/// B1-joint for a layer of several heads (docs/bounds.md#b1-joint): the first two terms of
+/// B1-tight combined over the heads by the better form of B4, each on its own, and the softmax
+/// terms of all heads together through Lemma J,
+/// (a_w R + c_w) R (sum_h m_h^2 min(colsum_h, n / 2) / w_h)^{1/2}, rounded upward. None for one
+/// head.
+pub fn b1_joint(c: &LayerConstants, domain: &Domain) -> Option<f64> {
+    let j = c.joint.as_ref()?;
+    let r = domain.radius;
+    let r2 = mul_up(r, r);
+    let colsums: Vec<f64> = c
+        .heads
+        .iter()
+        .map(|k| column_sum_bound(domain, beta_up(k, r)))
+        .collect();
+    let both = |sum: f64, cat: f64| sum.min(cat);
+    let covariance = both(
+        sum_up(c.heads.iter().map(|k| mul_up(k.ma, r2))),
+        concat_up(c.wo, c.heads.iter().map(|k| mul_up(k.va, r2))),
+    );
+    let values = both(
+        sum_up(
+            c.heads
+                .iter()
+                .zip(&colsums)
+                .map(|(k, &s)| mul_up(k.m, sqrt_up(s))),
+        ),
+        concat_up(
+            c.wo,
+            c.heads
+                .iter()
+                .zip(&colsums)
+                .map(|(k, &s)| mul_up(k.v, sqrt_up(s))),
+        ),
+    );
+    // Heads with w_h = 0 have no softmax term (their scores do not depend on the keys).
+    let spread = sum_up(
+        c.heads
+            .iter()
+            .zip(&colsums)
+            .zip(&j.weights)
+            .filter(|(_, &w)| w > 0.0)
+            .map(|((k, &s), &w)| {
+                div_up(mul_up(mul_up(k.m, k.m), softmax_column_sum(s, domain.n)), w)
+            }),
+    );
+    let softmax = mul_up(mul_up(add_up(mul_up(j.a, r), j.c), r), sqrt_up(spread));
+    Some(add_up(add_up(covariance, values), softmax))
+}
+
 /// Castin, Ablin, Peyre 2024 as recalled in docs/background.md#castin-et-al:
 /// sqrt(3) |V| (a^2 R^4 (4n + 1) + n)^{1/2}.
 pub fn anchor_castin_head(k: &HeadConstants, vn: f64, domain: &Domain) -> f64 {
@@ -110,8 +159,8 @@ pub(crate) fn concat_up(wo: f64, per_head: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// All token-map bounds of a layer (dot kernel, non-causal or causal). Certified: B1 composed by
-/// both forms of B4 (docs/bounds.md#b4-multi-head), and B1-tight (value maps W_O^h W_V^h summed
-/// over heads, or concatenated). Not certified: the anchor formulas.
+/// both forms of B4 (docs/bounds.md#b4-multi-head), B1-tight (value maps W_O^h W_V^h summed
+/// over heads, or concatenated) and, for several heads, B1-joint. Not certified: the anchor formulas.
 pub fn token_map_bounds(layer: &AttentionLayer<f64>, domain: &Domain) -> Result<Vec<Bound>> {
     require_dot(layer, "the token-map bound B1")?;
     Ok(token_map_bounds_from(&LayerConstants::of(layer)?, domain))
@@ -125,11 +174,16 @@ pub fn token_map_bounds_from(c: &LayerConstants, domain: &Domain) -> Vec<Bound> 
     let b1_cat = concat_up(wo, ks.iter().map(|k| b1_head(k, k.v, domain)));
     let tight_sum = sum_up(ks.iter().map(|k| b1_tight_head(k, true, domain)));
     let tight_cat = concat_up(wo, ks.iter().map(|k| b1_tight_head(k, false, domain)));
-    vec![
+    let mut out = vec![
         Bound::certified("B1+B4-sum", f, b1_sum, "b1-token-map-frobenius"),
         Bound::certified("B1+B4-concat", f, b1_cat, "b4-multi-head"),
         Bound::certified("B1-tight-sum", f, tight_sum, "b1-tight"),
         Bound::certified("B1-tight-concat", f, tight_cat, "b1-tight"),
+    ];
+    if let Some(v) = b1_joint(c, domain) {
+        out.push(Bound::certified("B1-joint", f, v, "b1-joint"));
+    }
+    out.extend([
         Bound::anchor(
             "anchor-castin-mathmd",
             f,
@@ -142,5 +196,6 @@ pub fn token_map_bounds_from(c: &LayerConstants, domain: &Domain) -> Vec<Bound> 
             concat(wo, ks.iter().map(|k| anchor_code_head(k, k.v, domain))),
             "per-head form of Castin et al.'s code (docs/background.md#castin-et-al) |V_h| sqrt(R_h^2 r^2 (n+1) + n) with R_h = a_h r, heads combined by ||W_O|| sqrt(sum_h L_h^2)",
         ),
-    ]
+    ]);
+    out
 }
