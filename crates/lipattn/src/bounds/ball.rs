@@ -67,7 +67,12 @@ impl BallKind {
                     }
                 }
             }
-            if !(dist(y, rows) <= eps) {
+            // NaN (a non-finite point) falls back to the centre too.
+            let inside = matches!(
+                dist(y, rows).partial_cmp(&eps),
+                Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+            );
+            if !inside {
                 for &i in rows {
                     for k in 0..d {
                         y[(i, k)] = centre[(i, k)];

@@ -28,6 +28,9 @@ pub struct CentreUpper {
     pub failure_probability: f64,
     /// Lemma P's eps: value = sqrt(theta / (1 - eps)) with theta the top Ritz value.
     pub epsilon: f64,
+    /// sqrt of the top Ritz value: ||J y||_2 at the unit Ritz vector y, an attained value (a
+    /// lower bound on ||J(X)||_2, like any Lanczos estimate).
+    pub ritz_sigma: f64,
     /// k of Lemma P: the Krylov dimension the bound uses.
     pub krylov_dimension: usize,
     /// N = n d.
@@ -102,6 +105,7 @@ pub fn centre_upper<L: LinearizedMap<f64>>(
         kind: "probabilistic",
         failure_probability: delta,
         epsilon: eps,
+        ritz_sigma: theta.sqrt(),
         krylov_dimension: k,
         dimension: dim,
         theorem: "Lemma P, docs/estimation.md#probabilistic-upper-bound (Lanczos from a start uniform on the sphere)",
