@@ -186,12 +186,8 @@ impl PyModel {
                         "kernel '{kernel}': model_type '{family}' scores by rotated dot products, which a different kernel would replace; rotary layers take kernel='dot' only"
                     )));
                 }
-                let (full, source) = match head {
-                    Some(h) => (full.head(h).py_err()?, source.head(h)),
-                    None => (*full, source),
-                };
-                let branch = lipattn::dynamics::RotaryBranch::new(full, family);
-                let l = crate::rotary::PyRotaryLayer::new(branch, source, head);
+                let branch = lipattn::dynamics::RotaryBranch::new(*full, family);
+                let l = crate::rotary::PyRotaryLayer::new(branch, source, head)?;
                 Ok(Bound::new(py, l)?.into_any())
             }
         }

@@ -28,15 +28,29 @@ pub struct PyRotaryLayer {
     pub origin: LayerSource,
     /// The query head this layer is the contribution of, if one.
     head: Option<usize>,
+    /// The whole sublayer and its source, for the local constant of one head, which reports
+    /// (as `Model.local_constant` does) the sublayer's rotary form and source.
+    full: Arc<RotaryBranch>,
+    full_origin: LayerSource,
 }
 
 impl PyRotaryLayer {
-    pub fn new(branch: RotaryBranch, origin: LayerSource, head: Option<usize>) -> Self {
-        Self {
+    /// The sublayer `full` from `origin`, or query head `head`'s contribution to it.
+    pub fn new(full: RotaryBranch, origin: LayerSource, head: Option<usize>) -> PyResult<Self> {
+        let (branch, own) = match head {
+            Some(h) => (
+                RotaryBranch::new(full.layer.head(h).py_err()?, full.family),
+                origin.head(h),
+            ),
+            None => (full.clone(), origin.clone()),
+        };
+        Ok(Self {
             branch: Arc::new(branch),
-            origin,
+            origin: own,
             head,
-        }
+            full: Arc::new(full),
+            full_origin: origin,
+        })
     }
 }
 
@@ -148,10 +162,11 @@ impl PyRotaryLayer {
         crate::ints::unsigned!(max_iter, seed);
         let req = LocalRequest {
             dtype: dtype.parse().py_err()?,
+            head: self.head,
             ..local_request(method, tol, max_iter, seed)?
         };
         let x = matrix_f64(x, "x")?;
-        let (b, origin) = (self.branch.clone(), self.origin.clone());
+        let (b, origin) = (self.full.clone(), self.full_origin.clone());
         let r = interruptible(py, move || {
             let inputs = RotaryInputs {
                 layer: &b.layer,
