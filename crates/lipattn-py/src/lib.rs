@@ -18,7 +18,6 @@ mod layer;
 mod local;
 mod measure;
 mod model;
-mod rotary;
 mod tensors;
 mod transport;
 
@@ -36,7 +35,6 @@ fn _lipattn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bounds::register(m)?;
     transport::register(m)?;
     model::register(m)?;
-    rotary::register(m)?;
     dynamics::register(m)?;
     Ok(())
 }
