@@ -141,11 +141,10 @@ def test_unsupported_commands_and_values_are_refused(lipattn_bin, tmp_path):
     save(model, tmp_path)
     x = tmp_path / "x.npy"
     np.save(x, np.random.default_rng(0).standard_normal((5, 32)))
-    # The maps of measures only (forward, invert and fixed-point in token space run:
-    # test_rotary_dynamics_cli.py).
+    # The maps of measures only (forward, invert, fixed-point in token space and the token flow
+    # run: test_rotary_dynamics_cli.py).
     commands = [
         ["fixed-point", "--model", tmp_path, "--layer", 0, "--space", "measure", "--json"],
-        ["flow", "--model", tmp_path, "--layer", 0, "--json"],
     ]
     for args in commands:
         out = run(lipattn_bin, *args)

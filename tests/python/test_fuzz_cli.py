@@ -122,7 +122,7 @@ OTHER = {
     "reproduce": ["--out", "--model"],
     "invert": ["--model", "--kernel", "--tokens", "--solver", "--save", "--plot"],
     "fixed-point": ["--model", "--kernel", "--tokens", "--space", "--variant", "--solver", "--save", "--plot"],
-    "flow": ["--model", "--kernel", "--tokens", "--project", "--integrator", "--plot"],
+    "flow": ["--model", "--kernel", "--tokens", "--project", "--integrator", "--save", "--plot"],
 }
 
 

@@ -240,3 +240,47 @@ def attention_output(path, layer, x):
         cos, sin = model.rotary_emb(xt, pos)
         y = attn(xt, position_embeddings=(cos, sin), attention_mask=causal_mask(n, window))[0][0]
     return y.numpy()
+
+
+def attention_map(path, layer, n):
+    """transformers' own attention module of `layer` as a function of the token matrix (n, d), a
+    float64 torch tensor (eager, its float32 steps in float64, positions 0..n-1, the module's
+    mask), for integrating the token flow dX/dt = f(X) and differentiating it with torch."""
+    model = load(path)
+    model.config._attn_implementation = "eager"
+    attn = model.layers[layer].self_attn
+    window = getattr(attn, "sliding_window", getattr(model.config, "sliding_window", None))
+    pos = torch.arange(n)[None]
+    mask = causal_mask(n, window)
+    with float64_reference():
+        cos, sin = model.rotary_emb(torch.zeros(1, n, model.config.hidden_size, dtype=torch.float64), pos)
+
+    def f(z):
+        with float64_reference():
+            return attn(z[None], position_embeddings=(cos, sin), attention_mask=mask)[0][0]
+    return f
+
+
+def rk4_flow(f, x, dt, steps):
+    """Classical RK4 for dX/dt = f(X) in torch float64 from the NumPy tokens `x`: the states after
+    each step, steps + 1 of them (NumPy)."""
+    z = torch.tensor(x, dtype=torch.float64)
+    out = [z.numpy().copy()]
+    with torch.no_grad():
+        for _ in range(steps):
+            k1 = f(z)
+            k2 = f(z + 0.5 * dt * k1)
+            k3 = f(z + 0.5 * dt * k2)
+            k4 = f(z + dt * k3)
+            z = z + dt * (k1 / 6 + k2 / 3 + k3 / 3 + k4 / 6)
+            out.append(z.numpy().copy())
+    return out
+
+
+def fastest_separation(f, x):
+    """The largest eigenvalue of the symmetric part of transformers' attention Jacobian at `x` and
+    its eigenvector (n, d): two flows from x separate fastest along it at t = 0."""
+    xt = torch.tensor(x, dtype=torch.float64)
+    j = torch.autograd.functional.jacobian(f, xt).reshape(x.size, x.size).numpy()
+    w, v = np.linalg.eigh(0.5 * (j + j.T))
+    return float(w[-1]), v[:, -1].reshape(x.shape)

@@ -320,6 +320,22 @@ def integer_parameters():
 L2 = lipattn.random_layer(4, kernel="l2")
 X4 = lipattn.random_tokens(4, 4)
 BLOCK = lipattn.InvertibleBlock(L2, 4)
+_ROTARY = []
+
+
+def rotary():
+    """A RotaryLayer of a tiny Llama written with NumPy (tests/python/tiny_llama.py), built once."""
+    if not _ROTARY:
+        import pathlib
+        import tempfile
+
+        import tiny_llama
+
+        d = pathlib.Path(tempfile.mkdtemp(prefix="lipattn-llama-"))
+        tiny_llama.write(d)
+        _ROTARY.append(lipattn.Model(d).attention_layer(0))
+    return _ROTARY[0]
+
 
 # A valid call of each callable: (function, keyword arguments). The integer parameter under test
 # replaces its keyword; a negative value must be refused before anything runs, so the model path
@@ -360,6 +376,9 @@ CALLS = {
     "invert": lambda m: (lipattn.invert, dict(layer=L2, x=X4)),
     "fixed_point": lambda m: (lipattn.fixed_point, dict(layer=L2, x=X4)),
     "flow": lambda m: (lipattn.flow, dict(layer=L2, x=X4)),
+    "RotaryLayer.local_constant": lambda m: (rotary().local_constant, dict(x=np.ones((4, 8)))),
+    "RotaryLayer.certified_lipschitz": lambda m: (rotary().certified_lipschitz, dict(radius=1.0, n=4)),
+    "RotaryLayer.lipschitz": lambda m: (rotary().lipschitz, dict(radius=1.0, n=4)),
     "mean_field": lambda m: (lipattn.mean_field, dict(layer=L2, ns=[4, 8])),
 }
 

@@ -26,13 +26,14 @@ def test_model_hidden_states_equal_transformers(tmp_path, family):
 
 def test_attention_analyses_refuse_rotary_models(tmp_path):
     save(build(config("llama", num_hidden_layers=1)), tmp_path)
-    model = lipattn.Model(tmp_path)
-    for call in (lambda: model.attention_layer(0), lambda: lipattn.AttentionLayer.from_model(tmp_path, 0)):
+    # Model.attention_layer gives the rotary sublayer (test_rotary_layer.py); the plain operator
+    # is refused.
+    for call in (lambda: lipattn.AttentionLayer.from_model(tmp_path, 0),):
         with pytest.raises(lipattn.ModelError, match="model_type 'llama'.*rotary.*lipattn hidden") as e:
             call()
         # The message names the calls that do run this model, the dynamics among them.
         for works in ("Model.local_constant", "Model.lipschitz", "lipattn forward --model", "lipattn invert",
-                      "lipattn fixed-point"):
+                      "lipattn fixed-point", "lipattn flow", "Model.attention_layer"):
             assert works in str(e.value), (works, str(e.value))
 
 

@@ -95,6 +95,9 @@ def setup_context(model_dir):
     c["transport"] = lipattn.transport(c["a"], c["b"])
     c["block"] = lipattn.InvertibleBlock(c["layer"], 3, 0.9)
     c["w"] = c["layer"].weights()
+    # The tiny Llama written beside the BERT checkpoint (tests/python/tiny_llama.py).
+    c["rotary"] = lipattn.Model(os.path.join(os.path.dirname(model_dir), "llama")).attention_layer(0)
+    c["rx"] = rng.standard_normal((3, 8))
     return c
 
 
@@ -163,6 +166,14 @@ CALLS = {
                                                "local_steps": 5}),
     "AttentionLayer.head_constants": (lambda c: c["dot"].head_constants, lambda c: {}),
     "Transport.to_dict": (lambda c: c["transport"].to_dict, lambda c: {}),
+    "RotaryLayer.forward": (lambda c: c["rotary"].forward, lambda c: {"x": c["rx"]}),
+    "RotaryLayer.jvp": (lambda c: c["rotary"].jvp, lambda c: {"x": c["rx"], "g": c["rx"]}),
+    "RotaryLayer.vjp": (lambda c: c["rotary"].vjp, lambda c: {"x": c["rx"], "ybar": c["rx"]}),
+    "RotaryLayer.local_constant": (lambda c: c["rotary"].local_constant, lambda c: {"x": c["rx"]}),
+    "RotaryLayer.certified_lipschitz": (lambda c: c["rotary"].certified_lipschitz,
+                                        lambda c: {"radius": 2.0, "n": 3}),
+    "RotaryLayer.lipschitz": (lambda c: c["rotary"].lipschitz,
+                              lambda c: {"radius": 2.0, "n": 3, "starts": 1, "steps": 2}),
     "Model.__init__": (lambda c: __import__("lipattn").Model, lambda c: {"path": c["model_dir"]}),
     # No numeric parameter; a live model needs torch, which the capped child does not import, so
     # the base call checks the refusal of anything else.
@@ -377,10 +388,13 @@ def test_every_public_callable_is_fuzzed():
 def test_boundary_values_of_every_numeric_parameter(tmp_path):
     sys.path.insert(0, os.path.join(HERE, "..", "python"))
     import tiny_bert
+    import tiny_llama
 
     model = tmp_path / "bert"
     model.mkdir()
     tiny_bert.write(model)
+    (tmp_path / "llama").mkdir()
+    tiny_llama.write(tmp_path / "llama")
     all_cases = cases()
     results, start, t0 = {}, 0, time.monotonic()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -1,18 +1,21 @@
-//! `lipattn flow`: continuous-depth attention, dx_i/dt = Gamma_{mu_t}(x_i), optionally on the
-//! sphere or through a LayerNorm, with RK4 or Dormand-Prince. Reports the clustering of the
-//! tokens over time and, on request, the certified Gronwall bound against measured W1 distances
-//! and the measured mean-field convergence rate; writes the figures with --plot.
+//! `lipattn flow`: continuous-depth attention, dx_i/dt = Gamma_{mu_t}(x_i) (a plain layer: a flow
+//! of measures) or dX/dt = f(X) (a rotary checkpoint's layer: a flow of token matrices),
+//! optionally on the sphere or through a LayerNorm, with RK4 or Dormand-Prince. Reports the
+//! clustering of the tokens over time and, on request, the certified Gronwall bound against
+//! measured W1 or Frobenius distances and the measured mean-field convergence rate; writes the
+//! figures with --plot.
 
 use crate::dyn_source::SourceArgs;
 use crate::names::named;
 use crate::plot::{Chart, Series, Style};
 use crate::progress::Bar;
+use crate::solver_output::save_first;
 use anyhow::Result;
 use clap::Args;
 use lipattn::fmt::{compact, exact};
-use lipattn::ops::flow::{self, FlowInputs, FlowRequest, IntegratorName, ProjectionName};
+use lipattn::ops::flow::{self, FlowInputs, FlowMap, FlowRequest, IntegratorName, ProjectionName};
 use lipattn::ops::source::SourceRequest;
-use lipattn::output::StagedDir;
+use lipattn::output::{StagedDir, StagedFile};
 use lipattn::Mat;
 use std::path::PathBuf;
 
@@ -70,6 +73,9 @@ pub struct FlowArgs {
     /// Independent samples per size (their W1 values are averaged).
     #[arg(long, default_value_t = FlowRequest::default().mean_field_replicates)]
     mean_field_replicates: usize,
+    /// Write the final tokens X(T) (n x d float64 .npy).
+    #[arg(long)]
+    save: Option<PathBuf>,
     /// Write the figures (SVG and PNG) into this directory.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -110,15 +116,15 @@ impl From<&FlowArgs> for FlowRequest {
 }
 
 pub fn run(a: FlowArgs) -> Result<()> {
+    let save = a.save.as_deref().map(StagedFile::create).transpose()?;
     let plot = a.plot.as_deref().map(StagedDir::create).transpose()?;
     let source = SourceRequest::from(&a.source);
     let sourced = if a.identity {
         source.identity_layer(a.beta)?
     } else {
-        source.layer()?
+        source.branch()?
     };
-    let layer = &sourced.layer;
-    let d = layer.d_in();
+    let d = lipattn::dynamics::Branch::d_in(&sourced.layer);
     let x0 = if a.identity {
         source.sphere_tokens(d)?
     } else {
@@ -128,7 +134,7 @@ pub fn run(a: FlowArgs) -> Result<()> {
     let report = flow::run(
         &FlowRequest::from(&a),
         FlowInputs {
-            layer,
+            map: FlowMap::of(&sourced.layer),
             x: x0.as_ref(),
             weights: None,
             gronwall_tokens: None,
@@ -138,6 +144,7 @@ pub fn run(a: FlowArgs) -> Result<()> {
         &mut |p| bar.update(p),
     )?;
     drop(bar);
+    save_first(save, &report.states[report.states.len() - 1..])?;
     let (times, stats) = (&report.times, &report.clustering);
     let (gron, mf) = (&report.gronwall, &report.mean_field);
     if let Some(stage) = plot {
@@ -194,16 +201,34 @@ pub fn run(a: FlowArgs) -> Result<()> {
             let pts = |v: &[f64]| -> Vec<(f64, f64)> {
                 g.times.iter().zip(v).map(|(t, w)| (*t, *w)).collect()
             };
+            let tokens = g.space == "tokens";
             Chart {
                 title: format!("Gronwall: certified L = {:.3e}", g.lipschitz),
                 x_label: "t".into(),
-                y_label: "W1(mu_t, nu_t)".into(),
+                y_label: if tokens {
+                    "|X_t - Y_t|_F"
+                } else {
+                    "W1(mu_t, nu_t)"
+                }
+                .into(),
                 log_x: false,
                 log_y: true,
                 series: vec![
-                    Series::new("measured (exact W1)", pts(&g.measured), Style::LinePoints),
                     Series::new(
-                        "e^{Lt} W1(mu_0, nu_0) (certified)",
+                        if tokens {
+                            "measured"
+                        } else {
+                            "measured (exact W1)"
+                        },
+                        pts(&g.measured),
+                        Style::LinePoints,
+                    ),
+                    Series::new(
+                        if tokens {
+                            "e^{Lt} |X_0 - Y_0|_F (certified)"
+                        } else {
+                            "e^{Lt} W1(mu_0, nu_0) (certified)"
+                        },
                         pts(&g.bound),
                         Style::Reference,
                     ),
@@ -253,7 +278,8 @@ pub fn run(a: FlowArgs) -> Result<()> {
             println!("operator: {}", op.description);
         }
         println!(
-            "flow to T = {}: {} steps ({} rejected), {} velocity evaluations",
+            "flow of {} to T = {}: {} steps ({} rejected), {} velocity evaluations",
+            report.space,
             exact(a.t),
             report.steps["accepted"],
             report.steps["rejected"],
@@ -265,7 +291,8 @@ pub fn run(a: FlowArgs) -> Result<()> {
         );
         if let Some(g) = &gron {
             println!(
-                "Gronwall: certified L = {}, measured rate {}, violated: {}",
+                "Gronwall ({}): certified L = {}, measured rate {}, violated: {}",
+                g.metric,
                 compact(g.lipschitz),
                 compact(g.measured_rate),
                 g.violated

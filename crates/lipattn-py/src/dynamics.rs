@@ -18,7 +18,7 @@ use lipattn::dynamics::synthetic;
 use lipattn::dynamics::InvertibleBlock;
 use lipattn::estimation::SplitMix;
 use lipattn::ops::fixed_point::{self as fixed_point_op, FixedPointInputs, FixedPointRequest};
-use lipattn::ops::flow::{self as flow_op, FlowInputs, FlowRequest};
+use lipattn::ops::flow::{self as flow_op, FlowInputs, FlowMap, FlowRequest};
 use lipattn::ops::invert::{self as invert_op, InvertRequest};
 use lipattn::ops::solvers::{SolverRequest, SolverRun};
 use lipattn::ops::source::SourceRequest;
@@ -563,7 +563,9 @@ fn fixed_point<'py>(
 }
 
 /// Continuous-depth attention (``lipattn flow``): dx_i/dt = Gamma_{mu_t}(x_i) from the tokens
-/// ``x`` (weighted by ``weights``, default uniform), with ``projection`` 'sphere' (tangential
+/// ``x`` (weighted by ``weights``, default uniform) for an ``AttentionLayer`` (a flow of
+/// measures), or dX/dt = f(X) for a ``RotaryLayer`` (a flow of token matrices, token i at
+/// position i; no ``weights``; docs/dynamics.md#d6), with ``projection`` 'sphere' (tangential
 /// velocity, renormalised tokens), 'layernorm' or 'none', and ``integrator`` 'rk4',
 /// 'dopri-fixed' (fixed step ``dt``) or 'dopri' (adaptive, ``rtol``/``atol``, first step ``h0``,
 /// default dt). States are recorded every ``record`` and at ``t``.
@@ -572,13 +574,14 @@ fn fixed_point<'py>(
 /// rejected, evaluations), times, clustering (per recorded time; measured), gronwall, plus
 /// ``states``: float64 (len(times), n, d). ``gronwall``: a perturbation size eps (the CLI's
 /// seeded Gaussian noise of ``seed``) or the second initial tokens; the certified Gronwall rate
-/// and bound are then compared with exact W1 distances between the two flows.
+/// and bound are then compared with exact W1 distances between the two flows (Frobenius
+/// distances between token matrices for a ``RotaryLayer``; ``space`` says which).
 #[pyfunction]
 #[pyo3(signature = (layer, x, *, t=FlowRequest::default().t, projection=FlowRequest::default().projection.name(), integrator=FlowRequest::default().integrator.name(), dt=FlowRequest::default().dt, rtol=FlowRequest::default().rtol, atol=FlowRequest::default().atol, h0=None, record=FlowRequest::default().record, max_steps=crate::ints::PyInt::Fits(FlowRequest::default().max_steps as i128), weights=None, layernorm_eps=FlowRequest::default().layernorm_eps, cluster_threshold=FlowRequest::default().cluster_threshold, gronwall=None, seed=crate::ints::PyInt::Fits(FlowRequest::default().seed as i128)))]
 #[allow(clippy::too_many_arguments)]
 fn flow<'py>(
     py: Python<'py>,
-    layer: PyRef<'py, PyAttentionLayer>,
+    layer: &Bound<'py, PyAny>,
     x: &Bound<'py, PyAny>,
     t: f64,
     projection: &str,
@@ -621,16 +624,16 @@ fn flow<'py>(
     };
     let weights = optional_vector(weights, "weights")?;
     let x0 = matrix_f64(x, "x")?;
-    let origin = layer.origin.clone();
-    let layer = layer.layer.clone();
+    let layer = FlowLayer::of(layer)?;
     let (v, states) = interruptible(py, move || {
+        let (map, origin) = layer.map();
         let inputs = FlowInputs {
-            layer: &layer,
+            map,
             x: x0.as_ref(),
             weights,
             gronwall_tokens,
             source: None,
-            origin: &origin,
+            origin,
         };
         let report = flow_op::run(&req, inputs, &mut lipattn::ops::silent)?;
         let mut v = to_json(&report)?;
@@ -645,6 +648,37 @@ fn flow<'py>(
     let arr = Array3::from_shape_fn((k, n, d), |(s, i, j)| states[s][(i, j)]);
     out.set_item("states", arr.into_pyarray(py))?;
     Ok(out)
+}
+
+/// The layer `flow` integrates: a plain one (a flow of measures) or a rotary one (a flow of
+/// tokens), shared with the worker thread.
+enum FlowLayer {
+    Plain(std::sync::Arc<lipattn::AttentionLayer<f64>>, LayerSource),
+    Rotary(std::sync::Arc<lipattn::dynamics::RotaryBranch>, LayerSource),
+}
+
+impl FlowLayer {
+    fn of(layer: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if let Ok(l) = layer.cast::<PyAttentionLayer>() {
+            let l = l.get();
+            return Ok(FlowLayer::Plain(l.layer.clone(), l.origin.clone()));
+        }
+        if let Ok(l) = layer.cast::<crate::rotary::PyRotaryLayer>() {
+            let l = l.get();
+            return Ok(FlowLayer::Rotary(l.branch.clone(), l.origin.clone()));
+        }
+        Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "layer: expected an AttentionLayer or a RotaryLayer, got {}",
+            layer.get_type().name()?
+        )))
+    }
+
+    fn map(&self) -> (FlowMap<'_>, &LayerSource) {
+        match self {
+            FlowLayer::Plain(l, o) => (FlowMap::Measures(l), o),
+            FlowLayer::Rotary(b, o) => (FlowMap::Tokens(b), o),
+        }
+    }
 }
 
 /// Mean-field consistency (``lipattn flow --mean-field``): ``replicates`` samples of n points

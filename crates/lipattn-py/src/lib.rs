@@ -18,6 +18,7 @@ mod layer;
 mod local;
 mod measure;
 mod model;
+mod rotary;
 mod tensors;
 mod transport;
 
@@ -35,6 +36,7 @@ fn _lipattn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bounds::register(m)?;
     transport::register(m)?;
     model::register(m)?;
+    rotary::register(m)?;
     dynamics::register(m)?;
     Ok(())
 }

@@ -31,8 +31,8 @@ type Parts<'py> = (
 /// tokenizer.json; BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families), or a
 /// live transformers model of one (``from_transformers``), run in float64. The rotary families
 /// (all but BERT and GPT-2) give hidden states, token ids, local constants, ``lipschitz`` and
-/// ``analyze`` (B7 on the RMSNorm radius); ``attention_layer`` refuses them, as its analyses
-/// read plain attention.
+/// ``analyze`` (B7 on the RMSNorm radius), and ``attention_layer`` gives their sublayer as a
+/// ``RotaryLayer`` (forward, jvp, vjp, local constant, B7, the token flow).
 #[pyclass(module = "lipattn", name = "Model", frozen)]
 pub struct PyModel {
     model: Arc<Model>,
@@ -194,20 +194,41 @@ impl PyModel {
         self.model.is_causal()
     }
 
-    /// The attention sublayer of ``layer`` (or head ``head``'s contribution alone).
+    /// The attention sublayer of ``layer`` (or head ``head``'s contribution alone, no output
+    /// bias): an ``AttentionLayer`` for BERT and GPT-2, a ``RotaryLayer`` (positions 0..n-1,
+    /// the model's own mask) for the rotary families, which score by dot products only.
     #[pyo3(signature = (layer, *, head=None, kernel="dot"))]
-    fn attention_layer(
+    fn attention_layer<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         layer: PyInt,
         head: Option<PyInt>,
         kernel: &str,
-    ) -> PyResult<PyAttentionLayer> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         crate::ints::unsigned!(layer, head);
         let k = kernel_of(kernel)?;
         let model = self.model.clone();
-        let full = interruptible(py, move || model.attention_layer(layer))?.with_kernel(k);
-        PyAttentionLayer::of_model(full, self.model.layer_source(layer), head)
+        let weights = interruptible(py, move || model.sublayer(layer))?;
+        let source = self.model.layer_source(layer);
+        match weights {
+            SublayerWeights::Plain(full) => {
+                let l = PyAttentionLayer::of_model(full.with_kernel(k), source, head)?;
+                Ok(Bound::new(py, l)?.into_any())
+            }
+            SublayerWeights::Rotary {
+                layer: full,
+                family,
+            } => {
+                if k != lipattn::Kernel::Dot {
+                    return Err(PyValueError::new_err(format!(
+                        "kernel '{kernel}': model_type '{family}' scores by rotated dot products, which a different kernel would replace; rotary layers take kernel='dot' only"
+                    )));
+                }
+                let branch = lipattn::dynamics::RotaryBranch::new(*full, family);
+                let l = crate::rotary::PyRotaryLayer::new(branch, source, head)?;
+                Ok(Bound::new(py, l)?.into_any())
+            }
+        }
     }
 
     /// Token ids of ``text`` with the model's own tokenizer (special tokens included), at most

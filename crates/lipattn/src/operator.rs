@@ -182,6 +182,7 @@ impl RotaryForm {
 const TOKEN_MAP: &str = "token map X -> f(X)";
 const MEASURE_MAP: &str = "measure map mu -> F(mu)";
 const FLOW_MAP: &str = "flow mu_0 -> mu_t of dx/dt = Gamma_mu(x), 0 <= t <= T";
+const TOKEN_FLOW_MAP: &str = "flow X_0 -> X_t of dX/dt = f(X), 0 <= t <= T";
 const UNIFORM: &str = "uniform token weights";
 const GIVEN: &str = "given token weights";
 const ANY_WEIGHTS: &str = "measures of any weights";
@@ -212,6 +213,12 @@ const FLOW: Form = Form {
     map: FLOW_MAP,
     weights: ("any", ANY_WEIGHTS),
     metric: W1,
+};
+
+const TOKEN_FLOW: Form = Form {
+    map: TOKEN_FLOW_MAP,
+    weights: ("uniform", UNIFORM),
+    metric: FROBENIUS,
 };
 
 /// What a certifying report is about besides the layer: how many tokens, where they lie, and the
@@ -334,6 +341,27 @@ impl Operator {
         let domain = Some(CertifiedDomain::Ball { radius });
         let on = format!("measures on {}", measure_domain_words(domain));
         Self::build(source, kernel, false, FLOW, scope(None, domain, on))
+    }
+
+    /// What the token flow's Gronwall bound certifies: the time-t flow of n x d token matrices
+    /// (token i at position i, the layer's own mask) whose rows stay in the ball of `radius` on
+    /// [0, T] (|X_t - Y_t|_F <= e^{L t} |X_0 - Y_0|_F).
+    pub fn token_flow(
+        source: &LayerSource,
+        kernel: Kernel,
+        causal: bool,
+        radius: f64,
+        n: usize,
+    ) -> Self {
+        let domain = Some(CertifiedDomain::Ball { radius });
+        let on = format!("n = {n} tokens in {}", domain_words(domain));
+        Self::build(
+            source,
+            kernel,
+            causal,
+            TOKEN_FLOW,
+            scope(Some(n), domain, on),
+        )
     }
 
     fn build(source: &LayerSource, kernel: Kernel, causal: bool, form: Form, scope: Scope) -> Self {

@@ -411,7 +411,7 @@ fn flow_draws_its_gronwall_perturbation_from_the_offset_seed() {
         flow::run(
             &req,
             FlowInputs {
-                layer: &layer,
+                map: (&layer).into(),
                 x: x.as_ref(),
                 weights: None,
                 gronwall_tokens: tokens,
@@ -438,7 +438,7 @@ fn flow_draws_its_gronwall_perturbation_from_the_offset_seed() {
                 ..Default::default()
             },
             FlowInputs {
-                layer: &layer,
+                map: (&layer).into(),
                 x: x.as_ref(),
                 weights: None,
                 gronwall_tokens: None,

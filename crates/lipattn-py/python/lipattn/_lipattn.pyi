@@ -243,12 +243,53 @@ def transport(
 def ground_cost(a: Union[Measure, ArrayLike], b: Union[Measure, ArrayLike], p: int = 1) -> F64: ...
 def layer_norm_radius(gamma: ArrayLike, beta: ArrayLike) -> float: ...
 
+class RotaryLayer:
+    """The attention sublayer of a rotary checkpoint (Model.attention_layer): X (n, d) -> f(X) at
+    positions 0..n-1 with the model's own causal mask and window, float64; no map of measures."""
+
+    @property
+    def family(self) -> str: ...
+    @property
+    def heads(self) -> int: ...
+    @property
+    def kv_heads(self) -> int: ...
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def head(self) -> Optional[int]: ...
+    @property
+    def d_in(self) -> int: ...
+    @property
+    def d_out(self) -> int: ...
+    @property
+    def window(self) -> Optional[int]: ...
+    @property
+    def causal(self) -> bool: ...
+    @property
+    def rotary(self) -> dict[str, Any]: ...
+    def forward(self, x: ArrayLike) -> F64: ...
+    def jvp(self, x: ArrayLike, g: ArrayLike) -> F64: ...
+    def vjp(self, x: ArrayLike, ybar: ArrayLike) -> F64: ...
+    def local_constant(
+        self,
+        x: ArrayLike,
+        *,
+        method: Literal["lanczos", "power"] = "lanczos",
+        tol: float = 1e-6,
+        max_iter: Optional[int] = None,
+        seed: int = 0,
+        dtype: Literal["f64", "f32"] = "f64",
+    ) -> LocalConstant: ...
+    def certified_lipschitz(self, radius: float, n: int) -> Optional[dict[str, Any]]: ...
+    def lipschitz(
+        self, radius: float, n: int, *, starts: int = 2, steps: int = 10, seed: int = 0
+    ) -> dict[str, Any]: ...
+
 class Model:
     """A Hugging Face checkpoint directory (BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma or
     Gemma 2 family), run in float64, or a live transformers model of one (from_transformers). The
     rotary families give hidden states, token ids, local constants, lipschitz and analyze (B7 on
-    the RMSNorm radius); attention_layer refuses them (their plain-attention analyses are later
-    work)."""
+    the RMSNorm radius); attention_layer gives their sublayer as a RotaryLayer."""
 
     def __init__(self, path: StrPath) -> None: ...
     @classmethod
@@ -269,7 +310,9 @@ class Model:
     def num_heads(self) -> int: ...
     @property
     def causal(self) -> bool: ...
-    def attention_layer(self, layer: int, *, head: Optional[int] = None, kernel: Kernel = "dot") -> AttentionLayer: ...
+    def attention_layer(
+        self, layer: int, *, head: Optional[int] = None, kernel: Kernel = "dot"
+    ) -> Union[AttentionLayer, RotaryLayer]: ...
     def tokenize(self, text: str, *, max_tokens: Optional[int] = None) -> npt.NDArray[np.int64]: ...
     def local_constant(
         self,
@@ -472,7 +515,7 @@ Projection = Literal["none", "sphere", "layernorm"]
 IntegratorName = Literal["rk4", "dopri", "dopri-fixed"]
 
 def flow(
-    layer: AttentionLayer,
+    layer: Union[AttentionLayer, RotaryLayer],
     x: ArrayLike,
     *,
     t: float = 15.0,
@@ -490,7 +533,8 @@ def flow(
     gronwall: Union[float, ArrayLike, None] = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Attention flow (``lipattn flow``): times, states (len(times), n, d), clustering, gronwall."""
+    """Attention flow (``lipattn flow``): times, states (len(times), n, d), clustering, gronwall;
+    of measures for an AttentionLayer, of token matrices (dX/dt = f(X)) for a RotaryLayer."""
     ...
 def mean_field(
     layer: AttentionLayer,

@@ -6,6 +6,7 @@
 //! mean-field consistency and clustering.
 
 use super::certify;
+use super::integrator::{integrate_field, normalise_rows, velocity_of};
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::{check_at_least, check_nonnegative, check_positive, check_repeats};
 use crate::error::{Error, Result};
@@ -59,7 +60,7 @@ pub struct FlowOptions {
 }
 
 impl FlowOptions {
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         check_nonnegative("final time", self.t_end)?;
         check_positive("record interval", self.record_every)?;
         match self.integrator {
@@ -136,180 +137,15 @@ pub fn identity_layer(d: usize, beta: f64) -> Result<AttentionLayer<f64>> {
     )
 }
 
-fn normalise_rows(x: &mut Mat<f64>) -> Result<()> {
-    for i in 0..x.nrows() {
-        let r = (0..x.ncols())
-            .map(|k| x[(i, k)].powi(2))
-            .sum::<f64>()
-            .sqrt();
-        if !(r > 0.0 && r.is_finite()) {
-            return Err(Error::Numerical(format!(
-                "token {i} has norm {} and cannot be put on the sphere",
-                compact(r)
-            )));
-        }
-        for k in 0..x.ncols() {
-            x[(i, k)] /= r;
-        }
-    }
-    Ok(())
-}
-
-/// The velocity field at the tokens X.
+/// The velocity field at the tokens X of the flow of measures: Gamma_mu(x_i) with mu the
+/// (weighted) empirical measure of the rows, read through `projection`.
 pub fn velocity(
     layer: &AttentionLayer<f64>,
     x: MatRef<'_, f64>,
     weights: Option<&[f64]>,
     projection: Projection,
 ) -> Result<Mat<f64>> {
-    match projection {
-        Projection::None => layer.forward(x, weights, false),
-        Projection::LayerNorm { eps } => {
-            let z = crate::attention::norms::standardise_rows(x, eps)?;
-            layer.forward(z.as_ref(), weights, false)
-        }
-        Projection::Sphere => {
-            let mut v = layer.forward(x, weights, false)?;
-            for i in 0..x.nrows() {
-                let (mut vx, mut xx) = (0.0, 0.0);
-                for k in 0..x.ncols() {
-                    vx += v[(i, k)] * x[(i, k)];
-                    xx += x[(i, k)] * x[(i, k)];
-                }
-                let c = vx / xx;
-                for k in 0..x.ncols() {
-                    v[(i, k)] -= c * x[(i, k)];
-                }
-            }
-            Ok(v)
-        }
-    }
-}
-
-// Dormand-Prince 5(4) tableau.
-const C: [f64; 7] = [0.0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0];
-const A: [[f64; 6]; 7] = [
-    [0.0; 6],
-    [0.2, 0.0, 0.0, 0.0, 0.0, 0.0],
-    [3.0 / 40.0, 9.0 / 40.0, 0.0, 0.0, 0.0, 0.0],
-    [44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0, 0.0, 0.0, 0.0],
-    [
-        19372.0 / 6561.0,
-        -25360.0 / 2187.0,
-        64448.0 / 6561.0,
-        -212.0 / 729.0,
-        0.0,
-        0.0,
-    ],
-    [
-        9017.0 / 3168.0,
-        -355.0 / 33.0,
-        46732.0 / 5247.0,
-        49.0 / 176.0,
-        -5103.0 / 18656.0,
-        0.0,
-    ],
-    [
-        35.0 / 384.0,
-        0.0,
-        500.0 / 1113.0,
-        125.0 / 192.0,
-        -2187.0 / 6784.0,
-        11.0 / 84.0,
-    ],
-];
-/// Fifth-order weights minus fourth-order weights (the embedded error estimate).
-const E: [f64; 7] = [
-    71.0 / 57600.0,
-    0.0,
-    -71.0 / 16695.0,
-    71.0 / 1920.0,
-    -17253.0 / 339200.0,
-    22.0 / 525.0,
-    -1.0 / 40.0,
-];
-
-fn lin_comb(x: &Mat<f64>, h: f64, ks: &[&Mat<f64>], coef: &[f64]) -> Mat<f64> {
-    let mut out = x.clone();
-    for (k, &c) in ks.iter().zip(coef) {
-        if c != 0.0 {
-            for j in 0..out.ncols() {
-                for i in 0..out.nrows() {
-                    out[(i, j)] += h * c * k[(i, j)];
-                }
-            }
-        }
-    }
-    out
-}
-
-struct Stepper<'a> {
-    layer: &'a AttentionLayer<f64>,
-    weights: Option<&'a [f64]>,
-    projection: Projection,
-    evals: usize,
-}
-
-impl Stepper<'_> {
-    fn f(&mut self, x: &Mat<f64>) -> Result<Mat<f64>> {
-        self.evals += 1;
-        velocity(self.layer, x.as_ref(), self.weights, self.projection)
-    }
-
-    fn rk4(&mut self, x: &Mat<f64>, h: f64) -> Result<Mat<f64>> {
-        let k1 = self.f(x)?;
-        let k2 = self.f(&lin_comb(x, h, &[&k1], &[0.5]))?;
-        let k3 = self.f(&lin_comb(x, h, &[&k2], &[0.5]))?;
-        let k4 = self.f(&lin_comb(x, h, &[&k3], &[1.0]))?;
-        Ok(lin_comb(
-            x,
-            h,
-            &[&k1, &k2, &k3, &k4],
-            &[1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0],
-        ))
-    }
-
-    /// One Dormand-Prince step: (fifth-order solution, embedded error vector, k1 = f(x),
-    /// k7 = f(y_new)).
-    #[allow(clippy::type_complexity)]
-    fn dopri(
-        &mut self,
-        x: &Mat<f64>,
-        h: f64,
-        k1: Option<Mat<f64>>,
-    ) -> Result<(Mat<f64>, Mat<f64>, Mat<f64>, Mat<f64>)> {
-        let mut ks: Vec<Mat<f64>> = Vec::with_capacity(7);
-        ks.push(match k1 {
-            Some(k) => k,
-            None => self.f(x)?,
-        });
-        for s in 1..6 {
-            let refs: Vec<&Mat<f64>> = ks.iter().collect();
-            let xs = lin_comb(x, h, &refs, &A[s][..s]);
-            debug_assert!(C[s] > 0.0);
-            ks.push(self.f(&xs)?);
-        }
-        let refs: Vec<&Mat<f64>> = ks.iter().collect();
-        let y = lin_comb(x, h, &refs, &A[6][..6]);
-        let k7 = self.f(&y)?;
-        ks.push(k7.clone());
-        let zero = Mat::<f64>::zeros(x.nrows(), x.ncols());
-        let refs: Vec<&Mat<f64>> = ks.iter().collect();
-        let err = lin_comb(&zero, h, &refs, &E);
-        let k1 = ks.swap_remove(0);
-        Ok((y, err, k1, k7))
-    }
-}
-
-fn error_norm(err: &Mat<f64>, x: &Mat<f64>, y: &Mat<f64>, rtol: f64, atol: f64) -> f64 {
-    let mut s = 0.0;
-    for j in 0..err.ncols() {
-        for i in 0..err.nrows() {
-            let sc = atol + rtol * x[(i, j)].abs().max(y[(i, j)].abs());
-            s += (err[(i, j)] / sc).powi(2);
-        }
-    }
-    (s / (err.nrows() * err.ncols()) as f64).sqrt()
+    velocity_of(|z| layer.forward(z, weights, false), x, projection)
 }
 
 /// Integrates the particle system from X(0) = `x0` (rows put on the sphere first when
@@ -323,149 +159,85 @@ pub fn integrate(
     opts.check()?;
     certify::check_square(layer)?;
     crate::attention::forward::check_tokens("initial tokens", x0, layer.d_in())?;
-    let mut x = x0.to_owned();
-    if opts.projection == Projection::Sphere {
-        normalise_rows(&mut x)?;
-    }
-    let mut st = Stepper {
-        layer,
-        weights,
-        projection: opts.projection,
-        evals: 0,
-    };
-    // Every record keeps an n x d state: count them in f64 before the marks are built (t / record
-    // can exceed any integer, and building the marks alone could exhaust memory).
-    let records = (opts.t_end / opts.record_every).ceil() + 1.0;
-    let (n, d) = (x0.nrows(), x0.ncols());
-    crate::budget::check(
-        || {
-            format!(
-                "recording {} states of {n} x {d} tokens (final time / record interval)",
-                compact(records)
-            )
-        },
-        if records < 9.0e15 {
-            crate::budget::bytes_of(&[records as usize, n.max(1), d.max(1)], 8)
-        } else {
-            None
-        },
-    )?;
-    let mut marks: Vec<f64> = vec![];
-    let mut k = 1usize;
-    while (k as f64) * opts.record_every < opts.t_end * (1.0 - 1e-12) {
-        marks.push(k as f64 * opts.record_every);
-        k += 1;
-    }
-    marks.push(opts.t_end);
-    let mut traj = Trajectory {
-        times: vec![0.0],
-        states: vec![x.clone()],
-        accepted: 0,
-        rejected: 0,
-        evaluations: 0,
-    };
-    let mut t = 0.0;
-    let mut h = match opts.integrator {
-        Integrator::Rk4 { dt } | Integrator::DoPri5Fixed { dt } => dt,
-        Integrator::DoPri5 { h0, .. } => h0,
-    };
-    let mut fsal: Option<Mat<f64>> = None;
-    for &mark in &marks {
-        if mark <= 0.0 {
-            continue;
-        }
-        while t < mark {
-            crate::cancel::check()?;
-            if traj.accepted + traj.rejected >= opts.max_steps {
-                return Err(Error::Numerical(format!(
-                    "flow: step cap of {} reached at t = {}",
-                    opts.max_steps,
-                    compact(t)
-                )));
-            }
-            let last = mark - t <= h * (1.0 + 1e-9);
-            let step = if last { mark - t } else { h };
-            match opts.integrator {
-                Integrator::Rk4 { .. } => {
-                    x = st.rk4(&x, step)?;
-                }
-                Integrator::DoPri5Fixed { .. } => {
-                    x = st.dopri(&x, step, None)?.0;
-                }
-                Integrator::DoPri5 { rtol, atol, .. } => {
-                    let (y, err, k1, k7) = st.dopri(&x, step, fsal.take())?;
-                    let e = error_norm(&err, &x, &y, rtol, atol);
-                    if !e.is_finite() {
-                        return Err(Error::Numerical(format!(
-                            "flow: non-finite error estimate at t = {}",
-                            compact(t)
-                        )));
-                    }
-                    let factor = if e == 0.0 {
-                        5.0
-                    } else {
-                        (0.9 * e.powf(-0.2)).clamp(0.2, 5.0)
-                    };
-                    if e > 1.0 {
-                        traj.rejected += 1;
-                        // x did not move, so its first stage serves the retry.
-                        fsal = Some(k1);
-                        h = step * factor.min(1.0);
-                        if h < 1e-14 * mark.max(1.0) {
-                            return Err(Error::Numerical(format!(
-                                "flow: step size underflow at t = {}",
-                                compact(t)
-                            )));
-                        }
-                        continue;
-                    }
-                    x = y;
-                    // Renormalising moves x, which invalidates k7 as the next first stage.
-                    if opts.projection != Projection::Sphere {
-                        fsal = Some(k7);
-                    }
-                    if !last || factor < 1.0 {
-                        h = step * factor;
-                    }
-                }
-            }
-            if opts.projection == Projection::Sphere {
-                normalise_rows(&mut x)?;
-            }
-            traj.accepted += 1;
-            t = if last { mark } else { t + step };
-            if x.as_ref()
-                .col_iter()
-                .any(|c| c.iter().any(|v| !v.is_finite()))
-            {
-                return Err(Error::Numerical(format!(
-                    "flow: non-finite tokens at t = {}",
-                    compact(t)
-                )));
-            }
-        }
-        traj.times.push(mark);
-        traj.states.push(x.clone());
-    }
-    traj.evaluations = st.evals;
-    Ok(traj)
+    integrate_field(&|x| velocity(layer, x, weights, opts.projection), x0, opts)
 }
 
-/// The Gronwall stability bound of docs/dynamics.md#d5 against measured W1 distances.
+/// A Gronwall stability bound against the distances measured between two computed flows: W1
+/// between measures (docs/dynamics.md#d5) or the Frobenius norm between token matrices
+/// (docs/dynamics.md#d6).
 #[derive(Clone, Debug, Serialize)]
 pub struct GronwallCheck {
-    /// Certified L = L_x + L_mu (Theorem D5): W1(mu_t, nu_t) <= e^{L t} W1(mu_0, nu_0).
+    /// "measures" or "tokens": what flows.
+    pub space: &'static str,
+    /// "w1" (between measures) or "frobenius" (between token matrices).
+    pub metric: &'static str,
+    /// Certified L: distance_t <= e^{L t} distance_0 for t in [0, T].
     pub lipschitz: f64,
+    /// Where L is proven.
+    pub lipschitz_source: String,
     /// The ball every token stays in on [0, T] (Lemma D5a), where L holds.
     pub radius: f64,
     pub times: Vec<f64>,
-    /// Exact W1(mu_t, nu_t) between the computed flows.
+    /// Exact W1(mu_t, nu_t), or |X(t) - Y(t)|_F, between the computed flows.
     pub measured: Vec<f64>,
     pub bound: Vec<f64>,
     /// Whether a measured value exceeded its bound.
     pub violated: bool,
-    /// max over t > 0 of ln(W1_t / W1_0) / t: the growth rate actually seen (measured).
+    /// max over t > 0 of ln(D_t / D_0) / t: the growth rate actually seen (measured).
     pub measured_rate: f64,
+}
+
+impl GronwallCheck {
+    /// The check of the certified rate `lipschitz` against the distances `measured` at `times`
+    /// (the first at t = 0): bounds e^{L t} D_0 rounded upward, the violation flag and the
+    /// measured rate, the same for both spaces.
+    pub(crate) fn of_distances(
+        space: &'static str,
+        metric: &'static str,
+        (lipschitz, radius): (f64, f64),
+        lipschitz_source: String,
+        times: Vec<f64>,
+        measured: Vec<f64>,
+    ) -> Self {
+        let d0 = measured[0];
+        let bound: Vec<f64> = times
+            .iter()
+            .map(|&t| mul_up(exp_up(mul_up(lipschitz, t)), d0))
+            .collect();
+        let violated = measured.iter().zip(&bound).any(|(m, b)| m > b);
+        let measured_rate = times
+            .iter()
+            .zip(&measured)
+            .filter(|(t, _)| **t > 0.0)
+            .map(|(t, w)| (w / d0).ln() / t)
+            .fold(f64::NEG_INFINITY, f64::max);
+        Self {
+            space,
+            metric,
+            lipschitz,
+            lipschitz_source,
+            radius,
+            times,
+            measured,
+            bound,
+            violated,
+            measured_rate,
+        }
+    }
+}
+
+/// An upper bound on max_i |x_i(t)| for t in [0, t_end] when every |x_i(0)| <= r0 and every
+/// velocity row obeys |v_i| <= m max_j |x_j| + b (Lemma D5a): (r0 + b/m) e^{m t} - b/m, or
+/// r0 + b t when m = 0; rounded upward, infinite when it overflows.
+pub(crate) fn radius_at(m: f64, b: f64, r0: f64, t_end: f64) -> f64 {
+    // R(t) = r0 e^{m t} + (b/m)(e^{m t} - 1) is increasing in r0, b/m and m t: an upper bound
+    // with b/m rounded up where it is added and down where it is subtracted.
+    if m > 0.0 {
+        let grown = mul_up(add_up(r0, div_up(b, m)), exp_up(mul_up(m, t_end)));
+        add_up(grown, -down(b / m).max(0.0))
+    } else {
+        add_up(r0, mul_up(b, t_end))
+    }
 }
 
 /// (L, R): the certified rate and the radius on [0, t_end], or None where Theorem D5 does not
@@ -485,15 +257,7 @@ pub fn gronwall_constant(
                 .map(|(lx, lmu)| (add_up(add_up(lx, add_up(m, b)), lmu), 1.0)))
         }
         Projection::None => {
-            // R(t) = (r0 + b/m) e^{m t} - b/m = r0 e^{m t} + (b/m)(e^{m t} - 1), increasing in
-            // r0, b/m, m t: an upper bound with b/m rounded up where it is added and down where
-            // it is subtracted.
-            let r = if m > 0.0 {
-                let grown = mul_up(add_up(r0, div_up(b, m)), exp_up(mul_up(m, t_end)));
-                add_up(grown, -down(b / m).max(0.0))
-            } else {
-                add_up(r0, mul_up(b, t_end))
-            };
+            let r = radius_at(m, b, r0, t_end);
             if !r.is_finite() {
                 return Ok(None);
             }
@@ -526,14 +290,7 @@ pub fn gronwall_check(
     let a = integrate(layer, mu_pts.as_ref(), Some(mu0.weights()), opts)?;
     let b = integrate(layer, nu_pts.as_ref(), Some(nu0.weights()), opts)?;
     let mut measured = vec![];
-    let mut bound = vec![];
-    let w0 = crate::transport::exact(
-        &Measure::new(a.states[0].clone(), mu0.weights().to_vec())?,
-        &Measure::new(b.states[0].clone(), nu0.weights().to_vec())?,
-        1,
-    )?
-    .distance;
-    for (i, &t) in a.times.iter().enumerate() {
+    for i in 0..a.times.len() {
         let w = crate::transport::exact(
             &Measure::new(a.states[i].clone(), mu0.weights().to_vec())?,
             &Measure::new(b.states[i].clone(), nu0.weights().to_vec())?,
@@ -541,25 +298,16 @@ pub fn gronwall_check(
         )?
         .distance;
         measured.push(w);
-        bound.push(mul_up(exp_up(mul_up(l, t)), w0));
     }
-    let violated = measured.iter().zip(&bound).any(|(m, b)| m > b);
-    let measured_rate = a
-        .times
-        .iter()
-        .zip(&measured)
-        .filter(|(t, _)| **t > 0.0)
-        .map(|(t, w)| (w / w0).ln() / t)
-        .fold(f64::NEG_INFINITY, f64::max);
-    Ok(GronwallCheck {
-        measured_rate,
-        lipschitz: l,
-        radius,
-        times: a.times,
+    Ok(GronwallCheck::of_distances(
+        "measures",
+        "w1",
+        (l, radius),
+        "Theorem D5: L_x + L_mu of Lemma D5b at the radius of Lemma D5a (docs/dynamics.md#d5)"
+            .into(),
+        a.times,
         measured,
-        bound,
-        violated,
-    })
+    ))
 }
 
 /// n points uniform on the unit sphere S^{d-1}.

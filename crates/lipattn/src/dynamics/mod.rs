@@ -15,11 +15,13 @@ pub mod certify;
 mod checks;
 pub mod fixed_point;
 pub mod flow;
+mod integrator;
 pub mod invertible;
 pub mod logdet;
 pub mod rotary_branch;
 pub mod solver;
 pub mod synthetic;
+pub mod token_flow;
 
 pub use any_branch::AnyBranch;
 pub use branch::Branch;

@@ -99,7 +99,7 @@ impl Branch for RotaryBranch {
     }
     fn measure_map(&self) -> Result<&AttentionLayer<f64>> {
         Err(Error::Option(format!(
-            "model_type '{}': rotary attention depends on the positions of the tokens, so it is no map of measures on B_R (docs/bounds.md#b7-measure-view) and the measure-space dynamics (fixed-point `space` 'measure', and flow, whose velocity Gamma_mu(x), Gronwall bound and mean-field limit are stated for measures) do not apply; the token-space dynamics (invert, fixed-point `space` 'tokens') run on it",
+            "model_type '{}': rotary attention depends on the positions of the tokens, so it is no map of measures on B_R (docs/bounds.md#b7-measure-view) and the measure-space dynamics (fixed-point `space` 'measure', whose W1 contraction is stated for measures) do not apply; the token-space dynamics (invert, fixed-point `space` 'tokens', and flow, which integrates dX/dt = f(X) on the token matrix) run on it",
             self.family
         )))
     }

@@ -1,7 +1,8 @@
-//! `flow`: continuous-depth attention, dx_i/dt = Gamma_{mu_t}(x_i), optionally on the sphere or
-//! through a LayerNorm, with RK4 or Dormand-Prince. Reports the clustering of the tokens over
-//! time (measured) and, on request, the certified Gronwall bound against measured W1 distances
-//! and the measured mean-field convergence rate.
+//! `flow`: continuous-depth attention, optionally on the sphere or through a LayerNorm, with RK4
+//! or Dormand-Prince: the flow of measures dx_i/dt = Gamma_{mu_t}(x_i) of a plain layer, or the
+//! flow of tokens dX/dt = f(X) of a rotary one (no map of measures). Reports the clustering of
+//! the tokens over time (measured) and, on request, the certified Gronwall bound against
+//! measured W1 (measures) or Frobenius (tokens) distances and the measured mean-field rate.
 
 use super::source::{gronwall_seed, mean_field_seed};
 use super::{OnProgress, Progress};
@@ -9,8 +10,9 @@ use crate::attention::AttentionLayer;
 use crate::dynamics::flow::{
     clustering, gronwall_check, integrate, mean_field, Clustering, GronwallCheck, MeanField,
 };
-use crate::dynamics::{FlowOptions, Integrator, Projection};
-use crate::error::{as_option, check_nonnegative, check_positive, Result};
+use crate::dynamics::token_flow::{integrate_tokens, token_gronwall_check};
+use crate::dynamics::{AnyBranch, Branch, FlowOptions, Integrator, Projection, RotaryBranch};
+use crate::error::{as_option, check_nonnegative, check_positive, Error, Result};
 use crate::estimation::SplitMix;
 use crate::measure::Measure;
 use crate::named_enum;
@@ -156,12 +158,47 @@ impl FlowRequest {
     }
 }
 
+/// The map a flow integrates.
+#[derive(Clone, Copy)]
+pub enum FlowMap<'a> {
+    /// A map of measures (plain attention, any token weights): dx_i/dt = Gamma_{mu_t}(x_i).
+    Measures(&'a AttentionLayer<f64>),
+    /// A map of token matrices (rotary attention at positions 0..n-1 with its own mask):
+    /// dX/dt = f(X), in the Frobenius norm.
+    Tokens(&'a RotaryBranch),
+}
+
+impl<'a> FlowMap<'a> {
+    /// The flow of a model or synthetic branch: of measures for plain attention, of tokens for
+    /// rotary attention.
+    pub fn of(branch: &'a AnyBranch) -> Self {
+        match branch {
+            AnyBranch::Plain(l) => FlowMap::Measures(l),
+            AnyBranch::Rotary(r) => FlowMap::Tokens(r),
+        }
+    }
+
+    /// "measures" or "tokens".
+    pub fn space(&self) -> &'static str {
+        match self {
+            FlowMap::Measures(_) => "measures",
+            FlowMap::Tokens(_) => "tokens",
+        }
+    }
+}
+
+impl<'a> From<&'a AttentionLayer<f64>> for FlowMap<'a> {
+    fn from(layer: &'a AttentionLayer<f64>) -> Self {
+        FlowMap::Measures(layer)
+    }
+}
+
 /// What a flow request runs on.
 pub struct FlowInputs<'a> {
-    pub layer: &'a AttentionLayer<f64>,
+    pub map: FlowMap<'a>,
     /// The initial tokens.
     pub x: MatRef<'a, f64>,
-    /// Their weights (default: uniform).
+    /// Their weights (default: uniform; measures only).
     pub weights: Option<Vec<f64>>,
     /// The second initial tokens of the Gronwall check, instead of a seeded perturbation.
     pub gronwall_tokens: Option<Mat<f64>>,
@@ -173,6 +210,9 @@ pub struct FlowInputs<'a> {
 
 #[derive(Serialize)]
 pub struct FlowReport {
+    /// "measures" (plain attention: the tokens are the atoms of a measure) or "tokens" (rotary
+    /// attention: the n x d matrix of tokens at positions 0..n-1 flows).
+    pub space: &'static str,
     /// What the Gronwall bound certifies; None without one (the rest is measured).
     pub operator: Option<Operator>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,7 +240,10 @@ pub fn run(
 ) -> Result<FlowReport> {
     req.check()?;
     let opts = req.options();
-    let (layer, x0) = (inputs.layer, inputs.x);
+    let (map, x0) = (inputs.map, inputs.x);
+    if let FlowMap::Tokens(branch) = map {
+        refuse_measure_options(branch, req, inputs.weights.is_some())?;
+    }
     let total = 1
         + usize::from(req.gronwall.is_some() || inputs.gronwall_tokens.is_some())
         + usize::from(req.mean_field.is_some());
@@ -214,7 +257,10 @@ pub fn run(
         *done += 1;
     };
     step("flow", &mut done);
-    let traj = integrate(layer, x0, inputs.weights.as_deref(), &opts)?;
+    let traj = match map {
+        FlowMap::Measures(layer) => integrate(layer, x0, inputs.weights.as_deref(), &opts)?,
+        FlowMap::Tokens(branch) => integrate_tokens(branch, x0, &opts)?,
+    };
     let stats: Vec<Clustering> = traj
         .states
         .iter()
@@ -232,26 +278,41 @@ pub fn run(
         (None, None) => None,
     };
     let gronwall = match other {
-        Some(nu_pts) => {
+        Some(other) => {
             step("gronwall", &mut done);
-            let mu = measure(x0.to_owned())?;
-            let nu = measure(nu_pts)?;
-            Some(gronwall_check(layer, &mu, &nu, &opts)?)
+            Some(match map {
+                FlowMap::Measures(layer) => {
+                    let mu = measure(x0.to_owned())?;
+                    let nu = measure(other)?;
+                    gronwall_check(layer, &mu, &nu, &opts)?
+                }
+                FlowMap::Tokens(branch) => token_gronwall_check(branch, x0, other.as_ref(), &opts)?,
+            })
         }
         None => None,
     };
-    let mean_field = match &req.mean_field {
-        Some(ns) => {
+    let mean_field = match (&req.mean_field, map) {
+        (Some(ns), FlowMap::Measures(layer)) => {
             step("mean field", &mut done);
             Some(req.mean_field(layer, ns, mean_field_seed(req.seed))?)
         }
-        None => None,
+        _ => None,
     };
+    let operator = gronwall.as_ref().map(|g| match map {
+        FlowMap::Measures(layer) => Operator::flow(inputs.origin, layer.kernel, g.radius),
+        FlowMap::Tokens(branch) => Operator::token_flow(
+            inputs.origin,
+            Branch::kernel(branch),
+            branch.causal(),
+            g.radius,
+            x0.nrows(),
+        )
+        .with_rotary_form(branch.rotary_form()),
+    });
     step("done", &mut done);
     Ok(FlowReport {
-        operator: gronwall
-            .as_ref()
-            .map(|g| Operator::flow(inputs.origin, layer.kernel, g.radius)),
+        space: map.space(),
+        operator,
         layer: inputs.source,
         n: x0.nrows(),
         d: x0.ncols(),
@@ -265,4 +326,18 @@ pub fn run(
         mean_field,
         states: traj.states,
     })
+}
+
+/// The token flow takes neither token weights nor a mean-field measurement: both are about
+/// measures, which a rotary layer does not map.
+fn refuse_measure_options(branch: &RotaryBranch, req: &FlowRequest, weighted: bool) -> Result<()> {
+    let what = match (weighted, &req.mean_field) {
+        (true, _) => "token `weights`",
+        (false, Some(_)) => "the mean-field limit (`mean_field`)",
+        (false, None) => return Ok(()),
+    };
+    Err(Error::Option(format!(
+        "model_type '{}': {what} belongs to the flow of measures, and rotary attention depends on the positions of the tokens, so it is no map of measures (docs/bounds.md#b7-measure-view); its flow runs in token space (dX/dt = f(X), token i at position i, Frobenius norm) without them",
+        branch.family
+    )))
 }

@@ -112,21 +112,9 @@ pub struct Sourced<B = AttentionLayer<f64>> {
 }
 
 impl SourceRequest {
-    /// The layer as a map of measures (what `flow` integrates) and where it came from; a rotary
-    /// model layer is refused, naming why and what runs on it.
-    pub fn layer(&self) -> Result<Sourced> {
-        let s = self.branch()?;
-        let layer = s.layer.measure_map()?.clone();
-        Ok(Sourced {
-            layer,
-            description: s.description,
-            origin: s.origin,
-        })
-    }
-
-    /// The branch of the token-space dynamics (invert, fixed-point) and where it came from: a
-    /// model layer of any family (rotary ones on positions 0..n-1 with their own mask) or the
-    /// synthetic layer.
+    /// The branch of the dynamics (invert, fixed-point, flow) and where it came from: a model
+    /// layer of any family (rotary ones on positions 0..n-1 with their own mask) or the synthetic
+    /// layer.
     pub fn branch(&self) -> Result<Sourced<AnyBranch>> {
         match (&self.model, self.layer) {
             (Some(dir), Some(l)) => {
@@ -171,8 +159,8 @@ impl SourceRequest {
 
     /// Geshkovski et al.'s layer Q = K = V = I on R^d (d of this request) with scores
     /// beta <x, y>, and its description.
-    pub fn identity_layer(&self, beta: f64) -> Result<Sourced> {
-        let layer = identity_layer(self.d, beta)?;
+    pub fn identity_layer(&self, beta: f64) -> Result<Sourced<AnyBranch>> {
+        let layer = AnyBranch::Plain(Box::new(identity_layer(self.d, beta)?));
         let description = json!({"source": "identity", "d": self.d, "beta": beta, "kernel": "dot"});
         let origin = identity_origin(self.d, beta);
         Ok(Sourced {
