@@ -5,7 +5,7 @@ use super::constants::HeadConstants;
 use super::{require_dot, Bound, Domain, LayerConstants, Metric};
 use crate::attention::AttentionLayer;
 use crate::error::Result;
-use crate::linalg::rounding::{add_up, div_up, exp_up, hypot_up, mul_up, sqrt_up, sum_up};
+use crate::linalg::rounding::{add_up, div_up, exp_up, hypot_up, ln_up, mul_up, sqrt_up, sum_up};
 
 /// An upper bound on max_j sum_i P_ij, the largest column sum of the attention matrix, for
 /// uniform weights on n tokens in B_R with scores whose key-dependent part spans at most
@@ -24,11 +24,33 @@ pub fn column_sum_bound(domain: &Domain, beta: f64) -> f64 {
 /// changes nothing, since e^700 exceeds any sequence length.
 pub fn column_sum_from_spread(spread: f64, n: usize, causal: bool) -> f64 {
     let e = exp_up(spread.min(700.0));
-    if causal {
-        sum_up((0..n).map(|i| div_up(e, (i + 1) as f64).min(1.0)))
-    } else {
-        (n as f64).min(e)
+    if !causal || e >= n as f64 {
+        return (n as f64).min(e);
     }
+    if n <= EXACT_HARMONIC_TERMS {
+        return sum_up((0..n).map(|i| div_up(e, (i + 1) as f64).min(1.0)));
+    }
+    causal_column_sum_long(e, n)
+}
+
+/// Terms of the causal column sum added one by one; past them the harmonic tail is bounded by a
+/// logarithm, so that the bound costs O(1) whatever n (a sweep over lengths near usize::MAX would
+/// otherwise loop for hours).
+const EXACT_HARMONIC_TERMS: usize = 1 << 20;
+
+/// sum_{i=1}^n min(1, e / i) for 1 <= e < n: the first k = floor(e) terms are 1, the next ones
+/// are added exactly up to i = m, and sum_{i=m+1}^n 1/i <= ln(n / m) (the integral of 1/x bounds
+/// the sum of a decreasing function from above). Rounded upward.
+fn causal_column_sum_long(e: f64, n: usize) -> f64 {
+    let k = e.floor() as usize;
+    let m = n.min(k.saturating_add(EXACT_HARMONIC_TERMS));
+    let head = sum_up(((k + 1)..=m).map(|i| div_up(1.0, i as f64)));
+    let tail = if m < n {
+        ln_up(div_up(n as f64, m as f64))
+    } else {
+        0.0
+    };
+    add_up(k as f64, mul_up(e, add_up(head, tail)))
 }
 
 /// beta = a R + |c|, rounded upward.
@@ -198,4 +220,42 @@ pub fn token_map_bounds_from(c: &LayerConstants, domain: &Domain) -> Vec<Bound> 
         ),
     ]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exact(e: f64, n: usize) -> f64 {
+        (1..=n).map(|i| (e / i as f64).min(1.0)).sum()
+    }
+
+    #[test]
+    fn long_causal_column_sum_bounds_the_exact_sum_closely() {
+        for &(spread, extra) in &[(0.0, 1usize), (1.3, 4096), (9.0, 300_000), (12.5, 1)] {
+            let n = EXACT_HARMONIC_TERMS + extra;
+            let e = exp_up(spread);
+            let long = column_sum_from_spread(spread, n, true);
+            let truth = exact(e, n);
+            assert!(long >= truth, "spread {spread}, n {n}: {long} < {truth}");
+            assert!(
+                long <= truth * (1.0 + 1e-6),
+                "spread {spread}, n {n}: {long} vs {truth}"
+            );
+        }
+    }
+
+    #[test]
+    fn causal_column_sum_at_huge_lengths_is_finite_and_monotone() {
+        let a = column_sum_from_spread(2.0, usize::MAX / 2, true);
+        let b = column_sum_from_spread(2.0, usize::MAX, true);
+        assert!(a.is_finite() && b >= a && b < 400.0, "{a} {b}");
+        // Sum of min(1, e/i) up to n is at most e (1 + ln n) for e >= 1.
+        let n = usize::MAX as f64;
+        assert!(b <= exp_up(2.0) * (1.0 + n.ln()) + 1.0);
+        assert_eq!(
+            column_sum_from_spread(800.0, usize::MAX, true),
+            usize::MAX as f64
+        );
+    }
 }

@@ -82,6 +82,12 @@ pub fn exp_up(x: f64) -> f64 {
     mul_up(x.exp(), 1.0 + EXP_RELATIVE_ERROR)
 }
 
+/// An upper bound of ln(x) for x >= 1, taking the platform's `ln` within the same relative
+/// allowance as `exp` (the usual libm implementations are within 1 ulp).
+pub fn ln_up(x: f64) -> f64 {
+    mul_up(up(x.ln()), 1.0 + EXP_RELATIVE_ERROR)
+}
+
 /// A lower bound of e^x (see [`EXP_RELATIVE_ERROR`]).
 pub fn exp_down(x: f64) -> f64 {
     down(x.exp() * (1.0 - EXP_RELATIVE_ERROR)).max(0.0)
