@@ -4,37 +4,24 @@
 
 use crate::names::named;
 use crate::progress::Bar;
+use crate::scope_input::ScopeInputArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use lipattn::bounds::ball::BallKind;
 use lipattn::fmt::{compact, exact};
-use lipattn::models::{Model, Pool, Scope, TextTokenizer};
-use lipattn::npy::read_matrix;
+use lipattn::models::{Pool, Scope};
 use lipattn::ops::certify::{self, CertifyRequest};
 use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct CertifyArgs {
-    /// Hugging Face model directory (BERT or GPT-2 family: dot-product attention).
-    #[arg(long)]
-    model: PathBuf,
-    /// Layer index (0-based).
-    #[arg(long)]
-    layer: Option<usize>,
-    /// Input X, an (n, d) float32 or float64 .npy array in C order: the input of the layer's
-    /// attention sublayer.
-    #[arg(long, required_unless_present = "text", conflicts_with = "text")]
-    tokens: Option<PathBuf>,
-    /// UTF-8 text file: X is what the model computes at the sublayer's input on this text.
-    #[arg(long)]
-    text: Option<PathBuf>,
-    /// With --text: keep at most N tokens, special tokens included.
-    #[arg(long, requires = "text")]
-    max_tokens: Option<usize>,
-    /// The map certified; attention (the sublayer) is the one with a proven ball bound.
+    #[command(flatten)]
+    input: ScopeInputArgs,
+    /// The map certified: attention (the sublayer), block or model.
     #[arg(long, value_parser = named::<Scope>(), default_value_t = CertifyRequest::default().scope)]
     scope: Scope,
+    /// After --scope model: none, mean or mean-normalised (sentence embedding).
     #[arg(long, value_parser = named::<Pool>(), default_value_t = CertifyRequest::default().pool)]
     pool: Pool,
     /// Radius of the ball around X.
@@ -49,6 +36,10 @@ pub struct CertifyArgs {
     /// Lanczos steps of the bound at the centre.
     #[arg(long, default_value_t = CertifyRequest::default().upper_steps)]
     upper_steps: usize,
+    /// Scopes other than attention: Lanczos steps of the bounds on the chain's steps and runs of
+    /// steps at the centre.
+    #[arg(long, default_value_t = CertifyRequest::default().interval_steps)]
+    interval_steps: usize,
     /// Random starts of the ascent inside the ball (besides X).
     #[arg(long, default_value_t = CertifyRequest::default().attack_starts)]
     attack_starts: usize,
@@ -77,6 +68,7 @@ impl From<&CertifyArgs> for CertifyRequest {
             ball: a.ball,
             failure_probability: a.failure_probability,
             upper_steps: a.upper_steps,
+            interval_steps: a.interval_steps,
             attack_starts: a.attack_starts,
             attack_steps: a.attack_steps,
             tol: a.tol,
@@ -93,33 +85,9 @@ pub fn run(a: CertifyArgs) -> Result<()> {
         .as_deref()
         .map(lipattn::output::StagedFile::create)
         .transpose()?;
-    let layer = a
-        .scope
-        .check(a.layer, a.pool)?
-        .expect("scope attention has a layer");
-    let model = Model::open(&a.model)?;
-    let x = match (&a.tokens, &a.text) {
-        (Some(t), _) => read_matrix(t).context("reading --tokens")?,
-        (None, Some(t)) => {
-            let ids = TextTokenizer::from_dir(&a.model)?
-                .encode_file(t, a.max_tokens)
-                .context("reading --text")?;
-            let stack = model.stack(a.scope, Some(layer), a.pool)?;
-            model.stack_input(&stack, &ids)?
-        }
-        _ => unreachable!("clap requires --tokens or --text"),
-    };
-    let (weights, source) = (model.sublayer(layer)?, model.layer_source(layer));
+    let (model, layer, x) = a.input.load(a.scope, a.pool)?;
     let bar = Bar::new(a.json);
-    let report = certify::run(
-        &req,
-        &weights,
-        &source,
-        model.family().name(),
-        layer,
-        x.as_ref(),
-        &mut |p| bar.update(p),
-    )?;
+    let report = certify::run_model(&req, &model, layer, x.as_ref(), &mut |p| bar.update(p))?;
     drop(bar);
     if let Some(f) = save {
         lipattn::npy::write_matrix(f.path(), report.attained_input.as_ref())
@@ -150,11 +118,19 @@ pub fn run(a: CertifyArgs) -> Result<()> {
         exact(report.output_change),
         compact(report.frobenius_radius)
     );
+    let growth = match (&report.slope, &report.chain) {
+        (Some(s), _) => format!("slope of J on the ball <= {} (Lemma S)", compact(s.value)),
+        (_, Some(c)) => format!(
+            "{} steps bounded one by one, {} Lemma P runs (Lemma C)",
+            c.steps.len(),
+            c.runs.len()
+        ),
+        _ => String::new(),
+    };
     println!(
-        "at X: ||J(X)||_2 >= {} (Lanczos), <= {} (Lemma P); slope of J on the ball <= {} (Lemma S); {:.3} s",
+        "at X: ||J(X)||_2 >= {} (Lanczos), <= {} (Lemma P); {growth}; {:.3} s",
         exact(report.centre_attained),
         exact(report.centre.value),
-        compact(report.slope.value),
         report.seconds
     );
     Ok(())

@@ -17,6 +17,8 @@ mod names;
 mod plot;
 mod progress;
 mod reproduce;
+mod robustness;
+mod scope_input;
 mod solver_output;
 mod transport;
 
@@ -55,6 +57,9 @@ enum Command {
     /// A local certificate on a ball around an input: sup ||J|| and the output change, proven,
     /// beside the largest ||J|| an attack finds in the ball.
     Certify(certify::CertifyArgs),
+    /// The certified robustness radius of an input (the largest ball whose outputs provably stay
+    /// within a tolerance) beside the radius at which an attack leaves it.
+    Robustness(robustness::RobustnessArgs),
     /// Reproduce the figures of docs/reproductions.md (CSV, SVG, PNG and a JSON summary).
     Reproduce(reproduce::ReproduceArgs),
     /// Invert a residual attention block y = x + g(x) with certified Lip(g) <= c < 1.
@@ -82,6 +87,7 @@ fn main() {
         Command::Local(a) => local::run(a),
         Command::Lipschitz(a) => lipschitz::run(a),
         Command::Certify(a) => certify::run(a),
+        Command::Robustness(a) => robustness::run(a),
         Command::Reproduce(a) => reproduce::run(a),
         Command::Invert(a) => invert::run(a),
         Command::FixedPoint(a) => fixed_point::run(a),

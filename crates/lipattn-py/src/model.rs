@@ -393,20 +393,21 @@ impl PyModel {
         Ok(out)
     }
 
-    /// A local certificate on a ball around X for the attention sublayer of ``layer`` (BERT and
-    /// GPT-2 families): ``lipattn certify``. X is ``x`` (n, d), or the sublayer's input on
-    /// ``text`` (or token ``ids``). ``ball``: 'frobenius' (||Y - X||_F <= epsilon) or 'tokens'
+    /// A local certificate on a ball around X (BERT and GPT-2 families): ``lipattn certify``.
+    /// ``scope``: 'attention' (the sublayer of ``layer``), 'block' (block ``layer``) or 'model'
+    /// (``layer`` None; from the input embeddings, then ``pool``). X is ``x`` (n, d), or what the
+    /// model computes at the scope's input on ``text`` (or token ``ids``). ``ball``: 'frobenius' (||Y - X||_F <= epsilon) or 'tokens'
     /// (every token within epsilon). Returns the dict ``lipattn certify --json`` prints
     /// (``certified``: proven bound on sup ||J(Y)||_2 over the ball, probabilistic with
     /// ``failure_probability`` through Lemma P at the centre; ``output_change``: the bound on
     /// ||f(Y) - f(X)||_F; ``attained``: the largest ||J(Y)||_2 ascent found in the ball; ...)
     /// plus ``x`` and ``attained_input``.
-    #[pyo3(signature = (layer, epsilon, x=None, *, text=None, ids=None, max_tokens=None, scope="attention", pool="none", ball=CertifyRequest::default().ball.name(), failure_probability=CertifyRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(CertifyRequest::default().upper_steps as i128), attack_starts=crate::ints::PyInt::Fits(CertifyRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(CertifyRequest::default().attack_steps as i128), tol=CertifyRequest::default().tol, seed=crate::ints::PyInt::Fits(CertifyRequest::default().seed as i128)))]
+    #[pyo3(signature = (layer, epsilon, x=None, *, text=None, ids=None, max_tokens=None, scope=CertifyRequest::default().scope.name(), pool=CertifyRequest::default().pool.name(), ball=CertifyRequest::default().ball.name(), failure_probability=CertifyRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(CertifyRequest::default().upper_steps as i128), attack_starts=crate::ints::PyInt::Fits(CertifyRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(CertifyRequest::default().attack_steps as i128), tol=CertifyRequest::default().tol, seed=crate::ints::PyInt::Fits(CertifyRequest::default().seed as i128)))]
     #[allow(clippy::too_many_arguments)]
     fn certify<'py>(
         &self,
         py: Python<'py>,
-        layer: PyInt,
+        layer: Option<PyInt>,
         epsilon: f64,
         x: Option<&Bound<'py, PyAny>>,
         text: Option<&str>,
@@ -444,17 +445,15 @@ impl PyModel {
             seed,
         };
         req.check().py_err()?;
-        req.scope.check(Some(layer), req.pool).py_err()?;
+        req.scope.check(layer, req.pool).py_err()?;
         let input = self.scope_input(py, x, text, ids, max_tokens)?;
         let model = self.model.clone();
         let (r, x) = interruptible(py, move || {
-            let w = model.stack(req.scope, Some(layer), req.pool)?;
+            let w = model.stack(req.scope, layer, req.pool)?;
             let x = input.resolve(&model, &w)?;
-            let r = lipattn::ops::certify::run(
+            let r = lipattn::ops::certify::run_model(
                 &req,
-                &model.sublayer(layer)?,
-                &model.layer_source(layer),
-                model.family().name(),
+                &model,
                 layer,
                 x.as_ref(),
                 &mut lipattn::ops::silent,

@@ -353,7 +353,7 @@ class Model:
         ...
     def certify(
         self,
-        layer: int,
+        layer: Optional[int],
         epsilon: float,
         x: Optional[ArrayLike] = None,
         *,
@@ -371,9 +371,10 @@ class Model:
         seed: int = 0,
     ) -> dict[str, Any]:
         """``lipattn certify``: a proven bound on sup ||J(Y)||_2 and on ||f(Y) - f(X)||_F over a
-        ball around X for the attention sublayer of ``layer`` (probabilistic, with
-        ``failure_probability``), beside the largest ||J(Y)||_2 an ascent finds there; the dict
-        the CLI prints plus ``x`` and ``attained_input``."""
+        ball around X for the attention sublayer of ``layer``, block ``layer`` or the whole model
+        (``layer`` None, then ``pool``), probabilistic with ``failure_probability``, beside the
+        largest ||J(Y)||_2 an ascent finds there; the dict the CLI prints plus ``x`` and
+        ``attained_input``."""
         ...
     def lipschitz(
         self,

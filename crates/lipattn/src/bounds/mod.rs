@@ -3,6 +3,7 @@
 //! certified).
 
 pub mod ball;
+pub mod chain_ball;
 pub mod composed;
 pub mod constants;
 pub mod cross_attention;
@@ -10,6 +11,7 @@ pub mod joint;
 pub mod l2;
 pub mod layer_norm;
 pub mod measure_w1;
+pub mod piece_ball;
 pub mod rotary;
 pub mod token_map;
 

@@ -332,6 +332,77 @@ impl<'a> Chain<'a> {
         }
         Ok(y)
     }
+
+    /// Steps `range` as a map of their own, from `rows_in` x `d` to `rows_out` x `d` (the
+    /// ball certificates run Lemma P on prefixes and suffixes of a model).
+    pub fn slice(
+        &self,
+        range: std::ops::Range<usize>,
+        rows_in: usize,
+        rows_out: usize,
+        d: usize,
+    ) -> ChainSlice<'_, 'a> {
+        ChainSlice {
+            steps: &self.steps[range],
+            rows_in,
+            rows_out,
+            d,
+        }
+    }
+}
+
+/// Consecutive steps of a chain (token width d throughout).
+pub struct ChainSlice<'s, 'a> {
+    steps: &'s [Box<dyn Step + 'a>],
+    rows_in: usize,
+    rows_out: usize,
+    d: usize,
+}
+
+impl ChainSlice<'_, '_> {
+    fn apply(&self, mut t: Mat<f64>) -> Result<Mat<f64>> {
+        for s in self.steps {
+            t = s.jvp(t)?;
+        }
+        Ok(t)
+    }
+    fn apply_transpose(&self, mut y: Mat<f64>) -> Result<Mat<f64>> {
+        for s in self.steps.iter().rev() {
+            y = s.vjp(y)?;
+        }
+        Ok(y)
+    }
+}
+
+impl LinearizedMap<f64> for ChainSlice<'_, '_> {
+    type NormalData = ();
+
+    fn n(&self) -> usize {
+        self.rows_in
+    }
+    fn d_in(&self) -> usize {
+        self.d
+    }
+    fn d_out(&self) -> usize {
+        self.d
+    }
+    fn jvp(&self, t: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        crate::attention::forward::check_shape("JVP tangent", t, self.rows_in, self.d)?;
+        self.apply(t.to_owned())
+    }
+    fn vjp(&self, y: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        crate::attention::forward::check_shape("VJP cotangent", y, self.rows_out, self.d)?;
+        self.apply_transpose(y.to_owned())
+    }
+    fn normal_data(&self) {}
+    fn normal_step(&self, _: &(), u: MatRef<'_, f64>) -> Result<(Mat<f64>, Mat<f64>)> {
+        let image = self.apply(u.to_owned())?;
+        let w = self.apply_transpose(image.clone())?;
+        Ok((image, w))
+    }
+    fn image_output(&self, image: MatRef<'_, f64>) -> Mat<f64> {
+        image.to_owned()
+    }
 }
 
 /// A composition linearised at X (n x d_in) with its output shape: the map the Krylov

@@ -17,10 +17,11 @@ use super::model::{FeedForward, Model, ModelLayer, NormPlacement};
 use crate::attention::forward::affine;
 use crate::attention::norms::{LayerNorm, RmsNorm};
 use crate::attention::rms::normalise;
+use crate::attention::AttentionLayer;
 use crate::attention::RotaryLinearization;
 use crate::derivatives::stack::{
     Chain, FeedForwardStep, GatedStep, LayerNormStep, MeanPool, Normalise, PlainAttention,
-    Residual, RmsNormStep, RotaryAttentionStep, StackLinearization,
+    Residual, RmsNormStep, RotaryAttentionStep, StackLinearization, Step,
 };
 use crate::derivatives::Linearization;
 use crate::error::{Error, Result};
@@ -222,22 +223,75 @@ fn gated<'a>(ff: &'a GatedFeedForward, x: MatRef<'_, f64>) -> (Mat<f64>, GatedSt
     )
 }
 
+/// What one top-level step of a scope's chain computes, for the ball certificates
+/// (bounds::chain_ball), which bound each kind of step on its own.
+#[derive(Clone, Copy, Debug)]
+pub enum Piece<'a> {
+    /// The attention sublayer alone (scope `attention`).
+    Attention {
+        layer: &'a AttentionLayer<f64>,
+        causal: bool,
+    },
+    /// h + Attn(h) (post-norm) or h + Attn(LN(h)) (pre-norm, `norm` = the block's ln_1).
+    AttentionResidual {
+        norm: Option<&'a LayerNorm>,
+        layer: &'a AttentionLayer<f64>,
+        causal: bool,
+    },
+    /// a + FFN(a) (post-norm) or a + FFN(LN(a)) (pre-norm).
+    FeedForwardResidual {
+        norm: Option<&'a LayerNorm>,
+        ff: &'a FeedForward,
+    },
+    LayerNorm(&'a LayerNorm),
+    MeanPool,
+    /// p / |p| on the pooled row.
+    Normalise,
+    /// A step of the rotary families (RMSNorm, rotary attention, gated feed-forward), named.
+    Rotary(&'static str),
+}
+
+/// A scope's chain at X with, for each top-level step, what it is and (when recorded) its
+/// input at X.
+pub struct Links<'a> {
+    pub chain: Chain<'a>,
+    pub pieces: Vec<Piece<'a>>,
+    /// The input of each step at X; empty unless recorded.
+    pub inputs: Vec<Mat<f64>>,
+    record: bool,
+}
+
+impl<'a> Links<'a> {
+    fn push(&mut self, input: MatRef<'_, f64>, piece: Piece<'a>, step: impl Step + 'a) {
+        self.chain.push(step);
+        self.pieces.push(piece);
+        if self.record {
+            self.inputs.push(input.to_owned());
+        }
+    }
+}
+
 /// The attention half of a BERT/GPT-2 block at h.
 fn plain_attention_half<'a>(
     b: &'a ModelLayer,
     h: MatRef<'_, f64>,
-) -> Result<(Mat<f64>, Chain<'a>)> {
-    let mut chain = Chain::default();
+    links: &mut Links<'a>,
+) -> Result<Mat<f64>> {
     match b.placement {
         NormPlacement::Post => {
             let lin = Linearization::new(&b.attention, h, None, b.causal)?;
             let a = h + lin.output();
             let mut branch = Chain::default();
             branch.push(PlainAttention(lin));
-            chain.push(Residual(branch));
+            let piece = Piece::AttentionResidual {
+                norm: None,
+                layer: &b.attention,
+                causal: b.causal,
+            };
+            links.push(h, piece, Residual(branch));
             let (out, step) = layer_norm(&b.attention_norm, a.as_ref())?;
-            chain.push(step);
-            Ok((out, chain))
+            links.push(a.as_ref(), Piece::LayerNorm(&b.attention_norm), step);
+            Ok(out)
         }
         NormPlacement::Pre => {
             let (x, norm) = layer_norm(&b.attention_norm, h)?;
@@ -246,8 +300,13 @@ fn plain_attention_half<'a>(
             let mut branch = Chain::default();
             branch.push(norm);
             branch.push(PlainAttention(lin));
-            chain.push(Residual(branch));
-            Ok((out, chain))
+            let piece = Piece::AttentionResidual {
+                norm: Some(&b.attention_norm),
+                layer: &b.attention,
+                causal: b.causal,
+            };
+            links.push(h, piece, Residual(branch));
+            Ok(out)
         }
     }
 }
@@ -256,17 +315,22 @@ fn plain_attention_half<'a>(
 fn plain_feed_forward_half<'a>(
     b: &'a ModelLayer,
     a: MatRef<'_, f64>,
-) -> Result<(Mat<f64>, Chain<'a>)> {
-    let mut chain = Chain::default();
+    links: &mut Links<'a>,
+) -> Result<Mat<f64>> {
     match b.placement {
         NormPlacement::Post => {
             let (f, step) = feed_forward(&b.feed_forward, a);
             let mut branch = Chain::default();
             branch.push(step);
-            chain.push(Residual(branch));
-            let (out, norm) = layer_norm(&b.feed_forward_norm, (a + f).as_ref())?;
-            chain.push(norm);
-            Ok((out, chain))
+            let piece = Piece::FeedForwardResidual {
+                norm: None,
+                ff: &b.feed_forward,
+            };
+            links.push(a, piece, Residual(branch));
+            let sum = a + f;
+            let (out, norm) = layer_norm(&b.feed_forward_norm, sum.as_ref())?;
+            links.push(sum.as_ref(), Piece::LayerNorm(&b.feed_forward_norm), norm);
+            Ok(out)
         }
         NormPlacement::Pre => {
             let (x, norm) = layer_norm(&b.feed_forward_norm, a)?;
@@ -274,8 +338,12 @@ fn plain_feed_forward_half<'a>(
             let mut branch = Chain::default();
             branch.push(norm);
             branch.push(step);
-            chain.push(Residual(branch));
-            Ok((a + f, chain))
+            let piece = Piece::FeedForwardResidual {
+                norm: Some(&b.feed_forward_norm),
+                ff: &b.feed_forward,
+            };
+            links.push(a, piece, Residual(branch));
+            Ok(a + f)
         }
     }
 }
@@ -283,7 +351,8 @@ fn plain_feed_forward_half<'a>(
 fn rotary_attention_half<'a>(
     b: &'a RotaryBlock,
     h: MatRef<'_, f64>,
-) -> Result<(Mat<f64>, Chain<'a>)> {
+    links: &mut Links<'a>,
+) -> Result<Mat<f64>> {
     let mut branch = Chain::default();
     let (x, norm) = rms(&b.attention_norm, h)?;
     branch.push(norm);
@@ -295,15 +364,15 @@ fn rotary_attention_half<'a>(
         a = o;
         branch.push(step);
     }
-    let mut chain = Chain::default();
-    chain.push(Residual(branch));
-    Ok((h + a, chain))
+    links.push(h, Piece::Rotary("rotary attention"), Residual(branch));
+    Ok(h + a)
 }
 
 fn rotary_feed_forward_half<'a>(
     b: &'a RotaryBlock,
     a: MatRef<'_, f64>,
-) -> Result<(Mat<f64>, Chain<'a>)> {
+    links: &mut Links<'a>,
+) -> Result<Mat<f64>> {
     let mut branch = Chain::default();
     let (x, norm) = rms(&b.feed_forward_norm, a)?;
     branch.push(norm);
@@ -314,15 +383,14 @@ fn rotary_feed_forward_half<'a>(
         f = o;
         branch.push(step);
     }
-    let mut chain = Chain::default();
-    chain.push(Residual(branch));
-    Ok((a + f, chain))
+    links.push(a, Piece::Rotary("gated feed-forward"), Residual(branch));
+    Ok(a + f)
 }
 
 impl StackWeights {
     /// Bytes the linearisation keeps beyond the attention states (which their own constructors
     /// check): per block a few n x d and n x ffn matrices.
-    fn check_budget(&self, n: usize) -> Result<()> {
+    fn check_budget(&self, n: usize, record: bool) -> Result<()> {
         let ffn = self
             .blocks
             .iter()
@@ -332,7 +400,9 @@ impl StackWeights {
             })
             .max()
             .unwrap_or(0);
-        let per_block = crate::budget::bytes_of(&[n, 8 * self.d + 4 * ffn], 8);
+        // Recording keeps up to four more n x d inputs per block.
+        let widths = if record { 12 } else { 8 } * self.d + 4 * ffn;
+        let per_block = crate::budget::bytes_of(&[n, widths], 8);
         let need = per_block.and_then(|b| b.checked_mul(self.blocks.len() as u64 + 1));
         crate::budget::check(
             || {
@@ -350,82 +420,105 @@ impl StackWeights {
     /// The scope's output at X (n x d) and its linearisation there. Scope `attention` is the
     /// sublayer alone (ops::local runs it on its own linearisations; here for completeness).
     pub fn linearize(&self, x: MatRef<'_, f64>) -> Result<(Mat<f64>, StackLinearization<'_>)> {
+        let (h, links) = self.links(x, false)?;
         let (n, d) = (x.nrows(), x.ncols());
+        let (rows_out, d_out) = (h.nrows(), h.ncols());
+        Ok((
+            h,
+            StackLinearization {
+                chain: links.chain,
+                n,
+                d_in: d,
+                rows_out,
+                d_out,
+            },
+        ))
+    }
+
+    /// The scope's output at X and its chain, step by step: what each top-level step is and,
+    /// with `record`, its input at X (the ball certificates bound each step on the ball around
+    /// its own input).
+    pub fn links(&self, x: MatRef<'_, f64>, record: bool) -> Result<(Mat<f64>, Links<'_>)> {
+        let n = x.nrows();
         if n == 0 {
             return Err(Error::Empty {
                 what: "token sequence".into(),
             });
         }
         crate::attention::forward::check_shape("scope input X", x, n, self.d)?;
-        self.check_budget(n)?;
-        let mut chain = Chain::default();
+        self.check_budget(n, record)?;
+        let mut links = Links {
+            chain: Chain::default(),
+            pieces: Vec::new(),
+            inputs: Vec::new(),
+            record,
+        };
         let mut h = x.to_owned();
         if let Some(ln) = &self.input_norm {
             let (o, step) = layer_norm(ln, h.as_ref())?;
+            links.push(h.as_ref(), Piece::LayerNorm(ln), step);
             h = o;
-            chain.push(step);
         }
         for b in &self.blocks {
-            let (o, c) = match (b, self.scope) {
+            h = match (b, self.scope) {
                 (BlockWeights::Plain(l), Scope::Attention) => {
                     let lin = Linearization::new(&l.attention, h.as_ref(), None, l.causal)?;
                     let o = lin.output().to_owned();
-                    let mut c = Chain::default();
-                    c.push(PlainAttention(lin));
-                    (o, c)
+                    let piece = Piece::Attention {
+                        layer: &l.attention,
+                        causal: l.causal,
+                    };
+                    links.push(h.as_ref(), piece, PlainAttention(lin));
+                    o
                 }
                 (BlockWeights::Rotary(r), Scope::Attention) => {
                     let lin = RotaryLinearization::new(&r.attention, h.as_ref())?;
                     let o = lin.output();
-                    let mut c = Chain::default();
-                    c.push(RotaryAttentionStep(lin));
-                    (o, c)
+                    links.push(
+                        h.as_ref(),
+                        Piece::Rotary("rotary attention"),
+                        RotaryAttentionStep(lin),
+                    );
+                    o
                 }
                 (BlockWeights::Plain(l), _) => {
-                    let (a, mut c) = plain_attention_half(l, h.as_ref())?;
+                    let a = plain_attention_half(l, h.as_ref(), &mut links)?;
                     if self.half {
-                        (a, c)
+                        a
                     } else {
-                        let (o, c2) = plain_feed_forward_half(l, a.as_ref())?;
-                        c.append(c2);
-                        (o, c)
+                        plain_feed_forward_half(l, a.as_ref(), &mut links)?
                     }
                 }
                 (BlockWeights::Rotary(r), _) => {
-                    let (a, mut c) = rotary_attention_half(r, h.as_ref())?;
+                    let a = rotary_attention_half(r, h.as_ref(), &mut links)?;
                     if self.half {
-                        (a, c)
+                        a
                     } else {
-                        let (o, c2) = rotary_feed_forward_half(r, a.as_ref())?;
-                        c.append(c2);
-                        (o, c)
+                        rotary_feed_forward_half(r, a.as_ref(), &mut links)?
                     }
                 }
             };
-            h = o;
-            chain.append(c);
         }
         match &self.final_norm {
             Some(FinalNorm::Layer(ln)) => {
                 let (o, step) = layer_norm(ln, h.as_ref())?;
+                links.push(h.as_ref(), Piece::LayerNorm(ln), step);
                 h = o;
-                chain.push(step);
             }
             Some(FinalNorm::Rms(norm)) => {
                 let (o, step) = rms(norm, h.as_ref())?;
+                links.push(h.as_ref(), Piece::Rotary("RMSNorm"), step);
                 h = o;
-                chain.push(step);
             }
             None => {}
         }
         let d_out = h.ncols();
-        let mut rows_out = n;
         if self.pool != Pool::None {
-            h = Mat::from_fn(1, d_out, |_, k| {
+            let pooled = Mat::from_fn(1, d_out, |_, k| {
                 h.col_as_slice(k).iter().sum::<f64>() / n as f64
             });
-            chain.push(MeanPool { n });
-            rows_out = 1;
+            links.push(h.as_ref(), Piece::MeanPool, MeanPool { n });
+            h = pooled;
         }
         if self.pool == Pool::MeanNormalised {
             let norm = crate::linalg::frobenius(h.as_ref());
@@ -435,11 +528,13 @@ impl StackWeights {
                 )));
             }
             let y: Vec<f64> = (0..d_out).map(|k| h[(0, k)] / norm).collect();
-            h = Mat::from_fn(1, d_out, |_, k| y[k]);
-            chain.push(Normalise {
+            let out = Mat::from_fn(1, d_out, |_, k| y[k]);
+            let step = Normalise {
                 y,
                 inv_norm: 1.0 / norm,
-            });
+            };
+            links.push(h.as_ref(), Piece::Normalise, step);
+            h = out;
         }
         for j in 0..h.ncols() {
             if let Some(v) = h.col_as_slice(j).iter().find(|v| !v.is_finite()) {
@@ -449,15 +544,13 @@ impl StackWeights {
                 )));
             }
         }
-        Ok((
-            h,
-            StackLinearization {
-                chain,
-                n,
-                d_in: d,
-                rows_out,
-                d_out,
-            },
-        ))
+        Ok((h, links))
+    }
+}
+
+impl crate::estimation::adversarial::Linearizable for StackWeights {
+    type At<'a> = StackLinearization<'a>;
+    fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<StackLinearization<'a>> {
+        Ok(StackWeights::linearize(self, x)?.1)
     }
 }

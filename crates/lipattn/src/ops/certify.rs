@@ -6,6 +6,7 @@
 //! ||J(Y)||_2 that projected ascent finds inside the ball, a lower bound on the same supremum.
 
 use super::scope_local::UPPER_SEED_OFFSET;
+use super::stack_ball::{CentreRun, StackCentre};
 use super::{OnProgress, Progress};
 use crate::attention::Kernel;
 use crate::bounds::ball::{attention_ball_slope, BallKind, BallSlope};
@@ -15,7 +16,7 @@ use crate::estimation::ball_ascent::{ball_ascent, BallAscentOptions};
 use crate::estimation::centre_upper::{centre_upper, CentreUpper};
 use crate::linalg::max_row_norm;
 use crate::linalg::rounding::{add_up, mul_up};
-use crate::models::{Pool, Scope, SublayerWeights};
+use crate::models::{Pool, Scope, StackWeights, SublayerWeights};
 use crate::operator::LayerSource;
 use faer::{Mat, MatRef};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,9 @@ pub struct CertifyRequest {
     pub failure_probability: f64,
     /// Lanczos steps of Lemma P's bound at the centre.
     pub upper_steps: usize,
+    /// Scopes block and model: Lanczos steps of Lemma P's bounds on the steps of the chain and
+    /// on runs of them (they enter only the growth over the ball).
+    pub interval_steps: usize,
     /// Random starts and steps of the ascent inside the ball.
     pub attack_starts: usize,
     pub attack_steps: usize,
@@ -53,6 +57,7 @@ impl Default for CertifyRequest {
             ball: BallKind::Frobenius,
             failure_probability: 1e-6,
             upper_steps: 200,
+            interval_steps: 60,
             attack_starts: attack.random_starts,
             attack_steps: attack.steps,
             tol: attack.lanczos.tol,
@@ -71,13 +76,8 @@ impl CertifyRequest {
             Interval::open(0.0, 1.0),
         )?;
         check_at_least("`upper_steps`", self.upper_steps, 2)?;
-        if self.scope != Scope::Attention {
-            return Err(Error::invalid(format!(
-                "scope '{}' has no proven ball bound yet: certify covers scope 'attention' (Lemma S bounds the second derivative of the attention sublayer; the norms, feed-forward and their composition are not bounded yet)",
-                self.scope.name()
-            )));
-        }
-        if self.pool != Pool::None {
+        check_at_least("`interval_steps`", self.interval_steps, 2)?;
+        if self.pool != Pool::None && self.scope != Scope::Model {
             return Err(Error::invalid(format!(
                 "pool '{}' follows scope 'model' only",
                 self.pool.name()
@@ -120,7 +120,9 @@ pub struct CertifyReport {
     /// The largest ||Y - X||_F in the ball.
     pub frobenius_radius: f64,
     pub scope: Scope,
-    pub layer: usize,
+    pub pool: Pool,
+    /// The layer (None for scope `model`).
+    pub layer: Option<usize>,
     pub family: String,
     pub n: usize,
     pub d: usize,
@@ -132,8 +134,10 @@ pub struct CertifyReport {
     /// ||J(X)||_2 at the centre (attained, Lanczos) and Lemma P's upper bound there.
     pub centre_attained: f64,
     pub centre: CentreUpper,
-    /// Lemma S: ||J(Y) - J(Y')||_2 <= slope ||Y - Y'||_F on the ball.
-    pub slope: BallSlope,
+    /// Scope `attention`, Lemma S: ||J(Y) - J(Y')||_2 <= slope ||Y - Y'||_F on the ball.
+    pub slope: Option<BallSlope>,
+    /// Scopes `block` and `model`, Lemma C: the steps of the chain and the Lemma P runs.
+    pub chain: Option<ChainReport>,
     pub attack_evaluations: usize,
     pub description: String,
     #[serde(skip)]
@@ -215,13 +219,7 @@ pub fn run(
         attack.y = x.to_owned();
     }
     step(3);
-    if attack.sigma > certified {
-        // Lemma P's failure event, or a bug: never report it as a certificate.
-        return Err(Error::Numerical(format!(
-            "the ascent found ||J(Y)||_2 = {} in the ball, above the bound {certified}: Lemma P's bound at the centre failed (probability at most {}) or the bound is wrong; rerun with another --seed and report it",
-            attack.sigma, req.failure_probability
-        )));
-    }
+    check_attained(attack.sigma, certified, req.failure_probability)?;
     let description = format!(
         "layer {layer} self-attention of a {family} checkpoint ({}), {} ball of radius {} around X (n = {n}, d = {d}), Frobenius norms, f64",
         source.name,
@@ -241,7 +239,8 @@ pub fn run(
         ball: req.ball,
         frobenius_radius: rho,
         scope: req.scope,
-        layer,
+        pool: req.pool,
+        layer: Some(layer),
         family: family.to_string(),
         n,
         d,
@@ -251,9 +250,180 @@ pub fn run(
         seconds: start.elapsed().as_secs_f64(),
         centre_attained: attack.centre_sigma,
         centre,
-        slope,
+        slope: Some(slope),
+        chain: None,
         attack_evaluations: attack.evaluations,
         description,
         attained_input: attack.y,
     })
+}
+
+/// Lemma C's account of a block or model certificate.
+#[derive(Serialize)]
+pub struct ChainReport {
+    pub theorem: &'static str,
+    pub steps: Vec<ChainStepReport>,
+    /// The Lemma P runs, each failing with at most failure_probability / runs.len().
+    pub runs: Vec<CentreRun>,
+    /// The radius of the last image ball (one bound on ||f(Y) - f(X)||_F beside the integral).
+    pub output_radius: f64,
+}
+
+#[derive(Serialize)]
+pub struct ChainStepReport {
+    pub step: String,
+    /// Upper bound on ||J|| of the step at its input.
+    pub centre: f64,
+    /// Upper bounds on sup ||J|| and on the slope of J over the ball around its input.
+    pub sup: f64,
+    pub slope: f64,
+    /// That ball: Frobenius radius and largest token displacement.
+    pub frobenius_radius: f64,
+    pub token_radius: f64,
+}
+
+/// The certificate of `req.scope` for `model` (with `layer` for the one-layer scopes) at X.
+pub fn run_model(
+    req: &CertifyRequest,
+    model: &crate::models::Model,
+    layer: Option<usize>,
+    x: MatRef<'_, f64>,
+    on_progress: OnProgress,
+) -> Result<CertifyReport> {
+    req.check()?;
+    let layer = req.scope.check(layer, req.pool)?;
+    match (req.scope, layer) {
+        (Scope::Attention, Some(l)) => run(
+            req,
+            &model.sublayer(l)?,
+            &model.layer_source(l),
+            model.family().name(),
+            l,
+            x,
+            on_progress,
+        ),
+        _ => {
+            let weights = model.stack(req.scope, layer, req.pool)?;
+            run_stack(req, &weights, model.family().name(), x, on_progress)
+        }
+    }
+}
+
+/// The certificate for a block or a whole model (Lemma C).
+pub fn run_stack(
+    req: &CertifyRequest,
+    weights: &StackWeights,
+    family: &str,
+    x: MatRef<'_, f64>,
+    on_progress: OnProgress,
+) -> Result<CertifyReport> {
+    req.check()?;
+    let (n, d) = (x.nrows(), x.ncols());
+    let start = std::time::Instant::now();
+    let total = 3;
+    let mut step = |done| {
+        on_progress(&Progress {
+            stage: "certify",
+            done,
+            total,
+        })
+    };
+    step(0);
+    let centre = StackCentre::new(
+        weights,
+        x,
+        req.failure_probability,
+        req.upper_steps,
+        req.interval_steps,
+        req.seed,
+    )?;
+    step(1);
+    let (chain, output_change) = centre.at(req.ball, req.epsilon)?;
+    step(2);
+    let mut attack = ball_ascent(weights, x, req.ball, req.epsilon, &req.attack())?;
+    let ritz = centre.whole.ritz_sigma;
+    if ritz > attack.centre_sigma {
+        attack.centre_sigma = ritz;
+    }
+    if ritz > attack.sigma {
+        attack.sigma = ritz;
+        attack.y = x.to_owned();
+    }
+    step(3);
+    let certified = chain.sup;
+    check_attained(attack.sigma, certified, req.failure_probability)?;
+    let names = centre.step_names();
+    let steps = chain
+        .steps
+        .iter()
+        .zip(names)
+        .enumerate()
+        .map(|(i, (s, step))| ChainStepReport {
+            step,
+            centre: centre.chain.interval[i][i + 1],
+            sup: s.bound.sup,
+            slope: s.bound.slope,
+            frobenius_radius: s.ball.frobenius,
+            token_radius: s.ball.token,
+        })
+        .collect();
+    let layer = (weights.scope != Scope::Model).then_some(weights.first_layer);
+    let what = match layer {
+        Some(l) => format!("block {l}"),
+        None if weights.pool == Pool::None => {
+            "the whole model (input embeddings to final hidden states)".into()
+        }
+        None => format!("the whole model with pool '{}'", weights.pool.name()),
+    };
+    let description = format!(
+        "{what} of a {family} checkpoint, {} ball of radius {} around X (n = {n}, d = {d}), Frobenius norms, f64",
+        req.ball.name(),
+        req.epsilon
+    );
+    Ok(CertifyReport {
+        kind: "certificate",
+        quantity: "local_lipschitz_on_ball",
+        certified,
+        certified_kind: centre.whole.kind,
+        failure_probability: centre.failure_probability,
+        attained: attack.sigma,
+        ratio: certified / attack.sigma,
+        output_change,
+        epsilon: req.epsilon,
+        ball: req.ball,
+        frobenius_radius: req.ball.frobenius_radius(req.epsilon, n),
+        scope: req.scope,
+        pool: req.pool,
+        layer,
+        family: family.to_string(),
+        n,
+        d,
+        radius: max_row_norm(x),
+        norm: "frobenius",
+        dtype: "f64",
+        seconds: start.elapsed().as_secs_f64(),
+        centre_attained: attack.centre_sigma,
+        centre: centre.whole.clone(),
+        slope: None,
+        chain: Some(ChainReport {
+            theorem: "Lemma C, docs/bounds.md#lemma-c (steps: Lemma S for attention, Lemma N for the norms, feed-forward and pooling)",
+            steps,
+            runs: centre.runs.clone(),
+            output_radius: chain.output_radius,
+        }),
+        attack_evaluations: attack.evaluations,
+        description,
+        attained_input: attack.y,
+    })
+}
+
+/// Never print a certificate below a value attained inside its ball.
+pub(crate) fn check_attained(attained: f64, certified: f64, failure: f64) -> Result<()> {
+    if attained > certified {
+        // Lemma P's failure event, or a bug.
+        return Err(Error::Numerical(format!(
+            "the ascent found ||J(Y)||_2 = {attained} in the ball, above the bound {certified}: Lemma P's bound at the centre failed (probability at most {failure}) or the bound is wrong; rerun with another --seed and report it"
+        )));
+    }
+    Ok(())
 }

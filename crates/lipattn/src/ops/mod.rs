@@ -19,9 +19,11 @@ pub mod invert;
 pub mod json;
 pub mod local;
 pub mod progress;
+pub mod robustness;
 pub mod scope_local;
 pub mod solvers;
 pub mod source;
+pub mod stack_ball;
 pub mod transport;
 
 pub use json::to_json;

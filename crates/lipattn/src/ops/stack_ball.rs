@@ -1,0 +1,339 @@
+//! Ball certificates of blocks and whole models (Lemma C over the steps of the scope's chain,
+//! docs/bounds.md#lemma-c), shared by `certify` and `robustness`. What does not depend on the
+//! radius is computed once at the centre: every step's input, the Lemma P bounds of the steps,
+//! of prefixes and suffixes of the chain and of the whole scope, and the feed-forward norms.
+//! Each radius then costs the per-step ball bounds (Lemma S for attention, Lemma N for the
+//! rest) and Lemma C's arithmetic.
+
+use super::scope_local::UPPER_SEED_OFFSET;
+use crate::bounds::ball::{attention_ball_slope, BallKind};
+use crate::bounds::chain_ball::{chain_ball, output_change, ChainBall, ChainCentre};
+use crate::bounds::piece_ball::{
+    compose, image, layer_norm_ball, mean_pool_bound, normalise_bound, FeedForwardNorms, PieceBall,
+    PieceBound,
+};
+use crate::derivatives::Linearization;
+use crate::error::{Error, Result};
+use crate::estimation::centre_upper::{centre_upper, CentreUpper};
+use crate::linalg::rounding::{add_up, mul_up};
+use crate::models::stack::{Links, Piece};
+use crate::models::{Pool, StackWeights};
+use faer::{Mat, MatRef};
+use serde::Serialize;
+
+/// Points of the Riemann sum behind the output-change bound (chain_ball::output_change).
+const OUTPUT_CHANGE_POINTS: usize = 8;
+
+/// Per step, what its ball bound needs beyond its input.
+enum Extra {
+    None,
+    FeedForward(FeedForwardNorms),
+    /// Pre-norm attention: the attention's input LN(x) and Lemma P's bound there.
+    PreNormAttention {
+        input: Mat<f64>,
+        upper: f64,
+    },
+}
+
+/// One Lemma P run of the certificate, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct CentreRun {
+    /// Which map: "step i", "steps a..b", "whole", "attention of step i".
+    pub map: String,
+    pub value: f64,
+    pub ritz_sigma: f64,
+    pub krylov_dimension: usize,
+}
+
+/// The centre of a block or model certificate.
+pub struct StackCentre<'w> {
+    links: Links<'w>,
+    extras: Vec<Extra>,
+    pub chain: ChainCentre,
+    /// Lemma P for the whole scope (also prefix k and suffix 0).
+    pub whole: CentreUpper,
+    pub runs: Vec<CentreRun>,
+    /// Sum of the runs' failure probabilities (union bound).
+    pub failure_probability: f64,
+    pub output: Mat<f64>,
+    pub n: usize,
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::invalid(format!(
+        "the scope contains {what}, for which no ball bound is proven yet: certify covers the blocks and models of BERT and GPT-2 checkpoints"
+    ))
+}
+
+/// The intervals (a, b) of the chain whose norm at the centre Lemma P bounds: every prefix and
+/// every suffix, and inside each block (between the boundaries before each block and before the
+/// pooling) every run of two steps or more. Products of the steps' own norms are far above the
+/// norms of their compositions (MiniLM block 0: a LayerNorm of norm 3.8 followed by a
+/// feed-forward residual of norm 39 composes to about 35, not 146), and Lemma C's first-order
+/// term reads prefix norms squared; the other intervals are bounded by products of these.
+fn intervals(pieces: &[Piece<'_>]) -> Vec<(usize, usize)> {
+    let k = pieces.len();
+    let mut out: Vec<(usize, usize)> = (2..k).map(|b| (0, b)).collect();
+    out.extend((1..k - 1).map(|a| (a, k)));
+    let mut bounds: Vec<usize> = (1..k)
+        .filter(|&i| matches!(pieces[i], Piece::AttentionResidual { .. } | Piece::MeanPool))
+        .collect();
+    bounds.insert(0, 0);
+    bounds.push(k);
+    for w in bounds.windows(2) {
+        for a in w[0]..w[1] {
+            for b in a + 2..w[1] + 1 {
+                if a != 0 && b != k {
+                    out.push((a, b));
+                }
+            }
+        }
+    }
+    out
+}
+
+impl<'w> StackCentre<'w> {
+    /// Everything at X that the certificate on any ball needs. The Lemma P runs share
+    /// `failure_probability` equally.
+    pub fn new(
+        weights: &'w StackWeights,
+        x: MatRef<'_, f64>,
+        failure_probability: f64,
+        steps: usize,
+        interval_steps: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let (output, links) = weights.links(x, true)?;
+        let n = x.nrows();
+        let k = links.pieces.len();
+        for p in &links.pieces {
+            if let Piece::Rotary(what) = p {
+                return Err(unsupported(what));
+            }
+        }
+        let spans = intervals(&links.pieces);
+        let needs_run = |p: &Piece<'_>| {
+            matches!(
+                p,
+                Piece::Attention { .. }
+                    | Piece::AttentionResidual { .. }
+                    | Piece::FeedForwardResidual { .. }
+            )
+        };
+        let pre_norm_attention =
+            |p: &Piece<'_>| matches!(p, Piece::AttentionResidual { norm: Some(_), .. });
+        let count = 1
+            + links.pieces.iter().filter(|p| needs_run(p)).count()
+            + links
+                .pieces
+                .iter()
+                .filter(|p| pre_norm_attention(p))
+                .count()
+            + spans.len();
+        let delta = failure_probability / count as f64;
+        let mut runs = Vec::with_capacity(count);
+        let mut total_failure = 0.0;
+        let mut next_seed = seed.wrapping_add(UPPER_SEED_OFFSET);
+        let mut upper = |lin: &dyn UpperMap, map: String, steps: usize| -> Result<CentreUpper> {
+            let u = lin.upper(steps, delta, next_seed)?;
+            next_seed = next_seed.wrapping_add(1);
+            total_failure += delta;
+            runs.push(CentreRun {
+                map,
+                value: u.value,
+                ritz_sigma: u.ritz_sigma,
+                krylov_dimension: u.krylov_dimension,
+            });
+            Ok(u)
+        };
+        let pooled_from = links
+            .pieces
+            .iter()
+            .position(|p| matches!(p, Piece::MeanPool))
+            .unwrap_or(k);
+        let rows = |i: usize| if i > pooled_from { 1 } else { n };
+        let d = weights.d;
+        let slice = |a: usize, b: usize| links.chain.slice(a..b, rows(a), rows(b), d);
+        let whole = upper(&slice(0, k), "whole".into(), steps)?;
+        let mut centre = Vec::with_capacity(k);
+        let mut extras = Vec::with_capacity(k);
+        for (i, piece) in links.pieces.iter().enumerate() {
+            let input = links.inputs[i].as_ref();
+            let (u, extra) = match *piece {
+                Piece::LayerNorm(ln) => (
+                    layer_norm_ball(ln, input, PieceBall::centre())?.sup,
+                    Extra::None,
+                ),
+                Piece::MeanPool => (mean_pool_bound(n).sup, Extra::None),
+                Piece::Normalise => (normalise_bound(input, 0.0)?.sup, Extra::None),
+                Piece::Attention { .. } => (
+                    upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value,
+                    Extra::None,
+                ),
+                Piece::AttentionResidual {
+                    norm,
+                    layer,
+                    causal,
+                } => {
+                    let u = upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value;
+                    let extra = match norm {
+                        None => Extra::None,
+                        Some(ln) => {
+                            let inner = ln.apply(input)?;
+                            let lin = Linearization::new(layer, inner.as_ref(), None, causal)?;
+                            let a = upper(&lin, format!("attention of step {i}"), interval_steps)?
+                                .value;
+                            Extra::PreNormAttention {
+                                input: inner,
+                                upper: a,
+                            }
+                        }
+                    };
+                    (u, extra)
+                }
+                Piece::FeedForwardResidual { ff, .. } => (
+                    upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value,
+                    Extra::FeedForward(FeedForwardNorms::of(ff)?),
+                ),
+                Piece::Rotary(what) => return Err(unsupported(what)),
+            };
+            centre.push(u);
+            extras.push(extra);
+        }
+        let mut known = vec![(0, k, whole.value)];
+        for &(a, b) in &spans {
+            let u = upper(&slice(a, b), format!("steps {a}..{b}"), interval_steps)?;
+            known.push((a, b, u.value));
+        }
+        drop(upper);
+        Ok(Self {
+            links,
+            extras,
+            chain: ChainCentre::new(&centre, &known),
+            whole,
+            runs,
+            failure_probability: total_failure.min(failure_probability),
+            output,
+            n,
+        })
+    }
+
+    /// Step i's bound on `ball` around its input.
+    fn step_bound(&self, i: usize, ball: PieceBall) -> Result<PieceBound> {
+        let input = self.links.inputs[i].as_ref();
+        let u = self.chain.interval[i][i + 1];
+        let r = ball.frobenius;
+        let around = |slope: f64| add_up(u, mul_up(r, slope));
+        Ok(match (self.links.pieces[i], &self.extras[i]) {
+            (Piece::LayerNorm(ln), _) => layer_norm_ball(ln, input, ball)?,
+            (Piece::MeanPool, _) => mean_pool_bound(self.n),
+            (Piece::Normalise, _) => normalise_bound(input, r)?,
+            (Piece::Attention { layer, causal }, _)
+            | (
+                Piece::AttentionResidual {
+                    norm: None,
+                    layer,
+                    causal,
+                },
+                _,
+            ) => {
+                let slope = attention_ball_slope(layer, input, causal, ball.token)?.value;
+                PieceBound {
+                    sup: around(slope),
+                    slope,
+                    token_gain: f64::INFINITY,
+                }
+            }
+            (
+                Piece::AttentionResidual {
+                    norm: Some(ln),
+                    layer,
+                    causal,
+                },
+                Extra::PreNormAttention {
+                    input: inner,
+                    upper,
+                },
+            ) => {
+                let norm = layer_norm_ball(ln, input, ball)?;
+                let b = image(ball, &norm);
+                let slope = attention_ball_slope(layer, inner.as_ref(), causal, b.token)?.value;
+                let attention = PieceBound {
+                    sup: add_up(*upper, mul_up(b.frobenius, slope)),
+                    slope,
+                    token_gain: f64::INFINITY,
+                };
+                residual(compose(attention, norm), around)
+            }
+            (Piece::FeedForwardResidual { norm, .. }, Extra::FeedForward(ff)) => {
+                let branch = match norm {
+                    None => ff.bound(),
+                    Some(ln) => compose(ff.bound(), layer_norm_ball(ln, input, ball)?),
+                };
+                residual(branch, around)
+            }
+            (Piece::Rotary(what), _) => return Err(unsupported(what)),
+            _ => unreachable!("every step's extra is set with it"),
+        })
+    }
+
+    /// Lemma C on the ball of radius `eps` (of kind `ball`) around X, and the bound on
+    /// ||f(Y) - f(X)||_F over it.
+    pub fn at(&self, ball: BallKind, eps: f64) -> Result<(ChainBall, f64)> {
+        let rho = ball.frobenius_radius(eps, self.n);
+        let shape = |t: f64| PieceBall {
+            frobenius: mul_up(rho, t),
+            token: mul_up(if ball == BallKind::Tokens { eps } else { rho }, t),
+        };
+        let full = chain_ball(&self.chain, shape(1.0), |i, b| self.step_bound(i, b))?;
+        let change = output_change(rho, &full, OUTPUT_CHANGE_POINTS, |t| {
+            Ok(chain_ball(&self.chain, shape(t), |i, b| self.step_bound(i, b))?.sup)
+        })?;
+        Ok((full, change))
+    }
+
+    /// What each step is, for reports.
+    pub fn step_names(&self) -> Vec<String> {
+        self.links
+            .pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Attention { .. } => "attention".to_string(),
+                Piece::AttentionResidual { norm: None, .. } => "h + attention(h)".into(),
+                Piece::AttentionResidual { .. } => "h + attention(LN(h))".into(),
+                Piece::FeedForwardResidual { norm: None, .. } => "a + FFN(a)".into(),
+                Piece::FeedForwardResidual { .. } => "a + FFN(LN(a))".into(),
+                Piece::LayerNorm(_) => "LayerNorm".into(),
+                Piece::MeanPool => "mean pooling".into(),
+                Piece::Normalise => "l2 normalisation".into(),
+                Piece::Rotary(w) => (*w).into(),
+            })
+            .collect()
+    }
+}
+
+/// x + branch(x) where the branch satisfies `branch`: ||J|| <= 1 + M, or the step's own centre
+/// bound grown by its slope (`around`).
+fn residual(branch: PieceBound, around: impl Fn(f64) -> f64) -> PieceBound {
+    PieceBound {
+        sup: add_up(1.0, branch.sup).min(around(branch.slope)),
+        slope: branch.slope,
+        token_gain: add_up(1.0, branch.token_gain),
+    }
+}
+
+/// Lemma P on any linearised map (object-safe, so that slices and sublayers share one closure).
+trait UpperMap {
+    fn upper(&self, steps: usize, delta: f64, seed: u64) -> Result<CentreUpper>;
+}
+
+impl<L: crate::derivatives::LinearizedMap<f64>> UpperMap for L {
+    fn upper(&self, steps: usize, delta: f64, seed: u64) -> Result<CentreUpper> {
+        centre_upper(self, steps, delta, seed)
+    }
+}
+
+/// Whether a pooled output is a unit vector (cosine floors translate to distances exactly).
+pub fn normalised(pool: Pool) -> bool {
+    pool == Pool::MeanNormalised
+}
