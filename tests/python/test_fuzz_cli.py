@@ -47,6 +47,9 @@ LIMITS = {
     "--max-tokens": ["2", "3", "4"],  # BERT: the 2 special tokens plus 1 is the least
     "--upper-failure-probability": ["1", "1e-300", "5e-324", "0.999999999999"],
     "--upper-steps": ["2", "1000000"],
+    "--interval-steps": ["2", "1000000"],
+    "--delta": ["1e-300", "5e-324", "1e300"],
+    "--cosine": ["1", "0.999999999999", "1e-300", "5e-324"],
     "--epsilon": ["1e-300", "5e-324", "1e300"],
     "--failure-probability": ["1", "1e-300", "5e-324", "0.999999999999"],
     "--attack-starts": ["2", "1000001", "1000000000"],
@@ -99,7 +102,9 @@ NUMERIC = {
     "lipschitz": ["--layer", "--head", "--radius", "--n", "--starts", "--steps", "--atoms", "--seed",
                   "--max-memory"],
     "certify": ["--layer", "--max-tokens", "--epsilon", "--failure-probability", "--upper-steps",
-                "--attack-starts", "--attack-steps", "--tol", "--seed", "--max-memory"],
+                "--interval-steps", "--attack-starts", "--attack-steps", "--tol", "--seed", "--max-memory"],
+    "robustness": ["--layer", "--max-tokens", "--delta", "--cosine", "--failure-probability", "--upper-steps",
+                   "--interval-steps", "--attack-starts", "--attack-steps", "--seed", "--max-memory"],
     "reproduce": ["--max-memory"],
     "invert": ["--layer", "--d", "--heads", "--bias", "--seed", "--n", "--token-scale", "--c", "--radius",
                "--atol", "--anderson-memory", "--anderson-reg", "--anderson-mixing", "--broyden-memory",
@@ -119,6 +124,7 @@ OTHER = {
     "local": ["--model", "--tokens", "--text", "--scope", "--pool", "--method", "--dtype", "--save-vector"],
     "lipschitz": ["--model", "--kernel", "--mask", "--save-input", "--save-pair"],
     "certify": ["--model", "--tokens", "--text", "--scope", "--pool", "--ball", "--save-attained"],
+    "robustness": ["--model", "--tokens", "--text", "--scope", "--pool", "--ball", "--save-attack"],
     "reproduce": ["--out", "--model"],
     "invert": ["--model", "--kernel", "--tokens", "--solver", "--save", "--plot"],
     "fixed-point": ["--model", "--kernel", "--tokens", "--space", "--variant", "--solver", "--save", "--plot"],
@@ -157,6 +163,9 @@ def base(cmd, f, run):
                            "--json": None}),
         "certify": ([], {**model, "--tokens": str(f / "x.npy"), "--epsilon": "0.1", "--upper-steps": "20",
                          "--attack-starts": "1", "--attack-steps": "3", "--json": None}),
+        "robustness": ([], {**model, "--scope": "block", "--tokens": str(f / "x.npy"), "--delta": "0.1",
+                            "--upper-steps": "20", "--interval-steps": "10", "--attack-starts": "1",
+                            "--attack-steps": "3", "--json": None}),
         "reproduce": ([], {"--out": out, "--quick": None, "--json": None}),
         "invert": ([], {**synthetic, "--max-iter": "100", "--json": None}),
         "fixed-point": ([], {**synthetic, "--contract": "0.5", "--max-iter": "100", "--json": None}),
@@ -169,6 +178,7 @@ def base(cmd, f, run):
 CONTEXT = {
     ("transport", "--eps"): {"--method": "sinkhorn"},
     ("local", "--upper-steps"): {"--upper-failure-probability": "1e-3"},
+    ("certify", "--interval-steps"): {"--scope": "block"},
     ("transport", "--tol"): {"--method": "sinkhorn", "--eps": "0.1"},
     ("transport", "--max-iter"): {"--method": "sinkhorn", "--eps": "0.1", "--accept-unconverged": None},
     ("invert", "--probes"): {"--logdet": None, "--logdet-series": None},
@@ -200,7 +210,12 @@ def invocation(bin_, cmd, chosen, f, run):
         for k in ("--d", "--heads"):
             opts.pop(k, None)
         opts["--model"] = str(f / "bert")
-    if cmd in ("local", "certify") and "--max-tokens" in chosen:
+    if cmd == "robustness" and "--cosine" in chosen:
+        # A similarity floor compares pooled embeddings of the whole model (conflicts with --delta).
+        for k in ("--delta", "--layer"):
+            opts.pop(k, None)
+        opts.update({"--scope": "model", "--pool": "mean"})
+    if cmd in ("local", "certify", "robustness") and "--max-tokens" in chosen:
         # The model's own input on a text instead of given tokens (the options conflict).
         opts.pop("--tokens")
         opts["--text"] = str(f / "text.txt")

@@ -1,5 +1,5 @@
-"""Model.certify: the same request and report as `lipattn certify` (same keys, same values), X from
-an array or a text, and its errors."""
+"""Model.certify and Model.robustness: the same requests and reports as `lipattn certify` and
+`lipattn robustness` (same keys, same values), X from an array or a text, and their errors."""
 import json
 import os
 import subprocess
@@ -12,8 +12,8 @@ import lipattn
 FAST = dict(upper_steps=40, attack_starts=1, attack_steps=4)
 
 
-def cli(minilm, *args):
-    out = subprocess.run([os.environ["LIPATTN_BIN"], "certify", "--model", minilm, "--json", *map(str, args)],
+def cli(minilm, *args, command="certify"):
+    out = subprocess.run([os.environ["LIPATTN_BIN"], command, "--model", minilm, "--json", *map(str, args)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -41,10 +41,42 @@ def test_equals_cli(minilm, tmp_path):
 def test_errors_name_the_problem(minilm):
     model = lipattn.Model(minilm)
     x = np.zeros((4, 384))
-    for kwargs, words in [(dict(epsilon=0.0), "epsilon"), (dict(epsilon=0.1, scope="block"), "scope 'block'"),
+    for kwargs, words in [(dict(epsilon=0.0), "epsilon"), (dict(epsilon=0.1, scope="model"), "layer 0 was given"),
                           (dict(epsilon=0.1, ball="l1"), "l1"),
                           (dict(epsilon=0.1, failure_probability=1.5), "failure_probability")]:
         with pytest.raises(ValueError, match=words):
             model.certify(0, x=x, **{**FAST, **kwargs})
     with pytest.raises(ValueError, match="exactly one"):
         model.certify(0, 0.1, x, text="a", **FAST)
+
+
+def test_block_certificate_equals_cli(minilm, tmp_path):
+    text = "Attention is an operator on measures."
+    (tmp_path / "t.txt").write_text(text)
+    got = lipattn.Model(minilm).certify(0, 1e-4, text=text, scope="block", interval_steps=20, **FAST)
+    want = cli(minilm, "--layer", 0, "--scope", "block", "--text", tmp_path / "t.txt", "--epsilon", 1e-4,
+               "--upper-steps", 40, "--interval-steps", 20, "--attack-starts", 1, "--attack-steps", 4)
+    for key in ("certified", "attained", "output_change", "scope", "layer", "pool", "chain", "centre", "n"):
+        assert got[key] == want[key], key
+    assert got["slope"] is None and got["attained"] <= got["certified"]
+
+
+def test_robustness_equals_cli(minilm, tmp_path):
+    text = "Attention is an operator on measures."
+    (tmp_path / "t.txt").write_text(text)
+    model = lipattn.Model(minilm)
+    fast = dict(upper_steps=40, interval_steps=20, attack_starts=1, attack_steps=6)
+    got = model.robustness(text=text, scope="block", layer=0, delta=1e-3, **fast)
+    want = cli(minilm, "--layer", 0, "--scope", "block", "--text", tmp_path / "t.txt", "--delta", 1e-3,
+               "--upper-steps", 40, "--interval-steps", 20, "--attack-starts", 1, "--attack-steps", 6,
+               command="robustness")
+    for key in ("certified_radius", "attack_radius", "ratio", "delta", "certified_change", "scope", "layer", "n",
+                "centre_upper", "failure_probability", "certified_kind"):
+        assert got[key] == want[key], key
+    y, x = got["attack_input"], got["x"]
+    assert abs(np.linalg.norm(y - x) - got["attack_radius"]) <= 1e-9 * got["attack_radius"]
+    assert got["certified_radius"] <= got["attack_radius"]
+    for kwargs, words in [(dict(), "exactly one tolerance"), (dict(delta=1e-3, cosine=0.9), "exactly one"),
+                          (dict(cosine=0.9), "pooled"), (dict(delta=-1.0), "delta")]:
+        with pytest.raises(ValueError, match=words):
+            model.robustness(x, scope="block", layer=0, **fast, **kwargs)

@@ -11,6 +11,7 @@ use lipattn::analysis::AnalysisOptions;
 use lipattn::models::{Model, SublayerWeights, TextTokenizer};
 use lipattn::ops::certify::CertifyRequest;
 use lipattn::ops::local::{self, LocalRequest};
+use lipattn::ops::robustness::RobustnessRequest;
 use lipattn::ops::scope_local::{run_scope, ScopeRequest};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -402,7 +403,7 @@ impl PyModel {
     /// ``failure_probability`` through Lemma P at the centre; ``output_change``: the bound on
     /// ||f(Y) - f(X)||_F; ``attained``: the largest ||J(Y)||_2 ascent found in the ball; ...)
     /// plus ``x`` and ``attained_input``.
-    #[pyo3(signature = (layer, epsilon, x=None, *, text=None, ids=None, max_tokens=None, scope=CertifyRequest::default().scope.name(), pool=CertifyRequest::default().pool.name(), ball=CertifyRequest::default().ball.name(), failure_probability=CertifyRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(CertifyRequest::default().upper_steps as i128), attack_starts=crate::ints::PyInt::Fits(CertifyRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(CertifyRequest::default().attack_steps as i128), tol=CertifyRequest::default().tol, seed=crate::ints::PyInt::Fits(CertifyRequest::default().seed as i128)))]
+    #[pyo3(signature = (layer, epsilon, x=None, *, text=None, ids=None, max_tokens=None, scope=CertifyRequest::default().scope.name(), pool=CertifyRequest::default().pool.name(), ball=CertifyRequest::default().ball.name(), failure_probability=CertifyRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(CertifyRequest::default().upper_steps as i128), interval_steps=crate::ints::PyInt::Fits(CertifyRequest::default().interval_steps as i128), attack_starts=crate::ints::PyInt::Fits(CertifyRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(CertifyRequest::default().attack_steps as i128), tol=CertifyRequest::default().tol, seed=crate::ints::PyInt::Fits(CertifyRequest::default().seed as i128)))]
     #[allow(clippy::too_many_arguments)]
     fn certify<'py>(
         &self,
@@ -418,6 +419,7 @@ impl PyModel {
         ball: &str,
         failure_probability: f64,
         upper_steps: PyInt,
+        interval_steps: PyInt,
         attack_starts: PyInt,
         attack_steps: PyInt,
         tol: f64,
@@ -428,6 +430,7 @@ impl PyModel {
             ids,
             max_tokens,
             upper_steps,
+            interval_steps,
             attack_starts,
             attack_steps,
             seed
@@ -439,6 +442,7 @@ impl PyModel {
             ball: ball.parse().py_err()?,
             failure_probability,
             upper_steps,
+            interval_steps,
             attack_starts,
             attack_steps,
             tol,
@@ -465,6 +469,86 @@ impl PyModel {
         let dict = out.cast::<pyo3::types::PyDict>()?;
         dict.set_item("x", to_numpy(py, x.as_ref()))?;
         dict.set_item("attained_input", to_numpy(py, r.attained_input.as_ref()))?;
+        Ok(out)
+    }
+
+    /// The certified robustness radius of X beside the attack radius: ``lipattn robustness``.
+    /// Exactly one tolerance: ``delta`` (||f(Y) - f(X)||_F must stay within it) or ``cosine``
+    /// (the pooled embedding keeps at least this cosine similarity; needs ``pool``). ``scope``,
+    /// ``layer``, ``pool``, X (``x``, ``text`` or ``ids``) and ``ball`` as in ``certify``. Returns
+    /// the dict ``lipattn robustness --json`` prints (``certified_radius``: proven, probabilistic
+    /// through Lemma P with ``failure_probability``; ``attack_radius``: the distance of an input
+    /// the attack found leaving the tolerance, or None; ``ratio``) plus ``x`` and
+    /// ``attack_input``.
+    #[pyo3(signature = (x=None, *, text=None, ids=None, max_tokens=None, layer=None, scope=RobustnessRequest::default().scope.name(), pool=RobustnessRequest::default().pool.name(), delta=None, cosine=None, ball=RobustnessRequest::default().ball.name(), failure_probability=RobustnessRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(RobustnessRequest::default().upper_steps as i128), interval_steps=crate::ints::PyInt::Fits(RobustnessRequest::default().interval_steps as i128), attack_starts=crate::ints::PyInt::Fits(RobustnessRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(RobustnessRequest::default().attack_steps as i128), seed=crate::ints::PyInt::Fits(RobustnessRequest::default().seed as i128)))]
+    #[allow(clippy::too_many_arguments)]
+    fn robustness<'py>(
+        &self,
+        py: Python<'py>,
+        x: Option<&Bound<'py, PyAny>>,
+        text: Option<&str>,
+        ids: Option<Vec<PyInt>>,
+        max_tokens: Option<PyInt>,
+        layer: Option<PyInt>,
+        scope: &str,
+        pool: &str,
+        delta: Option<f64>,
+        cosine: Option<f64>,
+        ball: &str,
+        failure_probability: f64,
+        upper_steps: PyInt,
+        interval_steps: PyInt,
+        attack_starts: PyInt,
+        attack_steps: PyInt,
+        seed: PyInt,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::ints::unsigned!(
+            layer,
+            ids,
+            max_tokens,
+            upper_steps,
+            interval_steps,
+            attack_starts,
+            attack_steps,
+            seed
+        );
+        let req = RobustnessRequest {
+            scope: scope.parse().py_err()?,
+            pool: pool.parse().py_err()?,
+            delta,
+            cosine,
+            ball: ball.parse().py_err()?,
+            failure_probability,
+            upper_steps,
+            interval_steps,
+            attack_starts,
+            attack_steps,
+            seed,
+        };
+        req.check().py_err()?;
+        req.scope.check(layer, req.pool).py_err()?;
+        let input = self.scope_input(py, x, text, ids, max_tokens)?;
+        let model = self.model.clone();
+        let (r, x) = interruptible(py, move || {
+            let w = model.stack(req.scope, layer, req.pool)?;
+            let x = input.resolve(&model, &w)?;
+            let r = lipattn::ops::robustness::run_stack(
+                &req,
+                &w,
+                model.family().name(),
+                x.as_ref(),
+                &mut lipattn::ops::silent,
+            )?;
+            Ok((r, x))
+        })?;
+        let json = lipattn::ops::to_json(&r).py_err()?;
+        let out = crate::convert::json_to_py(py, &json)?;
+        let dict = out.cast::<pyo3::types::PyDict>()?;
+        dict.set_item("x", to_numpy(py, x.as_ref()))?;
+        match &r.attack_input {
+            Some(y) => dict.set_item("attack_input", to_numpy(py, y.as_ref()))?,
+            None => dict.set_item("attack_input", py.None())?,
+        }
         Ok(out)
     }
 

@@ -42,6 +42,17 @@ fn derivative_bound_holds_between_grid_points() {
             }
         }
         assert!(second < 1.0, "{act:?}: |act''| reaches {second}");
+        // The ball certificates' c2 (Lemma N): between grid points act'' moves by at most
+        // h/2 sup|act'''| <= h (|act'''| < 2 for these activations), and the central differences
+        // of act' are within 1e-9 of act'' here.
+        if let Some(c2) = lipattn::bounds::piece_ball::second_derivative_bound(act) {
+            assert!(
+                second + h + 1e-9 <= c2,
+                "{act:?}: grid max |act''| {second} vs c2 {c2}"
+            );
+        } else {
+            assert_eq!(act, Activation::Relu);
+        }
         let bound = act.derivative_bound();
         // ReLU's derivative is exactly 0 or 1, its bound exactly 1.
         let margin = if act == Activation::Relu { 0.0 } else { h * m2 };

@@ -365,6 +365,7 @@ class Model:
         ball: Literal["frobenius", "tokens"] = "frobenius",
         failure_probability: float = 1e-6,
         upper_steps: int = 200,
+        interval_steps: int = 60,
         attack_starts: int = 4,
         attack_steps: int = 30,
         tol: float = 1e-6,
@@ -375,6 +376,31 @@ class Model:
         (``layer`` None, then ``pool``), probabilistic with ``failure_probability``, beside the
         largest ||J(Y)||_2 an ascent finds there; the dict the CLI prints plus ``x`` and
         ``attained_input``."""
+        ...
+    def robustness(
+        self,
+        x: Optional[ArrayLike] = None,
+        *,
+        text: Optional[str] = None,
+        ids: Optional[Sequence[int]] = None,
+        max_tokens: Optional[int] = None,
+        layer: Optional[int] = None,
+        scope: Literal["attention", "sublayer-residual-norm", "block", "model"] = "model",
+        pool: Literal["none", "mean", "mean-normalised"] = "none",
+        delta: Optional[float] = None,
+        cosine: Optional[float] = None,
+        ball: Literal["frobenius", "tokens"] = "frobenius",
+        failure_probability: float = 1e-6,
+        upper_steps: int = 200,
+        interval_steps: int = 60,
+        attack_starts: int = 2,
+        attack_steps: int = 20,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """``lipattn robustness``: the largest ball radius for which the output provably stays
+        within ``delta`` (or keeps cosine similarity ``cosine`` for a pooled embedding), beside
+        the radius at which an attack leaves it; the dict the CLI prints plus ``x`` and
+        ``attack_input``."""
         ...
     def lipschitz(
         self,

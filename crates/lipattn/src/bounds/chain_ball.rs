@@ -60,9 +60,9 @@ impl ChainCentre {
 /// Lemma C's bounds on one ball.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChainBall {
-    /// >= sup ||J_f(Y)||_2 over the ball.
+    /// An upper bound on sup ||J_f(Y)||_2 over the ball.
     pub sup: f64,
-    /// >= sup ||f(Y) - f(X)||_F over the ball (radius of the last image ball).
+    /// An upper bound on sup ||f(Y) - f(X)||_F over the ball (radius of the last image ball).
     pub output_radius: f64,
     /// Per step: its bound on the ball around its input, and that ball.
     pub steps: Vec<StepBall>,

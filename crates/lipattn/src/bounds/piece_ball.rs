@@ -33,12 +33,12 @@ impl PieceBall {
 /// What a piece satisfies on a ball.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct PieceBound {
-    /// >= sup ||J(Y)||_2 over the ball.
+    /// An upper bound on sup ||J(Y)||_2 over the ball.
     pub sup: f64,
-    /// >= the Lipschitz constant of J on the ball (Frobenius norms).
+    /// An upper bound on the Lipschitz constant of J on the ball (Frobenius norms).
     pub slope: f64,
-    /// >= sup over the ball of each token's own Jacobian block (token-wise pieces): a token moved
-    /// by t moves its output by at most token_gain t. +inf for pieces that mix tokens.
+    /// An upper bound on each token's own Jacobian block over the ball (token-wise pieces): a
+    /// token moved by t moves its output by at most token_gain t; +inf for pieces that mix tokens.
     pub token_gain: f64,
 }
 
@@ -83,7 +83,7 @@ pub fn layer_norm_ball(ln: &LayerNorm, x: MatRef<'_, f64>, ball: PieceBall) -> R
             sqrt_down(down(var + ln.eps))
         })
         .fold(f64::INFINITY, f64::min);
-    if !(s > 0.0) {
+    if s.is_nan() || s <= 0.0 {
         return Err(Error::invalid(format!(
             "the ball reaches a token whose LayerNorm variance is 0 (eps = {}): no bound holds there; take a smaller ball",
             ln.eps
@@ -172,7 +172,7 @@ pub fn normalise_bound(p: MatRef<'_, f64>, r: f64) -> Result<PieceBound> {
     let computed = cells.clone().map(|v| v * v).sum::<f64>().sqrt();
     let norm = down(computed * (1.0 - 2.0 * gamma(p.ncols() + 2)));
     let m = down(norm - r);
-    if !(m > 0.0) {
+    if m.is_nan() || m <= 0.0 {
         return Err(Error::invalid(format!(
             "the ball around the pooled embedding (radius {r} there) reaches its norm {norm}: the normalisation has no bound on it; take a smaller ball"
         )));
@@ -204,5 +204,126 @@ pub fn image(ball: PieceBall, b: &PieceBound) -> PieceBall {
     PieceBall {
         frobenius,
         token: mul_up(b.token_gain, ball.token).min(frobenius),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linalg::{frobenius, SplitMix};
+    use faer::Mat;
+
+    /// ||J(a) - J(b)||_2 over a few unit directions, by central differences of the map, divided
+    /// by ||a - b||_F: a lower estimate of the slope at (a, b) that the bound must exceed.
+    fn measured_slope(
+        f: &dyn Fn(&Mat<f64>) -> Mat<f64>,
+        a: &Mat<f64>,
+        b: &Mat<f64>,
+        rng: &mut SplitMix,
+    ) -> f64 {
+        let h = 1e-5;
+        let jvp = |x: &Mat<f64>, t: &Mat<f64>| (f(&(x + t * h)) - f(&(x - t * h))) * (0.5 / h);
+        let dist = frobenius((a - b).as_ref());
+        let mut best = 0.0f64;
+        for _ in 0..6 {
+            let t: Mat<f64> = rng.gauss_mat(a.nrows(), a.ncols());
+            let t = &t * (1.0 / frobenius(t.as_ref()));
+            let diff = jvp(a, &t) - jvp(b, &t);
+            best = best.max(frobenius(diff.as_ref()) / dist);
+        }
+        best
+    }
+
+    fn point_in(x: &Mat<f64>, r: f64, rng: &mut SplitMix) -> Mat<f64> {
+        let dir: Mat<f64> = rng.gauss_mat(x.nrows(), x.ncols());
+        let s = r * rng.uniform() / frobenius(dir.as_ref());
+        x + &dir * s
+    }
+
+    fn ln(d: usize, rng: &mut SplitMix, eps: f64) -> LayerNorm {
+        LayerNorm {
+            gamma: (0..d).map(|_| 1.0 + 0.5 * rng.uniform()).collect(),
+            beta: (0..d).map(|_| rng.uniform() - 0.5).collect(),
+            eps,
+        }
+    }
+
+    #[test]
+    fn layer_norm_bounds_hold_on_the_ball() {
+        let mut rng = SplitMix::new(5);
+        let mut worst = 0.0f64;
+        for case in 0..40 {
+            let (n, d) = (3, 4 + case % 5);
+            let norm = ln(d, &mut rng, [1e-12, 1e-5, 0.1][case % 3]);
+            let scale = [0.05, 0.5, 3.0][case % 3];
+            let x: Mat<f64> = rng.gauss_mat::<f64>(n, d) * scale;
+            let r = [0.002, 0.01, 0.03][(case / 3) % 3] * scale;
+            let ball = PieceBall {
+                frobenius: r,
+                token: r,
+            };
+            let b = layer_norm_ball(&norm, x.as_ref(), ball).expect("bound");
+            let f = |y: &Mat<f64>| norm.apply(y.as_ref()).unwrap();
+            for _ in 0..8 {
+                let (p, q) = (point_in(&x, r, &mut rng), point_in(&x, r, &mut rng));
+                let s = measured_slope(&f, &p, &q, &mut rng);
+                assert!(s <= b.slope, "case {case}: slope {s} > {}", b.slope);
+                worst = worst.max(s / b.slope);
+                // ||J(p) u|| for a random unit u, below the sup bound.
+                let u: Mat<f64> = rng.gauss_mat(n, d);
+                let u = &u * (1.0 / frobenius(u.as_ref()));
+                let h = 1e-6;
+                let ju = (f(&(&p + &u * h)) - f(&(&p - &u * h))) * (0.5 / h);
+                assert!(
+                    frobenius(ju.as_ref()) <= b.sup * (1.0 + 1e-6),
+                    "case {case}"
+                );
+            }
+        }
+        assert!(worst > 1e-3, "the test never came near the bound ({worst})");
+    }
+
+    #[test]
+    fn feed_forward_and_normalise_bounds_hold() {
+        let mut rng = SplitMix::new(9);
+        for case in 0..24 {
+            let (n, d, h) = (2, 4, 7);
+            let act = [Activation::GeluErf, Activation::GeluTanh, Activation::Silu][case % 3];
+            let scale = [0.5, 2.0][case % 2];
+            let ff = FeedForward {
+                w_in: rng.gauss_mat::<f64>(h, d) * scale,
+                b_in: (0..h).map(|_| rng.uniform() - 0.5).collect(),
+                w_out: rng.gauss_mat::<f64>(d, h) * scale,
+                b_out: vec![0.0; d],
+                activation: act,
+            };
+            let b = FeedForwardNorms::of(&ff).expect("norms").bound();
+            let f = |y: &Mat<f64>| ff.forward(y.as_ref()).unwrap();
+            let x: Mat<f64> = rng.gauss_mat(n, d);
+            for _ in 0..6 {
+                let (p, q) = (point_in(&x, 0.3, &mut rng), point_in(&x, 0.3, &mut rng));
+                let s = measured_slope(&f, &p, &q, &mut rng);
+                assert!(s <= b.slope, "case {case}: {s} > {}", b.slope);
+            }
+            let pvec: Mat<f64> = rng.gauss_mat(1, 5);
+            let r = 0.4 * frobenius(pvec.as_ref());
+            let nb = normalise_bound(pvec.as_ref(), r).expect("bound");
+            let g = |y: &Mat<f64>| y * (1.0 / frobenius(y.as_ref()));
+            for _ in 0..6 {
+                let (p, q) = (point_in(&pvec, r, &mut rng), point_in(&pvec, r, &mut rng));
+                assert!(
+                    measured_slope(&g, &p, &q, &mut rng) <= nb.slope,
+                    "case {case}"
+                );
+            }
+        }
+        let relu = FeedForward {
+            w_in: Mat::identity(2, 2),
+            b_in: vec![0.0; 2],
+            w_out: Mat::identity(2, 2),
+            b_out: vec![0.0; 2],
+            activation: Activation::Relu,
+        };
+        assert!(FeedForwardNorms::of(&relu).is_err());
     }
 }

@@ -296,7 +296,7 @@ fn lanczos_with_second<T: Scalar, L: LinearizedMap<T>>(
     let s: Vec<f64> = (0..m).map(|i| ritz[(i, top_col)]).collect();
     let (n, d) = (lin.n(), lin.d_in());
     let mut v = Mat::<T>::zeros(n, d);
-    let mut dv = Mat::<T>::zeros(n, images[0].ncols());
+    let mut dv = Mat::<T>::zeros(images[0].nrows(), images[0].ncols());
     for i in 0..m {
         axpy(&mut v, s[i], &basis[i]);
         axpy(&mut dv, s[i], &images[i]);

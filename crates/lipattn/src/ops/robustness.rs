@@ -425,7 +425,7 @@ fn escape(
     let (n, d) = (x.nrows(), x.ncols());
     let rho = req.ball.frobenius_radius(eps, n);
     let project = |y: &mut Mat<f64>| req.ball.project(y, x, eps);
-    let mut rng = SplitMix::new(req.seed.wrapping_add(0x0e5c_a9e));
+    let mut rng = SplitMix::new(req.seed.wrapping_add(0x00e5_ca9e));
     let mut starts: Vec<Mat<f64>> = vec![top * 1.0, top * -1.0];
     for _ in 0..req.attack_starts {
         starts.push(rng.gauss_mat(n, d));

@@ -205,7 +205,6 @@ impl<'w> StackCentre<'w> {
             let u = upper(&slice(a, b), format!("steps {a}..{b}"), interval_steps)?;
             known.push((a, b, u.value));
         }
-        drop(upper);
         Ok(Self {
             links,
             extras,
