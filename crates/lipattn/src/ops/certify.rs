@@ -155,6 +155,12 @@ pub fn run(
     on_progress: OnProgress,
 ) -> Result<CertifyReport> {
     req.check()?;
+    if req.scope != Scope::Attention {
+        return Err(Error::invalid(format!(
+            "scope '{}' is a chain of steps of the model (run_model or run_stack certify it); one attention sublayer's weights certify scope 'attention' only",
+            req.scope.name()
+        )));
+    }
     let plain = match weights {
         SublayerWeights::Plain(l) => l,
         SublayerWeights::Rotary { family, .. } => {
