@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 const BISECTION_RATIO: f64 = 1.02;
 /// Doublings (or halvings) tried before a radius search gives up.
 const MAX_DOUBLINGS: usize = 60;
+/// The attack's search stops at this multiple of ||X||_F (plus the certified radius).
+const ATTACK_REACH: f64 = 1e3;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -223,6 +225,13 @@ pub fn run_stack(
         req.seed,
     )?;
     let fx = centre.output.clone();
+    if let (Pool::MeanNormalised, Some(d)) = (req.pool, req.delta) {
+        if d >= 2.0 {
+            return Err(Error::invalid(format!(
+                "`delta` = {d}: normalised embeddings are unit vectors, always within 2 of each other, so no input leaves this tolerance"
+            )));
+        }
+    }
     let tol = match req.cosine {
         None => Tolerance {
             delta: req.delta.expect("checked"),
@@ -256,6 +265,9 @@ pub fn run_stack(
     let mut lo = tol.delta / (centre.whole.value * rho_of(1.0));
     let mut lo_change = None;
     for _ in 0..MAX_DOUBLINGS {
+        if !(lo.is_normal() && lo > 0.0) {
+            break;
+        }
         if let Some(c) = proven(lo)? {
             lo_change = Some(c);
             break;
@@ -324,7 +336,12 @@ pub fn run_stack(
     }
     let mut found = None;
     let (mut a_lo, mut a_hi) = (certified_radius, 2.0 * certified_radius);
+    // Far beyond the input's own size the search stops: the attack found nothing up to there.
+    let reach = ATTACK_REACH * (frobenius(x) + certified_radius);
     for _ in 0..MAX_DOUBLINGS {
+        if a_hi.is_nan() || a_hi > reach {
+            break;
+        }
         if let Some(w) = attack(a_hi)? {
             found = Some(w);
             break;
