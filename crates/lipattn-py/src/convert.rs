@@ -270,6 +270,25 @@ pub fn vec_to_numpy<'py, T: Element + Copy>(py: Python<'py>, v: &[T]) -> Bound<'
     Array1::from_vec(v.to_vec()).into_pyarray(py)
 }
 
+/// A report as the dict its CLI command prints in JSON, plus named arrays (None where absent).
+pub fn report_dict<'py, R: serde::Serialize>(
+    py: Python<'py>,
+    report: &R,
+    arrays: &[(&str, Option<MatRef<'_, f64>>)],
+) -> PyResult<Bound<'py, PyAny>> {
+    use crate::errors::IntoPyResult;
+    let json = lipattn::ops::to_json(report).py_err()?;
+    let out = json_to_py(py, &json)?;
+    let dict = out.cast::<pyo3::types::PyDict>()?;
+    for (name, m) in arrays {
+        match m {
+            Some(m) => dict.set_item(name, to_numpy(py, *m))?,
+            None => dict.set_item(name, py.None())?,
+        }
+    }
+    Ok(out)
+}
+
 /// A JSON value as plain Python objects (dict, list, float, int, str, bool, None).
 pub fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
     use serde_json::Value;

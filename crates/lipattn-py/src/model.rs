@@ -385,13 +385,15 @@ impl PyModel {
             )?;
             Ok((r, x))
         })?;
-        let json = lipattn::ops::to_json(&r).py_err()?;
-        let out = crate::convert::json_to_py(py, &json)?;
-        let dict = out.cast::<pyo3::types::PyDict>()?;
-        dict.set_item("x", to_numpy(py, x.as_ref()))?;
-        dict.set_item("vector", to_numpy(py, r.vector.as_ref()))?;
-        dict.set_item("output", to_numpy(py, r.output.as_ref()))?;
-        Ok(out)
+        crate::convert::report_dict(
+            py,
+            &r,
+            &[
+                ("x", Some(x.as_ref())),
+                ("vector", Some(r.vector.as_ref())),
+                ("output", Some(r.output.as_ref())),
+            ],
+        )
     }
 
     /// A local certificate on a ball around X (BERT and GPT-2 families): ``lipattn certify``.
@@ -464,12 +466,14 @@ impl PyModel {
             )?;
             Ok((r, x))
         })?;
-        let json = lipattn::ops::to_json(&r).py_err()?;
-        let out = crate::convert::json_to_py(py, &json)?;
-        let dict = out.cast::<pyo3::types::PyDict>()?;
-        dict.set_item("x", to_numpy(py, x.as_ref()))?;
-        dict.set_item("attained_input", to_numpy(py, r.attained_input.as_ref()))?;
-        Ok(out)
+        crate::convert::report_dict(
+            py,
+            &r,
+            &[
+                ("x", Some(x.as_ref())),
+                ("attained_input", Some(r.attained_input.as_ref())),
+            ],
+        )
     }
 
     /// The certified robustness radius of X beside the attack radius: ``lipattn robustness``.
@@ -541,15 +545,14 @@ impl PyModel {
             )?;
             Ok((r, x))
         })?;
-        let json = lipattn::ops::to_json(&r).py_err()?;
-        let out = crate::convert::json_to_py(py, &json)?;
-        let dict = out.cast::<pyo3::types::PyDict>()?;
-        dict.set_item("x", to_numpy(py, x.as_ref()))?;
-        match &r.attack_input {
-            Some(y) => dict.set_item("attack_input", to_numpy(py, y.as_ref()))?,
-            None => dict.set_item("attack_input", py.None())?,
-        }
-        Ok(out)
+        crate::convert::report_dict(
+            py,
+            &r,
+            &[
+                ("x", Some(x.as_ref())),
+                ("attack_input", r.attack_input.as_ref().map(|y| y.as_ref())),
+            ],
+        )
     }
 
     /// Certified upper bounds beside attained lower bounds for the attention sublayer of
