@@ -262,7 +262,10 @@ pub fn run_stack(
         }
     };
     let rho_of = |eps: f64| req.ball.frobenius_radius(eps, n) / eps;
-    let mut lo = tol.delta / (centre.whole.value * rho_of(1.0));
+    // From the linear guess, but never beyond the reach of any search (the tolerance may be
+    // larger than any change the scope can make).
+    let scale = frobenius(x) + 1.0;
+    let mut lo = (tol.delta / (centre.whole.value * rho_of(1.0))).min(ATTACK_REACH * scale);
     let mut lo_change = None;
     for _ in 0..MAX_DOUBLINGS {
         if !(lo.is_normal() && lo > 0.0) {
@@ -276,8 +279,9 @@ pub fn run_stack(
     }
     let Some(mut certified_change) = lo_change else {
         return Err(Error::invalid(format!(
-            "no ball radius down to {lo} keeps the certified output change within {}: the tolerance is too small for f64",
-            tol.delta
+            "no ball radius down to {} keeps the certified output change within {}: the tolerance is too small for this certificate in f64",
+            crate::fmt::compact(lo),
+            crate::fmt::compact(tol.delta)
         )));
     };
     let mut hi = 2.0 * lo;
@@ -292,7 +296,7 @@ pub fn run_stack(
         }
     }
     while hi / lo > BISECTION_RATIO {
-        let mid = (lo * hi).sqrt();
+        let mid = lo * (hi / lo).sqrt();
         match proven(mid)? {
             Some(c) => {
                 lo = mid;
@@ -335,7 +339,10 @@ pub fn run_stack(
         )));
     }
     let mut found = None;
-    let (mut a_lo, mut a_hi) = (certified_radius, 2.0 * certified_radius);
+    // The first radius tried: where the linearisation at X would leave the tolerance (an
+    // estimate, only where the search starts; the certified radius was checked above).
+    let linear = 0.5 * tol.delta / (top.sigma.max(f64::MIN_POSITIVE) * rho_of(1.0));
+    let (mut a_lo, mut a_hi) = (certified_radius, (2.0 * certified_radius).max(linear));
     // Far beyond the input's own size the search stops: the attack found nothing up to there.
     let reach = ATTACK_REACH * (frobenius(x) + certified_radius);
     for _ in 0..MAX_DOUBLINGS {
@@ -351,7 +358,7 @@ pub fn run_stack(
     }
     if found.is_some() {
         while a_hi / a_lo > BISECTION_RATIO {
-            let mid = (a_lo * a_hi).sqrt();
+            let mid = a_lo * (a_hi / a_lo).sqrt();
             match attack(mid)? {
                 Some(w) => {
                     found = Some(w);
