@@ -7,7 +7,7 @@
 
 use super::scope_local::UPPER_SEED_OFFSET;
 use super::stack_ball::{CentreRun, StackCentre};
-use super::{OnProgress, Progress};
+use super::OnProgress;
 use crate::attention::Kernel;
 use crate::bounds::ball::{attention_ball_slope, BallKind, BallSlope};
 use crate::error::{check_at_least, check_in, check_positive, Error, Interval, Result};
@@ -178,14 +178,7 @@ pub fn run(
     crate::attention::forward::check_shape("X", x, n, plain.d_in())?;
     crate::estimation::check_search_memory(plain, n, "`n`")?;
     let start = std::time::Instant::now();
-    let total = 3;
-    let mut step = |done| {
-        on_progress(&Progress {
-            stage: "certify",
-            done,
-            total,
-        })
-    };
+    let mut step = super::progress::stages(on_progress, "certify", 3);
     step(0);
     let f = Masked {
         layer: plain,
@@ -326,14 +319,7 @@ pub fn run_stack(
     req.check()?;
     let (n, d) = (x.nrows(), x.ncols());
     let start = std::time::Instant::now();
-    let total = 3;
-    let mut step = |done| {
-        on_progress(&Progress {
-            stage: "certify",
-            done,
-            total,
-        })
-    };
+    let mut step = super::progress::stages(on_progress, "certify", 3);
     step(0);
     let centre = StackCentre::new(
         weights,

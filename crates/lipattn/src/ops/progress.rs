@@ -14,3 +14,12 @@ pub type OnProgress<'a> = &'a mut dyn FnMut(&Progress);
 
 /// A callback that ignores progress.
 pub fn silent(_: &Progress) {}
+
+/// A reporter of `total` steps of one `stage`: call it with the number done.
+pub fn stages<'a, 'b>(
+    on_progress: OnProgress<'b>,
+    stage: &'a str,
+    total: usize,
+) -> impl FnMut(usize) + use<'a, 'b> {
+    move |done| on_progress(&Progress { stage, done, total })
+}

@@ -6,7 +6,7 @@
 //! certificate's tightness (docs/commands.md#robustness).
 
 use super::stack_ball::StackCentre;
-use super::{OnProgress, Progress};
+use super::OnProgress;
 use crate::bounds::ball::BallKind;
 use crate::error::{
     check_at_least, check_in, check_positive, check_repeats, Error, Interval, Result,
@@ -207,14 +207,7 @@ pub fn run_stack(
     req.check()?;
     let start = std::time::Instant::now();
     let (n, d) = (x.nrows(), x.ncols());
-    let total = 3;
-    let mut step = |done| {
-        on_progress(&Progress {
-            stage: "robustness",
-            done,
-            total,
-        })
-    };
+    let mut step = super::progress::stages(on_progress, "robustness", 3);
     step(0);
     let centre = StackCentre::new(
         weights,
