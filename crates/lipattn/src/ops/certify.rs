@@ -1,9 +1,11 @@
 //! `certify`: a local certificate on a ball around a given input X. Proven: sup ||J(Y)||_2 over the
 //! ball is at most `certified`, and ||f(Y) - f(X)||_F at most `output_change`, for the attention
-//! sublayer of a dot-product checkpoint (docs/bounds.md#ball-certificates). The bound at the
-//! centre is Lemma P's (probabilistic, with its failure probability; docs/estimation.md), the
-//! growth over the ball Lemma S's (deterministic). Beside them, `attained`: the largest
-//! ||J(Y)||_2 that projected ascent finds inside the ball, a lower bound on the same supremum.
+//! sublayer of a dot-product checkpoint (docs/bounds.md#ball-certificates) and, through Lemma C
+//! (docs/bounds.md#lemma-c, ops::stack_ball), for its blocks and the whole model. The bounds at
+//! the centre are Lemma P's (probabilistic, with their failure probability; docs/estimation.md),
+//! the growth over the ball Lemma S's and Lemma N's (deterministic). Beside them, `attained`: the
+//! largest ||J(Y)||_2 that projected ascent finds inside the ball, a lower bound on the same
+//! supremum.
 
 use super::scope_local::UPPER_SEED_OFFSET;
 use super::stack_ball::{CentreRun, StackCentre};
