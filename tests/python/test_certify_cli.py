@@ -87,7 +87,7 @@ def test_what_is_not_certified_is_refused(lipattn_bin, minilm, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((4, 384)))
     base = ["certify", "--model", minilm, "--layer", 0, "--tokens", tmp_path / "x.npy"]
     cases = [
-        (["--epsilon", 0.1, "--scope", "block"], "scope 'block'"),
+        (["--epsilon", 0.1, "--scope", "block", "--pool", "mean"], "pool 'mean'"),
         (["--epsilon", 0.1, "--scope", "model", "--pool", "mean"], "scope 'model'"),
         (["--epsilon", 0], "epsilon"),
         (["--epsilon", 0.1, "--failure-probability", 1], "failure-probability"),
