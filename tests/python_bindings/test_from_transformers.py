@@ -98,10 +98,14 @@ def test_attention_layers_equal_the_saved_directory(tmp_path, builder):
             np.testing.assert_array_equal(a.forward(x), b.forward(x))
 
 
-def test_rotary_attention_is_refused_as_from_the_directory():
-    mem = lipattn.Model.from_transformers(build(config("llama", num_hidden_layers=1)))
-    with pytest.raises(lipattn.ModelError, match="<from_transformers LlamaForCausalLM>: model_type 'llama'.*rotary"):
-        mem.attention_layer(0)
+def test_rotary_attention_layer_is_the_directory_one(tmp_path):
+    model = build(config("llama", num_hidden_layers=1))
+    mem = lipattn.Model.from_transformers(model).attention_layer(0)
+    model.save_pretrained(tmp_path)
+    disk = lipattn.Model(tmp_path).attention_layer(0)
+    assert isinstance(mem, lipattn.RotaryLayer) and isinstance(disk, lipattn.RotaryLayer)
+    x = np.random.default_rng(2).standard_normal((5, model.config.hidden_size))
+    np.testing.assert_array_equal(mem.forward(x), disk.forward(x))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
