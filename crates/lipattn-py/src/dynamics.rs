@@ -15,7 +15,7 @@ use lipattn::dynamics::flow::{
     sphere_sample as sphere_sample_of,
 };
 use lipattn::dynamics::synthetic;
-use lipattn::dynamics::InvertibleBlock;
+use lipattn::dynamics::{AnyBranch, Branch, InvertibleBlock};
 use lipattn::estimation::SplitMix;
 use lipattn::ops::fixed_point::{self as fixed_point_op, FixedPointInputs, FixedPointRequest};
 use lipattn::ops::flow::{self as flow_op, FlowInputs, FlowMap, FlowRequest};
@@ -23,7 +23,7 @@ use lipattn::ops::invert::{self as invert_op, InvertRequest};
 use lipattn::ops::solvers::{SolverRequest, SolverRun};
 use lipattn::ops::source::SourceRequest;
 use lipattn::ops::to_json;
-use lipattn::{LayerSource, Operator};
+use lipattn::{Kernel, LayerSource, Operator};
 use numpy::ndarray::Array3;
 use numpy::IntoPyArray;
 use pyo3::exceptions::PyValueError;
@@ -175,10 +175,11 @@ fn flat(x: &Mat<f64>) -> Vec<f64> {
 /// A residual block y = x + g(x) whose branch g (the layer with W_O, b_O scaled by ``scale``)
 /// has certified Lipschitz constant at most c < 1 on sequences of n tokens (Frobenius norm): on
 /// all of R^{n x d} for tied L2 attention whose W_V = U W_Q holds exactly (no radius), on the
-/// ball (B_R)^n otherwise (``radius`` = R required). docs/dynamics.md#d1.
+/// ball (B_R)^n otherwise (``radius`` = R required). The layer is an ``AttentionLayer`` (B1-B5)
+/// or a ``RotaryLayer`` (B7, token i at position i under the model's mask). docs/dynamics.md#d1.
 #[pyclass(module = "lipattn", name = "InvertibleBlock", frozen)]
 pub struct PyInvertibleBlock {
-    block: Arc<InvertibleBlock>,
+    block: Arc<InvertibleBlock<AnyBranch>>,
     /// The layer's origin, named by `operator`.
     origin: LayerSource,
 }
@@ -189,15 +190,14 @@ impl PyInvertibleBlock {
     #[pyo3(signature = (layer, n, c=InvertRequest::default().c, *, radius=None))]
     fn new(
         py: Python<'_>,
-        layer: PyRef<'_, PyAttentionLayer>,
+        layer: &Bound<'_, PyAny>,
         n: PyInt,
         c: f64,
         radius: Option<f64>,
     ) -> PyResult<Self> {
         crate::ints::unsigned!(n);
-        let origin = layer.origin.clone();
-        let layer = layer.layer.clone();
-        let block = interruptible(py, move || InvertibleBlock::new(&*layer, n, c, radius))?;
+        let (layer, origin) = branch_of(layer)?;
+        let block = interruptible(py, move || InvertibleBlock::new(&layer, n, c, radius))?;
         Ok(Self {
             block: Arc::new(block),
             origin,
@@ -211,16 +211,15 @@ impl PyInvertibleBlock {
     #[pyo3(signature = (layer, x, c=InvertRequest::default().c, *, radius=None))]
     fn for_tokens(
         py: Python<'_>,
-        layer: PyRef<'_, PyAttentionLayer>,
+        layer: &Bound<'_, PyAny>,
         x: &Bound<'_, PyAny>,
         c: f64,
         radius: Option<f64>,
     ) -> PyResult<Self> {
-        let origin = layer.origin.clone();
-        let layer = layer.layer.clone();
+        let (layer, origin) = branch_of(layer)?;
         let x = matrix_f64(x, "x")?;
         let block = interruptible(py, move || {
-            InvertibleBlock::for_tokens(&*layer, x.as_ref(), c, radius)
+            InvertibleBlock::for_tokens(&layer, x.as_ref(), c, radius)
         })?;
         Ok(Self {
             block: Arc::new(block),
@@ -228,14 +227,23 @@ impl PyInvertibleBlock {
         })
     }
 
-    /// The branch g as an AttentionLayer.
+    /// The branch g: an AttentionLayer, or a RotaryLayer when the block was built from one.
     #[getter]
-    fn g(&self) -> PyAttentionLayer {
-        PyAttentionLayer::wrap(
-            self.block.g.clone(),
-            false,
-            "branch g of an InvertibleBlock".into(),
-        )
+    fn g<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        const NAME: &str = "branch g of an InvertibleBlock";
+        match &self.block.g {
+            AnyBranch::Plain(l) => Ok(PyAttentionLayer::wrap((**l).clone(), false, NAME.into())
+                .into_pyobject(py)?
+                .into_any()),
+            AnyBranch::Rotary(b) => {
+                let origin = LayerSource::new(NAME, true, Kernel::Dot);
+                Ok(
+                    crate::rotary::PyRotaryLayer::new((**b).clone(), origin, None)?
+                        .into_pyobject(py)?
+                        .into_any(),
+                )
+            }
+        }
     }
     /// The factor applied to the layer's W_O and b_O.
     #[getter]
@@ -270,7 +278,15 @@ impl PyInvertibleBlock {
     #[getter]
     fn operator<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (b, cert) = (&self.block, &self.block.certificate);
-        let op = Operator::certified(&self.origin, b.g.kernel, b.scale, cert.n, Some(cert.domain));
+        let op = Operator::certified_masked(
+            &self.origin,
+            b.g.kernel(),
+            b.g.causal(),
+            b.scale,
+            cert.n,
+            Some(cert.domain),
+        )
+        .with_rotary_form(b.g.rotary_form());
         dict(py, &to_json(&op).py_err()?)
     }
 
@@ -388,7 +404,8 @@ impl PyInvertibleBlock {
     }
 }
 
-/// The command ``lipattn invert`` on a layer and tokens ``x``: the residual block
+/// The command ``lipattn invert`` on a layer (an ``AttentionLayer``, or a ``RotaryLayer`` with
+/// token i at position i) and tokens ``x``: the residual block
 /// y = x + g(x) with g scaled to certified Lip(g) <= ``c`` (``InvertibleBlock.for_tokens``),
 /// inverted from y by each solver of ``solver`` ('picard', 'anderson', 'broyden' or 'all'),
 /// the attained local constant of g at x and, with ``logdet``, log|det(I + J_g(x))|.
@@ -403,7 +420,7 @@ impl PyInvertibleBlock {
 #[allow(clippy::too_many_arguments)]
 fn invert<'py>(
     py: Python<'py>,
-    layer: PyRef<'py, PyAttentionLayer>,
+    layer: &Bound<'py, PyAny>,
     x: &Bound<'py, PyAny>,
     c: f64,
     radius: Option<f64>,
@@ -441,11 +458,10 @@ fn invert<'py>(
         seed,
     };
     let x = matrix_f64(x, "x")?;
-    let origin = layer.origin.clone();
-    let layer = layer.layer.clone();
+    let (layer, origin) = branch_of(layer)?;
     let (v, xr) = interruptible(py, move || {
         let inputs = invert_op::InvertInputs {
-            layer: &*layer,
+            layer: &layer,
             x: x.as_ref(),
             source: None,
             origin: &origin,
@@ -471,6 +487,8 @@ fn invert<'py>(
 /// X = (1 - beta) X + beta f(X), or injected X = U + f(X) with U = ``input`` (default: x);
 /// measure space: mu = F(mu) with the atoms x and ``weights`` (default uniform), residuals in
 /// exact W1. ``contract`` scales the layer to a certified contraction constant <= contract.
+/// ``layer`` is an ``AttentionLayer`` or a ``RotaryLayer``; a RotaryLayer is no map of measures,
+/// so it runs in token space only (B7, docs/dynamics.md#branches).
 ///
 /// Returns the keys of ``lipattn fixed-point --json`` (space, variant, metric, n, d, scale,
 /// certified_contraction, layer_certificate, notes) merged with its solver entry (solver,
@@ -482,7 +500,7 @@ fn invert<'py>(
 #[allow(clippy::too_many_arguments)]
 fn fixed_point<'py>(
     py: Python<'py>,
-    layer: PyRef<'py, PyAttentionLayer>,
+    layer: &Bound<'py, PyAny>,
     x: &Bound<'py, PyAny>,
     space: &str,
     variant: &str,
@@ -526,11 +544,10 @@ fn fixed_point<'py>(
         .map(|u| matrix_f64(u, "input"))
         .transpose()?;
     let weights = optional_vector(weights, "weights")?;
-    let origin = layer.origin.clone();
-    let layer = layer.layer.clone();
+    let (layer, origin) = branch_of(layer)?;
     let (v, xs) = interruptible(py, move || {
         let inputs = FixedPointInputs {
-            layer: &*layer,
+            layer: &layer,
             x: x.as_ref(),
             input,
             weights,
@@ -624,16 +641,15 @@ fn flow<'py>(
     };
     let weights = optional_vector(weights, "weights")?;
     let x0 = matrix_f64(x, "x")?;
-    let layer = FlowLayer::of(layer)?;
+    let (layer, origin) = branch_of(layer)?;
     let (v, states) = interruptible(py, move || {
-        let (map, origin) = layer.map();
         let inputs = FlowInputs {
-            map,
+            map: FlowMap::of(&layer),
             x: x0.as_ref(),
             weights,
             gronwall_tokens,
             source: None,
-            origin,
+            origin: &origin,
         };
         let report = flow_op::run(&req, inputs, &mut lipattn::ops::silent)?;
         let mut v = to_json(&report)?;
@@ -650,35 +666,21 @@ fn flow<'py>(
     Ok(out)
 }
 
-/// The layer `flow` integrates: a plain one (a flow of measures) or a rotary one (a flow of
-/// tokens), shared with the worker thread.
-enum FlowLayer {
-    Plain(std::sync::Arc<lipattn::AttentionLayer<f64>>, LayerSource),
-    Rotary(std::sync::Arc<lipattn::dynamics::RotaryBranch>, LayerSource),
-}
-
-impl FlowLayer {
-    fn of(layer: &Bound<'_, PyAny>) -> PyResult<Self> {
-        if let Ok(l) = layer.cast::<PyAttentionLayer>() {
-            let l = l.get();
-            return Ok(FlowLayer::Plain(l.layer.clone(), l.origin.clone()));
-        }
-        if let Ok(l) = layer.cast::<crate::rotary::PyRotaryLayer>() {
-            let l = l.get();
-            return Ok(FlowLayer::Rotary(l.branch.clone(), l.origin.clone()));
-        }
-        Err(pyo3::exceptions::PyTypeError::new_err(format!(
-            "layer: expected an AttentionLayer or a RotaryLayer, got {}",
-            layer.get_type().name()?
-        )))
+/// The branch of the dynamics that the Python layer `layer` holds (an AttentionLayer or a
+/// RotaryLayer; the weights are shared, not copied) and its origin.
+fn branch_of(layer: &Bound<'_, PyAny>) -> PyResult<(AnyBranch, LayerSource)> {
+    if let Ok(l) = layer.cast::<PyAttentionLayer>() {
+        let l = l.get();
+        return Ok((AnyBranch::Plain(l.layer.clone()), l.origin.clone()));
     }
-
-    fn map(&self) -> (FlowMap<'_>, &LayerSource) {
-        match self {
-            FlowLayer::Plain(l, o) => (FlowMap::Measures(l), o),
-            FlowLayer::Rotary(b, o) => (FlowMap::Tokens(b), o),
-        }
+    if let Ok(l) = layer.cast::<crate::rotary::PyRotaryLayer>() {
+        let l = l.get();
+        return Ok((AnyBranch::Rotary(l.branch.clone()), l.origin.clone()));
     }
+    Err(pyo3::exceptions::PyTypeError::new_err(format!(
+        "layer: expected an AttentionLayer or a RotaryLayer, got {}",
+        layer.get_type().name()?
+    )))
 }
 
 /// Mean-field consistency (``lipattn flow --mean-field``): ``replicates`` samples of n points

@@ -152,7 +152,7 @@ fn rotary_logdet_series_agrees_with_exact() {
 #[test]
 fn rotary_fixed_point_residual_and_certified_bound() {
     for (k, c) in CASES.iter().enumerate() {
-        let b = AnyBranch::Rotary(Box::new(layer(c, 40 + k as u64)));
+        let b = AnyBranch::Rotary(std::sync::Arc::new(layer(c, 40 + k as u64)));
         let x = tokens(6, 200 + k as u64, 0.7);
         for variant in [VariantName::Plain, VariantName::Injected] {
             let req = FixedPointRequest {
@@ -413,7 +413,7 @@ fn rotary_token_flow_integrates_the_causal_map() {
 /// naming it.
 #[test]
 fn rotary_flow_op_reports_tokens_and_refuses_what_does_not_apply() {
-    let b = AnyBranch::Rotary(Box::new(layer(&CASES[2], 9)));
+    let b = AnyBranch::Rotary(std::sync::Arc::new(layer(&CASES[2], 9)));
     let x = tokens(5, 10, 1.0);
     let origin = LayerSource::new("random rotary layer", true, lipattn::Kernel::Dot);
     let run = |req: &FlowRequest, weights: Option<Vec<f64>>| {

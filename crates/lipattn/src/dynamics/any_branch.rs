@@ -10,12 +10,14 @@ use crate::derivatives::{Linearization, LinearizedMap};
 use crate::error::Result;
 use crate::operator::RotaryForm;
 use faer::{Mat, MatRef};
+use std::sync::Arc;
 
-// Boxed: the two kinds differ in size, and a branch is moved around whole.
+// Shared: the two kinds differ in size, and a frontend that already holds a layer (the Python
+// bindings) wraps it without copying its weights.
 #[derive(Clone, Debug)]
 pub enum AnyBranch {
-    Plain(Box<AttentionLayer<f64>>),
-    Rotary(Box<RotaryBranch>),
+    Plain(Arc<AttentionLayer<f64>>),
+    Rotary(Arc<RotaryBranch>),
 }
 
 pub enum AnyLinearization<'a> {
@@ -73,8 +75,8 @@ impl Branch for AnyBranch {
     }
     fn scaled(&self, s: f64) -> Self {
         match self {
-            AnyBranch::Plain(b) => AnyBranch::Plain(Box::new(Branch::scaled(&**b, s))),
-            AnyBranch::Rotary(b) => AnyBranch::Rotary(Box::new(b.scaled(s))),
+            AnyBranch::Plain(b) => AnyBranch::Plain(Arc::new(Branch::scaled(&**b, s))),
+            AnyBranch::Rotary(b) => AnyBranch::Rotary(Arc::new(b.scaled(s))),
         }
     }
     fn row_bound(&self) -> Result<(f64, f64)> {

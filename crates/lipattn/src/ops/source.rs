@@ -126,12 +126,12 @@ impl SourceRequest {
                             return Err(Error::Option(format!("{model} layer {l} is causal (GPT-2 family): the dynamics certify the unmasked dot-product layer, an operator on measures, which a causal mask is not; the rotary families' causal sublayers are certified by B7 and run")));
                         }
                         let description = json!({"source": "model", "model": model, "layer": l, "kernel": layer.kernel, "heads": layer.heads, "d": layer.d_in()});
-                        (AnyBranch::Plain(layer), description)
+                        (AnyBranch::Plain(layer.into()), description)
                     }
                     SublayerWeights::Rotary { layer, family } => {
                         let branch = RotaryBranch::new(*layer, family);
                         let description = json!({"source": "model", "model": model, "layer": l, "family": family, "kernel": "dot", "heads": branch.layer.heads, "kv_heads": branch.layer.kv_heads, "d": branch.layer.d_in(), "rotary": branch.rotary_form()});
-                        (AnyBranch::Rotary(Box::new(branch)), description)
+                        (AnyBranch::Rotary(branch.into()), description)
                     }
                 };
                 Ok(Sourced {
@@ -149,7 +149,7 @@ impl SourceRequest {
                 let origin =
                     synthetic_origin(self.d, self.heads, self.kernel, self.bias, self.seed);
                 Ok(Sourced {
-                    layer: AnyBranch::Plain(Box::new(layer)),
+                    layer: AnyBranch::Plain(layer.into()),
                     description,
                     origin,
                 })
@@ -160,7 +160,7 @@ impl SourceRequest {
     /// Geshkovski et al.'s layer Q = K = V = I on R^d (d of this request) with scores
     /// beta <x, y>, and its description.
     pub fn identity_layer(&self, beta: f64) -> Result<Sourced<AnyBranch>> {
-        let layer = AnyBranch::Plain(Box::new(identity_layer(self.d, beta)?));
+        let layer = AnyBranch::Plain(identity_layer(self.d, beta)?.into());
         let description = json!({"source": "identity", "d": self.d, "beta": beta, "kernel": "dot"});
         let origin = identity_origin(self.d, beta);
         Ok(Sourced {
