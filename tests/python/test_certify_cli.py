@@ -99,12 +99,3 @@ def test_what_is_not_certified_is_refused(lipattn_bin, minilm, tmp_path):
         assert out.returncode == 2, (extra, out.stderr)
         assert words in out.stderr, (extra, out.stderr)
         assert "panicked" not in out.stderr
-
-
-def test_rotary_checkpoints_are_refused_with_the_reason(lipattn_bin, tmp_path):
-    from tiny_decoders import build, config, save
-    save(build(config("llama")), tmp_path)
-    np.save(tmp_path / "x.npy", np.zeros((4, 32)))
-    out = run(lipattn_bin, "certify", "--model", tmp_path, "--layer", 0, "--tokens", tmp_path / "x.npy",
-              "--epsilon", 0.1)
-    assert out.returncode == 2 and "rotary" in out.stderr, out.stderr

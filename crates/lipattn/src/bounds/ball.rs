@@ -12,7 +12,8 @@
 //! quantity of X is computed in f64 and bounded upward with the proven rounding bounds of
 //! `linalg::rounding`.
 
-use crate::attention::{AttentionLayer, Kernel};
+use crate::attention::rotary::RopeTable;
+use crate::attention::{AttentionLayer, Kernel, RotaryAttention};
 use crate::error::{check_finite, Error, Result};
 use crate::linalg::rounding::{
     add_up, down, exp_up, gamma, inv_sqrt_up, mul_up, norm2_up, product_with_error, spectral_up,
@@ -141,10 +142,40 @@ struct Projected {
     errors: Vec<f64>,
 }
 
-fn project(x: MatRef<'_, f64>, w: &Mat<f64>, b: &[f64], centre: bool) -> Projected {
+/// The rotation a rotary head applies to its query and key rows: token i's row is multiplied by
+/// R_i (the stored cos/sin table of the code, docs/rotary.md), and every ||R_i||_2 <= `norm`.
+#[derive(Clone, Copy)]
+struct Rotation<'a> {
+    table: &'a RopeTable<f64>,
+    head_dim: usize,
+    norm: f64,
+}
+
+fn project(
+    x: MatRef<'_, f64>,
+    w: &Mat<f64>,
+    b: &[f64],
+    centre: bool,
+    rotation: Option<Rotation<'_>>,
+) -> Projected {
     let (raw, e) = product_with_error(&[x, w.as_ref().transpose()]);
     let (n, k) = (raw.nrows(), raw.ncols());
-    let biased = Mat::from_fn(n, k, |i, t| raw[(i, t)] + b[t]);
+    let mut biased = Mat::from_fn(n, k, |i, t| raw[(i, t)] + b[t]);
+    let two_u = 2.0 * UNIT_ROUNDOFF;
+    // Upper bounds on ||computed row - exact row|| before the centring.
+    let mut before: Vec<f64> = (0..n).map(|_| e).collect();
+    if let Some(rot) = rotation {
+        // fl(a + b) is within u |fl(a + b)| of a + b; then each rotated pair (C x - S y, S x + C y)
+        // rounds within gamma_2 (|C x| + |S y|) <= gamma_2 sqrt(C^2 + S^2) |(x, y)| per entry, so
+        // the rotated row is within ||R_i|| (error of the row) + sqrt(2) gamma_2 ||R_i|| |row|.
+        let g2 = mul_up(sqrt_up(2.0), gamma(2));
+        for (i, err) in before.iter_mut().enumerate() {
+            let bn = norm2_up((0..k).map(|t| biased[(i, t)]));
+            let row = add_up(*err, mul_up(two_u, bn));
+            *err = add_up(mul_up(rot.norm, row), mul_up(g2, mul_up(rot.norm, bn)));
+        }
+        rot.table.rotate(biased.as_mut(), rot.head_dim, false);
+    }
     let mean: Vec<f64> = (0..k)
         .map(|t| {
             if centre {
@@ -155,13 +186,13 @@ fn project(x: MatRef<'_, f64>, w: &Mat<f64>, b: &[f64], centre: bool) -> Project
         })
         .collect();
     let centred = Mat::from_fn(n, k, |i, t| biased[(i, t)] - mean[t]);
-    // fl(fl(a + b) - m) - (a + b - m) is at most u |fl(a + b)| + u |result| (1 + u) per entry.
-    let two_u = 2.0 * UNIT_ROUNDOFF;
+    // fl(fl(a + b) - m) - (a + b - m) is at most u |fl(a + b)| + u |result| (1 + u) per entry
+    // (for a rotated row the first term is already in `before`; counting it twice is harmless).
     let errors: Vec<f64> = (0..n)
         .map(|i| {
             let bn = norm2_up((0..k).map(|t| biased[(i, t)]));
             let cn = norm2_up((0..k).map(|t| centred[(i, t)]));
-            add_up(e, mul_up(two_u, add_up(bn, cn)))
+            add_up(before[i], mul_up(two_u, add_up(bn, cn)))
         })
         .collect();
     let norms = row_norms_up(&centred, |i, _| errors[i]);
@@ -186,6 +217,41 @@ fn row_distance_up(p: &Projected, a: usize, b: usize) -> f64 {
     )
 }
 
+/// One head's weights as Lemma S reads them.
+struct HeadWeights<'a> {
+    wq: &'a Mat<f64>,
+    bq: &'a [f64],
+    wk: &'a Mat<f64>,
+    bk: &'a [f64],
+    wv: &'a Mat<f64>,
+    bv: &'a [f64],
+    wo: &'a Mat<f64>,
+}
+
+/// The centre's checks shared by both kinds of attention.
+fn check_centre(x: MatRef<'_, f64>, d: usize, heads: usize, token_radius: f64) -> Result<()> {
+    if !(token_radius.is_finite() && token_radius >= 0.0) {
+        return Err(Error::invalid(format!(
+            "the ball radius must be finite and >= 0 (got {token_radius})"
+        )));
+    }
+    crate::attention::forward::check_shape("ball centre X", x, x.nrows(), d)?;
+    check_finite(
+        "ball centre X",
+        (0..x.nrows()).flat_map(|i| (0..x.ncols()).map(move |k| x[(i, k)])),
+    )?;
+    let n = x.nrows();
+    if n == 0 {
+        return Err(Error::Empty {
+            what: "token sequence".into(),
+        });
+    }
+    crate::budget::check(
+        || format!("the ball bound over {n} tokens ({heads} heads)"),
+        crate::budget::bytes_of(&[4, n, n], 8),
+    )
+}
+
 /// H of Lemma S (docs/bounds.md#ball-certificates) for `layer` (dot-product kernel) at `x`, causal
 /// or not, for every Y whose tokens are within `token_radius` of x's.
 pub fn attention_ball_slope(
@@ -199,217 +265,285 @@ pub fn attention_ball_slope(
             "the ball certificate (Lemma S) is proven for dot-product attention; this layer has the tied L2 kernel",
         ));
     }
-    if !(token_radius.is_finite() && token_radius >= 0.0) {
-        return Err(Error::invalid(format!(
-            "the ball radius must be finite and >= 0 (got {token_radius})"
-        )));
-    }
-    crate::attention::forward::check_shape("ball centre X", x, x.nrows(), layer.d_in())?;
-    check_finite(
-        "ball centre X",
-        (0..x.nrows()).flat_map(|i| (0..x.ncols()).map(move |k| x[(i, k)])),
-    )?;
-    let n = x.nrows();
-    if n == 0 {
-        return Err(Error::Empty {
-            what: "token sequence".into(),
-        });
-    }
-    crate::budget::check(
-        || format!("the ball bound over {n} tokens ({} heads)", layer.heads),
-        crate::budget::bytes_of(&[4, n, n], 8),
-    )?;
-    let r = token_radius;
-    let c_up = inv_sqrt_up(layer.score_divisor_sq);
-    let c_down = down(1.0 / up((layer.score_divisor_sq as f64).sqrt()));
-    let c = 1.0 / (layer.score_divisor_sq as f64).sqrt();
+    check_centre(x, layer.d_in(), layer.heads, token_radius)?;
     let allowed = |i: usize, j: usize| !causal || j <= i;
     let mut heads = Vec::with_capacity(layer.heads);
     for h in 0..layer.heads {
         let hl = layer.head(h, false)?;
-        let a_q = mul_up(c_up, spectral_up(hl.wq.as_ref())?);
-        let a_k = spectral_up(hl.wk.as_ref())?;
-        let a_v = spectral_up(hl.wv.as_ref())?;
-        let a_o = spectral_up(hl.wo.as_ref())?;
-        let q = project(x, &hl.wq, &hl.bq, false);
-        let k = project(x, &hl.wk, &hl.bk, true);
-        let v = project(x, &hl.wv, &hl.bv, true);
-        // Norms of the scaled queries c (W_Q x_i + b_Q).
-        let q_norm: Vec<f64> = q.norms.iter().map(|&m| mul_up(c_up, m)).collect();
-        let kappa: Vec<f64> = k.norms.iter().map(|&m| add_up(m, mul_up(a_k, r))).collect();
-        let nu: Vec<f64> = v.norms.iter().map(|&m| add_up(m, mul_up(a_v, r))).collect();
-        let dk = hl.wq.nrows();
-        let g_dot = gamma(dk);
-        let mut omega = Mat::<f64>::zeros(n, n);
-        let (mut g_max, mut q_max, mut v_max, mut s_max, mut delta_max) =
-            (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
-        let (mut g_peak_max, mut v_peak_max, mut theta_max, mut sv_max) =
-            (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-        let mut peak_of: Vec<Option<(usize, f64)>> = vec![None; n];
-        for i in 0..n {
-            let qi: Vec<f64> = (0..dk).map(|t| q.centred[(i, t)]).collect();
-            let qi_comp = norm2_up(qi.iter().copied());
-            let js: Vec<usize> = (0..n).filter(|&j| allowed(i, j)).collect();
-            // Computed centred scores and a bound tau on their error against the exact ones.
-            let mut s = Vec::with_capacity(js.len());
-            let mut tau = 0.0f64;
-            for &j in &js {
-                let dot: f64 = (0..dk).map(|t| qi[t] * k.centred[(j, t)]).sum();
-                let sij = c * dot;
-                let kj_comp = norm2_up((0..dk).map(|t| k.centred[(j, t)]));
-                let dot_bound = mul_up(add_up(qi_comp, q.errors[i]), add_up(kj_comp, k.errors[j]));
-                let inner_err = sum_up([
-                    mul_up(q.errors[i], kj_comp),
-                    mul_up(add_up(qi_comp, q.errors[i]), k.errors[j]),
-                    mul_up(g_dot, mul_up(qi_comp, kj_comp)),
-                ]);
-                let err = sum_up([
-                    mul_up(c_up - c_down, dot_bound),
-                    mul_up(c_up, inner_err),
-                    mul_up(2.0 * UNIT_ROUNDOFF, sij.abs()),
-                ]);
-                tau = tau.max(err);
-                s.push(sij);
-            }
-            let delta = js
-                .iter()
-                .map(|&j| {
-                    add_up(
-                        mul_up(mul_up(a_q, r), kappa[j]),
-                        mul_up(q_norm[i], mul_up(a_k, r)),
-                    )
-                })
-                .fold(0.0f64, f64::max);
-            delta_max = delta_max.max(delta);
-            let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let shifted: Vec<f64> = s.iter().map(|&v| v - m).collect();
-            let e: Vec<f64> = shifted.iter().map(|&v| v.exp()).collect();
-            let total: f64 = e.iter().sum();
-            let x_max = shifted.iter().fold(0.0f64, |a, &v| a.max(v.abs()));
-            // softmax(s_exact)_j <= (p_hat_j + 2 ETA) F e^{2 tau}, p(Y)_j <= p(X)_j e^{2 Delta}.
-            let f_round = mul_up(
-                exp_up(mul_up(2.0 * UNIT_ROUNDOFF, up(x_max))),
-                add_up(
-                    1.0,
-                    add_up(
-                        mul_up(3.0, EXP_RELATIVE_ERROR),
-                        mul_up(2.0, gamma(js.len() + 2)),
-                    ),
-                ),
-            );
-            let factor = mul_up(f_round, exp_up(mul_up(2.0, add_up(tau, delta))));
-            let (mut gk, mut gv, mut rk, mut kmax2, mut vmax2) =
-                (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
-            // The row's peak j*: the spreads about it vanish as the row concentrates on it.
-            let peak_idx = (0..js.len())
-                .max_by(|&a, &b| e[a].total_cmp(&e[b]))
-                .expect("every query sees at least one key");
-            let peak = js[peak_idx];
-            let (mut gk_peak, mut gv_peak, mut off_peak) = (0.0f64, 0.0f64, 0.0f64);
-            for (idx, &j) in js.iter().enumerate() {
-                let w = mul_up(add_up(e[idx] / total, 2.0 * ETA), factor).min(1.0);
-                omega[(i, j)] = w;
-                let k2 = mul_up(kappa[j], kappa[j]);
-                let v2 = mul_up(nu[j], nu[j]);
-                gk = add_up(gk, mul_up(w, k2));
-                gv = add_up(gv, mul_up(w, v2));
-                rk = rk.max(kappa[j]);
-                kmax2 = kmax2.max(k2);
-                vmax2 = vmax2.max(v2);
-                // ||k_j(Z) - k_peak(X)|| <= ||k_j(X) - k_peak(X)|| + a_K r, the same for values.
-                let dk_j = add_up(row_distance_up(&k, j, peak), mul_up(a_k, r));
-                let dv_j = add_up(row_distance_up(&v, j, peak), mul_up(a_v, r));
-                gk_peak = add_up(gk_peak, mul_up(w, mul_up(dk_j, dk_j)));
-                gv_peak = add_up(gv_peak, mul_up(w, mul_up(dv_j, dv_j)));
-                if j != peak {
-                    off_peak = add_up(off_peak, w);
-                }
-            }
-            let theta = off_peak.min(1.0);
-            theta_max = theta_max.max(theta);
-            peak_of[i] = Some((peak, theta));
-            let g_i = sqrt_up(gk.min(kmax2));
-            let v_i = sqrt_up(gv.min(vmax2));
-            let qz = add_up(q_norm[i], mul_up(a_q, r));
-            g_max = g_max.max(g_i);
-            v_max = v_max.max(v_i);
-            g_peak_max = g_peak_max.max(sqrt_up(gk_peak));
-            v_peak_max = v_peak_max.max(sqrt_up(gv_peak).min(v_i));
-            q_max = q_max.max(qz);
-            let s_i = add_up(mul_up(a_q, rk), mul_up(a_k, qz));
-            s_max = s_max.max(s_i);
-            // T4 pairs each query's score slope with its own value spread.
-            sv_max = sv_max.max(mul_up(s_i, v_i.min(sqrt_up(gv_peak))));
+        let w = HeadWeights {
+            wq: &hl.wq,
+            bq: &hl.bq,
+            wk: &hl.wk,
+            bk: &hl.bk,
+            wv: &hl.wv,
+            bv: &hl.bv,
+            wo: &hl.wo,
+        };
+        heads.push(head_slope(
+            &w,
+            x,
+            layer.score_divisor_sq,
+            None,
+            &allowed,
+            token_radius,
+        )?);
+    }
+    Ok(total(heads, token_radius))
+}
+
+/// H of Lemma S for a rotary attention sublayer (docs/bounds.md#lemma-s-rotary): each query head
+/// with its key/value head, queries and keys rotated by the code's own table at positions
+/// 0..n-1, the causal mask and the sliding window. Query/key norms and logit soft-capping make the
+/// query, key or score map nonlinear, which the lemma does not cover: refused, naming them.
+pub fn rotary_ball_slope(
+    layer: &RotaryAttention,
+    x: MatRef<'_, f64>,
+    token_radius: f64,
+) -> Result<BallSlope> {
+    if layer.qk_norm.is_some() {
+        return Err(Error::invalid(
+            "this layer normalises its queries and keys (q_norm / k_norm, as qwen3 and gemma3 do): the ball certificate (Lemma S) is proven for affine query and key maps only",
+        ));
+    }
+    if let Some(cap) = layer.softcap {
+        return Err(Error::invalid(format!(
+            "this layer soft-caps its scores (attn_logit_softcapping = {cap}): the ball certificate (Lemma S) is proven for uncapped scores only"
+        )));
+    }
+    check_centre(x, layer.d_in(), layer.heads, token_radius)?;
+    let n = x.nrows();
+    let table = layer.rope.table::<f64>(n)?;
+    let rotation = Rotation {
+        table: &table,
+        head_dim: layer.head_dim,
+        norm: layer.rope.rotation_norm_up(n)?,
+    };
+    let window = layer.window;
+    let allowed = |i: usize, j: usize| j <= i && window.is_none_or(|w| i - j < w);
+    let mut heads = Vec::with_capacity(layer.heads);
+    for h in 0..layer.heads {
+        let hl = layer.head(h)?;
+        let w = HeadWeights {
+            wq: &hl.wq,
+            bq: &hl.bq,
+            wk: &hl.wk,
+            bk: &hl.bk,
+            wv: &hl.wv,
+            bv: &hl.bv,
+            wo: &hl.wo,
+        };
+        heads.push(head_slope(
+            &w,
+            x,
+            layer.score_divisor_sq,
+            Some(rotation),
+            &allowed,
+            token_radius,
+        )?);
+    }
+    Ok(total(heads, token_radius))
+}
+
+fn total(heads: Vec<HeadSlope>, token_radius: f64) -> BallSlope {
+    let value = sum_up(heads.iter().map(|h| mul_up(h.a_o, h.value)));
+    BallSlope {
+        value,
+        token_radius,
+        heads,
+    }
+}
+
+/// One head's term of Lemma S. With a rotation, the query and key maps are y_i -> R_i (W y_i + b),
+/// whose Lipschitz constants carry max ||R_i||; the lemma's proof uses nothing else of them.
+fn head_slope(
+    hl: &HeadWeights<'_>,
+    x: MatRef<'_, f64>,
+    score_divisor_sq: usize,
+    rotation: Option<Rotation<'_>>,
+    allowed: &dyn Fn(usize, usize) -> bool,
+    r: f64,
+) -> Result<HeadSlope> {
+    let n = x.nrows();
+    let c_up = inv_sqrt_up(score_divisor_sq);
+    let c_down = down(1.0 / up((score_divisor_sq as f64).sqrt()));
+    let c = 1.0 / (score_divisor_sq as f64).sqrt();
+    let rot = rotation.map_or(1.0, |r| r.norm);
+    let a_q = mul_up(c_up, mul_up(rot, spectral_up(hl.wq.as_ref())?));
+    let a_k = mul_up(rot, spectral_up(hl.wk.as_ref())?);
+    let a_v = spectral_up(hl.wv.as_ref())?;
+    let a_o = spectral_up(hl.wo.as_ref())?;
+    let q = project(x, hl.wq, hl.bq, false, rotation);
+    let k = project(x, hl.wk, hl.bk, true, rotation);
+    let v = project(x, hl.wv, hl.bv, true, None);
+    // Norms of the scaled queries c (W_Q x_i + b_Q).
+    let q_norm: Vec<f64> = q.norms.iter().map(|&m| mul_up(c_up, m)).collect();
+    let kappa: Vec<f64> = k.norms.iter().map(|&m| add_up(m, mul_up(a_k, r))).collect();
+    let nu: Vec<f64> = v.norms.iter().map(|&m| add_up(m, mul_up(a_v, r))).collect();
+    let dk = hl.wq.nrows();
+    let g_dot = gamma(dk);
+    let mut omega = Mat::<f64>::zeros(n, n);
+    let (mut g_max, mut q_max, mut v_max, mut s_max, mut delta_max) =
+        (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let (mut g_peak_max, mut v_peak_max, mut theta_max, mut sv_max) =
+        (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let mut peak_of: Vec<Option<(usize, f64)>> = vec![None; n];
+    for i in 0..n {
+        let qi: Vec<f64> = (0..dk).map(|t| q.centred[(i, t)]).collect();
+        let qi_comp = norm2_up(qi.iter().copied());
+        let js: Vec<usize> = (0..n).filter(|&j| allowed(i, j)).collect();
+        // Computed centred scores and a bound tau on their error against the exact ones.
+        let mut s = Vec::with_capacity(js.len());
+        let mut tau = 0.0f64;
+        for &j in &js {
+            let dot: f64 = (0..dk).map(|t| qi[t] * k.centred[(j, t)]).sum();
+            let sij = c * dot;
+            let kj_comp = norm2_up((0..dk).map(|t| k.centred[(j, t)]));
+            let dot_bound = mul_up(add_up(qi_comp, q.errors[i]), add_up(kj_comp, k.errors[j]));
+            let inner_err = sum_up([
+                mul_up(q.errors[i], kj_comp),
+                mul_up(add_up(qi_comp, q.errors[i]), k.errors[j]),
+                mul_up(g_dot, mul_up(qi_comp, kj_comp)),
+            ]);
+            let err = sum_up([
+                mul_up(c_up - c_down, dot_bound),
+                mul_up(c_up, inner_err),
+                mul_up(2.0 * UNIT_ROUNDOFF, sij.abs()),
+            ]);
+            tau = tau.max(err);
+            s.push(sij);
         }
-        let column_sum = (0..n)
-            .map(|j| {
-                let rows = (0..n).filter(|&i| allowed(i, j));
-                let count = rows.clone().count() as f64;
-                sum_up(rows.map(|i| omega[(i, j)])).min(count)
+        let delta = js
+            .iter()
+            .map(|&j| {
+                add_up(
+                    mul_up(mul_up(a_q, r), kappa[j]),
+                    mul_up(q_norm[i], mul_up(a_k, r)),
+                )
             })
             .fold(0.0f64, f64::max);
-        // The off-peak mass a key j carries: omega_ij where j is not the row's peak, theta_i
-        // where it is (the peak's own weight enters the centred sums only through 1 - p_peak).
-        let off_peak_column_sum = (0..n)
-            .map(|j| {
-                let rows = (0..n).filter(|&i| allowed(i, j));
-                let count = rows.clone().count() as f64;
-                sum_up(rows.map(|i| match peak_of[i] {
-                    Some((p, theta)) if p == j => theta,
-                    _ => omega[(i, j)],
-                }))
-                .min(count)
-            })
-            .fold(0.0f64, f64::max);
-        // First form (spreads about a fixed centre): sigma = a_q G + a_k Q sqrt(C), the l2 norm
-        // over queries of the score-derivative spread.
-        let sigma = add_up(
-            mul_up(a_q, g_max),
-            mul_up(a_k, mul_up(q_max, sqrt_up(column_sum))),
-        );
-        // Second form (spreads about each row's peak): sqrt(2) a_k Q sqrt(C~) in place of
-        // a_k Q sqrt(C), and the value-derivative spread carries sqrt(2 Theta).
-        let sqrt2 = sqrt_up(2.0);
-        let sigma_peak = add_up(
-            mul_up(a_q, g_peak_max),
-            mul_up(
-                sqrt2,
-                mul_up(a_k, mul_up(q_max, sqrt_up(off_peak_column_sum))),
+        delta_max = delta_max.max(delta);
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let shifted: Vec<f64> = s.iter().map(|&v| v - m).collect();
+        let e: Vec<f64> = shifted.iter().map(|&v| v.exp()).collect();
+        let total: f64 = e.iter().sum();
+        let x_max = shifted.iter().fold(0.0f64, |a, &v| a.max(v.abs()));
+        // softmax(s_exact)_j <= (p_hat_j + 2 ETA) F e^{2 tau}, p(Y)_j <= p(X)_j e^{2 Delta}.
+        let f_round = mul_up(
+            exp_up(mul_up(2.0 * UNIT_ROUNDOFF, up(x_max))),
+            add_up(
+                1.0,
+                add_up(
+                    mul_up(3.0, EXP_RELATIVE_ERROR),
+                    mul_up(2.0, gamma(js.len() + 2)),
+                ),
             ),
         );
-        let sigma_best = sigma.min(sigma_peak);
-        let spread = v_max.min(v_peak_max);
-        let cov_terms = mul_up(2.0, mul_up(a_v, sigma)).min(mul_up(
-            4.0,
-            mul_up(sqrt_up(theta_max), mul_up(a_v, sigma_peak)),
-        ));
-        let value = sum_up([
-            cov_terms,
-            mul_up(2.0, mul_up(mul_up(a_q, a_k), spread)),
-            mul_up(2.0, mul_up(sv_max, sigma_best)),
-        ]);
-        heads.push(HeadSlope {
-            a_q,
-            a_k,
-            a_v,
-            a_o,
-            key_spread: g_max.min(g_peak_max),
-            query_norm: q_max,
-            value_spread: spread,
-            off_peak_mass: theta_max,
-            off_peak_column_sum,
-            score_slope: s_max,
-            slope_spread: sv_max,
-            column_sum,
-            score_change: delta_max,
-            value,
-        });
+        let factor = mul_up(f_round, exp_up(mul_up(2.0, add_up(tau, delta))));
+        let (mut gk, mut gv, mut rk, mut kmax2, mut vmax2) =
+            (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        // The row's peak j*: the spreads about it vanish as the row concentrates on it.
+        let peak_idx = (0..js.len())
+            .max_by(|&a, &b| e[a].total_cmp(&e[b]))
+            .expect("every query sees at least one key");
+        let peak = js[peak_idx];
+        let (mut gk_peak, mut gv_peak, mut off_peak) = (0.0f64, 0.0f64, 0.0f64);
+        for (idx, &j) in js.iter().enumerate() {
+            let w = mul_up(add_up(e[idx] / total, 2.0 * ETA), factor).min(1.0);
+            omega[(i, j)] = w;
+            let k2 = mul_up(kappa[j], kappa[j]);
+            let v2 = mul_up(nu[j], nu[j]);
+            gk = add_up(gk, mul_up(w, k2));
+            gv = add_up(gv, mul_up(w, v2));
+            rk = rk.max(kappa[j]);
+            kmax2 = kmax2.max(k2);
+            vmax2 = vmax2.max(v2);
+            // ||k_j(Z) - k_peak(X)|| <= ||k_j(X) - k_peak(X)|| + a_K r, the same for values.
+            let dk_j = add_up(row_distance_up(&k, j, peak), mul_up(a_k, r));
+            let dv_j = add_up(row_distance_up(&v, j, peak), mul_up(a_v, r));
+            gk_peak = add_up(gk_peak, mul_up(w, mul_up(dk_j, dk_j)));
+            gv_peak = add_up(gv_peak, mul_up(w, mul_up(dv_j, dv_j)));
+            if j != peak {
+                off_peak = add_up(off_peak, w);
+            }
+        }
+        let theta = off_peak.min(1.0);
+        theta_max = theta_max.max(theta);
+        peak_of[i] = Some((peak, theta));
+        let g_i = sqrt_up(gk.min(kmax2));
+        let v_i = sqrt_up(gv.min(vmax2));
+        let qz = add_up(q_norm[i], mul_up(a_q, r));
+        g_max = g_max.max(g_i);
+        v_max = v_max.max(v_i);
+        g_peak_max = g_peak_max.max(sqrt_up(gk_peak));
+        v_peak_max = v_peak_max.max(sqrt_up(gv_peak).min(v_i));
+        q_max = q_max.max(qz);
+        let s_i = add_up(mul_up(a_q, rk), mul_up(a_k, qz));
+        s_max = s_max.max(s_i);
+        // T4 pairs each query's score slope with its own value spread.
+        sv_max = sv_max.max(mul_up(s_i, v_i.min(sqrt_up(gv_peak))));
     }
-    let value = sum_up(heads.iter().map(|h| mul_up(h.a_o, h.value)));
-    Ok(BallSlope {
+    let column_sum = (0..n)
+        .map(|j| {
+            let rows = (0..n).filter(|&i| allowed(i, j));
+            let count = rows.clone().count() as f64;
+            sum_up(rows.map(|i| omega[(i, j)])).min(count)
+        })
+        .fold(0.0f64, f64::max);
+    // The off-peak mass a key j carries: omega_ij where j is not the row's peak, theta_i
+    // where it is (the peak's own weight enters the centred sums only through 1 - p_peak).
+    let off_peak_column_sum = (0..n)
+        .map(|j| {
+            let rows = (0..n).filter(|&i| allowed(i, j));
+            let count = rows.clone().count() as f64;
+            sum_up(rows.map(|i| match peak_of[i] {
+                Some((p, theta)) if p == j => theta,
+                _ => omega[(i, j)],
+            }))
+            .min(count)
+        })
+        .fold(0.0f64, f64::max);
+    // First form (spreads about a fixed centre): sigma = a_q G + a_k Q sqrt(C), the l2 norm
+    // over queries of the score-derivative spread.
+    let sigma = add_up(
+        mul_up(a_q, g_max),
+        mul_up(a_k, mul_up(q_max, sqrt_up(column_sum))),
+    );
+    // Second form (spreads about each row's peak): sqrt(2) a_k Q sqrt(C~) in place of
+    // a_k Q sqrt(C), and the value-derivative spread carries sqrt(2 Theta).
+    let sqrt2 = sqrt_up(2.0);
+    let sigma_peak = add_up(
+        mul_up(a_q, g_peak_max),
+        mul_up(
+            sqrt2,
+            mul_up(a_k, mul_up(q_max, sqrt_up(off_peak_column_sum))),
+        ),
+    );
+    let sigma_best = sigma.min(sigma_peak);
+    let spread = v_max.min(v_peak_max);
+    let cov_terms = mul_up(2.0, mul_up(a_v, sigma)).min(mul_up(
+        4.0,
+        mul_up(sqrt_up(theta_max), mul_up(a_v, sigma_peak)),
+    ));
+    let value = sum_up([
+        cov_terms,
+        mul_up(2.0, mul_up(mul_up(a_q, a_k), spread)),
+        mul_up(2.0, mul_up(sv_max, sigma_best)),
+    ]);
+    Ok(HeadSlope {
+        a_q,
+        a_k,
+        a_v,
+        a_o,
+        key_spread: g_max.min(g_peak_max),
+        query_norm: q_max,
+        value_spread: spread,
+        off_peak_mass: theta_max,
+        off_peak_column_sum,
+        score_slope: s_max,
+        slope_spread: sv_max,
+        column_sum,
+        score_change: delta_max,
         value,
-        token_radius: r,
-        heads,
     })
 }
 

@@ -41,7 +41,19 @@ use crate::error::Result;
 /// trial, Lanczos vectors) beside the attention state (4 x heads x count^2). `what` names the
 /// option that sets the count (`n`, `atoms`), in backticks.
 pub fn check_search_memory(layer: &AttentionLayer<f64>, count: usize, what: &str) -> Result<()> {
-    let (d, h) = (layer.d_in(), layer.heads);
+    search_memory(layer.d_in().max(layer.d_out()), layer.heads, count, what)
+}
+
+/// [`check_search_memory`] for a rotary sublayer (one attention state per query head).
+pub fn check_rotary_search_memory(
+    layer: &crate::attention::RotaryAttention,
+    count: usize,
+    what: &str,
+) -> Result<()> {
+    search_memory(layer.d_in().max(layer.d_out()), layer.heads, count, what)
+}
+
+fn search_memory(d: usize, h: usize, count: usize, what: &str) -> Result<()> {
     crate::budget::check(
         || format!("the search over {count} tokens of width {d} ({what})"),
         crate::budget::total(&[

@@ -11,9 +11,9 @@ use super::scope_local::UPPER_SEED_OFFSET;
 use super::stack_ball::{CentreRun, StackCentre};
 use super::OnProgress;
 use crate::attention::Kernel;
-use crate::bounds::ball::{attention_ball_slope, BallKind, BallSlope};
+use crate::bounds::ball::{attention_ball_slope, rotary_ball_slope, BallKind, BallSlope};
 use crate::error::{check_at_least, check_in, check_positive, Error, Interval, Result};
-use crate::estimation::adversarial::Masked;
+use crate::estimation::adversarial::{Linearizable, Masked};
 use crate::estimation::ball_ascent::{ball_ascent, BallAscentOptions};
 use crate::estimation::centre_upper::{centre_upper, CentreUpper};
 use crate::linalg::max_row_norm;
@@ -163,30 +163,65 @@ pub fn run(
             req.scope.name()
         )));
     }
-    let plain = match weights {
-        SublayerWeights::Plain(l) => l,
-        SublayerWeights::Rotary { family, .. } => {
-            return Err(Error::invalid(format!(
-                "a {family} checkpoint has rotary attention, for which no ball bound is proven yet: certify covers the dot-product sublayers of BERT and GPT-2 checkpoints"
-            )))
-        }
-    };
-    if plain.kernel != Kernel::Dot {
-        return Err(Error::invalid(
-            "the ball bound (Lemma S) is proven for the dot-product kernel",
-        ));
-    }
     let (n, d) = (x.nrows(), x.ncols());
-    crate::attention::forward::check_shape("X", x, n, plain.d_in())?;
-    crate::estimation::check_search_memory(plain, n, "`n`")?;
     let start = std::time::Instant::now();
     let mut step = super::progress::stages(on_progress, "certify", 3);
+    match weights {
+        SublayerWeights::Plain(plain) => {
+            if plain.kernel != Kernel::Dot {
+                return Err(Error::invalid(
+                    "the ball bound (Lemma S) is proven for the dot-product kernel",
+                ));
+            }
+            crate::attention::forward::check_shape("X", x, n, plain.d_in())?;
+            crate::estimation::check_search_memory(plain, n, "`n`")?;
+            let f = Masked {
+                layer: plain,
+                causal: source.causal,
+            };
+            attention_certificate(req, &f, x, &mut step, || {
+                attention_ball_slope(plain, x, source.causal, req.epsilon)
+            })
+        }
+        SublayerWeights::Rotary { layer: rotary, .. } => {
+            crate::attention::forward::check_shape("X", x, n, rotary.d_in())?;
+            crate::estimation::check_rotary_search_memory(rotary, n, "`n`")?;
+            attention_certificate(req, &**rotary, x, &mut step, || {
+                rotary_ball_slope(rotary, x, req.epsilon)
+            })
+        }
+    }
+    .map(|c| {
+        let description = format!(
+            "layer {layer} self-attention of a {family} checkpoint ({}), {} ball of radius {} around X (n = {n}, d = {d}), Frobenius norms, f64",
+            source.name,
+            req.ball.name(),
+            req.epsilon
+        );
+        c.into_report(req, start, layer, family, x, description)
+    })
+}
+
+/// What the attention scope's certificate found, before the report states its domain.
+struct AttentionCertificate {
+    centre: CentreUpper,
+    slope: BallSlope,
+    certified: f64,
+    output_change: f64,
+    attack: crate::estimation::ball_ascent::BallAscentResult,
+}
+
+/// Lemma P at X, `slope` (Lemma S for the kind of attention of `f`), the ball theorem and the
+/// ascent inside the ball, for one attention sublayer `f`.
+fn attention_certificate<F: Linearizable>(
+    req: &CertifyRequest,
+    f: &F,
+    x: MatRef<'_, f64>,
+    step: &mut dyn FnMut(usize),
+    slope: impl FnOnce() -> Result<BallSlope>,
+) -> Result<AttentionCertificate> {
     step(0);
-    let f = Masked {
-        layer: plain,
-        causal: source.causal,
-    };
-    let lin = crate::derivatives::Linearization::new(plain, x, None, source.causal)?;
+    let lin = f.linearize(x)?;
     let centre = centre_upper(
         &lin,
         req.upper_steps,
@@ -195,8 +230,8 @@ pub fn run(
     )?;
     drop(lin);
     step(1);
-    let slope = attention_ball_slope(plain, x, source.causal, req.epsilon)?;
-    let rho = req.ball.frobenius_radius(req.epsilon, n);
+    let slope = slope()?;
+    let rho = req.ball.frobenius_radius(req.epsilon, x.nrows());
     let certified = add_up(centre.value, mul_up(rho, slope.value));
     let output_change = add_up(
         mul_up(rho, centre.value),
@@ -209,7 +244,7 @@ pub fn run(
         )));
     }
     step(2);
-    let mut attack = ball_ascent(&f, x, req.ball, req.epsilon, &req.attack())?;
+    let mut attack = ball_ascent(f, x, req.ball, req.epsilon, &req.attack())?;
     // Lemma P's own Lanczos run reaches a Ritz value at X too: an attained value at the centre,
     // sometimes above the ascent's (its Lanczos stops at `tol` and may settle below the top).
     if centre.ritz_sigma > attack.centre_sigma {
@@ -221,42 +256,58 @@ pub fn run(
     }
     step(3);
     check_attained(attack.sigma, certified, req.failure_probability)?;
-    let description = format!(
-        "layer {layer} self-attention of a {family} checkpoint ({}), {} ball of radius {} around X (n = {n}, d = {d}), Frobenius norms, f64",
-        source.name,
-        req.ball.name(),
-        req.epsilon
-    );
-    Ok(CertifyReport {
-        kind: "certificate",
-        quantity: "local_lipschitz_on_ball",
-        certified,
-        certified_kind: centre.kind,
-        failure_probability: centre.failure_probability,
-        attained: attack.sigma,
-        ratio: certified / attack.sigma,
-        output_change,
-        epsilon: req.epsilon,
-        ball: req.ball,
-        frobenius_radius: rho,
-        scope: req.scope,
-        pool: req.pool,
-        layer: Some(layer),
-        family: family.to_string(),
-        n,
-        d,
-        radius: max_row_norm(x),
-        norm: "frobenius",
-        dtype: "f64",
-        seconds: start.elapsed().as_secs_f64(),
-        centre_attained: attack.centre_sigma,
+    Ok(AttentionCertificate {
         centre,
-        slope: Some(slope),
-        chain: None,
-        attack_evaluations: attack.evaluations,
-        description,
-        attained_input: attack.y,
+        slope,
+        certified,
+        output_change,
+        attack,
     })
+}
+
+impl AttentionCertificate {
+    fn into_report(
+        self,
+        req: &CertifyRequest,
+        start: std::time::Instant,
+        layer: usize,
+        family: &str,
+        x: MatRef<'_, f64>,
+        description: String,
+    ) -> CertifyReport {
+        let (n, d) = (x.nrows(), x.ncols());
+        let attack = self.attack;
+        CertifyReport {
+            kind: "certificate",
+            quantity: "local_lipschitz_on_ball",
+            certified: self.certified,
+            certified_kind: self.centre.kind,
+            failure_probability: self.centre.failure_probability,
+            attained: attack.sigma,
+            ratio: self.certified / attack.sigma,
+            output_change: self.output_change,
+            epsilon: req.epsilon,
+            ball: req.ball,
+            frobenius_radius: req.ball.frobenius_radius(req.epsilon, n),
+            scope: req.scope,
+            pool: req.pool,
+            layer: Some(layer),
+            family: family.to_string(),
+            n,
+            d,
+            radius: max_row_norm(x),
+            norm: "frobenius",
+            dtype: "f64",
+            seconds: start.elapsed().as_secs_f64(),
+            centre_attained: attack.centre_sigma,
+            centre: self.centre,
+            slope: Some(self.slope),
+            chain: None,
+            attack_evaluations: attack.evaluations,
+            description,
+            attained_input: attack.y,
+        }
+    }
 }
 
 /// Lemma C's account of a block or model certificate.

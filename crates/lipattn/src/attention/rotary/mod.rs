@@ -30,4 +30,5 @@ mod rope;
 
 pub use layer::{QkNorm, RotaryAttention};
 pub use linearization::RotaryLinearization;
+pub(crate) use rope::RopeTable;
 pub use rope::{Rope, RopeScaling};
