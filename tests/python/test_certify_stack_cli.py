@@ -1,5 +1,5 @@
 """`lipattn certify --scope sublayer-residual-norm|block|model` and `lipattn robustness` on tiny
-BERT and GPT-2 checkpoints against transformers' own modules in float64 (test_scope_local_cli's
+BERT, GPT-2 and rotary (Llama, Mistral, Qwen2, Gemma, Gemma 2 without soft-capping) checkpoints against transformers' own modules in float64 (test_scope_local_cli's
 oracle: the dense Jacobian by torch.autograd.functional.jacobian). At the centre, at the points the
 ascent and the attack report and at random points of the ball, ||J(Y)||_2 must stay below the
 certificate and ||f(Y) - f(X)|| below the certified output change; inside the certified radius no
@@ -13,6 +13,7 @@ import pytest
 from cli import run
 from test_scope_local_cli import checkpoint, load, top_singular
 
+ROTARY_SOFTCAP_OFF = {"attn_logit_softcapping": None}
 # (checkpoint, scope, layer, pool, n, eps, ball)
 CASES = [
     ("bert", "block", 0, None, 5, 1e-3, "frobenius"),
@@ -21,7 +22,16 @@ CASES = [
     ("bert", "model", None, "mean-normalised", 4, 1e-4, "tokens"),
     ("gpt2", "block", 0, None, 6, 1e-3, "frobenius"),
     ("gpt2", "model", None, "mean", 5, 1e-3, "frobenius"),
+    (("llama", {"num_key_value_heads": 1, "attention_bias": True}), "block", 1, None, 5, 1e-4, "frobenius"),
+    (("mistral", {"sliding_window": 3}), "model", None, "mean-normalised", 5, 1e-5, "tokens"),
+    (("qwen2", {}), "model", None, None, 5, 1e-5, "frobenius"),
+    (("gemma", {}), "block", 0, None, 5, 1e-4, "tokens"),
+    (("gemma2", {"attn_logit_softcapping": None}), "block", 0, None, 6, 1e-4, "frobenius"),
+    (("gemma2", {"attn_logit_softcapping": None}), "model", None, "mean", 5, 1e-5, "frobenius"),
 ]
+def case_id(c):
+    kind = c[0] if isinstance(c[0], str) else c[0][0]
+    return f"{kind}-{c[1]}-{c[3]}"
 
 
 def cli(lipattn_bin, cmd, *args):
@@ -46,7 +56,7 @@ def scope_args(path, scope, layer, pool):
     return args
 
 
-@pytest.mark.parametrize("kind,scope,layer,pool,n,eps,ball", CASES, ids=[f"{c[0]}-{c[1]}-{c[3]}" for c in CASES])
+@pytest.mark.parametrize("kind,scope,layer,pool,n,eps,ball", CASES, ids=[case_id(c) for c in CASES])
 def test_certificate_bounds_transformers_in_the_ball(lipattn_bin, tmp_path, kind, scope, layer, pool, n, eps, ball):
     path = checkpoint(kind, tmp_path)
     m = load(path)
@@ -76,7 +86,10 @@ def test_certificate_bounds_transformers_in_the_ball(lipattn_bin, tmp_path, kind
     ("bert", "block", 0, None, ["--delta", "0.01"]),
     ("bert", "model", None, "mean-normalised", ["--cosine", "0.9999"]),
     ("gpt2", "model", None, "mean", ["--cosine", "0.999"]),
-])
+    (("llama", {}), "block", 1, None, ["--delta", "0.01"]),
+    (("qwen2", {}), "model", None, "mean-normalised", ["--cosine", "0.9999"]),
+    (("gemma2", ROTARY_SOFTCAP_OFF), "model", None, None, ["--delta", "0.001"]),
+], ids=lambda v: v if isinstance(v, str) else (v[0] if isinstance(v, tuple) else None))
 def test_robustness_radius_against_transformers(lipattn_bin, tmp_path, kind, scope, layer, pool, tolerance):
     path = checkpoint(kind, tmp_path)
     m = load(path)
@@ -126,3 +139,15 @@ def test_relu_feed_forward_is_refused(lipattn_bin, tmp_path):
     out = run(lipattn_bin, "certify", "--model", path, "--tokens", path / "x.npy", "--scope", "block", "--layer", 0,
               "--epsilon", "0.01", "--json")
     assert out.returncode != 0 and "ReLU" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("family,keys,scope,layer,words", [
+    ("qwen3", {}, "block", 0, "q_norm"),
+    ("gemma2", {}, "model", None, "attn_logit_softcapping"),
+])
+def test_rotary_layers_lemma_s_does_not_cover_are_refused(lipattn_bin, tmp_path, family, keys, scope, layer, words):
+    path = checkpoint((family, keys), tmp_path)
+    np.save(path / "x.npy", np.random.default_rng(0).standard_normal((4, 32)) * 0.5)
+    for cmd, tol in [("certify", ["--epsilon", "1e-4"]), ("robustness", ["--delta", "0.01"])]:
+        out = run(lipattn_bin, cmd, *scope_args(path, scope, layer, None), *tol, "--json")
+        assert out.returncode == 2 and words in out.stderr and "panicked" not in out.stderr, out.stderr

@@ -80,3 +80,26 @@ def test_robustness_equals_cli(minilm, tmp_path):
                           (dict(cosine=0.9), "pooled"), (dict(delta=-1.0), "delta")]:
         with pytest.raises(ValueError, match=words):
             model.robustness(x, scope="block", layer=0, **fast, **kwargs)
+
+
+@pytest.mark.parametrize("scope,layer", [("attention", 1), ("block", 1), ("model", None)])
+def test_rotary_certificate_equals_cli(tmp_path, scope, layer):
+    """A Llama checkpoint (grouped heads, biases): Model.certify and Model.robustness equal the CLI."""
+    from tiny_decoders import build, config, save
+    save(build(config("llama", num_key_value_heads=1, attention_bias=True)), tmp_path)
+    x = 0.5 * np.random.default_rng(2).standard_normal((5, 32))
+    np.save(tmp_path / "x.npy", x)
+    where = [] if layer is None else ["--layer", layer]
+    model = lipattn.Model(tmp_path)
+    got = model.certify(layer, 1e-5, x, scope=scope, interval_steps=20, **FAST)
+    want = cli(tmp_path, *where, "--scope", scope, "--tokens", tmp_path / "x.npy", "--epsilon", 1e-5,
+               "--upper-steps", 40, "--interval-steps", 20, "--attack-starts", 1, "--attack-steps", 4)
+    assert got["family"] == "llama" and got["attained"] <= got["certified"]
+    for key in ("certified", "attained", "output_change", "scope", "layer", "centre", "slope", "chain", "n"):
+        assert got[key] == want[key], key
+    if scope != "attention":
+        got = model.robustness(x, scope=scope, layer=layer, delta=1e-3, interval_steps=20, upper_steps=40)
+        want = cli(tmp_path, *where, "--scope", scope, "--tokens", tmp_path / "x.npy", "--delta", 1e-3,
+                   "--upper-steps", 40, "--interval-steps", 20, command="robustness")
+        for key in ("certified_radius", "attack_radius", "ratio", "certified_change", "scope", "family"):
+            assert got[key] == want[key], key

@@ -300,16 +300,7 @@ pub fn rotary_ball_slope(
     x: MatRef<'_, f64>,
     token_radius: f64,
 ) -> Result<BallSlope> {
-    if layer.qk_norm.is_some() {
-        return Err(Error::invalid(
-            "this layer normalises its queries and keys (q_norm / k_norm, as qwen3 and gemma3 do): the ball certificate (Lemma S) is proven for affine query and key maps only",
-        ));
-    }
-    if let Some(cap) = layer.softcap {
-        return Err(Error::invalid(format!(
-            "this layer soft-caps its scores (attn_logit_softcapping = {cap}): the ball certificate (Lemma S) is proven for uncapped scores only"
-        )));
-    }
+    check_rotary_covered(layer)?;
     check_centre(x, layer.d_in(), layer.heads, token_radius)?;
     let n = x.nrows();
     let table = layer.rope.table::<f64>(n)?;
@@ -342,6 +333,22 @@ pub fn rotary_ball_slope(
         )?);
     }
     Ok(total(heads, token_radius))
+}
+
+/// Whether Lemma S covers this rotary layer: query/key norms and logit soft-capping make the
+/// query, key or score map nonlinear, which it does not; the error names them.
+pub fn check_rotary_covered(layer: &RotaryAttention) -> Result<()> {
+    if layer.qk_norm.is_some() {
+        return Err(Error::invalid(
+            "this layer normalises its queries and keys (q_norm / k_norm, as qwen3 and gemma3 do): the ball certificate (Lemma S) is proven for affine query and key maps only",
+        ));
+    }
+    if let Some(cap) = layer.softcap {
+        return Err(Error::invalid(format!(
+            "this layer soft-caps its scores (attn_logit_softcapping = {cap}): the ball certificate (Lemma S) is proven for uncapped scores only"
+        )));
+    }
+    Ok(())
 }
 
 fn total(heads: Vec<HeadSlope>, token_radius: f64) -> BallSlope {

@@ -18,7 +18,7 @@ use crate::attention::forward::affine;
 use crate::attention::norms::{LayerNorm, RmsNorm};
 use crate::attention::rms::normalise;
 use crate::attention::AttentionLayer;
-use crate::attention::RotaryLinearization;
+use crate::attention::{RotaryAttention, RotaryLinearization};
 use crate::derivatives::stack::{
     Chain, FeedForwardStep, GatedStep, LayerNormStep, MeanPool, Normalise, PlainAttention,
     Residual, RmsNormStep, RotaryAttentionStep, StackLinearization, Step,
@@ -247,8 +247,21 @@ pub enum Piece<'a> {
     MeanPool,
     /// p / |p| on the pooled row.
     Normalise,
-    /// A step of the rotary families (RMSNorm, rotary attention, gated feed-forward), named.
-    Rotary(&'static str),
+    /// Rotary attention alone (scope `attention` of a rotary family).
+    RotaryAttention(&'a RotaryAttention),
+    /// h + Attn(RMS(h)), or h + N(Attn(RMS(h))) with Gemma 2's `output_norm` N.
+    RotaryAttentionResidual {
+        norm: &'a RmsNorm,
+        layer: &'a RotaryAttention,
+        output_norm: Option<&'a RmsNorm>,
+    },
+    /// a + F(RMS(a)), or a + N(F(RMS(a))), F the gated feed-forward network.
+    GatedFeedForwardResidual {
+        norm: &'a RmsNorm,
+        ff: &'a GatedFeedForward,
+        output_norm: Option<&'a RmsNorm>,
+    },
+    RmsNorm(&'a RmsNorm),
 }
 
 /// A scope's chain at X with, for each top-level step, what it is and (when recorded) its
@@ -364,7 +377,12 @@ fn rotary_attention_half<'a>(
         a = o;
         branch.push(step);
     }
-    links.push(h, Piece::Rotary("rotary attention"), Residual(branch));
+    let piece = Piece::RotaryAttentionResidual {
+        norm: &b.attention_norm,
+        layer: &b.attention,
+        output_norm: b.attention_output_norm.as_ref(),
+    };
+    links.push(h, piece, Residual(branch));
     Ok(h + a)
 }
 
@@ -383,7 +401,12 @@ fn rotary_feed_forward_half<'a>(
         f = o;
         branch.push(step);
     }
-    links.push(a, Piece::Rotary("gated feed-forward"), Residual(branch));
+    let piece = Piece::GatedFeedForwardResidual {
+        norm: &b.feed_forward_norm,
+        ff: &b.feed_forward,
+        output_norm: b.feed_forward_output_norm.as_ref(),
+    };
+    links.push(a, piece, Residual(branch));
     Ok(a + f)
 }
 
@@ -476,7 +499,7 @@ impl StackWeights {
                     let o = lin.output();
                     links.push(
                         h.as_ref(),
-                        Piece::Rotary("rotary attention"),
+                        Piece::RotaryAttention(&r.attention),
                         RotaryAttentionStep(lin),
                     );
                     o
@@ -507,7 +530,7 @@ impl StackWeights {
             }
             Some(FinalNorm::Rms(norm)) => {
                 let (o, step) = rms(norm, h.as_ref())?;
-                links.push(h.as_ref(), Piece::Rotary("RMSNorm"), step);
+                links.push(h.as_ref(), Piece::RmsNorm(norm), step);
                 h = o;
             }
             None => {}

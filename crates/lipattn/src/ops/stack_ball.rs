@@ -6,14 +6,17 @@
 //! rest) and Lemma C's arithmetic.
 
 use super::scope_local::UPPER_SEED_OFFSET;
-use crate::bounds::ball::{attention_ball_slope, BallKind};
+use crate::attention::RotaryLinearization;
+use crate::bounds::ball::{
+    attention_ball_slope, check_rotary_covered, rotary_ball_slope, BallKind,
+};
 use crate::bounds::chain_ball::{chain_ball, output_change, ChainBall, ChainCentre};
 use crate::bounds::piece_ball::{
-    compose, image, layer_norm_ball, mean_pool_bound, normalise_bound, FeedForwardNorms, PieceBall,
-    PieceBound,
+    compose, image, layer_norm_ball, mean_pool_bound, normalise_bound, rms_norm_ball,
+    FeedForwardNorms, GatedFeedForwardNorms, PieceBall, PieceBound,
 };
 use crate::derivatives::Linearization;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::estimation::centre_upper::{centre_upper, CentreUpper};
 use crate::linalg::rounding::{add_up, mul_up};
 use crate::models::stack::{Links, Piece};
@@ -32,6 +35,20 @@ enum Extra {
     PreNormAttention {
         input: Mat<f64>,
         upper: f64,
+    },
+    /// Rotary attention after its RMSNorm: the attention's input, Lemma P's bound there, and
+    /// (with an output norm) the attention's output, that norm's input.
+    RotaryAttention {
+        input: Mat<f64>,
+        upper: f64,
+        output: Option<Mat<f64>>,
+    },
+    /// The gated network after its RMSNorm: its norms, its input and (with an output norm) its
+    /// output.
+    Gated {
+        norms: GatedFeedForwardNorms,
+        input: Mat<f64>,
+        output: Option<Mat<f64>>,
     },
 }
 
@@ -59,12 +76,6 @@ pub struct StackCentre<'w> {
     pub n: usize,
 }
 
-fn unsupported(what: &str) -> Error {
-    Error::invalid(format!(
-        "the scope contains {what}, for which no ball bound is proven yet: certify covers the blocks and models of BERT and GPT-2 checkpoints"
-    ))
-}
-
 /// The intervals (a, b) of the chain whose norm at the centre Lemma P bounds: every prefix and
 /// every suffix, and inside each block (between the boundaries before each block and before the
 /// pooling) every run of two steps or more. Products of the steps' own norms are far above the
@@ -76,7 +87,14 @@ fn intervals(pieces: &[Piece<'_>]) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = (2..k).map(|b| (0, b)).collect();
     out.extend((1..k - 1).map(|a| (a, k)));
     let mut bounds: Vec<usize> = (1..k)
-        .filter(|&i| matches!(pieces[i], Piece::AttentionResidual { .. } | Piece::MeanPool))
+        .filter(|&i| {
+            matches!(
+                pieces[i],
+                Piece::AttentionResidual { .. }
+                    | Piece::RotaryAttentionResidual { .. }
+                    | Piece::MeanPool
+            )
+        })
         .collect();
     bounds.insert(0, 0);
     bounds.push(k);
@@ -106,9 +124,12 @@ impl<'w> StackCentre<'w> {
         let (output, links) = weights.links(x, true)?;
         let n = x.nrows();
         let k = links.pieces.len();
+        // What no radius can certify is refused before any Lemma P run (and never read as a
+        // radius too large by the robustness search).
         for p in &links.pieces {
-            if let Piece::Rotary(what) = p {
-                return Err(unsupported(what));
+            if let Piece::RotaryAttention(layer) | Piece::RotaryAttentionResidual { layer, .. } = p
+            {
+                check_rotary_covered(layer)?;
             }
         }
         let spans = intervals(&links.pieces);
@@ -118,10 +139,18 @@ impl<'w> StackCentre<'w> {
                 Piece::Attention { .. }
                     | Piece::AttentionResidual { .. }
                     | Piece::FeedForwardResidual { .. }
+                    | Piece::RotaryAttention(_)
+                    | Piece::RotaryAttentionResidual { .. }
+                    | Piece::GatedFeedForwardResidual { .. }
             )
         };
-        let pre_norm_attention =
-            |p: &Piece<'_>| matches!(p, Piece::AttentionResidual { norm: Some(_), .. });
+        let pre_norm_attention = |p: &Piece<'_>| {
+            matches!(
+                p,
+                Piece::AttentionResidual { norm: Some(_), .. }
+                    | Piece::RotaryAttentionResidual { .. }
+            )
+        };
         let count = 1
             + links.pieces.iter().filter(|p| needs_run(p)).count()
             + links
@@ -195,7 +224,52 @@ impl<'w> StackCentre<'w> {
                     upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value,
                     Extra::FeedForward(FeedForwardNorms::of(ff)?),
                 ),
-                Piece::Rotary(what) => return Err(unsupported(what)),
+                Piece::RmsNorm(rn) => (
+                    rms_norm_ball(rn, input, PieceBall::centre())?.sup,
+                    Extra::None,
+                ),
+                Piece::RotaryAttention(_) => (
+                    upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value,
+                    Extra::None,
+                ),
+                Piece::RotaryAttentionResidual {
+                    norm,
+                    layer,
+                    output_norm,
+                } => {
+                    let u = upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value;
+                    let inner = norm.apply(input)?;
+                    let lin = RotaryLinearization::new(layer, inner.as_ref())?;
+                    let a = upper(&lin, format!("attention of step {i}"), interval_steps)?.value;
+                    let output = output_norm.map(|_| lin.output());
+                    (
+                        u,
+                        Extra::RotaryAttention {
+                            input: inner,
+                            upper: a,
+                            output,
+                        },
+                    )
+                }
+                Piece::GatedFeedForwardResidual {
+                    norm,
+                    ff,
+                    output_norm,
+                } => {
+                    let u = upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value;
+                    let inner = norm.apply(input)?;
+                    let output = output_norm
+                        .map(|_| ff.forward(inner.as_ref()))
+                        .transpose()?;
+                    (
+                        u,
+                        Extra::Gated {
+                            norms: GatedFeedForwardNorms::of(ff)?,
+                            input: inner,
+                            output,
+                        },
+                    )
+                }
             };
             centre.push(u);
             extras.push(extra);
@@ -271,7 +345,64 @@ impl<'w> StackCentre<'w> {
                 };
                 residual(branch, around)
             }
-            (Piece::Rotary(what), _) => return Err(unsupported(what)),
+            (Piece::RmsNorm(rn), _) => rms_norm_ball(rn, input, ball)?,
+            (Piece::RotaryAttention(layer), _) => {
+                let slope = rotary_ball_slope(layer, input, ball.token)?.value;
+                PieceBound {
+                    sup: around(slope),
+                    slope,
+                    token_gain: f64::INFINITY,
+                }
+            }
+            (
+                Piece::RotaryAttentionResidual {
+                    norm,
+                    layer,
+                    output_norm,
+                },
+                Extra::RotaryAttention {
+                    input: inner,
+                    upper,
+                    output,
+                },
+            ) => {
+                let nb = rms_norm_ball(norm, input, ball)?;
+                let b = image(ball, &nb);
+                let slope = rotary_ball_slope(layer, inner.as_ref(), b.token)?.value;
+                let attention = PieceBound {
+                    sup: add_up(*upper, mul_up(b.frobenius, slope)),
+                    slope,
+                    token_gain: f64::INFINITY,
+                };
+                let mut branch = compose(attention, nb);
+                if let (Some(on), Some(out)) = (output_norm, output) {
+                    let ob = image(b, &attention);
+                    branch = compose(rms_norm_ball(on, out.as_ref(), ob)?, branch);
+                }
+                residual(branch, around)
+            }
+            (
+                Piece::GatedFeedForwardResidual {
+                    norm,
+                    ff,
+                    output_norm,
+                },
+                Extra::Gated {
+                    norms,
+                    input: inner,
+                    output,
+                },
+            ) => {
+                let nb = rms_norm_ball(norm, input, ball)?;
+                let b = image(ball, &nb);
+                let fb = norms.bound(ff, inner.as_ref(), b)?;
+                let mut branch = compose(fb, nb);
+                if let (Some(on), Some(out)) = (output_norm, output) {
+                    let ob = image(b, &fb);
+                    branch = compose(rms_norm_ball(on, out.as_ref(), ob)?, branch);
+                }
+                residual(branch, around)
+            }
             _ => unreachable!("every step's extra is set with it"),
         })
     }
@@ -305,7 +436,20 @@ impl<'w> StackCentre<'w> {
                 Piece::LayerNorm(_) => "LayerNorm".into(),
                 Piece::MeanPool => "mean pooling".into(),
                 Piece::Normalise => "l2 normalisation".into(),
-                Piece::Rotary(w) => (*w).into(),
+                Piece::RotaryAttention(_) => "rotary attention".into(),
+                Piece::RotaryAttentionResidual {
+                    output_norm: None, ..
+                } => "h + attention(RMSNorm(h))".into(),
+                Piece::RotaryAttentionResidual { .. } => {
+                    "h + RMSNorm(attention(RMSNorm(h)))".into()
+                }
+                Piece::GatedFeedForwardResidual {
+                    output_norm: None, ..
+                } => "a + gated FFN(RMSNorm(a))".into(),
+                Piece::GatedFeedForwardResidual { .. } => {
+                    "a + RMSNorm(gated FFN(RMSNorm(a)))".into()
+                }
+                Piece::RmsNorm(_) => "RMSNorm".into(),
             })
             .collect()
     }
