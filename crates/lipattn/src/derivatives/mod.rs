@@ -7,6 +7,7 @@ pub mod linearization;
 pub mod linearized_map;
 pub mod query_jacobian;
 pub mod stack;
+pub mod streaming;
 pub mod vjp;
 
 pub use linearization::Linearization;
