@@ -226,3 +226,35 @@ fn timing_minilm_shape() {
         );
     }
 }
+
+/// A block of 0 and tangents of the wrong shape are errors, not panics; and the generic code
+/// runs in f32, agreeing with the dense f32 linearisation to f32 rounding.
+#[test]
+fn bad_inputs_and_f32() {
+    let layer = random_layer(8, 2, Kernel::Dot, 0.1, 2).unwrap();
+    let x: Mat<f64> = SplitMix::new(1).gauss_mat(10, 8);
+    assert!(StreamingLinearization::new(&layer, x.as_ref(), None, false, 0).is_err());
+    let lin = StreamingLinearization::new(&layer, x.as_ref(), None, false, 4).unwrap();
+    assert!(lin.jvp(Mat::<f64>::zeros(9, 8).as_ref()).is_err());
+    assert!(lin.vjp(Mat::<f64>::zeros(10, 7).as_ref()).is_err());
+    for kernel in [Kernel::Dot, Kernel::L2] {
+        let layer = random_layer(12, 3, kernel, 0.2, 6).unwrap().cast::<f32>();
+        let mut rng = SplitMix::new(3);
+        let x: Mat<f32> = rng.gauss_mat(21, 12);
+        let t: Mat<f32> = rng.gauss_mat(21, 12);
+        let dense = Linearization::new(&layer, x.as_ref(), None, true).unwrap();
+        let stream = StreamingLinearization::new(&layer, x.as_ref(), None, true, 5).unwrap();
+        let (a, b) = (
+            stream.jvp(t.as_ref()).unwrap(),
+            dense.jvp(t.as_ref()).unwrap(),
+        );
+        let e = (&a - &b).norm_l2() / b.norm_l2();
+        assert!(e < 1e-5, "{kernel:?}: f32 JVP differs by {e:e}");
+        let (a, b) = (
+            stream.vjp(t.as_ref()).unwrap(),
+            dense.vjp(t.as_ref()).unwrap(),
+        );
+        let e = (&a - &b).norm_l2() / b.norm_l2();
+        assert!(e < 1e-5, "{kernel:?}: f32 VJP differs by {e:e}");
+    }
+}
