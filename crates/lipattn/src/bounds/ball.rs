@@ -229,12 +229,7 @@ struct HeadWeights<'a> {
 }
 
 /// The centre's checks shared by both kinds of attention.
-fn check_centre(x: MatRef<'_, f64>, d: usize, heads: usize, token_radius: f64) -> Result<()> {
-    if !(token_radius.is_finite() && token_radius >= 0.0) {
-        return Err(Error::invalid(format!(
-            "the ball radius must be finite and >= 0 (got {token_radius})"
-        )));
-    }
+fn check_centre(x: MatRef<'_, f64>, d: usize, heads: usize) -> Result<()> {
     crate::attention::forward::check_shape("ball centre X", x, x.nrows(), d)?;
     check_finite(
         "ball centre X",
@@ -246,9 +241,10 @@ fn check_centre(x: MatRef<'_, f64>, d: usize, heads: usize, token_radius: f64) -
             what: "token sequence".into(),
         });
     }
+    // Per head, each row keeps its keys' probabilities and distances to its peak.
     crate::budget::check(
         || format!("the ball bound over {n} tokens ({heads} heads)"),
-        crate::budget::bytes_of(&[4, n, n], 8),
+        crate::budget::bytes_of(&[4 * heads.max(1), n, n], 8),
     )
 }
 
@@ -260,79 +256,18 @@ pub fn attention_ball_slope(
     causal: bool,
     token_radius: f64,
 ) -> Result<BallSlope> {
-    if layer.kernel != Kernel::Dot {
-        return Err(Error::invalid(
-            "the ball certificate (Lemma S) is proven for dot-product attention; this layer has the tied L2 kernel",
-        ));
-    }
-    check_centre(x, layer.d_in(), layer.heads, token_radius)?;
-    let allowed = |i: usize, j: usize| !causal || j <= i;
-    let mut heads = Vec::with_capacity(layer.heads);
-    for h in 0..layer.heads {
-        let hl = layer.head(h, false)?;
-        let w = HeadWeights {
-            wq: &hl.wq,
-            bq: &hl.bq,
-            wk: &hl.wk,
-            bk: &hl.bk,
-            wv: &hl.wv,
-            bv: &hl.bv,
-            wo: &hl.wo,
-        };
-        heads.push(head_slope(
-            &w,
-            x,
-            layer.score_divisor_sq,
-            None,
-            &allowed,
-            token_radius,
-        )?);
-    }
-    Ok(total(heads, token_radius))
+    SlopeCentre::plain(layer, x, causal)?.at(token_radius)
 }
 
 /// H of Lemma S for a rotary attention sublayer (docs/bounds.md#lemma-s-rotary): each query head
 /// with its key/value head, queries and keys rotated by the code's own table at positions
-/// 0..n-1, the causal mask and the sliding window. Query/key norms and logit soft-capping make the
-/// query, key or score map nonlinear, which the lemma does not cover: refused, naming them.
+/// 0..n-1, the causal mask and the sliding window.
 pub fn rotary_ball_slope(
     layer: &RotaryAttention,
     x: MatRef<'_, f64>,
     token_radius: f64,
 ) -> Result<BallSlope> {
-    check_rotary_covered(layer)?;
-    check_centre(x, layer.d_in(), layer.heads, token_radius)?;
-    let n = x.nrows();
-    let table = layer.rope.table::<f64>(n)?;
-    let rotation = Rotation {
-        table: &table,
-        head_dim: layer.head_dim,
-        norm: layer.rope.rotation_norm_up(n)?,
-    };
-    let window = layer.window;
-    let allowed = |i: usize, j: usize| j <= i && window.is_none_or(|w| i - j < w);
-    let mut heads = Vec::with_capacity(layer.heads);
-    for h in 0..layer.heads {
-        let hl = layer.head(h)?;
-        let w = HeadWeights {
-            wq: &hl.wq,
-            bq: &hl.bq,
-            wk: &hl.wk,
-            bk: &hl.bk,
-            wv: &hl.wv,
-            bv: &hl.bv,
-            wo: &hl.wo,
-        };
-        heads.push(head_slope(
-            &w,
-            x,
-            layer.score_divisor_sq,
-            Some(rotation),
-            &allowed,
-            token_radius,
-        )?);
-    }
-    Ok(total(heads, token_radius))
+    SlopeCentre::rotary(layer, x)?.at(token_radius)
 }
 
 /// Whether Lemma S covers this rotary layer: query/key norms and logit soft-capping make the
@@ -351,25 +286,148 @@ pub fn check_rotary_covered(layer: &RotaryAttention) -> Result<()> {
     Ok(())
 }
 
-fn total(heads: Vec<HeadSlope>, token_radius: f64) -> BallSlope {
-    let value = sum_up(heads.iter().map(|h| mul_up(h.a_o, h.value)));
-    BallSlope {
-        value,
-        token_radius,
-        heads,
+/// Everything of Lemma S that depends on X but not on the radius: the weights' norms, the
+/// projections, the computed softmax rows with their rounding bounds and each row's peak. A
+/// certificate on many radii (the Riemann sum of the output change, the robustness search)
+/// forms it once per sublayer.
+pub struct SlopeCentre {
+    heads: Vec<HeadCentre>,
+    /// How many queries see key j.
+    column_count: Vec<f64>,
+}
+
+struct HeadCentre {
+    a_q: f64,
+    a_k: f64,
+    a_v: f64,
+    a_o: f64,
+    /// c |q_i|, |k_j - m|, |v_j - m'| at X, bounded upward.
+    q_norm: Vec<f64>,
+    k_norm: Vec<f64>,
+    v_norm: Vec<f64>,
+    rows: Vec<RowCentre>,
+}
+
+struct RowCentre {
+    /// The keys query i sees.
+    keys: Vec<usize>,
+    /// p_hat_j + 2 ETA: with the factor below, a bound on the exact softmax of the exact scores.
+    p: Vec<f64>,
+    /// Bound on the error of the computed scores, and the rounding factor of the softmax.
+    tau: f64,
+    f_round: f64,
+    /// The key of largest computed probability, and the distances of every key's (and value's)
+    /// row to the peak's at X, bounded upward.
+    peak: usize,
+    key_distance: Vec<f64>,
+    value_distance: Vec<f64>,
+}
+
+impl SlopeCentre {
+    /// A dot-product sublayer at X, causal or not.
+    pub fn plain(layer: &AttentionLayer<f64>, x: MatRef<'_, f64>, causal: bool) -> Result<Self> {
+        if layer.kernel != Kernel::Dot {
+            return Err(Error::invalid(
+                "the ball certificate (Lemma S) is proven for dot-product attention; this layer has the tied L2 kernel",
+            ));
+        }
+        check_centre(x, layer.d_in(), layer.heads)?;
+        let allowed = |i: usize, j: usize| !causal || j <= i;
+        let mut heads = Vec::with_capacity(layer.heads);
+        for h in 0..layer.heads {
+            let hl = layer.head(h, false)?;
+            let w = HeadWeights {
+                wq: &hl.wq,
+                bq: &hl.bq,
+                wk: &hl.wk,
+                bk: &hl.bk,
+                wv: &hl.wv,
+                bv: &hl.bv,
+                wo: &hl.wo,
+            };
+            heads.push(head_centre(&w, x, layer.score_divisor_sq, None, &allowed)?);
+        }
+        Ok(Self::of(heads, x.nrows(), &allowed))
+    }
+
+    /// A rotary sublayer at X on positions 0..n-1 with its mask and window
+    /// (docs/bounds.md#lemma-s-rotary); query/key norms and soft-capping are refused.
+    pub fn rotary(layer: &RotaryAttention, x: MatRef<'_, f64>) -> Result<Self> {
+        check_rotary_covered(layer)?;
+        check_centre(x, layer.d_in(), layer.heads)?;
+        let n = x.nrows();
+        let table = layer.rope.table::<f64>(n)?;
+        let rotation = Rotation {
+            table: &table,
+            head_dim: layer.head_dim,
+            norm: layer.rope.rotation_norm_up(n)?,
+        };
+        let window = layer.window;
+        let allowed = |i: usize, j: usize| j <= i && window.is_none_or(|w| i - j < w);
+        let mut heads = Vec::with_capacity(layer.heads);
+        for h in 0..layer.heads {
+            let hl = layer.head(h)?;
+            let w = HeadWeights {
+                wq: &hl.wq,
+                bq: &hl.bq,
+                wk: &hl.wk,
+                bk: &hl.bk,
+                wv: &hl.wv,
+                bv: &hl.bv,
+                wo: &hl.wo,
+            };
+            heads.push(head_centre(
+                &w,
+                x,
+                layer.score_divisor_sq,
+                Some(rotation),
+                &allowed,
+            )?);
+        }
+        Ok(Self::of(heads, n, &allowed))
+    }
+
+    fn of(heads: Vec<HeadCentre>, n: usize, allowed: &dyn Fn(usize, usize) -> bool) -> Self {
+        let column_count = (0..n)
+            .map(|j| (0..n).filter(|&i| allowed(i, j)).count() as f64)
+            .collect();
+        Self {
+            heads,
+            column_count,
+        }
+    }
+
+    /// H for every Y whose tokens are within `token_radius` of X's.
+    pub fn at(&self, token_radius: f64) -> Result<BallSlope> {
+        if !(token_radius.is_finite() && token_radius >= 0.0) {
+            return Err(Error::invalid(format!(
+                "the ball radius must be finite and >= 0 (got {token_radius})"
+            )));
+        }
+        let heads: Vec<HeadSlope> = self
+            .heads
+            .iter()
+            .map(|h| head_slope(h, &self.column_count, token_radius))
+            .collect();
+        let value = sum_up(heads.iter().map(|h| mul_up(h.a_o, h.value)));
+        Ok(BallSlope {
+            value,
+            token_radius,
+            heads,
+        })
     }
 }
 
-/// One head's term of Lemma S. With a rotation, the query and key maps are y_i -> R_i (W y_i + b),
-/// whose Lipschitz constants carry max ||R_i||; the lemma's proof uses nothing else of them.
-fn head_slope(
+/// One head's part of Lemma S at X. With a rotation, the query and key maps are
+/// y_i -> R_i (W y_i + b), whose Lipschitz constants carry max ||R_i||; the lemma's proof uses
+/// nothing else of them.
+fn head_centre(
     hl: &HeadWeights<'_>,
     x: MatRef<'_, f64>,
     score_divisor_sq: usize,
     rotation: Option<Rotation<'_>>,
     allowed: &dyn Fn(usize, usize) -> bool,
-    r: f64,
-) -> Result<HeadSlope> {
+) -> Result<HeadCentre> {
     let n = x.nrows();
     let c_up = inv_sqrt_up(score_divisor_sq);
     let c_down = down(1.0 / up((score_divisor_sq as f64).sqrt()));
@@ -382,29 +440,23 @@ fn head_slope(
     let q = project(x, hl.wq, hl.bq, false, rotation);
     let k = project(x, hl.wk, hl.bk, true, rotation);
     let v = project(x, hl.wv, hl.bv, true, None);
-    // Norms of the scaled queries c (W_Q x_i + b_Q).
-    let q_norm: Vec<f64> = q.norms.iter().map(|&m| mul_up(c_up, m)).collect();
-    let kappa: Vec<f64> = k.norms.iter().map(|&m| add_up(m, mul_up(a_k, r))).collect();
-    let nu: Vec<f64> = v.norms.iter().map(|&m| add_up(m, mul_up(a_v, r))).collect();
     let dk = hl.wq.nrows();
     let g_dot = gamma(dk);
-    let mut omega = Mat::<f64>::zeros(n, n);
-    let (mut g_max, mut q_max, mut v_max, mut s_max, mut delta_max) =
-        (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    let (mut g_peak_max, mut v_peak_max, mut theta_max, mut sv_max) =
-        (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    let mut peak_of: Vec<Option<(usize, f64)>> = vec![None; n];
+    let k_comp: Vec<f64> = (0..n)
+        .map(|j| norm2_up((0..dk).map(|t| k.centred[(j, t)])))
+        .collect();
+    let mut rows = Vec::with_capacity(n);
     for i in 0..n {
         let qi: Vec<f64> = (0..dk).map(|t| q.centred[(i, t)]).collect();
         let qi_comp = norm2_up(qi.iter().copied());
-        let js: Vec<usize> = (0..n).filter(|&j| allowed(i, j)).collect();
+        let keys: Vec<usize> = (0..n).filter(|&j| allowed(i, j)).collect();
         // Computed centred scores and a bound tau on their error against the exact ones.
-        let mut s = Vec::with_capacity(js.len());
+        let mut s = Vec::with_capacity(keys.len());
         let mut tau = 0.0f64;
-        for &j in &js {
+        for &j in &keys {
             let dot: f64 = (0..dk).map(|t| qi[t] * k.centred[(j, t)]).sum();
             let sij = c * dot;
-            let kj_comp = norm2_up((0..dk).map(|t| k.centred[(j, t)]));
+            let kj_comp = k_comp[j];
             let dot_bound = mul_up(add_up(qi_comp, q.errors[i]), add_up(kj_comp, k.errors[j]));
             let inner_err = sum_up([
                 mul_up(q.errors[i], kj_comp),
@@ -419,16 +471,6 @@ fn head_slope(
             tau = tau.max(err);
             s.push(sij);
         }
-        let delta = js
-            .iter()
-            .map(|&j| {
-                add_up(
-                    mul_up(mul_up(a_q, r), kappa[j]),
-                    mul_up(q_norm[i], mul_up(a_k, r)),
-                )
-            })
-            .fold(0.0f64, f64::max);
-        delta_max = delta_max.max(delta);
         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let shifted: Vec<f64> = s.iter().map(|&v| v - m).collect();
         let e: Vec<f64> = shifted.iter().map(|&v| v.exp()).collect();
@@ -441,22 +483,81 @@ fn head_slope(
                 1.0,
                 add_up(
                     mul_up(3.0, EXP_RELATIVE_ERROR),
-                    mul_up(2.0, gamma(js.len() + 2)),
+                    mul_up(2.0, gamma(keys.len() + 2)),
                 ),
             ),
         );
-        let factor = mul_up(f_round, exp_up(mul_up(2.0, add_up(tau, delta))));
-        let (mut gk, mut gv, mut rk, mut kmax2, mut vmax2) =
-            (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
         // The row's peak j*: the spreads about it vanish as the row concentrates on it.
-        let peak_idx = (0..js.len())
+        let peak_idx = (0..keys.len())
             .max_by(|&a, &b| e[a].total_cmp(&e[b]))
             .expect("every query sees at least one key");
-        let peak = js[peak_idx];
+        let peak = keys[peak_idx];
+        rows.push(RowCentre {
+            p: e.iter().map(|&ej| add_up(ej / total, 2.0 * ETA)).collect(),
+            tau,
+            f_round,
+            peak,
+            key_distance: keys.iter().map(|&j| row_distance_up(&k, j, peak)).collect(),
+            value_distance: keys.iter().map(|&j| row_distance_up(&v, j, peak)).collect(),
+            keys,
+        });
+    }
+    Ok(HeadCentre {
+        a_q,
+        a_k,
+        a_v,
+        a_o,
+        // Norms of the scaled queries c (W_Q x_i + b_Q).
+        q_norm: q.norms.iter().map(|&m| mul_up(c_up, m)).collect(),
+        k_norm: k.norms,
+        v_norm: v.norms,
+        rows,
+    })
+}
+
+/// One head's term H_h of Lemma S on the ball of token radius r.
+fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
+    let (a_q, a_k, a_v, a_o) = (hc.a_q, hc.a_k, hc.a_v, hc.a_o);
+    let n = hc.rows.len();
+    let q_norm = &hc.q_norm;
+    let kappa: Vec<f64> = hc
+        .k_norm
+        .iter()
+        .map(|&m| add_up(m, mul_up(a_k, r)))
+        .collect();
+    let nu: Vec<f64> = hc
+        .v_norm
+        .iter()
+        .map(|&m| add_up(m, mul_up(a_v, r)))
+        .collect();
+    // Column sums of the attention matrix anywhere in the ball (C), and of the off-peak mass a
+    // key carries (C~): omega_ij where j is not the row's peak, theta_i where it is (the peak's
+    // own weight enters the centred sums only through 1 - p_peak).
+    let mut column = vec![0.0f64; n];
+    let mut off_peak_column = vec![0.0f64; n];
+    let (mut g_max, mut q_max, mut v_max, mut s_max, mut delta_max) =
+        (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let (mut g_peak_max, mut v_peak_max, mut theta_max, mut sv_max) =
+        (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for (i, row) in hc.rows.iter().enumerate() {
+        let delta = row
+            .keys
+            .iter()
+            .map(|&j| {
+                add_up(
+                    mul_up(mul_up(a_q, r), kappa[j]),
+                    mul_up(q_norm[i], mul_up(a_k, r)),
+                )
+            })
+            .fold(0.0f64, f64::max);
+        delta_max = delta_max.max(delta);
+        let factor = mul_up(row.f_round, exp_up(mul_up(2.0, add_up(row.tau, delta))));
+        let (mut gk, mut gv, mut rk, mut kmax2, mut vmax2) =
+            (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
         let (mut gk_peak, mut gv_peak, mut off_peak) = (0.0f64, 0.0f64, 0.0f64);
-        for (idx, &j) in js.iter().enumerate() {
-            let w = mul_up(add_up(e[idx] / total, 2.0 * ETA), factor).min(1.0);
-            omega[(i, j)] = w;
+        for (idx, &j) in row.keys.iter().enumerate() {
+            let w = mul_up(row.p[idx], factor).min(1.0);
+            column[j] = add_up(column[j], w);
             let k2 = mul_up(kappa[j], kappa[j]);
             let v2 = mul_up(nu[j], nu[j]);
             gk = add_up(gk, mul_up(w, k2));
@@ -465,17 +566,18 @@ fn head_slope(
             kmax2 = kmax2.max(k2);
             vmax2 = vmax2.max(v2);
             // ||k_j(Z) - k_peak(X)|| <= ||k_j(X) - k_peak(X)|| + a_K r, the same for values.
-            let dk_j = add_up(row_distance_up(&k, j, peak), mul_up(a_k, r));
-            let dv_j = add_up(row_distance_up(&v, j, peak), mul_up(a_v, r));
+            let dk_j = add_up(row.key_distance[idx], mul_up(a_k, r));
+            let dv_j = add_up(row.value_distance[idx], mul_up(a_v, r));
             gk_peak = add_up(gk_peak, mul_up(w, mul_up(dk_j, dk_j)));
             gv_peak = add_up(gv_peak, mul_up(w, mul_up(dv_j, dv_j)));
-            if j != peak {
+            if j != row.peak {
                 off_peak = add_up(off_peak, w);
+                off_peak_column[j] = add_up(off_peak_column[j], w);
             }
         }
         let theta = off_peak.min(1.0);
+        off_peak_column[row.peak] = add_up(off_peak_column[row.peak], theta);
         theta_max = theta_max.max(theta);
-        peak_of[i] = Some((peak, theta));
         let g_i = sqrt_up(gk.min(kmax2));
         let v_i = sqrt_up(gv.min(vmax2));
         let qz = add_up(q_norm[i], mul_up(a_q, r));
@@ -489,26 +591,14 @@ fn head_slope(
         // T4 pairs each query's score slope with its own value spread.
         sv_max = sv_max.max(mul_up(s_i, v_i.min(sqrt_up(gv_peak))));
     }
-    let column_sum = (0..n)
-        .map(|j| {
-            let rows = (0..n).filter(|&i| allowed(i, j));
-            let count = rows.clone().count() as f64;
-            sum_up(rows.map(|i| omega[(i, j)])).min(count)
-        })
-        .fold(0.0f64, f64::max);
-    // The off-peak mass a key j carries: omega_ij where j is not the row's peak, theta_i
-    // where it is (the peak's own weight enters the centred sums only through 1 - p_peak).
-    let off_peak_column_sum = (0..n)
-        .map(|j| {
-            let rows = (0..n).filter(|&i| allowed(i, j));
-            let count = rows.clone().count() as f64;
-            sum_up(rows.map(|i| match peak_of[i] {
-                Some((p, theta)) if p == j => theta,
-                _ => omega[(i, j)],
-            }))
-            .min(count)
-        })
-        .fold(0.0f64, f64::max);
+    let capped_max = |sums: &[f64]| {
+        sums.iter()
+            .zip(column_count)
+            .map(|(&s, &c)| s.min(c))
+            .fold(0.0f64, f64::max)
+    };
+    let column_sum = capped_max(&column);
+    let off_peak_column_sum = capped_max(&off_peak_column);
     // First form (spreads about a fixed centre): sigma = a_q G + a_k Q sqrt(C), the l2 norm
     // over queries of the score-derivative spread.
     let sigma = add_up(
@@ -536,7 +626,7 @@ fn head_slope(
         mul_up(2.0, mul_up(mul_up(a_q, a_k), spread)),
         mul_up(2.0, mul_up(sv_max, sigma_best)),
     ]);
-    Ok(HeadSlope {
+    HeadSlope {
         a_q,
         a_k,
         a_v,
@@ -551,7 +641,7 @@ fn head_slope(
         column_sum,
         score_change: delta_max,
         value,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -7,9 +7,7 @@
 
 use super::scope_local::UPPER_SEED_OFFSET;
 use crate::attention::RotaryLinearization;
-use crate::bounds::ball::{
-    attention_ball_slope, check_rotary_covered, rotary_ball_slope, BallKind,
-};
+use crate::bounds::ball::{check_rotary_covered, BallKind, SlopeCentre};
 use crate::bounds::chain_ball::{chain_ball, output_change, ChainBall, ChainCentre};
 use crate::bounds::piece_ball::{
     compose, image, layer_norm_ball, mean_pool_bound, normalise_bound, rms_norm_ball,
@@ -30,18 +28,20 @@ const OUTPUT_CHANGE_POINTS: usize = 8;
 /// Per step, what its ball bound needs beyond its input.
 enum Extra {
     None,
+    /// Attention read at the step's own input: Lemma S's part at X.
+    Slope(SlopeCentre),
     FeedForward(FeedForwardNorms),
-    /// Pre-norm attention: the attention's input LN(x) and Lemma P's bound there.
+    /// Pre-norm attention: Lemma P's bound and Lemma S's part at the attention's input LN(x).
     PreNormAttention {
-        input: Mat<f64>,
         upper: f64,
+        slope: SlopeCentre,
     },
-    /// Rotary attention after its RMSNorm: the attention's input, Lemma P's bound there, and
-    /// (with an output norm) the attention's output, that norm's input.
+    /// Rotary attention after its RMSNorm: Lemma P's bound and Lemma S's part at the attention's
+    /// input, and (with an output norm) the attention's output, that norm's input.
     RotaryAttention {
-        input: Mat<f64>,
         upper: f64,
         output: Option<Mat<f64>>,
+        slope: SlopeCentre,
     },
     /// The gated network after its RMSNorm: its norms, its input and (with an output norm) its
     /// output.
@@ -195,9 +195,9 @@ impl<'w> StackCentre<'w> {
                 ),
                 Piece::MeanPool => (mean_pool_bound(n).sup, Extra::None),
                 Piece::Normalise => (normalise_bound(input, 0.0)?.sup, Extra::None),
-                Piece::Attention { .. } => (
+                Piece::Attention { layer, causal } => (
                     upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value,
-                    Extra::None,
+                    Extra::Slope(SlopeCentre::plain(layer, input, causal)?),
                 ),
                 Piece::AttentionResidual {
                     norm,
@@ -206,14 +206,14 @@ impl<'w> StackCentre<'w> {
                 } => {
                     let u = upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value;
                     let extra = match norm {
-                        None => Extra::None,
+                        None => Extra::Slope(SlopeCentre::plain(layer, input, causal)?),
                         Some(ln) => {
                             let inner = ln.apply(input)?;
                             let lin = Linearization::new(layer, inner.as_ref(), None, causal)?;
                             let a = upper(&lin, format!("attention of step {i}"), interval_steps)?
                                 .value;
                             Extra::PreNormAttention {
-                                input: inner,
+                                slope: SlopeCentre::plain(layer, inner.as_ref(), causal)?,
                                 upper: a,
                             }
                         }
@@ -228,9 +228,9 @@ impl<'w> StackCentre<'w> {
                     rms_norm_ball(rn, input, PieceBall::centre())?.sup,
                     Extra::None,
                 ),
-                Piece::RotaryAttention(_) => (
+                Piece::RotaryAttention(layer) => (
                     upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value,
-                    Extra::None,
+                    Extra::Slope(SlopeCentre::rotary(layer, input)?),
                 ),
                 Piece::RotaryAttentionResidual {
                     norm,
@@ -245,7 +245,7 @@ impl<'w> StackCentre<'w> {
                     (
                         u,
                         Extra::RotaryAttention {
-                            input: inner,
+                            slope: SlopeCentre::rotary(layer, inner.as_ref())?,
                             upper: a,
                             output,
                         },
@@ -301,16 +301,10 @@ impl<'w> StackCentre<'w> {
             (Piece::LayerNorm(ln), _) => layer_norm_ball(ln, input, ball)?,
             (Piece::MeanPool, _) => mean_pool_bound(self.n),
             (Piece::Normalise, _) => normalise_bound(input, r)?,
-            (Piece::Attention { layer, causal }, _)
-            | (
-                Piece::AttentionResidual {
-                    norm: None,
-                    layer,
-                    causal,
-                },
-                _,
-            ) => {
-                let slope = attention_ball_slope(layer, input, causal, ball.token)?.value;
+            (Piece::Attention { .. }, Extra::Slope(centre))
+            | (Piece::AttentionResidual { norm: None, .. }, Extra::Slope(centre))
+            | (Piece::RotaryAttention(_), Extra::Slope(centre)) => {
+                let slope = centre.at(ball.token)?.value;
                 PieceBound {
                     sup: around(slope),
                     slope,
@@ -318,19 +312,12 @@ impl<'w> StackCentre<'w> {
                 }
             }
             (
-                Piece::AttentionResidual {
-                    norm: Some(ln),
-                    layer,
-                    causal,
-                },
-                Extra::PreNormAttention {
-                    input: inner,
-                    upper,
-                },
+                Piece::AttentionResidual { norm: Some(ln), .. },
+                Extra::PreNormAttention { upper, slope, .. },
             ) => {
                 let norm = layer_norm_ball(ln, input, ball)?;
                 let b = image(ball, &norm);
-                let slope = attention_ball_slope(layer, inner.as_ref(), causal, b.token)?.value;
+                let slope = slope.at(b.token)?.value;
                 let attention = PieceBound {
                     sup: add_up(*upper, mul_up(b.frobenius, slope)),
                     slope,
@@ -346,29 +333,20 @@ impl<'w> StackCentre<'w> {
                 residual(branch, around)
             }
             (Piece::RmsNorm(rn), _) => rms_norm_ball(rn, input, ball)?,
-            (Piece::RotaryAttention(layer), _) => {
-                let slope = rotary_ball_slope(layer, input, ball.token)?.value;
-                PieceBound {
-                    sup: around(slope),
-                    slope,
-                    token_gain: f64::INFINITY,
-                }
-            }
             (
                 Piece::RotaryAttentionResidual {
-                    norm,
-                    layer,
-                    output_norm,
+                    norm, output_norm, ..
                 },
                 Extra::RotaryAttention {
-                    input: inner,
                     upper,
                     output,
+                    slope,
+                    ..
                 },
             ) => {
                 let nb = rms_norm_ball(norm, input, ball)?;
                 let b = image(ball, &nb);
-                let slope = rotary_ball_slope(layer, inner.as_ref(), b.token)?.value;
+                let slope = slope.at(b.token)?.value;
                 let attention = PieceBound {
                     sup: add_up(*upper, mul_up(b.frobenius, slope)),
                     slope,
