@@ -50,8 +50,11 @@ def main():
         sigmas = {rs[k]["sigma"] for k in rounds}
         to_ref = "-" if ref is None else f"{max(abs(s - ref) / ref for s in sigmas):.1e}"
         rel_t = abs(r["sigma"] - t["sigma"]) / r["sigma"]
+        # Full matvecs, and the restricted start's steps (`start_steps`) when there were any.
+        iters = f"{r['iterations']}" + (f" (+{r['start_steps']} restricted)"
+                                        if r.get("start_steps") else "")
         print(f"| {r['n']} | {r['d']} | {r['dtype']} / {t['dtype']} | {r_wall:.1f} | "
-              f"{r_sec:.1f} | {r['iterations']} | {t_sec:.1f} | {t_wall:.1f} | "
+              f"{r_sec:.1f} | {iters} | {t_sec:.1f} | {t_wall:.1f} | "
               f"{t['iterations']}{'' if t['converged'] else ' (cap)'} | {t_sec / r_wall:.2f}x | "
               f"{', '.join(f'{p:.2f}x' for p in per)} | {t_sec / r_sec:.2f}x "
               f"({', '.join(f'{p:.2f}x' for p in per_est)}) | "

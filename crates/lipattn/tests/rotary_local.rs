@@ -448,3 +448,115 @@ fn f32_local_is_refined_to_the_f64_value() {
     let bad = serde_json::from_str::<LocalRequest>(r#"{"dtype": "f16"}"#).unwrap_err();
     assert!(bad.to_string().contains("f16"), "{bad}");
 }
+
+/// The restricted normal step (`normal_step_rows`, the restricted start of `local --dtype f32`)
+/// equals the full step on the tangent embedded at the rows, gathered back at them: the image
+/// (dO) and the rows of J^T J u, for every case (windows, softcap, qk-norm, grouped heads), row
+/// sets that are a prefix, scattered, a single token or every token, and in f32 too.
+#[test]
+fn restricted_normal_step_equals_the_embedded_full_step() {
+    let n = 11;
+    let row_sets: [&[usize]; 4] = [&[0, 1, 2], &[1, 4, 5, 9], &[10], &[0, 3, 7, 8, 10]];
+    for (name, layer) in layers() {
+        let mut r = SplitMix::new(9);
+        let x = gauss(&mut r, n, D, 1.0);
+        let lin = RotaryLinearization::new(&layer, x.as_ref()).unwrap();
+        let normal = lin.normal_data();
+        let all: Vec<usize> = (0..n).collect();
+        for rows in row_sets.iter().copied().chain([all.as_slice()]) {
+            let u = gauss(&mut r, rows.len(), D, 1.0);
+            let mut full = Mat::<f64>::zeros(n, D);
+            for (k, &i) in rows.iter().enumerate() {
+                full.as_mut().row_mut(i).copy_from(u.row(k));
+            }
+            let (want_image, want_w) = lin.normal_step(&normal, full.as_ref()).unwrap();
+            let want_w = Mat::from_fn(rows.len(), D, |k, j| want_w[(rows[k], j)]);
+            let (image, w) = lin.normal_step_rows(&normal, rows, u.as_ref()).unwrap();
+            let close =
+                |a: &Mat<f64>, b: &Mat<f64>| (a - b).norm_l2() <= 1e-12 * b.norm_l2().max(1.0);
+            assert!(close(&image, &want_image), "{name}, rows {rows:?}: image");
+            assert!(close(&w, &want_w), "{name}, rows {rows:?}: J^T J u");
+        }
+        // f32 against the f32 full step, to f32's rounding.
+        let l32 = layer.cast::<f32>();
+        let x32 = to_f32(&x);
+        let lin = RotaryLinearization::new(&l32, x32.as_ref()).unwrap();
+        let normal = lin.normal_data();
+        let rows = [0, 2, 3];
+        let u = to_f32(&gauss(&mut r, rows.len(), D, 1.0));
+        let mut full = Mat::<f32>::zeros(n, D);
+        for (k, &i) in rows.iter().enumerate() {
+            full.as_mut().row_mut(i).copy_from(u.row(k));
+        }
+        let (_, want) = lin.normal_step(&normal, full.as_ref()).unwrap();
+        let want = to_f64(&Mat::from_fn(rows.len(), D, |k, j| want[(rows[k], j)]));
+        let (_, w) = lin.normal_step_rows(&normal, &rows, u.as_ref()).unwrap();
+        assert!(rel_err(&to_f64(&w), &want) <= 1e-5, "{name}: f32");
+    }
+}
+
+/// On a sequence long enough for the restricted start (n >= 4 x its 32 tokens), `local
+/// --dtype f32` starts its f32 Lanczos from the top vector of J^T J restricted to the tokens
+/// that receive the most attention, and still meets the requested accuracy against the dense
+/// Jacobian's top singular value, with an error estimate no smaller than its actual error; the
+/// seed moves the start (another Gaussian on the tokens), not the answer beyond the tolerance.
+#[test]
+fn f32_local_restricted_start_meets_the_tolerance() {
+    let source = LayerSource::new("test layer", true, lipattn::Kernel::Dot);
+    for (seed, window, softcap) in [(5, None, None), (6, Some(40), Some(3.0))] {
+        let layer = common::rotary::build(
+            &RotarySpec {
+                heads: 4,
+                kv_heads: 2,
+                head_dim: 4,
+                rotary_dim: 4,
+                d: 6,
+                d_out: 5,
+                qk_scale: 1.5,
+                v_scale: 0.5,
+                o_scale: 0.4,
+                bias: 0.1,
+                qk_norm: None,
+                softcap,
+                window,
+                theta: 1000.0,
+                max_position_embeddings: 256,
+                scaling: RopeScaling::Default,
+                score_divisor_sq: 4,
+            },
+            seed,
+        );
+        let n = 160;
+        let x = gauss(&mut SplitMix::new(seed + 50), n, 6, 1.0);
+        let lin = RotaryLinearization::new(&layer, x.as_ref()).unwrap();
+        let exact = dense_jacobian(&lin).unwrap().singular_values().unwrap()[0];
+        let mut sigmas = vec![];
+        for start_seed in [0, 7] {
+            let req = LocalRequest {
+                dtype: LocalDtype::F32,
+                seed: start_seed,
+                ..Default::default()
+            };
+            let inputs = RotaryInputs {
+                layer: &layer,
+                x: x.as_ref(),
+                source: &source,
+                family: "llama",
+            };
+            let r = run_rotary(&req, inputs, &mut lipattn::ops::silent).unwrap();
+            assert!(r.start_steps > 0, "seed {seed}: the restricted start ran");
+            assert!(r.converged && r.rel_error <= 1e-6, "{}", r.rel_error);
+            let rel = (exact - r.sigma) / exact;
+            assert!(rel >= -1e-12, "attained: {} vs {exact}", r.sigma);
+            assert!(
+                rel <= r.rel_error.max(1e-12),
+                "{rel} above the estimate {}",
+                r.rel_error
+            );
+            let json = lipattn::ops::to_json(&r).unwrap();
+            assert_eq!(json["start_steps"], r.start_steps);
+            sigmas.push(r.sigma);
+        }
+        assert!((sigmas[0] - sigmas[1]).abs() <= 2e-6 * exact, "{sigmas:?}");
+    }
+}

@@ -32,4 +32,35 @@ pub trait LinearizedMap<T: Scalar> {
     fn normal_step(&self, data: &Self::NormalData, u: MatRef<'_, T>) -> Result<(Mat<T>, Mat<T>)>;
     /// J u from the image of u that `normal_step` returned.
     fn image_output(&self, image: MatRef<'_, T>) -> Mat<T>;
+
+    /// At most `count` tokens (rows of a tangent, increasing) on which J^T J restricted to
+    /// tangents supported there has a cheap `normal_step_rows`, chosen so that the top right
+    /// singular vector of J is likely to live mostly on them; None (the default) when the map
+    /// has no cheaper restricted step. Only a start vector is built from them
+    /// (`estimation::lanczos`'s restricted start), so a poor choice costs steps, never accuracy.
+    fn start_rows(&self, count: usize) -> Option<Vec<usize>> {
+        let _ = count;
+        None
+    }
+
+    /// `normal_step` on the tangent that is `u` (rows.len() x d_in) on the tokens `rows` and 0
+    /// elsewhere, returning its image and the rows `rows` of J^T J u: the restriction
+    /// E^T J^T J E of J^T J to those tokens (E the embedding). The default embeds, takes a full
+    /// step and gathers.
+    fn normal_step_rows(
+        &self,
+        data: &Self::NormalData,
+        rows: &[usize],
+        u: MatRef<'_, T>,
+    ) -> Result<(Mat<T>, Mat<T>)> {
+        let mut full = Mat::<T>::zeros(self.n(), self.d_in());
+        for (r, &i) in rows.iter().enumerate() {
+            full.as_mut().row_mut(i).copy_from(u.row(r));
+        }
+        let (image, w) = self.normal_step(data, full.as_ref())?;
+        Ok((
+            image,
+            Mat::from_fn(rows.len(), w.ncols(), |r, j| w[(rows[r], j)]),
+        ))
+    }
 }

@@ -74,6 +74,7 @@ pub fn power_iteration<T: Scalar, L: LinearizedMap<T>>(
         sigma,
         rel_error,
         iterations: history.len(),
+        start_steps: 0,
         converged,
         history,
         vector,

@@ -129,6 +129,10 @@ pub struct LocalReport<T: Scalar> {
     pub converged: bool,
     /// Matvecs with J^T J (each one JVP and one VJP).
     pub iterations: usize,
+    /// Matvecs with J^T J restricted to a few tokens that built the start vector (`--dtype f32`
+    /// on a map with a restricted step, `estimation::local_norm_refined`; 0 otherwise), not in
+    /// `iterations`.
+    pub start_steps: usize,
     /// Wall time inside the estimator, linearisation included.
     pub seconds: f64,
     pub method: &'static str,
@@ -305,6 +309,7 @@ pub fn report<T: Scalar>(
         rel_error_is: "estimate",
         converged: t.converged,
         iterations: t.iterations,
+        start_steps: t.start_steps,
         seconds: r.seconds,
         method: r.method,
         tol: (req.method == LocalMethod::Lanczos).then_some(req.tol),
@@ -338,6 +343,7 @@ fn recast<T: Scalar>(r: LocalNorm<f64>) -> LocalNorm<T> {
             sigma: t.sigma,
             rel_error: t.rel_error,
             iterations: t.iterations,
+            start_steps: t.start_steps,
             converged: t.converged,
             history: t.history,
             vector: cast_mat(t.vector.as_ref()),

@@ -111,9 +111,9 @@ impl<T: Scalar> RotaryAttention<T> {
         dx: MatRef<'_, T>,
         w_in_t: Option<&Mat<T>>,
     ) -> Result<Mat<T>> {
-        let (n, hd) = (st.q.nrows(), self.head_dim);
+        let n = st.q.nrows();
         check_shape("JVP tangent", dx, n, self.d_in())?;
-        let (mut dq, mut dk, dv) = match w_in_t {
+        let (dq, dk, dv) = match w_in_t {
             Some(w) => {
                 let all = linear_t_new(dx, w.as_ref());
                 let (q, k) = (self.wq.nrows(), self.wk.nrows());
@@ -129,6 +129,138 @@ impl<T: Scalar> RotaryAttention<T> {
                 linear(dx, self.wv.as_ref()),
             ),
         };
+        self.jvp_heads_projected(st, dq, dk, dv)
+    }
+
+    /// `jvp_heads_with` for the tangent that is `u` (rows.len() x d) on the tokens `rows`
+    /// (increasing) and 0 elsewhere. Only those tokens are projected, and of the band's products
+    /// only dP V is a full one: K dQ^T is formed for the queries in `rows`, dK Q^T and P dV for
+    /// the keys in `rows` (the other tokens' dQ, dK, dV are 0).
+    pub(crate) fn jvp_heads_rows(
+        &self,
+        st: &RotaryState<T>,
+        rows: &[usize],
+        u: MatRef<'_, T>,
+        w_in_t: &Mat<T>,
+    ) -> Result<Mat<T>> {
+        let (n, hd) = (st.q.nrows(), self.head_dim);
+        check_shape("JVP tangent rows", u, rows.len(), self.d_in())?;
+        let part = linear_t_new(u, w_in_t.as_ref());
+        let (qw, kw) = (self.wq.nrows(), self.wk.nrows());
+        // qk-norm and rotation act token by token at the token's position: on the n-token
+        // matrices (cheap), then back to the rows.
+        let (mut dq, mut dk) = (
+            scatter_rows(n, rows, part.as_ref().subcols(0, qw)),
+            scatter_rows(n, rows, part.as_ref().subcols(qw, kw)),
+        );
+        if let (Some(norm), Some(qn), Some(kn)) = (&self.qk_norm, &st.q_norm, &st.k_norm) {
+            let (gq, gk) = norm.gains();
+            let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
+            qn.apply(&mut dq, hd, &gq, false);
+            kn.apply(&mut dk, hd, &gk, false);
+        }
+        st.table.rotate(dq.as_mut(), hd, false);
+        st.table.rotate(dk.as_mut(), hd, false);
+        let (dq, dk) = (
+            gather_rows(dq.as_ref(), rows),
+            gather_rows(dk.as_ref(), rows),
+        );
+        let dv = part.as_ref().subcols(qw + kw, kw);
+        crate::cancel::check()?;
+        let s = self.score_scale();
+        let mut d_o = Mat::<T>::zeros(n, self.heads * hd);
+        d_o.as_mut()
+            .par_col_chunks_mut(hd)
+            .enumerate()
+            .for_each(|(h, doh)| {
+                let g = self.kv_of(h);
+                let (q, k, v) = (
+                    st.q.as_ref().subcols(h * hd, hd),
+                    st.k.as_ref().subcols(g * hd, hd),
+                    st.v.as_ref().subcols(g * hd, hd),
+                );
+                let (dq, dk, dv) = (
+                    dq.as_ref().subcols(h * hd, hd),
+                    dk.as_ref().subcols(g * hd, hd),
+                    dv.subcols(g * hd, hd),
+                );
+                let mut ds = Mat::<T>::zeros(n, QUERY_BLOCK.min(n));
+                let mut doh = doh;
+                for (b, (q0, len, keys)) in self.bands(n).enumerate() {
+                    let (k0, nk) = (keys.start, keys.len());
+                    let (sq, sk) = (within(rows, q0..q0 + len), within(rows, keys.clone()));
+                    // dS^T = s (K dQ^T + dK Q^T), keys x queries, on the band.
+                    let mut blk = ds.as_mut().submatrix_mut(0, 0, nk, len);
+                    blk.fill(T::of(0.0));
+                    if !sq.is_empty() {
+                        let mut cols = Mat::<T>::zeros(nk, sq.len());
+                        let dqs = dq.subrows(sq.start, sq.len());
+                        gemm(
+                            cols.as_mut(),
+                            false,
+                            k.subrows(k0, nk),
+                            dqs.transpose(),
+                            s,
+                            Par::Seq,
+                        );
+                        for (c, r) in sq.clone().enumerate() {
+                            blk.rb_mut().col_mut(rows[r] - q0).copy_from(cols.col(c));
+                        }
+                    }
+                    if !sk.is_empty() {
+                        let mut part = Mat::<T>::zeros(sk.len(), len);
+                        gemm(
+                            part.as_mut(),
+                            false,
+                            dk.subrows(sk.start, sk.len()),
+                            q.subrows(q0, len).transpose(),
+                            s,
+                            Par::Seq,
+                        );
+                        for (c, r) in sk.clone().enumerate() {
+                            let mut row = blk.rb_mut().row_mut(rows[r] - k0);
+                            row += part.row(c);
+                        }
+                    }
+                    let tanh = st.tanh_t.get(h).map(|t| t.block(b));
+                    self.through_softcap(blk.rb_mut(), &keys, q0, tanh);
+                    let p_blk = st.p_t[h].block(b).as_ref();
+                    softmax_backward_columns(p_blk, blk.rb_mut());
+                    // dO_h = dP V + P dV, dV nonzero on the rows only.
+                    let mut out = doh.rb_mut().subrows_mut(q0, len);
+                    gemm(
+                        out.rb_mut(),
+                        false,
+                        blk.as_ref().transpose(),
+                        v.subrows(k0, nk),
+                        T::of(1.0),
+                        Par::Seq,
+                    );
+                    if !sk.is_empty() {
+                        let p_rows = gather_rows(p_blk, &shift(&rows[sk.clone()], k0));
+                        gemm(
+                            out,
+                            true,
+                            p_rows.as_ref().transpose(),
+                            dv.subrows(sk.start, sk.len()),
+                            T::of(1.0),
+                            Par::Seq,
+                        );
+                    }
+                }
+            });
+        Ok(d_o)
+    }
+
+    /// The heads' output tangents from the projected tangents dx W_Q^T, dx W_K^T, dx W_V^T.
+    fn jvp_heads_projected(
+        &self,
+        st: &RotaryState<T>,
+        mut dq: Mat<T>,
+        mut dk: Mat<T>,
+        dv: Mat<T>,
+    ) -> Result<Mat<T>> {
+        let (n, hd) = (st.q.nrows(), self.head_dim);
         if let (Some(norm), Some(qn), Some(kn)) = (&self.qk_norm, &st.q_norm, &st.k_norm) {
             let (gq, gk) = norm.gains();
             let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
@@ -202,6 +334,173 @@ impl<T: Scalar> RotaryAttention<T> {
     /// J^T dy at the state `st` (formed with `keep`) from the heads' output cotangents
     /// obar = dy W_O (n x H head_dim): n x d.
     pub(crate) fn vjp_heads(&self, st: &RotaryState<T>, obar: MatRef<'_, T>) -> Result<Mat<T>> {
+        let (qbar, kbar, vbar) = self.projection_cotangents(st, obar)?;
+        let mut xbar = Mat::<T>::zeros(qbar.nrows(), self.d_in());
+        linear_t(&mut xbar, false, qbar.as_ref(), self.wq.as_ref());
+        linear_t(&mut xbar, true, kbar.as_ref(), self.wk.as_ref());
+        linear_t(&mut xbar, true, vbar.as_ref(), self.wv.as_ref());
+        Ok(xbar)
+    }
+
+    /// The rows `rows` (increasing) of `vjp_heads`. Only the entries of the band that reach
+    /// them are formed: the cotangents of the keys and values in `rows` (their rows of the band)
+    /// and of the queries in `rows` (their columns), and only those tokens go back through the
+    /// input projections.
+    pub(crate) fn vjp_heads_rows(
+        &self,
+        st: &RotaryState<T>,
+        obar: MatRef<'_, T>,
+        rows: &[usize],
+    ) -> Result<Mat<T>> {
+        let (n, hd, m) = (st.q.nrows(), self.head_dim, rows.len());
+        check_shape("head cotangents", obar, n, self.heads * hd)?;
+        crate::cancel::check()?;
+        let s = self.score_scale();
+        let one = T::of(1.0);
+        // Sbar^T entries from Pbar^T entries: P (Pbar - <o_i, obar_i>), then the softcap's
+        // derivative; masked entries carry P = 0 and tanh 0.
+        let through = |x: T, p: T, mean: T, t: Option<T>| {
+            let y = p * (x - mean);
+            t.map_or(y, |t| y * (one - t * t))
+        };
+        let parts: Vec<(Mat<T>, Mat<T>, Mat<T>)> = (0..self.heads)
+            .into_par_iter()
+            .map(|h| {
+                let g = self.kv_of(h);
+                let (q, k, v, o) = (
+                    st.q.as_ref().subcols(h * hd, hd),
+                    st.k.as_ref().subcols(g * hd, hd),
+                    st.v.as_ref().subcols(g * hd, hd),
+                    st.o.as_ref().subcols(h * hd, hd),
+                );
+                let ob = obar.subcols(h * hd, hd);
+                let (mut qbar, mut kbar, mut vbar) = (
+                    Mat::<T>::zeros(m, hd),
+                    Mat::<T>::zeros(m, hd),
+                    Mat::<T>::zeros(m, hd),
+                );
+                for (b, (q0, len, keys)) in self.bands(n).enumerate() {
+                    let (k0, nk) = (keys.start, keys.len());
+                    let (sq, sk) = (within(rows, q0..q0 + len), within(rows, keys.clone()));
+                    if sq.is_empty() && sk.is_empty() {
+                        continue;
+                    }
+                    let p_blk = st.p_t[h].block(b).as_ref();
+                    let tanh = st.tanh_t.get(h).map(|t| t.block(b).as_ref());
+                    let ob_blk = ob.subrows(q0, len);
+                    let means: Vec<T> = (q0..q0 + len)
+                        .map(|i| (0..hd).fold(T::of(0.0), |acc, c| acc + o[(i, c)] * ob[(i, c)]))
+                        .collect();
+                    if !sk.is_empty() {
+                        // The rows of the keys in `rows`: Vbar = P^T Obar and Kbar = s Sbar^T Q.
+                        let local = shift(&rows[sk.clone()], k0);
+                        let p_rows = gather_rows(p_blk, &local);
+                        gemm(
+                            vbar.as_mut().subrows_mut(sk.start, sk.len()),
+                            true,
+                            p_rows.as_ref(),
+                            ob_blk,
+                            one,
+                            Par::Seq,
+                        );
+                        let mut sbar = Mat::<T>::zeros(sk.len(), len);
+                        gemm(
+                            sbar.as_mut(),
+                            false,
+                            gather_rows(v, &rows[sk.clone()]).as_ref(),
+                            ob_blk.transpose(),
+                            one,
+                            Par::Seq,
+                        );
+                        for c in 0..len {
+                            for (r, &j) in local.iter().enumerate() {
+                                let t = tanh.map(|t| t[(j, c)]);
+                                sbar[(r, c)] = through(sbar[(r, c)], p_rows[(r, c)], means[c], t);
+                            }
+                        }
+                        gemm(
+                            kbar.as_mut().subrows_mut(sk.start, sk.len()),
+                            true,
+                            sbar.as_ref(),
+                            q.subrows(q0, len),
+                            s,
+                            Par::Seq,
+                        );
+                    }
+                    if !sq.is_empty() {
+                        // The columns of the queries in `rows`: Qbar = s Sbar K.
+                        let mut cols = Mat::<T>::zeros(nk, sq.len());
+                        gemm(
+                            cols.as_mut(),
+                            false,
+                            v.subrows(k0, nk),
+                            gather_rows(ob, &rows[sq.clone()]).as_ref().transpose(),
+                            one,
+                            Par::Seq,
+                        );
+                        for (c, r) in sq.clone().enumerate() {
+                            let i = rows[r] - q0;
+                            for j in 0..nk {
+                                let t = tanh.map(|t| t[(j, i)]);
+                                cols[(j, c)] = through(cols[(j, c)], p_blk[(j, i)], means[i], t);
+                            }
+                        }
+                        gemm(
+                            qbar.as_mut().subrows_mut(sq.start, sq.len()),
+                            true,
+                            cols.as_ref().transpose(),
+                            k.subrows(k0, nk),
+                            s,
+                            Par::Seq,
+                        );
+                    }
+                }
+                (qbar, kbar, vbar)
+            })
+            .collect();
+        crate::cancel::check()?;
+        let mut qbar = Mat::<T>::zeros(m, self.heads * hd);
+        let mut kbar = Mat::<T>::zeros(m, self.kv_heads * hd);
+        let mut vbar = Mat::<T>::zeros(m, self.kv_heads * hd);
+        for (h, (q_h, k_h, v_h)) in parts.into_iter().enumerate() {
+            let g = self.kv_of(h);
+            qbar.as_mut().subcols_mut(h * hd, hd).copy_from(&q_h);
+            let mut kg = kbar.as_mut().subcols_mut(g * hd, hd);
+            kg += &k_h;
+            let mut vg = vbar.as_mut().subcols_mut(g * hd, hd);
+            vg += &v_h;
+        }
+        // Rotation and qk-norm token by token at the tokens' positions, as in `jvp_heads_rows`.
+        let (mut qbar_n, mut kbar_n) = (
+            scatter_rows(n, rows, qbar.as_ref()),
+            scatter_rows(n, rows, kbar.as_ref()),
+        );
+        st.table.rotate(qbar_n.as_mut(), hd, true);
+        st.table.rotate(kbar_n.as_mut(), hd, true);
+        if let (Some(norm), Some(qn), Some(kn)) = (&self.qk_norm, &st.q_norm, &st.k_norm) {
+            let (gq, gk) = norm.gains();
+            let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
+            qn.apply(&mut qbar_n, hd, &gq, true);
+            kn.apply(&mut kbar_n, hd, &gk, true);
+        }
+        let (qbar, kbar) = (
+            gather_rows(qbar_n.as_ref(), rows),
+            gather_rows(kbar_n.as_ref(), rows),
+        );
+        let mut xbar = Mat::<T>::zeros(m, self.d_in());
+        linear_t(&mut xbar, false, qbar.as_ref(), self.wq.as_ref());
+        linear_t(&mut xbar, true, kbar.as_ref(), self.wk.as_ref());
+        linear_t(&mut xbar, true, vbar.as_ref(), self.wv.as_ref());
+        Ok(xbar)
+    }
+
+    /// The cotangents of the projections x W_Q^T, x W_K^T, x W_V^T (before qk-norm and
+    /// rotation) from the heads' output cotangents obar.
+    fn projection_cotangents(
+        &self,
+        st: &RotaryState<T>,
+        obar: MatRef<'_, T>,
+    ) -> Result<(Mat<T>, Mat<T>, Mat<T>)> {
         let (n, hd) = (st.q.nrows(), self.head_dim);
         check_shape("head cotangents", obar, n, self.heads * hd)?;
         crate::cancel::check()?;
@@ -287,10 +586,30 @@ impl<T: Scalar> RotaryAttention<T> {
             qn.apply(&mut qbar, hd, &gq, true);
             kn.apply(&mut kbar, hd, &gk, true);
         }
-        let mut xbar = Mat::<T>::zeros(n, self.d_in());
-        linear_t(&mut xbar, false, qbar.as_ref(), self.wq.as_ref());
-        linear_t(&mut xbar, true, kbar.as_ref(), self.wk.as_ref());
-        linear_t(&mut xbar, true, vbar.as_ref(), self.wv.as_ref());
-        Ok(xbar)
+        Ok((qbar, kbar, vbar))
     }
+}
+
+/// The indices r of `rows` (increasing) with rows[r] in `range`, a range of indices of `rows`.
+fn within(rows: &[usize], range: Range<usize>) -> Range<usize> {
+    rows.partition_point(|&i| i < range.start)..rows.partition_point(|&i| i < range.end)
+}
+
+/// `rows` less `origin`.
+fn shift(rows: &[usize], origin: usize) -> Vec<usize> {
+    rows.iter().map(|&i| i - origin).collect()
+}
+
+/// The rows `rows` of `m`.
+fn gather_rows<T: Scalar>(m: MatRef<'_, T>, rows: &[usize]) -> Mat<T> {
+    Mat::from_fn(rows.len(), m.ncols(), |r, j| m[(rows[r], j)])
+}
+
+/// The n x m.ncols() matrix with row rows[r] = row r of `m`, 0 elsewhere.
+fn scatter_rows<T: Scalar>(n: usize, rows: &[usize], m: MatRef<'_, T>) -> Mat<T> {
+    let mut out = Mat::<T>::zeros(n, m.ncols());
+    for (r, &i) in rows.iter().enumerate() {
+        out.as_mut().row_mut(i).copy_from(m.row(r));
+    }
+    out
 }
