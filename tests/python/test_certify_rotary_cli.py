@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cli import run
+from test_certify_cli import in_ball
 from tiny_decoders import attention_output, attention_top_singular, build, config, save
 
 CASES = [
@@ -28,15 +29,6 @@ def certify(lipattn_bin, *args):
     out = run(lipattn_bin, "certify", *args, "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
-
-
-def in_ball(rng, x, ball, eps):
-    d = rng.standard_normal(x.shape)
-    if ball == "frobenius":
-        d *= eps * rng.uniform(0.5, 1.0) / np.linalg.norm(d)
-    else:
-        d *= eps * rng.uniform(0.5, 1.0, (x.shape[0], 1)) / np.linalg.norm(d, axis=1, keepdims=True)
-    return x + d
 
 
 @pytest.mark.parametrize("family,keys", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])

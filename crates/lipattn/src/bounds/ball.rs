@@ -228,6 +228,21 @@ struct HeadWeights<'a> {
     wo: &'a Mat<f64>,
 }
 
+/// The weights of a one-head layer of either kind (both name them alike).
+macro_rules! head_weights {
+    ($h:expr) => {
+        HeadWeights {
+            wq: &$h.wq,
+            bq: &$h.bq,
+            wk: &$h.wk,
+            bk: &$h.bk,
+            wv: &$h.wv,
+            bv: &$h.bv,
+            wo: &$h.wo,
+        }
+    };
+}
+
 /// The centre's checks shared by both kinds of attention.
 fn check_centre(x: MatRef<'_, f64>, d: usize, heads: usize) -> Result<()> {
     crate::attention::forward::check_shape("ball centre X", x, x.nrows(), d)?;
@@ -336,15 +351,7 @@ impl SlopeCentre {
         let mut heads = Vec::with_capacity(layer.heads);
         for h in 0..layer.heads {
             let hl = layer.head(h, false)?;
-            let w = HeadWeights {
-                wq: &hl.wq,
-                bq: &hl.bq,
-                wk: &hl.wk,
-                bk: &hl.bk,
-                wv: &hl.wv,
-                bv: &hl.bv,
-                wo: &hl.wo,
-            };
+            let w = head_weights!(hl);
             heads.push(head_centre(&w, x, layer.score_divisor_sq, None, &allowed)?);
         }
         Ok(Self::of(heads, x.nrows(), &allowed))
@@ -367,15 +374,7 @@ impl SlopeCentre {
         let mut heads = Vec::with_capacity(layer.heads);
         for h in 0..layer.heads {
             let hl = layer.head(h)?;
-            let w = HeadWeights {
-                wq: &hl.wq,
-                bq: &hl.bq,
-                wk: &hl.wk,
-                bk: &hl.bk,
-                wv: &hl.wv,
-                bv: &hl.bv,
-                wo: &hl.wo,
-            };
+            let w = head_weights!(hl);
             heads.push(head_centre(
                 &w,
                 x,
