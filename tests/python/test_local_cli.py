@@ -108,3 +108,29 @@ def test_local_errors(tmp_path, lipattn_bin, minilm):
         assert out.returncode != 0, args
         assert "panicked" not in out.stderr, out.stderr
         assert needle in out.stderr, (needle, out.stderr)
+
+
+def test_streaming_attention_on_minilm(tmp_path, lipattn_bin, minilm):
+    """`--attention streaming` (per-row statistics, docs/streaming.md) gives the dense path's local
+    constant, and `auto` streams exactly when `--max-memory` refuses the dense n x n probabilities
+    (n = 2,000 tokens: 12 heads x 2,000^2 x 8 bytes x 2 = 768 MB dense), saying so in the JSON."""
+    rng = np.random.default_rng(5)
+    np.save(tmp_path / "x.npy", layer_norm_like(rng, 40, 384))
+    base = ["local", "--model", minilm, "--layer", 1, "--tokens", tmp_path / "x.npy", "--json", "--tol", "1e-10"]
+    got = {}
+    for attention in ["dense", "streaming", "auto"]:
+        out = run(lipattn_bin, *base, "--attention", attention)
+        assert out.returncode == 0, out.stderr
+        got[attention] = json.loads(out.stdout)
+    assert got["dense"]["attention"] == "dense" and got["streaming"]["attention"] == "streaming"
+    assert got["auto"]["attention"] == "dense"
+    assert abs(got["streaming"]["sigma"] - got["dense"]["sigma"]) <= 1e-9 * got["dense"]["sigma"]
+    np.save(tmp_path / "long.npy", layer_norm_like(rng, 2000, 384))
+    long = ["local", "--model", minilm, "--layer", 0, "--tokens", tmp_path / "long.npy", "--json", "--tol", "1e-4",
+            "--max-memory", "200M"]
+    out = run(lipattn_bin, *long, "--attention", "dense")
+    assert out.returncode == 2 and "max-memory" in out.stderr and "panicked" not in out.stderr, out.stderr
+    out = run(lipattn_bin, *long)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["attention"] == "streaming" and r["n"] == 2000 and r["sigma"] > 0

@@ -11,7 +11,7 @@ use clap::Args;
 use lipattn::fmt::{compact, exact};
 use lipattn::models::{Model, Pool, Scope, TextTokenizer};
 use lipattn::npy::read_matrix;
-use lipattn::ops::local::{self, LocalDtype, LocalMethod, LocalRequest};
+use lipattn::ops::local::{self, AttentionMemory, LocalDtype, LocalMethod, LocalRequest};
 use lipattn::ops::scope_local::{run_scope, ScopeRequest};
 use serde_json::json;
 use std::path::PathBuf;
@@ -72,6 +72,10 @@ pub struct LocalArgs {
     /// reported sigma and its error estimate are the f64 ones).
     #[arg(long, value_parser = named::<LocalDtype>(), default_value_t = LocalRequest::default().dtype)]
     dtype: LocalDtype,
+    /// Attention state of a plain sublayer: dense n x n probabilities, streaming per-row
+    /// statistics (O(n d) memory, docs/streaming.md), or auto (dense when it fits --max-memory).
+    #[arg(long, value_parser = named::<AttentionMemory>(), default_value_t = LocalRequest::default().attention)]
+    attention: AttentionMemory,
     /// Write the top right singular vector (n, d) as float64 .npy.
     #[arg(long)]
     save_vector: Option<PathBuf>,
@@ -89,6 +93,7 @@ impl From<&LocalArgs> for LocalRequest {
             seed: a.seed,
             head: a.head,
             dtype: a.dtype,
+            attention: a.attention,
         }
     }
 }

@@ -37,6 +37,7 @@ pub(crate) fn local_request(
         seed,
         head: None,
         dtype: lipattn::ops::local::LocalDtype::F64,
+        attention: lipattn::ops::local::AttentionMemory::Auto,
     })
 }
 

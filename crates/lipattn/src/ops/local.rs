@@ -5,6 +5,7 @@
 
 use super::{OnProgress, Progress};
 use crate::attention::{AttentionLayer, Kernel, RotaryAttention, RotaryLinearization};
+use crate::derivatives::streaming::{self, StreamingLinearization};
 use crate::derivatives::Linearization;
 use crate::error::Error;
 use crate::error::Result;
@@ -26,6 +27,19 @@ named_enum! {
         /// Power iteration with the anchor's stopping rule (Rayleigh quotient change below
         /// 1e-4, absolute), whatever `tol` says.
         Power = "power",
+    }
+}
+
+named_enum! {
+    /// How the attention state is held while the derivatives run (plain sublayers).
+    pub enum AttentionMemory as "attention" {
+        /// Dense when its n x n probability matrices fit the memory budget, streaming otherwise.
+        Auto = "auto",
+        /// The n x n probability matrices of every head (`derivatives::Linearization`).
+        Dense = "dense",
+        /// Per-row statistics only, probabilities recomputed block by block: O(n d) memory
+        /// (`derivatives::streaming`, docs/streaming.md).
+        Streaming = "streaming",
     }
 }
 
@@ -55,6 +69,8 @@ pub struct LocalRequest {
     pub head: Option<usize>,
     /// f64, or f32 Lanczos refined in f64 (2.8x faster at the Llama shape of bench/rotary_local).
     pub dtype: LocalDtype,
+    /// Dense or streaming attention state (plain sublayers; rotary ones are dense).
+    pub attention: AttentionMemory,
 }
 
 impl Default for LocalRequest {
@@ -66,6 +82,7 @@ impl Default for LocalRequest {
             seed: 0,
             head: None,
             dtype: LocalDtype::F64,
+            attention: AttentionMemory::Auto,
         }
     }
 }
@@ -145,6 +162,9 @@ pub struct LocalReport<T: Scalar> {
     /// Largest row norm of X (the smallest R with X in (B_R)^n).
     pub radius: f64,
     pub dtype: &'static str,
+    /// How the attention state was held: "dense" (n x n probabilities per head) or
+    /// "streaming" (per-row statistics, docs/streaming.md).
+    pub attention: AttentionMemory,
     pub head: Option<usize>,
     pub causal: bool,
     /// "uniform" or "given".
@@ -175,19 +195,47 @@ pub fn run<T: Scalar>(
         done: 0,
         total: 1,
     });
-    let r = match (req.dtype, &req.estimator()) {
-        (LocalDtype::F32, Method::Lanczos(o)) => {
-            let (l32, l64) = (layer.cast::<f32>(), layer.cast::<f64>());
-            let (x32, x64) = (cast_mat::<T, f32>(inputs.x), cast_mat::<T, f64>(inputs.x));
-            let r = local_norm_refined(
-                x64.as_ref(),
-                o,
-                || Linearization::new(&l32, x32.as_ref(), inputs.weights, causal),
-                || Linearization::new(&l64, x64.as_ref(), inputs.weights, causal),
-            )?;
-            recast(r)
-        }
-        (_, m) => local_norm(layer, inputs.x, inputs.weights, causal, m)?,
+    let estimate = |streaming: bool| -> Result<LocalNorm<T>> {
+        let block = streaming::DEFAULT_BLOCK;
+        let w = inputs.weights;
+        Ok(match (req.dtype, &req.estimator(), streaming) {
+            (LocalDtype::F32, Method::Lanczos(o), false) => {
+                let (l32, l64) = (layer.cast::<f32>(), layer.cast::<f64>());
+                let (x32, x64) = (cast_mat::<T, f32>(inputs.x), cast_mat::<T, f64>(inputs.x));
+                recast(local_norm_refined(
+                    x64.as_ref(),
+                    o,
+                    || Linearization::new(&l32, x32.as_ref(), w, causal),
+                    || Linearization::new(&l64, x64.as_ref(), w, causal),
+                )?)
+            }
+            (LocalDtype::F32, Method::Lanczos(o), true) => {
+                let (l32, l64) = (layer.cast::<f32>(), layer.cast::<f64>());
+                let (x32, x64) = (cast_mat::<T, f32>(inputs.x), cast_mat::<T, f64>(inputs.x));
+                recast(local_norm_refined(
+                    x64.as_ref(),
+                    o,
+                    || StreamingLinearization::new(&l32, x32.as_ref(), w, causal, block),
+                    || StreamingLinearization::new(&l64, x64.as_ref(), w, causal, block),
+                )?)
+            }
+            (_, m, false) => local_norm(layer, inputs.x, w, causal, m)?,
+            (_, m, true) => local_norm_of(inputs.x, m, || {
+                StreamingLinearization::new(layer, inputs.x, w, causal, block)
+            })?,
+        })
+    };
+    let (r, attention) = match req.attention {
+        AttentionMemory::Dense => (estimate(false)?, AttentionMemory::Dense),
+        AttentionMemory::Streaming => (estimate(true)?, AttentionMemory::Streaming),
+        // The budget check of the dense state refuses before allocating anything (or its
+        // reservation fails): then the streaming state, which is O(n d).
+        AttentionMemory::Auto => match estimate(false) {
+            Err(Error::Budget { .. } | Error::OutOfMemory { .. }) => {
+                (estimate(true)?, AttentionMemory::Streaming)
+            }
+            r => (r?, AttentionMemory::Dense),
+        },
     };
     on_progress(&Progress {
         stage,
@@ -196,7 +244,9 @@ pub fn run<T: Scalar>(
     });
     let weighted = inputs.weights.is_some();
     let operator = Operator::token_map_at(&source, layer.kernel, causal, r.x.nrows(), weighted);
-    Ok(report(req, r, layer.d_out(), operator))
+    let mut report = report(req, r, layer.d_out(), operator);
+    report.attention = attention;
+    Ok(report)
 }
 
 /// What a local request on a rotary sublayer runs on. The map is the sublayer on positions
@@ -323,6 +373,7 @@ pub fn report<T: Scalar>(
             LocalDtype::F32 => "f32",
             LocalDtype::F64 => T::NAME,
         },
+        attention: AttentionMemory::Dense,
         head: req.head,
         causal,
         weights: if weighted { "given" } else { "uniform" },
