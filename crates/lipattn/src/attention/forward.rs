@@ -155,17 +155,7 @@ impl<T: Scalar> AttentionLayer<T> {
                 "a causal mask needs as many queries as context tokens (found {nq} and {nc})"
             )));
         }
-        // One nq x nc probability matrix per head, and as much again while it is formed, before
-        // any of it is allocated.
-        crate::budget::check(
-            || {
-                format!(
-                    "attention of {nq} queries over {nc} tokens with {} heads (the score matrices)",
-                    self.heads
-                )
-            },
-            crate::budget::bytes_of(&[2, self.heads, nq, nc], std::mem::size_of::<T>() as u64),
-        )?;
+        self.check_state_budget(nq, nc)?;
         let log_w = log_weights::<T>(weights, nc)?;
         let q = affine(queries, self.wq.as_ref(), &self.bq);
         let k = match (self.kernel, same_points) {
@@ -228,6 +218,27 @@ impl<T: Scalar> AttentionLayer<T> {
 
     /// The attention sublayer on a token sequence X (uniform weights): row i of the result is
     /// Gamma_mu(x_i) with mu the empirical measure of X; this equals standard attention.
+    /// Bytes of the dense attention state of `nq` queries over `nc` tokens: one nq x nc
+    /// probability matrix per head, and as much again while it is formed (None: beyond u64).
+    /// The one formula behind the dense state's budget check, the `auto` choice of
+    /// `derivatives::AttentionMemory` and `analyze`'s estimate.
+    pub fn state_bytes(&self, nq: usize, nc: usize) -> Option<u64> {
+        crate::budget::bytes_of(&[2, self.heads, nq, nc], std::mem::size_of::<T>() as u64)
+    }
+
+    /// The budget check of the dense state (`state_bytes`), made before any of it is allocated.
+    pub fn check_state_budget(&self, nq: usize, nc: usize) -> Result<()> {
+        crate::budget::check(
+            || {
+                format!(
+                    "attention of {nq} queries over {nc} tokens with {} heads (the score matrices)",
+                    self.heads
+                )
+            },
+            self.state_bytes(nq, nc),
+        )
+    }
+
     pub fn forward(
         &self,
         x: MatRef<'_, T>,

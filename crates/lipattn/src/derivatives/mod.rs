@@ -5,6 +5,7 @@ pub mod dense;
 pub mod jvp;
 pub mod linearization;
 pub mod linearized_map;
+pub mod memory;
 pub mod query_jacobian;
 pub mod stack;
 pub mod streaming;
@@ -12,4 +13,5 @@ pub mod vjp;
 
 pub use linearization::Linearization;
 pub use linearized_map::LinearizedMap;
+pub use memory::AttentionMemory;
 pub use query_jacobian::query_jacobian;

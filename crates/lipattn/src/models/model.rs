@@ -12,6 +12,7 @@ use super::tensors::{NamedTensor, TensorStore};
 use super::LayerNormParams;
 use crate::attention::forward::affine;
 use crate::attention::{AttentionLayer, Kernel};
+use crate::derivatives::memory::{attention_output, AttentionMemory};
 use crate::error::{check_finite, check_index, Error, Result};
 use faer::{Mat, MatRef};
 use std::path::{Path, PathBuf};
@@ -125,18 +126,27 @@ impl ModelLayer {
         }
     }
 
+    /// The attention sublayer's output at its input `x`, on the dense state when it fits the
+    /// memory budget and on the streaming one otherwise (`derivatives::AttentionMemory::Auto`),
+    /// so that long sequences pass through the model in memory linear in n.
+    fn attend(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        let (y, _) =
+            attention_output(&self.attention, x, None, self.causal, AttentionMemory::Auto)?;
+        Ok(y)
+    }
+
     /// The hidden state leaving the block for the hidden state `h` entering it.
     pub fn forward(&self, h: MatRef<'_, f64>) -> Result<Mat<f64>> {
         match self.placement {
             NormPlacement::Post => {
-                let a = h + self.attention.forward(h, None, self.causal)?;
+                let a = h + self.attend(h)?;
                 let a = self.attention_norm.apply(a.as_ref())?;
                 let f = &a + self.feed_forward.forward(a.as_ref())?;
                 self.feed_forward_norm.apply(f.as_ref())
             }
             NormPlacement::Pre => {
                 let x = self.attention_norm.apply(h)?;
-                let a = h + self.attention.forward(x.as_ref(), None, self.causal)?;
+                let a = h + self.attend(x.as_ref())?;
                 let x = self.feed_forward_norm.apply(a.as_ref())?;
                 Ok(&a + self.feed_forward.forward(x.as_ref())?)
             }

@@ -6,6 +6,7 @@
 use super::{OnProgress, Progress};
 use crate::attention::{AttentionLayer, Kernel, RotaryAttention, RotaryLinearization};
 use crate::derivatives::streaming::{self, StreamingLinearization};
+pub use crate::derivatives::AttentionMemory;
 use crate::derivatives::Linearization;
 use crate::error::Error;
 use crate::error::Result;
@@ -27,19 +28,6 @@ named_enum! {
         /// Power iteration with the anchor's stopping rule (Rayleigh quotient change below
         /// 1e-4, absolute), whatever `tol` says.
         Power = "power",
-    }
-}
-
-named_enum! {
-    /// How the attention state is held while the derivatives run (plain sublayers).
-    pub enum AttentionMemory as "attention" {
-        /// Dense when its n x n probability matrices fit the memory budget, streaming otherwise.
-        Auto = "auto",
-        /// The n x n probability matrices of every head (`derivatives::Linearization`).
-        Dense = "dense",
-        /// Per-row statistics only, probabilities recomputed block by block: O(n d) memory
-        /// (`derivatives::streaming`, docs/streaming.md).
-        Streaming = "streaming",
     }
 }
 
@@ -225,18 +213,14 @@ pub fn run<T: Scalar>(
             })?,
         })
     };
-    let (r, attention) = match req.attention {
-        AttentionMemory::Dense => (estimate(false)?, AttentionMemory::Dense),
-        AttentionMemory::Streaming => (estimate(true)?, AttentionMemory::Streaming),
-        // The budget check of the dense state refuses before allocating anything (or its
-        // reservation fails): then the streaming state, which is O(n d).
-        AttentionMemory::Auto => match estimate(false) {
-            Err(Error::Budget { .. } | Error::OutOfMemory { .. }) => {
-                (estimate(true)?, AttentionMemory::Streaming)
-            }
-            r => (r?, AttentionMemory::Dense),
-        },
+    // The f32 run also linearises in f64 (its refinement): the f64 state decides.
+    let attention = match req.dtype {
+        LocalDtype::F32 => req
+            .attention
+            .resolve(&layer.cast::<f64>(), inputs.x.nrows())?,
+        LocalDtype::F64 => req.attention.resolve(layer, inputs.x.nrows())?,
     };
+    let r = estimate(attention == AttentionMemory::Streaming)?;
     on_progress(&Progress {
         stage,
         done: 1,

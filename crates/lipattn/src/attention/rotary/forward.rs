@@ -88,6 +88,28 @@ impl<T: Scalar> RotaryAttention<T> {
         self.state_with(x, keep, None)
     }
 
+    /// Bytes of the state the forward pass at n tokens budgets (None: beyond u64): per head,
+    /// P_h^T on the visible band (and the tanh values with a softcap), for every head when the
+    /// state is kept for derivatives (`keep`) and for one a thread otherwise, beside the
+    /// projections and head outputs. The formula of the budget check, and of `analyze`'s
+    /// estimate.
+    pub fn state_bytes(&self, n: usize, keep: bool) -> Option<u64> {
+        let per_head = 1 + usize::from(self.softcap.is_some());
+        let in_memory = if keep {
+            self.heads
+        } else {
+            self.heads.min(rayon::current_num_threads())
+        };
+        let widths = 2 * (self.heads + self.kv_heads) * self.head_dim;
+        crate::budget::total(&[
+            crate::budget::bytes_of(
+                &[per_head, in_memory, self.band_entries(n)],
+                std::mem::size_of::<T>() as u64,
+            ),
+            crate::budget::bytes_of(&[n, widths], std::mem::size_of::<T>() as u64),
+        ])
+    }
+
     /// `state`, projecting X with `w_in_t` = `stacked_projections_t()` when given: one product
     /// reading its weight operand column-major, as the JVP does (`jvp_heads_with`), instead of
     /// three reading the weights transposed.
@@ -102,13 +124,6 @@ impl<T: Scalar> RotaryAttention<T> {
         let n = x.nrows();
         // Per head, P_h^T on the band (the scores are formed in place) and, with a softcap, the
         // tanh values; beside them the projections and head outputs.
-        let per_head = 1 + usize::from(self.softcap.is_some());
-        let in_memory = if keep {
-            self.heads
-        } else {
-            self.heads.min(rayon::current_num_threads())
-        };
-        let widths = 2 * (self.heads + self.kv_heads) * self.head_dim;
         crate::budget::check(
             || {
                 format!(
@@ -116,13 +131,7 @@ impl<T: Scalar> RotaryAttention<T> {
                     self.heads
                 )
             },
-            crate::budget::total(&[
-                crate::budget::bytes_of(
-                    &[per_head, in_memory, self.band_entries(n)],
-                    std::mem::size_of::<T>() as u64,
-                ),
-                crate::budget::bytes_of(&[n, widths], std::mem::size_of::<T>() as u64),
-            ]),
+            self.state_bytes(n, keep),
         )?;
         crate::cancel::check()?;
         let table = self.rope.table(n)?;
