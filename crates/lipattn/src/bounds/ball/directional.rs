@@ -1,0 +1,374 @@
+//! The directional form of Lemma S (docs/bounds.md#lemma-s-directional) for dot-product heads.
+//!
+//! The first version of the lemma bounds every spread by a trace (E_p ||k - m||^2) and every
+//! map by a product of norms (||W_O|| ||W_V||). Its second derivative only ever sees the keys
+//! through c W_Q^T k_j and the values through W_O v_j, and only along one direction at a time, so
+//! this form uses the largest eigenvalue of the weighted covariance of those images instead, the
+//! norms of the products W_O W_V and W_Q^T W_K, and the fact that a diffuse row cannot put much
+//! weight on any one token (e_i(a)^2 <= max_j p_ij). The eigenvalues are formed once at X on
+//! factors of the small (head-dimension) Gram matrices and scaled to the ball by the same
+//! per-row factor that bounds the probabilities there.
+
+use super::{Projected, RowCentre};
+use crate::error::{Error, Result};
+use crate::linalg::rounding::{
+    add_up, frob_up, mul_up, norm2_up, product_norm_up, product_with_error, spectral_up, sqrt_up,
+    sum_up, UNIT_ROUNDOFF,
+};
+use faer::{Mat, MatRef, Side};
+
+/// B <= F F^T + e I (Loewner order) for the exact Gram matrix B of a weight block.
+struct Factor {
+    f: Mat<f64>,
+    e: f64,
+}
+
+/// A factor of the exact Gram matrix A A^T (A is k x d, a head's block of a weight matrix).
+/// F comes from the computed eigendecomposition; e bounds, in the spectral norm, everything it
+/// misses: the rounding of the Gram matrix and the residual of F F^T against it.
+fn gram_factor(a: MatRef<'_, f64>) -> Result<Factor> {
+    let (g, e_g) = product_with_error(&[a, a.transpose()]);
+    let k = g.nrows();
+    let evd = g
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| Error::Numerical(format!("eigendecomposition did not converge: {e:?}")))?;
+    let u = evd.U();
+    let s = evd.S().column_vector();
+    let f = Mat::from_fn(k, k, |i, j| u[(i, j)] * s[j].max(0.0).sqrt());
+    let (ff, e_ff) = product_with_error(&[f.as_ref(), f.transpose()]);
+    let resid = Mat::from_fn(k, k, |i, j| g[(i, j)] - ff[(i, j)]);
+    let e = sum_up([
+        e_g,
+        e_ff,
+        mul_up(frob_up(resid.as_ref()), 1.0 + 2.0 * UNIT_ROUNDOFF),
+    ]);
+    Ok(Factor { f, e })
+}
+
+/// Rows y_j = F^T z_j of a projection Z (computed, with per-row errors), and a bound on each
+/// row's error against F^T times the exact row.
+struct Images {
+    rows: Mat<f64>,
+    errors: Vec<f64>,
+}
+
+fn images(p: &Projected, factor: &Factor) -> Images {
+    let (rows, e) = product_with_error(&[p.centred.as_ref(), factor.f.as_ref()]);
+    let f_norm = frob_up(factor.f.as_ref());
+    let errors = p
+        .errors
+        .iter()
+        .map(|&err| add_up(e, mul_up(f_norm, err)))
+        .collect();
+    Images { rows, errors }
+}
+
+/// An upper bound of sqrt(lambda_max(sum_j w_j y_j y_j^T)) for the exact rows y_j = F^T z_j of
+/// `keys`, each shifted by the exact row of `shift` when given, with weights w_j <= s_j^2.
+fn weighted_top(img: &Images, keys: &[usize], s: &[f64], shift: Option<usize>) -> Result<f64> {
+    let k = img.rows.ncols();
+    let at = |j: usize, t: usize| img.rows[(j, t)] - shift.map_or(0.0, |b| img.rows[(b, t)]);
+    let m = Mat::from_fn(keys.len(), k, |r, t| s[r] * at(keys[r], t));
+    // Each entry rounds twice (the shift and the scaling): 3u of its size covers both.
+    let formed = mul_up(3.0 * UNIT_ROUNDOFF, frob_up(m.as_ref()));
+    let exact_err = norm2_up(keys.iter().zip(s).map(|(&j, &sj)| {
+        let e = add_up(img.errors[j], shift.map_or(0.0, |b| img.errors[b]));
+        mul_up(sj, e)
+    }));
+    Ok(sum_up([spectral_up(m.as_ref())?, formed, exact_err]))
+}
+
+/// ||F^T z|| of an exact row, bounded upward, and with it sqrt(||F^T z||^2 + e ||z||^2) >=
+/// ||B^{1/2} z||.
+fn image_norm(img: &Images, j: usize, shift: Option<usize>, e: f64, z_norm: f64) -> f64 {
+    let k = img.rows.ncols();
+    let y = norm2_up((0..k).map(|t| img.rows[(j, t)] - shift.map_or(0.0, |b| img.rows[(b, t)])));
+    let y = add_up(
+        mul_up(y, 1.0 + 2.0 * UNIT_ROUNDOFF),
+        add_up(img.errors[j], shift.map_or(0.0, |b| img.errors[b])),
+    );
+    sqrt_up(add_up(mul_up(y, y), mul_up(e, mul_up(z_norm, z_norm))))
+}
+
+/// One row's quantities at X (squares of the directional spreads before the ball's factor).
+struct DirRow {
+    /// sup_u E_p (c u^T W_Q^T (k_j - m))^2 and sup_z E_p (z^T W_O (v_j - m'))^2 over unit u, z,
+    /// with p the bound p_hat on the row at X; the same about the row's peak.
+    key2: f64,
+    value2: f64,
+    key2_peak: f64,
+    value2_peak: f64,
+    /// max_j ||c W_Q^T (k_j - k_peak)|| and max_j ||W_O (v_j - v_peak)|| at X.
+    key_reach: f64,
+    value_reach: f64,
+}
+
+/// Everything of the directional form that depends on X only.
+pub(super) struct DirectionalCentre {
+    /// c ||W_Q^T W_K||_2 and ||W_O W_V||_2.
+    a_qk: f64,
+    a_ov: f64,
+    /// ||c W_Q^T (k_j - m)|| and ||W_O (v_j - m')|| at X, per key.
+    key_grad: Vec<f64>,
+    value_out: Vec<f64>,
+    /// ||W_K^T q_i|| at X (q_i already carries c), per query.
+    query_key: Vec<f64>,
+    rows: Vec<DirRow>,
+}
+
+/// The head's weights and projections at X, as `head_centre` formed them.
+pub(super) struct HeadInputs<'a> {
+    pub wq: &'a Mat<f64>,
+    pub wk: &'a Mat<f64>,
+    pub wv: &'a Mat<f64>,
+    pub wo: &'a Mat<f64>,
+    /// Upper bound of c = 1 / sqrt(score divisor).
+    pub c_up: f64,
+    pub q: &'a Projected,
+    pub k: &'a Projected,
+    pub v: &'a Projected,
+}
+
+impl DirectionalCentre {
+    pub(super) fn new(h: &HeadInputs<'_>, rows: &[RowCentre]) -> Result<Self> {
+        let c2 = mul_up(h.c_up, h.c_up);
+        let fq = gram_factor(h.wq.as_ref())?;
+        let fk = gram_factor(h.wk.as_ref())?;
+        let fo = gram_factor(h.wo.as_ref().transpose())?;
+        // ||c W_Q^T W_K u||^2 <= c^2 (||F_Q^T W_K u||^2 + e_Q ||W_K u||^2), the same for W_O W_V.
+        let a_k = spectral_up(h.wk.as_ref())?;
+        let a_v = spectral_up(h.wv.as_ref())?;
+        let fq_wk = product_norm_up(&[fq.f.as_ref().transpose(), h.wk.as_ref()])?;
+        let fo_wv = product_norm_up(&[fo.f.as_ref().transpose(), h.wv.as_ref()])?;
+        let a_qk = sqrt_up(mul_up(
+            c2,
+            add_up(mul_up(fq_wk, fq_wk), mul_up(fq.e, mul_up(a_k, a_k))),
+        ));
+        let a_ov = sqrt_up(add_up(mul_up(fo_wv, fo_wv), mul_up(fo.e, mul_up(a_v, a_v))));
+        let ki = images(h.k, &fq);
+        let vi = images(h.v, &fo);
+        let qi = images(h.q, &fk);
+        let n = h.k.centred.nrows();
+        let key_grad: Vec<f64> = (0..n)
+            .map(|j| mul_up(h.c_up, image_norm(&ki, j, None, fq.e, h.k.norms[j])))
+            .collect();
+        let value_out: Vec<f64> = (0..n)
+            .map(|j| image_norm(&vi, j, None, fo.e, h.v.norms[j]))
+            .collect();
+        let query_key: Vec<f64> = (0..n)
+            .map(|i| mul_up(h.c_up, image_norm(&qi, i, None, fk.e, h.q.norms[i])))
+            .collect();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let s: Vec<f64> = row.p.iter().map(|&p| sqrt_up(p)).collect();
+            // lambda_max(W^T A W) <= lambda_max(F^T A F) + e lambda_max(A), lambda_max(A) <= tr A;
+            // `norms[pos]` bounds the exact row (shifted by the peak's) of the key at `pos`.
+            let spread = |img: &Images, e: f64, norms: &[f64], peak: Option<usize>| {
+                let top = weighted_top(img, &row.keys, &s, peak)?;
+                let trace = sum_up(
+                    norms
+                        .iter()
+                        .zip(&row.p)
+                        .map(|(&z, &p)| mul_up(p, mul_up(z, z))),
+                );
+                Ok::<f64, Error>(add_up(mul_up(top, top), mul_up(e, trace)))
+            };
+            let kn: Vec<f64> = row.keys.iter().map(|&j| h.k.norms[j]).collect();
+            let vn: Vec<f64> = row.keys.iter().map(|&j| h.v.norms[j]).collect();
+            let peak = Some(row.peak);
+            let key2 = mul_up(c2, spread(&ki, fq.e, &kn, None)?);
+            let key2_peak = mul_up(c2, spread(&ki, fq.e, &row.key_distance, peak)?);
+            let value2 = spread(&vi, fo.e, &vn, None)?;
+            let value2_peak = spread(&vi, fo.e, &row.value_distance, peak)?;
+            let key_reach = row
+                .keys
+                .iter()
+                .zip(&row.key_distance)
+                .map(|(&j, &z)| mul_up(h.c_up, image_norm(&ki, j, peak, fq.e, z)))
+                .fold(0.0f64, f64::max);
+            let value_reach = row
+                .keys
+                .iter()
+                .zip(&row.value_distance)
+                .map(|(&j, &z)| image_norm(&vi, j, peak, fo.e, z))
+                .fold(0.0f64, f64::max);
+            out.push(DirRow {
+                key2,
+                value2,
+                key2_peak,
+                value2_peak,
+                key_reach,
+                value_reach,
+            });
+        }
+        Ok(Self {
+            a_qk,
+            a_ov,
+            key_grad,
+            value_out,
+            query_key,
+            rows: out,
+        })
+    }
+
+    /// The head's contribution ||W_O^h D^2 o^h|| bounded on the ball of token radius r, where
+    /// `factors[i]` bounds p_ij(Z) / p_hat_ij for every Z of the ball: the smaller of the two
+    /// directional forms.
+    pub(super) fn slope(&self, rows: &[RowCentre], factors: &[f64], r: f64) -> f64 {
+        let n = rows.len();
+        let (a_qk, a_ov) = (self.a_qk, self.a_ov);
+        let sqrt2 = sqrt_up(2.0);
+        let g: Vec<f64> = self
+            .key_grad
+            .iter()
+            .map(|&x| add_up(x, mul_up(a_qk, r)))
+            .collect();
+        let hv: Vec<f64> = self
+            .value_out
+            .iter()
+            .map(|&x| add_up(x, mul_up(a_ov, r)))
+            .collect();
+        let qk: Vec<f64> = self
+            .query_key
+            .iter()
+            .map(|&x| add_up(x, mul_up(a_qk, r)))
+            .collect();
+        let mut om: Vec<Vec<f64>> = Vec::with_capacity(n);
+        let mut off: Vec<Vec<f64>> = Vec::with_capacity(n);
+        let (mut big_p, mut theta) = (vec![0.0f64; n], vec![0.0f64; n]);
+        let (mut ag, mut av, mut agp, mut avp) =
+            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let (mut k1, mut k2, mut k1p, mut k2p) =
+            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        for (i, row) in rows.iter().enumerate() {
+            let f = factors[i];
+            let w: Vec<f64> = row.p.iter().map(|&p| mul_up(p, f).min(1.0)).collect();
+            big_p[i] = w.iter().copied().fold(0.0f64, f64::max);
+            let off_mass = sum_up(
+                row.keys
+                    .iter()
+                    .zip(&w)
+                    .filter(|(&j, _)| j != row.peak)
+                    .map(|(_, &x)| x),
+            );
+            theta[i] = off_mass.min(1.0);
+            let d = &self.rows[i];
+            ag[i] = add_up(sqrt_up(mul_up(f, d.key2)), mul_up(a_qk, r));
+            av[i] = add_up(sqrt_up(mul_up(f, d.value2)), mul_up(a_ov, r));
+            agp[i] = add_up(sqrt_up(mul_up(f, d.key2_peak)), mul_up(2.0 * a_qk, r));
+            avp[i] = add_up(sqrt_up(mul_up(f, d.value2_peak)), mul_up(2.0 * a_ov, r));
+            let key_reach = add_up(d.key_reach, mul_up(2.0 * a_qk, r));
+            let value_reach = add_up(d.value_reach, mul_up(2.0 * a_ov, r));
+            // ||c W_Q^T (E_p k - m)|| and ||W_O (E_p v - m')||: Jensen on the weights.
+            let mean_g = sqrt_up(sum_up(
+                row.keys
+                    .iter()
+                    .zip(&w)
+                    .map(|(&j, &x)| mul_up(x, mul_up(g[j], g[j]))),
+            ));
+            let mean_h = sqrt_up(sum_up(
+                row.keys
+                    .iter()
+                    .zip(&w)
+                    .map(|(&j, &x)| mul_up(x, mul_up(hv[j], hv[j]))),
+            ));
+            let max_g = row.keys.iter().map(|&j| g[j]).fold(0.0f64, f64::max);
+            let max_h = row.keys.iter().map(|&j| hv[j]).fold(0.0f64, f64::max);
+            let m_i = row
+                .keys
+                .iter()
+                .zip(&w)
+                .map(|(&j, &x)| mul_up(sqrt_up(x), add_up(hv[j], mean_h)))
+                .fold(0.0f64, f64::max);
+            let sp = sqrt_up(big_p[i]);
+            let st = sqrt_up(theta[i]);
+            k1[i] = mul_up(add_up(max_g, mean_g), av[i]).min(mul_up(ag[i], add_up(max_h, mean_h)));
+            k2[i] = mul_up(
+                qk[i],
+                mul_up(2.0, av[i]).min(add_up(m_i, mul_up(sp, av[i]))),
+            );
+            k1p[i] = mul_up(
+                2.0,
+                mul_up(key_reach, avp[i]).min(mul_up(agp[i], value_reach)),
+            );
+            k2p[i] = mul_up(
+                mul_up(qk[i], st),
+                add_up(mul_up(2.0 * sqrt2, value_reach), mul_up(2.0, avp[i])),
+            );
+            let mut o = w.clone();
+            if let Some(pos) = row.keys.iter().position(|&j| j == row.peak) {
+                o[pos] = theta[i];
+            }
+            om.push(w);
+            off.push(o);
+        }
+        // max_j sum_i u_i W_ij over the keys each query sees: sum_i u_i e_i(a)^2 is at most it.
+        let column = |u: &[f64], weights: &[Vec<f64>]| {
+            let mut col = vec![0.0f64; n];
+            for (i, row) in rows.iter().enumerate() {
+                for (&j, &x) in row.keys.iter().zip(&weights[i]) {
+                    col[j] = add_up(col[j], mul_up(u[i], x));
+                }
+            }
+            col.into_iter().fold(0.0f64, f64::max)
+        };
+        let max_of = |f: &dyn Fn(usize) -> f64| (0..n).map(f).fold(0.0f64, f64::max);
+        let sq = |x: f64| mul_up(x, x);
+        // The l2 norm over queries of coef_i sd_i(U), sd_i(U) <= AG_i a_i + QK_i e_i(a).
+        let spread_sum = |coef: &[f64], agv: &[f64], weights: &[Vec<f64>], e_scale: f64| {
+            let u: Vec<f64> = (0..n).map(|i| sq(mul_up(coef[i], qk[i]))).collect();
+            add_up(
+                max_of(&|i| mul_up(coef[i], agv[i])),
+                mul_up(e_scale, sqrt_up(column(&u, weights))),
+            )
+        };
+        // First form: spreads about the keys' and values' means.
+        let t12 = mul_up(
+            2.0 * a_ov,
+            add_up(
+                max_of(&|i| mul_up(ag[i], sqrt_up(big_p[i]))),
+                sqrt_up(column(
+                    &(0..n)
+                        .map(|i| mul_up(sq(qk[i]), big_p[i]))
+                        .collect::<Vec<_>>(),
+                    &om,
+                )),
+            ),
+        );
+        let t3 = mul_up(2.0 * a_qk, max_of(&|i| mul_up(av[i], sqrt_up(big_p[i]))));
+        let t4a = max_of(&|i| mul_up(k1[i], add_up(ag[i], mul_up(qk[i], sqrt_up(big_p[i])))))
+            .min(spread_sum(&k1, &ag, &om, 1.0));
+        let t4b = spread_sum(&k2, &ag, &om, 1.0);
+        let first = sum_up([t12, t3, t4a, t4b]);
+        // Second form: spreads about each row's peak.
+        let t12p = mul_up(
+            mul_up(2.0 * sqrt2, a_ov),
+            add_up(
+                max_of(&|i| mul_up(agp[i], sqrt_up(theta[i]))),
+                mul_up(
+                    sqrt2,
+                    sqrt_up(column(
+                        &(0..n)
+                            .map(|i| mul_up(sq(qk[i]), theta[i]))
+                            .collect::<Vec<_>>(),
+                        &off,
+                    )),
+                ),
+            ),
+        );
+        let t3p = mul_up(
+            mul_up(2.0 * sqrt2, a_qk),
+            max_of(&|i| mul_up(avp[i], sqrt_up(theta[i]))),
+        );
+        let t4ap = max_of(&|i| {
+            mul_up(
+                k1p[i],
+                add_up(agp[i], mul_up(sqrt2, mul_up(qk[i], sqrt_up(theta[i])))),
+            )
+        })
+        .min(spread_sum(&k1p, &agp, &off, sqrt2));
+        let t4bp = spread_sum(&k2p, &agp, &off, sqrt2);
+        let peak = sum_up([t12p, t3p, t4ap, t4bp]);
+        first.min(peak)
+    }
+}
