@@ -12,7 +12,7 @@ use crate::linalg::rounding::{
 };
 use crate::models::decoder::GatedFeedForward;
 use crate::models::{Activation, FeedForward};
-use faer::MatRef;
+use faer::{Mat, MatRef};
 use serde::Serialize;
 
 /// A ball around a piece's input: every Y in it has ||Y - X||_F <= `frobenius` and every token
@@ -183,7 +183,7 @@ pub fn second_derivative_bound(act: Activation) -> Option<f64> {
 }
 
 /// Norms of a feed-forward network's matrices, formed once per network.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FeedForwardNorms {
     /// ||W_in||_2, ||W_out||_2 and max_j |row j of W_in|.
     pub w_in: f64,
@@ -192,6 +192,41 @@ pub struct FeedForwardNorms {
     /// sup |act'| and sup |act''|.
     pub c1: f64,
     pub c2: f64,
+    /// |row j of W_in|, bounded upward.
+    #[serde(skip)]
+    rows: Vec<f64>,
+    #[serde(skip)]
+    activation: Activation,
+}
+
+/// The pre-activations z = W_in x_t + b_in of a feed-forward network at the centre of a ball,
+/// computed once, with bounds on their rounding errors.
+pub struct FeedForwardCentre {
+    pre: Mat<f64>,
+    errors: Mat<f64>,
+}
+
+/// sup |act''(z)| over |z| >= m for GELU-erf, whose act''(z) = phi(z) (2 - z^2) is even; on
+/// z >= 0 its derivative phi(z) z (z^2 - 4) makes |act''| fall from 2 phi(0) to 0 on [0, sqrt 2],
+/// rise to 2 phi(2) = 0.10798 at 2 and fall to 0 after (docs/bounds.md#lemma-n).
+fn gelu_erf_curvature_beyond(m: f64) -> f64 {
+    const BUMP: f64 = 0.107_99; // > 2 phi(2) = 0.107981933...
+    const INV_SQRT_2PI: f64 = 0.398_942_280_401_433; // > 1 / sqrt(2 pi)
+    let m = m.max(0.0);
+    let m2_lo = down(m * m);
+    let m2_hi = mul_up(m, m);
+    // phi(m) <= e^{-m^2/2} / sqrt(2 pi), with the exponent rounded up.
+    let phi = mul_up(exp_up(-(m2_lo / 2.0)), INV_SQRT_2PI);
+    if m <= 2.0 {
+        let at_m = if m2_hi < 2.0 {
+            mul_up(phi, up(2.0 - m2_lo))
+        } else {
+            0.0
+        };
+        at_m.max(BUMP)
+    } else {
+        mul_up(phi, up(m2_hi - 2.0))
+    }
 }
 
 impl FeedForwardNorms {
@@ -201,15 +236,17 @@ impl FeedForwardNorms {
                 "the feed-forward activation is ReLU, whose derivative jumps: no slope bound exists for the ball certificate",
             )
         })?;
-        let w_in_rows = (0..ff.w_in.nrows())
+        let rows: Vec<f64> = (0..ff.w_in.nrows())
             .map(|j| norm2_up((0..ff.w_in.ncols()).map(|k| ff.w_in[(j, k)])))
-            .fold(0.0f64, f64::max);
+            .collect();
         Ok(Self {
             w_in: spectral_up(ff.w_in.as_ref())?,
             w_out: spectral_up(ff.w_out.as_ref())?,
-            w_in_rows,
+            w_in_rows: rows.iter().copied().fold(0.0f64, f64::max),
             c1: ff.activation.derivative_bound(),
             c2,
+            rows,
+            activation: ff.activation,
         })
     }
 
@@ -226,6 +263,71 @@ impl FeedForwardNorms {
             ),
             token_gain: sup,
         }
+    }
+
+    /// The pre-activations at the centre X (n x d), for [`Self::local_bound`].
+    pub fn centre(&self, ff: &FeedForward, x: MatRef<'_, f64>) -> Result<FeedForwardCentre> {
+        let (f, d) = (ff.w_in.nrows(), ff.w_in.ncols());
+        if self.rows.len() != f || ff.b_in.len() != f {
+            return Err(Error::invalid(
+                "the feed-forward norms were formed for another network",
+            ));
+        }
+        crate::attention::forward::check_shape("feed-forward input", x, x.nrows(), d)?;
+        crate::budget::check(
+            || format!("the feed-forward pre-activations of {} tokens", x.nrows()),
+            crate::budget::bytes_of(&[2, x.nrows(), f], 8),
+        )?;
+        let raw = x * ff.w_in.transpose();
+        let pre = Mat::from_fn(x.nrows(), f, |t, j| raw[(t, j)] + ff.b_in[j]);
+        // |fl(x . w) - x . w| <= gamma_d |x| |w| + d ETA (Higham (3.13), with underflow), and the
+        // bias addition rounds once more: u |z| <= 2 u |fl(z)|.
+        let gd = gamma(d);
+        let underflow = mul_up(d as f64, ETA);
+        let norms: Vec<f64> = (0..x.nrows())
+            .map(|t| norm2_up((0..d).map(|k| x[(t, k)])))
+            .collect();
+        let errors = Mat::from_fn(x.nrows(), f, |t, j| {
+            add_up(
+                add_up(mul_up(gd, mul_up(norms[t], self.rows[j])), underflow),
+                mul_up(2.0 * UNIT_ROUNDOFF, pre[(t, j)].abs()),
+            )
+        });
+        Ok(FeedForwardCentre { pre, errors })
+    }
+
+    /// [`Self::bound`] with the slope read at the centre (GELU-erf only; the other activations
+    /// keep the global one): on token t's ball every pre-activation z_j stays within
+    /// rho_tj = |w_j| r + (its rounding) of the computed one, so |act''| along any segment there
+    /// is at most A''_tj = sup over |z| >= max(0, |z~_tj| - rho_tj) of |act''|, and
+    /// |act'(z_j) - act'(z'_j)| <= A''_tj |w_j| |y - y'|: slope <= ||W_out|| ||W_in||
+    /// max_t max_j A''_tj |w_j|.
+    pub fn local_bound(&self, c: &FeedForwardCentre, ball: PieceBall) -> Result<PieceBound> {
+        let global = self.bound();
+        if self.activation != Activation::GeluErf {
+            return Ok(global);
+        }
+        let r = ball.token.min(ball.frobenius);
+        let mut worst = 0.0f64;
+        for t in 0..c.pre.nrows() {
+            for (j, &row) in self.rows.iter().enumerate() {
+                let z = c.pre[(t, j)];
+                if !z.is_finite() {
+                    return Err(Error::Numerical(format!(
+                        "feed-forward: the pre-activation of token {t} overflowed at hidden unit {j}"
+                    )));
+                }
+                let rho = add_up(c.errors[(t, j)], mul_up(row, r));
+                let m = down(z.abs() - rho).max(0.0);
+                let a2 = gelu_erf_curvature_beyond(m).min(self.c2);
+                worst = worst.max(mul_up(a2, row));
+            }
+        }
+        let slope = mul_up(self.w_out, mul_up(self.w_in, worst));
+        Ok(PieceBound {
+            slope: slope.min(global.slope),
+            ..global
+        })
     }
 }
 
@@ -666,6 +768,81 @@ mod tests {
             activation: Activation::Relu,
         };
         assert!(FeedForwardNorms::of(&relu).is_err());
+    }
+
+    /// GELU-erf's |act''| beyond m against a fine grid of z >= m (act'' = phi(z) (2 - z^2)).
+    #[test]
+    fn gelu_erf_curvature_beyond_bounds_a_grid() {
+        let f = |z: f64| (-z * z / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt() * (2.0 - z * z);
+        for k in 0..=400 {
+            let m = k as f64 * 0.02;
+            let bound = gelu_erf_curvature_beyond(m);
+            let sup = (0..40_000)
+                .map(|i| f(m + i as f64 * 1e-3).abs())
+                .fold(0.0f64, f64::max);
+            assert!(sup <= bound, "m = {m}: {sup} > {bound}");
+            // Not loose: within 1e-3 of the grid's supremum (the grid step) where it matters.
+            assert!(bound <= sup + 2e-3, "m = {m}: {bound} vs {sup}");
+        }
+        assert!(gelu_erf_curvature_beyond(0.0) <= 0.82);
+    }
+
+    /// The slope read at the centre against measured slopes between points of the ball, on
+    /// GELU-erf networks whose pre-activations are large enough for it to be well below the
+    /// global one (it must be the smaller on most cases, else this would not test it).
+    #[test]
+    fn local_feed_forward_slope_holds_on_the_ball() {
+        let mut rng = SplitMix::new(19);
+        let (mut smaller, mut cases) = (0, 0);
+        for case in 0..30 {
+            let (n, d, h) = (3, 5, 9);
+            let scale = [0.7, 1.5, 3.0][case % 3];
+            let ff = FeedForward {
+                w_in: rng.gauss_mat::<f64>(h, d) * scale,
+                b_in: (0..h).map(|_| 4.0 * (rng.uniform() - 0.5)).collect(),
+                w_out: rng.gauss_mat::<f64>(d, h),
+                b_out: vec![0.0; d],
+                activation: Activation::GeluErf,
+            };
+            let norms = FeedForwardNorms::of(&ff).expect("norms");
+            let x: Mat<f64> = rng.gauss_mat::<f64>(n, d) * 1.5;
+            let centre = norms.centre(&ff, x.as_ref()).expect("centre");
+            let r = [0.01, 0.1, 0.5][case / 3 % 3];
+            let ball = PieceBall {
+                frobenius: r,
+                token: r,
+            };
+            let local = norms.local_bound(&centre, ball).expect("bound");
+            let global = norms.bound();
+            assert!(local.slope <= global.slope && local.sup == global.sup);
+            if local.slope < 0.8 * global.slope {
+                smaller += 1;
+            }
+            let f = |y: &Mat<f64>| ff.forward(y.as_ref()).unwrap();
+            for _ in 0..6 {
+                let (p, q) = (point_in(&x, r, &mut rng), point_in(&x, r, &mut rng));
+                let s = measured_slope(&f, &p, &q, &mut rng);
+                assert!(s <= local.slope, "case {case}: {s} > {}", local.slope);
+                cases += 1;
+            }
+        }
+        assert!(
+            cases == 180 && smaller >= 10,
+            "local slope smaller on {smaller} of 30"
+        );
+        let tanh = FeedForward {
+            w_in: Mat::identity(2, 2),
+            b_in: vec![5.0; 2],
+            w_out: Mat::identity(2, 2),
+            b_out: vec![0.0; 2],
+            activation: Activation::GeluTanh,
+        };
+        let norms = FeedForwardNorms::of(&tanh).expect("norms");
+        let c = norms
+            .centre(&tanh, Mat::<f64>::zeros(1, 2).as_ref())
+            .expect("centre");
+        let b = norms.local_bound(&c, PieceBall::centre()).expect("bound");
+        assert_eq!(b.slope, norms.bound().slope);
     }
 
     /// A sequence (n x d) as one vector of n d entries, token by token, and back.

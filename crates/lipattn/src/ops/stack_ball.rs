@@ -11,7 +11,7 @@ use crate::bounds::ball::{check_rotary_covered, BallKind, SlopeCentre};
 use crate::bounds::chain_ball::{chain_ball, output_change, ChainBall, ChainCentre};
 use crate::bounds::piece_ball::{
     compose, image, layer_norm_ball, mean_pool_bound, normalise_bound, rms_norm_ball,
-    FeedForwardNorms, GatedFeedForwardNorms, PieceBall, PieceBound,
+    FeedForwardCentre, FeedForwardNorms, GatedFeedForwardNorms, PieceBall, PieceBound,
 };
 use crate::derivatives::Linearization;
 use crate::error::Result;
@@ -30,7 +30,11 @@ enum Extra {
     None,
     /// Attention read at the step's own input: Lemma S's part at X.
     Slope(SlopeCentre),
-    FeedForward(FeedForwardNorms),
+    /// The network's norms and its pre-activations at its input (after its LayerNorm, if any).
+    FeedForward {
+        norms: FeedForwardNorms,
+        centre: FeedForwardCentre,
+    },
     /// Pre-norm attention: Lemma P's bound and Lemma S's part at the attention's input LN(x).
     PreNormAttention {
         upper: f64,
@@ -220,10 +224,17 @@ impl<'w> StackCentre<'w> {
                     };
                     (u, extra)
                 }
-                Piece::FeedForwardResidual { ff, .. } => (
-                    upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value,
-                    Extra::FeedForward(FeedForwardNorms::of(ff)?),
-                ),
+                Piece::FeedForwardResidual { ff, norm } => {
+                    let norms = FeedForwardNorms::of(ff)?;
+                    let centre = match norm {
+                        None => norms.centre(ff, input)?,
+                        Some(ln) => norms.centre(ff, ln.apply(input)?.as_ref())?,
+                    };
+                    (
+                        upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value,
+                        Extra::FeedForward { norms, centre },
+                    )
+                }
                 Piece::RmsNorm(rn) => (
                     rms_norm_ball(rn, input, PieceBall::centre())?.sup,
                     Extra::None,
@@ -325,10 +336,13 @@ impl<'w> StackCentre<'w> {
                 };
                 residual(compose(attention, norm), around)
             }
-            (Piece::FeedForwardResidual { norm, .. }, Extra::FeedForward(ff)) => {
+            (Piece::FeedForwardResidual { norm, .. }, Extra::FeedForward { norms, centre }) => {
                 let branch = match norm {
-                    None => ff.bound(),
-                    Some(ln) => compose(ff.bound(), layer_norm_ball(ln, input, ball)?),
+                    None => norms.local_bound(centre, ball)?,
+                    Some(ln) => {
+                        let nb = layer_norm_ball(ln, input, ball)?;
+                        compose(norms.local_bound(centre, image(ball, &nb))?, nb)
+                    }
                 };
                 residual(branch, around)
             }
