@@ -165,3 +165,65 @@ def test_bad_requests_are_named(tmp_path, lipattn_bin, minilm, args, message):
 def test_missing_model_directory(tmp_path, lipattn_bin):
     r = run(lipattn_bin, "analyze", tmp_path / "nope", "--out", tmp_path / "o", "--quiet")
     assert r.returncode != 0 and "nope" in r.stderr and "panicked" not in r.stderr
+
+
+def test_position_limit_is_named(tmp_path, lipattn_bin, minilm):
+    r = run(lipattn_bin, "analyze", minilm, "--out", tmp_path, "--quiet", "--ns", "8,513")
+    assert r.returncode != 0 and "panicked" not in r.stderr
+    assert "sequence length 513 exceeds the model's position table: max_position_embeddings = 512" in r.stderr
+
+
+def test_estimate_and_attention_state_in_the_report(report):
+    rep, _ = report
+    e = rep["estimate"]
+    assert e["kind"] == "estimate" and e["seconds"] > 0 and e["peak_bytes"] > e["weights_bytes"] > 0
+    assert [p["n"] for p in e["per_n"]] == [8, 32]
+    # 2 x 12 heads x n^2 f64: the dense state's budgeted bytes.
+    assert [p["dense_state_bytes"] for p in e["per_n"]] == [2 * 12 * n * n * 8 for n in (8, 32)]
+    assert {p["attention"] for o in rep["operators"] for p in o["points"]} == {"dense"}
+
+
+def test_estimate_names_the_bytes_the_budget_refuses(tmp_path, lipattn_bin, minilm):
+    """Before the run the estimate is printed with the sublayer's dense state at n = 512 (50.3 MB); under a
+    40 MB budget `--attention dense` is refused naming the same figure, and `auto` plans streaming there."""
+    args = ["analyze", minilm, "--ns", "8,512", "--layers", "0", "--windows", "1", "--no-heads", "--no-adversarial",
+            "--quiet", "--max-memory", "40M"]
+    r = run(lipattn_bin, *args, "--attention", "dense", "--out", tmp_path / "d")
+    assert r.returncode != 0 and "panicked" not in r.stderr
+    lines = r.stderr.splitlines()
+    est = next(l for l in lines if l.startswith("estimate"))
+    assert "not a measurement" in est
+    assert "at n = 512 the sublayer's attention is dense (50.332 MB; dense would need 50.332 MB)" in est, est
+    assert ("attention of 512 queries over 512 tokens with 12 heads (the score matrices) needs 50.332 MB of memory, "
+            "above the budget of 41.943 MB") in r.stderr, r.stderr
+    assert lines.index(est) < len(lines) - 1
+    # auto streams there (21.2 MB, and Lanczos converges in fewer steps than 40 MB of basis hold) and gives the
+    # unbudgeted dense run's value; the report says which state ran at each n.
+    r = run(lipattn_bin, *args, "--attention", "auto", "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    est = next(l for l in r.stderr.splitlines() if l.startswith("estimate"))
+    assert "at n = 512 the sublayer's attention is streaming (21.168 MB; dense would need 50.332 MB)" in est, est
+    r = run(lipattn_bin, *[a for a in args if a not in ("--max-memory", "40M")], "--out", tmp_path / "u")
+    assert r.returncode == 0, r.stderr
+    auto, dense = (json.load(open(tmp_path / d / "report.json"))["operators"][0]["points"] for d in "au")
+    assert [p["attention"] for p in auto] == ["dense", "streaming"]
+    assert [p["attention"] for p in dense] == ["dense", "dense"]
+    for pa, pd in zip(auto, dense):
+        assert len(pa["text"]) == 1 and pa["text"][0] == pytest.approx(pd["text"][0], rel=1e-9, abs=0)
+
+
+def test_licences_corpus_holds_windows_of_32k_tokens(tmp_path, lipattn_bin, minilm):
+    """The opt-in corpus (assets/README.md): 33,015 MiniLM tokens besides [CLS] and [SEP], enough for windows of
+    16,384 and 32,768 tokens; the default stays the GPL-3 text alone; --corpus and --text exclude each other."""
+    args = ["analyze", minilm, "--ns", "8", "--layers", "0", "--windows", "1", "--no-heads", "--no-adversarial",
+            "--quiet", "--json"]
+    r = run(lipattn_bin, *args, "--corpus", "licences", "--out", tmp_path / "l")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["text_source"].startswith("licence texts GPL-3, GPL-2, LGPL-2.1, LGPL-3, GFDL-1.3, GPL-1, GFDL-1.2")
+    assert rep["text_tokens"] == 33_017 and rep["text_tokens"] - 2 >= 32_768
+    r = run(lipattn_bin, *args, "--out", tmp_path / "g")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["text_tokens"] == 6_842
+    r = run(lipattn_bin, *args, "--corpus", "licences", "--text", TEXT, "--out", tmp_path / "x")
+    assert r.returncode == 2 and "'--corpus <CORPUS>' cannot be used with '--text <TEXT>'" in r.stderr

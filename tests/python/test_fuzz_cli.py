@@ -117,7 +117,7 @@ NUMERIC = {
              "--gronwall", "--mean-field", "--mean-field-reference", "--mean-field-replicates", "--max-memory"],
 }
 OTHER = {
-    "analyze": ["--text", "--out"],
+    "analyze": ["--text", "--out", "--attention", "--corpus"],
     "forward": ["--model", "--tokens", "--weights", "--kernel", "--out"],
     "hidden": ["--model", "--text", "--out", "--ids-out"],
     "transport": ["--wa", "--wb", "--cost", "--method", "--plan"],

@@ -6,9 +6,9 @@ use crate::plot::{Chart, Series, Style};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lipattn::analysis::{
-    analyze, AnalysisOptions, ModelReport, OperatorReport, PowerFit, TextIds, DEFAULT_TEXT,
-    DEFAULT_TEXT_SOURCE,
+    analyze, AnalysisOptions, Corpus, ModelReport, OperatorReport, PowerFit, TextIds,
 };
+use lipattn::derivatives::AttentionMemory;
 use lipattn::estimation::LanczosOptions;
 use lipattn::models::{Model, TextTokenizer};
 use std::fmt::Write as _;
@@ -21,9 +21,13 @@ pub struct AnalyzeArgs {
     /// Hugging Face model directory: config.json, model.safetensors (or a sharded index) and
     /// tokenizer.json. BERT, GPT-2, Llama, Mistral, Qwen2, Qwen3, Gemma and Gemma 2 families.
     model: PathBuf,
-    /// UTF-8 text file for the real-text windows (default: the GPL-3 licence text, embedded).
+    /// UTF-8 text file for the real-text windows (default: the embedded --corpus).
     #[arg(long)]
     text: Option<PathBuf>,
+    /// Embedded real text when no --text is given: gpl-3 (the GPL-3 licence, 6,840 MiniLM
+    /// tokens) or licences (eight licence documents, 33,015 tokens: windows up to 32,768).
+    #[arg(long, value_parser = crate::names::named::<Corpus>(), default_value_t = Corpus::Gpl3, conflicts_with = "text")]
+    corpus: Corpus,
     /// Directory for report.json, operators.csv, points.csv and the plots (SVG and PNG).
     #[arg(long, default_value = "lipattn-report")]
     out: PathBuf,
@@ -49,7 +53,12 @@ pub struct AnalyzeArgs {
     /// attained whatever the accuracy; the tolerance only decides how close to ||J(X)||_2).
     #[arg(long, default_value_t = 1e-4)]
     tol: f64,
-    /// No progress bar.
+    /// Attention state of the local constants: dense (n x n probabilities per head), streaming
+    /// (per-row statistics, O(n d) memory, docs/streaming.md) or auto (dense where it fits
+    /// --max-memory, per operator and n; report.json says which ran at each point).
+    #[arg(long, value_parser = crate::names::named::<AttentionMemory>(), default_value_t = AnalysisOptions::default().attention)]
+    attention: AttentionMemory,
+    /// No progress bar (the estimate of time and memory is still printed).
     #[arg(long)]
     quiet: bool,
 }
@@ -68,8 +77,8 @@ fn text_ids(a: &AnalyzeArgs) -> Result<TextIds> {
         }
         None => Ok(TextIds::from_text(
             &tokenizer,
-            DEFAULT_TEXT,
-            DEFAULT_TEXT_SOURCE,
+            a.corpus.text(),
+            a.corpus.source(),
         )?),
     }
 }
@@ -419,9 +428,13 @@ pub fn run(a: AnalyzeArgs) -> Result<()> {
             tol: a.tol,
             ..AnalysisOptions::default().lanczos
         },
+        attention: a.attention,
     };
     let bar = crate::progress::Bar::new(a.quiet);
     let report = analyze(&model, Some(&text), &opts, &mut |p| {
+        if let Some(e) = &p.estimate {
+            bar.note(&e.summary());
+        }
         bar.update(&lipattn::ops::Progress {
             stage: &p.stage,
             done: p.done,

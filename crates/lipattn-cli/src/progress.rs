@@ -20,6 +20,11 @@ impl Bar {
         Bar(b)
     }
 
+    /// A line on stderr above the bar (printed whether or not the bar is drawn).
+    pub fn note(&self, line: &str) {
+        self.0.suspend(|| eprintln!("{line}"));
+    }
+
     pub fn update(&self, p: &Progress) {
         self.0.set_length(p.total as u64);
         self.0.set_position(p.done as u64);

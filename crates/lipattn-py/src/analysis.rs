@@ -47,6 +47,7 @@ pub fn run<'py>(
             tol: r.tol,
             ..AnalysisOptions::default().lanczos
         },
+        ..AnalysisOptions::default()
     };
     let text = r.text;
     let report = interruptible(py, move || {

@@ -43,6 +43,7 @@ pub(super) fn adversarial_pass(
             done: *done,
             total: plan.total,
             stage: format!("adversarial inputs, n = {n}"),
+            estimate: None,
         });
         for (slot, w) in plan.work.iter().enumerate() {
             let heads = w.sublayer().heads();
@@ -65,7 +66,7 @@ pub(super) fn adversarial_pass(
                             return Ok(None);
                         };
                         w.head(h)?
-                            .local_sigma(x.as_ref(), domain, &opts.lanczos)
+                            .local_sigma(x.as_ref(), domain, &opts.lanczos, w.attention[h + 1][ni])
                             .map(Some)
                     })
                     .collect::<Result<_>>()?;
@@ -78,6 +79,7 @@ pub(super) fn adversarial_pass(
                         x.as_ref(),
                         domain,
                         &opts.lanczos,
+                        w.attention[0][ni],
                     )?);
                 }
                 if opts.heads {

@@ -19,6 +19,7 @@ pub mod lipschitz;
 
 mod adversarial_pass;
 mod certify;
+mod memory;
 mod pipeline;
 mod plan;
 mod report;
@@ -31,7 +32,8 @@ mod text_pass;
 pub use crate::bounds::Certified;
 pub use fit::{fit_power_law, PowerFit};
 pub use lipschitz::{lipschitz, LipschitzOptions, LipschitzReport};
+pub use memory::{Calibration, EstimateAtN, RunEstimate, LANCZOS_STEPS_ASSUMED};
 pub use pipeline::analyze;
 pub use report::{LayerDomain, ModelReport, OperatorReport, Point, RotaryAnalysis, SMALL_N_MAX};
 pub use request::{AnalysisOptions, Progress};
-pub use text::{TextIds, DEFAULT_TEXT, DEFAULT_TEXT_SOURCE};
+pub use text::{Corpus, TextIds, DEFAULT_TEXT, DEFAULT_TEXT_SOURCE, LICENCES_TEXT};

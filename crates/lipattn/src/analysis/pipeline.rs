@@ -2,6 +2,7 @@
 
 use super::adversarial_pass::adversarial_pass;
 use super::certify::certify;
+use super::memory::estimate;
 use super::plan::plan;
 use super::report::{report, Measured, ModelReport};
 use super::request::{AnalysisOptions, Progress};
@@ -20,6 +21,13 @@ pub fn analyze(
 ) -> Result<ModelReport> {
     let t0 = Instant::now();
     let plan = plan(model, text, opts)?;
+    let estimate = estimate(model, &plan, opts)?;
+    progress(&Progress {
+        done: 0,
+        total: plan.total,
+        stage: "estimate".into(),
+        estimate: Some(estimate.clone()),
+    });
     let mut done = 0;
     let text_values = text_pass(&plan, opts, progress, &mut done)?;
     let structured = adversarial_pass(&plan, opts, progress, &mut done)?;
@@ -27,6 +35,7 @@ pub fn analyze(
         done,
         total: plan.total,
         stage: "certified bounds".into(),
+        estimate: None,
     });
     let certified = certify(&plan, text.is_some(), &text_values.observed)?;
     let measured = Measured {
@@ -35,5 +44,7 @@ pub fn analyze(
         transition: structured.transition,
         certified,
     };
-    Ok(report(model, text, opts, plan, &measured, t0))
+    let mut report = report(model, text, opts, plan, &measured, t0);
+    report.estimate = Some(estimate);
+    Ok(report)
 }

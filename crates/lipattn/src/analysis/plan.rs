@@ -3,9 +3,11 @@
 //! rotary families), their operators (the sublayer, then each head) and, for the adversarial
 //! pass, one direction per head; the text is cut into windows.
 
+use super::memory::attention_paths;
 use super::request::{check_options, AnalysisOptions};
 use super::sublayer::{Block, Op};
 use super::text::TextIds;
+use crate::derivatives::AttentionMemory;
 use crate::domain::Domain;
 use crate::error::Result;
 use crate::estimation::TransitionGeometry;
@@ -28,6 +30,9 @@ pub(super) struct LayerWork {
     /// Per head, the transition start's geometry on this layer's ball (None: the head has
     /// none); each n takes its start from it.
     pub transitions: Vec<Option<TransitionGeometry>>,
+    /// [operator: the sublayer, then head h at h + 1][n index]: the attention state its local
+    /// constants run on (`memory::attention_paths`).
+    pub attention: Vec<Vec<AttentionMemory>>,
 }
 
 pub(super) struct Plan {
@@ -127,6 +132,7 @@ pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions
         } else {
             vec![]
         };
+        let attention = attention_paths(&ops[0], &ns, opts.attention)?;
         work.push(LayerWork {
             index: l,
             domains,
@@ -134,6 +140,7 @@ pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions
             rotary,
             directions,
             transitions,
+            attention,
         });
     }
 

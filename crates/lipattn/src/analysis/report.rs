@@ -4,11 +4,13 @@
 use super::adversarial_pass::AdversarialValues;
 use super::certify::CertifiedValues;
 use super::fit::{fit_power_law, PowerFit};
+use super::memory::RunEstimate;
 use super::plan::Plan;
 use super::request::AnalysisOptions;
 use super::text::TextIds;
 use super::text_pass::TextValues;
 use crate::bounds::Certified;
+use crate::derivatives::AttentionMemory;
 use crate::models::Model;
 use crate::operator::{LayerSource, Operator, RotaryForm};
 use serde::ser::{SerializeStruct, Serializer};
@@ -48,6 +50,9 @@ pub struct Point {
     pub certified: Certified,
     /// certified.frobenius / the largest attained value at this n.
     pub gap: Option<f64>,
+    /// The attention state every local constant of this operator at this n ran on: "dense"
+    /// (n x n probabilities) or "streaming" (per-row statistics, docs/streaming.md).
+    pub attention: AttentionMemory,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -107,6 +112,10 @@ pub struct ModelReport {
     /// their keys).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotary: Option<RotaryAnalysis>,
+    /// What the run was expected to cost before it started (time and peak memory; estimates,
+    /// docs/streaming.md#analyze); absent where no estimate was made (merged task results).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<RunEstimate>,
 }
 
 /// The rotary families' analysis in words and numbers: the grouping of heads, where R comes
@@ -181,6 +190,7 @@ fn points(plan: &Plan, measured: &Measured, slot: usize, o: usize) -> Vec<Point>
             transition,
             certified: cs.best,
             gap,
+            attention: plan.work[slot].attention[o][ni],
         });
     }
     points
@@ -307,5 +317,6 @@ pub(super) fn report(
         notes,
         seconds: t0.elapsed().as_secs_f64(),
         rotary,
+        estimate: None,
     }
 }

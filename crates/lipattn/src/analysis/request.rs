@@ -1,6 +1,7 @@
 //! What the caller passes to `analyze`: the options, with their defaults and validation, and the
 //! shape of a progress report.
 
+use crate::derivatives::AttentionMemory;
 use crate::error::{check_at_least, check_index, Error, Result};
 use crate::estimation::LanczosOptions;
 
@@ -18,6 +19,10 @@ pub struct AnalysisOptions {
     /// Evaluate the adversarial construction at every n.
     pub adversarial: bool,
     pub lanczos: LanczosOptions,
+    /// The attention state of the local constants (plain sublayers): `auto` holds the dense
+    /// n x n probabilities where they fit the memory budget and streams otherwise, per operator
+    /// and n (each point of the report says which ran).
+    pub attention: AttentionMemory,
 }
 
 impl Default for AnalysisOptions {
@@ -33,6 +38,7 @@ impl Default for AnalysisOptions {
                 max_iter: 200,
                 seed: 0,
             },
+            attention: AttentionMemory::Auto,
         }
     }
 }
@@ -43,6 +49,8 @@ pub struct Progress {
     pub done: usize,
     pub total: usize,
     pub stage: String,
+    /// Sent once, before the first measurement: what the run is expected to cost.
+    pub estimate: Option<super::memory::RunEstimate>,
 }
 
 pub(super) fn check_options(
@@ -55,9 +63,16 @@ pub(super) fn check_options(
             what: "grid of sequence lengths".into(),
         });
     }
-    if let Some(&n) = opts.ns.iter().find(|&&n| n < 2 || n > max_positions) {
+    if let Some(&n) = opts.ns.iter().find(|&&n| n < 2) {
         return Err(Error::invalid(format!(
-            "sequence length {n} outside 2..={max_positions} (the model's position table)"
+            "sequence length {n} is below 2: attention over fewer than two tokens has nothing to compare"
+        )));
+    }
+    // BERT and GPT-2 read absolute positions from a table; the rotary families have none (the
+    // caller passes usize::MAX) and go as far as the text.
+    if let Some(&n) = opts.ns.iter().find(|&&n| n > max_positions) {
+        return Err(Error::invalid(format!(
+            "sequence length {n} exceeds the model's position table: max_position_embeddings = {max_positions} (the longest sequence the model reads)"
         )));
     }
     if let Some(layers) = &opts.layers {

@@ -9,8 +9,9 @@ use crate::attention::{AttentionLayer, RotaryAttention, RotaryLinearization};
 use crate::bounds::layer_norm::{layer_norm_radius, rms_norm_radius};
 use crate::bounds::rotary::rotary_summary;
 use crate::bounds::{certified_summaries, CertifiedSummary};
+use crate::derivatives::AttentionMemory;
 use crate::domain::Domain;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::estimation::{adversarial_direction, lanczos, LanczosOptions, TransitionGeometry};
 use crate::models::decoder::RotaryBlock;
 use crate::models::{Model, ModelLayer};
@@ -41,20 +42,63 @@ impl Op {
         })
     }
 
-    /// ||J(X)||_2 by Lanczos at the input `x` of `domain`: an attained value, a lower bound.
+    /// ||J(X)||_2 by Lanczos at the input `x` of `domain`, on the attention state `attention`
+    /// (resolved by [`Op::attention_at`]): an attained value, a lower bound.
     pub fn local_sigma(
         &self,
         x: MatRef<'_, f64>,
         domain: &Domain,
         opts: &LanczosOptions,
+        attention: AttentionMemory,
     ) -> Result<f64> {
         match self {
-            Op::Plain(l) => local_sigma(l, x, domain, opts),
+            Op::Plain(l) => local_sigma(l, x, domain, opts, attention),
             Op::Rotary(l) => {
                 debug_assert!(domain.causal && x.nrows() == domain.n);
                 let lin = RotaryLinearization::new(l, x)?;
                 Ok(lanczos(&lin, opts, None)?.sigma)
             }
+        }
+    }
+
+    /// The attention state this operator holds at n tokens when the options ask for `asked`:
+    /// the rule of `AttentionMemory::resolve` for a plain operator; a rotary one is always dense
+    /// (its linearisation is not streamed), and asking for `streaming` there is an error.
+    pub fn attention_at(&self, n: usize, asked: AttentionMemory) -> Result<AttentionMemory> {
+        match (self, asked) {
+            (Op::Plain(l), _) => asked.resolve(l, n),
+            (Op::Rotary(_), AttentionMemory::Streaming) => Err(Error::invalid(
+                "`attention` 'streaming' runs on plain sublayers (BERT, GPT-2) only: rotary attention is not streamed (docs/streaming.md); use 'auto' or 'dense'",
+            )),
+            (Op::Rotary(_), _) => Ok(AttentionMemory::Dense),
+        }
+    }
+
+    /// Bytes of this operator's attention state at n tokens on `attention` (resolved): the
+    /// estimates its budget checks use.
+    pub fn state_bytes(&self, n: usize, attention: AttentionMemory) -> Option<u64> {
+        match self {
+            Op::Plain(l) => attention.state_bytes(l, n),
+            Op::Rotary(l) => l.state_bytes(n, true),
+        }
+    }
+
+    /// (heads, dk + dv, d_in, d_out, width of the projected tangent per head): the sizes the
+    /// estimate's cost model reads.
+    pub fn shape(&self) -> (usize, usize, usize, usize, usize) {
+        match self {
+            Op::Plain(l) => (
+                l.heads,
+                l.dk + l.dv,
+                l.d_in(),
+                l.d_out(),
+                if l.kernel == crate::attention::Kernel::Dot {
+                    2 * l.dk + l.dv
+                } else {
+                    l.dk + l.dv
+                },
+            ),
+            Op::Rotary(l) => (l.heads, 2 * l.head_dim, l.d_in(), l.d_out(), 3 * l.head_dim),
         }
     }
 

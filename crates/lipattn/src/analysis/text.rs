@@ -7,6 +7,55 @@ use crate::models::TextTokenizer;
 pub const DEFAULT_TEXT: &str = include_str!("../../assets/GPL-3.txt");
 pub const DEFAULT_TEXT_SOURCE: &str = "GPL-3 licence text (embedded default)";
 
+/// Eight licence documents, verbatim, separated by a blank line (assets/README.md): 33,015
+/// MiniLM tokens, enough for windows of 16,384 and 32,768 tokens.
+pub const LICENCES_TEXT: &str = concat!(
+    include_str!("../../assets/GPL-3.txt"),
+    "\n\n",
+    include_str!("../../assets/GPL-2.txt"),
+    "\n\n",
+    include_str!("../../assets/LGPL-2.1.txt"),
+    "\n\n",
+    include_str!("../../assets/LGPL-3.txt"),
+    "\n\n",
+    include_str!("../../assets/GFDL-1.3.txt"),
+    "\n\n",
+    include_str!("../../assets/GPL-1.txt"),
+    "\n\n",
+    include_str!("../../assets/GFDL-1.2.txt"),
+    "\n\n",
+    include_str!("../../assets/LGPL-2.txt"),
+);
+pub const LICENCES_TEXT_SOURCE: &str = "licence texts GPL-3, GPL-2, LGPL-2.1, LGPL-3, GFDL-1.3, GPL-1, GFDL-1.2, LGPL-2 (embedded corpus 'licences')";
+
+crate::named_enum! {
+    /// The embedded real texts (assets/README.md).
+    pub enum Corpus as "corpus" {
+        /// The GPL-3 licence alone (6,840 MiniLM tokens): the default.
+        Gpl3 = "gpl-3",
+        /// Eight licence documents (33,015 MiniLM tokens): windows up to 32,768 tokens.
+        Licences = "licences" | "licenses",
+    }
+}
+
+impl Corpus {
+    /// The text, verbatim.
+    pub fn text(self) -> &'static str {
+        match self {
+            Corpus::Gpl3 => DEFAULT_TEXT,
+            Corpus::Licences => LICENCES_TEXT,
+        }
+    }
+
+    /// How the report names it.
+    pub fn source(self) -> &'static str {
+        match self {
+            Corpus::Gpl3 => DEFAULT_TEXT_SOURCE,
+            Corpus::Licences => LICENCES_TEXT_SOURCE,
+        }
+    }
+}
+
 /// Real text as the model's sequence: prefix + (a window of) body + suffix.
 #[derive(Clone, Debug)]
 pub struct TextIds {

@@ -32,6 +32,7 @@ pub(super) fn text_pass(
                 done: *done,
                 total: plan.total,
                 stage: format!("real text, n = {n}, window {}/{}", wi + 1, wins.len()),
+                estimate: None,
             });
             let mut h = plan.embeddings.embed(ids)?;
             let mut slot = 0;
@@ -39,11 +40,18 @@ pub(super) fn text_pass(
                 if slot < work.len() && work[slot].index == l {
                     let x = block.attention_input(h.as_ref())?;
                     observed[slot] = observed[slot].max(max_row_norm(x.as_ref()));
-                    let sig: Vec<f64> = work[slot]
+                    let w = &work[slot];
+                    let sig: Vec<f64> = w
                         .ops
                         .par_iter()
-                        .map(|op| {
-                            op.local_sigma(x.as_ref(), &work[slot].domains[ni], &opts.lanczos)
+                        .enumerate()
+                        .map(|(o, op)| {
+                            op.local_sigma(
+                                x.as_ref(),
+                                &w.domains[ni],
+                                &opts.lanczos,
+                                w.attention[o][ni],
+                            )
                         })
                         .collect::<Result<_>>()?;
                     for (o, s) in sig.into_iter().enumerate() {
