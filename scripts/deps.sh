@@ -32,6 +32,18 @@ ensure_transformers() {
   fi
 }
 
+# Ray, for the cluster sweeps (lipattn.cluster, tests/python_bindings/test_cluster.py): a real
+# local Ray cluster, not a mock. Pinned; installed into .build/py beside the other test packages.
+ensure_ray() {
+  if [ ! -f "$site/.installed-ray-v1" ]; then
+    echo "== installing ray into $site"
+    local t0=$SECONDS
+    "$py" -m pip install --quiet --disable-pip-version-check --upgrade --target "$site" "ray==2.60.0"
+    touch "$site/.installed-ray-v1"
+    echo "   installed in $((SECONDS - t0)) s"
+  fi
+}
+
 # maturin, the build backend of the Python package, in .build/tools (its own folder: it is a
 # build tool, not something the tests import).
 ensure_maturin() {

@@ -13,6 +13,7 @@ cargo clippy --all-targets -- -D warnings
 
 ensure_python_deps
 ensure_transformers
+ensure_ray
 ensure_minilm
 export LIPATTN_MINILM="$model"
 

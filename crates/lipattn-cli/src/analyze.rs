@@ -6,7 +6,8 @@ use crate::plot::{Chart, Series, Style};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lipattn::analysis::{
-    analyze, AnalysisOptions, Corpus, ModelReport, OperatorReport, PowerFit, TextIds,
+    analyze, merge, AnalysisOptions, Corpus, ModelReport, OperatorReport, PowerFit, TaskResult,
+    TextIds,
 };
 use lipattn::derivatives::AttentionMemory;
 use lipattn::estimation::LanczosOptions;
@@ -61,6 +62,30 @@ pub struct AnalyzeArgs {
     /// No progress bar (the estimate of time and memory is still printed).
     #[arg(long)]
     quiet: bool,
+    /// Compute nothing: merge the task results (one JSON file per (layer, n) task, as
+    /// lipattn.cluster checkpoints them) in this directory into the report of the same options,
+    /// then write it as usual (docs/cluster.md).
+    #[arg(long, value_name = "DIR")]
+    from_tasks: Option<PathBuf>,
+}
+
+/// Every `*.json` file of `dir`, parsed as a task result.
+fn task_results(dir: &Path) -> Result<Vec<TaskResult>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading --from-tasks {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    paths.retain(|p| p.extension().is_some_and(|e| e == "json"));
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let body =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str(&body)
+                .with_context(|| format!("{} is not an analysis task result", p.display()))
+        })
+        .collect()
 }
 
 fn text_ids(a: &AnalyzeArgs) -> Result<TextIds> {
@@ -430,18 +455,24 @@ pub fn run(a: AnalyzeArgs) -> Result<()> {
         },
         attention: a.attention,
     };
-    let bar = crate::progress::Bar::new(a.quiet);
-    let report = analyze(&model, Some(&text), &opts, &mut |p| {
-        if let Some(e) = &p.estimate {
-            bar.note(&e.summary());
+    let report = match &a.from_tasks {
+        Some(dir) => merge(&model, Some(&text), &opts, &task_results(dir)?)?,
+        None => {
+            let bar = crate::progress::Bar::new(a.quiet);
+            let report = analyze(&model, Some(&text), &opts, &mut |p| {
+                if let Some(e) = &p.estimate {
+                    bar.note(&e.summary());
+                }
+                bar.update(&lipattn::ops::Progress {
+                    stage: &p.stage,
+                    done: p.done,
+                    total: p.total,
+                })
+            })?;
+            drop(bar);
+            report
         }
-        bar.update(&lipattn::ops::Progress {
-            stage: &p.stage,
-            done: p.done,
-            total: p.total,
-        })
-    })?;
-    drop(bar);
+    };
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(out.join("report.json"), &json)
         .with_context(|| format!("writing {}", out.join("report.json").display()))?;

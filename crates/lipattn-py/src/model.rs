@@ -639,6 +639,110 @@ impl PyModel {
         )
     }
 
+    /// The analysis of ``analyze`` (same options) cut into independent tasks: a list of
+    /// ``(layer, n)``, layers ascending then n ascending (docs/cluster.md#how-the-work-is-cut).
+    #[pyo3(signature = (*, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
+    #[allow(clippy::too_many_arguments)]
+    fn analysis_tasks(
+        &self,
+        py: Python<'_>,
+        ns: Vec<PyInt>,
+        windows: PyInt,
+        layers: Option<Vec<PyInt>>,
+        heads: bool,
+        adversarial: bool,
+        tol: f64,
+    ) -> PyResult<Vec<(usize, usize)>> {
+        crate::ints::unsigned!(ns, windows, layers);
+        crate::analysis::tasks(
+            py,
+            self.model.clone(),
+            crate::analysis::Request {
+                text: None,
+                ns,
+                windows,
+                layers,
+                heads,
+                adversarial,
+                tol,
+            },
+        )
+    }
+
+    /// Runs task ``(layer, n)`` of ``analyze(text, **options)`` and returns its result as a JSON
+    /// string, to be checkpointed and passed to ``merge_analysis`` (GIL released).
+    #[pyo3(signature = (layer, n, text=None, *, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
+    #[allow(clippy::too_many_arguments)]
+    fn analysis_task(
+        &self,
+        py: Python<'_>,
+        layer: PyInt,
+        n: PyInt,
+        text: Option<String>,
+        ns: Vec<PyInt>,
+        windows: PyInt,
+        layers: Option<Vec<PyInt>>,
+        heads: bool,
+        adversarial: bool,
+        tol: f64,
+    ) -> PyResult<String> {
+        crate::ints::unsigned!(layer, n, ns, windows, layers);
+        let tokenizer = self.tokenizer(py)?;
+        crate::analysis::run_one(
+            py,
+            self.model.clone(),
+            tokenizer,
+            crate::analysis::Request {
+                text,
+                ns,
+                windows,
+                layers,
+                heads,
+                adversarial,
+                tol,
+            },
+            lipattn::analysis::AnalysisTask { layer, n },
+        )
+    }
+
+    /// The report of ``analyze(text, **options)`` from the results of all its tasks (JSON
+    /// strings from ``analysis_task``, in any order): the same dict, value for value, but
+    /// ``seconds`` (the sum of the tasks'). ``text_source`` names the caller's text in it.
+    #[pyo3(signature = (results, text=None, *, text_source=None, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
+    #[allow(clippy::too_many_arguments)]
+    fn merge_analysis<'py>(
+        &self,
+        py: Python<'py>,
+        results: Vec<String>,
+        text: Option<String>,
+        text_source: Option<String>,
+        ns: Vec<PyInt>,
+        windows: PyInt,
+        layers: Option<Vec<PyInt>>,
+        heads: bool,
+        adversarial: bool,
+        tol: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        crate::ints::unsigned!(ns, windows, layers);
+        let tokenizer = self.tokenizer(py)?;
+        crate::analysis::merge_results(
+            py,
+            self.model.clone(),
+            tokenizer,
+            crate::analysis::Request {
+                text,
+                ns,
+                windows,
+                layers,
+                heads,
+                adversarial,
+                tol,
+            },
+            results,
+            text_source,
+        )
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "Model({}, family='{}', num_layers={}, hidden_size={})",

@@ -435,6 +435,48 @@ class Model:
     ) -> dict[str, Any]:
         """The whole-model analysis of ``lipattn analyze``, as the dict its ``--json`` prints."""
         ...
+    def analysis_tasks(
+        self,
+        *,
+        ns: Sequence[int] = (8, 16, 32, 64, 128, 256, 512),
+        windows: int = 2,
+        layers: Optional[Sequence[int]] = None,
+        heads: bool = True,
+        adversarial: bool = True,
+        tol: float = 1e-4,
+    ) -> list[tuple[int, int]]:
+        """``analyze``'s work cut into independent ``(layer, n)`` tasks, in merge order."""
+        ...
+    def analysis_task(
+        self,
+        layer: int,
+        n: int,
+        text: Optional[str] = None,
+        *,
+        ns: Sequence[int] = (8, 16, 32, 64, 128, 256, 512),
+        windows: int = 2,
+        layers: Optional[Sequence[int]] = None,
+        heads: bool = True,
+        adversarial: bool = True,
+        tol: float = 1e-4,
+    ) -> str:
+        """Runs task ``(layer, n)`` of ``analyze(text, **options)``; its result as JSON text."""
+        ...
+    def merge_analysis(
+        self,
+        results: Sequence[str],
+        text: Optional[str] = None,
+        *,
+        text_source: Optional[str] = None,
+        ns: Sequence[int] = (8, 16, 32, 64, 128, 256, 512),
+        windows: int = 2,
+        layers: Optional[Sequence[int]] = None,
+        heads: bool = True,
+        adversarial: bool = True,
+        tol: float = 1e-4,
+    ) -> dict[str, Any]:
+        """The report of ``analyze(text, **options)`` from all its task results (any order)."""
+        ...
 
 Solver = Literal["picard", "anderson", "broyden"]
 

@@ -16,23 +16,8 @@ pub(super) type CertifiedValues = Vec<Vec<Vec<CertifiedSummary>>>;
 pub(super) fn certify(plan: &Plan, had_text: bool, observed: &[f64]) -> Result<CertifiedValues> {
     let mut out = Vec::with_capacity(plan.work.len());
     for (slot, w) in plan.work.iter().enumerate() {
-        if had_text && observed[slot] > w.radius() {
-            let which = if w.rotary.is_some() {
-                "RMSNorm radius"
-            } else {
-                "LayerNorm radius"
-            };
-            let bound = if w.rotary.is_some() {
-                "docs/bounds.md#b7-rms-radius"
-            } else {
-                "B6"
-            };
-            return Err(Error::Numerical(format!(
-                "layer {}: a real-text token has norm {} above the {which} {} ({bound}); the radius bound is violated",
-                w.index,
-                crate::fmt::exact(observed[slot]),
-                crate::fmt::exact(w.radius())
-            )));
+        if had_text {
+            check_radius(w.index, w.radius(), w.rotary.is_some(), observed[slot])?;
         }
         let all: Vec<Vec<CertifiedSummary>> = w
             .ops
@@ -42,4 +27,22 @@ pub(super) fn certify(plan: &Plan, had_text: bool, observed: &[f64]) -> Result<C
         out.push(all);
     }
     Ok(out)
+}
+
+/// A real-text token of norm `observed` outside layer `layer`'s ball of radius `radius` means the
+/// radius bound is wrong: an error, nothing is certified.
+pub(super) fn check_radius(layer: usize, radius: f64, rotary: bool, observed: f64) -> Result<()> {
+    if observed > radius {
+        let (which, bound) = if rotary {
+            ("RMSNorm radius", "docs/bounds.md#b7-rms-radius")
+        } else {
+            ("LayerNorm radius", "B6")
+        };
+        return Err(Error::Numerical(format!(
+            "layer {layer}: a real-text token has norm {} above the {which} {} ({bound}); the radius bound is violated",
+            crate::fmt::exact(observed),
+            crate::fmt::exact(radius)
+        )));
+    }
+    Ok(())
 }

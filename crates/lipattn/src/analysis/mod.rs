@@ -12,7 +12,8 @@
 //! their radii, operators and adversarial directions, cut the text into windows), the real-text
 //! pass (`text_pass`: every window through the model, each selected layer's operators measured
 //! on the way), the adversarial pass (`adversarial_pass`), `certify` (the B6 radius check,
-//! then the certified bounds at every n) and `report` (points, gaps and fits).
+//! then the certified bounds at every n) and `report` (points, gaps and fits). `tasks` cuts the
+//! same analysis into independent (layer, n) tasks and merges their results into the same report.
 
 pub mod fit;
 pub mod lipschitz;
@@ -26,6 +27,7 @@ mod report;
 mod request;
 mod sigma;
 mod sublayer;
+mod tasks;
 mod text;
 mod text_pass;
 
@@ -36,4 +38,8 @@ pub use memory::{Calibration, EstimateAtN, RunEstimate, LANCZOS_STEPS_ASSUMED};
 pub use pipeline::analyze;
 pub use report::{LayerDomain, ModelReport, OperatorReport, Point, RotaryAnalysis, SMALL_N_MAX};
 pub use request::{AnalysisOptions, Progress};
+pub use tasks::{
+    analysis_tasks, fingerprint, merge, run_task, AnalysisTask, TaskCertified, TaskResult,
+    TaskValues,
+};
 pub use text::{Corpus, TextIds, DEFAULT_TEXT, DEFAULT_TEXT_SOURCE, LICENCES_TEXT};

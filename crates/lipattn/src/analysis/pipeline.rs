@@ -44,7 +44,14 @@ pub fn analyze(
         transition: structured.transition,
         certified,
     };
-    let mut report = report(model, text, opts, plan, &measured, t0);
+    let mut report = report(
+        model,
+        text,
+        opts,
+        plan.into_frame(),
+        &measured,
+        t0.elapsed().as_secs_f64(),
+    );
     report.estimate = Some(estimate);
     Ok(report)
 }

@@ -78,8 +78,50 @@ impl Plan {
     }
 }
 
-pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions) -> Result<Plan> {
-    let embeddings = model.embeddings()?;
+/// What the report needs of a plan: the grid, each selected layer's radius and rotary form, the
+/// notes. `tasks::merge` builds it without the plan's operators and structured inputs.
+pub(super) struct Frame {
+    pub ns: Vec<usize>,
+    pub causal: bool,
+    pub layers: Vec<FrameLayer>,
+    pub notes: Vec<String>,
+}
+
+pub(super) struct FrameLayer {
+    pub index: usize,
+    pub radius: f64,
+    pub rotary: Option<RotaryForm>,
+    /// As `LayerWork::attention`.
+    pub attention: Vec<Vec<AttentionMemory>>,
+}
+
+impl Plan {
+    pub fn into_frame(self) -> Frame {
+        Frame {
+            ns: self.ns,
+            causal: self.causal,
+            layers: self
+                .work
+                .iter()
+                .map(|w| FrameLayer {
+                    index: w.index,
+                    radius: w.radius(),
+                    rotary: w.rotary.clone(),
+                    attention: w.attention.clone(),
+                })
+                .collect(),
+            notes: self.notes,
+        }
+    }
+}
+
+/// The options checked against the model; the grid of n and the selected layers, each sorted and
+/// without repeats.
+pub(super) fn grid(
+    model: &Model,
+    embeddings: &Embeddings,
+    opts: &AnalysisOptions,
+) -> Result<(Vec<usize>, Vec<usize>)> {
     let num_layers = model.num_layers();
     let max_positions = embeddings.max_positions().unwrap_or(usize::MAX);
     check_options(opts, max_positions, num_layers)?;
@@ -89,8 +131,84 @@ pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions
     let mut selected: Vec<usize> = opts.layers.clone().unwrap_or((0..num_layers).collect());
     selected.sort_unstable();
     selected.dedup();
-    let causal = model.is_causal();
+    Ok((ns, selected))
+}
+
+/// The frame of `plan(model, text, opts)`, loading one selected block at a time for its radius
+/// and rotary form.
+pub(super) fn frame(
+    model: &Model,
+    text: Option<&TextIds>,
+    opts: &AnalysisOptions,
+) -> Result<Frame> {
+    let embeddings = model.embeddings()?;
+    let (ns, selected) = grid(model, &embeddings, opts)?;
+    let layers = selected
+        .iter()
+        .map(|&l| {
+            let block = Block::load(model, l)?;
+            let rotary = match block.attention() {
+                Op::Rotary(layer) => Some(RotaryForm::of(model.family().name(), &layer)),
+                Op::Plain(_) => None,
+            };
+            Ok(FrameLayer {
+                index: l,
+                radius: block.radius()?,
+                rotary,
+                attention: attention_paths(&block.attention(), &ns, opts.attention)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let notes = window_notes(text, &windows(text, &ns, opts.windows));
+    Ok(Frame {
+        ns,
+        causal: model.is_causal(),
+        layers,
+        notes,
+    })
+}
+
+/// Per n, the real-text windows of that length.
+fn windows(text: Option<&TextIds>, ns: &[usize], count: usize) -> Vec<(usize, Vec<Vec<u32>>)> {
+    ns.iter()
+        .map(|&n| {
+            let w = text.map_or(vec![], |t| {
+                crate::models::tokenize::windows_of(&t.prefix, &t.body, &t.suffix, n, count)
+            });
+            (n, w)
+        })
+        .collect()
+}
+
+/// The notes on the n that get no real-text values.
+fn window_notes(text: Option<&TextIds>, windows: &[(usize, Vec<Vec<u32>>)]) -> Vec<String> {
     let mut notes = vec![];
+    if let Some(t) = text {
+        let specials = t.prefix.len() + t.suffix.len();
+        let (no_room, short): (Vec<usize>, Vec<usize>) = windows
+            .iter()
+            .filter(|(_, w)| w.is_empty())
+            .map(|(n, _)| *n)
+            .partition(|&n| n <= specials);
+        if !no_room.is_empty() {
+            notes.push(format!(
+                "n = {no_room:?} holds no more than the model's {specials} special tokens, so no text fits: no real-text values there"
+            ));
+        }
+        if !short.is_empty() {
+            notes.push(format!(
+                "the text ({} tokens) is too short for n = {short:?}: no real-text values there",
+                t.body.len() + t.prefix.len() + t.suffix.len()
+            ));
+        }
+    }
+    notes
+}
+
+pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions) -> Result<Plan> {
+    let embeddings = model.embeddings()?;
+    let (ns, selected) = grid(model, &embeddings, opts)?;
+    let causal = model.is_causal();
 
     let last = *selected.last().expect("checked non-empty");
     let blocks: Vec<Block> = (0..=last)
@@ -144,34 +262,8 @@ pub(super) fn plan(model: &Model, text: Option<&TextIds>, opts: &AnalysisOptions
         });
     }
 
-    let windows: Vec<(usize, Vec<Vec<u32>>)> = ns
-        .iter()
-        .map(|&n| {
-            let w = text.map_or(vec![], |t| {
-                crate::models::tokenize::windows_of(&t.prefix, &t.body, &t.suffix, n, opts.windows)
-            });
-            (n, w)
-        })
-        .collect();
-    if let Some(t) = text {
-        let specials = t.prefix.len() + t.suffix.len();
-        let (no_room, short): (Vec<usize>, Vec<usize>) = windows
-            .iter()
-            .filter(|(_, w)| w.is_empty())
-            .map(|(n, _)| *n)
-            .partition(|&n| n <= specials);
-        if !no_room.is_empty() {
-            notes.push(format!(
-                "n = {no_room:?} holds no more than the model's {specials} special tokens, so no text fits: no real-text values there"
-            ));
-        }
-        if !short.is_empty() {
-            notes.push(format!(
-                "the text ({} tokens) is too short for n = {short:?}: no real-text values there",
-                t.body.len() + t.prefix.len() + t.suffix.len()
-            ));
-        }
-    }
+    let windows = windows(text, &ns, opts.windows);
+    let notes = window_notes(text, &windows);
     let total = windows.iter().map(|(_, w)| w.len()).sum::<usize>()
         + if opts.adversarial { ns.len() } else { 0 };
     Ok(Plan {

@@ -5,7 +5,7 @@ use super::adversarial_pass::AdversarialValues;
 use super::certify::CertifiedValues;
 use super::fit::{fit_power_law, PowerFit};
 use super::memory::RunEstimate;
-use super::plan::Plan;
+use super::plan::Frame;
 use super::request::AnalysisOptions;
 use super::text::TextIds;
 use super::text_pass::TextValues;
@@ -15,7 +15,6 @@ use crate::models::Model;
 use crate::operator::{LayerSource, Operator, RotaryForm};
 use serde::ser::{SerializeStruct, Serializer};
 use serde::Serialize;
-use std::time::Instant;
 
 /// Castin et al. fit their curves over n up to about 100; the `*_small` fits use this range.
 pub const SMALL_N_MAX: usize = 128;
@@ -165,10 +164,10 @@ fn median(v: &[f64]) -> Option<f64> {
 }
 
 /// One point per n of operator `o` of layer slot `slot`.
-fn points(plan: &Plan, measured: &Measured, slot: usize, o: usize) -> Vec<Point> {
+fn points(frame: &Frame, measured: &Measured, slot: usize, o: usize) -> Vec<Point> {
     let certified = &measured.certified[slot][o];
     let mut points = vec![];
-    for (ni, (&n, cs)) in plan.ns.iter().zip(certified).enumerate() {
+    for (ni, (&n, cs)) in frame.ns.iter().zip(certified).enumerate() {
         let vals = &measured.text.sigma[slot][o][ni];
         let text_max = vals.iter().copied().reduce(f64::max);
         let adv = measured.adversarial[slot][o][ni];
@@ -190,7 +189,7 @@ fn points(plan: &Plan, measured: &Measured, slot: usize, o: usize) -> Vec<Point>
             transition,
             certified: cs.best,
             gap,
-            attention: plan.work[slot].attention[o][ni],
+            attention: frame.layers[slot].attention[o][ni],
         });
     }
     points
@@ -240,34 +239,34 @@ pub(super) fn report(
     model: &Model,
     text: Option<&TextIds>,
     opts: &AnalysisOptions,
-    plan: Plan,
+    frame: Frame,
     measured: &Measured,
-    t0: Instant,
+    seconds: f64,
 ) -> ModelReport {
-    let causal = plan.causal;
+    let causal = frame.causal;
     let mut operators = vec![];
     let mut domains = vec![];
-    for (slot, w) in plan.work.iter().enumerate() {
+    for (slot, w) in frame.layers.iter().enumerate() {
         domains.push(LayerDomain {
             layer: w.index,
-            radius: w.radius(),
+            radius: w.radius,
             observed_max_norm: measured.text.observed[slot],
         });
         let source = model.layer_source(w.index);
         for o in 0..measured.certified[slot].len() {
-            let points = points(&plan, measured, slot, o);
+            let points = points(&frame, measured, slot, o);
             operators.push(operator_report(
                 w.index,
                 &source,
                 w.rotary.as_ref(),
                 o,
-                w.radius(),
+                w.radius,
                 causal,
                 points,
             ));
         }
     }
-    let rotary = plan.work[0].rotary.as_ref().map(|f| RotaryAnalysis {
+    let rotary = frame.layers[0].rotary.as_ref().map(|f| RotaryAnalysis {
         kv_heads: f.kv_heads,
         group: f.heads / f.kv_heads,
         radius: ROTARY_RADIUS,
@@ -277,11 +276,11 @@ pub(super) fn report(
         transition: ROTARY_TRANSITION,
         positions: ROTARY_POSITIONS,
     });
-    let head_dim = plan.work[0]
+    let head_dim = frame.layers[0]
         .rotary
         .as_ref()
         .map_or(model.config().head_dim(), |f| f.head_dim);
-    let mut notes = plan.notes;
+    let mut notes = frame.notes;
     if rotary.is_some() {
         notes.push(format!("causal ({} family, rotary): every value is for the operator the model computes, at positions 0..n-1 with the layer's sliding window where it has one; B7 certifies the Frobenius norm; W1/W2 over measures on B_R do not apply to a map that depends on positions and are not reported", model.family().display_name()));
     } else if causal {
@@ -309,13 +308,13 @@ pub(super) fn report(
         },
         text_source: text.map_or("none".into(), |t| t.source.clone()),
         text_tokens: text.map_or(0, |t| t.prefix.len() + t.body.len() + t.suffix.len()),
-        ns: plan.ns,
+        ns: frame.ns,
         windows: opts.windows,
         lanczos_tol: opts.lanczos.tol,
         domains,
         operators,
         notes,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds,
         rotary,
         estimate: None,
     }

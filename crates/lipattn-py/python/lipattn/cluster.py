@@ -1,0 +1,573 @@
+"""Sweeps of ``lipattn analyze`` on a Ray cluster: ``python -m lipattn.cluster analyze ...`` or
+``lipattn-cluster analyze ...`` (``pip install lipattn[ray]``).
+
+The analysis of each checkpoint is cut into its (layer, n) tasks (``Model.analysis_tasks``), each
+run as a Ray task (``Model.analysis_task``, GIL released) on a worker that keeps every checkpoint
+it has loaded; each finished task is checkpointed to the output directory (temporary file, then
+rename), and the results are merged (``Model.merge_analysis``) into the report a single
+``lipattn analyze`` run writes, value for value. A restarted sweep reuses the checkpointed tasks.
+A worker killed mid-task has its task retried by Ray (``max_retries``); an exception in a task (a
+broken checkpoint) fails that model's report only, with its message in ``sweep.json``.
+
+Layout of ``--out DIR``::
+
+    DIR/sweep.json                 per model: status, message, tasks run and reused, seconds
+    DIR/comparison.csv, .md, .svg  per model and layer: exponents and gaps (sublayer, largest n)
+    DIR/<model>/options.json       what the checkpointed tasks were computed with
+    DIR/<model>/tasks/             one JSON result per (layer, n) task
+    DIR/<model>/report/            report.json (+ CSVs and plots when the lipattn CLI is found)
+
+docs/cluster.md in the repository describes the cut, the faults and measured scaling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+# What each task and the merge read: the options of `lipattn analyze` that the Python analysis
+# takes (`Model.analyze`'s keywords), with their defaults (None: the library's default).
+OPTION_KEYS = ("ns", "windows", "layers", "heads", "adversarial", "tol")
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as e:  # pragma: no cover - the tests install Ray
+        raise ImportError("lipattn.cluster needs Ray: pip install 'lipattn[ray]'") from e
+    return ray
+
+
+# Per worker process: the checkpoints it has opened, so that each is loaded once per worker.
+_MODELS: dict = {}
+
+
+def _model(path):
+    import lipattn
+
+    m = _MODELS.get(path)
+    if m is None:
+        m = _MODELS[path] = lipattn.Model(path)
+    return m
+
+
+def _run_task(path, layer, n, text, options, crash_once=None):
+    """One (layer, n) task of the analysis of the checkpoint at `path`: its result as JSON text.
+    `crash_once` (tests only): a file path; the first task to find it absent creates it and
+    kills its own worker process, as a node failure would."""
+    if crash_once is not None and not os.path.exists(crash_once):
+        with open(crash_once, "w") as f:
+            f.write(str(os.getpid()))
+        os._exit(1)
+    return _model(path).analysis_task(layer, n, text, **options)
+
+
+def _atomic_write(path, text):
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def task_file(tasks_dir, layer, n):
+    """Where the result of task (layer, n) is checkpointed."""
+    return os.path.join(tasks_dir, f"layer{layer:04d}_n{n:07d}.json")
+
+
+def _model_names(paths):
+    names, seen = [], {}
+    for p in paths:
+        base = os.path.basename(os.path.normpath(p)) or "model"
+        k = seen.get(base, 0)
+        seen[base] = k + 1
+        names.append(base if k == 0 else f"{base}_{k + 1}")
+    return names
+
+
+def expand_models(spec):
+    """`DIR1,DIR2,...`, each item a directory or a glob pattern (sorted matches)."""
+    out = []
+    for item in [s for s in spec.split(",") if s]:
+        if any(c in item for c in "*?["):
+            matches = sorted(glob.glob(item))
+            if not matches:
+                raise ValueError(f"--models pattern {item!r} matches nothing")
+            out.extend(matches)
+        else:
+            out.append(item)
+    return out
+
+
+class _ModelSweep:
+    """One checkpoint's share of a sweep."""
+
+    def __init__(self, path, name, out):
+        self.path = path
+        self.name = name
+        self.dir = os.path.join(out, name)
+        self.tasks_dir = os.path.join(self.dir, "tasks")
+        self.report_dir = os.path.join(self.dir, "report")
+        self.tasks = []
+        self.results = {}
+        self.computed = 0
+        self.reused = 0
+        self.error = None
+        self.report = None
+        self.rendered_by = None
+
+    def fail(self, message):
+        if self.error is None:
+            self.error = message
+
+
+def _identity(path, text, options):
+    """What the checkpointed tasks of a model depend on, besides its weights (the task results
+    carry the library's fingerprint as well, which the merge checks)."""
+    return {
+        "model": os.path.abspath(path),
+        "options": options,
+        "text_sha256": None if text is None else hashlib.sha256(text.encode()).hexdigest(),
+    }
+
+
+def _prepare(m, text, options):
+    """Lists the model's tasks and reads its checkpointed results."""
+    import lipattn
+
+    os.makedirs(m.tasks_dir, exist_ok=True)
+    ident = _identity(m.path, text, options)
+    ident_path = os.path.join(m.dir, "options.json")
+    if os.path.exists(ident_path):
+        with open(ident_path) as f:
+            old = json.load(f)
+        if old != ident:
+            raise ValueError(
+                f"{m.tasks_dir} holds the tasks of another sweep ({old}); give another --out or remove it"
+            )
+    else:
+        _atomic_write(ident_path, json.dumps(ident, indent=2))
+    model = lipattn.Model(m.path)
+    m.tasks = model.analysis_tasks(**options)
+    for layer, n in m.tasks:
+        p = task_file(m.tasks_dir, layer, n)
+        if os.path.exists(p):
+            with open(p) as f:
+                m.results[(layer, n)] = f.read()
+            m.reused += 1
+    return model
+
+
+def _find_cli(lipattn_bin):
+    if lipattn_bin:
+        return lipattn_bin
+    env = os.environ.get("LIPATTN_BIN")
+    if env and os.path.exists(env):
+        return env
+    return shutil.which("lipattn")
+
+
+def _cli_args(options, text_file):
+    a = ["--ns", ",".join(str(n) for n in options["ns"]), "--windows", str(options["windows"])]
+    a += ["--tol", repr(options["tol"])]
+    if options["layers"] is not None:
+        a += ["--layers", ",".join(str(layer) for layer in options["layers"])]
+    if not options["heads"]:
+        a.append("--no-heads")
+    if not options["adversarial"]:
+        a.append("--no-adversarial")
+    if text_file is not None:
+        a += ["--text", text_file]
+    return a
+
+
+def _render(m, model, text, text_file, options, cli):
+    """Merges the model's task results into its report; writes it with the lipattn CLI (the same
+    report.json, CSVs and plots as `lipattn analyze`) when one is found, else report.json."""
+    results = [m.results[t] for t in m.tasks]
+    m.report = model.merge_analysis(results, text, text_source=text_file, **options)
+    # The CLI reads the text from a file (and names it by its path): a caller's text given as a
+    # string is rendered here.
+    if cli is not None and (text is None or text_file is not None):
+        cmd = [cli, "analyze", m.path, "--from-tasks", m.tasks_dir, "--out", m.report_dir, "--quiet"]
+        cmd += _cli_args(options, text_file)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()}")
+        m.rendered_by = cli
+    else:
+        os.makedirs(m.report_dir, exist_ok=True)
+        _atomic_write(os.path.join(m.report_dir, "report.json"), json.dumps(m.report, indent=2))
+        m.rendered_by = "python (report.json only: no lipattn CLI found for the CSVs and plots)"
+
+
+def _sublayer_rows(name, report):
+    n_max = max(report["ns"])
+    rows = []
+    for op in report["operators"]:
+        if op["head"] is not None:
+            continue
+        p = next(p for p in op["points"] if p["n"] == n_max)
+        heads = [o for o in report["operators"] if o["layer"] == op["layer"] and o["head"] is not None]
+
+        def exponent(fit):
+            return None if fit is None else fit["exponent"]
+
+        def med(vals):
+            vals = sorted(v for v in vals if v is not None)
+            if not vals:
+                return None
+            k = len(vals) // 2
+            return vals[k] if len(vals) % 2 else 0.5 * (vals[k - 1] + vals[k])
+
+        rows.append(
+            {
+                "model": name,
+                "layer": op["layer"],
+                "radius": op["radius"],
+                "n": n_max,
+                "certified_frobenius": p["certified"]["frobenius"],
+                "text_max": p["text_max"],
+                "adversarial": p["adversarial"],
+                "gap": p["gap"],
+                "text_exponent": exponent(op["fit_text"]),
+                "adversarial_exponent": exponent(op["fit_adversarial"]),
+                "certified_exponent": exponent(op["fit_certified"]),
+                "head_text_exponent_median": med(exponent(h["fit_text"]) for h in heads),
+                "head_adversarial_exponent_median": med(exponent(h["fit_adversarial"]) for h in heads),
+            }
+        )
+    return rows
+
+
+COMPARISON_COLUMNS = (
+    "model",
+    "layer",
+    "radius",
+    "n",
+    "certified_frobenius",
+    "text_max",
+    "adversarial",
+    "gap",
+    "text_exponent",
+    "adversarial_exponent",
+    "certified_exponent",
+    "head_text_exponent_median",
+    "head_adversarial_exponent_median",
+)
+
+
+def _cell(v):
+    return "" if v is None else repr(v) if isinstance(v, float) else str(v)
+
+
+def _short(v):
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _comparison_svg(rows, path):
+    """Per layer, the sublayer's fitted exponents (text, adversarial) and its gap at the largest n,
+    one line per checkpoint."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    layers = sorted({r["layer"] for r in rows})
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    W, H, L, T, PW, PH, GAP = 980, 420 + 18 * len(models), 70, 40, 380, 300, 110
+    panels = [
+        ("text_exponent", "adversarial_exponent", "fitted exponent alpha (sublayer)", False),
+        ("gap", None, "gap: certified / attained at n = %d" % rows[0]["n"], True),
+    ]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">']
+    out.append(f'<rect width="{W}" height="{H}" fill="white"/>')
+    for k, (key, key2, title, log) in enumerate(panels):
+        x0 = L + k * (PW + GAP)
+        vals = [r[c] for r in rows for c in (key, key2) if c and r[c] is not None]
+        vals = [math.log10(v) for v in vals if v > 0] if log else vals
+        lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.5, hi + 0.5
+        pad = 0.05 * (hi - lo)
+        lo, hi = lo - pad, hi + pad
+        lmin, lmax = layers[0], layers[-1] if layers[-1] > layers[0] else layers[0] + 1
+
+        def sx(layer):
+            return x0 + (layer - lmin) / (lmax - lmin) * PW
+
+        def sy(v):
+            v = math.log10(v) if log else v
+            return T + PH - (v - lo) / (hi - lo) * PH
+
+        out.append(f'<rect x="{x0}" y="{T}" width="{PW}" height="{PH}" fill="none" stroke="black"/>')
+        out.append(f'<text x="{x0 + PW / 2}" y="{T - 12}" text-anchor="middle">{title}</text>')
+        out.append(f'<text x="{x0 + PW / 2}" y="{T + PH + 34}" text-anchor="middle">layer</text>')
+        for layer in layers:
+            out.append(f'<text x="{sx(layer):.1f}" y="{T + PH + 16}" text-anchor="middle">{layer}</text>')
+        for j in range(5):
+            v = lo + (hi - lo) * j / 4
+            y = T + PH - PH * j / 4
+            label = f"{10 ** v:.3g}" if log else f"{v:.3g}"
+            out.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+        for i, name in enumerate(models):
+            color = palette[i % len(palette)]
+            for c, dash in ((key, ""), (key2, ' stroke-dasharray="6,4"')):
+                if c is None:
+                    continue
+                pts = [(sx(r["layer"]), sy(r[c])) for r in rows if r["model"] == name and r[c] is not None and (r[c] > 0 or not log)]
+                if not pts:
+                    continue
+                line = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+                out.append(f'<polyline points="{line}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+                for x, y in pts:
+                    out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
+    y = T + PH + 60
+    out.append(f'<text x="{L}" y="{y}">solid: real text (median over windows); dashed: adversarial construction</text>')
+    for i, name in enumerate(models):
+        color = palette[i % len(palette)]
+        yy = y + 18 * (i + 1)
+        out.append(f'<line x1="{L}" y1="{yy - 4}" x2="{L + 24}" y2="{yy - 4}" stroke="{color}" stroke-width="2"/>')
+        out.append(f'<text x="{L + 30}" y="{yy}">{name}</text>')
+    out.append("</svg>")
+    _atomic_write(path, "\n".join(out) + "\n")
+
+
+def _write_comparison(out, sweeps):
+    rows = [r for m in sweeps if m.report is not None for r in _sublayer_rows(m.name, m.report)]
+    csv = [",".join(COMPARISON_COLUMNS)]
+    csv += [",".join(_cell(r[c]) for c in COMPARISON_COLUMNS) for r in rows]
+    _atomic_write(os.path.join(out, "comparison.csv"), "\n".join(csv) + "\n")
+    md = ["| " + " | ".join(COMPARISON_COLUMNS) + " |", "|" + "---|" * len(COMPARISON_COLUMNS)]
+    md += ["| " + " | ".join(_short(r[c]) for c in COMPARISON_COLUMNS) + " |" for r in rows]
+    failed = [m for m in sweeps if m.error is not None]
+    if failed:
+        md.append("")
+        md += [f"- {m.name}: failed: {m.error}" for m in failed]
+    _atomic_write(os.path.join(out, "comparison.md"), "\n".join(md) + "\n")
+    if rows:
+        _comparison_svg(rows, os.path.join(out, "comparison.svg"))
+
+
+def _progress(done, total, what, quiet):
+    if not quiet:
+        print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True)
+
+
+def sweep(
+    models,
+    out,
+    *,
+    text=None,
+    text_file=None,
+    ns=(8, 16, 32, 64, 128, 256, 512),
+    windows=2,
+    layers=None,
+    heads=True,
+    adversarial=True,
+    tol=1e-4,
+    cpus_per_task=1,
+    threads_per_task=None,
+    max_retries=3,
+    lipattn_bin=None,
+    quiet=False,
+    _crash_once=None,
+):
+    """Analyses each checkpoint directory of `models` on the Ray cluster `ray` is connected to
+    (call ``ray.init`` first, or use ``main``), writing ``out`` as the module's doc says.
+    Returns the summary written to ``out/sweep.json``. The options are those of
+    ``Model.analyze``; ``text`` None analyses the embedded GPL-3 text (``text_file`` names a
+    caller's text in the reports). Each task takes ``cpus_per_task`` CPUs of Ray and runs
+    lipattn on ``threads_per_task`` threads (default: ``cpus_per_task``); the reports equal those
+    of ``lipattn analyze`` run with ``RAYON_NUM_THREADS`` set to that number."""
+    ray = _ray()
+    if not ray.is_initialized():
+        raise RuntimeError("connect to a Ray cluster first (ray.init), or run python -m lipattn.cluster")
+    t0 = time.time()
+    options = {
+        "ns": [int(n) for n in ns],
+        "windows": int(windows),
+        "layers": None if layers is None else [int(layer) for layer in layers],
+        "heads": bool(heads),
+        "adversarial": bool(adversarial),
+        "tol": float(tol),
+    }
+    os.makedirs(out, exist_ok=True)
+    sweeps = [_ModelSweep(p, name, out) for p, name in zip(models, _model_names(models))]
+    loaded = {}
+    for m in sweeps:
+        try:
+            loaded[m.name] = _prepare(m, text, options)
+        except Exception as e:  # a broken checkpoint or a bad option: this model only
+            m.fail(f"{type(e).__name__}: {e}")
+
+    # Each task runs lipattn's rayon pool on `threads_per_task` threads, whatever the node's size:
+    # the last bits of some values depend on lipattn's thread count (docs/cluster.md#equality).
+    threads = cpus_per_task if threads_per_task is None else threads_per_task
+    remote = ray.remote(
+        num_cpus=cpus_per_task,
+        max_retries=max_retries,
+        retry_exceptions=False,
+        runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(threads)}},
+    )(_run_task)
+    text_ref = ray.put(text)
+    pending = {}
+    for m in sweeps:
+        if m.error is not None:
+            continue
+        for layer, n in m.tasks:
+            if (layer, n) not in m.results:
+                ref = remote.remote(os.path.abspath(m.path), layer, n, text_ref, options, _crash_once)
+                pending[ref] = (m, layer, n)
+    total = sum(len(m.tasks) for m in sweeps)
+    done = sum(m.reused for m in sweeps)
+    if done:
+        _progress(done, total, "reused from checkpoints", quiet)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            m, layer, n = pending.pop(ref)
+            done += 1
+            try:
+                result = ray.get(ref)
+            except Exception as e:
+                cause = getattr(e, "cause", None) or e
+                m.fail(f"task (layer {layer}, n = {n}): {type(cause).__name__}: {cause}")
+                for other in [r for r, (mm, _, _) in pending.items() if mm is m]:
+                    ray.cancel(other)
+                    pending.pop(other)
+                    done += 1
+                _progress(done, total, f"{m.name}: failed: {m.error}", quiet)
+                continue
+            _atomic_write(task_file(m.tasks_dir, layer, n), result)
+            m.results[(layer, n)] = result
+            m.computed += 1
+            secs = json.loads(result)["seconds"]
+            _progress(done, total, f"{m.name}: layer {layer}, n = {n} ({secs:.2f} s)", quiet)
+
+    cli = _find_cli(lipattn_bin)
+    for m in sweeps:
+        if m.error is not None:
+            continue
+        try:
+            _render(m, loaded[m.name], text, text_file, options, cli)
+        except Exception as e:
+            m.fail(f"merge: {type(e).__name__}: {e}")
+    _write_comparison(out, sweeps)
+    summary = {
+        "options": options,
+        "threads_per_task": threads,
+        "text": text_file or ("embedded GPL-3 text" if text is None else "text given by the caller"),
+        "seconds": time.time() - t0,
+        "models": [
+            {
+                "name": m.name,
+                "path": m.path,
+                "status": "failed" if m.error is not None else "ok",
+                "message": m.error,
+                "tasks": len(m.tasks),
+                "computed": m.computed,
+                "reused": m.reused,
+                "task_seconds": sum(json.loads(r)["seconds"] for r in m.results.values()),
+                "report": None if m.error is not None else os.path.join(m.name, "report"),
+                "rendered_by": m.rendered_by,
+            }
+            for m in sweeps
+        ],
+    }
+    _atomic_write(os.path.join(out, "sweep.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def _int_list(s):
+    return [int(x) for x in s.split(",") if x]
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="lipattn-cluster", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("analyze", help="lipattn analyze of one or many checkpoints on a Ray cluster")
+    a.add_argument("model", nargs="?", help="checkpoint directory (or use --models)")
+    a.add_argument("--models", help="DIR1,DIR2,... or glob patterns: one report per checkpoint")
+    where = a.add_mutually_exclusive_group()
+    where.add_argument("--address", help="Ray cluster address (ray://HOST:10001, HOST:6379 or 'auto')")
+    where.add_argument("--local", type=int, metavar="N", help="start a local Ray cluster of N worker CPUs")
+    a.add_argument("--out", default="lipattn-sweep", help="output directory (default lipattn-sweep)")
+    a.add_argument("--text", help="UTF-8 text file for the real-text windows (default: the embedded GPL-3 text)")
+    a.add_argument("--ns", type=_int_list, default=[8, 16, 32, 64, 128, 256, 512])
+    a.add_argument("--windows", type=int, default=2)
+    a.add_argument("--layers", type=_int_list, default=None)
+    a.add_argument("--no-heads", action="store_true")
+    a.add_argument("--no-adversarial", action="store_true")
+    a.add_argument("--tol", type=float, default=1e-4)
+    a.add_argument("--cpus-per-task", type=int, default=1, help="CPUs Ray reserves per task (default 1)")
+    a.add_argument(
+        "--threads-per-task",
+        type=int,
+        default=None,
+        help="lipattn threads per task (default: --cpus-per-task); the reports equal lipattn analyze's "
+        "with RAYON_NUM_THREADS set to it",
+    )
+    a.add_argument("--max-retries", type=int, default=3, help="Ray retries of a task whose worker died")
+    a.add_argument("--lipattn-bin", help="lipattn CLI for the CSVs and plots (default: $LIPATTN_BIN, then PATH)")
+    a.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    if (args.model is None) == (args.models is None):
+        print("lipattn-cluster: give exactly one of MODEL_DIR and --models", file=sys.stderr)
+        return 2
+    models = [args.model] if args.model else expand_models(args.models)
+    text = None
+    if args.text:
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+    ray = _ray()
+    if args.local is not None:
+        ray.init(address="local", num_cpus=args.local, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=args.address, log_to_driver=False)
+    try:
+        summary = sweep(
+            models,
+            args.out,
+            text=text,
+            text_file=args.text,
+            ns=args.ns,
+            windows=args.windows,
+            layers=args.layers,
+            heads=not args.no_heads,
+            adversarial=not args.no_adversarial,
+            tol=args.tol,
+            cpus_per_task=args.cpus_per_task,
+            threads_per_task=args.threads_per_task,
+            max_retries=args.max_retries,
+            lipattn_bin=args.lipattn_bin,
+            quiet=args.quiet,
+        )
+    finally:
+        ray.shutdown()
+    failed = [m for m in summary["models"] if m["status"] != "ok"]
+    for m in summary["models"]:
+        state = "ok" if m["status"] == "ok" else f"FAILED: {m['message']}"
+        print(f"{m['name']}: {state} ({m['computed']} tasks computed, {m['reused']} reused)")
+    print(f"wrote {os.path.join(args.out, 'sweep.json')} and the comparison table in {summary['seconds']:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
