@@ -216,6 +216,75 @@ pub fn matrix_in_place<'py>(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Mat
     Ok(MatrixInput::Copied(to_floats(&arr, what, false)?))
 }
 
+/// A 2-D float32/float64 input that a computation on a worker thread reads where it lies. A
+/// C-contiguous (row-major) or Fortran-contiguous array is shared, not copied: the worker holds
+/// a reference to the array, so its buffer lives as long as the computation (even one abandoned
+/// by Ctrl-C), and reads it through a faer view with the array's strides. As for
+/// `matrix_in_place`, the caller must not write to the array during the call. Anything else
+/// (other layouts, dtypes, lists, tensors converted to new arrays) is copied once.
+pub enum SharedMatrix {
+    F64(SharedArray<f64>),
+    F32(SharedArray<f32>),
+    Copied(Floats),
+}
+
+pub struct SharedArray<T> {
+    /// Keeps the array, hence its buffer, alive.
+    _owner: Py<PyAny>,
+    data: *const T,
+    n: usize,
+    d: usize,
+    row_major: bool,
+}
+
+// SAFETY: the buffer is only read, and `_owner` keeps it alive wherever the struct goes; numpy
+// arrays cannot be resized while another reference (this one) exists.
+unsafe impl<T: Sync> Send for SharedArray<T> {}
+
+impl<T: faer::traits::ComplexField> SharedArray<T> {
+    pub fn view(&self) -> MatRef<'_, T> {
+        // SAFETY: `data` points at n * d contiguous elements of the array `_owner` holds
+        // (checked in `matrix_shared`: 2-D, contiguous, non-empty).
+        let data = unsafe { std::slice::from_raw_parts(self.data, self.n * self.d) };
+        if self.row_major {
+            MatRef::from_row_major_slice(data, self.n, self.d)
+        } else {
+            MatRef::from_column_major_slice(data, self.n, self.d)
+        }
+    }
+}
+
+fn shared<T: Element>(a: &Bound<'_, PyArrayDyn<T>>) -> Option<SharedArray<T>> {
+    let (n, d) = (a.shape()[0], a.shape()[1]);
+    let row_major = a.is_c_contiguous();
+    (n > 0 && d > 0 && (row_major || a.is_fortran_contiguous())).then(|| SharedArray {
+        _owner: a.clone().into_any().unbind(),
+        data: a.data() as *const T,
+        n,
+        d,
+        row_major,
+    })
+}
+
+/// An (n, d) array as `matrix` reads it, shared instead of copied where its layout allows (see
+/// `SharedMatrix`).
+pub fn matrix_shared(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<SharedMatrix> {
+    let arr = float_array(obj, what, true)?;
+    if arr.ndim() == 2 {
+        if let Ok(a) = arr.cast::<PyArrayDyn<f64>>() {
+            if let Some(s) = shared(a) {
+                return Ok(SharedMatrix::F64(s));
+            }
+        }
+        if let Ok(a) = arr.cast::<PyArrayDyn<f32>>() {
+            if let Some(s) = shared(a) {
+                return Ok(SharedMatrix::F32(s));
+            }
+        }
+    }
+    Ok(SharedMatrix::Copied(to_floats(&arr, what, false)?))
+}
+
 #[pyfunction]
 fn _input_copies() -> u64 {
     COPIES.load(Ordering::Relaxed)

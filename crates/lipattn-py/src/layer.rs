@@ -2,8 +2,8 @@
 
 use crate::bounds as analysis;
 use crate::convert::{
-    cast, matrix, matrix_f64, matrix_in_place, optional_vector, to_numpy, vector_f64, Floats,
-    MatrixView,
+    cast, matrix, matrix_f64, matrix_in_place, matrix_shared, optional_vector, to_numpy,
+    vector_f64, Floats, MatrixView, SharedMatrix,
 };
 use crate::errors::{detached, interruptible, IntoPyResult};
 use crate::ints::PyInt;
@@ -488,7 +488,7 @@ impl PyAttentionLayer {
     /// ``method`` 'lanczos' (``tol`` = requested relative accuracy, an estimate) or 'power'
     /// (the anchor's rule: Rayleigh quotient change below 1e-4). Runs in the dtype of ``x``.
     /// Ctrl-C raises KeyboardInterrupt at once and stops the computation at its next iteration.
-    #[pyo3(signature = (x, *, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), weights=None, causal=None))]
+    #[pyo3(signature = (x, *, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), weights=None, causal=None, attention=LocalRequest::default().attention.name()))]
     #[allow(clippy::too_many_arguments)]
     fn local_constant(
         &self,
@@ -500,9 +500,13 @@ impl PyAttentionLayer {
         seed: PyInt,
         weights: Option<&Bound<'_, PyAny>>,
         causal: Option<bool>,
+        attention: &str,
     ) -> PyResult<PyLocalConstant> {
         crate::ints::unsigned!(max_iter, seed);
-        let req = local_request(method, tol, max_iter, seed)?;
+        let req = LocalRequest {
+            attention: attention.parse().py_err()?,
+            ..local_request(method, tol, max_iter, seed)?
+        };
         let w = optional_vector(weights, "weights")?;
         macro_rules! run {
             ($layer:expr, $x:expr) => {{
@@ -510,7 +514,7 @@ impl PyAttentionLayer {
                 let r = interruptible(py, move || {
                     let inputs = LocalInputs {
                         layer: &l,
-                        x: x.as_ref(),
+                        x: x.view(),
                         weights: w.as_deref(),
                         causal,
                         source: &origin,
@@ -520,9 +524,12 @@ impl PyAttentionLayer {
                 local_constant_result(py, r)
             }};
         }
-        match matrix(x, "tokens")? {
-            Floats::F64(x) => run!(self.layer.clone(), x),
-            Floats::F32(x) => run!(self.layer_f32(), x),
+        // A contiguous float32/float64 array is read where it lies (`SharedMatrix`).
+        match matrix_shared(x, "tokens")? {
+            SharedMatrix::F64(x) => run!(self.layer.clone(), x),
+            SharedMatrix::F32(x) => run!(self.layer_f32(), x),
+            SharedMatrix::Copied(Floats::F64(x)) => run!(self.layer.clone(), Owned(x)),
+            SharedMatrix::Copied(Floats::F32(x)) => run!(self.layer_f32(), Owned(x)),
         }
     }
 
@@ -817,4 +824,13 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyAttentionLayer>()?;
     m.add_class::<PyLinearization>()?;
     Ok(())
+}
+
+/// An owned matrix with the `view` of a `SharedArray`, for the copied inputs.
+struct Owned<T: Scalar>(Mat<T>);
+
+impl<T: Scalar> Owned<T> {
+    fn view(&self) -> faer::MatRef<'_, T> {
+        self.0.as_ref()
+    }
 }

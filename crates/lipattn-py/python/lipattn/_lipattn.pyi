@@ -162,6 +162,7 @@ class AttentionLayer:
         seed: int = 0,
         weights: Optional[ArrayLike] = None,
         causal: Optional[bool] = None,
+        attention: Literal["auto", "dense", "streaming"] = "auto",
     ) -> LocalConstant: ...
     def certified_bounds(self, radius: float, n: int, *, causal: Optional[bool] = None) -> dict[str, Any]: ...
     def lipschitz(

@@ -1,0 +1,81 @@
+"""`AttentionLayer.local_constant(attention=...)` and the shared (zero-copy) input of the local
+constant (docs/streaming.md#python): dense and streaming states give the same sigma, the result
+says which ran, a bad name is a ValueError naming `attention`; C- and Fortran-contiguous
+float32/float64 arrays are read where they lie (no input copy, `lipattn._lipattn._input_copies`),
+other inputs are copied once, and both give the same value."""
+import numpy as np
+import pytest
+
+import lipattn
+from lipattn import _lipattn
+
+RNG = np.random.default_rng(19)
+D, HEADS, DK = 16, 2, 8
+LAYER = lipattn.AttentionLayer(
+    wq=0.3 * RNG.standard_normal((HEADS * DK, D)), bq=np.zeros(HEADS * DK),
+    wk=0.3 * RNG.standard_normal((HEADS * DK, D)), bk=np.zeros(HEADS * DK),
+    wv=0.3 * RNG.standard_normal((HEADS * DK, D)), bv=np.zeros(HEADS * DK),
+    wo=0.3 * RNG.standard_normal((D, HEADS * DK)), bo=np.zeros(D), heads=HEADS)
+X = RNG.standard_normal((300, D))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_and_streaming_agree_and_say_which_ran(causal):
+    r = {a: LAYER.local_constant(X, tol=1e-10, causal=causal, attention=a) for a in ("dense", "streaming", "auto")}
+    assert {a: v.to_dict()["attention"] for a, v in r.items()} == {"dense": "dense", "streaming": "streaming",
+                                                                    "auto": "dense"}
+    assert r["streaming"].sigma == pytest.approx(r["dense"].sigma, rel=1e-9, abs=0)
+    assert r["auto"].sigma == r["dense"].sigma
+
+
+def test_auto_streams_when_the_budget_refuses_the_dense_state():
+    x = RNG.standard_normal((1500, D))  # dense state: 2 x 2 heads x 1500^2 f64 = 72 MB
+    lipattn.set_max_memory(32 << 20)
+    try:
+        with pytest.raises(MemoryError, match="attention of 1500 queries over 1500 tokens with 2 heads"):
+            LAYER.local_constant(x, tol=1e-8, attention="dense")
+        auto = LAYER.local_constant(x, tol=1e-8)
+    finally:
+        lipattn.set_max_memory(None)
+    assert auto.to_dict()["attention"] == "streaming"
+    dense = LAYER.local_constant(x, tol=1e-8, attention="dense")
+    assert auto.sigma == pytest.approx(dense.sigma, rel=1e-7, abs=0)
+
+
+def test_bad_attention_is_named():
+    with pytest.raises(ValueError, match="attention"):
+        LAYER.local_constant(X, attention="sparse")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_contiguous_inputs_are_not_copied(dtype, order):
+    x = np.asarray(X[:64], dtype=dtype, order=order)
+    before = _lipattn._input_copies()
+    shared = LAYER.local_constant(x, tol=1e-10)
+    assert _lipattn._input_copies() == before, "a contiguous array must be read where it lies"
+    # A strided view is copied once (the counter proves the counter counts), with the same result.
+    wide = np.zeros((64, 2 * D), dtype=dtype)
+    wide[:, ::2] = x
+    copied = LAYER.local_constant(wide[:, ::2], tol=1e-10)
+    assert _lipattn._input_copies() == before + 1
+    assert shared.sigma == copied.sigma
+    assert shared.dtype == ("f32" if dtype == np.float32 else "f64")
+    np.testing.assert_array_equal(shared.vector, copied.vector)
+
+
+def test_a_large_float32_array_goes_in_without_a_copy():
+    """32,768 x 384 float32, C order (50 MB): no input copy; a one-head layer of width 384 reads it (one
+    Lanczos step on the streaming state, causal)."""
+    d = 384
+    rng = np.random.default_rng(3)
+    layer = lipattn.AttentionLayer(
+        wq=0.05 * rng.standard_normal((2, d)), bq=np.zeros(2), wk=0.05 * rng.standard_normal((2, d)), bk=np.zeros(2),
+        wv=0.05 * rng.standard_normal((2, d)), bv=np.zeros(2), wo=0.05 * rng.standard_normal((d, 2)), bo=np.zeros(d),
+        heads=1)
+    x = rng.standard_normal((32_768, d), dtype=np.float32)
+    assert x.flags.c_contiguous
+    before = _lipattn._input_copies()
+    r = layer.local_constant(x, max_iter=1, causal=True, attention="streaming")
+    assert _lipattn._input_copies() == before
+    assert r.n == 32_768 and r.d == d and r.dtype == "f32" and np.isfinite(r.sigma) and r.sigma > 0
