@@ -582,6 +582,11 @@ fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
                 )
             })
             .fold(0.0f64, f64::max);
+        // The same change read through c W_Q^T and W_K^T, where the directional form applies.
+        let delta = hc
+            .directional
+            .as_ref()
+            .map_or(delta, |d| d.score_change(i, &row.keys, r).min(delta));
         delta_max = delta_max.max(delta);
         let factor = mul_up(row.f_round, exp_up(mul_up(2.0, add_up(row.tau, delta))));
         factors.push(factor);
@@ -868,6 +873,45 @@ mod tests {
             used * 2 > heads,
             "the directional form was smaller on {used} of {heads} heads"
         );
+    }
+
+    /// The score change Delta (the smaller of the first version's and the directional one's)
+    /// against the largest change of a row's scores measured between X and points of the ball
+    /// (scores differ from the centred ones by a per-row constant, so the row's change is
+    /// measured as half the spread of s_ij(Y) - s_ij(X) over j, which is what softmax sees).
+    #[test]
+    fn score_change_bounds_measured_changes() {
+        let mut worst = 0.0f64;
+        for case in 0..24u64 {
+            let layer = random_layer(12, 2, Kernel::Dot, 0.4, 900 + case).expect("layer");
+            let n = 5 + (case % 4) as usize;
+            let scale = [0.5, 2.0, 5.0][(case % 3) as usize];
+            let eps = [1e-3, 0.1, 1.0][(case / 3 % 3) as usize];
+            let mut rng = SplitMix::new(3000 + case);
+            let x = rng.gauss_mat::<f64>(n, 12) * scale;
+            let slope = attention_ball_slope(&layer, x.as_ref(), false, eps).expect("slope");
+            for _ in 0..8 {
+                let y = in_ball(&mut rng, &x, BallKind::Frobenius, eps);
+                for (h, hs) in slope.heads.iter().enumerate() {
+                    let sx = layer.scores(h, x.as_ref(), x.as_ref()).expect("scores");
+                    let sy = layer.scores(h, y.as_ref(), y.as_ref()).expect("scores");
+                    for i in 0..n {
+                        let d: Vec<f64> = (0..n).map(|j| sy[(i, j)] - sx[(i, j)]).collect();
+                        let hi = d.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let lo = d.iter().copied().fold(f64::INFINITY, f64::min);
+                        let change = 0.5 * (hi - lo);
+                        assert!(
+                            change <= hs.score_change * (1.0 + 1e-9) + 1e-12,
+                            "case {case}: score change {change} above {}",
+                            hs.score_change
+                        );
+                        worst = worst.max(change / hs.score_change);
+                    }
+                }
+            }
+        }
+        println!("largest measured/bound score change: {worst}");
+        assert!(worst > 0.0);
     }
 
     #[test]

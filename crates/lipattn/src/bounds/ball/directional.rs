@@ -211,6 +211,21 @@ impl DirectionalCentre {
         })
     }
 
+    /// A bound on the change of row i's centred scores over the ball: s_ij(Z) - s_ij(X) =
+    /// c (W_Q d_i) . (k_j - m) + q_i . W_K d_j + c (W_Q d_i) . (W_K d_j) with |d| <= r, so
+    /// |change| <= r ||c W_Q^T (k_j - m)|| + r ||W_K^T q_i|| + a_QK r^2.
+    pub(super) fn score_change(&self, i: usize, keys: &[usize], r: f64) -> f64 {
+        let g = keys
+            .iter()
+            .map(|&j| self.key_grad[j])
+            .fold(0.0f64, f64::max);
+        sum_up([
+            mul_up(r, g),
+            mul_up(r, self.query_key[i]),
+            mul_up(self.a_qk, mul_up(r, r)),
+        ])
+    }
+
     /// The head's contribution ||W_O^h D^2 o^h|| bounded on the ball of token radius r, where
     /// `factors[i]` bounds p_ij(Z) / p_hat_ij for every Z of the ball: the smaller of the two
     /// directional forms.
