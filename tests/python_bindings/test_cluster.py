@@ -62,8 +62,9 @@ def reference(minilm, tmp_path_factory):
 
 
 def test_command_local_cluster_equals_single_machine(tmp_path, minilm, lipattn_bin, reference):
-    """`python -m lipattn.cluster analyze --local 2` writes what `lipattn analyze` writes: the
-    same report.json values, the same CSVs and plots, byte for byte."""
+    """`python -m lipattn.cluster analyze --local 2`, one Ray task per (layer, n), writes what
+    `lipattn analyze` writes: the same report.json values, the same CSVs and plots, byte for
+    byte. (The other tests run one Ray task per layer, its two n sharing the layer's setup.)"""
     single = tmp_path / "single"
     subprocess.run(
         [lipattn_bin, "analyze", minilm, "--out", str(single), "--quiet", *CLI_GRID],
@@ -74,7 +75,8 @@ def test_command_local_cluster_equals_single_machine(tmp_path, minilm, lipattn_b
     out = tmp_path / "sweep"
     env = dict(os.environ, LIPATTN_BIN=lipattn_bin)
     done = subprocess.run(
-        [sys.executable, "-m", "lipattn.cluster", "analyze", minilm, "--local", "2", "--out", str(out), *CLI_GRID],
+        [sys.executable, "-m", "lipattn.cluster", "analyze", minilm, "--local", "2", "--ns-per-task", "1"]
+        + ["--out", str(out), *CLI_GRID],
         env=env,
         capture_output=True,
         text=True,

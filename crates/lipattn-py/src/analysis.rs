@@ -6,8 +6,8 @@
 use crate::convert::json_to_py;
 use crate::errors::interruptible;
 use lipattn::analysis::{
-    analysis_tasks, analyze, merge, run_task, AnalysisOptions, AnalysisTask, TaskResult, TextIds,
-    DEFAULT_TEXT, DEFAULT_TEXT_SOURCE,
+    analysis_tasks, analyze, merge, run_task, run_tasks, AnalysisOptions, AnalysisTask, TaskResult,
+    TextIds, DEFAULT_TEXT, DEFAULT_TEXT_SOURCE,
 };
 use lipattn::estimation::LanczosOptions;
 use lipattn::models::{Model, TextTokenizer};
@@ -111,6 +111,30 @@ pub fn run_one(
         let result = run_task(&model, Some(&ids), &opts, task)?;
         serde_json::to_string(&result)
             .map_err(|e| Error::Numerical(format!("serialising the task result: {e}")))
+    })
+}
+
+/// The tasks (layer, n) for every n of `ns` in one run sharing the layer's setup
+/// (`lipattn::analysis::run_tasks`): their results as JSON texts, n ascending.
+pub fn run_layer(
+    py: Python<'_>,
+    model: Arc<Model>,
+    tokenizer: Arc<TextTokenizer>,
+    r: Request,
+    layer: usize,
+    ns: Vec<usize>,
+) -> PyResult<Vec<String>> {
+    let opts = r.options()?;
+    let text = r.text;
+    interruptible(py, move || {
+        let ids = text_ids(&tokenizer, text.as_deref(), None)?;
+        run_tasks(&model, Some(&ids), &opts, layer, &ns)?
+            .iter()
+            .map(|result| {
+                serde_json::to_string(result)
+                    .map_err(|e| Error::Numerical(format!("serialising the task result: {e}")))
+            })
+            .collect()
     })
 }
 

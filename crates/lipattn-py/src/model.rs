@@ -705,6 +705,44 @@ impl PyModel {
         )
     }
 
+    /// Runs the tasks ``(layer, n)`` of ``analyze(text, **options)`` for every n of ``task_ns``
+    /// in one call, computing the layer's weights and structured-input geometry once; returns
+    /// their results as JSON strings, n ascending, each equal to ``analysis_task``'s.
+    #[pyo3(signature = (layer, task_ns, text=None, *, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
+    #[allow(clippy::too_many_arguments)]
+    fn analysis_layer_tasks(
+        &self,
+        py: Python<'_>,
+        layer: PyInt,
+        task_ns: Vec<PyInt>,
+        text: Option<String>,
+        ns: Vec<PyInt>,
+        windows: PyInt,
+        layers: Option<Vec<PyInt>>,
+        heads: bool,
+        adversarial: bool,
+        tol: f64,
+    ) -> PyResult<Vec<String>> {
+        crate::ints::unsigned!(layer, task_ns, ns, windows, layers);
+        let tokenizer = self.tokenizer(py)?;
+        crate::analysis::run_layer(
+            py,
+            self.model.clone(),
+            tokenizer,
+            crate::analysis::Request {
+                text,
+                ns,
+                windows,
+                layers,
+                heads,
+                adversarial,
+                tol,
+            },
+            layer,
+            task_ns,
+        )
+    }
+
     /// The report of ``analyze(text, **options)`` from the results of all its tasks (JSON
     /// strings from ``analysis_task``, in any order): the same dict, value for value, but
     /// ``seconds`` (the sum of the tasks'). ``text_source`` names the caller's text in it.

@@ -463,6 +463,21 @@ class Model:
     ) -> str:
         """Runs task ``(layer, n)`` of ``analyze(text, **options)``; its result as JSON text."""
         ...
+    def analysis_layer_tasks(
+        self,
+        layer: int,
+        task_ns: Sequence[int],
+        text: Optional[str] = None,
+        *,
+        ns: Sequence[int] = (8, 16, 32, 64, 128, 256, 512),
+        windows: int = 2,
+        layers: Optional[Sequence[int]] = None,
+        heads: bool = True,
+        adversarial: bool = True,
+        tol: float = 1e-4,
+    ) -> list[str]:
+        """Tasks ``(layer, n)`` for every n of ``task_ns`` in one call sharing the layer's setup."""
+        ...
     def merge_analysis(
         self,
         results: Sequence[str],

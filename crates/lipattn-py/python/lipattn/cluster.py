@@ -60,15 +60,16 @@ def _model(path):
     return m
 
 
-def _run_task(path, layer, n, text, options, crash_once=None):
-    """One (layer, n) task of the analysis of the checkpoint at `path`: its result as JSON text.
+def _run_tasks(path, layer, ns, text, options, crash_once=None):
+    """The (layer, n) tasks, n in `ns`, of the analysis of the checkpoint at `path`, in one call
+    sharing the layer's setup: their results as JSON texts, n ascending.
     `crash_once` (tests only): a file path; the first task to find it absent creates it and
     kills its own worker process, as a node failure would."""
     if crash_once is not None and not os.path.exists(crash_once):
         with open(crash_once, "w") as f:
             f.write(str(os.getpid()))
         os._exit(1)
-    return _model(path).analysis_task(layer, n, text, **options)
+    return _model(path).analysis_layer_tasks(layer, ns, text, **options)
 
 
 def _atomic_write(path, text):
@@ -380,6 +381,7 @@ def sweep(
     tol=1e-4,
     cpus_per_task=1,
     threads_per_task=None,
+    ns_per_task=None,
     max_retries=3,
     lipattn_bin=None,
     quiet=False,
@@ -391,7 +393,9 @@ def sweep(
     ``Model.analyze``; ``text`` None analyses the embedded GPL-3 text (``text_file`` names a
     caller's text in the reports). Each task takes ``cpus_per_task`` CPUs of Ray and runs
     lipattn on ``threads_per_task`` threads (default: ``cpus_per_task``); the reports equal those
-    of ``lipattn analyze`` run with ``RAYON_NUM_THREADS`` set to that number."""
+    of ``lipattn analyze`` run with ``RAYON_NUM_THREADS`` set to that number. A Ray task runs up to
+    ``ns_per_task`` n of one layer (default: all of them), sharing the layer's setup; each
+    (layer, n) result is checkpointed on its own."""
     ray = _ray()
     if not ray.is_initialized():
         raise RuntimeError("connect to a Ray cluster first (ray.init), or run python -m lipattn.cluster")
@@ -421,16 +425,22 @@ def sweep(
         max_retries=max_retries,
         retry_exceptions=False,
         runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(threads)}},
-    )(_run_task)
+    )(_run_tasks)
     text_ref = ray.put(text)
     pending = {}
     for m in sweeps:
         if m.error is not None:
             continue
+        todo = {}
         for layer, n in m.tasks:
             if (layer, n) not in m.results:
-                ref = remote.remote(os.path.abspath(m.path), layer, n, text_ref, options, _crash_once)
-                pending[ref] = (m, layer, n)
+                todo.setdefault(layer, []).append(n)
+        for layer, ns_left in todo.items():
+            k = len(ns_left) if ns_per_task is None else max(1, int(ns_per_task))
+            for i in range(0, len(ns_left), k):
+                chunk = ns_left[i : i + k]
+                ref = remote.remote(os.path.abspath(m.path), layer, chunk, text_ref, options, _crash_once)
+                pending[ref] = (m, layer, chunk)
     total = sum(len(m.tasks) for m in sweeps)
     done = sum(m.reused for m in sweeps)
     if done:
@@ -438,24 +448,26 @@ def sweep(
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
-            m, layer, n = pending.pop(ref)
-            done += 1
+            m, layer, chunk = pending.pop(ref)
             try:
-                result = ray.get(ref)
+                results = ray.get(ref)
             except Exception as e:
                 cause = getattr(e, "cause", None) or e
-                m.fail(f"task (layer {layer}, n = {n}): {type(cause).__name__}: {cause}")
+                m.fail(f"tasks (layer {layer}, n in {chunk}): {type(cause).__name__}: {cause}")
+                done += len(chunk)
                 for other in [r for r, (mm, _, _) in pending.items() if mm is m]:
                     ray.cancel(other)
-                    pending.pop(other)
-                    done += 1
+                    done += len(pending.pop(other)[2])
                 _progress(done, total, f"{m.name}: failed: {m.error}", quiet)
                 continue
-            _atomic_write(task_file(m.tasks_dir, layer, n), result)
-            m.results[(layer, n)] = result
-            m.computed += 1
-            secs = json.loads(result)["seconds"]
-            _progress(done, total, f"{m.name}: layer {layer}, n = {n} ({secs:.2f} s)", quiet)
+            secs = 0.0
+            for n, result in zip(chunk, results):
+                _atomic_write(task_file(m.tasks_dir, layer, n), result)
+                m.results[(layer, n)] = result
+                m.computed += 1
+                secs += json.loads(result)["seconds"]
+            done += len(chunk)
+            _progress(done, total, f"{m.name}: layer {layer}, n = {', '.join(map(str, chunk))} ({secs:.2f} s)", quiet)
 
     cli = _find_cli(lipattn_bin)
     for m in sweeps:
@@ -469,6 +481,7 @@ def sweep(
     summary = {
         "options": options,
         "threads_per_task": threads,
+        "ns_per_task": ns_per_task,
         "text": text_file or ("embedded GPL-3 text" if text is None else "text given by the caller"),
         "seconds": time.time() - t0,
         "models": [
@@ -520,6 +533,12 @@ def _parser():
         help="lipattn threads per task (default: --cpus-per-task); the reports equal lipattn analyze's "
         "with RAYON_NUM_THREADS set to it",
     )
+    a.add_argument(
+        "--ns-per-task",
+        type=int,
+        default=None,
+        help="n of one layer per Ray task, sharing the layer's setup (default: all; 1: one task per (layer, n))",
+    )
     a.add_argument("--max-retries", type=int, default=3, help="Ray retries of a task whose worker died")
     a.add_argument("--lipattn-bin", help="lipattn CLI for the CSVs and plots (default: $LIPATTN_BIN, then PATH)")
     a.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -555,6 +574,7 @@ def main(argv=None):
             tol=args.tol,
             cpus_per_task=args.cpus_per_task,
             threads_per_task=args.threads_per_task,
+            ns_per_task=args.ns_per_task,
             max_retries=args.max_retries,
             lipattn_bin=args.lipattn_bin,
             quiet=args.quiet,

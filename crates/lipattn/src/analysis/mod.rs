@@ -39,7 +39,7 @@ pub use pipeline::analyze;
 pub use report::{LayerDomain, ModelReport, OperatorReport, Point, RotaryAnalysis, SMALL_N_MAX};
 pub use request::{AnalysisOptions, Progress};
 pub use tasks::{
-    analysis_tasks, fingerprint, merge, run_task, AnalysisTask, TaskCertified, TaskResult,
-    TaskValues,
+    analysis_tasks, fingerprint, merge, run_task, run_tasks, AnalysisTask, TaskCertified,
+    TaskResult, TaskValues,
 };
 pub use text::{Corpus, TextIds, DEFAULT_TEXT, DEFAULT_TEXT_SOURCE, LICENCES_TEXT};

@@ -45,10 +45,10 @@ pub struct TaskResult {
     /// Of the options, the text and the model's shape (see [`fingerprint`]).
     pub fingerprint: String,
     /// Largest token norm at the layer's attention input over this n's real-text windows (0
-    /// without windows).
+    /// without windows), or over those of every n computed with it by [`run_tasks`].
     pub observed_max_norm: f64,
     pub operators: Vec<TaskValues>,
-    /// Wall time of the task.
+    /// Wall time of the task (its share of a [`run_tasks`] call).
     pub seconds: f64,
 }
 
@@ -158,40 +158,71 @@ pub fn run_task(
     opts: &AnalysisOptions,
     task: AnalysisTask,
 ) -> Result<TaskResult> {
+    let mut r = run_tasks(model, text, opts, task.layer, &[task.n])?;
+    Ok(r.pop().expect("one result per n"))
+}
+
+/// Runs the tasks (layer, n) of `analyze(model, text, opts)` for every n of `ns` at once,
+/// sharing what depends on the layer only (its weights, the heads' adversarial directions and
+/// transition geometries: a few d x d eigendecompositions per head), and returns one result per
+/// n, in the order of the sorted `ns`, each equal to `run_task`'s. The tasks' `seconds` share
+/// the call's wall time equally; `observed_max_norm` is taken over the windows of all of `ns`
+/// (the merge takes the maximum per layer).
+pub fn run_tasks(
+    model: &Model,
+    text: Option<&TextIds>,
+    opts: &AnalysisOptions,
+    layer: usize,
+    ns: &[usize],
+) -> Result<Vec<TaskResult>> {
     let t0 = Instant::now();
-    if !analysis_tasks(model, opts)?.contains(&task) {
+    let in_plan = |n: &usize| {
+        opts.ns.contains(n)
+            && opts
+                .layers
+                .as_ref()
+                .map_or(layer < model.num_layers(), |l| l.contains(&layer))
+    };
+    if ns.is_empty() || !ns.iter().all(in_plan) {
         return Err(Error::invalid(format!(
-            "task (layer {}, n = {}) is not in the analysis plan (layers {:?}, ns {:?})",
-            task.layer, task.n, opts.layers, opts.ns
+            "tasks (layer {layer}, n in {ns:?}) are not in the analysis plan (layers {:?}, ns {:?})",
+            opts.layers, opts.ns
         )));
     }
-    let one = AnalysisOptions {
-        ns: vec![task.n],
-        layers: Some(vec![task.layer]),
+    let some = AnalysisOptions {
+        ns: ns.to_vec(),
+        layers: Some(vec![layer]),
         ..opts.clone()
     };
-    let plan = plan(model, text, &one)?;
+    // Validates n against the position table and the layer against the model, as for analyze.
+    let plan = plan(model, text, &some)?;
     let mut done = 0;
-    let TextValues { sigma, observed } = text_pass(&plan, &one, &mut |_| {}, &mut done)?;
-    let structured = adversarial_pass(&plan, &one, &mut |_| {}, &mut done)?;
+    let TextValues { sigma, observed } = text_pass(&plan, &some, &mut |_| {}, &mut done)?;
+    let structured = adversarial_pass(&plan, &some, &mut |_| {}, &mut done)?;
     // The radius check needs the largest norm over every n: `merge` makes it.
     let certified = certify(&plan, false, &observed)?;
-    let operators = (0..plan.n_ops())
-        .map(|o| TaskValues {
-            text: sigma[0][o][0].clone(),
-            adversarial: structured.construction[0][o][0],
-            transition: structured.transition[0][o][0],
-            certified: certified[0][o][0].best.into(),
-            attention: plan.work[0].attention[o][0].name().to_string(),
+    let key = fingerprint(model, text, opts);
+    let seconds = t0.elapsed().as_secs_f64() / plan.ns.len() as f64;
+    Ok(plan
+        .ns
+        .iter()
+        .enumerate()
+        .map(|(ni, &n)| TaskResult {
+            task: AnalysisTask { layer, n },
+            fingerprint: key.clone(),
+            observed_max_norm: observed[0],
+            operators: (0..plan.n_ops())
+                .map(|o| TaskValues {
+                    text: sigma[0][o][ni].clone(),
+                    adversarial: structured.construction[0][o][ni],
+                    transition: structured.transition[0][o][ni],
+                    certified: certified[0][o][ni].best.into(),
+                    attention: plan.work[0].attention[o][ni].name().to_string(),
+                })
+                .collect(),
+            seconds,
         })
-        .collect();
-    Ok(TaskResult {
-        task,
-        fingerprint: fingerprint(model, text, opts),
-        observed_max_norm: observed[0],
-        operators,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+        .collect())
 }
 
 /// The report of `analyze(model, text, opts)` from the results of all its tasks, in any order
