@@ -546,21 +546,20 @@ fn head_centre(
     })
 }
 
+/// Bounds at X grown to the ball: each plus `rate` r (a map of norm at most `rate` moves that
+/// far when its token moves by r), rounded upward.
+fn grown(at_x: &[f64], rate: f64, r: f64) -> Vec<f64> {
+    let step = mul_up(rate, r);
+    at_x.iter().map(|&m| add_up(m, step)).collect()
+}
+
 /// One head's term H_h of Lemma S on the ball of token radius r.
 fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
     let (a_q, a_k, a_v, a_o) = (hc.a_q, hc.a_k, hc.a_v, hc.a_o);
     let n = hc.rows.len();
     let q_norm = &hc.q_norm;
-    let kappa: Vec<f64> = hc
-        .k_norm
-        .iter()
-        .map(|&m| add_up(m, mul_up(a_k, r)))
-        .collect();
-    let nu: Vec<f64> = hc
-        .v_norm
-        .iter()
-        .map(|&m| add_up(m, mul_up(a_v, r)))
-        .collect();
+    let kappa = grown(&hc.k_norm, a_k, r);
+    let nu = grown(&hc.v_norm, a_v, r);
     // Column sums of the attention matrix anywhere in the ball (C), and of the off-peak mass a
     // key carries (C~): omega_ij where j is not the row's peak, theta_i where it is (the peak's
     // own weight enters the centred sums only through 1 - p_peak).

@@ -9,7 +9,7 @@
 //! factors of the small (head-dimension) Gram matrices and scaled to the ball by the same
 //! per-row factor that bounds the probabilities there.
 
-use super::{Projected, RowCentre};
+use super::{grown, Projected, RowCentre};
 use crate::error::{Error, Result};
 use crate::linalg::rounding::{
     add_up, frob_up, mul_up, norm2_up, product_norm_up, product_with_error, spectral_up, sqrt_up,
@@ -233,21 +233,9 @@ impl DirectionalCentre {
         let n = rows.len();
         let (a_qk, a_ov) = (self.a_qk, self.a_ov);
         let sqrt2 = sqrt_up(2.0);
-        let g: Vec<f64> = self
-            .key_grad
-            .iter()
-            .map(|&x| add_up(x, mul_up(a_qk, r)))
-            .collect();
-        let hv: Vec<f64> = self
-            .value_out
-            .iter()
-            .map(|&x| add_up(x, mul_up(a_ov, r)))
-            .collect();
-        let qk: Vec<f64> = self
-            .query_key
-            .iter()
-            .map(|&x| add_up(x, mul_up(a_qk, r)))
-            .collect();
+        let g = grown(&self.key_grad, a_qk, r);
+        let hv = grown(&self.value_out, a_ov, r);
+        let qk = grown(&self.query_key, a_qk, r);
         let mut om: Vec<Vec<f64>> = Vec::with_capacity(n);
         let mut off: Vec<Vec<f64>> = Vec::with_capacity(n);
         let (mut big_p, mut theta) = (vec![0.0f64; n], vec![0.0f64; n]);
