@@ -68,6 +68,7 @@ LIMITS = {
     "--atol": ["1e-300", "1e300"],
     "--rtol": ["1e-300", "1e300"],
     "--max-iter": ["2", "1000000"],
+    "--max-basis": ["2", "3", "1000000"],
     "--max-steps": ["2", "4", "5"],  # --t 0.5 --dt 0.1 needs 5 steps
     "--t": ["1e-300", "1e300", "10", "10.1"],  # with --max-steps 100 and --dt 0.1
     "--dt": ["1e-300", "1e-9", "1e300"],
@@ -97,7 +98,7 @@ NUMERIC = {
     "forward": ["--layer", "--max-memory"],
     "hidden": ["--layer", "--max-tokens", "--max-memory"],
     "transport": ["--p", "--eps", "--tol", "--max-iter", "--max-memory"],
-    "local": ["--layer", "--head", "--tol", "--max-iter", "--seed", "--max-tokens", "--upper-failure-probability",
+    "local": ["--layer", "--head", "--tol", "--max-iter", "--max-basis", "--seed", "--max-tokens", "--upper-failure-probability",
               "--upper-steps", "--max-memory"],
     "lipschitz": ["--layer", "--head", "--radius", "--n", "--starts", "--steps", "--atoms", "--seed",
                   "--max-memory"],
@@ -117,7 +118,7 @@ NUMERIC = {
              "--gronwall", "--mean-field", "--mean-field-reference", "--mean-field-replicates", "--max-memory"],
 }
 OTHER = {
-    "analyze": ["--text", "--out", "--attention", "--corpus"],
+    "analyze": ["--text", "--out", "--attention", "--corpus", "--from-tasks"],
     "forward": ["--model", "--tokens", "--weights", "--kernel", "--out"],
     "hidden": ["--model", "--text", "--out", "--ids-out"],
     "transport": ["--wa", "--wb", "--cost", "--method", "--plan"],

@@ -76,6 +76,10 @@ pub struct LocalArgs {
     /// statistics (O(n d) memory, docs/streaming.md), or auto (dense when it fits --max-memory).
     #[arg(long, value_parser = named::<AttentionMemory>(), default_value_t = LocalRequest::default().attention)]
     attention: AttentionMemory,
+    /// Keep at most K Krylov vectors in Lanczos, restarting from the top Ritz vector when full
+    /// (memory K n d instead of one n d vector a step; f64 Lanczos only).
+    #[arg(long, value_name = "K")]
+    max_basis: Option<usize>,
     /// Write the top right singular vector (n, d) as float64 .npy.
     #[arg(long)]
     save_vector: Option<PathBuf>,
@@ -94,6 +98,7 @@ impl From<&LocalArgs> for LocalRequest {
             head: a.head,
             dtype: a.dtype,
             attention: a.attention,
+            max_basis: a.max_basis,
         }
     }
 }

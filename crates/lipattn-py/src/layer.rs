@@ -38,6 +38,7 @@ pub(crate) fn local_request(
         head: None,
         dtype: lipattn::ops::local::LocalDtype::F64,
         attention: lipattn::ops::local::AttentionMemory::Auto,
+        ..LocalRequest::default()
     })
 }
 

@@ -349,6 +349,49 @@ fn lanczos_on<T: Scalar, L: LinearizedMap<T>>(
     ))
 }
 
+/// Lanczos with at most `max_basis` stored vectors (and images): explicitly restarted. Each
+/// cycle runs [`lanczos`] for up to `max_basis` steps from the previous cycle's top Ritz vector
+/// (the first from the seeded Gaussian), until a cycle meets the stopping rule of `lanczos` or
+/// `opts.max_iter` steps have run in all; the Krylov storage is then `max_basis` (n d + image)
+/// values instead of one n d vector a step. Restarting from the top Ritz vector keeps the
+/// iteration on the same top singular pair (the Rayleigh quotient never decreases from cycle to
+/// cycle), at the price of more steps than the uncapped run. `iterations` and `history` cover
+/// every cycle; `sigma`, the vectors and `rel_error` are the last cycle's.
+pub fn lanczos_restarted<T: Scalar, L: LinearizedMap<T>>(
+    lin: &L,
+    opts: &LanczosOptions,
+    max_basis: usize,
+    start: Option<MatRef<'_, T>>,
+) -> Result<TopSingular<T>> {
+    opts.check()?;
+    // One step cannot estimate its own error (the rule needs the change over a step).
+    check_at_least("max_basis", max_basis, 2)?;
+    let normal = lin.normal_data();
+    let mut history = vec![];
+    let mut done = 0;
+    let mut v: Option<Mat<T>> = start.map(|s| s.to_owned());
+    loop {
+        let cycle = LanczosOptions {
+            max_iter: max_basis.min(opts.max_iter - done),
+            // Later cycles start from the Ritz vector, not from a seed.
+            ..opts.clone()
+        };
+        let (top, _) = lanczos_on(lin, &normal, &cycle, v.as_ref().map(|m| m.as_ref()), true)?;
+        done += top.iterations;
+        history.extend_from_slice(&top.history);
+        // A cycle that stopped before its cap met the rule (or broke down: exact).
+        let last = top.converged || done >= opts.max_iter || top.iterations < cycle.max_iter;
+        if last {
+            return Ok(TopSingular {
+                iterations: done,
+                history,
+                ..top
+            });
+        }
+        v = Some(top.vector);
+    }
+}
+
 /// Lanczos in f32, then the f32 top vector refined in f64: the f64 value is what is reported.
 ///
 /// The f32 stage finds the top singular vector v at half the bytes and twice the SIMD width; its

@@ -25,7 +25,8 @@ pub use cross_pairs::{
     CrossSearchResult,
 };
 pub use lanczos::{
-    lanczos, local_norm, local_norm_of, local_norm_refined, LanczosOptions, LocalNorm, Method,
+    lanczos, lanczos_restarted, local_norm, local_norm_of, local_norm_refined, LanczosOptions,
+    LocalNorm, Method,
 };
 pub use measure_pairs::{search_pairs, MeasurePair, PairSearchOptions, PairSearchResult};
 pub use power::{power_iteration, PowerOptions};

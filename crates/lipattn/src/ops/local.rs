@@ -59,6 +59,10 @@ pub struct LocalRequest {
     pub dtype: LocalDtype,
     /// Dense or streaming attention state (plain sublayers; rotary ones are dense).
     pub attention: AttentionMemory,
+    /// Lanczos keeps at most this many Krylov vectors (and images), restarting from its top
+    /// Ritz vector when full (`estimation::lanczos_restarted`); None: one a step, up to
+    /// `max_iter`. f64 Lanczos only.
+    pub max_basis: Option<usize>,
 }
 
 impl Default for LocalRequest {
@@ -71,6 +75,7 @@ impl Default for LocalRequest {
             head: None,
             dtype: LocalDtype::F64,
             attention: AttentionMemory::Auto,
+            max_basis: None,
         }
     }
 }
@@ -84,6 +89,20 @@ impl LocalRequest {
                 "`dtype` 'f32' needs `method` 'lanczos' (got '{}'): power iteration runs in f64",
                 self.method.name()
             )));
+        }
+        if let Some(k) = self.max_basis {
+            if self.method != LocalMethod::Lanczos || self.dtype != LocalDtype::F64 {
+                return Err(Error::invalid(format!(
+                    "`max_basis` caps the basis of f64 Lanczos (got `method` '{}', `dtype` '{}')",
+                    self.method.name(),
+                    self.dtype.name()
+                )));
+            }
+            if k < 2 {
+                return Err(Error::invalid(format!(
+                    "`max_basis` must be at least 2 (a restarted cycle needs two steps to estimate its error), got {k}"
+                )));
+            }
         }
         Ok(())
     }
@@ -207,6 +226,16 @@ pub fn run<T: Scalar>(
                     || StreamingLinearization::new(&l64, x64.as_ref(), w, causal, block),
                 )?)
             }
+            (_, Method::Lanczos(o), false) if req.max_basis.is_some() => {
+                restarted(inputs.x, o, req.max_basis, || {
+                    Linearization::new(layer, inputs.x, w, causal)
+                })?
+            }
+            (_, Method::Lanczos(o), true) if req.max_basis.is_some() => {
+                restarted(inputs.x, o, req.max_basis, || {
+                    StreamingLinearization::new(layer, inputs.x, w, causal, block)
+                })?
+            }
             (_, m, false) => local_norm(layer, inputs.x, w, causal, m)?,
             (_, m, true) => local_norm_of(inputs.x, m, || {
                 StreamingLinearization::new(layer, inputs.x, w, causal, block)
@@ -278,6 +307,11 @@ pub fn run_rotary(
                 || RotaryLinearization::new(&l32, x32.as_ref()),
                 || RotaryLinearization::new(layer, inputs.x),
             )?
+        }
+        (_, Method::Lanczos(o)) if req.max_basis.is_some() => {
+            restarted(inputs.x, o, req.max_basis, || {
+                RotaryLinearization::new(layer, inputs.x)
+            })?
         }
         (_, m) => local_norm_of(inputs.x, m, || RotaryLinearization::new(layer, inputs.x))?,
     };
@@ -388,4 +422,22 @@ fn recast<T: Scalar>(r: LocalNorm<f64>) -> LocalNorm<T> {
         seconds: r.seconds,
         method: r.method,
     }
+}
+
+/// `local_norm_of` with Lanczos restarted at `max_basis` vectors.
+fn restarted<T: Scalar, L: crate::derivatives::LinearizedMap<T>>(
+    x: MatRef<'_, T>,
+    o: &LanczosOptions,
+    max_basis: Option<usize>,
+    linearize: impl FnOnce() -> Result<L>,
+) -> Result<LocalNorm<T>> {
+    let start = std::time::Instant::now();
+    let lin = linearize()?;
+    let top = crate::estimation::lanczos_restarted(&lin, o, max_basis.expect("checked"), None)?;
+    Ok(LocalNorm {
+        top,
+        x: x.to_owned(),
+        seconds: start.elapsed().as_secs_f64(),
+        method: "lanczos",
+    })
 }

@@ -125,8 +125,12 @@ pub fn run_scope(
     });
     let start = std::time::Instant::now();
     let (output, lin) = weights.linearize(x)?;
+    req.check()?;
     let top = match &req.estimator() {
-        Method::Lanczos(o) => lanczos(&lin, o, None)?,
+        Method::Lanczos(o) => match req.max_basis {
+            Some(k) => crate::estimation::lanczos_restarted(&lin, o, k, None)?,
+            None => lanczos(&lin, o, None)?,
+        },
         Method::Power(o) => power_iteration(&lin, o, None)?,
     };
     let seconds = start.elapsed().as_secs_f64();
