@@ -13,7 +13,7 @@ use super::{grown, Projected, RowCentre};
 use crate::error::{Error, Result};
 use crate::linalg::rounding::{
     add_up, frob_up, mul_up, norm2_up, product_norm_up, product_with_error, spectral_up, sqrt_up,
-    sum_up, UNIT_ROUNDOFF,
+    sum_up, ETA, UNIT_ROUNDOFF,
 };
 use faer::{Mat, MatRef, Side};
 
@@ -69,8 +69,12 @@ fn weighted_top(img: &Images, keys: &[usize], s: &[f64], shift: Option<usize>) -
     let k = img.rows.ncols();
     let at = |j: usize, t: usize| img.rows[(j, t)] - shift.map_or(0.0, |b| img.rows[(b, t)]);
     let m = Mat::from_fn(keys.len(), k, |r, t| s[r] * at(keys[r], t));
-    // Each entry rounds twice (the shift and the scaling): 3u of its size covers both.
-    let formed = mul_up(3.0 * UNIT_ROUNDOFF, frob_up(m.as_ref()));
+    // Each entry rounds twice (the shift and the scaling): 3u of its size covers both, plus
+    // ETA for a product that underflows.
+    let formed = add_up(
+        mul_up(3.0 * UNIT_ROUNDOFF, frob_up(m.as_ref())),
+        mul_up(ETA, (keys.len() * k) as f64),
+    );
     let exact_err = norm2_up(keys.iter().zip(s).map(|(&j, &sj)| {
         let e = add_up(img.errors[j], shift.map_or(0.0, |b| img.errors[b]));
         mul_up(sj, e)
