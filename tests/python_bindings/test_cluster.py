@@ -203,3 +203,183 @@ def test_broken_checkpoints_fail_only_their_reports(tmp_path, minilm, ray_cluste
     md = (out / "comparison.md").read_text()
     assert "c_nan_layer1: failed" in md and "d_truncated: failed" in md
     assert (out / "comparison.svg").read_text().count("<polyline") >= 4
+
+
+# --- certification sweeps: `python -m lipattn.cluster certify`, `cluster.certify_sweep` ---------
+
+CERT_TEXT = (
+    "Attention layers mix the tokens of a sequence by weights that depend on the tokens themselves, "
+    "so their Lipschitz constants grow with the length of the input and with the spread of the "
+    "scores. A local certificate bounds the slope of the map on a small ball around one input: it "
+    "holds for every perturbation within the radius, unlike an attack, which only finds one. The "
+    "certificates here are cut into windows of a text and computed one task at a time on a cluster."
+)
+# MiniLM, layers 0 and 1, two windows of n = 8 tokens, two radii: eight certificates a model
+# (one random start of the ascent besides X, to keep the test short).
+CERT_GRID = dict(max_tokens=8, windows=2, layers=[0, 1], epsilon=[1e-4, 1e-3], scope="attention", attack_starts=1)
+CERT_CLI_GRID = ["--n", "8", "--windows", "2", "--layers", "0,1", "--epsilon", "1e-4,1e-3"]
+CERT_CLI_GRID += ["--scope", "attention", "--attack-starts", "1"]
+
+
+@pytest.fixture(scope="module")
+def certify_reference(minilm, tmp_path_factory):
+    """Direct `Model.certify` calls on the grid's windows (words [w*24, (w+1)*24) of CERT_TEXT),
+    in a process of one lipattn thread, in the order layer, window, epsilon: {(layer, window,
+    epsilon): dict}."""
+    d = tmp_path_factory.mktemp("certify_reference")
+    out = d / "reference.pkl"
+    code = """
+import pickle, sys, lipattn
+text, path, out = sys.argv[1], sys.argv[2], sys.argv[3]
+words = text.split()
+m = lipattn.Model(path)
+ref = {}
+for layer in (0, 1):
+    for w in (0, 1):
+        window = " ".join(words[w * 24 : (w + 1) * 24])
+        for eps in (1e-4, 1e-3):
+            ref[(layer, w, eps)] = m.certify(layer, eps, text=window, max_tokens=8, scope="attention", attack_starts=1)
+pickle.dump(ref, open(out, "wb"))
+"""
+    subprocess.run([sys.executable, "-c", code, CERT_TEXT, os.path.abspath(minilm), str(out)], check=True, env=one_thread())
+    import pickle
+
+    with open(out, "rb") as f:
+        return pickle.load(f)
+
+
+def same_certificate(got, want, path_as=None):
+    """Value for value, except the wall time; arrays bit for bit. `path_as`: (path in `got`, the
+    path `want` was computed with)."""
+    assert set(got) == set(want)
+    for k in want:
+        if k == "seconds":
+            continue
+        a, b = got[k], want[k]
+        if isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), k
+        elif k == "description" and path_as is not None:
+            assert a.replace(*path_as) == b, k
+        else:
+            assert a == b, k
+
+
+def test_certify_command_equals_direct_calls_and_resumes(tmp_path, minilm, ray_cluster, certify_reference):
+    """`python -m lipattn.cluster certify --address` (the module's running cluster): one Ray task
+    per (layer, window, epsilon), each certificate equal to a direct `Model.certify` call with
+    the same arguments; certificates.json in the order layer, window, epsilon, the CSV and the
+    median table. A resumed sweep recomputes only the lost task, then nothing."""
+    text = tmp_path / "text.txt"
+    text.write_text(CERT_TEXT)
+    out = tmp_path / "sweep"
+    model = os.path.abspath(minilm)
+    done = subprocess.run(
+        [sys.executable, "-m", "lipattn.cluster", "certify", model, "--text", str(text), *CERT_CLI_GRID]
+        + ["--address", ray.get_runtime_context().gcs_address, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "[8/8]" in done.stderr, done.stderr
+    summary = load(out / "sweep.json")
+    (m,) = summary["models"]
+    assert (m["status"], m["tasks"], m["computed"], m["reused"]) == ("ok", 8, 8, 0), m
+    assert summary["windows"] == [{"window": 0, "words": [0, 24]}, {"window": 1, "words": [24, 48]}]
+
+    records = load(out / "certificates.json")
+    keys = [(r["certificate"]["layer"], r["window"], r["certificate"]["epsilon"]) for r in records]
+    assert keys == list(certify_reference)  # model, layer, window, epsilon
+    for r, key in zip(records, keys):
+        assert r["model"] == m["name"]
+        same_certificate(cluster.load_certificate_arrays(out / m["name"], r["certificate"]), certify_reference[key])
+
+    rows = (out / "certificates.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    for col in ("scope", "layer", "window", "n", "epsilon", "certified", "certified_kind", "failure_probability"):
+        assert col in header
+    for col in ("attained", "ratio", "output_change", "seconds"):
+        assert col in header
+    assert len(rows) == 9
+    for line, key in zip(rows[1:], keys):
+        row = dict(zip(header, line.split(",")))
+        want = certify_reference[key]
+        assert (int(row["layer"]), int(row["window"]), float(row["epsilon"])) == key
+        assert (row["scope"], int(row["n"]), row["certified_kind"]) == ("attention", 8, want["certified_kind"])
+        for col in ("certified", "failure_probability", "attained", "ratio", "output_change"):
+            assert float(row[col]) == want[col], col
+    md = (out / "certificates.md").read_text().splitlines()
+    assert md[2].startswith("| model | layer | epsilon | median certified/attained |")
+    table = md[4:]
+    assert len(table) == 4  # (layer, epsilon)
+    ratio = np.median([certify_reference[(1, w, 1e-3)]["ratio"] for w in (0, 1)])
+    assert table[3].startswith(f"| {m['name']} | 1 | 0.001 | {ratio:.3g} |"), table
+
+    tasks = out / m["name"] / "tasks"
+    files = sorted(tasks.glob("*.json"))
+    assert len(files) == 8 and len(list(tasks.glob("*.npy"))) == 16
+    stamps = {f.name: f.stat().st_mtime_ns for f in tasks.iterdir()}
+    lost = 5
+    stem = cluster.certificate_stem(*keys[lost])
+    (tasks / f"{stem}.json").unlink()  # as if the sweep had died before this task finished
+    s = cluster.certify_sweep([model], str(out), text=CERT_TEXT, quiet=True, **CERT_GRID)
+    (m,) = s["models"]
+    assert (m["status"], m["computed"], m["reused"]) == ("ok", 1, 7), m
+    stamps = {k: v for k, v in stamps.items() if not k.startswith(stem + ".")}
+    assert {f.name: f.stat().st_mtime_ns for f in tasks.iterdir() if not f.name.startswith(stem + ".")} == stamps
+    s = cluster.certify_sweep([model], str(out), text=CERT_TEXT, quiet=True, **CERT_GRID)
+    (m,) = s["models"]
+    assert (m["status"], m["computed"], m["reused"]) == ("ok", 0, 8), m
+    assert {f.name: f.stat().st_mtime_ns for f in tasks.iterdir() if not f.name.startswith(stem + ".")} == stamps
+    again = load(out / "certificates.json")
+    assert [r for i, r in enumerate(again) if i != lost] == [r for i, r in enumerate(records) if i != lost]
+    for r, key in zip(again, keys):
+        same_certificate(cluster.load_certificate_arrays(out / m["name"], r["certificate"]), certify_reference[key])
+
+    # Other options must not reuse these certificates.
+    s = cluster.certify_sweep([model], str(out), text=CERT_TEXT, quiet=True, **dict(CERT_GRID, epsilon=[1e-2]))
+    (m,) = s["models"]
+    assert m["status"] == "failed" and "another sweep" in m["message"], m
+
+
+def test_certify_broken_checkpoints_fail_only_their_models(tmp_path, minilm, ray_cluster, certify_reference):
+    """--models over a glob: the good checkpoint's certificates equal the direct calls; one whose
+    layer-1 certificates raise, and one whose file is truncated, fail with their messages in
+    sweep.json and certificates.md, and appear nowhere in certificates.json."""
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    os.symlink(os.path.abspath(minilm), ckpts / "a_good")
+    nan_in_layer1(minilm, str(ckpts / "c_nan_layer1"))
+    (ckpts / "d_truncated").mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(os.path.join(minilm, name), ckpts / "d_truncated")
+    (ckpts / "d_truncated" / "model.safetensors").write_bytes(open(os.path.join(minilm, "model.safetensors"), "rb").read(100000))
+
+    out = tmp_path / "sweep"
+    grid = dict(CERT_GRID, windows=1, epsilon=[1e-4])
+    s = cluster.certify_sweep(cluster.expand_models(str(ckpts / "*")), str(out), text=CERT_TEXT, quiet=True, **grid)
+    by = {m["name"]: m for m in s["models"]}
+    assert list(by) == ["a_good", "c_nan_layer1", "d_truncated"]
+    assert (by["a_good"]["status"], by["a_good"]["computed"]) == ("ok", 2), by["a_good"]
+    c = by["c_nan_layer1"]
+    assert c["status"] == "failed" and "layer 1" in c["message"] and "NaN" in c["message"], c
+    d = by["d_truncated"]
+    assert d["status"] == "failed" and "safetensors" in d["message"], d
+    assert load(out / "sweep.json") == s
+
+    records = load(out / "certificates.json")
+    assert [(r["model"], r["certificate"]["layer"], r["window"]) for r in records] == [("a_good", 0, 0), ("a_good", 1, 0)]
+    path_as = (str(ckpts / "a_good"), os.path.abspath(minilm))
+    for r in records:
+        key = (r["certificate"]["layer"], 0, 1e-4)
+        same_certificate(cluster.load_certificate_arrays(out / "a_good", r["certificate"]), certify_reference[key], path_as)
+    assert len((out / "certificates.csv").read_text().splitlines()) == 3
+    md = (out / "certificates.md").read_text()
+    assert "c_nan_layer1: failed" in md and "d_truncated: failed" in md
+
+
+def test_certify_refuses_a_short_text_and_layers_with_scope_model(tmp_path, ray_cluster):
+    with pytest.raises(ValueError, match="words"):
+        cluster.certify_sweep(["x"], str(tmp_path), text="too short", max_tokens=8, epsilon=1e-3)
+    with pytest.raises(ValueError, match="no layers"):
+        cluster.certify_sweep(["x"], str(tmp_path), text=CERT_TEXT, max_tokens=8, epsilon=1e-3, scope="model", layers=[0])

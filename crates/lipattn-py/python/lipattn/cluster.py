@@ -1,5 +1,6 @@
-"""Sweeps of ``lipattn analyze`` on a Ray cluster: ``python -m lipattn.cluster analyze ...`` or
-``lipattn-cluster analyze ...`` (``pip install lipattn[ray]``).
+"""Sweeps of ``lipattn analyze`` and ``lipattn certify`` on a Ray cluster: ``python -m
+lipattn.cluster analyze|certify ...`` or ``lipattn-cluster analyze|certify ...``
+(``pip install lipattn[ray]``).
 
 The analysis of each checkpoint is cut into its (layer, n) tasks (``Model.analysis_tasks``), each
 run as a Ray task (``Model.analysis_task``, GIL released) on a worker that keeps every checkpoint
@@ -16,6 +17,12 @@ Layout of ``--out DIR``::
     DIR/<model>/options.json       what the checkpointed tasks were computed with
     DIR/<model>/tasks/             one JSON result per (layer, n) task
     DIR/<model>/report/            report.json (+ CSVs and plots when the lipattn CLI is found)
+
+``certify`` (``certify_sweep``) runs ``Model.certify`` as one Ray task per (model, layer, window,
+epsilon) on windows of a text, with the same workers, checkpoints, resume and faults; it writes
+``DIR/certificates.json`` (records in the order model, layer, window, epsilon),
+``certificates.csv``, ``certificates.md`` (medians over the windows), ``sweep.json`` and
+``DIR/<model>/tasks/`` (each certificate's JSON and its arrays as .npy files).
 
 docs/cluster.md in the repository describes the cut, the faults and measured scaling.
 """
@@ -148,12 +155,10 @@ def _identity(path, text, options):
     }
 
 
-def _prepare(m, text, options):
-    """Lists the model's tasks and reads its checkpointed results."""
-    import lipattn
-
+def _claim(m, ident):
+    """Creates the model's task directory, or checks that its checkpointed tasks were computed
+    for `ident` (options.json)."""
     os.makedirs(m.tasks_dir, exist_ok=True)
-    ident = _identity(m.path, text, options)
     ident_path = os.path.join(m.dir, "options.json")
     if os.path.exists(ident_path):
         with open(ident_path) as f:
@@ -164,6 +169,13 @@ def _prepare(m, text, options):
             )
     else:
         _atomic_write(ident_path, json.dumps(ident, indent=2))
+
+
+def _prepare(m, text, options):
+    """Lists the model's tasks and reads its checkpointed results."""
+    import lipattn
+
+    _claim(m, _identity(m.path, text, options))
     model = lipattn.Model(m.path)
     m.tasks = model.analysis_tasks(**options)
     for layer, n in m.tasks:
@@ -367,6 +379,44 @@ def _progress(done, total, what, quiet):
         print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True)
 
 
+def _remote(ray, fn, cpus_per_task, threads, max_retries):
+    """`fn` as a Ray task taking `cpus_per_task` CPUs, run with lipattn on `threads` threads,
+    retried `max_retries` times when its worker dies (an exception it raises is not retried)."""
+    return ray.remote(
+        num_cpus=cpus_per_task,
+        max_retries=max_retries,
+        retry_exceptions=False,
+        runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(threads)}},
+    )(fn)
+
+
+def _drain(ray, pending, total, done, quiet):
+    """Waits for the Ray tasks of `pending` (ref -> (model sweep, what the task computes, the
+    number of results it counts for, finish)), calling finish(result) on each success (it
+    checkpoints the result and returns the progress line). A task that raises fails its model
+    with the message, and that model's other tasks are cancelled; the other models go on."""
+    if done:
+        _progress(done, total, "reused from checkpoints", quiet)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            m, what, count, finish = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as e:
+                cause = getattr(e, "cause", None) or e
+                m.fail(f"{what}: {type(cause).__name__}: {cause}")
+                done += count
+                for other in [r for r, v in pending.items() if v[0] is m]:
+                    ray.cancel(other)
+                    done += pending.pop(other)[2]
+                _progress(done, total, f"{m.name}: failed: {m.error}", quiet)
+                continue
+            line = finish(result)
+            done += count
+            _progress(done, total, f"{m.name}: {line}", quiet)
+
+
 def sweep(
     models,
     out,
@@ -420,12 +470,7 @@ def sweep(
     # Each task runs lipattn's rayon pool on `threads_per_task` threads, whatever the node's size:
     # the last bits of some values depend on lipattn's thread count (docs/cluster.md#equality).
     threads = cpus_per_task if threads_per_task is None else threads_per_task
-    remote = ray.remote(
-        num_cpus=cpus_per_task,
-        max_retries=max_retries,
-        retry_exceptions=False,
-        runtime_env={"env_vars": {"RAYON_NUM_THREADS": str(threads)}},
-    )(_run_tasks)
+    remote = _remote(ray, _run_tasks, cpus_per_task, threads, max_retries)
     text_ref = ray.put(text)
     pending = {}
     for m in sweeps:
@@ -440,34 +485,18 @@ def sweep(
             for i in range(0, len(ns_left), k):
                 chunk = ns_left[i : i + k]
                 ref = remote.remote(os.path.abspath(m.path), layer, chunk, text_ref, options, _crash_once)
-                pending[ref] = (m, layer, chunk)
-    total = sum(len(m.tasks) for m in sweeps)
-    done = sum(m.reused for m in sweeps)
-    if done:
-        _progress(done, total, "reused from checkpoints", quiet)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            m, layer, chunk = pending.pop(ref)
-            try:
-                results = ray.get(ref)
-            except Exception as e:
-                cause = getattr(e, "cause", None) or e
-                m.fail(f"tasks (layer {layer}, n in {chunk}): {type(cause).__name__}: {cause}")
-                done += len(chunk)
-                for other in [r for r, (mm, _, _) in pending.items() if mm is m]:
-                    ray.cancel(other)
-                    done += len(pending.pop(other)[2])
-                _progress(done, total, f"{m.name}: failed: {m.error}", quiet)
-                continue
-            secs = 0.0
-            for n, result in zip(chunk, results):
-                _atomic_write(task_file(m.tasks_dir, layer, n), result)
-                m.results[(layer, n)] = result
-                m.computed += 1
-                secs += json.loads(result)["seconds"]
-            done += len(chunk)
-            _progress(done, total, f"{m.name}: layer {layer}, n = {', '.join(map(str, chunk))} ({secs:.2f} s)", quiet)
+
+                def finish(results, m=m, layer=layer, chunk=chunk):
+                    secs = 0.0
+                    for n, result in zip(chunk, results):
+                        _atomic_write(task_file(m.tasks_dir, layer, n), result)
+                        m.results[(layer, n)] = result
+                        m.computed += 1
+                        secs += json.loads(result)["seconds"]
+                    return f"layer {layer}, n = {', '.join(map(str, chunk))} ({secs:.2f} s)"
+
+                pending[ref] = (m, f"tasks (layer {layer}, n in {chunk})", len(chunk), finish)
+    _drain(ray, pending, sum(len(m.tasks) for m in sweeps), sum(m.reused for m in sweeps), quiet)
 
     cli = _find_cli(lipattn_bin)
     for m in sweeps:
@@ -504,20 +533,352 @@ def sweep(
     return summary
 
 
+# ---------------------------------------------------------------------------------------------
+# Certification sweeps: the local certificates of `lipattn certify` (`Model.certify`), one Ray
+# task per (model, layer, window, epsilon).
+
+# `Model.certify`'s keywords that every task of a certification sweep shares (None: the
+# library's default, not passed).
+CERTIFY_KEYS = (
+    "scope",
+    "pool",
+    "ball",
+    "failure_probability",
+    "upper_steps",
+    "interval_steps",
+    "attack_starts",
+    "attack_steps",
+    "tol",
+    "seed",
+)
+
+# The columns of certificates.csv: the model and window, then the certificate's own keys.
+CERTIFICATE_COLUMNS = (
+    "model",
+    "scope",
+    "pool",
+    "layer",
+    "window",
+    "n",
+    "d",
+    "ball",
+    "epsilon",
+    "frobenius_radius",
+    "certified",
+    "certified_kind",
+    "failure_probability",
+    "attained",
+    "ratio",
+    "centre_attained",
+    "output_change",
+    "seconds",
+)
+
+# The arrays of a certificate, stored beside its JSON as .npy files.
+CERTIFY_ARRAYS = ("x", "attained_input")
+
+
+def certify_windows(text, max_tokens, windows):
+    """The window texts of a certification sweep, as bench/certify/curve.py cuts them: window w
+    is the words [w * 3n, (w + 1) * 3n) of `text` (n = `max_tokens`), which `Model.certify`
+    cuts to n tokens (a word is at least one token, so 3n words hold n tokens)."""
+    words = text.split()
+    n, count = int(max_tokens), int(windows)
+    if n < 1 or count < 1:
+        raise ValueError(f"max_tokens and windows must be at least 1 (got {max_tokens} and {windows})")
+    if len(words) < count * 3 * n:
+        raise ValueError(
+            f"the text has {len(words)} words; {count} windows of max_tokens = {n} need {count * 3 * n} "
+            "(3 n words a window)"
+        )
+    return [" ".join(words[w * 3 * n : (w + 1) * 3 * n]) for w in range(count)]
+
+
+def _certify_task(path, layer, window_text, max_tokens, epsilon, options):
+    """One certificate: `Model.certify` of the checkpoint at `path` on one window, as its dict."""
+    return _model(path).certify(layer, epsilon, text=window_text, max_tokens=max_tokens, **options)
+
+
+def certificate_stem(layer, window, epsilon):
+    """The file name (without extension) of task (layer, window, epsilon)'s checkpoint; `layer`
+    None (scope 'model') is written `model`."""
+    where = "model" if layer is None else f"layer{layer:04d}"
+    return f"{where}_window{window:04d}_eps{float(epsilon)!r}"
+
+
+def _write_npy(path, array):
+    import numpy as np
+
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _store_certificate(tasks_dir, key, cert):
+    """Checkpoints one certificate: its arrays as .npy files, then its JSON (the arrays replaced
+    by their paths relative to the model's directory), which marks the task done."""
+    stem = certificate_stem(*key)
+    doc = dict(cert)
+    for name in CERTIFY_ARRAYS:
+        rel = os.path.join("tasks", f"{stem}.{name}.npy")
+        _write_npy(os.path.join(tasks_dir, f"{stem}.{name}.npy"), cert[name])
+        doc[name] = rel
+    _atomic_write(os.path.join(tasks_dir, f"{stem}.json"), json.dumps(doc, indent=1))
+    return doc
+
+
+def _load_certificate(tasks_dir, key):
+    stem = certificate_stem(*key)
+    p = os.path.join(tasks_dir, f"{stem}.json")
+    if not os.path.exists(p) or not all(
+        os.path.exists(os.path.join(tasks_dir, f"{stem}.{name}.npy")) for name in CERTIFY_ARRAYS
+    ):
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def load_certificate_arrays(model_dir, certificate):
+    """The certificate of a sweep's certificates.json with its arrays (`x`, `attained_input`)
+    read back from their .npy files under `model_dir` (DIR/<model>): the dict `Model.certify`
+    returned."""
+    import numpy as np
+
+    c = dict(certificate)
+    for name in CERTIFY_ARRAYS:
+        c[name] = np.load(os.path.join(model_dir, c[name]), allow_pickle=False)
+    return c
+
+
+def _median(vals):
+    vals = sorted(vals)
+    k = len(vals) // 2
+    return vals[k] if len(vals) % 2 else 0.5 * (vals[k - 1] + vals[k])
+
+
+def _write_certificates(out, sweeps, max_tokens):
+    """certificates.json (records in the order model, layer, window, epsilon), certificates.csv
+    and certificates.md (medians over the windows per model, layer and epsilon)."""
+    records = []
+    for m in sweeps:
+        if m.error is not None:
+            continue
+        for key in m.tasks:
+            records.append({"model": m.name, "window": key[1], "certificate": m.results[key]})
+    _atomic_write(os.path.join(out, "certificates.json"), json.dumps(records, indent=1))
+    rows = [dict(r["certificate"], model=r["model"], window=r["window"]) for r in records]
+    csv = [",".join(CERTIFICATE_COLUMNS)]
+    csv += [",".join(_cell(r.get(c)) for c in CERTIFICATE_COLUMNS) for r in rows]
+    _atomic_write(os.path.join(out, "certificates.csv"), "\n".join(csv) + "\n")
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["layer"], r["epsilon"]), []).append(r)
+    md = [
+        f"Medians over the windows (max_tokens = {max_tokens}) of each model, layer and epsilon.",
+        "",
+        "| model | layer | epsilon | median certified/attained | median certified | median attained | windows |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (name, layer, eps), rs in groups.items():
+        md.append(
+            f"| {name} | {'-' if layer is None else layer} | {eps:g} | {_median([r['ratio'] for r in rs]):.3g} "
+            f"| {_median([r['certified'] for r in rs]):.4g} | {_median([r['attained'] for r in rs]):.4g} | {len(rs)} |"
+        )
+    failed = [m for m in sweeps if m.error is not None]
+    if failed:
+        md.append("")
+        md += [f"- {m.name}: failed: {m.error}" for m in failed]
+    _atomic_write(os.path.join(out, "certificates.md"), "\n".join(md) + "\n")
+    return records
+
+
+def certify_sweep(
+    models,
+    out,
+    *,
+    text,
+    max_tokens,
+    epsilon,
+    windows=2,
+    layers=None,
+    scope=None,
+    pool=None,
+    ball=None,
+    failure_probability=None,
+    upper_steps=None,
+    interval_steps=None,
+    attack_starts=None,
+    attack_steps=None,
+    tol=None,
+    seed=None,
+    text_file=None,
+    cpus_per_task=1,
+    threads_per_task=None,
+    max_retries=3,
+    quiet=False,
+):
+    """Local certificates (``Model.certify``) of each checkpoint directory of `models` on the
+    Ray cluster `ray` is connected to, one Ray task per (model, layer, window, epsilon): every
+    `epsilon` (a number or a list) on `windows` windows of `text` (``certify_windows``, each cut
+    to `max_tokens` tokens), for the `layers` (None: all layers of each model; scope 'model'
+    takes none). `scope`, `pool`, `ball`, `failure_probability`, `upper_steps`,
+    `interval_steps`, `attack_starts`, `attack_steps`, `tol` and `seed` are ``Model.certify``'s
+    (None: its default). Writes ``out/certificates.json`` (records ``{"model", "window",
+    "certificate"}``, the certificate being the dict ``Model.certify`` returned, its arrays
+    ``x`` and ``attained_input`` as paths of .npy files under ``out/<model>``), certificates.csv,
+    certificates.md and sweep.json, which it returns. Threads, retries, per-task checkpoints,
+    resume and the failure of one model alone work as in ``sweep``."""
+    import lipattn
+
+    ray = _ray()
+    if not ray.is_initialized():
+        raise RuntimeError("connect to a Ray cluster first (ray.init), or run python -m lipattn.cluster")
+    t0 = time.time()
+    epsilons = [float(e) for e in (epsilon if isinstance(epsilon, (list, tuple)) else [epsilon])]
+    if not epsilons:
+        raise ValueError("give at least one epsilon")
+    if scope == "model" and layers is not None:
+        raise ValueError("scope 'model' certifies the whole model: give no layers")
+    window_texts = certify_windows(text, max_tokens, windows)
+    given = dict(
+        scope=scope,
+        pool=pool,
+        ball=ball,
+        failure_probability=failure_probability,
+        upper_steps=upper_steps,
+        interval_steps=interval_steps,
+        attack_starts=attack_starts,
+        attack_steps=attack_steps,
+        tol=tol,
+        seed=seed,
+    )
+    options = {k: v for k, v in given.items() if v is not None}
+    ident_options = {
+        "command": "certify",
+        "max_tokens": int(max_tokens),
+        "windows": int(windows),
+        "epsilon": epsilons,
+        "layers": None if layers is None else [int(layer) for layer in layers],
+        **{k: given[k] for k in CERTIFY_KEYS},
+    }
+    os.makedirs(out, exist_ok=True)
+    sweeps = [_ModelSweep(p, name, out) for p, name in zip(models, _model_names(models))]
+    for m in sweeps:
+        try:
+            _claim(m, _identity(m.path, text, ident_options))
+            if scope == "model":
+                model_layers = [None]
+            elif layers is None:
+                model_layers = list(range(lipattn.Model(m.path).num_layers))
+            else:
+                model_layers = [int(layer) for layer in layers]
+            m.tasks = [(layer, w, e) for layer in model_layers for w in range(len(window_texts)) for e in epsilons]
+            for key in m.tasks:
+                c = _load_certificate(m.tasks_dir, key)
+                if c is not None:
+                    m.results[key] = c
+                    m.reused += 1
+        except Exception as e:  # a broken checkpoint or a bad option: this model only
+            m.fail(f"{type(e).__name__}: {e}")
+
+    threads = cpus_per_task if threads_per_task is None else threads_per_task
+    remote = _remote(ray, _certify_task, cpus_per_task, threads, max_retries)
+    window_refs = [ray.put(t) for t in window_texts]
+    pending = {}
+    for m in sweeps:
+        if m.error is not None:
+            continue
+        for key in m.tasks:
+            if key in m.results:
+                continue
+            layer, w, eps = key
+            ref = remote.remote(os.path.abspath(m.path), layer, window_refs[w], int(max_tokens), eps, options)
+            where = "model" if layer is None else f"layer {layer}"
+
+            def finish(cert, m=m, key=key, where=where):
+                m.results[key] = _store_certificate(m.tasks_dir, key, cert)
+                m.computed += 1
+                return (
+                    f"{where}, window {key[1]}, epsilon {key[2]:g}: certified {cert['certified']:.4g}, "
+                    f"attained {cert['attained']:.4g} ({cert['seconds']:.2f} s)"
+                )
+
+            pending[ref] = (m, f"certificate ({where}, window {w}, epsilon {eps:g})", 1, finish)
+    _drain(ray, pending, sum(len(m.tasks) for m in sweeps), sum(m.reused for m in sweeps), quiet)
+
+    _write_certificates(out, sweeps, int(max_tokens))
+    words = 3 * int(max_tokens)
+    summary = {
+        "command": "certify",
+        "options": ident_options,
+        "threads_per_task": threads,
+        "text": text_file or "text given by the caller",
+        "windows": [{"window": w, "words": [w * words, (w + 1) * words]} for w in range(len(window_texts))],
+        "seconds": time.time() - t0,
+        "models": [
+            {
+                "name": m.name,
+                "path": m.path,
+                "status": "failed" if m.error is not None else "ok",
+                "message": m.error,
+                "tasks": len(m.tasks),
+                "computed": m.computed,
+                "reused": m.reused,
+                "task_seconds": sum(c["seconds"] for c in m.results.values()),
+            }
+            for m in sweeps
+        ],
+    }
+    _atomic_write(os.path.join(out, "sweep.json"), json.dumps(summary, indent=2))
+    return summary
+
+
 def _int_list(s):
     return [int(x) for x in s.split(",") if x]
 
 
-def _parser():
-    p = argparse.ArgumentParser(prog="lipattn-cluster", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("analyze", help="lipattn analyze of one or many checkpoints on a Ray cluster")
+def _layers_arg(s):
+    return None if s == "all" else _int_list(s)
+
+
+def _float_list(s):
+    return [float(x) for x in s.split(",") if x]
+
+
+def _common(a):
+    """The arguments both commands take: the checkpoints, the cluster, the output and the task
+    resources."""
     a.add_argument("model", nargs="?", help="checkpoint directory (or use --models)")
     a.add_argument("--models", help="DIR1,DIR2,... or glob patterns: one report per checkpoint")
     where = a.add_mutually_exclusive_group()
     where.add_argument("--address", help="Ray cluster address (ray://HOST:10001, HOST:6379 or 'auto')")
     where.add_argument("--local", type=int, metavar="N", help="start a local Ray cluster of N worker CPUs")
     a.add_argument("--out", default="lipattn-sweep", help="output directory (default lipattn-sweep)")
+    a.add_argument("--cpus-per-task", type=int, default=1, help="CPUs Ray reserves per task (default 1)")
+    a.add_argument(
+        "--threads-per-task",
+        type=int,
+        default=None,
+        help="lipattn threads per task (default: --cpus-per-task); the results equal a single-machine "
+        "run's with RAYON_NUM_THREADS set to it",
+    )
+    a.add_argument("--max-retries", type=int, default=3, help="Ray retries of a task whose worker died")
+    a.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="lipattn-cluster", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("analyze", help="lipattn analyze of one or many checkpoints on a Ray cluster")
+    _common(a)
     a.add_argument("--text", help="UTF-8 text file for the real-text windows (default: the embedded GPL-3 text)")
     a.add_argument("--ns", type=_int_list, default=[8, 16, 32, 64, 128, 256, 512])
     a.add_argument("--windows", type=int, default=2)
@@ -525,23 +886,38 @@ def _parser():
     a.add_argument("--no-heads", action="store_true")
     a.add_argument("--no-adversarial", action="store_true")
     a.add_argument("--tol", type=float, default=1e-4)
-    a.add_argument("--cpus-per-task", type=int, default=1, help="CPUs Ray reserves per task (default 1)")
-    a.add_argument(
-        "--threads-per-task",
-        type=int,
-        default=None,
-        help="lipattn threads per task (default: --cpus-per-task); the reports equal lipattn analyze's "
-        "with RAYON_NUM_THREADS set to it",
-    )
     a.add_argument(
         "--ns-per-task",
         type=int,
         default=None,
         help="n of one layer per Ray task, sharing the layer's setup (default: all; 1: one task per (layer, n))",
     )
-    a.add_argument("--max-retries", type=int, default=3, help="Ray retries of a task whose worker died")
     a.add_argument("--lipattn-bin", help="lipattn CLI for the CSVs and plots (default: $LIPATTN_BIN, then PATH)")
-    a.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    c = sub.add_parser(
+        "certify",
+        help="lipattn certify (Model.certify) on windows of a text, one Ray task per (model, layer, window, epsilon)",
+    )
+    _common(c)
+    c.add_argument("--text", required=True, help="UTF-8 text file the windows are cut from")
+    c.add_argument(
+        "--max-tokens", "--n", dest="max_tokens", type=int, required=True, help="tokens per window (n)"
+    )
+    c.add_argument("--windows", type=int, default=2, help="window w: words [w*3n, (w+1)*3n) of the text (default 2)")
+    c.add_argument(
+        "--layers", type=_layers_arg, default=None, help="L1,L2,... or 'all' (default all; none for scope model)"
+    )
+    c.add_argument("--epsilon", type=_float_list, required=True, help="E1,E2,...: the ball radii")
+    c.add_argument("--scope", choices=["attention", "sublayer-residual-norm", "block", "model"], default=None)
+    c.add_argument("--pool", default=None, help="none, mean or mean-normalised (scope model)")
+    c.add_argument("--ball", choices=["frobenius", "tokens"], default=None)
+    c.add_argument("--failure-probability", type=float, default=None)
+    c.add_argument("--upper-steps", type=int, default=None)
+    c.add_argument("--interval-steps", type=int, default=None)
+    c.add_argument("--attack-starts", type=int, default=None)
+    c.add_argument("--attack-steps", type=int, default=None)
+    c.add_argument("--tol", type=float, default=None)
+    c.add_argument("--seed", type=int, default=None)
     return p
 
 
@@ -555,37 +931,63 @@ def main(argv=None):
     if args.text:
         with open(args.text, encoding="utf-8") as f:
             text = f.read()
+    if args.command == "certify":
+        # Refuse a text too short for the windows before starting a cluster.
+        try:
+            certify_windows(text, args.max_tokens, args.windows)
+        except ValueError as e:
+            print(f"lipattn-cluster: {e}", file=sys.stderr)
+            return 2
     ray = _ray()
     if args.local is not None:
         ray.init(address="local", num_cpus=args.local, include_dashboard=False, log_to_driver=False)
     else:
         ray.init(address=args.address, log_to_driver=False)
+    common = dict(
+        cpus_per_task=args.cpus_per_task,
+        threads_per_task=args.threads_per_task,
+        max_retries=args.max_retries,
+        quiet=args.quiet,
+    )
     try:
-        summary = sweep(
-            models,
-            args.out,
-            text=text,
-            text_file=args.text,
-            ns=args.ns,
-            windows=args.windows,
-            layers=args.layers,
-            heads=not args.no_heads,
-            adversarial=not args.no_adversarial,
-            tol=args.tol,
-            cpus_per_task=args.cpus_per_task,
-            threads_per_task=args.threads_per_task,
-            ns_per_task=args.ns_per_task,
-            max_retries=args.max_retries,
-            lipattn_bin=args.lipattn_bin,
-            quiet=args.quiet,
-        )
+        if args.command == "certify":
+            summary = certify_sweep(
+                models,
+                args.out,
+                text=text,
+                text_file=args.text,
+                max_tokens=args.max_tokens,
+                epsilon=args.epsilon,
+                windows=args.windows,
+                layers=args.layers,
+                **{k: getattr(args, k) for k in CERTIFY_KEYS},
+                **common,
+            )
+            wrote = "certificates.json, .csv and .md"
+        else:
+            summary = sweep(
+                models,
+                args.out,
+                text=text,
+                text_file=args.text,
+                ns=args.ns,
+                windows=args.windows,
+                layers=args.layers,
+                heads=not args.no_heads,
+                adversarial=not args.no_adversarial,
+                tol=args.tol,
+                ns_per_task=args.ns_per_task,
+                lipattn_bin=args.lipattn_bin,
+                **common,
+            )
+            wrote = "the comparison table"
     finally:
         ray.shutdown()
     failed = [m for m in summary["models"] if m["status"] != "ok"]
     for m in summary["models"]:
         state = "ok" if m["status"] == "ok" else f"FAILED: {m['message']}"
         print(f"{m['name']}: {state} ({m['computed']} tasks computed, {m['reused']} reused)")
-    print(f"wrote {os.path.join(args.out, 'sweep.json')} and the comparison table in {summary['seconds']:.1f} s")
+    print(f"wrote {os.path.join(args.out, 'sweep.json')} and {wrote} in {summary['seconds']:.1f} s")
     return 1 if failed else 0
 
 
