@@ -360,6 +360,11 @@ CALLS = {
     "Model.tokenize": lambda m: (m().tokenize, dict(text="a")),
     "Model.hidden_states": lambda m: (m().hidden_states, dict(text="a", layer=0)),
     "Model.analyze": lambda m: (m().analyze, {}),
+    "Model.analysis_tasks": lambda m: (m().analysis_tasks, dict(ns=[8], windows=1, layers=[0])),
+    "Model.analysis_task": lambda m: (m().analysis_task, dict(layer=0, n=8, ns=[8], windows=1, layers=[0])),
+    "Model.analysis_layer_tasks": lambda m: (m().analysis_layer_tasks,
+                                             dict(layer=0, task_ns=[8], ns=[8], windows=1, layers=[0])),
+    "Model.merge_analysis": lambda m: (m().merge_analysis, dict(results=[], ns=[8], windows=1, layers=[0])),
     "Model.local_constant": lambda m: (m().local_constant, dict(layer=0, x=np.zeros((4, 384)))),
     "Model.lipschitz": lambda m: (m().lipschitz, dict(layer=0, radius=1.0, n=4)),
     "Model.scope_local_constant": lambda m: (m().scope_local_constant,
@@ -385,7 +390,7 @@ CALLS = {
     "mean_field": lambda m: (lipattn.mean_field, dict(layer=L2, ns=[4, 8])),
 }
 
-SEQUENCES = {"ids", "ns", "layers"}
+SEQUENCES = {"ids", "ns", "layers", "task_ns"}
 
 
 def test_every_integer_parameter_has_a_case():
