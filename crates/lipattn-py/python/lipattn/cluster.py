@@ -79,12 +79,13 @@ def _run_tasks(path, layer, ns, text, options, crash_once=None):
     return _model(path).analysis_layer_tasks(layer, ns, text, **options)
 
 
-def _atomic_write(path, text):
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+def _atomic(path, write, mode="w", suffix=""):
+    """Writes `path` through `write(file)` into a temporary file beside it, then renames it into
+    place: a crash leaves the old file or none, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=os.path.dirname(path))
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -92,6 +93,10 @@ def _atomic_write(path, text):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _atomic_write(path, text):
+    _atomic(path, lambda f: f.write(text))
 
 
 def task_file(tasks_dir, layer, n):
@@ -609,17 +614,7 @@ def certificate_stem(layer, window, epsilon):
 def _write_npy(path, array):
     import numpy as np
 
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.asarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    _atomic(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False), mode="wb", suffix=".npy")
 
 
 def _store_certificate(tasks_dir, key, cert):
