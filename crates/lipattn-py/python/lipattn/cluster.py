@@ -79,6 +79,19 @@ def _run_tasks(path, layer, ns, text, options, crash_once=None):
     return _model(path).analysis_layer_tasks(layer, ns, text, **options)
 
 
+def _model_status(m):
+    """What sweep.json says of one model in either sweep."""
+    return {
+        "name": m.name,
+        "path": m.path,
+        "status": "failed" if m.error is not None else "ok",
+        "message": m.error,
+        "tasks": len(m.tasks),
+        "computed": m.computed,
+        "reused": m.reused,
+    }
+
+
 def _atomic(path, write, mode="w", suffix=""):
     """Writes `path` through `write(file)` into a temporary file beside it, then renames it into
     place: a crash leaves the old file or none, never half of one."""
@@ -520,13 +533,7 @@ def sweep(
         "seconds": time.time() - t0,
         "models": [
             {
-                "name": m.name,
-                "path": m.path,
-                "status": "failed" if m.error is not None else "ok",
-                "message": m.error,
-                "tasks": len(m.tasks),
-                "computed": m.computed,
-                "reused": m.reused,
+                **_model_status(m),
                 "task_seconds": sum(json.loads(r)["seconds"] for r in m.results.values()),
                 "report": None if m.error is not None else os.path.join(m.name, "report"),
                 "rendered_by": m.rendered_by,
@@ -820,13 +827,7 @@ def certify_sweep(
         "seconds": time.time() - t0,
         "models": [
             {
-                "name": m.name,
-                "path": m.path,
-                "status": "failed" if m.error is not None else "ok",
-                "message": m.error,
-                "tasks": len(m.tasks),
-                "computed": m.computed,
-                "reused": m.reused,
+                **_model_status(m),
                 "task_seconds": sum(c["seconds"] for c in m.results.values()),
             }
             for m in sweeps
