@@ -251,8 +251,9 @@ macro_rules! head_weights {
     };
 }
 
-/// The centre's checks shared by both kinds of attention.
-fn check_centre(x: MatRef<'_, f64>, d: usize, heads: usize) -> Result<()> {
+/// The centre's checks shared by both kinds of attention; `bytes` is what the rows keep
+/// ([`rows_bytes`]).
+fn check_centre(x: MatRef<'_, f64>, d: usize, heads: usize, bytes: Option<u64>) -> Result<()> {
     crate::attention::forward::check_shape("ball centre X", x, x.nrows(), d)?;
     check_finite(
         "ball centre X",
@@ -264,11 +265,28 @@ fn check_centre(x: MatRef<'_, f64>, d: usize, heads: usize) -> Result<()> {
             what: "token sequence".into(),
         });
     }
-    // Per head, each row keeps its keys' probabilities and distances to its peak.
     crate::budget::check(
         || format!("the ball bound over {n} tokens ({heads} heads)"),
-        crate::budget::bytes_of(&[4 * heads.max(1), n, n], 8),
+        bytes,
     )
+}
+
+/// Bytes the ball bound's centre keeps for `heads` heads of width `width` (the widest of the
+/// query, key and value blocks) over n tokens. Stored rows: each row keeps its keys'
+/// probabilities and distances to its peak, 4 n^2 values a head. Recomputed rows
+/// ([`SlopeCentre::plain_streaming`]): the projections, their images and per-row constants a
+/// head, and one row's vectors and its weighted image matrix (n x width) per thread.
+pub fn rows_bytes(heads: usize, width: usize, n: usize, streaming: bool) -> Option<u64> {
+    if !streaming {
+        return crate::budget::bytes_of(&[4 * heads.max(1), n, n], 8);
+    }
+    let per_head = width.checked_mul(6)?.checked_add(40)?;
+    let threads = rayon::current_num_threads().max(1);
+    let per_thread = width.checked_add(24)?;
+    crate::budget::total(&[
+        crate::budget::bytes_of(&[heads.max(1), n, per_head], 8),
+        crate::budget::bytes_of(&[threads, n, per_thread], 8),
+    ])
 }
 
 /// H of Lemma S (docs/bounds.md#ball-certificates) for `layer` (dot-product kernel) at `x`, causal
@@ -280,6 +298,17 @@ pub fn attention_ball_slope(
     token_radius: f64,
 ) -> Result<BallSlope> {
     SlopeCentre::plain(layer, x, causal)?.at(token_radius)
+}
+
+/// [`attention_ball_slope`] with every row recomputed where it is read instead of kept
+/// ([`SlopeCentre::plain_streaming`]): the same value, in memory linear in n.
+pub fn attention_ball_slope_streaming(
+    layer: &AttentionLayer<f64>,
+    x: MatRef<'_, f64>,
+    causal: bool,
+    token_radius: f64,
+) -> Result<BallSlope> {
+    SlopeCentre::plain_streaming(layer, x, causal)?.at(token_radius)
 }
 
 /// H of Lemma S for a rotary attention sublayer (docs/bounds.md#lemma-s-rotary): each query head
@@ -328,10 +357,47 @@ struct HeadCentre {
     q_norm: Vec<f64>,
     k_norm: Vec<f64>,
     v_norm: Vec<f64>,
-    rows: Vec<RowCentre>,
+    rows: Rows,
     directional: Option<directional::DirectionalCentre>,
 }
 
+/// Which keys each query sees: all, or under a causal mask keys 0..=i, within the sliding
+/// window where there is one.
+#[derive(Clone, Copy)]
+struct Mask {
+    causal: bool,
+    window: Option<usize>,
+}
+
+impl Mask {
+    fn sees(self, i: usize, j: usize) -> bool {
+        (!self.causal || j <= i) && self.window.is_none_or(|w| i.abs_diff(j) < w)
+    }
+}
+
+/// A head's rows at X: kept (n^2 values each of probabilities and distances), or recomputed
+/// from the projections each time they are read (linear memory, docs/streaming.md).
+enum Rows {
+    Stored(Vec<RowCentre>),
+    Streamed(RowSource),
+}
+
+/// What one row of a head is computed from: the projections at X and the score rounding
+/// constants.
+struct RowSource {
+    q: Projected,
+    k: Projected,
+    v: Projected,
+    /// ||computed centred k_j||.
+    k_comp: Vec<f64>,
+    /// 1 / sqrt(score divisor) in f64, and bounds on it from above and below.
+    c: f64,
+    c_up: f64,
+    c_down: f64,
+    mask: Mask,
+}
+
+#[derive(Clone)]
 struct RowCentre {
     /// The keys query i sees.
     keys: Vec<usize>,
@@ -350,13 +416,40 @@ struct RowCentre {
 impl SlopeCentre {
     /// A dot-product sublayer at X, causal or not.
     pub fn plain(layer: &AttentionLayer<f64>, x: MatRef<'_, f64>, causal: bool) -> Result<Self> {
+        Self::plain_rows(layer, x, causal, false)
+    }
+
+    /// [`SlopeCentre::plain`] keeping no row of the attention: every row's probabilities and
+    /// distances are recomputed from the projections where they are read (once here, once per
+    /// radius in [`SlopeCentre::at`]), so memory is linear in n
+    /// ([`rows_bytes`]). Equal to the stored rows' bound bit for bit: the same function computes
+    /// every row in both.
+    pub fn plain_streaming(
+        layer: &AttentionLayer<f64>,
+        x: MatRef<'_, f64>,
+        causal: bool,
+    ) -> Result<Self> {
+        Self::plain_rows(layer, x, causal, true)
+    }
+
+    fn plain_rows(
+        layer: &AttentionLayer<f64>,
+        x: MatRef<'_, f64>,
+        causal: bool,
+        streaming: bool,
+    ) -> Result<Self> {
         if layer.kernel != Kernel::Dot {
             return Err(Error::invalid(
                 "the ball certificate (Lemma S) is proven for dot-product attention; this layer has the tied L2 kernel",
             ));
         }
-        check_centre(x, layer.d_in(), layer.heads)?;
-        let allowed = |i: usize, j: usize| !causal || j <= i;
+        let width = layer.dk.max(layer.dv);
+        let bytes = rows_bytes(layer.heads, width, x.nrows(), streaming);
+        check_centre(x, layer.d_in(), layer.heads, bytes)?;
+        let mask = Mask {
+            causal,
+            window: None,
+        };
         // The heads are independent; the directional form's eigenvalues make each one worth a
         // thread.
         let heads = (0..layer.heads)
@@ -364,26 +457,33 @@ impl SlopeCentre {
             .map(|h| {
                 let hl = layer.head(h, false)?;
                 let w = head_weights!(hl);
-                head_centre(&w, x, layer.score_divisor_sq, None, &allowed)
+                head_centre(&w, x, layer.score_divisor_sq, None, mask, streaming)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self::of(heads, x.nrows(), &allowed))
+        Ok(Self::of(heads, x.nrows(), mask))
     }
 
     /// A rotary sublayer at X on positions 0..n-1 with its mask and window
     /// (docs/bounds.md#lemma-s-rotary); query/key norms and soft-capping are refused.
     pub fn rotary(layer: &RotaryAttention, x: MatRef<'_, f64>) -> Result<Self> {
         check_rotary_covered(layer)?;
-        check_centre(x, layer.d_in(), layer.heads)?;
         let n = x.nrows();
+        check_centre(
+            x,
+            layer.d_in(),
+            layer.heads,
+            rows_bytes(layer.heads, layer.head_dim, n, false),
+        )?;
         let table = layer.rope.table::<f64>(n)?;
         let rotation = Rotation {
             table: &table,
             head_dim: layer.head_dim,
             norm: layer.rope.rotation_norm_up(n)?,
         };
-        let window = layer.window;
-        let allowed = |i: usize, j: usize| j <= i && window.is_none_or(|w| i - j < w);
+        let mask = Mask {
+            causal: true,
+            window: layer.window,
+        };
         let mut heads = Vec::with_capacity(layer.heads);
         for h in 0..layer.heads {
             let hl = layer.head(h)?;
@@ -393,15 +493,16 @@ impl SlopeCentre {
                 x,
                 layer.score_divisor_sq,
                 Some(rotation),
-                &allowed,
+                mask,
+                false,
             )?);
         }
-        Ok(Self::of(heads, n, &allowed))
+        Ok(Self::of(heads, n, mask))
     }
 
-    fn of(heads: Vec<HeadCentre>, n: usize, allowed: &dyn Fn(usize, usize) -> bool) -> Self {
+    fn of(heads: Vec<HeadCentre>, n: usize, mask: Mask) -> Self {
         let column_count = (0..n)
-            .map(|j| (0..n).filter(|&i| allowed(i, j)).count() as f64)
+            .map(|j| (0..n).filter(|&i| mask.sees(i, j)).count() as f64)
             .collect();
         Self {
             heads,
@@ -416,9 +517,10 @@ impl SlopeCentre {
                 "the ball radius must be finite and >= 0 (got {token_radius})"
             )));
         }
+        // Each head's pass over its rows is independent of the others'.
         let heads: Vec<HeadSlope> = self
             .heads
-            .iter()
+            .par_iter()
             .map(|h| head_slope(h, &self.column_count, token_radius))
             .collect();
         let value = sum_up(heads.iter().map(|h| h.contribution));
@@ -433,51 +535,39 @@ impl SlopeCentre {
 /// One head's part of Lemma S at X. With a rotation, the query and key maps are
 /// y_i -> R_i (W y_i + b), whose Lipschitz constants carry max ||R_i||; the lemma's proof uses
 /// nothing else of them.
-fn head_centre(
-    hl: &HeadWeights<'_>,
-    x: MatRef<'_, f64>,
-    score_divisor_sq: usize,
-    rotation: Option<Rotation<'_>>,
-    allowed: &dyn Fn(usize, usize) -> bool,
-) -> Result<HeadCentre> {
-    let n = x.nrows();
-    let c_up = inv_sqrt_up(score_divisor_sq);
-    let c_down = down(1.0 / up((score_divisor_sq as f64).sqrt()));
-    let c = 1.0 / (score_divisor_sq as f64).sqrt();
-    let rot = rotation.map_or(1.0, |r| r.norm);
-    let a_q = mul_up(c_up, mul_up(rot, spectral_up(hl.wq.as_ref())?));
-    let a_k = mul_up(rot, spectral_up(hl.wk.as_ref())?);
-    let a_v = spectral_up(hl.wv.as_ref())?;
-    let a_o = spectral_up(hl.wo.as_ref())?;
-    let q = project(x, hl.wq, hl.bq, false, rotation);
-    let k = project(x, hl.wk, hl.bk, true, rotation);
-    let v = project(x, hl.wv, hl.bv, true, None);
-    let dk = hl.wq.nrows();
-    let g_dot = gamma(dk);
-    let k_comp: Vec<f64> = (0..n)
-        .map(|j| norm2_up((0..dk).map(|t| k.centred[(j, t)])))
-        .collect();
-    let mut rows = Vec::with_capacity(n);
-    for i in 0..n {
-        let qi: Vec<f64> = (0..dk).map(|t| q.centred[(i, t)]).collect();
+impl RowSource {
+    fn n(&self) -> usize {
+        self.q.centred.nrows()
+    }
+
+    /// Row i at X: its computed centred scores, their error bound, the softmax with its rounding
+    /// factor, the peak and the distances to it.
+    fn row(&self, i: usize) -> RowCentre {
+        let n = self.n();
+        let dk = self.q.centred.ncols();
+        let g_dot = gamma(dk);
+        let qi: Vec<f64> = (0..dk).map(|t| self.q.centred[(i, t)]).collect();
         let qi_comp = norm2_up(qi.iter().copied());
-        let keys: Vec<usize> = (0..n).filter(|&j| allowed(i, j)).collect();
+        let keys: Vec<usize> = (0..n).filter(|&j| self.mask.sees(i, j)).collect();
         // Computed centred scores and a bound tau on their error against the exact ones.
         let mut s = Vec::with_capacity(keys.len());
         let mut tau = 0.0f64;
         for &j in &keys {
-            let dot: f64 = (0..dk).map(|t| qi[t] * k.centred[(j, t)]).sum();
-            let sij = c * dot;
-            let kj_comp = k_comp[j];
-            let dot_bound = mul_up(add_up(qi_comp, q.errors[i]), add_up(kj_comp, k.errors[j]));
+            let dot: f64 = (0..dk).map(|t| qi[t] * self.k.centred[(j, t)]).sum();
+            let sij = self.c * dot;
+            let kj_comp = self.k_comp[j];
+            let dot_bound = mul_up(
+                add_up(qi_comp, self.q.errors[i]),
+                add_up(kj_comp, self.k.errors[j]),
+            );
             let inner_err = sum_up([
-                mul_up(q.errors[i], kj_comp),
-                mul_up(add_up(qi_comp, q.errors[i]), k.errors[j]),
+                mul_up(self.q.errors[i], kj_comp),
+                mul_up(add_up(qi_comp, self.q.errors[i]), self.k.errors[j]),
                 mul_up(g_dot, mul_up(qi_comp, kj_comp)),
             ]);
             let err = sum_up([
-                mul_up(c_up - c_down, dot_bound),
-                mul_up(c_up, inner_err),
+                mul_up(self.c_up - self.c_down, dot_bound),
+                mul_up(self.c_up, inner_err),
                 mul_up(2.0 * UNIT_ROUNDOFF, sij.abs()),
             ]);
             tau = tau.max(err);
@@ -504,46 +594,114 @@ fn head_centre(
             .max_by(|&a, &b| e[a].total_cmp(&e[b]))
             .expect("every query sees at least one key");
         let peak = keys[peak_idx];
-        rows.push(RowCentre {
+        RowCentre {
             p: e.iter().map(|&ej| add_up(ej / total, 2.0 * ETA)).collect(),
             tau,
             f_round,
             peak,
-            key_distance: keys.iter().map(|&j| row_distance_up(&k, j, peak)).collect(),
-            value_distance: keys.iter().map(|&j| row_distance_up(&v, j, peak)).collect(),
+            key_distance: keys
+                .iter()
+                .map(|&j| row_distance_up(&self.k, j, peak))
+                .collect(),
+            value_distance: keys
+                .iter()
+                .map(|&j| row_distance_up(&self.v, j, peak))
+                .collect(),
             keys,
-        });
+        }
     }
+}
+
+/// One head's part of Lemma S at X. With a rotation, the query and key maps are
+/// y_i -> R_i (W y_i + b), whose Lipschitz constants carry max ||R_i||; the lemma's proof uses
+/// nothing else of them. With `streaming` the rows are not kept ([`Rows::Streamed`]).
+fn head_centre(
+    hl: &HeadWeights<'_>,
+    x: MatRef<'_, f64>,
+    score_divisor_sq: usize,
+    rotation: Option<Rotation<'_>>,
+    mask: Mask,
+    streaming: bool,
+) -> Result<HeadCentre> {
+    let n = x.nrows();
+    let c_up = inv_sqrt_up(score_divisor_sq);
+    let c_down = down(1.0 / up((score_divisor_sq as f64).sqrt()));
+    let c = 1.0 / (score_divisor_sq as f64).sqrt();
+    let rot = rotation.map_or(1.0, |r| r.norm);
+    let a_q = mul_up(c_up, mul_up(rot, spectral_up(hl.wq.as_ref())?));
+    let a_k = mul_up(rot, spectral_up(hl.wk.as_ref())?);
+    let a_v = spectral_up(hl.wv.as_ref())?;
+    let a_o = spectral_up(hl.wo.as_ref())?;
+    let q = project(x, hl.wq, hl.bq, false, rotation);
+    let k = project(x, hl.wk, hl.bk, true, rotation);
+    let v = project(x, hl.wv, hl.bv, true, None);
+    let dk = hl.wq.nrows();
+    let k_comp: Vec<f64> = (0..n)
+        .map(|j| norm2_up((0..dk).map(|t| k.centred[(j, t)])))
+        .collect();
+    let src = RowSource {
+        q,
+        k,
+        v,
+        k_comp,
+        c,
+        c_up,
+        c_down,
+        mask,
+    };
+    let stored: Option<Vec<RowCentre>> = (!streaming).then(|| (0..n).map(|i| src.row(i)).collect());
     // The directional form reads the keys and values through W_Q^T and W_O, which a rotation
     // (different at every position) does not leave as one linear map.
     let directional = match rotation {
         Some(_) => None,
-        None => Some(directional::DirectionalCentre::new(
-            &directional::HeadInputs {
+        None => {
+            let inputs = directional::HeadInputs {
                 wq: hl.wq,
                 wk: hl.wk,
                 wv: hl.wv,
                 wo: hl.wo,
                 c_up,
-                q: &q,
-                k: &k,
-                v: &v,
-            },
-            &rows,
-        )?),
+                q: &src.q,
+                k: &src.k,
+                v: &src.v,
+            };
+            Some(match &stored {
+                Some(rows) => directional::DirectionalCentre::new(&inputs, rows.iter())?,
+                None => directional::DirectionalCentre::new(&inputs, (0..n).map(|i| src.row(i)))?,
+            })
+        }
     };
+    // Norms of the scaled queries c (W_Q x_i + b_Q).
+    let q_norm = src.q.norms.iter().map(|&m| mul_up(c_up, m)).collect();
+    let (k_norm, v_norm) = (src.k.norms.clone(), src.v.norms.clone());
     Ok(HeadCentre {
         directional,
         a_q,
         a_k,
         a_v,
         a_o,
-        // Norms of the scaled queries c (W_Q x_i + b_Q).
-        q_norm: q.norms.iter().map(|&m| mul_up(c_up, m)).collect(),
-        k_norm: k.norms,
-        v_norm: v.norms,
-        rows,
+        q_norm,
+        k_norm,
+        v_norm,
+        rows: match stored {
+            Some(rows) => Rows::Stored(rows),
+            None => Rows::Streamed(src),
+        },
     })
+}
+
+impl HeadCentre {
+    fn n(&self) -> usize {
+        self.q_norm.len()
+    }
+
+    /// Visits every row in order, kept or recomputed.
+    fn for_each_row(&self, mut f: impl FnMut(usize, &RowCentre)) {
+        match &self.rows {
+            Rows::Stored(rows) => rows.iter().enumerate().for_each(|(i, r)| f(i, r)),
+            Rows::Streamed(src) => (0..src.n()).for_each(|i| f(i, &src.row(i))),
+        }
+    }
 }
 
 /// Bounds at X grown to the ball: each plus `rate` r (a map of norm at most `rate` moves that
@@ -556,7 +714,7 @@ fn grown(at_x: &[f64], rate: f64, r: f64) -> Vec<f64> {
 /// One head's term H_h of Lemma S on the ball of token radius r.
 fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
     let (a_q, a_k, a_v, a_o) = (hc.a_q, hc.a_k, hc.a_v, hc.a_o);
-    let n = hc.rows.len();
+    let n = hc.n();
     let q_norm = &hc.q_norm;
     let kappa = grown(&hc.k_norm, a_k, r);
     let nu = grown(&hc.v_norm, a_v, r);
@@ -569,8 +727,9 @@ fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
         (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
     let (mut g_peak_max, mut v_peak_max, mut theta_max, mut sv_max) =
         (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    let mut factors = Vec::with_capacity(n);
-    for (i, row) in hc.rows.iter().enumerate() {
+    // The directional form reads each row once, in the same pass.
+    let mut directional = hc.directional.as_ref().map(|d| d.slope(n, r));
+    hc.for_each_row(|i, row| {
         let delta = row
             .keys
             .iter()
@@ -588,7 +747,9 @@ fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
             .map_or(delta, |d| d.score_change(i, &row.keys, r).min(delta));
         delta_max = delta_max.max(delta);
         let factor = mul_up(row.f_round, exp_up(mul_up(2.0, add_up(row.tau, delta))));
-        factors.push(factor);
+        if let Some(d) = directional.as_mut() {
+            d.row(i, row, factor);
+        }
         let (mut gk, mut gv, mut rk, mut kmax2, mut vmax2) =
             (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
         let (mut gk_peak, mut gv_peak, mut off_peak) = (0.0f64, 0.0f64, 0.0f64);
@@ -627,7 +788,7 @@ fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
         s_max = s_max.max(s_i);
         // T4 pairs each query's score slope with its own value spread.
         sv_max = sv_max.max(mul_up(s_i, v_i.min(sqrt_up(gv_peak))));
-    }
+    });
     let capped_max = |sums: &[f64]| {
         sums.iter()
             .zip(column_count)
@@ -664,11 +825,7 @@ fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
         mul_up(2.0, mul_up(sv_max, sigma_best)),
     ]);
     // A non-finite directional bound (overflow) leaves the first version in charge.
-    let directional = hc
-        .directional
-        .as_ref()
-        .map(|d| d.slope(&hc.rows, &factors, r))
-        .filter(|x| x.is_finite());
+    let directional = directional.map(|d| d.finish()).filter(|x| x.is_finite());
     let first = mul_up(a_o, value);
     let contribution = directional.map_or(first, |d| d.min(first));
     HeadSlope {

@@ -7,6 +7,7 @@ use super::check_search_memory;
 use super::lanczos::{lanczos, LanczosOptions};
 use super::vecops::{max_row_norm, project_rows};
 use crate::attention::{AttentionLayer, Kernel};
+use crate::derivatives::streaming::StreamingLinearization;
 use crate::derivatives::{Linearization, LinearizedMap};
 use crate::domain::Domain;
 use crate::error::{check_positive, check_repeats, check_work, Error, Result};
@@ -178,6 +179,25 @@ impl Linearizable for Masked<'_> {
         Self: 'a;
     fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<Linearization<'a, f64>> {
         Linearization::new(self.layer, x, None, self.causal)
+    }
+}
+
+/// [`Masked`] on the streaming attention state (docs/streaming.md): no n x n matrix, the same
+/// map to rounding.
+pub(crate) struct MaskedStreaming<'l> {
+    pub layer: &'l AttentionLayer<f64>,
+    pub causal: bool,
+    /// Queries and keys per tile.
+    pub block: usize,
+}
+
+impl Linearizable for MaskedStreaming<'_> {
+    type At<'a>
+        = StreamingLinearization<'a, f64>
+    where
+        Self: 'a;
+    fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<StreamingLinearization<'a, f64>> {
+        StreamingLinearization::new(self.layer, x, None, self.causal, self.block)
     }
 }
 

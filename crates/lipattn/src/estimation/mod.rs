@@ -45,6 +45,31 @@ pub fn check_search_memory(layer: &AttentionLayer<f64>, count: usize, what: &str
     search_memory(layer.d_in().max(layer.d_out()), layer.heads, count, what)
 }
 
+/// [`check_search_memory`] on the streaming attention state: the same count x d matrices beside
+/// the streaming linearisation's own estimate (linear in count) in place of the n x n state.
+pub fn check_streaming_search_memory(
+    layer: &AttentionLayer<f64>,
+    count: usize,
+    what: &str,
+) -> Result<()> {
+    let d = layer.d_in().max(layer.d_out());
+    crate::budget::check(
+        || {
+            format!(
+                "the search over {count} tokens of width {d} ({what}) on the streaming attention state"
+            )
+        },
+        crate::budget::total(&[
+            crate::budget::bytes_of(&[16, count, d], 8),
+            crate::derivatives::streaming::memory_estimate(
+                layer,
+                count,
+                crate::derivatives::streaming::DEFAULT_BLOCK,
+            ),
+        ]),
+    )
+}
+
 /// [`check_search_memory`] for a rotary sublayer (one attention state per query head).
 pub fn check_rotary_search_memory(
     layer: &crate::attention::RotaryAttention,

@@ -11,9 +11,12 @@ use super::scope_local::UPPER_SEED_OFFSET;
 use super::stack_ball::{CentreRun, StackCentre};
 use super::OnProgress;
 use crate::attention::Kernel;
-use crate::bounds::ball::{attention_ball_slope, rotary_ball_slope, BallKind, BallSlope};
+use crate::bounds::ball::{
+    attention_ball_slope, attention_ball_slope_streaming, rotary_ball_slope, BallKind, BallSlope,
+};
+use crate::derivatives::AttentionMemory;
 use crate::error::{check_at_least, check_in, check_positive, Error, Interval, Result};
-use crate::estimation::adversarial::{Linearizable, Masked};
+use crate::estimation::adversarial::{Linearizable, Masked, MaskedStreaming};
 use crate::estimation::ball_ascent::{ball_ascent, BallAscentOptions};
 use crate::estimation::centre_upper::{centre_upper, CentreUpper};
 use crate::linalg::max_row_norm;
@@ -47,6 +50,11 @@ pub struct CertifyRequest {
     /// Relative accuracy of each local constant the ascent evaluates (an estimate).
     pub tol: f64,
     pub seed: u64,
+    /// Scope attention on a plain (BERT/GPT-2) sublayer: the dense n x n attention state or the
+    /// streaming one (linear in n) for Lemma P's Lanczos, Lemma S's centre and the ascent; auto
+    /// picks by `AttentionMemory::resolve` at the sublayer's n. Rotary sublayers and the block
+    /// and model scopes hold the dense state: `streaming` is refused there.
+    pub attention: AttentionMemory,
 }
 
 impl Default for CertifyRequest {
@@ -64,6 +72,7 @@ impl Default for CertifyRequest {
             attack_steps: attack.steps,
             tol: attack.lanczos.tol,
             seed: 0,
+            attention: AttentionMemory::Auto,
         }
     }
 }
@@ -83,6 +92,12 @@ impl CertifyRequest {
             return Err(Error::invalid(format!(
                 "pool '{}' follows scope 'model' only",
                 self.pool.name()
+            )));
+        }
+        if self.attention == AttentionMemory::Streaming && self.scope != Scope::Attention {
+            return Err(Error::invalid(format!(
+                "attention 'streaming' certifies scope 'attention' only: the {} certificate (Lemma C over derivatives::stack) holds the dense attention state; use attention 'auto' or 'dense'",
+                self.scope.name()
             )));
         }
         self.attack().check()
@@ -132,6 +147,9 @@ pub struct CertifyReport {
     pub radius: f64,
     pub norm: &'static str,
     pub dtype: &'static str,
+    /// The attention state the certificate ran on: "dense" (n x n probabilities per head) or
+    /// "streaming" (per-row statistics, docs/streaming.md).
+    pub attention: AttentionMemory,
     pub seconds: f64,
     /// ||J(X)||_2 at the centre (attained, Lanczos) and Lemma P's upper bound there.
     pub centre_attained: f64,
@@ -174,31 +192,57 @@ pub fn run(
                 ));
             }
             crate::attention::forward::check_shape("X", x, n, plain.d_in())?;
-            crate::estimation::check_search_memory(plain, n, "`n`")?;
-            let f = Masked {
-                layer: plain,
-                causal: source.causal,
-            };
-            attention_certificate(req, &f, x, &mut step, || {
-                attention_ball_slope(plain, x, source.causal, req.epsilon)
-            })
+            let causal = source.causal;
+            match req.attention.resolve(plain, n)? {
+                AttentionMemory::Streaming => {
+                    crate::estimation::check_streaming_search_memory(plain, n, "`n`")?;
+                    let f = MaskedStreaming {
+                        layer: plain,
+                        causal,
+                        block: crate::derivatives::streaming::DEFAULT_BLOCK,
+                    };
+                    attention_certificate(req, &f, x, &mut step, || {
+                        attention_ball_slope_streaming(plain, x, causal, req.epsilon)
+                    })
+                    .map(|c| (c, AttentionMemory::Streaming))
+                }
+                _ => {
+                    crate::estimation::check_search_memory(plain, n, "`n`")?;
+                    let f = Masked {
+                        layer: plain,
+                        causal,
+                    };
+                    attention_certificate(req, &f, x, &mut step, || {
+                        attention_ball_slope(plain, x, causal, req.epsilon)
+                    })
+                    .map(|c| (c, AttentionMemory::Dense))
+                }
+            }
         }
-        SublayerWeights::Rotary { layer: rotary, .. } => {
+        SublayerWeights::Rotary { layer: rotary, family } => {
+            if req.attention == AttentionMemory::Streaming {
+                return Err(Error::invalid(format!(
+                    "attention 'streaming' is for plain (BERT/GPT-2) sublayers: layer {layer} is a rotary ({family}) sublayer, whose certificate holds the dense attention state; use attention 'auto' or 'dense'"
+                )));
+            }
             crate::attention::forward::check_shape("X", x, n, rotary.d_in())?;
             crate::estimation::check_rotary_search_memory(rotary, n, "`n`")?;
             attention_certificate(req, &**rotary, x, &mut step, || {
                 rotary_ball_slope(rotary, x, req.epsilon)
             })
+            .map(|c| (c, AttentionMemory::Dense))
         }
     }
-    .map(|c| {
+    .map(|(c, attention)| {
         let description = format!(
             "layer {layer} self-attention of a {family} checkpoint ({}), {} ball of radius {} around X (n = {n}, d = {d}), Frobenius norms, f64",
             source.name,
             req.ball.name(),
             req.epsilon
         );
-        c.into_report(req, start, layer, family, x, description)
+        let mut report = c.into_report(req, start, layer, family, x, description);
+        report.attention = attention;
+        report
     })
 }
 
@@ -298,6 +342,7 @@ impl AttentionCertificate {
             radius: max_row_norm(x),
             norm: "frobenius",
             dtype: "f64",
+            attention: AttentionMemory::Dense,
             seconds: start.elapsed().as_secs_f64(),
             centre_attained: attack.centre_sigma,
             centre: self.centre,
@@ -446,6 +491,7 @@ pub fn run_stack(
         radius: max_row_norm(x),
         norm: "frobenius",
         dtype: "f64",
+        attention: AttentionMemory::Dense,
         seconds: start.elapsed().as_secs_f64(),
         centre_attained: attack.centre_sigma,
         centre: centre.whole.clone(),

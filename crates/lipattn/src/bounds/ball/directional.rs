@@ -16,6 +16,7 @@ use crate::linalg::rounding::{
     sum_up, ETA, UNIT_ROUNDOFF,
 };
 use faer::{Mat, MatRef, Side};
+use std::borrow::Borrow;
 
 /// B <= F F^T + e I (Loewner order) for the exact Gram matrix B of a weight block.
 struct Factor {
@@ -134,7 +135,11 @@ pub(super) struct HeadInputs<'a> {
 }
 
 impl DirectionalCentre {
-    pub(super) fn new(h: &HeadInputs<'_>, rows: &[RowCentre]) -> Result<Self> {
+    /// The centre of one head from its rows at X, each read once in order (kept or recomputed).
+    pub(super) fn new<R: Borrow<RowCentre>>(
+        h: &HeadInputs<'_>,
+        rows: impl ExactSizeIterator<Item = R>,
+    ) -> Result<Self> {
         let c2 = mul_up(h.c_up, h.c_up);
         let fq = gram_factor(h.wq.as_ref())?;
         let fk = gram_factor(h.wk.as_ref())?;
@@ -164,6 +169,7 @@ impl DirectionalCentre {
             .collect();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
+            let row = row.borrow();
             let s: Vec<f64> = row.p.iter().map(|&p| sqrt_up(p)).collect();
             // lambda_max(W^T A W) <= lambda_max(F^T A F) + e lambda_max(A), lambda_max(A) <= tr A;
             // `norms[pos]` bounds the exact row (shifted by the peak's) of the key at `pos`.
@@ -230,151 +236,151 @@ impl DirectionalCentre {
         ])
     }
 
-    /// The head's contribution ||W_O^h D^2 o^h|| bounded on the ball of token radius r, where
-    /// `factors[i]` bounds p_ij(Z) / p_hat_ij for every Z of the ball: the smaller of the two
-    /// directional forms.
-    pub(super) fn slope(&self, rows: &[RowCentre], factors: &[f64], r: f64) -> f64 {
-        let n = rows.len();
-        let (a_qk, a_ov) = (self.a_qk, self.a_ov);
+    /// The head's contribution ||W_O^h D^2 o^h|| on the ball of token radius r, accumulated
+    /// row by row ([`DirectionalSlope::row`], then [`DirectionalSlope::finish`]): nothing of a
+    /// row outlives its visit but its share of six column sums.
+    pub(super) fn slope(&self, n: usize, r: f64) -> DirectionalSlope<'_> {
+        DirectionalSlope {
+            g: grown(&self.key_grad, self.a_qk, r),
+            hv: grown(&self.value_out, self.a_ov, r),
+            qk: grown(&self.query_key, self.a_qk, r),
+            centre: self,
+            r,
+            columns: std::array::from_fn(|_| vec![0.0; n]),
+            maxima: [0.0; 10],
+        }
+    }
+}
+
+/// The directional form's sums and maxima over the rows visited so far.
+pub(super) struct DirectionalSlope<'c> {
+    centre: &'c DirectionalCentre,
+    r: f64,
+    /// Key gradients, value images and query-key norms grown to the ball.
+    g: Vec<f64>,
+    hv: Vec<f64>,
+    qk: Vec<f64>,
+    /// sum_i u_i W_ij per key j for the six (u, W) of the bound: with W the row weights omega,
+    /// u = QK^2 P, (k1 QK)^2, (k2 QK)^2; with W the off-peak weights (the peak's own entry
+    /// replaced by Theta), u = QK^2 Theta, (k1' QK)^2, (k2' QK)^2. Summed in row order.
+    columns: [Vec<f64>; 6],
+    /// Maxima over rows, in the order of the terms of `finish`.
+    maxima: [f64; 10],
+}
+
+impl DirectionalSlope<'_> {
+    /// Row i with its weights' factor `f` (p_ij(Z) / p_hat_ij <= f on the ball).
+    pub(super) fn row(&mut self, i: usize, row: &RowCentre, f: f64) {
+        let (a_qk, a_ov, r) = (self.centre.a_qk, self.centre.a_ov, self.r);
+        let (g, hv, qk) = (&self.g, &self.hv, &self.qk);
         let sqrt2 = sqrt_up(2.0);
-        let g = grown(&self.key_grad, a_qk, r);
-        let hv = grown(&self.value_out, a_ov, r);
-        let qk = grown(&self.query_key, a_qk, r);
-        let mut om: Vec<Vec<f64>> = Vec::with_capacity(n);
-        let mut off: Vec<Vec<f64>> = Vec::with_capacity(n);
-        let (mut big_p, mut theta) = (vec![0.0f64; n], vec![0.0f64; n]);
-        let (mut ag, mut av, mut agp, mut avp) =
-            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-        let (mut k1, mut k2, mut k1p, mut k2p) =
-            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-        for (i, row) in rows.iter().enumerate() {
-            let f = factors[i];
-            let w: Vec<f64> = row.p.iter().map(|&p| mul_up(p, f).min(1.0)).collect();
-            big_p[i] = w.iter().copied().fold(0.0f64, f64::max);
-            let off_mass = sum_up(
-                row.keys
-                    .iter()
-                    .zip(&w)
-                    .filter(|(&j, _)| j != row.peak)
-                    .map(|(_, &x)| x),
-            );
-            theta[i] = off_mass.min(1.0);
-            let d = &self.rows[i];
-            ag[i] = add_up(sqrt_up(mul_up(f, d.key2)), mul_up(a_qk, r));
-            av[i] = add_up(sqrt_up(mul_up(f, d.value2)), mul_up(a_ov, r));
-            agp[i] = add_up(sqrt_up(mul_up(f, d.key2_peak)), mul_up(2.0 * a_qk, r));
-            avp[i] = add_up(sqrt_up(mul_up(f, d.value2_peak)), mul_up(2.0 * a_ov, r));
-            let key_reach = add_up(d.key_reach, mul_up(2.0 * a_qk, r));
-            let value_reach = add_up(d.value_reach, mul_up(2.0 * a_ov, r));
-            // ||c W_Q^T (E_p k - m)|| and ||W_O (E_p v - m')||: Jensen on the weights.
-            let mean_g = sqrt_up(sum_up(
-                row.keys
-                    .iter()
-                    .zip(&w)
-                    .map(|(&j, &x)| mul_up(x, mul_up(g[j], g[j]))),
-            ));
-            let mean_h = sqrt_up(sum_up(
-                row.keys
-                    .iter()
-                    .zip(&w)
-                    .map(|(&j, &x)| mul_up(x, mul_up(hv[j], hv[j]))),
-            ));
-            let max_g = row.keys.iter().map(|&j| g[j]).fold(0.0f64, f64::max);
-            let max_h = row.keys.iter().map(|&j| hv[j]).fold(0.0f64, f64::max);
-            let m_i = row
-                .keys
+        let sq = |x: f64| mul_up(x, x);
+        let w: Vec<f64> = row.p.iter().map(|&p| mul_up(p, f).min(1.0)).collect();
+        let big_p = w.iter().copied().fold(0.0f64, f64::max);
+        let off_mass = sum_up(
+            row.keys
                 .iter()
                 .zip(&w)
-                .map(|(&j, &x)| mul_up(sqrt_up(x), add_up(hv[j], mean_h)))
-                .fold(0.0f64, f64::max);
-            let sp = sqrt_up(big_p[i]);
-            let st = sqrt_up(theta[i]);
-            k1[i] = mul_up(add_up(max_g, mean_g), av[i]).min(mul_up(ag[i], add_up(max_h, mean_h)));
-            k2[i] = mul_up(
-                qk[i],
-                mul_up(2.0, av[i]).min(add_up(m_i, mul_up(sp, av[i]))),
-            );
-            k1p[i] = mul_up(
-                2.0,
-                mul_up(key_reach, avp[i]).min(mul_up(agp[i], value_reach)),
-            );
-            k2p[i] = mul_up(
-                mul_up(qk[i], st),
-                add_up(mul_up(2.0 * sqrt2, value_reach), mul_up(2.0, avp[i])),
-            );
-            let mut o = w.clone();
-            if let Some(pos) = row.keys.iter().position(|&j| j == row.peak) {
-                o[pos] = theta[i];
-            }
-            om.push(w);
-            off.push(o);
+                .filter(|(&j, _)| j != row.peak)
+                .map(|(_, &x)| x),
+        );
+        let theta = off_mass.min(1.0);
+        let d = &self.centre.rows[i];
+        let ag = add_up(sqrt_up(mul_up(f, d.key2)), mul_up(a_qk, r));
+        let av = add_up(sqrt_up(mul_up(f, d.value2)), mul_up(a_ov, r));
+        let agp = add_up(sqrt_up(mul_up(f, d.key2_peak)), mul_up(2.0 * a_qk, r));
+        let avp = add_up(sqrt_up(mul_up(f, d.value2_peak)), mul_up(2.0 * a_ov, r));
+        let key_reach = add_up(d.key_reach, mul_up(2.0 * a_qk, r));
+        let value_reach = add_up(d.value_reach, mul_up(2.0 * a_ov, r));
+        // ||c W_Q^T (E_p k - m)|| and ||W_O (E_p v - m')||: Jensen on the weights.
+        let mean_g = sqrt_up(sum_up(
+            row.keys
+                .iter()
+                .zip(&w)
+                .map(|(&j, &x)| mul_up(x, mul_up(g[j], g[j]))),
+        ));
+        let mean_h = sqrt_up(sum_up(
+            row.keys
+                .iter()
+                .zip(&w)
+                .map(|(&j, &x)| mul_up(x, mul_up(hv[j], hv[j]))),
+        ));
+        let max_g = row.keys.iter().map(|&j| g[j]).fold(0.0f64, f64::max);
+        let max_h = row.keys.iter().map(|&j| hv[j]).fold(0.0f64, f64::max);
+        let m_i = row
+            .keys
+            .iter()
+            .zip(&w)
+            .map(|(&j, &x)| mul_up(sqrt_up(x), add_up(hv[j], mean_h)))
+            .fold(0.0f64, f64::max);
+        let sp = sqrt_up(big_p);
+        let st = sqrt_up(theta);
+        let q = qk[i];
+        let k1 = mul_up(add_up(max_g, mean_g), av).min(mul_up(ag, add_up(max_h, mean_h)));
+        let k2 = mul_up(q, mul_up(2.0, av).min(add_up(m_i, mul_up(sp, av))));
+        let k1p = mul_up(2.0, mul_up(key_reach, avp).min(mul_up(agp, value_reach)));
+        let k2p = mul_up(
+            mul_up(q, st),
+            add_up(mul_up(2.0 * sqrt2, value_reach), mul_up(2.0, avp)),
+        );
+        let terms = [
+            mul_up(ag, sqrt_up(big_p)),
+            mul_up(av, sqrt_up(big_p)),
+            mul_up(k1, add_up(ag, mul_up(q, sqrt_up(big_p)))),
+            mul_up(k1, ag),
+            mul_up(k2, ag),
+            mul_up(agp, sqrt_up(theta)),
+            mul_up(avp, sqrt_up(theta)),
+            mul_up(k1p, add_up(agp, mul_up(sqrt2, mul_up(q, sqrt_up(theta))))),
+            mul_up(k1p, agp),
+            mul_up(k2p, agp),
+        ];
+        for (m, t) in self.maxima.iter_mut().zip(terms) {
+            *m = m.max(t);
         }
-        // max_j sum_i u_i W_ij over the keys each query sees: sum_i u_i e_i(a)^2 is at most it.
-        let column = |u: &[f64], weights: &[Vec<f64>]| {
-            let mut col = vec![0.0f64; n];
-            for (i, row) in rows.iter().enumerate() {
-                for (&j, &x) in row.keys.iter().zip(&weights[i]) {
-                    col[j] = add_up(col[j], mul_up(u[i], x));
-                }
+        // sum_i u_i e_i(a)^2 is at most max_j sum_i u_i W_ij over the keys each query sees.
+        let u = [
+            mul_up(sq(q), big_p),
+            sq(mul_up(k1, q)),
+            sq(mul_up(k2, q)),
+            mul_up(sq(q), theta),
+            sq(mul_up(k1p, q)),
+            sq(mul_up(k2p, q)),
+        ];
+        for (&j, &x) in row.keys.iter().zip(&w) {
+            // The peak's off-peak weight is the row's off-peak mass.
+            let o = if j == row.peak { theta } else { x };
+            for (c, col) in self.columns.iter_mut().enumerate() {
+                let weight = if c < 3 { x } else { o };
+                col[j] = add_up(col[j], mul_up(u[c], weight));
             }
-            col.into_iter().fold(0.0f64, f64::max)
-        };
-        let max_of = |f: &dyn Fn(usize) -> f64| (0..n).map(f).fold(0.0f64, f64::max);
-        let sq = |x: f64| mul_up(x, x);
+        }
+    }
+
+    /// The smaller of the two directional forms, once every row has been visited.
+    pub(super) fn finish(self) -> f64 {
+        let (a_qk, a_ov) = (self.centre.a_qk, self.centre.a_ov);
+        let sqrt2 = sqrt_up(2.0);
+        let col = |c: usize| self.columns[c].iter().copied().fold(0.0f64, f64::max);
+        let m = &self.maxima;
         // The l2 norm over queries of coef_i sd_i(U), sd_i(U) <= AG_i a_i + QK_i e_i(a).
-        let spread_sum = |coef: &[f64], agv: &[f64], weights: &[Vec<f64>], e_scale: f64| {
-            let u: Vec<f64> = (0..n).map(|i| sq(mul_up(coef[i], qk[i]))).collect();
-            add_up(
-                max_of(&|i| mul_up(coef[i], agv[i])),
-                mul_up(e_scale, sqrt_up(column(&u, weights))),
-            )
+        let spread_sum = |max_term: f64, c: usize, e_scale: f64| {
+            add_up(max_term, mul_up(e_scale, sqrt_up(col(c))))
         };
         // First form: spreads about the keys' and values' means.
-        let t12 = mul_up(
-            2.0 * a_ov,
-            add_up(
-                max_of(&|i| mul_up(ag[i], sqrt_up(big_p[i]))),
-                sqrt_up(column(
-                    &(0..n)
-                        .map(|i| mul_up(sq(qk[i]), big_p[i]))
-                        .collect::<Vec<_>>(),
-                    &om,
-                )),
-            ),
-        );
-        let t3 = mul_up(2.0 * a_qk, max_of(&|i| mul_up(av[i], sqrt_up(big_p[i]))));
-        let t4a = max_of(&|i| mul_up(k1[i], add_up(ag[i], mul_up(qk[i], sqrt_up(big_p[i])))))
-            .min(spread_sum(&k1, &ag, &om, 1.0));
-        let t4b = spread_sum(&k2, &ag, &om, 1.0);
+        let t12 = mul_up(2.0 * a_ov, add_up(m[0], sqrt_up(col(0))));
+        let t3 = mul_up(2.0 * a_qk, m[1]);
+        let t4a = m[2].min(spread_sum(m[3], 1, 1.0));
+        let t4b = spread_sum(m[4], 2, 1.0);
         let first = sum_up([t12, t3, t4a, t4b]);
         // Second form: spreads about each row's peak.
         let t12p = mul_up(
             mul_up(2.0 * sqrt2, a_ov),
-            add_up(
-                max_of(&|i| mul_up(agp[i], sqrt_up(theta[i]))),
-                mul_up(
-                    sqrt2,
-                    sqrt_up(column(
-                        &(0..n)
-                            .map(|i| mul_up(sq(qk[i]), theta[i]))
-                            .collect::<Vec<_>>(),
-                        &off,
-                    )),
-                ),
-            ),
+            add_up(m[5], mul_up(sqrt2, sqrt_up(col(3)))),
         );
-        let t3p = mul_up(
-            mul_up(2.0 * sqrt2, a_qk),
-            max_of(&|i| mul_up(avp[i], sqrt_up(theta[i]))),
-        );
-        let t4ap = max_of(&|i| {
-            mul_up(
-                k1p[i],
-                add_up(agp[i], mul_up(sqrt2, mul_up(qk[i], sqrt_up(theta[i])))),
-            )
-        })
-        .min(spread_sum(&k1p, &agp, &off, sqrt2));
-        let t4bp = spread_sum(&k2p, &agp, &off, sqrt2);
+        let t3p = mul_up(mul_up(2.0 * sqrt2, a_qk), m[6]);
+        let t4ap = m[7].min(spread_sum(m[8], 4, sqrt2));
+        let t4bp = spread_sum(m[9], 5, sqrt2);
         let peak = sum_up([t12p, t3p, t4ap, t4bp]);
         first.min(peak)
     }
