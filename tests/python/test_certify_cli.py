@@ -99,3 +99,42 @@ def test_what_is_not_certified_is_refused(lipattn_bin, minilm, tmp_path):
         assert out.returncode == 2, (extra, out.stderr)
         assert words in out.stderr, (extra, out.stderr)
         assert "panicked" not in out.stderr
+
+
+def test_streaming_attention_on_minilm(tmp_path, lipattn_bin, minilm):
+    """`--attention streaming` (Lemma P's Lanczos and the ascent on the streaming state, Lemma S's
+    centre row by row; docs/streaming.md#certify) gives the dense certificate, and `auto` streams
+    exactly when `--max-memory` refuses the dense n x n state (n = 1,000: 12 heads x 1,000^2 x 8
+    bytes x 2 = 192 MB dense), saying so in the JSON."""
+    rng = np.random.default_rng(11)
+    np.save(tmp_path / "x.npy", layer_norm_like(rng, 48, 384))
+    base = ["--model", minilm, "--layer", 1, "--tokens", tmp_path / "x.npy", "--epsilon", "1e-3",
+            "--upper-steps", "60", "--attack-starts", "1", "--attack-steps", "4", "--tol", "1e-10"]
+    got = {a: certify(lipattn_bin, *base, "--attention", a) for a in ["dense", "streaming", "auto"]}
+    assert got["dense"]["attention"] == "dense" and got["streaming"]["attention"] == "streaming"
+    assert got["auto"]["attention"] == "dense"
+    for key in ["certified", "attained", "centre_attained", "output_change"]:
+        a, b = got["dense"][key], got["streaming"][key]
+        assert abs(a - b) <= 1e-9 * abs(a), (key, a, b)
+    assert got["dense"]["slope"]["value"] == got["streaming"]["slope"]["value"]
+    assert abs(got["dense"]["centre"]["value"] - got["streaming"]["centre"]["value"]) <= 1e-9 * got["dense"]["centre"]["value"]
+    np.save(tmp_path / "long.npy", layer_norm_like(rng, 1000, 384))
+    long = ["certify", "--model", minilm, "--layer", 0, "--tokens", tmp_path / "long.npy", "--epsilon", "1e-3",
+            "--upper-steps", "10", "--attack-starts", "0", "--attack-steps", "1", "--tol", "1e-3",
+            "--max-memory", "120M", "--json"]
+    out = run(lipattn_bin, *long, "--attention", "dense")
+    assert out.returncode == 2 and "max-memory" in out.stderr and "panicked" not in out.stderr, out.stderr
+    out = run(lipattn_bin, *long)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["attention"] == "streaming" and r["n"] == 1000 and r["attained"] <= r["certified"]
+
+
+def test_streaming_is_refused_where_the_certificate_is_dense(lipattn_bin, minilm, tmp_path):
+    """The block and model certificates hold the dense state: `--attention streaming` is refused
+    there with an error naming it, never a panic."""
+    np.save(tmp_path / "x.npy", layer_norm_like(np.random.default_rng(2), 8, 384))
+    out = run(lipattn_bin, "certify", "--model", minilm, "--layer", 0, "--scope", "block", "--tokens",
+              tmp_path / "x.npy", "--epsilon", "1e-3", "--attention", "streaming")
+    assert out.returncode == 2 and "streaming" in out.stderr and "block" in out.stderr, out.stderr
+    assert "panicked" not in out.stderr

@@ -125,7 +125,7 @@ OTHER = {
     "local": ["--model", "--tokens", "--text", "--scope", "--pool", "--method", "--dtype", "--attention",
               "--save-vector"],
     "lipschitz": ["--model", "--kernel", "--mask", "--save-input", "--save-pair"],
-    "certify": ["--model", "--tokens", "--text", "--scope", "--pool", "--ball", "--save-attained"],
+    "certify": ["--model", "--tokens", "--text", "--scope", "--pool", "--ball", "--attention", "--save-attained"],
     "robustness": ["--model", "--tokens", "--text", "--scope", "--pool", "--ball", "--save-attack"],
     "reproduce": ["--out", "--model"],
     "invert": ["--model", "--kernel", "--tokens", "--solver", "--save", "--plot"],

@@ -8,6 +8,7 @@ use crate::scope_input::ScopeInputArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use lipattn::bounds::ball::BallKind;
+use lipattn::derivatives::AttentionMemory;
 use lipattn::fmt::{compact, exact};
 use lipattn::models::{Pool, Scope};
 use lipattn::ops::certify::{self, CertifyRequest};
@@ -51,6 +52,11 @@ pub struct CertifyArgs {
     tol: f64,
     #[arg(long, default_value_t = CertifyRequest::default().seed)]
     seed: u64,
+    /// Scope attention on a plain sublayer: the attention state of Lemma P's Lanczos, Lemma S's
+    /// centre and the ascent: dense n x n probabilities, streaming per-row statistics (memory
+    /// linear in n, docs/streaming.md#certify), or auto (dense when it fits --max-memory).
+    #[arg(long, value_parser = named::<AttentionMemory>(), default_value_t = CertifyRequest::default().attention)]
+    attention: AttentionMemory,
     /// Write the input where the largest ||J(Y)||_2 was found (n, d) as float64 .npy.
     #[arg(long)]
     save_attained: Option<PathBuf>,
@@ -73,6 +79,7 @@ impl From<&CertifyArgs> for CertifyRequest {
             attack_steps: a.attack_steps,
             tol: a.tol,
             seed: a.seed,
+            attention: a.attention,
         }
     }
 }
@@ -128,9 +135,10 @@ pub fn run(a: CertifyArgs) -> Result<()> {
         _ => String::new(),
     };
     println!(
-        "at X: ||J(X)||_2 >= {} (Lanczos), <= {} (Lemma P); {growth}; {:.3} s",
+        "at X: ||J(X)||_2 >= {} (Lanczos), <= {} (Lemma P); {growth}; {} attention state; {:.3} s",
         exact(report.centre_attained),
         exact(report.centre.value),
+        report.attention.name(),
         report.seconds
     );
     Ok(())
