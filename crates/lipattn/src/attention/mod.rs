@@ -9,4 +9,6 @@ pub mod rotary;
 pub use crate::linalg::softmax;
 pub use layer::{AttentionLayer, Kernel};
 pub use norms::{LayerNorm, RmsNorm};
-pub use rotary::{QkNorm, Rope, RopeScaling, RotaryAttention, RotaryLinearization};
+pub use rotary::{
+    QkNorm, Rope, RopeScaling, RotaryAttention, RotaryLinearization, StreamingRotaryLinearization,
+};

@@ -113,7 +113,18 @@ impl<T: Scalar> RotaryAttention<T> {
     ) -> Result<Mat<T>> {
         let n = st.q.nrows();
         check_shape("JVP tangent", dx, n, self.d_in())?;
-        let (dq, dk, dv) = match w_in_t {
+        let (dq, dk, dv) = self.project_tangent(dx, w_in_t);
+        self.jvp_heads_projected(st, dq, dk, dv)
+    }
+
+    /// dx W_Q^T, dx W_K^T, dx W_V^T, with one product against `w_in_t` =
+    /// `stacked_projections_t()` when given.
+    pub(crate) fn project_tangent(
+        &self,
+        dx: MatRef<'_, T>,
+        w_in_t: Option<&Mat<T>>,
+    ) -> (Mat<T>, Mat<T>, Mat<T>) {
+        match w_in_t {
             Some(w) => {
                 let all = linear_t_new(dx, w.as_ref());
                 let (q, k) = (self.wq.nrows(), self.wk.nrows());
@@ -128,8 +139,7 @@ impl<T: Scalar> RotaryAttention<T> {
                 linear(dx, self.wk.as_ref()),
                 linear(dx, self.wv.as_ref()),
             ),
-        };
-        self.jvp_heads_projected(st, dq, dk, dv)
+        }
     }
 
     /// `jvp_heads_with` for the tangent that is `u` (rows.len() x d) on the tokens `rows`
@@ -252,6 +262,55 @@ impl<T: Scalar> RotaryAttention<T> {
         Ok(d_o)
     }
 
+    /// In place: the projected query and key tangents (n x H head_dim, n x kv_heads head_dim)
+    /// through the qk-norm and the rotation, token by token at the tokens' positions.
+    pub(crate) fn tangents_through_tokens(
+        &self,
+        st: &RotaryState<T>,
+        dq: &mut Mat<T>,
+        dk: &mut Mat<T>,
+    ) {
+        let hd = self.head_dim;
+        if let (Some(norm), Some(qn), Some(kn)) = (&self.qk_norm, &st.q_norm, &st.k_norm) {
+            let (gq, gk) = norm.gains();
+            let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
+            qn.apply(dq, hd, &gq, false);
+            kn.apply(dk, hd, &gk, false);
+        }
+        st.table.rotate(dq.as_mut(), hd, false);
+        st.table.rotate(dk.as_mut(), hd, false);
+    }
+
+    /// The transpose of `tangents_through_tokens` on the rotated queries' and keys' cotangents,
+    /// then back through the input projections: x-bar (n x d) from Qbar, Kbar (after rotation)
+    /// and Vbar.
+    pub(crate) fn tokens_of_cotangents(
+        &self,
+        st: &RotaryState<T>,
+        mut qbar: Mat<T>,
+        mut kbar: Mat<T>,
+        vbar: MatRef<'_, T>,
+    ) -> Mat<T> {
+        self.cotangents_through_tokens(st, &mut qbar, &mut kbar);
+        let mut xbar = Mat::<T>::zeros(qbar.nrows(), self.d_in());
+        linear_t(&mut xbar, false, qbar.as_ref(), self.wq.as_ref());
+        linear_t(&mut xbar, true, kbar.as_ref(), self.wk.as_ref());
+        linear_t(&mut xbar, true, vbar, self.wv.as_ref());
+        xbar
+    }
+
+    fn cotangents_through_tokens(&self, st: &RotaryState<T>, qbar: &mut Mat<T>, kbar: &mut Mat<T>) {
+        let hd = self.head_dim;
+        st.table.rotate(qbar.as_mut(), hd, true);
+        st.table.rotate(kbar.as_mut(), hd, true);
+        if let (Some(norm), Some(qn), Some(kn)) = (&self.qk_norm, &st.q_norm, &st.k_norm) {
+            let (gq, gk) = norm.gains();
+            let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
+            qn.apply(qbar, hd, &gq, true);
+            kn.apply(kbar, hd, &gk, true);
+        }
+    }
+
     /// The heads' output tangents from the projected tangents dx W_Q^T, dx W_K^T, dx W_V^T.
     fn jvp_heads_projected(
         &self,
@@ -261,14 +320,7 @@ impl<T: Scalar> RotaryAttention<T> {
         dv: Mat<T>,
     ) -> Result<Mat<T>> {
         let (n, hd) = (st.q.nrows(), self.head_dim);
-        if let (Some(norm), Some(qn), Some(kn)) = (&self.qk_norm, &st.q_norm, &st.k_norm) {
-            let (gq, gk) = norm.gains();
-            let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
-            qn.apply(&mut dq, hd, &gq, false);
-            kn.apply(&mut dk, hd, &gk, false);
-        }
-        st.table.rotate(dq.as_mut(), hd, false);
-        st.table.rotate(dk.as_mut(), hd, false);
+        self.tangents_through_tokens(st, &mut dq, &mut dk);
         crate::cancel::check()?;
         let s = self.score_scale();
         let mut d_o = Mat::<T>::zeros(n, self.heads * hd);
@@ -335,11 +387,7 @@ impl<T: Scalar> RotaryAttention<T> {
     /// obar = dy W_O (n x H head_dim): n x d.
     pub(crate) fn vjp_heads(&self, st: &RotaryState<T>, obar: MatRef<'_, T>) -> Result<Mat<T>> {
         let (qbar, kbar, vbar) = self.projection_cotangents(st, obar)?;
-        let mut xbar = Mat::<T>::zeros(qbar.nrows(), self.d_in());
-        linear_t(&mut xbar, false, qbar.as_ref(), self.wq.as_ref());
-        linear_t(&mut xbar, true, kbar.as_ref(), self.wk.as_ref());
-        linear_t(&mut xbar, true, vbar.as_ref(), self.wv.as_ref());
-        Ok(xbar)
+        Ok(self.tokens_of_cotangents(st, qbar, kbar, vbar.as_ref()))
     }
 
     /// The rows `rows` (increasing) of `vjp_heads`. Only the entries of the band that reach
@@ -494,8 +542,8 @@ impl<T: Scalar> RotaryAttention<T> {
         Ok(xbar)
     }
 
-    /// The cotangents of the projections x W_Q^T, x W_K^T, x W_V^T (before qk-norm and
-    /// rotation) from the heads' output cotangents obar.
+    /// The cotangents of the rotated queries and keys and of the values from the heads' output
+    /// cotangents obar (`tokens_of_cotangents` takes them back to the tokens).
     fn projection_cotangents(
         &self,
         st: &RotaryState<T>,
@@ -567,9 +615,22 @@ impl<T: Scalar> RotaryAttention<T> {
             })
             .collect();
         crate::cancel::check()?;
-        let mut qbar = Mat::<T>::zeros(n, self.heads * hd);
-        let mut kbar = Mat::<T>::zeros(n, self.kv_heads * hd);
-        let mut vbar = Mat::<T>::zeros(n, self.kv_heads * hd);
+        Ok(self.sum_head_parts(n, parts))
+    }
+
+    /// Per query head (in order) its queries' cotangent and its contributions to its kv head's
+    /// key and value cotangents, each `rows` x head_dim, into Qbar, Kbar, Vbar: the group's
+    /// contributions summed in head order, the same sums every run.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn sum_head_parts(
+        &self,
+        rows: usize,
+        parts: Vec<(Mat<T>, Mat<T>, Mat<T>)>,
+    ) -> (Mat<T>, Mat<T>, Mat<T>) {
+        let hd = self.head_dim;
+        let mut qbar = Mat::<T>::zeros(rows, self.heads * hd);
+        let mut kbar = Mat::<T>::zeros(rows, self.kv_heads * hd);
+        let mut vbar = Mat::<T>::zeros(rows, self.kv_heads * hd);
         for (h, (q_h, k_h, v_h)) in parts.into_iter().enumerate() {
             let g = self.kv_of(h);
             qbar.as_mut().subcols_mut(h * hd, hd).copy_from(&q_h);
@@ -578,15 +639,7 @@ impl<T: Scalar> RotaryAttention<T> {
             let mut vg = vbar.as_mut().subcols_mut(g * hd, hd);
             vg += &v_h;
         }
-        st.table.rotate(qbar.as_mut(), hd, true);
-        st.table.rotate(kbar.as_mut(), hd, true);
-        if let (Some(norm), Some(qn), Some(kn)) = (&self.qk_norm, &st.q_norm, &st.k_norm) {
-            let (gq, gk) = norm.gains();
-            let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
-            qn.apply(&mut qbar, hd, &gq, true);
-            kn.apply(&mut kbar, hd, &gk, true);
-        }
-        Ok((qbar, kbar, vbar))
+        (qbar, kbar, vbar)
     }
 }
 

@@ -39,6 +39,17 @@ pub(crate) struct RotaryState<T: Scalar = f64> {
     pub o: Mat<T>,
 }
 
+/// The token-local intermediates at X: rope table, qk-norm states, rotated (and normalised)
+/// queries and keys (n x H head_dim, n x kv_heads head_dim) and values.
+pub(crate) struct TokenStage<T: Scalar> {
+    pub table: RopeTable<T>,
+    pub q_norm: Option<NormState<T>>,
+    pub k_norm: Option<NormState<T>>,
+    pub q: Mat<T>,
+    pub k: Mat<T>,
+    pub v: Mat<T>,
+}
+
 /// One head's keys x queries values on the visible band, stored by blocks of queries: block b
 /// (the b-th of `RotaryAttention::bands`, queries q0..q0 + len) is keys x len for the keys
 /// k0..q0 + len that any of its queries sees. About n^2 / 2 entries under the causal mask and
@@ -134,35 +145,15 @@ impl<T: Scalar> RotaryAttention<T> {
             self.state_bytes(n, keep),
         )?;
         crate::cancel::check()?;
-        let table = self.rope.table(n)?;
+        let TokenStage {
+            table,
+            q_norm,
+            k_norm,
+            q,
+            k,
+            v,
+        } = self.token_stage(x, w_in_t)?;
         let hd = self.head_dim;
-        let (mut q, mut k, v) = match w_in_t {
-            Some(w) => self.stacked_affine(x, w),
-            None => (
-                affine(x, self.wq.as_ref(), &self.bq),
-                affine(x, self.wk.as_ref(), &self.bk),
-                affine(x, self.wv.as_ref(), &self.bv),
-            ),
-        };
-        let (q_norm, k_norm) = match &self.qk_norm {
-            Some(norm) => {
-                let (gq, gk) = norm.gains();
-                let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
-                (
-                    Some(normalise(
-                        &mut q,
-                        hd,
-                        &gq,
-                        norm.eps,
-                        "qk_norm of the queries",
-                    )?),
-                    Some(normalise(&mut k, hd, &gk, norm.eps, "qk_norm of the keys")?),
-                )
-            }
-            None => (None, None),
-        };
-        table.rotate(q.as_mut(), hd, false);
-        table.rotate(k.as_mut(), hd, false);
         crate::cancel::check()?;
         let mut o = Mat::<T>::zeros(n, self.heads * hd);
         let per_head: Vec<(Band<T>, Option<Band<T>>)> = o
@@ -210,6 +201,54 @@ impl<T: Scalar> RotaryAttention<T> {
             p_t,
             tanh_t,
             o,
+        })
+    }
+
+    /// The token-local stages at X (positions 0..n): projections, qk-norm and rotation, shared
+    /// by the dense state and the streaming linearisation (`super::streaming`). No budget check:
+    /// the callers check their own totals first.
+    pub(crate) fn token_stage(
+        &self,
+        x: MatRef<'_, T>,
+        w_in_t: Option<&Mat<T>>,
+    ) -> Result<TokenStage<T>> {
+        let n = x.nrows();
+        let table = self.rope.table(n)?;
+        let hd = self.head_dim;
+        let (mut q, mut k, v) = match w_in_t {
+            Some(w) => self.stacked_affine(x, w),
+            None => (
+                affine(x, self.wq.as_ref(), &self.bq),
+                affine(x, self.wk.as_ref(), &self.bk),
+                affine(x, self.wv.as_ref(), &self.bv),
+            ),
+        };
+        let (q_norm, k_norm) = match &self.qk_norm {
+            Some(norm) => {
+                let (gq, gk) = norm.gains();
+                let (gq, gk) = (to_t::<T>(&gq), to_t::<T>(&gk));
+                (
+                    Some(normalise(
+                        &mut q,
+                        hd,
+                        &gq,
+                        norm.eps,
+                        "qk_norm of the queries",
+                    )?),
+                    Some(normalise(&mut k, hd, &gk, norm.eps, "qk_norm of the keys")?),
+                )
+            }
+            None => (None, None),
+        };
+        table.rotate(q.as_mut(), hd, false);
+        table.rotate(k.as_mut(), hd, false);
+        Ok(TokenStage {
+            table,
+            q_norm,
+            k_norm,
+            q,
+            k,
+            v,
         })
     }
 

@@ -90,31 +90,8 @@ impl<T: Scalar> LinearizedMap<T> for RotaryLinearization<'_, T> {
         self.layer.vjp_heads(&self.state, obar.as_ref())
     }
 
-    /// Only the lower half is multiplied out (half the d^3 of the full product: 34 G of 69 G
-    /// multiply-adds at d = 4096, the largest one-off cost of an f32 run) and mirrored.
     fn normal_data(&self) -> Mat<T> {
-        use faer::linalg::matmul::triangular::{matmul, BlockStructure};
-        let wo = self.layer.wo.as_ref();
-        let c = wo.ncols();
-        let mut g = Mat::<T>::zeros(c, c);
-        matmul(
-            g.as_mut(),
-            BlockStructure::TriangularLower,
-            faer::Accum::Replace,
-            wo.transpose(),
-            BlockStructure::Rectangular,
-            wo,
-            BlockStructure::Rectangular,
-            T::of(1.0),
-            par_for(c, c, wo.nrows()),
-        );
-        crate::simd::clear_upper_state();
-        for j in 0..c {
-            for i in j + 1..c {
-                g[(j, i)] = g[(i, j)];
-            }
-        }
-        g
+        output_gram(self.layer.wo.as_ref())
     }
 
     /// The image is dO (n x H head_dim), J u = dO W_O^T.
@@ -184,8 +161,34 @@ impl<T: Scalar> LinearizedMap<T> for RotaryLinearization<'_, T> {
     }
 }
 
+/// W_O^T W_O: only the lower half is multiplied out (half the d^3 of the full product: 34 G of
+/// 69 G multiply-adds at d = 4096, the largest one-off cost of an f32 run) and mirrored.
+pub(super) fn output_gram<T: Scalar>(wo: MatRef<'_, T>) -> Mat<T> {
+    use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+    let c = wo.ncols();
+    let mut g = Mat::<T>::zeros(c, c);
+    matmul(
+        g.as_mut(),
+        BlockStructure::TriangularLower,
+        faer::Accum::Replace,
+        wo.transpose(),
+        BlockStructure::Rectangular,
+        wo,
+        BlockStructure::Rectangular,
+        T::of(1.0),
+        par_for(c, c, wo.nrows()),
+    );
+    crate::simd::clear_upper_state();
+    for j in 0..c {
+        for i in j + 1..c {
+            g[(j, i)] = g[(i, j)];
+        }
+    }
+    g
+}
+
 /// d_o G for the symmetric Gram G = W_O^T W_O: d_o G^T = d_o G, read column-major (faster).
-fn gram_product<T: Scalar>(gram: &Mat<T>, d_o: MatRef<'_, T>) -> Mat<T> {
+pub(super) fn gram_product<T: Scalar>(gram: &Mat<T>, d_o: MatRef<'_, T>) -> Mat<T> {
     let mut obar = Mat::<T>::zeros(d_o.nrows(), gram.ncols());
     gemm(
         obar.as_mut(),

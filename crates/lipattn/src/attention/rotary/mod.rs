@@ -27,8 +27,10 @@ mod forward;
 mod layer;
 mod linearization;
 mod rope;
+mod streaming;
 
 pub use layer::{QkNorm, RotaryAttention};
 pub use linearization::RotaryLinearization;
 pub(crate) use rope::RopeTable;
 pub use rope::{Rope, RopeScaling};
+pub use streaming::{memory_estimate as streaming_memory_estimate, StreamingRotaryLinearization};
