@@ -79,3 +79,23 @@ def test_a_large_float32_array_goes_in_without_a_copy():
     r = layer.local_constant(x, max_iter=1, causal=True, attention="streaming")
     assert _lipattn._input_copies() == before
     assert r.n == 32_768 and r.d == d and r.dtype == "f32" and np.isfinite(r.sigma) and r.sigma > 0
+
+
+def test_model_local_constant_and_certify_on_either_state(minilm):
+    """`Model.local_constant(attention=...)` and `Model.certify(attention=...)` on MiniLM: the
+    streaming state gives the dense value, and the result says which ran."""
+    model = lipattn.Model(minilm)
+    x = np.random.default_rng(3).standard_normal((64, model.hidden_size))
+    r = {a: model.local_constant(1, x, tol=1e-10, attention=a) for a in ("dense", "streaming", "auto")}
+    assert {a: v.to_dict()["attention"] for a, v in r.items()} == {"dense": "dense", "streaming": "streaming",
+                                                                    "auto": "dense"}
+    assert r["streaming"].sigma == pytest.approx(r["dense"].sigma, rel=1e-9, abs=0)
+    kw = dict(x=x, upper_steps=40, attack_starts=1, attack_steps=3, tol=1e-10)
+    c = {a: model.certify(1, 1e-3, attention=a, **kw) for a in ("dense", "streaming")}
+    assert c["dense"]["attention"] == "dense" and c["streaming"]["attention"] == "streaming"
+    for key in ("certified", "attained", "output_change"):
+        assert c["streaming"][key] == pytest.approx(c["dense"][key], rel=1e-9, abs=0)
+    with pytest.raises(ValueError, match="attention"):
+        model.local_constant(1, x, attention="sparse")
+    with pytest.raises(ValueError, match="streaming"):
+        model.certify(0, 1e-3, x=x, scope="block", attention="streaming")

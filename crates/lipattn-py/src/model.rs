@@ -294,7 +294,9 @@ impl PyModel {
     /// certificate. ``method`` 'lanczos' (``tol`` = requested relative accuracy, an estimate) or
     /// 'power'. ``dtype`` 'f32' runs Lanczos in float32 and refines its vector in float64 (the
     /// reported sigma and error estimate are the float64 ones): ``lipattn local --dtype f32``.
-    #[pyo3(signature = (layer, x, *, head=None, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), dtype=LocalRequest::default().dtype.name()))]
+    /// ``attention``: 'dense' (n x n probabilities), 'streaming' (per-row statistics, memory
+    /// linear in n; plain sublayers) or 'auto' (dense when it fits the memory budget).
+    #[pyo3(signature = (layer, x, *, head=None, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), dtype=LocalRequest::default().dtype.name(), attention=LocalRequest::default().attention.name()))]
     #[allow(clippy::too_many_arguments)]
     fn local_constant(
         &self,
@@ -307,11 +309,13 @@ impl PyModel {
         max_iter: Option<PyInt>,
         seed: PyInt,
         dtype: &str,
+        attention: &str,
     ) -> PyResult<PyLocalConstant> {
         crate::ints::unsigned!(layer, head, max_iter, seed);
         let req = LocalRequest {
             head,
             dtype: dtype.parse().py_err()?,
+            attention: attention.parse().py_err()?,
             ..local_request(method, tol, max_iter, seed)?
         };
         let x = matrix_f64(x, "tokens")?;
@@ -404,8 +408,10 @@ impl PyModel {
     /// (``certified``: proven bound on sup ||J(Y)||_2 over the ball, probabilistic with
     /// ``failure_probability`` through Lemma P at the centre; ``output_change``: the bound on
     /// ||f(Y) - f(X)||_F; ``attained``: the largest ||J(Y)||_2 ascent found in the ball; ...)
-    /// plus ``x`` and ``attained_input``.
-    #[pyo3(signature = (layer, epsilon, x=None, *, text=None, ids=None, max_tokens=None, scope=CertifyRequest::default().scope.name(), pool=CertifyRequest::default().pool.name(), ball=CertifyRequest::default().ball.name(), failure_probability=CertifyRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(CertifyRequest::default().upper_steps as i128), interval_steps=crate::ints::PyInt::Fits(CertifyRequest::default().interval_steps as i128), attack_starts=crate::ints::PyInt::Fits(CertifyRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(CertifyRequest::default().attack_steps as i128), tol=CertifyRequest::default().tol, seed=crate::ints::PyInt::Fits(CertifyRequest::default().seed as i128)))]
+    /// plus ``x`` and ``attained_input``. ``attention`` ('auto', 'dense', 'streaming'): the
+    /// attention state of scope 'attention' on a plain sublayer; the dict's ``attention`` says
+    /// which ran (streaming: memory linear in n).
+    #[pyo3(signature = (layer, epsilon, x=None, *, text=None, ids=None, max_tokens=None, scope=CertifyRequest::default().scope.name(), pool=CertifyRequest::default().pool.name(), ball=CertifyRequest::default().ball.name(), failure_probability=CertifyRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(CertifyRequest::default().upper_steps as i128), interval_steps=crate::ints::PyInt::Fits(CertifyRequest::default().interval_steps as i128), attack_starts=crate::ints::PyInt::Fits(CertifyRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(CertifyRequest::default().attack_steps as i128), tol=CertifyRequest::default().tol, seed=crate::ints::PyInt::Fits(CertifyRequest::default().seed as i128), attention=CertifyRequest::default().attention.name()))]
     #[allow(clippy::too_many_arguments)]
     fn certify<'py>(
         &self,
@@ -426,6 +432,7 @@ impl PyModel {
         attack_steps: PyInt,
         tol: f64,
         seed: PyInt,
+        attention: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::ints::unsigned!(
             layer,
@@ -449,6 +456,7 @@ impl PyModel {
             attack_steps,
             tol,
             seed,
+            attention: attention.parse().py_err()?,
         };
         req.check().py_err()?;
         req.scope.check(layer, req.pool).py_err()?;

@@ -326,9 +326,11 @@ class Model:
         max_iter: Optional[int] = None,
         seed: int = 0,
         dtype: Literal["f64", "f32"] = "f64",
+        attention: Literal["auto", "dense", "streaming"] = "auto",
     ) -> LocalConstant:
         """``lipattn local --model``: ||J(X)||_2 of the layer's attention sublayer at ``x`` (float64,
-        the model's mask, positions 0..n-1); an attained lower bound, never a certificate."""
+        the model's mask, positions 0..n-1); an attained lower bound, never a certificate.
+        ``attention``: the dense n x n state, the streaming one (plain sublayers) or auto."""
         ...
     def scope_local_constant(
         self,
@@ -371,12 +373,15 @@ class Model:
         attack_steps: int = 30,
         tol: float = 1e-6,
         seed: int = 0,
+        attention: Literal["auto", "dense", "streaming"] = "auto",
     ) -> dict[str, Any]:
         """``lipattn certify``: a proven bound on sup ||J(Y)||_2 and on ||f(Y) - f(X)||_F over a
         ball around X for the attention sublayer of ``layer``, block ``layer`` or the whole model
         (``layer`` None, then ``pool``), probabilistic with ``failure_probability``, beside the
         largest ||J(Y)||_2 an ascent finds there; the dict the CLI prints plus ``x`` and
-        ``attained_input``."""
+        ``attained_input``. ``attention``: the attention state of scope 'attention' on a plain
+        sublayer (dense, streaming in memory linear in n, or auto); the dict's ``attention``
+        says which ran."""
         ...
     def robustness(
         self,
