@@ -379,7 +379,7 @@ impl Mask {
 /// from the projections each time they are read (linear memory, docs/streaming.md).
 enum Rows {
     Stored(Vec<RowCentre>),
-    Streamed(RowSource),
+    Streamed(Box<RowSource>),
 }
 
 /// What one row of a head is computed from: the projections at X and the score rounding
@@ -685,7 +685,7 @@ fn head_centre(
         v_norm,
         rows: match stored {
             Some(rows) => Rows::Stored(rows),
-            None => Rows::Streamed(src),
+            None => Rows::Streamed(Box::new(src)),
         },
     })
 }
