@@ -1,5 +1,6 @@
 //! Quick timing of one JVP plus one VJP at MiniLM size with random weights (no model needed).
-//! Usage: cargo run --release --example profile_jvp_vjp -- [n] [f32|f64] [repeats]
+//! Usage: [STREAM=1] cargo run --release --example profile_jvp_vjp -- [n] [f32|f64] [repeats]
+use lipattn::derivatives::streaming::{StreamingLinearization, DEFAULT_BLOCK};
 use lipattn::{AttentionLayer, Kernel, Linearization, Mat, Scalar};
 use std::time::Instant;
 
@@ -53,31 +54,55 @@ fn run<T: Scalar>(n: usize, reps: usize) {
         println!("scores in [{lo}, {hi}]");
     }
     let g = m(n, d, 1.0);
-    let lin = Linearization::new(&layer, x.as_ref(), None, false).unwrap();
+    // STREAM=1: the streaming linearisation (docs/streaming.md) instead of the dense one.
+    let streaming = std::env::var("STREAM").is_ok_and(|v| v == "1");
+    let linearize = || -> Box<dyn Fn(&Mat<T>) -> (Mat<T>, Mat<T>, f64)> {
+        if streaming {
+            let lin = StreamingLinearization::new(&layer, x.as_ref(), None, false, DEFAULT_BLOCK)
+                .unwrap();
+            Box::new(move |g: &Mat<T>| {
+                let t0 = Instant::now();
+                let y = lin.jvp(g.as_ref()).unwrap();
+                let t1 = t0.elapsed().as_secs_f64() * 1e3;
+                let w = lin.vjp(y.as_ref()).unwrap();
+                (y, w, t1)
+            })
+        } else {
+            let lin = Linearization::new(&layer, x.as_ref(), None, false).unwrap();
+            Box::new(move |g: &Mat<T>| {
+                let t0 = Instant::now();
+                let y = lin.jvp(g.as_ref()).unwrap();
+                let t1 = t0.elapsed().as_secs_f64() * 1e3;
+                let w = lin.vjp(y.as_ref()).unwrap();
+                (y, w, t1)
+            })
+        }
+    };
+    let step = linearize();
     let mut times = Vec::new();
     let cpu0 = cpu_seconds();
     let (mut tj, mut tv) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         let t0 = Instant::now();
-        let y = lin.jvp(g.as_ref()).unwrap();
-        let t1 = Instant::now();
-        let _ = lin.vjp(y.as_ref()).unwrap();
-        let t2 = Instant::now();
-        tj.push((t1 - t0).as_secs_f64() * 1e3);
-        tv.push((t2 - t1).as_secs_f64() * 1e3);
-        times.push((t2 - t0).as_secs_f64() * 1e3);
+        let (_, _, jvp_ms) = step(&g);
+        let total = t0.elapsed().as_secs_f64() * 1e3;
+        tj.push(jvp_ms);
+        tv.push(total - jvp_ms);
+        times.push(total);
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let cpu_per_iter = (cpu_seconds() - cpu0) / reps as f64 * 1e3;
+    drop(step);
     let t0 = Instant::now();
-    let _ = Linearization::new(&layer, x.as_ref(), None, false).unwrap();
+    drop(linearize());
     let tl = t0.elapsed().as_secs_f64() * 1e3;
     println!(
-        "{} n={n}: jvp+vjp median {:.3} ms (jvp {:.3}, vjp {:.3}); cpu {:.3} ms/iter; linearize {:.3} ms",
+        "{} n={n} {}: jvp+vjp median {:.3} ms (jvp {:.3}, vjp {:.3}); cpu {:.3} ms/iter; linearize {:.3} ms",
         T::NAME,
+        if streaming { "streaming" } else { "dense" },
         med(&mut times),
         med(&mut tj),
         med(&mut tv),

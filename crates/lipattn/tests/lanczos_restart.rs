@@ -13,7 +13,7 @@ use lipattn::{Kernel, LayerSource};
 fn capped_basis_equals_uncapped_and_fits_where_uncapped_does_not() {
     let source = LayerSource::new("random layer", false, Kernel::Dot);
     let layer = random_layer(16, 2, Kernel::Dot, 0.2, 11).expect("layer");
-    let x = random_tokens(400, 16, 1.0, 12);
+    let x = random_tokens(1200, 16, 1.0, 12);
     let run = |req: &LocalRequest| {
         local::run(
             req,
@@ -51,31 +51,36 @@ fn capped_basis_equals_uncapped_and_fits_where_uncapped_does_not() {
         }
     }
 
-    // Each budget check compares one need with the budget: the streaming state's (about 1 MB)
-    // and the basis's, k pairs of a 400 x 16 vector and its image after k steps. A budget above
-    // the state and 4 pairs but below the uncapped run's basis refuses the uncapped run only.
-    let pair = 2 * 400 * 16 * 8;
+    // Each budget check compares one need with the budget: the streaming state's (about 17
+    // basis vectors here) and the basis's, k vectors of 1200 x 16 after k steps. At a tolerance
+    // of 1e-30 the uncapped run goes on until sigma stops moving in f64 (more than 20 steps):
+    // a budget above the state and 4 vectors but below that basis refuses the uncapped run
+    // only, and the capped one still ends at the converged sigma.
+    let vector = 1200 * 16 * 8;
     let state = lipattn::derivatives::streaming::memory_estimate(
         &layer,
-        400,
+        1200,
         lipattn::derivatives::streaming::DEFAULT_BLOCK,
     )
     .expect("fits u64");
-    let budget = state.max(4 * pair) + pair;
-    assert!(
-        (full.iterations as u64) * pair > budget,
-        "{} iterations",
-        full.iterations
-    );
+    let budget = state.max(4 * vector) + vector;
+    let long = |max_basis| LocalRequest {
+        tol: 1e-30,
+        max_iter: Some(60),
+        ..req(AttentionMemory::Streaming, max_basis)
+    };
     lipattn::budget::set_max_memory(Some(budget));
-    let uncapped = run(&req(AttentionMemory::Streaming, None));
-    let capped = run(&req(AttentionMemory::Streaming, Some(4)));
+    let uncapped = run(&long(None));
+    let capped = run(&long(Some(4)));
     lipattn::budget::set_max_memory(None);
-    let e = uncapped.err().expect("the uncapped basis must be refused");
-    assert!(
-        e.to_string().contains("the Lanczos basis and images"),
-        "{e}"
-    );
+    let e = match uncapped {
+        Ok(r) => panic!(
+            "the uncapped basis must be refused: {} iterations, converged {}",
+            r.iterations, r.converged
+        ),
+        Err(e) => e,
+    };
+    assert!(e.to_string().contains("the Lanczos basis after"), "{e}");
     let capped = capped.expect("the capped basis fits");
     assert!((capped.sigma - full.sigma).abs() <= 1e-9 * full.sigma);
 

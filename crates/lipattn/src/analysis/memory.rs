@@ -5,7 +5,7 @@
 //!
 //! The estimate's memory is the sum of the same per-buffer estimates the budget checks use
 //! (`AttentionLayer::state_bytes` for the dense state, `streaming::memory_estimate` for the
-//! streaming one, `RotaryAttention::state_bytes`, and Lanczos's basis and images per step),
+//! streaming one, `RotaryAttention::state_bytes`, and Lanczos's basis per step),
 //! plus the model's parameters in f64. Its time is a cost model: the flops of one JVP + VJP and
 //! of one linearisation scale as a n^2 + b n with n, and the seconds per flop are measured at
 //! the start of the run on this machine, by a linearisation and a few Lanczos steps of the first
@@ -107,7 +107,7 @@ pub struct EstimateAtN {
     pub seconds: f64,
 }
 
-const METHOD: &str = "memory: the budget checks' own size formulas (attention state per operator, Lanczos basis and images per step) for as many operators at once as threads, plus the parameters in f64; time: flops of one linearisation and one JVP + VJP (a n^2 + b n) scaled from a calibration run of the first selected sublayer on this machine, times the local constants and the Lanczos steps assumed";
+const METHOD: &str = "memory: the budget checks' own size formulas (attention state per operator, Lanczos basis per step) for as many operators at once as threads, plus the parameters in f64; time: flops of one linearisation and one JVP + VJP (a n^2 + b n) scaled from a calibration run of the first selected sublayer on this machine, times the local constants and the Lanczos steps assumed";
 
 /// Flops of one JVP + VJP of `op` at n tokens (one linearisation costs about half).
 fn step_flops(op: &Op, n: usize) -> f64 {
@@ -118,11 +118,10 @@ fn step_flops(op: &Op, n: usize) -> f64 {
         + 2.0 * n * h * dkdv as f64 * d_out as f64
 }
 
-/// Bytes of Lanczos's basis and images after `steps` steps at n tokens (the formula of its
-/// budget check).
+/// Bytes of Lanczos's basis after `steps` steps at n tokens (the formula of its budget check).
 fn lanczos_bytes(op: &Op, n: usize, steps: usize) -> u64 {
-    let (_, _, d_in, d_out, _) = op.shape();
-    crate::budget::bytes_of(&[steps, n, d_in + d_out], 8).unwrap_or(u64::MAX)
+    let (_, _, d_in, _, _) = op.shape();
+    crate::budget::bytes_of(&[steps, n, d_in], 8).unwrap_or(u64::MAX)
 }
 
 fn weights_bytes(model: &Model) -> u64 {
