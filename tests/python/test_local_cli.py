@@ -134,3 +134,30 @@ def test_streaming_attention_on_minilm(tmp_path, lipattn_bin, minilm):
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["attention"] == "streaming" and r["n"] == 2000 and r["sigma"] > 0
+
+
+def test_streaming_attention_on_a_rotary_sublayer(tmp_path, lipattn_bin):
+    """A rotary (Llama-layout, grouped-query) sublayer streams too (docs/streaming.md#rotary-sublayers):
+    `--attention streaming` gives the dense local constant, and under a `--max-memory` that refuses
+    the dense band of probabilities `auto` streams and matches the dense value computed without
+    the limit, while `--attention dense` is refused naming the budget."""
+    import tiny_llama
+    tiny_llama.write(tmp_path)
+    rng = np.random.default_rng(7)
+    np.save(tmp_path / "x.npy", rng.standard_normal((1500, tiny_llama.D)))
+    base = ["local", "--model", tmp_path, "--layer", 1, "--tokens", tmp_path / "x.npy", "--json", "--tol", "1e-10"]
+    got = {}
+    for attention in ["dense", "streaming"]:
+        out = run(lipattn_bin, *base, "--attention", attention)
+        assert out.returncode == 0, out.stderr
+        got[attention] = json.loads(out.stdout)
+        assert got[attention]["attention"] == attention and got[attention]["operator"]["rotary"]["kv_heads"] == 1
+    out = run(lipattn_bin, *base, "--max-memory", "8M", "--attention", "dense")
+    assert out.returncode == 2 and "max-memory" in out.stderr and "panicked" not in out.stderr, out.stderr
+    out = run(lipattn_bin, *base, "--max-memory", "8M")
+    assert out.returncode == 0, out.stderr
+    got["auto"] = json.loads(out.stdout)
+    assert got["auto"]["attention"] == "streaming"
+    dense = got["dense"]["sigma"]
+    for attention in ["streaming", "auto"]:
+        assert abs(got[attention]["sigma"] - dense) <= 1e-9 * dense, (attention, got[attention]["sigma"], dense)

@@ -5,7 +5,8 @@
 //!
 //! The estimate's memory is the sum of the same per-buffer estimates the budget checks use
 //! (`AttentionLayer::state_bytes` for the dense state, `streaming::memory_estimate` for the
-//! streaming one, `RotaryAttention::state_bytes`, and Lanczos's basis per step),
+//! streaming one, `RotaryAttention::state_bytes` and the streaming rotary estimate, and
+//! Lanczos's basis per step),
 //! plus the model's parameters in f64. Its time is a cost model: the flops of one JVP + VJP and
 //! of one linearisation scale as a n^2 + b n with n, and the seconds per flop are measured at
 //! the start of the run on this machine, by a linearisation and a few Lanczos steps of the first
@@ -14,7 +15,7 @@
 use super::plan::Plan;
 use super::request::AnalysisOptions;
 use super::sublayer::Op;
-use crate::attention::RotaryLinearization;
+use crate::attention::{RotaryLinearization, StreamingRotaryLinearization};
 use crate::derivatives::streaming::{StreamingLinearization, DEFAULT_BLOCK};
 use crate::derivatives::{AttentionMemory, Linearization};
 use crate::error::Result;
@@ -160,6 +161,11 @@ fn calibrate(op: &Op, n: usize, radius: f64, attention: AttentionMemory) -> Resu
             let t = t0.elapsed().as_secs_f64();
             (t, lanczos(&lin, &opts, None)?.iterations)
         }
+        (Op::Rotary(l), AttentionMemory::Streaming) => {
+            let lin = StreamingRotaryLinearization::new(l, x.as_ref(), DEFAULT_BLOCK)?;
+            let t = t0.elapsed().as_secs_f64();
+            (t, lanczos(&lin, &opts, None)?.iterations)
+        }
         (Op::Rotary(l), _) => {
             let lin = RotaryLinearization::new(l, x.as_ref())?;
             let t = t0.elapsed().as_secs_f64();
@@ -257,10 +263,7 @@ pub(super) fn estimate(model: &Model, plan: &Plan, opts: &AnalysisOptions) -> Re
         peak = peak.max(at_n);
         peak_cap = peak_cap.max(at_cap);
         seconds += t;
-        let dense_state_bytes = match sublayer {
-            Op::Plain(l) => l.state_bytes(n, n),
-            Op::Rotary(_) => sublayer.state_bytes(n, AttentionMemory::Dense),
-        };
+        let dense_state_bytes = sublayer.state_bytes(n, AttentionMemory::Dense);
         per_n.push(EstimateAtN {
             n,
             attention: path(0),

@@ -4,15 +4,15 @@
 //! certified bounds, radius and structured-input geometry, so a BERT or GPT-2 report is computed
 //! exactly as before the rotary path existed.
 
-use super::sigma::local_sigma;
-use crate::attention::{AttentionLayer, RotaryAttention, RotaryLinearization};
+use super::sigma::{local_sigma, rotary_local_sigma};
+use crate::attention::{AttentionLayer, RotaryAttention};
 use crate::bounds::layer_norm::{layer_norm_radius, rms_norm_radius};
 use crate::bounds::rotary::rotary_summary;
 use crate::bounds::{certified_summaries, CertifiedSummary};
 use crate::derivatives::AttentionMemory;
 use crate::domain::Domain;
-use crate::error::{Error, Result};
-use crate::estimation::{adversarial_direction, lanczos, LanczosOptions, TransitionGeometry};
+use crate::error::Result;
+use crate::estimation::{adversarial_direction, LanczosOptions, TransitionGeometry};
 use crate::models::decoder::RotaryBlock;
 use crate::models::{Model, ModelLayer};
 use faer::{Mat, MatRef};
@@ -55,22 +55,17 @@ impl Op {
             Op::Plain(l) => local_sigma(l, x, domain, opts, attention),
             Op::Rotary(l) => {
                 debug_assert!(domain.causal && x.nrows() == domain.n);
-                let lin = RotaryLinearization::new(l, x)?;
-                Ok(lanczos(&lin, opts, None)?.sigma)
+                rotary_local_sigma(l, x, opts, attention)
             }
         }
     }
 
     /// The attention state this operator holds at n tokens when the options ask for `asked`:
-    /// the rule of `AttentionMemory::resolve` for a plain operator; a rotary one is always dense
-    /// (its linearisation is not streamed), and asking for `streaming` there is an error.
+    /// the rule of `AttentionMemory::resolve`, for plain and rotary operators alike.
     pub fn attention_at(&self, n: usize, asked: AttentionMemory) -> Result<AttentionMemory> {
-        match (self, asked) {
-            (Op::Plain(l), _) => asked.resolve(l, n),
-            (Op::Rotary(_), AttentionMemory::Streaming) => Err(Error::invalid(
-                "`attention` 'streaming' runs on plain sublayers (BERT, GPT-2) only: rotary attention is not streamed (docs/streaming.md); use 'auto' or 'dense'",
-            )),
-            (Op::Rotary(_), _) => Ok(AttentionMemory::Dense),
+        match self {
+            Op::Plain(l) => asked.resolve(l, n),
+            Op::Rotary(l) => asked.resolve(l, n),
         }
     }
 
@@ -79,7 +74,7 @@ impl Op {
     pub fn state_bytes(&self, n: usize, attention: AttentionMemory) -> Option<u64> {
         match self {
             Op::Plain(l) => attention.state_bytes(l, n),
-            Op::Rotary(l) => l.state_bytes(n, true),
+            Op::Rotary(l) => attention.state_bytes(l, n),
         }
     }
 

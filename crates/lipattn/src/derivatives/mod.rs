@@ -13,5 +13,5 @@ pub mod vjp;
 
 pub use linearization::Linearization;
 pub use linearized_map::LinearizedMap;
-pub use memory::AttentionMemory;
+pub use memory::{AttentionMemory, AttentionStates};
 pub use query_jacobian::query_jacobian;

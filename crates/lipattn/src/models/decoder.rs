@@ -8,6 +8,7 @@ use super::decoder_config::DecoderConfig;
 use super::model::Model;
 use crate::attention::forward::affine;
 use crate::attention::{QkNorm, RmsNorm, RotaryAttention};
+use crate::derivatives::memory::{rotary_attention_output, AttentionMemory};
 use crate::error::{check_finite, Error, Result};
 use faer::{Mat, MatRef};
 
@@ -74,7 +75,10 @@ impl RotaryBlock {
     /// 0..n) entering it.
     pub fn forward(&self, h: MatRef<'_, f64>) -> Result<Mat<f64>> {
         let x = self.attention_norm.apply(h)?;
-        let mut a = self.attention.forward(x.as_ref())?;
+        // Dense when its band of probabilities fits the budget, streaming otherwise, so that
+        // long sequences pass through the model in memory linear in n.
+        let (mut a, _) =
+            rotary_attention_output(&self.attention, x.as_ref(), AttentionMemory::Auto)?;
         if let Some(n) = &self.attention_output_norm {
             a = n.apply(a.as_ref())?;
         }

@@ -4,7 +4,9 @@
 //! never a certificate.
 
 use super::{OnProgress, Progress};
-use crate::attention::{AttentionLayer, Kernel, RotaryAttention, RotaryLinearization};
+use crate::attention::{
+    AttentionLayer, Kernel, RotaryAttention, RotaryLinearization, StreamingRotaryLinearization,
+};
 use crate::derivatives::streaming::{self, StreamingLinearization};
 pub use crate::derivatives::AttentionMemory;
 use crate::derivatives::Linearization;
@@ -57,7 +59,7 @@ pub struct LocalRequest {
     pub head: Option<usize>,
     /// f64, or f32 Lanczos refined in f64 (2.8x faster at the Llama shape of bench/rotary_local).
     pub dtype: LocalDtype,
-    /// Dense or streaming attention state (plain sublayers; rotary ones are dense).
+    /// Dense or streaming attention state (plain and rotary sublayers).
     pub attention: AttentionMemory,
     /// Lanczos keeps at most this many Krylov vectors (and images), restarting from its top
     /// Ritz vector when full (`estimation::lanczos_restarted`); None: one a step, up to
@@ -297,8 +299,16 @@ pub fn run_rotary(
         total: 1,
     });
     req.check()?;
-    let r = match (req.dtype, &req.estimator()) {
-        (LocalDtype::F32, Method::Lanczos(o)) => {
+    // The f32 run also linearises in f64 (its refinement): the f64 state decides, as for plain
+    // sublayers.
+    let attention = req.attention.resolve(layer, inputs.x.nrows())?;
+    let block = streaming::DEFAULT_BLOCK;
+    let r = match (
+        req.dtype,
+        &req.estimator(),
+        attention == AttentionMemory::Streaming,
+    ) {
+        (LocalDtype::F32, Method::Lanczos(o), false) => {
             let l32 = layer.cast::<f32>();
             let x32 = cast_mat::<f64, f32>(inputs.x);
             local_norm_refined(
@@ -308,12 +318,30 @@ pub fn run_rotary(
                 || RotaryLinearization::new(layer, inputs.x),
             )?
         }
-        (_, Method::Lanczos(o)) if req.max_basis.is_some() => {
+        (LocalDtype::F32, Method::Lanczos(o), true) => {
+            let l32 = layer.cast::<f32>();
+            let x32 = cast_mat::<f64, f32>(inputs.x);
+            local_norm_refined(
+                inputs.x,
+                o,
+                || StreamingRotaryLinearization::new(&l32, x32.as_ref(), block),
+                || StreamingRotaryLinearization::new(layer, inputs.x, block),
+            )?
+        }
+        (_, Method::Lanczos(o), false) if req.max_basis.is_some() => {
             restarted(inputs.x, o, req.max_basis, || {
                 RotaryLinearization::new(layer, inputs.x)
             })?
         }
-        (_, m) => local_norm_of(inputs.x, m, || RotaryLinearization::new(layer, inputs.x))?,
+        (_, Method::Lanczos(o), true) if req.max_basis.is_some() => {
+            restarted(inputs.x, o, req.max_basis, || {
+                StreamingRotaryLinearization::new(layer, inputs.x, block)
+            })?
+        }
+        (_, m, false) => local_norm_of(inputs.x, m, || RotaryLinearization::new(layer, inputs.x))?,
+        (_, m, true) => local_norm_of(inputs.x, m, || {
+            StreamingRotaryLinearization::new(layer, inputs.x, block)
+        })?,
     };
     on_progress(&Progress {
         stage,
@@ -322,7 +350,9 @@ pub fn run_rotary(
     });
     let operator =
         Operator::token_map_at(&source, Kernel::Dot, true, r.x.nrows(), false).with_rotary(form);
-    Ok(report(req, r, layer.d_out(), operator))
+    let mut report = report(req, r, layer.d_out(), operator);
+    report.attention = attention;
+    Ok(report)
 }
 
 /// `run` on a checkpoint's sublayer of any family, at tokens `x` with the model's own mask and

@@ -121,6 +121,21 @@ impl<T: Scalar> RotaryAttention<T> {
         ])
     }
 
+    /// The budget check of the state at n tokens (`state_bytes`), made before any of it is
+    /// allocated: per head, P_h^T on the band (the scores are formed in place) and, with a
+    /// softcap, the tanh values; beside them the projections and head outputs.
+    pub fn check_state_budget(&self, n: usize, keep: bool) -> Result<()> {
+        crate::budget::check(
+            || {
+                format!(
+                    "rotary attention of {n} tokens with {} heads (the score matrices on the visible band)",
+                    self.heads
+                )
+            },
+            self.state_bytes(n, keep),
+        )
+    }
+
     /// `state`, projecting X with `w_in_t` = `stacked_projections_t()` when given: one product
     /// reading its weight operand column-major, as the JVP does (`jvp_heads_with`), instead of
     /// three reading the weights transposed.
@@ -133,17 +148,7 @@ impl<T: Scalar> RotaryAttention<T> {
         self.check_shapes()?;
         check_tokens("tokens", x, self.d_in())?;
         let n = x.nrows();
-        // Per head, P_h^T on the band (the scores are formed in place) and, with a softcap, the
-        // tanh values; beside them the projections and head outputs.
-        crate::budget::check(
-            || {
-                format!(
-                    "rotary attention of {n} tokens with {} heads (the score matrices on the visible band)",
-                    self.heads
-                )
-            },
-            self.state_bytes(n, keep),
-        )?;
+        self.check_state_budget(n, keep)?;
         crate::cancel::check()?;
         let TokenStage {
             table,
