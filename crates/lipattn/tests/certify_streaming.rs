@@ -12,6 +12,9 @@ use lipattn::ops::certify::{self, CertifyReport, CertifyRequest};
 use lipattn::{AttentionLayer, Kernel, LayerSource, Mat};
 use std::sync::Mutex;
 
+mod common;
+use common::rotary::{build, RotarySpec};
+
 static BUDGET: Mutex<()> = Mutex::new(());
 
 fn certify(
@@ -39,6 +42,7 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 
 fn assert_same(dense: &CertifyReport, streaming: &CertifyReport, rel: f64, what: &str) {
     let slope = |r: &CertifyReport| r.slope.as_ref().expect("attention scope").value;
+    let mut worst = 0.0f64;
     for (name, a, b) in [
         ("certified", dense.certified, streaming.certified),
         ("slope", slope(dense), slope(streaming)),
@@ -56,7 +60,9 @@ fn assert_same(dense: &CertifyReport, streaming: &CertifyReport, rel: f64, what:
         ),
     ] {
         assert!(close(a, b, rel), "{what}: {name} dense {a} streaming {b}");
+        worst = worst.max((a - b).abs() / a.abs().max(b.abs()));
     }
+    println!("{what}: largest relative difference dense/streaming {worst:e}");
 }
 
 /// Lemma S's centre recomputed row by row is the stored rows' bound bit for bit (the same
@@ -188,4 +194,64 @@ fn streaming_is_refused_outside_the_attention_scope() {
             "{err}"
         );
     }
+}
+
+/// A rotary sublayer's certificate holds the dense state: `streaming` is refused naming the
+/// layer and its family, and `auto` runs dense.
+#[test]
+fn streaming_is_refused_for_a_rotary_sublayer() {
+    let spec = RotarySpec {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 4,
+        rotary_dim: 4,
+        d: 6,
+        d_out: 6,
+        qk_scale: 0.6,
+        v_scale: 0.5,
+        o_scale: 0.5,
+        bias: 0.0,
+        qk_norm: None,
+        softcap: None,
+        window: None,
+        theta: 100.0,
+        max_position_embeddings: 32,
+        scaling: lipattn::attention::RopeScaling::Default,
+        score_divisor_sq: 4,
+    };
+    let weights = SublayerWeights::Rotary {
+        layer: Box::new(build(&spec, 7)),
+        family: "llama",
+    };
+    let source = LayerSource::new("random rotary layer", true, Kernel::Dot);
+    let x = random_tokens(6, 6, 1.0, 8);
+    let req = |attention| CertifyRequest {
+        epsilon: 1e-3,
+        upper_steps: 20,
+        attack_starts: 1,
+        attack_steps: 2,
+        attention,
+        ..Default::default()
+    };
+    let run = |attention| {
+        certify::run(
+            &req(attention),
+            &weights,
+            &source,
+            "llama",
+            3,
+            x.as_ref(),
+            &mut lipattn::ops::silent,
+        )
+    };
+    let err = run(AttentionMemory::Streaming)
+        .err()
+        .expect("streaming refused")
+        .to_string();
+    assert!(
+        err.contains("streaming") && err.contains("layer 3") && err.contains("rotary (llama)"),
+        "{err}"
+    );
+    let auto = run(AttentionMemory::Auto).expect("auto");
+    assert_eq!(auto.attention, AttentionMemory::Dense);
 }
