@@ -21,6 +21,9 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// One JVP + VJP at a fixed linearisation: (J g, J^T J g, milliseconds of the JVP).
+type Step<'a, T> = dyn Fn(&Mat<T>) -> (Mat<T>, Mat<T>, f64) + 'a;
+
 fn run<T: Scalar>(n: usize, reps: usize) {
     let (d, h) = (384, 12);
     let mut s = 42u64;
@@ -56,7 +59,7 @@ fn run<T: Scalar>(n: usize, reps: usize) {
     let g = m(n, d, 1.0);
     // STREAM=1: the streaming linearisation (docs/streaming.md) instead of the dense one.
     let streaming = std::env::var("STREAM").is_ok_and(|v| v == "1");
-    let linearize = || -> Box<dyn Fn(&Mat<T>) -> (Mat<T>, Mat<T>, f64)> {
+    let linearize = || -> Box<Step<'_, T>> {
         if streaming {
             let lin = StreamingLinearization::new(&layer, x.as_ref(), None, false, DEFAULT_BLOCK)
                 .unwrap();
