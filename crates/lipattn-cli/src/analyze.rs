@@ -27,7 +27,7 @@ pub struct AnalyzeArgs {
     text: Option<PathBuf>,
     /// Embedded real text when no --text is given: gpl-3 (the GPL-3 licence, 6,840 MiniLM
     /// tokens) or licences (eight licence documents, 33,015 tokens: windows up to 32,768).
-    #[arg(long, value_parser = crate::names::named::<Corpus>(), default_value_t = Corpus::Gpl3, conflicts_with = "text")]
+    #[arg(long, value_parser = crate::names::named::<Corpus>(), default_value_t = Corpus::default(), conflicts_with = "text")]
     corpus: Corpus,
     /// Directory for report.json, operators.csv, points.csv and the plots (SVG and PNG).
     #[arg(long, default_value = "lipattn-report")]
@@ -90,22 +90,16 @@ fn task_results(dir: &Path) -> Result<Vec<TaskResult>> {
 
 fn text_ids(a: &AnalyzeArgs) -> Result<TextIds> {
     let tokenizer = TextTokenizer::from_dir(&a.model)?;
-    match &a.text {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading --text {}", p.display()))?;
-            Ok(TextIds::from_text(
-                &tokenizer,
-                &text,
-                &p.display().to_string(),
-            )?)
-        }
-        None => Ok(TextIds::from_text(
-            &tokenizer,
-            a.corpus.text(),
-            a.corpus.source(),
-        )?),
-    }
+    let text = match &a.text {
+        Some(p) => Some((
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading --text {}", p.display()))?,
+            p.display().to_string(),
+        )),
+        None => None,
+    };
+    let text = text.as_ref().map(|(t, s)| (t.as_str(), s.as_str()));
+    Ok(TextIds::from_text_or_corpus(&tokenizer, text, a.corpus)?)
 }
 
 fn opt(x: Option<f64>) -> String {

@@ -38,6 +38,12 @@ crate::named_enum! {
     }
 }
 
+impl Default for Corpus {
+    fn default() -> Self {
+        Corpus::Gpl3
+    }
+}
+
 impl Corpus {
     /// The text, verbatim.
     pub fn text(self) -> &'static str {
@@ -76,5 +82,22 @@ impl TextIds {
             suffix,
             source: source.to_string(),
         })
+    }
+
+    /// The caller's `text` (`(text, source)`, the source naming it in the report) or, without
+    /// one, the embedded `corpus`. A text beside a corpus other than the default is refused
+    /// rather than one of them silently ignored (every frontend asks for both the same way).
+    pub fn from_text_or_corpus(
+        tokenizer: &TextTokenizer,
+        text: Option<(&str, &str)>,
+        corpus: Corpus,
+    ) -> Result<Self> {
+        match text {
+            Some(_) if corpus != Corpus::default() => Err(crate::Error::invalid(format!(
+                "text and corpus '{corpus}' are both given: corpus names the embedded text analysed when no text is given; give one of them"
+            ))),
+            Some((text, source)) => Self::from_text(tokenizer, text, source),
+            None => Self::from_text(tokenizer, corpus.text(), corpus.source()),
+        }
     }
 }
