@@ -99,3 +99,24 @@ def test_model_local_constant_and_certify_on_either_state(minilm):
         model.local_constant(1, x, attention="sparse")
     with pytest.raises(ValueError, match="streaming"):
         model.certify(0, 1e-3, x=x, scope="block", attention="streaming")
+
+
+def test_rotary_local_constant_on_either_state(tmp_path):
+    """`RotaryLayer.local_constant(attention=...)`, as `Model.local_constant`'s: on a tiny Llama
+    (grouped-query heads) the streaming state gives the dense value, for the sublayer and for one
+    head's contribution, and the result says which ran."""
+    import tiny_llama
+
+    tiny_llama.write(tmp_path)
+    model = lipattn.Model(tmp_path)
+    x = np.random.default_rng(5).standard_normal((20, tiny_llama.D))
+    for head in (None, 1):
+        rl = model.attention_layer(0, head=head)
+        r = {a: rl.local_constant(x, tol=1e-10, attention=a) for a in ("dense", "streaming", "auto")}
+        assert {a: v.to_dict()["attention"] for a, v in r.items()} == {"dense": "dense", "streaming": "streaming",
+                                                                        "auto": "dense"}
+        assert r["streaming"].sigma == pytest.approx(r["dense"].sigma, rel=1e-9, abs=0)
+        m = model.local_constant(0, x, head=head, tol=1e-10, attention="streaming")
+        assert m.sigma == r["streaming"].sigma
+    with pytest.raises(ValueError, match=r"\battention\b.*sparse"):
+        model.attention_layer(0).local_constant(x, attention="sparse")

@@ -295,7 +295,7 @@ impl PyModel {
     /// 'power'. ``dtype`` 'f32' runs Lanczos in float32 and refines its vector in float64 (the
     /// reported sigma and error estimate are the float64 ones): ``lipattn local --dtype f32``.
     /// ``attention``: 'dense' (n x n probabilities), 'streaming' (per-row statistics, memory
-    /// linear in n; plain sublayers) or 'auto' (dense when it fits the memory budget).
+    /// linear in n; plain or rotary sublayers) or 'auto' (dense when it fits the memory budget).
     #[pyo3(signature = (layer, x, *, head=None, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), dtype=LocalRequest::default().dtype.name(), attention=LocalRequest::default().attention.name()))]
     #[allow(clippy::too_many_arguments)]
     fn local_constant(

@@ -146,8 +146,10 @@ impl PyRotaryLayer {
 
     /// The local constant ``||J(X)||_2`` (Frobenius to Frobenius) at ``x``: what
     /// ``Model.local_constant`` and ``lipattn local --model`` compute. Attained, never a
-    /// certificate.
-    #[pyo3(signature = (x, *, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=PyInt::Fits(LocalRequest::default().seed as i128), dtype=LocalRequest::default().dtype.name()))]
+    /// certificate. ``attention``: 'dense' (probabilities on the visible band), 'streaming'
+    /// (per-row statistics, memory linear in n, docs/streaming.md) or 'auto' (dense when it fits
+    /// the memory budget); ``to_dict()['attention']`` says which ran.
+    #[pyo3(signature = (x, *, method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=PyInt::Fits(LocalRequest::default().seed as i128), dtype=LocalRequest::default().dtype.name(), attention=LocalRequest::default().attention.name()))]
     #[allow(clippy::too_many_arguments)]
     fn local_constant(
         &self,
@@ -158,10 +160,12 @@ impl PyRotaryLayer {
         max_iter: Option<PyInt>,
         seed: PyInt,
         dtype: &str,
+        attention: &str,
     ) -> PyResult<PyLocalConstant> {
         crate::ints::unsigned!(max_iter, seed);
         let req = LocalRequest {
             dtype: dtype.parse().py_err()?,
+            attention: attention.parse().py_err()?,
             head: self.head,
             ..local_request(method, tol, max_iter, seed)?
         };

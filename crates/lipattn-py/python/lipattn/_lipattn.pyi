@@ -280,6 +280,7 @@ class RotaryLayer:
         max_iter: Optional[int] = None,
         seed: int = 0,
         dtype: Literal["f64", "f32"] = "f64",
+        attention: Literal["auto", "dense", "streaming"] = "auto",
     ) -> LocalConstant: ...
     def certified_lipschitz(self, radius: float, n: int) -> Optional[dict[str, Any]]: ...
     def lipschitz(
