@@ -6,9 +6,10 @@
 use crate::convert::json_to_py;
 use crate::errors::interruptible;
 use lipattn::analysis::{
-    analysis_tasks, analyze, merge, run_task, run_tasks, AnalysisOptions, AnalysisTask, TaskResult,
-    TextIds, DEFAULT_TEXT, DEFAULT_TEXT_SOURCE,
+    analysis_tasks, analyze, merge, run_task, run_tasks, AnalysisOptions, AnalysisTask, Corpus,
+    TaskResult, TextIds,
 };
+use lipattn::derivatives::AttentionMemory;
 use lipattn::estimation::LanczosOptions;
 use lipattn::models::{Model, TextTokenizer};
 use lipattn::Error;
@@ -27,6 +28,9 @@ pub struct Request {
     pub heads: bool,
     pub adversarial: bool,
     pub tol: f64,
+    pub attention: AttentionMemory,
+    /// The embedded text analysed when `text` is None.
+    pub corpus: Corpus,
 }
 
 impl Request {
@@ -51,22 +55,22 @@ impl Request {
                 tol: self.tol,
                 ..AnalysisOptions::default().lanczos
             },
+            attention: self.attention,
             ..AnalysisOptions::default()
         })
     }
 }
 
 /// The caller's text (named `source` in the report, by default CALLER_TEXT_SOURCE), or the
-/// embedded default, as the model's token ids.
+/// embedded `corpus`, as the model's token ids.
 fn text_ids(
     tokenizer: &TextTokenizer,
     text: Option<&str>,
     source: Option<&str>,
+    corpus: Corpus,
 ) -> Result<TextIds, Error> {
-    match text {
-        Some(t) => TextIds::from_text(tokenizer, t, source.unwrap_or(CALLER_TEXT_SOURCE)),
-        None => TextIds::from_text(tokenizer, DEFAULT_TEXT, DEFAULT_TEXT_SOURCE),
-    }
+    let text = text.map(|t| (t, source.unwrap_or(CALLER_TEXT_SOURCE)));
+    TextIds::from_text_or_corpus(tokenizer, text, corpus)
 }
 
 fn to_json<T: serde::Serialize>(v: &T, what: &str) -> Result<serde_json::Value, Error> {
@@ -80,9 +84,9 @@ pub fn run<'py>(
     r: Request,
 ) -> PyResult<Bound<'py, PyAny>> {
     let opts = r.options()?;
-    let text = r.text;
+    let (text, corpus) = (r.text, r.corpus);
     let report = interruptible(py, move || {
-        let ids = text_ids(&tokenizer, text.as_deref(), None)?;
+        let ids = text_ids(&tokenizer, text.as_deref(), None, corpus)?;
         let report = analyze(&model, Some(&ids), &opts, &mut |_| {})?;
         to_json(&report, "report")
     })?;
@@ -105,9 +109,9 @@ pub fn run_one(
     task: AnalysisTask,
 ) -> PyResult<String> {
     let opts = r.options()?;
-    let text = r.text;
+    let (text, corpus) = (r.text, r.corpus);
     interruptible(py, move || {
-        let ids = text_ids(&tokenizer, text.as_deref(), None)?;
+        let ids = text_ids(&tokenizer, text.as_deref(), None, corpus)?;
         let result = run_task(&model, Some(&ids), &opts, task)?;
         serde_json::to_string(&result)
             .map_err(|e| Error::Numerical(format!("serialising the task result: {e}")))
@@ -125,9 +129,9 @@ pub fn run_layer(
     ns: Vec<usize>,
 ) -> PyResult<Vec<String>> {
     let opts = r.options()?;
-    let text = r.text;
+    let (text, corpus) = (r.text, r.corpus);
     interruptible(py, move || {
-        let ids = text_ids(&tokenizer, text.as_deref(), None)?;
+        let ids = text_ids(&tokenizer, text.as_deref(), None, corpus)?;
         run_tasks(&model, Some(&ids), &opts, layer, &ns)?
             .iter()
             .map(|result| {
@@ -149,7 +153,7 @@ pub fn merge_results<'py>(
     text_source: Option<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let opts = r.options()?;
-    let text = r.text;
+    let (text, corpus) = (r.text, r.corpus);
     let report = interruptible(py, move || {
         let parsed: Vec<TaskResult> = results
             .iter()
@@ -160,7 +164,7 @@ pub fn merge_results<'py>(
                 })
             })
             .collect::<Result<_, Error>>()?;
-        let ids = text_ids(&tokenizer, text.as_deref(), text_source.as_deref())?;
+        let ids = text_ids(&tokenizer, text.as_deref(), text_source.as_deref(), corpus)?;
         let report = merge(&model, Some(&ids), &opts, &parsed)?;
         to_json(&report, "report")
     })?;

@@ -614,9 +614,13 @@ impl PyModel {
     /// The whole-model analysis of ``lipattn analyze``: for each selected layer, the attention
     /// sublayer and (with ``heads``) each head's contribution, with certified bounds, attained
     /// local constants on ``windows`` real-text windows per n, at the adversarial construction
-    /// and at the transition starts, gaps and power-law fits. ``text`` None analyses the embedded GPL-3 text as
-    /// the CLI does. Returns the report as the dict ``lipattn analyze --json`` prints.
-    #[pyo3(signature = (text=None, *, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
+    /// and at the transition starts, gaps and power-law fits. ``text`` None analyses the embedded
+    /// ``corpus`` ('gpl-3' or 'licences', 33,015 MiniLM tokens for windows up to 32,768) as the
+    /// CLI does; a text beside a corpus other than 'gpl-3' is a ValueError. ``attention``
+    /// ('auto', 'dense', 'streaming'): the attention state of the local constants, as
+    /// ``lipattn analyze --attention``; each point's ``attention`` says which ran. Returns the
+    /// report as the dict ``lipattn analyze --json`` prints.
+    #[pyo3(signature = (text=None, *, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol, attention=AnalysisOptions::default().attention.name(), corpus=lipattn::analysis::Corpus::default().name()))]
     #[allow(clippy::too_many_arguments)]
     fn analyze<'py>(
         &self,
@@ -628,6 +632,8 @@ impl PyModel {
         heads: bool,
         adversarial: bool,
         tol: f64,
+        attention: &str,
+        corpus: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::ints::unsigned!(ns, windows, layers);
         let tokenizer = self.tokenizer(py)?;
@@ -643,13 +649,15 @@ impl PyModel {
                 heads,
                 adversarial,
                 tol,
+                attention: attention.parse().py_err()?,
+                corpus: corpus.parse().py_err()?,
             },
         )
     }
 
     /// The analysis of ``analyze`` (same options) cut into independent tasks: a list of
     /// ``(layer, n)``, layers ascending then n ascending (docs/cluster.md#how-the-work-is-cut).
-    #[pyo3(signature = (*, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
+    #[pyo3(signature = (*, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol, attention=AnalysisOptions::default().attention.name(), corpus=lipattn::analysis::Corpus::default().name()))]
     #[allow(clippy::too_many_arguments)]
     fn analysis_tasks(
         &self,
@@ -660,6 +668,8 @@ impl PyModel {
         heads: bool,
         adversarial: bool,
         tol: f64,
+        attention: &str,
+        corpus: &str,
     ) -> PyResult<Vec<(usize, usize)>> {
         crate::ints::unsigned!(ns, windows, layers);
         crate::analysis::tasks(
@@ -673,13 +683,15 @@ impl PyModel {
                 heads,
                 adversarial,
                 tol,
+                attention: attention.parse().py_err()?,
+                corpus: corpus.parse().py_err()?,
             },
         )
     }
 
     /// Runs task ``(layer, n)`` of ``analyze(text, **options)`` and returns its result as a JSON
     /// string, to be checkpointed and passed to ``merge_analysis`` (GIL released).
-    #[pyo3(signature = (layer, n, text=None, *, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
+    #[pyo3(signature = (layer, n, text=None, *, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol, attention=AnalysisOptions::default().attention.name(), corpus=lipattn::analysis::Corpus::default().name()))]
     #[allow(clippy::too_many_arguments)]
     fn analysis_task(
         &self,
@@ -693,6 +705,8 @@ impl PyModel {
         heads: bool,
         adversarial: bool,
         tol: f64,
+        attention: &str,
+        corpus: &str,
     ) -> PyResult<String> {
         crate::ints::unsigned!(layer, n, ns, windows, layers);
         let tokenizer = self.tokenizer(py)?;
@@ -708,6 +722,8 @@ impl PyModel {
                 heads,
                 adversarial,
                 tol,
+                attention: attention.parse().py_err()?,
+                corpus: corpus.parse().py_err()?,
             },
             lipattn::analysis::AnalysisTask { layer, n },
         )
@@ -716,7 +732,7 @@ impl PyModel {
     /// Runs the tasks ``(layer, n)`` of ``analyze(text, **options)`` for every n of ``task_ns``
     /// in one call, computing the layer's weights and structured-input geometry once; returns
     /// their results as JSON strings, n ascending, each equal to ``analysis_task``'s.
-    #[pyo3(signature = (layer, task_ns, text=None, *, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
+    #[pyo3(signature = (layer, task_ns, text=None, *, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol, attention=AnalysisOptions::default().attention.name(), corpus=lipattn::analysis::Corpus::default().name()))]
     #[allow(clippy::too_many_arguments)]
     fn analysis_layer_tasks(
         &self,
@@ -730,6 +746,8 @@ impl PyModel {
         heads: bool,
         adversarial: bool,
         tol: f64,
+        attention: &str,
+        corpus: &str,
     ) -> PyResult<Vec<String>> {
         crate::ints::unsigned!(layer, task_ns, ns, windows, layers);
         let tokenizer = self.tokenizer(py)?;
@@ -745,6 +763,8 @@ impl PyModel {
                 heads,
                 adversarial,
                 tol,
+                attention: attention.parse().py_err()?,
+                corpus: corpus.parse().py_err()?,
             },
             layer,
             task_ns,
@@ -754,7 +774,7 @@ impl PyModel {
     /// The report of ``analyze(text, **options)`` from the results of all its tasks (JSON
     /// strings from ``analysis_task``, in any order): the same dict, value for value, but
     /// ``seconds`` (the sum of the tasks'). ``text_source`` names the caller's text in it.
-    #[pyo3(signature = (results, text=None, *, text_source=None, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol))]
+    #[pyo3(signature = (results, text=None, *, text_source=None, ns=crate::ints::PyInt::all(&AnalysisOptions::default().ns), windows=crate::ints::PyInt::Fits(AnalysisOptions::default().windows as i128), layers=None, heads=AnalysisOptions::default().heads, adversarial=AnalysisOptions::default().adversarial, tol=AnalysisOptions::default().lanczos.tol, attention=AnalysisOptions::default().attention.name(), corpus=lipattn::analysis::Corpus::default().name()))]
     #[allow(clippy::too_many_arguments)]
     fn merge_analysis<'py>(
         &self,
@@ -768,6 +788,8 @@ impl PyModel {
         heads: bool,
         adversarial: bool,
         tol: f64,
+        attention: &str,
+        corpus: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::ints::unsigned!(ns, windows, layers);
         let tokenizer = self.tokenizer(py)?;
@@ -783,6 +805,8 @@ impl PyModel {
                 heads,
                 adversarial,
                 tol,
+                attention: attention.parse().py_err()?,
+                corpus: corpus.parse().py_err()?,
             },
             results,
             text_source,

@@ -439,6 +439,8 @@ class Model:
         heads: bool = True,
         adversarial: bool = True,
         tol: float = 1e-4,
+        attention: Literal["auto", "dense", "streaming"] = "auto",
+        corpus: Literal["gpl-3", "licences", "licenses"] = "gpl-3",
     ) -> dict[str, Any]:
         """The whole-model analysis of ``lipattn analyze``, as the dict its ``--json`` prints."""
         ...
@@ -451,6 +453,8 @@ class Model:
         heads: bool = True,
         adversarial: bool = True,
         tol: float = 1e-4,
+        attention: Literal["auto", "dense", "streaming"] = "auto",
+        corpus: Literal["gpl-3", "licences", "licenses"] = "gpl-3",
     ) -> list[tuple[int, int]]:
         """``analyze``'s work cut into independent ``(layer, n)`` tasks, in merge order."""
         ...
@@ -466,6 +470,8 @@ class Model:
         heads: bool = True,
         adversarial: bool = True,
         tol: float = 1e-4,
+        attention: Literal["auto", "dense", "streaming"] = "auto",
+        corpus: Literal["gpl-3", "licences", "licenses"] = "gpl-3",
     ) -> str:
         """Runs task ``(layer, n)`` of ``analyze(text, **options)``; its result as JSON text."""
         ...
@@ -481,6 +487,8 @@ class Model:
         heads: bool = True,
         adversarial: bool = True,
         tol: float = 1e-4,
+        attention: Literal["auto", "dense", "streaming"] = "auto",
+        corpus: Literal["gpl-3", "licences", "licenses"] = "gpl-3",
     ) -> list[str]:
         """Tasks ``(layer, n)`` for every n of ``task_ns`` in one call sharing the layer's setup."""
         ...
@@ -496,6 +504,8 @@ class Model:
         heads: bool = True,
         adversarial: bool = True,
         tol: float = 1e-4,
+        attention: Literal["auto", "dense", "streaming"] = "auto",
+        corpus: Literal["gpl-3", "licences", "licenses"] = "gpl-3",
     ) -> dict[str, Any]:
         """The report of ``analyze(text, **options)`` from all its task results (any order)."""
         ...
