@@ -101,6 +101,36 @@ def test_command_local_cluster_equals_single_machine(tmp_path, minilm, lipattn_b
     assert len(list((out / m["name"] / "tasks").glob("*.json"))) == 4
 
 
+def test_command_passes_attention_and_corpus(tmp_path, minilm, lipattn_bin):
+    """`--attention` and `--corpus` reach every task and the CLI that renders the report: the
+    sweep's report is `lipattn analyze`'s with the same options; `--text` beside `--corpus` is
+    refused before any cluster starts, as the CLI refuses it."""
+    grid = ["--ns", "8", "--windows", "1", "--layers", "0", "--no-heads", "--no-adversarial",
+            "--attention", "streaming", "--corpus", "licences"]
+    single = tmp_path / "single"
+    subprocess.run([lipattn_bin, "analyze", minilm, "--out", str(single), "--quiet", *grid],
+                   check=True, capture_output=True, env=one_thread())
+    out = tmp_path / "sweep"
+    done = subprocess.run(
+        [sys.executable, "-m", "lipattn.cluster", "analyze", minilm, "--local", "1", "--out", str(out), *grid],
+        env=dict(os.environ, LIPATTN_BIN=lipattn_bin), capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = load(out / "sweep.json")
+    (m,) = summary["models"]
+    assert m["status"] == "ok" and m["rendered_by"] == lipattn_bin, m
+    assert summary["options"]["attention"] == "streaming" and summary["text"] == "embedded corpus 'licences'"
+    merged = comparable(load(out / m["name"] / "report" / "report.json"))
+    assert merged == comparable(load(single / "report.json"))
+    assert "licences" in merged["text_source"]
+    assert {p["attention"] for o in merged["operators"] for p in o["points"]} == {"streaming"}
+
+    text = tmp_path / "text.txt"
+    text.write_text("a text")
+    with pytest.raises(SystemExit):
+        cluster._parser().parse_args(["analyze", minilm, "--text", str(text), "--corpus", "licences"])
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local Ray cluster of two worker CPUs for the module's sweeps."""

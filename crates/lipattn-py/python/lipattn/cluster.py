@@ -43,7 +43,7 @@ import time
 
 # What each task and the merge read: the options of `lipattn analyze` that the Python analysis
 # takes (`Model.analyze`'s keywords), with their defaults (None: the library's default).
-OPTION_KEYS = ("ns", "windows", "layers", "heads", "adversarial", "tol")
+OPTION_KEYS = ("ns", "windows", "layers", "heads", "adversarial", "tol", "attention", "corpus")
 
 
 def _ray():
@@ -223,9 +223,17 @@ def _cli_args(options, text_file):
         a.append("--no-heads")
     if not options["adversarial"]:
         a.append("--no-adversarial")
+    if "attention" in options:
+        a += ["--attention", options["attention"]]
     if text_file is not None:
         a += ["--text", text_file]
+    elif "corpus" in options:
+        a += ["--corpus", options["corpus"]]
     return a
+
+
+def _corpus_name(corpus):
+    return "embedded GPL-3 text" if corpus is None else f"embedded corpus '{corpus}'"
 
 
 def _render(m, model, text, text_file, options, cli):
@@ -447,6 +455,8 @@ def sweep(
     heads=True,
     adversarial=True,
     tol=1e-4,
+    attention=None,
+    corpus=None,
     cpus_per_task=1,
     threads_per_task=None,
     ns_per_task=None,
@@ -458,11 +468,12 @@ def sweep(
     """Analyses each checkpoint directory of `models` on the Ray cluster `ray` is connected to
     (call ``ray.init`` first, or use ``main``), writing ``out`` as the module's doc says.
     Returns the summary written to ``out/sweep.json``. The options are those of
-    ``Model.analyze``; ``text`` None analyses the embedded GPL-3 text (``text_file`` names a
-    caller's text in the reports). Each task takes ``cpus_per_task`` CPUs of Ray and runs
-    lipattn on ``threads_per_task`` threads (default: ``cpus_per_task``); the reports equal those
-    of ``lipattn analyze`` run with ``RAYON_NUM_THREADS`` set to that number. A Ray task runs up to
-    ``ns_per_task`` n of one layer (default: all of them), sharing the layer's setup; each
+    ``Model.analyze`` (``attention`` and ``corpus`` None: the library's defaults); ``text`` None
+    analyses the embedded ``corpus`` (``text_file`` names a caller's text in the reports). Each
+    task takes ``cpus_per_task`` CPUs of Ray and runs lipattn on ``threads_per_task`` threads
+    (default: ``cpus_per_task``); the reports equal those of ``lipattn analyze`` run with
+    ``RAYON_NUM_THREADS`` set to that number. A Ray task runs up to ``ns_per_task`` n of one
+    layer (default: all of them), sharing the layer's setup; each
     (layer, n) result is checkpointed on its own."""
     ray = _ray()
     if not ray.is_initialized():
@@ -475,6 +486,8 @@ def sweep(
         "heads": bool(heads),
         "adversarial": bool(adversarial),
         "tol": float(tol),
+        # Left out when not given, so that the library's default applies.
+        **{k: v for k, v in (("attention", attention), ("corpus", corpus)) if v is not None},
     }
     os.makedirs(out, exist_ok=True)
     sweeps = [_ModelSweep(p, name, out) for p, name in zip(models, _model_names(models))]
@@ -529,7 +542,7 @@ def sweep(
         "options": options,
         "threads_per_task": threads,
         "ns_per_task": ns_per_task,
-        "text": text_file or ("embedded GPL-3 text" if text is None else "text given by the caller"),
+        "text": text_file or (_corpus_name(corpus) if text is None else "text given by the caller"),
         "seconds": time.time() - t0,
         "models": [
             {
@@ -875,13 +888,20 @@ def _parser():
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("analyze", help="lipattn analyze of one or many checkpoints on a Ray cluster")
     _common(a)
-    a.add_argument("--text", help="UTF-8 text file for the real-text windows (default: the embedded GPL-3 text)")
+    text = a.add_mutually_exclusive_group()
+    text.add_argument("--text", help="UTF-8 text file for the real-text windows (default: the embedded --corpus)")
+    text.add_argument(
+        "--corpus", default=None, help="embedded text when no --text is given: gpl-3 (default) or licences"
+    )
     a.add_argument("--ns", type=_int_list, default=[8, 16, 32, 64, 128, 256, 512])
     a.add_argument("--windows", type=int, default=2)
     a.add_argument("--layers", type=_int_list, default=None)
     a.add_argument("--no-heads", action="store_true")
     a.add_argument("--no-adversarial", action="store_true")
     a.add_argument("--tol", type=float, default=1e-4)
+    a.add_argument(
+        "--attention", default=None, help="attention state of the local constants: auto (default), dense or streaming"
+    )
     a.add_argument(
         "--ns-per-task",
         type=int,
@@ -972,6 +992,8 @@ def main(argv=None):
                 heads=not args.no_heads,
                 adversarial=not args.no_adversarial,
                 tol=args.tol,
+                attention=args.attention,
+                corpus=args.corpus,
                 ns_per_task=args.ns_per_task,
                 lipattn_bin=args.lipattn_bin,
                 **common,
