@@ -30,17 +30,13 @@ pub const LICENCES_TEXT_SOURCE: &str = "licence texts GPL-3, GPL-2, LGPL-2.1, LG
 
 crate::named_enum! {
     /// The embedded real texts (assets/README.md).
+    #[derive(Default)]
     pub enum Corpus as "corpus" {
         /// The GPL-3 licence alone (6,840 MiniLM tokens): the default.
+        #[default]
         Gpl3 = "gpl-3",
         /// Eight licence documents (33,015 MiniLM tokens): windows up to 32,768 tokens.
         Licences = "licences" | "licenses",
-    }
-}
-
-impl Default for Corpus {
-    fn default() -> Self {
-        Corpus::Gpl3
     }
 }
 
