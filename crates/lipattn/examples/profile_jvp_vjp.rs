@@ -1,6 +1,7 @@
 //! Quick timing of one JVP plus one VJP at MiniLM size with random weights (no model needed).
 //! Usage: [STREAM=1] cargo run --release --example profile_jvp_vjp -- [n] [f32|f64] [repeats]
 use lipattn::derivatives::streaming::{StreamingLinearization, DEFAULT_BLOCK};
+use lipattn::derivatives::LinearizedMap;
 use lipattn::{AttentionLayer, Kernel, Linearization, Mat, Scalar};
 use std::time::Instant;
 
@@ -23,6 +24,16 @@ fn cpu_seconds() -> f64 {
 
 /// One JVP + VJP at a fixed linearisation: (J g, J^T J g, milliseconds of the JVP).
 type Step<'a, T> = dyn Fn(&Mat<T>) -> (Mat<T>, Mat<T>, f64) + 'a;
+
+fn timed<'a, T: Scalar, L: LinearizedMap<T> + 'a>(lin: L) -> Box<Step<'a, T>> {
+    Box::new(move |g: &Mat<T>| {
+        let t0 = Instant::now();
+        let y = lin.jvp(g.as_ref()).unwrap();
+        let t1 = t0.elapsed().as_secs_f64() * 1e3;
+        let w = lin.vjp(y.as_ref()).unwrap();
+        (y, w, t1)
+    })
+}
 
 fn run<T: Scalar>(n: usize, reps: usize) {
     let (d, h) = (384, 12);
@@ -61,24 +72,12 @@ fn run<T: Scalar>(n: usize, reps: usize) {
     let streaming = std::env::var("STREAM").is_ok_and(|v| v == "1");
     let linearize = || -> Box<Step<'_, T>> {
         if streaming {
-            let lin = StreamingLinearization::new(&layer, x.as_ref(), None, false, DEFAULT_BLOCK)
-                .unwrap();
-            Box::new(move |g: &Mat<T>| {
-                let t0 = Instant::now();
-                let y = lin.jvp(g.as_ref()).unwrap();
-                let t1 = t0.elapsed().as_secs_f64() * 1e3;
-                let w = lin.vjp(y.as_ref()).unwrap();
-                (y, w, t1)
-            })
+            timed(
+                StreamingLinearization::new(&layer, x.as_ref(), None, false, DEFAULT_BLOCK)
+                    .unwrap(),
+            )
         } else {
-            let lin = Linearization::new(&layer, x.as_ref(), None, false).unwrap();
-            Box::new(move |g: &Mat<T>| {
-                let t0 = Instant::now();
-                let y = lin.jvp(g.as_ref()).unwrap();
-                let t1 = t0.elapsed().as_secs_f64() * 1e3;
-                let w = lin.vjp(y.as_ref()).unwrap();
-                (y, w, t1)
-            })
+            timed(Linearization::new(&layer, x.as_ref(), None, false).unwrap())
         }
     };
     let step = linearize();
