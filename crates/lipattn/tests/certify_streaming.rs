@@ -175,6 +175,12 @@ fn auto_streams_under_a_budget_that_refuses_the_dense_state() {
     assert_eq!(auto.attention, AttentionMemory::Streaming);
     let reference = certify(&layer, &x, false, &req(AttentionMemory::Dense)).expect("dense");
     assert_same(&reference, &auto, 1e-9, "n = 1500 under the budget");
+    // 100 MB: the dense state (72 MB) passes its own check, but the dense certificate's search
+    // (4 x 2 heads x 1,500^2 f64 = 144 MB) would not: auto streams all the same.
+    lipattn::budget::set_max_memory(Some(100 << 20));
+    let auto = certify(&layer, &x, false, &req(AttentionMemory::Auto));
+    lipattn::budget::set_max_memory(None);
+    assert_eq!(auto.expect("auto").attention, AttentionMemory::Streaming);
 }
 
 /// `streaming` is refused where the certificate holds the dense state: the block and model

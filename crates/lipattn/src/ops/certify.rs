@@ -193,7 +193,7 @@ pub fn run(
             }
             crate::attention::forward::check_shape("X", x, n, plain.d_in())?;
             let causal = source.causal;
-            match req.attention.resolve(plain, n)? {
+            match resolve_plain(req.attention, plain, n)? {
                 AttentionMemory::Streaming => {
                     crate::estimation::check_streaming_search_memory(plain, n, "`n`")?;
                     let f = MaskedStreaming {
@@ -244,6 +244,32 @@ pub fn run(
         report.attention = attention;
         report
     })
+}
+
+/// The state a plain sublayer's certificate runs on: `AttentionMemory::resolve`, and for `auto`
+/// streaming also where the dense state fits but the dense certificate's own larger needs (the
+/// search's 4 H n^2 and Lemma S's stored rows) would be refused, so that `auto` never stops where
+/// `streaming` would run.
+fn resolve_plain(
+    attention: AttentionMemory,
+    layer: &crate::attention::AttentionLayer<f64>,
+    n: usize,
+) -> Result<AttentionMemory> {
+    let resolved = attention.resolve(layer, n)?;
+    if attention != AttentionMemory::Auto || resolved != AttentionMemory::Dense {
+        return Ok(resolved);
+    }
+    let dense = crate::estimation::check_search_memory(layer, n, "`n`").and_then(|()| {
+        crate::budget::check(
+            || format!("the ball bound over {n} tokens ({} heads)", layer.heads),
+            crate::bounds::ball::rows_bytes(layer.heads, layer.dk.max(layer.dv), n, false),
+        )
+    });
+    match dense {
+        Ok(()) => Ok(AttentionMemory::Dense),
+        Err(Error::Budget { .. } | Error::OutOfMemory { .. }) => Ok(AttentionMemory::Streaming),
+        Err(e) => Err(e),
+    }
 }
 
 /// What the attention scope's certificate found, before the report states its domain.
