@@ -9,6 +9,7 @@ pub mod memory;
 pub mod query_jacobian;
 pub mod stack;
 pub mod streaming;
+pub(crate) mod tiles;
 pub mod vjp;
 
 pub use linearization::Linearization;

@@ -10,11 +10,13 @@
 //! Memory is O(n d + threads block^2) (`memory_estimate`); the price is recomputing the logits
 //! (one product of depth dk per tile) and their exponentials in every derivative.
 
+use super::tiles::{
+    absorb_logits, add_jvp_tile, col, col_mut, finish_rows, subtract_means, vjp_tile_logits,
+};
 use super::LinearizedMap;
 use crate::attention::forward::{
     affine, check_dims, check_shape, check_tokens, gemm, gemm_blocks_rayon, log_weights,
 };
-use crate::attention::softmax::softmax_backward_columns_centered;
 use crate::attention::{AttentionLayer, Kernel};
 use crate::error::{check_at_least, Error, Result};
 use crate::scalar::Scalar;
@@ -103,26 +105,6 @@ struct HeadView<'s, T: Scalar> {
     key_norms: Option<&'s [T]>,
     row_max: &'s [T],
     inv_sum: &'s [T],
-}
-
-fn col_slice<T: Scalar>(m: MatRef<'_, T>, j: usize) -> &[T] {
-    m.col(j)
-        .try_as_col_major()
-        .expect("owned matrices are column-major")
-        .as_slice()
-}
-
-fn col_slice_mut<T: Scalar>(m: MatMut<'_, T>, j: usize) -> &mut [T] {
-    m.col_mut(j)
-        .try_as_col_major_mut()
-        .expect("owned matrices are column-major")
-        .as_slice_mut()
-}
-
-fn exp1<T: Scalar>(x: T) -> T {
-    let mut a = [x];
-    T::exp_nonpositive(&mut a);
-    a[0]
 }
 
 impl<'a, T: Scalar> StreamingLinearization<'a, T> {
@@ -261,9 +243,9 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
             k: self.keys().as_ref().subcols(h * dk, dk),
             v: self.v.as_ref().subcols(h * dv, dv),
             o: self.o.as_ref().subcols(h * dv, dv),
-            key_norms: self.key_norms.as_ref().map(|m| col_slice(m.as_ref(), h)),
-            row_max: col_slice(self.row_max.as_ref(), h),
-            inv_sum: col_slice(self.inv_sum.as_ref(), h),
+            key_norms: self.key_norms.as_ref().map(|m| col(m.as_ref(), h)),
+            row_max: col(self.row_max.as_ref(), h),
+            inv_sum: col(self.inv_sum.as_ref(), h),
         }
     }
 
@@ -313,7 +295,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
         let norms = hv.key_norms.map(|n| &n[k0..k0 + kl]);
         for i in 0..ql {
             let vis = self.visible_in_tile(q0 + i, k0, kl);
-            let col = &mut col_slice_mut(tile.rb_mut(), i)[..vis];
+            let col = &mut col_mut(tile.rb_mut(), i)[..vis];
             if let Some(norms) = norms {
                 for (x, &nj) in col.iter_mut().zip(norms) {
                     *x -= nj;
@@ -333,7 +315,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
         for i in 0..ql {
             let vis = self.visible_in_tile(q0 + i, k0, kl);
             let (m, inv) = (hv.row_max[q0 + i], hv.inv_sum[q0 + i]);
-            let col = col_slice_mut(tile.rb_mut(), i);
+            let col = col_mut(tile.rb_mut(), i);
             let (seen, hidden) = col.split_at_mut(vis);
             for x in seen.iter_mut() {
                 *x -= m;
@@ -374,17 +356,15 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
             self.logits(&hv, k0, q0, t.rb_mut());
             for i in 0..ql {
                 let vis = self.visible_in_tile(q0 + i, k0, kl);
-                let col = col_slice_mut(t.rb_mut(), i);
+                let col = col_mut(t.rb_mut(), i);
                 let (seen, hidden) = col.split_at_mut(vis);
                 hidden.fill(zero);
                 if vis == 0 {
                     continue;
                 }
-                let mut bm = T::neg_infinity();
                 let mut probe = zero;
                 for &x in seen.iter() {
                     probe += x * zero;
-                    bm = if x > bm { x } else { bm };
                 }
                 if probe != zero {
                     let j = seen.iter().position(|x| !x.is_finite()).unwrap_or(0);
@@ -396,25 +376,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
                         T::NAME
                     )));
                 }
-                if bm > m[i] {
-                    if l[i] != zero {
-                        let scale = exp1(m[i] - bm);
-                        l[i] *= scale;
-                        for a in col_slice_mut(acc_t.as_mut(), i) {
-                            *a *= scale;
-                        }
-                    }
-                    m[i] = bm;
-                }
-                for x in seen.iter_mut() {
-                    *x -= m[i];
-                }
-                T::exp_nonpositive(seen);
-                let mut sum = zero;
-                for &x in seen.iter() {
-                    sum += x;
-                }
-                l[i] += sum;
+                absorb_logits(seen, &mut m[i], &mut l[i], col_mut(acc_t.as_mut(), i));
             }
             gemm(
                 acc_t.as_mut(),
@@ -425,12 +387,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
                 Par::Seq,
             );
         }
-        let inv: Vec<T> = l.iter().map(|&x| T::of(1.0) / x).collect();
-        for (i, &r) in inv.iter().enumerate() {
-            for a in col_slice_mut(acc_t.as_mut(), i) {
-                *a *= r;
-            }
-        }
+        let inv = finish_rows(&mut acc_t, &l);
         Ok((acc_t, m, inv))
     }
 
@@ -473,7 +430,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
                         Kernel::L2 => dq,
                     };
                     let dvals = cols.subcols(width - dv, dv);
-                    let shift = shifts.as_ref().map(|s| col_slice(s.as_ref(), h));
+                    let shift = shifts.as_ref().map(|s| col(s.as_ref(), h));
                     self.jvp_block(h, q0, (dq, dkey, dvals), shift, p_tile, s_tile)
                 },
             )
@@ -504,7 +461,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
         let n = self.n();
         let ql = self.block.min(n - q0);
         let dv = self.layer.dv;
-        let (one, zero) = (T::of(1.0), T::of(0.0));
+        let zero = T::of(0.0);
         let sc = self.bilinear_scale();
         let mut out_t = Mat::<T>::zeros(dv, ql);
         let mut means = vec![zero; ql];
@@ -532,8 +489,8 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
                 Par::Seq,
             );
             for (i, mean) in means.iter_mut().enumerate() {
-                let pc = col_slice(p.as_ref(), i);
-                let sdc = col_slice_mut(sd.rb_mut(), i);
+                let pc = col(p.as_ref(), i);
+                let sdc = col_mut(sd.rb_mut(), i);
                 if let Some(shift) = shift {
                     for (x, &r) in sdc.iter_mut().zip(&shift[k0..k0 + kl]) {
                         *x -= r;
@@ -546,28 +503,15 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
                 }
                 *mean += acc;
             }
-            gemm(
+            add_jvp_tile(
                 out_t.as_mut(),
-                true,
-                hv.v.subrows(k0, kl).transpose(),
+                hv.v.subrows(k0, kl),
+                dvals.subrows(k0, kl),
                 sd.as_ref(),
-                one,
-                Par::Seq,
-            );
-            gemm(
-                out_t.as_mut(),
-                true,
-                dvals.subrows(k0, kl).transpose(),
                 p.as_ref(),
-                one,
-                Par::Seq,
             );
         }
-        for (i, &mean) in means.iter().enumerate() {
-            for (c, x) in col_slice_mut(out_t.as_mut(), i).iter_mut().enumerate() {
-                *x -= mean * hv.o[(q0 + i, c)];
-            }
-        }
+        subtract_means(out_t.as_mut(), &means, hv.o, q0);
         out_t
     }
 
@@ -602,7 +546,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
         let layer = self.layer;
         let (dk, dv, n) = (layer.dk, layer.dv, self.n());
         let width = cot.ncols();
-        let (one, zero) = (T::of(1.0), T::of(0.0));
+        let zero = T::of(0.0);
         let sc = self.bilinear_scale();
         let tile_len = self.block.min(n);
         let mut p_tile = Mat::<T>::zeros(tile_len, tile_len);
@@ -628,24 +572,15 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
                 let kl = self.block.min(nk - k0);
                 let mut p = p_tile.as_mut().submatrix_mut(0, 0, kl, ql);
                 self.probabilities(&hv, k0, q0, p.rb_mut());
-                gemm(
-                    cot.rb_mut().submatrix_mut(k0, width - dv, kl, dv),
-                    true,
-                    p.as_ref(),
-                    ob_blk,
-                    one,
-                    Par::Seq,
-                );
                 let mut lbar = l_tile.as_mut().submatrix_mut(0, 0, kl, ql);
-                gemm(
+                vjp_tile_logits(
+                    cot.rb_mut().submatrix_mut(k0, width - dv, kl, dv),
                     lbar.rb_mut(),
-                    false,
+                    p.as_ref(),
                     hv.v.subrows(k0, kl),
-                    ob_blk.transpose(),
-                    one,
-                    Par::Seq,
+                    ob_blk,
+                    d_row,
                 );
-                softmax_backward_columns_centered(p.as_ref(), lbar.rb_mut(), d_row);
                 gemm(
                     cot.rb_mut().submatrix_mut(q0, 0, ql, dk),
                     true,
@@ -673,7 +608,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
                             Par::Seq,
                         );
                         for i in 0..ql {
-                            let lc = col_slice(lbar.as_ref(), i);
+                            let lc = col(lbar.as_ref(), i);
                             for (c, &x) in colsum[k0..k0 + kl].iter_mut().zip(lc) {
                                 *c += x;
                             }

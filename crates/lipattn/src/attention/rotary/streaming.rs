@@ -15,7 +15,9 @@ use super::forward::{RotaryState, TokenStage};
 use super::layer::RotaryAttention;
 use super::linearization::{gram_product, output_gram};
 use crate::attention::forward::{affine, check_shape, check_tokens, gemm, par_for};
-use crate::attention::softmax::softmax_backward_columns_centered;
+use crate::derivatives::tiles::{
+    absorb_logits, add_jvp_tile, col, col_mut, finish_rows, subtract_means, vjp_tile_logits,
+};
 use crate::derivatives::LinearizedMap;
 use crate::error::{check_at_least, Error, Result};
 use crate::linalg::layout::transposed;
@@ -92,26 +94,6 @@ struct HeadView<'s, T: Scalar> {
     o: MatRef<'s, T>,
     row_max: &'s [T],
     inv_sum: &'s [T],
-}
-
-fn col_mut<T: Scalar>(m: MatMut<'_, T>, j: usize) -> &mut [T] {
-    m.col_mut(j)
-        .try_as_col_major_mut()
-        .expect("owned matrices are column-major")
-        .as_slice_mut()
-}
-
-fn col<T: Scalar>(m: MatRef<'_, T>, j: usize) -> &[T] {
-    m.col(j)
-        .try_as_col_major()
-        .expect("owned matrices are column-major")
-        .as_slice()
-}
-
-fn exp1<T: Scalar>(x: T) -> T {
-    let mut a = [x];
-    T::exp_nonpositive(&mut a);
-    a[0]
 }
 
 impl<'a, T: Scalar> StreamingRotaryLinearization<'a, T> {
@@ -360,29 +342,7 @@ impl<'a, T: Scalar> StreamingRotaryLinearization<'a, T> {
                 if seen.is_empty() {
                     continue;
                 }
-                let mut bm = T::neg_infinity();
-                for &x in seen.iter() {
-                    bm = if x > bm { x } else { bm };
-                }
-                if bm > m[i] {
-                    if l[i] != zero {
-                        let scale = exp1(m[i] - bm);
-                        l[i] *= scale;
-                        for a in col_mut(acc_t.as_mut(), i) {
-                            *a *= scale;
-                        }
-                    }
-                    m[i] = bm;
-                }
-                for x in seen.iter_mut() {
-                    *x -= m[i];
-                }
-                T::exp_nonpositive(seen);
-                let mut sum = zero;
-                for &x in seen.iter() {
-                    sum += x;
-                }
-                l[i] += sum;
+                absorb_logits(seen, &mut m[i], &mut l[i], col_mut(acc_t.as_mut(), i));
             }
             gemm(
                 acc_t.as_mut(),
@@ -393,12 +353,7 @@ impl<'a, T: Scalar> StreamingRotaryLinearization<'a, T> {
                 Par::Seq,
             );
         }
-        let inv: Vec<T> = l.iter().map(|&x| T::of(1.0) / x).collect();
-        for (i, &r) in inv.iter().enumerate() {
-            for a in col_mut(acc_t.as_mut(), i) {
-                *a *= r;
-            }
-        }
+        let inv = finish_rows(&mut acc_t, &l);
         Ok((acc_t, m, inv))
     }
 
@@ -494,28 +449,15 @@ impl<'a, T: Scalar> StreamingRotaryLinearization<'a, T> {
                 }
                 *mean += acc;
             }
-            gemm(
+            add_jvp_tile(
                 out_t.as_mut(),
-                true,
-                hv.v.subrows(k0, kl).transpose(),
+                hv.v.subrows(k0, kl),
+                dvals.subrows(k0, kl),
                 sd.as_ref(),
-                one,
-                Par::Seq,
-            );
-            gemm(
-                out_t.as_mut(),
-                true,
-                dvals.subrows(k0, kl).transpose(),
                 p.as_ref(),
-                one,
-                Par::Seq,
             );
         }
-        for (i, &mean) in means.iter().enumerate() {
-            for (c, x) in col_mut(out_t.as_mut(), i).iter_mut().enumerate() {
-                *x -= mean * hv.o[(q0 + i, c)];
-            }
-        }
+        subtract_means(out_t.as_mut(), &means, hv.o, q0);
         out_t
     }
 
@@ -569,24 +511,15 @@ impl<'a, T: Scalar> StreamingRotaryLinearization<'a, T> {
                 let mut p = p_tile.as_mut().submatrix_mut(0, 0, kl, ql);
                 let mut t = t_tile.as_mut().submatrix_mut(0, 0, kl, ql);
                 self.probabilities(&hv, k0, q0, p.rb_mut(), capped.then_some(t.rb_mut()));
-                gemm(
-                    vbar.as_mut().subrows_mut(k0, kl),
-                    true,
-                    p.as_ref(),
-                    ob_blk,
-                    one,
-                    Par::Seq,
-                );
                 let mut lbar = l_tile.as_mut().submatrix_mut(0, 0, kl, ql);
-                gemm(
+                vjp_tile_logits(
+                    vbar.as_mut().subrows_mut(k0, kl),
                     lbar.rb_mut(),
-                    false,
+                    p.as_ref(),
                     hv.v.subrows(k0, kl),
-                    ob_blk.transpose(),
-                    one,
-                    Par::Seq,
+                    ob_blk,
+                    d_row,
                 );
-                softmax_backward_columns_centered(p.as_ref(), lbar.rb_mut(), d_row);
                 if capped {
                     for i in 0..ql {
                         for (x, &th) in col_mut(lbar.rb_mut(), i).iter_mut().zip(col(t.as_ref(), i))
