@@ -12,6 +12,7 @@
 
 use super::tiles::{
     absorb_logits, add_jvp_tile, col, col_mut, finish_rows, subtract_means, vjp_tile_logits,
+    weight_column,
 };
 use super::LinearizedMap;
 use crate::attention::forward::{
@@ -496,12 +497,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
                         *x -= r;
                     }
                 }
-                let mut acc = zero;
-                for (x, &pj) in sdc.iter_mut().zip(pc) {
-                    *x = (pj * *x).flush_subnormal();
-                    acc += *x;
-                }
-                *mean += acc;
+                *mean += weight_column(sdc, pc);
             }
             add_jvp_tile(
                 out_t.as_mut(),

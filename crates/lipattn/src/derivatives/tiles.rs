@@ -74,6 +74,18 @@ pub(crate) fn finish_rows<T: Scalar>(acc_t: &mut Mat<T>, l: &[T]) -> Vec<T> {
     inv
 }
 
+/// One query's logit tangents on a tile (`sd`) weighted by its probabilities `p`: sdot_ij <-
+/// p_ij sdot_ij (subnormal products flushed, as the dense softmax does). Returns their sum, the
+/// tile's part of the query's mean tangent.
+pub(crate) fn weight_column<T: Scalar>(sd: &mut [T], p: &[T]) -> T {
+    let mut acc = T::of(0.0);
+    for (x, &pj) in sd.iter_mut().zip(p) {
+        *x = (pj * *x).flush_subnormal();
+        acc += *x;
+    }
+    acc
+}
+
 /// The JVP's products on one tile: out_t += V_tile^T (p o sdot) + dV_tile^T p, with `weighted`
 /// the probabilities times the logit tangents and `p` the probabilities (both keys x queries).
 pub(crate) fn add_jvp_tile<T: Scalar>(

@@ -77,16 +77,7 @@ impl<T: Scalar> LinearizedMap<T> for RotaryLinearization<'_, T> {
 
     fn vjp(&self, y: MatRef<'_, T>) -> Result<Mat<T>> {
         check_shape("VJP cotangent", y, self.n(), self.d_out())?;
-        let wo = self.layer.wo.as_ref();
-        let mut obar = Mat::<T>::zeros(y.nrows(), wo.ncols());
-        gemm(
-            obar.as_mut(),
-            false,
-            y,
-            wo,
-            T::of(1.0),
-            par_for(y.nrows(), wo.ncols(), y.ncols()),
-        );
+        let obar = head_cotangents(self.layer, y);
         self.layer.vjp_heads(&self.state, obar.as_ref())
     }
 
@@ -185,6 +176,21 @@ pub(super) fn output_gram<T: Scalar>(wo: MatRef<'_, T>) -> Mat<T> {
         }
     }
     g
+}
+
+/// The heads' output cotangents Obar = Y W_O (n x H head_dim) of an output cotangent Y.
+pub(super) fn head_cotangents<T: Scalar>(layer: &RotaryAttention<T>, y: MatRef<'_, T>) -> Mat<T> {
+    let wo = layer.wo.as_ref();
+    let mut obar = Mat::<T>::zeros(y.nrows(), wo.ncols());
+    gemm(
+        obar.as_mut(),
+        false,
+        y,
+        wo,
+        T::of(1.0),
+        par_for(y.nrows(), wo.ncols(), y.ncols()),
+    );
+    obar
 }
 
 /// d_o G for the symmetric Gram G = W_O^T W_O: d_o G^T = d_o G, read column-major (faster).

@@ -13,10 +13,11 @@
 
 use super::forward::{RotaryState, TokenStage};
 use super::layer::RotaryAttention;
-use super::linearization::{gram_product, output_gram};
+use super::linearization::{gram_product, head_cotangents, output_gram};
 use crate::attention::forward::{affine, check_shape, check_tokens, gemm, par_for};
 use crate::derivatives::tiles::{
     absorb_logits, add_jvp_tile, col, col_mut, finish_rows, subtract_means, vjp_tile_logits,
+    weight_column,
 };
 use crate::derivatives::LinearizedMap;
 use crate::error::{check_at_least, Error, Result};
@@ -442,12 +443,7 @@ impl<'a, T: Scalar> StreamingRotaryLinearization<'a, T> {
                         *x *= one - th * th;
                     }
                 }
-                let mut acc = zero;
-                for (x, &pj) in sdc.iter_mut().zip(pc) {
-                    *x = (pj * *x).flush_subnormal();
-                    acc += *x;
-                }
-                *mean += acc;
+                *mean += weight_column(sdc, pc);
             }
             add_jvp_tile(
                 out_t.as_mut(),
@@ -608,16 +604,7 @@ impl<T: Scalar> LinearizedMap<T> for StreamingRotaryLinearization<'_, T> {
 
     fn vjp(&self, y: MatRef<'_, T>) -> Result<Mat<T>> {
         check_shape("VJP cotangent", y, self.n(), self.d_out())?;
-        let wo = self.layer.wo.as_ref();
-        let mut obar = Mat::<T>::zeros(y.nrows(), wo.ncols());
-        gemm(
-            obar.as_mut(),
-            false,
-            y,
-            wo,
-            T::of(1.0),
-            par_for(y.nrows(), wo.ncols(), y.ncols()),
-        );
+        let obar = head_cotangents(self.layer, y);
         self.vjp_heads(obar.as_ref())
     }
 
