@@ -51,7 +51,16 @@ fn chain_certificate_holds_on_minilm() {
     ] {
         let w = model.stack(scope, layer, pool).expect("stack");
         let x = model.stack_input(&w, &ids).expect("input");
-        let centre = StackCentre::new(&w, x.as_ref(), 1e-6, 100, 30, 1).expect("centre");
+        let centre = StackCentre::new(
+            &w,
+            x.as_ref(),
+            lipattn::derivatives::AttentionMemory::Auto,
+            1e-6,
+            100,
+            30,
+            1,
+        )
+        .expect("centre");
         let (s0, v0, fx) = sigma(&w, &x);
         assert!(
             s0 <= centre.whole.value,

@@ -183,10 +183,10 @@ fn auto_streams_under_a_budget_that_refuses_the_dense_state() {
     assert_eq!(auto.expect("auto").attention, AttentionMemory::Streaming);
 }
 
-/// `streaming` is refused where the certificate holds the dense state: the block and model
-/// scopes.
+/// `streaming` is accepted for every scope (the block and model scopes certify on the
+/// streaming chain: tests/stack_streaming.rs).
 #[test]
-fn streaming_is_refused_outside_the_attention_scope() {
+fn streaming_is_accepted_for_every_scope() {
     for scope in [lipattn::models::Scope::Block, lipattn::models::Scope::Model] {
         let req = CertifyRequest {
             scope,
@@ -194,70 +194,77 @@ fn streaming_is_refused_outside_the_attention_scope() {
             attention: AttentionMemory::Streaming,
             ..Default::default()
         };
-        let err = req.check().expect_err("refused").to_string();
-        assert!(
-            err.contains("streaming") && err.contains(scope.name()),
-            "{err}"
-        );
+        req.check().expect("accepted");
     }
 }
 
-/// A rotary sublayer's certificate holds the dense state: `streaming` is refused naming the
-/// layer and its family, and `auto` runs dense.
+/// A rotary sublayer's certificate (grouped queries, with and without a sliding window) on the
+/// streaming state (`StreamingRotaryLinearization`, `SlopeCentre::rotary_streaming`) equals the
+/// dense one, the slope bit for bit; `auto` runs dense where it fits.
 #[test]
-fn streaming_is_refused_for_a_rotary_sublayer() {
-    let spec = RotarySpec {
-        heads: 2,
-        kv_heads: 1,
-        head_dim: 4,
-        rotary_dim: 4,
-        d: 6,
-        d_out: 6,
-        qk_scale: 0.6,
-        v_scale: 0.5,
-        o_scale: 0.5,
-        bias: 0.0,
-        qk_norm: None,
-        softcap: None,
-        window: None,
-        theta: 100.0,
-        max_position_embeddings: 32,
-        scaling: lipattn::attention::RopeScaling::Default,
-        score_divisor_sq: 4,
-    };
-    let weights = SublayerWeights::Rotary {
-        layer: Box::new(build(&spec, 7)),
-        family: "llama",
-    };
-    let source = LayerSource::new("random rotary layer", true, Kernel::Dot);
-    let x = random_tokens(6, 6, 1.0, 8);
-    let req = |attention| CertifyRequest {
-        epsilon: 1e-3,
-        upper_steps: 20,
-        attack_starts: 1,
-        attack_steps: 2,
-        attention,
-        ..Default::default()
-    };
-    let run = |attention| {
-        certify::run(
-            &req(attention),
-            &weights,
-            &source,
-            "llama",
-            3,
-            x.as_ref(),
-            &mut lipattn::ops::silent,
-        )
-    };
-    let err = run(AttentionMemory::Streaming)
-        .err()
-        .expect("streaming refused")
-        .to_string();
-    assert!(
-        err.contains("streaming") && err.contains("layer 3") && err.contains("rotary (llama)"),
-        "{err}"
-    );
-    let auto = run(AttentionMemory::Auto).expect("auto");
-    assert_eq!(auto.attention, AttentionMemory::Dense);
+fn rotary_sublayer_certifies_on_the_streaming_state() {
+    for (window, n) in [(None, 6), (None, 140), (Some(29), 140)] {
+        let spec = RotarySpec {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 4,
+            rotary_dim: 4,
+            d: 6,
+            d_out: 6,
+            qk_scale: 0.6,
+            v_scale: 0.5,
+            o_scale: 0.5,
+            bias: 0.0,
+            qk_norm: None,
+            softcap: None,
+            window,
+            theta: 100.0,
+            max_position_embeddings: 256,
+            scaling: lipattn::attention::RopeScaling::Default,
+            score_divisor_sq: 4,
+        };
+        let weights = SublayerWeights::Rotary {
+            layer: Box::new(build(&spec, 7)),
+            family: "llama",
+        };
+        let source = LayerSource::new("random rotary layer", true, Kernel::Dot);
+        let x = random_tokens(n, 6, 1.0, 8);
+        let req = |attention| CertifyRequest {
+            epsilon: 1e-3,
+            upper_steps: 20,
+            attack_starts: 1,
+            attack_steps: 2,
+            attention,
+            ..Default::default()
+        };
+        let run = |attention| {
+            certify::run(
+                &req(attention),
+                &weights,
+                &source,
+                "llama",
+                3,
+                x.as_ref(),
+                &mut lipattn::ops::silent,
+            )
+            .expect("certificate")
+        };
+        let (dense, streaming, auto) = (
+            run(AttentionMemory::Dense),
+            run(AttentionMemory::Streaming),
+            run(AttentionMemory::Auto),
+        );
+        assert_eq!(streaming.attention, AttentionMemory::Streaming);
+        assert_eq!(auto.attention, AttentionMemory::Dense);
+        assert_eq!(
+            dense.slope.as_ref().unwrap().value,
+            streaming.slope.as_ref().unwrap().value
+        );
+        assert_same(
+            &dense,
+            &streaming,
+            1e-9,
+            &format!("rotary, window {window:?}, n = {n}"),
+        );
+    }
 }

@@ -322,6 +322,16 @@ pub fn rotary_ball_slope(
     SlopeCentre::rotary(layer, x)?.at(token_radius)
 }
 
+/// [`rotary_ball_slope`] with every row recomputed where it is read
+/// ([`SlopeCentre::rotary_streaming`]): the same value, in memory linear in n.
+pub fn rotary_ball_slope_streaming(
+    layer: &RotaryAttention,
+    x: MatRef<'_, f64>,
+    token_radius: f64,
+) -> Result<BallSlope> {
+    SlopeCentre::rotary_streaming(layer, x)?.at(token_radius)
+}
+
 /// Whether Lemma S covers this rotary layer: query/key norms and logit soft-capping make the
 /// query, key or score map nonlinear, which it does not; the error names them.
 pub fn check_rotary_covered(layer: &RotaryAttention) -> Result<()> {
@@ -466,13 +476,24 @@ impl SlopeCentre {
     /// A rotary sublayer at X on positions 0..n-1 with its mask and window
     /// (docs/bounds.md#lemma-s-rotary); query/key norms and soft-capping are refused.
     pub fn rotary(layer: &RotaryAttention, x: MatRef<'_, f64>) -> Result<Self> {
+        Self::rotary_rows(layer, x, false)
+    }
+
+    /// [`SlopeCentre::rotary`] keeping no row of the attention (as
+    /// [`SlopeCentre::plain_streaming`]): memory linear in n, equal to the stored rows' bound
+    /// bit for bit.
+    pub fn rotary_streaming(layer: &RotaryAttention, x: MatRef<'_, f64>) -> Result<Self> {
+        Self::rotary_rows(layer, x, true)
+    }
+
+    fn rotary_rows(layer: &RotaryAttention, x: MatRef<'_, f64>, streaming: bool) -> Result<Self> {
         check_rotary_covered(layer)?;
         let n = x.nrows();
         check_centre(
             x,
             layer.d_in(),
             layer.heads,
-            rows_bytes(layer.heads, layer.head_dim, n, false),
+            rows_bytes(layer.heads, layer.head_dim, n, streaming),
         )?;
         let table = layer.rope.table::<f64>(n)?;
         let rotation = Rotation {
@@ -494,7 +515,7 @@ impl SlopeCentre {
                 layer.score_divisor_sq,
                 Some(rotation),
                 mask,
-                false,
+                streaming,
             )?);
         }
         Ok(Self::of(heads, n, mask))

@@ -7,10 +7,11 @@
 //! (VJP). The attention pieces reuse the sublayer linearisations, so a block's derivative is the
 //! sublayer's own exact derivative composed with the exact derivatives of the rest.
 
+use super::streaming::StreamingLinearization;
 use super::{Linearization, LinearizedMap};
 use crate::attention::forward::{gemm, par_for};
 use crate::attention::rms::NormState;
-use crate::attention::RotaryLinearization;
+use crate::attention::{RotaryLinearization, StreamingRotaryLinearization};
 use crate::error::Result;
 use crate::models::Activation;
 use faer::{Mat, MatRef};
@@ -68,6 +69,42 @@ impl Step for RotaryAttentionStep<'_> {
     }
     fn vjp(&self, y: Mat<f64>) -> Result<Mat<f64>> {
         self.0.vjp(y.as_ref())
+    }
+}
+
+/// The attention sublayer of BERT and GPT-2 on the streaming state (per-row statistics,
+/// docs/streaming.md#blocks-and-models): the same map as [`PlainAttention`], memory linear in n.
+pub struct PlainStreamingAttention<'a>(pub StreamingLinearization<'a, f64>);
+
+impl Step for PlainStreamingAttention<'_> {
+    fn jvp(&self, t: Mat<f64>) -> Result<Mat<f64>> {
+        self.0.jvp(t.as_ref())
+    }
+    fn vjp(&self, y: Mat<f64>) -> Result<Mat<f64>> {
+        self.0.vjp(y.as_ref())
+    }
+}
+
+/// The rotary attention sublayer on the streaming state: the same map as
+/// [`RotaryAttentionStep`], memory linear in n.
+pub struct RotaryStreamingAttentionStep<'a>(pub StreamingRotaryLinearization<'a, f64>);
+
+impl Step for RotaryStreamingAttentionStep<'_> {
+    fn jvp(&self, t: Mat<f64>) -> Result<Mat<f64>> {
+        LinearizedMap::jvp(&self.0, t.as_ref())
+    }
+    fn vjp(&self, y: Mat<f64>) -> Result<Mat<f64>> {
+        LinearizedMap::vjp(&self.0, y.as_ref())
+    }
+}
+
+/// A boxed step is the step it holds (the attention steps are chosen at run time).
+impl<S: Step + ?Sized> Step for Box<S> {
+    fn jvp(&self, t: Mat<f64>) -> Result<Mat<f64>> {
+        (**self).jvp(t)
+    }
+    fn vjp(&self, y: Mat<f64>) -> Result<Mat<f64>> {
+        (**self).vjp(y)
     }
 }
 
@@ -409,6 +446,8 @@ impl LinearizedMap<f64> for ChainSlice<'_, '_> {
 /// estimators run on for a block or a model.
 pub struct StackLinearization<'a> {
     pub chain: Chain<'a>,
+    /// The attention state its attention steps hold (resolved: dense or streaming).
+    pub attention: super::AttentionMemory,
     pub n: usize,
     pub d_in: usize,
     /// Rows of the output: n, or 1 after pooling.

@@ -201,6 +201,24 @@ impl Linearizable for MaskedStreaming<'_> {
     }
 }
 
+/// A rotary sublayer (positions 0..n-1) on the streaming attention state
+/// (`StreamingRotaryLinearization`): the same map as the dense one to rounding.
+pub(crate) struct RotaryStreaming<'l> {
+    pub layer: &'l crate::attention::RotaryAttention,
+    /// Queries and keys per tile.
+    pub block: usize,
+}
+
+impl Linearizable for RotaryStreaming<'_> {
+    type At<'a>
+        = crate::attention::StreamingRotaryLinearization<'a, f64>
+    where
+        Self: 'a;
+    fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<Self::At<'a>> {
+        crate::attention::StreamingRotaryLinearization::new(self.layer, x, self.block)
+    }
+}
+
 impl Linearizable for crate::attention::RotaryAttention {
     type At<'a> = crate::attention::rotary::RotaryLinearization<'a>;
     fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<Self::At<'a>> {

@@ -79,6 +79,31 @@ pub fn check_rotary_search_memory(
     search_memory(layer.d_in().max(layer.d_out()), layer.heads, count, what)
 }
 
+/// [`check_rotary_search_memory`] on the streaming attention state: the count x d matrices
+/// beside the streaming rotary linearisation's own estimate in place of the dense state.
+pub fn check_rotary_streaming_search_memory(
+    layer: &crate::attention::RotaryAttention,
+    count: usize,
+    what: &str,
+) -> Result<()> {
+    let d = layer.d_in().max(layer.d_out());
+    crate::budget::check(
+        || {
+            format!(
+                "the search over {count} tokens of width {d} ({what}) on the streaming rotary attention state"
+            )
+        },
+        crate::budget::total(&[
+            crate::budget::bytes_of(&[16, count, d], 8),
+            crate::attention::rotary::streaming_memory_estimate(
+                layer,
+                count,
+                crate::derivatives::streaming::DEFAULT_BLOCK,
+            ),
+        ]),
+    )
+}
+
 fn search_memory(d: usize, h: usize, count: usize, what: &str) -> Result<()> {
     crate::budget::check(
         || format!("the search over {count} tokens of width {d} ({what})"),

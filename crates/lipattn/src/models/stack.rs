@@ -18,12 +18,15 @@ use crate::attention::forward::affine;
 use crate::attention::norms::{LayerNorm, RmsNorm};
 use crate::attention::rms::normalise;
 use crate::attention::AttentionLayer;
+use crate::attention::StreamingRotaryLinearization;
 use crate::attention::{RotaryAttention, RotaryLinearization};
 use crate::derivatives::stack::{
     Chain, FeedForwardStep, GatedStep, LayerNormStep, MeanPool, Normalise, PlainAttention,
-    Residual, RmsNormStep, RotaryAttentionStep, StackLinearization, Step,
+    PlainStreamingAttention, Residual, RmsNormStep, RotaryAttentionStep,
+    RotaryStreamingAttentionStep, StackLinearization, Step,
 };
-use crate::derivatives::Linearization;
+use crate::derivatives::streaming::{StreamingLinearization, DEFAULT_BLOCK};
+use crate::derivatives::{AttentionMemory, Linearization};
 use crate::error::{Error, Result};
 use crate::named_enum;
 use faer::{Mat, MatRef};
@@ -271,7 +274,51 @@ pub struct Links<'a> {
     pub pieces: Vec<Piece<'a>>,
     /// The input of each step at X; empty unless recorded.
     pub inputs: Vec<Mat<f64>>,
+    /// The attention state every attention step holds (resolved: dense or streaming).
+    pub attention: AttentionMemory,
     record: bool,
+}
+
+/// The plain attention sublayer `layer` at x on the (resolved) state `state`: its output and
+/// its step.
+fn plain_attention<'a>(
+    layer: &'a AttentionLayer<f64>,
+    x: MatRef<'_, f64>,
+    causal: bool,
+    state: AttentionMemory,
+) -> Result<(Mat<f64>, Box<dyn Step + 'a>)> {
+    Ok(match state {
+        AttentionMemory::Streaming => {
+            let lin = StreamingLinearization::new(layer, x, None, causal, DEFAULT_BLOCK)?;
+            (
+                lin.output().to_owned(),
+                Box::new(PlainStreamingAttention(lin)),
+            )
+        }
+        _ => {
+            let lin = Linearization::new(layer, x, None, causal)?;
+            (lin.output().to_owned(), Box::new(PlainAttention(lin)))
+        }
+    })
+}
+
+/// The rotary attention sublayer `layer` at x (positions 0..n-1) on the (resolved) state
+/// `state`: its output and its step.
+fn rotary_attention<'a>(
+    layer: &'a RotaryAttention,
+    x: MatRef<'_, f64>,
+    state: AttentionMemory,
+) -> Result<(Mat<f64>, Box<dyn Step + 'a>)> {
+    Ok(match state {
+        AttentionMemory::Streaming => {
+            let lin = StreamingRotaryLinearization::new(layer, x, DEFAULT_BLOCK)?;
+            (lin.output(), Box::new(RotaryStreamingAttentionStep(lin)))
+        }
+        _ => {
+            let lin = RotaryLinearization::new(layer, x)?;
+            (lin.output(), Box::new(RotaryAttentionStep(lin)))
+        }
+    })
 }
 
 impl<'a> Links<'a> {
@@ -292,10 +339,10 @@ fn plain_attention_half<'a>(
 ) -> Result<Mat<f64>> {
     match b.placement {
         NormPlacement::Post => {
-            let lin = Linearization::new(&b.attention, h, None, b.causal)?;
-            let a = h + lin.output();
+            let (o, step) = plain_attention(&b.attention, h, b.causal, links.attention)?;
+            let a = h + o;
             let mut branch = Chain::default();
-            branch.push(PlainAttention(lin));
+            branch.push(step);
             let piece = Piece::AttentionResidual {
                 norm: None,
                 layer: &b.attention,
@@ -308,11 +355,11 @@ fn plain_attention_half<'a>(
         }
         NormPlacement::Pre => {
             let (x, norm) = layer_norm(&b.attention_norm, h)?;
-            let lin = Linearization::new(&b.attention, x.as_ref(), None, b.causal)?;
-            let out = h + lin.output();
+            let (o, step) = plain_attention(&b.attention, x.as_ref(), b.causal, links.attention)?;
+            let out = h + o;
             let mut branch = Chain::default();
             branch.push(norm);
-            branch.push(PlainAttention(lin));
+            branch.push(step);
             let piece = Piece::AttentionResidual {
                 norm: Some(&b.attention_norm),
                 layer: &b.attention,
@@ -369,9 +416,8 @@ fn rotary_attention_half<'a>(
     let mut branch = Chain::default();
     let (x, norm) = rms(&b.attention_norm, h)?;
     branch.push(norm);
-    let lin = RotaryLinearization::new(&b.attention, x.as_ref())?;
-    let mut a = lin.output();
-    branch.push(RotaryAttentionStep(lin));
+    let (mut a, step) = rotary_attention(&b.attention, x.as_ref(), links.attention)?;
+    branch.push(step);
     if let Some(n) = &b.attention_output_norm {
         let (o, step) = rms(n, a.as_ref())?;
         a = o;
@@ -411,45 +457,116 @@ fn rotary_feed_forward_half<'a>(
 }
 
 impl StackWeights {
-    /// Bytes the linearisation keeps beyond the attention states (which their own constructors
-    /// check): per block a few n x d and n x ffn matrices.
-    fn check_budget(&self, n: usize, record: bool) -> Result<()> {
-        let ffn = self
+    /// Bytes the chain keeps at n tokens with its attention steps on the (resolved) state
+    /// `attention`: per block a few n x d and n x ffn matrices, and every attention step's state
+    /// (all are held at once: the dense n x n probabilities, or the streaming per-row
+    /// statistics, `AttentionMemory::state_bytes`). None: beyond u64.
+    pub fn chain_bytes(&self, n: usize, record: bool, attention: AttentionMemory) -> Option<u64> {
+        let ffn = self.ffn();
+        // Recording keeps up to four more n x d inputs per block.
+        let widths = if record { 12 } else { 8 } * self.d + 4 * ffn;
+        let per_block = crate::budget::bytes_of(&[n, widths], 8);
+        let rest = per_block.and_then(|b| b.checked_mul(self.blocks.len() as u64 + 1));
+        let states: Vec<Option<u64>> = self
             .blocks
+            .iter()
+            .map(|b| match b {
+                BlockWeights::Plain(l) => attention.state_bytes(&l.attention, n),
+                BlockWeights::Rotary(r) => attention.state_bytes(&r.attention, n),
+            })
+            .collect();
+        crate::budget::total(&[rest, crate::budget::total(&states)])
+    }
+
+    fn ffn(&self) -> usize {
+        self.blocks
             .iter()
             .map(|b| match b {
                 BlockWeights::Plain(l) => l.feed_forward.w_in.nrows(),
                 BlockWeights::Rotary(r) => r.feed_forward.gate.nrows(),
             })
             .max()
-            .unwrap_or(0);
-        // Recording keeps up to four more n x d inputs per block.
-        let widths = if record { 12 } else { 8 } * self.d + 4 * ffn;
-        let per_block = crate::budget::bytes_of(&[n, widths], 8);
-        let need = per_block.and_then(|b| b.checked_mul(self.blocks.len() as u64 + 1));
+            .unwrap_or(0)
+    }
+
+    /// The budget check of the chain at n tokens on the (resolved) state `attention`
+    /// ([`StackWeights::chain_bytes`]) plus `extra` bytes that the caller keeps beside it (the
+    /// certificate's Lemma S centres and search), made before anything is allocated.
+    pub fn check_chain_budget(
+        &self,
+        n: usize,
+        record: bool,
+        attention: AttentionMemory,
+        extra: Option<u64>,
+    ) -> Result<()> {
+        let need = crate::budget::total(&[self.chain_bytes(n, record, attention), extra]);
         crate::budget::check(
             || {
                 format!(
-                    "linearising scope '{}' ({} blocks, n = {n}, d = {}, ffn = {ffn})",
+                    "linearising scope '{}' ({} blocks, n = {n}, d = {}, ffn = {}) on the {} attention state",
                     self.scope.name(),
                     self.blocks.len(),
-                    self.d
+                    self.d,
+                    self.ffn(),
+                    attention.name()
                 )
             },
             need,
         )
     }
 
-    /// The scope's output at X (n x d) and its linearisation there. Scope `attention` is the
-    /// sublayer alone (ops::local runs it on its own linearisations; here for completeness).
+    /// The attention state the chain's attention steps hold at n tokens, by the rule of
+    /// [`AttentionMemory::resolve`] applied to the whole chain: `dense` or `streaming` as asked,
+    /// and `auto` dense exactly when the chain's check on the dense state
+    /// ([`StackWeights::check_chain_budget`] with `extra(Dense)`) passes, streaming otherwise.
+    /// The chosen state is then checked (with `extra` of it) before anything is allocated.
+    pub fn resolve_attention(
+        &self,
+        n: usize,
+        asked: AttentionMemory,
+        record: bool,
+        extra: &dyn Fn(AttentionMemory) -> Option<u64>,
+    ) -> Result<AttentionMemory> {
+        let state = match asked {
+            AttentionMemory::Auto => {
+                let dense = AttentionMemory::Dense;
+                match self.check_chain_budget(n, record, dense, extra(dense)) {
+                    Ok(()) => return Ok(dense),
+                    Err(Error::Budget { .. } | Error::OutOfMemory { .. }) => {
+                        AttentionMemory::Streaming
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            chosen => chosen,
+        };
+        self.check_chain_budget(n, record, state, extra(state))?;
+        Ok(state)
+    }
+
+    /// The scope's output at X (n x d) and its linearisation there, its attention steps on the
+    /// state `auto` picks ([`StackWeights::linearize_with`]).
     pub fn linearize(&self, x: MatRef<'_, f64>) -> Result<(Mat<f64>, StackLinearization<'_>)> {
-        let (h, links) = self.links(x, false)?;
+        self.linearize_with(x, AttentionMemory::Auto)
+    }
+
+    /// The scope's output at X (n x d) and its linearisation there, its attention steps on the
+    /// state `attention` asks for ([`StackWeights::resolve_attention`]; the linearisation's
+    /// `attention` says which). Scope `attention` is the sublayer alone (ops::local runs it on
+    /// its own linearisations; here for completeness).
+    pub fn linearize_with(
+        &self,
+        x: MatRef<'_, f64>,
+        attention: AttentionMemory,
+    ) -> Result<(Mat<f64>, StackLinearization<'_>)> {
+        let (h, links) = self.links(x, false, attention)?;
         let (n, d) = (x.nrows(), x.ncols());
         let (rows_out, d_out) = (h.nrows(), h.ncols());
         Ok((
             h,
             StackLinearization {
                 chain: links.chain,
+                attention: links.attention,
                 n,
                 d_in: d,
                 rows_out,
@@ -460,8 +577,14 @@ impl StackWeights {
 
     /// The scope's output at X and its chain, step by step: what each top-level step is and,
     /// with `record`, its input at X (the ball certificates bound each step on the ball around
-    /// its own input).
-    pub fn links(&self, x: MatRef<'_, f64>, record: bool) -> Result<(Mat<f64>, Links<'_>)> {
+    /// its own input). The attention steps hold the state `attention` asks for
+    /// ([`StackWeights::resolve_attention`], nothing kept beside the chain).
+    pub fn links(
+        &self,
+        x: MatRef<'_, f64>,
+        record: bool,
+        attention: AttentionMemory,
+    ) -> Result<(Mat<f64>, Links<'_>)> {
         let n = x.nrows();
         if n == 0 {
             return Err(Error::Empty {
@@ -469,11 +592,12 @@ impl StackWeights {
             });
         }
         crate::attention::forward::check_shape("scope input X", x, n, self.d)?;
-        self.check_budget(n, record)?;
+        let attention = self.resolve_attention(n, attention, record, &|_| Some(0))?;
         let mut links = Links {
             chain: Chain::default(),
             pieces: Vec::new(),
             inputs: Vec::new(),
+            attention,
             record,
         };
         let mut h = x.to_owned();
@@ -485,23 +609,18 @@ impl StackWeights {
         for b in &self.blocks {
             h = match (b, self.scope) {
                 (BlockWeights::Plain(l), Scope::Attention) => {
-                    let lin = Linearization::new(&l.attention, h.as_ref(), None, l.causal)?;
-                    let o = lin.output().to_owned();
+                    let (o, step) =
+                        plain_attention(&l.attention, h.as_ref(), l.causal, links.attention)?;
                     let piece = Piece::Attention {
                         layer: &l.attention,
                         causal: l.causal,
                     };
-                    links.push(h.as_ref(), piece, PlainAttention(lin));
+                    links.push(h.as_ref(), piece, step);
                     o
                 }
                 (BlockWeights::Rotary(r), Scope::Attention) => {
-                    let lin = RotaryLinearization::new(&r.attention, h.as_ref())?;
-                    let o = lin.output();
-                    links.push(
-                        h.as_ref(),
-                        Piece::RotaryAttention(&r.attention),
-                        RotaryAttentionStep(lin),
-                    );
+                    let (o, step) = rotary_attention(&r.attention, h.as_ref(), links.attention)?;
+                    links.push(h.as_ref(), Piece::RotaryAttention(&r.attention), step);
                     o
                 }
                 (BlockWeights::Plain(l), _) => {
@@ -575,5 +694,22 @@ impl crate::estimation::adversarial::Linearizable for StackWeights {
     type At<'a> = StackLinearization<'a>;
     fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<StackLinearization<'a>> {
         Ok(StackWeights::linearize(self, x)?.1)
+    }
+}
+
+/// A scope with its attention steps on a fixed (resolved) state: what the ball ascent of a block
+/// or model certificate linearises at every point it evaluates.
+pub struct StackOnState<'w> {
+    pub weights: &'w StackWeights,
+    pub attention: AttentionMemory,
+}
+
+impl crate::estimation::adversarial::Linearizable for StackOnState<'_> {
+    type At<'a>
+        = StackLinearization<'a>
+    where
+        Self: 'a;
+    fn linearize<'a>(&'a self, x: MatRef<'_, f64>) -> Result<StackLinearization<'a>> {
+        Ok(self.weights.linearize_with(x, self.attention)?.1)
     }
 }

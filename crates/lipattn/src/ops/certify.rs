@@ -12,15 +12,17 @@ use super::stack_ball::{CentreRun, StackCentre};
 use super::OnProgress;
 use crate::attention::Kernel;
 use crate::bounds::ball::{
-    attention_ball_slope, attention_ball_slope_streaming, rotary_ball_slope, BallKind, BallSlope,
+    attention_ball_slope, attention_ball_slope_streaming, rotary_ball_slope,
+    rotary_ball_slope_streaming, rows_bytes, BallKind, BallSlope,
 };
-use crate::derivatives::AttentionMemory;
+use crate::derivatives::{AttentionMemory, AttentionStates};
 use crate::error::{check_at_least, check_in, check_positive, Error, Interval, Result};
-use crate::estimation::adversarial::{Linearizable, Masked, MaskedStreaming};
+use crate::estimation::adversarial::{Linearizable, Masked, MaskedStreaming, RotaryStreaming};
 use crate::estimation::ball_ascent::{ball_ascent, BallAscentOptions};
 use crate::estimation::centre_upper::{centre_upper, CentreUpper};
 use crate::linalg::max_row_norm;
 use crate::linalg::rounding::{add_up, mul_up};
+use crate::models::stack::StackOnState;
 use crate::models::{Pool, Scope, StackWeights, SublayerWeights};
 use crate::operator::LayerSource;
 use faer::{Mat, MatRef};
@@ -50,10 +52,11 @@ pub struct CertifyRequest {
     /// Relative accuracy of each local constant the ascent evaluates (an estimate).
     pub tol: f64,
     pub seed: u64,
-    /// Scope attention on a plain (BERT/GPT-2) sublayer: the dense n x n attention state or the
-    /// streaming one (linear in n) for Lemma P's Lanczos, Lemma S's centre and the ascent; auto
-    /// picks by `AttentionMemory::resolve` at the sublayer's n. Rotary sublayers and the block
-    /// and model scopes hold the dense state: `streaming` is refused there.
+    /// The attention state of every attention sublayer the certificate reads (plain and
+    /// rotary; every scope): the dense n x n probabilities or the streaming per-row statistics
+    /// (linear in n), for Lemma P's Lanczos runs, Lemma S's centres and the ascent. `auto` picks
+    /// by `AttentionMemory::resolve`: at the sublayer's n for scope attention, for the whole
+    /// chain of a block or model (`StackWeights::resolve_attention`).
     pub attention: AttentionMemory,
 }
 
@@ -92,12 +95,6 @@ impl CertifyRequest {
             return Err(Error::invalid(format!(
                 "pool '{}' follows scope 'model' only",
                 self.pool.name()
-            )));
-        }
-        if self.attention == AttentionMemory::Streaming && self.scope != Scope::Attention {
-            return Err(Error::invalid(format!(
-                "attention 'streaming' certifies scope 'attention' only: the {} certificate (Lemma C over derivatives::stack) holds the dense attention state; use attention 'auto' or 'dense'",
-                self.scope.name()
             )));
         }
         self.attack().check()
@@ -193,7 +190,15 @@ pub fn run(
             }
             crate::attention::forward::check_shape("X", x, n, plain.d_in())?;
             let causal = source.causal;
-            match resolve_plain(req.attention, plain, n)? {
+            let dense_needs = || {
+                crate::estimation::check_search_memory(plain, n, "`n`").and_then(|()| {
+                    crate::budget::check(
+                        || format!("the ball bound over {n} tokens ({} heads)", plain.heads),
+                        rows_bytes(plain.heads, plain.dk.max(plain.dv), n, false),
+                    )
+                })
+            };
+            match resolve_sublayer(req.attention, plain, n, dense_needs)? {
                 AttentionMemory::Streaming => {
                     crate::estimation::check_streaming_search_memory(plain, n, "`n`")?;
                     let f = MaskedStreaming {
@@ -219,18 +224,37 @@ pub fn run(
                 }
             }
         }
-        SublayerWeights::Rotary { layer: rotary, family } => {
-            if req.attention == AttentionMemory::Streaming {
-                return Err(Error::invalid(format!(
-                    "attention 'streaming' is for plain (BERT/GPT-2) sublayers: layer {layer} is a rotary ({family}) sublayer, whose certificate holds the dense attention state; use attention 'auto' or 'dense'"
-                )));
-            }
+        SublayerWeights::Rotary { layer: rotary, .. } => {
             crate::attention::forward::check_shape("X", x, n, rotary.d_in())?;
-            crate::estimation::check_rotary_search_memory(rotary, n, "`n`")?;
-            attention_certificate(req, &**rotary, x, &mut step, || {
-                rotary_ball_slope(rotary, x, req.epsilon)
-            })
-            .map(|c| (c, AttentionMemory::Dense))
+            let dense_needs = || {
+                crate::estimation::check_rotary_search_memory(rotary, n, "`n`").and_then(|()| {
+                    crate::budget::check(
+                        || format!("the ball bound over {n} tokens ({} heads)", rotary.heads),
+                        rows_bytes(rotary.heads, rotary.head_dim, n, false),
+                    )
+                })
+            };
+            match resolve_sublayer(req.attention, &**rotary, n, dense_needs)? {
+                AttentionMemory::Streaming => {
+                    crate::bounds::ball::check_rotary_covered(rotary)?;
+                    crate::estimation::check_rotary_streaming_search_memory(rotary, n, "`n`")?;
+                    let f = RotaryStreaming {
+                        layer: rotary,
+                        block: crate::derivatives::streaming::DEFAULT_BLOCK,
+                    };
+                    attention_certificate(req, &f, x, &mut step, || {
+                        rotary_ball_slope_streaming(rotary, x, req.epsilon)
+                    })
+                    .map(|c| (c, AttentionMemory::Streaming))
+                }
+                _ => {
+                    crate::estimation::check_rotary_search_memory(rotary, n, "`n`")?;
+                    attention_certificate(req, &**rotary, x, &mut step, || {
+                        rotary_ball_slope(rotary, x, req.epsilon)
+                    })
+                    .map(|c| (c, AttentionMemory::Dense))
+                }
+            }
         }
     }
     .map(|(c, attention)| {
@@ -246,26 +270,21 @@ pub fn run(
     })
 }
 
-/// The state a plain sublayer's certificate runs on: `AttentionMemory::resolve`, and for `auto`
-/// streaming also where the dense state fits but the dense certificate's own larger needs (the
-/// search's 4 H n^2 and Lemma S's stored rows) would be refused, so that `auto` never stops where
-/// `streaming` would run.
-fn resolve_plain(
+/// The state a sublayer's certificate runs on: `AttentionMemory::resolve`, and for `auto`
+/// streaming also where the dense state fits but the dense certificate's own larger needs
+/// (`dense_needs`: the search's 4 H n^2 and Lemma S's stored rows) would be refused, so that
+/// `auto` never stops where `streaming` would run.
+fn resolve_sublayer<L: AttentionStates + ?Sized>(
     attention: AttentionMemory,
-    layer: &crate::attention::AttentionLayer<f64>,
+    layer: &L,
     n: usize,
+    dense_needs: impl FnOnce() -> Result<()>,
 ) -> Result<AttentionMemory> {
     let resolved = attention.resolve(layer, n)?;
     if attention != AttentionMemory::Auto || resolved != AttentionMemory::Dense {
         return Ok(resolved);
     }
-    let dense = crate::estimation::check_search_memory(layer, n, "`n`").and_then(|()| {
-        crate::budget::check(
-            || format!("the ball bound over {n} tokens ({} heads)", layer.heads),
-            crate::bounds::ball::rows_bytes(layer.heads, layer.dk.max(layer.dv), n, false),
-        )
-    });
-    match dense {
+    match dense_needs() {
         Ok(()) => Ok(AttentionMemory::Dense),
         Err(Error::Budget { .. } | Error::OutOfMemory { .. }) => Ok(AttentionMemory::Streaming),
         Err(e) => Err(e),
@@ -448,6 +467,7 @@ pub fn run_stack(
     let centre = StackCentre::new(
         weights,
         x,
+        req.attention,
         req.failure_probability,
         req.upper_steps,
         req.interval_steps,
@@ -456,7 +476,11 @@ pub fn run_stack(
     step(1);
     let (chain, output_change) = centre.at(req.ball, req.epsilon)?;
     step(2);
-    let mut attack = ball_ascent(weights, x, req.ball, req.epsilon, &req.attack())?;
+    let on_state = StackOnState {
+        weights,
+        attention: centre.attention(),
+    };
+    let mut attack = ball_ascent(&on_state, x, req.ball, req.epsilon, &req.attack())?;
     let ritz = centre.whole.ritz_sigma;
     if ritz > attack.centre_sigma {
         attack.centre_sigma = ritz;
@@ -517,7 +541,7 @@ pub fn run_stack(
         radius: max_row_norm(x),
         norm: "frobenius",
         dtype: "f64",
-        attention: AttentionMemory::Dense,
+        attention: centre.attention(),
         seconds: start.elapsed().as_secs_f64(),
         centre_attained: attack.centre_sigma,
         centre: centre.whole.clone(),

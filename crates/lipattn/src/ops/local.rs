@@ -59,7 +59,8 @@ pub struct LocalRequest {
     pub head: Option<usize>,
     /// f64, or f32 Lanczos refined in f64 (2.8x faster at the Llama shape of bench/rotary_local).
     pub dtype: LocalDtype,
-    /// Dense or streaming attention state (plain and rotary sublayers).
+    /// Dense or streaming attention state (plain and rotary sublayers; every scope: the blocks
+    /// and the model resolve it for their whole chain, `StackWeights::resolve_attention`).
     pub attention: AttentionMemory,
     /// Lanczos keeps at most this many Krylov vectors (and images), restarting from its top
     /// Ritz vector when full (`estimation::lanczos_restarted`); None: one a step, up to

@@ -212,6 +212,7 @@ pub fn run_stack(
     let centre = StackCentre::new(
         weights,
         x,
+        crate::derivatives::AttentionMemory::Auto,
         req.failure_probability,
         req.upper_steps,
         req.interval_steps,

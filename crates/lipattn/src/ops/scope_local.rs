@@ -1,12 +1,15 @@
 //! `local --scope sublayer-residual-norm|block|model`: the local constant ||J(X)||_2 of a
 //! block's attention half, a whole block or the whole model (optionally pooled) at X, by Lanczos
 //! or power iteration on the exact linearisation (derivatives::stack), beside the composed
-//! certified global bound (bounds::composed). The local constant is attained (a lower bound on
+//! certified global bound (bounds::composed). The attention steps hold the state the request's
+//! `attention` asks for (`StackWeights::resolve_attention`: `auto` streams where the dense chain
+//! would be refused by the memory budget). The local constant is attained (a lower bound on
 //! the Lipschitz constant over any domain containing X), never a certificate.
 
 use super::local::{LocalDtype, LocalMethod, LocalRequest};
 use super::{OnProgress, Progress};
 use crate::bounds::composed::{composed_bound, ComposedBound};
+use crate::derivatives::AttentionMemory;
 use crate::error::{Error, Result};
 use crate::estimation::centre_upper::{centre_upper, CentreUpper};
 use crate::estimation::{lanczos, power_iteration, Method};
@@ -86,6 +89,9 @@ pub struct ScopeLocalReport {
     /// Largest row norm of X.
     pub radius: f64,
     pub dtype: &'static str,
+    /// How the attention steps held their state: "dense" (n x n probabilities per head) or
+    /// "streaming" (per-row statistics, docs/streaming.md#blocks-and-models).
+    pub attention: AttentionMemory,
     /// The composed certified global bound (Frobenius norms, sequences of n tokens).
     pub certified: ComposedBound,
     /// certified / sigma; None where nothing finite is certified.
@@ -124,7 +130,8 @@ pub fn run_scope(
         total: 1,
     });
     let start = std::time::Instant::now();
-    let (output, lin) = weights.linearize(x)?;
+    let (output, lin) = weights.linearize_with(x, req.attention)?;
+    let attention = lin.attention;
     req.check()?;
     let top = match &req.estimator() {
         Method::Lanczos(o) => match req.max_basis {
@@ -194,6 +201,7 @@ pub fn run_scope(
         d_out: output.ncols(),
         radius: max_row_norm(x),
         dtype: "f64",
+        attention,
         certified,
         ratio,
         upper,

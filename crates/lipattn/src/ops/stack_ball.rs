@@ -6,17 +6,21 @@
 //! rest) and Lemma C's arithmetic.
 
 use super::scope_local::UPPER_SEED_OFFSET;
-use crate::attention::RotaryLinearization;
-use crate::bounds::ball::{check_rotary_covered, BallKind, SlopeCentre};
+use crate::attention::{
+    AttentionLayer, RotaryAttention, RotaryLinearization, StreamingRotaryLinearization,
+};
+use crate::bounds::ball::{check_rotary_covered, rows_bytes, BallKind, SlopeCentre};
 use crate::bounds::chain_ball::{chain_ball, output_change, ChainBall, ChainCentre};
 use crate::bounds::piece_ball::{
     compose, image, layer_norm_ball, mean_pool_bound, normalise_bound, rms_norm_ball,
     FeedForwardCentre, FeedForwardNorms, GatedFeedForwardNorms, PieceBall, PieceBound,
 };
-use crate::derivatives::Linearization;
+use crate::derivatives::streaming::{StreamingLinearization, DEFAULT_BLOCK};
+use crate::derivatives::{AttentionMemory, Linearization};
 use crate::error::Result;
 use crate::estimation::centre_upper::{centre_upper, CentreUpper};
 use crate::linalg::rounding::{add_up, mul_up};
+use crate::models::stack::BlockWeights;
 use crate::models::stack::{Links, Piece};
 use crate::models::{Pool, StackWeights};
 use faer::{Mat, MatRef};
@@ -115,18 +119,39 @@ fn intervals(pieces: &[Piece<'_>]) -> Vec<(usize, usize)> {
 }
 
 impl<'w> StackCentre<'w> {
-    /// Everything at X that the certificate on any ball needs. The Lemma P runs share
-    /// `failure_probability` equally.
+    /// Everything at X that the certificate on any ball needs, its attention steps (their
+    /// linearisations and Lemma S centres) on the state `attention` asks for
+    /// ([`StackWeights::resolve_attention`] counting [`certificate_bytes`] beside the chain).
+    /// The Lemma P runs share `failure_probability` equally.
     pub fn new(
         weights: &'w StackWeights,
         x: MatRef<'_, f64>,
+        attention: AttentionMemory,
         failure_probability: f64,
         steps: usize,
         interval_steps: usize,
         seed: u64,
     ) -> Result<Self> {
-        let (output, links) = weights.links(x, true)?;
         let n = x.nrows();
+        let attention = weights.resolve_attention(n, attention, true, &|state| {
+            certificate_bytes(weights, n, state)
+        })?;
+        let (output, links) = weights.links(x, true, attention)?;
+        let streaming = links.attention == AttentionMemory::Streaming;
+        let plain_slope = |layer: &AttentionLayer<f64>, x: MatRef<'_, f64>, causal: bool| {
+            if streaming {
+                SlopeCentre::plain_streaming(layer, x, causal)
+            } else {
+                SlopeCentre::plain(layer, x, causal)
+            }
+        };
+        let rotary_slope = |layer: &RotaryAttention, x: MatRef<'_, f64>| {
+            if streaming {
+                SlopeCentre::rotary_streaming(layer, x)
+            } else {
+                SlopeCentre::rotary(layer, x)
+            }
+        };
         let k = links.pieces.len();
         // What no radius can certify is refused before any Lemma P run (and never read as a
         // radius too large by the robustness search).
@@ -201,7 +226,7 @@ impl<'w> StackCentre<'w> {
                 Piece::Normalise => (normalise_bound(input, 0.0)?.sup, Extra::None),
                 Piece::Attention { layer, causal } => (
                     upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value,
-                    Extra::Slope(SlopeCentre::plain(layer, input, causal)?),
+                    Extra::Slope(plain_slope(layer, input, causal)?),
                 ),
                 Piece::AttentionResidual {
                     norm,
@@ -210,14 +235,26 @@ impl<'w> StackCentre<'w> {
                 } => {
                     let u = upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value;
                     let extra = match norm {
-                        None => Extra::Slope(SlopeCentre::plain(layer, input, causal)?),
+                        None => Extra::Slope(plain_slope(layer, input, causal)?),
                         Some(ln) => {
                             let inner = ln.apply(input)?;
-                            let lin = Linearization::new(layer, inner.as_ref(), None, causal)?;
-                            let a = upper(&lin, format!("attention of step {i}"), interval_steps)?
-                                .value;
+                            let what = format!("attention of step {i}");
+                            let a = if streaming {
+                                let lin = StreamingLinearization::new(
+                                    layer,
+                                    inner.as_ref(),
+                                    None,
+                                    causal,
+                                    DEFAULT_BLOCK,
+                                )?;
+                                upper(&lin, what, interval_steps)?
+                            } else {
+                                let lin = Linearization::new(layer, inner.as_ref(), None, causal)?;
+                                upper(&lin, what, interval_steps)?
+                            }
+                            .value;
                             Extra::PreNormAttention {
-                                slope: SlopeCentre::plain(layer, inner.as_ref(), causal)?,
+                                slope: plain_slope(layer, inner.as_ref(), causal)?,
                                 upper: a,
                             }
                         }
@@ -241,7 +278,7 @@ impl<'w> StackCentre<'w> {
                 ),
                 Piece::RotaryAttention(layer) => (
                     upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value,
-                    Extra::Slope(SlopeCentre::rotary(layer, input)?),
+                    Extra::Slope(rotary_slope(layer, input)?),
                 ),
                 Piece::RotaryAttentionResidual {
                     norm,
@@ -250,13 +287,24 @@ impl<'w> StackCentre<'w> {
                 } => {
                     let u = upper(&slice(i, i + 1), format!("step {i}"), interval_steps)?.value;
                     let inner = norm.apply(input)?;
-                    let lin = RotaryLinearization::new(layer, inner.as_ref())?;
-                    let a = upper(&lin, format!("attention of step {i}"), interval_steps)?.value;
-                    let output = output_norm.map(|_| lin.output());
+                    let what = format!("attention of step {i}");
+                    let (a, out) = if streaming {
+                        let lin = StreamingRotaryLinearization::new(
+                            layer,
+                            inner.as_ref(),
+                            DEFAULT_BLOCK,
+                        )?;
+                        (upper(&lin, what, interval_steps)?, lin.output())
+                    } else {
+                        let lin = RotaryLinearization::new(layer, inner.as_ref())?;
+                        (upper(&lin, what, interval_steps)?, lin.output())
+                    };
+                    let a = a.value;
+                    let output = output_norm.map(|_| out);
                     (
                         u,
                         Extra::RotaryAttention {
-                            slope: SlopeCentre::rotary(layer, inner.as_ref())?,
+                            slope: rotary_slope(layer, inner.as_ref())?,
                             upper: a,
                             output,
                         },
@@ -300,6 +348,11 @@ impl<'w> StackCentre<'w> {
             output,
             n,
         })
+    }
+
+    /// The attention state the certificate's chain holds (resolved: dense or streaming).
+    pub fn attention(&self) -> AttentionMemory {
+        self.links.attention
     }
 
     /// Step i's bound on `ball` around its input.
@@ -445,6 +498,49 @@ impl<'w> StackCentre<'w> {
             })
             .collect()
     }
+}
+
+/// Bytes a block or model certificate keeps beside its chain (`StackWeights::chain_bytes`) with
+/// its attention on the (resolved) state `attention`: every attention step's Lemma S centre
+/// (`bounds::ball::rows_bytes`: 4 H n^2 stored on the dense state, linear in n streamed), one
+/// more sublayer state for the pre-norm Lemma P runs, and the ball ascent's chain at the point
+/// it evaluates with its 16 n x d search matrices. None: beyond u64.
+pub fn certificate_bytes(
+    weights: &StackWeights,
+    n: usize,
+    attention: AttentionMemory,
+) -> Option<u64> {
+    let streaming = attention == AttentionMemory::Streaming;
+    let mut parts = vec![
+        weights.chain_bytes(n, false, attention),
+        crate::budget::bytes_of(&[16, n, weights.d], 8),
+    ];
+    let mut largest_state = Some(0u64);
+    for b in &weights.blocks {
+        let (centre, state) = match b {
+            BlockWeights::Plain(l) => {
+                let a = &l.attention;
+                (
+                    rows_bytes(a.heads, a.dk.max(a.dv), n, streaming),
+                    attention.state_bytes(a, n),
+                )
+            }
+            BlockWeights::Rotary(r) => {
+                let a = &r.attention;
+                (
+                    rows_bytes(a.heads, a.head_dim, n, streaming),
+                    attention.state_bytes(a, n),
+                )
+            }
+        };
+        parts.push(centre);
+        largest_state = match (largest_state, state) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+    }
+    parts.push(largest_state);
+    crate::budget::total(&parts)
 }
 
 /// x + branch(x) where the branch satisfies `branch`: ||J|| <= 1 + M, or the step's own centre
