@@ -100,8 +100,8 @@ pub fn softmax_column_sum(colsum: f64, n: usize) -> f64 {
 /// B1-joint for a layer of several heads (docs/bounds.md#b1-joint): the first two terms of
 /// B1-tight combined over the heads by the better form of B4, each on its own, and the softmax
 /// terms of all heads together through Lemma J,
-/// (a_w R + c_w) R (sum_h m_h^2 min(colsum_h, n / 2) / w_h)^{1/2}, rounded upward. None for one
-/// head.
+/// (a_w R + c_w) R (sum_h m_h^2 min(colsum_h, n / 2) / w_h)^{1/2} for the better of the layer's
+/// weightings, rounded upward. None for one head.
 pub fn b1_joint(c: &LayerConstants, domain: &Domain) -> Option<f64> {
     let j = c.joint.as_ref()?;
     let r = domain.radius;
@@ -131,18 +131,25 @@ pub fn b1_joint(c: &LayerConstants, domain: &Domain) -> Option<f64> {
                 .map(|(k, &s)| mul_up(k.v, sqrt_up(s))),
         ),
     );
-    // Heads with w_h = 0 have no softmax term (their scores do not depend on the keys).
-    let spread = sum_up(
-        c.heads
-            .iter()
-            .zip(&colsums)
-            .zip(&j.weights)
-            .filter(|(_, &w)| w > 0.0)
-            .map(|((k, &s), &w)| {
-                div_up(mul_up(mul_up(k.m, k.m), softmax_column_sum(s, domain.n)), w)
-            }),
-    );
-    let softmax = mul_up(mul_up(add_up(mul_up(j.a, r), j.c), r), sqrt_up(spread));
+    // Heads with w_h = 0 have no softmax term (their scores do not depend on the keys). Every
+    // weighting gives a valid bound; the smallest is taken.
+    let softmax = j
+        .weightings
+        .iter()
+        .map(|jw| {
+            let spread = sum_up(
+                c.heads
+                    .iter()
+                    .zip(&colsums)
+                    .zip(&jw.weights)
+                    .filter(|(_, &w)| w > 0.0)
+                    .map(|((k, &s), &w)| {
+                        div_up(mul_up(mul_up(k.m, k.m), softmax_column_sum(s, domain.n)), w)
+                    }),
+            );
+            mul_up(mul_up(add_up(mul_up(jw.a, r), jw.c), r), sqrt_up(spread))
+        })
+        .fold(f64::INFINITY, f64::min);
     Some(add_up(add_up(covariance, values), softmax))
 }
 
