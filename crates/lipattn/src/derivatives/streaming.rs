@@ -11,8 +11,8 @@
 //! (one product of depth dk per tile) and their exponentials in every derivative.
 
 use super::tiles::{
-    absorb_logits, add_jvp_tile, col, col_mut, finish_rows, subtract_means, vjp_tile_logits,
-    weight_column,
+    absorb_logits, add_jvp_tile, add_logit_terms, col, col_mut, finish_rows, normalized_exp,
+    subtract_means, vjp_tile_logits, weight_column,
 };
 use super::LinearizedMap;
 use crate::attention::forward::{
@@ -296,15 +296,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
         let norms = hv.key_norms.map(|n| &n[k0..k0 + kl]);
         for i in 0..ql {
             let vis = self.visible_in_tile(q0 + i, k0, kl);
-            let col = &mut col_mut(tile.rb_mut(), i)[..vis];
-            if let Some(norms) = norms {
-                for (x, &nj) in col.iter_mut().zip(norms) {
-                    *x -= nj;
-                }
-            }
-            for (x, &w) in col.iter_mut().zip(log_w) {
-                *x += w;
-            }
+            add_logit_terms(&mut col_mut(tile.rb_mut(), i)[..vis], norms, log_w);
         }
     }
 
@@ -318,15 +310,7 @@ impl<'a, T: Scalar> StreamingLinearization<'a, T> {
             let (m, inv) = (hv.row_max[q0 + i], hv.inv_sum[q0 + i]);
             let col = col_mut(tile.rb_mut(), i);
             let (seen, hidden) = col.split_at_mut(vis);
-            for x in seen.iter_mut() {
-                *x -= m;
-            }
-            T::exp_nonpositive(seen);
-            // Like the dense softmax: subnormal probabilities would put every product that
-            // reads the tile on the slow path.
-            for x in seen.iter_mut() {
-                *x = (*x * inv).flush_subnormal();
-            }
+            normalized_exp(seen, m, inv);
             hidden.fill(T::of(0.0));
         }
     }

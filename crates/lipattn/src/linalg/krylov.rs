@@ -219,5 +219,16 @@ mod tests {
             assert_eq!(a0, a1);
             assert_eq!(s0, s1);
         }
+        #[cfg(target_arch = "x86_64")]
+        if crate::simd::cpu_has_avx512() {
+            let (mut a2, mut s2) = (x.clone(), x.clone());
+            // SAFETY: the CPU has AVX-512 F/DQ/BW/VL, AVX2 and FMA.
+            let d2 = unsafe { dot_slices::avx512(&x, &y) };
+            unsafe { axpy_slice::avx512(&mut a2, 0.3, &y) };
+            unsafe { scale_slice::avx512(&mut s2, -1.7) };
+            assert_eq!(d0, d2);
+            assert_eq!(a0, a2);
+            assert_eq!(s0, s2);
+        }
     }
 }

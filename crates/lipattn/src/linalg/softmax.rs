@@ -301,6 +301,16 @@ mod tests {
                             assert!((a - b).abs() <= tol, "backward {j},{i}: {a} {b}");
                         }
                     }
+                    // AVX-512: the AVX2 body's operations in wider registers, the same bits.
+                    if crate::simd::cpu_has_avx512() {
+                        let mut p2 = logits.clone();
+                        // SAFETY: the CPU has AVX-512 F/DQ/BW/VL, AVX2 and FMA.
+                        unsafe { softmax_columns::avx512(p2.as_mut(), &log_w, causal) }.unwrap();
+                        let mut b2 = g.clone();
+                        unsafe { backward_columns::avx512(p2.as_ref(), b2.as_mut(), None) };
+                        assert!(p1 == p2, "softmax, AVX-512 vs AVX2");
+                        assert!(b1 == b2, "backward, AVX-512 vs AVX2");
+                    }
                 }
             }
         }
