@@ -136,6 +136,33 @@ def test_streaming_attention_on_minilm(tmp_path, lipattn_bin, minilm):
     assert r["attention"] == "streaming" and r["n"] == 2000 and r["sigma"] > 0
 
 
+def test_block_local_constant_on_the_streaming_state(tmp_path, lipattn_bin, minilm):
+    """`local --scope block --attention streaming` (docs/streaming.md#blocks-and-models) gives the
+    dense chain's local constant, and under a `--max-memory` that refuses the dense chain
+    (n = 1,200: 12 heads x 1,200^2 x 8 bytes x 2 = 276 MB dense) `--attention dense` is refused
+    naming the budget and `auto` streams (the streaming chain: 226 MB), saying so in the JSON."""
+    rng = np.random.default_rng(6)
+    np.save(tmp_path / "x.npy", layer_norm_like(rng, 40, 384))
+    base = ["local", "--model", minilm, "--layer", 2, "--scope", "block", "--tokens", tmp_path / "x.npy",
+            "--json", "--tol", "1e-10"]
+    got = {}
+    for attention in ["dense", "streaming", "auto"]:
+        out = run(lipattn_bin, *base, "--attention", attention)
+        assert out.returncode == 0, out.stderr
+        got[attention] = json.loads(out.stdout)
+    assert [got[a]["attention"] for a in ["dense", "streaming", "auto"]] == ["dense", "streaming", "dense"]
+    assert abs(got["streaming"]["sigma"] - got["dense"]["sigma"]) <= 1e-9 * got["dense"]["sigma"]
+    np.save(tmp_path / "long.npy", layer_norm_like(rng, 1200, 384))
+    long = ["local", "--model", minilm, "--layer", 0, "--scope", "block", "--tokens", tmp_path / "long.npy",
+            "--json", "--tol", "1e-3", "--max-iter", "4", "--max-memory", "300M"]
+    out = run(lipattn_bin, *long, "--attention", "dense")
+    assert out.returncode == 2 and "max-memory" in out.stderr and "panicked" not in out.stderr, out.stderr
+    out = run(lipattn_bin, *long)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["attention"] == "streaming" and r["n"] == 1200 and r["sigma"] > 0
+
+
 def test_streaming_attention_on_a_rotary_sublayer(tmp_path, lipattn_bin):
     """A rotary (Llama-layout, grouped-query) sublayer streams too (docs/streaming.md#rotary-sublayers):
     `--attention streaming` gives the dense local constant, and under a `--max-memory` that refuses

@@ -97,8 +97,29 @@ def test_model_local_constant_and_certify_on_either_state(minilm):
         assert c["streaming"][key] == pytest.approx(c["dense"][key], rel=1e-9, abs=0)
     with pytest.raises(ValueError, match="attention"):
         model.local_constant(1, x, attention="sparse")
-    with pytest.raises(ValueError, match="streaming"):
-        model.certify(0, 1e-3, x=x, scope="block", attention="streaming")
+    with pytest.raises(ValueError, match="attention"):
+        model.certify(0, 1e-3, x=x, scope="block", attention="sparse")
+
+
+def test_model_scopes_on_either_state(minilm):
+    """`Model.scope_local_constant(attention=...)` and `Model.certify(scope="block", attention=...)`
+    on MiniLM block 1 (docs/streaming.md#blocks-and-models): the streaming chain gives the dense
+    values, and the dicts say which ran."""
+    model = lipattn.Model(minilm)
+    x = np.random.default_rng(4).standard_normal((40, model.hidden_size))
+    r = {a: model.scope_local_constant("block", x, layer=1, tol=1e-10, attention=a)
+         for a in ("dense", "streaming", "auto")}
+    assert {a: v["attention"] for a, v in r.items()} == {"dense": "dense", "streaming": "streaming",
+                                                          "auto": "dense"}
+    assert r["streaming"]["sigma"] == pytest.approx(r["dense"]["sigma"], rel=1e-9, abs=0)
+    kw = dict(x=x, scope="block", upper_steps=30, interval_steps=10, attack_starts=1, attack_steps=2,
+              tol=1e-8)
+    c = {a: model.certify(1, 1e-3, attention=a, **kw) for a in ("dense", "streaming")}
+    assert c["dense"]["attention"] == "dense" and c["streaming"]["attention"] == "streaming"
+    for key in ("certified", "attained", "output_change"):
+        assert c["streaming"][key] == pytest.approx(c["dense"][key], rel=1e-9, abs=0)
+    with pytest.raises(ValueError, match="attention"):
+        model.scope_local_constant("block", x, layer=1, attention="sparse")
 
 
 def test_rotary_local_constant_on_either_state(tmp_path):

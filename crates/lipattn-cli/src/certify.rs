@@ -52,8 +52,8 @@ pub struct CertifyArgs {
     tol: f64,
     #[arg(long, default_value_t = CertifyRequest::default().seed)]
     seed: u64,
-    /// Scope attention on a plain sublayer: the attention state of Lemma P's Lanczos, Lemma S's
-    /// centre and the ascent: dense n x n probabilities, streaming per-row statistics (memory
+    /// The attention state of Lemma P's Lanczos runs, Lemma S's centres and the ascent (every
+    /// scope, plain and rotary): dense n x n probabilities, streaming per-row statistics (memory
     /// linear in n, docs/streaming.md#certify), or auto (dense when it fits --max-memory).
     #[arg(long, value_parser = named::<AttentionMemory>(), default_value_t = CertifyRequest::default().attention)]
     attention: AttentionMemory,

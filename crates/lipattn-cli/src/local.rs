@@ -72,8 +72,9 @@ pub struct LocalArgs {
     /// reported sigma and its error estimate are the f64 ones).
     #[arg(long, value_parser = named::<LocalDtype>(), default_value_t = LocalRequest::default().dtype)]
     dtype: LocalDtype,
-    /// Attention state of the sublayer (plain or rotary): dense probabilities, streaming per-row
-    /// statistics (O(n d) memory, docs/streaming.md), or auto (dense when it fits --max-memory).
+    /// Attention state of the sublayer, or of every attention step of a block or the model (plain
+    /// or rotary): dense probabilities, streaming per-row statistics (O(n d) memory,
+    /// docs/streaming.md), or auto (dense when it fits --max-memory).
     #[arg(long, value_parser = named::<AttentionMemory>(), default_value_t = LocalRequest::default().attention)]
     attention: AttentionMemory,
     /// Keep at most K Krylov vectors in Lanczos, restarting from the top Ritz vector when full

@@ -345,8 +345,10 @@ impl PyModel {
     /// singular vector) and ``output`` (the scope's output at X). The local constant is
     /// attained, never a certificate; with ``upper_failure_probability`` the report's ``upper``
     /// is a probabilistic upper bound on it (Lemma P, ``upper_steps`` Lanczos steps from their
-    /// own random start).
-    #[pyo3(signature = (scope, x=None, *, layer=None, text=None, ids=None, max_tokens=None, pool="none", method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), upper_failure_probability=None, upper_steps=crate::ints::PyInt::Fits(ScopeRequest::default().upper_steps as i128)))]
+    /// own random start). ``attention`` ('auto', 'dense', 'streaming'): the attention state of
+    /// every attention step of the scope (``lipattn local --attention``; 'auto' streams where the
+    /// memory budget refuses the dense chain); the dict's ``attention`` says which ran.
+    #[pyo3(signature = (scope, x=None, *, layer=None, text=None, ids=None, max_tokens=None, pool="none", method=LocalRequest::default().method.name(), tol=LocalRequest::default().tol, max_iter=None, seed=crate::ints::PyInt::Fits(LocalRequest::default().seed as i128), upper_failure_probability=None, upper_steps=crate::ints::PyInt::Fits(ScopeRequest::default().upper_steps as i128), attention=LocalRequest::default().attention.name()))]
     #[allow(clippy::too_many_arguments)]
     fn scope_local_constant<'py>(
         &self,
@@ -364,6 +366,7 @@ impl PyModel {
         seed: PyInt,
         upper_failure_probability: Option<f64>,
         upper_steps: PyInt,
+        attention: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::ints::unsigned!(ids, layer, max_tokens, max_iter, seed, upper_steps);
         let scope_req = ScopeRequest {
@@ -372,7 +375,10 @@ impl PyModel {
             upper_failure_probability,
             upper_steps,
         };
-        let req = local_request(method, tol, max_iter, seed)?;
+        let req = LocalRequest {
+            attention: attention.parse().py_err()?,
+            ..local_request(method, tol, max_iter, seed)?
+        };
         scope_req.scope.check(layer, scope_req.pool).py_err()?;
         let input = self.scope_input(py, x, text, ids, max_tokens)?;
         let model = self.model.clone();
@@ -409,8 +415,8 @@ impl PyModel {
     /// ``failure_probability`` through Lemma P at the centre; ``output_change``: the bound on
     /// ||f(Y) - f(X)||_F; ``attained``: the largest ||J(Y)||_2 ascent found in the ball; ...)
     /// plus ``x`` and ``attained_input``. ``attention`` ('auto', 'dense', 'streaming'): the
-    /// attention state of scope 'attention' on a plain sublayer; the dict's ``attention`` says
-    /// which ran (streaming: memory linear in n).
+    /// attention state of every attention sublayer the certificate reads (every scope, plain and
+    /// rotary); the dict's ``attention`` says which ran (streaming: memory linear in n).
     #[pyo3(signature = (layer, epsilon, x=None, *, text=None, ids=None, max_tokens=None, scope=CertifyRequest::default().scope.name(), pool=CertifyRequest::default().pool.name(), ball=CertifyRequest::default().ball.name(), failure_probability=CertifyRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(CertifyRequest::default().upper_steps as i128), interval_steps=crate::ints::PyInt::Fits(CertifyRequest::default().interval_steps as i128), attack_starts=crate::ints::PyInt::Fits(CertifyRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(CertifyRequest::default().attack_steps as i128), tol=CertifyRequest::default().tol, seed=crate::ints::PyInt::Fits(CertifyRequest::default().seed as i128), attention=CertifyRequest::default().attention.name()))]
     #[allow(clippy::too_many_arguments)]
     fn certify<'py>(

@@ -331,7 +331,7 @@ class Model:
     ) -> LocalConstant:
         """``lipattn local --model``: ||J(X)||_2 of the layer's attention sublayer at ``x`` (float64,
         the model's mask, positions 0..n-1); an attained lower bound, never a certificate.
-        ``attention``: the dense n x n state, the streaming one (plain sublayers) or auto."""
+        ``attention``: the dense n x n state, the streaming one or auto."""
         ...
     def scope_local_constant(
         self,
@@ -349,11 +349,14 @@ class Model:
         seed: int = 0,
         upper_failure_probability: Optional[float] = None,
         upper_steps: int = 200,
+        attention: Literal["auto", "dense", "streaming"] = "auto",
     ) -> dict[str, Any]:
         """``lipattn local --scope``: ||J(X)||_2 of a block's attention half, a block or the whole
         model (optionally pooled) at X (``x``, or the model's own input on ``text`` / ``ids``),
         beside the composed certified global bound; the dict the CLI prints plus ``x``,
-        ``vector`` and ``output``. The local constant is attained, never a certificate."""
+        ``vector`` and ``output``. The local constant is attained, never a certificate.
+        ``attention``: the attention steps' state (dense, streaming, or auto); the dict's
+        ``attention`` says which ran."""
         ...
     def certify(
         self,
@@ -380,9 +383,9 @@ class Model:
         ball around X for the attention sublayer of ``layer``, block ``layer`` or the whole model
         (``layer`` None, then ``pool``), probabilistic with ``failure_probability``, beside the
         largest ||J(Y)||_2 an ascent finds there; the dict the CLI prints plus ``x`` and
-        ``attained_input``. ``attention``: the attention state of scope 'attention' on a plain
-        sublayer (dense, streaming in memory linear in n, or auto); the dict's ``attention``
-        says which ran."""
+        ``attained_input``. ``attention``: the attention state of every attention sublayer the
+        certificate reads, at every scope, plain and rotary (dense, streaming in memory linear
+        in n, or auto); the dict's ``attention`` says which ran."""
         ...
     def robustness(
         self,

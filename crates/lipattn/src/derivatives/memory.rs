@@ -3,7 +3,9 @@
 //! per-row statistics ([`StreamingLinearization`], docs/streaming.md), and the one rule that
 //! picks between them (`auto`): dense when the dense state passes its memory budget check,
 //! streaming otherwise, for plain and rotary sublayers alike ([`AttentionStates`]). `local`,
-//! `analyze` and the model forward pass all choose through [`AttentionMemory::resolve`].
+//! `analyze` and the model forward pass all choose through [`AttentionMemory::resolve`]; the
+//! blocks and models of `local` and `certify` apply the same rule to their whole chain
+//! (`models::StackWeights::resolve_attention`).
 
 use super::streaming::{StreamingLinearization, DEFAULT_BLOCK};
 use crate::attention::{AttentionLayer, RotaryAttention, StreamingRotaryLinearization};
