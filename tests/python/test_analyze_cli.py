@@ -116,6 +116,37 @@ def test_adversarial_value_matches_the_construction_built_here(report, tmp_path,
     assert min(abs(got / s - 1) for s in sigmas) < 1e-3, (got, sigmas)
 
 
+def best_query(a, c, r, x):
+    """The query of the transition start: projected gradient ascent on the sphere |x| = r of
+    |beta|^2 - (beta^T x + log(64) + 4)_+^2 / r^2, beta = a^T x + c, from x (the top left
+    singular vector of a, scaled to r), as docs/background.md#transition-starts describes."""
+    margin = np.log(64) + 4
+
+    def value(x):
+        beta = a.T @ x + c
+        t = max(beta @ x + margin, 0.0)
+        return beta @ beta - t * t / r**2
+
+    fx, step = value(x), 0.05 * r
+    for _ in range(200):
+        beta = a.T @ x + c
+        t = max(beta @ x + margin, 0.0)
+        g = a @ beta - t / r**2 * (a @ x + beta)
+        g -= (g @ x) / (x @ x) * x
+        if not np.linalg.norm(g) > 0:
+            break
+        y = x + step * g / np.linalg.norm(g)
+        y *= r / np.linalg.norm(y)
+        fy = value(y)
+        if fy > fx:
+            x, fx, step = y, fy, step * 1.2
+        else:
+            step *= 0.5
+            if step < 1e-6 * r:
+                break
+    return x
+
+
 def test_transition_value_matches_the_start_built_here(report, tmp_path, lipattn_bin, minilm):
     """The transition start of docs/background.md#transition-starts, built here in NumPy from the
     checkpoint, measured by `lipattn local`, equals the report's value."""
@@ -130,10 +161,10 @@ def test_transition_value_matches_the_start_built_here(report, tmp_path, lipattn
     c = wk.T @ bq / np.sqrt(32)
     p = np.linalg.eigh(a @ a.T)[1][:, -1]
     sign = max([1.0, -1.0], key=lambda s: np.linalg.norm(s * r_ * a.T @ p + c))
-    x = sign * r_ * p
+    x = best_query(a, c, r_, sign * r_ * p)
     beta = a.T @ x + c
     b = beta / np.linalg.norm(beta)
-    alpha = (beta @ x + np.log(n) + 4) / (r_ * np.linalg.norm(beta))
+    alpha = max((beta @ x + np.log(n) + 4) / (r_ * np.linalg.norm(beta)), 0.0)
     mp = m - np.outer(m @ b, b)
     v = np.linalg.eigh(mp.T @ mp)[1][:, -1]
     v -= (v @ b) * b

@@ -73,17 +73,23 @@ impl TransitionGeometry {
                 .collect(),
             Kernel::L2 => vec![0.0; d],
         };
-        let beta_of = |sign: f64| -> Vec<f64> {
+        let beta_of = |x: &[f64]| -> Vec<f64> {
             (0..d)
-                .map(|k| sign * r * (0..d).map(|i| a[(i, k)] * p[i]).sum::<f64>() + c[k])
+                .map(|k| (0..d).map(|i| a[(i, k)] * x[i]).sum::<f64>() + c[k])
                 .collect()
         };
-        let (sign, beta) = [1.0, -1.0]
+        let x: Vec<f64> = [1.0, -1.0]
             .into_iter()
-            .map(|s| (s, beta_of(s)))
-            .max_by(|x, y| norm(&x.1).total_cmp(&norm(&y.1)))
+            .map(|sign| p.iter().map(|v| sign * r * v).collect::<Vec<f64>>())
+            .max_by(|x, y| norm(&beta_of(x)).total_cmp(&norm(&beta_of(y))))
             .expect("two signs");
-        let x: Vec<f64> = p.iter().map(|v| sign * r * v).collect();
+        // For the dot kernel, move the query to where the keys can sit nearest the equator of
+        // beta (the key offset, and with it the key term, scales with sqrt(1 - alpha^2)).
+        let x = match layer.kernel {
+            Kernel::Dot => best_query(&h.wq, wk, scale, &c, r, x),
+            Kernel::L2 => x,
+        };
+        let beta = beta_of(&x);
         let beta_norm = norm(&beta);
         // Fails closed on NaN.
         if beta_norm.is_nan() || beta_norm <= 0.0 {
@@ -132,8 +138,10 @@ impl TransitionGeometry {
         // the queries' own share is small: log(n) + 4 units above the queries' score of each
         // other.
         let margin = (n as f64).ln() + 4.0;
-        let alpha = (self.beta_x + margin) / (r * self.beta_norm);
-        if alpha.is_nan() || alpha.abs() >= 1.0 {
+        // Keys on the equator (alpha = 0) already outscore queries whose own score is below
+        // -margin; a negative alpha would only bring them closer together.
+        let alpha = ((self.beta_x + margin) / (r * self.beta_norm)).max(0.0);
+        if alpha.is_nan() || alpha >= 1.0 {
             return None;
         }
         let side = (1.0 - alpha * alpha).sqrt();
@@ -143,6 +151,96 @@ impl TransitionGeometry {
             1 => r * (alpha * b[k] - side * v[k]),
             _ => self.x[k],
         }))
+    }
+}
+
+/// The margin the query is chosen for: that of n = 64 (`start` recomputes alpha for its own n).
+const REFERENCE_MARGIN: f64 = 8.158883083359672; // ln(64) + 4
+
+/// The query of a transition start: from x0 (the top left singular vector of A, scaled to R),
+/// projected gradient ascent on the sphere |x| = R of g(x) = |beta|^2 - t_+^2 / R^2 with
+/// beta = A^T x + c and t = beta^T x + margin, i.e. of |beta|^2 (1 - alpha_+^2): the key term of
+/// the start is proportional to |beta| sqrt(1 - alpha^2) (docs/background.md#transition-starts).
+/// A = scale W_Q^T W_K is applied through its factors (rank dk). Any point of the sphere is a
+/// valid start; this only picks a better one.
+fn best_query(
+    wq: &Mat<f64>,
+    wk: &Mat<f64>,
+    scale: f64,
+    c: &[f64],
+    r: f64,
+    x0: Vec<f64>,
+) -> Vec<f64> {
+    let (dk, d) = (wq.nrows(), wq.ncols());
+    // y -> W y (rows of w) and z -> W^T z.
+    let apply = |w: &Mat<f64>, y: &[f64]| -> Vec<f64> {
+        (0..dk)
+            .map(|i| (0..d).map(|k| w[(i, k)] * y[k]).sum::<f64>())
+            .collect()
+    };
+    let apply_t = |w: &Mat<f64>, z: &[f64]| -> Vec<f64> {
+        (0..d)
+            .map(|k| (0..dk).map(|i| w[(i, k)] * z[i]).sum::<f64>())
+            .collect()
+    };
+    let beta = |x: &[f64]| -> Vec<f64> {
+        let kx = apply_t(wk, &apply(wq, x));
+        kx.iter().zip(c).map(|(v, ci)| scale * v + ci).collect()
+    };
+    let value = |x: &[f64]| -> f64 {
+        let b = beta(x);
+        let t = (dot(&b, x) + REFERENCE_MARGIN).max(0.0);
+        dot(&b, &b) - t * t / (r * r)
+    };
+    // (1/2) grad g = A beta - (t_+ / R^2) ((A + A^T) x + c).
+    let ascent_direction = |x: &[f64]| -> Vec<f64> {
+        let b = beta(x);
+        let t = (dot(&b, x) + REFERENCE_MARGIN).max(0.0);
+        let a_of = |y: &[f64]| -> Vec<f64> {
+            apply_t(wq, &apply(wk, y))
+                .into_iter()
+                .map(|v| scale * v)
+                .collect()
+        };
+        let (ab, ax) = (a_of(&b), a_of(x));
+        let mut g: Vec<f64> = (0..d)
+            .map(|k| ab[k] - t / (r * r) * (ax[k] + b[k]))
+            .collect();
+        // b = A^T x + c, so (A + A^T) x + c = A x + b. Project onto the sphere's tangent space.
+        let gx = dot(&g, x) / dot(x, x);
+        g.iter_mut().zip(x).for_each(|(gi, xi)| *gi -= gx * xi);
+        g
+    };
+    let (mut x, mut fx) = (x0.clone(), value(&x0));
+    let mut step = 0.05 * r;
+    for _ in 0..200 {
+        let g = ascent_direction(&x);
+        let gn = norm(&g);
+        if !(gn > 0.0 && gn.is_finite()) {
+            break;
+        }
+        let mut y: Vec<f64> = x
+            .iter()
+            .zip(&g)
+            .map(|(xi, gi)| xi + step * gi / gn)
+            .collect();
+        let yn = norm(&y);
+        y.iter_mut().for_each(|v| *v *= r / yn);
+        let fy = value(&y);
+        if fy > fx {
+            (x, fx) = (y, fy);
+            step *= 1.2;
+        } else {
+            step *= 0.5;
+            if step < 1e-6 * r {
+                break;
+            }
+        }
+    }
+    if fx.is_finite() {
+        x
+    } else {
+        x0
     }
 }
 
