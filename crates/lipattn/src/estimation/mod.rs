@@ -52,21 +52,29 @@ pub fn check_streaming_search_memory(
     count: usize,
     what: &str,
 ) -> Result<()> {
-    let d = layer.d_in().max(layer.d_out());
+    let state = crate::derivatives::streaming::memory_estimate(
+        layer,
+        count,
+        crate::derivatives::streaming::DEFAULT_BLOCK,
+    );
+    streaming_search_memory(layer.d_in().max(layer.d_out()), count, what, "", state)
+}
+
+/// The count x d matrices of a search beside a streaming state of `state` bytes.
+fn streaming_search_memory(
+    d: usize,
+    count: usize,
+    what: &str,
+    kind: &str,
+    state: Option<u64>,
+) -> Result<()> {
     crate::budget::check(
         || {
             format!(
-                "the search over {count} tokens of width {d} ({what}) on the streaming attention state"
+                "the search over {count} tokens of width {d} ({what}) on the streaming {kind}attention state"
             )
         },
-        crate::budget::total(&[
-            crate::budget::bytes_of(&[16, count, d], 8),
-            crate::derivatives::streaming::memory_estimate(
-                layer,
-                count,
-                crate::derivatives::streaming::DEFAULT_BLOCK,
-            ),
-        ]),
+        crate::budget::total(&[crate::budget::bytes_of(&[16, count, d], 8), state]),
     )
 }
 
@@ -86,21 +94,17 @@ pub fn check_rotary_streaming_search_memory(
     count: usize,
     what: &str,
 ) -> Result<()> {
-    let d = layer.d_in().max(layer.d_out());
-    crate::budget::check(
-        || {
-            format!(
-                "the search over {count} tokens of width {d} ({what}) on the streaming rotary attention state"
-            )
-        },
-        crate::budget::total(&[
-            crate::budget::bytes_of(&[16, count, d], 8),
-            crate::attention::rotary::streaming_memory_estimate(
-                layer,
-                count,
-                crate::derivatives::streaming::DEFAULT_BLOCK,
-            ),
-        ]),
+    let state = crate::attention::rotary::streaming_memory_estimate(
+        layer,
+        count,
+        crate::derivatives::streaming::DEFAULT_BLOCK,
+    );
+    streaming_search_memory(
+        layer.d_in().max(layer.d_out()),
+        count,
+        what,
+        "rotary ",
+        state,
     )
 }
 
