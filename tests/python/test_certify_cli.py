@@ -144,3 +144,38 @@ def test_block_certificate_on_the_streaming_state(lipattn_bin, minilm, tmp_path)
         a, b = got["dense"][key], got["streaming"][key]
         assert abs(a - b) <= 1e-9 * abs(a), (key, a, b)
     assert got["dense"]["certified"] == got["auto"]["certified"]
+
+
+def test_robustness_on_either_state(lipattn_bin, minilm, tmp_path):
+    """`robustness --attention` (docs/streaming.md#blocks-and-models): MiniLM block 0 on the
+    streaming chain gives the dense certified radius (to rounding: every radius the search tries
+    is decided alike) and the JSON says which state ran; under a `--max-memory` that refuses the dense
+    certificate (scope attention, n = 300: dense 197 MB, streaming 155 MB on 2 threads),
+    `--attention dense` is refused naming the budget and `auto` streams."""
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "x.npy", layer_norm_like(rng, 40, 384))
+    base = ["robustness", "--model", minilm, "--layer", 0, "--scope", "block", "--tokens", tmp_path / "x.npy",
+            "--delta", "0.05", "--upper-steps", "30", "--interval-steps", "10", "--attack-starts", "0",
+            "--attack-steps", "3", "--json"]
+    got = {}
+    for attention in ["dense", "streaming", "auto"]:
+        out = run(lipattn_bin, *base, "--attention", attention)
+        assert out.returncode == 0, out.stderr
+        got[attention] = json.loads(out.stdout)
+    assert [got[a]["attention"] for a in ["dense", "streaming", "auto"]] == ["dense", "streaming", "dense"]
+    assert got["auto"]["certified_radius"] == got["dense"]["certified_radius"]
+    # The search starts from Lemma P's bound at X, equal on the two states to rounding.
+    for key in ["certified_radius", "certified_change", "centre_upper", "attack_radius"]:
+        a, b = got["dense"][key], got["streaming"][key]
+        assert abs(a - b) <= 1e-9 * abs(a), (key, a, b)
+    np.save(tmp_path / "long.npy", layer_norm_like(rng, 300, 384))
+    long = ["robustness", "--model", minilm, "--layer", 0, "--scope", "attention", "--tokens", tmp_path / "long.npy",
+            "--delta", "0.05", "--upper-steps", "10", "--interval-steps", "4", "--attack-starts", "0",
+            "--attack-steps", "1", "--max-memory", "176M", "--json"]
+    out = run(lipattn_bin, *long, "--attention", "dense")
+    assert out.returncode == 2 and "max-memory" in out.stderr and "panicked" not in out.stderr, out.stderr
+    out = run(lipattn_bin, *long)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["attention"] == "streaming" and r["n"] == 300 and r["certified_radius"] > 0
+    assert r["attack_radius"] is None or r["attack_radius"] >= r["certified_radius"]

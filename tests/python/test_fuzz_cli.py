@@ -126,7 +126,7 @@ OTHER = {
               "--save-vector"],
     "lipschitz": ["--model", "--kernel", "--mask", "--save-input", "--save-pair"],
     "certify": ["--model", "--tokens", "--text", "--scope", "--pool", "--ball", "--attention", "--save-attained"],
-    "robustness": ["--model", "--tokens", "--text", "--scope", "--pool", "--ball", "--save-attack"],
+    "robustness": ["--model", "--tokens", "--text", "--scope", "--pool", "--ball", "--attention", "--save-attack"],
     "reproduce": ["--out", "--model"],
     "invert": ["--model", "--kernel", "--tokens", "--solver", "--save", "--plot"],
     "fixed-point": ["--model", "--kernel", "--tokens", "--space", "--variant", "--solver", "--save", "--plot"],

@@ -103,3 +103,35 @@ def test_rotary_certificate_equals_cli(tmp_path, scope, layer):
                    "--upper-steps", 40, "--interval-steps", 20, command="robustness")
         for key in ("certified_radius", "attack_radius", "ratio", "certified_change", "scope", "family"):
             assert got[key] == want[key], key
+
+
+def test_robustness_on_either_state(minilm):
+    """`Model.robustness(attention=...)` (docs/streaming.md#blocks-and-models): MiniLM block 1 on
+    the streaming chain gives the dense certified radius (to rounding: every radius the search
+    tries is decided alike) and the dict says which state ran; under
+    a budget that refuses the dense certificate (scope attention, n = 300) `attention="dense"` is a
+    MemoryError naming the budget and `auto` streams; a bad name is a ValueError naming it."""
+    model = lipattn.Model(minilm)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((40, model.hidden_size))
+    fast = dict(scope="block", layer=1, delta=0.05, upper_steps=30, interval_steps=10, attack_starts=0,
+                attack_steps=3)
+    r = {a: model.robustness(x, attention=a, **fast) for a in ("dense", "streaming", "auto")}
+    assert {a: v["attention"] for a, v in r.items()} == {"dense": "dense", "streaming": "streaming", "auto": "dense"}
+    assert r["auto"]["certified_radius"] == r["dense"]["certified_radius"]
+    # The search starts from Lemma P's bound at X, equal on the two states to rounding.
+    for key in ("certified_radius", "certified_change", "centre_upper"):
+        assert r["streaming"][key] == pytest.approx(r["dense"][key], rel=1e-9, abs=0)
+    long = rng.standard_normal((300, model.hidden_size))
+    small = dict(scope="attention", layer=0, delta=0.05, upper_steps=10, interval_steps=4, attack_starts=0,
+                 attack_steps=1)
+    lipattn.set_max_memory("176M")  # dense 197 MB, streaming 155 MB (2 threads)
+    try:
+        with pytest.raises(MemoryError, match="budget"):
+            model.robustness(long, attention="dense", **small)
+        auto = model.robustness(long, **small)
+    finally:
+        lipattn.set_max_memory(None)
+    assert auto["attention"] == "streaming" and auto["n"] == 300 and auto["certified_radius"] > 0
+    with pytest.raises(ValueError, match="attention"):
+        model.robustness(x, attention="sparse", **fast)

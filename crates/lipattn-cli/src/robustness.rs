@@ -7,6 +7,7 @@ use crate::scope_input::ScopeInputArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use lipattn::bounds::ball::BallKind;
+use lipattn::derivatives::AttentionMemory;
 use lipattn::fmt::{compact, exact};
 use lipattn::models::{Pool, Scope};
 use lipattn::ops::robustness::{self, RobustnessRequest};
@@ -49,6 +50,12 @@ pub struct RobustnessArgs {
     attack_steps: usize,
     #[arg(long, default_value_t = RobustnessRequest::default().seed)]
     seed: u64,
+    /// The attention state of the certificate (Lemma P's Lanczos runs, Lemma S's centres) and
+    /// of the attack, at every scope, plain and rotary: dense n x n probabilities, streaming
+    /// per-row statistics (memory linear in n, docs/streaming.md#certify), or auto (dense when
+    /// it fits --max-memory).
+    #[arg(long, value_parser = named::<AttentionMemory>(), default_value_t = RobustnessRequest::default().attention)]
+    attention: AttentionMemory,
     /// Write the attack's input (n, d) as float64 .npy.
     #[arg(long)]
     save_attack: Option<PathBuf>,
@@ -71,6 +78,7 @@ impl From<&RobustnessArgs> for RobustnessRequest {
             attack_starts: a.attack_starts,
             attack_steps: a.attack_steps,
             seed: a.seed,
+            attention: a.attention,
         }
     }
 }
@@ -119,10 +127,11 @@ pub fn run(a: RobustnessArgs) -> Result<()> {
         _ => println!("the attack found no input leaving the tolerance"),
     }
     println!(
-        "at X: ||J(X)||_2 >= {} (Lanczos), <= {} (Lemma P); {} attack evaluations; {:.3} s",
+        "at X: ||J(X)||_2 >= {} (Lanczos), <= {} (Lemma P); {} attack evaluations; {} attention state; {:.3} s",
         exact(report.centre_attained),
         exact(report.centre_upper),
         report.attack_evaluations,
+        report.attention.name(),
         report.seconds
     );
     Ok(())

@@ -497,8 +497,10 @@ impl PyModel {
     /// the dict ``lipattn robustness --json`` prints (``certified_radius``: proven, probabilistic
     /// through Lemma P with ``failure_probability``; ``attack_radius``: the distance of an input
     /// the attack found leaving the tolerance, or None; ``ratio``) plus ``x`` and
-    /// ``attack_input``.
-    #[pyo3(signature = (x=None, *, text=None, ids=None, max_tokens=None, layer=None, scope=RobustnessRequest::default().scope.name(), pool=RobustnessRequest::default().pool.name(), delta=None, cosine=None, ball=RobustnessRequest::default().ball.name(), failure_probability=RobustnessRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(RobustnessRequest::default().upper_steps as i128), interval_steps=crate::ints::PyInt::Fits(RobustnessRequest::default().interval_steps as i128), attack_starts=crate::ints::PyInt::Fits(RobustnessRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(RobustnessRequest::default().attack_steps as i128), seed=crate::ints::PyInt::Fits(RobustnessRequest::default().seed as i128)))]
+    /// ``attack_input``. ``attention`` ('auto', 'dense', 'streaming'): the attention state of
+    /// the certificate and the attack, as in ``certify``; the dict's ``attention`` says which
+    /// ran (streaming: memory linear in n).
+    #[pyo3(signature = (x=None, *, text=None, ids=None, max_tokens=None, layer=None, scope=RobustnessRequest::default().scope.name(), pool=RobustnessRequest::default().pool.name(), delta=None, cosine=None, ball=RobustnessRequest::default().ball.name(), failure_probability=RobustnessRequest::default().failure_probability, upper_steps=crate::ints::PyInt::Fits(RobustnessRequest::default().upper_steps as i128), interval_steps=crate::ints::PyInt::Fits(RobustnessRequest::default().interval_steps as i128), attack_starts=crate::ints::PyInt::Fits(RobustnessRequest::default().attack_starts as i128), attack_steps=crate::ints::PyInt::Fits(RobustnessRequest::default().attack_steps as i128), seed=crate::ints::PyInt::Fits(RobustnessRequest::default().seed as i128), attention=RobustnessRequest::default().attention.name()))]
     #[allow(clippy::too_many_arguments)]
     fn robustness<'py>(
         &self,
@@ -519,6 +521,7 @@ impl PyModel {
         attack_starts: PyInt,
         attack_steps: PyInt,
         seed: PyInt,
+        attention: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         crate::ints::unsigned!(
             layer,
@@ -542,6 +545,7 @@ impl PyModel {
             attack_starts,
             attack_steps,
             seed,
+            attention: attention.parse().py_err()?,
         };
         req.check().py_err()?;
         req.scope.check(layer, req.pool).py_err()?;

@@ -406,11 +406,14 @@ class Model:
         attack_starts: int = 2,
         attack_steps: int = 20,
         seed: int = 0,
+        attention: Literal["auto", "dense", "streaming"] = "auto",
     ) -> dict[str, Any]:
         """``lipattn robustness``: the largest ball radius for which the output provably stays
         within ``delta`` (or keeps cosine similarity ``cosine`` for a pooled embedding), beside
         the radius at which an attack leaves it; the dict the CLI prints plus ``x`` and
-        ``attack_input``."""
+        ``attack_input``. ``attention``: the attention state of the certificate and the attack
+        at every scope, plain and rotary (dense, streaming in memory linear in n, or auto); the
+        dict's ``attention`` says which ran."""
         ...
     def lipschitz(
         self,

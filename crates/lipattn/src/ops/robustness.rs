@@ -8,6 +8,7 @@
 use super::stack_ball::StackCentre;
 use super::OnProgress;
 use crate::bounds::ball::BallKind;
+use crate::derivatives::AttentionMemory;
 use crate::error::{
     check_at_least, check_in, check_positive, check_repeats, Error, Interval, Result,
 };
@@ -41,6 +42,11 @@ pub struct RobustnessRequest {
     pub attack_starts: usize,
     pub attack_steps: usize,
     pub seed: u64,
+    /// The attention state of every attention sublayer the certificate and the attack read (the
+    /// Lemma P runs, Lemma S's centres, the attack's linearisations): dense n x n probabilities,
+    /// streaming per-row statistics, or auto (dense exactly when the chain's dense budget check
+    /// passes), resolved once by [`StackWeights::resolve_attention`] as for certify.
+    pub attention: AttentionMemory,
 }
 
 impl Default for RobustnessRequest {
@@ -58,6 +64,7 @@ impl Default for RobustnessRequest {
             attack_starts: 2,
             attack_steps: 20,
             seed: 0,
+            attention: c.attention,
         }
     }
 }
@@ -131,6 +138,9 @@ pub struct RobustnessReport {
     pub attack_evaluations: usize,
     pub norm: &'static str,
     pub dtype: &'static str,
+    /// The attention state the certificate and the attack ran on: "dense" or "streaming" (what
+    /// `auto` resolved to).
+    pub attention: AttentionMemory,
     pub seconds: f64,
     pub description: String,
     #[serde(skip)]
@@ -212,7 +222,7 @@ pub fn run_stack(
     let centre = StackCentre::new(
         weights,
         x,
-        crate::derivatives::AttentionMemory::Auto,
+        req.attention,
         req.failure_probability,
         req.upper_steps,
         req.interval_steps,
@@ -301,8 +311,10 @@ pub fn run_stack(
     }
     let certified_radius = lo;
     step(2);
-    // Attack: from the top singular direction at X (both signs) and random directions.
-    let (_, lin) = weights.linearize(x)?;
+    // Attack: from the top singular direction at X (both signs) and random directions, on the
+    // state the certificate resolved.
+    let attention = centre.attention();
+    let (_, lin) = weights.linearize_with(x, attention)?;
     let top = lanczos(
         &lin,
         &LanczosOptions {
@@ -316,6 +328,7 @@ pub fn run_stack(
     let mut attack = |eps: f64| -> Result<Option<(Mat<f64>, f64)>> {
         escape(
             weights,
+            attention,
             x,
             fx.as_ref(),
             &tol,
@@ -368,7 +381,7 @@ pub fn run_stack(
         .map(|(y, _)| distance(req.ball, y.as_ref(), x));
     let (attack_change, attack_cosine) = match &found {
         Some((y, _)) => {
-            let (fy, _) = weights.linearize(y.as_ref())?;
+            let (fy, _) = weights.linearize_with(y.as_ref(), attention)?;
             let change = frobenius((&fy - &fx).as_ref());
             let cos = (req.pool != Pool::None).then(|| cosine_of(fy.as_ref(), fx.as_ref()));
             (Some(change), cos)
@@ -410,6 +423,7 @@ pub fn run_stack(
         attack_evaluations: evals,
         norm: "frobenius",
         dtype: "f64",
+        attention,
         seconds: start.elapsed().as_secs_f64(),
         description,
         attack_input: found.map(|(y, _)| y),
@@ -432,6 +446,7 @@ fn distance(ball: BallKind, y: MatRef<'_, f64>, x: MatRef<'_, f64>) -> f64 {
 #[allow(clippy::too_many_arguments)]
 fn escape(
     weights: &StackWeights,
+    attention: AttentionMemory,
     x: MatRef<'_, f64>,
     fx: MatRef<'_, f64>,
     tol: &Tolerance,
@@ -454,7 +469,7 @@ fn escape(
         project(&mut y);
         for t in 0..req.attack_steps {
             crate::cancel::check()?;
-            let (fy, lin) = weights.linearize(y.as_ref())?;
+            let (fy, lin) = weights.linearize_with(y.as_ref(), attention)?;
             *evals += 1;
             let (value, g_out) = tol.objective(fy.as_ref(), fx);
             if value > tol.limit() {
@@ -470,7 +485,7 @@ fn escape(
             y = Mat::from_fn(n, d, |i, k| y[(i, k)] + step * g[(i, k)]);
             project(&mut y);
         }
-        let (fy, _) = weights.linearize(y.as_ref())?;
+        let (fy, _) = weights.linearize_with(y.as_ref(), attention)?;
         *evals += 1;
         let (value, _) = tol.objective(fy.as_ref(), fx);
         if value > tol.limit() {
