@@ -7,11 +7,9 @@
 //! (VJP). The attention pieces reuse the sublayer linearisations, so a block's derivative is the
 //! sublayer's own exact derivative composed with the exact derivatives of the rest.
 
-use super::streaming::StreamingLinearization;
-use super::{Linearization, LinearizedMap};
+use super::LinearizedMap;
 use crate::attention::forward::{gemm, par_for};
 use crate::attention::rms::NormState;
-use crate::attention::{RotaryLinearization, StreamingRotaryLinearization};
 use crate::error::Result;
 use crate::models::Activation;
 use faer::{Mat, MatRef};
@@ -48,53 +46,17 @@ fn hadamard(a: &mut Mat<f64>, b: &Mat<f64>) {
     }
 }
 
-/// The attention sublayer of BERT and GPT-2 (its output projection and bias included).
-pub struct PlainAttention<'a>(pub Linearization<'a, f64>);
+/// An attention sublayer (its output projection and bias included) as a step: BERT and GPT-2 or
+/// rotary, on the dense or the streaming state (docs/streaming.md#blocks-and-models), whichever
+/// linearisation `L` holds.
+pub struct AttentionStep<L>(pub L);
 
-impl Step for PlainAttention<'_> {
+impl<L: LinearizedMap<f64> + Send + Sync> Step for AttentionStep<L> {
     fn jvp(&self, t: Mat<f64>) -> Result<Mat<f64>> {
         self.0.jvp(t.as_ref())
     }
     fn vjp(&self, y: Mat<f64>) -> Result<Mat<f64>> {
         self.0.vjp(y.as_ref())
-    }
-}
-
-/// The rotary attention sublayer (positions 0..n-1).
-pub struct RotaryAttentionStep<'a>(pub RotaryLinearization<'a>);
-
-impl Step for RotaryAttentionStep<'_> {
-    fn jvp(&self, t: Mat<f64>) -> Result<Mat<f64>> {
-        self.0.jvp(t.as_ref())
-    }
-    fn vjp(&self, y: Mat<f64>) -> Result<Mat<f64>> {
-        self.0.vjp(y.as_ref())
-    }
-}
-
-/// The attention sublayer of BERT and GPT-2 on the streaming state (per-row statistics,
-/// docs/streaming.md#blocks-and-models): the same map as [`PlainAttention`], memory linear in n.
-pub struct PlainStreamingAttention<'a>(pub StreamingLinearization<'a, f64>);
-
-impl Step for PlainStreamingAttention<'_> {
-    fn jvp(&self, t: Mat<f64>) -> Result<Mat<f64>> {
-        self.0.jvp(t.as_ref())
-    }
-    fn vjp(&self, y: Mat<f64>) -> Result<Mat<f64>> {
-        self.0.vjp(y.as_ref())
-    }
-}
-
-/// The rotary attention sublayer on the streaming state: the same map as
-/// [`RotaryAttentionStep`], memory linear in n.
-pub struct RotaryStreamingAttentionStep<'a>(pub StreamingRotaryLinearization<'a, f64>);
-
-impl Step for RotaryStreamingAttentionStep<'_> {
-    fn jvp(&self, t: Mat<f64>) -> Result<Mat<f64>> {
-        LinearizedMap::jvp(&self.0, t.as_ref())
-    }
-    fn vjp(&self, y: Mat<f64>) -> Result<Mat<f64>> {
-        LinearizedMap::vjp(&self.0, y.as_ref())
     }
 }
 

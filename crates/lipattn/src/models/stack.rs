@@ -21,9 +21,8 @@ use crate::attention::AttentionLayer;
 use crate::attention::StreamingRotaryLinearization;
 use crate::attention::{RotaryAttention, RotaryLinearization};
 use crate::derivatives::stack::{
-    Chain, FeedForwardStep, GatedStep, LayerNormStep, MeanPool, Normalise, PlainAttention,
-    PlainStreamingAttention, Residual, RmsNormStep, RotaryAttentionStep,
-    RotaryStreamingAttentionStep, StackLinearization, Step,
+    AttentionStep, Chain, FeedForwardStep, GatedStep, LayerNormStep, MeanPool, Normalise, Residual,
+    RmsNormStep, StackLinearization, Step,
 };
 use crate::derivatives::streaming::{StreamingLinearization, DEFAULT_BLOCK};
 use crate::derivatives::{AttentionMemory, Linearization};
@@ -290,14 +289,11 @@ fn plain_attention<'a>(
     Ok(match state {
         AttentionMemory::Streaming => {
             let lin = StreamingLinearization::new(layer, x, None, causal, DEFAULT_BLOCK)?;
-            (
-                lin.output().to_owned(),
-                Box::new(PlainStreamingAttention(lin)),
-            )
+            (lin.output().to_owned(), Box::new(AttentionStep(lin)))
         }
         _ => {
             let lin = Linearization::new(layer, x, None, causal)?;
-            (lin.output().to_owned(), Box::new(PlainAttention(lin)))
+            (lin.output().to_owned(), Box::new(AttentionStep(lin)))
         }
     })
 }
@@ -312,11 +308,11 @@ fn rotary_attention<'a>(
     Ok(match state {
         AttentionMemory::Streaming => {
             let lin = StreamingRotaryLinearization::new(layer, x, DEFAULT_BLOCK)?;
-            (lin.output(), Box::new(RotaryStreamingAttentionStep(lin)))
+            (lin.output(), Box::new(AttentionStep(lin)))
         }
         _ => {
             let lin = RotaryLinearization::new(layer, x)?;
-            (lin.output(), Box::new(RotaryAttentionStep(lin)))
+            (lin.output(), Box::new(AttentionStep(lin)))
         }
     })
 }
