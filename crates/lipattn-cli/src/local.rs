@@ -199,7 +199,7 @@ pub fn run(a: LocalArgs) -> Result<()> {
     if let Some(f) = save_vector {
         report
             .result
-            .save(None, Some(f.path()))
+            .save_vector(f.path())
             .context("writing --save-vector")?;
         f.commit()?;
     }

@@ -781,7 +781,7 @@ impl PyLinearization {
             let r = run_top(py, l.clone(), req.estimator(), s)?;
             let (d_out, causal, n) = (l.lin().d_out(), l.lin().causal(), l.lin().n());
             let op = Operator::token_map_at(&self.origin, self.kernel, causal, n, self.weights);
-            local_constant_result(py, local::report(&req, r, d_out, op))
+            local_constant_result(py, local::report(&req, r, l.x.as_ref(), d_out, op))
         })
     }
 
@@ -814,7 +814,6 @@ fn run_top<T: Scalar>(
         };
         Ok(lipattn::estimation::LocalNorm {
             top,
-            x: at.x.clone(),
             seconds: t0.elapsed().as_secs_f64(),
             method: method.name(),
         })

@@ -24,14 +24,10 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// (true ||J(X)||_2, the anchor code's value sqrt(||J(X)^T f(X)||_F)) for a map linearised at
-/// `x` with output `out`.
-fn both<L: LinearizedMap<f64>>(
-    x: MatRef<'_, f64>,
-    out: MatRef<'_, f64>,
-    lin: L,
-) -> Result<(f64, f64)> {
+/// X with output `out`.
+fn both<L: LinearizedMap<f64>>(out: MatRef<'_, f64>, lin: L) -> Result<(f64, f64)> {
     let anchor = frobenius(lin.vjp(out)?.as_ref()).sqrt();
-    let sigma = local_norm_of(x, &lanczos(), move || Ok(lin))?.top.sigma;
+    let sigma = local_norm_of(&lanczos(), move || Ok(lin))?.top.sigma;
     Ok((sigma, anchor))
 }
 
@@ -79,7 +75,7 @@ pub fn anchor_estimator(dir: &Path, quick: bool) -> Result<(Figure, Value)> {
                 {
                     let x = model.stack_input(&w, ids)?;
                     let (out, lin) = w.linearize(x.as_ref())?;
-                    let (sigma, anchor) = both(x.as_ref(), out.as_ref(), lin)?;
+                    let (sigma, anchor) = both(out.as_ref(), lin)?;
                     rows.push(vec![
                         l as f64,
                         scope_code(scope),
@@ -110,7 +106,7 @@ pub fn anchor_estimator(dir: &Path, quick: bool) -> Result<(Figure, Value)> {
             let x: Mat<f64> = adversarial_input(&head, 0, n, r)?;
             let lin = Linearization::new(&head, x.as_ref(), None, false)?;
             let out = lin.output().to_owned();
-            let (sigma, anchor) = both(x.as_ref(), out.as_ref(), lin)?;
+            let (sigma, anchor) = both(out.as_ref(), lin)?;
             rows.push(vec![l as f64, 2.0, 1.0, n as f64, 0.0, r, sigma, anchor]);
             s.points.push((n, vec![(sigma, anchor)]));
         }
@@ -217,7 +213,7 @@ mod tests {
             .expect("svd")
             .into_iter()
             .fold(0.0f64, f64::max);
-        let (sigma, anchor) = both(x.as_ref(), out.as_ref(), lin).expect("both");
+        let (sigma, anchor) = both(out.as_ref(), lin).expect("both");
         assert!(
             (anchor - jt_f.sqrt()).abs() < 1e-10 * anchor,
             "{anchor} vs {}",

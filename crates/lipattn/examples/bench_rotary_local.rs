@@ -60,9 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_iter,
         seed: 0,
     });
-    let res = local_norm_of(x.as_ref(), &method, || {
-        RotaryLinearization::new(&layer, x.as_ref())
-    })?;
+    let res = local_norm_of(&method, || RotaryLinearization::new(&layer, x.as_ref()))?;
     let t = &res.top;
     println!(
         "{{\"d\":{d},\"heads\":{heads},\"kv_heads\":{kv_heads},\"head_dim\":{hd},\"n\":{n},\"threads\":{},\"seconds\":{:.3},\"iterations\":{},\"seconds_per_iteration\":{:.3},\"sigma\":{:.12e},\"rel_error_estimate\":{:.2e},\"converged\":{}}}",

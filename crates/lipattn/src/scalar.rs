@@ -22,10 +22,14 @@ pub trait Scalar:
     /// 0 for a subnormal, else the value: products with subnormal operands take a microcode
     /// assist of about a hundred cycles per vector instruction on x86.
     fn flush_subnormal(self) -> Self;
+    /// `m` itself when Self is f32: a caller that needs f32 reads it without a copy.
+    fn as_f32(m: faer::MatRef<'_, Self>) -> Option<faer::MatRef<'_, f32>>;
+    /// `m` itself when Self is f64.
+    fn as_f64(m: faer::MatRef<'_, Self>) -> Option<faer::MatRef<'_, f64>>;
 }
 
 macro_rules! impl_scalar {
-    ($t:ty, $name:literal, $under:expr, $exp_slice:path) => {
+    ($t:ty, $name:literal, $under:expr, $exp_slice:path, $as32:expr, $as64:expr) => {
         impl Scalar for $t {
             const NAME: &'static str = $name;
             const EXP_UNDERFLOW: f64 = $under;
@@ -69,8 +73,30 @@ macro_rules! impl_scalar {
                     self
                 }
             }
+            #[inline(always)]
+            fn as_f32(m: faer::MatRef<'_, Self>) -> Option<faer::MatRef<'_, f32>> {
+                $as32(m)
+            }
+            #[inline(always)]
+            fn as_f64(m: faer::MatRef<'_, Self>) -> Option<faer::MatRef<'_, f64>> {
+                $as64(m)
+            }
         }
     };
 }
-impl_scalar!(f64, "f64", -708.0, crate::fastexp::exp_nonpositive_f64);
-impl_scalar!(f32, "f32", -87.0, crate::fastexp::exp_nonpositive_f32);
+impl_scalar!(
+    f64,
+    "f64",
+    -708.0,
+    crate::fastexp::exp_nonpositive_f64,
+    |_| None,
+    Some
+);
+impl_scalar!(
+    f32,
+    "f32",
+    -87.0,
+    crate::fastexp::exp_nonpositive_f32,
+    Some,
+    |_| None
+);

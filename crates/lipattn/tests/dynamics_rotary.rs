@@ -79,7 +79,7 @@ fn opts(atol: f64) -> SolveOptions {
 
 fn attained(b: &RotaryBranch, x: &Mat<f64>) -> f64 {
     let m = Method::Lanczos(LanczosOptions::default());
-    local_norm_of(x.as_ref(), &m, || b.linearize(x.as_ref()))
+    local_norm_of(&m, || b.linearize(x.as_ref()))
         .unwrap()
         .top
         .sigma

@@ -141,7 +141,7 @@ fn f32_lanczos_and_local_norm() {
             (r.top.sigma - exact).abs() <= 1e-4 * exact + 1e-6,
             "case {ci}"
         );
-        assert_eq!(r.x.nrows(), c.x.nrows());
+        assert_eq!(r.top.vector.nrows(), c.x.nrows());
         assert!(r.seconds >= 0.0 && r.method == "lanczos");
     }
 }

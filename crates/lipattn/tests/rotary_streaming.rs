@@ -154,12 +154,9 @@ fn lanczos_sigma_and_start_rows_equal_dense() {
             tol: 1e-13,
             ..Default::default()
         });
-        let dense = local_norm_of(x.as_ref(), &method, || {
-            RotaryLinearization::new(&layer, x.as_ref())
-        })
-        .unwrap();
-        let stream =
-            local_norm_of(x.as_ref(), &method, || S::new(&layer, x.as_ref(), c.block)).unwrap();
+        let dense =
+            local_norm_of(&method, || RotaryLinearization::new(&layer, x.as_ref())).unwrap();
+        let stream = local_norm_of(&method, || S::new(&layer, x.as_ref(), c.block)).unwrap();
         let (a, b) = (dense.top.sigma, stream.top.sigma);
         assert!((a - b).abs() <= 1e-12 * a, "{c:?}: sigma {a} vs {b}");
         eprintln!("{c:?}: sigma {a} vs {b}, {:.1e}", (a - b).abs() / a);

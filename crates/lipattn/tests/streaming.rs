@@ -131,7 +131,7 @@ fn lanczos_on_streaming_equals_dense() {
         let e = (ss - sd).abs() / sd;
         assert!(e < 1e-10, "{kernel:?} causal {causal}: sigma {ss} vs {sd}");
         worst = worst.max(e);
-        let local = local_norm_of(x.as_ref(), &Method::Lanczos(opts.clone()), || {
+        let local = local_norm_of(&Method::Lanczos(opts.clone()), || {
             StreamingLinearization::new(&layer, x.as_ref(), None, causal, 6)
         })
         .unwrap();

@@ -81,32 +81,22 @@ pub struct TopSingular<T: Scalar> {
     pub left: Mat<T>,
 }
 
-/// A local constant at a concrete input: the attained value with the input attaining it.
+/// A local constant at a concrete input X (the caller's: the result keeps no copy of it, so a
+/// large input is held once).
 #[derive(Clone, Debug)]
 pub struct LocalNorm<T: Scalar> {
     pub top: TopSingular<T>,
-    /// The input X (n x d) at which the Jacobian was taken.
-    pub x: Mat<T>,
     /// Wall time end to end, linearisation included.
     pub seconds: f64,
     pub method: &'static str,
 }
 
 impl<T: Scalar> LocalNorm<T> {
-    /// Writes the input X and the top right singular vector as (n, d) float64 .npy files.
-    pub fn save(
-        &self,
-        x_path: Option<&std::path::Path>,
-        v_path: Option<&std::path::Path>,
-    ) -> Result<()> {
-        let f = |m: &Mat<T>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)].f64());
-        if let Some(p) = x_path {
-            crate::npy::write_matrix(p, f(&self.x).as_ref())?;
-        }
-        if let Some(p) = v_path {
-            crate::npy::write_matrix(p, f(&self.top.vector).as_ref())?;
-        }
-        Ok(())
+    /// Writes the top right singular vector as an (n, d) float64 .npy file.
+    pub fn save_vector(&self, path: &std::path::Path) -> Result<()> {
+        let v = &self.top.vector;
+        let f = Mat::from_fn(v.nrows(), v.ncols(), |i, j| v[(i, j)].f64());
+        crate::npy::write_matrix(path, f.as_ref())
     }
 }
 
@@ -118,13 +108,12 @@ pub fn local_norm<T: Scalar>(
     causal: bool,
     method: &Method,
 ) -> Result<LocalNorm<T>> {
-    local_norm_of(x, method, || Linearization::new(layer, x, weights, causal))
+    local_norm_of(method, || Linearization::new(layer, x, weights, causal))
 }
 
 /// Estimates ||J(X)||_2 of the map `linearize` linearises at `x`; `seconds` covers the whole
 /// call, linearisation included.
 pub fn local_norm_of<T: Scalar, L: LinearizedMap<T>>(
-    x: MatRef<'_, T>,
     method: &Method,
     linearize: impl FnOnce() -> Result<L>,
 ) -> Result<LocalNorm<T>> {
@@ -136,7 +125,6 @@ pub fn local_norm_of<T: Scalar, L: LinearizedMap<T>>(
     };
     Ok(LocalNorm {
         top,
-        x: x.to_owned(),
         seconds: start.elapsed().as_secs_f64(),
         method: method.name(),
     })
@@ -402,7 +390,6 @@ pub fn lanczos_restarted<T: Scalar, L: LinearizedMap<T>>(
 /// At the Llama shape of bench/rotary_local: 16 restricted steps (about a third of a full one
 /// each) and 3 full ones instead of 16 full ones.
 pub fn local_norm_refined<L32: LinearizedMap<f32>, L64: LinearizedMap<f64>>(
-    x: MatRef<'_, f64>,
     opts: &LanczosOptions,
     linearize32: impl FnOnce() -> Result<L32>,
     linearize64: impl FnOnce() -> Result<L64>,
@@ -492,7 +479,6 @@ pub fn local_norm_refined<L32: LinearizedMap<f32>, L64: LinearizedMap<f64>>(
     };
     Ok(LocalNorm {
         top,
-        x: x.to_owned(),
         seconds: start.elapsed().as_secs_f64(),
         method: "lanczos",
     })

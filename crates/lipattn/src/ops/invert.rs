@@ -264,7 +264,7 @@ pub fn run<B: Branch>(
         done: solvers.len(),
         total,
     });
-    let local = local_norm_of(x, &Method::Lanczos(LanczosOptions::default()), || {
+    let local = local_norm_of(&Method::Lanczos(LanczosOptions::default()), || {
         block.g.linearize(x)
     })?;
     let logdet = if req.logdet || req.logdet_series {

@@ -211,36 +211,34 @@ pub fn run<T: Scalar>(
         Ok(match (req.dtype, &req.estimator(), streaming) {
             (LocalDtype::F32, Method::Lanczos(o), false) => {
                 let (l32, l64) = (layer.cast::<f32>(), layer.cast::<f64>());
-                let (x32, x64) = (cast_mat::<T, f32>(inputs.x), cast_mat::<T, f64>(inputs.x));
+                let (x32, x64) = (Converted::new(inputs.x), Converted::new(inputs.x));
                 recast(local_norm_refined(
-                    x64.as_ref(),
                     o,
-                    || Linearization::new(&l32, x32.as_ref(), w, causal),
-                    || Linearization::new(&l64, x64.as_ref(), w, causal),
+                    || Linearization::new(&l32, x32.get(T::as_f32), w, causal),
+                    || Linearization::new(&l64, x64.get(T::as_f64), w, causal),
                 )?)
             }
             (LocalDtype::F32, Method::Lanczos(o), true) => {
                 let (l32, l64) = (layer.cast::<f32>(), layer.cast::<f64>());
-                let (x32, x64) = (cast_mat::<T, f32>(inputs.x), cast_mat::<T, f64>(inputs.x));
+                let (x32, x64) = (Converted::new(inputs.x), Converted::new(inputs.x));
                 recast(local_norm_refined(
-                    x64.as_ref(),
                     o,
-                    || StreamingLinearization::new(&l32, x32.as_ref(), w, causal, block),
-                    || StreamingLinearization::new(&l64, x64.as_ref(), w, causal, block),
+                    || StreamingLinearization::new(&l32, x32.get(T::as_f32), w, causal, block),
+                    || StreamingLinearization::new(&l64, x64.get(T::as_f64), w, causal, block),
                 )?)
             }
             (_, Method::Lanczos(o), false) if req.max_basis.is_some() => {
-                restarted(inputs.x, o, req.max_basis, || {
+                restarted(o, req.max_basis, || {
                     Linearization::new(layer, inputs.x, w, causal)
                 })?
             }
             (_, Method::Lanczos(o), true) if req.max_basis.is_some() => {
-                restarted(inputs.x, o, req.max_basis, || {
+                restarted(o, req.max_basis, || {
                     StreamingLinearization::new(layer, inputs.x, w, causal, block)
                 })?
             }
             (_, m, false) => local_norm(layer, inputs.x, w, causal, m)?,
-            (_, m, true) => local_norm_of(inputs.x, m, || {
+            (_, m, true) => local_norm_of(m, || {
                 StreamingLinearization::new(layer, inputs.x, w, causal, block)
             })?,
         })
@@ -259,8 +257,9 @@ pub fn run<T: Scalar>(
         total: 1,
     });
     let weighted = inputs.weights.is_some();
-    let operator = Operator::token_map_at(&source, layer.kernel, causal, r.x.nrows(), weighted);
-    let mut report = report(req, r, layer.d_out(), operator);
+    let operator =
+        Operator::token_map_at(&source, layer.kernel, causal, inputs.x.nrows(), weighted);
+    let mut report = report(req, r, inputs.x, layer.d_out(), operator);
     report.attention = attention;
     Ok(report)
 }
@@ -313,7 +312,6 @@ pub fn run_rotary(
             let l32 = layer.cast::<f32>();
             let x32 = cast_mat::<f64, f32>(inputs.x);
             local_norm_refined(
-                inputs.x,
                 o,
                 || RotaryLinearization::new(&l32, x32.as_ref()),
                 || RotaryLinearization::new(layer, inputs.x),
@@ -323,24 +321,23 @@ pub fn run_rotary(
             let l32 = layer.cast::<f32>();
             let x32 = cast_mat::<f64, f32>(inputs.x);
             local_norm_refined(
-                inputs.x,
                 o,
                 || StreamingRotaryLinearization::new(&l32, x32.as_ref(), block),
                 || StreamingRotaryLinearization::new(layer, inputs.x, block),
             )?
         }
         (_, Method::Lanczos(o), false) if req.max_basis.is_some() => {
-            restarted(inputs.x, o, req.max_basis, || {
+            restarted(o, req.max_basis, || {
                 RotaryLinearization::new(layer, inputs.x)
             })?
         }
         (_, Method::Lanczos(o), true) if req.max_basis.is_some() => {
-            restarted(inputs.x, o, req.max_basis, || {
+            restarted(o, req.max_basis, || {
                 StreamingRotaryLinearization::new(layer, inputs.x, block)
             })?
         }
-        (_, m, false) => local_norm_of(inputs.x, m, || RotaryLinearization::new(layer, inputs.x))?,
-        (_, m, true) => local_norm_of(inputs.x, m, || {
+        (_, m, false) => local_norm_of(m, || RotaryLinearization::new(layer, inputs.x))?,
+        (_, m, true) => local_norm_of(m, || {
             StreamingRotaryLinearization::new(layer, inputs.x, block)
         })?,
     };
@@ -349,9 +346,9 @@ pub fn run_rotary(
         done: 1,
         total: 1,
     });
-    let operator =
-        Operator::token_map_at(&source, Kernel::Dot, true, r.x.nrows(), false).with_rotary(form);
-    let mut report = report(req, r, layer.d_out(), operator);
+    let operator = Operator::token_map_at(&source, Kernel::Dot, true, inputs.x.nrows(), false)
+        .with_rotary(form);
+    let mut report = report(req, r, inputs.x, layer.d_out(), operator);
     report.attention = attention;
     Ok(report)
 }
@@ -390,10 +387,11 @@ pub fn run_sublayer(
     }
 }
 
-/// The report of an estimator's result `r` for `operator`, a layer of output width `d_out`.
+/// The report of an estimator's result `r` at `x` for `operator`, a layer of output width `d_out`.
 pub fn report<T: Scalar>(
     req: &LocalRequest,
     r: LocalNorm<T>,
+    x: MatRef<'_, T>,
     d_out: usize,
     operator: Operator,
 ) -> LocalReport<T> {
@@ -413,10 +411,10 @@ pub fn report<T: Scalar>(
         method: r.method,
         tol: (req.method == LocalMethod::Lanczos).then_some(req.tol),
         norm: "frobenius",
-        n: r.x.nrows(),
-        d: r.x.ncols(),
+        n: x.nrows(),
+        d: x.ncols(),
         d_out,
-        radius: max_row_norm(r.x.as_ref()),
+        radius: max_row_norm(x),
         // The arithmetic of the iteration: "f32" for the refined f32 run, whose sigma is f64.
         dtype: match req.dtype {
             LocalDtype::F32 => "f32",
@@ -434,6 +432,30 @@ fn cast_mat<T: Scalar, U: Scalar>(m: MatRef<'_, T>) -> Mat<U> {
     Mat::from_fn(m.nrows(), m.ncols(), |i, j| U::of(m[(i, j)].f64()))
 }
 
+/// The caller's X in another dtype: X itself when it already has it, else a conversion made
+/// on first use (the f64 refinement's copy exists only once the f32 run has ended).
+struct Converted<'a, T: Scalar, U: Scalar> {
+    x: MatRef<'a, T>,
+    copy: std::cell::OnceCell<Mat<U>>,
+}
+
+impl<'a, T: Scalar, U: Scalar> Converted<'a, T, U> {
+    fn new(x: MatRef<'a, T>) -> Self {
+        Self {
+            x,
+            copy: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// `view` is `T::as_f32` or `T::as_f64`, the one for U.
+    fn get(&self, view: fn(MatRef<'a, T>) -> Option<MatRef<'a, U>>) -> MatRef<'_, U> {
+        match view(self.x) {
+            Some(x) => x,
+            None => self.copy.get_or_init(|| cast_mat(self.x)).as_ref(),
+        }
+    }
+}
+
 /// The refined (f64) result in the caller's type: the identity for f64, a rounding of the
 /// vectors (not of sigma, which stays f64) for f32.
 fn recast<T: Scalar>(r: LocalNorm<f64>) -> LocalNorm<T> {
@@ -449,7 +471,6 @@ fn recast<T: Scalar>(r: LocalNorm<f64>) -> LocalNorm<T> {
             vector: cast_mat(t.vector.as_ref()),
             left: cast_mat(t.left.as_ref()),
         },
-        x: cast_mat(r.x.as_ref()),
         seconds: r.seconds,
         method: r.method,
     }
@@ -457,7 +478,6 @@ fn recast<T: Scalar>(r: LocalNorm<f64>) -> LocalNorm<T> {
 
 /// `local_norm_of` with Lanczos restarted at `max_basis` vectors.
 fn restarted<T: Scalar, L: crate::derivatives::LinearizedMap<T>>(
-    x: MatRef<'_, T>,
     o: &LanczosOptions,
     max_basis: Option<usize>,
     linearize: impl FnOnce() -> Result<L>,
@@ -467,8 +487,34 @@ fn restarted<T: Scalar, L: crate::derivatives::LinearizedMap<T>>(
     let top = crate::estimation::lanczos_restarted(&lin, o, max_basis.expect("checked"), None)?;
     Ok(LocalNorm {
         top,
-        x: x.to_owned(),
         seconds: start.elapsed().as_secs_f64(),
         method: "lanczos",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_already_in_the_dtype_is_read_where_it_lies() {
+        let x32 = Mat::from_fn(5, 3, |i, j| (i * 3 + j) as f32);
+        let same = Converted::<f32, f32>::new(x32.as_ref());
+        assert_eq!(same.get(f32::as_f32).as_ptr(), x32.as_ptr());
+        assert!(same.copy.get().is_none());
+        // Another dtype is converted once, on first use, with the same values.
+        let wide = Converted::<f32, f64>::new(x32.as_ref());
+        assert!(wide.copy.get().is_none());
+        let (a, b) = (wide.get(f32::as_f64), wide.get(f32::as_f64));
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        assert_eq!(a[(4, 2)], 14.0);
+        let x64 = Mat::from_fn(2, 2, |i, j| (i + j) as f64 + 0.5);
+        assert_eq!(
+            Converted::<f64, f64>::new(x64.as_ref())
+                .get(f64::as_f64)
+                .as_ptr(),
+            x64.as_ptr()
+        );
+        assert!(f64::as_f32(x64.as_ref()).is_none() && f32::as_f64(x32.as_ref()).is_none());
+    }
 }
