@@ -268,3 +268,103 @@ fn rotary_sublayer_certifies_on_the_streaming_state() {
         );
     }
 }
+
+/// One pass over the rows for several radii (`SlopeCentre::at_radii`, what a block or model
+/// certificate reads at its ball and its output change's Riemann points) gives at each radius
+/// exactly what a read at that radius alone gives: every head's terms bit for bit, on stored and
+/// streamed rows, for random plain layers (causal and not) and rotary layers (grouped queries,
+/// with and without a sliding window). Radii that repeat or are 0 are read like any other; a
+/// radius that is not finite and >= 0 gets `at`'s error and leaves the others' results alone.
+#[test]
+fn batched_reads_equal_single_reads() {
+    use lipattn::bounds::ball::{BallSlope, SlopeCentre};
+    let radii = [1e-3, 0.0, 0.3, f64::NAN, 1e-3, 2.5e-5, -1.0, 0.07, 1.0];
+    let same = |a: &BallSlope, b: &BallSlope, what: &str| {
+        assert_eq!(a.value.to_bits(), b.value.to_bits(), "{what}");
+        assert_eq!(a.token_radius.to_bits(), b.token_radius.to_bits(), "{what}");
+        assert_eq!(a.heads.len(), b.heads.len());
+        for (ha, hb) in a.heads.iter().zip(&b.heads) {
+            let bits = |h: &lipattn::bounds::ball::HeadSlope| {
+                [
+                    h.key_spread,
+                    h.query_norm,
+                    h.value_spread,
+                    h.score_slope,
+                    h.slope_spread,
+                    h.column_sum,
+                    h.off_peak_mass,
+                    h.off_peak_column_sum,
+                    h.score_change,
+                    h.value,
+                    h.directional.unwrap_or(-1.0),
+                    h.contribution,
+                ]
+                .map(f64::to_bits)
+            };
+            assert_eq!(bits(ha), bits(hb), "{what}");
+        }
+    };
+    let check = |centres: [SlopeCentre; 2], what: &str| {
+        for (c, centre) in centres.iter().enumerate() {
+            let batched = centre.at_radii(&radii);
+            assert_eq!(batched.len(), radii.len());
+            for (k, (&r, got)) in radii.iter().zip(&batched).enumerate() {
+                let what = format!("{what}, centre {c}, radius {k} ({r})");
+                match (centre.at(r), got) {
+                    (Ok(single), Ok(got)) => same(&single, got, &what),
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{what}"),
+                    (a, b) => panic!("{what}: single {:?} batched {:?}", a.is_ok(), b.is_ok()),
+                }
+            }
+            // The stored and the streamed rows agree bit for bit too.
+            for (a, b) in batched.iter().zip(centres[1 - c].at_radii(&radii)) {
+                if let (Ok(a), Ok(b)) = (a, &b) {
+                    same(a, b, &format!("{what}: stored against streamed"));
+                }
+            }
+        }
+    };
+    for seed in 0..4u64 {
+        let layer = random_layer(12, 3, Kernel::Dot, 0.3, 40 + seed).expect("layer");
+        let n = 30 + 23 * seed as usize;
+        let x = random_tokens(n, 12, [0.5, 2.0, 4.0, 1.0][seed as usize], 200 + seed);
+        let causal = seed % 2 == 1;
+        check(
+            [
+                SlopeCentre::plain(&layer, x.as_ref(), causal).expect("stored"),
+                SlopeCentre::plain_streaming(&layer, x.as_ref(), causal).expect("streamed"),
+            ],
+            &format!("plain seed {seed}, causal {causal}"),
+        );
+    }
+    for (window, n) in [(None, 9), (None, 70), (Some(13), 70)] {
+        let spec = RotarySpec {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 4,
+            rotary_dim: 4,
+            d: 8,
+            d_out: 8,
+            qk_scale: 0.8,
+            v_scale: 0.5,
+            o_scale: 0.5,
+            bias: 0.1,
+            qk_norm: None,
+            softcap: None,
+            window,
+            theta: 100.0,
+            max_position_embeddings: 256,
+            scaling: lipattn::attention::RopeScaling::Default,
+            score_divisor_sq: 4,
+        };
+        let layer = build(&spec, 11);
+        let x = random_tokens(n, 8, 1.5, 12);
+        check(
+            [
+                SlopeCentre::rotary(&layer, x.as_ref()).expect("stored"),
+                SlopeCentre::rotary_streaming(&layer, x.as_ref()).expect("streamed"),
+            ],
+            &format!("rotary, window {window:?}, n = {n}"),
+        );
+    }
+}

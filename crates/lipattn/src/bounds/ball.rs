@@ -272,15 +272,27 @@ fn check_centre(x: MatRef<'_, f64>, d: usize, heads: usize, bytes: Option<u64>) 
 }
 
 /// Bytes the ball bound's centre keeps for `heads` heads of width `width` (the widest of the
-/// query, key and value blocks) over n tokens. Stored rows: each row keeps its keys'
-/// probabilities and distances to its peak, 4 n^2 values a head. Recomputed rows
+/// query, key and value blocks) over n tokens, read at `radii` radii in one pass
+/// ([`SlopeCentre::at_radii`]). Stored rows: each row keeps its keys' probabilities and
+/// distances to its peak, 4 n^2 values a head. Recomputed rows
 /// ([`SlopeCentre::plain_streaming`]): the projections, their images and per-row constants a
-/// head, and one row's vectors and its weighted image matrix (n x width) per thread.
-pub fn rows_bytes(heads: usize, width: usize, n: usize, streaming: bool) -> Option<u64> {
+/// head, 13 values a token per radius a pass reads at (two column sums, the grown key and value
+/// norms, the directional form's three grown norms and six column sums), and one row's vectors
+/// and its weighted image matrix (n x width) per thread.
+pub fn rows_bytes(
+    heads: usize,
+    width: usize,
+    n: usize,
+    streaming: bool,
+    radii: usize,
+) -> Option<u64> {
     if !streaming {
         return crate::budget::bytes_of(&[4 * heads.max(1), n, n], 8);
     }
-    let per_head = width.checked_mul(6)?.checked_add(40)?;
+    let per_head = width
+        .checked_mul(6)?
+        .checked_add(27)?
+        .checked_add(radii.max(1).checked_mul(13)?)?;
     let threads = rayon::current_num_threads().max(1);
     let per_thread = width.checked_add(24)?;
     crate::budget::total(&[
@@ -454,7 +466,7 @@ impl SlopeCentre {
             ));
         }
         let width = layer.dk.max(layer.dv);
-        let bytes = rows_bytes(layer.heads, width, x.nrows(), streaming);
+        let bytes = rows_bytes(layer.heads, width, x.nrows(), streaming, 1);
         check_centre(x, layer.d_in(), layer.heads, bytes)?;
         let mask = Mask {
             causal,
@@ -493,7 +505,7 @@ impl SlopeCentre {
             x,
             layer.d_in(),
             layer.heads,
-            rows_bytes(layer.heads, layer.head_dim, n, streaming),
+            rows_bytes(layer.heads, layer.head_dim, n, streaming, 1),
         )?;
         let table = layer.rope.table::<f64>(n)?;
         let rotation = Rotation {
@@ -533,23 +545,51 @@ impl SlopeCentre {
 
     /// H for every Y whose tokens are within `token_radius` of X's.
     pub fn at(&self, token_radius: f64) -> Result<BallSlope> {
-        if !(token_radius.is_finite() && token_radius >= 0.0) {
-            return Err(Error::invalid(format!(
-                "the ball radius must be finite and >= 0 (got {token_radius})"
-            )));
-        }
+        self.at_radii(&[token_radius])
+            .pop()
+            .expect("one result per radius")
+    }
+
+    /// [`SlopeCentre::at`] at every token radius of `radii`, in one pass over each head's rows
+    /// (the rows are computed once for all the radii, which on the streaming state is what a
+    /// read costs); each radius keeps its own sums, in the same row order, so each result equals
+    /// `at` at that radius bit for bit. A radius that is not finite and >= 0 gets `at`'s error
+    /// and does not enter the pass. Per head the pass keeps O(n) values per radius
+    /// ([`rows_bytes`]).
+    pub fn at_radii(&self, radii: &[f64]) -> Vec<Result<BallSlope>> {
+        let valid: Vec<f64> = radii
+            .iter()
+            .copied()
+            .filter(|r| r.is_finite() && *r >= 0.0)
+            .collect();
         // Each head's pass over its rows is independent of the others'.
-        let heads: Vec<HeadSlope> = self
+        let per_head: Vec<Vec<HeadSlope>> = self
             .heads
             .par_iter()
-            .map(|h| head_slope(h, &self.column_count, token_radius))
+            .map(|h| head_slopes(h, &self.column_count, &valid))
             .collect();
-        let value = sum_up(heads.iter().map(|h| h.contribution));
-        Ok(BallSlope {
-            value,
-            token_radius,
-            heads,
-        })
+        let mut per_head: Vec<std::vec::IntoIter<HeadSlope>> =
+            per_head.into_iter().map(Vec::into_iter).collect();
+        radii
+            .iter()
+            .map(|&token_radius| {
+                if !(token_radius.is_finite() && token_radius >= 0.0) {
+                    return Err(Error::invalid(format!(
+                        "the ball radius must be finite and >= 0 (got {token_radius})"
+                    )));
+                }
+                let heads: Vec<HeadSlope> = per_head
+                    .iter_mut()
+                    .map(|h| h.next().expect("one slope per valid radius"))
+                    .collect();
+                let value = sum_up(heads.iter().map(|h| h.contribution));
+                Ok(BallSlope {
+                    value,
+                    token_radius,
+                    heads,
+                })
+            })
+            .collect()
     }
 }
 
@@ -732,25 +772,77 @@ fn grown(at_x: &[f64], rate: f64, r: f64) -> Vec<f64> {
     at_x.iter().map(|&m| add_up(m, step)).collect()
 }
 
-/// One head's term H_h of Lemma S on the ball of token radius r.
-fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
-    let (a_q, a_k, a_v, a_o) = (hc.a_q, hc.a_k, hc.a_v, hc.a_o);
-    let n = hc.n();
-    let q_norm = &hc.q_norm;
-    let kappa = grown(&hc.k_norm, a_k, r);
-    let nu = grown(&hc.v_norm, a_v, r);
-    // Column sums of the attention matrix anywhere in the ball (C), and of the off-peak mass a
-    // key carries (C~): omega_ij where j is not the row's peak, theta_i where it is (the peak's
-    // own weight enters the centred sums only through 1 - p_peak).
-    let mut column = vec![0.0f64; n];
-    let mut off_peak_column = vec![0.0f64; n];
-    let (mut g_max, mut q_max, mut v_max, mut s_max, mut delta_max) =
-        (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    let (mut g_peak_max, mut v_peak_max, mut theta_max, mut sv_max) =
-        (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    // The directional form reads each row once, in the same pass.
-    let mut directional = hc.directional.as_ref().map(|d| d.slope(n, r));
-    hc.for_each_row(|i, row| {
+/// One head's term H_h of Lemma S at every token radius of `radii`, in one pass over the head's
+/// rows: each radius keeps its own sums and maxima ([`HeadRead`]) and is fed the rows in the
+/// same order, so each result is the one a pass at that radius alone gives, bit for bit. On the
+/// streaming state this computes every row once for all the radii instead of once per radius.
+fn head_slopes(hc: &HeadCentre, column_count: &[f64], radii: &[f64]) -> Vec<HeadSlope> {
+    if radii.is_empty() {
+        return Vec::new();
+    }
+    let mut reads: Vec<HeadRead<'_>> = radii.iter().map(|&r| HeadRead::new(hc, r)).collect();
+    hc.for_each_row(|i, row| reads.iter_mut().for_each(|read| read.row(i, row)));
+    reads
+        .into_iter()
+        .map(|read| read.finish(column_count))
+        .collect()
+}
+
+/// One radius's part of a pass over a head's rows: its quantities grown to the ball, and its
+/// sums and maxima over the rows visited so far (O(n) values: two column sums, the grown key and
+/// value norms, and the directional form's, [`directional::DirectionalSlope`]).
+struct HeadRead<'c> {
+    hc: &'c HeadCentre,
+    r: f64,
+    kappa: Vec<f64>,
+    nu: Vec<f64>,
+    /// Column sums of the attention matrix anywhere in the ball (C), and of the off-peak mass a
+    /// key carries (C~): omega_ij where j is not the row's peak, theta_i where it is (the peak's
+    /// own weight enters the centred sums only through 1 - p_peak).
+    column: Vec<f64>,
+    off_peak_column: Vec<f64>,
+    g_max: f64,
+    q_max: f64,
+    v_max: f64,
+    s_max: f64,
+    delta_max: f64,
+    g_peak_max: f64,
+    v_peak_max: f64,
+    theta_max: f64,
+    sv_max: f64,
+    /// The directional form reads each row once, in the same pass.
+    directional: Option<directional::DirectionalSlope<'c>>,
+}
+
+impl<'c> HeadRead<'c> {
+    fn new(hc: &'c HeadCentre, r: f64) -> Self {
+        let n = hc.n();
+        Self {
+            hc,
+            r,
+            kappa: grown(&hc.k_norm, hc.a_k, r),
+            nu: grown(&hc.v_norm, hc.a_v, r),
+            column: vec![0.0f64; n],
+            off_peak_column: vec![0.0f64; n],
+            g_max: 0.0,
+            q_max: 0.0,
+            v_max: 0.0,
+            s_max: 0.0,
+            delta_max: 0.0,
+            g_peak_max: 0.0,
+            v_peak_max: 0.0,
+            theta_max: 0.0,
+            sv_max: 0.0,
+            directional: hc.directional.as_ref().map(|d| d.slope(n, r)),
+        }
+    }
+
+    /// Row i at X, visited in row order.
+    fn row(&mut self, i: usize, row: &RowCentre) {
+        let hc = self.hc;
+        let (a_q, a_k, a_v, r) = (hc.a_q, hc.a_k, hc.a_v, self.r);
+        let q_norm = &hc.q_norm;
+        let (kappa, nu) = (&self.kappa, &self.nu);
         let delta = row
             .keys
             .iter()
@@ -766,11 +858,12 @@ fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
             .directional
             .as_ref()
             .map_or(delta, |d| d.score_change(i, &row.keys, r).min(delta));
-        delta_max = delta_max.max(delta);
+        self.delta_max = self.delta_max.max(delta);
         let factor = mul_up(row.f_round, exp_up(mul_up(2.0, add_up(row.tau, delta))));
-        if let Some(d) = directional.as_mut() {
+        if let Some(d) = self.directional.as_mut() {
             d.row(i, row, factor);
         }
+        let (column, off_peak_column) = (&mut self.column, &mut self.off_peak_column);
         let (mut gk, mut gv, mut rk, mut kmax2, mut vmax2) =
             (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
         let (mut gk_peak, mut gv_peak, mut off_peak) = (0.0f64, 0.0f64, 0.0f64);
@@ -796,76 +889,97 @@ fn head_slope(hc: &HeadCentre, column_count: &[f64], r: f64) -> HeadSlope {
         }
         let theta = off_peak.min(1.0);
         off_peak_column[row.peak] = add_up(off_peak_column[row.peak], theta);
-        theta_max = theta_max.max(theta);
+        self.theta_max = self.theta_max.max(theta);
         let g_i = sqrt_up(gk.min(kmax2));
         let v_i = sqrt_up(gv.min(vmax2));
         let qz = add_up(q_norm[i], mul_up(a_q, r));
-        g_max = g_max.max(g_i);
-        v_max = v_max.max(v_i);
-        g_peak_max = g_peak_max.max(sqrt_up(gk_peak));
-        v_peak_max = v_peak_max.max(sqrt_up(gv_peak).min(v_i));
-        q_max = q_max.max(qz);
+        self.g_max = self.g_max.max(g_i);
+        self.v_max = self.v_max.max(v_i);
+        self.g_peak_max = self.g_peak_max.max(sqrt_up(gk_peak));
+        self.v_peak_max = self.v_peak_max.max(sqrt_up(gv_peak).min(v_i));
+        self.q_max = self.q_max.max(qz);
         let s_i = add_up(mul_up(a_q, rk), mul_up(a_k, qz));
-        s_max = s_max.max(s_i);
+        self.s_max = self.s_max.max(s_i);
         // T4 pairs each query's score slope with its own value spread.
-        sv_max = sv_max.max(mul_up(s_i, v_i.min(sqrt_up(gv_peak))));
-    });
-    let capped_max = |sums: &[f64]| {
-        sums.iter()
-            .zip(column_count)
-            .map(|(&s, &c)| s.min(c))
-            .fold(0.0f64, f64::max)
-    };
-    let column_sum = capped_max(&column);
-    let off_peak_column_sum = capped_max(&off_peak_column);
-    // First form (spreads about a fixed centre): sigma = a_q G + a_k Q sqrt(C), the l2 norm
-    // over queries of the score-derivative spread.
-    let sigma = add_up(
-        mul_up(a_q, g_max),
-        mul_up(a_k, mul_up(q_max, sqrt_up(column_sum))),
-    );
-    // Second form (spreads about each row's peak): sqrt(2) a_k Q sqrt(C~) in place of
-    // a_k Q sqrt(C), and the value-derivative spread carries sqrt(2 Theta).
-    let sqrt2 = sqrt_up(2.0);
-    let sigma_peak = add_up(
-        mul_up(a_q, g_peak_max),
-        mul_up(
-            sqrt2,
-            mul_up(a_k, mul_up(q_max, sqrt_up(off_peak_column_sum))),
-        ),
-    );
-    let sigma_best = sigma.min(sigma_peak);
-    let spread = v_max.min(v_peak_max);
-    let cov_terms = mul_up(2.0, mul_up(a_v, sigma)).min(mul_up(
-        4.0,
-        mul_up(sqrt_up(theta_max), mul_up(a_v, sigma_peak)),
-    ));
-    let value = sum_up([
-        cov_terms,
-        mul_up(2.0, mul_up(mul_up(a_q, a_k), spread)),
-        mul_up(2.0, mul_up(sv_max, sigma_best)),
-    ]);
-    // A non-finite directional bound (overflow) leaves the first version in charge.
-    let directional = directional.map(|d| d.finish()).filter(|x| x.is_finite());
-    let first = mul_up(a_o, value);
-    let contribution = directional.map_or(first, |d| d.min(first));
-    HeadSlope {
-        directional,
-        contribution,
-        a_q,
-        a_k,
-        a_v,
-        a_o,
-        key_spread: g_max.min(g_peak_max),
-        query_norm: q_max,
-        value_spread: spread,
-        off_peak_mass: theta_max,
-        off_peak_column_sum,
-        score_slope: s_max,
-        slope_spread: sv_max,
-        column_sum,
-        score_change: delta_max,
-        value,
+        self.sv_max = self.sv_max.max(mul_up(s_i, v_i.min(sqrt_up(gv_peak))));
+    }
+
+    /// The head's term once every row has been visited.
+    fn finish(self, column_count: &[f64]) -> HeadSlope {
+        let hc = self.hc;
+        let (a_q, a_k, a_v, a_o) = (hc.a_q, hc.a_k, hc.a_v, hc.a_o);
+        let (column, off_peak_column, directional) =
+            (self.column, self.off_peak_column, self.directional);
+        let (g_max, q_max, v_max, s_max, delta_max) = (
+            self.g_max,
+            self.q_max,
+            self.v_max,
+            self.s_max,
+            self.delta_max,
+        );
+        let (g_peak_max, v_peak_max, theta_max, sv_max) = (
+            self.g_peak_max,
+            self.v_peak_max,
+            self.theta_max,
+            self.sv_max,
+        );
+        let capped_max = |sums: &[f64]| {
+            sums.iter()
+                .zip(column_count)
+                .map(|(&s, &c)| s.min(c))
+                .fold(0.0f64, f64::max)
+        };
+        let column_sum = capped_max(&column);
+        let off_peak_column_sum = capped_max(&off_peak_column);
+        // First form (spreads about a fixed centre): sigma = a_q G + a_k Q sqrt(C), the l2 norm
+        // over queries of the score-derivative spread.
+        let sigma = add_up(
+            mul_up(a_q, g_max),
+            mul_up(a_k, mul_up(q_max, sqrt_up(column_sum))),
+        );
+        // Second form (spreads about each row's peak): sqrt(2) a_k Q sqrt(C~) in place of
+        // a_k Q sqrt(C), and the value-derivative spread carries sqrt(2 Theta).
+        let sqrt2 = sqrt_up(2.0);
+        let sigma_peak = add_up(
+            mul_up(a_q, g_peak_max),
+            mul_up(
+                sqrt2,
+                mul_up(a_k, mul_up(q_max, sqrt_up(off_peak_column_sum))),
+            ),
+        );
+        let sigma_best = sigma.min(sigma_peak);
+        let spread = v_max.min(v_peak_max);
+        let cov_terms = mul_up(2.0, mul_up(a_v, sigma)).min(mul_up(
+            4.0,
+            mul_up(sqrt_up(theta_max), mul_up(a_v, sigma_peak)),
+        ));
+        let value = sum_up([
+            cov_terms,
+            mul_up(2.0, mul_up(mul_up(a_q, a_k), spread)),
+            mul_up(2.0, mul_up(sv_max, sigma_best)),
+        ]);
+        // A non-finite directional bound (overflow) leaves the first version in charge.
+        let directional = directional.map(|d| d.finish()).filter(|x| x.is_finite());
+        let first = mul_up(a_o, value);
+        let contribution = directional.map_or(first, |d| d.min(first));
+        HeadSlope {
+            directional,
+            contribution,
+            a_q,
+            a_k,
+            a_v,
+            a_o,
+            key_spread: g_max.min(g_peak_max),
+            query_norm: q_max,
+            value_spread: spread,
+            off_peak_mass: theta_max,
+            off_peak_column_sum,
+            score_slope: s_max,
+            slope_spread: sv_max,
+            column_sum,
+            score_change: delta_max,
+            value,
+        }
     }
 }
 

@@ -194,7 +194,7 @@ pub fn run(
                 crate::estimation::check_search_memory(plain, n, "`n`").and_then(|()| {
                     crate::budget::check(
                         || format!("the ball bound over {n} tokens ({} heads)", plain.heads),
-                        rows_bytes(plain.heads, plain.dk.max(plain.dv), n, false),
+                        rows_bytes(plain.heads, plain.dk.max(plain.dv), n, false, 1),
                     )
                 })
             };
@@ -230,7 +230,7 @@ pub fn run(
                 crate::estimation::check_rotary_search_memory(rotary, n, "`n`").and_then(|()| {
                     crate::budget::check(
                         || format!("the ball bound over {n} tokens ({} heads)", rotary.heads),
-                        rows_bytes(rotary.heads, rotary.head_dim, n, false),
+                        rows_bytes(rotary.heads, rotary.head_dim, n, false, 1),
                     )
                 })
             };

@@ -10,7 +10,7 @@ use crate::attention::{
     AttentionLayer, RotaryAttention, RotaryLinearization, StreamingRotaryLinearization,
 };
 use crate::bounds::ball::{check_rotary_covered, rows_bytes, BallKind, SlopeCentre};
-use crate::bounds::chain_ball::{chain_ball, output_change, ChainBall, ChainCentre};
+use crate::bounds::chain_ball::{chain_balls, output_change, ChainBall, ChainCentre};
 use crate::bounds::piece_ball::{
     compose, image, layer_norm_ball, mean_pool_bound, normalise_bound, rms_norm_ball,
     FeedForwardCentre, FeedForwardNorms, GatedFeedForwardNorms, PieceBall, PieceBound,
@@ -355,8 +355,65 @@ impl<'w> StackCentre<'w> {
         self.links.attention
     }
 
-    /// Step i's bound on `ball` around its input.
-    fn step_bound(&self, i: usize, ball: PieceBall) -> Result<PieceBound> {
+    /// The Lemma S centre step i reads on `ball` around its input, and the token radius it
+    /// reads it at (that of the ball around the attention's own input); None for steps that
+    /// read none.
+    fn read_radius(&self, i: usize, ball: PieceBall) -> Result<Option<(&SlopeCentre, f64)>> {
+        let input = self.links.inputs[i].as_ref();
+        Ok(match (self.links.pieces[i], &self.extras[i]) {
+            (_, Extra::Slope(centre)) => Some((centre, ball.token)),
+            (
+                Piece::AttentionResidual { norm: Some(ln), .. },
+                Extra::PreNormAttention { slope, .. },
+            ) => {
+                let norm = layer_norm_ball(ln, input, ball)?;
+                Some((slope, image(ball, &norm).token))
+            }
+            (Piece::RotaryAttentionResidual { norm, .. }, Extra::RotaryAttention { slope, .. }) => {
+                let nb = rms_norm_ball(norm, input, ball)?;
+                Some((slope, image(ball, &nb).token))
+            }
+            _ => None,
+        })
+    }
+
+    /// Step i's bounds on each ball of `balls` around its input: an attention step reads its
+    /// Lemma S centre once for all of them ([`SlopeCentre::at_radii`]: one pass over the rows,
+    /// each radius's sums apart), so each bound equals the step's bound on its ball alone.
+    fn step_bounds(&self, i: usize, balls: &[PieceBall]) -> Vec<Result<PieceBound>> {
+        let reads: Vec<Result<Option<(&SlopeCentre, f64)>>> =
+            balls.iter().map(|&b| self.read_radius(i, b)).collect();
+        let radii: Vec<f64> = reads
+            .iter()
+            .filter_map(|r| match r {
+                Ok(Some((_, radius))) => Some(*radius),
+                _ => None,
+            })
+            .collect();
+        let centre = reads.iter().find_map(|r| match r {
+            Ok(Some((centre, _))) => Some(*centre),
+            _ => None,
+        });
+        let mut slopes = centre
+            .map_or_else(Vec::new, |c| c.at_radii(&radii))
+            .into_iter();
+        reads
+            .into_iter()
+            .zip(balls)
+            .map(|(read, &b)| {
+                let slope = match read? {
+                    Some(_) => Some(slopes.next().expect("one slope per read")?.value),
+                    None => None,
+                };
+                self.step_bound(i, b, slope)
+            })
+            .collect()
+    }
+
+    /// Step i's bound on `ball` around its input, with `read` the slope its Lemma S centre gives
+    /// at the radius [`StackCentre::read_radius`] names (None for steps that read none).
+    fn step_bound(&self, i: usize, ball: PieceBall, read: Option<f64>) -> Result<PieceBound> {
+        let read = || read.expect("an attention step's slope is read before its bound");
         let input = self.links.inputs[i].as_ref();
         let u = self.chain.interval[i][i + 1];
         let r = ball.frobenius;
@@ -365,10 +422,10 @@ impl<'w> StackCentre<'w> {
             (Piece::LayerNorm(ln), _) => layer_norm_ball(ln, input, ball)?,
             (Piece::MeanPool, _) => mean_pool_bound(self.n),
             (Piece::Normalise, _) => normalise_bound(input, r)?,
-            (Piece::Attention { .. }, Extra::Slope(centre))
-            | (Piece::AttentionResidual { norm: None, .. }, Extra::Slope(centre))
-            | (Piece::RotaryAttention(_), Extra::Slope(centre)) => {
-                let slope = centre.at(ball.token)?.value;
+            (Piece::Attention { .. }, Extra::Slope(_))
+            | (Piece::AttentionResidual { norm: None, .. }, Extra::Slope(_))
+            | (Piece::RotaryAttention(_), Extra::Slope(_)) => {
+                let slope = read();
                 PieceBound {
                     sup: around(slope),
                     slope,
@@ -377,11 +434,11 @@ impl<'w> StackCentre<'w> {
             }
             (
                 Piece::AttentionResidual { norm: Some(ln), .. },
-                Extra::PreNormAttention { upper, slope, .. },
+                Extra::PreNormAttention { upper, .. },
             ) => {
                 let norm = layer_norm_ball(ln, input, ball)?;
                 let b = image(ball, &norm);
-                let slope = slope.at(b.token)?.value;
+                let slope = read();
                 let attention = PieceBound {
                     sup: add_up(*upper, mul_up(b.frobenius, slope)),
                     slope,
@@ -404,16 +461,11 @@ impl<'w> StackCentre<'w> {
                 Piece::RotaryAttentionResidual {
                     norm, output_norm, ..
                 },
-                Extra::RotaryAttention {
-                    upper,
-                    output,
-                    slope,
-                    ..
-                },
+                Extra::RotaryAttention { upper, output, .. },
             ) => {
                 let nb = rms_norm_ball(norm, input, ball)?;
                 let b = image(ball, &nb);
-                let slope = slope.at(b.token)?.value;
+                let slope = read();
                 let attention = PieceBound {
                     sup: add_up(*upper, mul_up(b.frobenius, slope)),
                     slope,
@@ -453,16 +505,30 @@ impl<'w> StackCentre<'w> {
     }
 
     /// Lemma C on the ball of radius `eps` (of kind `ball`) around X, and the bound on
-    /// ||f(Y) - f(X)||_F over it.
+    /// ||f(Y) - f(X)||_F over it. The full ball and the output change's Riemann points (the ball
+    /// scaled by t = j / m) are walked together ([`chain_balls`]), so each attention step reads
+    /// its Lemma S centre once for all m balls: one pass over its rows per certificate radius.
     pub fn at(&self, ball: BallKind, eps: f64) -> Result<(ChainBall, f64)> {
         let rho = ball.frobenius_radius(eps, self.n);
         let shape = |t: f64| PieceBall {
             frobenius: mul_up(rho, t),
             token: mul_up(if ball == BallKind::Tokens { eps } else { rho }, t),
         };
-        let full = chain_ball(&self.chain, shape(1.0), |i, b| self.step_bound(i, b))?;
-        let change = output_change(rho, &full, OUTPUT_CHANGE_POINTS, |t| {
-            Ok(chain_ball(&self.chain, shape(t), |i, b| self.step_bound(i, b))?.sup)
+        let m = OUTPUT_CHANGE_POINTS;
+        let points: Vec<f64> = (1..m).map(|j| j as f64 / m as f64).collect();
+        let balls: Vec<PieceBall> = std::iter::once(1.0)
+            .chain(points.iter().copied())
+            .map(shape)
+            .collect();
+        let mut chains = chain_balls(&self.chain, &balls, |i, bs| self.step_bounds(i, bs))?;
+        let scaled: Vec<f64> = chains.drain(1..).map(|c| c.sup).collect();
+        let full = chains.pop().expect("the full ball's chain");
+        let change = output_change(rho, &full, m, |t| {
+            let j = points
+                .iter()
+                .position(|&p| p == t)
+                .expect("output_change reads the points t = j / m");
+            Ok(scaled[j])
         })?;
         Ok((full, change))
     }
@@ -502,9 +568,11 @@ impl<'w> StackCentre<'w> {
 
 /// Bytes a block or model certificate keeps beside its chain (`StackWeights::chain_bytes`) with
 /// its attention on the (resolved) state `attention`: every attention step's Lemma S centre
-/// (`bounds::ball::rows_bytes`: 4 H n^2 stored on the dense state, linear in n streamed), one
-/// more sublayer state for the pre-norm Lemma P runs, and the ball ascent's chain at the point
-/// it evaluates with its 16 n x d search matrices. None: beyond u64.
+/// (`bounds::ball::rows_bytes`: 4 H n^2 stored on the dense state, linear in n streamed, with
+/// one radius's read), the sums of the other radii one step's read keeps at once (the
+/// certificate reads one step at a time, at the 8 radii of [`StackCentre::at`]), one more
+/// sublayer state for the pre-norm Lemma P runs, and the ball ascent's chain at the point it
+/// evaluates with its 16 n x d search matrices. None: beyond u64.
 pub fn certificate_bytes(
     weights: &StackWeights,
     n: usize,
@@ -515,30 +583,29 @@ pub fn certificate_bytes(
         weights.chain_bytes(n, false, attention),
         crate::budget::bytes_of(&[16, n, weights.d], 8),
     ];
-    let mut largest_state = Some(0u64);
+    let max = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        _ => None,
+    };
+    let (mut largest_state, mut largest_read) = (Some(0u64), Some(0u64));
     for b in &weights.blocks {
-        let (centre, state) = match b {
+        let (heads, width, state) = match b {
             BlockWeights::Plain(l) => {
                 let a = &l.attention;
-                (
-                    rows_bytes(a.heads, a.dk.max(a.dv), n, streaming),
-                    attention.state_bytes(a, n),
-                )
+                (a.heads, a.dk.max(a.dv), attention.state_bytes(a, n))
             }
             BlockWeights::Rotary(r) => {
                 let a = &r.attention;
-                (
-                    rows_bytes(a.heads, a.head_dim, n, streaming),
-                    attention.state_bytes(a, n),
-                )
+                (a.heads, a.head_dim, attention.state_bytes(a, n))
             }
         };
+        let centre = rows_bytes(heads, width, n, streaming, 1);
+        let read = rows_bytes(heads, width, n, streaming, OUTPUT_CHANGE_POINTS);
         parts.push(centre);
-        largest_state = match (largest_state, state) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            _ => None,
-        };
+        largest_read = max(largest_read, read.zip(centre).map(|(r, c)| r - c));
+        largest_state = max(largest_state, state);
     }
+    parts.push(largest_read);
     parts.push(largest_state);
     crate::budget::total(&parts)
 }
