@@ -41,12 +41,13 @@ fn chain_certificate_holds_on_minilm() {
             Pool::None,
             [1e-5, 1e-4, 1e-3],
         ),
-        (Scope::Model, None, Pool::None, [1e-11, 1e-10, 1e-9]),
+        // Up to 1e-8, where the runs across blocks (ops::stack_ball::intervals) decide.
+        (Scope::Model, None, Pool::None, [1e-10, 1e-9, 1e-8]),
         (
             Scope::Model,
             None,
             Pool::MeanNormalised,
-            [1e-11, 1e-10, 1e-9],
+            [1e-10, 1e-9, 1e-8],
         ),
     ] {
         let w = model.stack(scope, layer, pool).expect("stack");

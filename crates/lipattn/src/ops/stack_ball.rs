@@ -84,28 +84,35 @@ pub struct StackCentre<'w> {
     pub n: usize,
 }
 
-/// The intervals (a, b) of the chain whose norm at the centre Lemma P bounds: every prefix and
-/// every suffix, and inside each block (between the boundaries before each block and before the
-/// pooling) every run of two steps or more. Products of the steps' own norms are far above the
-/// norms of their compositions (MiniLM block 0: a LayerNorm of norm 3.8 followed by a
-/// feed-forward residual of norm 39 composes to about 35, not 146), and Lemma C's first-order
-/// term reads prefix norms squared; the other intervals are bounded by products of these.
+/// The intervals (a, b) of the chain whose norm at the centre Lemma P bounds, [`intervals_between`]
+/// the block boundaries: the steps before which a block (its attention residual) or the pooling
+/// starts.
 fn intervals(pieces: &[Piece<'_>]) -> Vec<(usize, usize)> {
     let k = pieces.len();
+    let inner = (1..k).filter(|&i| {
+        matches!(
+            pieces[i],
+            Piece::AttentionResidual { .. }
+                | Piece::RotaryAttentionResidual { .. }
+                | Piece::MeanPool
+        )
+    });
+    let bounds: Vec<usize> = std::iter::once(0).chain(inner).chain([k]).collect();
+    intervals_between(k, &bounds)
+}
+
+/// For a chain of k steps with block boundaries `bounds` (0 and k included, increasing): every
+/// prefix and every suffix, inside each block every run of two steps or more, and every run from
+/// one boundary to another two or more blocks on. Products of the steps' own norms are far above
+/// the norms of their compositions (MiniLM block 0: a LayerNorm of norm 3.8 followed by a
+/// feed-forward residual of norm 39 composes to about 35, not 146; MiniLM's blocks 1-4 from the
+/// input embeddings' LayerNorm compose to 16-21, where the product of their norms is about 1e3),
+/// and Lemma C reads prefix norms squared and the middle intervals in its terms of second order;
+/// any other interval is bounded by a product of at most three of these (a run to its block's end,
+/// one across whole blocks, a run from a block's start).
+fn intervals_between(k: usize, bounds: &[usize]) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = (2..k).map(|b| (0, b)).collect();
     out.extend((1..k - 1).map(|a| (a, k)));
-    let mut bounds: Vec<usize> = (1..k)
-        .filter(|&i| {
-            matches!(
-                pieces[i],
-                Piece::AttentionResidual { .. }
-                    | Piece::RotaryAttentionResidual { .. }
-                    | Piece::MeanPool
-            )
-        })
-        .collect();
-    bounds.insert(0, 0);
-    bounds.push(k);
     for w in bounds.windows(2) {
         for a in w[0]..w[1] {
             for b in a + 2..w[1] + 1 {
@@ -114,6 +121,15 @@ fn intervals(pieces: &[Piece<'_>]) -> Vec<(usize, usize)> {
                 }
             }
         }
+    }
+    for (p, &a) in bounds.iter().enumerate().filter(|&(_, &a)| a != 0) {
+        out.extend(
+            bounds
+                .iter()
+                .skip(p + 2)
+                .filter(|&&b| b != k)
+                .map(|&b| (a, b)),
+        );
     }
     out
 }
@@ -634,4 +650,39 @@ impl<L: crate::derivatives::LinearizedMap<f64>> UpperMap for L {
 /// Whether a pooled output is a unit vector (cosine floors translate to distances exactly).
 pub fn normalised(pool: Pool) -> bool {
     pool == Pool::MeanNormalised
+}
+
+#[cfg(test)]
+mod tests {
+    use super::intervals_between;
+
+    #[test]
+    fn intervals_cover_prefixes_suffixes_blocks_and_runs_across_blocks() {
+        // MiniLM's whole model, pooled and normalised: the embeddings' LayerNorm, six blocks of
+        // four steps, mean pooling, normalisation.
+        let (k, bounds) = (27, [0, 1, 5, 9, 13, 17, 21, 25, 27]);
+        let got = intervals_between(k, &bounds);
+        let mut sorted = got.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), got.len(), "no interval twice");
+        assert!(got
+            .iter()
+            .all(|&(a, b)| a + 2 <= b && b <= k && (a, b) != (0, k)));
+        for b in 2..k {
+            assert!(got.contains(&(0, b)) && got.contains(&(k - b, k)));
+        }
+        // Inside block 2 (steps 9..13): every run of two steps or more.
+        for (a, b) in [(9, 11), (9, 13), (10, 12), (10, 13), (11, 13)] {
+            assert!(got.contains(&(a, b)), "({a}, {b})");
+        }
+        // Across blocks: boundary to boundary, two blocks or more.
+        for (a, b) in [(1, 9), (1, 25), (5, 13), (9, 25), (17, 25)] {
+            assert!(got.contains(&(a, b)), "({a}, {b})");
+        }
+        assert!(!got.contains(&(10, 14)) && !got.contains(&(2, 9)));
+        // 25 prefixes, 25 suffixes, 36 runs inside the six blocks (the pooling's two steps are a
+        // suffix), 15 across (5 + 4 + 3 + 2 + 1).
+        assert_eq!(got.len(), 25 + 25 + 36 + 15);
+    }
 }
