@@ -135,3 +135,37 @@ def test_robustness_on_either_state(minilm):
     assert auto["attention"] == "streaming" and auto["n"] == 300 and auto["certified_radius"] > 0
     with pytest.raises(ValueError, match="attention"):
         model.robustness(x, attention="sparse", **fast)
+
+
+def test_every_interval(tmp_path):
+    """`intervals="all"`: a Lemma P run on every run of two steps or more, reported and equal to the CLI's
+    `--intervals all`; the default is `blocks`; scope attention has no chain (None); a bad name is a ValueError
+    naming `intervals`."""
+    import tiny_bert
+
+    tiny_bert.write(tmp_path)
+    model = lipattn.Model(tmp_path)
+    x = 0.5 * np.random.default_rng(6).standard_normal((4, model.hidden_size))
+    np.save(tmp_path / "x.npy", x)
+    opts = dict(scope="model", pool="mean-normalised", interval_steps=20, **FAST)
+    got = {i: model.certify(None, 1e-4, x, intervals=i, **opts) for i in ("blocks", "all")}
+    assert {i: r["intervals"] for i, r in got.items()} == {"blocks": "blocks", "all": "all"}
+    assert model.certify(None, 1e-4, x, **opts)["certified"] == got["blocks"]["certified"]
+    assert len(got["all"]["chain"]["runs"]) > len(got["blocks"]["chain"]["runs"])
+    # More runs share the failure probability: at a small radius `all` is within that share of `blocks`.
+    assert got["all"]["certified"] <= 1.01 * got["blocks"]["certified"]
+    assert got["all"]["attained"] <= got["all"]["certified"]
+    want = cli(tmp_path, "--scope", "model", "--pool", "mean-normalised", "--tokens", tmp_path / "x.npy",
+               "--epsilon", 1e-4, "--interval-steps", 20, "--upper-steps", 40, "--attack-starts", 1,
+               "--attack-steps", 4, "--intervals", "all")
+    for key in ("certified", "attained", "output_change", "intervals", "chain"):
+        assert got["all"][key] == want[key], key
+    r = model.robustness(x, scope="model", pool="mean-normalised", delta=0.01, intervals="all", interval_steps=20,
+                         upper_steps=40, attack_starts=0, attack_steps=2)
+    assert r["intervals"] == "all" and r["certified_radius"] > 0
+    single = model.certify(0, 1e-4, x, intervals="all", **FAST)
+    assert single["intervals"] is None and single["chain"] is None
+    with pytest.raises(ValueError, match="intervals"):
+        model.certify(None, 1e-4, x, intervals="every", **opts)
+    with pytest.raises(ValueError, match="intervals"):
+        model.robustness(x, scope="block", layer=0, delta=0.01, intervals="every")

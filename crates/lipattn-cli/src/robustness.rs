@@ -11,6 +11,7 @@ use lipattn::derivatives::AttentionMemory;
 use lipattn::fmt::{compact, exact};
 use lipattn::models::{Pool, Scope};
 use lipattn::ops::robustness::{self, RobustnessRequest};
+use lipattn::ops::stack_ball::Intervals;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -42,6 +43,12 @@ pub struct RobustnessArgs {
     /// Lanczos steps of the bounds on the chain's steps and runs of steps at X.
     #[arg(long, default_value_t = RobustnessRequest::default().interval_steps)]
     interval_steps: usize,
+    /// Scopes block and model: the runs of steps bounded at the centre. blocks: prefixes,
+    /// suffixes, runs inside a block and from one block boundary to another (about 4 runs a step).
+    /// all: every run of two steps or more, far tighter at larger radii but k(k-1)/2 runs for k
+    /// steps, time growing like the cube of the depth (MiniLM's whole model: about 2.4x blocks).
+    #[arg(long, value_parser = named::<Intervals>(), default_value_t = RobustnessRequest::default().intervals)]
+    intervals: Intervals,
     /// Random starts of the attack besides the two along X's top singular vector.
     #[arg(long, default_value_t = RobustnessRequest::default().attack_starts)]
     attack_starts: usize,
@@ -75,6 +82,7 @@ impl From<&RobustnessArgs> for RobustnessRequest {
             failure_probability: a.failure_probability,
             upper_steps: a.upper_steps,
             interval_steps: a.interval_steps,
+            intervals: a.intervals,
             attack_starts: a.attack_starts,
             attack_steps: a.attack_steps,
             seed: a.seed,

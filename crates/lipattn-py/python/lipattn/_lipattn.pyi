@@ -373,6 +373,7 @@ class Model:
         failure_probability: float = 1e-6,
         upper_steps: int = 200,
         interval_steps: int = 60,
+        intervals: Literal["blocks", "all"] = "blocks",
         attack_starts: int = 4,
         attack_steps: int = 30,
         tol: float = 1e-6,
@@ -385,7 +386,10 @@ class Model:
         largest ||J(Y)||_2 an ascent finds there; the dict the CLI prints plus ``x`` and
         ``attained_input``. ``attention``: the attention state of every attention sublayer the
         certificate reads, at every scope, plain and rotary (dense, streaming in memory linear
-        in n, or auto); the dict's ``attention`` says which ran."""
+        in n, or auto); the dict's ``attention`` says which ran. ``intervals``: scopes block and
+        model, the runs of steps Lemma P bounds at the centre, 'blocks' or 'all' (every run of two
+        steps or more: far tighter at larger radii, time growing like the cube of the depth); the
+        dict's ``intervals`` says which ran (None at scope attention)."""
         ...
     def robustness(
         self,
@@ -403,6 +407,7 @@ class Model:
         failure_probability: float = 1e-6,
         upper_steps: int = 200,
         interval_steps: int = 60,
+        intervals: Literal["blocks", "all"] = "blocks",
         attack_starts: int = 2,
         attack_steps: int = 20,
         seed: int = 0,
@@ -413,7 +418,7 @@ class Model:
         the radius at which an attack leaves it; the dict the CLI prints plus ``x`` and
         ``attack_input``. ``attention``: the attention state of the certificate and the attack
         at every scope, plain and rotary (dense, streaming in memory linear in n, or auto); the
-        dict's ``attention`` says which ran."""
+        dict's ``attention`` says which ran. ``intervals``: 'blocks' or 'all', as in ``certify``."""
         ...
     def lipschitz(
         self,

@@ -571,6 +571,7 @@ CERTIFY_KEYS = (
     "failure_probability",
     "upper_steps",
     "interval_steps",
+    "intervals",
     "attack_starts",
     "attack_steps",
     "tol",
@@ -730,6 +731,7 @@ def certify_sweep(
     failure_probability=None,
     upper_steps=None,
     interval_steps=None,
+    intervals=None,
     attack_starts=None,
     attack_steps=None,
     tol=None,
@@ -745,8 +747,8 @@ def certify_sweep(
     `epsilon` (a number or a list) on `windows` windows of `text` (``certify_windows``, each cut
     to `max_tokens` tokens), for the `layers` (None: all layers of each model; scope 'model'
     takes none). `scope`, `pool`, `ball`, `failure_probability`, `upper_steps`,
-    `interval_steps`, `attack_starts`, `attack_steps`, `tol` and `seed` are ``Model.certify``'s
-    (None: its default). Writes ``out/certificates.json`` (records ``{"model", "window",
+    `interval_steps`, `intervals`, `attack_starts`, `attack_steps`, `tol` and `seed` are
+    ``Model.certify``'s (None: its default). Writes ``out/certificates.json`` (records ``{"model", "window",
     "certificate"}``, the certificate being the dict ``Model.certify`` returned, its arrays
     ``x`` and ``attained_input`` as paths of .npy files under ``out/<model>``), certificates.csv,
     certificates.md and sweep.json, which it returns. Threads, retries, per-task checkpoints,
@@ -770,6 +772,7 @@ def certify_sweep(
         failure_probability=failure_probability,
         upper_steps=upper_steps,
         interval_steps=interval_steps,
+        intervals=intervals,
         attack_starts=attack_starts,
         attack_steps=attack_steps,
         tol=tol,
@@ -782,7 +785,8 @@ def certify_sweep(
         "windows": int(windows),
         "epsilon": epsilons,
         "layers": None if layers is None else [int(layer) for layer in layers],
-        **{k: given[k] for k in CERTIFY_KEYS},
+        # `intervals` only when given: the sweeps checkpointed before it existed still resume.
+        **{k: given[k] for k in CERTIFY_KEYS if k != "intervals" or given[k] is not None},
     }
     os.makedirs(out, exist_ok=True)
     sweeps = [_ModelSweep(p, name, out) for p, name in zip(models, _model_names(models))]
@@ -930,6 +934,12 @@ def _parser():
     c.add_argument("--failure-probability", type=float, default=None)
     c.add_argument("--upper-steps", type=int, default=None)
     c.add_argument("--interval-steps", type=int, default=None)
+    c.add_argument(
+        "--intervals",
+        default=None,
+        help="blocks or all (scopes block and model): the runs of steps bounded at the centre; all is tighter"
+        " at larger radii, its time growing like the cube of the depth",
+    )
     c.add_argument("--attack-starts", type=int, default=None)
     c.add_argument("--attack-steps", type=int, default=None)
     c.add_argument("--tol", type=float, default=None)

@@ -8,7 +8,7 @@
 //! supremum.
 
 use super::scope_local::UPPER_SEED_OFFSET;
-use super::stack_ball::{CentreRun, StackCentre};
+use super::stack_ball::{CentreRun, Intervals, StackCentre};
 use super::OnProgress;
 use crate::attention::Kernel;
 use crate::bounds::ball::{
@@ -46,6 +46,11 @@ pub struct CertifyRequest {
     /// Scopes block and model: Lanczos steps of Lemma P's bounds on the steps of the chain and
     /// on runs of them (they enter only the growth over the ball).
     pub interval_steps: usize,
+    /// Scopes block and model: which runs of steps Lemma P bounds at the centre, `blocks`
+    /// (prefixes, suffixes, runs inside a block and from one block boundary to another) or `all`
+    /// (every run of two steps or more: tighter at larger radii, time growing like the cube of
+    /// the depth). Scope `attention` has no chain: it changes nothing there.
+    pub intervals: Intervals,
     /// Random starts and steps of the ascent inside the ball.
     pub attack_starts: usize,
     pub attack_steps: usize,
@@ -71,6 +76,7 @@ impl Default for CertifyRequest {
             failure_probability: 1e-6,
             upper_steps: 200,
             interval_steps: 60,
+            intervals: Intervals::Blocks,
             attack_starts: attack.random_starts,
             attack_steps: attack.steps,
             tol: attack.lanczos.tol,
@@ -147,6 +153,9 @@ pub struct CertifyReport {
     /// The attention state the certificate ran on: "dense" (n x n probabilities per head) or
     /// "streaming" (per-row statistics, docs/streaming.md).
     pub attention: AttentionMemory,
+    /// Scopes block and model: the runs of steps Lemma P bounded at the centre, "blocks" or
+    /// "all" (None for scope attention, which has no chain).
+    pub intervals: Option<Intervals>,
     pub seconds: f64,
     /// ||J(X)||_2 at the centre (attained, Lanczos) and Lemma P's upper bound there.
     pub centre_attained: f64,
@@ -388,6 +397,7 @@ impl AttentionCertificate {
             norm: "frobenius",
             dtype: "f64",
             attention: AttentionMemory::Dense,
+            intervals: None,
             seconds: start.elapsed().as_secs_f64(),
             centre_attained: attack.centre_sigma,
             centre: self.centre,
@@ -471,6 +481,7 @@ pub fn run_stack(
         req.failure_probability,
         req.upper_steps,
         req.interval_steps,
+        req.intervals,
         req.seed,
     )?;
     step(1);
@@ -542,6 +553,7 @@ pub fn run_stack(
         norm: "frobenius",
         dtype: "f64",
         attention: centre.attention(),
+        intervals: Some(req.intervals),
         seconds: start.elapsed().as_secs_f64(),
         centre_attained: attack.centre_sigma,
         centre: centre.whole.clone(),

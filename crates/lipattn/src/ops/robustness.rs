@@ -5,7 +5,7 @@
 //! attack radius, an upper bound on the true robustness radius). Their ratio measures the
 //! certificate's tightness (docs/commands.md#robustness).
 
-use super::stack_ball::StackCentre;
+use super::stack_ball::{Intervals, StackCentre};
 use super::OnProgress;
 use crate::bounds::ball::BallKind;
 use crate::derivatives::AttentionMemory;
@@ -38,6 +38,8 @@ pub struct RobustnessRequest {
     pub failure_probability: f64,
     pub upper_steps: usize,
     pub interval_steps: usize,
+    /// The runs of steps Lemma P bounds at the centre, `blocks` or `all`, as for certify.
+    pub intervals: Intervals,
     /// Random starts of the attack besides the two along X's top singular vector.
     pub attack_starts: usize,
     pub attack_steps: usize,
@@ -61,6 +63,7 @@ impl Default for RobustnessRequest {
             failure_probability: c.failure_probability,
             upper_steps: c.upper_steps,
             interval_steps: c.interval_steps,
+            intervals: c.intervals,
             attack_starts: 2,
             attack_steps: 20,
             seed: 0,
@@ -141,6 +144,9 @@ pub struct RobustnessReport {
     /// The attention state the certificate and the attack ran on: "dense" or "streaming" (what
     /// `auto` resolved to).
     pub attention: AttentionMemory,
+    /// The runs of steps Lemma P bounded at the centre: "blocks" or "all" (a chain of one or two
+    /// steps has none either way).
+    pub intervals: Intervals,
     pub seconds: f64,
     pub description: String,
     #[serde(skip)]
@@ -226,6 +232,7 @@ pub fn run_stack(
         req.failure_probability,
         req.upper_steps,
         req.interval_steps,
+        req.intervals,
         req.seed,
     )?;
     let fx = centre.output.clone();
@@ -424,6 +431,7 @@ pub fn run_stack(
         norm: "frobenius",
         dtype: "f64",
         attention,
+        intervals: req.intervals,
         seconds: start.elapsed().as_secs_f64(),
         description,
         attack_input: found.map(|(y, _)| y),

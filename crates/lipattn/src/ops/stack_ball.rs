@@ -29,6 +29,20 @@ use serde::Serialize;
 /// Points of the Riemann sum behind the output-change bound (chain_ball::output_change).
 const OUTPUT_CHANGE_POINTS: usize = 8;
 
+crate::named_enum! {
+    /// Which intervals (a, b) of the chain get their own Lemma P run at the centre (every other
+    /// interval is bounded by the best product over splits, `ChainCentre::new`).
+    pub enum Intervals as "intervals" {
+        /// Prefixes, suffixes, runs inside a block and runs from one block boundary to another
+        /// (`intervals_between`): about 4 runs a step (101 for MiniLM's 27 steps, pooled).
+        Blocks = "blocks",
+        /// Every interval of two steps or more (k(k-1)/2 - 1 runs besides the whole scope's):
+        /// far tighter at larger radii, but the time grows like the cube of the depth (MiniLM's
+        /// whole model: about 2.4x `blocks`).
+        All = "all",
+    }
+}
+
 /// Per step, what its ball bound needs beyond its input.
 enum Extra {
     None,
@@ -86,9 +100,12 @@ pub struct StackCentre<'w> {
 
 /// The intervals (a, b) of the chain whose norm at the centre Lemma P bounds, [`intervals_between`]
 /// the block boundaries: the steps before which a block (its attention residual) or the pooling
-/// starts.
-fn intervals(pieces: &[Piece<'_>]) -> Vec<(usize, usize)> {
+/// starts; with [`Intervals::All`] every interval of two steps or more ([`intervals_all`]).
+fn intervals(pieces: &[Piece<'_>], set: Intervals) -> Vec<(usize, usize)> {
     let k = pieces.len();
+    if set == Intervals::All {
+        return intervals_all(k);
+    }
     let inner = (1..k).filter(|&i| {
         matches!(
             pieces[i],
@@ -134,11 +151,22 @@ fn intervals_between(k: usize, bounds: &[usize]) -> Vec<(usize, usize)> {
     out
 }
 
+/// Every interval (a, b) of a chain of k steps with b >= a + 2, but (0, k) (the whole scope's
+/// own run): k(k-1)/2 - 1 of them, the prefixes first.
+fn intervals_all(k: usize) -> Vec<(usize, usize)> {
+    (0..k)
+        .flat_map(|a| (a + 2..=k).map(move |b| (a, b)))
+        .filter(|&ab| ab != (0, k))
+        .collect()
+}
+
 impl<'w> StackCentre<'w> {
     /// Everything at X that the certificate on any ball needs, its attention steps (their
     /// linearisations and Lemma S centres) on the state `attention` asks for
     /// ([`StackWeights::resolve_attention`] counting [`certificate_bytes`] beside the chain).
-    /// The Lemma P runs share `failure_probability` equally.
+    /// The Lemma P runs share `failure_probability` equally; `intervals` picks the runs of
+    /// steps bounded at the centre besides the steps and the whole scope.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         weights: &'w StackWeights,
         x: MatRef<'_, f64>,
@@ -146,6 +174,7 @@ impl<'w> StackCentre<'w> {
         failure_probability: f64,
         steps: usize,
         interval_steps: usize,
+        intervals: Intervals,
         seed: u64,
     ) -> Result<Self> {
         let n = x.nrows();
@@ -177,7 +206,7 @@ impl<'w> StackCentre<'w> {
                 check_rotary_covered(layer)?;
             }
         }
-        let spans = intervals(&links.pieces);
+        let spans = self::intervals(&links.pieces, intervals);
         let needs_run = |p: &Piece<'_>| {
             matches!(
                 p,
@@ -654,7 +683,7 @@ pub fn normalised(pool: Pool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::intervals_between;
+    use super::{intervals_all, intervals_between};
 
     #[test]
     fn intervals_cover_prefixes_suffixes_blocks_and_runs_across_blocks() {
@@ -684,5 +713,36 @@ mod tests {
         // 25 prefixes, 25 suffixes, 36 runs inside the six blocks (the pooling's two steps are a
         // suffix), 15 across (5 + 4 + 3 + 2 + 1).
         assert_eq!(got.len(), 25 + 25 + 36 + 15);
+    }
+
+    #[test]
+    fn all_intervals_are_every_run_of_two_steps_or_more_once() {
+        for k in 1..30 {
+            let got = intervals_all(k);
+            let mut sorted = got.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(sorted.len(), got.len(), "k = {k}: no interval twice");
+            // Pairs a < b with b - a >= 2: k(k - 1) / 2, less the whole scope's (0, k).
+            let expected = (k * k.saturating_sub(1) / 2).saturating_sub(1);
+            assert_eq!(got.len(), expected, "k = {k}");
+            for a in 0..k {
+                for b in a + 2..=k {
+                    assert_eq!(
+                        got.contains(&(a, b)),
+                        (a, b) != (0, k),
+                        "k = {k}: ({a}, {b})"
+                    );
+                }
+            }
+        }
+        // MiniLM's whole model, pooled: 350 runs of steps against the 101 of `blocks`, which
+        // they contain.
+        let (k, bounds) = (27, [0, 1, 5, 9, 13, 17, 21, 25, 27]);
+        let all = intervals_all(k);
+        assert_eq!(all.len(), 350);
+        assert!(intervals_between(k, &bounds)
+            .iter()
+            .all(|ab| all.contains(ab)));
     }
 }
