@@ -151,3 +151,45 @@ def test_rotary_layers_lemma_s_does_not_cover_are_refused(lipattn_bin, tmp_path,
     for cmd, tol in [("certify", ["--epsilon", "1e-4"]), ("robustness", ["--delta", "0.01"])]:
         out = run(lipattn_bin, cmd, *scope_args(path, scope, layer, None), *tol, "--json")
         assert out.returncode == 2 and words in out.stderr and "panicked" not in out.stderr, out.stderr
+
+
+def test_every_interval_is_sound_and_tighter_at_larger_radii(lipattn_bin, tmp_path):
+    """`--intervals all` (a Lemma P run on every run of two steps or more): reported, sound at points of the ball,
+    within the runs' share of the failure probability of `blocks` on a small ball and below it on a larger one;
+    robustness reports it too and certifies no smaller radius."""
+    path = checkpoint("bert", tmp_path)
+    m = load(path)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, m.config.hidden_size)) * 0.5
+    np.save(path / "x.npy", x)
+    args = [*scope_args(path, "model", None, "mean-normalised"), "--upper-steps", 120, "--interval-steps", 40,
+            "--attack-starts", 1, "--attack-steps", 4]
+    _, fx = top_singular(m, "model", None, x, "mean-normalised")
+    found = {}
+    for eps in [1e-6, 1e-3]:
+        for intervals in ["blocks", "all"]:
+            r = cli(lipattn_bin, "certify", *args, "--epsilon", eps, "--intervals", intervals)
+            assert r["intervals"] == intervals
+            found[eps, intervals] = r
+            for y in [x] + [in_ball(rng, x, "frobenius", eps) for _ in range(3)]:
+                s, fy = top_singular(m, "model", None, y, "mean-normalised")
+                assert s <= r["certified"], (intervals, eps, s, r["certified"])
+                assert np.linalg.norm(fy - fx) <= r["output_change"]
+    blocks, every = found[1e-6, "blocks"], found[1e-6, "all"]
+    assert len(every["chain"]["runs"]) > len(blocks["chain"]["runs"])
+    assert abs(every["certified"] - blocks["certified"]) <= 1e-2 * blocks["certified"]
+    assert found[1e-3, "all"]["certified"] < found[1e-3, "blocks"]["certified"]
+    radius = {}
+    for intervals in ["blocks", "all"]:
+        r = cli(lipattn_bin, "robustness", *args, "--delta", "0.01", "--intervals", intervals)
+        assert r["intervals"] == intervals
+        radius[intervals] = r["certified_radius"]
+    assert radius["all"] >= radius["blocks"] * 0.98
+
+
+@pytest.mark.parametrize("cmd,tol", [("certify", ["--epsilon", "1e-4"]), ("robustness", ["--delta", "0.01"])])
+def test_unknown_intervals_are_refused(lipattn_bin, tmp_path, cmd, tol):
+    path = checkpoint("bert", tmp_path)
+    np.save(path / "x.npy", np.random.default_rng(0).standard_normal((3, 32)) * 0.5)
+    out = run(lipattn_bin, cmd, *scope_args(path, "model", None, None), *tol, "--intervals", "bogus", "--json")
+    assert out.returncode == 2 and "--intervals" in out.stderr and "bogus" in out.stderr, out.stderr
