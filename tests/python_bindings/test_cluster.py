@@ -336,9 +336,14 @@ def test_certify_command_equals_direct_calls_and_resumes(tmp_path, minilm, ray_c
         want = certify_reference[key]
         assert (int(row["layer"]), int(row["window"]), float(row["epsilon"])) == key
         assert (row["scope"], int(row["n"]), row["certified_kind"]) == ("attention", 8, want["certified_kind"])
+        # The domain of every number: the attention scope has no chain, so no interval set.
+        assert (row["norm"], row["dtype"], row["intervals"]) == (want["norm"], want["dtype"], ""), row
         for col in ("certified", "failure_probability", "attained", "ratio", "output_change"):
             assert float(row[col]) == want[col], col
     md = (out / "certificates.md").read_text().splitlines()
+    first = certify_reference[keys[0]]
+    assert f"Scope attention, pool {first['pool']}, {first['ball']} balls" in md[0], md[0]
+    assert f"{first['norm']} norm of the Jacobian, {first['dtype']}." in md[0], md[0]
     assert md[2].startswith("| model | layer | epsilon | median certified/attained |")
     table = md[4:]
     assert len(table) == 4  # (layer, epsilon)

@@ -578,7 +578,9 @@ CERTIFY_KEYS = (
     "seed",
 )
 
-# The columns of certificates.csv: the model and window, then the certificate's own keys.
+# The columns of certificates.csv: the model and window, then the certificate's own keys (its
+# domain first: scope, ball, radius, norm, dtype and the chain's interval set, empty at scope
+# attention, which has no chain).
 CERTIFICATE_COLUMNS = (
     "model",
     "scope",
@@ -590,6 +592,9 @@ CERTIFICATE_COLUMNS = (
     "ball",
     "epsilon",
     "frobenius_radius",
+    "norm",
+    "dtype",
+    "intervals",
     "certified",
     "certified_kind",
     "failure_probability",
@@ -697,8 +702,17 @@ def _write_certificates(out, sweeps, max_tokens):
     groups = {}
     for r in rows:
         groups.setdefault((r["model"], r["layer"], r["epsilon"]), []).append(r)
+    # A sweep runs one set of options, so the first certificate states every row's domain.
+    domain = ""
+    if rows:
+        r0 = rows[0]
+        chain = "" if r0.get("intervals") is None else f", intervals {r0['intervals']}"
+        domain = (
+            f" Scope {r0['scope']}, pool {r0['pool']}, {r0['ball']} balls of radius epsilon, "
+            f"{r0['norm']} norm of the Jacobian, {r0['dtype']}{chain}."
+        )
     md = [
-        f"Medians over the windows (max_tokens = {max_tokens}) of each model, layer and epsilon.",
+        f"Medians over the windows (max_tokens = {max_tokens}) of each model, layer and epsilon.{domain}",
         "",
         "| model | layer | epsilon | median certified/attained | median certified | median attained | windows |",
         "|---|---|---|---|---|---|---|",
