@@ -15,6 +15,12 @@ use std::sync::{Mutex, MutexGuard};
 /// them, the softmax backward and the products that read them. (Blocks of 64 to 512 timed the
 /// same at n = 512 on MiniLM sizes.)
 pub(crate) const QUERY_BLOCK: usize = 128;
+/// Keys per chunk inside a query block of the dense VJP: a chunk's probabilities and its logit
+/// cotangents (256 x 128 each, 256 kB in f64) stay in L2 while the four products that read them
+/// run. (At n = 4,096 in f64 the VJP took 0.91-0.94 of its time without chunks; chunks of 128
+/// and 512 were no better than 256. The JVP, chunked the same way with its mean entering as a
+/// rank-one correction, was 2-8% slower, so it keeps whole blocks.)
+pub(crate) const KEY_CHUNK: usize = 256;
 
 pub struct Linearization<'a, T: Scalar> {
     pub(crate) layer: &'a AttentionLayer<T>,

@@ -1,8 +1,8 @@
 //! Reverse-mode derivative of the token map: Xbar = J(X)^T Ybar.
 
-use super::linearization::{Linearization, QUERY_BLOCK};
+use super::linearization::{Linearization, KEY_CHUNK, QUERY_BLOCK};
+use super::tiles::vjp_tile_logits;
 use crate::attention::forward::{check_dims, check_shape, gemm, gemm_blocks_rayon};
-use crate::attention::softmax::softmax_backward_columns_centered;
 use crate::attention::Kernel;
 use crate::error::Result;
 use crate::scalar::Scalar;
@@ -96,27 +96,7 @@ impl<T: Scalar> Linearization<'_, T> {
                 for q0 in (0..n).step_by(QUERY_BLOCK) {
                     let len = QUERY_BLOCK.min(n - q0);
                     let nk = self.visible_keys(q0, len);
-                    let p_blk = p_t.submatrix(0, q0, nk, len);
                     let ob_blk = ob.subrows(q0, len);
-                    // Vbar += P_blk^T Obar_blk.
-                    gemm(
-                        cot.rb_mut().submatrix_mut(0, width - dv, nk, dv),
-                        true,
-                        p_blk,
-                        ob_blk,
-                        one,
-                        Par::Seq,
-                    );
-                    // Pbar^T = V Obar^T (keys x queries), then through the softmax: Lbar^T.
-                    let mut lbar = ws.scores.as_mut().submatrix_mut(0, 0, nk, len);
-                    gemm(
-                        lbar.rb_mut(),
-                        false,
-                        v.subrows(0, nk),
-                        ob_blk.transpose(),
-                        one,
-                        Par::Seq,
-                    );
                     // <P_i, Pbar_i> = <P_i, V ob_i> = <o_i, ob_i>: the head's outputs at X give
                     // the softmax backward its means without a pass over the block.
                     let means = &mut ws.means[..len];
@@ -131,33 +111,50 @@ impl<T: Scalar> Linearization<'_, T> {
                             *m += x * y;
                         }
                     }
-                    softmax_backward_columns_centered(p_blk, lbar.rb_mut(), means);
-                    // Qbar_blk^T = sc K^T Lbar_blk^T, with both operands column-major.
+                    // The keys in chunks, each chunk's probabilities and logit cotangents used by
+                    // all four products while they are in cache (a whole block's, nk x 128, is
+                    // larger than L2 from n ~ 2,000 in f64 and was read from memory twice).
                     let mut qbar_t = ws.query_t.as_mut().subcols_mut(0, len);
-                    gemm(
-                        qbar_t.rb_mut(),
-                        false,
-                        k_t.subcols(0, nk),
-                        lbar.as_ref(),
-                        sc,
-                        Par::Seq,
-                    );
+                    for c0 in (0..nk).step_by(KEY_CHUNK) {
+                        let cl = KEY_CHUNK.min(nk - c0);
+                        let p_c = p_t.submatrix(c0, q0, cl, len);
+                        // Vbar += P_blk^T Obar_blk on these keys' rows, and Lbar^T.
+                        let mut lbar = ws.scores.as_mut().submatrix_mut(0, 0, cl, len);
+                        vjp_tile_logits(
+                            cot.rb_mut().submatrix_mut(c0, width - dv, cl, dv),
+                            lbar.rb_mut(),
+                            p_c,
+                            v.subrows(c0, cl),
+                            ob_blk,
+                            &ws.means[..len],
+                        );
+                        // Qbar_blk^T = sc K^T Lbar_blk^T, summed over the chunks, both operands
+                        // column-major.
+                        gemm(
+                            qbar_t.rb_mut(),
+                            c0 > 0,
+                            k_t.subcols(c0, cl),
+                            lbar.as_ref(),
+                            sc,
+                            Par::Seq,
+                        );
+                        gemm(
+                            ws.key_part.as_mut().subrows_mut(c0, cl),
+                            true,
+                            lbar.as_ref(),
+                            q.subrows(q0, len),
+                            sc,
+                            Par::Seq,
+                        );
+                        for (j, c) in colsum.iter_mut().skip(c0).take(cl).enumerate() {
+                            for i in 0..len {
+                                *c += lbar[(j, i)];
+                            }
+                        }
+                    }
                     cot.rb_mut()
                         .submatrix_mut(q0, 0, len, dk)
                         .copy_from(qbar_t.transpose());
-                    gemm(
-                        ws.key_part.as_mut().subrows_mut(0, nk),
-                        true,
-                        lbar.as_ref(),
-                        q.subrows(q0, len),
-                        sc,
-                        Par::Seq,
-                    );
-                    for (j, c) in colsum.iter_mut().take(nk).enumerate() {
-                        for i in 0..len {
-                            *c += lbar[(j, i)];
-                        }
-                    }
                 }
                 match layer.kernel {
                     Kernel::Dot => cot.subcols_mut(dk, dk).copy_from(ws.key_part.as_ref()),
