@@ -30,7 +30,7 @@ cargo build --release -p lipattn-cli
 export LIPATTN_BIN="$root/target/release/lipattn"
 
 echo "== pytest"
-"$py" -m pytest -q tests/python
+"$py" -m pytest -q --durations=15 tests/python
 
 echo "== pytest: the Python package"
-"$py" -m pytest -q tests/python_bindings
+"$py" -m pytest -q --durations=15 tests/python_bindings
