@@ -2,13 +2,15 @@
 
 Inputs of the form X = [k1, k2, q, ..., q] (n - 2 identical queries, two keys) on one MiniLM
 attention sublayer (no residual, no LayerNorm), every token in the ball of radius R (the layer's
-B6 radius). With the queries fixed and only the keys moving, the sublayer's output on each query
-row moves by L (dk1, dk2), where
+B6 radius). With the queries fixed and only the keys moving, the softmax part of the change of
+the sublayer's output on each query row is L (dk1, dk2), where
 
     L = [sum_h p1_h M_h (k1 - xbar_h) beta_h^T,  sum_h p2_h M_h (k2 - xbar_h) beta_h^T],
 
 M_h = W_O^h W_V^h, beta_h = W_K^h^T (W_Q^h q + b_Q^h) / sqrt(dk), p_h the query's attention on
-the keys and xbar_h its attention-weighted mean. So ||J(X)||_2 >= sqrt(n - 2) ||L||_2: a head at
+the keys and xbar_h its attention-weighted mean. With the (small) value part sum_h p_jh M_h dk_j
+it is the block of J(X) from the keys to the query rows, so up to that part
+||J(X)||_2 >= sqrt(n - 2) ||L||_2 (the script reports ||J(X)||_2 itself): a head at
 a transition (p1 = p2 = 1/2) contributes, and several heads at once add if their output
 directions M_h (k1 - k2) and their beta_h line up. This script maximises sqrt(n - 2) ||L||_2 over
 (q, k1, k2) by projected gradient ascent with the scores' temperature raised from TAU0 to 1 (at
