@@ -16,14 +16,13 @@ import sys
 
 import torch
 
-from minilm_sublayer import DK, H, Sublayer
+from minilm_sublayer import D, DK, H, Sublayer
 
 torch.set_num_threads(1)
 LAYER, SEED = int(sys.argv[1]), int(sys.argv[2])
 N = int(sys.argv[3]) if len(sys.argv) > 3 else 16
 S = Sublayer(LAYER)
 R_FULL, f = S.R, S.f
-D = S.Wq.shape[1]
 
 
 def sigma(X, iters, v=None):

@@ -13,9 +13,9 @@ it is the block of J(X) from the keys to the query rows, so up to that part
 ||J(X)||_2 >= sqrt(n - 2) ||L||_2 (the script reports ||J(X)||_2 itself): a head at
 a transition (p1 = p2 = 1/2) contributes, and several heads at once add if their output
 directions M_h (k1 - k2) and their beta_h line up. This script maximises sqrt(n - 2) ||L||_2 over
-(q, k1, k2) by projected gradient ascent with the scores' temperature raised from TAU0 to 1 (at
-low temperature every head's row is diffuse, so every head has a gradient), from random starts,
-then measures ||J(X)||_2 of the full sublayer at the result by power iteration (torch.func), the
+(q, k1, k2) by projected gradient ascent with the scores' temperature raised to 1 (at low
+temperature every head's row is diffuse, so every head has a gradient), from the starts MODE
+names (below), then measures ||J(X)||_2 of the full sublayer at the result by power iteration (torch.func), the
 honest attained value, and compares it with single-head transition values.
 
 Usage: PYTHONPATH=.build/py python3 bench/gap/multihead.py LAYER N STARTS SEED K [MODE]

@@ -185,6 +185,10 @@ def test_every_interval_is_sound_and_tighter_at_larger_radii(lipattn_bin, tmp_pa
         assert r["intervals"] == intervals
         radius[intervals] = r["certified_radius"]
     assert radius["all"] >= radius["blocks"] * 0.98
+    # The text reports name the set that ran too.
+    for cmd, tol in [("certify", ["--epsilon", "1e-6"]), ("robustness", ["--delta", "0.01"])]:
+        out = run(lipattn_bin, cmd, *args, *tol, "--intervals", "all")
+        assert out.returncode == 0 and "intervals all" in out.stdout, (out.stdout, out.stderr)
 
 
 @pytest.mark.parametrize("cmd,tol", [("certify", ["--epsilon", "1e-4"]), ("robustness", ["--delta", "0.01"])])

@@ -139,7 +139,7 @@ pub fn run(a: CertifyArgs) -> Result<()> {
             "{} steps bounded one by one, {} Lemma P runs (Lemma C, intervals {})",
             c.steps.len(),
             c.runs.len(),
-            a.intervals.name()
+            report.intervals.map_or("none", |i| i.name())
         ),
         _ => String::new(),
     };

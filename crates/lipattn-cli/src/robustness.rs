@@ -135,9 +135,10 @@ pub fn run(a: RobustnessArgs) -> Result<()> {
         _ => println!("the attack found no input leaving the tolerance"),
     }
     println!(
-        "at X: ||J(X)||_2 >= {} (Lanczos), <= {} (Lemma P); {} attack evaluations; {} attention state; {:.3} s",
+        "at X: ||J(X)||_2 >= {} (Lanczos), <= {} (Lemma P, intervals {}); {} attack evaluations; {} attention state; {:.3} s",
         exact(report.centre_attained),
         exact(report.centre_upper),
+        report.intervals.name(),
         report.attack_evaluations,
         report.attention.name(),
         report.seconds
