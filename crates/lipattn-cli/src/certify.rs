@@ -2,17 +2,15 @@
 //! `ops::certify`): the proven bound on sup ||J(Y)||_2 and on ||f(Y) - f(X)||_F over the ball,
 //! beside the largest ||J(Y)||_2 that ascent finds there.
 
+use crate::certificate_args::CertificateArgs;
 use crate::names::named;
 use crate::progress::Bar;
 use crate::scope_input::ScopeInputArgs;
 use anyhow::{Context, Result};
 use clap::Args;
-use lipattn::bounds::ball::BallKind;
-use lipattn::derivatives::AttentionMemory;
 use lipattn::fmt::{compact, exact};
 use lipattn::models::{Pool, Scope};
 use lipattn::ops::certify::{self, CertifyRequest};
-use lipattn::ops::stack_ball::Intervals;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -29,25 +27,8 @@ pub struct CertifyArgs {
     /// Radius of the ball around X.
     #[arg(long)]
     epsilon: f64,
-    /// frobenius (||Y - X||_F <= eps) or tokens (every ||y_i - x_i|| <= eps).
-    #[arg(long, value_parser = named::<BallKind>(), default_value_t = CertifyRequest::default().ball)]
-    ball: BallKind,
-    /// The certificate holds except with at most this probability (Lemma P at the centre).
-    #[arg(long, default_value_t = CertifyRequest::default().failure_probability)]
-    failure_probability: f64,
-    /// Lanczos steps of the bound at the centre.
-    #[arg(long, default_value_t = CertifyRequest::default().upper_steps)]
-    upper_steps: usize,
-    /// Scopes other than attention: Lanczos steps of the bounds on the chain's steps and runs of
-    /// steps at the centre.
-    #[arg(long, default_value_t = CertifyRequest::default().interval_steps)]
-    interval_steps: usize,
-    /// Scopes block and model: the runs of steps bounded at the centre. blocks: prefixes,
-    /// suffixes, runs inside a block and from one block boundary to another (about 4 runs a step).
-    /// all: every run of two steps or more, far tighter at larger radii but k(k-1)/2 runs for k
-    /// steps, time growing like the cube of the depth (MiniLM's whole model: about 2.4x blocks).
-    #[arg(long, value_parser = named::<Intervals>(), default_value_t = CertifyRequest::default().intervals)]
-    intervals: Intervals,
+    #[command(flatten)]
+    certificate: CertificateArgs,
     /// Random starts of the ascent inside the ball (besides X).
     #[arg(long, default_value_t = CertifyRequest::default().attack_starts)]
     attack_starts: usize,
@@ -59,11 +40,6 @@ pub struct CertifyArgs {
     tol: f64,
     #[arg(long, default_value_t = CertifyRequest::default().seed)]
     seed: u64,
-    /// The attention state of Lemma P's Lanczos runs, Lemma S's centres and the ascent (every
-    /// scope, plain and rotary): dense n x n probabilities, streaming per-row statistics (memory
-    /// linear in n, docs/streaming.md#certify), or auto (dense when it fits --max-memory).
-    #[arg(long, value_parser = named::<AttentionMemory>(), default_value_t = CertifyRequest::default().attention)]
-    attention: AttentionMemory,
     /// Write the input where the largest ||J(Y)||_2 was found (n, d) as float64 .npy.
     #[arg(long)]
     save_attained: Option<PathBuf>,
@@ -78,16 +54,16 @@ impl From<&CertifyArgs> for CertifyRequest {
             scope: a.scope,
             pool: a.pool,
             epsilon: a.epsilon,
-            ball: a.ball,
-            failure_probability: a.failure_probability,
-            upper_steps: a.upper_steps,
-            interval_steps: a.interval_steps,
-            intervals: a.intervals,
+            ball: a.certificate.ball,
+            failure_probability: a.certificate.failure_probability,
+            upper_steps: a.certificate.upper_steps,
+            interval_steps: a.certificate.interval_steps,
+            intervals: a.certificate.intervals,
             attack_starts: a.attack_starts,
             attack_steps: a.attack_steps,
             tol: a.tol,
             seed: a.seed,
-            attention: a.attention,
+            attention: a.certificate.attention,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! non-zero exit and never as a panic.
 
 mod analyze;
+mod certificate_args;
 mod certify;
 mod dyn_source;
 mod fixed_point;

@@ -1,17 +1,15 @@
 //! `lipattn robustness`: the certified robustness radius of an input beside the attack radius
 //! (the library's `ops::robustness`).
 
+use crate::certificate_args::CertificateArgs;
 use crate::names::named;
 use crate::progress::Bar;
 use crate::scope_input::ScopeInputArgs;
 use anyhow::{Context, Result};
 use clap::Args;
-use lipattn::bounds::ball::BallKind;
-use lipattn::derivatives::AttentionMemory;
 use lipattn::fmt::{compact, exact};
 use lipattn::models::{Pool, Scope};
 use lipattn::ops::robustness::{self, RobustnessRequest};
-use lipattn::ops::stack_ball::Intervals;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -31,24 +29,8 @@ pub struct RobustnessArgs {
     /// Tolerance: the pooled embedding must keep at least this cosine similarity with f(X).
     #[arg(long)]
     cosine: Option<f64>,
-    /// frobenius (||Y - X||_F <= eps) or tokens (every ||y_i - x_i|| <= eps).
-    #[arg(long, value_parser = named::<BallKind>(), default_value_t = RobustnessRequest::default().ball)]
-    ball: BallKind,
-    /// The certified radius holds except with at most this probability (Lemma P).
-    #[arg(long, default_value_t = RobustnessRequest::default().failure_probability)]
-    failure_probability: f64,
-    /// Lanczos steps of the bound on the whole map at X.
-    #[arg(long, default_value_t = RobustnessRequest::default().upper_steps)]
-    upper_steps: usize,
-    /// Lanczos steps of the bounds on the chain's steps and runs of steps at X.
-    #[arg(long, default_value_t = RobustnessRequest::default().interval_steps)]
-    interval_steps: usize,
-    /// Scopes block and model: the runs of steps bounded at the centre. blocks: prefixes,
-    /// suffixes, runs inside a block and from one block boundary to another (about 4 runs a step).
-    /// all: every run of two steps or more, far tighter at larger radii but k(k-1)/2 runs for k
-    /// steps, time growing like the cube of the depth (MiniLM's whole model: about 2.4x blocks).
-    #[arg(long, value_parser = named::<Intervals>(), default_value_t = RobustnessRequest::default().intervals)]
-    intervals: Intervals,
+    #[command(flatten)]
+    certificate: CertificateArgs,
     /// Random starts of the attack besides the two along X's top singular vector.
     #[arg(long, default_value_t = RobustnessRequest::default().attack_starts)]
     attack_starts: usize,
@@ -57,12 +39,6 @@ pub struct RobustnessArgs {
     attack_steps: usize,
     #[arg(long, default_value_t = RobustnessRequest::default().seed)]
     seed: u64,
-    /// The attention state of the certificate (Lemma P's Lanczos runs, Lemma S's centres) and
-    /// of the attack, at every scope, plain and rotary: dense n x n probabilities, streaming
-    /// per-row statistics (memory linear in n, docs/streaming.md#certify), or auto (dense when
-    /// it fits --max-memory).
-    #[arg(long, value_parser = named::<AttentionMemory>(), default_value_t = RobustnessRequest::default().attention)]
-    attention: AttentionMemory,
     /// Write the attack's input (n, d) as float64 .npy.
     #[arg(long)]
     save_attack: Option<PathBuf>,
@@ -78,15 +54,15 @@ impl From<&RobustnessArgs> for RobustnessRequest {
             pool: a.pool,
             delta: a.delta,
             cosine: a.cosine,
-            ball: a.ball,
-            failure_probability: a.failure_probability,
-            upper_steps: a.upper_steps,
-            interval_steps: a.interval_steps,
-            intervals: a.intervals,
+            ball: a.certificate.ball,
+            failure_probability: a.certificate.failure_probability,
+            upper_steps: a.certificate.upper_steps,
+            interval_steps: a.certificate.interval_steps,
+            intervals: a.certificate.intervals,
             attack_starts: a.attack_starts,
             attack_steps: a.attack_steps,
             seed: a.seed,
-            attention: a.attention,
+            attention: a.certificate.attention,
         }
     }
 }
