@@ -46,22 +46,7 @@ WqH = Wq.view(H, DK, D)
 bqH = bq.view(H, DK)
 WkH = Wk.view(H, DK, D)
 f = S.f
-
-
-def sigma(X, iters=300):
-    torch.manual_seed(0)
-    v = torch.randn_like(X)
-    v = v / v.norm()
-    s = 0.0
-    for _ in range(iters):
-        _, jv = torch.func.jvp(f, (X,), (v,))
-        w = torch.func.vjp(f, X)[1](jv)[0]
-        s_new = w.norm().sqrt().item()
-        v = w / w.norm()
-        if abs(s_new - s) < 1e-9 * s_new:
-            break
-        s = s_new
-    return s_new
+sigma = S.sigma
 
 
 def surrogate(q, ks, tau):
