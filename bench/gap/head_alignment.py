@@ -1,7 +1,7 @@
-"""How far one MiniLM layer's heads line up, three ways: what B1-joint's sum over heads could
+"""How far one MiniLM layer's heads line up, five ways: what B1-joint's sum over heads could
 still give up (#18 item 4, docs/analysis.md#gap-decomposition, "How far the heads line up").
 
-All three are quantities of the weights alone, in units where R = 1 (the score biases c_h left
+All five are quantities of the weights alone, in units where R = 1 (the score biases c_h left
 out), beside max_h m_h a_h (one head's softmax factor: m_h = ||W_O^h W_V^h||_2,
 a_h = ||A_h||_2, beta_h(x) = A_h x the score's gradient in the key):
 
@@ -17,9 +17,21 @@ a_h = ||A_h||_2, beta_h(x) = A_h x the score's gradient in the key):
 3. One key pair shared by all heads: its rows move by [sum_h (y^T A_h x) M_h] z; the multilinear
    sup of u^T [sum_h (y^T A_h x) M_h] v over unit x, y, u, v (alternating maximisation from 20
    starts) bounds what any such input gives before its constraints (ties, margins, the ball).
+4. The same four-way form read as a matrix: (u, y) against (v, x), it is the Kronecker sum
+   sum_h M_h (x) A_h, whose spectral norm bounds the four-way form from above (a certified
+   bound once computed with a certified eigenvalue bound; here power iteration, 60 steps, a
+   lower estimate of that norm).
+5. A form over keys that couples each head's output and score sides (not shipped): with
+   K_ij = sum_h P^h_ij M_h (x_j - xbar^h_i) beta_h(x_i)^T the coefficient of dx_j in query row
+   i's softmax term, ||K_ij|| <= R Psi(s) (sum_h s_h^2 (w^h_ij)^2)^{1/2} with
+   Psi(s)^2 = lambda_max(sum_h (M_h M_h^T) (x) (A_h A_h^T) / s_h^2) (Cauchy-Schwarz over heads,
+   then each head's score at its own worst query), so the factor is
+   (lambda_max sum_h s_h^2)^{1/2}: by power iteration (an estimate) and by the block Gershgorin
+   bound max_h sum_g ||P_h^T P_g|| ||F_h^T F_g|| / (s_h s_g) (certified up to rounding;
+   M_h M_h^T = P_h P_h^T, A_h A_h^T = F_h F_h^T), for s_h = m_h a_h.
 
 Usage: PYTHONPATH=.build/py python3 bench/gap/head_alignment.py [LAYER ...] (default 0 3);
-about a minute a layer on two cores.
+about two minutes a layer on two cores.
 """
 import math
 import sys
@@ -87,6 +99,35 @@ def frobenius_form(A, m, s):
     return lower * w, upper * w
 
 
+def kronecker(A, M):
+    torch.manual_seed(0)
+    X = torch.randn(D, D)
+    X /= X.norm()
+    for _ in range(60):
+        Y = sum(M[h] @ X @ A[h].T for h in range(H))
+        Z = sum(M[h].T @ Y @ A[h] for h in range(H))
+        X = Z / Z.norm()
+    return Z.norm().sqrt().item()
+
+
+def coupled(A, M, s):
+    Q = [M[h] @ M[h].T for h in range(H)]
+    G = [A[h] @ A[h].T for h in range(H)]
+    torch.manual_seed(0)
+    X = torch.rand(D, D)
+    X /= X.norm()
+    for _ in range(40):
+        Z = sum(Q[h] @ X @ G[h] / s[h] ** 2 for h in range(H))
+        lam = (X * Z).sum().item()
+        X = Z / Z.norm()
+    P = [M[h] @ torch.linalg.qr(M[h].T)[0] for h in range(H)]
+    F = [A[h] @ torch.linalg.qr(A[h].T)[0] for h in range(H)]
+    gersh = max(sum(torch.linalg.matrix_norm(P[h].T @ P[g], 2).item() * torch.linalg.matrix_norm(F[h].T @ F[g], 2).item()
+                    / (s[h] * s[g]).item() for g in range(H)) for h in range(H))
+    w = (s**2).sum().item()
+    return math.sqrt(lam * w), math.sqrt(gersh * w)
+
+
 def shared_pair(A, M):
     best = 0.0
     for st in range(H + 8):
@@ -126,3 +167,6 @@ for layer in [int(a) for a in sys.argv[1:]] or [0, 3]:
         lo, up = frobenius_form(A, m, s)
         print(f"  2. Frobenius form, {name}: between {lo:.2f} and {up:.2f}", flush=True)
     print(f"  3. one shared pair: sup >= {shared_pair(A, M):.2f}", flush=True)
+    print(f"  4. ||sum_h M_h (x) A_h||_2 >= {kronecker(A, M):.2f}", flush=True)
+    est, cert = coupled(A, M, m * a)
+    print(f"  5. coupled form, s = m a: {est:.2f} (power iteration), {cert:.2f} (block Gershgorin)", flush=True)
