@@ -15,8 +15,9 @@ a transition (p1 = p2 = 1/2) contributes, and several heads at once add if their
 directions M_h (k1 - k2) and their beta_h line up. This script maximises sqrt(n - 2) ||L||_2 over
 (q, k1, k2) by projected gradient ascent with the scores' temperature raised to 1 (at low
 temperature every head's row is diffuse, so every head has a gradient), from the starts MODE
-names (below), then measures ||J(X)||_2 of the full sublayer at the result by power iteration (torch.func), the
-honest attained value, and compares it with single-head transition values.
+names (below), then measures ||J(X)||_2 of the full sublayer at the result by power iteration
+(torch.func, `Sublayer.sigma`), the honest attained value, and compares it with single-head
+transition values.
 
 Usage: PYTHONPATH=.build/py python3 bench/gap/multihead.py LAYER N STARTS SEED K [MODE]
 with K keys (n - K queries) and MODE one of
